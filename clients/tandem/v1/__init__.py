@@ -1,0 +1,1 @@
+"""Generated stubs of the tandem.v1 API (see protos/tandem/v1/)."""

@@ -1,0 +1,1 @@
+"""The HTTP bridge: REST + SSE doors onto the same data plane as gRPC."""

@@ -1,0 +1,1 @@
+"""Tandem: the canonical gRPC service, the domain core, and the process around them."""

@@ -1,0 +1,106 @@
+"""The `tandem` command: serve, chat."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvloop
+
+from server.config import Config, ConfigError, load_config, parse_host_port
+
+__all__ = ["main"]
+
+
+def _host_port(value: str) -> str:
+    try:
+        parse_host_port(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tandem", description="Tandem LLM gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway (gRPC and HTTP)")
+    serve.add_argument("--config", help="YAML config file (default: the built-in config)")
+    serve.add_argument("--http", type=_host_port, help="HTTP HOST:PORT (overrides the config)")
+    serve.add_argument("--grpc", type=_host_port, help="gRPC HOST:PORT (overrides the config)")
+    serve.add_argument("--workers", type=int, help="worker processes (overrides the config)")
+
+    chat = commands.add_parser("chat", help="stream an answer to stdout")
+    door = chat.add_mutually_exclusive_group()
+    door.add_argument("--grpc", type=_host_port, help="gRPC HOST:PORT (default 127.0.0.1:50051)")
+    door.add_argument("--http", help="HTTP base URL, e.g. http://127.0.0.1:8080")
+    chat.add_argument("--model", default="", help="public model name (default: the tier's)")
+    chat.add_argument("--key", help="API key or JWT")
+    chat.add_argument("prompt")
+    return parser
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"tandem: {message}\n")
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.lifecycle import serve
+
+    try:
+        config: Config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}")
+    workers = args.workers if args.workers is not None else config.server.workers
+    if workers != 1:
+        return _fail("--workers: only 1 worker is supported so far")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        uvloop.run(
+            serve(
+                config, http=args.http or config.server.http, grpc=args.grpc or config.server.grpc
+            )
+        )
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}")
+    except OSError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from tandem.client import TandemError, stream_chat
+
+    try:
+        for text in stream_chat(
+            args.prompt,
+            model=args.model,
+            key=args.key,
+            grpc_target=args.grpc,
+            http_base_url=args.http,
+        ):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    except TandemError as exc:
+        sys.stdout.write("\n")
+        return _fail(str(exc))
+    sys.stdout.write("\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _chat(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""The gateway's configuration: one frozen, strict model, loaded from YAML.
+
+`${VAR}` and `${VAR:-default}` are expanded from the environment before the
+model validates, so every error names the key it came from. Any problem is a
+`ConfigError` whose message is one line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "JwtConfig",
+    "ModelConfig",
+    "ProviderConfig",
+    "RateLimitConfig",
+    "ServerConfig",
+    "TierConfig",
+    "UsageConfig",
+    "load_config",
+    "parse_host_port",
+]
+
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "ollama": "http://127.0.0.1:11434",
+}
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded as one line that names the key."""
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split `HOST:PORT` (IPv6 hosts in brackets); raise ValueError if malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class ServerConfig(_Strict):
+    http: str = "127.0.0.1:8080"
+    grpc: str = "127.0.0.1:50051"
+    workers: PositiveInt = 1
+    max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    shutdown_grace_s: NonNegativeFloat = 30.0
+    shutdown_delay_s: NonNegativeFloat = 0.0
+
+    @field_validator("http", "grpc")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+
+class ProviderConfig(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    kind: Literal["openai", "anthropic", "ollama", "mock"]
+    base_url: str | None = None
+    api_key: str | None = None
+    timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    max_retries: Annotated[int, Field(ge=0)] = 2
+    chunk_delay_ms: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> ProviderConfig:
+        if self.kind == "mock":
+            for key in ("base_url", "api_key"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} does not apply to kind mock")
+        elif "chunk_delay_ms" in self.model_fields_set:
+            raise ValueError("chunk_delay_ms applies only to kind mock")
+        return self
+
+    @property
+    def url(self) -> str:
+        """The base URL, or the kind's public default."""
+        return self.base_url or DEFAULT_BASE_URLS.get(self.kind, "")
+
+
+class ModelConfig(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    provider: str
+    upstream: str | None = None
+    fallbacks: tuple[str, ...] = ()
+    max_tokens_default: PositiveInt = 4096
+
+    @property
+    def upstream_name(self) -> str:
+        return self.upstream or self.name
+
+
+class TierConfig(_Strict):
+    default_model: str | None = None
+    models: tuple[str, ...] | None = None
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = None
+
+
+class JwtConfig(_Strict):
+    secret: str | None = None
+    public_key_file: str | None = None
+    algorithms: tuple[str, ...] = ("HS256",)
+    audience: str | None = None
+    issuer: str | None = None
+    tier_claim: str = "tier"
+
+    @model_validator(mode="after")
+    def _one_key(self) -> JwtConfig:
+        if (self.secret is None) == (self.public_key_file is None):
+            raise ValueError("set exactly one of secret and public_key_file")
+        if any(alg.lower() == "none" for alg in self.algorithms):
+            raise ValueError("algorithm 'none' is never accepted")
+        return self
+
+
+class AuthConfig(_Strict):
+    required: bool = False
+    key_cache_s: NonNegativeFloat = 1.0
+    jwt: JwtConfig | None = None
+    admin_keys: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+
+
+class RateLimitConfig(_Strict):
+    backend: Literal["memory", "redis", "none"] = "memory"
+    url: str | None = None
+
+    @model_validator(mode="after")
+    def _url_fits_backend(self) -> RateLimitConfig:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("backend redis needs url")
+        if self.backend != "redis" and self.url is not None:
+            raise ValueError(f"url does not apply to backend {self.backend}")
+        return self
+
+
+class UsageConfig(_Strict):
+    store: str = "sqlite:///tandem.db"
+    flush_interval_ms: PositiveInt = 500
+    batch_size: PositiveInt = 200
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_url(cls, value: object) -> object:
+        if value is None:
+            return "none"
+        if isinstance(value, str) and not (
+            value == "none" or value.startswith(("sqlite:///", "postgresql://", "postgres://"))
+        ):
+            raise ValueError("expected sqlite:///PATH, postgresql://..., or none")
+        return value
+
+
+class Config(_Strict):
+    server: ServerConfig = ServerConfig()
+    providers: tuple[ProviderConfig, ...]
+    models: tuple[ModelConfig, ...]
+    tiers: dict[str, TierConfig]
+    auth: AuthConfig = AuthConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
+    usage: UsageConfig = UsageConfig()
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Config:
+        providers = _unique_names("providers", [p.name for p in self.providers])
+        models = _unique_names("models", [m.name for m in self.models])
+        for i, model in enumerate(self.models):
+            if model.provider not in providers:
+                raise ValueError(f"models[{i}].provider: unknown provider {model.provider!r}")
+            for fallback in model.fallbacks:
+                if fallback not in models or fallback == model.name:
+                    raise ValueError(f"models[{i}].fallbacks: unknown model {fallback!r}")
+        for tier_name, tier in self.tiers.items():
+            if tier.default_model is not None and tier.default_model not in models:
+                raise ValueError(
+                    f"tiers.{tier_name}.default_model: unknown model {tier.default_model!r}"
+                )
+            for name in tier.models or ():
+                if name not in models:
+                    raise ValueError(f"tiers.{tier_name}.models: unknown model {name!r}")
+        return self
+
+    def provider(self, name: str) -> ProviderConfig:
+        return next(p for p in self.providers if p.name == name)
+
+
+def _unique_names(section: str, names: list[str]) -> set[str]:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"{section}[{i}].name: duplicate name {name!r}")
+        seen.add(name)
+    return seen
+
+
+def default_sections(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The built-in sections that `make run` starts on.
+
+    With OPENAI_API_KEY set, an `openai` provider is added with the models
+    named in TANDEM_OPENAI_MODELS.
+    """
+    providers: list[dict[str, Any]] = [{"name": "mock", "kind": "mock"}]
+    models: list[dict[str, Any]] = [{"name": "echo", "provider": "mock"}]
+    if environ.get("OPENAI_API_KEY"):
+        providers.append(
+            {
+                "name": "openai",
+                "kind": "openai",
+                "base_url": environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URLS["openai"],
+                "api_key": environ["OPENAI_API_KEY"],
+            }
+        )
+        names = environ.get("TANDEM_OPENAI_MODELS") or "gpt-4o-mini"
+        models += [{"name": n.strip(), "provider": "openai"} for n in names.split(",") if n.strip()]
+    return {"providers": providers, "models": models}
+
+
+def default_tiers(models: list[Any]) -> dict[str, Any]:
+    """Tier `free`, no limits, defaulting to `echo` (or the first model)."""
+    names = [m.get("name") for m in models if isinstance(m, dict)]
+    default = "echo" if "echo" in names else next(iter(names), None)
+    return {"free": {"default_model": default}}
+
+
+def expand_env(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
+    """Expand `${VAR}` / `${VAR:-default}` in every string of a YAML tree."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, environ, _join(path, str(k))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: environment variable {name} is not set")
+
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text = _join(text, part)
+    return text
+
+
+def build_config(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
+    """Validate a parsed YAML document, filling absent sections with the defaults."""
+    expanded = expand_env(dict(raw), environ)
+    for section, default in default_sections(environ).items():
+        expanded.setdefault(section, default)
+    if "tiers" not in expanded and isinstance(expanded["models"], list):
+        expanded["tiers"] = default_tiers(expanded["models"])
+    try:
+        return Config.model_validate(expanded)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = _format_location(tuple(error["loc"]))
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise ConfigError(f"{where}: {message}" if where else message) from None
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the YAML file at `path`, or the built-in config when `path` is None."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        return build_config({}, env)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return build_config(raw, env)

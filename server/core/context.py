@@ -1,0 +1,54 @@
+"""What the core knows about a call besides its request: who, how, until when."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["ANONYMOUS", "CallContext", "Caller", "Protocol", "request_id_from"]
+
+Protocol = Literal["grpc", "native", "openai", "ollama"]
+
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated (or anonymous) caller and the tier it is billed to."""
+
+    user: str
+    tier: str
+    admin: bool = False
+    key_id: str | None = None
+
+
+ANONYMOUS = Caller(user="anonymous", tier="free")
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Gateway-only facts about one call; the request itself stays a proto.
+
+    `deadline` is on the `time.monotonic()` clock. `response_headers` is
+    where the core leaves headers (or gRPC trailers) for the door to send.
+    """
+
+    request_id: str
+    protocol: Protocol
+    caller: Caller = ANONYMOUS
+    deadline: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+def request_id_from(incoming: str | None) -> str:
+    """Echo a valid incoming request id, else make a new one."""
+    if incoming and _VALID_REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex

@@ -1,0 +1,193 @@
+"""The one data plane behind every door.
+
+Handlers take a proto request and a `CallContext` and return a proto, or an
+async iterator of chunks. A non-streaming chat answer is the stream folded,
+so there is one path through the providers. Nothing here knows grpc or HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
+
+from server.core.context import CallContext
+from server.core.errors import GatewayError, NotFoundError
+from server.core.fold import fold_stream
+from server.core.messages import count_words, prompt_words
+from server.core.routing import Router
+from server.core.validation import validate_chat_request, validate_embedding_request
+from server.policy import Admission, Policy
+from server.providers.base import Route
+from server.usage import UsageRecord, UsageRecorder
+
+__all__ = ["DataPlane"]
+
+
+class DataPlane:
+    def __init__(self, router: Router, policy: Policy, usage: UsageRecorder) -> None:
+        self.router = router
+        self.policy = policy
+        self.usage = usage
+        self.started_at = int(time.time())
+
+    def stream_chat(
+        self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
+    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+        """The answer as chunks; the last carries `usage`.
+
+        Nothing runs until the first chunk is asked for, so a door can await
+        it before committing to a status: errors up to then are plain errors.
+        """
+        return self._chat(request, ctx, streaming=True)
+
+    async def create_chat(
+        self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
+    ) -> chat_pb2.ChatCompletion:
+        return await fold_stream(self._chat(request, ctx, streaming=False))
+
+    async def _chat(
+        self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext, *, streaming: bool
+    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+        validate_chat_request(request)
+        route = self.router.resolve(request.model, ctx.caller)
+        estimate = prompt_words(request.messages) + _max_tokens(request)
+        admission = await self.policy.admit(ctx, route, estimate)
+        ctx.response_headers.extend(admission.headers)
+
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        model = route.model.name
+        upstream = route.provider.stream(request, route, ctx)
+        with _Accounting(self.usage, ctx, route, admission, streaming) as account:
+            try:
+                async for chunk in upstream:
+                    if account.first_chunk_at is None:
+                        account.first_chunk_at = time.monotonic()
+                    chunk.id = completion_id
+                    chunk.created = created
+                    chunk.model = model
+                    if chunk.HasField("usage"):
+                        account.usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                    yield chunk
+            finally:
+                await upstream.aclose()  # type: ignore[attr-defined]
+
+    async def embed(
+        self, request: embeddings_pb2.EmbeddingRequest, ctx: CallContext
+    ) -> embeddings_pb2.EmbeddingResponse:
+        validate_embedding_request(request)
+        route = self.router.resolve(request.model, ctx.caller)
+        estimate = sum(count_words(text) for text in request.input)
+        admission = await self.policy.admit(ctx, route, estimate)
+        ctx.response_headers.extend(admission.headers)
+        with _Accounting(self.usage, ctx, route, admission, streaming=False) as account:
+            response = await route.provider.embed(request, route, ctx)
+            response.model = route.model.name
+            account.usage(response.usage.prompt_tokens, 0)
+            return response
+
+    def list_models(self, ctx: CallContext) -> models_pb2.ListModelsResponse:
+        response = models_pb2.ListModelsResponse()
+        for route in self.router.visible(ctx.caller):
+            response.data.append(self._describe(route))
+        return response
+
+    def get_model(self, model_id: str, ctx: CallContext) -> models_pb2.Model:
+        for route in self.router.routes:
+            if route.model.name == model_id:
+                self.router.resolve(model_id, ctx.caller)  # refuses a model outside the tier
+                return self._describe(route)
+        raise NotFoundError(f"model {model_id!r} not found", param="id", code="model_not_found")
+
+    def _describe(self, route: Route) -> models_pb2.Model:
+        return models_pb2.Model(
+            id=route.model.name, owned_by=route.provider.name, created=self.started_at
+        )
+
+
+def _max_tokens(request: chat_pb2.ChatCompletionRequest) -> int:
+    if request.HasField("max_completion_tokens"):
+        return request.max_completion_tokens
+    return request.max_tokens
+
+
+class _Accounting:
+    """Settles the admission and records usage once a call ends, however it ends."""
+
+    __slots__ = (
+        "_admission",
+        "_created_at",
+        "_ctx",
+        "_recorder",
+        "_route",
+        "_streaming",
+        "completion_tokens",
+        "first_chunk_at",
+        "prompt_tokens",
+    )
+
+    def __init__(
+        self,
+        recorder: UsageRecorder,
+        ctx: CallContext,
+        route: Route,
+        admission: Admission,
+        streaming: bool,
+    ) -> None:
+        self._recorder = recorder
+        self._ctx = ctx
+        self._route = route
+        self._admission = admission
+        self._streaming = streaming
+        self._created_at = time.time()
+        self.first_chunk_at: float | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+
+    def __enter__(self) -> _Accounting:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        ctx = self._ctx
+        now = time.monotonic()
+        self._admission.settle(self.prompt_tokens + self.completion_tokens)
+        ttft = self.first_chunk_at if self._streaming else None
+        self._recorder.record(
+            UsageRecord(
+                request_id=ctx.request_id,
+                user=ctx.caller.user,
+                model=self._route.model.name,
+                provider=self._route.provider.name,
+                protocol=ctx.protocol,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                status=_status(exc),
+                latency_ms=(now - ctx.started) * 1000,
+                ttft_ms=None if ttft is None else (ttft - ctx.started) * 1000,
+                created_at=self._created_at,
+            )
+        )
+
+
+def _status(exc: BaseException | None) -> str:
+    if exc is None:
+        return "ok"
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return "cancelled"
+    if isinstance(exc, GatewayError):
+        return f"error:{exc.type}"
+    return "error:internal_error"

@@ -1,0 +1,85 @@
+"""The gateway's errors: one class per row of the contract's error table.
+
+    GatewayError
+    ├── InvalidRequestError      400  invalid_request_error
+    │   └── RequestTooLargeError 413  invalid_request_error
+    ├── AuthenticationError      401  authentication_error
+    ├── PermissionDeniedError    403  permission_error
+    ├── NotFoundError            404  not_found_error
+    ├── RateLimitError           429  rate_limit_error
+    ├── UpstreamError            502  upstream_error
+    ├── UpstreamTimeoutError     504  timeout_error
+    └── InternalError            500  internal_error
+
+The HTTP status and gRPC code of each class live in one table per door
+(`http_bridge/errors.py`, `server/grpc_errors.py`). Messages are written for
+clients: they never carry upstream URLs, keys or tracebacks.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "GatewayError",
+    "InternalError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestTooLargeError",
+    "UpstreamError",
+    "UpstreamTimeoutError",
+]
+
+
+class GatewayError(Exception):
+    """An error with a place in the contract's table."""
+
+    type = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequestError(GatewayError):
+    type = "invalid_request_error"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    pass
+
+
+class AuthenticationError(GatewayError):
+    type = "authentication_error"
+
+
+class PermissionDeniedError(GatewayError):
+    type = "permission_error"
+
+
+class NotFoundError(GatewayError):
+    type = "not_found_error"
+
+
+class RateLimitError(GatewayError):
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float, should_retry: bool = True):
+        super().__init__(message, code="rate_limit_exceeded")
+        self.retry_after_s = retry_after_s
+        self.should_retry = should_retry
+
+
+class UpstreamError(GatewayError):
+    type = "upstream_error"
+
+
+class UpstreamTimeoutError(GatewayError):
+    type = "timeout_error"
+
+
+class InternalError(GatewayError):
+    type = "internal_error"

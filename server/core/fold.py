@@ -1,0 +1,76 @@
+"""Folding a stream of chunks into one completion: the non-streaming answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from tandem.v1 import chat_pb2
+
+__all__ = ["fold_stream"]
+
+
+class _ChoiceFolder:
+    __slots__ = ("choice", "refusal", "text", "tool_calls")
+
+    def __init__(self, choice: chat_pb2.Choice) -> None:
+        self.choice = choice
+        self.text: list[str] = []
+        self.refusal: list[str] | None = None
+        self.tool_calls: dict[int, chat_pb2.ToolCall] = {}
+
+    def add(self, delta: chat_pb2.ChunkChoice) -> None:
+        d = delta.delta
+        if d.HasField("content"):
+            self.text.append(d.content)
+        if d.HasField("refusal"):
+            self.refusal = (self.refusal or []) + [d.refusal]
+        for piece in d.tool_calls:
+            call = self.tool_calls.get(piece.index)
+            if call is None:
+                call = self.choice.message.tool_calls.add(
+                    id=piece.id, type=piece.type or "function"
+                )
+                self.tool_calls[piece.index] = call
+            elif piece.id:
+                call.id = piece.id
+            call.function.name += piece.function.name
+            call.function.arguments += piece.function.arguments
+        if delta.HasField("finish_reason"):
+            self.choice.finish_reason = delta.finish_reason
+        if delta.HasField("logprobs"):
+            self.choice.logprobs.content.extend(delta.logprobs.content)
+            self.choice.logprobs.refusal.extend(delta.logprobs.refusal)
+
+    def finish(self) -> None:
+        message = self.choice.message
+        if self.text or not self.tool_calls:
+            message.content = "".join(self.text)
+        if self.refusal is not None:
+            message.refusal = "".join(self.refusal)
+
+
+async def fold_stream(
+    chunks: AsyncIterator[chat_pb2.ChatCompletionChunk],
+) -> chat_pb2.ChatCompletion:
+    """Concatenate every choice's deltas; usage comes from the chunk that has it."""
+    completion = chat_pb2.ChatCompletion()
+    folders: dict[int, _ChoiceFolder] = {}
+    async for chunk in chunks:
+        if not completion.id:
+            completion.id = chunk.id
+            completion.created = chunk.created
+            completion.model = chunk.model
+        if chunk.system_fingerprint:
+            completion.system_fingerprint = chunk.system_fingerprint
+        for delta in chunk.choices:
+            folder = folders.get(delta.index)
+            if folder is None:
+                choice = completion.choices.add(index=delta.index)
+                choice.message.role = delta.delta.role or "assistant"
+                folder = folders[delta.index] = _ChoiceFolder(choice)
+            folder.add(delta)
+        if chunk.HasField("usage"):
+            completion.usage.CopyFrom(chunk.usage)
+    for folder in folders.values():
+        folder.finish()
+    return completion

@@ -1,0 +1,51 @@
+"""From the model a caller names to the provider that serves it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from server.config import Config, TierConfig
+from server.core.context import Caller
+from server.core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from server.providers.base import Provider, Route
+
+__all__ = ["Router"]
+
+
+class Router:
+    def __init__(self, config: Config, providers: Mapping[str, Provider]) -> None:
+        self._tiers = config.tiers
+        self._routes = {
+            m.name: Route(model=m, provider=providers[m.provider]) for m in config.models
+        }
+
+    @property
+    def routes(self) -> list[Route]:
+        return list(self._routes.values())
+
+    def resolve(self, requested: str, caller: Caller) -> Route:
+        """The route for `requested`, or the caller's tier default when it is empty.
+
+        Unknown model: NotFoundError. Outside the caller's tier: PermissionDeniedError.
+        """
+        tier = self._tiers.get(caller.tier)
+        name = requested or (tier.default_model if tier else None)
+        if not name:
+            raise InvalidRequestError("model: is required (the tier has no default)", param="model")
+        route = self._routes.get(name)
+        if route is None:
+            raise NotFoundError(f"model {name!r} not found", param="model", code="model_not_found")
+        if not _allows(tier, caller, name):
+            raise PermissionDeniedError(
+                f"model {name!r} is not available to tier {caller.tier!r}", param="model"
+            )
+        return route
+
+    def visible(self, caller: Caller) -> list[Route]:
+        """The routes the caller's tier may use."""
+        tier = self._tiers.get(caller.tier)
+        return [r for name, r in self._routes.items() if _allows(tier, caller, name)]
+
+
+def _allows(tier: TierConfig | None, caller: Caller, name: str) -> bool:
+    return caller.admin or tier is None or tier.models is None or name in tier.models

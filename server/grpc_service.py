@@ -1,0 +1,200 @@
+"""The gRPC door: thin servicers that hand every call to the data plane.
+
+Every method goes through one wrapper (`unary_rpc` / `stream_rpc`): it reads
+the request id and credentials from metadata, asks the policy who the caller
+is, builds the `CallContext`, and turns errors into statuses with details.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tandem.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    embeddings_pb2,
+    embeddings_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
+
+from server.core.context import CallContext, request_id_from
+from server.core.dataplane import DataPlane
+from server.core.errors import GatewayError, InternalError
+from server.grpc_errors import to_grpc_status
+from server.policy import Policy
+
+__all__ = ["SERVICE_NAMES", "build_grpc_server"]
+
+logger = logging.getLogger("tandem.grpc")
+
+SERVICE_NAMES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (chat_pb2, "ChatService"),
+        (models_pb2, "ModelService"),
+        (embeddings_pb2, "EmbeddingService"),
+    )
+)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class _Door:
+    """What every servicer shares: the data plane, the policy, and call set-up."""
+
+    def __init__(self, plane: DataPlane, policy: Policy) -> None:
+        self.plane = plane
+        self.policy = policy
+
+    async def open_call(self, context: Context) -> CallContext:
+        started = time.monotonic()
+        request_id = authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "x-request-id":
+                request_id = value
+            elif key == "authorization":
+                authorization = value
+        request_id = request_id_from(_text(request_id))
+        await context.send_initial_metadata((("x-request-id", request_id),))
+        caller = await self.policy.authenticate(_text(authorization))
+        remaining = context.time_remaining()
+        return CallContext(
+            request_id=request_id,
+            protocol="grpc",
+            caller=caller,
+            deadline=None if remaining is None else started + remaining,
+            started=started,
+        )
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+async def _abort(context: Context, error: BaseException, ctx: CallContext | None) -> None:
+    if not isinstance(error, GatewayError):
+        logger.error("request %s failed", ctx.request_id if ctx else "-", exc_info=error)
+        error = InternalError("internal error")
+    status = to_grpc_status(error)
+    trailers = tuple(status.trailing_metadata) + tuple(ctx.response_headers if ctx else ())
+    await context.abort(status.code, status.details, trailers)
+
+
+def unary_rpc(
+    handler: Callable[[Any, Req, CallContext], Awaitable[Resp]],
+) -> Callable[[Any, Req, Context], Awaitable[Resp]]:
+    @functools.wraps(handler)
+    async def method(self: _Door, request: Req, context: Context) -> Resp:
+        ctx = None
+        try:
+            ctx = await self.open_call(context)
+            response = await handler(self, request, ctx)
+        except Exception as exc:
+            await _abort(context, exc, ctx)
+            raise AssertionError("abort returned") from exc
+        if ctx.response_headers:
+            context.set_trailing_metadata(tuple(ctx.response_headers))
+        return response
+
+    return method
+
+
+def stream_rpc(
+    handler: Callable[[Any, Req, CallContext], AsyncIterator[Resp]],
+) -> Callable[[Any, Req, Context], AsyncIterator[Resp]]:
+    @functools.wraps(handler)
+    async def method(self: _Door, request: Req, context: Context) -> AsyncIterator[Resp]:
+        ctx = None
+        stream = None
+        try:
+            ctx = await self.open_call(context)
+            stream = handler(self, request, ctx)
+            async for item in stream:
+                yield item
+        except Exception as exc:
+            await _abort(context, exc, ctx)
+        finally:
+            if stream is not None:
+                await stream.aclose()  # type: ignore[attr-defined]
+        if ctx is not None and ctx.response_headers:
+            context.set_trailing_metadata(tuple(ctx.response_headers))
+
+    return method
+
+
+class ChatService(_Door, chat_pb2_grpc.ChatServiceServicer):
+    @unary_rpc
+    async def CreateChatCompletion(
+        self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
+    ) -> chat_pb2.ChatCompletion:
+        return await self.plane.create_chat(request, ctx)
+
+    @stream_rpc
+    def StreamChatCompletion(
+        self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
+    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+        return self.plane.stream_chat(request, ctx)
+
+
+class ModelService(_Door, models_pb2_grpc.ModelServiceServicer):
+    @unary_rpc
+    async def ListModels(
+        self, request: models_pb2.ListModelsRequest, ctx: CallContext
+    ) -> models_pb2.ListModelsResponse:
+        return self.plane.list_models(ctx)
+
+    @unary_rpc
+    async def GetModel(
+        self, request: models_pb2.GetModelRequest, ctx: CallContext
+    ) -> models_pb2.Model:
+        return self.plane.get_model(request.id, ctx)
+
+
+class EmbeddingService(_Door, embeddings_pb2_grpc.EmbeddingServiceServicer):
+    @unary_rpc
+    async def CreateEmbeddings(
+        self, request: embeddings_pb2.EmbeddingRequest, ctx: CallContext
+    ) -> embeddings_pb2.EmbeddingResponse:
+        return await self.plane.embed(request, ctx)
+
+
+def build_grpc_server(
+    plane: DataPlane,
+    policy: Policy,
+    health_servicer: health.aio.HealthServicer,
+    *,
+    max_message_bytes: int,
+    max_concurrent_rpcs: int,
+) -> grpc.aio.Server:
+    """A grpc.aio server with every service, health and reflection; not yet bound."""
+    options: Sequence[tuple[str, Any]] = (
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    )
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatService(plane, policy), server)
+    models_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(plane, policy), server)
+    embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(
+        EmbeddingService(plane, policy), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    return server

@@ -1,0 +1,175 @@
+"""The process around the core: both servers on one loop, started and drained in order.
+
+Start: providers, policy, usage, data plane; then gRPC, then HTTP; then ready.
+Stop (SIGTERM or SIGINT, owned here, not by uvicorn):
+1. not ready: `/readyz` 503 and gRPC health NOT_SERVING, still serving for
+   `server.shutdown_delay_s`;
+2. stop accepting and drain both servers under one `server.shutdown_grace_s`;
+3. flush usage;
+4. close providers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Iterator
+
+import uvicorn
+from grpc import aio as grpc_aio
+from grpc_health.v1 import health, health_pb2
+
+from http_bridge.app import create_app
+from server.config import Config, parse_host_port
+from server.core.dataplane import DataPlane
+from server.core.routing import Router
+from server.grpc_service import SERVICE_NAMES, build_grpc_server
+from server.policy import Policy
+from server.providers import Provider, build_providers
+from server.usage import NullRecorder, UsageRecorder
+
+__all__ = ["Gateway", "serve"]
+
+logger = logging.getLogger("tandem")
+
+MAX_CONCURRENT_RPCS = 4096
+
+
+class HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the lifecycle owns the signals.
+
+    uvicorn 0.54's `serve()` wraps itself in `capture_signals()`, which would
+    replace our handlers and re-raise the signal after its own shutdown.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_socket(address: str) -> socket.socket:
+    host, port = parse_host_port(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Gateway:
+    """Owns everything with a lifetime, from start to the end of the drain."""
+
+    def __init__(self, config: Config, *, http: str, grpc: str) -> None:
+        self.config = config
+        self._http_address = http
+        self._grpc_address = grpc
+        self._ready = False
+        self._providers: dict[str, Provider] = {}
+        self._usage: UsageRecorder = NullRecorder()
+        self._health = health.aio.HealthServicer()
+        self._grpc_server: grpc_aio.Server | None = None
+        self._http_server: HttpServer | None = None
+        self._http_task: asyncio.Task[None] | None = None
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    async def start(self) -> tuple[str, str]:
+        """Start serving; return the bound HTTP and gRPC addresses."""
+        config = self.config
+        self._providers = build_providers(config)
+        policy = Policy(config)
+        plane = DataPlane(Router(config, self._providers), policy, self._usage)
+
+        self._grpc_server = build_grpc_server(
+            plane,
+            policy,
+            self._health,
+            max_message_bytes=config.server.max_body_bytes,
+            max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        )
+        grpc_host, grpc_port = parse_host_port(self._grpc_address)
+        try:
+            grpc_port = self._grpc_server.add_insecure_port(_format_address(grpc_host, grpc_port))
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen for gRPC on {self._grpc_address}") from exc
+        await self._grpc_server.start()
+        for service in ("", *SERVICE_NAMES):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+        sock = bind_socket(self._http_address)
+        http_host, http_port = sock.getsockname()[:2]
+        app = create_app(plane, policy, self.is_ready)
+        uvicorn_config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            http="httptools",
+            server_header=False,
+            timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace_s),
+        )
+        self._http_server = HttpServer(uvicorn_config)
+        self._http_task = asyncio.create_task(self._http_server.serve(sockets=[sock]))
+        while not self._http_server.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise OSError(f"cannot serve HTTP on {self._http_address}")
+            await asyncio.sleep(0.005)
+
+        self._ready = True
+        return _format_address(http_host, http_port), _format_address(grpc_host, grpc_port)
+
+    async def stop(self) -> None:
+        """Drain in the documented order; safe after a partial start."""
+        server_config = self.config.server
+        self._ready = False
+        await self._health.enter_graceful_shutdown()
+        if server_config.shutdown_delay_s and self._http_task is not None:
+            logger.info(
+                "not ready; serving for %ss before draining", server_config.shutdown_delay_s
+            )
+            await asyncio.sleep(server_config.shutdown_delay_s)
+
+        logger.info("draining (grace %ss)", server_config.shutdown_grace_s)
+        drains: list[Awaitable[None]] = []
+        if self._grpc_server is not None:
+            drains.append(self._grpc_server.stop(server_config.shutdown_grace_s))
+        if self._http_server is not None and self._http_task is not None:
+            self._http_server.should_exit = True
+            drains.append(self._http_task)
+        await asyncio.gather(*drains)
+
+        await self._usage.drain()
+        for provider in self._providers.values():
+            await provider.aclose()
+        logger.info("stopped")
+
+
+async def serve(config: Config, *, http: str, grpc: str) -> None:
+    """Run a gateway until SIGTERM or SIGINT, then drain it."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    gateway = Gateway(config, http=http, grpc=grpc)
+    try:
+        http_address, grpc_address = await gateway.start()
+        sys.stdout.write(f"http listening on {http_address}\ngrpc listening on {grpc_address}\n")
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        await gateway.stop()

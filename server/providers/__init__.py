@@ -1,0 +1,19 @@
+"""Providers: one module per kind behind the `Provider` interface."""
+
+from __future__ import annotations
+
+from server.config import Config, ConfigError
+from server.providers.base import Provider, Route
+from server.providers.mock import MockProvider
+
+__all__ = ["Provider", "Route", "build_providers"]
+
+
+def build_providers(config: Config) -> dict[str, Provider]:
+    """One provider object (with its pooled client) per configured provider."""
+    providers: dict[str, Provider] = {}
+    for i, entry in enumerate(config.providers):
+        if entry.kind != "mock":
+            raise ConfigError(f"providers[{i}].kind: kind {entry.kind} is not available yet")
+        providers[entry.name] = MockProvider(entry)
+    return providers

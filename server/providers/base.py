@@ -1,0 +1,47 @@
+"""The one interface every provider implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from tandem.v1 import chat_pb2, embeddings_pb2
+
+from server.config import ModelConfig
+from server.core.context import CallContext
+
+__all__ = ["Provider", "Route"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A public model bound to the provider that serves it."""
+
+    model: ModelConfig
+    provider: Provider
+
+    @property
+    def upstream(self) -> str:
+        return self.model.upstream_name
+
+
+class Provider(Protocol):
+    """An upstream that streams chat chunks and embeds texts.
+
+    `stream` yields chunks whose `id`, `created` and `model` the core sets;
+    the chunk that ends the answer carries `usage`. Errors are
+    `server.core.errors` classes.
+    """
+
+    name: str
+
+    def stream(
+        self, request: chat_pb2.ChatCompletionRequest, route: Route, ctx: CallContext
+    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]: ...
+
+    async def embed(
+        self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext
+    ) -> embeddings_pb2.EmbeddingResponse: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,92 @@
+"""The built-in `mock` provider: deterministic answers with no network.
+
+Every model on it echoes the last user message, streamed one chunk per word
+(a word keeps the whitespace that follows it). Usage counts words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import re
+import struct
+from collections.abc import AsyncIterator
+
+from tandem.v1 import chat_pb2, embeddings_pb2
+
+from server.config import ProviderConfig
+from server.core.context import CallContext
+from server.core.messages import count_words, last_user_text, prompt_words
+from server.providers.base import Route
+
+__all__ = ["EMBEDDING_DIMENSIONS", "MockProvider", "mock_embedding"]
+
+EMBEDDING_DIMENSIONS = 64
+_WORD = re.compile(r"\s*\S+\s*")
+
+
+class MockProvider:
+    def __init__(self, config: ProviderConfig) -> None:
+        self.name = config.name
+        self._delay_s = config.chunk_delay_ms / 1000
+
+    async def stream(
+        self, request: chat_pb2.ChatCompletionRequest, route: Route, ctx: CallContext
+    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+        words = _WORD.findall(last_user_text(request.messages))
+        finish_reason = "stop"
+        limit = _max_tokens(request)
+        if limit is not None and len(words) > limit:
+            words, finish_reason = words[:limit], "length"
+        choices = request.n if request.HasField("n") else 1
+        usage = chat_pb2.Usage(
+            prompt_tokens=prompt_words(request.messages), completion_tokens=len(words) * choices
+        )
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+
+        last = len(words) - 1
+        for position, word in enumerate(words or [""]):
+            if self._delay_s:
+                await asyncio.sleep(self._delay_s)
+            chunk = chat_pb2.ChatCompletionChunk()
+            for index in range(choices):
+                choice = chunk.choices.add(index=index)
+                if position == 0:
+                    choice.delta.role = "assistant"
+                choice.delta.content = word
+                if position >= last:
+                    choice.finish_reason = finish_reason
+            if position >= last:
+                chunk.usage.CopyFrom(usage)
+            yield chunk
+
+    async def embed(
+        self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext
+    ) -> embeddings_pb2.EmbeddingResponse:
+        response = embeddings_pb2.EmbeddingResponse()
+        for index, text in enumerate(request.input):
+            response.data.add(index=index, embedding=mock_embedding(text))
+        tokens = sum(count_words(text) for text in request.input)
+        response.usage.prompt_tokens = tokens
+        response.usage.total_tokens = tokens
+        return response
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _max_tokens(request: chat_pb2.ChatCompletionRequest) -> int | None:
+    if request.HasField("max_completion_tokens"):
+        return request.max_completion_tokens
+    if request.HasField("max_tokens"):
+        return request.max_tokens
+    return None
+
+
+def mock_embedding(text: str) -> list[float]:
+    """A unit vector of 64 floats derived from the text alone."""
+    digest = hashlib.shake_256(text.encode()).digest(2 * EMBEDDING_DIMENSIONS)
+    raw = [v / 32767.5 - 1.0 for v in struct.unpack(f"<{EMBEDDING_DIMENSIONS}H", digest)]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [v / norm for v in raw]
