@@ -37,7 +37,7 @@ pytest: $(INSTALLED)
 	$(PY) -m pytest
 
 bench: codegen
-	$(PY) -m scripts.bench
+	$(PY) scripts/bench.py
 
 clean:
 	rm -rf $(VENV)

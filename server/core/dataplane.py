@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from types import TracebackType
 
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
 
-from server.core.context import CallContext
+from server.core.context import CallContext, new_id
 from server.core.errors import GatewayError, NotFoundError
 from server.core.fold import fold_stream
 from server.core.messages import count_words, prompt_words
@@ -59,10 +58,10 @@ class DataPlane:
         admission = await self.policy.admit(ctx, route, estimate)
         ctx.response_headers.extend(admission.headers)
 
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        completion_id = f"chatcmpl-{new_id()}"
         created = int(time.time())
         model = route.model.name
-        upstream = route.provider.stream(request, route, ctx)
+        upstream = route.provider.stream(request, route, ctx, chunked=streaming)
         with _Accounting(self.usage, ctx, route, admission, streaming) as account:
             try:
                 async for chunk in upstream:

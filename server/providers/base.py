@@ -30,14 +30,21 @@ class Provider(Protocol):
     """An upstream that streams chat chunks and embeds texts.
 
     `stream` yields chunks whose `id`, `created` and `model` the core sets;
-    the chunk that ends the answer carries `usage`. Errors are
+    the chunk that ends the answer carries `usage`. With `chunked=False` the
+    caller will fold the answer anyway, so a provider may deliver it whole
+    (one chunk, e.g. from a non-streaming upstream call). Errors are
     `server.core.errors` classes.
     """
 
     name: str
 
     def stream(
-        self, request: chat_pb2.ChatCompletionRequest, route: Route, ctx: CallContext
+        self,
+        request: chat_pb2.ChatCompletionRequest,
+        route: Route,
+        ctx: CallContext,
+        *,
+        chunked: bool,
     ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]: ...
 
     async def embed(

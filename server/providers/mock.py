@@ -1,7 +1,8 @@
 """The built-in `mock` provider: deterministic answers with no network.
 
 Every model on it echoes the last user message, streamed one chunk per word
-(a word keeps the whitespace that follows it). Usage counts words.
+(a word keeps the whitespace that follows it), or in one chunk when the
+caller does not stream. Usage counts words.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ class MockProvider:
         self._delay_s = config.chunk_delay_ms / 1000
 
     async def stream(
-        self, request: chat_pb2.ChatCompletionRequest, route: Route, ctx: CallContext
+        self,
+        request: chat_pb2.ChatCompletionRequest,
+        route: Route,
+        ctx: CallContext,
+        *,
+        chunked: bool,
     ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
         words = _WORD.findall(last_user_text(request.messages))
         finish_reason = "stop"
@@ -45,16 +51,19 @@ class MockProvider:
         )
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
 
-        last = len(words) - 1
-        for position, word in enumerate(words or [""]):
-            if self._delay_s:
-                await asyncio.sleep(self._delay_s)
+        # Unchunked, the answer is one piece that takes as long as the words would.
+        pieces = words if chunked else ["".join(words)]
+        delay_s = self._delay_s if chunked else self._delay_s * len(words)
+        last = len(pieces) - 1
+        for position, piece in enumerate(pieces or [""]):
+            if delay_s:
+                await asyncio.sleep(delay_s)
             chunk = chat_pb2.ChatCompletionChunk()
             for index in range(choices):
                 choice = chunk.choices.add(index=index)
                 if position == 0:
                     choice.delta.role = "assistant"
-                choice.delta.content = word
+                choice.delta.content = piece
                 if position >= last:
                     choice.finish_reason = finish_reason
             if position >= last:

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.servers import TandemProcess, start_tandem
+
+# A config most gRPC tests share: a fast and a slow mock, and a model outside tier free.
+SHARED_CONFIG = """
+server: {max_body_bytes: 65536}
+providers:
+  - {name: demo, kind: mock}
+  - {name: slow, kind: mock, chunk_delay_ms: 100}
+models:
+  - {name: echo, provider: demo}
+  - {name: slow-echo, provider: slow}
+  - {name: private, provider: demo}
+tiers:
+  free: {default_model: echo, models: [echo, slow-echo]}
+"""
+
+
+@pytest.fixture
+def tandem(tmp_path: Path) -> Iterator[Callable[..., TandemProcess]]:
+    """Start `tandem serve` processes; every one is stopped after the test."""
+    started: list[TandemProcess] = []
+
+    def start(config: str | None = None, **kwargs: object) -> TandemProcess:
+        process = start_tandem(tmp_path, config, **kwargs)  # type: ignore[arg-type]
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TandemProcess]:
+    process = start_tandem(tmp_path_factory.mktemp("shared"), SHARED_CONFIG)
+    yield process
+    assert process.terminate() == 0, process.stderr()
+
+
+@pytest.fixture
+async def channel(shared_server: TandemProcess) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(shared_server.grpc) as channel:
+        yield channel

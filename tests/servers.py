@@ -1,0 +1,134 @@
+"""Real `tandem serve` processes on port 0 for tests."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ServeResult", "TandemProcess", "run_serve", "start_tandem"]
+
+START_TIMEOUT_S = 20.0
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TANDEM_OPENAI"))}
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class TandemProcess:
+    proc: subprocess.Popen[bytes]
+    http: str
+    grpc: str
+    stderr_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.http}"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then wait for the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _command(config: Path | None, args: list[str]) -> list[str]:
+    command = [sys.executable, "-m", "server.cli", "serve"]
+    if config is not None:
+        command += ["--config", str(config)]
+    return command + args
+
+
+def start_tandem(
+    tmp_path: Path,
+    config: str | None = None,
+    *,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> TandemProcess:
+    """Start `tandem serve` on port 0 and wait for its two listening lines."""
+    config_path = None
+    if config is not None:
+        config_path = tmp_path / f"tandem-{time.monotonic_ns()}.yaml"
+        config_path.write_text(config)
+    stderr_path = tmp_path / f"tandem-{time.monotonic_ns()}.log"
+    args = args if args is not None else ["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            _command(config_path, args),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            bufsize=0,
+            env=_env(env),
+            cwd=tmp_path,
+        )
+    assert proc.stdout is not None
+    addresses: dict[str, str] = {}
+    buffer = b""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while len(addresses) < 2:
+        ready, _, _ = select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0))
+        data = os.read(proc.stdout.fileno(), 4096) if ready else b""
+        if not data:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            raise RuntimeError(f"tandem serve did not start:\n{stderr_path.read_text()}")
+        buffer += data
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            door, _, address = line.decode().strip().partition(" listening on ")
+            addresses[door] = address
+    return TandemProcess(proc, addresses["http"], addresses["grpc"], stderr_path)
+
+
+@dataclass
+class ServeResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_serve(
+    tmp_path: Path,
+    config: str | None,
+    *,
+    env: dict[str, str] | None = None,
+    config_path: Path | None = None,
+) -> ServeResult:
+    """Run `tandem serve` expecting it to refuse to start."""
+    if config is not None:
+        config_path = tmp_path / "tandem.yaml"
+        config_path.write_text(config)
+    args = ["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
+    done = subprocess.run(
+        _command(config_path, args),
+        capture_output=True,
+        text=True,
+        env=_env(env),
+        cwd=tmp_path,
+        timeout=START_TIMEOUT_S,
+        check=False,
+    )
+    return ServeResult(done.returncode, done.stdout, done.stderr)

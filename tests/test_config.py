@@ -1,0 +1,196 @@
+"""Config: built-in defaults, ${VAR} expansion, and strict validation at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.config import Config, load_config
+from tests.servers import run_serve
+
+BAD_CONFIGS = [
+    ("bogus: 1\n", "bogus: unknown key"),
+    ("server: {htp: '127.0.0.1:1'}\n", "server.htp: unknown key"),
+    ("providers: [{name: p, kind: mock, colour: red}]\n", "providers[0].colour: unknown key"),
+    (
+        "auth: {jwt: {secret: 'x', algoritms: [HS256]}}\n",
+        "auth.jwt.algoritms: unknown key",
+    ),
+    ("tiers: {free: {rpm: 5}}\n", "tiers.free.rpm: unknown key"),
+    ("models: [{name: m, provider: nope}]\n", "models[0].provider: unknown provider 'nope'"),
+    (
+        "models: [{name: echo, provider: mock, fallbacks: [ghost]}]\n",
+        "models[0].fallbacks: unknown model 'ghost'",
+    ),
+    ("tiers: {free: {default_model: ghost}}\n", "tiers.free.default_model: unknown model"),
+    ("tiers: {free: {models: [echo, ghost]}}\n", "tiers.free.models: unknown model 'ghost'"),
+    (
+        "providers: [{name: a, kind: mock}, {name: a, kind: mock}]\n",
+        "providers[1].name: duplicate name 'a'",
+    ),
+    ("server: {workers: 0}\n", "server.workers: Input should be greater than 0"),
+    ("server: {http: 'localhost'}\n", "server.http: expected HOST:PORT"),
+    ("server: {max_body_bytes: lots}\n", "server.max_body_bytes: Input should be a valid integer"),
+    ("providers: [{name: p, kind: bogus}]\n", "providers[0].kind: Input should be"),
+    (
+        "providers: [{name: p, kind: openai, chunk_delay_ms: 5}]\n",
+        "providers[0]: chunk_delay_ms applies only to kind mock",
+    ),
+    ("providers: [{name: p, kind: mock, timeout_s: -1}]\n", "providers[0].timeout_s:"),
+    ("tiers: {free: {requests_per_minute: -5}}\n", "tiers.free.requests_per_minute:"),
+    ("rate_limits: {backend: redis}\n", "rate_limits: backend redis needs url"),
+    ("rate_limits: {backend: memcached}\n", "rate_limits.backend: Input should be"),
+    ("usage: {store: 'mysql://x'}\n", "usage.store: expected sqlite:///PATH"),
+    ("auth: {required: maybe}\n", "auth.required: Input should be a valid boolean"),
+    ("auth: {jwt: {algorithms: [HS256]}}\n", "auth.jwt: set exactly one of secret"),
+    ("auth: {jwt: {secret: s, algorithms: [none]}}\n", "auth.jwt: algorithm 'none'"),
+    (
+        "providers: [{name: p, kind: openai, api_key: '${TANDEM_TEST_UNSET_VAR}'}]\n",
+        "providers[0].api_key: environment variable TANDEM_TEST_UNSET_VAR is not set",
+    ),
+    ("server: [1, 2\n", "is not valid YAML at line"),
+    ("- just\n- a list\n", "must hold a mapping of sections"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_CONFIGS)
+def test_bad_config_fails_the_start_with_one_line_naming_the_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    result = run_serve(tmp_path, text)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tandem: config error: ")
+    assert message in lines[0]
+
+
+def test_missing_config_file_fails_the_start(tmp_path: Path) -> None:
+    result = run_serve(tmp_path, None, config_path=tmp_path / "absent.yaml")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("tandem: config error: cannot read config file ")
+    assert "absent.yaml" in result.stderr
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tandem.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_builtin_config_is_the_documented_default() -> None:
+    config = load_config(None, environ={})
+    assert (config.server.http, config.server.grpc, config.server.workers) == (
+        "127.0.0.1:8080",
+        "127.0.0.1:50051",
+        1,
+    )
+    assert [(p.name, p.kind) for p in config.providers] == [("mock", "mock")]
+    assert [(m.name, m.provider) for m in config.models] == [("echo", "mock")]
+    assert config.tiers["free"].default_model == "echo"
+    assert config.tiers["free"].requests_per_minute is None
+    assert config.tiers["free"].tokens_per_minute is None
+    assert config.auth.required is False
+    assert config.usage.store == "sqlite:///tandem.db"
+    assert config.rate_limits.backend == "memory"
+    assert config.server.max_body_bytes == 8388608
+    assert (config.server.shutdown_grace_s, config.server.shutdown_delay_s) == (30, 0)
+
+
+def test_openai_key_adds_the_openai_provider_and_its_models() -> None:
+    config = load_config(
+        None,
+        environ={
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+            "TANDEM_OPENAI_MODELS": "gpt-4o-mini, gpt-4.1",
+        },
+    )
+    openai = config.provider("openai")
+    assert (openai.kind, openai.url, openai.api_key) == (
+        "openai",
+        "http://127.0.0.1:9/v1",
+        "sk-test",
+    )
+    assert [(m.name, m.provider) for m in config.models][1:] == [
+        ("gpt-4o-mini", "openai"),
+        ("gpt-4.1", "openai"),
+    ]
+    default = load_config(None, environ={"OPENAI_API_KEY": "sk-test"})
+    assert default.provider("openai").url == "https://api.openai.com/v1"
+    assert [m.name for m in default.models] == ["echo", "gpt-4o-mini"]
+
+
+def test_env_references_expand_with_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "providers:\n"
+        "  - {name: up, kind: openai, base_url: 'http://${HOST:-127.0.0.1}:${PORT}/v1',"
+        " api_key: '${KEY}'}\n"
+        "models: [{name: m, provider: up}]\n",
+    )
+    config = load_config(path, environ={"PORT": "18080", "KEY": "secret"})
+    assert config.provider("up").base_url == "http://127.0.0.1:18080/v1"
+    assert config.provider("up").api_key == "secret"
+
+
+def test_absent_sections_take_the_builtin_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "server: {http: '0.0.0.0:9000'}\n"), environ={})
+    assert config.server.http == "0.0.0.0:9000"
+    assert [m.name for m in config.models] == ["echo"]
+    assert config.tiers["free"].default_model == "echo"
+
+
+def test_absent_tiers_default_to_a_free_tier_on_the_first_model(tmp_path: Path) -> None:
+    text = "providers: [{name: p, kind: mock}]\nmodels: [{name: a, provider: p}]\n"
+    config = load_config(write(tmp_path, text), environ={})
+    assert config.tiers["free"].default_model == "a"
+
+
+def test_empty_file_is_the_builtin_config(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, ""), environ={}) == load_config(None, environ={})
+
+
+def test_contract_example_config_validates(tmp_path: Path) -> None:
+    text = """
+server: {http: "127.0.0.1:8080", grpc: "127.0.0.1:50051", workers: 1}
+providers:
+  - {name: local, kind: openai, base_url: "http://127.0.0.1:18080/v1", api_key: "${OPENAI_API_KEY}"}
+  - {name: claude, kind: anthropic, base_url: "https://api.anthropic.com", api_key: "${ANTHROPIC_API_KEY}"}
+  - {name: lab, kind: ollama, base_url: "http://127.0.0.1:11434"}
+  - {name: demo, kind: mock}
+models:
+  - {name: gpt-4o-mini, provider: local, upstream: gpt-4o-mini, fallbacks: [claude-haiku]}
+  - {name: claude-haiku, provider: claude, upstream: claude-haiku-4-5}
+  - {name: echo, provider: demo}
+tiers:
+  free:     {default_model: echo, models: [echo], requests_per_minute: 60, tokens_per_minute: 20000}
+  standard: {default_model: gpt-4o-mini, requests_per_minute: 600, tokens_per_minute: 200000}
+auth:
+  required: true
+  key_cache_s: 1
+  jwt: {secret: "${TANDEM_JWT_SECRET}", algorithms: [HS256], audience: tandem, issuer: null, tier_claim: tier}
+  admin_keys: ["${TANDEM_ADMIN_KEY}"]
+rate_limits: {backend: memory}
+usage: {store: "sqlite:///tandem.db", flush_interval_ms: 500, batch_size: 200}
+"""
+    environ = {
+        "OPENAI_API_KEY": "a",
+        "ANTHROPIC_API_KEY": "b",
+        "TANDEM_JWT_SECRET": "c" * 32,
+        "TANDEM_ADMIN_KEY": "d",
+    }
+    config = load_config(write(tmp_path, text), environ=environ)
+    assert isinstance(config, Config)
+    assert config.models[0].fallbacks == ("claude-haiku",)
+    assert config.tiers["standard"].tokens_per_minute == 200000
+    assert config.auth.jwt is not None
+    assert config.auth.jwt.audience == "tandem"
+
+
+@pytest.mark.parametrize("store", ["none", None])
+def test_usage_store_none_turns_recording_off(tmp_path: Path, store: str | None) -> None:
+    text = f"usage: {{store: {'null' if store is None else store}}}\n"
+    assert load_config(write(tmp_path, text), environ={}).usage.store == "none"

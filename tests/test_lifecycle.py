@@ -1,0 +1,118 @@
+"""`tandem serve` as a process: listening lines, SIGTERM drain order, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tandem.v1 import chat_pb2, chat_pb2_grpc
+
+from tests.servers import TandemProcess
+
+SLOW = """
+server: {shutdown_grace_s: 20, shutdown_delay_s: %(delay)s}
+providers: [{name: demo, kind: mock, chunk_delay_ms: %(chunk_delay)s}]
+models: [{name: echo, provider: demo}]
+"""
+
+
+def request(words: int) -> chat_pb2.ChatCompletionRequest:
+    text = " ".join(f"w{i}" for i in range(words))
+    return chat_pb2.ChatCompletionRequest(
+        model="echo", messages=[chat_pb2.ChatMessage(role="user", content=text)]
+    )
+
+
+def test_listening_lines_go_to_stdout_and_logs_to_stderr(
+    tandem: Callable[..., TandemProcess],
+) -> None:
+    server = tandem()
+    assert server.http.startswith("127.0.0.1:")
+    assert not server.http.endswith(":0")
+    assert server.grpc.startswith("127.0.0.1:")
+    assert not server.grpc.endswith(":0")
+    assert httpx.get(f"{server.base_url}/healthz").status_code == 200
+    assert httpx.get(f"{server.base_url}/readyz").status_code == 200
+    assert server.terminate() == 0
+    assert "listening" not in server.stderr()
+    assert "stopped" in server.stderr()
+
+
+async def test_sigterm_lets_every_slow_stream_finish_then_exits_zero(
+    tandem: Callable[..., TandemProcess],
+) -> None:
+    server = tandem(SLOW % {"delay": 0, "chunk_delay": 100})
+    async with grpc.aio.insecure_channel(server.grpc) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+
+        async def stream() -> list[chat_pb2.ChatCompletionChunk]:
+            return [chunk async for chunk in stub.StreamChatCompletion(request(15))]
+
+        streams = [asyncio.create_task(stream()) for _ in range(20)]
+        await asyncio.sleep(0.4)  # every stream is under way, none is done (1.5 s each)
+        assert not any(task.done() for task in streams)
+        server.proc.send_signal(15)
+        results = await asyncio.gather(*streams)
+    assert all(len(chunks) == 15 for chunks in results)
+    assert all(chunks[-1].usage.completion_tokens == 15 for chunks in results)
+    assert await asyncio.to_thread(server.proc.wait, 30) == 0
+
+
+async def test_sigterm_goes_not_ready_but_keeps_serving_during_the_delay(
+    tandem: Callable[..., TandemProcess],
+) -> None:
+    server = tandem(SLOW % {"delay": 1.5, "chunk_delay": 0})
+    async with grpc.aio.insecure_channel(server.grpc) as channel:
+        health: Any = health_pb2_grpc.HealthStub(channel)  # typeshed's stub lists no methods
+        chat = chat_pb2_grpc.ChatServiceStub(channel)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == serving
+        signalled = time.monotonic()
+        server.proc.send_signal(15)
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{server.base_url}/readyz")).status_code == 503
+            assert (await client.get(f"{server.base_url}/healthz")).status_code == 200
+        status = (await health.Check(health_pb2.HealthCheckRequest())).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        completion = await chat.CreateChatCompletion(request(3))
+        assert completion.choices[0].message.content == "w0 w1 w2"
+        assert time.monotonic() - signalled < 1.5
+    assert await asyncio.to_thread(server.proc.wait, 30) == 0
+
+
+async def test_streams_beyond_the_grace_are_cut_and_the_process_still_exits_zero(
+    tandem: Callable[..., TandemProcess],
+) -> None:
+    config = SLOW.replace("shutdown_grace_s: 20", "shutdown_grace_s: 0.5")
+    server = tandem(config % {"delay": 0, "chunk_delay": 200})
+    async with grpc.aio.insecure_channel(server.grpc) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        call = stub.StreamChatCompletion(request(50))
+        await call.read()
+        server.proc.send_signal(15)
+        started = time.monotonic()
+        received = 1
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            while await call.read() != grpc.aio.EOF:
+                received += 1
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert received < 50
+        assert time.monotonic() - started < 5
+    assert await asyncio.to_thread(server.proc.wait, 30) == 0
+
+
+def test_a_taken_port_fails_the_start_with_one_line(
+    tandem: Callable[..., TandemProcess],
+) -> None:
+    first = tandem()
+    from tests.servers import start_tandem
+
+    with pytest.raises(RuntimeError, match=r"cannot listen for gRPC on 127\.0\.0\.1:\d+"):
+        start_tandem(first.stderr_path.parent, args=["--grpc", first.grpc, "--http", "127.0.0.1:0"])

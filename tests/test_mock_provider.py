@@ -1,0 +1,56 @@
+"""The mock provider's rules, as properties over any text."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from tandem.v1 import chat_pb2
+
+from server.config import ModelConfig, ProviderConfig
+from server.core.context import CallContext
+from server.providers.base import Route
+from server.providers.mock import MockProvider, mock_embedding
+
+PROVIDER = MockProvider(ProviderConfig(name="m", kind="mock"))
+ROUTE = Route(model=ModelConfig(name="echo", provider="m"), provider=PROVIDER)
+CTX = CallContext(request_id="r", protocol="grpc")
+
+texts = st.text(alphabet=st.sampled_from("ab \t\n\u00e9\u3000"), max_size=40)
+
+
+async def chunks_for(
+    text: str, max_tokens: int | None = None
+) -> list[chat_pb2.ChatCompletionChunk]:
+    request = chat_pb2.ChatCompletionRequest(
+        messages=[chat_pb2.ChatMessage(role="user", content=text)], max_tokens=max_tokens
+    )
+    return [chunk async for chunk in PROVIDER.stream(request, ROUTE, CTX, chunked=True)]
+
+
+@given(texts)
+async def test_stream_is_one_chunk_per_word_and_rebuilds_the_text(text: str) -> None:
+    chunks = await chunks_for(text)
+    words = text.split()
+    assert len(chunks) == max(len(words), 1)
+    answer = "".join(c.choices[0].delta.content for c in chunks)
+    assert answer == (text if words else "")
+    assert [c.HasField("usage") for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chunks[-1].usage.completion_tokens == len(words)
+    assert chunks[-1].usage.prompt_tokens == len(words)
+
+
+@given(texts, st.integers(min_value=1, max_value=10))
+async def test_max_tokens_keeps_the_first_words(text: str, limit: int) -> None:
+    chunks = await chunks_for(text, max_tokens=limit)
+    words = text.split()
+    answer = "".join(c.choices[0].delta.content for c in chunks)
+    assert answer.split() == words[:limit]
+    expected = "length" if len(words) > limit else "stop"
+    assert chunks[-1].choices[0].finish_reason == expected
+
+
+@given(st.text(max_size=30), st.text(max_size=30))
+def test_embeddings_depend_on_the_text_alone(a: str, b: str) -> None:
+    assert mock_embedding(a) == mock_embedding(a)
+    assert (mock_embedding(a) == mock_embedding(b)) == (a == b)
+    assert abs(sum(x * x for x in mock_embedding(a)) - 1.0) < 1e-9
