@@ -2,7 +2,9 @@
 
 The load comes from a separate process pinned to the other core, over real
 grpc.aio channels. Each scenario runs for `--seconds` after a warm-up, with
-`--concurrency` calls in flight, and reports throughput and latency.
+`--concurrency` calls in flight, and reports throughput and latency, first
+for a bare grpc.aio servicer with canned answers (scripts/bare_grpc.py),
+then for Tandem, with Tandem's throughput as a ratio of the baseline's.
 
     .venv/bin/python scripts/bench.py --seconds 10 --concurrency 64
 """
@@ -32,11 +34,14 @@ rate_limits: {backend: none}
 """
 
 
-def start_server(config: str, core: int | None) -> tuple[subprocess.Popen[bytes], str]:
+def tandem_command() -> list[str]:
     path = Path(tempfile.mkdtemp()) / "bench.yaml"
-    path.write_text(config)
+    path.write_text(CONFIG)
     command = [sys.executable, "-m", "server.cli", "serve", "--config", str(path)]
-    command += ["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
+    return [*command, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
+
+
+def start_server(command: list[str], core: int | None) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
     if core is not None:
         os.sched_setaffinity(proc.pid, {core})
@@ -112,23 +117,31 @@ def main() -> None:
     cores = sorted(os.sched_getaffinity(0))
     server_core, client_core = (cores[0], cores[1]) if len(cores) > 1 else (None, None)
 
-    proc, target = start_server(CONFIG, server_core)
-    try:
-        print(f"server pinned to core {server_core}, load to core {client_core}")
-        print(f"{'scenario':<14}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-        context = multiprocessing.get_context("spawn")
-        for scenario in args.scenarios.split(","):
-            job = (scenario, target, args.seconds, args.concurrency, args.words, client_core)
-            with context.Pool(1) as pool:
-                result = pool.apply(_load, (job,))
-            print(
-                f"{scenario:<14}{result['rps']:>10.0f}"
-                f"{result['p50_ms']:>10.2f}{result['p99_ms']:>10.2f}",
-                flush=True,
-            )
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+    print(f"server pinned to core {server_core}, load to core {client_core}")
+    print(f"{'server':<8}{'scenario':<14}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'ratio':>8}")
+    servers = {
+        "bare": [sys.executable, str(ROOT / "scripts" / "bare_grpc.py"), str(args.words)],
+        "tandem": tandem_command(),
+    }
+    baseline: dict[str, float] = {}
+    context = multiprocessing.get_context("spawn")
+    for name, command in servers.items():
+        proc, target = start_server(command, server_core)
+        try:
+            for scenario in args.scenarios.split(","):
+                job = (scenario, target, args.seconds, args.concurrency, args.words, client_core)
+                with context.Pool(1) as pool:
+                    result = pool.apply(_load, (job,))
+                rps = result["rps"]
+                baseline.setdefault(scenario, rps)
+                print(
+                    f"{name:<8}{scenario:<14}{rps:>10.0f}{result['p50_ms']:>10.2f}"
+                    f"{result['p99_ms']:>10.2f}{rps / baseline[scenario]:>8.2f}",
+                    flush=True,
+                )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
 
 
 if __name__ == "__main__":
