@@ -1,33 +1,103 @@
-"""The FastAPI application of the HTTP door."""
+"""The FastAPI application of the HTTP door: routes, error spelling, middleware."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp
 
+from http_bridge import routes_native, routes_openai
+from http_bridge.body_limit import BodyLimitMiddleware
+from http_bridge.disconnect import ClientDisconnected
+from http_bridge.errors import error_response
+from http_bridge.fast_path import FastPath
+from http_bridge.request_id import RequestIdMiddleware
 from http_bridge.responses import JsonResponse
+from server.core.context import CallContext
 from server.core.dataplane import DataPlane
+from server.core.errors import GatewayError, InvalidRequestError, NotFoundError
 from server.policy import Policy
 
 __all__ = ["create_app"]
 
+logger = logging.getLogger("tandem.http")
 
-def create_app(plane: DataPlane, policy: Policy, is_ready: Callable[[], bool]) -> FastAPI:
-    app = FastAPI(title="Tandem", version="1", default_response_class=JsonResponse)
+
+def _is_ollama(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def _call_headers(request: Request) -> list[tuple[str, str]]:
+    ctx: CallContext | None = getattr(request.state, "call", None)
+    return list(ctx.response_headers) if ctx else []
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc, ollama=_is_ollama(request), headers=_call_headers(request))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: GatewayError
+    if exc.status_code == 404:
+        error = NotFoundError(f"no route {request.method} {request.url.path}")
+    else:
+        error = InvalidRequestError(str(exc.detail))
+    headers = list((exc.headers or {}).items())
+    return error_response(
+        error, ollama=_is_ollama(request), status=exc.status_code, headers=headers
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    param = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
+    error = InvalidRequestError(f"{param}: {first['msg']}", param=param or None)
+    return error_response(error, ollama=_is_ollama(request))
+
+
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    return Response(status_code=499)  # nobody is listening; uvicorn drops it
+
+
+def create_app(
+    plane: DataPlane, policy: Policy, is_ready: Callable[[], bool], *, max_body_bytes: int
+) -> ASGIApp:
+    """The ASGI app uvicorn serves: request ids and the body limit around the
+    hot-path table, around FastAPI (which declares every route)."""
+    app = FastAPI(
+        title="Tandem",
+        version="1",
+        summary="LLM gateway: native, OpenAI-compatible and Ollama-compatible HTTP routes.",
+        default_response_class=JsonResponse,
+    )
     app.state.plane = plane
     app.state.policy = policy
+    app.include_router(routes_native.router)
+    app.include_router(routes_openai.router)
 
-    @app.get("/healthz")
-    async def healthz() -> JsonResponse:
-        """The process is alive."""
+    @app.get("/healthz", tags=["ops"], summary="The process is alive")
+    async def healthz() -> Response:
         return JsonResponse({"status": "ok"})
 
-    @app.get("/readyz")
-    async def readyz() -> JsonResponse:
-        """Ready to take traffic; 503 while starting or draining."""
+    @app.get(
+        "/readyz", tags=["ops"], summary="Ready to take traffic; 503 while starting or draining"
+    )
+    async def readyz() -> Response:
         if is_ready():
             return JsonResponse({"status": "ready"})
         return JsonResponse({"status": "draining"}, status_code=503)
 
-    return app
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnected, _disconnected)
+    hot = FastPath(app, [*routes_native.router.routes, *routes_openai.router.routes])
+    return RequestIdMiddleware(BodyLimitMiddleware(hot, max_body_bytes=max_body_bytes))

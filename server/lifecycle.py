@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Iterator
 import uvicorn
 from grpc import aio as grpc_aio
 from grpc_health.v1 import health, health_pb2
+from starlette.types import ASGIApp
 
 from http_bridge.app import create_app
 from server.config import Config, parse_host_port
@@ -33,7 +34,7 @@ from server.policy import Policy
 from server.providers import Provider, build_providers
 from server.usage import NullRecorder, UsageRecorder
 
-__all__ = ["Gateway", "serve"]
+__all__ = ["Gateway", "HttpServer", "bind_socket", "serve", "start_http_server"]
 
 logger = logging.getLogger("tandem")
 
@@ -67,6 +68,30 @@ def bind_socket(address: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+async def start_http_server(
+    app: ASGIApp, sock: socket.socket, *, grace_s: float
+) -> tuple[HttpServer, asyncio.Task[None]]:
+    """uvicorn serving `app` on a bound socket, in this loop; returns once it accepts."""
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        http="httptools",
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=math.ceil(grace_s),
+    )
+    server = HttpServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise OSError(f"cannot serve HTTP on {sock.getsockname()}")
+        await asyncio.sleep(0.005)
+    return server, task
 
 
 class Gateway:
@@ -112,23 +137,10 @@ class Gateway:
 
         sock = bind_socket(self._http_address)
         http_host, http_port = sock.getsockname()[:2]
-        app = create_app(plane, policy, self.is_ready)
-        uvicorn_config = uvicorn.Config(
-            app,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            http="httptools",
-            server_header=False,
-            timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace_s),
+        app = create_app(plane, policy, self.is_ready, max_body_bytes=config.server.max_body_bytes)
+        self._http_server, self._http_task = await start_http_server(
+            app, sock, grace_s=config.server.shutdown_grace_s
         )
-        self._http_server = HttpServer(uvicorn_config)
-        self._http_task = asyncio.create_task(self._http_server.serve(sockets=[sock]))
-        while not self._http_server.started:
-            if self._http_task.done():
-                self._http_task.result()
-                raise OSError(f"cannot serve HTTP on {self._http_address}")
-            await asyncio.sleep(0.005)
 
         self._ready = True
         return _format_address(http_host, http_port), _format_address(grpc_host, grpc_port)

@@ -18,8 +18,9 @@ models:
   - {name: echo, provider: demo}
   - {name: slow-echo, provider: slow}
   - {name: private, provider: demo}
+  - {name: org/echo-2, provider: demo}
 tiers:
-  free: {default_model: echo, models: [echo, slow-echo]}
+  free: {default_model: echo, models: [echo, slow-echo, org/echo-2]}
 """
 
 

@@ -12,7 +12,11 @@ from tandem.v1 import embeddings_pb2, embeddings_pb2_grpc, models_pb2, models_pb
 async def test_list_models_shows_the_models_the_tier_may_use(channel: grpc.aio.Channel) -> None:
     stub = models_pb2_grpc.ModelServiceStub(channel)
     response = await stub.ListModels(models_pb2.ListModelsRequest())
-    assert [(m.id, m.owned_by) for m in response.data] == [("echo", "demo"), ("slow-echo", "slow")]
+    assert [(m.id, m.owned_by) for m in response.data] == [
+        ("echo", "demo"),
+        ("slow-echo", "slow"),
+        ("org/echo-2", "demo"),
+    ]
     assert all(m.created > 1_700_000_000 for m in response.data)
 
 

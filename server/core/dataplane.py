@@ -54,8 +54,9 @@ class DataPlane:
     ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
         validate_chat_request(request)
         route = self.router.resolve(request.model, ctx.caller)
-        estimate = prompt_words(request.messages) + _max_tokens(request)
-        admission = await self.policy.admit(ctx, route, estimate)
+        admission = await self.policy.admit(
+            ctx, route, lambda: prompt_words(request.messages) + _max_tokens(request)
+        )
         ctx.response_headers.extend(admission.headers)
 
         completion_id = f"chatcmpl-{new_id()}"
@@ -81,8 +82,9 @@ class DataPlane:
     ) -> embeddings_pb2.EmbeddingResponse:
         validate_embedding_request(request)
         route = self.router.resolve(request.model, ctx.caller)
-        estimate = sum(count_words(text) for text in request.input)
-        admission = await self.policy.admit(ctx, route, estimate)
+        admission = await self.policy.admit(
+            ctx, route, lambda: sum(count_words(text) for text in request.input)
+        )
         ctx.response_headers.extend(admission.headers)
         with _Accounting(self.usage, ctx, route, admission, streaming=False) as account:
             response = await route.provider.embed(request, route, ctx)

@@ -5,6 +5,9 @@ Each failure is an `InvalidRequestError` naming the offending field.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.core.errors import InvalidRequestError
@@ -36,55 +39,81 @@ def _invalid(param: str, message: str) -> InvalidRequestError:
 def validate_chat_request(request: chat_pb2.ChatCompletionRequest) -> None:
     if not request.messages:
         raise _invalid("messages", "at least one message is required")
-    for i, message in enumerate(request.messages):
-        _validate_message(message, f"messages[{i}]")
-    for name, (low, high) in _RANGES.items():
-        if request.HasField(name):  # type: ignore[arg-type]
-            value = getattr(request, name)
+    for field, value in request.ListFields():  # only the fields that are set
+        name = field.name
+        bounds = _RANGES.get(name)
+        if bounds is not None:
+            low, high = bounds
             if not low <= value <= high:
                 raise _invalid(name, f"must be between {low:g} and {high:g}, got {value:g}")
-    for token, bias in request.logit_bias.items():
+        else:
+            check = _FIELD_CHECKS.get(name)
+            if check is not None:
+                check(value)
+
+
+def _check_messages(messages: Sequence[chat_pb2.ChatMessage]) -> None:
+    for i, message in enumerate(messages):
+        role = message.role
+        if role not in ROLES:
+            raise _invalid(f"messages[{i}].role", f"must be one of {sorted(ROLES)}")
+        if message.parts:
+            _check_parts(message, i)
+        if role == "tool" and not message.tool_call_id:
+            raise _invalid(f"messages[{i}].tool_call_id", "is required for role 'tool'")
+        if message.tool_calls and role != "assistant":
+            raise _invalid(f"messages[{i}].tool_calls", "only assistant messages make tool calls")
+
+
+def _check_parts(message: chat_pb2.ChatMessage, i: int) -> None:
+    if message.HasField("content"):
+        raise _invalid(f"messages[{i}].content", "set content or parts, not both")
+    for j, part in enumerate(message.parts):
+        if part.type not in PART_TYPES:
+            raise _invalid(
+                f"messages[{i}].content[{j}].type", f"must be one of {sorted(PART_TYPES)}"
+            )
+        if part.WhichOneof("part") != PART_TYPES[part.type]:
+            raise _invalid(f"messages[{i}].content[{j}].{part.type}", "is required")
+
+
+def _check_logit_bias(logit_bias: Mapping[str, int]) -> None:
+    for token, bias in logit_bias.items():
         if not -100 <= bias <= 100:
             raise _invalid(f"logit_bias.{token}", "must be between -100 and 100")
-    for i, tool in enumerate(request.tools):
+
+
+def _check_tools(tools: Sequence[chat_pb2.Tool]) -> None:
+    for i, tool in enumerate(tools):
         if tool.type != "function":
             raise _invalid(f"tools[{i}].type", "must be 'function'")
         if not tool.function.name:
             raise _invalid(f"tools[{i}].function.name", "is required")
-    _validate_tool_choice(request)
-    if request.HasField("response_format"):
-        kind = request.response_format.type
-        if kind not in RESPONSE_FORMATS:
-            raise _invalid("response_format.type", f"must be one of {sorted(RESPONSE_FORMATS)}")
-        if kind == "json_schema" and not request.response_format.json_schema.name:
-            raise _invalid("response_format.json_schema.name", "is required")
 
 
-def _validate_message(message: chat_pb2.ChatMessage, where: str) -> None:
-    if message.role not in ROLES:
-        raise _invalid(f"{where}.role", f"must be one of {sorted(ROLES)}")
-    if message.HasField("content") and message.parts:
-        raise _invalid(f"{where}.content", "set content or parts, not both")
-    for j, part in enumerate(message.parts):
-        if part.type not in PART_TYPES:
-            raise _invalid(f"{where}.content[{j}].type", f"must be one of {sorted(PART_TYPES)}")
-        if part.WhichOneof("part") != PART_TYPES[part.type]:
-            raise _invalid(f"{where}.content[{j}].{part.type}", "is required")
-    if message.role == "tool" and not message.tool_call_id:
-        raise _invalid(f"{where}.tool_call_id", "is required for role 'tool'")
-    if message.tool_calls and message.role != "assistant":
-        raise _invalid(f"{where}.tool_calls", "only assistant messages make tool calls")
-
-
-def _validate_tool_choice(request: chat_pb2.ChatCompletionRequest) -> None:
-    if not request.HasField("tool_choice"):
-        return
-    choice = request.tool_choice
+def _check_tool_choice(choice: chat_pb2.ToolChoice) -> None:
     if choice.mode:
         if choice.mode not in TOOL_CHOICE_MODES:
             raise _invalid("tool_choice", f"must be one of {sorted(TOOL_CHOICE_MODES)}")
     elif choice.type != "function" or not choice.function.name:
         raise _invalid("tool_choice", "name a function as {type: function, function: {name}}")
+
+
+def _check_response_format(response_format: chat_pb2.ResponseFormat) -> None:
+    kind = response_format.type
+    if kind not in RESPONSE_FORMATS:
+        raise _invalid("response_format.type", f"must be one of {sorted(RESPONSE_FORMATS)}")
+    if kind == "json_schema" and not response_format.json_schema.name:
+        raise _invalid("response_format.json_schema.name", "is required")
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any], None]] = {
+    "messages": _check_messages,
+    "logit_bias": _check_logit_bias,
+    "tools": _check_tools,
+    "tool_choice": _check_tool_choice,
+    "response_format": _check_response_format,
+}
 
 
 def validate_embedding_request(request: embeddings_pb2.EmbeddingRequest) -> None:

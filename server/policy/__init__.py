@@ -12,6 +12,7 @@ limits; JWT, API keys and rate limits plug in here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.config import Config
@@ -47,6 +48,11 @@ class Policy:
             raise AuthenticationError("missing credentials: send authorization: Bearer <token>")
         raise AuthenticationError("invalid credentials")
 
-    async def admit(self, ctx: CallContext, route: Route, estimated_tokens: int) -> Admission:
-        """Reserve the call's estimated tokens, or raise RateLimitError."""
+    async def admit(
+        self, ctx: CallContext, route: Route, estimate_tokens: Callable[[], int]
+    ) -> Admission:
+        """Reserve the call's estimated tokens, or raise RateLimitError.
+
+        `estimate_tokens` is called only when a token budget applies.
+        """
         return _UNLIMITED

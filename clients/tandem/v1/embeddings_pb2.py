@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atandem/v1/embeddings.proto\x12\ttandem.v1\"f\n\x10\x45mbeddingRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x03(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x17\n\ndimensions\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\r\n\x0b_dimensions\"p\n\x11\x45mbeddingResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x14.tandem.v1.Embedding\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x19.tandem.v1.EmbeddingUsage\"-\n\tEmbedding\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\tembedding\x18\x02 \x03(\x02\"=\n\x0e\x45mbeddingUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\x05\x32\x61\n\x10\x45mbeddingService\x12M\n\x10\x43reateEmbeddings\x12\x1b.tandem.v1.EmbeddingRequest\x1a\x1c.tandem.v1.EmbeddingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atandem/v1/embeddings.proto\x12\ttandem.v1\"\x7f\n\x10\x45mbeddingRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x03(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x17\n\ndimensions\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\x0f\x65ncoding_format\x18\x05 \x01(\tB\r\n\x0b_dimensions\"p\n\x11\x45mbeddingResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x14.tandem.v1.Embedding\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x19.tandem.v1.EmbeddingUsage\"-\n\tEmbedding\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\tembedding\x18\x02 \x03(\x02\"=\n\x0e\x45mbeddingUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\x05\x32\x61\n\x10\x45mbeddingService\x12M\n\x10\x43reateEmbeddings\x12\x1b.tandem.v1.EmbeddingRequest\x1a\x1c.tandem.v1.EmbeddingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.v1.embeddings_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EMBEDDINGREQUEST']._serialized_start=41
-  _globals['_EMBEDDINGREQUEST']._serialized_end=143
-  _globals['_EMBEDDINGRESPONSE']._serialized_start=145
-  _globals['_EMBEDDINGRESPONSE']._serialized_end=257
-  _globals['_EMBEDDING']._serialized_start=259
-  _globals['_EMBEDDING']._serialized_end=304
-  _globals['_EMBEDDINGUSAGE']._serialized_start=306
-  _globals['_EMBEDDINGUSAGE']._serialized_end=367
-  _globals['_EMBEDDINGSERVICE']._serialized_start=369
-  _globals['_EMBEDDINGSERVICE']._serialized_end=466
+  _globals['_EMBEDDINGREQUEST']._serialized_end=168
+  _globals['_EMBEDDINGRESPONSE']._serialized_start=170
+  _globals['_EMBEDDINGRESPONSE']._serialized_end=282
+  _globals['_EMBEDDING']._serialized_start=284
+  _globals['_EMBEDDING']._serialized_end=329
+  _globals['_EMBEDDINGUSAGE']._serialized_start=331
+  _globals['_EMBEDDINGUSAGE']._serialized_end=392
+  _globals['_EMBEDDINGSERVICE']._serialized_start=394
+  _globals['_EMBEDDINGSERVICE']._serialized_end=491
 # @@protoc_insertion_point(module_scope)

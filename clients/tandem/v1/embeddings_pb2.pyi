@@ -28,12 +28,15 @@ class EmbeddingRequest(_message.Message):
     INPUT_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
     DIMENSIONS_FIELD_NUMBER: _builtins.int
+    ENCODING_FORMAT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The public model name; empty means the caller's tier default."""
     user: _builtins.str
     """The end user, for the provider's abuse monitoring."""
     dimensions: _builtins.int
     """Size of the vectors, where the model supports choosing it."""
+    encoding_format: _builtins.str
+    """HTTP only: "float" (default) or "base64" (float32 little-endian)."""
     @_builtins.property
     def input(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The texts."""
@@ -45,10 +48,11 @@ class EmbeddingRequest(_message.Message):
         input: _abc.Iterable[_builtins.str] | None = ...,
         user: _builtins.str = ...,
         dimensions: _builtins.int | None = ...,
+        encoding_format: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "dimensions", b"dimensions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "dimensions", b"dimensions", "input", b"input", "model", b"model", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "dimensions", b"dimensions", "encoding_format", b"encoding_format", "input", b"input", "model", b"model", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015

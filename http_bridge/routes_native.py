@@ -1,0 +1,51 @@
+"""`/native/v1`: the proto's JSON form, strict."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+from tandem.v1 import chat_pb2, embeddings_pb2
+
+from http_bridge import handlers
+from http_bridge.deps import NativeCall
+from http_bridge.lean_route import lean_post
+from http_bridge.openapi_schema import request_body
+from http_bridge.responses import JsonResponse
+from server.translate import openai
+
+__all__ = ["router"]
+
+
+router = APIRouter(prefix="/native/v1", tags=["native"])
+
+_STRICT = (
+    "The proto's fields, snake_case; an unknown field or a wrong type is a 400 naming it. "
+    "OpenAI's union forms are accepted: `stop` string or list, `tool_choice` string or object, "
+    "`content` string or parts."
+)
+
+
+@lean_post(
+    router,
+    "/chat/completions",
+    summary='Create a chat completion (SSE with "stream": true)',
+    openapi_extra=request_body(chat_pb2.ChatCompletionRequest.DESCRIPTOR, _STRICT),
+)
+async def create_chat_completion(request: Request, ctx: NativeCall) -> Response:
+    return await handlers.create_chat(request, ctx, handlers.NATIVE)
+
+
+@router.get("/models", summary="List the models the caller may use")
+async def list_models(request: Request, ctx: NativeCall) -> Response:
+    models = request.app.state.plane.list_models(ctx)
+    return JsonResponse(openai.encode_models(models, with_object=False))
+
+
+@lean_post(
+    router,
+    "/embeddings",
+    summary="Create embeddings",
+    openapi_extra=request_body(embeddings_pb2.EmbeddingRequest.DESCRIPTOR, _STRICT),
+)
+async def create_embeddings(request: Request, ctx: NativeCall) -> Response:
+    return await handlers.create_embeddings(request, ctx, handlers.NATIVE)

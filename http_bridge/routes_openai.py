@@ -1,0 +1,53 @@
+"""`/v1`: OpenAI's shapes, so the official `openai` SDK works unchanged."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+from tandem.v1 import chat_pb2, embeddings_pb2
+
+from http_bridge import handlers
+from http_bridge.deps import OpenAICall
+from http_bridge.lean_route import lean_post
+from http_bridge.openapi_schema import request_body
+from http_bridge.responses import JsonResponse
+from server.translate import openai
+
+__all__ = ["router"]
+
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+_LENIENT = "OpenAI's request shape; unknown fields are ignored, as OpenAI-compatible servers do."
+
+
+@lean_post(
+    router,
+    "/chat/completions",
+    summary="Create a chat completion (OpenAI)",
+    openapi_extra=request_body(chat_pb2.ChatCompletionRequest.DESCRIPTOR, _LENIENT),
+)
+async def create_chat_completion(request: Request, ctx: OpenAICall) -> Response:
+    return await handlers.create_chat(request, ctx, handlers.OPENAI)
+
+
+@router.get("/models", summary="List models (OpenAI)")
+async def list_models(request: Request, ctx: OpenAICall) -> Response:
+    models = request.app.state.plane.list_models(ctx)
+    return JsonResponse(openai.encode_models(models, with_object=True))
+
+
+@router.get("/models/{model_id:path}", summary="Retrieve a model (OpenAI); ids may contain '/'")
+async def get_model(model_id: str, request: Request, ctx: OpenAICall) -> Response:
+    model = request.app.state.plane.get_model(model_id, ctx)
+    return JsonResponse(openai.encode_model(model, with_object=True))
+
+
+@lean_post(
+    router,
+    "/embeddings",
+    summary="Create embeddings (OpenAI; float or base64)",
+    openapi_extra=request_body(embeddings_pb2.EmbeddingRequest.DESCRIPTOR, _LENIENT),
+)
+async def create_embeddings(request: Request, ctx: OpenAICall) -> Response:
+    return await handlers.create_embeddings(request, ctx, handlers.OPENAI)

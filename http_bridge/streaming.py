@@ -1,0 +1,76 @@
+"""A streamed answer (SSE or NDJSON) that has already produced its first chunk.
+
+The route awaits the first chunk before building this response, so every
+failure up to then is a plain error status; from here on the status is 200
+and a failure is one in-band error event with no end marker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+from tandem.v1 import chat_pb2
+
+from http_bridge.disconnect import ClientDisconnected, cancel_on_disconnect
+from server.core.errors import GatewayError, InternalError
+
+__all__ = ["ChunkStreamResponse"]
+
+logger = logging.getLogger("tandem.http")
+
+Chunk = chat_pb2.ChatCompletionChunk
+
+
+class ChunkStreamResponse(Response):
+    def __init__(
+        self,
+        first: Chunk,
+        rest: AsyncIterator[Chunk],
+        *,
+        encode: Callable[[Chunk], bytes],
+        encode_error: Callable[[GatewayError], bytes],
+        done: bytes,
+        media_type: bytes,
+        headers: list[tuple[str, str]],
+        request_id: str,
+    ) -> None:
+        self.status_code = 200
+        self.background: BackgroundTask | None = None
+        self._first = first
+        self._rest = rest
+        self._encode = encode
+        self._encode_error = encode_error
+        self._done = done
+        self._request_id = request_id
+        self._raw_headers = [
+            (b"content-type", media_type),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            *((k.encode(), v.encode()) for k, v in headers),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._raw_headers})
+        encode = self._encode
+        try:
+            async with cancel_on_disconnect(receive):
+                body = encode(self._first)
+                try:
+                    async for chunk in self._rest:
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                        body = encode(chunk)
+                    body += self._done
+                except GatewayError as exc:
+                    body += self._encode_error(exc)
+                except Exception:
+                    logger.exception("request %s failed mid-stream", self._request_id)
+                    body += self._encode_error(InternalError("internal error"))
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+        except ClientDisconnected:
+            return
+        finally:
+            await self._rest.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""Translation between the proto types and each dialect's JSON: one pure module per dialect."""

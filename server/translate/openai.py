@@ -1,0 +1,271 @@
+"""OpenAI's JSON dialect: requests into protos, protos into OpenAI's exact shapes.
+
+The native HTTP format is this dialect made strict: the same request shapes
+(with unknown fields refused) and the same reply shapes without the
+constant `object` keys, so that `json_format.ParseDict` reads them back.
+
+Encoders write from proto fields and keep zero values (`index: 0`,
+`prompt_tokens: 0`) and numbers as numbers, which `MessageToDict` does not.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
+
+from server.core.errors import InvalidRequestError
+from server.translate.protojson import parse_into
+
+__all__ = [
+    "ChunkEncoder",
+    "encode_completion",
+    "encode_embeddings",
+    "encode_model",
+    "encode_models",
+    "normalize_chat_body",
+    "parse_chat_request",
+    "parse_embedding_request",
+]
+
+JSON = dict[str, Any]
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+def normalize_chat_body(body: JSON) -> JSON:
+    """Rewrite OpenAI's union forms into the proto's single forms.
+
+    `stop: "x"` -> `["x"]`; `tool_choice: "auto"` -> `{mode: "auto"}`;
+    a message's list `content` -> `parts`. Returns a shallow copy when
+    anything changes; the input is never modified.
+    """
+    out = body
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        out = {**out, "stop": [stop]}
+    tool_choice = body.get("tool_choice")
+    if isinstance(tool_choice, str):
+        out = {**out, "tool_choice": {"mode": tool_choice}}
+    messages = body.get("messages")
+    if isinstance(messages, list) and any(
+        isinstance(m, dict) and isinstance(m.get("content"), list) for m in messages
+    ):
+        out = {**out, "messages": [_content_to_parts(m) for m in messages]}
+    return out
+
+
+def _content_to_parts(message: Any) -> Any:
+    if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+        return message
+    converted = {k: v for k, v in message.items() if k != "content"}
+    converted["parts"] = message["content"]
+    return converted
+
+
+def parse_chat_request(body: Any, *, strict: bool) -> chat_pb2.ChatCompletionRequest:
+    """An OpenAI chat request (or a native one, with `strict=True`) as a proto."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("body: must be a JSON object", param="body")
+    request = chat_pb2.ChatCompletionRequest()
+    parse_into(normalize_chat_body(body), request, strict=strict)
+    return request
+
+
+def parse_embedding_request(body: Any, *, strict: bool) -> embeddings_pb2.EmbeddingRequest:
+    """An embeddings request; `input` may be one string or a list of strings."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("body: must be a JSON object", param="body")
+    text = body.get("input")
+    if isinstance(text, str):
+        body = {**body, "input": [text]}
+    elif isinstance(text, list) and text and not isinstance(text[0], str):
+        raise InvalidRequestError("input: token arrays are not supported; send text", param="input")
+    request = embeddings_pb2.EmbeddingRequest()
+    parse_into(body, request, strict=strict)
+    if request.encoding_format not in ("", "float", "base64"):
+        raise InvalidRequestError(
+            "encoding_format: must be 'float' or 'base64'", param="encoding_format"
+        )
+    return request
+
+
+# --- replies ----------------------------------------------------------------------------
+
+
+def _usage(usage: chat_pb2.Usage) -> JSON:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _tool_calls(calls: Iterable[chat_pb2.ToolCall], *, with_index: bool) -> list[JSON]:
+    out = []
+    for call in calls:
+        item: JSON = {"index": call.index} if with_index else {}
+        if call.id:
+            item["id"] = call.id
+        if call.type:
+            item["type"] = call.type
+        function: JSON = {}
+        if call.function.name:
+            function["name"] = call.function.name
+        if call.function.arguments or not with_index:
+            function["arguments"] = call.function.arguments
+        item["function"] = function
+        out.append(item)
+    return out
+
+
+def _logprobs(choice: chat_pb2.Choice | chat_pb2.ChunkChoice) -> JSON | None:
+    if not choice.HasField("logprobs"):
+        return None
+
+    def token(t: chat_pb2.TokenLogprob | chat_pb2.TopLogprob) -> JSON:
+        return {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
+
+    def tokens(items: Iterable[chat_pb2.TokenLogprob]) -> list[JSON]:
+        return [{**token(t), "top_logprobs": [token(top) for top in t.top_logprobs]} for t in items]
+
+    logprobs = choice.logprobs
+    return {"content": tokens(logprobs.content), "refusal": tokens(logprobs.refusal) or None}
+
+
+def _message(message: chat_pb2.ChatMessage) -> JSON:
+    out: JSON = {
+        "role": message.role or "assistant",
+        "content": message.content if message.HasField("content") else None,
+        "refusal": message.refusal if message.HasField("refusal") else None,
+    }
+    if message.tool_calls:
+        out["tool_calls"] = _tool_calls(message.tool_calls, with_index=False)
+    return out
+
+
+def encode_completion(completion: chat_pb2.ChatCompletion, *, with_object: bool) -> JSON:
+    out: JSON = {"id": completion.id}
+    if with_object:
+        out["object"] = "chat.completion"
+    out["created"] = completion.created
+    out["model"] = completion.model
+    out["choices"] = [
+        {
+            "index": choice.index,
+            "message": _message(choice.message),
+            "logprobs": _logprobs(choice),
+            "finish_reason": choice.finish_reason or None,
+        }
+        for choice in completion.choices
+    ]
+    out["usage"] = _usage(completion.usage)
+    out["system_fingerprint"] = completion.system_fingerprint or None
+    return out
+
+
+def _delta(delta: chat_pb2.Delta) -> JSON:
+    out: JSON = {}
+    if delta.HasField("role"):
+        out["role"] = delta.role
+    if delta.HasField("content"):
+        out["content"] = delta.content
+    if delta.HasField("refusal"):
+        out["refusal"] = delta.refusal
+    if delta.tool_calls:
+        out["tool_calls"] = _tool_calls(delta.tool_calls, with_index=True)
+    return out
+
+
+def _chunk_choices(chunk: chat_pb2.ChatCompletionChunk) -> list[JSON]:
+    return [
+        {
+            "index": choice.index,
+            "delta": _delta(choice.delta),
+            "logprobs": _logprobs(choice),
+            "finish_reason": choice.finish_reason if choice.HasField("finish_reason") else None,
+        }
+        for choice in chunk.choices
+    ]
+
+
+class ChunkEncoder:
+    """Writes a stream's chunks as SSE events, the constant head encoded once.
+
+    `usage` decides where usage goes: "inline" on the chunk that has it
+    (native), "separate" as a last chunk with `choices: []` and `usage: null`
+    on the others (OpenAI with `include_usage`), or "none" (OpenAI without).
+    """
+
+    __slots__ = ("_head", "_usage")
+
+    def __init__(
+        self, first: chat_pb2.ChatCompletionChunk, *, with_object: bool, usage: str
+    ) -> None:
+        head: JSON = {"id": first.id}
+        if with_object:
+            head["object"] = "chat.completion.chunk"
+        head["created"] = first.created
+        head["model"] = first.model
+        if first.system_fingerprint:
+            head["system_fingerprint"] = first.system_fingerprint
+        # '{"id":..,"model":".."' + ',"choices":' : every event starts the same way
+        self._head = b"data: " + orjson.dumps(head)[:-1] + b',"choices":'
+        self._usage = usage
+
+    def encode(self, chunk: chat_pb2.ChatCompletionChunk) -> bytes:
+        """One chunk as one or two `data: {...}\\n\\n` events."""
+        has_usage = chunk.HasField("usage")
+        usage_mode = self._usage
+        if usage_mode == "inline":
+            tail = b',"usage":' + orjson.dumps(_usage(chunk.usage)) if has_usage else b""
+            return self._head + orjson.dumps(_chunk_choices(chunk)) + tail + b"}\n\n"
+        events = b""
+        if chunk.choices or not has_usage:
+            tail = b',"usage":null}\n\n' if usage_mode == "separate" else b"}\n\n"
+            events = self._head + orjson.dumps(_chunk_choices(chunk)) + tail
+        if has_usage and usage_mode == "separate":
+            events += self._head + b'[],"usage":' + orjson.dumps(_usage(chunk.usage)) + b"}\n\n"
+        return events
+
+
+def encode_embeddings(
+    response: embeddings_pb2.EmbeddingResponse, *, with_object: bool, encoding_format: str
+) -> JSON:
+    data = []
+    for item in response.data:
+        vector: Any = list(item.embedding)
+        if encoding_format == "base64":
+            packed = struct.pack(f"<{len(vector)}f", *vector)
+            vector = base64.b64encode(packed).decode()
+        entry: JSON = {"object": "embedding"} if with_object else {}
+        entry["index"] = item.index
+        entry["embedding"] = vector
+        data.append(entry)
+    out: JSON = {"object": "list"} if with_object else {}
+    out["data"] = data
+    out["model"] = response.model
+    out["usage"] = {
+        "prompt_tokens": response.usage.prompt_tokens,
+        "total_tokens": response.usage.total_tokens,
+    }
+    return out
+
+
+def encode_model(model: models_pb2.Model, *, with_object: bool) -> JSON:
+    out: JSON = {"id": model.id}
+    if with_object:
+        out["object"] = "model"
+    out["created"] = model.created
+    out["owned_by"] = model.owned_by
+    return out
+
+
+def encode_models(models: models_pb2.ListModelsResponse, *, with_object: bool) -> JSON:
+    data = [encode_model(m, with_object=with_object) for m in models.data]
+    return {"object": "list", "data": data} if with_object else {"data": data}
