@@ -1,12 +1,13 @@
 """Requests per second through one `tandem serve` worker, pinned to one core.
 
-The load comes from a separate process pinned to the other core, over real
-grpc.aio channels. Each scenario runs for `--seconds` after a warm-up, with
-`--concurrency` calls in flight, and reports throughput and latency, first
-for a bare grpc.aio servicer with canned answers (scripts/bare_grpc.py),
-then for Tandem, with Tandem's throughput as a ratio of the baseline's.
+A baseline with canned answers and no gateway (scripts/bare_server.py: bare
+grpc.aio and bare Starlette on the same loop and uvicorn settings) runs beside
+Tandem. Both are pinned to one core; the load runs on the other: `wrk` for
+HTTP, a grpc.aio client process for gRPC. Each scenario alternates baseline
+and Tandem for `--rounds` rounds and reports medians, with Tandem's
+throughput as a ratio of the baseline's in the same run.
 
-    .venv/bin/python scripts/bench.py --seconds 10 --concurrency 64
+    .venv/bin/python scripts/bench.py --seconds 5 --rounds 3
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import re
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+import orjson
 import uvloop
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
@@ -32,38 +37,33 @@ CONFIG = """
 usage: {store: none}
 rate_limits: {backend: none}
 """
+SCENARIOS = ("http-chat", "http-stream", "grpc-unary", "grpc-stream")
 
 
-def tandem_command() -> list[str]:
-    path = Path(tempfile.mkdtemp()) / "bench.yaml"
-    path.write_text(CONFIG)
-    command = [sys.executable, "-m", "server.cli", "serve", "--config", str(path)]
-    return [*command, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
-
-
-def start_server(command: list[str], core: int | None) -> tuple[subprocess.Popen[bytes], str]:
+def start(command: list[str], core: int | None) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
     if core is not None:
         os.sched_setaffinity(proc.pid, {core})
     assert proc.stdout is not None
     lines = [proc.stdout.readline().decode() for _ in range(2)]
-    addresses = dict(line.strip().split(" listening on ") for line in lines)
-    return proc, addresses["grpc"]
+    return proc, dict(line.strip().split(" listening on ") for line in lines)
 
 
-def _request(words: int) -> chat_pb2.ChatCompletionRequest:
-    text = " ".join(f"word{i}" for i in range(words))
-    return chat_pb2.ChatCompletionRequest(
-        model="echo", messages=[chat_pb2.ChatMessage(role="user", content=text)]
-    )
+def _text(words: int) -> str:
+    return " ".join(f"word{i}" for i in range(words))
 
 
-async def _drive(
+# --- gRPC load: a grpc.aio client in its own process -----------------------------------
+
+
+async def _drive_grpc(
     scenario: str, target: str, seconds: float, concurrency: int, words: int
-) -> dict[str, float]:
+) -> float:
     channels = [grpc.aio.insecure_channel(target) for _ in range(4)]
     stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in channels]
-    request = _request(words)
+    request = chat_pb2.ChatCompletionRequest(
+        model="echo", messages=[chat_pb2.ChatMessage(role="user", content=_text(words))]
+    )
 
     async def unary(stub: chat_pb2_grpc.ChatServiceAsyncStub) -> None:
         await stub.CreateChatCompletion(request)
@@ -75,71 +75,138 @@ async def _drive(
     call: Callable[[chat_pb2_grpc.ChatServiceAsyncStub], Awaitable[None]] = (
         unary if scenario == "grpc-unary" else stream
     )
-    latencies: list[float] = []
+    done = 0
 
-    async def worker(index: int, until: float, record: bool) -> None:
+    async def worker(index: int, until: float) -> None:
+        nonlocal done
         stub = stubs[index % len(stubs)]
-        while (now := time.perf_counter()) < until:
+        while time.perf_counter() < until:
             await call(stub)
-            if record:
-                latencies.append(time.perf_counter() - now)
+            done += 1
 
-    warm_until = time.perf_counter() + 1.0
-    await asyncio.gather(*(worker(i, warm_until, False) for i in range(concurrency)))
+    await asyncio.gather(*(worker(i, time.perf_counter() + 1.0) for i in range(concurrency)))
+    done = 0
     started = time.perf_counter()
-    until = started + seconds
-    await asyncio.gather(*(worker(i, until, True) for i in range(concurrency)))
-    elapsed = time.perf_counter() - started
+    await asyncio.gather(*(worker(i, started + seconds) for i in range(concurrency)))
+    rps = done / (time.perf_counter() - started)
     for channel in channels:
         await channel.close()
-    latencies.sort()
-    return {
-        "rps": len(latencies) / elapsed,
-        "p50_ms": latencies[len(latencies) // 2] * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
-    }
+    return rps
 
 
-def _load(args: tuple[str, str, float, int, int, int | None]) -> dict[str, float]:
+def _grpc_load(args: tuple[str, str, float, int, int, int | None]) -> float:
     scenario, target, seconds, concurrency, words, core = args
     if core is not None:
         os.sched_setaffinity(0, {core})
-    return uvloop.run(_drive(scenario, target, seconds, concurrency, words))
+    return uvloop.run(_drive_grpc(scenario, target, seconds, concurrency, words))
+
+
+# --- HTTP load: wrk ---------------------------------------------------------------------
+
+
+def _http_load(
+    scenario: str, address: str, seconds: float, concurrency: int, words: int, core: int | None
+) -> float:
+    body: dict[str, object] = {
+        "model": "echo",
+        "messages": [{"role": "user", "content": _text(words)}],
+    }
+    if scenario == "http-stream":
+        body["stream"] = True
+    script = Path(tempfile.mkdtemp()) / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = [[{orjson.dumps(body).decode()}]]\n"
+        'wrk.headers["content-type"] = "application/json"\n'
+    )
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(round(seconds), 1)}s", "-s", str(script)]
+    if core is not None:
+        command = ["taskset", "-c", str(core), *command]
+    out = subprocess.run(
+        [*command, f"http://{address}/v1/chat/completions"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if re.search(r"Non-2xx", out):
+        raise RuntimeError(f"errors during the run:\n{out}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert match, out
+    return float(match.group(1))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--words", type=int, default=20, help="words (chunks) per answer")
-    parser.add_argument("--scenarios", default="grpc-unary,grpc-stream")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--words", type=int, default=20, help="words per answer (chunks streamed)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     args = parser.parse_args()
+    scenarios = args.scenarios.split(",")
+    if any(s.startswith("http") for s in scenarios) and shutil.which("wrk") is None:
+        sys.exit("the HTTP scenarios need wrk: apt-get install wrk")
     cores = sorted(os.sched_getaffinity(0))
     server_core, client_core = (cores[0], cores[1]) if len(cores) > 1 else (None, None)
 
-    print(f"server pinned to core {server_core}, load to core {client_core}")
-    print(f"{'server':<8}{'scenario':<14}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'ratio':>8}")
-    servers = {
-        "bare": [sys.executable, str(ROOT / "scripts" / "bare_grpc.py"), str(args.words)],
-        "tandem": tandem_command(),
+    config = Path(tempfile.mkdtemp()) / "bench.yaml"
+    config.write_text(CONFIG)
+    commands = {
+        "bare": [sys.executable, str(ROOT / "scripts" / "bare_server.py"), str(args.words)],
+        "tandem": [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+        ],
     }
-    baseline: dict[str, float] = {}
+    procs = {}
+    addresses = {}
+    for name, command in commands.items():
+        procs[name], addresses[name] = start(command, server_core)
     context = multiprocessing.get_context("spawn")
-    for name, command in servers.items():
-        proc, target = start_server(command, server_core)
-        try:
-            for scenario in args.scenarios.split(","):
-                job = (scenario, target, args.seconds, args.concurrency, args.words, client_core)
-                with context.Pool(1) as pool:
-                    result = pool.apply(_load, (job,))
-                rps = result["rps"]
-                baseline.setdefault(scenario, rps)
-                print(
-                    f"{name:<8}{scenario:<14}{rps:>10.0f}{result['p50_ms']:>10.2f}"
-                    f"{result['p99_ms']:>10.2f}{rps / baseline[scenario]:>8.2f}",
-                    flush=True,
-                )
-        finally:
+    print(
+        f"servers on core {server_core}, load on core {client_core}; "
+        f"{args.rounds} x {args.seconds:g} s, {args.concurrency} in flight, {args.words} words"
+    )
+    print(f"{'scenario':<13}{'bare req/s':>12}{'tandem req/s':>14}{'ratio':>8}")
+    try:
+        for scenario in scenarios:
+            results: dict[str, list[float]] = {"bare": [], "tandem": []}
+            for _ in range(args.rounds):
+                for name in ("bare", "tandem"):
+                    if scenario.startswith("http"):
+                        rps = _http_load(
+                            scenario,
+                            addresses[name]["http"],
+                            args.seconds,
+                            args.concurrency,
+                            args.words,
+                            client_core,
+                        )
+                    else:
+                        job = (
+                            scenario,
+                            addresses[name]["grpc"],
+                            args.seconds,
+                            args.concurrency,
+                            args.words,
+                            client_core,
+                        )
+                        with context.Pool(1) as pool:
+                            rps = pool.apply(_grpc_load, (job,))
+                    results[name].append(rps)
+            bare = statistics.median(results["bare"])
+            tandem = statistics.median(results["tandem"])
+            print(f"{scenario:<13}{bare:>12.0f}{tandem:>14.0f}{tandem / bare:>8.2f}", flush=True)
+    finally:
+        for proc in procs.values():
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
 

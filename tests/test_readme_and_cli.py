@@ -60,3 +60,32 @@ def test_tandem_chat_reports_an_error_status(tandem: Callable[..., TandemProcess
     )
     assert done.returncode == 2
     assert "NOT_FOUND: model 'ghost' not found" in done.stderr
+
+
+def test_readme_curl_commands_work_as_written(
+    tandem: Callable[..., TandemProcess], tmp_path: Path
+) -> None:
+    server = tandem()
+    commands = readme_block("sh", "## Use it over HTTP").replace("127.0.0.1:8080", server.http)
+    script = tmp_path / "curl.sh"
+    script.write_text("set -e\n" + commands)
+    done = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, timeout=30, check=True
+    )
+    completion, _, events = done.stdout.partition("}data: ")
+    assert '"content":"Hello over HTTP"' in completion
+    assert events.endswith("data: [DONE]\n\n")
+    assert ("data: " + events).count("data: ") == 4  # 3 words, then [DONE]
+
+
+def test_readme_openai_example_prints_the_answer_twice(
+    tandem: Callable[..., TandemProcess], tmp_path: Path
+) -> None:
+    server = tandem()
+    code = readme_block("python", "The official `openai` SDK works unchanged")
+    script = tmp_path / "openai_example.py"
+    script.write_text(code.replace("127.0.0.1:8080", server.http))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout == readme_block("", "It prints the answer twice, whole and streamed:")

@@ -40,20 +40,26 @@ class MockProvider:
         *,
         chunked: bool,
     ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
-        words = _WORD.findall(last_user_text(request.messages))
-        finish_reason = "stop"
+        text = last_user_text(request.messages)
         limit = _max_tokens(request)
-        if limit is not None and len(words) > limit:
-            words, finish_reason = words[:limit], "length"
+        finish_reason = "stop"
+        if chunked or limit is not None:
+            words = _WORD.findall(text)
+            if limit is not None and len(words) > limit:
+                words, finish_reason = words[:limit], "length"
+            count = len(words)
+            # Unchunked, the answer is one piece that takes as long as the words would.
+            pieces = words if chunked else ["".join(words)]
+        else:  # the whole text, as the words would rebuild it, without splitting it
+            count = count_words(text)
+            pieces = [text if count else ""]
+        delay_s = self._delay_s if chunked else self._delay_s * count
         choices = request.n if request.HasField("n") else 1
         usage = chat_pb2.Usage(
-            prompt_tokens=prompt_words(request.messages), completion_tokens=len(words) * choices
+            prompt_tokens=prompt_words(request.messages), completion_tokens=count * choices
         )
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
 
-        # Unchunked, the answer is one piece that takes as long as the words would.
-        pieces = words if chunked else ["".join(words)]
-        delay_s = self._delay_s if chunked else self._delay_s * len(words)
         last = len(pieces) - 1
         for position, piece in enumerate(pieces or [""]):
             if delay_s:

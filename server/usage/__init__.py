@@ -6,14 +6,15 @@ batching SQLite/PostgreSQL ledger plugs in behind the same interface.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = ["NullRecorder", "UsageRecord", "UsageRecorder"]
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRecord:
+class UsageRecord(NamedTuple):
+    """What one call cost. A NamedTuple: immutable and made for every request
+    (a frozen dataclass cost 3 us to build here, this 0.6 us)."""
+
     request_id: str
     user: str
     model: str
