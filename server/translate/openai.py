@@ -194,6 +194,27 @@ def _chunk_choices(chunk: chat_pb2.ChatCompletionChunk) -> list[JSON]:
     ]
 
 
+_TEXT_HEAD = b'[{"index":0,"delta":{"content":'
+_TEXT_TAIL = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+_TEXT_TAIL_NULL_USAGE = b'},"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
+
+
+def _plain_text_delta(choice: chat_pb2.ChunkChoice) -> str | None:
+    """The content of a delta of choice 0 that carries nothing but content."""
+    delta = choice.delta
+    if (
+        choice.index == 0
+        and delta.HasField("content")
+        and not delta.HasField("role")
+        and not delta.tool_calls
+        and not delta.HasField("refusal")
+        and not choice.HasField("finish_reason")
+        and not choice.HasField("logprobs")
+    ):
+        return delta.content
+    return None
+
+
 class ChunkEncoder:
     """Writes a stream's chunks as SSE events, the constant head encoded once.
 
@@ -222,6 +243,11 @@ class ChunkEncoder:
         """One chunk as one or two `data: {...}\\n\\n` events."""
         has_usage = chunk.HasField("usage")
         usage_mode = self._usage
+        if not has_usage and len(chunk.choices) == 1:
+            text = _plain_text_delta(chunk.choices[0])
+            if text is not None:  # the common case, written without building dicts
+                tail = _TEXT_TAIL_NULL_USAGE if usage_mode == "separate" else _TEXT_TAIL
+                return self._head + _TEXT_HEAD + orjson.dumps(text) + tail
         if usage_mode == "inline":
             tail = b',"usage":' + orjson.dumps(_usage(chunk.usage)) if has_usage else b""
             return self._head + orjson.dumps(_chunk_choices(chunk)) + tail + b"}\n\n"
