@@ -19,6 +19,7 @@ HTTP_STATUS: dict[type[errors.GatewayError], int] = {
     errors.PermissionDeniedError: 403,
     errors.NotFoundError: 404,
     errors.RateLimitError: 429,
+    errors.UpstreamFailure: 502,
     errors.UpstreamError: 502,
     errors.UpstreamTimeoutError: 504,
     errors.InternalError: 500,
@@ -48,7 +49,7 @@ def error_headers(error: errors.GatewayError) -> list[tuple[str, str]]:
         headers.append(("retry-after-ms", str(max(math.ceil(error.retry_after_s * 1000), 0))))
         if not error.should_retry:
             headers.append(("x-should-retry", "false"))
-    elif isinstance(error, errors.UpstreamError | errors.UpstreamTimeoutError):
+    elif isinstance(error, errors.UpstreamFailure):
         headers.append(("x-should-retry", "false"))
     return headers
 

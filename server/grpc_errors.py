@@ -20,6 +20,7 @@ GRPC_CODES: dict[type[errors.GatewayError], grpc.StatusCode] = {
     errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
     errors.RateLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.UpstreamFailure: grpc.StatusCode.UNAVAILABLE,
     errors.UpstreamError: grpc.StatusCode.UNAVAILABLE,
     errors.UpstreamTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.InternalError: grpc.StatusCode.INTERNAL,

@@ -29,6 +29,7 @@ class SlowProvider:
     """Streams a word every 50 ms, for 5 s, and notes when it is cancelled."""
 
     name = "slow"
+    max_retries = 0
 
     def __init__(self) -> None:
         self.started = asyncio.Event()

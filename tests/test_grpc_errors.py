@@ -122,10 +122,19 @@ async def test_auth_required_without_credentials_is_unauthenticated(
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_every_error_class_has_a_grpc_code() -> None:
-    classes = [errors.GatewayError, *errors.GatewayError.__subclasses__()]
-    classes += errors.InvalidRequestError.__subclasses__()
-    assert set(classes) == set(GRPC_CODES)
+def all_error_classes() -> set[type[errors.GatewayError]]:
+    found, todo = set(), [errors.GatewayError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls)
+        todo += cls.__subclasses__()
+    return found
+
+
+def test_every_error_class_has_a_grpc_code_and_an_http_status() -> None:
+    from http_bridge.errors import HTTP_STATUS
+
+    assert all_error_classes() == set(GRPC_CODES) == set(HTTP_STATUS)
 
 
 def test_rate_limit_status_carries_retry_info() -> None:
@@ -143,6 +152,7 @@ def test_rate_limit_status_carries_retry_info() -> None:
 
 class _BrokenProvider:
     name = "broken"
+    max_retries = 0
 
     def stream(
         self, *args: object, **kwargs: object

@@ -18,6 +18,7 @@ from server.core.context import CallContext, new_id
 from server.core.errors import GatewayError, NotFoundError
 from server.core.fold import fold_stream
 from server.core.messages import count_words, prompt_words
+from server.core.resilience import open_stream
 from server.core.routing import Router
 from server.core.validation import validate_chat_request, validate_embedding_request
 from server.policy import Admission, Policy
@@ -61,19 +62,23 @@ class DataPlane:
 
         completion_id = f"chatcmpl-{new_id()}"
         created = int(time.time())
-        model = route.model.name
-        upstream = route.provider.stream(request, route, ctx, chunked=streaming)
+        model = route.model.name  # the public name asked for, whoever serves it
         with _Accounting(self.usage, ctx, route, admission, streaming) as account:
+            account.route, upstream, chunk = await open_stream(
+                self.router.chain(route), request, ctx, chunked=streaming
+            )
+            account.first_chunk_at = time.monotonic()
             try:
-                async for chunk in upstream:
-                    if account.first_chunk_at is None:
-                        account.first_chunk_at = time.monotonic()
+                while True:
                     chunk.id = completion_id
                     chunk.created = created
                     chunk.model = model
                     if chunk.HasField("usage"):
                         account.usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                     yield chunk
+                    chunk = await anext(upstream)
+            except StopAsyncIteration:
+                pass
             finally:
                 await upstream.aclose()  # type: ignore[attr-defined]
 
@@ -124,12 +129,13 @@ class _Accounting:
         "_admission",
         "_created_at",
         "_ctx",
+        "_model",
         "_recorder",
-        "_route",
         "_streaming",
         "completion_tokens",
         "first_chunk_at",
         "prompt_tokens",
+        "route",
     )
 
     def __init__(
@@ -142,7 +148,8 @@ class _Accounting:
     ) -> None:
         self._recorder = recorder
         self._ctx = ctx
-        self._route = route
+        self.route = route  # the one that served, after fallbacks
+        self._model = route.model.name  # the public name asked for
         self._admission = admission
         self._streaming = streaming
         self._created_at = time.time()
@@ -171,8 +178,8 @@ class _Accounting:
             UsageRecord(
                 request_id=ctx.request_id,
                 user=ctx.caller.user,
-                model=self._route.model.name,
-                provider=self._route.provider.name,
+                model=self._model,
+                provider=self.route.provider.name,
                 protocol=ctx.protocol,
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=self.completion_tokens,

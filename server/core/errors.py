@@ -7,8 +7,9 @@
     ├── PermissionDeniedError    403  permission_error
     ├── NotFoundError            404  not_found_error
     ├── RateLimitError           429  rate_limit_error
-    ├── UpstreamError            502  upstream_error
-    ├── UpstreamTimeoutError     504  timeout_error
+    ├── UpstreamFailure               (a provider failed; the core may retry)
+    │   ├── UpstreamError        502  upstream_error
+    │   └── UpstreamTimeoutError 504  timeout_error
     └── InternalError            500  internal_error
 
 The HTTP status and gRPC code of each class live in one table per door
@@ -28,6 +29,7 @@ __all__ = [
     "RateLimitError",
     "RequestTooLargeError",
     "UpstreamError",
+    "UpstreamFailure",
     "UpstreamTimeoutError",
 ]
 
@@ -73,11 +75,24 @@ class RateLimitError(GatewayError):
         self.should_retry = should_retry
 
 
-class UpstreamError(GatewayError):
+class UpstreamFailure(GatewayError):
+    """A provider failed. `retryable`: the same route may succeed if asked again
+    (connect errors, timeouts before the first byte, 408, 429, 5xx);
+    `retry_after_s`: the upstream's own `retry-after`, if it sent one."""
+
+    def __init__(
+        self, message: str, *, retryable: bool = False, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamError(UpstreamFailure):
     type = "upstream_error"
 
 
-class UpstreamTimeoutError(GatewayError):
+class UpstreamTimeoutError(UpstreamFailure):
     type = "timeout_error"
 
 

@@ -18,6 +18,10 @@ class Router:
         self._routes = {
             m.name: Route(model=m, provider=providers[m.provider]) for m in config.models
         }
+        self._chains = {
+            name: (route, *(self._routes[f] for f in route.model.fallbacks))
+            for name, route in self._routes.items()
+        }
 
     @property
     def routes(self) -> list[Route]:
@@ -40,6 +44,11 @@ class Router:
                 f"model {name!r} is not available to tier {caller.tier!r}", param="model"
             )
         return route
+
+    def chain(self, route: Route) -> tuple[Route, ...]:
+        """The route, then its model's fallbacks in order, whatever the caller's tier allows
+        (fallbacks are the operator's routing)."""
+        return self._chains[route.model.name]
 
     def visible(self, caller: Caller) -> list[Route]:
         """The routes the caller's tier may use."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from server.config import Config, ConfigError
 from server.providers.base import Provider, Route
 from server.providers.mock import MockProvider
+from server.providers.openai import OpenAIProvider
 
 __all__ = ["Provider", "Route", "build_providers"]
 
@@ -13,7 +14,10 @@ def build_providers(config: Config) -> dict[str, Provider]:
     """One provider object (with its pooled client) per configured provider."""
     providers: dict[str, Provider] = {}
     for i, entry in enumerate(config.providers):
-        if entry.kind != "mock":
+        if entry.kind == "mock":
+            providers[entry.name] = MockProvider(entry)
+        elif entry.kind == "openai":
+            providers[entry.name] = OpenAIProvider(entry)
+        else:
             raise ConfigError(f"providers[{i}].kind: kind {entry.kind} is not available yet")
-        providers[entry.name] = MockProvider(entry)
     return providers

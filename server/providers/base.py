@@ -37,6 +37,7 @@ class Provider(Protocol):
     """
 
     name: str
+    max_retries: int
 
     def stream(
         self,

@@ -30,6 +30,7 @@ _WORD = re.compile(r"\s*\S+\s*")
 class MockProvider:
     def __init__(self, config: ProviderConfig) -> None:
         self.name = config.name
+        self.max_retries = 0  # it never fails
         self._delay_s = config.chunk_delay_ms / 1000
 
     async def stream(

@@ -1,0 +1,75 @@
+"""Retries and fallbacks: until the first chunk, a failed upstream is asked again,
+then the next model.
+
+Once a chunk has reached the caller nothing is retried; a later failure ends
+the stream. A retryable failure (connect error, timeout before the first
+byte, 408, 429, 5xx) is retried up to the provider's `max_retries` with
+jittered exponential backoff, honouring the upstream's `retry-after`; any
+upstream failure then moves on to the model's `fallbacks`, in order. A
+request the upstream calls invalid (400) is the caller's error: no retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Sequence
+
+from tandem.v1 import chat_pb2
+
+from server.core.context import CallContext
+from server.core.errors import UpstreamError, UpstreamFailure, UpstreamTimeoutError
+from server.providers.base import Route
+
+__all__ = ["backoff_s", "open_stream"]
+
+BACKOFF_BASE_S = 0.1
+BACKOFF_MAX_S = 2.0
+RETRY_AFTER_MAX_S = 10.0
+
+Chunk = chat_pb2.ChatCompletionChunk
+
+
+def backoff_s(retry: int, retry_after_s: float | None) -> float:
+    """Full-jitter exponential backoff, at least the upstream's (bounded) retry-after."""
+    delay = random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**retry))
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, RETRY_AFTER_MAX_S))
+    return delay
+
+
+async def open_stream(
+    chain: Sequence[Route],
+    request: chat_pb2.ChatCompletionRequest,
+    ctx: CallContext,
+    *,
+    chunked: bool,
+) -> tuple[Route, AsyncIterator[Chunk], Chunk]:
+    """The first route of `chain` to produce a chunk: (route, its stream, the chunk)."""
+    failure: UpstreamFailure | None = None
+    attempts = 0
+    for route in chain:
+        for retry in range(route.provider.max_retries + 1):
+            if retry:
+                assert failure is not None
+                delay = backoff_s(retry - 1, failure.retry_after_s)
+                remaining = ctx.time_remaining()
+                if remaining is not None and delay >= remaining:
+                    break
+                await asyncio.sleep(delay)
+            attempts += 1
+            stream = route.provider.stream(request, route, ctx, chunked=chunked)
+            try:
+                return route, stream, await anext(stream)
+            except StopAsyncIteration:
+                failure = UpstreamError("upstream provider sent an empty answer")
+            except UpstreamFailure as exc:
+                failure = exc
+            await stream.aclose()  # type: ignore[attr-defined]
+            if not failure.retryable:
+                break
+    assert failure is not None
+    tried = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
+    if isinstance(failure, UpstreamTimeoutError):
+        raise UpstreamTimeoutError(f"{failure.message} ({tried})")
+    raise UpstreamError(f"{failure.message} ({tried})")

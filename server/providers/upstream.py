@@ -1,0 +1,156 @@
+"""One pooled aiohttp session per provider, and the failure classification all HTTP providers share.
+
+aiohttp, not httpx, on the hot path: measured on this machine kind, a
+one-core proxy on httpx tops out under 1,000 requests/s while aiohttp's
+pooled session reaches ~5,800 (encode/httpx#3215).
+
+Timeouts: a non-streaming call gets `timeout_s` for the whole answer; a
+stream gets `timeout_s` until the first byte and between reads. Both are
+capped by the call's deadline. Nothing in an error says which host or key
+was used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from server.config import ProviderConfig
+from server.core.context import CallContext
+from server.core.errors import (
+    GatewayError,
+    InvalidRequestError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+
+__all__ = ["UpstreamClient", "sse_data"]
+
+MAX_CONNECTIONS = 512
+MAX_ERROR_BODY = 64 * 1024
+_SECRETS = re.compile(r"https?://\S+|\b(?:sk|pk|key)-[A-Za-z0-9_\-]{6,}\S*|Bearer\s+\S+", re.I)
+
+
+def _clean(message: str) -> str:
+    """An upstream's own words, without URLs or anything that looks like a key."""
+    return _SECRETS.sub("[redacted]", message)[:500]
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    if (ms := headers.get("retry-after-ms")) is not None:
+        with contextlib.suppress(ValueError):
+            return max(float(ms) / 1000, 0.0)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(float(value), 0.0)
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+        return max(when - time.time(), 0.0)
+    return None
+
+
+def _upstream_message(body: bytes) -> tuple[str, str | None]:
+    """The message and param of an OpenAI-, Anthropic- or Ollama-shaped error body."""
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "", None
+    error = data.get("error", data) if isinstance(data, dict) else None
+    if isinstance(error, str):
+        return error, None
+    if isinstance(error, dict):
+        param = error.get("param")
+        return str(error.get("message") or ""), param if isinstance(param, str) else None
+    return "", None
+
+
+def status_error(status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
+    """What a non-2xx upstream answer means for the caller."""
+    if status in (408, 429) or status >= 500:
+        return UpstreamError(
+            f"upstream provider answered HTTP {status}",
+            retryable=True,
+            retry_after_s=_retry_after(headers),
+        )
+    if status in (400, 413, 422):
+        message, param = _upstream_message(body)
+        text = f"upstream provider rejected the request: {_clean(message)}".rstrip(": ")
+        return InvalidRequestError(text, param=param)
+    if status in (401, 403):
+        return UpstreamError("upstream provider refused the gateway's credentials")
+    return UpstreamError(f"upstream provider answered HTTP {status}")
+
+
+class UpstreamClient:
+    def __init__(self, config: ProviderConfig, *, headers: Mapping[str, str]) -> None:
+        self._base = config.url.rstrip("/")
+        self._headers = {"content-type": "application/json", **headers}
+        self._timeout_s = config.timeout_s
+        self._connect_timeout_s = config.connect_timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made on first use, inside the running loop
+            connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, raise_for_status=False
+            )
+        return self._session
+
+    def _timeout(self, ctx: CallContext, *, streaming: bool) -> aiohttp.ClientTimeout:
+        remaining = ctx.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise UpstreamTimeoutError("the call's deadline passed before the upstream answered")
+        if streaming:
+            return aiohttp.ClientTimeout(
+                total=remaining, sock_connect=self._connect_timeout_s, sock_read=self._timeout_s
+            )
+        total = self._timeout_s if remaining is None else min(self._timeout_s, remaining)
+        return aiohttp.ClientTimeout(total=total, sock_connect=self._connect_timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def post(
+        self, path: str, body: Any, ctx: CallContext, *, streaming: bool
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST JSON and yield the 2xx response; every failure is a classified
+        `GatewayError`. Leaving the block early (cancellation) closes the request."""
+        try:
+            async with self._get_session().post(
+                self._base + path,
+                data=orjson.dumps(body),
+                timeout=self._timeout(ctx, streaming=streaming),
+            ) as response:
+                if response.status >= 300:
+                    raw = await response.content.read(MAX_ERROR_BODY)
+                    raise status_error(response.status, response.headers, raw)
+                yield response
+        except TimeoutError:
+            raise UpstreamTimeoutError("upstream provider timed out", retryable=True) from None
+        except aiohttp.ClientConnectorError:
+            raise UpstreamError("cannot connect to the upstream provider", retryable=True) from None
+        except (aiohttp.ClientError, OSError):
+            raise UpstreamError("the upstream connection failed", retryable=True) from None
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The `data:` payloads of an SSE body, up to `[DONE]`."""
+    async for line in response.content:
+        if line.startswith(b"data:"):
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                return
+            if data:
+                yield data
