@@ -1,0 +1,213 @@
+"""A fake OpenAI-compatible upstream: a real aiohttp server on 127.0.0.1:0, in its own thread.
+
+It echoes the last user message like the mock, and follows a script of
+behaviours for the next requests (`ok` once the script is empty):
+
+- `ok`: answer normally (streamed one word per event when asked to stream)
+- `500`, `503`, `400`, `401`: that status, with an error body naming a secret URL and key
+- `429:S`: 429 with `retry-after: S`
+- `slow:S`: wait S seconds before answering
+- `drop`: stream two events, then drop the connection
+- `drip`: stream a word every 100 ms for 10 s
+- `badjson`: 200 with a body that is not JSON
+- `tools`: answer with two tool calls (streamed in pieces when streaming)
+
+Every request is recorded (path, headers, JSON body, arrival time); a
+handler whose client goes away records the time in `gone`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+SECRET_URL = "http://10.9.8.7:4444/internal"
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: Any
+    at: float
+
+
+@dataclass
+class FakeUpstream:
+    script: deque[str] = field(default_factory=deque)
+    requests: list[Recorded] = field(default_factory=list)
+    gone: list[float] = field(default_factory=list)
+    base_url: str = ""
+
+    def reset(self, *script: str) -> None:
+        self.script = deque(script)
+        self.requests.clear()
+        self.gone.clear()
+
+    # --- server ---------------------------------------------------------------------
+
+    def start(self) -> str:
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        assert ready.wait(10)
+        return self.base_url
+
+    def _run(self, ready: threading.Event) -> None:
+        self._loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        port = self._runner.addresses[0][1]
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            await self._runner.cleanup()
+            self._loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
+        self._thread.join(10)
+
+    # --- handlers -------------------------------------------------------------------
+
+    def _next(self) -> str:
+        return self.script.popleft() if self.script else "ok"
+
+    async def _record(self, request: web.Request) -> Any:
+        body = orjson.loads(await request.read())
+        self.requests.append(Recorded(request.path, dict(request.headers), body, time.monotonic()))
+        return body
+
+    def _error(self, status: int, headers: dict[str, str] | None = None) -> web.Response:
+        message = f"failed, see {SECRET_URL} (key {UPSTREAM_KEY})"
+        body = {"error": {"message": message, "type": "server_error", "param": "temperature"}}
+        return web.json_response(body, status=status, headers=headers)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        behaviour = self._next()
+        try:
+            return await self._answer(request, body, behaviour)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.gone.append(time.monotonic())
+            raise
+
+    async def _answer(self, request: web.Request, body: Any, behaviour: str) -> web.StreamResponse:
+        kind, _, arg = behaviour.partition(":")
+        if kind.isdigit():
+            headers = {"retry-after": arg} if arg else None
+            return self._error(int(kind), headers)
+        if kind == "slow":
+            await asyncio.sleep(float(arg))
+        if kind == "badjson":
+            return web.Response(body=b"{not json", content_type="application/json")
+        text = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+        words = [w + " " for w in text.split()]
+        if words:
+            words[-1] = words[-1][:-1]
+        usage = {
+            "prompt_tokens": 7,
+            "completion_tokens": len(words),
+            "total_tokens": 7 + len(words),
+        }
+        head = {"id": "up-1", "created": 1, "model": body["model"], "system_fingerprint": "fp_up"}
+        tool_calls: list[dict[str, Any]] = [
+            {
+                "id": "call_a",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            },
+            {
+                "id": "call_b",
+                "type": "function",
+                "function": {"name": "get_time", "arguments": "{}"},
+            },
+        ]
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(words)}
+            finish = "stop"
+            if kind == "tools":
+                message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
+                finish = "tool_calls"
+            choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+            return web.json_response(
+                {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+            )
+
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+
+        async def event(choices: list[Any], **extra: Any) -> None:
+            data = {**head, "object": "chat.completion.chunk", "choices": choices, **extra}
+            await response.write(b"data: " + orjson.dumps(data) + b"\n\n")
+
+        if kind == "tools":
+            await event([{"index": 0, "delta": {"role": "assistant", "content": None}}])
+            for i, call in enumerate(tool_calls):
+                first = {
+                    "index": i,
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""},
+                }
+                await event([{"index": 0, "delta": {"tool_calls": [first]}}])
+                arguments = call["function"]["arguments"]
+                for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
+                    await event(
+                        [
+                            {
+                                "index": 0,
+                                "delta": {
+                                    "tool_calls": [{"index": i, "function": {"arguments": piece}}]
+                                },
+                            }
+                        ]
+                    )
+            await event([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])
+        else:
+            if kind == "drip":
+                words = [f"w{i} " for i in range(100)]
+            for i, word in enumerate(words):
+                if kind == "drip":
+                    await asyncio.sleep(0.1)
+                if kind == "drop" and i == 2:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
+                await event([{"index": 0, "delta": delta, "finish_reason": None}])
+            await event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await event([], usage=usage)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        behaviour = self._next()
+        if behaviour[0].isdigit():
+            return self._error(int(behaviour))
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(text)), 0.5, -0.25]}
+            for i, text in enumerate(body["input"])
+        ]
+        usage = {"prompt_tokens": 3, "total_tokens": 3}
+        return web.json_response(
+            {"object": "list", "data": data, "model": body["model"], "usage": usage}
+        )
