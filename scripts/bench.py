@@ -1,11 +1,19 @@
 """Requests per second through one `tandem serve` worker, pinned to one core.
 
-A baseline with canned answers and no gateway (scripts/bare_server.py: bare
-grpc.aio and bare Starlette on the same loop and uvicorn settings) runs beside
-Tandem. Both are pinned to one core; the load runs on the other: `wrk` for
-HTTP, a grpc.aio client process for gRPC. Each scenario alternates baseline
-and Tandem for `--rounds` rounds and reports medians, with Tandem's
-throughput as a ratio of the baseline's in the same run.
+Every scenario measures Tandem beside a baseline in the same run, pinned to
+the same core, with the load (and the instant upstream) on the other core:
+
+- `http-*`, `grpc-*`: model `echo` (the mock) against scripts/bare_server.py,
+  canned answers from bare Starlette and bare grpc.aio on the same loop and
+  uvicorn settings;
+- `proxy-*`: model `proxied`, Tandem's `openai` provider in front of
+  scripts/instant_upstream.py, against scripts/bare_proxy.py (bare Starlette
+  + one aiohttp session) in front of the same upstream; the upstream alone is
+  measured too.
+
+`wrk` drives HTTP, a grpc.aio client process drives gRPC. Targets alternate
+for `--rounds` rounds; medians are reported, and Tandem as a ratio of the
+baseline (the first target).
 
     .venv/bin/python scripts/bench.py --seconds 5 --rounds 3
 """
@@ -36,8 +44,20 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """
 usage: {store: none}
 rate_limits: {backend: none}
+providers:
+  - {name: mock, kind: mock}
+  - {name: instant, kind: openai, base_url: "http://%s/v1", api_key: bench}
+models:
+  - {name: echo, provider: mock}
+  - {name: proxied, provider: instant}
 """
-SCENARIOS = ("http-chat", "http-stream", "grpc-unary", "grpc-stream")
+SCENARIOS = ("http-chat", "http-stream", "proxy-chat", "proxy-stream", "grpc-unary", "grpc-stream")
+# scenario -> targets (the first is the baseline): (server, model)
+TARGETS = {
+    "http": [("bare", "echo"), ("tandem", "echo")],
+    "grpc": [("bare", "echo"), ("tandem", "echo")],
+    "proxy": [("upstream", "up"), ("bare-proxy", "up"), ("tandem", "proxied")],
+}
 
 
 def start(command: list[str], core: int | None) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
@@ -105,13 +125,19 @@ def _grpc_load(args: tuple[str, str, float, int, int, int | None]) -> float:
 
 
 def _http_load(
-    scenario: str, address: str, seconds: float, concurrency: int, words: int, core: int | None
+    address: str,
+    model: str,
+    stream: bool,
+    seconds: float,
+    concurrency: int,
+    words: int,
+    core: int | None,
 ) -> float:
     body: dict[str, object] = {
-        "model": "echo",
+        "model": model,
         "messages": [{"role": "user", "content": _text(words)}],
     }
-    if scenario == "http-stream":
+    if stream:
         body["stream"] = True
     script = Path(tempfile.mkdtemp()) / "post.lua"
     script.write_text(
@@ -144,53 +170,65 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     args = parser.parse_args()
     scenarios = args.scenarios.split(",")
-    if any(s.startswith("http") for s in scenarios) and shutil.which("wrk") is None:
+    if any(not s.startswith("grpc") for s in scenarios) and shutil.which("wrk") is None:
         sys.exit("the HTTP scenarios need wrk: apt-get install wrk")
     cores = sorted(os.sched_getaffinity(0))
     server_core, client_core = (cores[0], cores[1]) if len(cores) > 1 else (None, None)
 
-    config = Path(tempfile.mkdtemp()) / "bench.yaml"
-    config.write_text(CONFIG)
-    commands = {
-        "bare": [sys.executable, str(ROOT / "scripts" / "bare_server.py"), str(args.words)],
-        "tandem": [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-        ],
-    }
-    procs = {}
-    addresses = {}
-    for name, command in commands.items():
-        procs[name], addresses[name] = start(command, server_core)
-    context = multiprocessing.get_context("spawn")
-    print(
-        f"servers on core {server_core}, load on core {client_core}; "
-        f"{args.rounds} x {args.seconds:g} s, {args.concurrency} in flight, {args.words} words"
-    )
-    print(f"{'scenario':<13}{'bare req/s':>12}{'tandem req/s':>14}{'ratio':>8}")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    addresses: dict[str, dict[str, str]] = {}
+    scripts = ROOT / "scripts"
+
+    def launch(name: str, command: list[str], core: int | None) -> None:
+        procs[name], addresses[name] = start(command, core)
+
     try:
+        launch(
+            "upstream",
+            [sys.executable, str(scripts / "instant_upstream.py"), str(args.words)],
+            client_core,
+        )
+        config = Path(tempfile.mkdtemp()) / "bench.yaml"
+        config.write_text(CONFIG % addresses["upstream"]["http"])
+        launch(
+            "bare", [sys.executable, str(scripts / "bare_server.py"), str(args.words)], server_core
+        )
+        launch(
+            "bare-proxy",
+            [
+                sys.executable,
+                str(scripts / "bare_proxy.py"),
+                f"http://{addresses['upstream']['http']}/v1",
+            ],
+            server_core,
+        )
+        launch(
+            "tandem",
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--http",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+            ],
+            server_core,
+        )
+        context = multiprocessing.get_context("spawn")
+        print(
+            f"servers on core {server_core}; load and upstream on core {client_core}; "
+            f"{args.rounds} x {args.seconds:g} s, {args.concurrency} in flight, {args.words} words"
+        )
         for scenario in scenarios:
-            results: dict[str, list[float]] = {"bare": [], "tandem": []}
+            targets = TARGETS[scenario.split("-")[0]]
+            results: dict[str, list[float]] = {name: [] for name, _ in targets}
             for _ in range(args.rounds):
-                for name in ("bare", "tandem"):
-                    if scenario.startswith("http"):
-                        rps = _http_load(
-                            scenario,
-                            addresses[name]["http"],
-                            args.seconds,
-                            args.concurrency,
-                            args.words,
-                            client_core,
-                        )
-                    else:
+                for name, model in targets:
+                    if scenario.startswith("grpc"):
                         job = (
                             scenario,
                             addresses[name]["grpc"],
@@ -201,10 +239,22 @@ def main() -> None:
                         )
                         with context.Pool(1) as pool:
                             rps = pool.apply(_grpc_load, (job,))
+                    else:
+                        rps = _http_load(
+                            addresses[name]["http"],
+                            model,
+                            scenario.endswith("stream"),
+                            args.seconds,
+                            args.concurrency,
+                            args.words,
+                            client_core,
+                        )
                     results[name].append(rps)
-            bare = statistics.median(results["bare"])
-            tandem = statistics.median(results["tandem"])
-            print(f"{scenario:<13}{bare:>12.0f}{tandem:>14.0f}{tandem / bare:>8.2f}", flush=True)
+            medians = {name: statistics.median(values) for name, values in results.items()}
+            baseline_name = targets[-2][0]
+            cells = "  ".join(f"{name} {rps:,.0f}" for name, rps in medians.items())
+            ratio = medians["tandem"] / medians[baseline_name]
+            print(f"{scenario:<13} {cells}   tandem/{baseline_name} {ratio:.2f}", flush=True)
     finally:
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)
