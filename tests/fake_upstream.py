@@ -1,4 +1,5 @@
-"""A fake OpenAI-compatible upstream: a real aiohttp server on 127.0.0.1:0, in its own thread.
+"""A fake upstream speaking OpenAI's and Anthropic's APIs: a real aiohttp server on
+127.0.0.1:0, in its own thread.
 
 It echoes the last user message like the mock, and follows a script of
 behaviours for the next requests (`ok` once the script is empty):
@@ -46,6 +47,7 @@ class FakeUpstream:
     requests: list[Recorded] = field(default_factory=list)
     gone: list[float] = field(default_factory=list)
     base_url: str = ""
+    root: str = ""
 
     def reset(self, *script: str) -> None:
         self.script = deque(script)
@@ -66,12 +68,14 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/messages", self._messages)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         self._loop.run_until_complete(site.start())
         port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.root = f"http://127.0.0.1:{port}"
+        self.base_url = f"{self.root}/v1"
         ready.set()
         self._loop.run_forever()
         self._loop.close()
@@ -211,3 +215,110 @@ class FakeUpstream:
         return web.json_response(
             {"object": "list", "data": data, "model": body["model"], "usage": usage}
         )
+
+    # --- Anthropic's Messages API -----------------------------------------------------
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        behaviour = self._next()
+        kind, _, arg = behaviour.partition(":")
+        if kind.isdigit():
+            return self._error(int(kind), {"retry-after": arg} if arg else None)
+        turns = [t for t in body["messages"] if t["role"] == "user"]
+        blocks = turns[-1]["content"] if turns else []
+        text = (
+            blocks
+            if isinstance(blocks, str)
+            else " ".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+        )
+        words = [w + " " for w in text.split()]
+        if words:
+            words[-1] = words[-1][:-1]
+        stop_reason = "end_turn"
+        if len(words) > body["max_tokens"]:
+            words, stop_reason = words[: body["max_tokens"]], "max_tokens"
+        usage_in = {"input_tokens": 11, "cache_read_input_tokens": 2, "output_tokens": 1}
+        tool = {
+            "type": "tool_use",
+            "id": "toolu_1",
+            "name": "get_weather",
+            "input": {"city": "Paris"},
+        }
+        if kind == "tools":
+            stop_reason = "tool_use"
+        if not body.get("stream"):
+            content: list[Any] = [{"type": "text", "text": "".join(words)}]
+            if kind == "tools":
+                content = [{"type": "text", "text": "Let me check."}, tool]
+            return web.json_response(
+                {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body["model"],
+                    "content": content,
+                    "stop_reason": stop_reason,
+                    "usage": {**usage_in, "output_tokens": len(words)},
+                }
+            )
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+
+        async def event(name: str, data: dict[str, Any]) -> None:
+            payload = orjson.dumps({"type": name, **data})
+            await response.write(b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n")
+
+        message = {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [],
+            "stop_reason": None,
+            "usage": usage_in,
+        }
+        await event("message_start", {"message": message})
+        await event("ping", {})
+        if kind == "tools":
+            await event(
+                "content_block_start",
+                {
+                    "index": 0,
+                    "content_block": {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "get_weather",
+                        "input": {},
+                    },
+                },
+            )
+            for piece in ('{"city": ', '"Paris"}'):
+                await event(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}},
+                )
+            await event("content_block_stop", {"index": 0})
+        else:
+            await event(
+                "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+            )
+            for i, word in enumerate(words):
+                if kind == "overloaded" and i == 1:
+                    await event(
+                        "error", {"error": {"type": "overloaded_error", "message": "Overloaded"}}
+                    )
+                    return response
+                await event(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "text_delta", "text": word}},
+                )
+            await event("content_block_stop", {"index": 0})
+        await event(
+            "message_delta",
+            {
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": len(words)},
+            },
+        )
+        await event("message_stop", {})
+        return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from server.config import Config, ConfigError
+from server.providers.anthropic import AnthropicProvider
 from server.providers.base import Provider, Route
 from server.providers.mock import MockProvider
 from server.providers.openai import OpenAIProvider
@@ -18,6 +19,8 @@ def build_providers(config: Config) -> dict[str, Provider]:
             providers[entry.name] = MockProvider(entry)
         elif entry.kind == "openai":
             providers[entry.name] = OpenAIProvider(entry)
+        elif entry.kind == "anthropic":
+            providers[entry.name] = AnthropicProvider(entry)
         else:
             raise ConfigError(f"providers[{i}].kind: kind {entry.kind} is not available yet")
     return providers

@@ -1,0 +1,302 @@
+"""Anthropic's Messages API dialect: chat requests out, messages and stream events in.
+
+System and developer messages become the `system` field; tool results become
+`tool_result` blocks in a user turn; assistant tool calls become `tool_use`
+blocks. `max_tokens` is required by Anthropic: the request's, else the
+model's `max_tokens_default`. A field Anthropic cannot honour is refused by
+name (400), never dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+from tandem.v1 import chat_pb2
+
+from server.core.errors import InvalidRequestError, UpstreamError
+
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "UNSUPPORTED_FIELDS",
+    "StreamTranslator",
+    "chat_request_to_anthropic",
+    "message_as_chunk",
+]
+
+ANTHROPIC_VERSION = "2023-06-01"
+JSON = dict[str, Any]
+
+# fields with no Anthropic equivalent; set at all, they are refused by name
+UNSUPPORTED_FIELDS = (
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+)
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+_DATA_URL = re.compile(r"data:(?P<media>[\w/+.-]+);base64,(?P<data>.*)", re.S)
+
+
+def _refuse(param: str, why: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{param}: {why} (not supported by this model's provider)", param=param
+    )
+
+
+def _check_supported(request: chat_pb2.ChatCompletionRequest) -> None:
+    for name in UNSUPPORTED_FIELDS:
+        if name == "logit_bias":
+            if request.logit_bias:
+                raise _refuse(name, "cannot be honoured")
+        elif request.HasField(name):  # type: ignore[arg-type]
+            raise _refuse(name, "cannot be honoured")
+    if request.HasField("n") and request.n != 1:
+        raise _refuse("n", "only n = 1 is possible")
+    if request.HasField("temperature") and request.temperature > 1:
+        raise _refuse("temperature", "must be at most 1")
+    if request.HasField("response_format") and request.response_format.type != "text":
+        raise _refuse("response_format", "only type 'text' is possible")
+
+
+def _image(url: str) -> JSON:
+    match = _DATA_URL.fullmatch(url)
+    if match:
+        source = {"type": "base64", "media_type": match["media"], "data": match["data"]}
+    else:
+        source = {"type": "url", "url": url}
+    return {"type": "image", "source": source}
+
+
+def _blocks(message: chat_pb2.ChatMessage, where: str) -> list[JSON]:
+    if message.HasField("content"):
+        return [{"type": "text", "text": message.content}] if message.content else []
+    blocks = []
+    for j, part in enumerate(message.parts):
+        kind = part.WhichOneof("part")
+        if kind == "text":
+            blocks.append({"type": "text", "text": part.text})
+        elif kind == "image_url":
+            blocks.append(_image(part.image_url.url))
+        else:
+            raise _refuse(f"{where}.content[{j}]", f"{part.type} parts cannot be sent")
+    return blocks
+
+
+def _tool_use(call: chat_pb2.ToolCall, where: str) -> JSON:
+    try:
+        arguments = orjson.loads(call.function.arguments or "{}")
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError(
+            f"{where}.function.arguments: must be a JSON object",
+            param=f"{where}.function.arguments",
+        ) from None
+    return {"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments}
+
+
+def _text_of(message: chat_pb2.ChatMessage) -> str:
+    if message.HasField("content"):
+        return message.content
+    return "\n".join(p.text for p in message.parts if p.WhichOneof("part") == "text")
+
+
+def _messages(request: chat_pb2.ChatCompletionRequest) -> tuple[list[str], list[JSON]]:
+    """(system texts, turns), consecutive turns of one role merged into one."""
+    system: list[str] = []
+    turns: list[JSON] = []
+    for i, message in enumerate(request.messages):
+        where = f"messages[{i}]"
+        if message.role in ("system", "developer"):
+            system.append(_text_of(message))
+            continue
+        if message.role == "tool":
+            role = "user"
+            blocks: list[JSON] = [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": message.tool_call_id,
+                    "content": _text_of(message),
+                }
+            ]
+        else:
+            role = message.role
+            blocks = _blocks(message, where)
+            blocks += [
+                _tool_use(c, f"{where}.tool_calls[{k}]") for k, c in enumerate(message.tool_calls)
+            ]
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    return system, turns
+
+
+def _tool_choice(request: chat_pb2.ChatCompletionRequest) -> JSON | None:
+    choice: JSON | None = None
+    if request.HasField("tool_choice"):
+        mode = request.tool_choice.mode
+        if mode == "auto":
+            choice = {"type": "auto"}
+        elif mode == "required":
+            choice = {"type": "any"}
+        elif mode == "none":
+            choice = {"type": "none"}
+        else:
+            choice = {"type": "tool", "name": request.tool_choice.function.name}
+    if request.HasField("parallel_tool_calls") and not request.parallel_tool_calls:
+        choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+    return choice
+
+
+def chat_request_to_anthropic(
+    request: chat_pb2.ChatCompletionRequest, model: str, *, max_tokens_default: int, stream: bool
+) -> JSON:
+    """The Messages API request; raises InvalidRequestError for what Anthropic cannot honour."""
+    _check_supported(request)
+    system, turns = _messages(request)
+    if request.HasField("max_completion_tokens"):
+        max_tokens = request.max_completion_tokens
+    elif request.HasField("max_tokens"):
+        max_tokens = request.max_tokens
+    else:
+        max_tokens = max_tokens_default
+    body: JSON = {"model": model, "max_tokens": max_tokens, "messages": turns}
+    if system:
+        body["system"] = "\n\n".join(system)
+    if request.HasField("temperature"):
+        body["temperature"] = request.temperature
+    if request.HasField("top_p"):
+        body["top_p"] = request.top_p
+    if request.stop:
+        body["stop_sequences"] = list(request.stop)
+    if request.tools:
+        body["tools"] = [
+            {
+                "name": tool.function.name,
+                **({"description": tool.function.description} if tool.function.description else {}),
+                "input_schema": json_format.MessageToDict(tool.function.parameters)
+                if tool.function.HasField("parameters")
+                else {"type": "object"},
+            }
+            for tool in request.tools
+        ]
+    if (choice := _tool_choice(request)) is not None:
+        body["tool_choice"] = choice
+    if request.user:
+        body["metadata"] = {"user_id": request.user}
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def _usage(target: chat_pb2.Usage, usage: JSON, prompt_tokens: int | None = None) -> None:
+    if prompt_tokens is None:
+        prompt_tokens = (
+            (usage.get("input_tokens") or 0)
+            + (usage.get("cache_creation_input_tokens") or 0)
+            + (usage.get("cache_read_input_tokens") or 0)
+        )
+    target.prompt_tokens = prompt_tokens
+    target.completion_tokens = usage.get("output_tokens") or 0
+    target.total_tokens = target.prompt_tokens + target.completion_tokens
+
+
+def message_as_chunk(message: JSON) -> chat_pb2.ChatCompletionChunk:
+    """A whole Messages API answer as the one chunk of an unchunked answer."""
+    chunk = chat_pb2.ChatCompletionChunk()
+    choice = chunk.choices.add(index=0)
+    delta = choice.delta
+    delta.role = "assistant"
+    texts = []
+    for block in message.get("content") or ():
+        if block.get("type") == "text":
+            texts.append(block.get("text") or "")
+        elif block.get("type") == "tool_use":
+            call = delta.tool_calls.add(
+                index=len(delta.tool_calls), id=block["id"], type="function"
+            )
+            call.function.name = block["name"]
+            call.function.arguments = orjson.dumps(block.get("input") or {}).decode()
+    if texts or not delta.tool_calls:
+        delta.content = "".join(texts)
+    choice.finish_reason = STOP_REASONS.get(message.get("stop_reason") or "", "stop")
+    _usage(chunk.usage, message.get("usage") or {})
+    return chunk
+
+
+class StreamTranslator:
+    """Turns the Messages API's stream events into chunks, one event at a time.
+
+    message_start -> the role; content_block_start (tool_use) -> a tool call's
+    id and name; content_block_delta -> text or argument pieces;
+    message_delta -> finish_reason and usage; ping, *_stop -> nothing.
+    """
+
+    __slots__ = ("_prompt_tokens", "_tool_index")
+
+    def __init__(self) -> None:
+        self._prompt_tokens = 0
+        self._tool_index: dict[int, int] = {}  # content block index -> tool call index
+
+    def feed(self, event: JSON) -> chat_pb2.ChatCompletionChunk | None:
+        kind = event.get("type")
+        if kind == "content_block_delta":
+            delta = event["delta"]
+            chunk = chat_pb2.ChatCompletionChunk()
+            choice = chunk.choices.add(index=0)
+            if delta.get("type") == "text_delta":
+                choice.delta.content = delta.get("text") or ""
+            elif delta.get("type") == "input_json_delta":
+                index = self._tool_index.get(event.get("index", 0), 0)
+                piece = choice.delta.tool_calls.add(index=index)
+                piece.function.arguments = delta.get("partial_json") or ""
+            else:
+                return None  # thinking, signatures, citations: nothing to say in OpenAI's shape
+            return chunk
+        if kind == "message_start":
+            message = event.get("message") or {}
+            usage = message.get("usage") or {}
+            self._prompt_tokens = (
+                (usage.get("input_tokens") or 0)
+                + (usage.get("cache_creation_input_tokens") or 0)
+                + (usage.get("cache_read_input_tokens") or 0)
+            )
+            chunk = chat_pb2.ChatCompletionChunk()
+            chunk.choices.add(index=0).delta.role = "assistant"
+            return chunk
+        if kind == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") != "tool_use":
+                return None
+            index = self._tool_index[event.get("index", 0)] = len(self._tool_index)
+            chunk = chat_pb2.ChatCompletionChunk()
+            call = chunk.choices.add(index=0).delta.tool_calls.add(
+                index=index, id=block.get("id", ""), type="function"
+            )
+            call.function.name = block.get("name", "")
+            return chunk
+        if kind == "message_delta":
+            chunk = chat_pb2.ChatCompletionChunk()
+            choice = chunk.choices.add(index=0)
+            reason = (event.get("delta") or {}).get("stop_reason") or ""
+            choice.finish_reason = STOP_REASONS.get(reason, "stop")
+            _usage(chunk.usage, event.get("usage") or {}, self._prompt_tokens)
+            return chunk
+        if kind == "error":
+            error = event.get("error") or {}
+            retryable = error.get("type") in ("overloaded_error", "api_error")
+            raise UpstreamError(
+                f"upstream provider failed: {error.get('type', 'error')}", retryable=retryable
+            )
+        return None

@@ -1,0 +1,425 @@
+"""The `anthropic` provider: translation both ways, properties, and a fake upstream through the doors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import openai
+import pytest
+from google.protobuf.json_format import ParseDict
+from hypothesis import given
+from hypothesis import strategies as st
+from tandem.v1 import chat_pb2, chat_pb2_grpc
+
+from server.core.errors import InvalidRequestError
+from server.translate import anthropic
+from server.translate.openai import parse_chat_request
+from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
+from tests.servers import TandemProcess, start_tandem
+
+
+def translate(body: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:
+    request = parse_chat_request(body, strict=True)
+    return anthropic.chat_request_to_anthropic(
+        request, "claude-x", max_tokens_default=321, stream=stream
+    )
+
+
+def test_system_messages_become_the_system_field_and_max_tokens_defaults() -> None:
+    body = translate(
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "developer", "content": "and kind"},
+                {"role": "user", "content": "hi"},
+            ],
+            "stop": "END",
+            "temperature": 0.3,
+            "user": "u1",
+        }
+    )
+    assert body == {
+        "model": "claude-x",
+        "max_tokens": 321,
+        "system": "be brief\n\nand kind",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "stop_sequences": ["END"],
+        "temperature": 0.3,
+        "metadata": {"user_id": "u1"},
+    }
+    assert (
+        translate({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 9})[
+            "max_tokens"
+        ]
+        == 9
+    )
+
+
+def test_tools_tool_calls_and_results_translate() -> None:
+    body = translate(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "see"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}},
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "t1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": '{"a": 1}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "t1", "content": "42"},
+                {"role": "user", "content": "thanks"},
+            ],
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "f",
+                        "description": "adds",
+                        "parameters": {"type": "object"},
+                    },
+                }
+            ],
+            "tool_choice": "required",
+            "parallel_tool_calls": False,
+        }
+    )
+    assert body["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "see"},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/png", "data": "QUJD"},
+                },
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": "42"},
+                {"type": "text", "text": "thanks"},
+            ],
+        },
+    ]
+    assert body["tools"] == [
+        {"name": "f", "description": "adds", "input_schema": {"type": "object"}}
+    ]
+    assert body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"logit_bias": {"1": 5}}, "logit_bias"),
+        ({"temperature": 1.5}, "temperature"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"seed": 1}, "seed"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "input_audio", "input_audio": {"data": "AA", "format": "wav"}}
+                        ],
+                    }
+                ]
+            },
+            "messages[0].content[0]",
+        ),
+    ],
+)
+def test_what_anthropic_cannot_honour_is_refused_by_name(
+    fields: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        translate({"messages": [{"role": "user", "content": "x"}], **fields})
+    assert caught.value.param == param
+
+
+texts = st.text(min_size=1, max_size=20)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["system", "user", "assistant"]), "content": texts}
+    ),
+    min_size=1,
+    max_size=6,
+)
+tools = st.lists(
+    st.from_regex(r"[a-z_]{1,12}", fullmatch=True).map(
+        lambda name: {"type": "function", "function": {"name": name}}
+    ),
+    max_size=3,
+)
+
+
+@given(
+    messages=messages,
+    tools=tools,
+    temperature=st.none() | st.floats(0, 1),
+    top_p=st.none() | st.floats(0, 1),
+    max_tokens=st.none() | st.integers(1, 10_000),
+    stop=st.lists(texts, max_size=4),
+)
+def test_translation_loses_no_message_tool_or_supported_field(
+    messages: list[dict[str, str]],
+    tools: list[dict[str, Any]],
+    temperature: float | None,
+    top_p: float | None,
+    max_tokens: int | None,
+    stop: list[str],
+) -> None:
+    request: dict[str, Any] = {"messages": messages, "tools": tools, "stop": stop}
+    for name, value in (("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens)):
+        if value is not None:
+            request[name] = value
+    body = translate(request)
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    assert body.get("system", "") == "\n\n".join(system)
+    turns = [(m["role"], m["content"]) for m in messages if m["role"] != "system"]
+    sent = [(t["role"], b["text"]) for t in body["messages"] for b in t["content"]]
+    assert sent == turns
+    assert all(
+        a["role"] != b["role"] for a, b in zip(body["messages"], body["messages"][1:], strict=False)
+    )
+    assert [t["name"] for t in body.get("tools", [])] == [t["function"]["name"] for t in tools]
+    assert body.get("stop_sequences", []) == stop
+    assert body.get("temperature") == temperature
+    assert body.get("top_p") == top_p
+    assert body["max_tokens"] == (max_tokens or 321)
+
+
+@given(st.sampled_from(anthropic.UNSUPPORTED_FIELDS), st.integers(1, 5))
+def test_every_unsupported_field_is_refused_by_name(field: str, value: int) -> None:
+    values: dict[str, Any] = {
+        "logit_bias": {"7": value},
+        "logprobs": True,
+        "top_logprobs": value,
+        "presence_penalty": value / 10,
+        "frequency_penalty": value / 10,
+        "seed": value,
+    }
+    with pytest.raises(InvalidRequestError) as caught:
+        translate({"messages": [{"role": "user", "content": "x"}], field: values[field]})
+    assert caught.value.param == field
+
+
+def test_stream_events_become_chunks() -> None:
+    translator = anthropic.StreamTranslator()
+    events: list[dict[str, Any]] = [
+        {
+            "type": "message_start",
+            "message": {
+                "usage": {"input_tokens": 10, "cache_read_input_tokens": 5, "output_tokens": 1}
+            },
+        },
+        {"type": "ping"},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "tool_use", "id": "tu", "name": "f", "input": {}},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": '{"a":'},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": "1}"},
+        },
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use"},
+            "usage": {"output_tokens": 7},
+        },
+        {"type": "message_stop"},
+    ]
+    chunks = [c for c in map(translator.feed, events) if c is not None]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[1].choices[0].delta.content == "Hi"
+    assert (
+        chunks[2].choices[0].delta.tool_calls[0].id,
+        chunks[2].choices[0].delta.tool_calls[0].function.name,
+    ) == ("tu", "f")
+    assert (
+        "".join(c.choices[0].delta.tool_calls[0].function.arguments for c in chunks[3:5])
+        == '{"a":1}'
+    )
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert chunks[-1].usage == chat_pb2.Usage(
+        prompt_tokens=15, completion_tokens=7, total_tokens=22
+    )
+
+
+CONFIG = """
+providers:
+  - {name: claude, kind: anthropic, base_url: "%(root)s", api_key: "%(key)s", max_retries: 1}
+  - {name: local, kind: mock}
+models:
+  - {name: haiku, provider: claude, upstream: claude-haiku-4-5, max_tokens_default: 50}
+  - {name: echo, provider: local}
+tiers:
+  free: {default_model: haiku}
+"""
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream()
+    upstream.start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TandemProcess]:
+    process = start_tandem(
+        tmp_path_factory.mktemp("gw"), CONFIG % {"root": fake.root, "key": UPSTREAM_KEY}
+    )
+    yield process
+    assert process.terminate() == 0, process.stderr()
+
+
+@pytest.fixture
+def client(gateway: TandemProcess, fake: FakeUpstream) -> Iterator[Any]:
+    fake.reset()
+    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="caller", max_retries=0) as c:
+        yield c
+
+
+def test_non_streaming_through_the_openai_door(client: Any, fake: FakeUpstream) -> None:
+    completion = client.chat.completions.create(
+        model="haiku",
+        messages=[
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "hello claude"},
+        ],
+    )
+    assert completion.choices[0].message.content == "hello claude"
+    assert completion.choices[0].finish_reason == "stop"
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (13, 2)
+    sent = fake.requests[0]
+    assert sent.path == "/v1/messages"
+    assert sent.headers["x-api-key"] == UPSTREAM_KEY
+    assert sent.headers["anthropic-version"] == anthropic.ANTHROPIC_VERSION
+    assert sent.body["model"] == "claude-haiku-4-5"
+    assert sent.body["max_tokens"] == 50
+    assert sent.body["system"] == "sys"
+
+
+def test_streaming_with_usage_and_length(client: Any, fake: FakeUpstream) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model="haiku",
+            messages=[{"role": "user", "content": "one two three four"}],
+            max_tokens=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "one two "
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finish == ["length"]
+    assert chunks[-1].usage.prompt_tokens == 13
+    assert chunks[-1].usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_use_becomes_tool_calls(client: Any, fake: FakeUpstream, stream: bool) -> None:
+    fake.reset("tools")
+    args: dict[str, Any] = {"model": "haiku", "messages": [{"role": "user", "content": "weather?"}]}
+    if stream:
+        chunks = list(client.chat.completions.create(**args, stream=True))
+        pieces = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+        assert pieces[0].id == "toolu_1"
+        assert pieces[0].function.name == "get_weather"
+        assert "".join(p.function.arguments or "" for p in pieces) == '{"city": "Paris"}'
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    else:
+        message = client.chat.completions.create(**args).choices[0].message
+        assert message.content == "Let me check."
+        assert message.tool_calls[0].function.arguments == '{"city":"Paris"}'
+
+
+def test_native_and_grpc_doors(gateway: TandemProcess, fake: FakeUpstream) -> None:
+    fake.reset()
+    reply = httpx.post(
+        f"{gateway.base_url}/native/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "native to claude"}]},
+    ).json()
+    assert (
+        ParseDict(reply, chat_pb2.ChatCompletion()).choices[0].message.content == "native to claude"
+    )
+
+    async def stream() -> list[chat_pb2.ChatCompletionChunk]:
+        async with grpc.aio.insecure_channel(gateway.grpc) as channel:
+            stub = chat_pb2_grpc.ChatServiceStub(channel)
+            request = chat_pb2.ChatCompletionRequest(
+                messages=[chat_pb2.ChatMessage(role="user", content="grpc to claude")]
+            )
+            return [c async for c in stub.StreamChatCompletion(request)]
+
+    chunks = asyncio.run(stream())
+    assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == "grpc to claude"
+    assert chunks[-1].usage.total_tokens == 13 + 3
+
+
+def test_unsupported_field_is_a_400_naming_it_on_every_door(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset()
+    response = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions",
+        json={"model": "haiku", "n": 2, "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "n"
+    assert fake.requests == []
+
+
+def test_an_upstream_error_event_mid_stream_ends_the_stream_in_band(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset("overloaded")
+    response = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions",
+        json={"model": "haiku", "stream": True, "messages": [{"role": "user", "content": "a b c"}]},
+    )
+    assert response.status_code == 200
+    assert "[DONE]" not in response.text
+    assert '"type":"upstream_error"' in response.text.strip().split("\n\n")[-1]
