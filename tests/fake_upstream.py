@@ -1,4 +1,4 @@
-"""A fake upstream speaking OpenAI's and Anthropic's APIs: a real aiohttp server on
+"""A fake upstream speaking OpenAI's, Anthropic's and Ollama's APIs: a real aiohttp server on
 127.0.0.1:0, in its own thread.
 
 It echoes the last user message like the mock, and follows a script of
@@ -69,6 +69,8 @@ class FakeUpstream:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/api/chat", self._ollama_chat)
+        app.router.add_post("/api/embed", self._ollama_embed)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -322,3 +324,60 @@ class FakeUpstream:
         )
         await event("message_stop", {})
         return response
+
+    # --- Ollama's /api/chat and /api/embed ------------------------------------------
+
+    async def _ollama_chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        behaviour = self._next()
+        if behaviour[0].isdigit():
+            return web.json_response({"error": f"boom at {SECRET_URL}"}, status=int(behaviour))
+        text = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+        words = [w + " " for w in text.split()]
+        if words:
+            words[-1] = words[-1][:-1]
+        limit = (body.get("options") or {}).get("num_predict")
+        reason = "stop"
+        if limit is not None and len(words) > limit:
+            words, reason = words[:limit], "length"
+        final: dict[str, Any] = {
+            "model": body["model"],
+            "done": True,
+            "done_reason": reason,
+            "prompt_eval_count": 5,
+            "eval_count": len(words),
+        }
+        tool_calls = [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]
+        if not body.get("stream", True):
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(words)}
+            if behaviour == "tools":
+                message = {"role": "assistant", "content": "", "tool_calls": tool_calls}
+            return web.json_response({**final, "message": message})
+        response = web.StreamResponse(headers={"content-type": "application/x-ndjson"})
+        await response.prepare(request)
+        if behaviour == "tools":
+            words = []
+            line = {
+                "model": body["model"],
+                "done": False,
+                "message": {"role": "assistant", "content": "", "tool_calls": tool_calls},
+            }
+            await response.write(orjson.dumps(line) + b"\n")
+        for word in words:
+            line = {
+                "model": body["model"],
+                "done": False,
+                "message": {"role": "assistant", "content": word},
+            }
+            await response.write(orjson.dumps(line) + b"\n")
+        await response.write(
+            orjson.dumps({**final, "message": {"role": "assistant", "content": ""}}) + b"\n"
+        )
+        return response
+
+    async def _ollama_embed(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        vectors = [[float(len(text)), 1.0] for text in body["input"]]
+        return web.json_response(
+            {"model": body["model"], "embeddings": vectors, "prompt_eval_count": 4}
+        )

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from server.config import Config, ConfigError
+from collections.abc import Callable
+
+from server.config import Config, ProviderConfig
 from server.providers.anthropic import AnthropicProvider
 from server.providers.base import Provider, Route
 from server.providers.mock import MockProvider
+from server.providers.ollama import OllamaProvider
 from server.providers.openai import OpenAIProvider
 
 __all__ = ["Provider", "Route", "build_providers"]
 
 
+_KINDS: dict[str, Callable[[ProviderConfig], Provider]] = {
+    "mock": MockProvider,
+    "openai": OpenAIProvider,
+    "anthropic": AnthropicProvider,
+    "ollama": OllamaProvider,
+}
+
+
 def build_providers(config: Config) -> dict[str, Provider]:
     """One provider object (with its pooled client) per configured provider."""
-    providers: dict[str, Provider] = {}
-    for i, entry in enumerate(config.providers):
-        if entry.kind == "mock":
-            providers[entry.name] = MockProvider(entry)
-        elif entry.kind == "openai":
-            providers[entry.name] = OpenAIProvider(entry)
-        elif entry.kind == "anthropic":
-            providers[entry.name] = AnthropicProvider(entry)
-        else:
-            raise ConfigError(f"providers[{i}].kind: kind {entry.kind} is not available yet")
-    return providers
+    return {entry.name: _KINDS[entry.kind](entry) for entry in config.providers}

@@ -1,0 +1,184 @@
+"""Ollama's dialect (`/api/chat`, `/api/embed`): chat requests out, NDJSON answers in.
+
+Sampling fields go under `options` (`max_tokens` is `num_predict`); images
+travel as base64 next to the message; tool call arguments are JSON objects,
+not strings. A field Ollama cannot honour is refused by name (400).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+from tandem.v1 import chat_pb2, embeddings_pb2
+
+from server.core.errors import InvalidRequestError
+
+__all__ = [
+    "StreamTranslator",
+    "chat_request_to_ollama",
+    "embed_request_to_ollama",
+    "embeddings_from_ollama",
+]
+
+JSON = dict[str, Any]
+_OPTIONS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
+_DATA_URL = re.compile(r"data:[\w/+.-]+;base64,(?P<data>.*)", re.S)
+
+
+def _refuse(param: str, why: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{param}: {why} (not supported by this model's provider)", param=param
+    )
+
+
+def _check_supported(request: chat_pb2.ChatCompletionRequest) -> None:
+    if request.HasField("n") and request.n != 1:
+        raise _refuse("n", "only n = 1 is possible")
+    if request.logit_bias:
+        raise _refuse("logit_bias", "cannot be honoured")
+    for name in ("logprobs", "top_logprobs"):
+        if request.HasField(name):
+            raise _refuse(name, "cannot be honoured")
+    if request.HasField("tool_choice") and request.tool_choice.mode not in ("auto", "none"):
+        raise _refuse("tool_choice", "only 'auto' and 'none' are possible")
+
+
+def _message(message: chat_pb2.ChatMessage, where: str) -> JSON:
+    out: JSON = {"role": message.role if message.role != "developer" else "system"}
+    if message.HasField("content"):
+        out["content"] = message.content
+    else:
+        texts, images = [], []
+        for j, part in enumerate(message.parts):
+            kind = part.WhichOneof("part")
+            if kind == "text":
+                texts.append(part.text)
+            elif kind == "image_url" and (match := _DATA_URL.fullmatch(part.image_url.url)):
+                images.append(match["data"])
+            else:
+                raise _refuse(f"{where}.content[{j}]", "only text and base64 images can be sent")
+        out["content"] = "\n".join(texts)
+        if images:
+            out["images"] = images
+    if message.tool_calls:
+        calls = []
+        for k, call in enumerate(message.tool_calls):
+            try:
+                arguments = orjson.loads(call.function.arguments or "{}")
+            except orjson.JSONDecodeError:
+                param = f"{where}.tool_calls[{k}].function.arguments"
+                raise InvalidRequestError(f"{param}: must be a JSON object", param=param) from None
+            calls.append({"function": {"name": call.function.name, "arguments": arguments}})
+        out["tool_calls"] = calls
+    if message.role == "tool" and message.name:
+        out["tool_name"] = message.name
+    return out
+
+
+def chat_request_to_ollama(
+    request: chat_pb2.ChatCompletionRequest, model: str, *, stream: bool
+) -> JSON:
+    _check_supported(request)
+    body: JSON = {
+        "model": model,
+        "messages": [_message(m, f"messages[{i}]") for i, m in enumerate(request.messages)],
+        "stream": stream,
+    }
+    options: JSON = {
+        option: getattr(request, field)
+        for field, option in _OPTIONS.items()
+        if request.HasField(field)  # type: ignore[arg-type]
+    }
+    if request.HasField("max_completion_tokens"):
+        options["num_predict"] = request.max_completion_tokens
+    elif request.HasField("max_tokens"):
+        options["num_predict"] = request.max_tokens
+    if request.stop:
+        options["stop"] = list(request.stop)
+    if options:
+        body["options"] = options
+    if request.tools and request.tool_choice.mode != "none":
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.function.name,
+                    "description": t.function.description,
+                    "parameters": json_format.MessageToDict(t.function.parameters),
+                },
+            }
+            for t in request.tools
+        ]
+    if request.HasField("response_format"):
+        response_format = request.response_format
+        if response_format.type == "json_object":
+            body["format"] = "json"
+        elif response_format.type == "json_schema":
+            body["format"] = json_format.MessageToDict(response_format.json_schema.schema)
+    return body
+
+
+class StreamTranslator:
+    """Ollama's answer lines (or its one answer) as chunks; tool calls get ids here."""
+
+    __slots__ = ("_started", "_tools")
+
+    def __init__(self) -> None:
+        self._started = False
+        self._tools = 0
+
+    def feed(self, line: JSON) -> chat_pb2.ChatCompletionChunk:
+        chunk = chat_pb2.ChatCompletionChunk()
+        choice = chunk.choices.add(index=0)
+        delta = choice.delta
+        if not self._started:
+            delta.role = "assistant"
+            self._started = True
+        message = line.get("message") or {}
+        if message.get("content"):
+            delta.content = message["content"]
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            piece = delta.tool_calls.add(
+                index=self._tools, id=f"call_{self._tools}", type="function"
+            )
+            piece.function.name = function.get("name", "")
+            piece.function.arguments = orjson.dumps(function.get("arguments") or {}).decode()
+            self._tools += 1
+        if line.get("done"):
+            if self._tools:
+                choice.finish_reason = "tool_calls"
+            else:
+                choice.finish_reason = "length" if line.get("done_reason") == "length" else "stop"
+            chunk.usage.prompt_tokens = line.get("prompt_eval_count") or 0
+            chunk.usage.completion_tokens = line.get("eval_count") or 0
+            chunk.usage.total_tokens = chunk.usage.prompt_tokens + chunk.usage.completion_tokens
+        elif not delta.HasField("content") and not delta.tool_calls and not delta.HasField("role"):
+            delta.content = ""
+        return chunk
+
+
+def embed_request_to_ollama(request: embeddings_pb2.EmbeddingRequest, model: str) -> JSON:
+    body: JSON = {"model": model, "input": list(request.input)}
+    if request.HasField("dimensions"):
+        body["dimensions"] = request.dimensions
+    return body
+
+
+def embeddings_from_ollama(data: JSON) -> embeddings_pb2.EmbeddingResponse:
+    response = embeddings_pb2.EmbeddingResponse()
+    for index, vector in enumerate(data["embeddings"]):
+        response.data.add(index=index, embedding=vector)
+    tokens = data.get("prompt_eval_count") or 0
+    response.usage.prompt_tokens = tokens
+    response.usage.total_tokens = tokens
+    return response

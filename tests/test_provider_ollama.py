@@ -1,0 +1,190 @@
+"""The `ollama` provider: /api/chat (NDJSON) and /api/embed on a fake Ollama, through the doors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import openai
+import pytest
+from tandem.v1 import chat_pb2, chat_pb2_grpc
+
+from server.core.errors import InvalidRequestError
+from server.translate import ollama
+from server.translate.openai import parse_chat_request
+from tests.fake_upstream import SECRET_URL, FakeUpstream
+from tests.servers import TandemProcess, start_tandem
+
+CONFIG = """
+providers:
+  - {name: lab, kind: ollama, base_url: "%(root)s", max_retries: 0}
+models:
+  - {name: llama, provider: lab, upstream: "llama3.2:1b"}
+tiers:
+  free: {default_model: llama}
+"""
+
+
+def test_sampling_goes_under_options_and_images_travel_as_base64() -> None:
+    request = parse_chat_request(
+        {
+            "messages": [
+                {"role": "developer", "content": "sys"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "see"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}},
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": '{"x": 1}'},
+                        }
+                    ],
+                },
+            ],
+            "temperature": 0.2,
+            "max_tokens": 7,
+            "stop": "END",
+            "seed": 3,
+            "response_format": {"type": "json_object"},
+        },
+        strict=True,
+    )
+    body = ollama.chat_request_to_ollama(request, "m", stream=True)
+    assert body["messages"] == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "see", "images": ["QUJD"]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}],
+        },
+    ]
+    assert body["options"] == {"temperature": 0.2, "seed": 3, "num_predict": 7, "stop": ["END"]}
+    assert body["format"] == "json"
+    assert body["stream"] is True
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"n": 3}, "n"),
+        ({"logit_bias": {"1": 1}}, "logit_bias"),
+        ({"logprobs": True}, "logprobs"),
+        ({"tool_choice": "required"}, "tool_choice"),
+    ],
+)
+def test_what_ollama_cannot_honour_is_refused_by_name(fields: dict[str, Any], param: str) -> None:
+    request = parse_chat_request(
+        {"messages": [{"role": "user", "content": "x"}], **fields}, strict=True
+    )
+    with pytest.raises(InvalidRequestError) as caught:
+        ollama.chat_request_to_ollama(request, "m", stream=False)
+    assert caught.value.param == param
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream()
+    upstream.start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TandemProcess]:
+    process = start_tandem(tmp_path_factory.mktemp("gw"), CONFIG % {"root": fake.root})
+    yield process
+    assert process.terminate() == 0, process.stderr()
+
+
+@pytest.fixture
+def client(gateway: TandemProcess, fake: FakeUpstream) -> Iterator[Any]:
+    fake.reset()
+    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="caller", max_retries=0) as c:
+        yield c
+
+
+def test_chat_whole_and_streamed_with_usage(client: Any, fake: FakeUpstream) -> None:
+    completion = client.chat.completions.create(
+        model="llama", messages=[{"role": "user", "content": "hi there llama"}]
+    )
+    assert completion.choices[0].message.content == "hi there llama"
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (5, 3)
+    assert fake.requests[0].path == "/api/chat"
+    assert fake.requests[0].body["model"] == "llama3.2:1b"
+    assert fake.requests[0].body["stream"] is False
+
+    chunks = list(
+        client.chat.completions.create(
+            model="llama",
+            messages=[{"role": "user", "content": "a b c d"}],
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "a b c "
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 3
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_get_ids_and_string_arguments(
+    client: Any, fake: FakeUpstream, stream: bool
+) -> None:
+    fake.reset("tools")
+    args: dict[str, Any] = {"model": "llama", "messages": [{"role": "user", "content": "weather?"}]}
+    if stream:
+        chunks = list(client.chat.completions.create(**args, stream=True))
+        calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+        finish = chunks[-1].choices[0].finish_reason
+    else:
+        completion = client.chat.completions.create(**args)
+        calls = completion.choices[0].message.tool_calls
+        finish = completion.choices[0].finish_reason
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
+        ("call_0", "get_weather", '{"city":"Paris"}')
+    ]
+    assert finish == "tool_calls"
+
+
+def test_embeddings_and_grpc(gateway: TandemProcess, client: Any, fake: FakeUpstream) -> None:
+    result = client.embeddings.create(model="llama", input=["abc"], encoding_format="float")
+    assert result.data[0].embedding == [3.0, 1.0]
+    assert result.usage.prompt_tokens == 4
+
+    async def stream() -> list[chat_pb2.ChatCompletionChunk]:
+        async with grpc.aio.insecure_channel(gateway.grpc) as channel:
+            stub = chat_pb2_grpc.ChatServiceStub(channel)
+            request = chat_pb2.ChatCompletionRequest(
+                messages=[chat_pb2.ChatMessage(role="user", content="via grpc")]
+            )
+            return [c async for c in stub.StreamChatCompletion(request)]
+
+    chunks = asyncio.run(stream())
+    assert "".join(c.choices[0].delta.content for c in chunks) == "via grpc"
+    assert chunks[-1].usage.total_tokens == 7
+
+
+def test_an_ollama_error_hides_its_details(gateway: TandemProcess, fake: FakeUpstream) -> None:
+    fake.reset("500")
+    response = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions",
+        json={"model": "llama", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert response.status_code == 502
+    assert SECRET_URL not in response.text
+    assert fake.root.split("//")[1] not in response.text
