@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -433,3 +434,30 @@ async def test_grpc_cancel_and_deadline_close_the_upstream_within_a_second(
                 await asyncio.sleep(0.02)
             assert fake.gone, how
             assert fake.gone[0] - left < 1.0, how
+
+
+def test_openai_api_key_adds_the_openai_provider_to_the_builtin_config(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    env = {
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+        "OPENAI_BASE_URL": fake.base_url,
+        "TANDEM_OPENAI_MODELS": "gpt-4o-mini,gpt-4.1",
+    }
+    process = start_tandem(tmp_path, None, env=env)
+    try:
+        fake.reset()
+        with openai.OpenAI(base_url=f"{process.base_url}/v1", api_key="caller") as sdk:
+            assert [m.id for m in sdk.models.list()] == ["echo", "gpt-4o-mini", "gpt-4.1"]
+            reply = sdk.chat.completions.create(
+                model="gpt-4.1", messages=[{"role": "user", "content": "real provider"}]
+            )
+            assert reply.choices[0].message.content == "real provider"
+            echo = sdk.chat.completions.create(
+                model="echo", messages=[{"role": "user", "content": "mock still here"}]
+            )
+            assert echo.choices[0].message.content == "mock still here"
+        assert fake.requests[0].body["model"] == "gpt-4.1"
+        assert fake.requests[0].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    finally:
+        assert process.terminate() == 0

@@ -120,3 +120,78 @@ def test_null_means_not_set() -> None:
     assert not request.HasField("temperature")
     assert not request.messages[0].HasField("content")
     assert request.messages[0].tool_calls[0].function.name == "f"
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
+chat_messages = st.lists(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["system", "developer", "user", "assistant"]),
+            "content": st.text(max_size=20),
+        }
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@given(
+    messages=chat_messages,
+    optional=st.fixed_dictionaries(
+        {},
+        optional={
+            "temperature": st.floats(0, 2),
+            "top_p": st.floats(0, 1),
+            "max_tokens": st.integers(1, 10_000),
+            "max_completion_tokens": st.integers(1, 10_000),
+            "n": st.integers(1, 4),
+            "seed": st.integers(-(2**63), 2**63 - 1),
+            "presence_penalty": st.floats(-2, 2),
+            "frequency_penalty": st.floats(-2, 2),
+            "logprobs": st.booleans(),
+            "top_logprobs": st.integers(0, 20),
+            "parallel_tool_calls": st.booleans(),
+            "user": st.text(max_size=10),
+            "stop": st.lists(st.text(min_size=1, max_size=5), max_size=4),
+            "logit_bias": st.dictionaries(
+                st.from_regex(r"[0-9]{1,5}", fullmatch=True), st.integers(-100, 100), max_size=3
+            ),
+            "tool_choice": st.sampled_from(["none", "auto", "required"]),
+            "tools": st.lists(
+                st.from_regex(r"[a-z_]{1,10}", fullmatch=True).map(
+                    lambda n: {
+                        "type": "function",
+                        "function": {
+                            "name": n,
+                            "description": "d",
+                            "parameters": {"type": "object"},
+                        },
+                    }
+                ),
+                max_size=3,
+            ),
+            "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}]),
+        },
+    ),
+    stream=st.booleans(),
+)
+def test_upstream_request_round_trips_every_field(
+    messages: list[dict[str, str]], optional: dict[str, object], stream: bool
+) -> None:
+    """Whatever a caller sends reaches an OpenAI-compatible upstream unchanged."""
+    request = openai.parse_chat_request(
+        {"model": "public", "messages": messages, **optional}, strict=True
+    )
+    body = openai.chat_request_to_openai(request, "upstream-name", stream=stream)
+    assert body["model"] == "upstream-name"
+    assert body["messages"] == messages
+    for key, value in optional.items():
+        if value in ([], "", {}):  # empty is "not set", in proto3 and OpenAI's API alike
+            assert key not in body
+        else:
+            assert body[key] == value, key
+    assert ("stream_options" in body) == stream
+    again = openai.parse_chat_request({**body, "model": "public"}, strict=False)
+    again.ClearField("stream")
+    again.ClearField("stream_options")
+    assert again == request
