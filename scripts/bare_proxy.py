@@ -8,18 +8,18 @@ on this stack can reach. Prints `http listening on HOST:PORT`.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
-import uvicorn
 import uvloop
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from server.lifecycle import start_http_server
 
 UPSTREAM = sys.argv[1]
 session: aiohttp.ClientSession
@@ -51,17 +51,7 @@ async def main() -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        http="httptools",
-        proxy_headers=False,
-        server_header=False,
-    )
-    server = asyncio.create_task(uvicorn.Server(config).serve(sockets=[sock]))
-    await asyncio.sleep(0.2)
+    _, server = await start_http_server(app, sock, grace_s=1)  # the uvicorn settings Tandem uses
     sys.stdout.write(f"http listening on 127.0.0.1:{sock.getsockname()[1]}\ngrpc listening on -\n")
     sys.stdout.flush()
     await server

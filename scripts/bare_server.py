@@ -8,20 +8,20 @@ themselves cost on this machine. Prints the same listening lines as
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import sys
 from collections.abc import AsyncIterator
 
 import grpc
 import orjson
-import uvicorn
 import uvloop
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from tandem.v1 import chat_pb2, chat_pb2_grpc
+
+from server.lifecycle import start_http_server
 
 WORDS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
 TEXT = "".join(f"word{i} " for i in range(WORDS))
@@ -110,17 +110,7 @@ async def main() -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        http="httptools",
-        proxy_headers=False,
-        server_header=False,
-    )
-    http = asyncio.create_task(uvicorn.Server(config).serve(sockets=[sock]))
-    await asyncio.sleep(0.2)
+    _, http = await start_http_server(app, sock, grace_s=1)  # the uvicorn settings Tandem uses
     http_port = sock.getsockname()[1]
     sys.stdout.write(
         f"http listening on 127.0.0.1:{http_port}\ngrpc listening on 127.0.0.1:{grpc_port}\n"

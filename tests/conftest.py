@@ -2,10 +2,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
+import openai
 import pytest
 
+from tests.fake_upstream import FakeUpstream
 from tests.servers import TandemProcess, start_tandem
 
 # A config most gRPC tests share: a fast and a slow mock, and a model outside tier free.
@@ -50,3 +53,21 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TandemPr
 async def channel(shared_server: TandemProcess) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(shared_server.grpc) as channel:
         yield channel
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeUpstream]:
+    """A fake OpenAI/Anthropic/Ollama upstream on 127.0.0.1:0, shared by a module."""
+    upstream = FakeUpstream()
+    upstream.start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture
+def client(gateway: TandemProcess, fake: FakeUpstream) -> Iterator[Any]:
+    """The official SDK on the module's `gateway`, typed loosely (its overloads
+    fight the dict literals of tests), with the fake's script and records reset."""
+    fake.reset()
+    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="caller", max_retries=0) as sdk:
+        yield sdk

@@ -8,7 +8,6 @@ from typing import Any
 
 import grpc
 import httpx
-import openai
 import pytest
 from google.protobuf.json_format import ParseDict
 from hypothesis import given
@@ -294,14 +293,6 @@ tiers:
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    upstream = FakeUpstream()
-    upstream.start()
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="module")
 def gateway(
     fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TandemProcess]:
@@ -310,13 +301,6 @@ def gateway(
     )
     yield process
     assert process.terminate() == 0, process.stderr()
-
-
-@pytest.fixture
-def client(gateway: TandemProcess, fake: FakeUpstream) -> Iterator[Any]:
-    fake.reset()
-    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="caller", max_retries=0) as c:
-        yield c
 
 
 def test_non_streaming_through_the_openai_door(client: Any, fake: FakeUpstream) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 
 import grpc
 import httpx
-import openai
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -96,27 +95,12 @@ def test_what_ollama_cannot_honour_is_refused_by_name(fields: dict[str, Any], pa
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    upstream = FakeUpstream()
-    upstream.start()
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="module")
 def gateway(
     fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TandemProcess]:
     process = start_tandem(tmp_path_factory.mktemp("gw"), CONFIG % {"root": fake.root})
     yield process
     assert process.terminate() == 0, process.stderr()
-
-
-@pytest.fixture
-def client(gateway: TandemProcess, fake: FakeUpstream) -> Iterator[Any]:
-    fake.reset()
-    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="caller", max_retries=0) as c:
-        yield c
 
 
 def test_chat_whole_and_streamed_with_usage(client: Any, fake: FakeUpstream) -> None:

@@ -36,14 +36,6 @@ tiers:
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    upstream = FakeUpstream()
-    upstream.start()
-    yield upstream
-    upstream.stop()
-
-
-@pytest.fixture(scope="module")
 def gateway(
     fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TandemProcess]:
@@ -51,14 +43,6 @@ def gateway(
     process = start_tandem(tmp_path_factory.mktemp("gw"), config)
     yield process
     assert process.terminate() == 0, process.stderr()
-
-
-@pytest.fixture
-def client(gateway: TandemProcess, fake: FakeUpstream) -> Iterator[Any]:
-    """The real SDK, typed loosely: its overloads fight the dict literals below."""
-    fake.reset()
-    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="caller", max_retries=0) as c:
-        yield c
 
 
 def user(text: str) -> Any:

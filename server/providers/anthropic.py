@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
-import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.config import ProviderConfig
 from server.core.context import CallContext
-from server.core.errors import InvalidRequestError, UpstreamError
+from server.core.errors import InvalidRequestError
 from server.providers.base import Route
-from server.providers.upstream import UpstreamClient, sse_data
+from server.providers.upstream import HttpProvider, decode, sse_data
 from server.translate import anthropic
 
 __all__ = ["AnthropicProvider"]
 
-_INVALID = (orjson.JSONDecodeError, TypeError, ValueError, AttributeError, KeyError)
 
-
-class AnthropicProvider:
+class AnthropicProvider(HttpProvider):
     def __init__(self, config: ProviderConfig) -> None:
-        self.name = config.name
-        self.max_retries = config.max_retries
         headers = {"anthropic-version": anthropic.ANTHROPIC_VERSION}
         if config.api_key:
             headers["x-api-key"] = config.api_key
-        self._client = UpstreamClient(config, headers=headers)
+        super().__init__(config, headers=headers)
 
     async def stream(
         self,
@@ -43,22 +37,13 @@ class AnthropicProvider:
             max_tokens_default=route.model.max_tokens_default,
             stream=chunked,
         )
-        async with self._client.post("/v1/messages", body, ctx, streaming=chunked) as response:
+        async with self.client.post("/v1/messages", body, ctx, streaming=chunked) as response:
             if not chunked:
-                raw = await response.read()
-                try:
-                    chunk = anthropic.message_as_chunk(orjson.loads(raw))
-                except _INVALID:
-                    raise UpstreamError("upstream provider sent an invalid response") from None
-                yield chunk
+                yield decode(await response.read(), anthropic.message_as_chunk)
                 return
             translator = anthropic.StreamTranslator()
             async for data in sse_data(response):
-                try:
-                    event: Any = orjson.loads(data)
-                    translated = translator.feed(event)
-                except _INVALID:
-                    raise UpstreamError("upstream provider sent an invalid response") from None
+                translated = decode(data, translator.feed)
                 if translated is not None:
                     yield translated
 
@@ -68,6 +53,3 @@ class AnthropicProvider:
         raise InvalidRequestError(
             f"model {route.model.name!r} does not make embeddings", param="model"
         )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

@@ -16,8 +16,8 @@ import contextlib
 import email.utils
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -31,7 +31,9 @@ from server.core.errors import (
     UpstreamTimeoutError,
 )
 
-__all__ = ["UpstreamClient", "sse_data"]
+__all__ = ["HttpProvider", "UpstreamClient", "bearer", "decode", "sse_data"]
+
+T = TypeVar("T")
 
 MAX_CONNECTIONS = 512
 MAX_ERROR_BODY = 64 * 1024
@@ -71,6 +73,17 @@ def _upstream_message(body: bytes) -> tuple[str, str | None]:
         param = error.get("param")
         return str(error.get("message") or ""), param if isinstance(param, str) else None
     return "", None
+
+
+_INVALID = (orjson.JSONDecodeError, TypeError, ValueError, AttributeError, KeyError)
+
+
+def decode(raw: bytes, convert: Callable[[Any], T]) -> T:
+    """`convert(JSON)` of an upstream answer; anything malformed is an upstream error."""
+    try:
+        return convert(orjson.loads(raw))
+    except _INVALID:
+        raise UpstreamError("upstream provider sent an invalid response") from None
 
 
 def status_error(status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
@@ -154,3 +167,19 @@ async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
                 return
             if data:
                 yield data
+
+
+def bearer(api_key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+class HttpProvider:
+    """What the HTTP kinds share: a name, a retry budget and one pooled client."""
+
+    def __init__(self, config: ProviderConfig, *, headers: Mapping[str, str]) -> None:
+        self.name = config.name
+        self.max_retries = config.max_retries
+        self.client = UpstreamClient(config, headers=headers)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

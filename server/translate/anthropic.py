@@ -9,14 +9,14 @@ name (400), never dropped silently.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 from google.protobuf import json_format
 from tandem.v1 import chat_pb2
 
-from server.core.errors import InvalidRequestError, UpstreamError
+from server.core.errors import UpstreamError
+from server.translate.common import DATA_URL, cannot_honour, tool_arguments
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -46,32 +46,25 @@ STOP_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
-_DATA_URL = re.compile(r"data:(?P<media>[\w/+.-]+);base64,(?P<data>.*)", re.S)
-
-
-def _refuse(param: str, why: str) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"{param}: {why} (not supported by this model's provider)", param=param
-    )
 
 
 def _check_supported(request: chat_pb2.ChatCompletionRequest) -> None:
     for name in UNSUPPORTED_FIELDS:
         if name == "logit_bias":
             if request.logit_bias:
-                raise _refuse(name, "cannot be honoured")
+                raise cannot_honour(name, "cannot be honoured")
         elif request.HasField(name):  # type: ignore[arg-type]
-            raise _refuse(name, "cannot be honoured")
+            raise cannot_honour(name, "cannot be honoured")
     if request.HasField("n") and request.n != 1:
-        raise _refuse("n", "only n = 1 is possible")
+        raise cannot_honour("n", "only n = 1 is possible")
     if request.HasField("temperature") and request.temperature > 1:
-        raise _refuse("temperature", "must be at most 1")
+        raise cannot_honour("temperature", "must be at most 1")
     if request.HasField("response_format") and request.response_format.type != "text":
-        raise _refuse("response_format", "only type 'text' is possible")
+        raise cannot_honour("response_format", "only type 'text' is possible")
 
 
 def _image(url: str) -> JSON:
-    match = _DATA_URL.fullmatch(url)
+    match = DATA_URL.fullmatch(url)
     if match:
         source = {"type": "base64", "media_type": match["media"], "data": match["data"]}
     else:
@@ -90,18 +83,12 @@ def _blocks(message: chat_pb2.ChatMessage, where: str) -> list[JSON]:
         elif kind == "image_url":
             blocks.append(_image(part.image_url.url))
         else:
-            raise _refuse(f"{where}.content[{j}]", f"{part.type} parts cannot be sent")
+            raise cannot_honour(f"{where}.content[{j}]", f"{part.type} parts cannot be sent")
     return blocks
 
 
 def _tool_use(call: chat_pb2.ToolCall, where: str) -> JSON:
-    try:
-        arguments = orjson.loads(call.function.arguments or "{}")
-    except orjson.JSONDecodeError:
-        raise InvalidRequestError(
-            f"{where}.function.arguments: must be a JSON object",
-            param=f"{where}.function.arguments",
-        ) from None
+    arguments = tool_arguments(call, where)
     return {"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments}
 
 

@@ -7,14 +7,13 @@ not strings. A field Ollama cannot honour is refused by name (400).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 from google.protobuf import json_format
 from tandem.v1 import chat_pb2, embeddings_pb2
 
-from server.core.errors import InvalidRequestError
+from server.translate.common import DATA_URL, cannot_honour, tool_arguments
 
 __all__ = [
     "StreamTranslator",
@@ -31,25 +30,18 @@ _OPTIONS = {
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
 }
-_DATA_URL = re.compile(r"data:[\w/+.-]+;base64,(?P<data>.*)", re.S)
-
-
-def _refuse(param: str, why: str) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"{param}: {why} (not supported by this model's provider)", param=param
-    )
 
 
 def _check_supported(request: chat_pb2.ChatCompletionRequest) -> None:
     if request.HasField("n") and request.n != 1:
-        raise _refuse("n", "only n = 1 is possible")
+        raise cannot_honour("n", "only n = 1 is possible")
     if request.logit_bias:
-        raise _refuse("logit_bias", "cannot be honoured")
+        raise cannot_honour("logit_bias", "cannot be honoured")
     for name in ("logprobs", "top_logprobs"):
         if request.HasField(name):
-            raise _refuse(name, "cannot be honoured")
+            raise cannot_honour(name, "cannot be honoured")
     if request.HasField("tool_choice") and request.tool_choice.mode not in ("auto", "none"):
-        raise _refuse("tool_choice", "only 'auto' and 'none' are possible")
+        raise cannot_honour("tool_choice", "only 'auto' and 'none' are possible")
 
 
 def _message(message: chat_pb2.ChatMessage, where: str) -> JSON:
@@ -62,21 +54,19 @@ def _message(message: chat_pb2.ChatMessage, where: str) -> JSON:
             kind = part.WhichOneof("part")
             if kind == "text":
                 texts.append(part.text)
-            elif kind == "image_url" and (match := _DATA_URL.fullmatch(part.image_url.url)):
+            elif kind == "image_url" and (match := DATA_URL.fullmatch(part.image_url.url)):
                 images.append(match["data"])
             else:
-                raise _refuse(f"{where}.content[{j}]", "only text and base64 images can be sent")
+                raise cannot_honour(
+                    f"{where}.content[{j}]", "only text and base64 images can be sent"
+                )
         out["content"] = "\n".join(texts)
         if images:
             out["images"] = images
     if message.tool_calls:
         calls = []
         for k, call in enumerate(message.tool_calls):
-            try:
-                arguments = orjson.loads(call.function.arguments or "{}")
-            except orjson.JSONDecodeError:
-                param = f"{where}.tool_calls[{k}].function.arguments"
-                raise InvalidRequestError(f"{param}: must be a JSON object", param=param) from None
+            arguments = tool_arguments(call, f"{where}.tool_calls[{k}]")
             calls.append({"function": {"name": call.function.name, "arguments": arguments}})
         out["tool_calls"] = calls
     if message.role == "tool" and message.name:
