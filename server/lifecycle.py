@@ -30,7 +30,7 @@ from server.config import Config, parse_host_port
 from server.core.dataplane import DataPlane
 from server.core.routing import Router
 from server.grpc_service import SERVICE_NAMES, build_grpc_server
-from server.policy import Policy
+from server.policy import Policy, build_limiter
 from server.providers import Provider, build_providers
 from server.usage import NullRecorder, UsageRecorder
 
@@ -64,9 +64,9 @@ def bind_socket(address: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise OSError(f"cannot listen for HTTP on {address}: {exc.strerror}") from None
     return sock
 
 
@@ -116,7 +116,7 @@ class Gateway:
         """Start serving; return the bound HTTP and gRPC addresses."""
         config = self.config
         self._providers = build_providers(config)
-        policy = Policy(config)
+        policy = Policy(config, build_limiter(config))
         plane = DataPlane(Router(config, self._providers), policy, self._usage)
 
         self._grpc_server = build_grpc_server(

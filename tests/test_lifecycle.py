@@ -116,3 +116,5 @@ def test_a_taken_port_fails_the_start_with_one_line(
 
     with pytest.raises(RuntimeError, match=r"cannot listen for gRPC on 127\.0\.0\.1:\d+"):
         start_tandem(first.stderr_path.parent, args=["--grpc", first.grpc, "--http", "127.0.0.1:0"])
+    with pytest.raises(RuntimeError, match=r"cannot listen for HTTP on 127\.0\.0\.1:\d+: Address"):
+        start_tandem(first.stderr_path.parent, args=["--grpc", "127.0.0.1:0", "--http", first.http])

@@ -58,7 +58,6 @@ class DataPlane:
         admission = await self.policy.admit(
             ctx, route, lambda: prompt_words(request.messages) + _max_tokens(request)
         )
-        ctx.response_headers.extend(admission.headers)
 
         completion_id = f"chatcmpl-{new_id()}"
         created = int(time.time())
@@ -90,7 +89,6 @@ class DataPlane:
         admission = await self.policy.admit(
             ctx, route, lambda: sum(count_words(text) for text in request.input)
         )
-        ctx.response_headers.extend(admission.headers)
         with _Accounting(self.usage, ctx, route, admission, streaming=False) as account:
             response = await route.provider.embed(request, route, ctx)
             response.model = route.model.name

@@ -6,39 +6,56 @@ Two entry points, each called from exactly one place:
 - `admit` by the core, once the model is known, returning an `Admission`
   the core settles when the call ends.
 
-Today the policy admits everyone as the anonymous `free` caller, without
-limits; JWT, API keys and rate limits plug in here.
+Today every caller is the anonymous `free` caller (JWT and API keys plug in
+here); rate limits apply per caller and tier, anonymous callers sharing one
+budget, admin callers having none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from server.config import Config
+from server.config import Config, ConfigError
 from server.core.context import ANONYMOUS, CallContext, Caller
-from server.core.errors import AuthenticationError
+from server.core.errors import AuthenticationError, RateLimitError
+from server.policy.headers import format_duration, rate_limit_headers
+from server.policy.limiter import MemoryLimiter
 from server.providers.base import Route
 
-__all__ = ["Admission", "Policy"]
+__all__ = ["Admission", "Policy", "build_limiter"]
 
 
-@dataclass(frozen=True, slots=True)
 class Admission:
-    """A granted call's reservation, settled to what it really used."""
+    """A granted call's token reservation, settled once to what it really used."""
 
-    headers: tuple[tuple[str, str], ...] = ()
+    __slots__ = ("_key", "_limiter", "_reserved", "_tokens_per_minute")
+
+    def __init__(
+        self,
+        limiter: MemoryLimiter | None = None,
+        key: str = "",
+        tokens_per_minute: int | None = None,
+        reserved: int = 0,
+    ) -> None:
+        self._limiter = limiter
+        self._key = key
+        self._tokens_per_minute = tokens_per_minute
+        self._reserved = reserved
 
     def settle(self, used_tokens: int) -> None:
-        return None
+        limiter, self._limiter = self._limiter, None  # once
+        if limiter is not None and self._tokens_per_minute is not None:
+            limiter.settle(self._key, self._tokens_per_minute, used_tokens - self._reserved)
 
 
 _UNLIMITED = Admission()
 
 
 class Policy:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, limiter: MemoryLimiter | None = None) -> None:
         self._required = config.auth.required
+        self._tiers = config.tiers
+        self._limiter = limiter
 
     async def authenticate(self, authorization: str | None) -> Caller:
         """The caller behind an `authorization` header or metadata value."""
@@ -51,8 +68,43 @@ class Policy:
     async def admit(
         self, ctx: CallContext, route: Route, estimate_tokens: Callable[[], int]
     ) -> Admission:
-        """Reserve the call's estimated tokens, or raise RateLimitError.
+        """Count the request and reserve its estimated tokens, or raise RateLimitError.
 
-        `estimate_tokens` is called only when a token budget applies.
+        Leaves the x-ratelimit-* headers on `ctx` either way. `estimate_tokens`
+        (prompt tokens, plus max_tokens when given) is called only when a token
+        budget applies.
         """
-        return _UNLIMITED
+        caller = ctx.caller
+        tier = self._tiers.get(caller.tier)
+        if self._limiter is None or tier is None or caller.admin:
+            return _UNLIMITED
+        rpm, tpm = tier.requests_per_minute, tier.tokens_per_minute
+        if rpm is None and tpm is None:
+            return _UNLIMITED
+        reserved = estimate_tokens() if tpm is not None else 0
+        key = caller.key_id or caller.user
+        decision = self._limiter.acquire(key, rpm, tpm, reserved)
+        ctx.response_headers.extend(rate_limit_headers(decision))
+        if not decision.fits_ever:
+            raise RateLimitError(
+                f"this request needs {reserved} tokens; tier {caller.tier!r} allows {tpm} a minute",
+                retry_after_s=decision.retry_after_s,
+                should_retry=False,
+            )
+        if not decision.allowed:
+            raise RateLimitError(
+                f"rate limit of tier {caller.tier!r} reached; retry in "
+                f"{format_duration(decision.retry_after_s)}",
+                retry_after_s=decision.retry_after_s,
+            )
+        return Admission(self._limiter, key, tpm, reserved)
+
+
+def build_limiter(config: Config) -> MemoryLimiter | None:
+    """The configured rate-limit backend (`none`: no limits at all)."""
+    backend = config.rate_limits.backend
+    if backend == "none":
+        return None
+    if backend == "redis":
+        raise ConfigError("rate_limits.backend: redis is not available yet")
+    return MemoryLimiter()

@@ -1,0 +1,108 @@
+"""Rate limiting as token buckets, by GCRA: capacity = the per-minute figure, refilled continuously.
+
+GCRA keeps one number per bucket, the theoretical arrival time (TAT): the
+moment the bucket would be full again. A request of cost n at time `now`
+moves it to max(TAT, now) + n * (60 s / capacity) and is allowed if that
+lands within a minute of `now`. No fixed windows, no per-request history.
+
+A call's requests and tokens are decided together: both fit, or neither is
+taken. Tokens are reserved as estimated and settled to what was used later;
+settling may leave a bucket below zero (its TAT beyond now + 60 s).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["WINDOW_S", "Budget", "Decision", "MemoryLimiter"]
+
+WINDOW_S = 60.0  # capacities are per minute
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One bucket's state after a decision, as the x-ratelimit headers say it."""
+
+    limit: int
+    remaining: int
+    reset_s: float  # until the bucket is full again
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    retry_after_s: float
+    fits_ever: bool  # False: the cost exceeds the whole capacity; waiting will not help
+    requests: Budget | None
+    tokens: Budget | None
+
+
+def _budget(limit: int, tat: float, now: float) -> Budget:
+    interval = WINDOW_S / limit
+    remaining = max(math.floor((now + WINDOW_S - max(tat, now)) / interval + 1e-9), 0)
+    return Budget(limit=limit, remaining=min(remaining, limit), reset_s=max(tat - now, 0.0))
+
+
+class MemoryLimiter:
+    """Buckets in this process. With N workers each gets 1/N of every capacity."""
+
+    PRUNE_EVERY = 10_000
+
+    def __init__(self, *, share: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._tat: dict[str, float] = {}
+        self._share = share
+        self._clock = clock
+        self._decisions = 0
+
+    def _capacity(self, per_minute: int) -> int:
+        return max(int(per_minute * self._share), 1)
+
+    def acquire(
+        self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None, tokens: int
+    ) -> Decision:
+        """Take one request and `tokens` tokens from `key`'s buckets, or neither."""
+        now = self._clock()
+        self._maybe_prune(now)
+        wanted: list[tuple[str, str, int, int]] = []  # (dimension, bucket, capacity, cost)
+        if requests_per_minute is not None:
+            wanted.append(("requests", f"{key}:r", self._capacity(requests_per_minute), 1))
+        if tokens_per_minute is not None:
+            wanted.append(("tokens", f"{key}:t", self._capacity(tokens_per_minute), tokens))
+        fits_ever = all(cost <= limit for _, _, limit, cost in wanted)
+        wait = 0.0
+        new_tats = []
+        for _, bucket, limit, cost in wanted:
+            tat = max(self._tat.get(bucket, now), now)
+            new_tat = tat + cost * WINDOW_S / limit
+            wait = max(wait, new_tat - WINDOW_S - now)
+            new_tats.append(new_tat)
+        allowed = fits_ever and wait <= 0
+        budgets: dict[str, Budget] = {}
+        for (dimension, bucket, limit, _), new_tat in zip(wanted, new_tats, strict=True):
+            if allowed:
+                self._tat[bucket] = new_tat
+            budgets[dimension] = _budget(limit, self._tat.get(bucket, now), now)
+        return Decision(
+            allowed=allowed,
+            retry_after_s=max(wait, 0.0) if fits_ever else WINDOW_S,
+            fits_ever=fits_ever,
+            requests=budgets.get("requests"),
+            tokens=budgets.get("tokens"),
+        )
+
+    def settle(self, key: str, tokens_per_minute: int, delta_tokens: int) -> None:
+        """Correct a reservation by what was really used (negative: give back)."""
+        if not delta_tokens:
+            return
+        bucket = f"{key}:t"
+        limit = self._capacity(tokens_per_minute)
+        self._tat[bucket] = self._tat.get(bucket, self._clock()) + delta_tokens * WINDOW_S / limit
+
+    def _maybe_prune(self, now: float) -> None:
+        """Forget full buckets now and then, so idle callers cost no memory."""
+        self._decisions += 1
+        if self._decisions % self.PRUNE_EVERY == 0:
+            self._tat = {k: v for k, v in self._tat.items() if v > now}
