@@ -6,19 +6,23 @@ Two entry points, each called from exactly one place:
 - `admit` by the core, once the model is known, returning an `Admission`
   the core settles when the call ends.
 
-Today every caller is the anonymous `free` caller (JWT and API keys plug in
-here); rate limits apply per caller and tier, anonymous callers sharing one
-budget, admin callers having none.
+Credentials are `authorization: Bearer <token>`: an admin key from the
+config, or a JWT (caller = `sub`, tier = the tier claim, else `free`). With
+`auth.required: false`, a caller without a valid credential is anonymous
+(tier `free`). Rate limits apply per caller and tier, anonymous callers
+sharing one budget, admin callers having none.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 
 from server.config import Config, ConfigError
 from server.core.context import ANONYMOUS, CallContext, Caller
-from server.core.errors import AuthenticationError, RateLimitError
+from server.core.errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from server.policy.headers import format_duration, rate_limit_headers
+from server.policy.jwt_auth import JwtVerifier
 from server.policy.limiter import MemoryLimiter
 from server.providers.base import Route
 
@@ -51,19 +55,46 @@ class Admission:
 _UNLIMITED = Admission()
 
 
+DEFAULT_TIER = "free"
+
+
 class Policy:
     def __init__(self, config: Config, limiter: MemoryLimiter | None = None) -> None:
         self._required = config.auth.required
         self._tiers = config.tiers
         self._limiter = limiter
+        self._admin_keys = tuple(k.encode() for k in config.auth.admin_keys)
+        self._jwt = JwtVerifier(config.auth.jwt) if config.auth.jwt is not None else None
 
     async def authenticate(self, authorization: str | None) -> Caller:
         """The caller behind an `authorization` header or metadata value."""
-        if not self._required:
+        try:
+            return self._caller(authorization)
+        except AuthenticationError:
+            if self._required:
+                raise
             return ANONYMOUS
+
+    def _caller(self, authorization: str | None) -> Caller:
         if not authorization:
             raise AuthenticationError("missing credentials: send authorization: Bearer <token>")
-        raise AuthenticationError("invalid credentials")
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationError("credentials must be sent as authorization: Bearer <token>")
+        if self._is_admin_key(token):
+            return Caller(user="admin", tier=DEFAULT_TIER, admin=True)
+        if self._jwt is None:
+            raise AuthenticationError("invalid credentials")
+        claims = self._jwt.claims(token)
+        tier = claims.get(self._jwt.tier_claim) or DEFAULT_TIER
+        if not isinstance(tier, str) or tier not in self._tiers:
+            raise PermissionDeniedError(f"tier {tier!r} does not exist")
+        return Caller(user=claims["sub"], tier=tier)
+
+    def _is_admin_key(self, token: str) -> bool:
+        presented = token.encode()
+        return any(hmac.compare_digest(presented, key) for key in self._admin_keys)
 
     async def admit(
         self, ctx: CallContext, route: Route, estimate_tokens: Callable[[], int]

@@ -1,0 +1,65 @@
+"""Verifying JWTs (pyjwt): HS* secrets or RS*/ES* public keys, from an allowlist of algorithms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from server.config import ConfigError, JwtConfig
+from server.core.errors import AuthenticationError
+
+__all__ = ["LEEWAY_S", "JwtVerifier"]
+
+LEEWAY_S = 30  # clock skew tolerated on exp and nbf
+
+
+class JwtVerifier:
+    def __init__(self, config: JwtConfig) -> None:
+        if config.secret is not None:
+            self._key: str = config.secret
+        else:
+            assert config.public_key_file is not None
+            try:
+                self._key = Path(config.public_key_file).read_text()
+            except OSError as exc:
+                raise ConfigError(
+                    f"auth.jwt.public_key_file: cannot read it: {exc.strerror}"
+                ) from None
+        self._algorithms = [a for a in config.algorithms if a.lower() != "none"]
+        self._audience = config.audience
+        self._issuer = config.issuer
+        self.tier_claim = config.tier_claim
+
+    def claims(self, token: str) -> dict[str, Any]:
+        """The token's claims, or AuthenticationError saying what is wrong with it."""
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=LEEWAY_S,
+                options={"require": ["sub"], "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthenticationError("invalid token: expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthenticationError("invalid token: not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise AuthenticationError("invalid token: wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise AuthenticationError("invalid token: wrong issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthenticationError(f"invalid token: no {exc.claim!r} claim") from None
+        except jwt.InvalidAlgorithmError:
+            raise AuthenticationError("invalid token: algorithm not allowed") from None
+        except jwt.InvalidSignatureError:
+            raise AuthenticationError("invalid token: bad signature") from None
+        except jwt.InvalidTokenError:
+            raise AuthenticationError("invalid token: malformed") from None
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise AuthenticationError("invalid token: 'sub' must be a non-empty string")
+        return claims

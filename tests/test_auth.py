@@ -1,0 +1,204 @@
+"""Authentication: JWTs and admin keys, the same on gRPC and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import jwt
+import orjson
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from tandem.v1 import chat_pb2, chat_pb2_grpc
+
+from tests.rpc_status import details_of
+from tests.servers import TandemProcess, start_tandem
+
+SECRET = "s" * 40
+ADMIN_KEY = "admin-key-0123456789abcdef"
+CONFIG = """
+providers: [{name: demo, kind: mock}]
+models: [{name: echo, provider: demo}, {name: premium, provider: demo}]
+tiers:
+  free: {default_model: echo, models: [echo]}
+  standard: {default_model: premium}
+auth:
+  required: %(required)s
+  jwt: {secret: "${TANDEM_JWT_SECRET}", algorithms: [HS256], audience: tandem, issuer: tests}
+  admin_keys: ["${TANDEM_ADMIN_KEY}"]
+"""
+
+
+def token(**overrides: Any) -> str:
+    claims = {"sub": "alice", "aud": "tandem", "iss": "tests", "exp": int(time.time()) + 300}
+    claims.update(overrides)
+    key = overrides.pop("_key", SECRET) if "_key" in overrides else SECRET
+    claims.pop("_key", None)
+    return jwt.encode({k: v for k, v in claims.items() if v is not None}, key, algorithm="HS256")
+
+
+def start(tmp: Path, required: str) -> TandemProcess:
+    env = {"TANDEM_JWT_SECRET": SECRET, "TANDEM_ADMIN_KEY": ADMIN_KEY}
+    return start_tandem(tmp, CONFIG % {"required": required}, env=env)
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TandemProcess]:
+    process = start(tmp_path_factory.mktemp("auth"), "true")
+    yield process
+    assert process.terminate() == 0
+
+
+def b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def none_alg_token() -> str:
+    header = b64(orjson.dumps({"alg": "none", "typ": "JWT"}))
+    claims = b64(orjson.dumps({"sub": "mallory", "aud": "tandem", "iss": "tests"}))
+    return (header + b"." + claims + b".").decode()
+
+
+BAD = {
+    "missing": None,
+    "not bearer": f"Basic {token()}",
+    "malformed": "Bearer not.a.jwt",
+    "bad signature": f"Bearer {token(_key='x' * 40)}",
+    "alg none": f"Bearer {none_alg_token()}",
+    "expired": f"Bearer {token(exp=int(time.time()) - 120)}",
+    "not yet valid": f"Bearer {token(nbf=int(time.time()) + 120)}",
+    "wrong audience": f"Bearer {token(aud='someone-else')}",
+    "wrong issuer": f"Bearer {token(iss='elsewhere')}",
+    "no subject": f"Bearer {token(sub=None)}",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_every_bad_credential_is_401_on_http_and_unauthenticated_on_grpc(
+    secured: TandemProcess, case: str
+) -> None:
+    authorization = BAD[case]
+    headers = {"authorization": authorization} if authorization else {}
+    response = httpx.post(
+        f"{secured.base_url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "x"}]},
+        headers=headers,
+    )
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["type"] == "authentication_error"
+
+    async def grpc_call() -> grpc.aio.AioRpcError:
+        async with grpc.aio.insecure_channel(secured.grpc) as channel:
+            stub = chat_pb2_grpc.ChatServiceStub(channel)
+            metadata = (("authorization", authorization),) if authorization else ()
+            request = chat_pb2.ChatCompletionRequest(
+                messages=[chat_pb2.ChatMessage(role="user", content="x")]
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.CreateChatCompletion(request, metadata=metadata)
+            return caught.value
+
+    error = asyncio.run(grpc_call())
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    info = details_of(error).error_info
+    assert info is not None
+    assert info.reason == "authentication_error"
+
+
+def test_a_valid_token_gets_its_tier(secured: TandemProcess) -> None:
+    with httpx.Client(base_url=secured.base_url) as http:
+        free = http.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "x"}]},
+            headers={"authorization": f"Bearer {token()}"},
+        )
+        assert free.status_code == 200
+        assert free.json()["model"] == "echo"  # tier free's default
+        denied = http.post(
+            "/v1/chat/completions",
+            json={"model": "premium", "messages": [{"role": "user", "content": "x"}]},
+            headers={"authorization": f"Bearer {token()}"},
+        )
+        assert denied.status_code == 403
+        standard = http.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "x"}]},
+            headers={"authorization": f"Bearer {token(tier='standard')}"},
+        )
+        assert standard.json()["model"] == "premium"
+        unknown = http.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "x"}]},
+            headers={"authorization": f"Bearer {token(tier='platinum')}"},
+        )
+        assert unknown.status_code == 403
+        assert unknown.json()["error"]["type"] == "permission_error"
+
+
+def test_admin_keys_are_accepted_and_unrestricted(secured: TandemProcess) -> None:
+    response = httpx.post(
+        f"{secured.base_url}/v1/chat/completions",
+        json={"model": "premium", "messages": [{"role": "user", "content": "x"}]},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert response.status_code == 200
+
+
+def test_without_auth_required_an_invalid_credential_is_anonymous(tmp_path: Path) -> None:
+    process = start(tmp_path, "false")
+    try:
+        for authorization in (None, "Bearer garbage"):
+            headers = {"authorization": authorization} if authorization else {}
+            response = httpx.post(
+                f"{process.base_url}/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "x"}]},
+                headers=headers,
+            )
+            assert response.status_code == 200
+    finally:
+        assert process.terminate() == 0
+
+
+def forged_hs256(claims: dict[str, Any], key: bytes) -> str:
+    signing_input = (
+        b64(orjson.dumps({"alg": "HS256", "typ": "JWT"})) + b"." + b64(orjson.dumps(claims))
+    )
+    signature = hmac.new(key, signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + b64(signature)).decode()
+
+
+def test_rs256_with_a_public_key_file(tmp_path: Path) -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "public.pem").write_bytes(public_pem)
+    config = f"""
+auth:
+  required: true
+  jwt: {{public_key_file: "{tmp_path / "public.pem"}", algorithms: [RS256]}}
+"""
+    process = start_tandem(tmp_path, config)
+    try:
+        good = jwt.encode({"sub": "bob"}, private, algorithm="RS256")
+        hs = forged_hs256(
+            {"sub": "bob"}, public_pem
+        )  # algorithm confusion: HMAC keyed by the public key
+        for value, status in ((good, 200), (hs, 401)):
+            response = httpx.post(
+                f"{process.base_url}/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "x"}]},
+                headers={"authorization": f"Bearer {value}"},
+            )
+            assert response.status_code == status
+    finally:
+        assert process.terminate() == 0
