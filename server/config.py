@@ -146,6 +146,7 @@ class AuthConfig(_Strict):
 class RateLimitConfig(_Strict):
     backend: Literal["memory", "redis", "none"] = "memory"
     url: str | None = None
+    prefix: Annotated[str, Field(min_length=1)] = "tandem:rl:"  # Redis key prefix
 
     @model_validator(mode="after")
     def _url_fits_backend(self) -> RateLimitConfig:

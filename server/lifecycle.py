@@ -31,6 +31,7 @@ from server.core.dataplane import DataPlane
 from server.core.routing import Router
 from server.grpc_service import SERVICE_NAMES, build_grpc_server
 from server.policy import Policy, build_limiter
+from server.policy.limiter import Limiter
 from server.providers import Provider, build_providers
 from server.usage import NullRecorder, UsageRecorder
 
@@ -104,6 +105,7 @@ class Gateway:
         self._ready = False
         self._providers: dict[str, Provider] = {}
         self._usage: UsageRecorder = NullRecorder()
+        self._limiter: Limiter | None = None
         self._health = health.aio.HealthServicer()
         self._grpc_server: grpc_aio.Server | None = None
         self._http_server: HttpServer | None = None
@@ -116,7 +118,8 @@ class Gateway:
         """Start serving; return the bound HTTP and gRPC addresses."""
         config = self.config
         self._providers = build_providers(config)
-        policy = Policy(config, build_limiter(config))
+        self._limiter = build_limiter(config)
+        policy = Policy(config, self._limiter)
         plane = DataPlane(Router(config, self._providers), policy, self._usage)
 
         self._grpc_server = build_grpc_server(
@@ -166,6 +169,8 @@ class Gateway:
         await asyncio.gather(*drains)
 
         await self._usage.drain()
+        if self._limiter is not None:
+            await self._limiter.aclose()
         for provider in self._providers.values():
             await provider.aclose()
         logger.info("stopped")

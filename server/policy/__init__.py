@@ -18,12 +18,13 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 
-from server.config import Config, ConfigError
+from server.config import Config
 from server.core.context import ANONYMOUS, CallContext, Caller
 from server.core.errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from server.policy.headers import format_duration, rate_limit_headers
 from server.policy.jwt_auth import JwtVerifier
-from server.policy.limiter import MemoryLimiter
+from server.policy.limiter import Limiter, MemoryLimiter
+from server.policy.redis_limiter import RedisLimiter
 from server.providers.base import Route
 
 __all__ = ["Admission", "Policy", "build_limiter"]
@@ -36,7 +37,7 @@ class Admission:
 
     def __init__(
         self,
-        limiter: MemoryLimiter | None = None,
+        limiter: Limiter | None = None,
         key: str = "",
         tokens_per_minute: int | None = None,
         reserved: int = 0,
@@ -59,7 +60,7 @@ DEFAULT_TIER = "free"
 
 
 class Policy:
-    def __init__(self, config: Config, limiter: MemoryLimiter | None = None) -> None:
+    def __init__(self, config: Config, limiter: Limiter | None = None) -> None:
         self._required = config.auth.required
         self._tiers = config.tiers
         self._limiter = limiter
@@ -114,7 +115,7 @@ class Policy:
             return _UNLIMITED
         reserved = estimate_tokens() if tpm is not None else 0
         key = caller.key_id or caller.user
-        decision = self._limiter.acquire(key, rpm, tpm, reserved)
+        decision = await self._limiter.acquire(key, rpm, tpm, reserved)
         ctx.response_headers.extend(rate_limit_headers(decision))
         if not decision.fits_ever:
             raise RateLimitError(
@@ -131,11 +132,12 @@ class Policy:
         return Admission(self._limiter, key, tpm, reserved)
 
 
-def build_limiter(config: Config) -> MemoryLimiter | None:
+def build_limiter(config: Config) -> Limiter | None:
     """The configured rate-limit backend (`none`: no limits at all)."""
-    backend = config.rate_limits.backend
-    if backend == "none":
+    limits = config.rate_limits
+    if limits.backend == "none":
         return None
-    if backend == "redis":
-        raise ConfigError("rate_limits.backend: redis is not available yet")
-    return MemoryLimiter()
+    if limits.backend == "redis":
+        assert limits.url is not None
+        return RedisLimiter(limits.url, prefix=limits.prefix)
+    return MemoryLimiter(share=1 / config.server.workers)

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 __all__ = ["WINDOW_S", "Budget", "Decision", "MemoryLimiter"]
 
@@ -46,6 +47,16 @@ def _budget(limit: int, tat: float, now: float) -> Budget:
     return Budget(limit=limit, remaining=min(remaining, limit), reset_s=max(tat - now, 0.0))
 
 
+class Limiter(Protocol):
+    async def acquire(
+        self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None, tokens: int
+    ) -> Decision: ...
+
+    def settle(self, key: str, tokens_per_minute: int, delta_tokens: int) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class MemoryLimiter:
     """Buckets in this process. With N workers each gets 1/N of every capacity."""
 
@@ -60,7 +71,7 @@ class MemoryLimiter:
     def _capacity(self, per_minute: int) -> int:
         return max(int(per_minute * self._share), 1)
 
-    def acquire(
+    async def acquire(
         self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None, tokens: int
     ) -> Decision:
         """Take one request and `tokens` tokens from `key`'s buckets, or neither."""
@@ -100,6 +111,9 @@ class MemoryLimiter:
         bucket = f"{key}:t"
         limit = self._capacity(tokens_per_minute)
         self._tat[bucket] = self._tat.get(bucket, self._clock()) + delta_tokens * WINDOW_S / limit
+
+    async def aclose(self) -> None:
+        return None
 
     def _maybe_prune(self, now: float) -> None:
         """Forget full buckets now and then, so idle callers cost no memory."""
