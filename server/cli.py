@@ -1,12 +1,14 @@
-"""The `tandem` command: serve, chat."""
+"""The `tandem` command: serve, keys, chat."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 
+import orjson
 import uvloop
 
 from server.config import Config, ConfigError, load_config, parse_host_port
@@ -31,6 +33,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http", type=_host_port, help="HTTP HOST:PORT (overrides the config)")
     serve.add_argument("--grpc", type=_host_port, help="gRPC HOST:PORT (overrides the config)")
     serve.add_argument("--workers", type=int, help="worker processes (overrides the config)")
+
+    keys = commands.add_parser("keys", help="manage API keys (kept in the database of usage.store)")
+    key_commands = keys.add_subparsers(dest="key_command", required=True)
+    create = key_commands.add_parser("create", help="make a key and print it, once")
+    create.add_argument("--user", required=True)
+    create.add_argument("--tier", default="free")
+    revoke = key_commands.add_parser("revoke", help="refuse a key from now on")
+    revoke.add_argument("key_id")
+    listing = key_commands.add_parser("list", help="list keys (never the keys themselves)")
+    for sub in (create, revoke, listing):
+        sub.add_argument("--config", help="YAML config file (default: the built-in config)")
+    for sub in (create, listing):
+        sub.add_argument("--json", action="store_true", help="print JSON")
 
     chat = commands.add_parser("chat", help="stream an answer to stdout")
     door = chat.add_mutually_exclusive_group()
@@ -95,10 +110,43 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from server import key_admin
+
+    try:
+        config = load_config(args.config)
+        if args.key_command == "create":
+            created = asyncio.run(key_admin.create_key(config, args.user, args.tier))
+            if args.json:
+                print(orjson.dumps(created).decode())
+            else:
+                print(created["key"])
+                sys.stderr.write(
+                    f"key {created['id']} for user {args.user} (tier {args.tier}); "
+                    "it is shown only this once\n"
+                )
+        elif args.key_command == "list":
+            keys = asyncio.run(key_admin.list_keys(config))
+            if args.json:
+                print(orjson.dumps(keys).decode())
+            for key in [] if args.json else keys:
+                state = "revoked" if key["revoked"] else "active"
+                print(f"{key['id']}  {key['user']}  {key['tier']}  {key['created_at']}  {state}")
+        elif not asyncio.run(key_admin.revoke_key(config, args.key_id)):
+            return _fail(f"no active key {args.key_id}")
+        else:
+            print(f"revoked {args.key_id}")
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "keys":
+        return _keys(args)
     return _chat(args)
 
 

@@ -6,7 +6,7 @@ Stop (SIGTERM or SIGINT, owned here, not by uvicorn):
    `server.shutdown_delay_s`;
 2. stop accepting and drain both servers under one `server.shutdown_grace_s`;
 3. flush usage;
-4. close providers.
+4. close the limiter, the store and the providers.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from server.core.dataplane import DataPlane
 from server.core.routing import Router
 from server.grpc_service import SERVICE_NAMES, build_grpc_server
 from server.policy import Policy, build_limiter
+from server.policy.key_cache import KeyCache
 from server.policy.limiter import Limiter
 from server.providers import Provider, build_providers
+from server.store import Store, open_store
 from server.usage import NullRecorder, UsageRecorder
 
 __all__ = ["Gateway", "HttpServer", "bind_socket", "serve", "start_http_server"]
@@ -106,6 +108,7 @@ class Gateway:
         self._providers: dict[str, Provider] = {}
         self._usage: UsageRecorder = NullRecorder()
         self._limiter: Limiter | None = None
+        self._store: Store | None = None
         self._health = health.aio.HealthServicer()
         self._grpc_server: grpc_aio.Server | None = None
         self._http_server: HttpServer | None = None
@@ -119,7 +122,12 @@ class Gateway:
         config = self.config
         self._providers = build_providers(config)
         self._limiter = build_limiter(config)
-        policy = Policy(config, self._limiter)
+        self._store = open_store(config.usage.store)
+        keys = None
+        if self._store is not None:
+            await self._store.open()
+            keys = KeyCache(self._store, config.auth.key_cache_s)
+        policy = Policy(config, self._limiter, keys)
         plane = DataPlane(Router(config, self._providers), policy, self._usage)
 
         self._grpc_server = build_grpc_server(
@@ -171,6 +179,8 @@ class Gateway:
         await self._usage.drain()
         if self._limiter is not None:
             await self._limiter.aclose()
+        if self._store is not None:
+            await self._store.aclose()
         for provider in self._providers.values():
             await provider.aclose()
         logger.info("stopped")

@@ -7,7 +7,8 @@ Two entry points, each called from exactly one place:
   the core settles when the call ends.
 
 Credentials are `authorization: Bearer <token>`: an admin key from the
-config, or a JWT (caller = `sub`, tier = the tier claim, else `free`). With
+config, an API key from the store (`tandem keys`; caller = its user), or a
+JWT (caller = `sub`, tier = the tier claim, else `free`). With
 `auth.required: false`, a caller without a valid credential is anonymous
 (tier `free`). Rate limits apply per caller and tier, anonymous callers
 sharing one budget, admin callers having none.
@@ -23,9 +24,11 @@ from server.core.context import ANONYMOUS, CallContext, Caller
 from server.core.errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from server.policy.headers import format_duration, rate_limit_headers
 from server.policy.jwt_auth import JwtVerifier
+from server.policy.key_cache import KeyCache
 from server.policy.limiter import Limiter, MemoryLimiter
 from server.policy.redis_limiter import RedisLimiter
 from server.providers.base import Route
+from server.store.keys import key_id_of
 
 __all__ = ["Admission", "Policy", "build_limiter"]
 
@@ -60,23 +63,26 @@ DEFAULT_TIER = "free"
 
 
 class Policy:
-    def __init__(self, config: Config, limiter: Limiter | None = None) -> None:
+    def __init__(
+        self, config: Config, limiter: Limiter | None = None, keys: KeyCache | None = None
+    ) -> None:
         self._required = config.auth.required
         self._tiers = config.tiers
         self._limiter = limiter
         self._admin_keys = tuple(k.encode() for k in config.auth.admin_keys)
         self._jwt = JwtVerifier(config.auth.jwt) if config.auth.jwt is not None else None
+        self._keys = keys
 
     async def authenticate(self, authorization: str | None) -> Caller:
         """The caller behind an `authorization` header or metadata value."""
         try:
-            return self._caller(authorization)
+            return await self._caller(authorization)
         except AuthenticationError:
             if self._required:
                 raise
             return ANONYMOUS
 
-    def _caller(self, authorization: str | None) -> Caller:
+    async def _caller(self, authorization: str | None) -> Caller:
         if not authorization:
             raise AuthenticationError("missing credentials: send authorization: Bearer <token>")
         scheme, _, token = authorization.strip().partition(" ")
@@ -85,6 +91,9 @@ class Policy:
             raise AuthenticationError("credentials must be sent as authorization: Bearer <token>")
         if self._is_admin_key(token):
             return Caller(user="admin", tier=DEFAULT_TIER, admin=True)
+        key_id = key_id_of(token)
+        if key_id is not None and self._keys is not None:
+            return await self._api_key_caller(key_id, token)
         if self._jwt is None:
             raise AuthenticationError("invalid credentials")
         claims = self._jwt.claims(token)
@@ -92,6 +101,17 @@ class Policy:
         if not isinstance(tier, str) or tier not in self._tiers:
             raise PermissionDeniedError(f"tier {tier!r} does not exist")
         return Caller(user=claims["sub"], tier=tier)
+
+    async def _api_key_caller(self, key_id: str, token: str) -> Caller:
+        assert self._keys is not None
+        record = await self._keys.lookup(key_id)
+        if record is None or not record.matches(token):
+            raise AuthenticationError("invalid API key")
+        if record.revoked:
+            raise PermissionDeniedError("this API key has been revoked")
+        if record.tier not in self._tiers:
+            raise PermissionDeniedError(f"tier {record.tier!r} does not exist")
+        return Caller(user=record.user, tier=record.tier, key_id=record.id)
 
     def _is_admin_key(self, token: str) -> bool:
         presented = token.encode()

@@ -1,0 +1,38 @@
+"""API keys as the policy sees them: looked up by id, cached for `auth.key_cache_s`.
+
+Validation does not hit the database on every request: each key id is
+fetched at most once per TTL (unknown ids too, so garbage keys cannot
+hammer the store). A key revoked anywhere is refused everywhere within the TTL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from server.store import ApiKey, Store
+
+__all__ = ["KeyCache"]
+
+MAX_ENTRIES = 100_000
+
+
+class KeyCache:
+    def __init__(
+        self, store: Store, ttl_s: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._entries: dict[str, tuple[float, ApiKey | None]] = {}
+
+    async def lookup(self, key_id: str) -> ApiKey | None:
+        now = self._clock()
+        entry = self._entries.get(key_id)
+        if entry is not None and now - entry[0] < self._ttl_s:
+            return entry[1]
+        record = await self._store.find_key(key_id)
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[key_id] = (now, record)
+        return record

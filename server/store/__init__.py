@@ -1,0 +1,38 @@
+"""The database named by `usage.store`: API keys (and, next, the usage ledger).
+
+SQLite (`sqlite:///rel.db` relative to the working directory, `sqlite:////abs.db`
+absolute) or PostgreSQL (`postgresql://...`), behind one interface.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from server.store.keys import ApiKey
+from server.store.postgres import PostgresStore
+from server.store.sqlite import SqliteStore
+
+__all__ = ["ApiKey", "Store", "open_store"]
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def create_key(self, key: ApiKey) -> None: ...
+
+    async def find_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def list_keys(self) -> list[ApiKey]: ...
+
+    async def revoke_key(self, key_id: str, at: float) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+def open_store(url: str) -> Store | None:
+    """The store for a `usage.store` URL; None for `none`. Connects on `open()`."""
+    if url == "none":
+        return None
+    if url.startswith("sqlite:///"):
+        return SqliteStore(url.removeprefix("sqlite:///"))
+    return PostgresStore(url.replace("postgres://", "postgresql://", 1))

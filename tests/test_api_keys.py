@@ -1,0 +1,161 @@
+"""API keys end to end: `tandem keys` (another process), then HTTP and gRPC, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import httpx
+import orjson
+import pytest
+from tandem.v1 import chat_pb2, chat_pb2_grpc
+
+from tests.servers import TandemProcess, start_tandem
+
+PG_DSN = os.environ.get("TANDEM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+CONFIG = """
+providers: [{name: demo, kind: mock}]
+models: [{name: echo, provider: demo}, {name: premium, provider: demo}]
+tiers:
+  free: {default_model: echo, models: [echo], requests_per_minute: 2}
+  standard: {default_model: premium}
+auth: {required: true, key_cache_s: 0.5}
+usage: {store: "%(store)s"}
+"""
+
+
+def keys(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "keys", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=config.parent,
+    )
+
+
+def create(config: Path, user: str, tier: str = "free") -> dict[str, Any]:
+    done = keys(config, "create", "--user", user, "--tier", tier, "--json")
+    assert done.returncode == 0, done.stderr
+    created: dict[str, Any] = orjson.loads(done.stdout)
+    return created
+
+
+def chat(server: TandemProcess, key: str, **fields: Any) -> httpx.Response:
+    return httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "x"}], **fields},
+        headers={"authorization": f"Bearer {key}"},
+    )
+
+
+def grpc_code(server: TandemProcess, key: str) -> grpc.StatusCode:
+    async def call() -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(server.grpc) as channel:
+            stub = chat_pb2_grpc.ChatServiceStub(channel)
+            request = chat_pb2.ChatCompletionRequest(
+                messages=[chat_pb2.ChatMessage(role="user", content="x")]
+            )
+            try:
+                await stub.CreateChatCompletion(
+                    request, metadata=(("authorization", f"Bearer {key}"),)
+                )
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+    return asyncio.run(call())
+
+
+def refused_within(server: TandemProcess, key: str, seconds: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if (
+            chat(server, key).status_code == 403
+            and grpc_code(server, key) == grpc.StatusCode.PERMISSION_DENIED
+        ):
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"still accepted after {seconds} s")
+
+
+def exercise(tmp_path: Path, store: str) -> None:
+    config = tmp_path / "tandem.yaml"
+    config.write_text(CONFIG % {"store": store})
+    alice = create(config, "alice")
+    bob = create(config, "bob", "standard")
+    assert alice["key"].startswith("tdm_")
+    assert alice["key"] != bob["key"]
+    assert set(alice) == {"id", "key", "user", "tier", "created_at"}
+    first, second = (start_tandem(tmp_path, config.read_text()) for _ in range(2))
+    try:
+        assert chat(first, alice["key"]).json()["model"] == "echo"
+        assert chat(second, bob["key"]).json()["model"] == "premium"  # tier standard's default
+        assert chat(first, alice["key"], model="premium").status_code == 403  # outside tier free
+        assert grpc_code(second, alice["key"]) == grpc.StatusCode.OK
+        # alice's own budget on this replica (memory backend): 2 a minute, one spent above
+        assert [chat(first, alice["key"]).status_code for _ in range(2)] == [200, 429]
+        assert chat(first, bob["key"]).status_code == 200  # bob's is separate (and unlimited)
+        forged = alice["key"][:-4] + "AAAA"
+        assert chat(first, forged).status_code == 401
+        assert chat(first, "tdm_000000000000_nothing").status_code == 401
+
+        listed = orjson.loads(keys(config, "list", "--json").stdout)
+        assert [(k["id"], k["user"], k["revoked"]) for k in listed] == [
+            (alice["id"], "alice", False),
+            (bob["id"], "bob", False),
+        ]
+        assert alice["key"] not in keys(config, "list").stdout
+
+        assert chat(second, bob["key"]).status_code == 200  # cached on both replicas
+        assert keys(config, "revoke", bob["id"]).returncode == 0
+        for server in (first, second):
+            assert refused_within(server, bob["key"], 3.0) < 0.5 + 1.0
+        assert keys(config, "revoke", bob["id"]).returncode == 2  # already revoked
+        assert orjson.loads(keys(config, "list", "--json").stdout)[1]["revoked"] is True
+    finally:
+        for server in (first, second):
+            assert server.terminate() == 0
+
+
+def test_keys_on_sqlite(tmp_path: Path) -> None:
+    exercise(tmp_path, "sqlite:///keys.db")
+    assert (tmp_path / "keys.db").exists()
+
+
+@pytest.fixture
+def pg_store() -> Iterator[str]:
+    schema = f"tandem_test_{uuid.uuid4().hex[:12]}"
+    separator = "&" if "?" in PG_DSN else "?"
+    yield f"{PG_DSN}{separator}search_path={schema}"
+
+    async def drop() -> None:
+        connection = await asyncpg.connect(PG_DSN)
+        try:
+            await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await connection.close()
+
+    asyncio.run(drop())
+
+
+def test_keys_on_postgresql(tmp_path: Path, pg_store: str) -> None:
+    exercise(tmp_path, pg_store)
+
+
+def test_creating_a_key_for_a_missing_tier_fails(tmp_path: Path) -> None:
+    config = tmp_path / "tandem.yaml"
+    config.write_text(CONFIG % {"store": "sqlite:///keys.db"})
+    done = keys(config, "create", "--user", "x", "--tier", "platinum")
+    assert done.returncode == 2
+    assert "tier 'platinum' does not exist" in done.stderr
