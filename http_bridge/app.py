@@ -32,14 +32,18 @@ def _is_ollama(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
-def _call_headers(request: Request) -> list[tuple[str, str]]:
+async def _call_headers(request: Request) -> list[tuple[str, str]]:
+    """The headers of an authenticated caller's call, rate limits included."""
     ctx: CallContext | None = getattr(request.state, "call", None)
-    return list(ctx.response_headers) if ctx else []
+    if ctx is None:
+        return []
+    await request.app.state.policy.add_headers(ctx)
+    return list(ctx.response_headers)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return error_response(exc, ollama=_is_ollama(request), headers=_call_headers(request))
+    return error_response(exc, ollama=_is_ollama(request), headers=await _call_headers(request))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

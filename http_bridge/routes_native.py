@@ -10,7 +10,7 @@ from http_bridge import handlers
 from http_bridge.deps import NativeCall
 from http_bridge.lean_route import lean_post
 from http_bridge.openapi_schema import request_body
-from http_bridge.responses import JsonResponse
+from http_bridge.responses import reply
 from server.translate import openai
 
 __all__ = ["router"]
@@ -38,7 +38,7 @@ async def create_chat_completion(request: Request, ctx: NativeCall) -> Response:
 @router.get("/models", summary="List the models the caller may use")
 async def list_models(request: Request, ctx: NativeCall) -> Response:
     models = request.app.state.plane.list_models(ctx)
-    return JsonResponse(openai.encode_models(models, with_object=False))
+    return await reply(request, ctx, openai.encode_models(models, with_object=False))
 
 
 @lean_post(

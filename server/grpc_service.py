@@ -81,12 +81,17 @@ def _text(value: str | bytes | None) -> str | None:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
-async def _abort(context: Context, error: BaseException, ctx: CallContext | None) -> None:
+async def _abort(
+    door: _Door, context: Context, error: BaseException, ctx: CallContext | None
+) -> None:
     if not isinstance(error, GatewayError):
         logger.error("request %s failed", ctx.request_id if ctx else "-", exc_info=error)
         error = InternalError("internal error")
     status = to_grpc_status(error)
-    trailers = tuple(status.trailing_metadata) + tuple(ctx.response_headers if ctx else ())
+    trailers = tuple(status.trailing_metadata)
+    if ctx is not None:  # authenticated: the rate-limit trailers ride on errors too
+        await door.policy.add_headers(ctx)
+        trailers += tuple(ctx.response_headers)
     await context.abort(status.code, status.details, trailers)
 
 
@@ -100,8 +105,9 @@ def unary_rpc(
             ctx = await self.open_call(context)
             response = await handler(self, request, ctx)
         except Exception as exc:
-            await _abort(context, exc, ctx)
+            await _abort(self, context, exc, ctx)
             raise AssertionError("abort returned") from exc
+        await self.policy.add_headers(ctx)
         if ctx.response_headers:
             context.set_trailing_metadata(tuple(ctx.response_headers))
         return response
@@ -122,7 +128,7 @@ def stream_rpc(
             async for item in stream:
                 yield item
         except Exception as exc:
-            await _abort(context, exc, ctx)
+            await _abort(self, context, exc, ctx)
         finally:
             if stream is not None:
                 await stream.aclose()  # type: ignore[attr-defined]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import httpx
 import pytest
-from tandem.v1 import chat_pb2, chat_pb2_grpc
+from tandem.v1 import chat_pb2, chat_pb2_grpc, models_pb2, models_pb2_grpc
 
 from server.policy.headers import format_duration
 from server.policy.limiter import MemoryLimiter
@@ -204,3 +205,33 @@ def test_a_tier_without_limits_sends_no_headers(shared_server: TandemProcess) ->
         f"{shared_server.base_url}/v1/chat/completions", json={"model": "echo", **body()}
     )
     assert not any(h.startswith("x-ratelimit") for h in response.headers)
+
+
+def test_answers_not_admitted_carry_the_headers_and_take_nothing(limited: TandemProcess) -> None:
+    with httpx.Client(base_url=limited.base_url) as http:
+        missing = http.post("/v1/chat/completions", json=body(model="ghost"))
+        assert missing.status_code == 404
+        assert missing.headers["x-ratelimit-remaining-requests"] == "3"
+        listing = http.get("/v1/models")
+        assert listing.headers["x-ratelimit-limit-requests"] == "3"
+        assert http.get("/native/v1/models").headers["x-ratelimit-remaining-tokens"] == "100"
+
+    async def grpc_trailers() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with grpc.aio.insecure_channel(limited.grpc) as channel:
+            chat_stub = chat_pb2_grpc.ChatServiceStub(channel)
+            request = chat_pb2.ChatCompletionRequest(
+                model="ghost", messages=[chat_pb2.ChatMessage(role="user", content="x")]
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chat_stub.CreateChatCompletion(request)
+            models = models_pb2_grpc.ModelServiceStub(channel).ListModels(
+                models_pb2.ListModelsRequest()
+            )
+            await models
+            return dict(caught.value.trailing_metadata() or ()), dict(
+                await models.trailing_metadata()
+            )
+
+    not_found, listed = asyncio.run(grpc_trailers())
+    assert not_found["x-ratelimit-remaining-requests"] == "3"
+    assert listed["x-ratelimit-limit-tokens"] == "100"

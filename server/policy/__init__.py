@@ -117,6 +117,26 @@ class Policy:
         presented = token.encode()
         return any(hmac.compare_digest(presented, key) for key in self._admin_keys)
 
+    def _limits(self, caller: Caller) -> tuple[int | None, int | None] | None:
+        """(requests, tokens) per minute for the caller, or None when nothing limits it."""
+        tier = self._tiers.get(caller.tier)
+        if self._limiter is None or tier is None or caller.admin:
+            return None
+        if tier.requests_per_minute is None and tier.tokens_per_minute is None:
+            return None
+        return tier.requests_per_minute, tier.tokens_per_minute
+
+    async def add_headers(self, ctx: CallContext) -> None:
+        """Put the caller's x-ratelimit-* headers on `ctx` for an answer that was not
+        admitted (an error after authentication, a model listing): they say the
+        budget as it stands, taking nothing."""
+        limits = self._limits(ctx.caller)
+        if limits is None or any(k.startswith("x-ratelimit-") for k, _ in ctx.response_headers):
+            return
+        caller = ctx.caller
+        decision = await self._limiter.peek(caller.key_id or caller.user, *limits)  # type: ignore[union-attr]
+        ctx.response_headers.extend(rate_limit_headers(decision))
+
     async def admit(
         self, ctx: CallContext, route: Route, estimate_tokens: Callable[[], int]
     ) -> Admission:
@@ -127,12 +147,10 @@ class Policy:
         budget applies.
         """
         caller = ctx.caller
-        tier = self._tiers.get(caller.tier)
-        if self._limiter is None or tier is None or caller.admin:
+        limits = self._limits(caller)
+        if limits is None or self._limiter is None:
             return _UNLIMITED
-        rpm, tpm = tier.requests_per_minute, tier.tokens_per_minute
-        if rpm is None and tpm is None:
-            return _UNLIMITED
+        rpm, tpm = limits
         reserved = estimate_tokens() if tpm is not None else 0
         key = caller.key_id or caller.user
         decision = await self._limiter.acquire(key, rpm, tpm, reserved)

@@ -54,6 +54,12 @@ class Limiter(Protocol):
 
     def settle(self, key: str, tokens_per_minute: int, delta_tokens: int) -> None: ...
 
+    async def peek(
+        self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None
+    ) -> Decision:
+        """The buckets' state, taking nothing."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -103,6 +109,19 @@ class MemoryLimiter:
             requests=budgets.get("requests"),
             tokens=budgets.get("tokens"),
         )
+
+    async def peek(
+        self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None
+    ) -> Decision:
+        now = self._clock()
+        budgets = {}
+        if requests_per_minute is not None:
+            limit = self._capacity(requests_per_minute)
+            budgets["requests"] = _budget(limit, self._tat.get(f"{key}:r", now), now)
+        if tokens_per_minute is not None:
+            limit = self._capacity(tokens_per_minute)
+            budgets["tokens"] = _budget(limit, self._tat.get(f"{key}:t", now), now)
+        return Decision(True, 0.0, True, budgets.get("requests"), budgets.get("tokens"))
 
     def settle(self, key: str, tokens_per_minute: int, delta_tokens: int) -> None:
         """Correct a reservation by what was really used (negative: give back)."""

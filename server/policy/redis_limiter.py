@@ -63,6 +63,18 @@ end
 return out
 """
 
+# KEYS: buckets. Returns each bucket's TAT - now (us), changing nothing.
+_PEEK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  out[i] = string.format('%.0f', tat - now)
+end
+return out
+"""
+
 # KEYS[1]: tokens bucket; ARGV[1]: delta in us (negative gives back).
 _SETTLE = """
 local t = redis.call('TIME')
@@ -91,6 +103,7 @@ class RedisLimiter:
         )
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._settle = self._redis.register_script(_SETTLE)
+        self._peek = self._redis.register_script(_PEEK)
         self._prefix = prefix
         self._fallback = MemoryLimiter()
         self._down_until = 0.0
@@ -144,6 +157,31 @@ class RedisLimiter:
             requests=budgets.get("requests"),
             tokens=budgets.get("tokens"),
         )
+
+    async def peek(
+        self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None
+    ) -> Decision:
+        if self._down_until and time.monotonic() < self._down_until:
+            return await self._fallback.peek(key, requests_per_minute, tokens_per_minute)
+        limits = [
+            (dimension, suffix, limit)
+            for dimension, suffix, limit in (
+                ("requests", "r", requests_per_minute),
+                ("tokens", "t", tokens_per_minute),
+            )
+            if limit is not None
+        ]
+        try:
+            reply = await self._peek(keys=[f"{self._prefix}{key}:{s}" for _, s, _ in limits])
+        except (TimeoutError, RedisError, OSError):
+            self._redis_down("reading")
+            return await self._fallback.peek(key, requests_per_minute, tokens_per_minute)
+        self._redis_up()
+        budgets = {
+            dimension: _budget(limit, float(ahead))
+            for (dimension, _, limit), ahead in zip(limits, reply, strict=True)
+        }
+        return Decision(True, 0.0, True, budgets.get("requests"), budgets.get("tokens"))
 
     def settle(self, key: str, tokens_per_minute: int, delta_tokens: int) -> None:
         if not delta_tokens:
