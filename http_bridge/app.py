@@ -8,6 +8,7 @@ from collections.abc import Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
@@ -103,5 +104,6 @@ def create_app(
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientDisconnected, _disconnected)
+    app.add_exception_handler(ClientDisconnect, _disconnected)  # gone while uploading
     hot = FastPath(app, [*routes_native.router.routes, *routes_openai.router.routes])
     return RequestIdMiddleware(BodyLimitMiddleware(hot, max_body_bytes=max_body_bytes))

@@ -58,18 +58,21 @@ class ChunkStreamResponse(Response):
         encode = self._encode
         try:
             async with cancel_on_disconnect(receive):
-                body = encode(self._first)
+                await send(
+                    {"type": "http.response.body", "body": encode(self._first), "more_body": True}
+                )
                 try:
-                    async for chunk in self._rest:
-                        await send({"type": "http.response.body", "body": body, "more_body": True})
-                        body = encode(chunk)
-                    body += self._done
+                    async for chunk in self._rest:  # each chunk leaves as soon as it is ready
+                        await send(
+                            {"type": "http.response.body", "body": encode(chunk), "more_body": True}
+                        )
+                    end = self._done
                 except GatewayError as exc:
-                    body += self._encode_error(exc)
+                    end = self._encode_error(exc)
                 except Exception:
                     logger.exception("request %s failed mid-stream", self._request_id)
-                    body += self._encode_error(InternalError("internal error"))
-                await send({"type": "http.response.body", "body": body, "more_body": False})
+                    end = self._encode_error(InternalError("internal error"))
+                await send({"type": "http.response.body", "body": end, "more_body": False})
         except ClientDisconnected:
             return
         finally:

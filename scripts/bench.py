@@ -51,12 +51,33 @@ models:
   - {name: echo, provider: mock}
   - {name: proxied, provider: instant}
 """
-SCENARIOS = ("http-chat", "http-stream", "proxy-chat", "proxy-stream", "grpc-unary", "grpc-stream")
-# scenario -> targets (the first is the baseline): (server, model)
+POLICY_CONFIG = """
+usage: {store: "sqlite:///%(db)s"}
+providers: [{name: mock, kind: mock}]
+models: [{name: echo, provider: mock}]
+tiers:
+  free: {default_model: echo, requests_per_minute: 100000000, tokens_per_minute: 1000000000}
+auth: {required: true}
+rate_limits: %(limits)s
+"""
+SCENARIOS = (
+    "http-chat",
+    "http-stream",
+    "proxy-chat",
+    "proxy-stream",
+    "policy-chat",
+    "policy-stream",
+    "grpc-unary",
+    "grpc-stream",
+)
+# scenario -> targets: (server, model); the baseline is the bare server, the bare
+# proxy, or (policy-*) Tandem with no auth and no limits
 TARGETS = {
     "http": [("bare", "echo"), ("tandem", "echo")],
     "grpc": [("bare", "echo"), ("tandem", "echo")],
     "proxy": [("upstream", "up"), ("bare-proxy", "up"), ("tandem", "proxied")],
+    # auth (an API key) and rate limits on, against Tandem without them
+    "policy": [("tandem", "echo"), ("tandem-memory", "echo"), ("tandem-redis", "echo")],
 }
 
 
@@ -132,6 +153,7 @@ def _http_load(
     concurrency: int,
     words: int,
     core: int | None,
+    authorization: str | None = None,
 ) -> float:
     body: dict[str, object] = {
         "model": model,
@@ -144,6 +166,7 @@ def _http_load(
         'wrk.method = "POST"\n'
         f"wrk.body = [[{orjson.dumps(body).decode()}]]\n"
         'wrk.headers["content-type"] = "application/json"\n'
+        + (f'wrk.headers["authorization"] = "{authorization}"\n' if authorization else "")
     )
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(round(seconds), 1)}s", "-s", str(script)]
     if core is not None:
@@ -168,6 +191,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--words", type=int, default=20, help="words per answer (chunks streamed)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="Redis for the policy-* scenarios",
+    )
     args = parser.parse_args()
     scenarios = args.scenarios.split(",")
     if any(not s.startswith("grpc") for s in scenarios) and shutil.which("wrk") is None:
@@ -218,6 +246,53 @@ def main() -> None:
             ],
             server_core,
         )
+        work = Path(tempfile.mkdtemp())
+        keys: dict[str, str] = {}
+        for name, limits in (
+            ("tandem-memory", "{backend: memory}"),
+            (
+                "tandem-redis",
+                f'{{backend: redis, url: "{args.redis}", prefix: "bench:{os.getpid()}:"}}',
+            ),
+        ):
+            if not any(s.startswith("policy") for s in scenarios):
+                break
+            policy_config = work / f"{name}.yaml"
+            policy_config.write_text(POLICY_CONFIG % {"db": work / "keys.db", "limits": limits})
+            created = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "server.cli",
+                    "keys",
+                    "create",
+                    "--user",
+                    "bench",
+                    "--config",
+                    str(policy_config),
+                    "--json",
+                ],
+                capture_output=True,
+                check=True,
+                cwd=ROOT,
+            )
+            keys[name] = "Bearer " + orjson.loads(created.stdout)["key"]
+            launch(
+                name,
+                [
+                    sys.executable,
+                    "-m",
+                    "server.cli",
+                    "serve",
+                    "--config",
+                    str(policy_config),
+                    "--http",
+                    "127.0.0.1:0",
+                    "--grpc",
+                    "127.0.0.1:0",
+                ],
+                server_core,
+            )
         context = multiprocessing.get_context("spawn")
         print(
             f"servers on core {server_core}; load and upstream on core {client_core}; "
@@ -248,13 +323,18 @@ def main() -> None:
                             args.concurrency,
                             args.words,
                             client_core,
+                            keys.get(name),
                         )
                     results[name].append(rps)
             medians = {name: statistics.median(values) for name, values in results.items()}
-            baseline_name = targets[-2][0]
+            baseline_name = targets[0][0] if scenario.startswith("policy") else targets[-2][0]
             cells = "  ".join(f"{name} {rps:,.0f}" for name, rps in medians.items())
-            ratio = medians["tandem"] / medians[baseline_name]
-            print(f"{scenario:<13} {cells}   tandem/{baseline_name} {ratio:.2f}", flush=True)
+            ratios = "  ".join(
+                f"{name}/{baseline_name} {rps / medians[baseline_name]:.2f}"
+                for name, rps in medians.items()
+                if name.startswith("tandem") and name != baseline_name
+            )
+            print(f"{scenario:<13} {cells}   {ratios}", flush=True)
     finally:
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)

@@ -143,8 +143,6 @@ class Gateway:
         except RuntimeError as exc:
             raise OSError(f"cannot listen for gRPC on {self._grpc_address}") from exc
         await self._grpc_server.start()
-        for service in ("", *SERVICE_NAMES):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
         sock = bind_socket(self._http_address)
         http_host, http_port = sock.getsockname()[:2]
@@ -153,6 +151,8 @@ class Gateway:
             app, sock, grace_s=config.server.shutdown_grace_s
         )
 
+        for service in ("", *SERVICE_NAMES):  # ready only once both doors accept
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._ready = True
         return _format_address(http_host, http_port), _format_address(grpc_host, grpc_port)
 

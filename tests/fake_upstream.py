@@ -12,6 +12,9 @@ behaviours for the next requests (`ok` once the script is empty):
 - `drip`: stream a word every 100 ms for 10 s
 - `badjson`: 200 with a body that is not JSON
 - `tools`: answer with two tool calls (streamed in pieces when streaming)
+- `errorevent`, `errormid`: a `{"error": ...}` event first, or after two words
+- `errorbody`: 200 with `{"error": ...}` as the body
+- `badlogprobs`: logprobs whose numbers are strings
 
 Every request is recorded (path, headers, JSON body, arrival time); a
 handler whose client goes away records the time in `gone`.
@@ -123,6 +126,9 @@ class FakeUpstream:
             await asyncio.sleep(float(arg))
         if kind == "badjson":
             return web.Response(body=b"{not json", content_type="application/json")
+        failure = {"error": {"message": f"overloaded, see {SECRET_URL}", "type": "server_error"}}
+        if kind == "errorbody":
+            return web.json_response(failure)
         text = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
         words = [w + " " for w in text.split()]
         if words:
@@ -151,7 +157,13 @@ class FakeUpstream:
             if kind == "tools":
                 message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
                 finish = "tool_calls"
-            choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+            logprobs = {"content": [{"token": "x", "logprob": "-0.1", "bytes": [120]}]}
+            choice = {
+                "index": 0,
+                "message": message,
+                "finish_reason": finish,
+                "logprobs": logprobs if kind == "badlogprobs" else None,
+            }
             return web.json_response(
                 {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
             )
@@ -189,7 +201,13 @@ class FakeUpstream:
         else:
             if kind == "drip":
                 words = [f"w{i} " for i in range(100)]
+            if kind == "errorevent":
+                await response.write(b"data: " + orjson.dumps(failure) + b"\n\n")
+                return response
             for i, word in enumerate(words):
+                if kind == "errormid" and i == 2:
+                    await response.write(b"data: " + orjson.dumps(failure) + b"\n\n")
+                    return response
                 if kind == "drip":
                     await asyncio.sleep(0.1)
                 if kind == "drop" and i == 2:

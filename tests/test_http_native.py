@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -269,3 +271,72 @@ def test_curl_n_shows_the_sse_ending_in_done(shared_server: TandemProcess) -> No
         "curl ",
         "me",
     ]
+
+
+def test_errors_in_parts_name_content_as_sent(http: httpx.Client) -> None:
+    sent = {
+        "model": "echo",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+    }
+    assert_error(
+        http.post(CHAT, json=sent), 400, "invalid_request_error", "messages[0].content[0].text"
+    )
+    as_parts = {
+        "model": "echo",
+        "messages": [{"role": "user", "parts": [{"type": "text", "text": 5}]}],
+    }
+    assert_error(
+        http.post(CHAT, json=as_parts), 400, "invalid_request_error", "messages[0].parts[0].text"
+    )
+
+
+def test_two_members_of_a_oneof_are_refused(http: httpx.Client) -> None:
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}, "text": "hi"}
+    response = http.post(
+        CHAT, json={"model": "echo", "messages": [{"role": "user", "content": [part]}]}
+    )
+    assert_error(response, 400, "invalid_request_error", "messages[0].content[0].text")
+
+
+def test_an_assistant_refusal_part_is_accepted(http: httpx.Client) -> None:
+    messages = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot."}]},
+        {"role": "user", "content": "ok"},
+    ]
+    assert http.post(CHAT, json={"model": "echo", "messages": messages}).status_code == 200
+
+
+def test_each_chunk_leaves_as_soon_as_it_is_ready(http: httpx.Client) -> None:
+    """No chunk waits for the next one: the first arrives one word-delay in, not two."""
+    started = time.monotonic()
+    arrivals = []
+    with http.stream(
+        "POST",
+        CHAT,
+        json={
+            "model": "slow-echo",
+            "stream": True,
+            "messages": [{"role": "user", "content": "a b c"}],
+        },
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append(time.monotonic() - started)
+    assert len(arrivals) == 4  # 3 words, [DONE]
+    assert arrivals[0] < 0.18  # chunk_delay_ms is 100
+    assert 0.07 < arrivals[1] - arrivals[0] < 0.18
+
+
+def test_a_client_gone_mid_upload_is_not_logged_as_a_bug(tandem: Any) -> None:
+    import socket
+
+    server = tandem()
+    host, port = server.http.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b'POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"mod'
+        )
+    time.sleep(0.3)
+    assert server.terminate() == 0
+    assert "ERROR" not in server.stderr()

@@ -445,3 +445,48 @@ def test_openai_api_key_adds_the_openai_provider_to_the_builtin_config(
         assert fake.requests[0].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
     finally:
         assert process.terminate() == 0
+
+
+def test_an_in_band_error_before_the_first_chunk_is_retried_then_falls_back(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset("errorevent", "errorbody", "errorevent")
+    response = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions",
+        json={"model": "gpt-with-backup", "stream": True, "messages": user("rescued")},
+    )
+    assert response.status_code == 200
+    assert response.text.endswith("data: [DONE]\n\n")
+    assert '"content":"rescued"' in response.text  # the mock fallback answered
+    assert len(fake.requests) == 3
+    fake.reset("errorbody", "errorbody", "errorbody")
+    plain = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions", json={"model": "gpt", "messages": user("x")}
+    )
+    assert plain.status_code == 502
+    assert SECRET_URL not in plain.text
+
+
+def test_an_in_band_error_mid_stream_ends_it_without_done(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset("errormid")
+    response = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions",
+        json={"model": "gpt", "stream": True, "messages": user("a b c d")},
+    )
+    events = response.text.strip().split("\n\n")
+    assert "[DONE]" not in response.text
+    assert '"type":"upstream_error"' in events[-1]
+    assert SECRET_URL not in response.text
+
+
+def test_malformed_upstream_data_is_the_upstreams_fault(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset("badlogprobs", "badlogprobs", "badlogprobs")
+    response = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions", json={"model": "gpt", "messages": user("x")}
+    )
+    assert response.status_code == 502
+    assert response.json()["error"]["type"] == "upstream_error"

@@ -15,7 +15,12 @@ from server.core.errors import InvalidRequestError
 __all__ = ["validate_chat_request", "validate_embedding_request"]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-PART_TYPES = {"text": "text", "image_url": "image_url", "input_audio": "input_audio"}
+PART_TYPES = {
+    "text": "text",
+    "image_url": "image_url",
+    "input_audio": "input_audio",
+    "refusal": "refusal",
+}
 TOOL_CHOICE_MODES = frozenset({"none", "auto", "required"})
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 

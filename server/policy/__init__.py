@@ -75,6 +75,8 @@ class Policy:
 
     async def authenticate(self, authorization: str | None) -> Caller:
         """The caller behind an `authorization` header or metadata value."""
+        if not authorization and not self._required:
+            return ANONYMOUS
         try:
             return await self._caller(authorization)
         except AuthenticationError:

@@ -29,7 +29,8 @@ class OpenAIProvider(HttpProvider):
     ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
         body = openai.chat_request_to_openai(request, route.upstream, stream=chunked)
         async with self.client.post("/chat/completions", body, ctx, streaming=chunked) as response:
-            if not chunked:
+            if not chunked or response.content_type == "application/json":
+                # asked not to stream, or answered with JSON anyway (an error, or `stream` ignored)
                 yield decode(await response.read(), openai.completion_as_chunk)
                 return
             async for data in sse_data(response):

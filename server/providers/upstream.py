@@ -37,12 +37,6 @@ T = TypeVar("T")
 
 MAX_CONNECTIONS = 512
 MAX_ERROR_BODY = 64 * 1024
-_SECRETS = re.compile(r"https?://\S+|\b(?:sk|pk|key)-[A-Za-z0-9_\-]{6,}\S*|Bearer\s+\S+", re.I)
-
-
-def _clean(message: str) -> str:
-    """An upstream's own words, without URLs or anything that looks like a key."""
-    return _SECRETS.sub("[redacted]", message)[:500]
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -60,29 +54,29 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def _upstream_message(body: bytes) -> tuple[str, str | None]:
-    """The message and param of an OpenAI-, Anthropic- or Ollama-shaped error body."""
+_FIELD = re.compile(r"[A-Za-z0-9_.\[\]]{1,100}")
+
+
+def _upstream_param(body: bytes) -> str | None:
+    """The field an OpenAI- or Anthropic-shaped error body names, if it looks like one."""
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return "", None
-    error = data.get("error", data) if isinstance(data, dict) else None
-    if isinstance(error, str):
-        return error, None
-    if isinstance(error, dict):
-        param = error.get("param")
-        return str(error.get("message") or ""), param if isinstance(param, str) else None
-    return "", None
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) and _FIELD.fullmatch(param) else None
 
 
 _INVALID = (orjson.JSONDecodeError, TypeError, ValueError, AttributeError, KeyError)
 
 
 def decode(raw: bytes, convert: Callable[[Any], T]) -> T:
-    """`convert(JSON)` of an upstream answer; anything malformed is an upstream error."""
+    """`convert(JSON)` of an upstream answer; anything malformed is an upstream error,
+    never the caller's (the strict parser's InvalidRequestError included)."""
     try:
         return convert(orjson.loads(raw))
-    except _INVALID:
+    except (*_INVALID, InvalidRequestError):
         raise UpstreamError("upstream provider sent an invalid response") from None
 
 
@@ -95,9 +89,10 @@ def status_error(status: int, headers: Mapping[str, str], body: bytes) -> Gatewa
             retry_after_s=_retry_after(headers),
         )
     if status in (400, 413, 422):
-        message, param = _upstream_message(body)
-        text = f"upstream provider rejected the request: {_clean(message)}".rstrip(": ")
-        return InvalidRequestError(text, param=param)
+        # the upstream's own words may name hosts, keys or internals: only its `param` passes
+        param = _upstream_param(body)
+        where = f" (field {param})" if param else ""
+        return InvalidRequestError(f"upstream provider rejected the request{where}", param=param)
     if status in (401, 403):
         return UpstreamError("upstream provider refused the gateway's credentials")
     return UpstreamError(f"upstream provider answered HTTP {status}")
@@ -123,12 +118,14 @@ class UpstreamClient:
         remaining = ctx.time_remaining()
         if remaining is not None and remaining <= 0:
             raise UpstreamTimeoutError("the call's deadline passed before the upstream answered")
+        # `connect` bounds the wait for a pooled connection as well as the connect itself
+        connect = self._connect_timeout_s
         if streaming:
             return aiohttp.ClientTimeout(
-                total=remaining, sock_connect=self._connect_timeout_s, sock_read=self._timeout_s
+                total=remaining, connect=connect, sock_connect=connect, sock_read=self._timeout_s
             )
         total = self._timeout_s if remaining is None else min(self._timeout_s, remaining)
-        return aiohttp.ClientTimeout(total=total, sock_connect=self._connect_timeout_s)
+        return aiohttp.ClientTimeout(total=total, connect=connect, sock_connect=connect)
 
     @contextlib.asynccontextmanager
     async def post(

@@ -78,8 +78,8 @@ def _blocks(message: chat_pb2.ChatMessage, where: str) -> list[JSON]:
     blocks = []
     for j, part in enumerate(message.parts):
         kind = part.WhichOneof("part")
-        if kind == "text":
-            blocks.append({"type": "text", "text": part.text})
+        if kind in ("text", "refusal"):  # an earlier refusal is, to Anthropic, what was said
+            blocks.append({"type": "text", "text": getattr(part, kind)})
         elif kind == "image_url":
             blocks.append(_image(part.image_url.url))
         else:

@@ -52,8 +52,8 @@ def _message(message: chat_pb2.ChatMessage, where: str) -> JSON:
         texts, images = [], []
         for j, part in enumerate(message.parts):
             kind = part.WhichOneof("part")
-            if kind == "text":
-                texts.append(part.text)
+            if kind in ("text", "refusal"):
+                texts.append(getattr(part, kind))
             elif kind == "image_url" and (match := DATA_URL.fullmatch(part.image_url.url)):
                 images.append(match["data"])
             else:

@@ -11,6 +11,7 @@ Encoders write from proto fields and keep zero values (`index: 0`,
 from __future__ import annotations
 
 import base64
+import re
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -19,7 +20,7 @@ import orjson
 from google.protobuf import json_format, struct_pb2
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
 
-from server.core.errors import InvalidRequestError
+from server.core.errors import InvalidRequestError, UpstreamError
 from server.translate.protojson import parse_into
 
 __all__ = [
@@ -80,8 +81,31 @@ def parse_chat_request(body: Any, *, strict: bool) -> chat_pb2.ChatCompletionReq
     if not isinstance(body, dict):
         raise InvalidRequestError("body: must be a JSON object", param="body")
     request = chat_pb2.ChatCompletionRequest()
-    parse_into(normalize_chat_body(body), request, strict=strict)
+    try:
+        parse_into(normalize_chat_body(body), request, strict=strict)
+    except InvalidRequestError as exc:
+        raise _as_sent(exc, body) from None
     return request
+
+
+_PARTS_PATH = re.compile(r"^messages\[(\d+)\]\.parts")
+
+
+def _as_sent(error: InvalidRequestError, body: JSON) -> InvalidRequestError:
+    """Name `content`, not `parts`, where the caller sent its parts as `content`."""
+    match = _PARTS_PATH.match(error.param or "")
+    messages = body.get("messages")
+    if match and isinstance(messages, list):
+        index = int(match.group(1))
+        if (
+            index < len(messages)
+            and isinstance(messages[index], dict)
+            and "content" in messages[index]
+        ):
+            param = f"messages[{index}].content" + error.param[match.end() :]  # type: ignore[index]
+            message = error.message.replace(error.param or "", param, 1)
+            return InvalidRequestError(message, param=param)
+    return error
 
 
 def parse_embedding_request(body: Any, *, strict: bool) -> embeddings_pb2.EmbeddingRequest:
@@ -338,6 +362,8 @@ def _part_to_openai(part: chat_pb2.ContentPart) -> JSON:
     if kind == "input_audio":
         audio = {"data": part.input_audio.data, "format": part.input_audio.format}
         return {"type": "input_audio", "input_audio": audio}
+    if kind == "refusal":
+        return {"type": "refusal", "refusal": part.refusal}
     return {"type": "text", "text": part.text}
 
 
@@ -442,8 +468,18 @@ def _fill_usage(target: chat_pb2.Usage, usage: JSON) -> None:
     )
 
 
+def _raise_upstream_error(data: JSON) -> None:
+    """An OpenAI-compatible server may report a failure inside a 200: as an event or a body."""
+    if data.get("error") is not None:
+        error = data["error"]
+        kind = error.get("type") if isinstance(error, dict) else None
+        retryable = kind in ("server_error", "overloaded_error", "rate_limit_error", None)
+        raise UpstreamError(f"upstream provider failed: {kind or 'error'}", retryable=retryable)
+
+
 def chunk_from_openai(data: JSON) -> chat_pb2.ChatCompletionChunk:
     """One upstream stream event as a chunk (a usage-only event has no choices)."""
+    _raise_upstream_error(data)
     chunk = chat_pb2.ChatCompletionChunk()
     for item in data.get("choices") or ():
         choice = chunk.choices.add(index=item.get("index") or 0)
@@ -470,6 +506,7 @@ def chunk_from_openai(data: JSON) -> chat_pb2.ChatCompletionChunk:
 
 def completion_as_chunk(data: JSON) -> chat_pb2.ChatCompletionChunk:
     """A whole upstream completion as the one chunk of an unchunked answer."""
+    _raise_upstream_error(data)
     chunk = chat_pb2.ChatCompletionChunk()
     for item in data.get("choices") or ():
         choice = chunk.choices.add(index=item.get("index") or 0)

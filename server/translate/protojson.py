@@ -54,6 +54,11 @@ def parse_into(data: Any, message: Message, *, strict: bool, path: str = "") -> 
 
 def _set(message: Message, field: FieldDescriptor, value: Any, where: str, strict: bool) -> None:
     name = field.name
+    oneof = field.containing_oneof
+    if oneof is not None and len(oneof.fields) > 1:  # a real oneof, not proto3 `optional`
+        current = message.WhichOneof(oneof.name)
+        if current is not None and current != name:
+            raise _invalid(where, f"set only one of {', '.join(f.name for f in oneof.fields)}")
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         if not isinstance(value, dict):
             raise _invalid(where, "must be a JSON object")

@@ -269,10 +269,13 @@ class ContentPart(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     IMAGE_URL_FIELD_NUMBER: _builtins.int
     INPUT_AUDIO_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
     type: _builtins.str
-    """"text", "image_url" or "input_audio"."""
+    """"text", "image_url", "input_audio" or (assistant messages) "refusal"."""
     text: _builtins.str
     """Text of a "text" part."""
+    refusal: _builtins.str
+    """Refusal text of a "refusal" part."""
     @_builtins.property
     def image_url(self) -> Global___ImageUrl:
         """Image of an "image_url" part."""
@@ -288,12 +291,13 @@ class ContentPart(_message.Message):
         text: _builtins.str = ...,
         image_url: Global___ImageUrl | None = ...,
         input_audio: Global___InputAudio | None = ...,
+        refusal: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "refusal", b"refusal", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "text", b"text", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "refusal", b"refusal", "text", b"text", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["text", "image_url", "input_audio"]  # noqa: Y015
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["text", "image_url", "input_audio", "refusal"]  # noqa: Y015
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
