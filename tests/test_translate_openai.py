@@ -73,7 +73,7 @@ def test_union_forms_become_the_protos_single_forms(
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "text", "txt": "x"}]}]},
-            "messages[0].parts[0].txt",
+            "messages[0].content[0].txt",
         ),
         ({"logit_bias": {"1": "x"}}, "logit_bias.1"),
         ({"n": True}, "n"),
