@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http", type=_host_port, help="HTTP HOST:PORT (overrides the config)")
     serve.add_argument("--grpc", type=_host_port, help="gRPC HOST:PORT (overrides the config)")
     serve.add_argument("--workers", type=int, help="worker processes (overrides the config)")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of N
 
     keys = commands.add_parser("keys", help="manage API keys (kept in the database of usage.store)")
     key_commands = keys.add_subparsers(dest="key_command", required=True)
@@ -70,19 +71,33 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
     workers = args.workers if args.workers is not None else config.server.workers
-    if workers != 1:
-        return _fail("--workers: only 1 worker is supported so far")
+    if workers < 1:
+        return _fail("--workers: must be at least 1")
+    http = args.http or config.server.http
+    grpc = args.grpc or config.server.grpc
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        uvloop.run(
-            serve(
-                config, http=args.http or config.server.http, grpc=args.grpc or config.server.grpc
+    if workers > 1 and not args.worker:
+        if parse_host_port(http)[1] == 0 or parse_host_port(grpc)[1] == 0:
+            return _fail("--workers: port 0 needs a single worker")
+        if config.rate_limits.backend == "memory":
+            logging.getLogger("tandem").warning(
+                "rate limits: memory backend with %d workers gives each worker 1/%d of every "
+                "budget; use the redis backend for exact shared budgets",
+                workers,
+                workers,
             )
-        )
+        from server.workers import run_workers
+
+        return run_workers(args.config, http, grpc, workers)
+    config = config.model_copy(
+        update={"server": config.server.model_copy(update={"workers": workers})}
+    )
+    try:
+        uvloop.run(serve(config, http=http, grpc=grpc, reuse_port=args.worker))
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
     except OSError as exc:

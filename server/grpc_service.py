@@ -181,12 +181,13 @@ def build_grpc_server(
     *,
     max_message_bytes: int,
     max_concurrent_rpcs: int,
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """A grpc.aio server with every service, health and reflection; not yet bound."""
     options: Sequence[tuple[str, Any]] = (
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
     )
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatService(plane, policy), server)

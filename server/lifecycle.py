@@ -60,11 +60,13 @@ def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def bind_socket(address: str) -> socket.socket:
+def bind_socket(address: str, *, reuse_port: bool = False) -> socket.socket:
     host, port = parse_host_port(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # one of several workers sharing the port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -100,8 +102,9 @@ async def start_http_server(
 class Gateway:
     """Owns everything with a lifetime, from start to the end of the drain."""
 
-    def __init__(self, config: Config, *, http: str, grpc: str) -> None:
+    def __init__(self, config: Config, *, http: str, grpc: str, reuse_port: bool = False) -> None:
         self.config = config
+        self._reuse_port = reuse_port
         self._http_address = http
         self._grpc_address = grpc
         self._ready = False
@@ -136,6 +139,7 @@ class Gateway:
             self._health,
             max_message_bytes=config.server.max_body_bytes,
             max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+            reuse_port=self._reuse_port,
         )
         grpc_host, grpc_port = parse_host_port(self._grpc_address)
         try:
@@ -144,7 +148,7 @@ class Gateway:
             raise OSError(f"cannot listen for gRPC on {self._grpc_address}") from exc
         await self._grpc_server.start()
 
-        sock = bind_socket(self._http_address)
+        sock = bind_socket(self._http_address, reuse_port=self._reuse_port)
         http_host, http_port = sock.getsockname()[:2]
         app = create_app(plane, policy, self.is_ready, max_body_bytes=config.server.max_body_bytes)
         self._http_server, self._http_task = await start_http_server(
@@ -186,13 +190,13 @@ class Gateway:
         logger.info("stopped")
 
 
-async def serve(config: Config, *, http: str, grpc: str) -> None:
+async def serve(config: Config, *, http: str, grpc: str, reuse_port: bool = False) -> None:
     """Run a gateway until SIGTERM or SIGINT, then drain it."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    gateway = Gateway(config, http=http, grpc=grpc)
+    gateway = Gateway(config, http=http, grpc=grpc, reuse_port=reuse_port)
     try:
         http_address, grpc_address = await gateway.start()
         sys.stdout.write(f"http listening on {http_address}\ngrpc listening on {grpc_address}\n")

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ServeResult", "TandemProcess", "run_serve", "start_tandem"]
+__all__ = ["ServeResult", "TandemProcess", "run_serve", "serve_command", "start_tandem"]
 
 START_TIMEOUT_S = 20.0
 
@@ -53,7 +53,7 @@ class TandemProcess:
             self.proc.stdout.close()
 
 
-def _command(config: Path | None, args: list[str]) -> list[str]:
+def serve_command(config: Path | None, args: list[str]) -> list[str]:
     command = [sys.executable, "-m", "server.cli", "serve"]
     if config is not None:
         command += ["--config", str(config)]
@@ -76,7 +76,7 @@ def start_tandem(
     args = args if args is not None else ["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
-            _command(config_path, args),
+            serve_command(config_path, args),
             stdout=subprocess.PIPE,
             stderr=stderr,
             bufsize=0,
@@ -123,7 +123,7 @@ def run_serve(
         config_path.write_text(config)
     args = ["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
     done = subprocess.run(
-        _command(config_path, args),
+        serve_command(config_path, args),
         capture_output=True,
         text=True,
         env=_env(env),
