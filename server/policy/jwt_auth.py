@@ -14,6 +14,16 @@ __all__ = ["LEEWAY_S", "JwtVerifier"]
 
 LEEWAY_S = 30  # clock skew tolerated on exp and nbf
 
+# what a client is told of a token pyjwt refuses; anything else is "malformed"
+_REASONS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not valid yet"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.InvalidAlgorithmError, "algorithm not allowed"),
+    (jwt.InvalidSignatureError, "bad signature"),
+)
+
 
 class JwtVerifier:
     def __init__(self, config: JwtConfig) -> None:
@@ -44,22 +54,11 @@ class JwtVerifier:
                 leeway=LEEWAY_S,
                 options={"require": ["sub"], "verify_aud": self._audience is not None},
             )
-        except jwt.ExpiredSignatureError:
-            raise AuthenticationError("invalid token: expired") from None
-        except jwt.ImmatureSignatureError:
-            raise AuthenticationError("invalid token: not valid yet") from None
-        except jwt.InvalidAudienceError:
-            raise AuthenticationError("invalid token: wrong audience") from None
-        except jwt.InvalidIssuerError:
-            raise AuthenticationError("invalid token: wrong issuer") from None
         except jwt.MissingRequiredClaimError as exc:
             raise AuthenticationError(f"invalid token: no {exc.claim!r} claim") from None
-        except jwt.InvalidAlgorithmError:
-            raise AuthenticationError("invalid token: algorithm not allowed") from None
-        except jwt.InvalidSignatureError:
-            raise AuthenticationError("invalid token: bad signature") from None
-        except jwt.InvalidTokenError:
-            raise AuthenticationError("invalid token: malformed") from None
+        except jwt.InvalidTokenError as exc:
+            reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), "malformed")
+            raise AuthenticationError(f"invalid token: {reason}") from None
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise AuthenticationError("invalid token: 'sub' must be a non-empty string")
         return claims
