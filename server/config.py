@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,6 +37,7 @@ DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
     "ollama": "http://127.0.0.1:11434",
 }
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
@@ -119,6 +121,12 @@ class TierConfig(_Strict):
     tokens_per_minute: PositiveInt | None = None
 
 
+_HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+_PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
 class JwtConfig(_Strict):
     secret: str | None = None
     public_key_file: str | None = None
@@ -133,6 +141,13 @@ class JwtConfig(_Strict):
             raise ValueError("set exactly one of secret and public_key_file")
         if any(alg.lower() == "none" for alg in self.algorithms):
             raise ValueError("algorithm 'none' is never accepted")
+        fitting = _HMAC_ALGORITHMS if self.secret is not None else _PUBLIC_KEY_ALGORITHMS
+        for alg in self.algorithms:
+            if alg not in fitting:
+                key = "secret" if self.secret is not None else "public_key_file"
+                raise ValueError(
+                    f"algorithms: {alg!r} does not fit a {key} (use {sorted(fitting)})"
+                )
         return self
 
 
@@ -171,6 +186,10 @@ class UsageConfig(_Strict):
             value == "none" or value.startswith(("sqlite:///", "postgresql://", "postgres://"))
         ):
             raise ValueError("expected sqlite:///PATH, postgresql://..., or none")
+        if isinstance(value, str) and value.startswith("postgres"):
+            schema = parse_qs(urlsplit(value).query).get("search_path", [None])[0]
+            if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+                raise ValueError("search_path must be one plain schema name ([a-z_][a-z0-9_]*)")
         return value
 
 

@@ -2,12 +2,14 @@
 
 The parent starts the workers, prints the two listening lines once every
 worker accepts, forwards SIGTERM/SIGINT to them (each drains as one gateway
-does) and exits 0 when they all did. Port 0 needs one worker: N processes
-cannot agree on a port the kernel picks.
+does) and exits 0 when they all did. A worker that dies stops the others
+(exit 1); a parent that dies takes its workers with it (PR_SET_PDEATHSIG).
+Port 0 needs one worker: N processes cannot agree on a port the kernel picks.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import signal
@@ -19,6 +21,7 @@ from types import FrameType
 __all__ = ["run_workers"]
 
 START_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1
 
 
 def _read_lines(child: subprocess.Popen[bytes], count: int, deadline: float) -> list[str]:
@@ -36,30 +39,50 @@ def _read_lines(child: subprocess.Popen[bytes], count: int, deadline: float) -> 
     return buffer.decode().splitlines()[:count]
 
 
+def _die_with_parent() -> None:
+    """In a worker, before exec: SIGTERM when the parent dies, so no worker is orphaned."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def run_workers(config: str | None, http: str, grpc: str, workers: int) -> int:
     command = [sys.executable, "-m", "server.cli", "serve", "--http", http, "--grpc", grpc]
     command += ["--workers", str(workers), "--worker"]
     if config is not None:
         command += ["--config", config]
-    children = [subprocess.Popen(command, stdout=subprocess.PIPE) for _ in range(workers)]
+    children = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, preexec_fn=_die_with_parent)
+        for _ in range(workers)
+    ]
+    stopping = False
 
-    def forward(signum: int, frame: FrameType | None) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, forward)
+        signal.signal(signum, stop)
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         started = [_read_lines(child, 2, deadline) for child in children]  # every worker accepts
     except OSError as exc:
-        forward(signal.SIGTERM, None)
-        for child in children:
-            child.wait()
+        stop(signal.SIGTERM, None)
+        codes = [child.wait() for child in children]
+        if stopping and all(code == 0 for code in codes):
+            return 0  # asked to stop while starting: drained
         sys.stderr.write(f"tandem: {exc}\n")
         return 2
     sys.stdout.write("\n".join(started[0]) + "\n")
     sys.stdout.flush()
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(0.1)
+    if not stopping:  # a worker died: the others stop too, rather than serve short-handed
+        sys.stderr.write("tandem: a worker exited; stopping the others\n")
+        stop(signal.SIGTERM, None)
+        for child in children:
+            child.wait()
+        return 1
     codes = [child.wait() for child in children]
     return 0 if all(code == 0 for code in codes) else 1

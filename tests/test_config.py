@@ -45,6 +45,15 @@ BAD_CONFIGS = [
     ("auth: {required: maybe}\n", "auth.required: Input should be a valid boolean"),
     ("auth: {jwt: {algorithms: [HS256]}}\n", "auth.jwt: set exactly one of secret"),
     ("auth: {jwt: {secret: s, algorithms: [none]}}\n", "auth.jwt: algorithm 'none'"),
+    ("auth: {jwt: {secret: s, algorithms: [HS256, RS256]}}\n", "'RS256' does not fit a secret"),
+    (
+        "auth: {jwt: {public_key_file: k.pem, algorithms: [HS256]}}\n",
+        "'HS256' does not fit a public_key_file",
+    ),
+    (
+        "usage: {store: 'postgresql://u@h/db?search_path=a,b'}\n",
+        "search_path must be one plain schema",
+    ),
     (
         "providers: [{name: p, kind: openai, api_key: '${TANDEM_TEST_UNSET_VAR}'}]\n",
         "providers[0].api_key: environment variable TANDEM_TEST_UNSET_VAR is not set",

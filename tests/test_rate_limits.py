@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -235,3 +236,41 @@ def test_answers_not_admitted_carry_the_headers_and_take_nothing(limited: Tandem
     not_found, listed = asyncio.run(grpc_trailers())
     assert not_found["x-ratelimit-remaining-requests"] == "3"
     assert listed["x-ratelimit-limit-tokens"] == "100"
+
+
+async def test_going_over_a_reservation_is_charged_from_now(clock: Clock) -> None:
+    limiter = MemoryLimiter(clock=clock)
+    assert (await limiter.acquire("k", None, 20_000, 10)).allowed
+    clock.now += 1.2  # the bucket has refilled meanwhile
+    limiter.settle("k", 20_000, 300)
+    decision = await limiter.peek("k", None, 20_000)
+    assert decision.tokens is not None
+    assert decision.tokens.remaining == 20_000 - 300
+
+
+SLOW = """
+providers: [{name: demo, kind: mock, chunk_delay_ms: 20}]
+models: [{name: echo, provider: demo}]
+tiers:
+  free: {default_model: echo, tokens_per_minute: 1000}
+"""
+
+
+def test_a_cancelled_stream_is_charged_for_what_it_got(
+    tandem: Callable[..., TandemProcess],
+) -> None:
+    server = tandem(SLOW)
+    prompt = " ".join(["w"] * 50)
+    with httpx.Client(base_url=server.base_url) as http:
+        with http.stream(
+            "POST", "/v1/chat/completions", json=body(prompt, stream=True)
+        ) as response:
+            lines = response.iter_lines()
+            received = sum(
+                1 for _, line in zip(range(20), lines, strict=False) if line.startswith("data: ")
+            )
+        assert received >= 5
+        time.sleep(0.2)  # the server notices the disconnect and settles
+        after = http.post("/v1/chat/completions", json=body("x"))
+    # 50 prompt words and the chunks sent stay charged (refill over ~1 s is ~17 tokens)
+    assert int(after.headers["x-ratelimit-remaining-tokens"]) < 1000 - 50 - 5 + 20

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,3 +75,27 @@ def test_port_zero_needs_a_single_worker(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "port 0 needs a single worker" in done.stderr
+
+
+def test_a_dead_worker_stops_the_rest(tandem: Callable[..., TandemProcess]) -> None:
+    http, grpc = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    server = tandem(CONFIG, args=["--workers", "2", "--http", http, "--grpc", grpc])
+    first, second = children_of(server.proc.pid)
+    os.kill(first, signal.SIGKILL)
+    assert server.proc.wait(30) == 1
+    assert (
+        not Path(f"/proc/{second}").exists()
+        or b"zombie" in Path(f"/proc/{second}/status").read_bytes().lower()
+    )
+
+
+def test_workers_die_with_their_parent(tandem: Callable[..., TandemProcess]) -> None:
+    http, grpc = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    server = tandem(CONFIG, args=["--workers", "2", "--http", http, "--grpc", grpc])
+    workers = children_of(server.proc.pid)
+    server.proc.kill()
+    server.proc.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)

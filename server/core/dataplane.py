@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
@@ -62,7 +62,9 @@ class DataPlane:
         completion_id = f"chatcmpl-{new_id()}"
         created = int(time.time())
         model = route.model.name  # the public name asked for, whoever serves it
-        with _Accounting(self.usage, ctx, route, admission, streaming) as account:
+        with _Accounting(
+            self.usage, ctx, route, admission, streaming, lambda: prompt_words(request.messages)
+        ) as account:
             account.route, upstream, chunk = await open_stream(
                 self.router.chain(route), request, ctx, chunked=streaming
             )
@@ -74,6 +76,7 @@ class DataPlane:
                     chunk.model = model
                     if chunk.HasField("usage"):
                         account.usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                    account.chunks += 1
                     yield chunk
                     chunk = await anext(upstream)
             except StopAsyncIteration:
@@ -89,7 +92,14 @@ class DataPlane:
         admission = await self.policy.admit(
             ctx, route, lambda: sum(count_words(text) for text in request.input)
         )
-        with _Accounting(self.usage, ctx, route, admission, streaming=False) as account:
+        with _Accounting(
+            self.usage,
+            ctx,
+            route,
+            admission,
+            False,
+            lambda: sum(count_words(text) for text in request.input),
+        ) as account:
             response = await route.provider.embed(request, route, ctx)
             response.model = route.model.name
             account.usage(response.usage.prompt_tokens, 0)
@@ -127,9 +137,12 @@ class _Accounting:
         "_admission",
         "_created_at",
         "_ctx",
+        "_estimate_prompt",
         "_model",
         "_recorder",
         "_streaming",
+        "_usage_known",
+        "chunks",
         "completion_tokens",
         "first_chunk_at",
         "prompt_tokens",
@@ -143,6 +156,7 @@ class _Accounting:
         route: Route,
         admission: Admission,
         streaming: bool,
+        estimate_prompt: Callable[[], int],
     ) -> None:
         self._recorder = recorder
         self._ctx = ctx
@@ -151,13 +165,17 @@ class _Accounting:
         self._admission = admission
         self._streaming = streaming
         self._created_at = time.time()
+        self._estimate_prompt = estimate_prompt
+        self._usage_known = False
         self.first_chunk_at: float | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.chunks = 0
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
+        self._usage_known = True
 
     def __enter__(self) -> _Accounting:
         return self
@@ -170,6 +188,11 @@ class _Accounting:
     ) -> None:
         ctx = self._ctx
         now = time.monotonic()
+        if not self._usage_known and (exc is None or self.chunks):
+            # no usage from upstream (cut short, or never sent): count what was sent,
+            # so a cancelled stream is charged, not refunded
+            self.prompt_tokens = self._estimate_prompt()
+            self.completion_tokens = self.chunks
         self._admission.settle(self.prompt_tokens + self.completion_tokens)
         ttft = self.first_chunk_at if self._streaming else None
         self._recorder.record(

@@ -36,7 +36,7 @@ __all__ = ["Admission", "Policy", "build_limiter"]
 class Admission:
     """A granted call's token reservation, settled once to what it really used."""
 
-    __slots__ = ("_key", "_limiter", "_reserved", "_tokens_per_minute")
+    __slots__ = ("_key", "_limiter", "_local", "_reserved", "_tokens_per_minute")
 
     def __init__(
         self,
@@ -44,8 +44,10 @@ class Admission:
         key: str = "",
         tokens_per_minute: int | None = None,
         reserved: int = 0,
+        local: bool = False,
     ) -> None:
         self._limiter = limiter
+        self._local = local
         self._key = key
         self._tokens_per_minute = tokens_per_minute
         self._reserved = reserved
@@ -53,7 +55,9 @@ class Admission:
     def settle(self, used_tokens: int) -> None:
         limiter, self._limiter = self._limiter, None  # once
         if limiter is not None and self._tokens_per_minute is not None:
-            limiter.settle(self._key, self._tokens_per_minute, used_tokens - self._reserved)
+            limiter.settle(
+                self._key, self._tokens_per_minute, used_tokens - self._reserved, local=self._local
+            )
 
 
 _UNLIMITED = Admission()
@@ -136,7 +140,7 @@ class Policy:
         if limits is None or any(k.startswith("x-ratelimit-") for k, _ in ctx.response_headers):
             return
         caller = ctx.caller
-        decision = await self._limiter.peek(caller.key_id or caller.user, *limits)  # type: ignore[union-attr]
+        decision = await self._limiter.peek(_budget_key(caller), *limits)  # type: ignore[union-attr]
         ctx.response_headers.extend(rate_limit_headers(decision))
 
     async def admit(
@@ -154,7 +158,7 @@ class Policy:
             return _UNLIMITED
         rpm, tpm = limits
         reserved = estimate_tokens() if tpm is not None else 0
-        key = caller.key_id or caller.user
+        key = _budget_key(caller)
         decision = await self._limiter.acquire(key, rpm, tpm, reserved)
         ctx.response_headers.extend(rate_limit_headers(decision))
         if not decision.fits_ever:
@@ -169,7 +173,14 @@ class Policy:
                 f"{format_duration(decision.retry_after_s)}",
                 retry_after_s=decision.retry_after_s,
             )
-        return Admission(self._limiter, key, tpm, reserved)
+        return Admission(self._limiter, key, tpm, reserved, decision.local)
+
+
+def _budget_key(caller: Caller) -> str:
+    """Whose budget: a key's, a JWT subject's, or the anonymous callers' (never confused)."""
+    if caller.key_id is not None:
+        return f"key:{caller.key_id}"
+    return "anonymous" if caller is ANONYMOUS else f"sub:{caller.user}"
 
 
 def build_limiter(config: Config) -> Limiter | None:

@@ -14,7 +14,7 @@ def _seconds(value: float) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """`20ms`, `1.5s`, `1m0s`: Go's duration spelling, rounded up to the millisecond."""
+    """`20ms`, `1.5s`, `1m0s`, `1h0m0s`: Go's duration spelling, rounded up to the ms."""
     ms = max(math.ceil(seconds * 1000 - 1e-6), 0)
     if ms == 0:
         return "0s"
@@ -23,7 +23,9 @@ def format_duration(seconds: float) -> str:
     if ms < 60_000:
         return f"{_seconds(ms / 1000)}s"
     minutes, rest = divmod(ms, 60_000)
-    return f"{minutes}m{_seconds(rest / 1000) or '0'}s"
+    hours, minutes = divmod(minutes, 60)
+    spelled = f"{minutes}m{_seconds(rest / 1000) or '0'}s"
+    return f"{hours}h{spelled}" if hours else spelled
 
 
 def _pair(kind: str, budget: Budget) -> list[tuple[str, str]]:

@@ -56,7 +56,7 @@ class JwtVerifier:
             )
         except jwt.MissingRequiredClaimError as exc:
             raise AuthenticationError(f"invalid token: no {exc.claim!r} claim") from None
-        except jwt.InvalidTokenError as exc:
+        except (jwt.PyJWTError, ValueError) as exc:  # whatever pyjwt refuses is the token's fault
             reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), "malformed")
             raise AuthenticationError(f"invalid token: {reason}") from None
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:

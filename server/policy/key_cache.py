@@ -7,6 +7,7 @@ hammer the store). A key revoked anywhere is refused everywhere within the TTL.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ from server.store import ApiKey, Store
 __all__ = ["KeyCache"]
 
 MAX_ENTRIES = 100_000
+logger = logging.getLogger("tandem.auth")
 
 
 class KeyCache:
@@ -31,7 +33,13 @@ class KeyCache:
         entry = self._entries.get(key_id)
         if entry is not None and now - entry[0] < self._ttl_s:
             return entry[1]
-        record = await self._store.find_key(key_id)
+        try:
+            record = await self._store.find_key(key_id)
+        except Exception:
+            if entry is None:
+                raise
+            logger.warning("key store unreachable; key %s checked from the cache", key_id)
+            return entry[1]  # what we knew is better than refusing every caller
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
         self._entries[key_id] = (now, record)

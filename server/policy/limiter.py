@@ -39,6 +39,7 @@ class Decision:
     fits_ever: bool  # False: the cost exceeds the whole capacity; waiting will not help
     requests: Budget | None
     tokens: Budget | None
+    local: bool = False  # decided by a local fallback (shared backend unreachable)
 
 
 def _budget(limit: int, tat: float, now: float) -> Budget:
@@ -52,7 +53,11 @@ class Limiter(Protocol):
         self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None, tokens: int
     ) -> Decision: ...
 
-    def settle(self, key: str, tokens_per_minute: int, delta_tokens: int) -> None: ...
+    def settle(
+        self, key: str, tokens_per_minute: int, delta_tokens: int, *, local: bool = False
+    ) -> None:
+        """Correct a reservation; `local`: it was decided by the local fallback."""
+        ...
 
     async def peek(
         self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None
@@ -123,13 +128,19 @@ class MemoryLimiter:
             budgets["tokens"] = _budget(limit, self._tat.get(f"{key}:t", now), now)
         return Decision(True, 0.0, True, budgets.get("requests"), budgets.get("tokens"))
 
-    def settle(self, key: str, tokens_per_minute: int, delta_tokens: int) -> None:
+    def settle(
+        self, key: str, tokens_per_minute: int, delta_tokens: int, *, local: bool = False
+    ) -> None:
         """Correct a reservation by what was really used (negative: give back)."""
         if not delta_tokens:
             return
         bucket = f"{key}:t"
         limit = self._capacity(tokens_per_minute)
-        self._tat[bucket] = self._tat.get(bucket, self._clock()) + delta_tokens * WINDOW_S / limit
+        now = self._clock()
+        tat = self._tat.get(bucket, now)
+        if delta_tokens > 0:  # charging more: from now if the bucket had refilled meanwhile
+            tat = max(tat, now)
+        self._tat[bucket] = tat + delta_tokens * WINDOW_S / limit
 
     async def aclose(self) -> None:
         return None

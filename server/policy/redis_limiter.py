@@ -15,6 +15,7 @@ request never waits longer than the timeout.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -79,7 +80,10 @@ return out
 _SETTLE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now) + tonumber(ARGV[1])
+local delta = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if delta > 0 and tat < now then tat = now end
+tat = tat + delta
 if tat > now then
   redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 else
@@ -127,7 +131,7 @@ class RedisLimiter:
         self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None, tokens: int
     ) -> Decision:
         if self._down_until and time.monotonic() < self._down_until:
-            return await self._fallback.acquire(key, requests_per_minute, tokens_per_minute, tokens)
+            return await self._local(key, requests_per_minute, tokens_per_minute, tokens)
         keys: list[str] = []
         args: list[int] = [_WINDOW_US]
         limits: list[tuple[str, int]] = []
@@ -158,6 +162,12 @@ class RedisLimiter:
             tokens=budgets.get("tokens"),
         )
 
+    async def _local(
+        self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None, tokens: int
+    ) -> Decision:
+        decision = await self._fallback.acquire(key, requests_per_minute, tokens_per_minute, tokens)
+        return dataclasses.replace(decision, local=True)
+
     async def peek(
         self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None
     ) -> Decision:
@@ -183,10 +193,12 @@ class RedisLimiter:
         }
         return Decision(True, 0.0, True, budgets.get("requests"), budgets.get("tokens"))
 
-    def settle(self, key: str, tokens_per_minute: int, delta_tokens: int) -> None:
+    def settle(
+        self, key: str, tokens_per_minute: int, delta_tokens: int, *, local: bool = False
+    ) -> None:
         if not delta_tokens:
             return
-        if self._down_until and time.monotonic() < self._down_until:
+        if local:  # reserved in the local fallback: settled there, whatever Redis is doing now
             self._fallback.settle(key, tokens_per_minute, delta_tokens)
             return
         delta_us = delta_tokens * _WINDOW_US // tokens_per_minute

@@ -14,6 +14,8 @@ from server.store.keys import ApiKey
 
 __all__ = ["PostgresStore"]
 
+COMMAND_TIMEOUT_S = 5.0  # a stuck database fails the call instead of hanging it
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
@@ -31,6 +33,7 @@ class PostgresStore:
     def __init__(self, url: str) -> None:
         self._url = url
         self._schema = parse_qs(urlsplit(url).query).get("search_path", [None])[0]
+        # a plain name, checked with the config (server.config: usage.store)
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
@@ -42,7 +45,9 @@ class PostgresStore:
                 await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
             finally:
                 await connection.close()
-        self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=10)
+        self._pool = await asyncpg.create_pool(
+            self._url, min_size=1, max_size=10, command_timeout=COMMAND_TIMEOUT_S
+        )
         await self._pool.execute(_SCHEMA)
 
     async def _ready(self) -> asyncpg.Pool:
