@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -99,6 +100,10 @@ def create_app(
         if is_ready():
             return JsonResponse({"status": "ready"})
         return JsonResponse({"status": "draining"}, status_code=503)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics of this process")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)

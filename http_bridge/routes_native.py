@@ -12,6 +12,7 @@ from http_bridge.lean_route import lean_post
 from http_bridge.openapi_schema import request_body
 from http_bridge.responses import reply
 from server.translate import openai
+from server.translate.usage import encode_usage, parse_usage_params
 
 __all__ = ["router"]
 
@@ -49,3 +50,18 @@ async def list_models(request: Request, ctx: NativeCall) -> Response:
 )
 async def create_embeddings(request: Request, ctx: NativeCall) -> Response:
     return await handlers.create_embeddings(request, ctx, handlers.NATIVE)
+
+
+@router.get(
+    "/usage",
+    summary="Usage records, newest first, and totals over every match",
+    description=(
+        "Query parameters: `since` (inclusive) and `until` (exclusive), RFC 3339, UTC when "
+        "no offset; `user` (another user's: admin keys only); `model`; `limit` 1-1000, "
+        "default 100. A caller sees its own records; an admin key sees everyone's."
+    ),
+)
+async def get_usage(request: Request, ctx: NativeCall) -> Response:
+    query = parse_usage_params(request.query_params)
+    usage = await request.app.state.plane.get_usage(query, ctx)
+    return await reply(request, ctx, encode_usage(usage))

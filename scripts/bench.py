@@ -9,7 +9,11 @@ the same core, with the load (and the instant upstream) on the other core:
 - `proxy-*`: model `proxied`, Tandem's `openai` provider in front of
   scripts/instant_upstream.py, against scripts/bare_proxy.py (bare Starlette
   + one aiohttp session) in front of the same upstream; the upstream alone is
-  measured too.
+  measured too;
+- `policy-*`: an API key and rate limits (memory, then Redis) on, usage
+  recorded to SQLite: everything on, against Tandem with all of it off;
+- `usage-*`: the usage ledger alone (SQLite, then PostgreSQL) against
+  recording off (`usage.store: none`).
 
 `wrk` drives HTTP, a grpc.aio client process drives gRPC. Targets alternate
 for `--rounds` rounds; medians are reported, and Tandem as a ratio of the
@@ -35,6 +39,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import grpc
 import orjson
 import uvloop
@@ -60,6 +65,12 @@ tiers:
 auth: {required: true}
 rate_limits: %(limits)s
 """
+USAGE_CONFIG = """
+usage: {store: "%s"}
+rate_limits: {backend: none}
+providers: [{name: mock, kind: mock}]
+models: [{name: echo, provider: mock}]
+"""
 SCENARIOS = (
     "http-chat",
     "http-stream",
@@ -67,6 +78,8 @@ SCENARIOS = (
     "proxy-stream",
     "policy-chat",
     "policy-stream",
+    "usage-chat",
+    "usage-stream",
     "grpc-unary",
     "grpc-stream",
 )
@@ -78,6 +91,8 @@ TARGETS = {
     "proxy": [("upstream", "up"), ("bare-proxy", "up"), ("tandem", "proxied")],
     # auth (an API key) and rate limits on, against Tandem without them
     "policy": [("tandem", "echo"), ("tandem-memory", "echo"), ("tandem-redis", "echo")],
+    # the usage ledger on, against `usage.store: none`
+    "usage": [("tandem", "echo"), ("tandem-sqlite", "echo"), ("tandem-postgres", "echo")],
 }
 
 
@@ -196,6 +211,11 @@ def main() -> None:
         default=os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
         help="Redis for the policy-* scenarios",
     )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("TANDEM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="PostgreSQL for the usage-* scenarios (a schema of its own, dropped after)",
+    )
     args = parser.parse_args()
     scenarios = args.scenarios.split(",")
     if any(not s.startswith("grpc") for s in scenarios) and shutil.which("wrk") is None:
@@ -203,12 +223,17 @@ def main() -> None:
     cores = sorted(os.sched_getaffinity(0))
     server_core, client_core = (cores[0], cores[1]) if len(cores) > 1 else (None, None)
 
+    bench_schema = f"tandem_bench_{os.getpid()}"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     addresses: dict[str, dict[str, str]] = {}
     scripts = ROOT / "scripts"
 
     def launch(name: str, command: list[str], core: int | None) -> None:
         procs[name], addresses[name] = start(command, core)
+
+    def launch_tandem(name: str, config: Path) -> None:
+        serve = ["serve", "--config", str(config), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
+        launch(name, [sys.executable, "-m", "server.cli", *serve], server_core)
 
     try:
         launch(
@@ -230,22 +255,7 @@ def main() -> None:
             ],
             server_core,
         )
-        launch(
-            "tandem",
-            [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "serve",
-                "--config",
-                str(config),
-                "--http",
-                "127.0.0.1:0",
-                "--grpc",
-                "127.0.0.1:0",
-            ],
-            server_core,
-        )
+        launch_tandem("tandem", config)
         work = Path(tempfile.mkdtemp())
         keys: dict[str, str] = {}
         for name, limits in (
@@ -277,22 +287,16 @@ def main() -> None:
                 cwd=ROOT,
             )
             keys[name] = "Bearer " + orjson.loads(created.stdout)["key"]
-            launch(
-                name,
-                [
-                    sys.executable,
-                    "-m",
-                    "server.cli",
-                    "serve",
-                    "--config",
-                    str(policy_config),
-                    "--http",
-                    "127.0.0.1:0",
-                    "--grpc",
-                    "127.0.0.1:0",
-                ],
-                server_core,
-            )
+            launch_tandem(name, policy_config)
+        if any(s.startswith("usage") for s in scenarios):
+            separator = "&" if "?" in args.postgres else "?"
+            for name, store in (
+                ("tandem-sqlite", f"sqlite:///{work / 'usage.db'}"),
+                ("tandem-postgres", f"{args.postgres}{separator}search_path={bench_schema}"),
+            ):
+                usage_config = work / f"{name}.yaml"
+                usage_config.write_text(USAGE_CONFIG % store)
+                launch_tandem(name, usage_config)
         context = multiprocessing.get_context("spawn")
         print(
             f"servers on core {server_core}; load and upstream on core {client_core}; "
@@ -327,7 +331,9 @@ def main() -> None:
                         )
                     results[name].append(rps)
             medians = {name: statistics.median(values) for name, values in results.items()}
-            baseline_name = targets[0][0] if scenario.startswith("policy") else targets[-2][0]
+            baseline_name = (
+                targets[0][0] if scenario.startswith(("policy", "usage")) else targets[-2][0]
+            )
             cells = "  ".join(f"{name} {rps:,.0f}" for name, rps in medians.items())
             ratios = "  ".join(
                 f"{name}/{baseline_name} {rps / medians[baseline_name]:.2f}"
@@ -339,6 +345,16 @@ def main() -> None:
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+        if "tandem-postgres" in procs:
+            asyncio.run(_drop_schema(args.postgres, bench_schema))
+
+
+async def _drop_schema(dsn: str, schema: str) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await connection.close()
 
 
 if __name__ == "__main__":

@@ -176,6 +176,7 @@ class UsageConfig(_Strict):
     store: str = "sqlite:///tandem.db"
     flush_interval_ms: PositiveInt = 500
     batch_size: PositiveInt = 200
+    max_pending: PositiveInt = 100_000  # records kept in memory while the store is down
 
     @field_validator("store", mode="before")
     @classmethod

@@ -23,6 +23,8 @@ from tandem.v1 import (
     embeddings_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
 )
 
 from server.core.context import CallContext, request_id_from
@@ -41,6 +43,7 @@ SERVICE_NAMES = tuple(
         (chat_pb2, "ChatService"),
         (models_pb2, "ModelService"),
         (embeddings_pb2, "EmbeddingService"),
+        (usage_pb2, "UsageService"),
     )
 )
 
@@ -174,6 +177,14 @@ class EmbeddingService(_Door, embeddings_pb2_grpc.EmbeddingServiceServicer):
         return await self.plane.embed(request, ctx)
 
 
+class UsageService(_Door, usage_pb2_grpc.UsageServiceServicer):
+    @unary_rpc
+    async def GetUsage(
+        self, request: usage_pb2.GetUsageRequest, ctx: CallContext
+    ) -> usage_pb2.GetUsageResponse:
+        return await self.plane.get_usage(request, ctx)
+
+
 def build_grpc_server(
     plane: DataPlane,
     policy: Policy,
@@ -195,6 +206,7 @@ def build_grpc_server(
     embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(
         EmbeddingService(plane, policy), server
     )
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageService(plane, policy), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (

@@ -35,7 +35,7 @@ from server.policy.key_cache import KeyCache
 from server.policy.limiter import Limiter
 from server.providers import Provider, build_providers
 from server.store import Store, open_store
-from server.usage import NullRecorder, UsageRecorder
+from server.usage import NullRecorder, UsageBatcher, UsageRecorder
 
 __all__ = ["Gateway", "HttpServer", "bind_socket", "serve", "start_http_server"]
 
@@ -130,8 +130,16 @@ class Gateway:
         if self._store is not None:
             await self._store.open()
             keys = KeyCache(self._store, config.auth.key_cache_s)
+            batcher = UsageBatcher(
+                self._store,
+                flush_interval_s=config.usage.flush_interval_ms / 1000,
+                batch_size=config.usage.batch_size,
+                max_pending=config.usage.max_pending,
+            )
+            batcher.start()
+            self._usage = batcher
         policy = Policy(config, self._limiter, keys)
-        plane = DataPlane(Router(config, self._providers), policy, self._usage)
+        plane = DataPlane(Router(config, self._providers), policy, self._usage, self._store)
 
         self._grpc_server = build_grpc_server(
             plane,

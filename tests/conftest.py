@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import openai
@@ -10,6 +11,8 @@ import pytest
 
 from tests.fake_upstream import FakeUpstream
 from tests.servers import TandemProcess, start_tandem
+from tests.stores import PG_DSN, pg_schema_url
+from tests.tcp_proxy import TcpProxy
 
 # A config most gRPC tests share: a fast and a slow mock, and a model outside tier free.
 SHARED_CONFIG = """
@@ -71,3 +74,23 @@ def client(gateway: TandemProcess, fake: FakeUpstream) -> Iterator[Any]:
     fake.reset()
     with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="caller", max_retries=0) as sdk:
         yield sdk
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    """A proxy in front of the local PostgreSQL, for tests where it goes away."""
+    target = urlsplit(PG_DSN)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def proxied_pg(proxy: TcpProxy) -> Iterator[tuple[str, str]]:
+    """(direct, through the proxy): two `usage.store` URLs of one fresh schema."""
+    target = urlsplit(PG_DSN)
+    userinfo, at, _ = target.netloc.rpartition("@")
+    through = target._replace(netloc=f"{userinfo}{at}127.0.0.1:{proxy.port}")
+    with pg_schema_url() as direct:
+        yield direct, through.geturl() + direct[len(PG_DSN) :]

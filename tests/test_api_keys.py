@@ -7,12 +7,10 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 import httpx
 import orjson
@@ -20,6 +18,7 @@ import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from tests.servers import TandemProcess, start_tandem
+from tests.stores import pg_schema_url
 
 PG_DSN = os.environ.get("TANDEM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 CONFIG = """
@@ -135,18 +134,8 @@ def test_keys_on_sqlite(tmp_path: Path) -> None:
 
 @pytest.fixture
 def pg_store() -> Iterator[str]:
-    schema = f"tandem_test_{uuid.uuid4().hex[:12]}"
-    separator = "&" if "?" in PG_DSN else "?"
-    yield f"{PG_DSN}{separator}search_path={schema}"
-
-    async def drop() -> None:
-        connection = await asyncpg.connect(PG_DSN)
-        try:
-            await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await connection.close()
-
-    asyncio.run(drop())
+    with pg_schema_url() as url:
+        yield url
 
 
 def test_keys_on_postgresql(tmp_path: Path, pg_store: str) -> None:

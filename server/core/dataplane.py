@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
-from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
+from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 
 from server.core.context import CallContext, new_id
 from server.core.errors import GatewayError, NotFoundError
@@ -24,15 +24,23 @@ from server.core.validation import validate_chat_request, validate_embedding_req
 from server.policy import Admission, Policy
 from server.providers.base import Route
 from server.usage import UsageRecord, UsageRecorder
+from server.usage.api import LedgerReader, usage_query, usage_response
 
 __all__ = ["DataPlane"]
 
 
 class DataPlane:
-    def __init__(self, router: Router, policy: Policy, usage: UsageRecorder) -> None:
+    def __init__(
+        self,
+        router: Router,
+        policy: Policy,
+        usage: UsageRecorder,
+        ledger: LedgerReader | None = None,
+    ) -> None:
         self.router = router
         self.policy = policy
         self.usage = usage
+        self.ledger = ledger
         self.started_at = int(time.time())
 
     def stream_chat(
@@ -118,6 +126,14 @@ class DataPlane:
                 return self._describe(route)
         raise NotFoundError(f"model {model_id!r} not found", param="id", code="model_not_found")
 
+    async def get_usage(
+        self, request: usage_pb2.GetUsageRequest, ctx: CallContext
+    ) -> usage_pb2.GetUsageResponse:
+        query = usage_query(request, ctx.caller)
+        if self.ledger is None:
+            raise NotFoundError("usage is not recorded here (usage.store: none)", code="usage_off")
+        return usage_response(await self.ledger.query_usage(query))
+
     def _describe(self, route: Route) -> models_pb2.Model:
         return models_pb2.Model(
             id=route.model.name, owned_by=route.provider.name, created=self.started_at
@@ -135,7 +151,6 @@ class _Accounting:
 
     __slots__ = (
         "_admission",
-        "_created_at",
         "_ctx",
         "_estimate_prompt",
         "_model",
@@ -164,7 +179,6 @@ class _Accounting:
         self._model = route.model.name  # the public name asked for
         self._admission = admission
         self._streaming = streaming
-        self._created_at = time.time()
         self._estimate_prompt = estimate_prompt
         self._usage_known = False
         self.first_chunk_at: float | None = None
@@ -197,6 +211,7 @@ class _Accounting:
         ttft = self.first_chunk_at if self._streaming else None
         self._recorder.record(
             UsageRecord(
+                id=new_id(),
                 request_id=ctx.request_id,
                 user=ctx.caller.user,
                 model=self._model,
@@ -207,7 +222,7 @@ class _Accounting:
                 status=_status(exc),
                 latency_ms=(now - ctx.started) * 1000,
                 ttft_ms=None if ttft is None else (ttft - ctx.started) * 1000,
-                created_at=self._created_at,
+                created_at=time.time() - (now - ctx.started),  # when it arrived
             )
         )
 

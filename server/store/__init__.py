@@ -1,16 +1,19 @@
-"""The database named by `usage.store`: API keys (and, next, the usage ledger).
+"""The database named by `usage.store`: API keys and the usage ledger.
 
 SQLite (`sqlite:///rel.db` relative to the working directory, `sqlite:////abs.db`
-absolute) or PostgreSQL (`postgresql://...`), behind one interface.
+absolute) or PostgreSQL (`postgresql://...`), behind one interface. Both
+create their tables at open; ledger writes are idempotent by record id.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from server.store.keys import ApiKey
 from server.store.postgres import PostgresStore
 from server.store.sqlite import SqliteStore
+from server.usage.record import UsagePage, UsageQuery, UsageRecord
 
 __all__ = ["ApiKey", "Store", "open_store"]
 
@@ -25,6 +28,11 @@ class Store(Protocol):
     async def list_keys(self) -> list[ApiKey]: ...
 
     async def revoke_key(self, key_id: str, at: float) -> bool: ...
+
+    async def write_usage(self, records: Sequence[UsageRecord]) -> None:
+        """Store a batch in one transaction; a record already stored is skipped."""
+
+    async def query_usage(self, query: UsageQuery) -> UsagePage: ...
 
     async def aclose(self) -> None: ...
 

@@ -6,11 +6,16 @@ rule), so `?search_path=name` selects a schema; it is created if missing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 from server.store.keys import ApiKey
+from server.store.ledger_sql import COLUMNS as USAGE_COLUMNS
+from server.store.ledger_sql import filters
+from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 
 __all__ = ["PostgresStore"]
 
@@ -25,6 +30,22 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at DOUBLE PRECISION NOT NULL,
     revoked_at DOUBLE PRECISION
 );
+CREATE TABLE IF NOT EXISTS usage_records (
+    id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    "user" TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    latency_ms DOUBLE PRECISION NOT NULL,
+    ttft_ms DOUBLE PRECISION,
+    created_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (created_at);
+CREATE INDEX IF NOT EXISTS usage_records_by_user ON usage_records ("user", created_at);
 """
 _COLUMNS = 'id, key_hash, "user", tier, created_at, revoked_at'
 
@@ -46,7 +67,7 @@ class PostgresStore:
             finally:
                 await connection.close()
         self._pool = await asyncpg.create_pool(
-            self._url, min_size=1, max_size=10, command_timeout=COMMAND_TIMEOUT_S
+            self._url, min_size=0, max_size=10, command_timeout=COMMAND_TIMEOUT_S
         )
         await self._pool.execute(_SCHEMA)
 
@@ -86,7 +107,42 @@ class PostgresStore:
         )
         return row is not None
 
+    async def write_usage(self, records: Sequence[UsageRecord]) -> None:
+        pool = await self._ready()
+        rows = [(*record[:-1], _timestamp(record.created_at)) for record in records]
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.executemany(
+                f"INSERT INTO usage_records ({USAGE_COLUMNS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+                "ON CONFLICT (id) DO NOTHING",
+                rows,
+            )
+
+    async def query_usage(self, query: UsageQuery) -> UsagePage:
+        pool = await self._ready()
+        where, args = filters(query, lambda n: f"${n}", _timestamp)
+        rows = await pool.fetch(
+            f"SELECT {USAGE_COLUMNS} FROM usage_records {where} "
+            f"ORDER BY created_at DESC, id DESC LIMIT ${len(args) + 1}",
+            *args,
+            query.limit,
+        )
+        totals = await pool.fetchrow(
+            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
+            f"COALESCE(SUM(completion_tokens), 0) FROM usage_records {where}",
+            *args,
+        )
+        assert totals is not None
+        return UsagePage(
+            [UsageRecord._make((*row[:-1], row[-1].timestamp())) for row in rows],
+            UsageTotals(*totals),
+        )
+
     async def aclose(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+
+def _timestamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)

@@ -1,15 +1,26 @@
-"""The SQLite store (the default): one file, WAL, every call off the event loop."""
+"""The SQLite store (the default): one file, WAL, every call off the event loop.
+
+One connection, used from one thread of its own: calls never interleave, so a
+ledger batch is one transaction (what aiosqlite does, without the dependency).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from server.store.keys import ApiKey
+from server.store.ledger_sql import COLUMNS as USAGE_COLUMNS
+from server.store.ledger_sql import filters
+from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 
 __all__ = ["SqliteStore"]
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -20,6 +31,22 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at REAL NOT NULL,
     revoked_at REAL
 );
+CREATE TABLE IF NOT EXISTS usage_records (
+    id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    "user" TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    latency_ms REAL NOT NULL,
+    ttft_ms REAL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (created_at);
+CREATE INDEX IF NOT EXISTS usage_records_by_user ON usage_records ("user", created_at);
 """
 _COLUMNS = "id, key_hash, user, tier, created_at, revoked_at"
 
@@ -28,6 +55,7 @@ class SqliteStore:
     def __init__(self, path: str) -> None:
         self._path = Path(path)
         self._db: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
@@ -41,14 +69,16 @@ class SqliteStore:
             self._db = db
         return self._db
 
-    async def _run(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        def run() -> list[tuple[Any, ...]]:
-            return self._connect().execute(sql, args).fetchall()
+    async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, lambda: work(self._connect())
+        )
 
-        return await asyncio.to_thread(run)
+    async def _run(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return await self._call(lambda db: db.execute(sql, args).fetchall())
 
     async def open(self) -> None:
-        await asyncio.to_thread(self._connect)
+        await self._call(lambda db: None)
 
     async def create_key(self, key: ApiKey) -> None:
         await self._run(
@@ -77,7 +107,42 @@ class SqliteStore:
         )
         return bool(rows)
 
+    async def write_usage(self, records: Sequence[UsageRecord]) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    f"INSERT OR IGNORE INTO usage_records ({USAGE_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    records,
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._call(write)
+
+    async def query_usage(self, query: UsageQuery) -> UsagePage:
+        where, args = filters(query, lambda n: "?")
+
+        def read(db: sqlite3.Connection) -> UsagePage:
+            rows = db.execute(
+                f"SELECT {USAGE_COLUMNS} FROM usage_records {where} "
+                "ORDER BY created_at DESC, id DESC LIMIT ?",
+                (*args, query.limit),
+            ).fetchall()
+            totals = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
+                f"COALESCE(SUM(completion_tokens), 0) FROM usage_records {where}",
+                args,
+            ).fetchone()
+            return UsagePage([UsageRecord(*row) for row in rows], UsageTotals(*totals))
+
+        return await self._call(read)
+
     async def aclose(self) -> None:
         if self._db is not None:
             db, self._db = self._db, None
-            await asyncio.to_thread(db.close)
+            await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
+        self._thread.shutdown(wait=False)

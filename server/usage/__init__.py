@@ -1,31 +1,25 @@
-"""The usage ledger's entry point: the core hands every finished call here.
+"""The usage ledger: the core hands every finished call here, off the hot path.
 
-`record` never blocks the request. Today the recorder drops records; the
-batching SQLite/PostgreSQL ledger plugs in behind the same interface.
+`record` never blocks the request: the batcher queues it and writes batches
+to the store (`server.store`); `NullRecorder` is `usage.store: none`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
-__all__ = ["NullRecorder", "UsageRecord", "UsageRecorder"]
+from server.usage.batcher import UsageBatcher
+from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 
-
-class UsageRecord(NamedTuple):
-    """What one call cost. A NamedTuple: immutable and made for every request
-    (a frozen dataclass cost 3 us to build here, this 0.6 us)."""
-
-    request_id: str
-    user: str
-    model: str
-    provider: str
-    protocol: str
-    prompt_tokens: int
-    completion_tokens: int
-    status: str
-    latency_ms: float
-    ttft_ms: float | None
-    created_at: float
+__all__ = [
+    "NullRecorder",
+    "UsageBatcher",
+    "UsagePage",
+    "UsageQuery",
+    "UsageRecord",
+    "UsageRecorder",
+    "UsageTotals",
+]
 
 
 class UsageRecorder(Protocol):

@@ -1,0 +1,159 @@
+"""Usage records leave the request path at once and reach the store in batches.
+
+`record` only appends to a bounded in-memory queue. A background task writes
+a batch every `flush_interval_ms`, or as soon as `batch_size` records wait.
+While the store is down, records stay queued and the batch is retried with
+backoff; only beyond `max_pending` are new records dropped (counted, logged).
+`drain` (at shutdown) writes everything left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
+
+from server.metrics import USAGE_DROPPED, USAGE_PENDING, USAGE_WRITE_ERRORS, USAGE_WRITTEN
+from server.usage.record import UsageRecord
+
+__all__ = ["LedgerWriter", "UsageBatcher"]
+
+logger = logging.getLogger("tandem.usage")
+
+MAX_RETRY_DELAY_S = 5.0
+OUTAGE_REMINDER_S = 60.0  # how often a long outage is logged again
+
+
+class LedgerWriter(Protocol):
+    async def write_usage(self, records: Sequence[UsageRecord]) -> None: ...
+
+
+class UsageBatcher:
+    def __init__(
+        self,
+        store: LedgerWriter,
+        *,
+        flush_interval_s: float,
+        batch_size: int,
+        max_pending: int,
+    ) -> None:
+        self._store = store
+        self._interval = flush_interval_s
+        self._batch_size = batch_size
+        self._max_pending = max_pending
+        self._pending: deque[UsageRecord] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._failures = 0  # consecutive failed writes: > 0 means the store is down
+        self._outage_logged_at = 0.0
+        self._dropped_unreported = 0
+        USAGE_PENDING.set_function(self.pending)
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-batcher")
+
+    def record(self, record: UsageRecord) -> None:
+        """Queue a record; never blocks, never raises."""
+        pending = self._pending
+        if len(pending) >= self._max_pending:
+            self._drop()
+            return
+        pending.append(record)
+        if len(pending) >= self._batch_size and not self._failures:
+            self._wake.set()
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Stop the background task and write every queued record (retrying
+        within `timeout_s` if the store is down)."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        deadline = time.monotonic() + timeout_s
+        while not await self._write(everything=True):
+            if time.monotonic() + self._retry_delay() > deadline:
+                logger.error(
+                    "usage store unavailable at shutdown: %d usage records lost",
+                    len(self._pending),
+                )
+                return
+            await asyncio.sleep(self._retry_delay())
+
+    async def _run(self) -> None:
+        while not self._closing:
+            delay = self._retry_delay() if self._failures else self._interval
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self._wake.clear()
+            if not self._closing:
+                await self._write(everything=False)
+
+    async def _write(self, *, everything: bool) -> bool:
+        """Write queued records in batches; False if the store refused one.
+
+        Without `everything`, a partial batch is written only as the first:
+        the records that keep arriving wait for the next interval or a full batch.
+        """
+        pending = self._pending
+        first = True
+        while pending and (everything or first or len(pending) >= self._batch_size):
+            first = False
+            batch = list(itertools.islice(pending, self._batch_size))
+            try:
+                await self._store.write_usage(batch)
+            except Exception as exc:  # any store failure means "keep the batch, retry later"
+                self._failed(exc)
+                return False
+            for _ in batch:
+                pending.popleft()
+            USAGE_WRITTEN.inc(len(batch))
+            if self._failures or self._dropped_unreported:
+                self._recovered()
+        return True
+
+    def _retry_delay(self) -> float:
+        return min(MAX_RETRY_DELAY_S, 0.25 * 2.0 ** min(self._failures, 8))
+
+    def _failed(self, exc: Exception) -> None:
+        USAGE_WRITE_ERRORS.inc()
+        self._failures += 1
+        now = time.monotonic()
+        if self._failures == 1 or now - self._outage_logged_at >= OUTAGE_REMINDER_S:
+            self._outage_logged_at = now
+            logger.warning(
+                "usage store unavailable (%s: %s); %d usage records wait in memory "
+                "(at most %d are kept)",
+                type(exc).__name__,
+                exc,
+                len(self._pending),
+                self._max_pending,
+            )
+
+    def _recovered(self) -> None:
+        logger.warning(
+            "usage store is back after %d failed writes; %d records still to write, %d dropped",
+            self._failures,
+            len(self._pending),
+            self._dropped_unreported,
+        )
+        self._failures = 0
+        self._dropped_unreported = 0
+
+    def _drop(self) -> None:
+        USAGE_DROPPED.inc()
+        self._dropped_unreported += 1
+        if self._dropped_unreported == 1:
+            logger.error(
+                "dropping usage records: %d already wait for the usage store (usage.max_pending)",
+                self._max_pending,
+            )

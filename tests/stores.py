@@ -1,0 +1,34 @@
+"""The local PostgreSQL for tests: every user gets a schema of its own, dropped after."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+
+__all__ = ["PG_DSN", "pg_schema_url"]
+
+PG_DSN = os.environ.get("TANDEM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextlib.contextmanager
+def pg_schema_url(dsn: str = PG_DSN) -> Iterator[str]:
+    """A `usage.store` URL selecting a fresh schema (created by the store on open)."""
+    schema = f"tandem_test_{uuid.uuid4().hex[:12]}"
+    separator = "&" if "?" in dsn else "?"
+    try:
+        yield f"{dsn}{separator}search_path={schema}"
+    finally:
+
+        async def drop() -> None:
+            connection = await asyncpg.connect(dsn)
+            try:
+                await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await connection.close()
+
+        asyncio.run(drop())

@@ -1,0 +1,156 @@
+"""The batcher against the real stores: batches by size and by interval, idempotent
+writes, and PostgreSQL going away (through a proxy the test cuts) and coming back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from server.core.context import new_id
+from server.store import Store, open_store
+from server.usage import UsageBatcher, UsageQuery, UsageRecord
+from tests.stores import pg_schema_url
+from tests.tcp_proxy import TcpProxy
+
+
+def make_records(count: int, user: str = "batcher") -> list[UsageRecord]:
+    now = time.time()
+    return [
+        UsageRecord(
+            new_id(), f"req-{i}", user, "echo", "demo", "grpc", i, 1, "ok", 1.5, None, now + i
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'usage.db'}"
+    else:
+        with pg_schema_url() as url:
+            yield url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    opened = open_store(store_url)
+    assert opened is not None
+    await opened.open()
+    yield opened
+    await opened.aclose()
+
+
+class Spy:
+    """The real store, with the size of every batch written noted."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.batches: list[int] = []
+
+    async def write_usage(self, records: Sequence[UsageRecord]) -> None:
+        await self.store.write_usage(records)
+        self.batches.append(len(records))
+
+
+async def stored(store: Store, want: int, timeout_s: float = 5.0) -> int:
+    """How many records the store holds, once it is `want` (or the timeout passed)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        count = (await store.query_usage(UsageQuery(limit=1))).totals.requests
+        if count >= want or time.monotonic() > deadline:
+            return count
+        await asyncio.sleep(0.02)
+
+
+async def test_a_full_batch_is_written_without_waiting_for_the_interval(store: Store) -> None:
+    spy = Spy(store)
+    batcher = UsageBatcher(spy, flush_interval_s=60, batch_size=5, max_pending=100)
+    batcher.start()
+    for record in make_records(12):
+        batcher.record(record)
+    assert await stored(store, 10) == 10
+    assert spy.batches == [5, 5]
+    assert batcher.pending() == 2
+    await batcher.drain()
+    assert await stored(store, 12) == 12
+    assert spy.batches == [5, 5, 2]
+
+
+async def test_a_partial_batch_is_written_after_the_interval(store: Store) -> None:
+    spy = Spy(store)
+    batcher = UsageBatcher(spy, flush_interval_s=0.5, batch_size=1000, max_pending=100)
+    batcher.start()
+    for record in make_records(3):
+        batcher.record(record)
+    assert (await store.query_usage(UsageQuery())).totals.requests == 0
+    assert await stored(store, 3) == 3
+    assert spy.batches == [3]
+    await batcher.drain()
+    assert spy.batches == [3]  # nothing left to write
+
+
+async def test_writing_a_batch_again_stores_each_record_once(store: Store) -> None:
+    records = make_records(6)
+    await store.write_usage(records[:4])
+    await store.write_usage(records[:4])  # a batch retried after a lost acknowledgement
+    await store.write_usage(records[2:])
+    page = await store.query_usage(UsageQuery(limit=100))
+    assert page.totals.requests == 6
+    assert sorted(r.id for r in page.records) == sorted(r.id for r in records)
+    newest_first = sorted(records, key=lambda r: r.created_at, reverse=True)
+    # PostgreSQL keeps microseconds
+    assert [r.created_at for r in page.records] == pytest.approx(
+        [r.created_at for r in newest_first], abs=1e-6
+    )
+    assert [r._replace(created_at=0) for r in page.records] == [
+        r._replace(created_at=0) for r in newest_first
+    ]
+    assert page.totals.prompt_tokens == sum(range(6))
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if condition() or time.monotonic() > deadline:
+            return condition()
+        await asyncio.sleep(0.02)
+
+
+def _metric(name: str) -> float:
+    value = REGISTRY.get_sample_value(name)
+    assert value is not None
+    return value
+
+
+async def test_beyond_max_pending_records_are_dropped_counted_and_logged(
+    proxy: TcpProxy, proxied_pg: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(proxied_pg[1])
+    assert store is not None
+    await store.open()
+    batcher = UsageBatcher(store, flush_interval_s=0.05, batch_size=10, max_pending=20)
+    batcher.start()
+    dropped_before = _metric("tandem_usage_dropped_records_total")
+    try:
+        proxy.cut()
+        with caplog.at_level(logging.WARNING, logger="tandem.usage"):
+            for record in make_records(25):
+                batcher.record(record)
+            assert batcher.pending() == 20
+            assert _metric("tandem_usage_dropped_records_total") - dropped_before == 5
+            assert _metric("tandem_usage_pending_records") == 20
+            assert await eventually(lambda: "usage store unavailable" in caplog.text)
+            assert "dropping usage records" in caplog.text
+            proxy.restore()
+            await batcher.drain()
+        assert batcher.pending() == 0
+        assert await stored(store, 20) == 20
+    finally:
+        await store.aclose()
