@@ -38,6 +38,8 @@ def describe(key: ApiKey) -> dict[str, Any]:
 async def create_key(config: Config, user: str, tier: str) -> dict[str, Any]:
     if tier not in config.tiers:
         raise ConfigError(f"--tier: tier {tier!r} does not exist in the config")
+    if not user or len(user) > 256 or not user.isprintable():
+        raise ConfigError("--user: expected a printable name of 1 to 256 characters")
     key, record = new_key(user, tier)
     store = _store(config)
     try:

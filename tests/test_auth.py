@@ -79,6 +79,9 @@ BAD = {
     "wrong audience": f"Bearer {token(aud='someone-else')}",
     "wrong issuer": f"Bearer {token(iss='elsewhere')}",
     "no subject": f"Bearer {token(sub=None)}",
+    # the ledger could not store these: a NUL, a lone surrogate
+    "control character in subject": "Bearer " + token(sub="a\x00b"),
+    "lone surrogate in subject": "Bearer " + token(sub="a\ud800b"),
 }
 
 

@@ -31,10 +31,13 @@ providers:
   - {name: demo, kind: mock}
   - {name: slow, kind: mock, chunk_delay_ms: 40}
   - {name: up, kind: openai, base_url: "%(upstream)s", api_key: k, max_retries: 0}
+  - {name: up2, kind: openai, base_url: "%(upstream)s", api_key: k, max_retries: 0}
 models:
   - {name: echo, provider: demo}
   - {name: slow-echo, provider: slow}
   - {name: relay, provider: up}
+  - {name: relay-fb, provider: up, upstream: relay, fallbacks: [relay-b]}
+  - {name: relay-b, provider: up2, upstream: relay}
 tiers:
   free: {default_model: echo}
   tight: {default_model: echo, tokens_per_minute: 10}
@@ -262,6 +265,22 @@ def test_failed_requests_are_recorded_with_their_error(
     assert (mid_stream["prompt_tokens"], mid_stream["completion_tokens"]) == (5, 2)
 
 
+def test_the_provider_recorded_is_the_last_one_tried(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    user = new_user()
+    url = f"{gateway.base_url}/native/v1/chat/completions"
+    body = {"model": "relay-fb", "messages": [{"role": "user", "content": "a b"}]}
+    fake.reset("500")  # the primary fails, the fallback serves
+    assert httpx.post(url, json=body, headers=bearer(token(user))).status_code == 200
+    [served] = records_of(gateway, user, 1)
+    fake.reset("500", "503")  # both fail
+    assert httpx.post(url, json=body, headers=bearer(token(user))).status_code == 502
+    failed, _ = records_of(gateway, user, 2)
+    assert (served["model"], served["provider"], served["status"]) == ("relay-fb", "up2", "ok")
+    assert (failed["provider"], failed["status"]) == ("up2", "error:upstream_error")
+
+
 def test_rate_limits_after_admission(gateway: TandemProcess, fake: FakeUpstream) -> None:
     """Admitted calls are recorded with what they really used, even past the budget;
     a call refused at admission reached no provider and is not; an upstream's own 429
@@ -342,6 +361,8 @@ def test_the_usage_api_shows_callers_their_own_and_admins_everything(
         ({"limit": "x"}, "limit"),
         ({"since": "May"}, "since"),
         ({"offset": 1}, "offset"),
+        ({"since": "2026-01-31"}, "since"),  # a date, not an RFC 3339 time
+        ({"until": "0001-01-01T00:00:00+01:00"}, "until"),  # before year 1 in UTC
     ):
         bad = read_usage(gateway, **params)
         assert bad.status_code == 400, params
@@ -369,6 +390,18 @@ def test_the_usage_api_shows_callers_their_own_and_admins_everything(
         )
         assert len(filtered.records) == 1
         assert filtered.totals.requests == 1
+        # a record's own time, as sent, finds it (since) and leaves it out (until)
+        exact = usage.GetUsage(usage_pb2.GetUsageRequest(user=alice), metadata=admin)
+        oldest = exact.records[-1]
+        since_oldest = usage.GetUsage(
+            usage_pb2.GetUsageRequest(user=alice, since=oldest.created_at), metadata=admin
+        )
+        assert since_oldest.totals.requests == 2
+        until_oldest = usage.GetUsage(
+            usage_pb2.GetUsageRequest(user=alice, until=oldest.created_at), metadata=admin
+        )
+        assert until_oldest.totals.requests == 0
+        assert exact.records[0].created_at.ToMicroseconds() == since.ToMicroseconds()
         with pytest.raises(grpc.RpcError) as invalid:
             usage.GetUsage(usage_pb2.GetUsageRequest(limit=1001), metadata=admin)
         assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -74,7 +74,7 @@ class DataPlane:
             self.usage, ctx, route, admission, streaming, lambda: prompt_words(request.messages)
         ) as account:
             account.route, upstream, chunk = await open_stream(
-                self.router.chain(route), request, ctx, chunked=streaming
+                self.router.chain(route), request, ctx, chunked=streaming, attempting=account.trying
             )
             account.first_chunk_at = time.monotonic()
             try:
@@ -186,6 +186,9 @@ class _Accounting:
         self.completion_tokens = 0
         self.chunks = 0
 
+    def trying(self, route: Route) -> None:
+        self.route = route
+
     def usage(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
@@ -222,7 +225,7 @@ class _Accounting:
                 status=_status(exc),
                 latency_ms=(now - ctx.started) * 1000,
                 ttft_ms=None if ttft is None else (ttft - ctx.started) * 1000,
-                created_at=time.time() - (now - ctx.started),  # when it arrived
+                created_at=time.time_ns() // 1000 - round((now - ctx.started) * 1e6),  # arrival
             )
         )
 

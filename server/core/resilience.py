@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from tandem.v1 import chat_pb2
 
@@ -44,11 +44,17 @@ async def open_stream(
     ctx: CallContext,
     *,
     chunked: bool,
+    attempting: Callable[[Route], None] = lambda route: None,
 ) -> tuple[Route, AsyncIterator[Chunk], Chunk]:
-    """The first route of `chain` to produce a chunk: (route, its stream, the chunk)."""
+    """The first route of `chain` to produce a chunk: (route, its stream, the chunk).
+
+    `attempting` hears of each route before it is tried (the usage record names
+    the last one, whether it served or failed).
+    """
     failure: UpstreamFailure | None = None
     attempts = 0
     for route in chain:
+        attempting(route)
         for retry in range(route.provider.max_retries + 1):
             if retry:
                 assert failure is not None

@@ -59,6 +59,11 @@ class JwtVerifier:
         except (jwt.PyJWTError, ValueError) as exc:  # whatever pyjwt refuses is the token's fault
             reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), "malformed")
             raise AuthenticationError(f"invalid token: {reason}") from None
-        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-            raise AuthenticationError("invalid token: 'sub' must be a non-empty string")
+        sub = claims.get("sub")
+        # the caller's name goes into the usage ledger: no control characters or
+        # lone surrogates, which a database would refuse
+        if not isinstance(sub, str) or not sub or len(sub) > 256 or not sub.isprintable():
+            raise AuthenticationError(
+                "invalid token: 'sub' must be a printable string of 1 to 256 characters"
+            )
         return claims

@@ -19,12 +19,12 @@ COLUMNS = (
 def filters(
     query: UsageQuery,
     placeholder: Callable[[int], str],
-    time: Callable[[float], Any] = float,
+    time: Callable[[int], Any] = int,
 ) -> tuple[str, list[Any]]:
     """The WHERE clause (or "") and its arguments.
 
-    `placeholder(n)` spells argument n (1-based); `time` turns epoch seconds
-    into what the `created_at` column holds.
+    `placeholder(n)` spells argument n (1-based);
+    `time` turns epoch microseconds into what the `created_at` column holds.
     """
     conditions: list[str] = []
     args: list[Any] = []

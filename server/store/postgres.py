@@ -7,7 +7,7 @@ rule), so `?search_path=name` selects a schema; it is created if missing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -20,6 +20,7 @@ from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 __all__ = ["PostgresStore"]
 
 COMMAND_TIMEOUT_S = 5.0  # a stuck database fails the call instead of hanging it
+CONNECT_TIMEOUT_S = 5.0  # asyncpg's default is 60 s: too long for a shutdown flush
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -67,7 +68,11 @@ class PostgresStore:
             finally:
                 await connection.close()
         self._pool = await asyncpg.create_pool(
-            self._url, min_size=0, max_size=10, command_timeout=COMMAND_TIMEOUT_S
+            self._url,
+            min_size=0,
+            max_size=10,
+            timeout=CONNECT_TIMEOUT_S,
+            command_timeout=COMMAND_TIMEOUT_S,
         )
         await self._pool.execute(_SCHEMA)
 
@@ -121,20 +126,25 @@ class PostgresStore:
     async def query_usage(self, query: UsageQuery) -> UsagePage:
         pool = await self._ready()
         where, args = filters(query, lambda n: f"${n}", _timestamp)
-        rows = await pool.fetch(
-            f"SELECT {USAGE_COLUMNS} FROM usage_records {where} "
-            f"ORDER BY created_at DESC, id DESC LIMIT ${len(args) + 1}",
-            *args,
-            query.limit,
-        )
-        totals = await pool.fetchrow(
-            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
-            f"COALESCE(SUM(completion_tokens), 0) FROM usage_records {where}",
-            *args,
-        )
+        # one snapshot: the page and the totals agree even while batches land
+        async with (
+            pool.acquire() as connection,
+            connection.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            rows = await connection.fetch(
+                f"SELECT {USAGE_COLUMNS} FROM usage_records {where} "
+                f"ORDER BY created_at DESC, id DESC LIMIT ${len(args) + 1}",
+                *args,
+                query.limit,
+            )
+            totals = await connection.fetchrow(
+                "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
+                f"COALESCE(SUM(completion_tokens), 0) FROM usage_records {where}",
+                *args,
+            )
         assert totals is not None
         return UsagePage(
-            [UsageRecord._make((*row[:-1], row[-1].timestamp())) for row in rows],
+            [UsageRecord._make((*row[:-1], _microseconds(row[-1]))) for row in rows],
             UsageTotals(*totals),
         )
 
@@ -144,5 +154,13 @@ class PostgresStore:
             await pool.close()
 
 
-def _timestamp(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _timestamp(microseconds: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=microseconds)
+
+
+def _microseconds(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS usage_records (
     status TEXT NOT NULL,
     latency_ms REAL NOT NULL,
     ttft_ms REAL,
-    created_at REAL NOT NULL
+    created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (created_at);
 CREATE INDEX IF NOT EXISTS usage_records_by_user ON usage_records ("user", created_at);
@@ -127,6 +127,13 @@ class SqliteStore:
         where, args = filters(query, lambda n: "?")
 
         def read(db: sqlite3.Connection) -> UsagePage:
+            db.execute("BEGIN")  # one snapshot: the page and the totals agree
+            try:
+                return _read(db)
+            finally:
+                db.execute("COMMIT")
+
+        def _read(db: sqlite3.Connection) -> UsagePage:
             rows = db.execute(
                 f"SELECT {USAGE_COLUMNS} FROM usage_records {where} "
                 "ORDER BY created_at DESC, id DESC LIMIT ?",

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tandem.v1 import usage_pb2
 
 from server.core.errors import InvalidRequestError
-from server.usage.api import DEFAULT_LIMIT
+from server.usage.api import DEFAULT_LIMIT, MAX_LIMIT
 
 __all__ = ["encode_usage", "parse_usage_params"]
 
 _PARAMS = ("since", "until", "user", "model", "limit")
+# RFC 3339 date-time; the offset may be left out (UTC)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_usage_params(params: Mapping[str, str]) -> usage_pb2.GetUsageRequest:
@@ -26,26 +30,39 @@ def parse_usage_params(params: Mapping[str, str]) -> usage_pb2.GetUsageRequest:
     )
     for name in ("since", "until"):
         if text := params.get(name):
-            getattr(request, name).FromDatetime(_rfc3339(name, text))
+            try:
+                getattr(request, name).FromDatetime(_rfc3339(name, text))
+            except (OverflowError, ValueError):
+                raise InvalidRequestError(f"{name}: out of range", param=name) from None
     if (limit := params.get("limit")) is not None:
-        if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 1000:
-            raise InvalidRequestError("limit: must be an integer from 1 to 1000", param="limit")
+        if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_LIMIT:
+            raise InvalidRequestError(f"limit must be 1 to {MAX_LIMIT}", param="limit")
         request.limit = int(limit)
     return request
 
 
 def _rfc3339(name: str, text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
+    moment = None
+    if _RFC3339.fullmatch(text):
+        # Python 3.11 parses at most 6 fractional digits: nanoseconds are cut to micro
+        whole, dot, rest = text.partition(".")
+        if dot:
+            digits = len(rest) - len(rest.lstrip("0123456789"))
+            text = f"{whole}.{rest[: min(digits, 6)].ljust(6, '0')}{rest[digits:]}"
+        try:
+            moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+    if moment is None:
         raise InvalidRequestError(
             f"{name}: expected an RFC 3339 time such as 2026-01-31T12:00:00Z", param=name
-        ) from None
+        )
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-def _time(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+def _time(microseconds: int) -> str:
+    moment = _EPOCH + timedelta(microseconds=microseconds)
+    return moment.isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
 
 
 def encode_usage(response: usage_pb2.GetUsageResponse) -> dict[str, Any]:
@@ -64,7 +81,7 @@ def encode_usage(response: usage_pb2.GetUsageResponse) -> dict[str, Any]:
                 "status": record.status,
                 "latency_ms": record.latency_ms,
                 "ttft_ms": record.ttft_ms if record.HasField("ttft_ms") else None,
-                "created_at": _time(record.created_at.seconds + record.created_at.nanos / 1e9),
+                "created_at": _time(record.created_at.ToMicroseconds()),
             }
             for record in response.records
         ],

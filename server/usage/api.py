@@ -27,17 +27,21 @@ def usage_query(request: usage_pb2.GetUsageRequest, caller: Caller) -> UsageQuer
         raise PermissionDeniedError("only an admin key may read another user's usage", param="user")
     if not 0 <= request.limit <= MAX_LIMIT:
         raise InvalidRequestError(f"limit must be 1 to {MAX_LIMIT}", param="limit")
+    for name in ("since", "until"):
+        if request.HasField(name) and not _in_range(getattr(request, name)):
+            raise InvalidRequestError(f"{name}: out of range", param=name)
     return UsageQuery(
         user=request.user or (None if caller.admin else caller.user),
         model=request.model or None,
-        since=_seconds(request.since) if request.HasField("since") else None,
-        until=_seconds(request.until) if request.HasField("until") else None,
+        since=request.since.ToMicroseconds() if request.HasField("since") else None,
+        until=request.until.ToMicroseconds() if request.HasField("until") else None,
         limit=request.limit or DEFAULT_LIMIT,
     )
 
 
-def _seconds(timestamp: Timestamp) -> float:
-    return timestamp.seconds + timestamp.nanos / 1e9
+def _in_range(timestamp: Timestamp) -> bool:
+    # what Timestamp itself allows (years 1 to 9999); PostgreSQL and datetime go no further
+    return -62_135_596_800 <= timestamp.seconds <= 253_402_300_799
 
 
 def usage_response(page: UsagePage) -> usage_pb2.GetUsageResponse:
@@ -57,7 +61,7 @@ def usage_response(page: UsagePage) -> usage_pb2.GetUsageResponse:
         )
         if record.ttft_ms is not None:
             out.ttft_ms = record.ttft_ms
-        out.created_at.FromNanoseconds(round(record.created_at * 1e9))
+        out.created_at.FromMicroseconds(record.created_at)
     totals = page.totals
     response.totals.requests = totals.requests
     response.totals.prompt_tokens = totals.prompt_tokens

@@ -72,21 +72,25 @@ class UsageBatcher:
             self._wake.set()
 
     async def drain(self, timeout_s: float = 10.0) -> None:
-        """Stop the background task and write every queued record (retrying
-        within `timeout_s` if the store is down)."""
+        """Stop the background task and write every queued record, retrying
+        within `timeout_s` if the store is down (writes are idempotent, so one
+        cut off by the deadline is safe to have started)."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
-        deadline = time.monotonic() + timeout_s
-        while not await self._write(everything=True):
-            if time.monotonic() + self._retry_delay() > deadline:
-                logger.error(
-                    "usage store unavailable at shutdown: %d usage records lost",
-                    len(self._pending),
-                )
-                return
-            await asyncio.sleep(self._retry_delay())
+        try:
+            async with asyncio.timeout(timeout_s):
+                if self._task is not None:
+                    await self._task
+                while True:
+                    if await self._write(everything=True):
+                        return
+                    await asyncio.sleep(self._retry_delay())
+        except TimeoutError:
+            if self._task is not None:
+                self._task.cancel()
+            logger.error(
+                "usage store unavailable at shutdown: %d usage records lost", len(self._pending)
+            )
 
     async def _run(self) -> None:
         while not self._closing:

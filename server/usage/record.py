@@ -14,7 +14,8 @@ class UsageRecord(NamedTuple):
 
     `id` is the ledger's own key, unique per request: writing a batch twice
     stores it once, and two requests sharing an `x-request-id` are two records.
-    Times are seconds since the epoch; latencies milliseconds.
+    `created_at` is whole microseconds since the epoch (exact in both stores, so
+    a record's own time used as `since` finds it); latencies are milliseconds.
     """
 
     id: str
@@ -28,17 +29,18 @@ class UsageRecord(NamedTuple):
     status: str
     latency_ms: float
     ttft_ms: float | None
-    created_at: float
+    created_at: int
 
 
 @dataclass(frozen=True, slots=True)
 class UsageQuery:
-    """Which records to read: `since` inclusive, `until` exclusive, newest first."""
+    """Which records to read: `since` inclusive, `until` exclusive (microseconds
+    since the epoch), newest first."""
 
     user: str | None = None
     model: str | None = None
-    since: float | None = None
-    until: float | None = None
+    since: int | None = None
+    until: int | None = None
     limit: int = 100
 
 
