@@ -94,3 +94,13 @@ def proxied_pg(proxy: TcpProxy) -> Iterator[tuple[str, str]]:
     through = target._replace(netloc=f"{userinfo}{at}127.0.0.1:{proxy.port}")
     with pg_schema_url() as direct:
         yield direct, through.geturl() + direct[len(PG_DSN) :]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A `usage.store` URL: a fresh SQLite file, then a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'usage.db'}"
+    else:
+        with pg_schema_url() as url:
+            yield url

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 from prometheus_client import REGISTRY
@@ -15,7 +14,6 @@ from prometheus_client import REGISTRY
 from server.core.context import new_id
 from server.store import Store, open_store
 from server.usage import UsageBatcher, UsageQuery, UsageRecord
-from tests.stores import pg_schema_url
 from tests.tcp_proxy import TcpProxy
 
 
@@ -27,15 +25,6 @@ def make_records(count: int, user: str = "batcher") -> list[UsageRecord]:
         )
         for i in range(count)
     ]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'usage.db'}"
-    else:
-        with pg_schema_url() as url:
-            yield url
 
 
 @pytest.fixture

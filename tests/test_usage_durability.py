@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import grpc
 import httpx
 import orjson
-import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from tests.servers import TandemProcess, start_tandem
-from tests.stores import pg_schema_url
 from tests.tcp_proxy import TcpProxy
 
 ADMIN_KEY = "durability-admin-key-0123456789"
@@ -99,15 +96,6 @@ async def test_records_wait_out_a_store_outage_and_none_is_lost(
     finally:
         assert await asyncio.to_thread(gateway.terminate) == 0
     assert "usage records lost" not in gateway.stderr()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'usage.db'}"
-    else:
-        with pg_schema_url() as url:
-            yield url
 
 
 STREAMS = 100

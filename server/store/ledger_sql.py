@@ -7,13 +7,35 @@ from typing import Any
 
 from server.usage.record import UsageQuery
 
-__all__ = ["COLUMNS", "filters"]
+__all__ = ["COLUMNS", "filters", "usage_schema"]
 
 # `user` is reserved in PostgreSQL; quoted, it means the same in SQLite
 COLUMNS = (
     'id, request_id, "user", model, provider, protocol, prompt_tokens, completion_tokens, '
     "status, latency_ms, ttft_ms, created_at"
 )
+
+
+def usage_schema(*, real: str, time: str) -> str:
+    """The ledger's table and indexes; `real` and `time` are the backend's column types."""
+    return f"""
+CREATE TABLE IF NOT EXISTS usage_records (
+    id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    "user" TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    latency_ms {real} NOT NULL,
+    ttft_ms {real},
+    created_at {time} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (created_at);
+CREATE INDEX IF NOT EXISTS usage_records_by_user ON usage_records ("user", created_at);
+"""
 
 
 def filters(

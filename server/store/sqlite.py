@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from server.store.keys import ApiKey
 from server.store.ledger_sql import COLUMNS as USAGE_COLUMNS
-from server.store.ledger_sql import filters
+from server.store.ledger_sql import filters, usage_schema
 from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 
 __all__ = ["SqliteStore"]
@@ -31,23 +31,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at REAL NOT NULL,
     revoked_at REAL
 );
-CREATE TABLE IF NOT EXISTS usage_records (
-    id TEXT PRIMARY KEY,
-    request_id TEXT NOT NULL,
-    "user" TEXT NOT NULL,
-    model TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    protocol TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    latency_ms REAL NOT NULL,
-    ttft_ms REAL,
-    created_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (created_at);
-CREATE INDEX IF NOT EXISTS usage_records_by_user ON usage_records ("user", created_at);
-"""
+""" + usage_schema(real="REAL", time="INTEGER")
 _COLUMNS = "id, key_hash, user, tier, created_at, revoked_at"
 
 
