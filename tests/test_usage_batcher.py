@@ -111,50 +111,49 @@ def _metric(name: str) -> float:
     return value
 
 
-async def test_beyond_max_pending_records_are_dropped_counted_and_logged(
-    proxy: TcpProxy, proxied_pg: tuple[str, str], caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.fixture
+async def proxied_store(proxy: TcpProxy, proxied_pg: tuple[str, str]) -> AsyncIterator[Store]:
+    """The PostgreSQL store, reached through the proxy a test may cut."""
     store = open_store(proxied_pg[1])
     assert store is not None
     await store.open()
+    yield store
+    proxy.restore()
+    await store.aclose()
+
+
+async def test_beyond_max_pending_records_are_dropped_counted_and_logged(
+    proxy: TcpProxy, proxied_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = proxied_store
     batcher = UsageBatcher(store, flush_interval_s=0.05, batch_size=10, max_pending=20)
     batcher.start()
     dropped_before = _metric("tandem_usage_dropped_records_total")
-    try:
-        proxy.cut()
-        with caplog.at_level(logging.WARNING, logger="tandem.usage"):
-            for record in make_records(25):
-                batcher.record(record)
-            assert batcher.pending() == 20
-            assert _metric("tandem_usage_dropped_records_total") - dropped_before == 5
-            assert _metric("tandem_usage_pending_records") == 20
-            assert await eventually(lambda: "usage store unavailable" in caplog.text)
-            assert "dropping usage records" in caplog.text
-            proxy.restore()
-            await batcher.drain()
-        assert batcher.pending() == 0
-        assert await stored(store, 20) == 20
-    finally:
-        await store.aclose()
+    proxy.cut()
+    with caplog.at_level(logging.WARNING, logger="tandem.usage"):
+        for record in make_records(25):
+            batcher.record(record)
+        assert batcher.pending() == 20
+        assert _metric("tandem_usage_dropped_records_total") - dropped_before == 5
+        assert _metric("tandem_usage_pending_records") == 20
+        assert await eventually(lambda: "usage store unavailable" in caplog.text)
+        assert "dropping usage records" in caplog.text
+        proxy.restore()
+        await batcher.drain()
+    assert batcher.pending() == 0
+    assert await stored(store, 20) == 20
 
 
 async def test_the_shutdown_flush_gives_up_at_its_deadline_and_says_so(
-    proxy: TcpProxy, proxied_pg: tuple[str, str], caplog: pytest.LogCaptureFixture
+    proxy: TcpProxy, proxied_store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = open_store(proxied_pg[1])
-    assert store is not None
-    await store.open()
-    batcher = UsageBatcher(store, flush_interval_s=60, batch_size=10, max_pending=100)
+    batcher = UsageBatcher(proxied_store, flush_interval_s=60, batch_size=10, max_pending=100)
     batcher.start()
-    try:
-        proxy.cut()
-        for record in make_records(3):
-            batcher.record(record)
-        started = time.monotonic()
-        with caplog.at_level(logging.ERROR, logger="tandem.usage"):
-            await batcher.drain(timeout_s=1.0)
-        assert time.monotonic() - started < 3
-        assert "3 usage records lost" in caplog.text
-    finally:
-        proxy.restore()
-        await store.aclose()
+    proxy.cut()
+    for record in make_records(3):
+        batcher.record(record)
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="tandem.usage"):
+        await batcher.drain(timeout_s=1.0)
+    assert time.monotonic() - started < 3
+    assert "3 usage records lost" in caplog.text

@@ -97,17 +97,12 @@ class DataPlane:
     ) -> embeddings_pb2.EmbeddingResponse:
         validate_embedding_request(request)
         route = self.router.resolve(request.model, ctx.caller)
-        admission = await self.policy.admit(
-            ctx, route, lambda: sum(count_words(text) for text in request.input)
-        )
-        with _Accounting(
-            self.usage,
-            ctx,
-            route,
-            admission,
-            False,
-            lambda: sum(count_words(text) for text in request.input),
-        ) as account:
+
+        def prompt_tokens() -> int:
+            return sum(count_words(text) for text in request.input)
+
+        admission = await self.policy.admit(ctx, route, prompt_tokens)
+        with _Accounting(self.usage, ctx, route, admission, False, prompt_tokens) as account:
             response = await route.provider.embed(request, route, ctx)
             response.model = route.model.name
             account.usage(response.usage.prompt_tokens, 0)

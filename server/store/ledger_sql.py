@@ -7,7 +7,7 @@ from typing import Any
 
 from server.usage.record import UsageQuery
 
-__all__ = ["COLUMNS", "filters", "usage_schema"]
+__all__ = ["filters", "insert_sql", "page_sql", "totals_sql", "usage_schema"]
 
 # `user` is reserved in PostgreSQL; quoted, it means the same in SQLite
 COLUMNS = (
@@ -36,6 +36,27 @@ CREATE TABLE IF NOT EXISTS usage_records (
 CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (created_at);
 CREATE INDEX IF NOT EXISTS usage_records_by_user ON usage_records ("user", created_at);
 """
+
+
+def insert_sql(placeholder: Callable[[int], str]) -> str:
+    """One record; one already stored (same id) is skipped (SQLite 3.24+, PostgreSQL 9.5+)."""
+    values = ", ".join(placeholder(n) for n in range(1, 13))
+    return f"INSERT INTO usage_records ({COLUMNS}) VALUES ({values}) ON CONFLICT (id) DO NOTHING"
+
+
+def page_sql(where: str, limit: str) -> str:
+    """The matching records, newest first; `limit` is the page size's placeholder."""
+    return (
+        f"SELECT {COLUMNS} FROM usage_records {where} "
+        f"ORDER BY created_at DESC, id DESC LIMIT {limit}"
+    )
+
+
+def totals_sql(where: str) -> str:
+    return (
+        "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
+        f"COALESCE(SUM(completion_tokens), 0) FROM usage_records {where}"
+    )
 
 
 def filters(

@@ -7,15 +7,20 @@ rule), so `?search_path=name` selects a schema; it is created if missing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 from server.store.keys import ApiKey
-from server.store.ledger_sql import COLUMNS as USAGE_COLUMNS
-from server.store.ledger_sql import filters, usage_schema
-from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
+from server.store.ledger_sql import filters, insert_sql, page_sql, totals_sql, usage_schema
+from server.usage.record import (
+    UsagePage,
+    UsageQuery,
+    UsageRecord,
+    UsageTotals,
+    datetime_of,
+    microseconds_of,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -98,37 +103,25 @@ class PostgresStore:
 
     async def write_usage(self, records: Sequence[UsageRecord]) -> None:
         pool = await self._ready()
-        rows = [(*record[:-1], _timestamp(record.created_at)) for record in records]
+        rows = [(*record[:-1], datetime_of(record.created_at)) for record in records]
         async with pool.acquire() as connection, connection.transaction():
-            await connection.executemany(
-                f"INSERT INTO usage_records ({USAGE_COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
-                "ON CONFLICT (id) DO NOTHING",
-                rows,
-            )
+            await connection.executemany(insert_sql(_placeholder), rows)
 
     async def query_usage(self, query: UsageQuery) -> UsagePage:
         pool = await self._ready()
-        where, args = filters(query, lambda n: f"${n}", _timestamp)
+        where, args = filters(query, _placeholder, datetime_of)
         # one snapshot: the page and the totals agree even while batches land
         async with (
             pool.acquire() as connection,
             connection.transaction(isolation="repeatable_read", readonly=True),
         ):
             rows = await connection.fetch(
-                f"SELECT {USAGE_COLUMNS} FROM usage_records {where} "
-                f"ORDER BY created_at DESC, id DESC LIMIT ${len(args) + 1}",
-                *args,
-                query.limit,
+                page_sql(where, _placeholder(len(args) + 1)), *args, query.limit
             )
-            totals = await connection.fetchrow(
-                "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
-                f"COALESCE(SUM(completion_tokens), 0) FROM usage_records {where}",
-                *args,
-            )
+            totals = await connection.fetchrow(totals_sql(where), *args)
         assert totals is not None
         return UsagePage(
-            [UsageRecord._make((*row[:-1], _microseconds(row[-1]))) for row in rows],
+            [UsageRecord._make((*row[:-1], microseconds_of(row[-1]))) for row in rows],
             UsageTotals(*totals),
         )
 
@@ -138,13 +131,5 @@ class PostgresStore:
             await pool.close()
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _timestamp(microseconds: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=microseconds)
-
-
-def _microseconds(moment: datetime) -> int:
-    return (moment - _EPOCH) // _MICROSECOND
+def _placeholder(n: int) -> str:
+    return f"${n}"

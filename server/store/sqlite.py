@@ -7,15 +7,15 @@ ledger batch is one transaction (what aiosqlite does, without the dependency).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from server.store.keys import ApiKey
-from server.store.ledger_sql import COLUMNS as USAGE_COLUMNS
-from server.store.ledger_sql import filters, usage_schema
+from server.store.ledger_sql import filters, insert_sql, page_sql, totals_sql, usage_schema
 from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 
 __all__ = ["SqliteStore"]
@@ -93,41 +93,18 @@ class SqliteStore:
 
     async def write_usage(self, records: Sequence[UsageRecord]) -> None:
         def write(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    f"INSERT OR IGNORE INTO usage_records ({USAGE_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    records,
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            with _transaction(db, "BEGIN IMMEDIATE"):
+                db.executemany(insert_sql(_placeholder), records)
 
         await self._call(write)
 
     async def query_usage(self, query: UsageQuery) -> UsagePage:
-        where, args = filters(query, lambda n: "?")
+        where, args = filters(query, _placeholder)
 
         def read(db: sqlite3.Connection) -> UsagePage:
-            db.execute("BEGIN")  # one snapshot: the page and the totals agree
-            try:
-                return _read(db)
-            finally:
-                db.execute("COMMIT")
-
-        def _read(db: sqlite3.Connection) -> UsagePage:
-            rows = db.execute(
-                f"SELECT {USAGE_COLUMNS} FROM usage_records {where} "
-                "ORDER BY created_at DESC, id DESC LIMIT ?",
-                (*args, query.limit),
-            ).fetchall()
-            totals = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
-                f"COALESCE(SUM(completion_tokens), 0) FROM usage_records {where}",
-                args,
-            ).fetchone()
+            with _transaction(db, "BEGIN"):  # one snapshot: the page and the totals agree
+                rows = db.execute(page_sql(where, "?"), (*args, query.limit)).fetchall()
+                totals = db.execute(totals_sql(where), args).fetchone()
             return UsagePage([UsageRecord(*row) for row in rows], UsageTotals(*totals))
 
         return await self._call(read)
@@ -137,3 +114,18 @@ class SqliteStore:
             db, self._db = self._db, None
             await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
         self._thread.shutdown(wait=False)
+
+
+def _placeholder(n: int) -> str:
+    return "?"
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection, begin: str) -> Iterator[None]:
+    db.execute(begin)
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from tandem.v1 import usage_pb2
 
 from server.core.errors import InvalidRequestError
 from server.usage.api import DEFAULT_LIMIT, MAX_LIMIT
+from server.usage.record import datetime_of
 
 __all__ = ["encode_usage", "parse_usage_params"]
 
 _PARAMS = ("since", "until", "user", "model", "limit")
 # RFC 3339 date-time; the offset may be left out (UTC)
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_usage_params(params: Mapping[str, str]) -> usage_pb2.GetUsageRequest:
@@ -61,8 +61,7 @@ def _rfc3339(name: str, text: str) -> datetime:
 
 
 def _time(microseconds: int) -> str:
-    moment = _EPOCH + timedelta(microseconds=microseconds)
-    return moment.isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
+    return datetime_of(microseconds).isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
 
 
 def encode_usage(response: usage_pb2.GetUsageResponse) -> dict[str, Any]:

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-__all__ = ["UsagePage", "UsageQuery", "UsageRecord", "UsageTotals"]
+__all__ = [
+    "UsagePage",
+    "UsageQuery",
+    "UsageRecord",
+    "UsageTotals",
+    "datetime_of",
+    "microseconds_of",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class UsageRecord(NamedTuple):
@@ -60,3 +71,12 @@ class UsagePage:
 
     records: list[UsageRecord]
     totals: UsageTotals
+
+
+def datetime_of(microseconds: int) -> datetime:
+    """The UTC moment `microseconds` after the epoch, exactly."""
+    return _EPOCH + timedelta(microseconds=microseconds)
+
+
+def microseconds_of(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
