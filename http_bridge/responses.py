@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
 
 from server.core.context import CallContext
@@ -20,7 +19,6 @@ class JsonResponse(Response):
         return orjson.dumps(content)
 
 
-async def reply(request: Request, ctx: CallContext, body: Any) -> JsonResponse:
-    """A JSON answer to a call the policy did not admit (listings): its rate-limit headers too."""
-    await request.app.state.policy.add_headers(ctx)
+def reply(ctx: CallContext, body: Any) -> JsonResponse:
+    """A JSON answer with the call's headers (its rate limits among them)."""
     return JsonResponse(body, headers=dict(ctx.response_headers))

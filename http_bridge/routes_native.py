@@ -38,8 +38,8 @@ async def create_chat_completion(request: Request, ctx: NativeCall) -> Response:
 
 @router.get("/models", summary="List the models the caller may use")
 async def list_models(request: Request, ctx: NativeCall) -> Response:
-    models = request.app.state.plane.list_models(ctx)
-    return await reply(request, ctx, openai.encode_models(models, with_object=False))
+    models = await request.app.state.plane.list_models(ctx)
+    return reply(ctx, openai.encode_models(models, with_object=False))
 
 
 @lean_post(
@@ -64,4 +64,4 @@ async def create_embeddings(request: Request, ctx: NativeCall) -> Response:
 async def get_usage(request: Request, ctx: NativeCall) -> Response:
     query = parse_usage_params(request.query_params)
     usage = await request.app.state.plane.get_usage(query, ctx)
-    return await reply(request, ctx, encode_usage(usage))
+    return reply(ctx, encode_usage(usage))

@@ -33,14 +33,14 @@ async def create_chat_completion(request: Request, ctx: OpenAICall) -> Response:
 
 @router.get("/models", summary="List models (OpenAI)")
 async def list_models(request: Request, ctx: OpenAICall) -> Response:
-    models = request.app.state.plane.list_models(ctx)
-    return await reply(request, ctx, openai.encode_models(models, with_object=True))
+    models = await request.app.state.plane.list_models(ctx)
+    return reply(ctx, openai.encode_models(models, with_object=True))
 
 
 @router.get("/models/{model_id:path}", summary="Retrieve a model (OpenAI); ids may contain '/'")
 async def get_model(model_id: str, request: Request, ctx: OpenAICall) -> Response:
-    model = request.app.state.plane.get_model(model_id, ctx)
-    return await reply(request, ctx, openai.encode_model(model, with_object=True))
+    model = await request.app.state.plane.get_model(model_id, ctx)
+    return reply(ctx, openai.encode_model(model, with_object=True))
 
 
 @lean_post(

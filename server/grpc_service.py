@@ -160,13 +160,13 @@ class ModelService(_Door, models_pb2_grpc.ModelServiceServicer):
     async def ListModels(
         self, request: models_pb2.ListModelsRequest, ctx: CallContext
     ) -> models_pb2.ListModelsResponse:
-        return self.plane.list_models(ctx)
+        return await self.plane.list_models(ctx)
 
     @unary_rpc
     async def GetModel(
         self, request: models_pb2.GetModelRequest, ctx: CallContext
     ) -> models_pb2.Model:
-        return self.plane.get_model(request.id, ctx)
+        return await self.plane.get_model(request.id, ctx)
 
 
 class EmbeddingService(_Door, embeddings_pb2_grpc.EmbeddingServiceServicer):

@@ -15,6 +15,7 @@ behaviours for the next requests (`ok` once the script is empty):
 - `errorevent`, `errormid`: a `{"error": ...}` event first, or after two words
 - `errorbody`: 200 with `{"error": ...}` as the body
 - `badlogprobs`: logprobs whose numbers are strings
+- `nousage`: answer normally, but never say the usage
 
 Every request is recorded (path, headers, JSON body, arrival time); a
 handler whose client goes away records the time in `gone`.
@@ -133,11 +134,13 @@ class FakeUpstream:
         words = [w + " " for w in text.split()]
         if words:
             words[-1] = words[-1][:-1]
-        usage = {
+        usage: dict[str, int] | None = {
             "prompt_tokens": 7,
             "completion_tokens": len(words),
             "total_tokens": 7 + len(words),
         }
+        if kind == "nousage":
+            usage = None
         head = {"id": "up-1", "created": 1, "model": body["model"], "system_fingerprint": "fp_up"}
         tool_calls: list[dict[str, Any]] = [
             {
@@ -164,9 +167,8 @@ class FakeUpstream:
                 "finish_reason": finish,
                 "logprobs": logprobs if kind == "badlogprobs" else None,
             }
-            return web.json_response(
-                {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
-            )
+            answer = {**head, "object": "chat.completion", "choices": [choice]}
+            return web.json_response(answer if usage is None else {**answer, "usage": usage})
 
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
@@ -217,7 +219,7 @@ class FakeUpstream:
                 delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
                 await event([{"index": 0, "delta": delta, "finish_reason": None}])
             await event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if (body.get("stream_options") or {}).get("include_usage") and usage is not None:
             await event([], usage=usage)
         await response.write(b"data: [DONE]\n\n")
         return response
@@ -231,10 +233,10 @@ class FakeUpstream:
             {"object": "embedding", "index": i, "embedding": [float(len(text)), 0.5, -0.25]}
             for i, text in enumerate(body["input"])
         ]
-        usage = {"prompt_tokens": 3, "total_tokens": 3}
-        return web.json_response(
-            {"object": "list", "data": data, "model": body["model"], "usage": usage}
-        )
+        answer = {"object": "list", "data": data, "model": body["model"]}
+        if behaviour != "nousage":
+            answer["usage"] = {"prompt_tokens": 3, "total_tokens": 3}
+        return web.json_response(answer)
 
     # --- Anthropic's Messages API -----------------------------------------------------
 

@@ -11,7 +11,7 @@ from server.core.context import CallContext
 from server.providers.base import Route
 from server.providers.mock import MockProvider, mock_embedding
 
-PROVIDER = MockProvider(ProviderConfig(name="m", kind="mock"))
+PROVIDER = MockProvider(ProviderConfig(name="m", kind="mock"), max_answer_bytes=1 << 20)
 ROUTE = Route(model=ModelConfig(name="echo", provider="m"), provider=PROVIDER)
 CTX = CallContext(request_id="r", protocol="grpc")
 

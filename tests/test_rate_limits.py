@@ -127,7 +127,7 @@ def test_429_with_retry_after_and_headers_on_http(limited: TandemProcess) -> Non
     assert first["x-ratelimit-remaining-requests"] == "2"
     assert first["x-ratelimit-reset-requests"] == "20s"
     assert first["x-ratelimit-limit-tokens"] == "100"
-    assert int(first["x-ratelimit-remaining-tokens"]) == 98  # 2 prompt words reserved
+    assert int(first["x-ratelimit-remaining-tokens"]) == 97  # max(2 words, ⌈9 bytes / 4⌉) reserved
     refused = answers[3]
     assert refused.json()["error"]["type"] == "rate_limit_error"
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
@@ -208,14 +208,19 @@ def test_a_tier_without_limits_sends_no_headers(shared_server: TandemProcess) ->
     assert not any(h.startswith("x-ratelimit") for h in response.headers)
 
 
-def test_answers_not_admitted_carry_the_headers_and_take_nothing(limited: TandemProcess) -> None:
+def test_refused_calls_take_nothing_and_listings_count_one_request(
+    limited: TandemProcess,
+) -> None:
     with httpx.Client(base_url=limited.base_url) as http:
         missing = http.post("/v1/chat/completions", json=body(model="ghost"))
         assert missing.status_code == 404
-        assert missing.headers["x-ratelimit-remaining-requests"] == "3"
+        assert missing.headers["x-ratelimit-remaining-requests"] == "3"  # refused: not counted
         listing = http.get("/v1/models")
         assert listing.headers["x-ratelimit-limit-requests"] == "3"
-        assert http.get("/native/v1/models").headers["x-ratelimit-remaining-tokens"] == "100"
+        assert listing.headers["x-ratelimit-remaining-requests"] == "2"
+        native = http.get("/native/v1/models")
+        assert native.headers["x-ratelimit-remaining-requests"] == "1"
+        assert native.headers["x-ratelimit-remaining-tokens"] == "100"  # no tokens taken
 
     async def grpc_trailers() -> tuple[dict[str, Any], dict[str, Any]]:
         async with grpc.aio.insecure_channel(limited.grpc) as channel:
@@ -234,8 +239,18 @@ def test_answers_not_admitted_carry_the_headers_and_take_nothing(limited: Tandem
             )
 
     not_found, listed = asyncio.run(grpc_trailers())
-    assert not_found["x-ratelimit-remaining-requests"] == "3"
+    assert not_found["x-ratelimit-remaining-requests"] == "1"
+    assert listed["x-ratelimit-remaining-requests"] == "0"
     assert listed["x-ratelimit-limit-tokens"] == "100"
+    with httpx.Client(base_url=limited.base_url) as http:
+        assert http.get("/v1/models/echo").status_code == 429  # listings are not free
+
+
+def test_usage_reads_count_one_request_each(limited: TandemProcess) -> None:
+    with httpx.Client(base_url=limited.base_url) as http:
+        reads = [http.get("/native/v1/usage", params={"limit": 1000}) for _ in range(4)]
+    assert [r.status_code for r in reads] == [200, 200, 200, 429]
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in reads] == ["2", "1", "0", "0"]
 
 
 async def test_going_over_a_reservation_is_charged_from_now(clock: Clock) -> None:

@@ -8,9 +8,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["ANONYMOUS", "CallContext", "Caller", "Protocol", "new_id", "request_id_from"]
+__all__ = [
+    "ANONYMOUS",
+    "CallContext",
+    "Caller",
+    "CallerKind",
+    "Protocol",
+    "new_id",
+    "request_id_from",
+]
 
 Protocol = Literal["grpc", "native", "openai", "ollama"]
+# `user`: a JWT subject or an API key's user; `admin`: an admin key; `anonymous`: no credential.
+# The kind, not the name, says who a caller is: a JWT may well say `sub: admin`.
+CallerKind = Literal["user", "admin", "anonymous"]
 
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -21,11 +32,15 @@ class Caller:
 
     user: str
     tier: str
-    admin: bool = False
+    kind: CallerKind = "user"
     key_id: str | None = None
 
+    @property
+    def admin(self) -> bool:
+        return self.kind == "admin"
 
-ANONYMOUS = Caller(user="anonymous", tier="free")
+
+ANONYMOUS = Caller(user="anonymous", tier="free", kind="anonymous")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 from server.core.context import CallContext, new_id
 from server.core.errors import GatewayError, NotFoundError
 from server.core.fold import fold_stream
-from server.core.messages import count_words, prompt_words
+from server.core.messages import estimate_prompt_tokens, estimate_tokens
 from server.core.resilience import open_stream
 from server.core.routing import Router
 from server.core.validation import validate_chat_request, validate_embedding_request
@@ -63,18 +63,19 @@ class DataPlane:
     ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
         validate_chat_request(request)
         route = self.router.resolve(request.model, ctx.caller)
-        admission = await self.policy.admit(
-            ctx, route, lambda: prompt_words(request.messages) + _max_tokens(request)
-        )
 
+        def estimate_prompt() -> int:
+            return estimate_prompt_tokens(request.messages)
+
+        admission = await self.policy.admit(
+            ctx, lambda: estimate_prompt() + _choices(request) * _max_tokens(request)
+        )
         completion_id = f"chatcmpl-{new_id()}"
         created = int(time.time())
         model = route.model.name  # the public name asked for, whoever serves it
-        with _Accounting(
-            self.usage, ctx, route, admission, streaming, lambda: prompt_words(request.messages)
-        ) as account:
+        with _Accounting(self.usage, ctx, route, admission, streaming, estimate_prompt) as account:
             account.route, upstream, chunk = await open_stream(
-                self.router.chain(route), request, ctx, chunked=streaming, attempting=account.trying
+                self.router.chain(route), request, ctx, chunked=streaming, attempts=account
             )
             account.first_chunk_at = time.monotonic()
             try:
@@ -84,13 +85,16 @@ class DataPlane:
                     chunk.model = model
                     if chunk.HasField("usage"):
                         account.usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                    account.chunks += 1
+                    else:
+                        account.sent(chunk)
                     yield chunk
                     chunk = await anext(upstream)
             except StopAsyncIteration:
                 pass
             finally:
                 await upstream.aclose()  # type: ignore[attr-defined]
+            if not account.usage_known:  # the upstream kept its counts: answer with the estimate
+                yield account.estimated_usage_chunk(completion_id, created, model)
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, ctx: CallContext
@@ -98,23 +102,31 @@ class DataPlane:
         validate_embedding_request(request)
         route = self.router.resolve(request.model, ctx.caller)
 
-        def prompt_tokens() -> int:
-            return sum(count_words(text) for text in request.input)
+        def estimate_prompt() -> int:
+            return sum(estimate_tokens(text) for text in request.input)
 
-        admission = await self.policy.admit(ctx, route, prompt_tokens)
-        with _Accounting(self.usage, ctx, route, admission, False, prompt_tokens) as account:
+        admission = await self.policy.admit(ctx, estimate_prompt)
+        with _Accounting(self.usage, ctx, route, admission, False, estimate_prompt) as account:
+            account.trying(route)
             response = await route.provider.embed(request, route, ctx)
             response.model = route.model.name
-            account.usage(response.usage.prompt_tokens, 0)
+            if response.HasField("usage"):
+                account.usage(response.usage.prompt_tokens, 0)
+            else:  # the upstream kept its count: answer with the estimate charged
+                prompt_tokens = estimate_prompt()
+                response.usage.prompt_tokens = response.usage.total_tokens = prompt_tokens
+                account.usage(prompt_tokens, 0, source="estimated")
             return response
 
-    def list_models(self, ctx: CallContext) -> models_pb2.ListModelsResponse:
+    async def list_models(self, ctx: CallContext) -> models_pb2.ListModelsResponse:
+        await self.policy.admit_request(ctx)
         response = models_pb2.ListModelsResponse()
         for route in self.router.visible(ctx.caller):
             response.data.append(self._describe(route))
         return response
 
-    def get_model(self, model_id: str, ctx: CallContext) -> models_pb2.Model:
+    async def get_model(self, model_id: str, ctx: CallContext) -> models_pb2.Model:
+        await self.policy.admit_request(ctx)
         for route in self.router.routes:
             if route.model.name == model_id:
                 self.router.resolve(model_id, ctx.caller)  # refuses a model outside the tier
@@ -127,12 +139,17 @@ class DataPlane:
         query = usage_query(request, ctx.caller)
         if self.ledger is None:
             raise NotFoundError("usage is not recorded here (usage.store: none)", code="usage_off")
+        await self.policy.admit_request(ctx)
         return usage_response(await self.ledger.query_usage(query))
 
     def _describe(self, route: Route) -> models_pb2.Model:
         return models_pb2.Model(
             id=route.model.name, owned_by=route.provider.name, created=self.started_at
         )
+
+
+def _choices(request: chat_pb2.ChatCompletionRequest) -> int:
+    return request.n if request.HasField("n") else 1
 
 
 def _max_tokens(request: chat_pb2.ChatCompletionRequest) -> int:
@@ -142,21 +159,31 @@ def _max_tokens(request: chat_pb2.ChatCompletionRequest) -> int:
 
 
 class _Accounting:
-    """Settles the admission and records usage once a call ends, however it ends."""
+    """Settles the admission and records usage once a call ends, however it ends.
+
+    What is charged is what is recorded: the upstream's counts when it sent
+    them, else the gateway's estimate of the prompt and of what was sent. A
+    caller that goes away (or whose deadline passes) while its request is
+    upstream pays at least its prompt, even before the first chunk; an
+    upstream failure that produced nothing is free.
+    """
 
     __slots__ = (
         "_admission",
         "_ctx",
         "_estimate_prompt",
+        "_in_flight",
         "_model",
         "_recorder",
+        "_source",
         "_streaming",
-        "_usage_known",
         "chunks",
         "completion_tokens",
         "first_chunk_at",
         "prompt_tokens",
         "route",
+        "sent_tokens",
+        "usage_known",
     )
 
     def __init__(
@@ -175,19 +202,52 @@ class _Accounting:
         self._admission = admission
         self._streaming = streaming
         self._estimate_prompt = estimate_prompt
-        self._usage_known = False
+        self._in_flight = False  # a request is with an upstream now
+        self._source = "upstream"
+        self.usage_known = False
         self.first_chunk_at: float | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.sent_tokens = 0  # the estimate of what reached the caller
         self.chunks = 0
 
     def trying(self, route: Route) -> None:
         self.route = route
+        self._in_flight = True
 
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def failed(self) -> None:
+        # cut short by the caller's own deadline, the attempt was the caller's to pay
+        self._in_flight = _deadline_passed(self._ctx)
+
+    def usage(self, prompt_tokens: int, completion_tokens: int, source: str = "upstream") -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
-        self._usage_known = True
+        self._source = source
+        self.usage_known = True
+
+    def sent(self, chunk: chat_pb2.ChatCompletionChunk) -> None:
+        """Count a chunk on its way to the caller, for the estimate if no usage comes."""
+        self.chunks += 1
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta.content:
+                self.sent_tokens += estimate_tokens(delta.content)
+            for call in delta.tool_calls:
+                self.sent_tokens += estimate_tokens(call.function.arguments)
+
+    def _estimate(self) -> None:
+        self.usage(self._estimate_prompt(), self.sent_tokens, source="estimated")
+
+    def estimated_usage_chunk(
+        self, completion_id: str, created: int, model: str
+    ) -> chat_pb2.ChatCompletionChunk:
+        """The last chunk of an answer whose upstream sent no usage: the estimate charged."""
+        self._estimate()
+        chunk = chat_pb2.ChatCompletionChunk(id=completion_id, created=created, model=model)
+        chunk.usage.prompt_tokens = self.prompt_tokens
+        chunk.usage.completion_tokens = self.completion_tokens
+        chunk.usage.total_tokens = self.prompt_tokens + self.completion_tokens
+        return chunk
 
     def __enter__(self) -> _Accounting:
         return self
@@ -200,36 +260,52 @@ class _Accounting:
     ) -> None:
         ctx = self._ctx
         now = time.monotonic()
-        if not self._usage_known and (exc is None or self.chunks):
-            # no usage from upstream (cut short, or never sent): count what was sent,
-            # so a cancelled stream is charged, not refunded
-            self.prompt_tokens = self._estimate_prompt()
-            self.completion_tokens = self.chunks
+        gone = exc is not None and _caller_gone(exc, ctx)
+        if not self.usage_known:
+            if exc is None or self.chunks or (gone and self._in_flight):
+                self._estimate()
+            else:  # failed having produced nothing (or never sent): nothing to charge
+                self._source = "estimated"
         self._admission.settle(self.prompt_tokens + self.completion_tokens)
         ttft = self.first_chunk_at if self._streaming else None
+        caller = ctx.caller
         self._recorder.record(
             UsageRecord(
                 id=new_id(),
                 request_id=ctx.request_id,
-                user=ctx.caller.user,
+                user=caller.user,
                 model=self._model,
                 provider=self.route.provider.name,
                 protocol=ctx.protocol,
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=self.completion_tokens,
-                status=_status(exc),
+                status="cancelled" if gone else _status(exc),
                 latency_ms=(now - ctx.started) * 1000,
                 ttft_ms=None if ttft is None else (ttft - ctx.started) * 1000,
                 created_at=time.time_ns() // 1000 - round((now - ctx.started) * 1e6),  # arrival
+                usage_source=self._source,
+                caller_kind=caller.kind,
             )
         )
+
+
+# an upstream timer capped by the caller's deadline may fire a little before it
+_DEADLINE_SLACK_S = 0.01
+
+
+def _deadline_passed(ctx: CallContext) -> bool:
+    remaining = ctx.time_remaining()
+    return remaining is not None and remaining < _DEADLINE_SLACK_S
+
+
+def _caller_gone(exc: BaseException, ctx: CallContext) -> bool:
+    """The caller went away, or its own deadline passed: not the upstream's failure."""
+    return isinstance(exc, asyncio.CancelledError | GeneratorExit) or _deadline_passed(ctx)
 
 
 def _status(exc: BaseException | None) -> str:
     if exc is None:
         return "ok"
-    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        return "cancelled"
     if isinstance(exc, GatewayError):
         return f"error:{exc.type}"
     return "error:internal_error"

@@ -1,4 +1,9 @@
-"""Reading text out of chat messages, shared by providers and token estimates."""
+"""Reading text out of chat messages, and the gateway's token estimate of it.
+
+The estimate (pinned by the contract) is max(words, ceil(UTF-8 bytes / 4)):
+words alone would call a 1 MB word one token; bytes / 4 is about what
+tokenizers make of English, and never less than one token per word.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,14 @@ from collections.abc import Iterable
 
 from tandem.v1 import chat_pb2
 
-__all__ = ["count_words", "last_user_text", "message_text", "prompt_words"]
+__all__ = [
+    "count_words",
+    "estimate_prompt_tokens",
+    "estimate_tokens",
+    "last_user_text",
+    "message_text",
+    "prompt_words",
+]
 
 
 def message_text(message: chat_pb2.ChatMessage) -> str:
@@ -29,5 +41,20 @@ def count_words(text: str) -> int:
 
 
 def prompt_words(messages: Iterable[chat_pb2.ChatMessage]) -> int:
-    """Whitespace-separated words over every message's text."""
+    """Whitespace-separated words over every message's text (the mock's count)."""
     return sum(count_words(message_text(m)) for m in messages)
+
+
+def estimate_tokens(text: str) -> int:
+    """The gateway's estimate of a text's tokens: max(words, ceil(UTF-8 bytes / 4))."""
+    return max(len(text.split()), -(-len(text.encode("utf-8", "surrogatepass")) // 4))
+
+
+def estimate_prompt_tokens(messages: Iterable[chat_pb2.ChatMessage]) -> int:
+    """The estimate over every message's text, and the arguments of its tool calls."""
+    total = 0
+    for message in messages:
+        total += estimate_tokens(message_text(message))
+        for call in message.tool_calls:
+            total += estimate_tokens(call.function.arguments)
+    return total

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
 
 from tandem.v1 import chat_pb2
 
@@ -21,13 +22,23 @@ from server.core.context import CallContext
 from server.core.errors import UpstreamError, UpstreamFailure, UpstreamTimeoutError
 from server.providers.base import Route
 
-__all__ = ["backoff_s", "open_stream"]
+__all__ = ["Attempts", "backoff_s", "open_stream"]
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 2.0
 RETRY_AFTER_MAX_S = 10.0
 
 Chunk = chat_pb2.ChatCompletionChunk
+
+
+class Attempts(Protocol):
+    """Hears of each attempt: what the ledger needs to know of work sent upstream."""
+
+    def trying(self, route: Route) -> None:
+        """The request is on its way to `route` (the record names the last one tried)."""
+
+    def failed(self) -> None:
+        """That attempt failed having produced nothing: it is not the caller's to pay."""
 
 
 def backoff_s(retry: int, retry_after_s: float | None) -> float:
@@ -44,17 +55,12 @@ async def open_stream(
     ctx: CallContext,
     *,
     chunked: bool,
-    attempting: Callable[[Route], None] = lambda route: None,
+    attempts: Attempts,
 ) -> tuple[Route, AsyncIterator[Chunk], Chunk]:
-    """The first route of `chain` to produce a chunk: (route, its stream, the chunk).
-
-    `attempting` hears of each route before it is tried (the usage record names
-    the last one, whether it served or failed).
-    """
+    """The first route of `chain` to produce a chunk: (route, its stream, the chunk)."""
     failure: UpstreamFailure | None = None
-    attempts = 0
+    tried = 0
     for route in chain:
-        attempting(route)
         for retry in range(route.provider.max_retries + 1):
             if retry:
                 assert failure is not None
@@ -63,7 +69,8 @@ async def open_stream(
                 if remaining is not None and delay >= remaining:
                     break
                 await asyncio.sleep(delay)
-            attempts += 1
+            tried += 1
+            attempts.trying(route)
             stream = route.provider.stream(request, route, ctx, chunked=chunked)
             try:
                 return route, stream, await anext(stream)
@@ -71,11 +78,12 @@ async def open_stream(
                 failure = UpstreamError("upstream provider sent an empty answer")
             except UpstreamFailure as exc:
                 failure = exc
+            attempts.failed()
             await stream.aclose()  # type: ignore[attr-defined]
             if not failure.retryable:
                 break
     assert failure is not None
-    tried = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
+    after = f"after {tried} attempt{'s' if tried > 1 else ''}"
     if isinstance(failure, UpstreamTimeoutError):
-        raise UpstreamTimeoutError(f"{failure.message} ({tried})")
-    raise UpstreamError(f"{failure.message} ({tried})")
+        raise UpstreamTimeoutError(f"{failure.message} ({after})")
+    raise UpstreamError(f"{failure.message} ({after})")

@@ -27,7 +27,6 @@ from server.policy.jwt_auth import JwtVerifier
 from server.policy.key_cache import KeyCache
 from server.policy.limiter import Limiter, MemoryLimiter
 from server.policy.redis_limiter import RedisLimiter
-from server.providers.base import Route
 from server.store.keys import key_id_of
 
 __all__ = ["Admission", "Policy", "build_limiter"]
@@ -96,7 +95,7 @@ class Policy:
         if scheme.lower() != "bearer" or not token:
             raise AuthenticationError("credentials must be sent as authorization: Bearer <token>")
         if self._is_admin_key(token):
-            return Caller(user="admin", tier=DEFAULT_TIER, admin=True)
+            return Caller(user="admin", tier=DEFAULT_TIER, kind="admin")
         key_id = key_id_of(token)
         if key_id is not None and self._keys is not None:
             return await self._api_key_caller(key_id, token)
@@ -134,7 +133,7 @@ class Policy:
 
     async def add_headers(self, ctx: CallContext) -> None:
         """Put the caller's x-ratelimit-* headers on `ctx` for an answer that was not
-        admitted (an error after authentication, a model listing): they say the
+        admitted (an error after authentication, before admission): they say the
         budget as it stands, taking nothing."""
         limits = self._limits(ctx.caller)
         if limits is None or any(k.startswith("x-ratelimit-") for k, _ in ctx.response_headers):
@@ -143,14 +142,12 @@ class Policy:
         decision = await self._limiter.peek(_budget_key(caller), *limits)  # type: ignore[union-attr]
         ctx.response_headers.extend(rate_limit_headers(decision))
 
-    async def admit(
-        self, ctx: CallContext, route: Route, estimate_tokens: Callable[[], int]
-    ) -> Admission:
+    async def admit(self, ctx: CallContext, estimate_tokens: Callable[[], int]) -> Admission:
         """Count the request and reserve its estimated tokens, or raise RateLimitError.
 
         Leaves the x-ratelimit-* headers on `ctx` either way. `estimate_tokens`
-        (prompt tokens, plus max_tokens when given) is called only when a token
-        budget applies.
+        (the prompt's, plus n x max_tokens) is called only when a token budget
+        applies; a request that could never fit is refused as not worth retrying.
         """
         caller = ctx.caller
         limits = self._limits(caller)
@@ -175,12 +172,17 @@ class Policy:
             )
         return Admission(self._limiter, key, tpm, reserved, decision.local)
 
+    async def admit_request(self, ctx: CallContext) -> None:
+        """Count a call that generates nothing (a listing, a usage read): one request,
+        no tokens, so that no door route can be hammered for free."""
+        await self.admit(ctx, lambda: 0)
+
 
 def _budget_key(caller: Caller) -> str:
     """Whose budget: a key's, a JWT subject's, or the anonymous callers' (never confused)."""
     if caller.key_id is not None:
         return f"key:{caller.key_id}"
-    return "anonymous" if caller is ANONYMOUS else f"sub:{caller.user}"
+    return "anonymous" if caller.kind == "anonymous" else f"sub:{caller.user}"
 
 
 def build_limiter(config: Config) -> Limiter | None:

@@ -147,7 +147,7 @@ class RedisLimiter:
             reply = await self._acquire(keys=keys, args=args)
         except (TimeoutError, RedisError, OSError):
             self._redis_down("deciding")
-            return await self._fallback.acquire(key, requests_per_minute, tokens_per_minute, tokens)
+            return await self._local(key, requests_per_minute, tokens_per_minute, tokens)
         self._redis_up()
         allowed, fits, wait_us = int(reply[0]), int(reply[1]), float(reply[2])
         budgets = {

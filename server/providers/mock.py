@@ -2,7 +2,9 @@
 
 Every model on it echoes the last user message, streamed one chunk per word
 (a word keeps the whitespace that follows it), or in one chunk when the
-caller does not stream. Usage counts words.
+caller does not stream. Usage counts words. An answer is at most
+`max_answer_bytes` over all its choices (`server.max_body_bytes`): `n` copies
+of a prompt would otherwise turn one request into 128 times its size.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.config import ProviderConfig
 from server.core.context import CallContext
+from server.core.errors import InvalidRequestError
 from server.core.messages import count_words, last_user_text, prompt_words
 from server.providers.base import Route
 
@@ -28,10 +31,11 @@ _WORD = re.compile(r"\s*\S+\s*")
 
 
 class MockProvider:
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(self, config: ProviderConfig, *, max_answer_bytes: int) -> None:
         self.name = config.name
         self.max_retries = 0  # it never fails
         self._delay_s = config.chunk_delay_ms / 1000
+        self._max_answer_bytes = max_answer_bytes
 
     async def stream(
         self,
@@ -56,6 +60,8 @@ class MockProvider:
             pieces = [text if count else ""]
         delay_s = self._delay_s if chunked else self._delay_s * count
         choices = request.n if request.HasField("n") else 1
+        if choices > 1:  # one choice is never larger than the request that asked for it
+            self._check_size(sum(len(piece.encode()) for piece in pieces), choices)
         usage = chat_pb2.Usage(
             prompt_tokens=prompt_words(request.messages), completion_tokens=count * choices
         )
@@ -76,6 +82,14 @@ class MockProvider:
             if position >= last:
                 chunk.usage.CopyFrom(usage)
             yield chunk
+
+    def _check_size(self, choice_bytes: int, choices: int) -> None:
+        if choice_bytes * choices > self._max_answer_bytes:
+            raise InvalidRequestError(
+                f"n: {choices} choices of {choice_bytes} bytes exceed the answer limit of "
+                f"{self._max_answer_bytes} bytes",
+                param="n",
+            )
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext

@@ -7,17 +7,41 @@ from typing import Any
 
 from server.usage.record import UsageQuery
 
-__all__ = ["filters", "insert_sql", "page_sql", "totals_sql", "usage_schema"]
+__all__ = [
+    "ADDED_COLUMNS",
+    "BACKFILL_SQL",
+    "filters",
+    "insert_sql",
+    "page_sql",
+    "totals_sql",
+    "usage_schema",
+]
 
 # `user` is reserved in PostgreSQL; quoted, it means the same in SQLite
 COLUMNS = (
     'id, request_id, "user", model, provider, protocol, prompt_tokens, completion_tokens, '
-    "status, latency_ms, ttft_ms, created_at"
+    "status, latency_ms, ttft_ms, created_at, usage_source, caller_kind"
 )
+
+# Columns added since the table was first made, in order: a store made by an
+# earlier version gains them at open. Rows written before then keep the
+# defaults: their counts were taken as the upstream's.
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("usage_source", "TEXT NOT NULL DEFAULT 'upstream'"),
+    ("caller_kind", "TEXT NOT NULL DEFAULT 'user'"),
+)
+# What each added column says of the rows that came before it: earlier versions
+# wrote admin-key and anonymous calls as the users `admin` and `anonymous` (for
+# those two, the kind is spelled as the name).
+BACKFILL_SQL = {
+    "caller_kind": """UPDATE usage_records SET caller_kind = "user" """
+    """WHERE "user" IN ('admin', 'anonymous')""",
+}
 
 
 def usage_schema(*, real: str, time: str) -> str:
-    """The ledger's table and indexes; `real` and `time` are the backend's column types."""
+    """The ledger's table as first made, and its indexes; `real` and `time` are the
+    backend's column types. `ADDED_COLUMNS` follow."""
     return f"""
 CREATE TABLE IF NOT EXISTS usage_records (
     id TEXT PRIMARY KEY,
@@ -40,7 +64,7 @@ CREATE INDEX IF NOT EXISTS usage_records_by_user ON usage_records ("user", creat
 
 def insert_sql(placeholder: Callable[[int], str]) -> str:
     """One record; one already stored (same id) is skipped (SQLite 3.24+, PostgreSQL 9.5+)."""
-    values = ", ".join(placeholder(n) for n in range(1, 13))
+    values = ", ".join(placeholder(n) for n in range(1, COLUMNS.count(",") + 2))
     return f"INSERT INTO usage_records ({COLUMNS}) VALUES ({values}) ON CONFLICT (id) DO NOTHING"
 
 
@@ -73,6 +97,7 @@ def filters(
     args: list[Any] = []
     for condition, value in (
         ('"user" = {}', query.user),
+        ("caller_kind = {}", query.caller_kind),
         ("model = {}", query.model),
         ("created_at >= {}", None if query.since is None else time(query.since)),
         ("created_at < {}", None if query.until is None else time(query.until)),

@@ -12,7 +12,15 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 
 from server.store.keys import ApiKey
-from server.store.ledger_sql import filters, insert_sql, page_sql, totals_sql, usage_schema
+from server.store.ledger_sql import (
+    ADDED_COLUMNS,
+    BACKFILL_SQL,
+    filters,
+    insert_sql,
+    page_sql,
+    totals_sql,
+    usage_schema,
+)
 from server.usage.record import (
     UsagePage,
     UsageQuery,
@@ -38,6 +46,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 """ + usage_schema(real="DOUBLE PRECISION", time="TIMESTAMPTZ")
 _COLUMNS = 'id, key_hash, "user", tier, created_at, revoked_at'
+_CREATED_AT = UsageRecord._fields.index("created_at")  # a timestamptz in the table
 
 
 class PostgresStore:
@@ -64,6 +73,27 @@ class PostgresStore:
             command_timeout=COMMAND_TIMEOUT_S,
         )
         await self._pool.execute(_SCHEMA)
+        await self._add_missing_columns(self._pool)
+
+    async def _add_missing_columns(self, pool: asyncpg.Pool) -> None:
+        """Bring a ledger made by an earlier version up to date; replicas starting
+        together take the table's lock in turn, and the last finds nothing to do."""
+        present_sql = (
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 'usage_records'"
+        )
+        if {name for name, _ in ADDED_COLUMNS} <= {r[0] for r in await pool.fetch(present_sql)}:
+            return
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.execute("LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE")
+            present = {row[0] for row in await connection.fetch(present_sql)}
+            for name, definition in ADDED_COLUMNS:
+                if name not in present:
+                    await connection.execute(
+                        f"ALTER TABLE usage_records ADD COLUMN {name} {definition}"
+                    )
+                    if name in BACKFILL_SQL:
+                        await connection.execute(BACKFILL_SQL[name])
 
     async def _ready(self) -> asyncpg.Pool:
         await self.open()
@@ -103,7 +133,10 @@ class PostgresStore:
 
     async def write_usage(self, records: Sequence[UsageRecord]) -> None:
         pool = await self._ready()
-        rows = [(*record[:-1], datetime_of(record.created_at)) for record in records]
+        rows = [
+            (*record[:_CREATED_AT], datetime_of(record.created_at), *record[_CREATED_AT + 1 :])
+            for record in records
+        ]
         async with pool.acquire() as connection, connection.transaction():
             await connection.executemany(insert_sql(_placeholder), rows)
 
@@ -121,7 +154,12 @@ class PostgresStore:
             totals = await connection.fetchrow(totals_sql(where), *args)
         assert totals is not None
         return UsagePage(
-            [UsageRecord._make((*row[:-1], microseconds_of(row[-1]))) for row in rows],
+            [
+                UsageRecord._make(
+                    (*row[:_CREATED_AT], microseconds_of(row[_CREATED_AT]), *row[_CREATED_AT + 1 :])
+                )
+                for row in rows
+            ],
             UsageTotals(*totals),
         )
 

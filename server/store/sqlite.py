@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from server.store.keys import ApiKey
-from server.store.ledger_sql import filters, insert_sql, page_sql, totals_sql, usage_schema
+from server.store.ledger_sql import (
+    ADDED_COLUMNS,
+    BACKFILL_SQL,
+    filters,
+    insert_sql,
+    page_sql,
+    totals_sql,
+    usage_schema,
+)
 from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 
 __all__ = ["SqliteStore"]
@@ -50,6 +58,7 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            _add_missing_columns(db)
             self._db = db
         return self._db
 
@@ -114,6 +123,18 @@ class SqliteStore:
             db, self._db = self._db, None
             await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
         self._thread.shutdown(wait=False)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a ledger made by an earlier version up to date (one transaction, so
+    workers opening the same file at once agree)."""
+    with _transaction(db, "BEGIN IMMEDIATE"):
+        present = {row[1] for row in db.execute("PRAGMA table_info(usage_records)")}
+        for name, definition in ADDED_COLUMNS:
+            if name not in present:
+                db.execute(f"ALTER TABLE usage_records ADD COLUMN {name} {definition}")
+                if name in BACKFILL_SQL:
+                    db.execute(BACKFILL_SQL[name])
 
 
 def _placeholder(n: int) -> str:

@@ -187,16 +187,26 @@ def chat_request_to_anthropic(
     return body
 
 
-def _usage(target: chat_pb2.Usage, usage: JSON, prompt_tokens: int | None = None) -> None:
-    if prompt_tokens is None:
-        prompt_tokens = (
-            (usage.get("input_tokens") or 0)
-            + (usage.get("cache_creation_input_tokens") or 0)
-            + (usage.get("cache_read_input_tokens") or 0)
-        )
-    target.prompt_tokens = prompt_tokens
-    target.completion_tokens = usage.get("output_tokens") or 0
-    target.total_tokens = target.prompt_tokens + target.completion_tokens
+def _prompt_tokens(usage: JSON) -> int | None:
+    """Anthropic's input counts, cache reads and writes included (the proto's prompt tokens)."""
+    input_tokens = usage.get("input_tokens")
+    if not isinstance(input_tokens, int):
+        return None
+    return (
+        input_tokens
+        + (usage.get("cache_creation_input_tokens") or 0)
+        + (usage.get("cache_read_input_tokens") or 0)
+    )
+
+
+def _usage(chunk: chat_pb2.ChatCompletionChunk, usage: JSON, prompt_tokens: int | None) -> None:
+    """The upstream's counts, only when it sent both (else the core estimates them)."""
+    completion = usage.get("output_tokens")
+    if prompt_tokens is not None and isinstance(completion, int):
+        target = chunk.usage
+        target.prompt_tokens = prompt_tokens
+        target.completion_tokens = completion
+        target.total_tokens = prompt_tokens + completion
 
 
 def message_as_chunk(message: JSON) -> chat_pb2.ChatCompletionChunk:
@@ -218,7 +228,8 @@ def message_as_chunk(message: JSON) -> chat_pb2.ChatCompletionChunk:
     if texts or not delta.tool_calls:
         delta.content = "".join(texts)
     choice.finish_reason = STOP_REASONS.get(message.get("stop_reason") or "", "stop")
-    _usage(chunk.usage, message.get("usage") or {})
+    usage = message.get("usage") or {}
+    _usage(chunk, usage, _prompt_tokens(usage))
     return chunk
 
 
@@ -233,7 +244,7 @@ class StreamTranslator:
     __slots__ = ("_prompt_tokens", "_tool_index")
 
     def __init__(self) -> None:
-        self._prompt_tokens = 0
+        self._prompt_tokens: int | None = None
         self._tool_index: dict[int, int] = {}  # content block index -> tool call index
 
     def feed(self, event: JSON) -> chat_pb2.ChatCompletionChunk | None:
@@ -253,12 +264,7 @@ class StreamTranslator:
             return chunk
         if kind == "message_start":
             message = event.get("message") or {}
-            usage = message.get("usage") or {}
-            self._prompt_tokens = (
-                (usage.get("input_tokens") or 0)
-                + (usage.get("cache_creation_input_tokens") or 0)
-                + (usage.get("cache_read_input_tokens") or 0)
-            )
+            self._prompt_tokens = _prompt_tokens(message.get("usage") or {})
             chunk = chat_pb2.ChatCompletionChunk()
             chunk.choices.add(index=0).delta.role = "assistant"
             return chunk
@@ -278,7 +284,7 @@ class StreamTranslator:
             choice = chunk.choices.add(index=0)
             reason = (event.get("delta") or {}).get("stop_reason") or ""
             choice.finish_reason = STOP_REASONS.get(reason, "stop")
-            _usage(chunk.usage, event.get("usage") or {}, self._prompt_tokens)
+            _usage(chunk, event.get("usage") or {}, self._prompt_tokens)
             return chunk
         if kind == "error":
             error = event.get("error") or {}

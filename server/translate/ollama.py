@@ -149,9 +149,11 @@ class StreamTranslator:
                 choice.finish_reason = "tool_calls"
             else:
                 choice.finish_reason = "length" if line.get("done_reason") == "length" else "stop"
-            chunk.usage.prompt_tokens = line.get("prompt_eval_count") or 0
-            chunk.usage.completion_tokens = line.get("eval_count") or 0
-            chunk.usage.total_tokens = chunk.usage.prompt_tokens + chunk.usage.completion_tokens
+            prompt, completion = line.get("prompt_eval_count"), line.get("eval_count")
+            if isinstance(prompt, int) and isinstance(completion, int):  # else estimated
+                chunk.usage.prompt_tokens = prompt
+                chunk.usage.completion_tokens = completion
+                chunk.usage.total_tokens = prompt + completion
         elif not delta.HasField("content") and not delta.tool_calls and not delta.HasField("role"):
             delta.content = ""
         return chunk
@@ -168,7 +170,7 @@ def embeddings_from_ollama(data: JSON) -> embeddings_pb2.EmbeddingResponse:
     response = embeddings_pb2.EmbeddingResponse()
     for index, vector in enumerate(data["embeddings"]):
         response.data.add(index=index, embedding=vector)
-    tokens = data.get("prompt_eval_count") or 0
-    response.usage.prompt_tokens = tokens
-    response.usage.total_tokens = tokens
+    tokens = data.get("prompt_eval_count")
+    if isinstance(tokens, int):  # else the core estimates it
+        response.usage.prompt_tokens = response.usage.total_tokens = tokens
     return response

@@ -460,12 +460,16 @@ def _fill_tool_calls(target: Any, calls: Any, *, indexed: bool) -> None:
             item.function.arguments = function["arguments"]
 
 
-def _fill_usage(target: chat_pb2.Usage, usage: JSON) -> None:
-    target.prompt_tokens = usage.get("prompt_tokens") or 0
-    target.completion_tokens = usage.get("completion_tokens") or 0
-    target.total_tokens = usage.get("total_tokens") or (
-        target.prompt_tokens + target.completion_tokens
-    )
+def _fill_usage(chunk: chat_pb2.ChatCompletionChunk, usage: Any) -> None:
+    """The upstream's counts, only when it sent both (else the core estimates them)."""
+    if not isinstance(usage, dict):
+        return
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        target = chunk.usage
+        target.prompt_tokens = prompt
+        target.completion_tokens = completion
+        target.total_tokens = prompt + completion
 
 
 def _raise_upstream_error(data: JSON) -> None:
@@ -497,8 +501,7 @@ def chunk_from_openai(data: JSON) -> chat_pb2.ChatCompletionChunk:
             choice.finish_reason = item["finish_reason"]
         if item.get("logprobs"):
             parse_into(item["logprobs"], choice.logprobs, strict=False)
-    if data.get("usage"):
-        _fill_usage(chunk.usage, data["usage"])
+    _fill_usage(chunk, data.get("usage"))
     if data.get("system_fingerprint"):
         chunk.system_fingerprint = data["system_fingerprint"]
     return chunk
@@ -522,10 +525,7 @@ def completion_as_chunk(data: JSON) -> chat_pb2.ChatCompletionChunk:
         choice.finish_reason = item.get("finish_reason") or "stop"
         if item.get("logprobs"):
             parse_into(item["logprobs"], choice.logprobs, strict=False)
-    if data.get("usage"):
-        _fill_usage(chunk.usage, data["usage"])
-    else:
-        chunk.usage.SetInParent()
+    _fill_usage(chunk, data.get("usage"))
     if data.get("system_fingerprint"):
         chunk.system_fingerprint = data["system_fingerprint"]
     return chunk
@@ -544,7 +544,8 @@ def embeddings_from_openai(data: JSON) -> embeddings_pb2.EmbeddingResponse:
     response = embeddings_pb2.EmbeddingResponse()
     for position, item in enumerate(data["data"]):
         response.data.add(index=item.get("index", position), embedding=item["embedding"])
-    usage = data.get("usage") or {}
-    response.usage.prompt_tokens = usage.get("prompt_tokens") or 0
-    response.usage.total_tokens = usage.get("total_tokens") or response.usage.prompt_tokens
+    usage = data.get("usage")
+    prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    if isinstance(prompt, int):  # else the core estimates it
+        response.usage.prompt_tokens = response.usage.total_tokens = prompt
     return response

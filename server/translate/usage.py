@@ -81,6 +81,7 @@ def encode_usage(response: usage_pb2.GetUsageResponse) -> dict[str, Any]:
                 "latency_ms": record.latency_ms,
                 "ttft_ms": record.ttft_ms if record.HasField("ttft_ms") else None,
                 "created_at": _time(record.created_at.ToMicroseconds()),
+                "usage_source": record.usage_source,
             }
             for record in response.records
         ],

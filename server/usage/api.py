@@ -22,7 +22,8 @@ class LedgerReader(Protocol):
 
 
 def usage_query(request: usage_pb2.GetUsageRequest, caller: Caller) -> UsageQuery:
-    """The query a caller may run: its own records, or anyone's for an admin."""
+    """The query a caller may run: its own records (same name and kind of caller),
+    or anyone's for an admin."""
     if request.user and request.user != caller.user and not caller.admin:
         raise PermissionDeniedError("only an admin key may read another user's usage", param="user")
     if not 0 <= request.limit <= MAX_LIMIT:
@@ -30,8 +31,10 @@ def usage_query(request: usage_pb2.GetUsageRequest, caller: Caller) -> UsageQuer
     for name in ("since", "until"):
         if request.HasField(name) and not _in_range(getattr(request, name)):
             raise InvalidRequestError(f"{name}: out of range", param=name)
+    mine = not caller.admin
     return UsageQuery(
-        user=request.user or (None if caller.admin else caller.user),
+        user=caller.user if mine else (request.user or None),
+        caller_kind=caller.kind if mine else None,  # `sub: admin` is not the admin key
         model=request.model or None,
         since=request.since.ToMicroseconds() if request.HasField("since") else None,
         until=request.until.ToMicroseconds() if request.HasField("until") else None,
@@ -58,6 +61,7 @@ def usage_response(page: UsagePage) -> usage_pb2.GetUsageResponse:
             total_tokens=record.prompt_tokens + record.completion_tokens,
             status=record.status,
             latency_ms=record.latency_ms,
+            usage_source=record.usage_source,
         )
         if record.ttft_ms is not None:
             out.ttft_ms = record.ttft_ms

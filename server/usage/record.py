@@ -41,6 +41,8 @@ class UsageRecord(NamedTuple):
     latency_ms: float
     ttft_ms: float | None
     created_at: int
+    usage_source: str = "upstream"  # or "estimated": the gateway's estimate, not the upstream's
+    caller_kind: str = "user"  # or "admin", "anonymous": who `user` names (see CallerKind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class UsageQuery:
     since the epoch), newest first."""
 
     user: str | None = None
+    caller_kind: str | None = None  # with `user`: only that kind of caller's records
     model: str | None = None
     since: int | None = None
     until: int | None = None

@@ -109,10 +109,13 @@ class UsageRecord(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     TTFT_MS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    USAGE_SOURCE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request's id (x-request-id)."""
     user: _builtins.str
-    """The caller: JWT `sub`, or the user an API key was created for."""
+    """The caller: JWT `sub`, the user an API key was created for, or "admin" /
+    "anonymous" for admin-key and anonymous calls.
+    """
     model: _builtins.str
     """The public model name asked for."""
     provider: _builtins.str
@@ -131,6 +134,10 @@ class UsageRecord(_message.Message):
     """Time from arrival to the end of the answer."""
     ttft_ms: _builtins.float
     """Time to the first chunk; unset when the request did not stream."""
+    usage_source: _builtins.str
+    """Where the token counts come from: "upstream" (the provider's own) or
+    "estimated" (the gateway's estimate, when the provider sent none).
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the request arrived."""
@@ -150,10 +157,11 @@ class UsageRecord(_message.Message):
         latency_ms: _builtins.float = ...,
         ttft_ms: _builtins.float | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        usage_source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms", "created_at", b"created_at", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms", "completion_tokens", b"completion_tokens", "created_at", b"created_at", "latency_ms", b"latency_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "protocol", b"protocol", "provider", b"provider", "request_id", b"request_id", "status", b"status", "total_tokens", b"total_tokens", "ttft_ms", b"ttft_ms", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms", "completion_tokens", b"completion_tokens", "created_at", b"created_at", "latency_ms", b"latency_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "protocol", b"protocol", "provider", b"provider", "request_id", b"request_id", "status", b"status", "total_tokens", b"total_tokens", "ttft_ms", b"ttft_ms", "usage_source", b"usage_source", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ttft_ms: _TypeAlias = _typing.Literal["ttft_ms"]  # noqa: Y015
     _WhichOneofArgType__ttft_ms: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms"]  # noqa: Y015

@@ -1,0 +1,132 @@
+"""A usage store made by an earlier version gains the new columns at start, and keeps its rows."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import jwt
+import pytest
+
+from tests.servers import TandemProcess
+from tests.stores import pg_schema_url
+
+# The ledger exactly as version 7ed583c made it (server/store/ledger_sql.py, sqlite.py, postgres.py).
+OLD_LEDGER = """
+CREATE TABLE IF NOT EXISTS usage_records (
+    id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    "user" TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    latency_ms {real} NOT NULL,
+    ttft_ms {real},
+    created_at {time} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (created_at);
+CREATE INDEX IF NOT EXISTS usage_records_by_user ON usage_records ("user", created_at);
+"""
+# two rows as that version wrote them: an admin-key call and a JWT user's
+OLD_ROWS = [
+    ("old-admin", "r1", "admin", "echo", "demo", "openai", 2, 2, "ok", 1.5, None),
+    ("old-alice", "r2", "alice", "echo", "demo", "native", 3, 3, "ok", 2.5, 1.0),
+]
+OLD_TIME_US = 1_700_000_000_000_000
+
+SECRET = "m" * 40
+ADMIN_KEY = "migration-admin-key-0123456789"
+CONFIG = f"""
+providers: [{{name: demo, kind: mock}}]
+models: [{{name: echo, provider: demo}}]
+tiers: {{free: {{default_model: echo}}}}
+auth:
+  required: true
+  jwt: {{secret: "{SECRET}", algorithms: [HS256]}}
+  admin_keys: ["{ADMIN_KEY}"]
+usage: {{store: "%(store)s", flush_interval_ms: 20}}
+"""
+
+
+def make_old_sqlite(path: Path) -> str:
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_LEDGER.format(real="REAL", time="INTEGER"))
+        db.executemany(
+            "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*row, OLD_TIME_US) for row in OLD_ROWS],
+        )
+    return f"sqlite:///{path}"
+
+
+def make_old_postgres(url: str) -> None:
+    schema = url.rpartition("search_path=")[2]
+
+    async def make() -> None:
+        connection = await asyncpg.connect(url.partition("?")[0])
+        try:
+            await connection.execute(f'CREATE SCHEMA "{schema}"')
+            await connection.execute(f'SET search_path = "{schema}"')
+            await connection.execute(OLD_LEDGER.format(real="DOUBLE PRECISION", time="TIMESTAMPTZ"))
+            await connection.executemany(
+                "INSERT INTO usage_records VALUES "
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, to_timestamp($12))",
+                [(*row, OLD_TIME_US / 1e6) for row in OLD_ROWS],
+            )
+        finally:
+            await connection.close()
+
+    asyncio.run(make())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def old_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield make_old_sqlite(tmp_path / "old.db")
+    else:
+        with pg_schema_url() as url:
+            make_old_postgres(url)
+            yield url
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def as_user(sub: str) -> dict[str, str]:
+    claims = {"sub": sub, "exp": int(time.time()) + 600}
+    return bearer(jwt.encode(claims, SECRET, algorithm="HS256"))
+
+
+def test_an_old_ledger_gains_the_new_columns_and_keeps_its_rows(
+    tandem: Callable[..., TandemProcess], old_store: str
+) -> None:
+    for _ in range(2):  # a second start finds nothing left to add
+        gateway = tandem(CONFIG % {"store": old_store})
+        with httpx.Client(base_url=gateway.base_url, headers=as_user("alice")) as http:
+            assert http.post(
+                "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+            ).is_success
+        assert gateway.terminate() == 0, gateway.stderr()
+
+    gateway = tandem(CONFIG % {"store": old_store})
+    with httpx.Client(base_url=gateway.base_url) as http:
+        everything = http.get("/native/v1/usage", headers=bearer(ADMIN_KEY)).json()
+        records: list[dict[str, Any]] = everything["records"]
+        assert {r["request_id"] for r in records if r["request_id"] in ("r1", "r2")} == {"r1", "r2"}
+        assert len(records) == 4
+        assert {r["usage_source"] for r in records} == {"upstream"}
+        old = next(r for r in records if r["request_id"] == "r2")
+        assert (old["prompt_tokens"], old["ttft_ms"]) == (3, 1.0)
+        assert old["created_at"] == "2023-11-14T22:13:20.000000Z"
+        # the old admin-key row is the admin key's, not a JWT user's who says `sub: admin`
+        assert http.get("/native/v1/usage", headers=as_user("admin")).json()["records"] == []
+        assert len(http.get("/native/v1/usage", headers=as_user("alice")).json()["records"]) == 3
