@@ -134,6 +134,14 @@ class JwtConfig(_Strict):
     audience: str | None = None
     issuer: str | None = None
     tier_claim: str = "tier"
+    require_exp: bool = True  # a token without `exp` would be valid forever
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty (anyone could sign tokens)")
+        return value
 
     @model_validator(mode="after")
     def _one_key(self) -> JwtConfig:

@@ -29,7 +29,8 @@ from tandem.v1 import (
 
 from server.core.context import CallContext, request_id_from
 from server.core.dataplane import DataPlane
-from server.core.errors import GatewayError, InternalError
+from server.core.errors import GatewayError, InternalError, InvalidRequestError
+from server.grpc_decode import UndecodableRequest, add_service
 from server.grpc_errors import to_grpc_status
 from server.policy import Policy
 
@@ -37,15 +38,16 @@ __all__ = ["SERVICE_NAMES", "build_grpc_server"]
 
 logger = logging.getLogger("tandem.grpc")
 
-SERVICE_NAMES = tuple(
-    module.DESCRIPTOR.services_by_name[name].full_name
+_DESCRIPTORS = {
+    name: module.DESCRIPTOR.services_by_name[name]
     for module, name in (
         (chat_pb2, "ChatService"),
         (models_pb2, "ModelService"),
         (embeddings_pb2, "EmbeddingService"),
         (usage_pb2, "UsageService"),
     )
-)
+}
+SERVICE_NAMES = tuple(service.full_name for service in _DESCRIPTORS.values())
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -80,6 +82,13 @@ class _Door:
         )
 
 
+def _decoded(request: Req | UndecodableRequest) -> Req:
+    """The request, or the InvalidRequestError of one that did not parse."""
+    if isinstance(request, UndecodableRequest):
+        raise InvalidRequestError(request.message, param=request.field)
+    return request
+
+
 def _text(value: str | bytes | None) -> str | None:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
@@ -100,13 +109,13 @@ async def _abort(
 
 def unary_rpc(
     handler: Callable[[Any, Req, CallContext], Awaitable[Resp]],
-) -> Callable[[Any, Req, Context], Awaitable[Resp]]:
+) -> Callable[[Any, Req | UndecodableRequest, Context], Awaitable[Resp]]:
     @functools.wraps(handler)
-    async def method(self: _Door, request: Req, context: Context) -> Resp:
+    async def method(self: _Door, request: Req | UndecodableRequest, context: Context) -> Resp:
         ctx = None
         try:
             ctx = await self.open_call(context)
-            response = await handler(self, request, ctx)
+            response = await handler(self, _decoded(request), ctx)
         except Exception as exc:
             await _abort(self, context, exc, ctx)
             raise AssertionError("abort returned") from exc
@@ -120,14 +129,16 @@ def unary_rpc(
 
 def stream_rpc(
     handler: Callable[[Any, Req, CallContext], AsyncIterator[Resp]],
-) -> Callable[[Any, Req, Context], AsyncIterator[Resp]]:
+) -> Callable[[Any, Req | UndecodableRequest, Context], AsyncIterator[Resp]]:
     @functools.wraps(handler)
-    async def method(self: _Door, request: Req, context: Context) -> AsyncIterator[Resp]:
+    async def method(
+        self: _Door, request: Req | UndecodableRequest, context: Context
+    ) -> AsyncIterator[Resp]:
         ctx = None
         stream = None
         try:
             ctx = await self.open_call(context)
-            stream = handler(self, request, ctx)
+            stream = handler(self, _decoded(request), ctx)
             async for item in stream:
                 yield item
         except Exception as exc:
@@ -194,19 +205,18 @@ def build_grpc_server(
     max_concurrent_rpcs: int,
     reuse_port: bool = False,
 ) -> grpc.aio.Server:
-    """A grpc.aio server with every service, health and reflection; not yet bound."""
+    """A grpc.aio server with every service, health and reflection; not yet bound.
+
+    `max_message_bytes` bounds the messages that come in; answers are not capped.
+    """
     options: Sequence[tuple[str, Any]] = (
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", -1),  # the limit is for what comes in
         ("grpc.so_reuseport", int(reuse_port)),
     )
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
-    chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatService(plane, policy), server)
-    models_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(plane, policy), server)
-    embeddings_pb2_grpc.add_EmbeddingServiceServicer_to_server(
-        EmbeddingService(plane, policy), server
-    )
-    usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageService(plane, policy), server)
+    for servicer in (ChatService, ModelService, EmbeddingService, UsageService):
+        add_service(server, _DESCRIPTORS[servicer.__name__], servicer(plane, policy))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (

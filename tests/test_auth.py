@@ -79,6 +79,7 @@ BAD = {
     "wrong audience": f"Bearer {token(aud='someone-else')}",
     "wrong issuer": f"Bearer {token(iss='elsewhere')}",
     "no subject": f"Bearer {token(sub=None)}",
+    "no expiry": f"Bearer {token(exp=None)}",
     # the ledger could not store these: a NUL, a lone surrogate
     "control character in subject": "Bearer " + token(sub="a\x00b"),
     "lone surrogate in subject": "Bearer " + token(sub="a\ud800b"),
@@ -171,6 +172,77 @@ def test_without_auth_required_an_invalid_credential_is_anonymous(tmp_path: Path
         assert process.terminate() == 0
 
 
+def model_answered(process: TandemProcess, credential: str) -> tuple[str, str]:
+    """The model of a chat answer with no model named (the tier's default), over HTTP
+    and over gRPC, or the status when the call fails."""
+    response = httpx.post(
+        f"{process.base_url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "x"}]},
+        headers={"authorization": f"Bearer {credential}"},
+    )
+    over_http = (
+        response.json()["model"] if response.status_code == 200 else str(response.status_code)
+    )
+
+    async def grpc_call() -> str:
+        async with grpc.aio.insecure_channel(process.grpc) as channel:
+            stub = chat_pb2_grpc.ChatServiceStub(channel)
+            request = chat_pb2.ChatCompletionRequest(
+                messages=[chat_pb2.ChatMessage(role="user", content="x")]
+            )
+            metadata = (("authorization", f"Bearer {credential}"),)
+            try:
+                return (await stub.CreateChatCompletion(request, metadata=metadata)).model
+            except grpc.aio.AioRpcError as error:
+                return error.code().name
+
+    return over_http, asyncio.run(grpc_call())
+
+
+def test_without_auth_required_a_token_without_exp_is_anonymous(tmp_path: Path) -> None:
+    process = start(tmp_path, "false")
+    try:
+        assert model_answered(process, token(tier="standard")) == ("premium", "premium")
+        assert model_answered(process, token(tier="standard", exp=None)) == ("echo", "echo")
+    finally:
+        assert process.terminate() == 0
+
+
+NO_AUDIENCE = """
+providers: [{name: demo, kind: mock}]
+models: [{name: echo, provider: demo}]
+auth:
+  required: true
+  jwt: {secret: "%(secret)s", require_exp: %(require_exp)s}
+"""
+
+
+@pytest.mark.parametrize("require_exp", ["true", "false"])
+def test_require_exp_decides_whether_a_token_without_exp_is_accepted(
+    tmp_path: Path, require_exp: str
+) -> None:
+    config = NO_AUDIENCE % {"secret": SECRET, "require_exp": require_exp}
+    process = start_tandem(tmp_path, config)
+    try:
+        no_exp = jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256")
+        expected = ("echo", "echo") if require_exp == "false" else ("401", "UNAUTHENTICATED")
+        assert model_answered(process, no_exp) == expected
+    finally:
+        assert process.terminate() == 0
+
+
+def test_with_no_audience_configured_a_token_naming_one_is_refused(tmp_path: Path) -> None:
+    process = start_tandem(tmp_path, NO_AUDIENCE % {"secret": SECRET, "require_exp": "true"})
+    try:
+        exp = int(time.time()) + 300
+        plain = jwt.encode({"sub": "alice", "exp": exp}, SECRET, algorithm="HS256")
+        assert model_answered(process, plain) == ("echo", "echo")
+        aimed = jwt.encode({"sub": "alice", "exp": exp, "aud": "other"}, SECRET, algorithm="HS256")
+        assert model_answered(process, aimed) == ("401", "UNAUTHENTICATED")
+    finally:
+        assert process.terminate() == 0
+
+
 def forged_hs256(claims: dict[str, Any], key: bytes) -> str:
     signing_input = (
         b64(orjson.dumps({"alg": "HS256", "typ": "JWT"})) + b"." + b64(orjson.dumps(claims))
@@ -192,7 +264,7 @@ auth:
 """
     process = start_tandem(tmp_path, config)
     try:
-        good = jwt.encode({"sub": "bob"}, private, algorithm="RS256")
+        good = jwt.encode({"sub": "bob", "exp": int(time.time()) + 300}, private, algorithm="RS256")
         hs = forged_hs256(
             {"sub": "bob"}, public_pem
         )  # algorithm confusion: HMAC keyed by the public key

@@ -44,6 +44,9 @@ BAD_CONFIGS = [
     ("usage: {store: 'mysql://x'}\n", "usage.store: expected sqlite:///PATH"),
     ("auth: {required: maybe}\n", "auth.required: Input should be a valid boolean"),
     ("auth: {jwt: {algorithms: [HS256]}}\n", "auth.jwt: set exactly one of secret"),
+    ("auth: {jwt: {secret: ''}}\n", "auth.jwt.secret: must not be empty"),
+    ("auth: {jwt: {secret: '${TANDEM_TEST_UNSET_VAR:-}'}}\n", "auth.jwt.secret: must not be"),
+    ("auth: {jwt: {secret: s, require_exp: sometimes}}\n", "auth.jwt.require_exp: Input should"),
     ("auth: {jwt: {secret: s, algorithms: [none]}}\n", "auth.jwt: algorithm 'none'"),
     ("auth: {jwt: {secret: s, algorithms: [HS256, RS256]}}\n", "'RS256' does not fit a secret"),
     (

@@ -15,7 +15,7 @@ from types import TracebackType
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 
 from server.core.context import CallContext, new_id
-from server.core.errors import GatewayError, NotFoundError
+from server.core.errors import GatewayError, NotFoundError, echoed
 from server.core.fold import fold_stream
 from server.core.messages import estimate_prompt_tokens, estimate_tokens
 from server.core.resilience import open_stream
@@ -131,7 +131,9 @@ class DataPlane:
             if route.model.name == model_id:
                 self.router.resolve(model_id, ctx.caller)  # refuses a model outside the tier
                 return self._describe(route)
-        raise NotFoundError(f"model {model_id!r} not found", param="id", code="model_not_found")
+        raise NotFoundError(
+            f"model {echoed(model_id)!r} not found", param="id", code="model_not_found"
+        )
 
     async def get_usage(
         self, request: usage_pb2.GetUsageRequest, ctx: CallContext

@@ -14,7 +14,8 @@
 
 The HTTP status and gRPC code of each class live in one table per door
 (`http_bridge/errors.py`, `server/grpc_errors.py`). Messages are written for
-clients: they never carry upstream URLs, keys or tracebacks.
+clients: they never carry upstream URLs, keys or tracebacks, and a name they
+echo (a model, a field path, a tier) goes through `echoed`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,16 @@ __all__ = [
     "UpstreamError",
     "UpstreamFailure",
     "UpstreamTimeoutError",
+    "echoed",
 ]
+
+ECHO_LIMIT = 256  # characters of a client's name an error repeats
+
+
+def echoed(name: str) -> str:
+    """`name` cut to ECHO_LIMIT characters, "…" marking a cut: a gRPC message travels
+    in metadata, whose limit a 20,000-character model name would break."""
+    return name if len(name) <= ECHO_LIMIT else name[:ECHO_LIMIT] + "…"
 
 
 class GatewayError(Exception):

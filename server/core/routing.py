@@ -6,7 +6,12 @@ from collections.abc import Mapping
 
 from server.config import Config, TierConfig
 from server.core.context import Caller
-from server.core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from server.core.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    echoed,
+)
 from server.providers.base import Provider, Route
 
 __all__ = ["Router"]
@@ -38,10 +43,13 @@ class Router:
             raise InvalidRequestError("model: is required (the tier has no default)", param="model")
         route = self._routes.get(name)
         if route is None:
-            raise NotFoundError(f"model {name!r} not found", param="model", code="model_not_found")
+            raise NotFoundError(
+                f"model {echoed(name)!r} not found", param="model", code="model_not_found"
+            )
         if not _allows(tier, caller, name):
             raise PermissionDeniedError(
-                f"model {name!r} is not available to tier {caller.tier!r}", param="model"
+                f"model {echoed(name)!r} is not available to tier {echoed(caller.tier)!r}",
+                param="model",
             )
         return route
 

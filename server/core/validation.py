@@ -10,7 +10,7 @@ from typing import Any
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
-from server.core.errors import InvalidRequestError
+from server.core.errors import InvalidRequestError, echoed
 
 __all__ = ["validate_chat_request", "validate_embedding_request"]
 
@@ -38,6 +38,7 @@ _RANGES: dict[str, tuple[float, float]] = {
 
 
 def _invalid(param: str, message: str) -> InvalidRequestError:
+    param = echoed(param)  # a path may hold a client's map key
     return InvalidRequestError(f"{param}: {message}", param=param)
 
 

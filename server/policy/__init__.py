@@ -21,7 +21,12 @@ from collections.abc import Callable
 
 from server.config import Config
 from server.core.context import ANONYMOUS, CallContext, Caller
-from server.core.errors import AuthenticationError, PermissionDeniedError, RateLimitError
+from server.core.errors import (
+    AuthenticationError,
+    PermissionDeniedError,
+    RateLimitError,
+    echoed,
+)
 from server.policy.headers import format_duration, rate_limit_headers
 from server.policy.jwt_auth import JwtVerifier
 from server.policy.key_cache import KeyCache
@@ -104,7 +109,7 @@ class Policy:
         claims = self._jwt.claims(token)
         tier = claims.get(self._jwt.tier_claim) or DEFAULT_TIER
         if not isinstance(tier, str) or tier not in self._tiers:
-            raise PermissionDeniedError(f"tier {tier!r} does not exist")
+            raise PermissionDeniedError(f"tier {echoed(repr(tier))} does not exist")
         return Caller(user=claims["sub"], tier=tier)
 
     async def _api_key_caller(self, key_id: str, token: str) -> Caller:
@@ -115,7 +120,7 @@ class Policy:
         if record.revoked:
             raise PermissionDeniedError("this API key has been revoked")
         if record.tier not in self._tiers:
-            raise PermissionDeniedError(f"tier {record.tier!r} does not exist")
+            raise PermissionDeniedError(f"tier {echoed(record.tier)!r} does not exist")
         return Caller(user=record.user, tier=record.tier, key_id=record.id)
 
     def _is_admin_key(self, token: str) -> bool:

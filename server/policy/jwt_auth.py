@@ -40,6 +40,7 @@ class JwtVerifier:
         self._algorithms = [a for a in config.algorithms if a.lower() != "none"]
         self._audience = config.audience
         self._issuer = config.issuer
+        self._required = ["sub", "exp"] if config.require_exp else ["sub"]
         self.tier_claim = config.tier_claim
 
     def claims(self, token: str) -> dict[str, Any]:
@@ -52,7 +53,8 @@ class JwtVerifier:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=LEEWAY_S,
-                options={"require": ["sub"], "verify_aud": self._audience is not None},
+                # with no audience configured, pyjwt refuses a token that names one
+                options={"require": self._required},
             )
         except jwt.MissingRequiredClaimError as exc:
             raise AuthenticationError(f"invalid token: no {exc.claim!r} claim") from None

@@ -8,7 +8,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.config import ProviderConfig
 from server.core.context import CallContext
-from server.core.errors import InvalidRequestError
+from server.core.errors import InvalidRequestError, echoed
 from server.providers.base import Route
 from server.providers.upstream import HttpProvider, decode, sse_data
 from server.translate import anthropic
@@ -51,5 +51,5 @@ class AnthropicProvider(HttpProvider):
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext
     ) -> embeddings_pb2.EmbeddingResponse:
         raise InvalidRequestError(
-            f"model {route.model.name!r} does not make embeddings", param="model"
+            f"model {echoed(route.model.name)!r} does not make embeddings", param="model"
         )

@@ -30,7 +30,9 @@ def usage_query(request: usage_pb2.GetUsageRequest, caller: Caller) -> UsageQuer
         raise InvalidRequestError(f"limit must be 1 to {MAX_LIMIT}", param="limit")
     for name in ("since", "until"):
         if request.HasField(name) and not _in_range(getattr(request, name)):
-            raise InvalidRequestError(f"{name}: out of range", param=name)
+            raise InvalidRequestError(
+                f"{name}: out of range (years 1 to 9999, nanos 0 to 999999999)", param=name
+            )
     mine = not caller.admin
     return UsageQuery(
         user=caller.user if mine else (request.user or None),
@@ -43,8 +45,12 @@ def usage_query(request: usage_pb2.GetUsageRequest, caller: Caller) -> UsageQuer
 
 
 def _in_range(timestamp: Timestamp) -> bool:
-    # what Timestamp itself allows (years 1 to 9999); PostgreSQL and datetime go no further
-    return -62_135_596_800 <= timestamp.seconds <= 253_402_300_799
+    # what Timestamp itself allows (years 1 to 9999, nanos below a second); PostgreSQL and
+    # datetime go no further, and ToMicroseconds raises on nanos out of range
+    return (
+        -62_135_596_800 <= timestamp.seconds <= 253_402_300_799
+        and 0 <= timestamp.nanos < 1_000_000_000
+    )
 
 
 def usage_response(page: UsagePage) -> usage_pb2.GetUsageResponse:
