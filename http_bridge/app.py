@@ -22,7 +22,7 @@ from http_bridge.request_id import RequestIdMiddleware
 from http_bridge.responses import JsonResponse
 from server.core.context import CallContext
 from server.core.dataplane import DataPlane
-from server.core.errors import GatewayError, InvalidRequestError, NotFoundError
+from server.core.errors import GatewayError, InternalError, InvalidRequestError, NotFoundError
 from server.policy import Policy
 
 __all__ = ["create_app"]
@@ -69,6 +69,17 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return error_response(error, ollama=_is_ollama(request))
 
 
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """Any other exception is a bug: logged once with the request id, answered
+    `internal_error` and nothing more (no class name, no traceback)."""
+    logger.error("request %s failed", request.state.request_id, exc_info=exc)
+    return error_response(
+        InternalError("internal error"),
+        ollama=_is_ollama(request),
+        headers=await _call_headers(request),
+    )
+
+
 async def _disconnected(request: Request, exc: Exception) -> Response:
     return Response(status_code=499)  # nobody is listening; uvicorn drops it
 
@@ -110,5 +121,6 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientDisconnected, _disconnected)
     app.add_exception_handler(ClientDisconnect, _disconnected)  # gone while uploading
+    app.add_exception_handler(Exception, _internal_error)  # both routing paths (fast_path.py)
     hot = FastPath(app, [*routes_native.router.routes, *routes_openai.router.routes])
     return RequestIdMiddleware(BodyLimitMiddleware(hot, max_body_bytes=max_body_bytes))

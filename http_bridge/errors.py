@@ -22,6 +22,7 @@ HTTP_STATUS: dict[type[errors.GatewayError], int] = {
     errors.UpstreamFailure: 502,
     errors.UpstreamError: 502,
     errors.UpstreamTimeoutError: 504,
+    errors.UnavailableError: 503,
     errors.InternalError: 500,
     errors.GatewayError: 500,
 }

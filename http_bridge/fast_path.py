@@ -5,7 +5,10 @@ trivial route: 130 us in-process against 20 us on bare Starlette), a third of
 the HTTP door's budget. Every route stays declared in FastAPI, for
 /openapi.json and as the fallback; this table is built from those
 declarations (the `LeanRoute`s) and answers errors with the app's own
-exception handlers, so both paths give the same answers.
+exception handlers, so both paths give the same answers. FastAPI answers a
+bug on its own path with the app's `Exception` handler too (from its
+ServerErrorMiddleware), but then raises it again for the server to log a
+second time: once an answer has started, this door stops it there.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from http_bridge.lean_route import LeanRoute
 
@@ -47,7 +50,7 @@ class FastPath:
             self.table.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
         )
         if handler is None:
-            await self.app(scope, receive, send)
+            await self._fastapi(scope, receive, send)
             return
         scope["app"] = self.app
         request = Request(scope, receive)
@@ -59,3 +62,20 @@ class FastPath:
                 raise
             response = await on_error(request, exc)
         await response(scope, receive, send)
+
+    async def _fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def watched(message: Message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            if not answered:  # the handler itself failed: the last resort answers
+                raise

@@ -23,6 +23,7 @@ GRPC_CODES: dict[type[errors.GatewayError], grpc.StatusCode] = {
     errors.UpstreamFailure: grpc.StatusCode.UNAVAILABLE,
     errors.UpstreamError: grpc.StatusCode.UNAVAILABLE,
     errors.UpstreamTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
     errors.InternalError: grpc.StatusCode.INTERNAL,
     errors.GatewayError: grpc.StatusCode.INTERNAL,
 }

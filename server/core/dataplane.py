@@ -8,6 +8,7 @@ so there is one path through the providers. Nothing here knows grpc or HTTP.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -15,7 +16,7 @@ from types import TracebackType
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 
 from server.core.context import CallContext, new_id
-from server.core.errors import GatewayError, NotFoundError, echoed
+from server.core.errors import GatewayError, NotFoundError, UnavailableError, echoed
 from server.core.fold import fold_stream
 from server.core.messages import estimate_prompt_tokens, estimate_tokens
 from server.core.resilience import open_stream
@@ -27,6 +28,8 @@ from server.usage import UsageRecord, UsageRecorder
 from server.usage.api import LedgerReader, usage_query, usage_response
 
 __all__ = ["DataPlane"]
+
+logger = logging.getLogger("tandem.usage")
 
 
 class DataPlane:
@@ -142,7 +145,14 @@ class DataPlane:
         if self.ledger is None:
             raise NotFoundError("usage is not recorded here (usage.store: none)", code="usage_off")
         await self.policy.admit_request(ctx)
-        return usage_response(await self.ledger.query_usage(query))
+        try:
+            page = await self.ledger.query_usage(query)
+        except Exception as exc:  # the store's own errors (asyncpg, sqlite3, OSError): it is down
+            logger.warning("usage read failed: store unavailable (%s)", type(exc).__name__)
+            raise UnavailableError(
+                "the usage store is unavailable; retry shortly", code="usage_store_unavailable"
+            ) from None
+        return usage_response(page)
 
     def _describe(self, route: Route) -> models_pb2.Model:
         return models_pb2.Model(

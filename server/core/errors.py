@@ -10,6 +10,7 @@
     ├── UpstreamFailure               (a provider failed; the core may retry)
     │   ├── UpstreamError        502  upstream_error
     │   └── UpstreamTimeoutError 504  timeout_error
+    ├── UnavailableError         503  unavailable_error (a store the answer needs is down)
     └── InternalError            500  internal_error
 
 The HTTP status and gRPC code of each class live in one table per door
@@ -29,6 +30,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RequestTooLargeError",
+    "UnavailableError",
     "UpstreamError",
     "UpstreamFailure",
     "UpstreamTimeoutError",
@@ -104,6 +106,13 @@ class UpstreamError(UpstreamFailure):
 
 class UpstreamTimeoutError(UpstreamFailure):
     type = "timeout_error"
+
+
+class UnavailableError(GatewayError):
+    """A store the answer needs is down (an uncached key lookup, a usage read);
+    the request may succeed once it is back."""
+
+    type = "unavailable_error"
 
 
 class InternalError(GatewayError):

@@ -3,6 +3,8 @@
 Validation does not hit the database on every request: each key id is
 fetched at most once per TTL (unknown ids too, so garbage keys cannot
 hammer the store). A key revoked anywhere is refused everywhere within the TTL.
+While the store is down, a cached key is checked from the cache, however old;
+a key with no entry cannot be checked at all: `UnavailableError` (503).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from server.core.errors import UnavailableError
 from server.store import ApiKey, Store
 
 __all__ = ["KeyCache"]
@@ -35,9 +38,16 @@ class KeyCache:
             return entry[1]
         try:
             record = await self._store.find_key(key_id)
-        except Exception:
+        except Exception as exc:
             if entry is None:
-                raise
+                logger.warning(
+                    "key store unreachable; key %s cannot be checked (%s)",
+                    key_id,
+                    type(exc).__name__,
+                )
+                raise UnavailableError(
+                    "the key store is unavailable; retry shortly", code="key_store_unavailable"
+                ) from None
             logger.warning("key store unreachable; key %s checked from the cache", key_id)
             return entry[1]  # what we knew is better than refusing every caller
         if len(self._entries) >= MAX_ENTRIES:

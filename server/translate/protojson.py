@@ -82,12 +82,24 @@ def _set(message: Message, field: FieldDescriptor, value: Any, where: str, stric
             raise _invalid(where, "must be a JSON object")
         target = getattr(message, name)
         if field.message_type.full_name == _STRUCT:
-            target.update(value)
+            _fill_struct(target, value, where)
         else:
             target.SetInParent()
             parse_into(value, target, strict=strict, path=where)
         return
     setattr(message, name, _scalar(field, value, where))
+
+
+def _fill_struct(target: Struct, value: dict[str, Any], where: str) -> None:
+    """`Struct.update`, whose every failure is the caller's: it recurses once per
+    level (the HTTP door bounds the depth first; other callers may not) and
+    refuses what JSON cannot hold (a non-string key, a float out of range)."""
+    try:
+        target.update(value)
+    except RecursionError:
+        raise _invalid(where, "is nested too deeply") from None
+    except (TypeError, ValueError, OverflowError):
+        raise _invalid(where, "must hold only JSON values") from None
 
 
 def _scalar(field: FieldDescriptor, value: Any, where: str) -> Any:

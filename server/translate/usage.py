@@ -10,7 +10,7 @@ from typing import Any
 from tandem.v1 import usage_pb2
 
 from server.core.errors import InvalidRequestError
-from server.usage.api import DEFAULT_LIMIT, MAX_LIMIT
+from server.usage.api import DEFAULT_LIMIT, MAX_LIMIT, check_storable
 from server.usage.record import datetime_of
 
 __all__ = ["encode_usage", "parse_usage_params"]
@@ -25,6 +25,8 @@ def parse_usage_params(params: Mapping[str, str]) -> usage_pb2.GetUsageRequest:
     for name in params:
         if name not in _PARAMS:
             raise InvalidRequestError(f"{name}: unknown parameter", param=name)
+    for name in ("user", "model"):  # before they become proto strings, which must be UTF-8
+        check_storable(name, params.get(name, ""))
     request = usage_pb2.GetUsageRequest(
         user=params.get("user", ""), model=params.get("model", ""), limit=DEFAULT_LIMIT
     )

@@ -11,7 +11,14 @@ from server.core.context import Caller
 from server.core.errors import InvalidRequestError, PermissionDeniedError
 from server.usage.record import UsagePage, UsageQuery
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "LedgerReader", "usage_query", "usage_response"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "LedgerReader",
+    "check_storable",
+    "usage_query",
+    "usage_response",
+]
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -24,6 +31,8 @@ class LedgerReader(Protocol):
 def usage_query(request: usage_pb2.GetUsageRequest, caller: Caller) -> UsageQuery:
     """The query a caller may run: its own records (same name and kind of caller),
     or anyone's for an admin."""
+    check_storable("user", request.user)
+    check_storable("model", request.model)
     if request.user and request.user != caller.user and not caller.admin:
         raise PermissionDeniedError("only an admin key may read another user's usage", param="user")
     if not 0 <= request.limit <= MAX_LIMIT:
@@ -42,6 +51,21 @@ def usage_query(request: usage_pb2.GetUsageRequest, caller: Caller) -> UsageQuer
         until=request.until.ToMicroseconds() if request.HasField("until") else None,
         limit=request.limit or DEFAULT_LIMIT,
     )
+
+
+def check_storable(name: str, text: str) -> None:
+    """Refuse (400) a filter no store can compare: PostgreSQL text holds no NUL,
+    and a lone surrogate is not UTF-8 (nor a proto string)."""
+    if "\x00" in text or not (text.isascii() or _is_utf8(text)):
+        raise InvalidRequestError(f"{name}: must not contain NUL or lone surrogates", param=name)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _in_range(timestamp: Timestamp) -> bool:
