@@ -111,11 +111,6 @@ async def test_json_exactly_32_deep_is_served_over_http_and_grpc(
     assert answer.choices[0].message.content == "hi"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="UNKNOWN today: a message the gRPC runtime cannot parse is another engineer's fix",
-)
 async def test_a_struct_too_deep_for_the_grpc_runtime_is_invalid_argument(
     gateway: TandemProcess,
 ) -> None:
