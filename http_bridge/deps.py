@@ -8,7 +8,7 @@ import orjson
 from fastapi import Depends, Request
 
 from server.core.context import CallContext, Protocol
-from server.core.errors import InvalidRequestError
+from server.core.errors import InvalidRequestError, echoed
 from server.policy import Policy
 
 __all__ = ["NativeCall", "OllamaCall", "OpenAICall", "read_json"]
@@ -16,7 +16,6 @@ __all__ = ["NativeCall", "OllamaCall", "OpenAICall", "read_json"]
 # The gRPC door's protobuf runtime parses a Struct about 33 levels deep and no
 # deeper, so no door accepts JSON nested deeper than this (the body itself is level 1).
 MAX_JSON_DEPTH = 32
-MAX_NAME_CHARS = 256  # a path echoed in an error is cut to this
 
 
 async def _open_call(request: Request, protocol: Protocol) -> CallContext:
@@ -87,7 +86,7 @@ def _path_name(path: list[str | int]) -> str:
     name = "" if isinstance(path[-1], str) else "body"
     for key in reversed(path):
         name += f"[{key}]" if isinstance(key, int) else f".{key}" if name else key
-    return name[:MAX_NAME_CHARS]
+    return echoed(name)
 
 
 def _too_deep(where: str) -> InvalidRequestError:

@@ -16,7 +16,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 
-from server.core.errors import InvalidRequestError
+from server.core.errors import InvalidRequestError, echoed
 
 __all__ = ["parse_into"]
 
@@ -30,6 +30,7 @@ _STRUCT = Struct.DESCRIPTOR.full_name
 
 
 def _invalid(where: str, message: str) -> InvalidRequestError:
+    where = echoed(where)  # a path holds the client's keys (an unknown field, a map key)
     return InvalidRequestError(f"{where}: {message}", param=where)
 
 
