@@ -233,3 +233,12 @@ def test_a_very_long_unknown_model_is_404_over_http(shared_server: TandemProcess
         model = http.get(f"/v1/models/{LONG_NAME}")
         assert model.status_code == 404, model.text
         assert_cut(model.json()["error"]["message"])
+
+
+def test_a_very_long_unknown_field_is_echoed_cut(shared_server: TandemProcess) -> None:
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}], LONG_NAME: 1}
+    answer = httpx.post(f"{shared_server.base_url}/native/v1/chat/completions", json=body)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert len(error["param"]) <= 257
+    assert_cut(error["message"])
