@@ -167,13 +167,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Parse up to the limit; refuse if the head did not end within it."""
         within = len(data) - (self._header_bytes - self._max_header_bytes)
         if within > 0:
-            super().data_received(data[:within])
+            HttpToolsProtocol.data_received(self, data[:within])
             if self.transport.is_closing():  # a parse error, answered by uvicorn
                 return
         if self._in_head and self._header_bytes > self._max_header_bytes:
             self._close_with(431, self.headers_too_large, new_id())
-            return
-        self.data_received(data[within:])  # the body, or the next request's head
+        elif rest := data[within:]:
+            self.data_received(rest)  # the body, or the next request's head
 
     def on_headers_complete(self) -> None:
         self._in_head = False

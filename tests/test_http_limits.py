@@ -167,9 +167,12 @@ def test_each_request_on_a_kept_alive_connection_has_its_own_header_budget(
         assert _read_response(sock)[0] == 431
 
 
-def test_pipelined_requests_are_each_answered_in_order(server: TandemProcess) -> None:
+def test_pipelined_requests_near_the_limit_are_each_answered_in_order(
+    server: TandemProcess,
+) -> None:
+    """Reads that cross the limit but hold several heads, each under it."""
     with _connect(server) as sock:
-        sock.sendall(b"".join(_chat_head(2000, request_id=f"pipe-{i}") + CHAT for i in range(3)))
+        sock.sendall(b"".join(_chat_head(50000, request_id=f"pipe-{i}") + CHAT for i in range(3)))
         reader = sock.makefile("rb")
         ids = [_read_response(reader)[1]["x-request-id"] for _ in range(3)]
     assert ids == ["pipe-0", "pipe-1", "pipe-2"]
