@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from server.config import ServerConfig
 from server.lifecycle import start_http_server
 
 UPSTREAM = sys.argv[1]
@@ -51,7 +52,9 @@ async def main() -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
-    _, server = await start_http_server(app, sock, grace_s=1)  # the uvicorn settings Tandem uses
+    _, server = await start_http_server(
+        app, sock, ServerConfig(shutdown_grace_s=1)
+    )  # the uvicorn settings Tandem uses
     sys.stdout.write(f"http listening on 127.0.0.1:{sock.getsockname()[1]}\ngrpc listening on -\n")
     sys.stdout.flush()
     await server

@@ -21,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
+from server.config import ServerConfig
 from server.lifecycle import start_http_server
 
 WORDS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
@@ -110,7 +111,9 @@ async def main() -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
-    _, http = await start_http_server(app, sock, grace_s=1)  # the uvicorn settings Tandem uses
+    _, http = await start_http_server(
+        app, sock, ServerConfig(shutdown_grace_s=1)
+    )  # the uvicorn settings Tandem uses
     http_port = sock.getsockname()[1]
     sys.stdout.write(
         f"http listening on 127.0.0.1:{http_port}\ngrpc listening on 127.0.0.1:{grpc_port}\n"

@@ -13,7 +13,9 @@ the same core, with the load (and the instant upstream) on the other core:
 - `policy-*`: an API key and rate limits (memory, then Redis) on, usage
   recorded to SQLite: everything on, against Tandem with all of it off;
 - `usage-*`: the usage ledger alone (SQLite, then PostgreSQL) against
-  recording off (`usage.store: none`).
+  recording off (`usage.store: none`);
+- `guard-chat`: the HTTP transport bounds (http_bridge/transport.py) against
+  Tandem on uvicorn's plain httptools protocol (scripts/serve_unguarded.py).
 
 `wrk` drives HTTP, a grpc.aio client process drives gRPC. Targets alternate
 for `--rounds` rounds; medians are reported, and Tandem as a ratio of the
@@ -82,6 +84,7 @@ SCENARIOS = (
     "usage-stream",
     "grpc-unary",
     "grpc-stream",
+    "guard-chat",
 )
 # scenario -> targets: (server, model); the baseline is the bare server, the bare
 # proxy, or (policy-*) Tandem with no auth and no limits
@@ -93,6 +96,8 @@ TARGETS = {
     "policy": [("tandem", "echo"), ("tandem-memory", "echo"), ("tandem-redis", "echo")],
     # the usage ledger on, against `usage.store: none`
     "usage": [("tandem", "echo"), ("tandem-sqlite", "echo"), ("tandem-postgres", "echo")],
+    # the header, body and connection bounds on, against uvicorn's plain protocol
+    "guard": [("tandem-unguarded", "echo"), ("tandem", "echo")],
 }
 
 
@@ -297,6 +302,19 @@ def main() -> None:
                 usage_config = work / f"{name}.yaml"
                 usage_config.write_text(USAGE_CONFIG % store)
                 launch_tandem(name, usage_config)
+        if "guard-chat" in scenarios:
+            serve = ["serve", "--config", str(config), "--http", "127.0.0.1:0"]
+            launch(
+                "tandem-unguarded",
+                [
+                    sys.executable,
+                    str(scripts / "serve_unguarded.py"),
+                    *serve,
+                    "--grpc",
+                    "127.0.0.1:0",
+                ],
+                server_core,
+            )
         context = multiprocessing.get_context("spawn")
         print(
             f"servers on core {server_core}; load and upstream on core {client_core}; "

@@ -59,6 +59,7 @@ class _Strict(BaseModel):
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class ServerConfig(_Strict):
@@ -68,6 +69,12 @@ class ServerConfig(_Strict):
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
     shutdown_grace_s: NonNegativeFloat = 30.0
     shutdown_delay_s: NonNegativeFloat = 0.0
+    # HTTP transport bounds, enforced per connection by http_bridge/transport.py
+    max_header_bytes: PositiveInt = 64 * 1024  # request line and headers together
+    header_timeout_s: PositiveFloat = 10.0  # a request's first byte to the end of its headers
+    body_timeout_s: PositiveFloat = 30.0  # the end of the headers to the last body byte
+    keep_alive_timeout_s: PositiveFloat = 75.0  # an idle connection, before and between requests
+    max_connections: PositiveInt = 4096  # open HTTP connections per worker process
 
     @field_validator("http", "grpc")
     @classmethod

@@ -26,7 +26,8 @@ from grpc_health.v1 import health, health_pb2
 from starlette.types import ASGIApp
 
 from http_bridge.app import create_app
-from server.config import Config, parse_host_port
+from http_bridge.transport import guarded_protocol
+from server.config import Config, ServerConfig, parse_host_port
 from server.core.dataplane import DataPlane
 from server.core.routing import Router
 from server.grpc_service import SERVICE_NAMES, build_grpc_server
@@ -76,18 +77,23 @@ def bind_socket(address: str, *, reuse_port: bool = False) -> socket.socket:
 
 
 async def start_http_server(
-    app: ASGIApp, sock: socket.socket, *, grace_s: float
+    app: ASGIApp, sock: socket.socket, limits: ServerConfig
 ) -> tuple[HttpServer, asyncio.Task[None]]:
-    """uvicorn serving `app` on a bound socket, in this loop; returns once it accepts."""
+    """uvicorn serving `app` on a bound socket, in this loop; returns once it accepts.
+
+    The protocol is httptools with the transport bounds of `limits` (header
+    size and time, body time, keep-alive, connections): see
+    `http_bridge/transport.py`.
+    """
     config = uvicorn.Config(
         app,
         log_config=None,
         access_log=False,
         lifespan="off",
-        http="httptools",
+        http=guarded_protocol(limits),
         server_header=False,
         proxy_headers=False,
-        timeout_graceful_shutdown=math.ceil(grace_s),
+        timeout_graceful_shutdown=math.ceil(limits.shutdown_grace_s),
     )
     server = HttpServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -159,9 +165,7 @@ class Gateway:
         sock = bind_socket(self._http_address, reuse_port=self._reuse_port)
         http_host, http_port = sock.getsockname()[:2]
         app = create_app(plane, policy, self.is_ready, max_body_bytes=config.server.max_body_bytes)
-        self._http_server, self._http_task = await start_http_server(
-            app, sock, grace_s=config.server.shutdown_grace_s
-        )
+        self._http_server, self._http_task = await start_http_server(app, sock, config.server)
 
         for service in ("", *SERVICE_NAMES):  # ready only once both doors accept
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)

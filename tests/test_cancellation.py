@@ -14,7 +14,7 @@ from grpc_health.v1 import health
 from tandem.v1 import chat_pb2, chat_pb2_grpc, embeddings_pb2
 
 from http_bridge.app import create_app
-from server.config import load_config
+from server.config import ServerConfig, load_config
 from server.core.context import CallContext
 from server.core.dataplane import DataPlane
 from server.core.routing import Router
@@ -96,7 +96,7 @@ async def live_http(plane: DataPlane) -> AsyncIterator[str]:
     sock = bind_socket("127.0.0.1:0")
     port = sock.getsockname()[1]
     app = create_app(plane, plane.policy, lambda: True, max_body_bytes=1 << 20)
-    server, task = await start_http_server(app, sock, grace_s=1)
+    server, task = await start_http_server(app, sock, ServerConfig(shutdown_grace_s=1))
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

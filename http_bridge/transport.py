@@ -1,0 +1,250 @@
+"""The HTTP/1.1 connection: uvicorn's httptools protocol, with bounds on what a client may hold.
+
+Neither httptools nor uvicorn bounds the size of a request head or the time a
+client takes to send it: one connection could make the server buffer a 32 MB
+header, or hold it open with one header line a second. The `server.*` keys:
+
+- `max_header_bytes`, the request line and headers together. A request's bytes
+  are counted as they arrive, before the parser sees them, until its headers
+  end. A read that crosses the limit is parsed only up to it; if the headers
+  did not end there, the client gets 431 (native body, code
+  `headers_too_large`, a new `x-request-id`, `connection: close`) and the
+  connection closes, the rest unread. (A request that begins inside the read
+  that ended the one before it is counted from its next read.)
+- `header_timeout_s`, from a request's first byte to the end of its headers;
+  past it the connection closes without an answer (slowloris).
+- `body_timeout_s`, from the end of the headers to the last body byte: a
+  total, so a body that trickles in a byte at a time is cut too. Time while
+  the server itself is not reading (back-pressure on a handler that has not
+  read yet, a pipelined request waiting its turn) does not count. Past it, a
+  handler waiting for the body sees the client gone, the client gets 408
+  (native body, code `body_timeout`) unless an answer had started, and the
+  connection closes.
+- `keep_alive_timeout_s`, an idle connection: before its first byte (uvicorn
+  leaves a fresh connection unbounded) and between requests (uvicorn's own).
+- `max_connections`, per worker process: a connection over it is answered
+  503 (`unavailable_error`, code `too_many_connections`, `retry-after: 1`,
+  `connection: close`) on its first request, under the same bounds, and
+  closed.
+
+The hot path pays a counter add and compare per read while a head is
+incomplete, and two clock reads per request: one lazily re-armed timer per
+connection stands for the deadlines, not a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any, ClassVar
+
+import orjson
+from starlette.types import Receive, Scope, Send
+from uvicorn.config import Config as UvicornConfig
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from http_bridge.request_id import RequestIdMiddleware
+from server.config import ServerConfig
+from server.core.context import new_id
+
+__all__ = ["GuardedHttpToolsProtocol", "guarded_protocol"]
+
+
+def _error_body(message: str, error_type: str, code: str) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": error_type, "code": code, "param": None}}
+    )
+
+
+def _closing_answer(
+    status: int, body: bytes, request_id: str, default_headers: list[tuple[bytes, bytes]]
+) -> bytes:
+    """A whole JSON answer written by the transport itself, then the connection closes."""
+    parts = [STATUS_LINE[status]]
+    for name, value in default_headers:
+        parts += [name, b": ", value, b"\r\n"]
+    parts += [
+        b"content-type: application/json\r\ncontent-length: ",
+        str(len(body)).encode(),
+        b"\r\nx-request-id: ",
+        request_id.encode(),
+        b"\r\nconnection: close\r\n\r\n",
+        body,
+    ]
+    return b"".join(parts)
+
+
+def _over_capacity_app(max_connections: int) -> RequestIdMiddleware:
+    body = _error_body(
+        f"the server has {max_connections} connections open; retry shortly",
+        "unavailable_error",
+        "too_many_connections",
+    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+
+    async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return RequestIdMiddleware(over_capacity)
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """One connection; `guarded_protocol` makes the subclass that carries the limits."""
+
+    # Slots, not the instance dict: uvicorn's ~28 attributes already fill it near
+    # CPython's 30 shared keys, past which every attribute access in uvicorn's
+    # code gets slower (measured: +4% instructions per request in the protocol).
+    __slots__ = (
+        "_body_timeout_s",
+        "_deadline",
+        "_header_bytes",
+        "_header_timeout_s",
+        "_in_head",
+        "_max_header_bytes",
+        "_timer",
+        "_timer_at",
+    )
+
+    limits: ClassVar[ServerConfig]
+    over_capacity: ClassVar[RequestIdMiddleware]
+    headers_too_large: ClassVar[bytes]  # the 431 body
+    body_timed_out: ClassVar[bytes]  # the 408 body
+
+    def __init__(
+        self,
+        config: UvicornConfig,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        limits = self.limits
+        self.timeout_keep_alive = limits.keep_alive_timeout_s  # type: ignore[assignment]
+        self._max_header_bytes = limits.max_header_bytes
+        self._header_timeout_s = limits.header_timeout_s
+        self._body_timeout_s = limits.body_timeout_s
+        self._in_head = True  # the bytes arriving belong to a request's head
+        self._header_bytes = 0
+        self._deadline = 0.0  # of the head or the body being read; 0: none
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf  # when the timer fires; inf: no timer
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self.app = self.over_capacity
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # The hot path: direct base-class calls (no super()) and one compare for the timer.
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            if not self._header_bytes:
+                deadline = self._deadline = self.loop.time() + self._header_timeout_s
+                if deadline < self._timer_at:
+                    self._arm(deadline)
+            self._header_bytes += len(data)
+            if self._header_bytes > self._max_header_bytes:
+                self._receive_past_header_budget(data)
+                return
+        HttpToolsProtocol.data_received(self, data)
+
+    def _receive_past_header_budget(self, data: bytes) -> None:
+        """Parse up to the limit; refuse if the head did not end within it."""
+        within = len(data) - (self._header_bytes - self._max_header_bytes)
+        if within > 0:
+            HttpToolsProtocol.data_received(self, data[:within])
+            if self.transport.is_closing():  # a parse error, answered by uvicorn
+                return
+        if self._in_head and self._header_bytes > self._max_header_bytes:
+            self._close_with(431, self.headers_too_large, new_id())
+        elif rest := data[within:]:
+            self.data_received(rest)  # the body, or the next request's head
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        deadline = self._deadline = self.loop.time() + self._body_timeout_s
+        if deadline < self._timer_at:
+            self._arm(deadline)
+        HttpToolsProtocol.on_headers_complete(self)
+
+    def on_message_complete(self) -> None:
+        HttpToolsProtocol.on_message_complete(self)
+        self._in_head = True
+        self._header_bytes = 0
+        self._deadline = 0.0
+
+    def _arm(self, at: float) -> None:
+        """One timer for the connection: it fires at `at` and looks at the deadline then."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(at, self._on_timer)
+        self._timer_at = at
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        if not self._deadline or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.flow.read_paused:  # the server is not reading: the client is not late
+            self._deadline = now + (
+                self._header_timeout_s if self._in_head else self._body_timeout_s
+            )
+        if self._deadline > now:
+            self._arm(self._deadline)
+        elif self._in_head:
+            self.transport.close()
+        else:
+            self._cut_body()
+
+    def _cut_body(self) -> None:
+        cycle = self.cycle
+        answer = not cycle.response_started
+        cycle.disconnected = True  # the handler's receive() sees the client gone
+        cycle.message_event.set()
+        if answer:
+            request_id = cycle.scope.get("state", {}).get("request_id") or new_id()
+            self._close_with(408, self.body_timed_out, request_id)
+        else:
+            self.transport.close()
+
+    def _close_with(self, status: int, body: bytes, request_id: str) -> None:
+        headers = self.server_state.default_headers
+        self.transport.write(_closing_answer(status, body, request_id, headers))
+        self.transport.close()
+
+
+def guarded_protocol(limits: ServerConfig) -> type[HttpToolsProtocol]:
+    """The protocol class for `uvicorn.Config(http=...)`, bound to these limits."""
+
+    class HttpProtocol(GuardedHttpToolsProtocol):
+        pass
+
+    HttpProtocol.limits = limits
+    HttpProtocol.over_capacity = _over_capacity_app(limits.max_connections)
+    HttpProtocol.headers_too_large = _error_body(
+        f"request line and headers are larger than the limit of {limits.max_header_bytes} bytes",
+        "invalid_request_error",
+        "headers_too_large",
+    )
+    HttpProtocol.body_timed_out = _error_body(
+        f"request body not received within {limits.body_timeout_s:g} s",
+        "invalid_request_error",
+        "body_timeout",
+    )
+    return HttpProtocol

@@ -1,0 +1,22 @@
+"""`tandem serve` on uvicorn's plain httptools protocol: the baseline of the bench's
+`guard-chat` scenario (scripts/bench.py), what the HTTP transport bounds of
+`http_bridge/transport.py` cost. Everything else is Tandem as it ships."""
+
+from __future__ import annotations
+
+import sys
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from server import cli, lifecycle
+from server.config import ServerConfig
+
+
+def plain_protocol(limits: ServerConfig) -> type[HttpToolsProtocol]:
+    return HttpToolsProtocol
+
+
+lifecycle.guarded_protocol = plain_protocol  # type: ignore[attr-defined]
+
+if __name__ == "__main__":
+    sys.exit(cli.main())
