@@ -44,17 +44,17 @@ from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from http_bridge.errors import error_body
 from http_bridge.request_id import RequestIdMiddleware
 from server.config import ServerConfig
 from server.core.context import new_id
+from server.core.errors import GatewayError, InvalidRequestError, UnavailableError
 
 __all__ = ["GuardedHttpToolsProtocol", "guarded_protocol"]
 
 
-def _error_body(message: str, error_type: str, code: str) -> bytes:
-    return orjson.dumps(
-        {"error": {"message": message, "type": error_type, "code": code, "param": None}}
-    )
+def _error_body(error: GatewayError) -> bytes:
+    return orjson.dumps(error_body(error))
 
 
 def _closing_answer(
@@ -77,9 +77,10 @@ def _closing_answer(
 
 def _over_capacity_app(max_connections: int) -> RequestIdMiddleware:
     body = _error_body(
-        f"the server has {max_connections} connections open; retry shortly",
-        "unavailable_error",
-        "too_many_connections",
+        UnavailableError(
+            f"the server has {max_connections} connections open; retry shortly",
+            code="too_many_connections",
+        )
     )
     headers = [
         (b"content-type", b"application/json"),
@@ -238,13 +239,15 @@ def guarded_protocol(limits: ServerConfig) -> type[HttpToolsProtocol]:
     HttpProtocol.limits = limits
     HttpProtocol.over_capacity = _over_capacity_app(limits.max_connections)
     HttpProtocol.headers_too_large = _error_body(
-        f"request line and headers are larger than the limit of {limits.max_header_bytes} bytes",
-        "invalid_request_error",
-        "headers_too_large",
+        InvalidRequestError(
+            f"request line and headers are larger than the limit of "
+            f"{limits.max_header_bytes} bytes",
+            code="headers_too_large",
+        )
     )
     HttpProtocol.body_timed_out = _error_body(
-        f"request body not received within {limits.body_timeout_s:g} s",
-        "invalid_request_error",
-        "body_timeout",
+        InvalidRequestError(
+            f"request body not received within {limits.body_timeout_s:g} s", code="body_timeout"
+        )
     )
     return HttpProtocol
