@@ -41,7 +41,10 @@ def usage_query(request: usage_pb2.GetUsageRequest, caller: Caller) -> UsageQuer
 
 def _in_range(timestamp: Timestamp) -> bool:
     # what Timestamp itself allows (years 1 to 9999); PostgreSQL and datetime go no further
-    return -62_135_596_800 <= timestamp.seconds <= 253_402_300_799
+    return (
+        -62_135_596_800 <= timestamp.seconds <= 253_402_300_799
+        and 0 <= timestamp.nanos <= 999_999_999
+    )
 
 
 def usage_response(page: UsagePage) -> usage_pb2.GetUsageResponse:
