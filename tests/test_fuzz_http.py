@@ -7,14 +7,19 @@ is the contract's body for its route with nothing internal in it.
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 import schemathesis
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from schemathesis import Case
 from schemathesis.checks import not_a_server_error
@@ -33,17 +38,26 @@ from tests.fuzzing import (
     nested,
 )
 from tests.servers import TandemProcess, start_tandem
+from tests.stores import pg_schema_url
 
 # Examples per operation in the fuzzing phase (the coverage phase adds its own few).
 EXAMPLES_PER_OPERATION = 25
 
-# The built-in default config (auth off, the mock's `echo`) with its usage store here.
+# Two doors: the built-in default (auth off, the mock's `echo`, SQLite usage), and
+# auth required with an API key from `tandem keys` and PostgreSQL usage.
 CONFIG = """
 providers:
   - {name: mock, kind: mock}
 models:
   - {name: echo, provider: mock}
 """
+KEYED_CONFIG = (
+    CONFIG
+    + """
+auth: {required: true}
+usage: {store: "%s"}
+"""
+)
 
 # A status the contract pins -> the `error.type` it spells.
 STATUS_TYPES = {
@@ -86,11 +100,44 @@ def assert_contract_answer(
     assert all(detail[key] is None or isinstance(detail[key], str) for key in ("code", "param"))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TandemProcess]:
-    process = start_tandem(tmp_path_factory.mktemp("fuzz-http"), CONFIG)
-    yield process
-    assert process.terminate() == 0, process.stderr()
+@dataclass(frozen=True)
+class Door:
+    """A fuzzed server and the headers its caller sends."""
+
+    process: TandemProcess
+    headers: dict[str, str]
+
+
+def _api_key(tmp_path: Path, config: str) -> str:
+    path = tmp_path / "keys.yaml"
+    path.write_text(config)
+    command = [sys.executable, "-m", "server.cli", "keys", "create", "--user", "fuzz"]
+    done = subprocess.run(
+        [*command, "--config", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=tmp_path,
+    )
+    key: str = orjson.loads(done.stdout)["key"]
+    return key
+
+
+@pytest.fixture(scope="module", params=["anonymous", "api-key"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Door]:
+    tmp_path = tmp_path_factory.mktemp("fuzz-http")
+    with contextlib.ExitStack() as stack:
+        if request.param == "anonymous":
+            config, headers = CONFIG, {}
+        else:
+            config = KEYED_CONFIG % stack.enter_context(pg_schema_url())
+            headers = {"authorization": f"Bearer {_api_key(tmp_path, config)}"}
+        process = start_tandem(tmp_path, config)
+        yield Door(process, headers)
+        assert process.terminate() == 0, process.stderr()
 
 
 def _schemathesis_config() -> SchemathesisConfig:
@@ -112,9 +159,9 @@ def _schemathesis_config() -> SchemathesisConfig:
 
 
 @pytest.fixture(scope="module")
-def live_schema(server: TandemProcess) -> BaseSchema:
+def live_schema(server: Door) -> BaseSchema:
     return schemathesis.openapi.from_url(
-        f"{server.base_url}/openapi.json", config=_schemathesis_config()
+        f"{server.process.base_url}/openapi.json", config=_schemathesis_config()
     )
 
 
@@ -130,11 +177,11 @@ def node_id(request: pytest.FixtureRequest) -> None:
 @schema.parametrize()
 @pytest.mark.usefixtures("node_id")
 def test_every_operation_answers_below_500_in_the_contracts_shape(
-    case: Case[Any], fuzz_cases: FuzzCases
+    case: Case[Any], fuzz_cases: FuzzCases, server: Door
 ) -> None:
     fuzz_cases["http: schemathesis (every operation)"] += 1
     response = case.call_and_validate(
-        checks=[not_a_server_error, negative_data_rejection], timeout=10
+        headers=server.headers, checks=[not_a_server_error, negative_data_rejection], timeout=10
     )
     assert_contract_answer(case.path, response.status_code, response.headers, response.content)
 
@@ -231,32 +278,68 @@ def bodies(draw: st.DrawFn) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def http(server: TandemProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+def http(server: Door) -> Iterator[httpx.Client]:
+    headers = {**server.headers, "content-type": "application/json"}
+    with httpx.Client(base_url=server.process.base_url, headers=headers, timeout=10) as client:
         yield client
 
 
-@fuzz_settings(max_examples=200)
+@fuzz_settings(max_examples=150)
 @given(route=st.sampled_from(JSON_ROUTES), body=bodies())
 def test_any_json_body_is_answered_below_500_in_the_contracts_shape(
     http: httpx.Client, fuzz_cases: FuzzCases, route: str, body: bytes
 ) -> None:
     fuzz_cases["http: JSON bodies"] += 1
-    response = http.post(route, content=body, headers={"content-type": "application/json"})
+    response = http.post(route, content=body)
     assert_contract_answer(route, response.status_code, response.headers, response.content)
 
 
-@fuzz_settings(max_examples=40)
+QUERY_TEXT = st.one_of(
+    st.text(max_size=16),
+    st.text(alphabet=st.sampled_from("\x00\x7f\u2028é0123456789-:TZ+"), max_size=24),
+)
+TIMES = st.one_of(
+    st.sampled_from(["2026-01-31T12:00:00Z", "0001-01-01T00:00:00+01:00"]), QUERY_TEXT
+)
+# Each parameter mostly valid, so that one odd value is what the server meets.
+USAGE_QUERIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "since": TIMES,
+        "until": TIMES,
+        "user": st.one_of(st.just("fuzz"), QUERY_TEXT),
+        "model": st.one_of(st.just("echo"), QUERY_TEXT),
+        "limit": st.one_of(st.integers(-1, 1001).map(str), QUERY_TEXT),
+        "x": QUERY_TEXT,
+    },
+)
+
+
+@fuzz_settings(max_examples=100)
+@given(query=USAGE_QUERIES)
+@example(query={"model": "a\x00b"})
+@example(query={"user": "fuzz\x00"})
+def test_any_usage_query_is_answered_below_500_in_the_contracts_shape(
+    http: httpx.Client, fuzz_cases: FuzzCases, query: dict[str, str]
+) -> None:
+    fuzz_cases["http: usage queries"] += 1
+    response = http.get("/native/v1/usage", params=query)
+    assert_contract_answer(
+        "/native/v1/usage", response.status_code, response.headers, response.content
+    )
+
+
+@fuzz_settings(max_examples=30)
 @given(route=st.sampled_from(JSON_ROUTES), body=deep_bodies(st.integers(33, 1100)))
 def test_json_nested_deeper_than_32_levels_is_a_400(
     http: httpx.Client, fuzz_cases: FuzzCases, route: str, body: bytes
 ) -> None:
     fuzz_cases["http: deep JSON"] += 1
-    response = http.post(route, content=body, headers={"content-type": "application/json"})
+    response = http.post(route, content=body)
     assert_contract_answer(route, response.status_code, response.headers, response.content)
     assert response.status_code == 400, (body[:80], response.text[:300])
 
 
-def test_the_fuzzed_server_logged_no_traceback(server: TandemProcess) -> None:
+def test_the_fuzzed_server_logged_no_traceback(server: Door) -> None:
     """Runs after the suites above (same module): a logged bug is a failure too."""
-    assert "Traceback" not in server.stderr()
+    assert "Traceback" not in server.process.stderr()
