@@ -8,6 +8,7 @@ is the contract's body for its route with nothing internal in it.
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -338,6 +339,29 @@ def test_json_nested_deeper_than_32_levels_is_a_400(
     response = http.post(route, content=body)
     assert_contract_answer(route, response.status_code, response.headers, response.content)
     assert response.status_code == 400, (body[:80], response.text[:300])
+
+
+# What h11 lets a client put in a header value: visible latin-1, spaces and tabs inside.
+HEADER_TEXT = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
+    max_size=300,
+).map(str.strip)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@fuzz_settings(max_examples=100)
+@given(
+    route=st.sampled_from(["/native/v1/models", "/v1/models", "/v1/models/echo"]),
+    name=st.sampled_from(["authorization", "x-request-id"]),
+    value=st.one_of(HEADER_TEXT, HEADER_TEXT.map(lambda text: f"Bearer {text}".strip())),
+)
+def test_any_credential_or_request_id_is_answered_in_the_contracts_shape(
+    http: httpx.Client, fuzz_cases: FuzzCases, route: str, name: str, value: str
+) -> None:
+    fuzz_cases["http: header values"] += 1
+    response = http.get(route, headers={name.encode(): value.encode("latin-1")})
+    assert_contract_answer(route, response.status_code, response.headers, response.content)
+    assert REQUEST_ID.fullmatch(response.headers["x-request-id"]), response.headers
 
 
 def test_the_fuzzed_server_logged_no_traceback(server: Door) -> None:
