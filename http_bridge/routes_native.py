@@ -9,7 +9,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 from http_bridge import handlers
 from http_bridge.deps import NativeCall
 from http_bridge.lean_route import lean_post
-from http_bridge.openapi_schema import request_body
+from http_bridge.openapi_schema import request_body, usage_parameters
 from http_bridge.responses import reply
 from server.translate import openai
 from server.translate.usage import encode_usage, parse_usage_params
@@ -30,7 +30,7 @@ _STRICT = (
     router,
     "/chat/completions",
     summary='Create a chat completion (SSE with "stream": true)',
-    openapi_extra=request_body(chat_pb2.ChatCompletionRequest.DESCRIPTOR, _STRICT),
+    openapi_extra=request_body(chat_pb2.ChatCompletionRequest.DESCRIPTOR, _STRICT, strict=True),
 )
 async def create_chat_completion(request: Request, ctx: NativeCall) -> Response:
     return await handlers.create_chat(request, ctx, handlers.NATIVE)
@@ -46,7 +46,7 @@ async def list_models(request: Request, ctx: NativeCall) -> Response:
     router,
     "/embeddings",
     summary="Create embeddings",
-    openapi_extra=request_body(embeddings_pb2.EmbeddingRequest.DESCRIPTOR, _STRICT),
+    openapi_extra=request_body(embeddings_pb2.EmbeddingRequest.DESCRIPTOR, _STRICT, strict=True),
 )
 async def create_embeddings(request: Request, ctx: NativeCall) -> Response:
     return await handlers.create_embeddings(request, ctx, handlers.NATIVE)
@@ -60,6 +60,7 @@ async def create_embeddings(request: Request, ctx: NativeCall) -> Response:
         "no offset; `user` (another user's: admin keys only); `model`; `limit` 1-1000, "
         "default 100. A caller sees its own records; an admin key sees everyone's."
     ),
+    openapi_extra=usage_parameters(),
 )
 async def get_usage(request: Request, ctx: NativeCall) -> Response:
     query = parse_usage_params(request.query_params)

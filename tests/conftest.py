@@ -6,13 +6,36 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
+import hypothesis.core
 import openai
 import pytest
+from hypothesis.internal.conjecture import engine
+from hypothesis.strategies._internal import collections
 
 from tests.fake_upstream import FakeUpstream
+from tests.fuzzing import FuzzCases
 from tests.servers import TandemProcess, start_tandem
 from tests.stores import PG_DSN, pg_schema_url
 from tests.tcp_proxy import TcpProxy
+
+# schemathesis' first import swaps, process-wide, Hypothesis' printer of failing
+# examples for one that prints nothing, and grows its buffer: every suite gets
+# Hypothesis as shipped back once collection has imported it (its plugin is off).
+_HYPOTHESIS_AS_SHIPPED = tuple(
+    (module, name, getattr(module, name))
+    for module, name in (
+        (hypothesis.core, "RepresentationPrinter"),
+        (hypothesis.core, "BUFFER_SIZE"),
+        (engine, "BUFFER_SIZE"),
+        (collections, "BUFFER_SIZE"),
+    )
+)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    for module, name, value in _HYPOTHESIS_AS_SHIPPED:
+        setattr(module, name, value)
+
 
 # A config most gRPC tests share: a fast and a slow mock, and a model outside tier free.
 SHARED_CONFIG = """
@@ -104,3 +127,22 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     else:
         with pg_schema_url() as url:
             yield url
+
+
+_FUZZ_CASES = pytest.StashKey[FuzzCases]()
+
+
+@pytest.fixture(scope="session")
+def fuzz_cases(pytestconfig: pytest.Config) -> FuzzCases:
+    """Examples run per fuzz suite, for the terminal summary."""
+    return pytestconfig.stash.setdefault(_FUZZ_CASES, FuzzCases())
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    cases = config.stash.get(_FUZZ_CASES, None)
+    if cases:
+        terminalreporter.write_sep("-", "fuzz cases run per suite")
+        for suite, count in sorted(cases.items()):
+            terminalreporter.write_line(f"{suite}: {count}")
