@@ -14,7 +14,7 @@ the same core, with the load (and the instant upstream) on the other core:
   recorded to SQLite: everything on, against Tandem with all of it off;
 - `usage-*`: the usage ledger alone (SQLite, then PostgreSQL) against
   recording off (`usage.store: none`);
-- `guard-chat`: the HTTP transport bounds (http_bridge/transport.py) against
+- `guard-*`: the HTTP transport bounds (http_bridge/transport.py) against
   Tandem on uvicorn's plain httptools protocol (scripts/serve_unguarded.py).
 
 `wrk` drives HTTP, a grpc.aio client process drives gRPC. Targets alternate
@@ -85,6 +85,7 @@ SCENARIOS = (
     "grpc-unary",
     "grpc-stream",
     "guard-chat",
+    "guard-stream",
 )
 # scenario -> targets: (server, model); the baseline is the bare server, the bare
 # proxy, or (policy-*) Tandem with no auth and no limits
@@ -302,7 +303,7 @@ def main() -> None:
                 usage_config = work / f"{name}.yaml"
                 usage_config.write_text(USAGE_CONFIG % store)
                 launch_tandem(name, usage_config)
-        if "guard-chat" in scenarios:
+        if any(s.startswith("guard") for s in scenarios):
             serve = ["serve", "--config", str(config), "--http", "127.0.0.1:0"]
             launch(
                 "tandem-unguarded",
