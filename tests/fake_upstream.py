@@ -15,7 +15,8 @@ behaviours for the next requests (`ok` once the script is empty):
 - `errorevent`, `errormid`: a `{"error": ...}` event first, or after two words
 - `errorbody`: 200 with `{"error": ...}` as the body
 - `badlogprobs`: logprobs whose numbers are strings
-- `nousage`: answer normally, but never say the usage
+- `nousage`: answer normally, but never say the usage; `tools:nousage` likewise
+- `pairs`: stream two choices in every event, and no usage
 
 Every request is recorded (path, headers, JSON body, arrival time); a
 handler whose client goes away records the time in `gone`.
@@ -139,7 +140,7 @@ class FakeUpstream:
             "completion_tokens": len(words),
             "total_tokens": 7 + len(words),
         }
-        if kind == "nousage":
+        if kind in ("nousage", "pairs") or arg == "nousage":
             usage = None
         head = {"id": "up-1", "created": 1, "model": body["model"], "system_fingerprint": "fp_up"}
         tool_calls: list[dict[str, Any]] = [
@@ -217,7 +218,8 @@ class FakeUpstream:
                     request.transport.close()
                     return response
                 delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
-                await event([{"index": 0, "delta": delta, "finish_reason": None}])
+                indexes = (0, 1) if kind == "pairs" else (0,)
+                await event([{"index": n, "delta": delta, "finish_reason": None} for n in indexes])
             await event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
         if (body.get("stream_options") or {}).get("include_usage") and usage is not None:
             await event([], usage=usage)

@@ -130,7 +130,7 @@ def test_an_upstream_without_usage_is_charged_the_estimate(
         usage = orjson.loads(lines[-1][6:])["usage"]
     else:
         usage = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body).json()["usage"]
-    # the answer was sent whole, or as "one ", "two ", "three" (1 + 1 + 2 by the estimate)
+    # the answer "one two three", sent whole or word by word: max(3 words, ceil(13 bytes / 4))
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (4, 4)
     [record] = records(gateway, 1)
     assert record["usage_source"] == "estimated"
@@ -139,6 +139,41 @@ def test_an_upstream_without_usage_is_charged_the_estimate(
         usage["completion_tokens"],
     )
     assert record["status"] == "ok"
+
+
+def test_a_long_stream_without_usage_is_charged_all_it_sent(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset("nousage")
+    words = 600  # one chunk each: more than the gateway keeps before it counts them
+    body = chat("relay", " ".join(["a"] * words), stream=True)
+    with httpx.stream("POST", f"{gateway.base_url}/v1/chat/completions", json=body) as answer:
+        pieces = [line for line in answer.iter_lines() if line.startswith("data: {")]
+    assert len(pieces) > words
+    [record] = records(gateway, 1)
+    # "a a a ...": a word per two bytes, so words are the estimate, prompt and answer
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (words, words)
+    assert record["usage_source"] == "estimated"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "estimate"),
+    [
+        ("pairs", 7),  # two choices of "one two three": ceil(26 bytes / 4)
+        ("tools:nousage", 5),  # the arguments '{"city": "Paris"}' and '{}': ceil(19 bytes / 4)
+    ],
+)
+def test_streamed_choices_and_tool_calls_without_usage_are_estimated(
+    gateway: TandemProcess, fake: FakeUpstream, behaviour: str, estimate: int
+) -> None:
+    fake.reset(behaviour)
+    with httpx.stream(
+        "POST", f"{gateway.base_url}/v1/chat/completions", json=chat("relay", stream=True)
+    ) as answer:
+        assert answer.status_code == 200
+        answer.read()
+    [record] = records(gateway, 1)
+    assert (record["completion_tokens"], record["usage_source"]) == (estimate, "estimated")
 
 
 def test_embeddings_without_usage_are_charged_the_estimate(

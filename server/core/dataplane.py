@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
@@ -81,15 +81,29 @@ class DataPlane:
                 self.router.chain(route), request, ctx, chunked=streaming, attempts=account
             )
             account.first_chunk_at = time.monotonic()
+            sent = account.sent  # the texts that reached the caller, kept for an estimate
             try:
                 while True:
                     chunk.id = completion_id
                     chunk.created = created
                     chunk.model = model
+                    account.chunks += 1
                     if chunk.HasField("usage"):
                         account.usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                    else:
-                        account.sent(chunk)
+                    else:  # inline, for every chunk; the wrappers stay alive for the door
+                        choices = chunk.choices
+                        if len(choices) == 1:  # a upb `for` ends in a formatted IndexError
+                            choice = choices[0]
+                            delta = choice.delta
+                            text = delta.content
+                            if text:
+                                sent.append(text)
+                            if delta.tool_calls:
+                                sent.extend(call.function.arguments for call in delta.tool_calls)
+                        else:
+                            account.keep_sent(choices)
+                        if len(sent) >= _SENT_BATCH:
+                            account.count_sent()
                     yield chunk
                     chunk = await anext(upstream)
             except StopAsyncIteration:
@@ -160,6 +174,11 @@ class DataPlane:
         )
 
 
+# texts kept before they are counted: counting once per batch, over the joined
+# text, is cheaper per chunk and closer to the whole answer's estimate
+_SENT_BATCH = 256
+
+
 def _choices(request: chat_pb2.ChatCompletionRequest) -> int:
     return request.n if request.HasField("n") else 1
 
@@ -194,6 +213,7 @@ class _Accounting:
         "first_chunk_at",
         "prompt_tokens",
         "route",
+        "sent",
         "sent_tokens",
         "usage_known",
     )
@@ -220,6 +240,7 @@ class _Accounting:
         self.first_chunk_at: float | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.sent: list[str] = []  # what reached the caller, not yet in sent_tokens
         self.sent_tokens = 0  # the estimate of what reached the caller
         self.chunks = 0
 
@@ -237,17 +258,22 @@ class _Accounting:
         self._source = source
         self.usage_known = True
 
-    def sent(self, chunk: chat_pb2.ChatCompletionChunk) -> None:
-        """Count a chunk on its way to the caller, for the estimate if no usage comes."""
-        self.chunks += 1
-        for choice in chunk.choices:
+    def keep_sent(self, choices: Iterable[chat_pb2.ChunkChoice]) -> None:
+        """Keep the texts of a chunk of several choices (one is kept inline, faster)."""
+        for choice in choices:
             delta = choice.delta
             if delta.content:
-                self.sent_tokens += estimate_tokens(delta.content)
-            for call in delta.tool_calls:
-                self.sent_tokens += estimate_tokens(call.function.arguments)
+                self.sent.append(delta.content)
+            self.sent.extend(call.function.arguments for call in delta.tool_calls)
+
+    def count_sent(self) -> None:
+        """Fold the texts kept so far into the estimate (a long stream keeps a bounded list)."""
+        if self.sent:
+            self.sent_tokens += estimate_tokens("".join(self.sent))
+            self.sent.clear()
 
     def _estimate(self) -> None:
+        self.count_sent()
         self.usage(self._estimate_prompt(), self.sent_tokens, source="estimated")
 
     def estimated_usage_chunk(

@@ -501,7 +501,8 @@ def chunk_from_openai(data: JSON) -> chat_pb2.ChatCompletionChunk:
             choice.finish_reason = item["finish_reason"]
         if item.get("logprobs"):
             parse_into(item["logprobs"], choice.logprobs, strict=False)
-    _fill_usage(chunk, data.get("usage"))
+    if data.get("usage"):  # on the last chunk only
+        _fill_usage(chunk, data["usage"])
     if data.get("system_fingerprint"):
         chunk.system_fingerprint = data["system_fingerprint"]
     return chunk
