@@ -98,8 +98,9 @@ class DataPlane:
                             text = delta.content
                             if text:
                                 sent.append(text)
-                            if delta.tool_calls:
-                                sent.extend(call.function.arguments for call in delta.tool_calls)
+                            calls = delta.tool_calls
+                            if calls:
+                                sent.extend(call.function.arguments for call in calls)
                         else:
                             account.keep_sent(choices)
                         if len(sent) >= _SENT_BATCH:
