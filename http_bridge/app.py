@@ -20,9 +20,9 @@ from http_bridge.errors import error_response
 from http_bridge.fast_path import FastPath
 from http_bridge.request_id import RequestIdMiddleware
 from http_bridge.responses import JsonResponse
-from server.core.context import CallContext
+from server.context import CallContext
 from server.core.dataplane import DataPlane
-from server.core.errors import GatewayError, InternalError, InvalidRequestError, NotFoundError
+from server.errors import GatewayError, InternalError, InvalidRequestError, NotFoundError
 from server.policy import Policy
 
 __all__ = ["create_app"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from http_bridge.errors import error_response
-from server.core.errors import RequestTooLargeError
+from server.errors import RequestTooLargeError
 
 __all__ = ["BodyLimitMiddleware"]
 

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Request
 
-from server.core.context import CallContext, Protocol
-from server.core.errors import InvalidRequestError, echoed
+from server.context import CallContext, Protocol
+from server.errors import InvalidRequestError, echoed
 from server.policy import Policy
 
 __all__ = ["NativeCall", "OllamaCall", "OpenAICall", "read_json"]

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from server.core import errors
+from server import errors
 
 __all__ = ["HTTP_STATUS", "error_body", "error_headers", "error_response"]
 

@@ -17,9 +17,9 @@ from http_bridge.disconnect import cancel_on_disconnect
 from http_bridge.errors import error_body
 from http_bridge.responses import JsonResponse
 from http_bridge.streaming import ChunkStreamResponse
-from server.core.context import CallContext
+from server.context import CallContext
 from server.core.dataplane import DataPlane
-from server.core.errors import GatewayError
+from server.errors import GatewayError
 from server.translate import openai
 
 __all__ = ["NATIVE", "OPENAI", "Dialect", "create_chat", "create_embeddings"]

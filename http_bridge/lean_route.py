@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from server.core.context import CallContext
+from server.context import CallContext
 
 __all__ = ["LeanRoute", "lean_post"]
 

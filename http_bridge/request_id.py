@@ -13,8 +13,8 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from http_bridge.errors import error_response
-from server.core.context import request_id_from
-from server.core.errors import InternalError
+from server.context import request_id_from
+from server.errors import InternalError
 
 __all__ = ["RequestIdMiddleware"]
 

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from server.core.context import CallContext
+from server.context import CallContext
 
 __all__ = ["JsonResponse", "reply"]
 

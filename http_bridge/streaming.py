@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from tandem.v1 import chat_pb2
 
 from http_bridge.disconnect import ClientDisconnected, cancel_on_disconnect
-from server.core.errors import GatewayError, InternalError
+from server.errors import GatewayError, InternalError
 
 __all__ = ["ChunkStreamResponse"]
 

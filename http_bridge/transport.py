@@ -47,8 +47,8 @@ from uvicorn.server import ServerState
 from http_bridge.errors import error_body
 from http_bridge.request_id import RequestIdMiddleware
 from server.config import ServerConfig
-from server.core.context import new_id
-from server.core.errors import GatewayError, InvalidRequestError, UnavailableError
+from server.context import new_id
+from server.errors import GatewayError, InvalidRequestError, UnavailableError
 
 __all__ = ["GuardedHttpToolsProtocol", "guarded_protocol"]
 

@@ -27,9 +27,9 @@ from tandem.v1 import (
     usage_pb2_grpc,
 )
 
-from server.core.context import CallContext, request_id_from
+from server.context import CallContext, request_id_from
 from server.core.dataplane import DataPlane
-from server.core.errors import GatewayError, InternalError, InvalidRequestError
+from server.errors import GatewayError, InternalError, InvalidRequestError
 from server.grpc_decode import UndecodableRequest, add_service
 from server.grpc_errors import to_grpc_status
 from server.policy import Policy

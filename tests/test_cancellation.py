@@ -15,7 +15,7 @@ from tandem.v1 import chat_pb2, chat_pb2_grpc, embeddings_pb2
 
 from http_bridge.app import create_app
 from server.config import ServerConfig, load_config
-from server.core.context import CallContext
+from server.context import CallContext
 from server.core.dataplane import DataPlane
 from server.core.routing import Router
 from server.grpc_service import build_grpc_server

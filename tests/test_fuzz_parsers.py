@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from http_bridge.deps import read_json
-from server.core.errors import InvalidRequestError
 from server.core.validation import validate_chat_request, validate_embedding_request
+from server.errors import InvalidRequestError
 from server.translate import openai
 from server.translate.usage import parse_usage_params
 from tests.fuzzing import INTERNALS, JSON, FuzzCases, fuzz_settings, json_values, nested

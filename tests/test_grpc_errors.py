@@ -10,7 +10,7 @@ import pytest
 from google.protobuf.json_format import ParseDict
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from server.core import errors
+from server import errors
 from server.grpc_errors import GRPC_CODES, to_grpc_status
 from server.providers import Provider
 from tests.rpc_status import details_of

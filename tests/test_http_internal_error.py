@@ -19,7 +19,7 @@ from tandem.v1 import chat_pb2, models_pb2
 
 from http_bridge.app import create_app
 from server.config import load_config
-from server.core.context import CallContext
+from server.context import CallContext
 from server.core.dataplane import DataPlane
 from server.core.routing import Router
 from server.policy import Policy

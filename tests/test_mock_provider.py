@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from tandem.v1 import chat_pb2
 
 from server.config import ModelConfig, ProviderConfig
-from server.core.context import CallContext
+from server.context import CallContext
 from server.providers.base import Route
 from server.providers.mock import MockProvider, mock_embedding
 

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from server.core.errors import InvalidRequestError
+from server.errors import InvalidRequestError
 from server.translate import anthropic
 from server.translate.openai import parse_chat_request
 from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from server.core.errors import InvalidRequestError
+from server.errors import InvalidRequestError
 from server.translate import ollama
 from server.translate.openai import parse_chat_request
 from tests.fake_upstream import SECRET_URL, FakeUpstream

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tandem.v1 import chat_pb2
 
-from server.core.errors import InvalidRequestError
+from server.errors import InvalidRequestError
 from server.translate import openai
 from server.translate.openai import ChunkEncoder, _chunk_choices
 

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf.json_format import ParseDict
 from tandem.v1 import chat_pb2, chat_pb2_grpc, usage_pb2, usage_pb2_grpc
 
-from server.core.errors import InvalidRequestError
+from server.errors import InvalidRequestError
 from server.translate.usage import parse_usage_params
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess, start_tandem

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import pytest
 from prometheus_client import REGISTRY
 
-from server.core.context import new_id
+from server.context import new_id
 from server.store import Store, open_store
 from server.usage import UsageBatcher, UsageQuery, UsageRecord
 from tests.tcp_proxy import TcpProxy

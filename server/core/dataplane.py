@@ -15,13 +15,13 @@ from types import TracebackType
 
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 
-from server.core.context import CallContext, new_id
-from server.core.errors import GatewayError, NotFoundError, UnavailableError, echoed
+from server.context import CallContext, new_id
 from server.core.fold import fold_stream
-from server.core.messages import estimate_prompt_tokens, estimate_tokens
 from server.core.resilience import open_stream
 from server.core.routing import Router
 from server.core.validation import validate_chat_request, validate_embedding_request
+from server.errors import GatewayError, NotFoundError, UnavailableError, echoed
+from server.messages import estimate_prompt_tokens, estimate_tokens
 from server.policy import Admission, Policy
 from server.providers.base import Route
 from server.usage import UsageRecord, UsageRecorder

@@ -18,8 +18,8 @@ from typing import Protocol
 
 from tandem.v1 import chat_pb2
 
-from server.core.context import CallContext
-from server.core.errors import UpstreamError, UpstreamFailure, UpstreamTimeoutError
+from server.context import CallContext
+from server.errors import UpstreamError, UpstreamFailure, UpstreamTimeoutError
 from server.providers.base import Route
 
 __all__ = ["Attempts", "backoff_s", "open_stream"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from server.config import Config, TierConfig
-from server.core.context import Caller
-from server.core.errors import (
+from server.context import Caller
+from server.errors import (
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,

@@ -10,7 +10,7 @@ from typing import Any
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
-from server.core.errors import InvalidRequestError, echoed
+from server.errors import InvalidRequestError, echoed
 
 __all__ = ["validate_chat_request", "validate_embedding_request"]
 

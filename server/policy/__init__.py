@@ -20,8 +20,8 @@ import hmac
 from collections.abc import Callable
 
 from server.config import Config
-from server.core.context import ANONYMOUS, CallContext, Caller
-from server.core.errors import (
+from server.context import ANONYMOUS, CallContext, Caller
+from server.errors import (
     AuthenticationError,
     PermissionDeniedError,
     RateLimitError,

@@ -8,7 +8,7 @@ from typing import Any
 import jwt
 
 from server.config import ConfigError, JwtConfig
-from server.core.errors import AuthenticationError
+from server.errors import AuthenticationError
 
 __all__ = ["LEEWAY_S", "JwtVerifier"]
 

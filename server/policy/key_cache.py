@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from server.core.errors import UnavailableError
+from server.errors import UnavailableError
 from server.store import ApiKey, Store
 
 __all__ = ["KeyCache"]

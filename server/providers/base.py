@@ -9,7 +9,7 @@ from typing import Protocol
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.config import ModelConfig
-from server.core.context import CallContext
+from server.context import CallContext
 
 __all__ = ["Provider", "Route"]
 
@@ -33,7 +33,7 @@ class Provider(Protocol):
     the chunk that ends the answer carries `usage`. With `chunked=False` the
     caller will fold the answer anyway, so a provider may deliver it whole
     (one chunk, e.g. from a non-streaming upstream call). Errors are
-    `server.core.errors` classes.
+    `server.errors` classes.
     """
 
     name: str

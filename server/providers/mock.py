@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.config import ProviderConfig
-from server.core.context import CallContext
-from server.core.errors import InvalidRequestError
-from server.core.messages import count_words, last_user_text, prompt_words
+from server.context import CallContext
+from server.errors import InvalidRequestError
+from server.messages import count_words, last_user_text, prompt_words
 from server.providers.base import Route
 
 __all__ = ["EMBEDDING_DIMENSIONS", "MockProvider", "mock_embedding"]

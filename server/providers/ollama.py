@@ -8,8 +8,8 @@ from typing import Any
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.config import ProviderConfig
-from server.core.context import CallContext
-from server.core.errors import UpstreamError
+from server.context import CallContext
+from server.errors import UpstreamError
 from server.providers.base import Route
 from server.providers.upstream import HttpProvider, bearer, decode
 from server.translate import ollama

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.config import ProviderConfig
-from server.core.context import CallContext
+from server.context import CallContext
 from server.providers.base import Route
 from server.providers.upstream import HttpProvider, bearer, decode, sse_data
 from server.translate import openai

@@ -23,8 +23,8 @@ import aiohttp
 import orjson
 
 from server.config import ProviderConfig
-from server.core.context import CallContext
-from server.core.errors import (
+from server.context import CallContext
+from server.errors import (
     GatewayError,
     InvalidRequestError,
     UpstreamError,

@@ -15,7 +15,7 @@ import orjson
 from google.protobuf import json_format
 from tandem.v1 import chat_pb2
 
-from server.core.errors import UpstreamError
+from server.errors import UpstreamError
 from server.translate.common import DATA_URL, cannot_honour, tool_arguments
 
 __all__ = [

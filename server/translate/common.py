@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from tandem.v1 import chat_pb2
 
-from server.core.errors import InvalidRequestError
+from server.errors import InvalidRequestError
 
 __all__ = ["DATA_URL", "cannot_honour", "tool_arguments"]
 

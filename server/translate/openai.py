@@ -20,7 +20,7 @@ import orjson
 from google.protobuf import json_format, struct_pb2
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
 
-from server.core.errors import InvalidRequestError, UpstreamError
+from server.errors import InvalidRequestError, UpstreamError
 from server.translate.protojson import parse_into
 
 __all__ = [

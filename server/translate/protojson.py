@@ -16,7 +16,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 
-from server.core.errors import InvalidRequestError, echoed
+from server.errors import InvalidRequestError, echoed
 
 __all__ = ["parse_into"]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from tandem.v1 import usage_pb2
 
-from server.core.errors import InvalidRequestError
+from server.errors import InvalidRequestError
 from server.usage.api import DEFAULT_LIMIT, MAX_LIMIT, check_storable
 from server.usage.record import datetime_of
 

@@ -7,8 +7,8 @@ from typing import Protocol
 from google.protobuf.timestamp_pb2 import Timestamp
 from tandem.v1 import usage_pb2
 
-from server.core.context import Caller
-from server.core.errors import InvalidRequestError, PermissionDeniedError
+from server.context import Caller
+from server.errors import InvalidRequestError, PermissionDeniedError
 from server.usage.record import UsagePage, UsageQuery
 
 __all__ = [
