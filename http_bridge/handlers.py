@@ -15,16 +15,15 @@ from starlette.responses import Response
 from http_bridge.deps import read_json
 from http_bridge.disconnect import cancel_on_disconnect
 from http_bridge.errors import error_body
+from http_bridge.framing import SSE
 from http_bridge.responses import JsonResponse
 from http_bridge.streaming import ChunkStreamResponse
 from server.context import CallContext
 from server.core.dataplane import DataPlane
 from server.errors import GatewayError
-from server.translate import openai
+from server.translate.openai import inbound, replies
 
 __all__ = ["NATIVE", "OPENAI", "Dialect", "create_chat", "create_embeddings"]
-
-SSE_DONE = b"data: [DONE]\n\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,17 +36,17 @@ NATIVE = Dialect(strict=True, with_object=False)
 OPENAI = Dialect(strict=False, with_object=True)
 
 
-def _sse_error(error: GatewayError) -> bytes:
-    return b"data: " + orjson.dumps(error_body(error)) + b"\n\n"
+def _error_payload(error: GatewayError) -> bytes:
+    return orjson.dumps(error_body(error))
 
 
 async def create_chat(request: Request, ctx: CallContext, dialect: Dialect) -> Response:
-    chat = openai.parse_chat_request(await read_json(request), strict=dialect.strict)
+    chat = inbound.parse_chat_request(await read_json(request), strict=dialect.strict)
     plane: DataPlane = request.app.state.plane
     if not chat.stream:
         async with cancel_on_disconnect(request.receive):
             completion = await plane.create_chat(chat, ctx)
-        body = openai.encode_completion(completion, with_object=dialect.with_object)
+        body = replies.encode_completion(completion, with_object=dialect.with_object)
         return JsonResponse(body, headers=dict(ctx.response_headers))
 
     if dialect.strict:
@@ -57,25 +56,26 @@ async def create_chat(request: Request, ctx: CallContext, dialect: Dialect) -> R
     stream = plane.stream_chat(chat, ctx)
     async with cancel_on_disconnect(request.receive):
         first = await anext(stream)
-    encoder = openai.ChunkEncoder(first, with_object=dialect.with_object, usage=usage)
+    encoder = replies.ChunkEncoder(
+        first, with_object=dialect.with_object, usage=usage, prefix=SSE.prefix, suffix=SSE.suffix
+    )
     return ChunkStreamResponse(
         first,
         stream,
         encode=encoder.encode,
-        encode_error=_sse_error,
-        done=SSE_DONE,
-        media_type=b"text/event-stream; charset=utf-8",
+        framing=SSE,
+        error_payload=_error_payload,
         headers=ctx.response_headers,
         request_id=ctx.request_id,
     )
 
 
 async def create_embeddings(request: Request, ctx: CallContext, dialect: Dialect) -> Response:
-    embedding = openai.parse_embedding_request(await read_json(request), strict=dialect.strict)
+    embedding = inbound.parse_embedding_request(await read_json(request), strict=dialect.strict)
     plane: DataPlane = request.app.state.plane
     async with cancel_on_disconnect(request.receive):
         response = await plane.embed(embedding, ctx)
-    body = openai.encode_embeddings(
+    body = replies.encode_embeddings(
         response,
         with_object=dialect.with_object,
         encoding_format=embedding.encoding_format or "float",

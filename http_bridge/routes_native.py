@@ -11,7 +11,7 @@ from http_bridge.deps import NativeCall
 from http_bridge.lean_route import lean_post
 from http_bridge.openapi_schema import request_body, usage_parameters
 from http_bridge.responses import reply
-from server.translate import openai
+from server.translate.openai import replies
 from server.translate.usage import encode_usage, parse_usage_params
 
 __all__ = ["router"]
@@ -39,7 +39,7 @@ async def create_chat_completion(request: Request, ctx: NativeCall) -> Response:
 @router.get("/models", summary="List the models the caller may use")
 async def list_models(request: Request, ctx: NativeCall) -> Response:
     models = await request.app.state.plane.list_models(ctx)
-    return reply(ctx, openai.encode_models(models, with_object=False))
+    return reply(ctx, replies.encode_models(models, with_object=False))
 
 
 @lean_post(

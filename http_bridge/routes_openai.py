@@ -11,7 +11,7 @@ from http_bridge.deps import OpenAICall
 from http_bridge.lean_route import lean_post
 from http_bridge.openapi_schema import request_body
 from http_bridge.responses import reply
-from server.translate import openai
+from server.translate.openai import replies
 
 __all__ = ["router"]
 
@@ -34,13 +34,13 @@ async def create_chat_completion(request: Request, ctx: OpenAICall) -> Response:
 @router.get("/models", summary="List models (OpenAI)")
 async def list_models(request: Request, ctx: OpenAICall) -> Response:
     models = await request.app.state.plane.list_models(ctx)
-    return reply(ctx, openai.encode_models(models, with_object=True))
+    return reply(ctx, replies.encode_models(models, with_object=True))
 
 
 @router.get("/models/{model_id:path}", summary="Retrieve a model (OpenAI); ids may contain '/'")
 async def get_model(model_id: str, request: Request, ctx: OpenAICall) -> Response:
     model = await request.app.state.plane.get_model(model_id, ctx)
-    return reply(ctx, openai.encode_model(model, with_object=True))
+    return reply(ctx, replies.encode_model(model, with_object=True))
 
 
 @lean_post(

@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from tandem.v1 import chat_pb2
 
 from http_bridge.disconnect import ClientDisconnected, cancel_on_disconnect
+from http_bridge.framing import Framing
 from server.errors import GatewayError, InternalError
 
 __all__ = ["ChunkStreamResponse"]
@@ -32,9 +33,8 @@ class ChunkStreamResponse(Response):
         rest: AsyncIterator[Chunk],
         *,
         encode: Callable[[Chunk], bytes],
-        encode_error: Callable[[GatewayError], bytes],
-        done: bytes,
-        media_type: bytes,
+        framing: Framing,
+        error_payload: Callable[[GatewayError], bytes],
         headers: list[tuple[str, str]],
         request_id: str,
     ) -> None:
@@ -43,11 +43,11 @@ class ChunkStreamResponse(Response):
         self._first = first
         self._rest = rest
         self._encode = encode
-        self._encode_error = encode_error
-        self._done = done
+        self._framing = framing
+        self._error_payload = error_payload
         self._request_id = request_id
         self._raw_headers = [
-            (b"content-type", media_type),
+            (b"content-type", framing.media_type),
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
             *((k.encode(), v.encode()) for k, v in headers),
@@ -66,12 +66,12 @@ class ChunkStreamResponse(Response):
                         await send(
                             {"type": "http.response.body", "body": encode(chunk), "more_body": True}
                         )
-                    end = self._done
+                    end = self._framing.end
                 except GatewayError as exc:
-                    end = self._encode_error(exc)
+                    end = self._framing.event(self._error_payload(exc))
                 except Exception:
                     logger.exception("request %s failed mid-stream", self._request_id)
-                    end = self._encode_error(InternalError("internal error"))
+                    end = self._framing.event(self._error_payload(InternalError("internal error")))
                 await send({"type": "http.response.body", "body": end, "more_body": False})
         except ClientDisconnected:
             return

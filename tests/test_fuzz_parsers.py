@@ -14,7 +14,7 @@ from starlette.types import Message
 from http_bridge.deps import read_json
 from server.core.validation import validate_chat_request, validate_embedding_request
 from server.errors import InvalidRequestError
-from server.translate import openai
+from server.translate.openai import inbound
 from server.translate.usage import parse_usage_params
 from tests.fuzzing import INTERNALS, JSON, FuzzCases, fuzz_settings, json_values, nested
 
@@ -130,7 +130,7 @@ def test_chat_parser_returns_a_request_or_an_invalid_request_error(
     fuzz_cases["parsers: chat"] += 1
 
     def parse() -> None:
-        validate_chat_request(openai.parse_chat_request(body, strict=strict))
+        validate_chat_request(inbound.parse_chat_request(body, strict=strict))
 
     parses_or_refuses(parse)
 
@@ -143,7 +143,7 @@ def test_embedding_parser_returns_a_request_or_an_invalid_request_error(
     fuzz_cases["parsers: embeddings"] += 1
 
     def parse() -> None:
-        validate_embedding_request(openai.parse_embedding_request(body, strict=strict))
+        validate_embedding_request(inbound.parse_embedding_request(body, strict=strict))
 
     parses_or_refuses(parse)
 

@@ -15,7 +15,7 @@ from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from server.errors import InvalidRequestError
 from server.translate import ollama
-from server.translate.openai import parse_chat_request
+from server.translate.openai.inbound import parse_chat_request
 from tests.fake_upstream import SECRET_URL, FakeUpstream
 from tests.servers import TandemProcess, start_tandem
 

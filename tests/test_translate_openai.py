@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from tandem.v1 import chat_pb2
 
 from server.errors import InvalidRequestError
-from server.translate import openai
-from server.translate.openai import ChunkEncoder, _chunk_choices
+from server.translate.openai import inbound, upstream
+from server.translate.openai.replies import ChunkEncoder, _chunk_choices
 
 texts = st.text(max_size=50)
 
@@ -21,7 +21,9 @@ def test_fast_path_writes_exactly_what_the_general_path_writes(
 ) -> None:
     chunk = chat_pb2.ChatCompletionChunk(id="c", created=1, model="m")
     chunk.choices.add(index=0).delta.content = text
-    encoder = ChunkEncoder(chunk, with_object=with_object, usage=usage)
+    encoder = ChunkEncoder(
+        chunk, with_object=with_object, usage=usage, prefix=b"data: ", suffix=b"\n\n"
+    )
     tail = b',"usage":null}\n\n' if usage == "separate" else b"}\n\n"
     general = encoder._head + orjson.dumps(_chunk_choices(chunk)) + tail
     assert encoder.encode(chunk) == general
@@ -48,7 +50,7 @@ def test_union_forms_become_the_protos_single_forms(
         ],
     }
     original = orjson.dumps(body)
-    request = openai.parse_chat_request(body, strict=strict)
+    request = inbound.parse_chat_request(body, strict=strict)
     assert list(request.stop) == ([stop] if isinstance(stop, str) else stop)
     assert request.tool_choice.mode == tool_choice
     assert request.messages[0].content == "plain"
@@ -82,7 +84,7 @@ def test_union_forms_become_the_protos_single_forms(
 )
 def test_strict_parse_names_the_path(body: dict[str, object], param: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:
-        openai.parse_chat_request(body, strict=True)
+        inbound.parse_chat_request(body, strict=True)
     assert caught.value.param == param
 
 
@@ -92,13 +94,13 @@ def test_lenient_parse_skips_unknown_fields_at_any_depth() -> None:
         "store": True,
         "stream_options": {"include_usage": True, "include_obfuscation": False},
     }
-    request = openai.parse_chat_request(body, strict=False)
+    request = inbound.parse_chat_request(body, strict=False)
     assert request.stream_options.include_usage
     assert request.messages[0].content == "x"
 
 
 def test_null_means_not_set() -> None:
-    request = openai.parse_chat_request(
+    request = inbound.parse_chat_request(
         {
             "messages": [
                 {
@@ -179,10 +181,10 @@ def test_upstream_request_round_trips_every_field(
     messages: list[dict[str, str]], optional: dict[str, object], stream: bool
 ) -> None:
     """Whatever a caller sends reaches an OpenAI-compatible upstream unchanged."""
-    request = openai.parse_chat_request(
+    request = inbound.parse_chat_request(
         {"model": "public", "messages": messages, **optional}, strict=True
     )
-    body = openai.chat_request_to_openai(request, "upstream-name", stream=stream)
+    body = upstream.chat_request_to_openai(request, "upstream-name", stream=stream)
     assert body["model"] == "upstream-name"
     assert body["messages"] == messages
     for key, value in optional.items():
@@ -191,7 +193,7 @@ def test_upstream_request_round_trips_every_field(
         else:
             assert body[key] == value, key
     assert ("stream_options" in body) == stream
-    again = openai.parse_chat_request({**body, "model": "public"}, strict=False)
+    again = inbound.parse_chat_request({**body, "model": "public"}, strict=False)
     again.ClearField("stream")
     again.ClearField("stream_options")
     assert again == request

@@ -10,7 +10,7 @@ from server.config import ProviderConfig
 from server.context import CallContext
 from server.providers.base import Route
 from server.providers.upstream import HttpProvider, bearer, decode, sse_data
-from server.translate import openai
+from server.translate.openai import upstream as openai_upstream
 
 __all__ = ["OpenAIProvider"]
 
@@ -27,19 +27,19 @@ class OpenAIProvider(HttpProvider):
         *,
         chunked: bool,
     ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
-        body = openai.chat_request_to_openai(request, route.upstream, stream=chunked)
+        body = openai_upstream.chat_request_to_openai(request, route.upstream, stream=chunked)
         async with self.client.post("/chat/completions", body, ctx, streaming=chunked) as response:
             if not chunked or response.content_type == "application/json":
                 # asked not to stream, or answered with JSON anyway (an error, or `stream` ignored)
-                yield decode(await response.read(), openai.completion_as_chunk)
+                yield decode(await response.read(), openai_upstream.completion_as_chunk)
                 return
             async for data in sse_data(response):
-                yield decode(data, openai.chunk_from_openai)
+                yield decode(data, openai_upstream.chunk_from_openai)
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext
     ) -> embeddings_pb2.EmbeddingResponse:
-        body = openai.embedding_request_to_openai(request, route.upstream)
+        body = openai_upstream.embedding_request_to_openai(request, route.upstream)
         async with self.client.post("/embeddings", body, ctx, streaming=False) as response:
             raw = await response.read()
-        return decode(raw, openai.embeddings_from_openai)
+        return decode(raw, openai_upstream.embeddings_from_openai)

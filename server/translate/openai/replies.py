@@ -1,0 +1,236 @@
+"""Protos as OpenAI's exact reply shapes (the native ones are these without `object`).
+
+Encoders write from proto fields and keep zero values (`index: 0`,
+`prompt_tokens: 0`) and numbers as numbers, which `MessageToDict` does not.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
+
+__all__ = [
+    "ChunkEncoder",
+    "encode_completion",
+    "encode_embeddings",
+    "encode_model",
+    "encode_models",
+    "encode_tool_calls",
+]
+
+JSON = dict[str, Any]
+
+
+def _usage(usage: chat_pb2.Usage) -> JSON:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def encode_tool_calls(calls: Iterable[chat_pb2.ToolCall], *, with_index: bool) -> list[JSON]:
+    out = []
+    for call in calls:
+        item: JSON = {"index": call.index} if with_index else {}
+        if call.id:
+            item["id"] = call.id
+        if call.type:
+            item["type"] = call.type
+        function: JSON = {}
+        if call.function.name:
+            function["name"] = call.function.name
+        if call.function.arguments or not with_index:
+            function["arguments"] = call.function.arguments
+        item["function"] = function
+        out.append(item)
+    return out
+
+
+def _logprobs(choice: chat_pb2.Choice | chat_pb2.ChunkChoice) -> JSON | None:
+    if not choice.HasField("logprobs"):
+        return None
+
+    def token(t: chat_pb2.TokenLogprob | chat_pb2.TopLogprob) -> JSON:
+        return {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
+
+    def tokens(items: Iterable[chat_pb2.TokenLogprob]) -> list[JSON]:
+        return [{**token(t), "top_logprobs": [token(top) for top in t.top_logprobs]} for t in items]
+
+    logprobs = choice.logprobs
+    return {"content": tokens(logprobs.content), "refusal": tokens(logprobs.refusal) or None}
+
+
+def _message(message: chat_pb2.ChatMessage) -> JSON:
+    out: JSON = {
+        "role": message.role or "assistant",
+        "content": message.content if message.HasField("content") else None,
+        "refusal": message.refusal if message.HasField("refusal") else None,
+    }
+    if message.tool_calls:
+        out["tool_calls"] = encode_tool_calls(message.tool_calls, with_index=False)
+    return out
+
+
+def encode_completion(completion: chat_pb2.ChatCompletion, *, with_object: bool) -> JSON:
+    out: JSON = {"id": completion.id}
+    if with_object:
+        out["object"] = "chat.completion"
+    out["created"] = completion.created
+    out["model"] = completion.model
+    out["choices"] = [
+        {
+            "index": choice.index,
+            "message": _message(choice.message),
+            "logprobs": _logprobs(choice),
+            "finish_reason": choice.finish_reason or None,
+        }
+        for choice in completion.choices
+    ]
+    out["usage"] = _usage(completion.usage)
+    out["system_fingerprint"] = completion.system_fingerprint or None
+    return out
+
+
+def _delta(delta: chat_pb2.Delta) -> JSON:
+    out: JSON = {}
+    if delta.HasField("role"):
+        out["role"] = delta.role
+    if delta.HasField("content"):
+        out["content"] = delta.content
+    if delta.HasField("refusal"):
+        out["refusal"] = delta.refusal
+    if delta.tool_calls:
+        out["tool_calls"] = encode_tool_calls(delta.tool_calls, with_index=True)
+    return out
+
+
+def _chunk_choices(chunk: chat_pb2.ChatCompletionChunk) -> list[JSON]:
+    return [
+        {
+            "index": choice.index,
+            "delta": _delta(choice.delta),
+            "logprobs": _logprobs(choice),
+            "finish_reason": choice.finish_reason if choice.HasField("finish_reason") else None,
+        }
+        for choice in chunk.choices
+    ]
+
+
+_TEXT_HEAD = b'[{"index":0,"delta":{"content":'
+_TEXT_TAIL = b'},"logprobs":null,"finish_reason":null}]}'
+_TEXT_TAIL_NULL_USAGE = b'},"logprobs":null,"finish_reason":null}],"usage":null}'
+
+
+def _plain_text_delta(choice: chat_pb2.ChunkChoice) -> str | None:
+    """The content of a delta of choice 0 that carries nothing but content."""
+    delta = choice.delta
+    if (
+        choice.index == 0
+        and delta.HasField("content")
+        and not delta.HasField("role")
+        and not delta.tool_calls
+        and not delta.HasField("refusal")
+        and not choice.HasField("finish_reason")
+        and not choice.HasField("logprobs")
+    ):
+        return delta.content
+    return None
+
+
+class ChunkEncoder:
+    """Writes a stream's chunks as OpenAI's chunk objects, the constant head encoded once.
+
+    Each object is one event, written between the `prefix` and `suffix` of the
+    door's framing (SSE's `data: ` and blank line) in the same concatenation
+    that writes the object, so framing costs no copy of its own.
+
+    `usage` decides where usage goes: "inline" on the chunk that has it
+    (native), "separate" as a last chunk with `choices: []` and `usage: null`
+    on the others (OpenAI with `include_usage`), or "none" (OpenAI without).
+    """
+
+    __slots__ = ("_end", "_head", "_text_tail", "_usage")
+
+    def __init__(
+        self,
+        first: chat_pb2.ChatCompletionChunk,
+        *,
+        with_object: bool,
+        usage: str,
+        prefix: bytes,
+        suffix: bytes,
+    ) -> None:
+        head: JSON = {"id": first.id}
+        if with_object:
+            head["object"] = "chat.completion.chunk"
+        head["created"] = first.created
+        head["model"] = first.model
+        if first.system_fingerprint:
+            head["system_fingerprint"] = first.system_fingerprint
+        # '{"id":..,"model":".."' + ',"choices":' : every object starts the same way
+        self._head = prefix + orjson.dumps(head)[:-1] + b',"choices":'
+        self._end = b"}" + suffix
+        self._text_tail = (_TEXT_TAIL_NULL_USAGE if usage == "separate" else _TEXT_TAIL) + suffix
+        self._usage = usage
+
+    def encode(self, chunk: chat_pb2.ChatCompletionChunk) -> bytes:
+        """One chunk as one event, or two (its choices, then its usage: "separate")."""
+        has_usage = chunk.HasField("usage")
+        usage_mode = self._usage
+        if not has_usage and len(chunk.choices) == 1:
+            text = _plain_text_delta(chunk.choices[0])
+            if text is not None:  # the common case, written without building dicts
+                return self._head + _TEXT_HEAD + orjson.dumps(text) + self._text_tail
+        if usage_mode == "inline":
+            tail = b',"usage":' + orjson.dumps(_usage(chunk.usage)) if has_usage else b""
+            return self._head + orjson.dumps(_chunk_choices(chunk)) + tail + self._end
+        events = b""
+        if chunk.choices or not has_usage:
+            tail = b',"usage":null' if usage_mode == "separate" else b""
+            events = self._head + orjson.dumps(_chunk_choices(chunk)) + tail + self._end
+        if has_usage and usage_mode == "separate":
+            events += self._head + b'[],"usage":' + orjson.dumps(_usage(chunk.usage)) + self._end
+        return events
+
+
+def encode_embeddings(
+    response: embeddings_pb2.EmbeddingResponse, *, with_object: bool, encoding_format: str
+) -> JSON:
+    data = []
+    for item in response.data:
+        vector: Any = list(item.embedding)
+        if encoding_format == "base64":
+            packed = struct.pack(f"<{len(vector)}f", *vector)
+            vector = base64.b64encode(packed).decode()
+        entry: JSON = {"object": "embedding"} if with_object else {}
+        entry["index"] = item.index
+        entry["embedding"] = vector
+        data.append(entry)
+    out: JSON = {"object": "list"} if with_object else {}
+    out["data"] = data
+    out["model"] = response.model
+    out["usage"] = {
+        "prompt_tokens": response.usage.prompt_tokens,
+        "total_tokens": response.usage.total_tokens,
+    }
+    return out
+
+
+def encode_model(model: models_pb2.Model, *, with_object: bool) -> JSON:
+    out: JSON = {"id": model.id}
+    if with_object:
+        out["object"] = "model"
+    out["created"] = model.created
+    out["owned_by"] = model.owned_by
+    return out
+
+
+def encode_models(models: models_pb2.ListModelsResponse, *, with_object: bool) -> JSON:
+    data = [encode_model(m, with_object=with_object) for m in models.data]
+    return {"object": "list", "data": data} if with_object else {"data": data}

@@ -1,0 +1,245 @@
+"""An OpenAI-compatible upstream: the request it is sent, and its answers as protos."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+from tandem.v1 import chat_pb2, embeddings_pb2
+
+from server.errors import UpstreamError
+from server.translate.openai.replies import encode_tool_calls
+from server.translate.protojson import parse_into
+
+__all__ = [
+    "chat_request_to_openai",
+    "chunk_from_openai",
+    "completion_as_chunk",
+    "embedding_request_to_openai",
+    "embeddings_from_openai",
+    "message_to_openai",
+]
+
+JSON = dict[str, Any]
+
+
+_SCALAR_FIELDS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "n",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logprobs",
+        "top_logprobs",
+        "parallel_tool_calls",
+        "user",
+    }
+)
+
+
+def _struct(value: struct_pb2.Struct) -> JSON:
+    return json_format.MessageToDict(value)
+
+
+def _part_to_openai(part: chat_pb2.ContentPart) -> JSON:
+    kind = part.WhichOneof("part")
+    if kind == "image_url":
+        image: JSON = {"url": part.image_url.url}
+        if part.image_url.detail:
+            image["detail"] = part.image_url.detail
+        return {"type": "image_url", "image_url": image}
+    if kind == "input_audio":
+        audio = {"data": part.input_audio.data, "format": part.input_audio.format}
+        return {"type": "input_audio", "input_audio": audio}
+    if kind == "refusal":
+        return {"type": "refusal", "refusal": part.refusal}
+    return {"type": "text", "text": part.text}
+
+
+def message_to_openai(message: chat_pb2.ChatMessage) -> JSON:
+    out: JSON = {"role": message.role}
+    if message.HasField("content"):
+        out["content"] = message.content
+    elif message.parts:
+        out["content"] = [_part_to_openai(p) for p in message.parts]
+    else:
+        out["content"] = None if message.tool_calls else ""
+    if message.name:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = encode_tool_calls(message.tool_calls, with_index=False)
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    if message.HasField("refusal"):
+        out["refusal"] = message.refusal
+    return out
+
+
+def _tool_to_openai(tool: chat_pb2.Tool) -> JSON:
+    function: JSON = {"name": tool.function.name}
+    if tool.function.description:
+        function["description"] = tool.function.description
+    if tool.function.HasField("parameters"):
+        function["parameters"] = _struct(tool.function.parameters)
+    if tool.function.HasField("strict"):
+        function["strict"] = tool.function.strict
+    return {"type": tool.type or "function", "function": function}
+
+
+def _response_format_to_openai(response_format: chat_pb2.ResponseFormat) -> JSON:
+    out: JSON = {"type": response_format.type}
+    if response_format.type == "json_schema":
+        schema = response_format.json_schema
+        inner: JSON = {"name": schema.name}
+        if schema.description:
+            inner["description"] = schema.description
+        if schema.HasField("schema"):
+            inner["schema"] = _struct(schema.schema)
+        if schema.HasField("strict"):
+            inner["strict"] = schema.strict
+        out["json_schema"] = inner
+    return out
+
+
+def chat_request_to_openai(
+    request: chat_pb2.ChatCompletionRequest, model: str, *, stream: bool
+) -> JSON:
+    """The request for an OpenAI-compatible upstream: every field set passes through.
+
+    A stream always asks for `include_usage`, so that usage is known; whether
+    the caller sees it is the door's decision.
+    """
+    body: JSON = {"model": model}
+    for field, value in request.ListFields():
+        name = field.name
+        if name in _SCALAR_FIELDS:
+            body[name] = value
+        elif name == "messages":
+            body[name] = [message_to_openai(m) for m in value]
+        elif name == "stop":
+            body[name] = list(value)
+        elif name == "logit_bias":
+            body[name] = dict(value)
+        elif name == "tools":
+            body[name] = [_tool_to_openai(t) for t in value]
+        elif name == "tool_choice":
+            body[name] = value.mode or {
+                "type": "function",
+                "function": {"name": value.function.name},
+            }
+        elif name == "response_format":
+            body[name] = _response_format_to_openai(value)
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _fill_tool_calls(target: Any, calls: Any, *, indexed: bool) -> None:
+    for position, call in enumerate(calls or ()):
+        item = target.add(index=call.get("index", position) if indexed else position)
+        if call.get("id"):
+            item.id = call["id"]
+        if call.get("type"):
+            item.type = call["type"]
+        function = call.get("function") or {}
+        if function.get("name"):
+            item.function.name = function["name"]
+        if function.get("arguments"):
+            item.function.arguments = function["arguments"]
+
+
+def _fill_usage(chunk: chat_pb2.ChatCompletionChunk, usage: Any) -> None:
+    """The upstream's counts, only when it sent both (else the core estimates them)."""
+    if not isinstance(usage, dict):
+        return
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        target = chunk.usage
+        target.prompt_tokens = prompt
+        target.completion_tokens = completion
+        target.total_tokens = prompt + completion
+
+
+def _raise_upstream_error(data: JSON) -> None:
+    """An OpenAI-compatible server may report a failure inside a 200: as an event or a body."""
+    if data.get("error") is not None:
+        error = data["error"]
+        kind = error.get("type") if isinstance(error, dict) else None
+        retryable = kind in ("server_error", "overloaded_error", "rate_limit_error", None)
+        raise UpstreamError(f"upstream provider failed: {kind or 'error'}", retryable=retryable)
+
+
+def chunk_from_openai(data: JSON) -> chat_pb2.ChatCompletionChunk:
+    """One upstream stream event as a chunk (a usage-only event has no choices)."""
+    _raise_upstream_error(data)
+    chunk = chat_pb2.ChatCompletionChunk()
+    for item in data.get("choices") or ():
+        choice = chunk.choices.add(index=item.get("index") or 0)
+        delta = item.get("delta") or {}
+        target = choice.delta
+        if delta.get("role") is not None:
+            target.role = delta["role"]
+        if delta.get("content") is not None:
+            target.content = delta["content"]
+        if delta.get("refusal") is not None:
+            target.refusal = delta["refusal"]
+        if delta.get("tool_calls"):
+            _fill_tool_calls(target.tool_calls, delta["tool_calls"], indexed=True)
+        if item.get("finish_reason") is not None:
+            choice.finish_reason = item["finish_reason"]
+        if item.get("logprobs"):
+            parse_into(item["logprobs"], choice.logprobs, strict=False)
+    if data.get("usage"):  # on the last chunk only
+        _fill_usage(chunk, data["usage"])
+    if data.get("system_fingerprint"):
+        chunk.system_fingerprint = data["system_fingerprint"]
+    return chunk
+
+
+def completion_as_chunk(data: JSON) -> chat_pb2.ChatCompletionChunk:
+    """A whole upstream completion as the one chunk of an unchunked answer."""
+    _raise_upstream_error(data)
+    chunk = chat_pb2.ChatCompletionChunk()
+    for item in data.get("choices") or ():
+        choice = chunk.choices.add(index=item.get("index") or 0)
+        message = item.get("message") or {}
+        delta = choice.delta
+        delta.role = message.get("role") or "assistant"
+        if message.get("content") is not None:
+            delta.content = message["content"]
+        if message.get("refusal") is not None:
+            delta.refusal = message["refusal"]
+        if message.get("tool_calls"):
+            _fill_tool_calls(delta.tool_calls, message["tool_calls"], indexed=False)
+        choice.finish_reason = item.get("finish_reason") or "stop"
+        if item.get("logprobs"):
+            parse_into(item["logprobs"], choice.logprobs, strict=False)
+    _fill_usage(chunk, data.get("usage"))
+    if data.get("system_fingerprint"):
+        chunk.system_fingerprint = data["system_fingerprint"]
+    return chunk
+
+
+def embedding_request_to_openai(request: embeddings_pb2.EmbeddingRequest, model: str) -> JSON:
+    body: JSON = {"model": model, "input": list(request.input), "encoding_format": "float"}
+    if request.HasField("dimensions"):
+        body["dimensions"] = request.dimensions
+    if request.user:
+        body["user"] = request.user
+    return body
+
+
+def embeddings_from_openai(data: JSON) -> embeddings_pb2.EmbeddingResponse:
+    response = embeddings_pb2.EmbeddingResponse()
+    for position, item in enumerate(data["data"]):
+        response.data.add(index=item.get("index", position), embedding=item["embedding"])
+    usage = data.get("usage")
+    prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    if isinstance(prompt, int):  # else the core estimates it
+        response.usage.prompt_tokens = response.usage.total_tokens = prompt
+    return response
