@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the HTTP caller of the shared policy."""
+"""Opening an HTTP call (the caller, by the shared policy), and reading its JSON body."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from server.context import CallContext, Protocol
 from server.errors import InvalidRequestError, echoed
 from server.policy import Policy
 
-__all__ = ["NativeCall", "OllamaCall", "OpenAICall", "read_json"]
+__all__ = [
+    "NativeCall",
+    "OllamaCall",
+    "OpenAICall",
+    "native_call",
+    "ollama_call",
+    "openai_call",
+    "read_json",
+]
 
 # The gRPC door's protobuf runtime parses a Struct about 33 levels deep and no
 # deeper, so no door accepts JSON nested deeper than this (the body itself is level 1).
@@ -27,21 +35,22 @@ async def _open_call(request: Request, protocol: Protocol) -> CallContext:
     return ctx
 
 
-async def _native_call(request: Request) -> CallContext:
+async def native_call(request: Request) -> CallContext:
     return await _open_call(request, "native")
 
 
-async def _openai_call(request: Request) -> CallContext:
+async def openai_call(request: Request) -> CallContext:
     return await _open_call(request, "openai")
 
 
-async def _ollama_call(request: Request) -> CallContext:
+async def ollama_call(request: Request) -> CallContext:
     return await _open_call(request, "ollama")
 
 
-NativeCall = Annotated[CallContext, Depends(_native_call)]
-OpenAICall = Annotated[CallContext, Depends(_openai_call)]
-OllamaCall = Annotated[CallContext, Depends(_ollama_call)]
+# the same, as FastAPI dependencies for the routes FastAPI serves
+NativeCall = Annotated[CallContext, Depends(native_call)]
+OpenAICall = Annotated[CallContext, Depends(openai_call)]
+OllamaCall = Annotated[CallContext, Depends(ollama_call)]
 
 
 async def read_json(request: Request) -> object:

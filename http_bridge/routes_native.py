@@ -7,17 +7,20 @@ from starlette.responses import Response
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from http_bridge import handlers
-from http_bridge.deps import NativeCall
-from http_bridge.lean_route import lean_post
+from http_bridge.deps import NativeCall, native_call
+from http_bridge.dialects import NATIVE
 from http_bridge.openapi_schema import request_body, usage_parameters
 from http_bridge.responses import reply
+from http_bridge.routing import Endpoints
+from server.context import CallContext
 from server.translate.openai import replies
 from server.translate.usage import encode_usage, parse_usage_params
 
-__all__ = ["router"]
+__all__ = ["endpoints", "router"]
 
 
-router = APIRouter(prefix="/native/v1", tags=["native"])
+router = APIRouter(prefix="/native/v1", tags=["native"])  # served by FastAPI
+endpoints = Endpoints(native_call, tag="native")  # served by the door's table (routing.py)
 
 _STRICT = (
     "The proto's fields, snake_case; an unknown field or a wrong type is a 400 naming it. "
@@ -26,14 +29,13 @@ _STRICT = (
 )
 
 
-@lean_post(
-    router,
-    "/chat/completions",
+@endpoints.post(
+    f"{NATIVE.prefix}/chat/completions",
     summary='Create a chat completion (SSE with "stream": true)',
     openapi_extra=request_body(chat_pb2.ChatCompletionRequest.DESCRIPTOR, _STRICT, strict=True),
 )
-async def create_chat_completion(request: Request, ctx: NativeCall) -> Response:
-    return await handlers.create_chat(request, ctx, handlers.NATIVE)
+async def create_chat_completion(request: Request, ctx: CallContext) -> Response:
+    return await handlers.create_chat(request, ctx, NATIVE)
 
 
 @router.get("/models", summary="List the models the caller may use")
@@ -42,14 +44,13 @@ async def list_models(request: Request, ctx: NativeCall) -> Response:
     return reply(ctx, replies.encode_models(models, with_object=False))
 
 
-@lean_post(
-    router,
-    "/embeddings",
+@endpoints.post(
+    f"{NATIVE.prefix}/embeddings",
     summary="Create embeddings",
     openapi_extra=request_body(embeddings_pb2.EmbeddingRequest.DESCRIPTOR, _STRICT, strict=True),
 )
-async def create_embeddings(request: Request, ctx: NativeCall) -> Response:
-    return await handlers.create_embeddings(request, ctx, handlers.NATIVE)
+async def create_embeddings(request: Request, ctx: CallContext) -> Response:
+    return await handlers.create_embeddings(request, ctx, NATIVE)
 
 
 @router.get(

@@ -7,28 +7,30 @@ from starlette.responses import Response
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from http_bridge import handlers
-from http_bridge.deps import OpenAICall
-from http_bridge.lean_route import lean_post
+from http_bridge.deps import OpenAICall, openai_call
+from http_bridge.dialects import OPENAI
 from http_bridge.openapi_schema import request_body
 from http_bridge.responses import reply
+from http_bridge.routing import Endpoints
+from server.context import CallContext
 from server.translate.openai import replies
 
-__all__ = ["router"]
+__all__ = ["endpoints", "router"]
 
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"])  # served by FastAPI
+endpoints = Endpoints(openai_call, tag="openai")  # served by the door's table (routing.py)
 
 _LENIENT = "OpenAI's request shape; unknown fields are ignored, as OpenAI-compatible servers do."
 
 
-@lean_post(
-    router,
-    "/chat/completions",
+@endpoints.post(
+    f"{OPENAI.prefix}/chat/completions",
     summary="Create a chat completion (OpenAI)",
     openapi_extra=request_body(chat_pb2.ChatCompletionRequest.DESCRIPTOR, _LENIENT),
 )
-async def create_chat_completion(request: Request, ctx: OpenAICall) -> Response:
-    return await handlers.create_chat(request, ctx, handlers.OPENAI)
+async def create_chat_completion(request: Request, ctx: CallContext) -> Response:
+    return await handlers.create_chat(request, ctx, OPENAI)
 
 
 @router.get("/models", summary="List models (OpenAI)")
@@ -43,11 +45,10 @@ async def get_model(model_id: str, request: Request, ctx: OpenAICall) -> Respons
     return reply(ctx, replies.encode_model(model, with_object=True))
 
 
-@lean_post(
-    router,
-    "/embeddings",
+@endpoints.post(
+    f"{OPENAI.prefix}/embeddings",
     summary="Create embeddings (OpenAI; float or base64)",
     openapi_extra=request_body(embeddings_pb2.EmbeddingRequest.DESCRIPTOR, _LENIENT),
 )
-async def create_embeddings(request: Request, ctx: OpenAICall) -> Response:
-    return await handlers.create_embeddings(request, ctx, handlers.OPENAI)
+async def create_embeddings(request: Request, ctx: CallContext) -> Response:
+    return await handlers.create_embeddings(request, ctx, OPENAI)
