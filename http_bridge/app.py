@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from http_bridge import routes_native, routes_openai
 from http_bridge.body_limit import BodyLimitMiddleware
 from http_bridge.disconnect import ClientDisconnected
+from http_bridge.docs import serve_docs
 from http_bridge.errors import error_response
 from http_bridge.fast_path import FastPath
 from http_bridge.request_id import RequestIdMiddleware
@@ -94,11 +95,14 @@ def create_app(
         version="1",
         summary="LLM gateway: native, OpenAI-compatible and Ollama-compatible HTTP routes.",
         default_response_class=JsonResponse,
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN: serve_docs serves it here
+        redoc_url=None,
     )
     app.state.plane = plane
     app.state.policy = policy
     app.include_router(routes_native.router)
     app.include_router(routes_openai.router)
+    serve_docs(app)
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive")
     async def healthz() -> Response:
