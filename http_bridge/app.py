@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 
 from http_bridge import routes_native, routes_openai
 from http_bridge.body_limit import BodyLimitMiddleware
+from http_bridge.docs import serve_docs
 from http_bridge.request_id import RequestIdMiddleware
 from http_bridge.responses import JsonResponse
 from http_bridge.routing import ERRORS_ANSWERED, DoorApp, error_to_response
@@ -33,11 +34,14 @@ def create_app(
         version="1",
         summary="LLM gateway: native, OpenAI-compatible and Ollama-compatible HTTP routes.",
         default_response_class=JsonResponse,
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN: serve_docs serves it here
+        redoc_url=None,
     )
     app.state.plane = plane
     app.state.policy = policy
     app.include_router(routes_native.router)
     app.include_router(routes_openai.router)
+    serve_docs(app)
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive")
     async def healthz() -> Response:
