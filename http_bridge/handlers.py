@@ -8,7 +8,7 @@ from starlette.responses import Response
 from http_bridge.deps import read_json
 from http_bridge.dialects import Dialect
 from http_bridge.disconnect import cancel_on_disconnect
-from http_bridge.responses import JsonResponse
+from http_bridge.responses import reply
 from http_bridge.streaming import ChunkStreamResponse
 from server.context import CallContext
 from server.core.dataplane import DataPlane
@@ -22,9 +22,7 @@ async def create_chat(request: Request, ctx: CallContext, dialect: Dialect) -> R
     if not chat.stream:
         async with cancel_on_disconnect(request.receive):
             completion = await plane.create_chat(chat, ctx)
-        return JsonResponse(
-            dialect.encode_completion(completion), headers=dict(ctx.response_headers)
-        )
+        return reply(ctx, dialect.encode_completion(completion))
 
     stream = plane.stream_chat(chat, ctx)
     async with cancel_on_disconnect(request.receive):
@@ -45,5 +43,4 @@ async def create_embeddings(request: Request, ctx: CallContext, dialect: Dialect
     plane: DataPlane = request.app.state.plane
     async with cancel_on_disconnect(request.receive):
         response = await plane.embed(embedding, ctx)
-    body = dialect.encode_embeddings(embedding, response)
-    return JsonResponse(body, headers=dict(ctx.response_headers))
+    return reply(ctx, dialect.encode_embeddings(embedding, response))

@@ -102,9 +102,15 @@ async def _abort(
     status = to_grpc_status(error)
     trailers = tuple(status.trailing_metadata)
     if ctx is not None:  # authenticated: the rate-limit trailers ride on errors too
-        await door.policy.add_headers(ctx)
-        trailers += tuple(ctx.response_headers)
+        trailers += await _limit_trailers(door, ctx)
     await context.abort(status.code, status.details, trailers)
+
+
+async def _limit_trailers(door: _Door, ctx: CallContext) -> tuple[tuple[str, str], ...]:
+    """The call's x-ratelimit-* trailers, the one place this door reads them: as the
+    admission left them, or the budget as it stands for a call refused before it."""
+    await door.policy.add_headers(ctx)
+    return tuple(ctx.response_headers)
 
 
 def unary_rpc(
@@ -119,9 +125,8 @@ def unary_rpc(
         except Exception as exc:
             await _abort(self, context, exc, ctx)
             raise AssertionError("abort returned") from exc
-        await self.policy.add_headers(ctx)
-        if ctx.response_headers:
-            context.set_trailing_metadata(tuple(ctx.response_headers))
+        if trailers := await _limit_trailers(self, ctx):
+            context.set_trailing_metadata(trailers)
         return response
 
     return method
@@ -146,8 +151,8 @@ def stream_rpc(
         finally:
             if stream is not None:
                 await stream.aclose()  # type: ignore[attr-defined]
-        if ctx is not None and ctx.response_headers:
-            context.set_trailing_metadata(tuple(ctx.response_headers))
+        if ctx is not None and (trailers := await _limit_trailers(self, ctx)):
+            context.set_trailing_metadata(trailers)
 
     return method
 
