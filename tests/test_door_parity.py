@@ -1,0 +1,353 @@
+"""The parity matrix: every behaviour, through every door, on one live gateway.
+
+A door is a row of adapters (`Door`) that speaks its own protocol and reports
+what happened in one neutral shape (`Seen`); each behaviour below runs on
+every door, so one that drifts fails by name: `test_x[openai]`. A new door
+(`/api`, then Anthropic's) joins by adding its adapter to `DOORS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import httpx
+import jwt
+import orjson
+import pytest
+from google.protobuf.json_format import ParseDict
+from tandem.v1 import chat_pb2, chat_pb2_grpc
+
+from tests.fake_upstream import FakeUpstream
+from tests.rpc_status import details_of
+from tests.servers import TandemProcess, start_tandem
+
+SECRET = "parity-secret-parity-secret-parity"
+ADMIN_KEY = "parity-admin-key"
+CONFIG = f"""
+providers:
+  - {{name: demo, kind: mock}}
+  - {{name: up, kind: openai, base_url: "%(upstream)s", api_key: k, max_retries: 0}}
+models:
+  - {{name: echo, provider: demo}}
+  - {{name: relay, provider: up}}
+tiers:
+  free: {{default_model: echo}}
+  tight: {{default_model: echo, requests_per_minute: 1}}
+auth: {{required: true, admin_keys: ["{ADMIN_KEY}"], jwt: {{secret: "{SECRET}"}}}}
+usage: {{store: "sqlite:///usage.db", flush_interval_ms: 20}}
+"""
+PROMPT = "the same answer on every door"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a call came to, whatever the door: an answer, or an error and when it came."""
+
+    text: str = ""
+    finish: str = ""
+    usage: tuple[int, int] | None = None
+    error: str | None = None  # the contract's error type
+    mid_stream: bool = False  # the error came after the first chunk
+
+
+class Door(Protocol):
+    name: str
+    protocol: str  # as the usage record says it
+
+    async def chat(self, body: dict[str, Any], token: str | None, *, stream: bool) -> Seen: ...
+
+    async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None: ...
+
+
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+class HttpDoor:
+    """`/native/v1` or `/v1`: JSON, or SSE ending in `[DONE]` or one error event."""
+
+    def __init__(self, gateway: TandemProcess, name: str, prefix: str) -> None:
+        self.name = self.protocol = name
+        self._url = f"{gateway.base_url}{prefix}/chat/completions"
+
+    async def chat(self, body: dict[str, Any], token: str | None, *, stream: bool) -> Seen:
+        body = {**body, "stream": stream}
+        if stream and self.name == "openai":
+            body["stream_options"] = {"include_usage": True}
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = await client.post(self._url, json=body, headers=_bearer(token))
+        if answer.status_code != 200:
+            kind = answer.json()["error"]["type"]
+            return Seen(error=_spelled(kind, answer.status_code, HTTP_STATUS))
+        if not stream:
+            reply = answer.json()
+            usage = reply["usage"]
+            choice = reply["choices"][0]
+            return Seen(
+                choice["message"]["content"],
+                choice["finish_reason"],
+                (usage["prompt_tokens"], usage["completion_tokens"]),
+            )
+        events = [
+            orjson.loads(e[6:]) for e in answer.text.strip().split("\n\n") if e != "data: [DONE]"
+        ]
+        if "error" in events[-1]:
+            return Seen(error=events[-1]["error"]["type"], mid_stream=len(events) > 1)
+        assert answer.text.endswith("data: [DONE]\n\n")
+        choices = [c for e in events for c in e["choices"]]
+        usage = events[-1]["usage"]
+        return Seen(
+            "".join(c["delta"].get("content") or "" for c in choices),
+            next(c["finish_reason"] for c in reversed(choices) if c["finish_reason"]),
+            (usage["prompt_tokens"], usage["completion_tokens"]),
+        )
+
+    async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
+        async with (
+            httpx.AsyncClient(timeout=30) as client,
+            client.stream(
+                "POST", self._url, json={**body, "stream": True}, headers=_bearer(token)
+            ) as answer,
+        ):
+            assert answer.status_code == 200
+            async for line in answer.aiter_lines():
+                if line.startswith("data: {"):
+                    break  # leaving the block closes the connection
+
+
+# each error type's status on each door (the contract's table); a door that answers
+# a type with another status reports "<type> as <status>", which no test expects
+HTTP_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "not_found_error": 404,
+    "rate_limit_error": 429,
+    "upstream_error": 502,
+}
+GRPC_CODE = {
+    "invalid_request_error": grpc.StatusCode.INVALID_ARGUMENT,
+    "authentication_error": grpc.StatusCode.UNAUTHENTICATED,
+    "not_found_error": grpc.StatusCode.NOT_FOUND,
+    "rate_limit_error": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "upstream_error": grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _spelled(kind: str, status: object, expected: dict[str, Any]) -> str:
+    return kind if expected.get(kind) == status else f"{kind} as {status}"
+
+
+class GrpcDoor:
+    """`tandem.v1.ChatService`: the unary call or the stream, errors as statuses."""
+
+    name = protocol = "grpc"
+
+    def __init__(self, gateway: TandemProcess) -> None:
+        self._target = gateway.grpc
+
+    @staticmethod
+    def _request(body: dict[str, Any]) -> chat_pb2.ChatCompletionRequest:
+        return ParseDict(body, chat_pb2.ChatCompletionRequest())
+
+    @staticmethod
+    def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+    async def chat(self, body: dict[str, Any], token: str | None, *, stream: bool) -> Seen:
+        async with grpc.aio.insecure_channel(self._target) as channel:
+            stub = chat_pb2_grpc.ChatServiceStub(channel)
+            chunks: list[chat_pb2.ChatCompletionChunk] = []
+            try:
+                if not stream:
+                    reply = await stub.CreateChatCompletion(
+                        self._request(body), metadata=self._metadata(token)
+                    )
+                    choice = reply.choices[0]
+                    counts = (reply.usage.prompt_tokens, reply.usage.completion_tokens)
+                    return Seen(choice.message.content, choice.finish_reason, counts)
+                call = stub.StreamChatCompletion(
+                    self._request(body), metadata=self._metadata(token)
+                )
+                async for chunk in call:
+                    chunks.append(chunk)
+            except grpc.aio.AioRpcError as exc:
+                info = details_of(exc).error_info
+                kind = info.reason if info is not None else "no ErrorInfo"
+                return Seen(error=_spelled(kind, exc.code(), GRPC_CODE), mid_stream=bool(chunks))
+        choices = [c for chunk in chunks for c in chunk.choices]
+        last = chunks[-1].usage
+        return Seen(
+            "".join(c.delta.content for c in choices),
+            next(c.finish_reason for c in reversed(choices) if c.finish_reason),
+            (last.prompt_tokens, last.completion_tokens),
+        )
+
+    async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
+        async with grpc.aio.insecure_channel(self._target) as channel:
+            call = chat_pb2_grpc.ChatServiceStub(channel).StreamChatCompletion(
+                self._request(body), metadata=self._metadata(token)
+            )
+            await anext(aiter(call))
+            call.cancel()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TandemProcess]:
+    process = start_tandem(tmp_path_factory.mktemp("parity"), CONFIG % {"upstream": fake.base_url})
+    yield process
+    assert process.terminate() == 0, process.stderr()
+
+
+def doors(gateway: TandemProcess) -> dict[str, Door]:
+    return {
+        "grpc": GrpcDoor(gateway),
+        "native": HttpDoor(gateway, "native", "/native/v1"),
+        "openai": HttpDoor(gateway, "openai", "/v1"),
+    }
+
+
+DOORS = ["grpc", "native", "openai"]
+
+
+@pytest.fixture(params=DOORS)
+def door(request: pytest.FixtureRequest, gateway: TandemProcess) -> Door:
+    return doors(gateway)[request.param]
+
+
+def token(tier: str = "free") -> tuple[str, str]:
+    """A fresh JWT subject (its own budget and records), and its token."""
+    sub = f"parity-{uuid.uuid4().hex[:12]}"
+    claims = {"sub": sub, "tier": tier, "exp": int(time.time()) + 600}
+    return sub, jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def chat(model: str, text: str = PROMPT, **fields: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **fields}
+
+
+async def records(gateway: TandemProcess, sub: str, count: int) -> list[dict[str, Any]]:
+    """`sub`'s usage records once `count` are written, newest first."""
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    deadline = time.monotonic() + 10
+    async with httpx.AsyncClient(base_url=gateway.base_url) as client:
+        while True:
+            answer = await client.get("/native/v1/usage", params={"user": sub}, headers=admin)
+            found = answer.json()["records"]
+            if len(found) >= count or time.monotonic() > deadline:
+                assert len(found) == count, found
+                return list(found)
+            await asyncio.sleep(0.05)
+
+
+WORDS = len(PROMPT.split())
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_an_answer_and_its_recorded_usage(
+    gateway: TandemProcess, door: Door, stream: bool
+) -> None:
+    sub, jwt_token = token()
+    seen = await door.chat(chat("echo"), jwt_token, stream=stream)
+    assert seen == Seen(PROMPT, "stop", (WORDS, WORDS))
+    [record] = await records(gateway, sub, 1)
+    assert (record["protocol"], record["model"], record["status"]) == (door.protocol, "echo", "ok")
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (WORDS, WORDS)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_an_upstream_answer_is_the_same_on_every_door(
+    gateway: TandemProcess, fake: FakeUpstream, door: Door, stream: bool
+) -> None:
+    fake.reset("ok")
+    sub, jwt_token = token()
+    seen = await door.chat(chat("relay"), jwt_token, stream=stream)
+    assert seen == Seen(PROMPT, "stop", (7, WORDS))  # the fake counts 7 prompt tokens
+    [record] = await records(gateway, sub, 1)
+    assert (record["protocol"], record["provider"], record["usage_source"]) == (
+        door.protocol,
+        "up",
+        "upstream",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (chat("echo", temperature=9), "invalid_request_error"),
+        (chat("no-such-model"), "not_found_error"),
+        ({"model": "echo", "messages": []}, "invalid_request_error"),
+    ],
+    ids=["bad-value", "unknown-model", "no-messages"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_each_refusal_is_the_same_error_and_is_not_recorded(
+    gateway: TandemProcess, door: Door, body: dict[str, Any], error: str, stream: bool
+) -> None:
+    sub, jwt_token = token()
+    assert await door.chat(body, jwt_token, stream=stream) == Seen(error=error)
+    await door.chat(chat("echo"), jwt_token, stream=False)  # the one record that follows
+    [record] = await records(gateway, sub, 1)
+    assert record["status"] == "ok"
+
+
+async def test_no_credential_is_an_authentication_error(door: Door) -> None:
+    assert await door.chat(chat("echo"), None, stream=False) == Seen(error="authentication_error")
+    assert await door.chat(chat("echo"), "not-a-token", stream=True) == Seen(
+        error="authentication_error"
+    )
+
+
+async def test_over_the_tier_is_a_rate_limit_error(door: Door) -> None:
+    _, jwt_token = token("tight")  # one request a minute
+    assert (await door.chat(chat("echo"), jwt_token, stream=False)).error is None
+    assert await door.chat(chat("echo"), jwt_token, stream=True) == Seen(error="rate_limit_error")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_an_upstream_failure_before_the_first_chunk_is_a_plain_error(
+    gateway: TandemProcess, fake: FakeUpstream, door: Door, stream: bool
+) -> None:
+    fake.reset("503")
+    sub, jwt_token = token()
+    assert await door.chat(chat("relay"), jwt_token, stream=stream) == Seen(error="upstream_error")
+    [record] = await records(gateway, sub, 1)
+    assert (record["status"], record["prompt_tokens"]) == ("error:upstream_error", 0)
+
+
+async def test_an_upstream_failure_after_the_first_chunk_ends_the_stream_in_band(
+    gateway: TandemProcess, fake: FakeUpstream, door: Door
+) -> None:
+    fake.reset("errormid")
+    sub, jwt_token = token()
+    seen = await door.chat(chat("relay"), jwt_token, stream=True)
+    assert seen == Seen(error="upstream_error", mid_stream=True)
+    [record] = await records(gateway, sub, 1)
+    assert record["status"] == "error:upstream_error"
+    assert record["completion_tokens"] > 0  # what was sent is charged
+
+
+async def test_a_caller_that_goes_away_cancels_and_is_charged_what_it_got(
+    gateway: TandemProcess, fake: FakeUpstream, door: Door
+) -> None:
+    fake.reset("drip")  # a word every 100 ms for 10 s
+    sub, jwt_token = token()
+    started = time.monotonic()
+    await door.cut_after_first_chunk(chat("relay"), jwt_token)
+    [record] = await records(gateway, sub, 1)
+    assert (record["status"], record["protocol"]) == ("cancelled", door.protocol)
+    assert record["prompt_tokens"] > 0
+    assert record["latency_ms"] < 5000, "the upstream call was cut, not run to its end"
+    assert time.monotonic() - started < 8
+    for _ in range(100):  # 5 s
+        if fake.gone:
+            break
+        await asyncio.sleep(0.05)
+    assert fake.gone, "the gateway hung up on the upstream"
