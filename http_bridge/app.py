@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from http_bridge import routes_native, routes_openai
+from http_bridge import routes_native, routes_ollama, routes_openai
 from http_bridge.body_limit import BodyLimitMiddleware
 from http_bridge.docs import serve_docs
 from http_bridge.request_id import RequestIdMiddleware
@@ -41,6 +41,7 @@ def create_app(
     app.state.policy = policy
     app.include_router(routes_native.router)
     app.include_router(routes_openai.router)
+    app.include_router(routes_ollama.router)
     serve_docs(app)
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive")
@@ -61,7 +62,7 @@ def create_app(
 
     for error in ERRORS_ANSWERED:
         app.add_exception_handler(error, error_to_response)
-    endpoints = [routes_native.endpoints, routes_openai.endpoints]
+    endpoints = [routes_native.endpoints, routes_openai.endpoints, routes_ollama.endpoints]
     documented = [route for group in endpoints for route in group.documented]
 
     def openapi() -> dict[str, Any]:

@@ -8,24 +8,35 @@ path prefix, a `Dialect`, and the routes that join them (`routes_*.py`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from http_bridge.errors import error_body
-from http_bridge.framing import SSE, Framing
-from server.context import Protocol
+from http_bridge.framing import NDJSON, SSE, Framing
+from server.context import CallContext, Protocol
 from server.errors import GatewayError
+from server.translate import ollama_inbound, ollama_replies
 from server.translate.openai import inbound, replies
 
-__all__ = ["NATIVE", "OPENAI", "Dialect", "StreamEncoder"]
+__all__ = [
+    "NATIVE",
+    "OLLAMA",
+    "OLLAMA_EMBEDDINGS",
+    "OLLAMA_GENERATE",
+    "OPENAI",
+    "Dialect",
+    "StreamEncoder",
+]
 
 JSON = dict[str, Any]
 Chunk = chat_pb2.ChatCompletionChunk
-# (the request, its first chunk) -> what writes each chunk as its events, framed
-StreamEncoder = Callable[[chat_pb2.ChatCompletionRequest, Chunk], Callable[[Chunk], bytes]]
+# (the request, its first chunk, the call) -> what writes each chunk as its events, framed
+StreamEncoder = Callable[
+    [chat_pb2.ChatCompletionRequest, Chunk, CallContext], Callable[[Chunk], bytes]
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +44,7 @@ class Dialect:
     prefix: str  # of its routes' paths
     protocol: Protocol  # recorded on every usage record of its calls
     parse_chat: Callable[[object], chat_pb2.ChatCompletionRequest]
-    encode_completion: Callable[[chat_pb2.ChatCompletion], JSON]
+    encode_completion: Callable[[chat_pb2.ChatCompletion, CallContext], JSON]
     stream_encoder: StreamEncoder
     parse_embedding: Callable[[object], embeddings_pb2.EmbeddingRequest]
     encode_embeddings: Callable[
@@ -41,6 +52,8 @@ class Dialect:
     ]
     framing: Framing
     error_body: Callable[[GatewayError], JSON]
+    # the model a caller named, as configured (Ollama's `name:latest`); is it configured?
+    model_name: Callable[[str, Callable[[str], bool]], str] = lambda name, known: name
 
     def error_payload(self, error: GatewayError) -> bytes:
         """The error event's payload, for a stream that fails after its first event."""
@@ -54,7 +67,7 @@ def _openai_family(*, strict: bool, prefix: str, protocol: Protocol) -> Dialect:
     framing = SSE
 
     def stream_encoder(
-        request: chat_pb2.ChatCompletionRequest, first: Chunk
+        request: chat_pb2.ChatCompletionRequest, first: Chunk, ctx: CallContext
     ) -> Callable[[Chunk], bytes]:
         if strict:
             usage = "inline"
@@ -73,7 +86,9 @@ def _openai_family(*, strict: bool, prefix: str, protocol: Protocol) -> Dialect:
         prefix=prefix,
         protocol=protocol,
         parse_chat=lambda body: inbound.parse_chat_request(body, strict=strict),
-        encode_completion=lambda answer: replies.encode_completion(answer, with_object=with_object),
+        encode_completion=lambda answer, ctx: replies.encode_completion(
+            answer, with_object=with_object
+        ),
         stream_encoder=stream_encoder,
         parse_embedding=lambda body: inbound.parse_embedding_request(body, strict=strict),
         encode_embeddings=lambda request, answer: replies.encode_embeddings(
@@ -86,3 +101,46 @@ def _openai_family(*, strict: bool, prefix: str, protocol: Protocol) -> Dialect:
 
 NATIVE = _openai_family(strict=True, prefix="/native/v1", protocol="native")
 OPENAI = _openai_family(strict=False, prefix="/v1", protocol="openai")
+
+
+def _ollama_stream(*, generate: bool) -> StreamEncoder:
+    def stream_encoder(
+        request: chat_pb2.ChatCompletionRequest, first: Chunk, ctx: CallContext
+    ) -> Callable[[Chunk], bytes]:
+        encoder = ollama_replies.StreamEncoder(
+            first,
+            generate=generate,
+            started=ctx.started,
+            prefix=NDJSON.prefix,
+            suffix=NDJSON.suffix,
+        )
+        return encoder.encode
+
+    return stream_encoder
+
+
+# `/api/chat` and `/api/embed`; `/api/generate` and the older `/api/embeddings` differ in
+# their shapes only
+OLLAMA = Dialect(
+    prefix="/api",
+    protocol="ollama",
+    parse_chat=ollama_inbound.parse_chat,
+    encode_completion=lambda answer, ctx: ollama_replies.encode_chat(answer, ctx.started),
+    stream_encoder=_ollama_stream(generate=False),
+    parse_embedding=ollama_inbound.parse_embed,
+    encode_embeddings=ollama_replies.encode_embed,
+    framing=NDJSON,
+    error_body=lambda error: error_body(error, ollama=True),
+    model_name=ollama_inbound.resolve_tag,
+)
+OLLAMA_GENERATE = replace(
+    OLLAMA,
+    parse_chat=ollama_inbound.parse_generate,
+    encode_completion=lambda answer, ctx: ollama_replies.encode_generate(answer, ctx.started),
+    stream_encoder=_ollama_stream(generate=True),
+)
+OLLAMA_EMBEDDINGS = replace(
+    OLLAMA,
+    parse_embedding=ollama_inbound.parse_embeddings,
+    encode_embeddings=ollama_replies.encode_embeddings,
+)

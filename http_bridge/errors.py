@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from server import errors
 
-__all__ = ["HTTP_STATUS", "error_body", "error_headers", "error_response"]
+__all__ = ["HTTP_STATUS", "error_body", "error_headers", "error_response", "spelled_ollama"]
 
 HTTP_STATUS: dict[type[errors.GatewayError], int] = {
     errors.InvalidRequestError: 400,
@@ -26,6 +26,11 @@ HTTP_STATUS: dict[type[errors.GatewayError], int] = {
     errors.InternalError: 500,
     errors.GatewayError: 500,
 }
+
+
+def spelled_ollama(path: str) -> bool:
+    """Errors under /api are spelled as Ollama spells them, whoever answers them."""
+    return path.startswith("/api/")
 
 
 def error_body(error: errors.GatewayError, *, ollama: bool = False) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SSE", "Framing"]
+__all__ = ["NDJSON", "SSE", "Framing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +31,6 @@ SSE = Framing(
     suffix=b"\n\n",
     end=b"data: [DONE]\n\n",
 )
+
+# Newline-delimited JSON (`/api`, Ollama's): one object a line, no end marker.
+NDJSON = Framing(media_type=b"application/x-ndjson", prefix=b"", suffix=b"\n", end=b"")

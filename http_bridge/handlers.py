@@ -19,10 +19,11 @@ __all__ = ["create_chat", "create_embeddings"]
 async def create_chat(request: Request, ctx: CallContext, dialect: Dialect) -> Response:
     chat = dialect.parse_chat(await read_json(request))
     plane: DataPlane = request.app.state.plane
+    chat.model = dialect.model_name(chat.model, plane.router.known)
     if not chat.stream:
         async with cancel_on_disconnect(request.receive):
             completion = await plane.create_chat(chat, ctx)
-        return reply(ctx, dialect.encode_completion(completion))
+        return reply(ctx, dialect.encode_completion(completion, ctx))
 
     stream = plane.stream_chat(chat, ctx)
     async with cancel_on_disconnect(request.receive):
@@ -30,7 +31,7 @@ async def create_chat(request: Request, ctx: CallContext, dialect: Dialect) -> R
     return ChunkStreamResponse(
         first,
         stream,
-        encode=dialect.stream_encoder(chat, first),
+        encode=dialect.stream_encoder(chat, first, ctx),
         framing=dialect.framing,
         error_payload=dialect.error_payload,
         headers=ctx.response_headers,
@@ -41,6 +42,7 @@ async def create_chat(request: Request, ctx: CallContext, dialect: Dialect) -> R
 async def create_embeddings(request: Request, ctx: CallContext, dialect: Dialect) -> Response:
     embedding = dialect.parse_embedding(await read_json(request))
     plane: DataPlane = request.app.state.plane
+    embedding.model = dialect.model_name(embedding.model, plane.router.known)
     async with cancel_on_disconnect(request.receive):
         response = await plane.embed(embedding, ctx)
     return reply(ctx, dialect.encode_embeddings(embedding, response))

@@ -12,7 +12,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from http_bridge.errors import error_response
+from http_bridge.errors import error_response, spelled_ollama
 from server.context import request_id_from
 from server.errors import InternalError
 
@@ -51,5 +51,6 @@ class RequestIdMiddleware:
         except Exception:
             logger.exception("request %s failed", request_id)
             if not started:
-                response = error_response(InternalError("internal error"))
+                ollama = spelled_ollama(scope["path"])
+                response = error_response(InternalError("internal error"), ollama=ollama)
                 await response(scope, receive, send_with_id)

@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from http_bridge.disconnect import ClientDisconnected
-from http_bridge.errors import error_response
+from http_bridge.errors import error_response, spelled_ollama
 from server.context import CallContext
 from server.errors import GatewayError, InternalError, InvalidRequestError, NotFoundError
 
@@ -54,10 +54,6 @@ ERRORS_ANSWERED = (
 )
 
 
-def _is_ollama(request: Request) -> bool:
-    return request.url.path.startswith("/api/")
-
-
 async def _call_headers(request: Request) -> list[tuple[str, str]]:
     """The headers of an authenticated caller's call, rate limits included."""
     ctx: CallContext | None = getattr(request.state, "call", None)
@@ -70,7 +66,7 @@ async def _call_headers(request: Request) -> list[tuple[str, str]]:
 async def error_to_response(request: Request, exc: Exception) -> Response:
     """The contract's answer to any failure, on every route: the error model's
     status, headers and body (Ollama's spelling under /api/), never a traceback."""
-    ollama = _is_ollama(request)
+    ollama = spelled_ollama(request.url.path)
     if isinstance(exc, GatewayError):
         return error_response(exc, ollama=ollama, headers=await _call_headers(request))
     if isinstance(exc, ClientDisconnected | ClientDisconnect):

@@ -3,7 +3,7 @@
 A door is a row of adapters (`Door`) that speaks its own protocol and reports
 what happened in one neutral shape (`Seen`); each behaviour below runs on
 every door, so one that drifts fails by name: `test_x[openai]`. A new door
-(`/api`, then Anthropic's) joins by adding its adapter to `DOORS`.
+(Anthropic's) joins by adding its adapter to `DOORS`.
 """
 
 from __future__ import annotations
@@ -197,6 +197,61 @@ class GrpcDoor:
             call.cancel()
 
 
+_TYPE_OF_STATUS = {status: kind for kind, status in HTTP_STATUS.items()}
+
+
+class OllamaDoor:
+    """`/api/chat`: Ollama's body, NDJSON ending in `done: true` or one error line;
+    an error is `{"error": "..."}`, its type read from the status."""
+
+    name = protocol = "ollama"
+
+    def __init__(self, gateway: TandemProcess) -> None:
+        self._url = f"{gateway.base_url}/api/chat"
+
+    @staticmethod
+    def _body(body: dict[str, Any], stream: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": body["model"], "messages": body["messages"]}
+        options = {"temperature": body["temperature"]} if "temperature" in body else {}
+        if options:
+            out["options"] = options
+        return {**out, "stream": stream}
+
+    async def chat(self, body: dict[str, Any], token: str | None, *, stream: bool) -> Seen:
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = await client.post(
+                self._url, json=self._body(body, stream), headers=_bearer(token)
+            )
+        if answer.status_code != 200:
+            message = answer.json()["error"]
+            assert isinstance(message, str), answer.text  # Ollama's spelling
+            return Seen(error=_TYPE_OF_STATUS.get(answer.status_code, str(answer.status_code)))
+        lines = [orjson.loads(line) for line in answer.text.splitlines()]
+        assert stream or len(lines) == 1
+        if "error" in lines[-1]:  # a message only: an answer fails mid-way upstream
+            assert isinstance(lines[-1]["error"], str)
+            return Seen(error="upstream_error", mid_stream=len(lines) > 1)
+        last = lines[-1]
+        assert last["done"] is True
+        assert not any(line["done"] for line in lines[:-1])
+        return Seen(
+            "".join(line["message"]["content"] for line in lines),
+            last["done_reason"],
+            (last["prompt_eval_count"], last["eval_count"]),
+        )
+
+    async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
+        async with (
+            httpx.AsyncClient(timeout=30) as client,
+            client.stream(
+                "POST", self._url, json=self._body(body, True), headers=_bearer(token)
+            ) as answer,
+        ):
+            assert answer.status_code == 200
+            async for _ in answer.aiter_lines():
+                break  # leaving the block closes the connection
+
+
 @pytest.fixture(scope="module")
 def gateway(
     fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
@@ -211,10 +266,11 @@ def doors(gateway: TandemProcess) -> dict[str, Door]:
         "grpc": GrpcDoor(gateway),
         "native": HttpDoor(gateway, "native", "/native/v1"),
         "openai": HttpDoor(gateway, "openai", "/v1"),
+        "ollama": OllamaDoor(gateway),
     }
 
 
-DOORS = ["grpc", "native", "openai"]
+DOORS = ["grpc", "native", "openai", "ollama"]
 
 
 @pytest.fixture(params=DOORS)

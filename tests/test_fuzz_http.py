@@ -192,6 +192,11 @@ JSON_ROUTES = (
     "/v1/chat/completions",
     "/native/v1/embeddings",
     "/v1/embeddings",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+    "/api/show",
 )
 
 # Valid requests, so that mutations of them reach past the first check.
@@ -201,10 +206,26 @@ SEEDS: Sequence[JSON] = (
     {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "stop": "x"},
     {"model": "echo", "input": ["one", "two"]},
     {"model": "echo", "input": "one", "encoding_format": "base64"},
+    # Ollama's shapes
+    {"model": "echo:latest", "prompt": "hi", "system": "s", "stream": False},
+    {
+        "model": "echo",
+        "messages": [{"role": "user", "content": "hi", "images": ["iVBORw0KGgo="]}],
+        "options": {"temperature": 0.5, "num_predict": 3, "stop": "x"},
+        "format": "json",
+    },
+    {"model": "echo", "prompt": "one"},
 )
 
 FIELDS = st.sampled_from(
     [
+        "options",
+        "prompt",
+        "system",
+        "format",
+        "images",
+        "num_predict",
+        "tool_name",
         "model",
         "messages",
         "role",

@@ -14,6 +14,7 @@ from starlette.types import Message
 from http_bridge.deps import read_json
 from server.core.validation import validate_chat_request, validate_embedding_request
 from server.errors import InvalidRequestError
+from server.translate import ollama_inbound
 from server.translate.openai import inbound
 from server.translate.usage import parse_usage_params
 from tests.fuzzing import INTERNALS, JSON, FuzzCases, fuzz_settings, json_values, nested
@@ -53,6 +54,16 @@ KEYS = st.sampled_from(
         "encoding_format",
         "dimensions",
         "user",
+        # Ollama's
+        "options",
+        "num_predict",
+        "prompt",
+        "system",
+        "images",
+        "format",
+        "tool_calls",
+        "tool_name",
+        "arguments",
     ]
 )
 
@@ -146,6 +157,40 @@ def test_embedding_parser_returns_a_request_or_an_invalid_request_error(
         validate_embedding_request(inbound.parse_embedding_request(body, strict=strict))
 
     parses_or_refuses(parse)
+
+
+OLLAMA_SEEDS: tuple[JSON, ...] = (
+    {"model": "echo", "messages": [{"role": "user", "content": "hi", "images": ["iVBORw0="]}]},
+    {
+        "model": "echo:latest",
+        "messages": [
+            {"role": "user", "content": "w?"},
+            {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {}}}]},
+            {"role": "tool", "content": "ok", "tool_name": "f"},
+        ],
+        "options": {"temperature": 0.1, "num_predict": 5, "stop": ["x"], "seed": 1},
+        "format": {"type": "object"},
+        "stream": False,
+    },
+    {"model": "echo", "prompt": "p", "system": "s", "images": ["/9j/4AAQ"], "format": "json"},
+    {"model": "echo", "input": ["a", "b"], "dimensions": 8},
+    {"model": "echo", "prompt": "one"},
+)
+OLLAMA_PARSERS = {
+    "chat": lambda body: validate_chat_request(ollama_inbound.parse_chat(body)),
+    "generate": lambda body: validate_chat_request(ollama_inbound.parse_generate(body)),
+    "embed": lambda body: validate_embedding_request(ollama_inbound.parse_embed(body)),
+    "embeddings": lambda body: validate_embedding_request(ollama_inbound.parse_embeddings(body)),
+}
+
+
+@fuzz_settings(max_examples=800)
+@given(body=bodies(OLLAMA_SEEDS), parser=st.sampled_from(sorted(OLLAMA_PARSERS)))
+def test_ollama_parsers_return_a_request_or_an_invalid_request_error(
+    fuzz_cases: FuzzCases, body: JSON, parser: str
+) -> None:
+    fuzz_cases["parsers: ollama"] += 1
+    parses_or_refuses(lambda: OLLAMA_PARSERS[parser](body))
 
 
 def depth_of(value: JSON) -> int:

@@ -32,6 +32,10 @@ class Router:
     def routes(self) -> list[Route]:
         return list(self._routes.values())
 
+    def known(self, name: str) -> bool:
+        """A model of that public name is configured."""
+        return name in self._routes
+
     def resolve(self, requested: str, caller: Caller) -> Route:
         """The route for `requested`, or the caller's tier default when it is empty.
 

@@ -1,0 +1,79 @@
+"""`/api`: Ollama's shapes, so the official `ollama` library and the tools built on it
+reach every model behind the gateway, with the same auth, limits and ledger."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from http_bridge import handlers
+from http_bridge.deps import OllamaCall, ollama_call, read_json
+from http_bridge.dialects import OLLAMA, OLLAMA_EMBEDDINGS, OLLAMA_GENERATE
+from http_bridge.responses import JsonResponse, reply
+from http_bridge.routing import Endpoints
+from server.context import CallContext
+from server.errors import InvalidRequestError
+from server.translate import ollama_inbound, ollama_replies
+
+__all__ = ["endpoints", "router"]
+
+
+router = APIRouter(prefix=OLLAMA.prefix, tags=["ollama"])  # served by FastAPI
+endpoints = Endpoints(ollama_call, tag="ollama")  # served by the door's table (routing.py)
+
+_BODY = "Ollama's request shape; unknown fields are ignored, as Ollama does."
+
+
+def _openapi(summary: str) -> dict[str, object]:
+    body = {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}
+    return {"summary": summary, "description": _BODY, "openapi_extra": {"requestBody": body}}
+
+
+@endpoints.post(f"{OLLAMA.prefix}/chat", **_openapi("Chat (Ollama; NDJSON unless stream: false)"))
+async def chat(request: Request, ctx: CallContext) -> Response:
+    return await handlers.create_chat(request, ctx, OLLAMA)
+
+
+@endpoints.post(
+    f"{OLLAMA.prefix}/generate", **_openapi("Generate from a prompt (Ollama; NDJSON by default)")
+)
+async def generate(request: Request, ctx: CallContext) -> Response:
+    return await handlers.create_chat(request, ctx, OLLAMA_GENERATE)
+
+
+@endpoints.post(f"{OLLAMA.prefix}/embed", **_openapi("Embed one input or several (Ollama)"))
+async def embed(request: Request, ctx: CallContext) -> Response:
+    return await handlers.create_embeddings(request, ctx, OLLAMA)
+
+
+@endpoints.post(f"{OLLAMA.prefix}/embeddings", **_openapi("Embed a prompt (Ollama's older route)"))
+async def embeddings(request: Request, ctx: CallContext) -> Response:
+    return await handlers.create_embeddings(request, ctx, OLLAMA_EMBEDDINGS)
+
+
+@endpoints.post(f"{OLLAMA.prefix}/show", **_openapi("Describe a model (Ollama)"))
+async def show(request: Request, ctx: CallContext) -> Response:
+    body = await read_json(request)
+    name = body.get("model", body.get("name")) if isinstance(body, dict) else None
+    if not isinstance(name, str) or not name:
+        raise InvalidRequestError("model: is required", param="model")
+    plane = request.app.state.plane
+    model = await plane.get_model(ollama_inbound.resolve_tag(name, plane.router.known), ctx)
+    return reply(ctx, ollama_replies.encode_show(model))
+
+
+@router.get("/tags", summary="The models the caller may use (Ollama)")
+async def tags(request: Request, ctx: OllamaCall) -> Response:
+    models = await request.app.state.plane.list_models(ctx)
+    return reply(ctx, ollama_replies.encode_tags(models))
+
+
+@router.get("/ps", summary="The models ready to answer: all the caller may use (Ollama)")
+async def ps(request: Request, ctx: OllamaCall) -> Response:
+    models = await request.app.state.plane.list_models(ctx)
+    return reply(ctx, ollama_replies.encode_ps(models))
+
+
+@router.get("/version", summary="The Ollama API version served (no credential needed)")
+async def version() -> Response:
+    return JsonResponse({"version": ollama_replies.OLLAMA_VERSION})

@@ -1,0 +1,267 @@
+"""A door's Ollama request (`/api/chat`, `/api/generate`, `/api/embed`,
+`/api/embeddings`) as a proto.
+
+Ollama's shapes: sampling under `options` (`num_predict` is `max_tokens`),
+images as bare base64 beside a message, tool call arguments as objects,
+`format` as "json" or a JSON schema, `stream` true unless said otherwise.
+Unknown fields and load-time options (`num_ctx`, `keep_alive`, ...) are
+ignored as Ollama does; what the gateway cannot do (`suffix`, `context`,
+`raw`, `template`) is refused by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from tandem.v1 import chat_pb2, embeddings_pb2
+
+from server.errors import InvalidRequestError
+from server.translate.protojson import parse_into
+
+__all__ = [
+    "parse_chat",
+    "parse_embed",
+    "parse_embeddings",
+    "parse_generate",
+    "resolve_tag",
+]
+
+JSON = dict[str, Any]
+# Ollama's option -> the proto's field
+_OPTIONS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "num_predict": "max_tokens",
+    "stop": "stop",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
+_REFUSED = {
+    "suffix": "fill-in-the-middle is not available through the gateway",
+    "context": "token contexts are not available through the gateway; send the messages",
+    "raw": "raw prompts are not available through the gateway",
+    "template": "templates are not available through the gateway",
+}
+# the first bytes of an image, base64: what its media type is
+_IMAGE_TYPES = {
+    "iVBOR": "image/png",
+    "/9j/": "image/jpeg",
+    "R0lG": "image/gif",
+    "UklG": "image/webp",
+}
+
+
+def _invalid(param: str, why: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{param}: {why}", param=param)
+
+
+def _object(body: Any) -> JSON:
+    if not isinstance(body, dict):
+        raise _invalid("body", "must be a JSON object")
+    return body
+
+
+def _renamed(error: InvalidRequestError, old: str, new: str) -> InvalidRequestError:
+    param = new + (error.param or old)[len(old) :]
+    return InvalidRequestError(error.message.replace(error.param or old, param, 1), param=param)
+
+
+def _set(request: Any, field: str, value: Any, where: str) -> None:
+    """One field through the proto's own parser, its error naming Ollama's field."""
+    try:
+        parse_into({field: value}, request, strict=False)
+    except InvalidRequestError as exc:
+        raise _renamed(exc, field, where) from None
+
+
+def _model(body: JSON, request: Any) -> None:
+    model = body.get("model")
+    if model is not None:
+        _set(request, "model", model, "model")
+
+
+def _images(images: Any, where: str) -> list[JSON]:
+    if not isinstance(images, list):
+        raise _invalid(where, "must be a list of base64 strings")
+    parts = []
+    for i, image in enumerate(images):
+        if not isinstance(image, str) or not image:
+            raise _invalid(f"{where}[{i}]", "must be a base64 string")
+        media = next((m for head, m in _IMAGE_TYPES.items() if image.startswith(head)), "image/png")
+        parts.append({"type": "image_url", "image_url": {"url": f"data:{media};base64,{image}"}})
+    return parts
+
+
+def _tool_calls(calls: Any, where: str, ids: str) -> list[JSON]:
+    if not isinstance(calls, list):
+        raise _invalid(where, "must be a list")
+    out = []
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise _invalid(f"{where}[{i}].function", "must be an object with a name")
+        arguments = function.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            raise _invalid(f"{where}[{i}].function.arguments", "must be a JSON object")
+        out.append(
+            {
+                "id": f"{ids}_{i}",
+                "type": "function",
+                "function": {
+                    "name": function["name"],
+                    "arguments": orjson.dumps(arguments).decode(),
+                },
+            }
+        )
+    return out
+
+
+def _message(message: Any, where: str, ids: str = "call") -> JSON:
+    """An Ollama message in the proto's JSON form; its tool calls' ids start with `ids`."""
+    if not isinstance(message, dict):
+        raise _invalid(where, "must be a JSON object")
+    out: JSON = {"role": message.get("role")}
+    content = message.get("content")
+    images = message.get("images")
+    if images:
+        text = [{"type": "text", "text": content}] if content else []
+        out["parts"] = text + _images(images, f"{where}.images")
+    elif content is not None:
+        out["content"] = content
+    if message.get("tool_calls"):
+        out["tool_calls"] = _tool_calls(message["tool_calls"], f"{where}.tool_calls", ids)
+    if message.get("tool_name") is not None:
+        out["name"] = message["tool_name"]
+    return out
+
+
+def _link_tool_results(messages: list[JSON]) -> None:
+    """Ollama's tool results name the tool, not the call: each takes the id of the first
+    unanswered call of that name (else the first unanswered) of the turn before it."""
+    pending: list[JSON] = []
+    for i, message in enumerate(messages):
+        if message.get("role") == "assistant":
+            pending = list(message.get("tool_calls", ()))
+        elif message.get("role") == "tool":
+            if not pending:
+                raise _invalid(
+                    f"messages[{i}]", "a tool result must follow an assistant message's tool_calls"
+                )
+            name = message.get("name")
+            call = next((c for c in pending if c["function"]["name"] == name), pending[0])
+            pending.remove(call)
+            message["tool_call_id"] = call["id"]
+
+
+def _options(options: Any, request: chat_pb2.ChatCompletionRequest) -> None:
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise _invalid("options", "must be a JSON object")
+    for name, field in _OPTIONS.items():
+        value = options.get(name)
+        if value is None:
+            continue
+        if name == "stop" and isinstance(value, str):
+            value = [value]
+        _set(request, field, value, f"options.{name}")
+
+
+def _format(value: Any, request: chat_pb2.ChatCompletionRequest) -> None:
+    if value in (None, ""):
+        return
+    if value == "json":
+        request.response_format.type = "json_object"
+    elif isinstance(value, dict):
+        _set(
+            request,
+            "response_format",
+            {"type": "json_schema", "json_schema": {"name": "response", "schema": value}},
+            "format",
+        )
+    else:
+        raise _invalid("format", 'must be "json" or a JSON schema object')
+
+
+def _common(body: JSON, request: chat_pb2.ChatCompletionRequest) -> None:
+    """What chat and generate share: model, stream (default true), options, format, tools."""
+    for name, why in _REFUSED.items():
+        if body.get(name):
+            raise _invalid(name, why)
+    _model(body, request)
+    stream = body.get("stream", True)
+    if not isinstance(stream, bool):
+        raise _invalid("stream", "must be a boolean")
+    request.stream = stream
+    _options(body.get("options"), request)
+    _format(body.get("format"), request)
+    if body.get("tools"):
+        _set(request, "tools", body["tools"], "tools")
+
+
+def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
+    body = _object(body)
+    request = chat_pb2.ChatCompletionRequest()
+    messages = body.get("messages")
+    if messages is not None and not isinstance(messages, list):
+        raise _invalid("messages", "must be a list")
+    converted = [_message(m, f"messages[{i}]", f"call_{i}") for i, m in enumerate(messages or ())]
+    _link_tool_results(converted)
+    _set(request, "messages", converted, "messages")
+    _common(body, request)
+    return request
+
+
+def parse_generate(body: Any) -> chat_pb2.ChatCompletionRequest:
+    """`/api/generate`: a `prompt` (and `system`, `images`) as a one-turn chat."""
+    body = _object(body)
+    request = chat_pb2.ChatCompletionRequest()
+    messages: list[JSON] = []
+    for name in ("system", "prompt"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise _invalid(name, "must be a string")
+    if body.get("system"):
+        messages.append({"role": "system", "content": body["system"]})
+    prompt = body.get("prompt") or ""
+    if body.get("images"):
+        text = [{"type": "text", "text": prompt}] if prompt else []
+        messages.append({"role": "user", "parts": text + _images(body["images"], "images")})
+    else:
+        messages.append({"role": "user", "content": prompt})
+    _set(request, "messages", messages, "messages")
+    _common(body, request)
+    return request
+
+
+def parse_embed(body: Any) -> embeddings_pb2.EmbeddingRequest:
+    """`/api/embed`: `input` one string or a list of them; `dimensions`, `truncate`."""
+    body = _object(body)
+    request = embeddings_pb2.EmbeddingRequest()
+    _model(body, request)
+    text = body.get("input")
+    _set(request, "input", [text] if isinstance(text, str) else text, "input")
+    if body.get("dimensions") is not None:
+        _set(request, "dimensions", body["dimensions"], "dimensions")
+    return request
+
+
+def parse_embeddings(body: Any) -> embeddings_pb2.EmbeddingRequest:
+    """The older `/api/embeddings`: one `prompt`, one vector."""
+    body = _object(body)
+    request = embeddings_pb2.EmbeddingRequest()
+    _model(body, request)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise _invalid("prompt", "must be a string")
+    request.input.append(prompt)
+    return request
+
+
+def resolve_tag(name: str, known: Callable[[str], bool]) -> str:
+    """Ollama's `name:latest` is `name`, unless a model is configured as `name:latest`."""
+    if known(name) or not name.endswith(":latest"):
+        return name
+    return name.removesuffix(":latest")
