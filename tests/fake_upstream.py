@@ -343,8 +343,8 @@ class FakeUpstream:
                 start = {"type": "thinking", "thinking": ""}
                 await event("content_block_start", {"index": 0, "content_block": start})
                 for thought in THOUGHTS:
-                    piece = {"type": "thinking_delta", "thinking": thought}
-                    await event("content_block_delta", {"index": 0, "delta": piece})
+                    thinking = {"type": "thinking_delta", "thinking": thought}
+                    await event("content_block_delta", {"index": 0, "delta": thinking})
                 signed = {"type": "signature_delta", "signature": SIGNATURE}
                 await event("content_block_delta", {"index": 0, "delta": signed})
                 await event("content_block_stop", {"index": 0})
