@@ -290,7 +290,8 @@ def test_anthropic_thinking_comes_back_with_its_signature(
             SIGNATURE,
         )
         assert message["content"] == "the answer"
-    completion = asyncio.run(grpc_call(gateway, "haiku", stream=False))  # folded from a stream
+    # unary: the upstream's whole answer as one chunk, folded
+    completion = asyncio.run(grpc_call(gateway, "haiku", stream=False))
     assert completion.choices[0].message.reasoning_content == REASONING
     assert completion.choices[0].message.reasoning_signature == SIGNATURE
 
