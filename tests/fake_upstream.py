@@ -17,6 +17,10 @@ behaviours for the next requests (`ok` once the script is empty):
 - `badlogprobs`: logprobs whose numbers are strings
 - `nousage`: answer normally, but never say the usage; `tools:nousage` likewise
 - `pairs`: stream two choices in every event, and no usage
+- `reasoning`: think first: `REASONING` as OpenAI-compatible `reasoning_content`
+  (in two pieces when streaming), Ollama's `message.thinking`, or an Anthropic
+  `thinking` block signed `SIGNATURE` (`thinking_delta`s then a
+  `signature_delta` when streaming), then answer normally
 
 Every request is recorded (path, headers, JSON body, arrival time); a
 handler whose client goes away records the time in `gone`.
@@ -36,6 +40,9 @@ from aiohttp import web
 
 SECRET_URL = "http://10.9.8.7:4444/internal"
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+REASONING = "let me think"
+SIGNATURE = "sig-abc123"
+THOUGHTS = ("let me ", "think")  # REASONING in the pieces a stream sends
 
 
 @dataclass
@@ -161,6 +168,8 @@ class FakeUpstream:
             if kind == "tools":
                 message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
                 finish = "tool_calls"
+            if kind == "reasoning":
+                message["reasoning_content"] = REASONING
             logprobs = {"content": [{"token": "x", "logprob": "-0.1", "bytes": [120]}]}
             choice = {
                 "index": 0,
@@ -207,6 +216,9 @@ class FakeUpstream:
             if kind == "errorevent":
                 await response.write(b"data: " + orjson.dumps(failure) + b"\n\n")
                 return response
+            if kind == "reasoning":
+                for thought in THOUGHTS:
+                    await event([{"index": 0, "delta": {"reasoning_content": thought}}])
             for i, word in enumerate(words):
                 if kind == "errormid" and i == 2:
                     await response.write(b"data: " + orjson.dumps(failure) + b"\n\n")
@@ -274,6 +286,9 @@ class FakeUpstream:
             content: list[Any] = [{"type": "text", "text": "".join(words)}]
             if kind == "tools":
                 content = [{"type": "text", "text": "Let me check."}, tool]
+            if kind == "reasoning":
+                thinking = {"type": "thinking", "thinking": REASONING, "signature": SIGNATURE}
+                content = [thinking, *content]
             return web.json_response(
                 {
                     "id": "msg_1",
@@ -323,8 +338,20 @@ class FakeUpstream:
                 )
             await event("content_block_stop", {"index": 0})
         else:
+            block = 0
+            if kind == "reasoning":
+                start = {"type": "thinking", "thinking": ""}
+                await event("content_block_start", {"index": 0, "content_block": start})
+                for thought in THOUGHTS:
+                    thinking = {"type": "thinking_delta", "thinking": thought}
+                    await event("content_block_delta", {"index": 0, "delta": thinking})
+                signed = {"type": "signature_delta", "signature": SIGNATURE}
+                await event("content_block_delta", {"index": 0, "delta": signed})
+                await event("content_block_stop", {"index": 0})
+                block = 1
             await event(
-                "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+                "content_block_start",
+                {"index": block, "content_block": {"type": "text", "text": ""}},
             )
             for i, word in enumerate(words):
                 if kind == "overloaded" and i == 1:
@@ -334,9 +361,9 @@ class FakeUpstream:
                     return response
                 await event(
                     "content_block_delta",
-                    {"index": 0, "delta": {"type": "text_delta", "text": word}},
+                    {"index": block, "delta": {"type": "text_delta", "text": word}},
                 )
-            await event("content_block_stop", {"index": 0})
+            await event("content_block_stop", {"index": block})
         await event(
             "message_delta",
             {
@@ -374,6 +401,8 @@ class FakeUpstream:
             message: dict[str, Any] = {"role": "assistant", "content": "".join(words)}
             if behaviour == "tools":
                 message = {"role": "assistant", "content": "", "tool_calls": tool_calls}
+            if behaviour == "reasoning":
+                message["thinking"] = REASONING
             return web.json_response({**final, "message": message})
         response = web.StreamResponse(headers={"content-type": "application/x-ndjson"})
         await response.prepare(request)
@@ -385,6 +414,14 @@ class FakeUpstream:
                 "message": {"role": "assistant", "content": "", "tool_calls": tool_calls},
             }
             await response.write(orjson.dumps(line) + b"\n")
+        if behaviour == "reasoning":
+            for thought in THOUGHTS:
+                line = {
+                    "model": body["model"],
+                    "done": False,
+                    "message": {"role": "assistant", "content": "", "thinking": thought},
+                }
+                await response.write(orjson.dumps(line) + b"\n")
         for word in words:
             line = {
                 "model": body["model"],

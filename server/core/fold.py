@@ -10,12 +10,14 @@ __all__ = ["fold_stream"]
 
 
 class _ChoiceFolder:
-    __slots__ = ("choice", "refusal", "text", "tool_calls")
+    __slots__ = ("choice", "reasoning", "refusal", "signature", "text", "tool_calls")
 
     def __init__(self, choice: chat_pb2.Choice) -> None:
         self.choice = choice
         self.text: list[str] = []
         self.refusal: list[str] | None = None
+        self.reasoning: list[str] | None = None
+        self.signature: str | None = None
         self.tool_calls: dict[int, chat_pb2.ToolCall] = {}
 
     def add(self, delta: chat_pb2.ChunkChoice) -> None:
@@ -24,6 +26,12 @@ class _ChoiceFolder:
             self.text.append(d.content)
         if d.HasField("refusal"):
             self.refusal = (self.refusal or []) + [d.refusal]
+        if d.HasField("reasoning_content"):
+            if self.reasoning is None:
+                self.reasoning = []
+            self.reasoning.append(d.reasoning_content)
+        if d.HasField("reasoning_signature"):  # one per thinking block; the last one is kept
+            self.signature = d.reasoning_signature
         for piece in d.tool_calls:
             call = self.tool_calls.get(piece.index)
             if call is None:
@@ -47,6 +55,10 @@ class _ChoiceFolder:
             message.content = "".join(self.text)
         if self.refusal is not None:
             message.refusal = "".join(self.refusal)
+        if self.reasoning is not None:
+            message.reasoning_content = "".join(self.reasoning)
+        if self.signature is not None:
+            message.reasoning_signature = self.signature
 
 
 async def fold_stream(

@@ -23,6 +23,7 @@ PART_TYPES = {
 }
 TOOL_CHOICE_MODES = frozenset({"none", "auto", "required"})
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
+REASONING_EFFORTS = frozenset({"minimal", "low", "medium", "high"})  # OpenAI's values
 
 # field -> (lowest, highest) for the optional numbers OpenAI bounds
 _RANGES: dict[str, tuple[float, float]] = {
@@ -34,6 +35,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_tokens": (1, 2**31 - 1),
     "max_completion_tokens": (1, 2**31 - 1),
     "top_logprobs": (0, 20),
+    "top_k": (1, 2**31 - 1),
 }
 
 
@@ -113,12 +115,18 @@ def _check_response_format(response_format: chat_pb2.ResponseFormat) -> None:
         raise _invalid("response_format.json_schema.name", "is required")
 
 
+def _check_reasoning_effort(effort: str) -> None:
+    if effort not in REASONING_EFFORTS:
+        raise _invalid("reasoning_effort", f"must be one of {sorted(REASONING_EFFORTS)}")
+
+
 _FIELD_CHECKS: dict[str, Callable[[Any], None]] = {
     "messages": _check_messages,
     "logit_bias": _check_logit_bias,
     "tools": _check_tools,
     "tool_choice": _check_tool_choice,
     "response_format": _check_response_format,
+    "reasoning_effort": _check_reasoning_effort,
 }
 
 

@@ -5,6 +5,17 @@ System and developer messages become the `system` field; tool results become
 blocks. `max_tokens` is required by Anthropic: the request's, else the
 model's `max_tokens_default`. A field Anthropic cannot honour is refused by
 name (400), never dropped silently.
+
+Reasoning is Anthropic's extended thinking. `reasoning_effort` enables it with
+the budget in `THINKING_BUDGETS`; Anthropic counts thinking inside
+`max_tokens` and requires `max_tokens > budget_tokens`. A caller's own
+`max_tokens` is never raised: the budget shrinks to fit under it, and if it
+cannot keep Anthropic's minimum of 1024 the request is a 400 naming the
+field. The model's default is the gateway's choice, so it is raised to
+budget + default instead. Thinking blocks come back as `reasoning_content`
+and `reasoning_signature`; an assistant message carrying both goes back up
+as a `thinking` block before its text (an unsigned one is dropped: Anthropic
+rejects thinking it did not sign).
 """
 
 from __future__ import annotations
@@ -38,6 +49,9 @@ UNSUPPORTED_FIELDS = (
     "frequency_penalty",
     "seed",
 )
+# reasoning_effort -> thinking.budget_tokens; 1024 is Anthropic's minimum
+THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
+MIN_THINKING_BUDGET = 1024
 STOP_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -61,6 +75,15 @@ def _check_supported(request: chat_pb2.ChatCompletionRequest) -> None:
         raise cannot_honour("temperature", "must be at most 1")
     if request.HasField("response_format") and request.response_format.type != "text":
         raise cannot_honour("response_format", "only type 'text' is possible")
+    if request.HasField("reasoning_effort"):  # what Anthropic allows with thinking on
+        if request.HasField("temperature") and request.temperature != 1:
+            raise cannot_honour("temperature", "must be 1 (or unset) with reasoning_effort")
+        if request.HasField("top_k"):
+            raise cannot_honour("top_k", "cannot be combined with reasoning_effort")
+        if request.HasField("top_p") and request.top_p < 0.95:
+            raise cannot_honour("top_p", "must be at least 0.95 with reasoning_effort")
+        if request.tool_choice.mode == "required" or request.tool_choice.function.name:
+            raise cannot_honour("tool_choice", "cannot force a tool with reasoning_effort")
 
 
 def _image(url: str) -> JSON:
@@ -70,6 +93,18 @@ def _image(url: str) -> JSON:
     else:
         source = {"type": "url", "url": url}
     return {"type": "image", "source": source}
+
+
+def _thinking(message: chat_pb2.ChatMessage) -> list[JSON]:
+    """A signed reasoning as the thinking block Anthropic needs back, first in its turn."""
+    if message.HasField("reasoning_content") and message.HasField("reasoning_signature"):
+        block = {
+            "type": "thinking",
+            "thinking": message.reasoning_content,
+            "signature": message.reasoning_signature,
+        }
+        return [block]
+    return []
 
 
 def _blocks(message: chat_pb2.ChatMessage, where: str) -> list[JSON]:
@@ -118,7 +153,7 @@ def _messages(request: chat_pb2.ChatCompletionRequest) -> tuple[list[str], list[
             ]
         else:
             role = message.role
-            blocks = _blocks(message, where)
+            blocks = _thinking(message) + _blocks(message, where)
             blocks += [
                 _tool_use(c, f"{where}.tool_calls[{k}]") for k, c in enumerate(message.tool_calls)
             ]
@@ -152,19 +187,36 @@ def chat_request_to_anthropic(
     """The Messages API request; raises InvalidRequestError for what Anthropic cannot honour."""
     _check_supported(request)
     system, turns = _messages(request)
+    thinking: JSON | None = None
     if request.HasField("max_completion_tokens"):
+        bound: str | None = "max_completion_tokens"
         max_tokens = request.max_completion_tokens
     elif request.HasField("max_tokens"):
-        max_tokens = request.max_tokens
+        bound, max_tokens = "max_tokens", request.max_tokens
     else:
-        max_tokens = max_tokens_default
+        bound, max_tokens = None, max_tokens_default
+    if request.HasField("reasoning_effort"):
+        budget = THINKING_BUDGETS[request.reasoning_effort]  # validated at the door
+        if bound is None:
+            max_tokens += budget
+        else:
+            budget = min(budget, max_tokens - 1)
+            if budget < MIN_THINKING_BUDGET:
+                raise cannot_honour(
+                    bound, f"must be above {MIN_THINKING_BUDGET} with reasoning_effort"
+                )
+        thinking = {"type": "enabled", "budget_tokens": budget}
     body: JSON = {"model": model, "max_tokens": max_tokens, "messages": turns}
+    if thinking is not None:
+        body["thinking"] = thinking
     if system:
         body["system"] = "\n\n".join(system)
     if request.HasField("temperature"):
         body["temperature"] = request.temperature
     if request.HasField("top_p"):
         body["top_p"] = request.top_p
+    if request.HasField("top_k"):
+        body["top_k"] = request.top_k
     if request.stop:
         body["stop_sequences"] = list(request.stop)
     if request.tools:
@@ -215,10 +267,14 @@ def message_as_chunk(message: JSON) -> chat_pb2.ChatCompletionChunk:
     choice = chunk.choices.add(index=0)
     delta = choice.delta
     delta.role = "assistant"
-    texts = []
+    texts, thoughts = [], []
     for block in message.get("content") or ():
         if block.get("type") == "text":
             texts.append(block.get("text") or "")
+        elif block.get("type") == "thinking":
+            thoughts.append(block.get("thinking") or "")
+            if block.get("signature"):  # one per block; the last one is kept, as in a stream
+                delta.reasoning_signature = block["signature"]
         elif block.get("type") == "tool_use":
             call = delta.tool_calls.add(
                 index=len(delta.tool_calls), id=block["id"], type="function"
@@ -227,6 +283,8 @@ def message_as_chunk(message: JSON) -> chat_pb2.ChatCompletionChunk:
             call.function.arguments = orjson.dumps(block.get("input") or {}).decode()
     if texts or not delta.tool_calls:
         delta.content = "".join(texts)
+    if thoughts:
+        delta.reasoning_content = "".join(thoughts)
     choice.finish_reason = STOP_REASONS.get(message.get("stop_reason") or "", "stop")
     usage = message.get("usage") or {}
     _usage(chunk, usage, _prompt_tokens(usage))
@@ -237,8 +295,8 @@ class StreamTranslator:
     """Turns the Messages API's stream events into chunks, one event at a time.
 
     message_start -> the role; content_block_start (tool_use) -> a tool call's
-    id and name; content_block_delta -> text or argument pieces;
-    message_delta -> finish_reason and usage; ping, *_stop -> nothing.
+    id and name; content_block_delta -> text, thinking, signature or argument
+    pieces; message_delta -> finish_reason and usage; ping, *_stop -> nothing.
     """
 
     __slots__ = ("_prompt_tokens", "_tool_index")
@@ -253,14 +311,19 @@ class StreamTranslator:
             delta = event["delta"]
             chunk = chat_pb2.ChatCompletionChunk()
             choice = chunk.choices.add(index=0)
-            if delta.get("type") == "text_delta":
+            piece_kind = delta.get("type")
+            if piece_kind == "text_delta":
                 choice.delta.content = delta.get("text") or ""
-            elif delta.get("type") == "input_json_delta":
+            elif piece_kind == "thinking_delta":
+                choice.delta.reasoning_content = delta.get("thinking") or ""
+            elif piece_kind == "signature_delta":
+                choice.delta.reasoning_signature = delta.get("signature") or ""
+            elif piece_kind == "input_json_delta":
                 index = self._tool_index.get(event.get("index", 0), 0)
                 piece = choice.delta.tool_calls.add(index=index)
                 piece.function.arguments = delta.get("partial_json") or ""
             else:
-                return None  # thinking, signatures, citations: nothing to say in OpenAI's shape
+                return None  # citations: nothing to say in OpenAI's shape
             return chunk
         if kind == "message_start":
             message = event.get("message") or {}

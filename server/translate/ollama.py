@@ -1,8 +1,10 @@
 """Ollama's dialect (`/api/chat`, `/api/embed`): chat requests out, NDJSON answers in.
 
-Sampling fields go under `options` (`max_tokens` is `num_predict`); images
-travel as base64 next to the message; tool call arguments are JSON objects,
-not strings. A field Ollama cannot honour is refused by name (400).
+Sampling fields go under `options` (`max_tokens` is `num_predict`, `top_k`
+is `top_k`); images travel as base64 next to the message; tool call arguments
+are JSON objects, not strings. Reasoning is Ollama's `thinking`, both ways,
+and `reasoning_effort` is its `think` (see `THINK`). A field Ollama cannot
+honour is refused by name (400).
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ _OPTIONS = {
     "seed": "seed",
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
+    "top_k": "top_k",
 }
+# reasoning_effort -> `think`. gpt-oss takes the levels "low", "medium" and
+# "high"; other thinking models (Qwen 3, DeepSeek R1) take a boolean and read
+# any level as true. "minimal" becomes "low", the least thinking Ollama has
+# (`true` would be gpt-oss's "medium").
+THINK = {"minimal": "low", "low": "low", "medium": "medium", "high": "high"}
 
 
 def _check_supported(request: chat_pb2.ChatCompletionRequest) -> None:
@@ -71,6 +79,8 @@ def _message(message: chat_pb2.ChatMessage, where: str) -> JSON:
         out["tool_calls"] = calls
     if message.role == "tool" and message.name:
         out["tool_name"] = message.name
+    if message.HasField("reasoning_content"):
+        out["thinking"] = message.reasoning_content
     return out
 
 
@@ -96,6 +106,8 @@ def chat_request_to_ollama(
         options["stop"] = list(request.stop)
     if options:
         body["options"] = options
+    if request.HasField("reasoning_effort"):
+        body["think"] = THINK[request.reasoning_effort]  # validated at the door
     if request.tools and request.tool_choice.mode != "none":
         body["tools"] = [
             {
@@ -136,6 +148,8 @@ class StreamTranslator:
         message = line.get("message") or {}
         if message.get("content"):
             delta.content = message["content"]
+        if message.get("thinking"):
+            delta.reasoning_content = message["thinking"]
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
             piece = delta.tool_calls.add(
@@ -154,7 +168,12 @@ class StreamTranslator:
                 chunk.usage.prompt_tokens = prompt
                 chunk.usage.completion_tokens = completion
                 chunk.usage.total_tokens = prompt + completion
-        elif not delta.HasField("content") and not delta.tool_calls and not delta.HasField("role"):
+        elif not (
+            delta.HasField("content")
+            or delta.tool_calls
+            or delta.HasField("role")
+            or delta.HasField("reasoning_content")
+        ):
             delta.content = ""
         return chunk
 

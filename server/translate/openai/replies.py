@@ -74,7 +74,16 @@ def _message(message: chat_pb2.ChatMessage) -> JSON:
     }
     if message.tool_calls:
         out["tool_calls"] = encode_tool_calls(message.tool_calls, with_index=False)
+    _reasoning(message, out)
     return out
+
+
+def _reasoning(source: chat_pb2.ChatMessage | chat_pb2.Delta, out: JSON) -> None:
+    """DeepSeek's `reasoning_content`, and the signature a client sends back with it."""
+    if source.HasField("reasoning_content"):
+        out["reasoning_content"] = source.reasoning_content
+    if source.HasField("reasoning_signature"):
+        out["reasoning_signature"] = source.reasoning_signature
 
 
 def encode_completion(completion: chat_pb2.ChatCompletion, *, with_object: bool) -> JSON:
@@ -107,6 +116,7 @@ def _delta(delta: chat_pb2.Delta) -> JSON:
         out["refusal"] = delta.refusal
     if delta.tool_calls:
         out["tool_calls"] = encode_tool_calls(delta.tool_calls, with_index=True)
+    _reasoning(delta, out)
     return out
 
 
@@ -128,7 +138,11 @@ _TEXT_TAIL_NULL_USAGE = b'},"logprobs":null,"finish_reason":null}],"usage":null}
 
 
 def _plain_text_delta(choice: chat_pb2.ChunkChoice) -> str | None:
-    """The content of a delta of choice 0 that carries nothing but content."""
+    """The content of a delta of choice 0 that carries nothing but content.
+
+    A reasoning signature never shares a delta with content (translators send
+    it on its own), so `reasoning_content` is the one reasoning field checked.
+    """
     delta = choice.delta
     if (
         choice.index == 0
@@ -136,6 +150,7 @@ def _plain_text_delta(choice: chat_pb2.ChunkChoice) -> str | None:
         and not delta.HasField("role")
         and not delta.tool_calls
         and not delta.HasField("refusal")
+        and not delta.HasField("reasoning_content")
         and not choice.HasField("finish_reason")
         and not choice.HasField("logprobs")
     ):

@@ -8,6 +8,7 @@ from google.protobuf import json_format, struct_pb2
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.errors import UpstreamError
+from server.translate.common import cannot_honour
 from server.translate.openai.replies import encode_tool_calls
 from server.translate.protojson import parse_into
 
@@ -37,6 +38,7 @@ _SCALAR_FIELDS = frozenset(
         "top_logprobs",
         "parallel_tool_calls",
         "user",
+        "reasoning_effort",
     }
 )
 
@@ -76,6 +78,8 @@ def message_to_openai(message: chat_pb2.ChatMessage) -> JSON:
         out["tool_call_id"] = message.tool_call_id
     if message.HasField("refusal"):
         out["refusal"] = message.refusal
+    # `reasoning_content` is not sent back: DeepSeek documents a 400 for input
+    # messages that carry it, and OpenAI and vLLM define no such input field.
     return out
 
 
@@ -110,9 +114,13 @@ def chat_request_to_openai(
 ) -> JSON:
     """The request for an OpenAI-compatible upstream: every field set passes through.
 
-    A stream always asks for `include_usage`, so that usage is known; whether
-    the caller sees it is the door's decision.
+    `reasoning_effort` is OpenAI's own; `top_k` is not an OpenAI parameter and
+    is refused by name, before any upstream call. A stream always asks for
+    `include_usage`, so that usage is known; whether the caller sees it is the
+    door's decision.
     """
+    if request.HasField("top_k"):
+        raise cannot_honour("top_k", "is not an OpenAI parameter")
     body: JSON = {"model": model}
     for field, value in request.ListFields():
         name = field.name
@@ -165,6 +173,12 @@ def _fill_usage(chunk: chat_pb2.ChatCompletionChunk, usage: Any) -> None:
         target.total_tokens = prompt + completion
 
 
+def _reasoning(source: JSON) -> Any:
+    """DeepSeek's (and older vLLM's) `reasoning_content`, else newer vLLM's `reasoning`."""
+    reasoning = source.get("reasoning_content")
+    return source.get("reasoning") if reasoning is None else reasoning
+
+
 def _raise_upstream_error(data: JSON) -> None:
     """An OpenAI-compatible server may report a failure inside a 200: as an event or a body."""
     if data.get("error") is not None:
@@ -188,6 +202,8 @@ def chunk_from_openai(data: JSON) -> chat_pb2.ChatCompletionChunk:
             target.content = delta["content"]
         if delta.get("refusal") is not None:
             target.refusal = delta["refusal"]
+        if isinstance(reasoning := _reasoning(delta), str):
+            target.reasoning_content = reasoning
         if delta.get("tool_calls"):
             _fill_tool_calls(target.tool_calls, delta["tool_calls"], indexed=True)
         if item.get("finish_reason") is not None:
@@ -214,6 +230,8 @@ def completion_as_chunk(data: JSON) -> chat_pb2.ChatCompletionChunk:
             delta.content = message["content"]
         if message.get("refusal") is not None:
             delta.refusal = message["refusal"]
+        if isinstance(reasoning := _reasoning(message), str):
+            delta.reasoning_content = reasoning
         if message.get("tool_calls"):
             _fill_tool_calls(delta.tool_calls, message["tool_calls"], indexed=False)
         choice.finish_reason = item.get("finish_reason") or "stop"

@@ -1,0 +1,400 @@
+"""`top_k`, `reasoning_effort` and reasoning content through every provider kind and door.
+
+Each kind maps the fields or refuses them by name: what it sends is read off
+the fake upstream's recorded body; what comes back is read through the /v1
+door (raw SSE and JSON, as DeepSeek spells `reasoning_content`) and gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import orjson
+import pytest
+from google.protobuf.json_format import ParseDict
+from tandem.v1 import chat_pb2, chat_pb2_grpc
+
+from server.core.fold import fold_stream
+from server.errors import InvalidRequestError
+from server.translate import anthropic, ollama
+from server.translate.openai.inbound import parse_chat_request
+from server.translate.openai.replies import ChunkEncoder
+from tests.fake_upstream import REASONING, SIGNATURE, THOUGHTS, UPSTREAM_KEY, FakeUpstream
+from tests.rpc_status import details_of
+from tests.servers import TandemProcess, start_tandem
+
+CONFIG = """
+providers:
+  - {name: up, kind: openai, base_url: "%(url)s", api_key: "%(key)s", max_retries: 0}
+  - {name: lab, kind: ollama, base_url: "%(root)s", max_retries: 0}
+  - {name: claude, kind: anthropic, base_url: "%(root)s", api_key: "%(key)s", max_retries: 0}
+  - {name: local, kind: mock}
+models:
+  - {name: gpt, provider: up, upstream: gpt-upstream}
+  - {name: llama, provider: lab, upstream: "qwen3:1b"}
+  - {name: haiku, provider: claude, upstream: claude-haiku-4-5, max_tokens_default: 50}
+  - {name: echo, provider: local}
+tiers:
+  free: {default_model: echo, models: [gpt, llama, haiku, echo]}
+"""
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TandemProcess]:
+    config = CONFIG % {"url": fake.base_url, "root": fake.root, "key": UPSTREAM_KEY}
+    process = start_tandem(tmp_path_factory.mktemp("gw"), config)
+    yield process
+    assert process.terminate() == 0, process.stderr()
+
+
+def user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+def chat(gateway: TandemProcess, **body: Any) -> httpx.Response:
+    return httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=10)
+
+
+def events(response: httpx.Response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    frames = [f.removeprefix("data: ") for f in response.text.split("\n\n") if f.strip()]
+    assert frames[-1] == "[DONE]"
+    return [orjson.loads(f) for f in frames[:-1]]
+
+
+def deltas(response: httpx.Response) -> list[dict[str, Any]]:
+    return [e["choices"][0]["delta"] for e in events(response) if e["choices"]]
+
+
+def joined(pieces: list[dict[str, Any]], key: str) -> str:
+    return "".join(d.get(key) or "" for d in pieces)
+
+
+async def grpc_call(gateway: TandemProcess, model: str, *, stream: bool, **fields: Any) -> Any:
+    request = chat_pb2.ChatCompletionRequest(
+        model=model, messages=[chat_pb2.ChatMessage(role="user", content="hi there")], **fields
+    )
+    async with grpc.aio.insecure_channel(gateway.grpc) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        if stream:
+            return [c async for c in stub.StreamChatCompletion(request)]
+        return await stub.CreateChatCompletion(request)
+
+
+# --- validation, every kind ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": -3}, "top_k"),
+        ({"reasoning_effort": "max"}, "reasoning_effort"),
+    ],
+)
+def test_out_of_range_top_k_and_unknown_reasoning_effort_are_400s_naming_them(
+    gateway: TandemProcess, fake: FakeUpstream, fields: dict[str, Any], param: str
+) -> None:
+    fake.reset()
+    for model in ("echo", "llama", "haiku"):
+        response = chat(gateway, model=model, messages=user("x"), **fields)
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == param
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        asyncio.run(grpc_call(gateway, "echo", stream=False, **fields))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad_request = details_of(caught.value).bad_request
+    assert bad_request is not None
+    assert [v.field for v in bad_request.field_violations] == [param]
+    assert fake.requests == []
+
+
+def test_the_mock_ignores_top_k_and_reasoning_effort(gateway: TandemProcess) -> None:
+    response = chat(
+        gateway, model="echo", messages=user("same echo"), top_k=5, reasoning_effort="high"
+    )
+    assert response.status_code == 200
+    message = response.json()["choices"][0]["message"]
+    assert message["content"] == "same echo"
+    assert "reasoning_content" not in message
+
+
+# --- openai kind ----------------------------------------------------------------------
+
+
+def test_top_k_to_an_openai_kind_model_is_a_400_and_nothing_is_sent(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset()
+    response = chat(gateway, model="gpt", messages=user("x"), top_k=40)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "top_k"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        asyncio.run(grpc_call(gateway, "gpt", stream=True, top_k=40))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fake.requests == []
+
+
+def test_openai_kind_passes_reasoning_effort_and_keeps_reasoning_content_home(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset()
+    messages = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "answer", "reasoning_content": "old thoughts"},
+        {"role": "user", "content": "again"},
+    ]
+    assert chat(gateway, model="gpt", messages=messages, reasoning_effort="low").status_code == 200
+    sent = fake.requests[0].body
+    assert sent["reasoning_effort"] == "low"
+    assert "top_k" not in sent
+    assert sent["messages"][1] == {"role": "assistant", "content": "answer"}
+
+
+def test_openai_kind_reasoning_content_comes_back_whole_and_streamed(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset("reasoning", "reasoning", "reasoning")
+    message = chat(gateway, model="gpt", messages=user("the answer")).json()["choices"][0]
+    assert message["message"]["reasoning_content"] == REASONING
+    assert message["message"]["content"] == "the answer"
+
+    streamed = deltas(chat(gateway, model="gpt", messages=user("the answer"), stream=True))
+    assert [d["reasoning_content"] for d in streamed if "reasoning_content" in d] == list(THOUGHTS)
+    assert all("content" not in d for d in streamed if "reasoning_content" in d)
+    assert joined(streamed, "content") == "the answer"
+
+    chunks = asyncio.run(grpc_call(gateway, "gpt", stream=True))
+    assert "".join(c.choices[0].delta.reasoning_content for c in chunks if c.choices) == REASONING
+
+
+def test_plain_answers_carry_no_reasoning_field(gateway: TandemProcess, fake: FakeUpstream) -> None:
+    fake.reset()
+    assert (
+        "reasoning_content"
+        not in chat(gateway, model="gpt", messages=user("x")).json()["choices"][0]["message"]
+    )
+    streamed = deltas(chat(gateway, model="gpt", messages=user("a b"), stream=True))
+    assert all("reasoning_content" not in d for d in streamed)
+
+
+# --- ollama kind ----------------------------------------------------------------------
+
+
+def test_ollama_kind_sends_top_k_as_an_option_and_reasoning_effort_as_think(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset()
+    messages = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "answer", "reasoning_content": "old thoughts"},
+        {"role": "user", "content": "again"},
+    ]
+    for effort, think in (("high", "high"), ("minimal", "low")):
+        response = chat(
+            gateway, model="llama", messages=messages, top_k=40, reasoning_effort=effort
+        )
+        assert response.status_code == 200
+        sent = fake.requests[-1].body
+        assert sent["options"]["top_k"] == 40
+        assert sent["think"] == think
+        assert sent["messages"][1] == {
+            "role": "assistant",
+            "content": "answer",
+            "thinking": "old thoughts",
+        }
+    chat(gateway, model="llama", messages=user("plain"))
+    assert "think" not in fake.requests[-1].body
+
+
+def test_ollama_thinking_comes_back_as_reasoning_content(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset("reasoning", "reasoning", "reasoning")
+    message = chat(gateway, model="llama", messages=user("the answer")).json()["choices"][0]
+    assert message["message"]["reasoning_content"] == REASONING
+    assert message["message"]["content"] == "the answer"
+
+    streamed = deltas(chat(gateway, model="llama", messages=user("the answer"), stream=True))
+    assert joined(streamed, "reasoning_content") == REASONING
+    assert all("content" not in d for d in streamed if "reasoning_content" in d)
+    assert joined(streamed, "content") == "the answer"
+
+    completion = asyncio.run(grpc_call(gateway, "llama", stream=False))
+    assert completion.choices[0].message.reasoning_content == REASONING
+
+
+# --- anthropic kind -------------------------------------------------------------------
+
+
+def test_anthropic_kind_sends_top_k_and_a_thinking_budget_above_max_tokens(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset()
+    assert chat(gateway, model="haiku", messages=user("x"), top_k=7).status_code == 200
+    sent = fake.requests[-1].body
+    assert sent["top_k"] == 7
+    assert "thinking" not in sent
+
+    assert chat(gateway, model="haiku", messages=user("x"), reasoning_effort="medium").is_success
+    sent = fake.requests[-1].body
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 4096}
+    assert sent["max_tokens"] == 4096 + 50  # the model's default, raised by the budget
+
+    body = {"messages": user("x"), "reasoning_effort": "high", "max_tokens": 3000}
+    assert chat(gateway, model="haiku", **body).is_success
+    sent = fake.requests[-1].body
+    assert (sent["max_tokens"], sent["thinking"]["budget_tokens"]) == (3000, 2999)
+
+
+def test_anthropic_refuses_what_thinking_cannot_honour_before_calling(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset()
+    for extra, param in (
+        ({"max_tokens": 1024}, "max_tokens"),
+        ({"max_completion_tokens": 100}, "max_completion_tokens"),
+        ({"temperature": 0.5}, "temperature"),
+        ({"top_k": 5}, "top_k"),
+        ({"top_p": 0.5}, "top_p"),
+    ):
+        response = chat(gateway, model="haiku", messages=user("x"), reasoning_effort="low", **extra)
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == param
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_thinking_comes_back_with_its_signature(
+    gateway: TandemProcess, fake: FakeUpstream, stream: bool
+) -> None:
+    fake.reset("reasoning", "reasoning")
+    response = chat(gateway, model="haiku", messages=user("the answer"), stream=stream)
+    if stream:
+        streamed = deltas(response)
+        assert joined(streamed, "reasoning_content") == REASONING
+        assert [d["reasoning_signature"] for d in streamed if "reasoning_signature" in d] == [
+            SIGNATURE
+        ]
+        assert joined(streamed, "content") == "the answer"
+    else:
+        message = response.json()["choices"][0]["message"]
+        assert (message["reasoning_content"], message["reasoning_signature"]) == (
+            REASONING,
+            SIGNATURE,
+        )
+        assert message["content"] == "the answer"
+    # unary: the upstream's whole answer as one chunk, folded
+    completion = asyncio.run(grpc_call(gateway, "haiku", stream=False))
+    assert completion.choices[0].message.reasoning_content == REASONING
+    assert completion.choices[0].message.reasoning_signature == SIGNATURE
+
+
+def test_signed_reasoning_goes_back_up_as_a_thinking_block_first(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset()
+    messages = [
+        {"role": "user", "content": "first"},
+        {
+            "role": "assistant",
+            "content": "answer",
+            "reasoning_content": "thoughts",
+            "reasoning_signature": "sig",
+        },
+        {"role": "assistant", "content": "unsigned", "reasoning_content": "dropped"},
+        {"role": "user", "content": "again"},
+    ]
+    assert chat(gateway, model="haiku", messages=messages).status_code == 200
+    assert fake.requests[0].body["messages"][1] == {
+        "role": "assistant",
+        "content": [
+            {"type": "thinking", "thinking": "thoughts", "signature": "sig"},
+            {"type": "text", "text": "answer"},
+            {"type": "text", "text": "unsigned"},
+        ],
+    }
+
+
+# --- translators, fold and encoder, in process ---------------------------------------
+
+
+def test_anthropic_forced_tool_choice_with_reasoning_is_refused() -> None:
+    request = parse_chat_request(
+        {
+            "messages": user("x"),
+            "reasoning_effort": "low",
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": "required",
+        },
+        strict=True,
+    )
+    with pytest.raises(InvalidRequestError) as caught:
+        anthropic.chat_request_to_anthropic(request, "c", max_tokens_default=10, stream=False)
+    assert caught.value.param == "tool_choice"
+
+
+def test_every_reasoning_effort_maps_for_ollama_and_anthropic() -> None:
+    for effort in ("minimal", "low", "medium", "high"):
+        request = parse_chat_request(
+            {"messages": user("x"), "reasoning_effort": effort}, strict=True
+        )
+        assert ollama.chat_request_to_ollama(request, "m", stream=False)["think"] in (
+            "low",
+            "medium",
+            "high",
+        )
+        body = anthropic.chat_request_to_anthropic(
+            request, "c", max_tokens_default=10, stream=False
+        )
+        assert body["max_tokens"] > body["thinking"]["budget_tokens"] >= 1024
+
+
+async def test_reasoning_deltas_fold_into_the_message_with_the_last_signature() -> None:
+    async def chunks() -> Any:
+        for delta in (
+            {"role": "assistant", "reasoning_content": "a "},
+            {"reasoning_content": "b"},
+            {"reasoning_signature": "s1"},
+            {"reasoning_signature": "s2"},
+            {"content": "done"},
+        ):
+            yield ParseDict(
+                {"choices": [{"index": 0, "delta": delta}]}, chat_pb2.ChatCompletionChunk()
+            )
+
+    message = (await fold_stream(chunks())).choices[0].message
+    assert (message.reasoning_content, message.reasoning_signature, message.content) == (
+        "a b",
+        "s2",
+        "done",
+    )
+
+    async def plain() -> Any:
+        yield ParseDict(
+            {"choices": [{"index": 0, "delta": {"content": "x"}}]}, chat_pb2.ChatCompletionChunk()
+        )
+
+    folded = (await fold_stream(plain())).choices[0].message
+    assert not folded.HasField("reasoning_content")
+    assert not folded.HasField("reasoning_signature")
+
+
+def test_a_reasoning_delta_leaves_the_plain_text_fast_path() -> None:
+    chunk = chat_pb2.ChatCompletionChunk(id="c", created=1, model="m")
+    chunk.choices.add(index=0).delta.reasoning_content = "hmm"
+    encoder = ChunkEncoder(chunk, with_object=True, usage="none", prefix=b"", suffix=b"")
+    assert orjson.loads(encoder.encode(chunk))["choices"][0]["delta"] == {
+        "reasoning_content": "hmm"
+    }
+    chunk.choices[0].delta.content = "and text"
+    assert orjson.loads(encoder.encode(chunk))["choices"][0]["delta"] == {
+        "content": "and text",
+        "reasoning_content": "hmm",
+    }
