@@ -220,6 +220,10 @@ SEEDS: Sequence[JSON] = (
 FIELDS = st.sampled_from(
     [
         "options",
+        "think",
+        "top_k",
+        "reasoning_effort",
+        "thinking",
         "prompt",
         "system",
         "format",

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from tandem.v1 import models_pb2, models_pb2_grpc
 
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import REASONING, FakeUpstream
 from tests.servers import TandemProcess, start_tandem
 
 CONFIG = """
@@ -278,3 +278,42 @@ async def test_the_door_records_usage_as_ollama(gateway: TandemProcess) -> None:
             await asyncio.sleep(0.05)
     assert len(records) == before + 1
     assert (records[0]["status"], records[0]["completion_tokens"]) == ("ok", 2)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_think_and_top_k_reach_the_upstream_and_thinking_comes_back(
+    client: ollama.Client, fake: FakeUpstream, stream: bool
+) -> None:
+    fake.reset("reasoning")
+    messages = [*user("deep question")]
+    if stream:
+        parts = list(client.chat(model="relay", messages=messages, think=True, stream=True))
+        thinking = "".join(p.message.thinking or "" for p in parts)
+        content = "".join(p.message.content or "" for p in parts)
+    else:
+        answer = client.chat(model="relay", messages=messages, think="high", stream=False)
+        thinking, content = answer.message.thinking or "", answer.message.content or ""
+    assert (thinking, content) == (REASONING, "deep question")
+    sent = fake.requests[-1].body
+    assert sent["reasoning_effort"] == ("medium" if stream else "high")
+
+
+def test_top_k_is_refused_by_name_for_an_openai_kind(
+    client: ollama.Client, fake: FakeUpstream
+) -> None:
+    fake.reset("ok")
+    seen = len(fake.requests)
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.chat(model="relay", messages=user("x"), options={"top_k": 5}, stream=False)
+    assert refused.value.status_code == 400
+    assert "top_k" in refused.value.error
+    assert len(fake.requests) == seen
+    echoed = client.chat(model="echo", messages=user("mock ignores it"), options={"top_k": 5})
+    assert echoed.message.content == "mock ignores it"
+
+
+def test_a_bad_think_is_a_400_naming_it(gateway: TandemProcess) -> None:
+    body = {"model": "echo", "messages": user("x"), "think": "maximum"}
+    answer = httpx.post(f"{gateway.base_url}/api/chat", json=body)
+    assert answer.status_code == 400
+    assert "think" in answer.json()["error"]

@@ -4,6 +4,7 @@
 Ollama's shapes: sampling under `options` (`num_predict` is `max_tokens`),
 images as bare base64 beside a message, tool call arguments as objects,
 `format` as "json" or a JSON schema, `stream` true unless said otherwise.
+`think` is `reasoning_effort`, a message's `thinking` its `reasoning_content`.
 Unknown fields and load-time options (`num_ctx`, `keep_alive`, ...) are
 ignored as Ollama does; what the gateway cannot do (`suffix`, `context`,
 `raw`, `template`) is refused by name.
@@ -33,6 +34,7 @@ JSON = dict[str, Any]
 _OPTIONS = {
     "temperature": "temperature",
     "top_p": "top_p",
+    "top_k": "top_k",
     "seed": "seed",
     "num_predict": "max_tokens",
     "stop": "stop",
@@ -135,6 +137,8 @@ def _message(message: Any, where: str, ids: str = "call") -> JSON:
         out["tool_calls"] = _tool_calls(message["tool_calls"], f"{where}.tool_calls", ids)
     if message.get("tool_name") is not None:
         out["name"] = message["tool_name"]
+    if message.get("thinking"):
+        out["reasoning_content"] = message["thinking"]
     return out
 
 
@@ -186,6 +190,18 @@ def _format(value: Any, request: chat_pb2.ChatCompletionRequest) -> None:
         raise _invalid("format", 'must be "json" or a JSON schema object')
 
 
+def _think(value: Any, request: chat_pb2.ChatCompletionRequest) -> None:
+    """`think`: true is a medium effort, false none; gpt-oss's levels pass as they are."""
+    if value is None or value is False:
+        return
+    if value is True:
+        request.reasoning_effort = "medium"
+    elif value in ("low", "medium", "high"):
+        request.reasoning_effort = value
+    else:
+        raise _invalid("think", 'must be true, false, "low", "medium" or "high"')
+
+
 def _common(body: JSON, request: chat_pb2.ChatCompletionRequest) -> None:
     """What chat and generate share: model, stream (default true), options, format, tools."""
     for name, why in _REFUSED.items():
@@ -198,6 +214,7 @@ def _common(body: JSON, request: chat_pb2.ChatCompletionRequest) -> None:
     request.stream = stream
     _options(body.get("options"), request)
     _format(body.get("format"), request)
+    _think(body.get("think"), request)
     if body.get("tools"):
         _set(request, "tools", body["tools"], "tools")
 

@@ -70,8 +70,10 @@ def _tool_calls(calls: Iterable[chat_pb2.ToolCall]) -> list[JSON]:
     ]
 
 
-def _message(content: str, calls: list[JSON] | None = None) -> JSON:
+def _message(content: str, calls: list[JSON] | None = None, thinking: str = "") -> JSON:
     message: JSON = {"role": "assistant", "content": content}
+    if thinking:
+        message["thinking"] = thinking
     if calls:
         message["tool_calls"] = calls
     return message
@@ -83,7 +85,7 @@ def encode_chat(completion: chat_pb2.ChatCompletion, started: float) -> JSON:
     return {
         "model": completion.model,
         "created_at": _now(),
-        "message": _message(choice.message.content, calls),
+        "message": _message(choice.message.content, calls, choice.message.reasoning_content),
         "done": True,
         "done_reason": _done_reason(choice.finish_reason),
         **_counts(completion.usage, started, None),
@@ -96,6 +98,11 @@ def encode_generate(completion: chat_pb2.ChatCompletion, started: float) -> JSON
         "model": completion.model,
         "created_at": _now(),
         "response": choice.message.content,
+        **(
+            {"thinking": choice.message.reasoning_content}
+            if choice.message.reasoning_content
+            else {}
+        ),
         "done": True,
         "done_reason": _done_reason(choice.finish_reason),
         **_counts(completion.usage, started, None),
@@ -146,12 +153,22 @@ class StreamEncoder:
             return self._head + orjson.dumps(text) + self._text_tail
         return self._head + b'{"role":"assistant","content":' + orjson.dumps(text) + self._text_tail
 
+    def _thinking(self, text: str) -> bytes:
+        line: JSON = {"model": self._model, "created_at": _now()}
+        if self._generate:
+            line.update(response="", thinking=text)
+        else:
+            line["message"] = _message("", None, text)
+        return self._prefix + orjson.dumps({**line, "done": False}) + self._suffix
+
     def encode(self, chunk: chat_pb2.ChatCompletionChunk) -> bytes:
         out = b""
         for choice in chunk.choices:
             if choice.index != 0:
                 continue  # Ollama answers one choice
             delta = choice.delta
+            if delta.reasoning_content:
+                out += self._thinking(delta.reasoning_content)
             if delta.content:
                 out += self._text(delta.content)
             for call in delta.tool_calls:
