@@ -18,7 +18,8 @@ from http_bridge.errors import error_body
 from http_bridge.framing import NDJSON, SSE, Framing
 from server.context import CallContext, Protocol
 from server.errors import GatewayError
-from server.translate import ollama_inbound, ollama_replies
+from server.translate.ollama import inbound as ollama_inbound
+from server.translate.ollama import replies as ollama_replies
 from server.translate.openai import inbound, replies
 
 __all__ = [

@@ -13,7 +13,8 @@ from http_bridge.responses import JsonResponse, reply
 from http_bridge.routing import Endpoints
 from server.context import CallContext
 from server.errors import InvalidRequestError
-from server.translate import ollama_inbound, ollama_replies
+from server.translate.ollama import inbound as ollama_inbound
+from server.translate.ollama import replies as ollama_replies
 
 __all__ = ["endpoints", "router"]
 

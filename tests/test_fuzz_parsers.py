@@ -14,7 +14,7 @@ from starlette.types import Message
 from http_bridge.deps import read_json
 from server.core.validation import validate_chat_request, validate_embedding_request
 from server.errors import InvalidRequestError
-from server.translate import ollama_inbound
+from server.translate.ollama import inbound as ollama_inbound
 from server.translate.openai import inbound
 from server.translate.usage import parse_usage_params
 from tests.fuzzing import INTERNALS, JSON, FuzzCases, fuzz_settings, json_values, nested

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from server.errors import InvalidRequestError
-from server.translate import ollama
+from server.translate.ollama import upstream as ollama
 from server.translate.openai.inbound import parse_chat_request
 from tests.fake_upstream import SECRET_URL, FakeUpstream
 from tests.servers import TandemProcess, start_tandem

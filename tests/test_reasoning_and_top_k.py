@@ -20,7 +20,8 @@ from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from server.core.fold import fold_stream
 from server.errors import InvalidRequestError
-from server.translate import anthropic, ollama
+from server.translate import anthropic
+from server.translate.ollama import upstream as ollama
 from server.translate.openai.inbound import parse_chat_request
 from server.translate.openai.replies import ChunkEncoder
 from tests.fake_upstream import REASONING, SIGNATURE, THOUGHTS, UPSTREAM_KEY, FakeUpstream

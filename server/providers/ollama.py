@@ -12,7 +12,7 @@ from server.context import CallContext
 from server.errors import UpstreamError
 from server.providers.base import Route
 from server.providers.upstream import HttpProvider, bearer, decode
-from server.translate import ollama
+from server.translate.ollama import upstream as ollama
 
 __all__ = ["OllamaProvider"]
 
