@@ -21,7 +21,7 @@ import jwt
 import orjson
 import pytest
 from google.protobuf.json_format import ParseDict
-from tandem.v1 import chat_pb2, chat_pb2_grpc
+from tandem.v1 import chat_pb2, chat_pb2_grpc, models_pb2, models_pb2_grpc
 
 from tests.fake_upstream import FakeUpstream
 from tests.rpc_status import details_of
@@ -39,6 +39,7 @@ models:
 tiers:
   free: {{default_model: echo}}
   tight: {{default_model: echo, requests_per_minute: 1}}
+  solo: {{default_model: echo, models: [echo]}}
 auth: {{required: true, admin_keys: ["{ADMIN_KEY}"], jwt: {{secret: "{SECRET}"}}}}
 usage: {{store: "sqlite:///usage.db", flush_interval_ms: 20}}
 """
@@ -407,3 +408,40 @@ async def test_a_caller_that_goes_away_cancels_and_is_charged_what_it_got(
             break
         await asyncio.sleep(0.05)
     assert fake.gone, "the gateway hung up on the upstream"
+
+
+async def test_a_tier_that_may_use_only_echo_sees_only_echo_in_every_listing(
+    gateway: TandemProcess,
+) -> None:
+    _, jwt_token = token("solo")
+    headers = _bearer(jwt_token)
+    async with httpx.AsyncClient(base_url=gateway.base_url, headers=headers) as http:
+        tags = [m["model"] for m in (await http.get("/api/tags")).json()["models"]]
+        running = [m["model"] for m in (await http.get("/api/ps")).json()["models"]]
+        openai = [m["id"] for m in (await http.get("/v1/models")).json()["data"]]
+        native = [m["id"] for m in (await http.get("/native/v1/models")).json()["data"]]
+        assert (await http.get("/v1/models/relay")).status_code == 403
+        assert (await http.post("/api/show", json={"model": "relay"})).status_code == 403
+    async with grpc.aio.insecure_channel(gateway.grpc) as channel:
+        listed = await models_pb2_grpc.ModelServiceStub(channel).ListModels(
+            models_pb2.ListModelsRequest(), metadata=(("authorization", f"Bearer {jwt_token}"),)
+        )
+    assert tags == running == openai == native == [m.id for m in listed.data] == ["echo"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/native/v1/chat/completions", "/v1/chat/completions", "/api/chat"]
+)
+def test_every_http_door_sends_the_rate_limit_headers(gateway: TandemProcess, path: str) -> None:
+    _, jwt_token = token("tight")
+    body = {**chat("echo"), "stream": False}
+    first = httpx.post(f"{gateway.base_url}{path}", json=body, headers=_bearer(jwt_token))
+    assert first.status_code == 200
+    assert (
+        first.headers["x-ratelimit-limit-requests"],
+        first.headers["x-ratelimit-remaining-requests"],
+    ) == ("1", "0")
+    refused = httpx.post(f"{gateway.base_url}{path}", json=body, headers=_bearer(jwt_token))
+    assert refused.status_code == 429
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert int(refused.headers["retry-after"]) >= 1

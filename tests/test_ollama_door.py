@@ -24,12 +24,14 @@ server: {max_body_bytes: 65536}
 providers:
   - {name: demo, kind: mock}
   - {name: up, kind: openai, base_url: "%(upstream)s", api_key: k, max_retries: 0}
+  - {name: lazy, kind: openai, base_url: "%(upstream)s", api_key: k, max_retries: 0, timeout_s: 0.3}
 models:
   - {name: echo, provider: demo}
   - {name: relay, provider: up}
   - {name: hidden, provider: demo}
+  - {name: tardy, provider: lazy}
 tiers:
-  free: {default_model: echo, models: [echo, relay]}
+  free: {default_model: echo, models: [echo, relay, tardy]}
 usage: {store: "sqlite:///usage.db", flush_interval_ms: 20}
 """
 
@@ -90,8 +92,8 @@ def test_options_are_honoured(client: ollama.Client) -> None:
 
 
 def test_listings_show_the_tiers_models(client: ollama.Client) -> None:
-    assert [m.model for m in client.list().models] == ["echo", "relay"]
-    assert [m.model for m in client.ps().models] == ["echo", "relay"]
+    assert [m.model for m in client.list().models] == ["echo", "relay", "tardy"]
+    assert [m.model for m in client.ps().models] == ["echo", "relay", "tardy"]
     shown = client.show("echo")
     assert shown.details is not None
     assert shown.details.family == "demo"  # the provider that serves it
@@ -138,7 +140,7 @@ async def _async_calls(client: ollama.AsyncClient) -> None:
     assert "".join(p.message.content or "" for p in parts) == "a b"
     generated = await client.generate(model="echo", prompt="g h", stream=False)
     assert generated.response == "g h"
-    assert [m.model for m in (await client.list()).models] == ["echo", "relay"]
+    assert [m.model for m in (await client.list()).models] == ["echo", "relay", "tardy"]
     assert (await client.show("relay")).details is not None
     assert len((await client.embed(model="echo", input="x")).embeddings) == 1
 
@@ -258,7 +260,7 @@ async def test_every_listing_shows_the_same_catalogue(gateway: TandemProcess) ->
         listed = await models_pb2_grpc.ModelServiceStub(channel).ListModels(
             models_pb2.ListModelsRequest()
         )
-    assert tags == openai == native == [m.id for m in listed.data] == ["echo", "relay"]
+    assert tags == openai == native == [m.id for m in listed.data] == ["echo", "relay", "tardy"]
 
 
 async def test_the_door_records_usage_as_ollama(gateway: TandemProcess) -> None:
@@ -317,3 +319,16 @@ def test_a_bad_think_is_a_400_naming_it(gateway: TandemProcess) -> None:
     answer = httpx.post(f"{gateway.base_url}/api/chat", json=body)
     assert answer.status_code == 400
     assert "think" in answer.json()["error"]
+
+
+@pytest.mark.parametrize(("behaviour", "status"), [("503", 502), ("slow:2", 504)])
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_failure_before_the_first_chunk_is_a_plain_status(
+    gateway: TandemProcess, fake: FakeUpstream, behaviour: str, status: int, stream: bool
+) -> None:
+    fake.reset(behaviour)
+    body = {"model": "tardy", "messages": user("x"), "stream": stream}
+    answer = httpx.post(f"{gateway.base_url}/api/chat", json=body, timeout=10)
+    assert answer.status_code == status, answer.text
+    assert list(answer.json()) == ["error"]
+    assert answer.headers["x-should-retry"] == "false"
