@@ -53,8 +53,9 @@ class Dialect:
     ]
     framing: Framing
     error_body: Callable[[GatewayError], JSON]
-    # the model a caller named, as configured (Ollama's `name:latest`); is it configured?
-    model_name: Callable[[str, Callable[[str], bool]], str] = lambda name, known: name
+    # the model a caller named, as configured (Ollama's `name:latest`), given what is;
+    # None: the name as sent
+    model_name: Callable[[str, Callable[[str], bool]], str] | None = None
 
     def error_payload(self, error: GatewayError) -> bytes:
         """The error event's payload, for a stream that fails after its first event."""

@@ -19,7 +19,8 @@ __all__ = ["create_chat", "create_embeddings"]
 async def create_chat(request: Request, ctx: CallContext, dialect: Dialect) -> Response:
     chat = dialect.parse_chat(await read_json(request))
     plane: DataPlane = request.app.state.plane
-    chat.model = dialect.model_name(chat.model, plane.router.known)
+    if dialect.model_name is not None:
+        chat.model = dialect.model_name(chat.model, plane.router.known)
     if not chat.stream:
         async with cancel_on_disconnect(request.receive):
             completion = await plane.create_chat(chat, ctx)
@@ -42,7 +43,8 @@ async def create_chat(request: Request, ctx: CallContext, dialect: Dialect) -> R
 async def create_embeddings(request: Request, ctx: CallContext, dialect: Dialect) -> Response:
     embedding = dialect.parse_embedding(await read_json(request))
     plane: DataPlane = request.app.state.plane
-    embedding.model = dialect.model_name(embedding.model, plane.router.known)
+    if dialect.model_name is not None:
+        embedding.model = dialect.model_name(embedding.model, plane.router.known)
     async with cancel_on_disconnect(request.receive):
         response = await plane.embed(embedding, ctx)
     return reply(ctx, dialect.encode_embeddings(embedding, response))
