@@ -19,6 +19,7 @@ import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.errors import InvalidRequestError
+from server.translate.ollama import SAMPLING_OPTIONS
 from server.translate.protojson import parse_into
 
 __all__ = [
@@ -32,14 +33,9 @@ __all__ = [
 JSON = dict[str, Any]
 # Ollama's option -> the proto's field
 _OPTIONS = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "seed": "seed",
+    **{name: name for name in SAMPLING_OPTIONS},
     "num_predict": "max_tokens",
     "stop": "stop",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
 }
 _REFUSED = {
     "suffix": "fill-in-the-middle is not available through the gateway",

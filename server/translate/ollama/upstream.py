@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.translate.common import DATA_URL, cannot_honour, tool_arguments
+from server.translate.ollama import SAMPLING_OPTIONS
 
 __all__ = [
     "StreamTranslator",
@@ -25,14 +26,6 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
-_OPTIONS = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "seed": "seed",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-    "top_k": "top_k",
-}
 # reasoning_effort -> `think`. gpt-oss takes the levels "low", "medium" and
 # "high"; other thinking models (Qwen 3, DeepSeek R1) take a boolean and read
 # any level as true. "minimal" becomes "low", the least thinking Ollama has
@@ -94,9 +87,9 @@ def chat_request_to_ollama(
         "stream": stream,
     }
     options: JSON = {
-        option: getattr(request, field)
-        for field, option in _OPTIONS.items()
-        if request.HasField(field)  # type: ignore[arg-type]
+        option: getattr(request, option)
+        for option in SAMPLING_OPTIONS
+        if request.HasField(option)  # type: ignore[arg-type]
     }
     if request.HasField("max_completion_tokens"):
         options["num_predict"] = request.max_completion_tokens
