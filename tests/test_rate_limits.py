@@ -48,6 +48,19 @@ async def test_requests_bucket_allows_capacity_then_refills_continuously(clock: 
     ).allowed  # separate callers, separate buckets
 
 
+@pytest.mark.parametrize("now", [500.49469980918883, 1000.0])  # (now + 60) - 60 > now, and not
+async def test_the_whole_capacity_is_granted_whatever_the_clock_reads(
+    clock: Clock, now: float
+) -> None:
+    clock.now = now
+    limiter = MemoryLimiter(clock=clock)
+    assert (await limiter.acquire("one", 1, None, 0)).allowed  # a budget of one request
+    assert [(await limiter.acquire("seven", 7, None, 0)).allowed for _ in range(8)] == [
+        *[True] * 7,
+        False,
+    ]
+
+
 async def test_requests_and_tokens_are_taken_together_or_not_at_all(clock: Clock) -> None:
     limiter = MemoryLimiter(clock=clock)
     assert (await limiter.acquire("k", 10, 100, 80)).allowed

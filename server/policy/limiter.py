@@ -68,6 +68,10 @@ class Limiter(Protocol):
     async def aclose(self) -> None: ...
 
 
+# a whole capacity taken in steps of 60/7 s sums to a hair over 60 s: not a wait
+_ROUNDING_S = 1e-9
+
+
 class MemoryLimiter:
     """Buckets in this process. With N workers each gets 1/N of every capacity."""
 
@@ -97,11 +101,11 @@ class MemoryLimiter:
         wait = 0.0
         new_tats = []
         for _, bucket, limit, cost in wanted:
-            tat = max(self._tat.get(bucket, now), now)
-            new_tat = tat + cost * WINDOW_S / limit
-            wait = max(wait, new_tat - WINDOW_S - now)
-            new_tats.append(new_tat)
-        allowed = fits_ever and wait <= 0
+            # in time ahead of now, not absolute times: (now + 60) - 60 - now is not always 0
+            ahead = max(self._tat.get(bucket, now) - now, 0.0) + cost * WINDOW_S / limit
+            wait = max(wait, ahead - WINDOW_S)
+            new_tats.append(now + ahead)
+        allowed = fits_ever and wait <= _ROUNDING_S
         budgets: dict[str, Budget] = {}
         for (dimension, bucket, limit, _), new_tat in zip(wanted, new_tats, strict=True):
             if allowed:
