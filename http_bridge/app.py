@@ -2,33 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from http_bridge import routes_native, routes_ollama, routes_openai
 from http_bridge.body_limit import BodyLimitMiddleware
+from http_bridge.call_scope import CallScopeMiddleware
 from http_bridge.docs import serve_docs
-from http_bridge.request_id import RequestIdMiddleware
 from http_bridge.responses import JsonResponse
 from http_bridge.routing import ERRORS_ANSWERED, DoorApp, error_to_response
+from server.config import TelemetryConfig
 from server.core.dataplane import DataPlane
 from server.policy import Policy
+from server.telemetry import Telemetry
+from server.telemetry.metrics import CONTENT_TYPE_LATEST
+from server.telemetry.readiness import Readiness
 
 __all__ = ["create_app"]
 
 
 def create_app(
-    plane: DataPlane, policy: Policy, is_ready: Callable[[], bool], *, max_body_bytes: int
+    plane: DataPlane,
+    policy: Policy,
+    *,
+    max_body_bytes: int,
+    telemetry: Telemetry | None = None,
+    readiness: Readiness | None = None,
 ) -> ASGIApp:
-    """The ASGI app uvicorn serves: request ids and the body limit around the
-    door's endpoint table (routing.py), around FastAPI (the rest, and the docs
-    of all)."""
+    """The ASGI app uvicorn serves: the call scope (call_scope.py) and the body
+    limit around the door's endpoint table (routing.py), around FastAPI (the
+    rest, and the docs of all). Without `telemetry` and `readiness` (tests),
+    fresh ones, ready."""
+    if telemetry is None:
+        telemetry = Telemetry(TelemetryConfig(access_log=False))
+    if readiness is None:
+        readiness = Readiness(telemetry.metrics)
+        readiness.set_ready()
     app = FastAPI(
         title="Tandem",
         version="1",
@@ -52,13 +65,12 @@ def create_app(
         "/readyz", tags=["ops"], summary="Ready to take traffic; 503 while starting or draining"
     )
     async def readyz() -> Response:
-        if is_ready():
-            return JsonResponse({"status": "ready"})
-        return JsonResponse({"status": "draining"}, status_code=503)
+        status, body = readiness.answer()
+        return JsonResponse(body, status_code=status)
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics of this process")
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics (of every worker)")
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(telemetry.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     for error in ERRORS_ANSWERED:
         app.add_exception_handler(error, error_to_response)
@@ -77,4 +89,5 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     door = DoorApp(app, endpoints)
-    return RequestIdMiddleware(BodyLimitMiddleware(door, max_body_bytes=max_body_bytes))
+    limited = BodyLimitMiddleware(door, max_body_bytes=max_body_bytes)
+    return CallScopeMiddleware(limited, telemetry, readiness)

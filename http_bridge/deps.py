@@ -30,7 +30,14 @@ async def _open_call(request: Request, protocol: Protocol) -> CallContext:
     """Who is calling (the same `Policy.authenticate` the gRPC door calls)."""
     policy: Policy = request.app.state.policy
     caller = await policy.authenticate(request.headers.get("authorization"))
-    ctx = CallContext(request_id=request.state.request_id, protocol=protocol, caller=caller)
+    state = request.state  # what http_bridge/call_scope.py read off the request
+    ctx = CallContext(
+        request_id=state.request_id,
+        protocol=protocol,
+        caller=caller,
+        started=state.started,
+        traceparent=state.traceparent,
+    )
     request.state.call = ctx  # the error handler adds its response headers
     return ctx
 

@@ -36,6 +36,7 @@ async def create_chat(request: Request, ctx: CallContext, dialect: Dialect) -> R
         framing=dialect.framing,
         error_payload=dialect.error_payload,
         headers=ctx.response_headers,
+        trace=ctx.trace,
         request_id=ctx.request_id,
     )
 

@@ -16,7 +16,9 @@ from starlette.types import Receive, Scope, Send
 from tandem.v1 import chat_pb2
 
 from http_bridge.disconnect import ClientDisconnected, cancel_on_disconnect
+from http_bridge.errors import HTTP_STATUS
 from http_bridge.framing import Framing
+from server.context import CallTrace
 from server.errors import GatewayError, InternalError
 
 __all__ = ["ChunkStreamResponse"]
@@ -36,6 +38,7 @@ class ChunkStreamResponse(Response):
         framing: Framing,
         error_payload: Callable[[GatewayError], bytes],
         headers: list[tuple[str, str]],
+        trace: CallTrace,
         request_id: str,
     ) -> None:
         self.status_code = 200
@@ -45,6 +48,7 @@ class ChunkStreamResponse(Response):
         self._encode = encode
         self._framing = framing
         self._error_payload = error_payload
+        self._trace = trace
         self._request_id = request_id
         self._raw_headers = [
             (b"content-type", framing.media_type),
@@ -68,9 +72,11 @@ class ChunkStreamResponse(Response):
                         )
                     end = self._framing.end
                 except GatewayError as exc:
+                    self._trace.error_status = HTTP_STATUS[type(exc)]
                     end = self._framing.event(self._error_payload(exc))
                 except Exception:
                     logger.exception("request %s failed mid-stream", self._request_id)
+                    self._trace.error_status = 500
                     end = self._framing.event(self._error_payload(InternalError("internal error")))
                 await send({"type": "http.response.body", "body": end, "more_body": False})
         except ClientDisconnected:

@@ -44,8 +44,8 @@ from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from http_bridge.call_scope import CallScopeMiddleware
 from http_bridge.errors import error_body
-from http_bridge.request_id import RequestIdMiddleware
 from server.config import ServerConfig
 from server.context import new_id
 from server.errors import GatewayError, InvalidRequestError, UnavailableError
@@ -75,7 +75,7 @@ def _closing_answer(
     return b"".join(parts)
 
 
-def _over_capacity_app(max_connections: int) -> RequestIdMiddleware:
+def _over_capacity_app(max_connections: int) -> CallScopeMiddleware:
     body = _error_body(
         UnavailableError(
             f"the server has {max_connections} connections open; retry shortly",
@@ -93,7 +93,7 @@ def _over_capacity_app(max_connections: int) -> RequestIdMiddleware:
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    return RequestIdMiddleware(over_capacity)
+    return CallScopeMiddleware(over_capacity)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -114,7 +114,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     )
 
     limits: ClassVar[ServerConfig]
-    over_capacity: ClassVar[RequestIdMiddleware]
+    over_capacity: ClassVar[CallScopeMiddleware]
     headers_too_large: ClassVar[bytes]  # the 431 body
     body_timed_out: ClassVar[bytes]  # the 408 body
 

@@ -15,7 +15,11 @@ the same core, with the load (and the instant upstream) on the other core:
 - `usage-*`: the usage ledger alone (SQLite, then PostgreSQL) against
   recording off (`usage.store: none`);
 - `guard-*`: the HTTP transport bounds (http_bridge/transport.py) against
-  Tandem on uvicorn's plain httptools protocol (scripts/serve_unguarded.py).
+  Tandem on uvicorn's plain httptools protocol (scripts/serve_unguarded.py);
+- `telemetry-*`: model `proxied` with the access log (on by default), then
+  with tracing to scripts/otlp_sink.py too, against the access log off;
+  with `--before DIR`, also a checkout of an earlier commit (its own venv):
+  what the metrics cost, and the rest of a change.
 
 `wrk` drives HTTP, a grpc.aio client process drives gRPC. Targets alternate
 for `--rounds` rounds; medians are reported, and Tandem as a ratio of the
@@ -86,6 +90,8 @@ SCENARIOS = (
     "grpc-stream",
     "guard-chat",
     "guard-stream",
+    "telemetry-chat",
+    "telemetry-stream",
 )
 # scenario -> targets: (server, model); the baseline is the bare server, the bare
 # proxy, or (policy-*) Tandem with no auth and no limits
@@ -99,11 +105,15 @@ TARGETS = {
     "usage": [("tandem", "echo"), ("tandem-sqlite", "echo"), ("tandem-postgres", "echo")],
     # the header, body and connection bounds on, against uvicorn's plain protocol
     "guard": [("tandem-unguarded", "echo"), ("tandem", "echo")],
+    # the access log, then tracing as well, against the access log off
+    "telemetry": [("tandem-quiet", "proxied"), ("tandem", "proxied"), ("tandem-traced", "proxied")],
 }
 
 
-def start(command: list[str], core: int | None) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+def start(
+    command: list[str], core: int | None, cwd: Path = ROOT
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd)
     if core is not None:
         os.sched_setaffinity(proc.pid, {core})
     assert proc.stdout is not None
@@ -213,6 +223,11 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=20, help="words per answer (chunks streamed)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument(
+        "--before",
+        type=Path,
+        help="telemetry-*: also measure the checkout in DIR (an earlier commit, installed)",
+    )
+    parser.add_argument(
         "--redis",
         default=os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
         help="Redis for the policy-* scenarios",
@@ -237,9 +252,12 @@ def main() -> None:
     def launch(name: str, command: list[str], core: int | None) -> None:
         procs[name], addresses[name] = start(command, core)
 
-    def launch_tandem(name: str, config: Path) -> None:
+    def launch_tandem(name: str, config: Path, checkout: Path = ROOT) -> None:
         serve = ["serve", "--config", str(config), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
-        launch(name, [sys.executable, "-m", "server.cli", *serve], server_core)
+        python = sys.executable if checkout == ROOT else str(checkout / ".venv/bin/python")
+        procs[name], addresses[name] = start(
+            [python, "-m", "server.cli", *serve], server_core, cwd=checkout
+        )
 
     try:
         launch(
@@ -316,6 +334,18 @@ def main() -> None:
                 ],
                 server_core,
             )
+        if any(s.startswith("telemetry") for s in scenarios):
+            quiet = work / "quiet.yaml"
+            quiet.write_text(config.read_text() + "telemetry: {access_log: false}\n")
+            launch_tandem("tandem-quiet", quiet)
+            launch("otlp-sink", [sys.executable, str(scripts / "otlp_sink.py")], client_core)
+            traced = work / "traced.yaml"
+            endpoint = f"http://{addresses['otlp-sink']['grpc']}"
+            traced.write_text(config.read_text() + f'telemetry: {{otlp_endpoint: "{endpoint}"}}\n')
+            launch_tandem("tandem-traced", traced)
+            if args.before is not None:
+                launch_tandem("tandem-before", config, args.before.resolve())
+                TARGETS["telemetry"].insert(0, ("tandem-before", "proxied"))
         context = multiprocessing.get_context("spawn")
         print(
             f"servers on core {server_core}; load and upstream on core {client_core}; "
@@ -351,7 +381,9 @@ def main() -> None:
                     results[name].append(rps)
             medians = {name: statistics.median(values) for name, values in results.items()}
             baseline_name = (
-                targets[0][0] if scenario.startswith(("policy", "usage")) else targets[-2][0]
+                targets[0][0]
+                if scenario.startswith(("policy", "usage", "telemetry"))
+                else targets[-2][0]
             )
             cells = "  ".join(f"{name} {rps:,.0f}" for name, rps in medians.items())
             ratios = "  ".join(

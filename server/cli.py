@@ -7,11 +7,15 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import orjson
 import uvloop
 
 from server.config import Config, ConfigError, load_config, parse_host_port
+
+if TYPE_CHECKING:
+    from server.telemetry.logs import LogSink
 
 __all__ = ["main"]
 
@@ -33,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http", type=_host_port, help="HTTP HOST:PORT (overrides the config)")
     serve.add_argument("--grpc", type=_host_port, help="gRPC HOST:PORT (overrides the config)")
     serve.add_argument("--workers", type=int, help="worker processes (overrides the config)")
+    serve.add_argument(
+        "--log-format", choices=["json", "text"], help="stderr log lines (overrides the config)"
+    )
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of N
 
     keys = commands.add_parser("keys", help="manage API keys (kept in the database of usage.store)")
@@ -64,7 +71,7 @@ def _fail(message: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.lifecycle import serve
+    from server.telemetry.logs import configure_logging
 
     try:
         config: Config = load_config(args.config)
@@ -73,13 +80,16 @@ def _serve(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else config.server.workers
     if workers < 1:
         return _fail("--workers: must be at least 1")
+    logs = configure_logging(args.log_format or config.telemetry.log_format)
+    try:
+        return _serve_with(args, config, workers, logs)
+    finally:
+        logs.close()
+
+
+def _serve_with(args: argparse.Namespace, config: Config, workers: int, logs: LogSink) -> int:
     http = args.http or config.server.http
     grpc = args.grpc or config.server.grpc
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     if workers > 1 and not args.worker:
         if parse_host_port(http)[1] == 0 or parse_host_port(grpc)[1] == 0:
             return _fail("--workers: port 0 needs a single worker")
@@ -92,12 +102,14 @@ def _serve(args: argparse.Namespace) -> int:
             )
         from server.workers import run_workers
 
-        return run_workers(args.config, http, grpc, workers)
+        return run_workers(args.config, http, grpc, workers, log_format=logs.format)
+    from server.lifecycle import serve
+
     config = config.model_copy(
         update={"server": config.server.model_copy(update={"workers": workers})}
     )
     try:
-        uvloop.run(serve(config, http=http, grpc=grpc, reuse_port=args.worker))
+        uvloop.run(serve(config, http=http, grpc=grpc, reuse_port=args.worker, logs=logs))
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
     except OSError as exc:

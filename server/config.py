@@ -26,6 +26,7 @@ __all__ = [
     "ProviderConfig",
     "RateLimitConfig",
     "ServerConfig",
+    "TelemetryConfig",
     "TierConfig",
     "UsageConfig",
     "load_config",
@@ -187,6 +188,22 @@ class RateLimitConfig(_Strict):
         return self
 
 
+class TelemetryConfig(_Strict):
+    log_format: Literal["json", "text"] = "json"
+    access_log: bool = True
+    otlp_endpoint: str | None = None  # OTLP/gRPC, e.g. http://127.0.0.1:4317
+    service_name: Annotated[str, Field(min_length=1)] = "tandem"
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
+                raise ValueError("expected http://HOST:PORT or https://HOST:PORT")
+        return value
+
+
 class UsageConfig(_Strict):
     store: str = "sqlite:///tandem.db"
     flush_interval_ms: PositiveInt = 500
@@ -217,6 +234,7 @@ class Config(_Strict):
     auth: AuthConfig = AuthConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
     usage: UsageConfig = UsageConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Config:

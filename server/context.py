@@ -11,6 +11,7 @@ from typing import Literal
 __all__ = [
     "ANONYMOUS",
     "CallContext",
+    "CallTrace",
     "Caller",
     "CallerKind",
     "Protocol",
@@ -43,12 +44,56 @@ class Caller:
 ANONYMOUS = Caller(user="anonymous", tier="free", kind="anonymous")
 
 
+class CallTrace:
+    """What telemetry reports of one call, filled in as it goes: the core says which
+    model and provider served it and what it cost, the door how it ended.
+
+    Times are on the `time.monotonic()` clock. `traceparent` is the W3C header
+    the upstream request carries on, while tracing is on.
+    """
+
+    __slots__ = (
+        "completion_tokens",
+        "error_status",
+        "failed_attempts",
+        "first_chunk_at",
+        "model",
+        "prompt_tokens",
+        "provider",
+        "provider_kind",
+        "rate_limited",
+        "traceparent",
+        "upstream_model",
+        "upstream_s",
+    )
+
+    def __init__(self) -> None:
+        self.model = ""  # the public name, once it resolved ("" for a name nobody serves)
+        self.provider = ""  # the provider that served (the last one tried)
+        self.provider_kind = ""
+        self.upstream_model = ""  # the model the upstream said it used
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.first_chunk_at: float | None = None  # streams only
+        self.upstream_s: float | None = None  # the provider's time (streams: to the first chunk)
+        self.failed_attempts: list[str] | None = None  # the provider of each failed attempt
+        self.rate_limited = False
+        self.error_status: int | None = None  # a stream's in-band error, after its 200
+        self.traceparent: str | None = None
+
+    def attempt_failed(self, provider: str) -> None:
+        if self.failed_attempts is None:
+            self.failed_attempts = []
+        self.failed_attempts.append(provider)
+
+
 @dataclass(frozen=True, slots=True)
 class CallContext:
     """Gateway-only facts about one call; the request itself stays a proto.
 
     `deadline` is on the `time.monotonic()` clock. `response_headers` is
     where the core leaves headers (or gRPC trailers) for the door to send.
+    `traceparent` is the caller's W3C trace context, if it sent one.
     """
 
     request_id: str
@@ -57,6 +102,8 @@ class CallContext:
     deadline: float | None = None
     started: float = field(default_factory=time.monotonic)
     response_headers: list[tuple[str, str]] = field(default_factory=list)
+    trace: CallTrace = field(default_factory=CallTrace)
+    traceparent: str | None = None
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()

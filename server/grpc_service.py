@@ -1,8 +1,9 @@
 """The gRPC door: thin servicers that hand every call to the data plane.
 
 Every method goes through one wrapper (`unary_rpc` / `stream_rpc`): it reads
-the request id and credentials from metadata, asks the policy who the caller
-is, builds the `CallContext`, and turns errors into statuses with details.
+the request id, credentials and `traceparent` from metadata, asks the policy
+who the caller is, builds the `CallContext`, turns errors into statuses with
+details, and reports the call once it ended (server/telemetry).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from server.errors import GatewayError, InternalError, InvalidRequestError
 from server.grpc_decode import UndecodableRequest, add_service
 from server.grpc_errors import to_grpc_status
 from server.policy import Policy
+from server.telemetry import Telemetry
 
 __all__ = ["SERVICE_NAMES", "build_grpc_server"]
 
@@ -57,29 +59,68 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class _Door:
     """What every servicer shares: the data plane, the policy, and call set-up."""
 
-    def __init__(self, plane: DataPlane, policy: Policy) -> None:
+    def __init__(self, plane: DataPlane, policy: Policy, telemetry: Telemetry) -> None:
         self.plane = plane
         self.policy = policy
+        self.telemetry = telemetry
 
-    async def open_call(self, context: Context) -> CallContext:
-        started = time.monotonic()
-        request_id = authorization = None
+
+class _Call:
+    """One RPC from its arrival: its id, and its context once the caller is known."""
+
+    __slots__ = ("ctx", "request_id", "started", "status")
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.ctx: CallContext | None = None
+        self.request_id = ""
+        self.status = grpc.StatusCode.OK
+
+    async def open(self, door: _Door, context: Context) -> CallContext:
+        request_id = authorization = traceparent = None
         for key, value in context.invocation_metadata() or ():
             if key == "x-request-id":
                 request_id = value
             elif key == "authorization":
                 authorization = value
-        request_id = request_id_from(_text(request_id))
-        await context.send_initial_metadata((("x-request-id", request_id),))
-        caller = await self.policy.authenticate(_text(authorization))
+            elif key == "traceparent":
+                traceparent = value
+        self.request_id = request_id_from(_text(request_id))
+        await context.send_initial_metadata((("x-request-id", self.request_id),))
+        caller = await door.policy.authenticate(_text(authorization))
         remaining = context.time_remaining()
-        return CallContext(
-            request_id=request_id,
+        self.ctx = CallContext(
+            request_id=self.request_id,
             protocol="grpc",
             caller=caller,
-            deadline=None if remaining is None else started + remaining,
-            started=started,
+            deadline=None if remaining is None else self.started + remaining,
+            started=self.started,
+            traceparent=_text(traceparent),
         )
+        return self.ctx
+
+    def finish(self, door: _Door, method: str) -> None:
+        status = self.status
+        door.telemetry.finish(
+            "grpc",
+            method,
+            self.request_id or "-",
+            status.name,
+            self.started,
+            self.ctx,
+            server_error=status in _SERVER_ERRORS,
+        )
+
+
+_SERVER_ERRORS = frozenset(
+    (
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.DATA_LOSS,
+    )
+)
 
 
 def _decoded(request: Req | UndecodableRequest) -> Req:
@@ -93,17 +134,20 @@ def _text(value: str | bytes | None) -> str | None:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
-async def _abort(
-    door: _Door, context: Context, error: BaseException, ctx: CallContext | None
-) -> None:
+async def _abort(door: _Door, context: Context, error: BaseException, call: _Call) -> None:
     if not isinstance(error, GatewayError):
-        logger.error("request %s failed", ctx.request_id if ctx else "-", exc_info=error)
+        logger.error("request %s failed", call.request_id or "-", exc_info=error)
         error = InternalError("internal error")
     status = to_grpc_status(error)
+    call.status = status.code
     trailers = tuple(status.trailing_metadata)
-    if ctx is not None:  # authenticated: the rate-limit trailers ride on errors too
-        trailers += await _limit_trailers(door, ctx)
+    if call.ctx is not None:  # authenticated: the rate-limit trailers ride on errors too
+        trailers += await _limit_trailers(door, call.ctx)
     await context.abort(status.code, status.details, trailers)
+
+
+def _method_name(door: _Door, handler: Callable[..., Any]) -> str:
+    return f"/{_DESCRIPTORS[type(door).__name__].full_name}/{handler.__name__}"
 
 
 async def _limit_trailers(door: _Door, ctx: CallContext) -> tuple[tuple[str, str], ...]:
@@ -116,18 +160,28 @@ async def _limit_trailers(door: _Door, ctx: CallContext) -> tuple[tuple[str, str
 def unary_rpc(
     handler: Callable[[Any, Req, CallContext], Awaitable[Resp]],
 ) -> Callable[[Any, Req | UndecodableRequest, Context], Awaitable[Resp]]:
+    name = ""  # the full method name, known once the servicer class is
+
     @functools.wraps(handler)
     async def method(self: _Door, request: Req | UndecodableRequest, context: Context) -> Resp:
-        ctx = None
+        nonlocal name
+        name = name or _method_name(self, handler)
+        self.telemetry.start()
+        call = _Call()
         try:
-            ctx = await self.open_call(context)
+            ctx = await call.open(self, context)
             response = await handler(self, _decoded(request), ctx)
+            if trailers := await _limit_trailers(self, ctx):
+                context.set_trailing_metadata(trailers)
+            return response
         except Exception as exc:
-            await _abort(self, context, exc, ctx)
+            await _abort(self, context, exc, call)
             raise AssertionError("abort returned") from exc
-        if trailers := await _limit_trailers(self, ctx):
-            context.set_trailing_metadata(trailers)
-        return response
+        except BaseException:  # the caller went away: cancelled
+            call.status = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            call.finish(self, name)
 
     return method
 
@@ -135,24 +189,33 @@ def unary_rpc(
 def stream_rpc(
     handler: Callable[[Any, Req, CallContext], AsyncIterator[Resp]],
 ) -> Callable[[Any, Req | UndecodableRequest, Context], AsyncIterator[Resp]]:
+    name = ""  # the full method name, known once the servicer class is
+
     @functools.wraps(handler)
     async def method(
         self: _Door, request: Req | UndecodableRequest, context: Context
     ) -> AsyncIterator[Resp]:
-        ctx = None
+        nonlocal name
+        name = name or _method_name(self, handler)
+        self.telemetry.start()
+        call = _Call()
         stream = None
         try:
-            ctx = await self.open_call(context)
+            ctx = await call.open(self, context)
             stream = handler(self, _decoded(request), ctx)
             async for item in stream:
                 yield item
+            if trailers := await _limit_trailers(self, ctx):
+                context.set_trailing_metadata(trailers)
         except Exception as exc:
-            await _abort(self, context, exc, ctx)
+            await _abort(self, context, exc, call)
+        except BaseException:  # the caller went away: cancelled
+            call.status = grpc.StatusCode.CANCELLED
+            raise
         finally:
             if stream is not None:
                 await stream.aclose()  # type: ignore[attr-defined]
-        if ctx is not None and (trailers := await _limit_trailers(self, ctx)):
-            context.set_trailing_metadata(trailers)
+            call.finish(self, name)
 
     return method
 
@@ -205,6 +268,7 @@ def build_grpc_server(
     plane: DataPlane,
     policy: Policy,
     health_servicer: health.aio.HealthServicer,
+    telemetry: Telemetry,
     *,
     max_message_bytes: int,
     max_concurrent_rpcs: int,
@@ -221,7 +285,7 @@ def build_grpc_server(
     )
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     for servicer in (ChatService, ModelService, EmbeddingService, UsageService):
-        add_service(server, _DESCRIPTORS[servicer.__name__], servicer(plane, policy))
+        add_service(server, _DESCRIPTORS[servicer.__name__], servicer(plane, policy, telemetry))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (

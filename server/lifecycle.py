@@ -1,12 +1,14 @@
 """The process around the core: both servers on one loop, started and drained in order.
 
-Start: providers, policy, usage, data plane; then gRPC, then HTTP; then ready.
+Start: telemetry, providers, policy, usage, data plane; then gRPC, then HTTP;
+then ready (until then `/readyz` says `starting`), and the background checks
+of the shared dependencies.
 Stop (SIGTERM or SIGINT, owned here, not by uvicorn):
 1. not ready: `/readyz` 503 and gRPC health NOT_SERVING, still serving for
-   `server.shutdown_delay_s`;
+   `server.shutdown_delay_s` (answers carry `connection: close`);
 2. stop accepting and drain both servers under one `server.shutdown_grace_s`;
 3. flush usage;
-4. close the limiter, the store and the providers.
+4. close the limiter, the store and the providers; flush the spans.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ from server.grpc_service import SERVICE_NAMES, build_grpc_server
 from server.policy import Policy, build_limiter
 from server.policy.key_cache import KeyCache
 from server.policy.limiter import Limiter
+from server.policy.redis_limiter import RedisLimiter
 from server.providers import Provider, build_providers
 from server.store import Store, open_store
+from server.telemetry import Telemetry
+from server.telemetry.logs import LogSink
+from server.telemetry.readiness import Check, DependencyMonitor, Readiness
 from server.usage import NullRecorder, UsageBatcher, UsageRecorder
 
 __all__ = ["Gateway", "HttpServer", "bind_socket", "serve", "start_http_server"]
@@ -108,12 +114,22 @@ async def start_http_server(
 class Gateway:
     """Owns everything with a lifetime, from start to the end of the drain."""
 
-    def __init__(self, config: Config, *, http: str, grpc: str, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        http: str,
+        grpc: str,
+        reuse_port: bool = False,
+        logs: LogSink | None = None,
+    ) -> None:
         self.config = config
         self._reuse_port = reuse_port
         self._http_address = http
         self._grpc_address = grpc
-        self._ready = False
+        self.telemetry = Telemetry(config.telemetry, logs)
+        self.readiness = Readiness(self.telemetry.metrics)
+        self._monitor: DependencyMonitor | None = None
         self._providers: dict[str, Provider] = {}
         self._usage: UsageRecorder = NullRecorder()
         self._limiter: Limiter | None = None
@@ -123,14 +139,13 @@ class Gateway:
         self._http_server: HttpServer | None = None
         self._http_task: asyncio.Task[None] | None = None
 
-    def is_ready(self) -> bool:
-        return self._ready
-
     async def start(self) -> tuple[str, str]:
         """Start serving; return the bound HTTP and gRPC addresses."""
         config = self.config
+        telemetry = self.telemetry
+        metrics = telemetry.metrics
         self._providers = build_providers(config)
-        self._limiter = build_limiter(config)
+        self._limiter = build_limiter(config, metrics.limiter_errors.inc)
         self._store = open_store(config.usage.store)
         keys = None
         if self._store is not None:
@@ -141,16 +156,21 @@ class Gateway:
                 flush_interval_s=config.usage.flush_interval_ms / 1000,
                 batch_size=config.usage.batch_size,
                 max_pending=config.usage.max_pending,
+                metrics=metrics,
             )
             batcher.start()
             self._usage = batcher
         policy = Policy(config, self._limiter, keys)
-        plane = DataPlane(Router(config, self._providers), policy, self._usage, self._store)
+        router = Router(config, self._providers)
+        plane = DataPlane(router, policy, self._usage, self._store, telemetry.tracer)
 
+        for service in ("", *SERVICE_NAMES):  # not serving until both doors accept
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._grpc_server = build_grpc_server(
             plane,
             policy,
             self._health,
+            telemetry,
             max_message_bytes=config.server.max_body_bytes,
             max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
             reuse_port=self._reuse_port,
@@ -164,18 +184,36 @@ class Gateway:
 
         sock = bind_socket(self._http_address, reuse_port=self._reuse_port)
         http_host, http_port = sock.getsockname()[:2]
-        app = create_app(plane, policy, self.is_ready, max_body_bytes=config.server.max_body_bytes)
+        app = create_app(
+            plane,
+            policy,
+            max_body_bytes=config.server.max_body_bytes,
+            telemetry=telemetry,
+            readiness=self.readiness,
+        )
         self._http_server, self._http_task = await start_http_server(app, sock, config.server)
 
         for service in ("", *SERVICE_NAMES):  # ready only once both doors accept
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._ready = True
+        self._monitor = DependencyMonitor(self._dependency_checks(), metrics)
+        self.readiness.monitor = self._monitor
+        self._monitor.start()
+        self.readiness.set_ready()
         return _format_address(http_host, http_port), _format_address(grpc_host, grpc_port)
+
+    def _dependency_checks(self) -> dict[str, Check]:
+        """The shared dependencies this replica uses, by the name `/readyz` gives them."""
+        checks: dict[str, Check] = {}
+        if self._store is not None:
+            checks["usage_store"] = self._store.ping
+        if isinstance(self._limiter, RedisLimiter):
+            checks["redis"] = self._limiter.ping
+        return checks
 
     async def stop(self) -> None:
         """Drain in the documented order; safe after a partial start."""
         server_config = self.config.server
-        self._ready = False
+        self.readiness.set_draining()
         await self._health.enter_graceful_shutdown()
         if server_config.shutdown_delay_s and self._http_task is not None:
             logger.info(
@@ -192,6 +230,8 @@ class Gateway:
             drains.append(self._http_task)
         await asyncio.gather(*drains)
 
+        if self._monitor is not None:
+            await self._monitor.stop()
         await self._usage.drain()
         if self._limiter is not None:
             await self._limiter.aclose()
@@ -199,16 +239,24 @@ class Gateway:
             await self._store.aclose()
         for provider in self._providers.values():
             await provider.aclose()
+        await asyncio.to_thread(self.telemetry.shutdown)
         logger.info("stopped")
 
 
-async def serve(config: Config, *, http: str, grpc: str, reuse_port: bool = False) -> None:
+async def serve(
+    config: Config,
+    *,
+    http: str,
+    grpc: str,
+    reuse_port: bool = False,
+    logs: LogSink | None = None,
+) -> None:
     """Run a gateway until SIGTERM or SIGINT, then drain it."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    gateway = Gateway(config, http=http, grpc=grpc, reuse_port=reuse_port)
+    gateway = Gateway(config, http=http, grpc=grpc, reuse_port=reuse_port, logs=logs)
     try:
         http_address, grpc_address = await gateway.start()
         sys.stdout.write(f"http listening on {http_address}\ngrpc listening on {grpc_address}\n")

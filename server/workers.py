@@ -2,7 +2,9 @@
 
 The parent starts the workers, prints the two listening lines once every
 worker accepts, forwards SIGTERM/SIGINT to them (each drains as one gateway
-does) and exits 0 when they all did. A worker that dies stops the others
+does) and exits 0 when they all did. It gives them one empty
+`PROMETHEUS_MULTIPROC_DIR` (the operator's, emptied, or a temporary one),
+so that a scrape on any worker shows every worker's figures. A worker that dies stops the others
 (exit 1); a parent that dies takes its workers with it (PR_SET_PDEATHSIG).
 Port 0 needs one worker: N processes cannot agree on a port the kernel picks.
 """
@@ -12,11 +14,16 @@ from __future__ import annotations
 import ctypes
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from types import FrameType
+
+from server.telemetry.metrics import MULTIPROC_ENV
 
 __all__ = ["run_workers"]
 
@@ -44,13 +51,37 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def run_workers(config: str | None, http: str, grpc: str, workers: int) -> int:
+def _metrics_directory() -> tuple[Path, bool]:
+    """The workers' shared metrics directory, empty; and whether it is ours to remove."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if not given:
+        return Path(tempfile.mkdtemp(prefix="tandem-metrics-")), True
+    directory = Path(given)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):  # an earlier run's figures are not this run's
+        stale.unlink()
+    return directory, False
+
+
+def run_workers(config: str | None, http: str, grpc: str, workers: int, *, log_format: str) -> int:
+    directory, owned = _metrics_directory()
+    try:
+        return _run(config, http, grpc, workers, log_format, directory)
+    finally:
+        if owned:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run(
+    config: str | None, http: str, grpc: str, workers: int, log_format: str, metrics: Path
+) -> int:
     command = [sys.executable, "-m", "server.cli", "serve", "--http", http, "--grpc", grpc]
-    command += ["--workers", str(workers), "--worker"]
+    command += ["--workers", str(workers), "--worker", "--log-format", log_format]
     if config is not None:
         command += ["--config", config]
+    env = {**os.environ, MULTIPROC_ENV: str(metrics)}
     children = [
-        subprocess.Popen(command, stdout=subprocess.PIPE, preexec_fn=_die_with_parent)
+        subprocess.Popen(command, stdout=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
         for _ in range(workers)
     ]
     stopping = False

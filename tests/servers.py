@@ -14,6 +14,7 @@ from pathlib import Path
 __all__ = ["ServeResult", "TandemProcess", "run_serve", "serve_command", "start_tandem"]
 
 START_TIMEOUT_S = 20.0
+LOG_FLUSH_S = 0.15  # three of the log thread's intervals
 
 
 def _env(extra: dict[str, str] | None) -> dict[str, str]:
@@ -35,6 +36,13 @@ class TandemProcess:
 
     def stderr(self) -> str:
         return self.stderr_path.read_text()
+
+    def settled_stderr(self) -> str:
+        """stderr once what was logged so far has been written: log lines leave from a
+        thread every 50 ms (server/telemetry/logs.py), so a check that nothing was
+        logged waits for them."""
+        time.sleep(LOG_FLUSH_S)
+        return self.stderr()
 
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM, then wait for the exit code."""

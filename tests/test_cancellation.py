@@ -14,7 +14,7 @@ from grpc_health.v1 import health
 from tandem.v1 import chat_pb2, chat_pb2_grpc, embeddings_pb2
 
 from http_bridge.app import create_app
-from server.config import ServerConfig, load_config
+from server.config import ServerConfig, TelemetryConfig, load_config
 from server.context import CallContext
 from server.core.dataplane import DataPlane
 from server.core.routing import Router
@@ -22,6 +22,7 @@ from server.grpc_service import build_grpc_server
 from server.lifecycle import bind_socket, start_http_server
 from server.policy import Policy
 from server.providers import Provider, Route
+from server.telemetry import Telemetry
 from server.usage import UsageRecord
 
 
@@ -29,6 +30,7 @@ class SlowProvider:
     """Streams a word every 50 ms, for 5 s, and notes when it is cancelled."""
 
     name = "slow"
+    kind = "mock"
     max_retries = 0
 
     def __init__(self) -> None:
@@ -95,7 +97,7 @@ async def live_http(plane: DataPlane) -> AsyncIterator[str]:
     """The real HTTP app on a real uvicorn, port 0, in this loop."""
     sock = bind_socket("127.0.0.1:0")
     port = sock.getsockname()[1]
-    app = create_app(plane, plane.policy, lambda: True, max_body_bytes=1 << 20)
+    app = create_app(plane, plane.policy, max_body_bytes=1 << 20)
     server, task = await start_http_server(app, sock, ServerConfig(shutdown_grace_s=1))
     try:
         yield f"http://127.0.0.1:{port}"
@@ -139,6 +141,7 @@ async def test_grpc_cancel_closes_upstream(
         plane,
         plane.policy,
         health.aio.HealthServicer(),
+        Telemetry(TelemetryConfig(access_log=False)),
         max_message_bytes=1 << 20,
         max_concurrent_rpcs=8,
     )

@@ -192,4 +192,4 @@ async def test_edge_bytes_get_a_contract_status_with_no_internals(
 
 def test_the_fuzzed_server_logged_no_traceback(server: TandemProcess) -> None:
     """Runs after the suite above (same module): a logged bug is a failure too."""
-    assert "Traceback" not in server.stderr()
+    assert "Traceback" not in server.settled_stderr()

@@ -152,6 +152,7 @@ def test_rate_limit_status_carries_retry_info() -> None:
 
 class _BrokenProvider:
     name = "broken"
+    kind = "mock"
     max_retries = 0
 
     def stream(
@@ -169,11 +170,12 @@ class _BrokenProvider:
 async def test_a_bug_is_internal_with_nothing_leaked(caplog: pytest.LogCaptureFixture) -> None:
     from grpc_health.v1 import health
 
-    from server.config import load_config
+    from server.config import TelemetryConfig, load_config
     from server.core.dataplane import DataPlane
     from server.core.routing import Router
     from server.grpc_service import build_grpc_server
     from server.policy import Policy
+    from server.telemetry import Telemetry
     from server.usage import NullRecorder
 
     config = load_config(None, environ={})
@@ -181,7 +183,12 @@ async def test_a_bug_is_internal_with_nothing_leaked(caplog: pytest.LogCaptureFi
     broken = cast(Provider, _BrokenProvider())
     plane = DataPlane(Router(config, {"mock": broken}), policy, NullRecorder())
     server = build_grpc_server(
-        plane, policy, health.aio.HealthServicer(), max_message_bytes=1 << 20, max_concurrent_rpcs=8
+        plane,
+        policy,
+        health.aio.HealthServicer(),
+        Telemetry(TelemetryConfig(access_log=False)),
+        max_message_bytes=1 << 20,
+        max_concurrent_rpcs=8,
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

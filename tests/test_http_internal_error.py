@@ -33,7 +33,7 @@ INTERNAL_ERROR = {
 
 
 class _BrokenProvider:
-    name = "mock"
+    name = kind = "mock"
     max_retries = 0
 
     def stream(
@@ -61,7 +61,7 @@ async def test_a_bug_is_the_contracts_500_on_both_routing_paths(
     plane = _BuggyPlane(
         Router(config, {"mock": cast(Provider, _BrokenProvider())}), policy, NullRecorder()
     )
-    app = create_app(plane, policy, lambda: True, max_body_bytes=1 << 20)
+    app = create_app(plane, policy, max_body_bytes=1 << 20)
     chat = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://tandem"

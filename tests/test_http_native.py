@@ -339,4 +339,5 @@ def test_a_client_gone_mid_upload_is_not_logged_as_a_bug(tandem: Any) -> None:
         )
     time.sleep(0.3)
     assert server.terminate() == 0
-    assert "ERROR" not in server.stderr()
+    levels = {orjson.loads(line)["level"] for line in server.stderr().splitlines()}
+    assert levels <= {"info", "warning"}

@@ -11,7 +11,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LEAF = ("server.context", "server.errors", "server.messages")
-PARTS = ("server.policy", "server.usage", "server.providers", "server.store", "server.translate")
+PARTS = (
+    "server.policy",
+    "server.usage",
+    "server.providers",
+    "server.store",
+    "server.translate",
+    "server.telemetry",
+)
 DOORS = ("http_bridge", "server.grpc_service", "server.grpc_errors", "server.grpc_decode")
 
 

@@ -9,10 +9,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
-from prometheus_client import REGISTRY
 
 from server.context import new_id
 from server.store import Store, open_store
+from server.telemetry.metrics import Metrics
 from server.usage import UsageBatcher, UsageQuery, UsageRecord
 from tests.tcp_proxy import TcpProxy
 
@@ -105,8 +105,8 @@ async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> b
         await asyncio.sleep(0.02)
 
 
-def _metric(name: str) -> float:
-    value = REGISTRY.get_sample_value(name)
+def _metric(metrics: Metrics, name: str) -> float:
+    value = metrics.registry.get_sample_value(name)
     assert value is not None
     return value
 
@@ -126,16 +126,18 @@ async def test_beyond_max_pending_records_are_dropped_counted_and_logged(
     proxy: TcpProxy, proxied_store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = proxied_store
-    batcher = UsageBatcher(store, flush_interval_s=0.05, batch_size=10, max_pending=20)
+    metrics = Metrics()
+    batcher = UsageBatcher(
+        store, flush_interval_s=0.05, batch_size=10, max_pending=20, metrics=metrics
+    )
     batcher.start()
-    dropped_before = _metric("tandem_usage_dropped_records_total")
     proxy.cut()
     with caplog.at_level(logging.WARNING, logger="tandem.usage"):
         for record in make_records(25):
             batcher.record(record)
         assert batcher.pending() == 20
-        assert _metric("tandem_usage_dropped_records_total") - dropped_before == 5
-        assert _metric("tandem_usage_pending_records") == 20
+        assert _metric(metrics, "tandem_usage_dropped_records_total") == 5
+        assert _metric(metrics, "tandem_usage_pending_records") == 20
         assert await eventually(lambda: "usage store unavailable" in caplog.text)
         assert "dropping usage records" in caplog.text
         proxy.restore()

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 
@@ -20,12 +21,15 @@ from server.core.fold import fold_stream
 from server.core.resilience import open_stream
 from server.core.routing import Router
 from server.core.validation import validate_chat_request, validate_embedding_request
-from server.errors import GatewayError, NotFoundError, UnavailableError, echoed
+from server.errors import GatewayError, NotFoundError, UnavailableError, UpstreamFailure, echoed
 from server.messages import estimate_prompt_tokens, estimate_tokens
 from server.policy import Admission, Policy
 from server.providers.base import Route
 from server.usage import UsageRecord, UsageRecorder
 from server.usage.api import LedgerReader, usage_query, usage_response
+
+if TYPE_CHECKING:
+    from server.telemetry.tracing import Tracer
 
 __all__ = ["DataPlane"]
 
@@ -39,11 +43,13 @@ class DataPlane:
         policy: Policy,
         usage: UsageRecorder,
         ledger: LedgerReader | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.router = router
         self.policy = policy
         self.usage = usage
         self.ledger = ledger
+        self.tracer = tracer  # None: tracing off, and nothing of it on the path
         self.started_at = int(time.time())
 
     def stream_chat(
@@ -54,18 +60,25 @@ class DataPlane:
         Nothing runs until the first chunk is asked for, so a door can await
         it before committing to a status: errors up to then are plain errors.
         """
-        return self._chat(request, ctx, streaming=True)
+        stream = self._chat(request, ctx, streaming=True)
+        if self.tracer is None:
+            return stream
+        return self.tracer.stream("chat", request, ctx, stream)
 
     async def create_chat(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
     ) -> chat_pb2.ChatCompletion:
-        return await fold_stream(self._chat(request, ctx, streaming=False))
+        answer = fold_stream(self._chat(request, ctx, streaming=False))
+        if self.tracer is None:
+            return await answer
+        return await self.tracer.call("chat", request, ctx, answer)
 
     async def _chat(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext, *, streaming: bool
     ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
         validate_chat_request(request)
         route = self.router.resolve(request.model, ctx.caller)
+        ctx.trace.model = route.model.name
 
         def estimate_prompt() -> int:
             return estimate_prompt_tokens(request.messages)
@@ -80,7 +93,7 @@ class DataPlane:
             account.route, upstream, chunk = await open_stream(
                 self.router.chain(route), request, ctx, chunked=streaming, attempts=account
             )
-            account.first_chunk_at = time.monotonic()
+            account.first_chunk(chunk)
             sent = account.sent  # the texts that reached the caller, kept for an estimate
             try:
                 while True:
@@ -117,8 +130,16 @@ class DataPlane:
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, ctx: CallContext
     ) -> embeddings_pb2.EmbeddingResponse:
+        if self.tracer is None:
+            return await self._embed(request, ctx)
+        return await self.tracer.call("embeddings", request, ctx, self._embed(request, ctx))
+
+    async def _embed(
+        self, request: embeddings_pb2.EmbeddingRequest, ctx: CallContext
+    ) -> embeddings_pb2.EmbeddingResponse:
         validate_embedding_request(request)
         route = self.router.resolve(request.model, ctx.caller)
+        ctx.trace.model = route.model.name
 
         def estimate_prompt() -> int:
             return sum(estimate_tokens(text) for text in request.input)
@@ -127,6 +148,7 @@ class DataPlane:
         with _Accounting(self.usage, ctx, route, admission, False, estimate_prompt) as account:
             account.trying(route)
             response = await route.provider.embed(request, route, ctx)
+            ctx.trace.upstream_model = response.model or route.upstream
             response.model = route.model.name
             if response.HasField("usage"):
                 account.usage(response.usage.prompt_tokens, 0)
@@ -204,11 +226,13 @@ class _Accounting:
         "_admission",
         "_ctx",
         "_estimate_prompt",
+        "_failure_counted",
         "_in_flight",
         "_model",
         "_recorder",
         "_source",
         "_streaming",
+        "_upstream_started",
         "chunks",
         "completion_tokens",
         "first_chunk_at",
@@ -236,6 +260,8 @@ class _Accounting:
         self._streaming = streaming
         self._estimate_prompt = estimate_prompt
         self._in_flight = False  # a request is with an upstream now
+        self._failure_counted = False  # the attempt in flight was reported failed
+        self._upstream_started: float | None = None  # the first attempt
         self._source = "upstream"
         self.usage_known = False
         self.first_chunk_at: float | None = None
@@ -248,10 +274,29 @@ class _Accounting:
     def trying(self, route: Route) -> None:
         self.route = route
         self._in_flight = True
+        self._failure_counted = False
+        provider = route.provider
+        trace = self._ctx.trace
+        trace.provider = provider.name
+        trace.provider_kind = provider.kind
+        if self._upstream_started is None:
+            self._upstream_started = time.monotonic()
 
     def failed(self) -> None:
         # cut short by the caller's own deadline, the attempt was the caller's to pay
         self._in_flight = _deadline_passed(self._ctx)
+        self._failure_counted = True
+        self._ctx.trace.attempt_failed(self.route.provider.name)
+
+    def first_chunk(self, chunk: chat_pb2.ChatCompletionChunk) -> None:
+        """The chunk that opened the answer, before the core renames its model."""
+        now = self.first_chunk_at = time.monotonic()
+        trace = self._ctx.trace
+        trace.upstream_model = chunk.model or self.route.upstream
+        if self._streaming:
+            trace.first_chunk_at = now
+            if self._upstream_started is not None:
+                trace.upstream_s = now - self._upstream_started
 
     def usage(self, prompt_tokens: int, completion_tokens: int, source: str = "upstream") -> None:
         self.prompt_tokens = prompt_tokens
@@ -308,6 +353,13 @@ class _Accounting:
         self._admission.settle(self.prompt_tokens + self.completion_tokens)
         ttft = self.first_chunk_at if self._streaming else None
         caller = ctx.caller
+        trace = ctx.trace
+        trace.prompt_tokens = self.prompt_tokens
+        trace.completion_tokens = self.completion_tokens
+        if self._upstream_started is not None and trace.upstream_s is None:
+            trace.upstream_s = now - self._upstream_started
+        if isinstance(exc, UpstreamFailure) and self._in_flight and not self._failure_counted:
+            trace.attempt_failed(self.route.provider.name)  # after its first chunk, or an embed
         self._recorder.record(
             UsageRecord(
                 id=new_id(),

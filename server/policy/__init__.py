@@ -163,6 +163,8 @@ class Policy:
         key = _budget_key(caller)
         decision = await self._limiter.acquire(key, rpm, tpm, reserved)
         ctx.response_headers.extend(rate_limit_headers(decision))
+        if not decision.allowed:
+            ctx.trace.rate_limited = True
         if not decision.fits_ever:
             raise RateLimitError(
                 f"this request needs {reserved} tokens; tier {caller.tier!r} allows {tpm} a minute",
@@ -190,12 +192,15 @@ def _budget_key(caller: Caller) -> str:
     return "anonymous" if caller.kind == "anonymous" else f"sub:{caller.user}"
 
 
-def build_limiter(config: Config) -> Limiter | None:
-    """The configured rate-limit backend (`none`: no limits at all)."""
+def build_limiter(
+    config: Config, on_backend_error: Callable[[], None] = lambda: None
+) -> Limiter | None:
+    """The configured rate-limit backend (`none`: no limits at all); `on_backend_error`
+    hears of each failed call to a shared backend."""
     limits = config.rate_limits
     if limits.backend == "none":
         return None
     if limits.backend == "redis":
         assert limits.url is not None
-        return RedisLimiter(limits.url, prefix=limits.prefix)
+        return RedisLimiter(limits.url, prefix=limits.prefix, on_error=on_backend_error)
     return MemoryLimiter(share=1 / config.server.workers)

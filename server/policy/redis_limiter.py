@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -101,7 +102,14 @@ def _budget(limit: int, tat_minus_now_us: float) -> Budget:
 
 
 class RedisLimiter:
-    def __init__(self, url: str, *, prefix: str = "tandem:rl:") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "tandem:rl:",
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._on_error = on_error  # counts every failed call (a metric)
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
         )
@@ -113,7 +121,12 @@ class RedisLimiter:
         self._down_until = 0.0
         self._pending: set[asyncio.Task[Any]] = set()
 
+    async def ping(self) -> None:
+        """Raise unless Redis answers (the background dependency check)."""
+        await self._redis.ping()
+
     def _redis_down(self, action: str) -> None:
+        self._on_error()
         if self._down_until == 0.0:
             logger.warning(
                 "rate limits: Redis unreachable while %s; failing open to local limits "

@@ -37,6 +37,7 @@ class Provider(Protocol):
     """
 
     name: str
+    kind: str  # the config's `kind`: openai, anthropic, ollama, mock
     max_retries: int
 
     def stream(

@@ -33,6 +33,7 @@ _WORD = re.compile(r"\s*\S+\s*")
 class MockProvider:
     def __init__(self, config: ProviderConfig, *, max_answer_bytes: int) -> None:
         self.name = config.name
+        self.kind: str = config.kind
         self.max_retries = 0  # it never fails
         self._delay_s = config.chunk_delay_ms / 1000
         self._max_answer_bytes = max_answer_bytes

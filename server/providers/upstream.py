@@ -133,10 +133,14 @@ class UpstreamClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """POST JSON and yield the 2xx response; every failure is a classified
         `GatewayError`. Leaving the block early (cancellation) closes the request."""
+        headers = {"x-request-id": ctx.request_id}  # the same id in the upstream's logs
+        if ctx.trace.traceparent is not None:
+            headers["traceparent"] = ctx.trace.traceparent
         try:
             async with self._get_session().post(
                 self._base + path,
                 data=orjson.dumps(body),
+                headers=headers,
                 timeout=self._timeout(ctx, streaming=streaming),
             ) as response:
                 if response.status >= 300:
@@ -175,6 +179,7 @@ class HttpProvider:
 
     def __init__(self, config: ProviderConfig, *, headers: Mapping[str, str]) -> None:
         self.name = config.name
+        self.kind: str = config.kind
         self.max_retries = config.max_retries
         self.client = UpstreamClient(config, headers=headers)
 

@@ -34,6 +34,9 @@ class Store(Protocol):
 
     async def query_usage(self, query: UsageQuery) -> UsagePage: ...
 
+    async def ping(self) -> None:
+        """Raise unless the database answers (the background dependency check)."""
+
     async def aclose(self) -> None: ...
 
 

@@ -100,6 +100,10 @@ class PostgresStore:
         assert self._pool is not None
         return self._pool
 
+    async def ping(self) -> None:
+        pool = await self._ready()
+        await pool.fetchval("SELECT 1")
+
     async def create_key(self, key: ApiKey) -> None:
         pool = await self._ready()
         await pool.execute(

@@ -118,6 +118,9 @@ class SqliteStore:
 
         return await self._call(read)
 
+    async def ping(self) -> None:
+        await self._run("SELECT 1")
+
     async def aclose(self) -> None:
         if self._db is not None:
             db, self._db = self._db, None

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
-from server.metrics import USAGE_DROPPED, USAGE_PENDING, USAGE_WRITE_ERRORS, USAGE_WRITTEN
+from server.telemetry.metrics import Metrics
 from server.usage.record import UsageRecord
 
 __all__ = ["LedgerWriter", "UsageBatcher"]
@@ -41,8 +41,12 @@ class UsageBatcher:
         flush_interval_s: float,
         batch_size: int,
         max_pending: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics if metrics is not None else Metrics()
+        # a multiprocess gauge cannot be read from a function at scrape time: it is set
+        self._pending_gauge = self._metrics.usage_pending
         self._interval = flush_interval_s
         self._batch_size = batch_size
         self._max_pending = max_pending
@@ -53,7 +57,6 @@ class UsageBatcher:
         self._failures = 0  # consecutive failed writes: > 0 means the store is down
         self._outage_logged_at = 0.0
         self._dropped_unreported = 0
-        USAGE_PENDING.set_function(self.pending)
 
     def pending(self) -> int:
         return len(self._pending)
@@ -68,6 +71,7 @@ class UsageBatcher:
             self._drop()
             return
         pending.append(record)
+        self._pending_gauge.set(len(pending))  # set, not read at scrape: see Metrics
         if len(pending) >= self._batch_size and not self._failures:
             self._wake.set()
 
@@ -120,7 +124,8 @@ class UsageBatcher:
                 return False
             for _ in batch:
                 pending.popleft()
-            USAGE_WRITTEN.inc(len(batch))
+            self._pending_gauge.set(len(pending))
+            self._metrics.usage_written.inc(len(batch))
             if self._failures or self._dropped_unreported:
                 self._recovered()
         return True
@@ -129,7 +134,7 @@ class UsageBatcher:
         return min(MAX_RETRY_DELAY_S, 0.25 * 2.0 ** min(self._failures, 8))
 
     def _failed(self, exc: Exception) -> None:
-        USAGE_WRITE_ERRORS.inc()
+        self._metrics.usage_write_errors.inc()
         self._failures += 1
         now = time.monotonic()
         if self._failures == 1 or now - self._outage_logged_at >= OUTAGE_REMINDER_S:
@@ -154,7 +159,7 @@ class UsageBatcher:
         self._dropped_unreported = 0
 
     def _drop(self) -> None:
-        USAGE_DROPPED.inc()
+        self._metrics.usage_dropped.inc()
         self._dropped_unreported += 1
         if self._dropped_unreported == 1:
             logger.error(

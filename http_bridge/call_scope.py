@@ -1,0 +1,124 @@
+"""Pure ASGI middleware around every HTTP request: its id, its timing, its report.
+
+- `x-request-id` on every answer: a valid incoming id (up to 128 of
+  `[A-Za-z0-9._:-]`) is echoed, else a new one is made; it is kept in
+  `scope["state"]["request_id"]` for the handlers, beside the arrival time
+  and the caller's `traceparent`.
+- `server-timing: gateway;dur=<ms>, upstream;dur=<ms>` on every answer:
+  arrival to the response head, and the provider's time where one was called.
+- `connection: close` on every answer while the replica is not ready, so a
+  balancer stops reusing kept-alive connections to a replica that drains.
+- A door request (under a door's prefix) is reported once its answer has
+  gone: one access line and its metrics (server/telemetry).
+- An exception that escapes the app is logged with the request id and
+  answered with the contract's `internal_error` body, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from http_bridge.errors import error_response, spelled_ollama
+from server.context import CallContext, request_id_from
+from server.errors import InternalError
+from server.telemetry import Telemetry
+from server.telemetry.readiness import Readiness
+
+__all__ = ["CallScopeMiddleware", "door_protocol"]
+
+logger = logging.getLogger("tandem.http")
+
+# the doors by path prefix, most specific first
+_DOOR_PREFIXES = (("/native/v1/", "native"), ("/api/", "ollama"), ("/v1/", "openai"))
+
+
+def door_protocol(path: str) -> str | None:
+    """The protocol of a door route, or None for the rest (probes, metrics, docs)."""
+    for prefix, protocol in _DOOR_PREFIXES:
+        if path.startswith(prefix):
+            return protocol
+    return None
+
+
+class CallScopeMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        telemetry: Telemetry | None = None,
+        readiness: Readiness | None = None,
+    ) -> None:
+        self.app = app
+        self._telemetry = telemetry
+        self._readiness = readiness
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        incoming = traceparent = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+            elif name == b"traceparent":
+                traceparent = value.decode("latin-1")
+        request_id = request_id_from(incoming)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["started"] = started
+        state["traceparent"] = traceparent
+        id_header = (b"x-request-id", request_id.encode())
+        readiness = self._readiness
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [*message.get("headers", ()), id_header, _timing(state, started)]
+                if readiness is not None and not readiness.ready:
+                    headers.append((b"connection", b"close"))
+                message["headers"] = headers
+            await send(message)
+
+        telemetry = self._telemetry
+        protocol = door_protocol(scope["path"]) if telemetry is not None else None
+        if protocol is not None:
+            telemetry.start()  # type: ignore[union-attr]
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("request %s failed", request_id)
+            if not status:
+                ollama = spelled_ollama(scope["path"])
+                response = error_response(InternalError("internal error"), ollama=ollama)
+                await response(scope, receive, send_with_id)
+            status = status or 500
+        finally:
+            if protocol is not None:
+                ctx: CallContext | None = state.get("call")
+                if ctx is not None and ctx.trace.error_status is not None:
+                    status = ctx.trace.error_status  # a stream cut by an error after its 200
+                telemetry.finish(  # type: ignore[union-attr]
+                    protocol,
+                    scope["path"],
+                    request_id,
+                    status or 499,  # no answer at all: the client went before one
+                    started,
+                    ctx,
+                    server_error=status >= 500,
+                )
+
+
+def _timing(state: dict[str, object], started: float) -> tuple[bytes, bytes]:
+    gateway_ms = (time.monotonic() - started) * 1000
+    ctx = state.get("call")
+    upstream_s = ctx.trace.upstream_s if isinstance(ctx, CallContext) else None
+    if upstream_s is None:
+        return b"server-timing", f"gateway;dur={gateway_ms:.3f}".encode()
+    return b"server-timing", (
+        f"gateway;dur={gateway_ms:.3f}, upstream;dur={upstream_s * 1000:.3f}".encode()
+    )

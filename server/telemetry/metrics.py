@@ -1,0 +1,166 @@
+"""The Prometheus series of `/metrics`: one `Metrics` object per process, built at start.
+
+With `--workers N` the parent points `PROMETHEUS_MULTIPROC_DIR` at an empty
+directory before it starts the workers (server/workers.py): prometheus-client
+then keeps every value in a file per process, and any worker's scrape reads
+them all. The series are never registered on the module's global registry,
+so a process may build more than one `Metrics` (tests do).
+
+Label values are bounded: `protocol` is a door's, `model` a configured public
+name or `""`, `status` an HTTP status or a gRPC code's name, `provider` and
+`tier` come from the config.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+
+__all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "Metrics"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# seconds; an LLM call runs from milliseconds (a cached or tiny answer) to minutes
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` doubles a scrape
+        self.multiprocess = MULTIPROC_ENV in os.environ
+        self.registry = CollectorRegistry()
+        if self.multiprocess:  # the values live in files: the scrape collects them all
+            multiprocess.MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+        registry = None if self.multiprocess else self.registry
+
+        self.requests = Counter(
+            "tandem_requests",
+            "Requests on the door routes and RPCs, by how they ended",
+            ["protocol", "model", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "tandem_request_duration_seconds",
+            "From arrival to the last byte of the answer",
+            ["protocol", "model"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_first_token = Histogram(
+            "tandem_time_to_first_token_seconds",
+            "Streams: from arrival to the first chunk from the provider",
+            ["protocol", "model"],
+            buckets=_TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "tandem_tokens",
+            "Tokens charged, as recorded in the ledger",
+            ["model", "kind"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "tandem_rate_limited", "Requests refused by a rate limit", ["tier"], registry=registry
+        )
+        self.upstream_errors = Counter(
+            "tandem_upstream_errors",
+            "Failed upstream attempts (each retry and fallback counts)",
+            ["provider"],
+            registry=registry,
+        )
+        self.inflight = Gauge(
+            "tandem_inflight_requests",
+            "Door requests being served now",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.dependency_up = Gauge(
+            "tandem_dependency_up",
+            "1 while a shared dependency answers its background check, else 0",
+            ["dependency"],
+            multiprocess_mode="livemin",
+            registry=registry,
+        )
+        self.draining = Gauge(
+            "tandem_draining",
+            "1 from SIGTERM on: not ready, finishing what is in flight",
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.limiter_errors = Counter(
+            "tandem_rate_limit_backend_errors",
+            "Calls to the shared rate-limit backend that failed (local limits applied)",
+            registry=registry,
+        )
+        self.usage_pending = Gauge(
+            "tandem_usage_pending_records",
+            "Usage records waiting in memory for the store",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.usage_written = Counter(
+            "tandem_usage_written_records", "Usage records written to the store", registry=registry
+        )
+        self.usage_write_errors = Counter(
+            "tandem_usage_write_errors",
+            "Failed writes of a usage batch (the batch is kept and retried)",
+            registry=registry,
+        )
+        self.usage_dropped = Counter(
+            "tandem_usage_dropped_records",
+            "Usage records dropped because too many were pending",
+            registry=registry,
+        )
+        # the labelled children of a call's series, by their labels: `labels()` takes a
+        # lock and builds a tuple; a call looks its children up in one dict
+        self._call_series: dict[
+            tuple[str, str, int | str], tuple[Counter, Histogram, Histogram]
+        ] = {}
+        self._token_series: dict[str, tuple[Counter, Counter]] = {}
+
+    def observe_call(
+        self,
+        protocol: str,
+        model: str,
+        status: int | str,
+        latency_s: float,
+        ttft_s: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        key = (protocol, model, status)
+        series = self._call_series.get(key)
+        if series is None:
+            series = self._call_series[key] = (
+                self.requests.labels(protocol, model, str(status)),
+                self.duration.labels(protocol, model),
+                self.time_to_first_token.labels(protocol, model),
+            )
+        requests, duration, ttft = series
+        requests.inc()
+        duration.observe(latency_s)
+        if ttft_s is not None:
+            ttft.observe(ttft_s)
+        if prompt_tokens or completion_tokens:
+            tokens = self._token_series.get(model)
+            if tokens is None:
+                tokens = self._token_series[model] = (
+                    self.tokens.labels(model, "prompt"),
+                    self.tokens.labels(model, "completion"),
+                )
+            tokens[0].inc(prompt_tokens)
+            tokens[1].inc(completion_tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
