@@ -96,12 +96,14 @@ class CallScopeMiddleware:
                 ollama = spelled_ollama(scope["path"])
                 response = error_response(InternalError("internal error"), ollama=ollama)
                 await response(scope, receive, send_with_id)
-            status = status or 500
+            status = 500  # whatever the head said, the answer failed
         finally:
             if protocol is not None:
                 ctx: CallContext | None = state.get("call")
-                if ctx is not None and ctx.trace.error_status is not None:
-                    status = ctx.trace.error_status  # a stream cut by an error after its 200
+                if ctx is not None:
+                    protocol = ctx.protocol  # the path's guess, made sure by the route
+                    if ctx.trace.error_status is not None:
+                        status = ctx.trace.error_status  # a stream cut after its 200
                 telemetry.finish(  # type: ignore[union-attr]
                     protocol,
                     scope["path"],

@@ -80,6 +80,7 @@ class ChunkStreamResponse(Response):
                     end = self._framing.event(self._error_payload(InternalError("internal error")))
                 await send({"type": "http.response.body", "body": end, "more_body": False})
         except ClientDisconnected:
+            self._trace.error_status = 499  # the client went away mid-stream
             return
         finally:
             await self._rest.aclose()  # type: ignore[attr-defined]

@@ -88,13 +88,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serve_with(args: argparse.Namespace, config: Config, workers: int, logs: LogSink) -> int:
+    logger = logging.getLogger("tandem")
+
+    def fail(message: str) -> int:  # logging is set up: a log line like the rest
+        logger.error("tandem: %s", message)
+        return 2
+
     http = args.http or config.server.http
     grpc = args.grpc or config.server.grpc
     if workers > 1 and not args.worker:
         if parse_host_port(http)[1] == 0 or parse_host_port(grpc)[1] == 0:
-            return _fail("--workers: port 0 needs a single worker")
+            return fail("--workers: port 0 needs a single worker")
         if config.rate_limits.backend == "memory":
-            logging.getLogger("tandem").warning(
+            logger.warning(
                 "rate limits: memory backend with %d workers gives each worker 1/%d of every "
                 "budget; use the redis backend for exact shared budgets",
                 workers,
@@ -104,16 +110,19 @@ def _serve_with(args: argparse.Namespace, config: Config, workers: int, logs: Lo
 
         return run_workers(args.config, http, grpc, workers, log_format=logs.format)
     from server.lifecycle import serve
+    from server.telemetry.metrics import empty_multiprocess_directory
 
+    if not args.worker:  # one process: an operator's metrics directory starts empty too
+        empty_multiprocess_directory(make=False)
     config = config.model_copy(
         update={"server": config.server.model_copy(update={"workers": workers})}
     )
     try:
         uvloop.run(serve(config, http=http, grpc=grpc, reuse_port=args.worker, logs=logs))
     except ConfigError as exc:
-        return _fail(f"config error: {exc}")
+        return fail(f"config error: {exc}")
     except OSError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     return 0
 
 

@@ -177,13 +177,21 @@ def unary_rpc(
         except Exception as exc:
             await _abort(self, context, exc, call)
             raise AssertionError("abort returned") from exc
-        except BaseException:  # the caller went away: cancelled
-            call.status = grpc.StatusCode.CANCELLED
+        except BaseException:
+            call.status = _gone(context)
             raise
         finally:
             call.finish(self, name)
 
     return method
+
+
+def _gone(context: Context) -> grpc.StatusCode:
+    """Why grpc cancelled a handler: its deadline passed, or the caller went away."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def stream_rpc(
@@ -209,8 +217,8 @@ def stream_rpc(
                 context.set_trailing_metadata(trailers)
         except Exception as exc:
             await _abort(self, context, exc, call)
-        except BaseException:  # the caller went away: cancelled
-            call.status = grpc.StatusCode.CANCELLED
+        except BaseException:
+            call.status = _gone(context)
             raise
         finally:
             if stream is not None:

@@ -12,20 +12,22 @@ Port 0 needs one worker: N processes cannot agree on a port the kernel picks.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import select
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import FrameType
 
-from server.telemetry.metrics import MULTIPROC_ENV
+from server.telemetry.metrics import MULTIPROC_ENV, empty_multiprocess_directory
 
 __all__ = ["run_workers"]
+
+logger = logging.getLogger("tandem")
 
 START_TIMEOUT_S = 30.0
 PR_SET_PDEATHSIG = 1
@@ -51,20 +53,10 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _metrics_directory() -> tuple[Path, bool]:
-    """The workers' shared metrics directory, empty; and whether it is ours to remove."""
-    given = os.environ.get(MULTIPROC_ENV)
-    if not given:
-        return Path(tempfile.mkdtemp(prefix="tandem-metrics-")), True
-    directory = Path(given)
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):  # an earlier run's figures are not this run's
-        stale.unlink()
-    return directory, False
-
-
 def run_workers(config: str | None, http: str, grpc: str, workers: int, *, log_format: str) -> int:
-    directory, owned = _metrics_directory()
+    prepared = empty_multiprocess_directory(make=True)
+    assert prepared is not None
+    directory, owned = prepared
     try:
         return _run(config, http, grpc, workers, log_format, directory)
     finally:
@@ -103,14 +95,14 @@ def _run(
         codes = [child.wait() for child in children]
         if stopping and all(code == 0 for code in codes):
             return 0  # asked to stop while starting: drained
-        sys.stderr.write(f"tandem: {exc}\n")
+        logger.error("tandem: %s", exc)
         return 2
     sys.stdout.write("\n".join(started[0]) + "\n")
     sys.stdout.flush()
     while not stopping and all(child.poll() is None for child in children):
         time.sleep(0.1)
     if not stopping:  # a worker died: the others stop too, rather than serve short-handed
-        sys.stderr.write("tandem: a worker exited; stopping the others\n")
+        logger.error("tandem: a worker exited; stopping the others")
         stop(signal.SIGTERM, None)
         for child in children:
             child.wait()

@@ -23,9 +23,11 @@ JWT_SECRET = "access-log-secret-0123456789abcdef"
 CONFIG = """
 providers:
   - {name: demo, kind: mock}
+  - {name: slow, kind: mock, chunk_delay_ms: 200}
   - {name: up, kind: openai, base_url: "%(upstream)s", api_key: "%(key)s", max_retries: 0}
 models:
   - {name: echo, provider: demo}
+  - {name: slow-echo, provider: slow}
   - {name: relay, provider: up, upstream: relay-upstream}
 tiers:
   free: {default_model: echo}
@@ -172,6 +174,21 @@ def test_a_stream_cut_after_its_start_logs_the_errors_status(
         stream.read()
     line = one_line(gateway, stream.headers["x-request-id"])
     assert (line["status"], line["level"]) == (502, "error")
+
+
+def test_a_client_gone_mid_stream_is_a_499_and_nothing_stays_in_flight(
+    gateway: TandemProcess,
+) -> None:
+    body = {"model": "slow-echo", "messages": user("a b c d e f g h"), "stream": True}
+    with httpx.stream(
+        "POST", f"{gateway.base_url}/v1/chat/completions", json=body, headers=AUTH
+    ) as stream:
+        assert stream.status_code == 200
+        next(stream.iter_raw())  # the first chunk, then the client hangs up
+    line = one_line(gateway, stream.headers["x-request-id"])
+    assert (line["status"], line["model"]) == (499, "slow-echo")
+    metrics = httpx.get(f"{gateway.base_url}/metrics").text
+    assert "tandem_inflight_requests 0.0" in metrics.splitlines()
 
 
 def test_grpc_lines_name_the_method_and_the_code(gateway: TandemProcess) -> None:

@@ -59,3 +59,39 @@ def test_a_route_is_cut_and_text_values_are_quoted() -> None:
     route = next(part for part in text.split() if part.startswith("route="))
     assert len(route) == len("route=") + logs.MAX_ROUTE_CHARS
     assert 'user="a user \\"quoted\\""' in text
+
+
+def test_a_line_that_is_not_valid_utf8_is_mended_and_the_writer_lives_on() -> None:
+    stream = io.StringIO()
+    sink = LogSink("json", stream)
+    bad = list(access("bad"))
+    bad[7] = "a\ud800b"  # a lone surrogate, as a JWT `sub` may carry
+    sink.put(tuple(bad))  # type: ignore[arg-type]
+    sink.put(access("after"))
+    sink.close()
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["request_id"], line["user"]) for line in lines] == [
+        ("bad", "a?b"),
+        ("after", "u"),
+    ]
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_writes_are_whole_lines_of_at_most_a_pipe_buffer() -> None:
+    stream = CountingStream()
+    sink = LogSink("json", stream)
+    for i in range(300):
+        sink.put(access(f"r{i}"))
+    sink.close()
+    assert len(stream.getvalue().splitlines()) == 300
+    assert len(stream.writes) > 1
+    assert all(len(write) <= logs.MAX_WRITE and write.endswith("\n") for write in stream.writes)

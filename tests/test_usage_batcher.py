@@ -60,7 +60,9 @@ async def stored(store: Store, want: int, timeout_s: float = 5.0) -> int:
 
 async def test_a_full_batch_is_written_without_waiting_for_the_interval(store: Store) -> None:
     spy = Spy(store)
-    batcher = UsageBatcher(spy, flush_interval_s=60, batch_size=5, max_pending=100)
+    batcher = UsageBatcher(
+        spy, flush_interval_s=60, batch_size=5, max_pending=100, metrics=Metrics()
+    )
     batcher.start()
     for record in make_records(12):
         batcher.record(record)
@@ -74,7 +76,9 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval(store: S
 
 async def test_a_partial_batch_is_written_after_the_interval(store: Store) -> None:
     spy = Spy(store)
-    batcher = UsageBatcher(spy, flush_interval_s=0.5, batch_size=1000, max_pending=100)
+    batcher = UsageBatcher(
+        spy, flush_interval_s=0.5, batch_size=1000, max_pending=100, metrics=Metrics()
+    )
     batcher.start()
     for record in make_records(3):
         batcher.record(record)
@@ -149,7 +153,9 @@ async def test_beyond_max_pending_records_are_dropped_counted_and_logged(
 async def test_the_shutdown_flush_gives_up_at_its_deadline_and_says_so(
     proxy: TcpProxy, proxied_store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    batcher = UsageBatcher(proxied_store, flush_interval_s=60, batch_size=10, max_pending=100)
+    batcher = UsageBatcher(
+        proxied_store, flush_interval_s=60, batch_size=10, max_pending=100, metrics=Metrics()
+    )
     batcher.start()
     proxy.cut()
     for record in make_records(3):

@@ -61,10 +61,10 @@ class Telemetry:
             if trace.first_chunk_at is not None:
                 ttft_s = trace.first_chunk_at - started
             if trace.rate_limited:
-                metrics.rate_limited.labels(ctx.caller.tier).inc()
+                metrics.count_rate_limited(ctx.caller.tier)
             if trace.failed_attempts:
                 for name in trace.failed_attempts:
-                    metrics.upstream_errors.labels(name).inc()
+                    metrics.count_upstream_error(name)
         metrics.observe_call(
             protocol, model, status, latency_s, ttft_s, prompt_tokens, completion_tokens
         )

@@ -32,6 +32,9 @@ LogFormat = Literal["json", "text"]
 MAX_QUEUED = 10_000
 MAX_ROUTE_CHARS = 256  # a path is the caller's to choose: it is cut, not trusted
 FLUSH_INTERVAL_S = 0.05
+# one write at most this long (bytes, for ASCII lines): workers share a stderr pipe,
+# and a pipe keeps a write whole only up to PIPE_BUF (4096 on Linux)
+MAX_WRITE = 4096
 
 # (ts, level, request_id, protocol, route, model, provider, user, status,
 #  latency_ms, ttft_ms, prompt_tokens, completion_tokens)
@@ -79,7 +82,8 @@ class LogSink:
         self.format: LogFormat = log_format
         self._stream = stream if stream is not None else sys.stderr
         self._queue: deque[str | AccessLine] = deque()  # append and popleft are atomic
-        self._dropped = 0
+        self._dropped = 0  # only the callers add
+        self._reported = 0  # only the writer thread moves it
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tandem-logs", daemon=True)
         self._thread.start()
@@ -87,7 +91,7 @@ class LogSink:
     def put(self, item: str | AccessLine) -> None:
         """Queue a formatted line, or an access line to format; never blocks."""
         if len(self._queue) >= MAX_QUEUED:
-            self._dropped += 1  # a hint for the writer thread; a race may lose a count
+            self._dropped += 1
             return
         self._queue.append(item)
 
@@ -100,9 +104,10 @@ class LogSink:
         queued = self._queue
         while True:
             closing = self._closing.wait(FLUSH_INTERVAL_S)
-            lines = [self._line(queued.popleft()) for _ in range(len(queued))]
-            if self._dropped:
-                dropped, self._dropped = self._dropped, 0
+            lines = [self._safe_line(queued.popleft()) for _ in range(len(queued))]
+            if self._dropped != self._reported:
+                dropped = self._dropped - self._reported
+                self._reported += dropped
                 lines.append(
                     self.record_line(
                         time.time(),
@@ -111,14 +116,36 @@ class LogSink:
                         f"{dropped} log lines dropped: stderr did not keep up",
                     )
                 )
-            if lines:
-                try:
-                    self._stream.write("".join(lines))
-                    self._stream.flush()
-                except (OSError, ValueError):  # stderr closed or gone: nothing else to tell
-                    pass
+            self._write(lines)
             if closing:
                 return
+
+    def _write(self, lines: list[str]) -> None:
+        """Whole lines, in writes of at most `MAX_WRITE` (a longer line alone)."""
+        chunk: list[str] = []
+        size = 0
+        for line in [*lines, ""]:
+            if chunk and (not line or size + len(line) > MAX_WRITE):
+                try:
+                    self._stream.write("".join(chunk))
+                    self._stream.flush()
+                except (OSError, ValueError):  # stderr closed or gone: nothing else to tell
+                    return
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+
+    def _safe_line(self, item: str | AccessLine) -> str:
+        """The line, or its text made valid UTF-8 (a JWT's `sub` may carry a lone
+        surrogate, which neither orjson nor stderr takes)."""
+        try:
+            return self._line(item).encode("utf-8").decode()
+        except (TypeError, ValueError):
+            pass
+        if isinstance(item, str):
+            return _utf8(item)
+        cleaned = tuple(_utf8(value) if isinstance(value, str) else value for value in item)
+        return self._line(cleaned)  # type: ignore[arg-type]
 
     def _line(self, item: str | AccessLine) -> str:
         if isinstance(item, str):
@@ -154,6 +181,10 @@ class LogSink:
         return text + exception if exception else text
 
 
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "replace").decode()
+
+
 class _SinkHandler(logging.Handler):
     """Every log record, as one line of the sink's format."""
 
@@ -165,13 +196,13 @@ class _SinkHandler(logging.Handler):
         try:
             exception = None
             if record.exc_info:
-                exception = "".join(traceback.format_exception(*record.exc_info))
+                exception = _utf8("".join(traceback.format_exception(*record.exc_info)))
             self._sink.put(
                 self._sink.record_line(
                     record.created,
                     record.levelname.lower(),
                     record.name,
-                    record.getMessage(),
+                    _utf8(record.getMessage()),
                     exception,
                 )
             )

@@ -14,6 +14,8 @@ name or `""`, `status` an HTTP status or a gRPC code's name, `provider` and
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,13 +28,27 @@ from prometheus_client import (
     multiprocess,
 )
 
-__all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "Metrics", "empty_multiprocess_directory"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # seconds; an LLM call runs from milliseconds (a cached or tiny answer) to minutes
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20)
+
+
+def empty_multiprocess_directory(*, make: bool) -> tuple[Path, bool] | None:
+    """Before any worker starts: the operator's `PROMETHEUS_MULTIPROC_DIR`, emptied
+    (an earlier run's figures are not this run's), or with `make` a temporary one;
+    and whether it is ours to remove. None without either."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if not given:
+        return (Path(tempfile.mkdtemp(prefix="tandem-metrics-")), True) if make else None
+    directory = Path(given)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    return directory, False
 
 
 class Metrics:
@@ -128,6 +144,20 @@ class Metrics:
             tuple[str, str, int | str], tuple[Counter, Histogram, Histogram]
         ] = {}
         self._token_series: dict[str, tuple[Counter, Counter]] = {}
+        self._rate_limited_series: dict[str, Counter] = {}
+        self._upstream_error_series: dict[str, Counter] = {}
+
+    def count_rate_limited(self, tier: str) -> None:
+        series = self._rate_limited_series.get(tier)
+        if series is None:
+            series = self._rate_limited_series[tier] = self.rate_limited.labels(tier)
+        series.inc()
+
+    def count_upstream_error(self, provider: str) -> None:
+        series = self._upstream_error_series.get(provider)
+        if series is None:
+            series = self._upstream_error_series[provider] = self.upstream_errors.labels(provider)
+        series.inc()
 
     def observe_call(
         self,

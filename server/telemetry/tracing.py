@@ -165,7 +165,7 @@ class Tracer:
 
         The SDK's own shutdown waits up to 30 s for its export thread, more with
         a collector that hangs: it runs in a daemon thread given that long, so a
-        stuck collector never holds the exit past the drain's budget.
+        stuck collector holds the exit `SHUTDOWN_TIMEOUT_S` past the drain, no more.
         """
         stopping = threading.Thread(target=self._provider.shutdown, daemon=True)
         stopping.start()

@@ -41,10 +41,10 @@ class UsageBatcher:
         flush_interval_s: float,
         batch_size: int,
         max_pending: int,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self._store = store
-        self._metrics = metrics if metrics is not None else Metrics()
+        self._metrics = metrics
         # a multiprocess gauge cannot be read from a function at scrape time: it is set
         self._pending_gauge = self._metrics.usage_pending
         self._interval = flush_interval_s
