@@ -1,9 +1,9 @@
 """Logs on stderr, JSON lines by default (`text` by option), written by a thread of their own.
 
 A request pays for one `append` of a tuple to a deque. The thread wakes every
-`FLUSH_INTERVAL_S`, not per line (a queue that woke it per line cost ~30 us
-a request here, in GIL hand-offs), formats what has queued up and writes it
-in one write. A slow or stuck stderr never blocks the loop: past
+`FLUSH_INTERVAL_S`, not per line (a queue that woke it per line cost a GIL
+hand-off a request), formats what has queued up and writes it in a few
+writes. A slow or stuck stderr never blocks the loop: past
 `MAX_QUEUED` lines, new ones are dropped, and the thread says how many once
 it catches up. Every other log record goes
 through the same queue, formatted as it is emitted (they are rare), so with
