@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import asyncpg
 
-__all__ = ["PG_DSN", "pg_schema_url"]
+__all__ = ["PG_DSN", "count_records", "pg_schema_url"]
 
 PG_DSN = os.environ.get("TANDEM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -32,3 +32,13 @@ def pg_schema_url(dsn: str = PG_DSN) -> Iterator[str]:
                 await connection.close()
 
         asyncio.run(drop())
+
+
+async def count_records(url: str) -> int:
+    """How many usage records the store at `url` holds, read directly."""
+    connection = await asyncpg.connect(url)
+    try:
+        count: int = await connection.fetchval("SELECT count(*) FROM usage_records")
+        return count
+    finally:
+        await connection.close()

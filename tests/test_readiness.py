@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.servers import TandemProcess
+from tests.stores import count_records
 from tests.tcp_proxy import TcpProxy
 
 REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -85,15 +85,6 @@ async def assert_chat_answers(client: httpx.AsyncClient, text: str) -> httpx.Res
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == text
     return response
-
-
-async def count_records(url: str) -> int:
-    connection = await asyncpg.connect(url)
-    try:
-        count: int = await connection.fetchval("SELECT count(*) FROM usage_records")
-        return count
-    finally:
-        await connection.close()
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ import asyncio
 import re
 from pathlib import Path
 
-import asyncpg
 import grpc
 import httpx
 import orjson
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from tests.servers import TandemProcess, start_tandem
+from tests.stores import count_records
 from tests.tcp_proxy import TcpProxy
 
 ADMIN_KEY = "durability-admin-key-0123456789"
@@ -34,15 +34,6 @@ def metric(gateway: TandemProcess, name: str) -> float:
     found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     assert found is not None, text
     return float(found.group(1))
-
-
-async def count_records(url: str) -> int:
-    connection = await asyncpg.connect(url)
-    try:
-        count: int = await connection.fetchval("SELECT count(*) FROM usage_records")
-        return count
-    finally:
-        await connection.close()
 
 
 async def until_count(url: str, want: int, timeout_s: float = 15.0) -> int:
