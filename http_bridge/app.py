@@ -9,7 +9,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from http_bridge import routes_native, routes_ollama, routes_openai
+from http_bridge import routes_anthropic, routes_native, routes_ollama, routes_openai
 from http_bridge.body_limit import BodyLimitMiddleware
 from http_bridge.call_scope import CallScopeMiddleware
 from http_bridge.docs import serve_docs
@@ -45,7 +45,7 @@ def create_app(
     app = FastAPI(
         title="Tandem",
         version="1",
-        summary="LLM gateway: native, OpenAI-compatible and Ollama-compatible HTTP routes.",
+        summary="LLM gateway: native, OpenAI-, Ollama- and Anthropic-compatible HTTP routes.",
         default_response_class=JsonResponse,
         docs_url=None,  # FastAPI's page loads Swagger UI from a CDN: serve_docs serves it here
         redoc_url=None,
@@ -74,7 +74,12 @@ def create_app(
 
     for error in ERRORS_ANSWERED:
         app.add_exception_handler(error, error_to_response)
-    endpoints = [routes_native.endpoints, routes_openai.endpoints, routes_ollama.endpoints]
+    endpoints = [
+        routes_native.endpoints,
+        routes_openai.endpoints,
+        routes_ollama.endpoints,
+        routes_anthropic.endpoints,
+    ]
     documented = [route for group in endpoints for route in group.documented]
 
     def openapi() -> dict[str, Any]:

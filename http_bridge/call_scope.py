@@ -21,7 +21,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from http_bridge.errors import error_response, spelled_ollama
+from http_bridge.errors import error_response, spelling_of
 from server.context import CallContext, request_id_from
 from server.errors import InternalError
 from server.telemetry import Telemetry
@@ -32,7 +32,12 @@ __all__ = ["CallScopeMiddleware", "door_protocol"]
 logger = logging.getLogger("tandem.http")
 
 # the doors by path prefix, most specific first
-_DOOR_PREFIXES = (("/native/v1/", "native"), ("/api/", "ollama"), ("/v1/", "openai"))
+_DOOR_PREFIXES = (
+    ("/native/v1/", "native"),
+    ("/api/", "ollama"),
+    ("/v1/messages", "anthropic"),
+    ("/v1/", "openai"),
+)
 
 
 def door_protocol(path: str) -> str | None:
@@ -93,8 +98,8 @@ class CallScopeMiddleware:
         except Exception:
             logger.exception("request %s failed", request_id)
             if not status:
-                ollama = spelled_ollama(scope["path"])
-                response = error_response(InternalError("internal error"), ollama=ollama)
+                spelling = spelling_of(scope["path"])
+                response = error_response(InternalError("internal error"), spelling=spelling)
                 await response(scope, receive, send_with_id)
             status = 500  # whatever the head said, the answer failed
         finally:

@@ -12,9 +12,13 @@ from server.errors import InvalidRequestError, echoed
 from server.policy import Policy
 
 __all__ = [
+    "AnthropicCall",
+    "ModelsCall",
     "NativeCall",
     "OllamaCall",
     "OpenAICall",
+    "anthropic_call",
+    "models_call",
     "native_call",
     "ollama_call",
     "openai_call",
@@ -26,10 +30,12 @@ __all__ = [
 MAX_JSON_DEPTH = 32
 
 
-async def _open_call(request: Request, protocol: Protocol) -> CallContext:
+async def _open_call(
+    request: Request, protocol: Protocol, authorization: str | None = None
+) -> CallContext:
     """Who is calling (the same `Policy.authenticate` the gRPC door calls)."""
     policy: Policy = request.app.state.policy
-    caller = await policy.authenticate(request.headers.get("authorization"))
+    caller = await policy.authenticate(authorization or request.headers.get("authorization"))
     state = request.state  # what http_bridge/call_scope.py read off the request
     ctx = CallContext(
         request_id=state.request_id,
@@ -54,10 +60,27 @@ async def ollama_call(request: Request) -> CallContext:
     return await _open_call(request, "ollama")
 
 
+async def anthropic_call(request: Request) -> CallContext:
+    """Anthropic's clients send the key as `x-api-key`; a Bearer token works too."""
+    key = request.headers.get("x-api-key")
+    return await _open_call(request, "anthropic", f"Bearer {key}" if key else None)
+
+
 # the same, as FastAPI dependencies for the routes FastAPI serves
 NativeCall = Annotated[CallContext, Depends(native_call)]
 OpenAICall = Annotated[CallContext, Depends(openai_call)]
 OllamaCall = Annotated[CallContext, Depends(ollama_call)]
+AnthropicCall = Annotated[CallContext, Depends(anthropic_call)]
+
+
+async def models_call(request: Request) -> CallContext:
+    """`/v1/models` serves OpenAI's clients and, by `anthropic-version`, Anthropic's."""
+    if "anthropic-version" in request.headers:
+        return await anthropic_call(request)
+    return await openai_call(request)
+
+
+ModelsCall = Annotated[CallContext, Depends(models_call)]
 
 
 async def read_json(request: Request) -> object:

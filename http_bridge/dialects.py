@@ -15,14 +15,17 @@ import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from http_bridge.errors import error_body
-from http_bridge.framing import NDJSON, SSE, Framing
+from http_bridge.framing import NAMED_SSE, NDJSON, SSE, Framing
 from server.context import CallContext, Protocol
-from server.errors import GatewayError
+from server.errors import GatewayError, NotFoundError
+from server.translate.anthropic import inbound as anthropic_inbound
+from server.translate.anthropic import replies as anthropic_replies
 from server.translate.ollama import inbound as ollama_inbound
 from server.translate.ollama import replies as ollama_replies
 from server.translate.openai import inbound, replies
 
 __all__ = [
+    "ANTHROPIC",
     "NATIVE",
     "OLLAMA",
     "OLLAMA_EMBEDDINGS",
@@ -132,7 +135,7 @@ OLLAMA = Dialect(
     parse_embedding=ollama_inbound.parse_embed,
     encode_embeddings=ollama_replies.encode_embed,
     framing=NDJSON,
-    error_body=lambda error: error_body(error, ollama=True),
+    error_body=lambda error: error_body(error, spelling="ollama"),
     model_name=ollama_inbound.resolve_tag,
 )
 OLLAMA_GENERATE = replace(
@@ -145,4 +148,22 @@ OLLAMA_EMBEDDINGS = replace(
     OLLAMA,
     parse_embedding=ollama_inbound.parse_embeddings,
     encode_embeddings=ollama_replies.encode_embeddings,
+)
+
+
+def _no_embeddings(body: object) -> embeddings_pb2.EmbeddingRequest:
+    raise NotFoundError("Anthropic's Messages API has no embeddings")
+
+
+# `/v1/messages`: Anthropic's shapes over the same handlers
+ANTHROPIC = Dialect(
+    prefix="/v1",
+    protocol="anthropic",
+    parse_chat=anthropic_inbound.parse_messages,
+    encode_completion=lambda answer, ctx: anthropic_replies.encode_message(answer),
+    stream_encoder=lambda request, first, ctx: anthropic_replies.StreamEncoder(request).encode,
+    parse_embedding=_no_embeddings,
+    encode_embeddings=lambda request, answer: {},
+    framing=NAMED_SSE,
+    error_body=lambda error: error_body(error, spelling="anthropic"),
 )

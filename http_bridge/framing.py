@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["NDJSON", "SSE", "Framing"]
+__all__ = ["NAMED_SSE", "NDJSON", "SSE", "Framing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,15 @@ SSE = Framing(
     prefix=b"data: ",
     suffix=b"\n\n",
     end=b"data: [DONE]\n\n",
+)
+
+# Server-sent events with names (`/v1/messages`, Anthropic's): the encoder names each
+# event itself; a failure is `event: error`; `message_stop`, an event, ends the stream.
+NAMED_SSE = Framing(
+    media_type=b"text/event-stream; charset=utf-8",
+    prefix=b"event: error\ndata: ",
+    suffix=b"\n\n",
+    end=b"",
 )
 
 # Newline-delimited JSON (`/api`, Ollama's): one object a line, no end marker.

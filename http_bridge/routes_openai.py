@@ -7,12 +7,13 @@ from starlette.responses import Response
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from http_bridge import handlers
-from http_bridge.deps import OpenAICall, openai_call
+from http_bridge.deps import ModelsCall, openai_call
 from http_bridge.dialects import OPENAI
 from http_bridge.openapi_schema import request_body
 from http_bridge.responses import reply
 from http_bridge.routing import Endpoints
 from server.context import CallContext
+from server.translate.anthropic import replies as anthropic_replies
 from server.translate.openai import replies
 
 __all__ = ["endpoints", "router"]
@@ -34,14 +35,18 @@ async def create_chat_completion(request: Request, ctx: CallContext) -> Response
 
 
 @router.get("/models", summary="List models (OpenAI)")
-async def list_models(request: Request, ctx: OpenAICall) -> Response:
+async def list_models(request: Request, ctx: ModelsCall) -> Response:
     models = await request.app.state.plane.list_models(ctx)
+    if ctx.protocol == "anthropic":  # asked with anthropic-version
+        return reply(ctx, anthropic_replies.encode_models(models))
     return reply(ctx, replies.encode_models(models, with_object=True))
 
 
 @router.get("/models/{model_id:path}", summary="Retrieve a model (OpenAI); ids may contain '/'")
-async def get_model(model_id: str, request: Request, ctx: OpenAICall) -> Response:
+async def get_model(model_id: str, request: Request, ctx: ModelsCall) -> Response:
     model = await request.app.state.plane.get_model(model_id, ctx)
+    if ctx.protocol == "anthropic":
+        return reply(ctx, anthropic_replies.encode_model(model))
     return reply(ctx, replies.encode_model(model, with_object=True))
 
 

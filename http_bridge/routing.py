@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from http_bridge.disconnect import ClientDisconnected
-from http_bridge.errors import error_response, spelled_ollama
+from http_bridge.errors import error_response, spelling_of
 from server.context import CallContext
 from server.errors import GatewayError, InternalError, InvalidRequestError, NotFoundError
 
@@ -66,9 +66,9 @@ async def _call_headers(request: Request) -> list[tuple[str, str]]:
 async def error_to_response(request: Request, exc: Exception) -> Response:
     """The contract's answer to any failure, on every route: the error model's
     status, headers and body (Ollama's spelling under /api/), never a traceback."""
-    ollama = spelled_ollama(request.url.path)
+    spelling = spelling_of(request.url.path)
     if isinstance(exc, GatewayError):
-        return error_response(exc, ollama=ollama, headers=await _call_headers(request))
+        return error_response(exc, spelling=spelling, headers=await _call_headers(request))
     if isinstance(exc, ClientDisconnected | ClientDisconnect):
         return Response(status_code=499)  # nobody is listening; uvicorn drops it
     if isinstance(exc, HTTPException):
@@ -78,17 +78,17 @@ async def error_to_response(request: Request, exc: Exception) -> Response:
         else:
             error = InvalidRequestError(str(exc.detail))
         headers = list((exc.headers or {}).items())
-        return error_response(error, ollama=ollama, status=exc.status_code, headers=headers)
+        return error_response(error, spelling=spelling, status=exc.status_code, headers=headers)
     if isinstance(exc, RequestValidationError):
         first = exc.errors()[0]
         parts = (str(part) for part in first["loc"] if part not in ("body", "query", "path"))
         param = ".".join(parts)
         invalid = InvalidRequestError(f"{param}: {first['msg']}", param=param or None)
-        return error_response(invalid, ollama=ollama)
+        return error_response(invalid, spelling=spelling)
     # anything else is a bug: logged once with the request id, answered and nothing more
     logger.error("request %s failed", request.state.request_id, exc_info=exc)
     return error_response(
-        InternalError("internal error"), ollama=ollama, headers=await _call_headers(request)
+        InternalError("internal error"), spelling=spelling, headers=await _call_headers(request)
     )
 
 

@@ -19,7 +19,7 @@ __all__ = [
     "request_id_from",
 ]
 
-Protocol = Literal["grpc", "native", "openai", "ollama"]
+Protocol = Literal["grpc", "native", "openai", "ollama", "anthropic"]
 # `user`: a JWT subject or an API key's user; `admin`: an admin key; `anonymous`: no credential.
 # The kind, not the name, says who a caller is: a JWT may well say `sub: admin`.
 CallerKind = Literal["user", "admin", "anonymous"]

@@ -253,6 +253,80 @@ class OllamaDoor:
                 break  # leaving the block closes the connection
 
 
+_FINISH_OF_STOP = {"end_turn": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+
+class AnthropicDoor:
+    """`/v1/messages`: Anthropic's body and key header, named SSE events from
+    `message_start` to `message_stop`, or one `event: error`; an error is
+    `{"type": "error", "error": {...}}`, its contract type read from the status."""
+
+    name = protocol = "anthropic"
+
+    def __init__(self, gateway: TandemProcess) -> None:
+        self._url = f"{gateway.base_url}/v1/messages"
+
+    @staticmethod
+    def _body(body: dict[str, Any], stream: bool) -> dict[str, Any]:
+        out = {k: v for k, v in body.items() if k in ("model", "messages", "temperature")}
+        return {**out, "max_tokens": body.get("max_tokens", 1024), "stream": stream}
+
+    @staticmethod
+    def _key(token: str | None) -> dict[str, str]:
+        return {"x-api-key": token, "anthropic-version": "2023-06-01"} if token else {}
+
+    async def chat(self, body: dict[str, Any], token: str | None, *, stream: bool) -> Seen:
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = await client.post(
+                self._url, json=self._body(body, stream), headers=self._key(token)
+            )
+        if answer.status_code != 200:
+            error = answer.json()
+            assert error["type"] == "error", answer.text  # Anthropic's spelling
+            assert isinstance(error["error"]["type"], str)
+            return Seen(error=_TYPE_OF_STATUS.get(answer.status_code, str(answer.status_code)))
+        if not stream:
+            message = answer.json()
+            assert message["type"] == "message"
+            usage = message["usage"]
+            return Seen(
+                "".join(b["text"] for b in message["content"] if b["type"] == "text"),
+                _FINISH_OF_STOP[message["stop_reason"]],
+                (usage["input_tokens"], usage["output_tokens"]),
+            )
+        events = []
+        for event in answer.text.strip().split("\n\n"):
+            name, data = event.split("\n", 1)
+            events.append((name.removeprefix("event: "), orjson.loads(data.removeprefix("data: "))))
+        assert events[0][0] == "message_start"
+        if events[-1][0] == "error":
+            assert events[-1][1]["type"] == "error"
+            return Seen(error="upstream_error", mid_stream=len(events) > 1)
+        assert [name for name, _ in events[-2:]] == ["message_delta", "message_stop"]
+        delta = events[-2][1]
+        return Seen(
+            "".join(
+                data["delta"].get("text", "")
+                for name, data in events
+                if name == "content_block_delta"
+            ),
+            _FINISH_OF_STOP[delta["delta"]["stop_reason"]],
+            (delta["usage"]["input_tokens"], delta["usage"]["output_tokens"]),
+        )
+
+    async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
+        async with (
+            httpx.AsyncClient(timeout=30) as client,
+            client.stream(
+                "POST", self._url, json=self._body(body, True), headers=self._key(token)
+            ) as answer,
+        ):
+            assert answer.status_code == 200
+            async for line in answer.aiter_lines():
+                if line.startswith("event: content_block_delta"):
+                    break  # leaving the block closes the connection
+
+
 @pytest.fixture(scope="module")
 def gateway(
     fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
@@ -268,10 +342,11 @@ def doors(gateway: TandemProcess) -> dict[str, Door]:
         "native": HttpDoor(gateway, "native", "/native/v1"),
         "openai": HttpDoor(gateway, "openai", "/v1"),
         "ollama": OllamaDoor(gateway),
+        "anthropic": AnthropicDoor(gateway),
     }
 
 
-DOORS = ["grpc", "native", "openai", "ollama"]
+DOORS = ["grpc", "native", "openai", "ollama", "anthropic"]
 
 
 @pytest.fixture(params=DOORS)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from server.errors import InvalidRequestError
-from server.translate import anthropic
+from server.translate.anthropic import upstream as anthropic
 from server.translate.openai.inbound import parse_chat_request
 from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
 from tests.servers import TandemProcess, start_tandem

@@ -20,7 +20,7 @@ from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from server.core.fold import fold_stream
 from server.errors import InvalidRequestError
-from server.translate import anthropic
+from server.translate.anthropic import upstream as anthropic
 from server.translate.ollama import upstream as ollama
 from server.translate.openai.inbound import parse_chat_request
 from server.translate.openai.replies import ChunkEncoder

@@ -158,6 +158,15 @@ class DataPlane:
                 account.usage(prompt_tokens, 0, source="estimated")
             return response
 
+    async def count_tokens(self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext) -> int:
+        """The gateway's estimate of a request's prompt (messages and tool definitions):
+        one request counted, no tokens reserved, nothing generated."""
+        route = self.router.resolve(request.model, ctx.caller)
+        ctx.trace.model = route.model.name
+        await self.policy.admit_request(ctx)
+        tools = " ".join(f"{t.function.name} {t.function.description}" for t in request.tools)
+        return estimate_prompt_tokens(request.messages) + (estimate_tokens(tools) if tools else 0)
+
     async def list_models(self, ctx: CallContext) -> models_pb2.ListModelsResponse:
         await self.policy.admit_request(ctx)
         response = models_pb2.ListModelsResponse()

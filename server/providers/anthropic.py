@@ -11,7 +11,7 @@ from server.context import CallContext
 from server.errors import InvalidRequestError, echoed
 from server.providers.base import Route
 from server.providers.upstream import HttpProvider, decode, sse_data
-from server.translate import anthropic
+from server.translate.anthropic import upstream as anthropic
 
 __all__ = ["AnthropicProvider"]
 

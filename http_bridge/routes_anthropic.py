@@ -1,0 +1,48 @@
+"""`/v1/messages`: Anthropic's Messages API, so the official `anthropic` SDK and Claude
+Code reach every model behind the gateway, with the same keys, limits and ledger.
+
+`?beta=true` (Claude Code's) changes nothing: the table matches the path alone.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from starlette.responses import Response
+
+from http_bridge import handlers
+from http_bridge.deps import anthropic_call, read_json
+from http_bridge.dialects import ANTHROPIC
+from http_bridge.responses import reply
+from http_bridge.routing import Endpoints
+from server.context import CallContext
+from server.core.dataplane import DataPlane
+from server.translate.anthropic import inbound
+
+__all__ = ["endpoints"]
+
+endpoints = Endpoints(anthropic_call, tag="anthropic")  # served by the door's table
+
+_BODY = "Anthropic's Messages request; unknown fields are ignored, as the Messages API does."
+
+
+def _openapi(summary: str) -> dict[str, object]:
+    body = {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}
+    return {"summary": summary, "description": _BODY, "openapi_extra": {"requestBody": body}}
+
+
+@endpoints.post(
+    f"{ANTHROPIC.prefix}/messages",
+    **_openapi("Create a message (Anthropic; named SSE events with stream: true)"),
+)
+async def messages(request: Request, ctx: CallContext) -> Response:
+    return await handlers.create_chat(request, ctx, ANTHROPIC)
+
+
+@endpoints.post(
+    f"{ANTHROPIC.prefix}/messages/count_tokens",
+    **_openapi("Count a request's input tokens (Anthropic; the gateway's estimate)"),
+)
+async def count_tokens(request: Request, ctx: CallContext) -> Response:
+    chat = inbound.parse_count_tokens(await read_json(request))
+    plane: DataPlane = request.app.state.plane
+    return reply(ctx, {"input_tokens": await plane.count_tokens(chat, ctx)})

@@ -1,0 +1,269 @@
+"""A door's Anthropic Messages request (`/v1/messages`, `/count_tokens`) as a proto.
+
+`system` (a string or text blocks) is the first message; a turn's blocks
+become the proto's: `text` and `image` (base64 or url) parts, `tool_use` the
+assistant's tool calls (input as JSON arguments), `thinking` its
+`reasoning_content` and `reasoning_signature`, each `tool_result` a `tool`
+message of its own before the rest of its user turn. `max_tokens` is
+required, as Anthropic requires it; `stop_sequences` is `stop`,
+`metadata.user_id` is `user`, `thinking.budget_tokens` a `reasoning_effort`,
+tools' `input_schema` their parameters, and `tool_choice` `auto` / `any` /
+`tool` / `none` OpenAI's `auto` / `required` / a function / `none`. Unknown
+fields are ignored, as the Messages API does; an unknown block is refused by
+name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from tandem.v1 import chat_pb2
+
+from server.errors import InvalidRequestError
+from server.translate.protojson import parse_into
+
+__all__ = ["parse_count_tokens", "parse_messages"]
+
+JSON = dict[str, Any]
+# thinking.budget_tokens -> reasoning_effort: the inverse of the upstream's budgets
+_EFFORTS = ((1024, "low"), (4096, "medium"))
+
+
+def _invalid(param: str, why: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{param}: {why}", param=param)
+
+
+def _set(request: Any, field: str, value: Any, where: str) -> None:
+    """One field through the proto's own parser, its error naming Anthropic's field."""
+    try:
+        parse_into({field: value}, request, strict=False)
+    except InvalidRequestError as exc:
+        param = where + (exc.param or field)[len(field) :]
+        raise InvalidRequestError(
+            exc.message.replace(exc.param or field, param, 1), param=param
+        ) from None
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise _invalid(where, "must be a string")
+    return value
+
+
+def _system(system: Any) -> str:
+    if isinstance(system, str):
+        return system
+    if not isinstance(system, list):
+        raise _invalid("system", "must be a string or a list of text blocks")
+    texts = []
+    for i, block in enumerate(system):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise _invalid(f"system[{i}]", "must be a text block")
+        texts.append(_text(block.get("text"), f"system[{i}].text"))
+    return "\n".join(texts)
+
+
+def _image(source: Any, where: str) -> JSON:
+    if not isinstance(source, dict):
+        raise _invalid(where, "must be an object")
+    if source.get("type") == "base64":
+        media = _text(source.get("media_type"), f"{where}.media_type")
+        data = _text(source.get("data"), f"{where}.data")
+        url = f"data:{media};base64,{data}"
+    elif source.get("type") == "url":
+        url = _text(source.get("url"), f"{where}.url")
+    else:
+        raise _invalid(f"{where}.type", 'must be "base64" or "url"')
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _tool_result_text(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _invalid(where, "must be a string or a list of blocks")
+    texts = []
+    for i, block in enumerate(content):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise _invalid(f"{where}[{i}]", "only text blocks can be a tool result here")
+        texts.append(_text(block.get("text"), f"{where}[{i}].text"))
+    return "\n".join(texts)
+
+
+def _turn(message: Any, where: str) -> list[JSON]:
+    """One Anthropic turn as proto-form messages: its tool results first, each a
+    `tool` message, then the turn itself (if anything is left of it)."""
+    if not isinstance(message, dict):
+        raise _invalid(where, "must be a JSON object")
+    role = message.get("role")
+    if role not in ("user", "assistant"):
+        raise _invalid(f"{where}.role", 'must be "user" or "assistant"')
+    content = message.get("content")
+    if isinstance(content, str):
+        return [{"role": role, "content": content}]
+    if not isinstance(content, list):
+        raise _invalid(f"{where}.content", "must be a string or a list of blocks")
+    results: list[JSON] = []
+    parts: list[JSON] = []
+    calls: list[JSON] = []
+    out: JSON = {"role": role}
+    for i, block in enumerate(content):
+        at = f"{where}.content[{i}]"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            parts.append({"type": "text", "text": _text(block.get("text"), f"{at}.text")})
+        elif kind == "image":
+            parts.append(_image(block.get("source"), f"{at}.source"))
+        elif kind == "tool_use" and role == "assistant":
+            arguments = block.get("input") if block.get("input") is not None else {}
+            if not isinstance(arguments, dict):
+                raise _invalid(f"{at}.input", "must be a JSON object")
+            calls.append(
+                {
+                    "id": _text(block.get("id"), f"{at}.id"),
+                    "type": "function",
+                    "function": {
+                        "name": _text(block.get("name"), f"{at}.name"),
+                        "arguments": orjson.dumps(arguments).decode(),
+                    },
+                }
+            )
+        elif kind == "tool_result" and role == "user":
+            text = _tool_result_text(block.get("content"), f"{at}.content")
+            if block.get("is_error"):
+                text = f"Error: {text}"
+            results.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": _text(block.get("tool_use_id"), f"{at}.tool_use_id"),
+                    "content": text,
+                }
+            )
+        elif kind == "thinking" and role == "assistant":
+            out["reasoning_content"] = _text(block.get("thinking"), f"{at}.thinking")
+            if block.get("signature"):
+                out["reasoning_signature"] = _text(block["signature"], f"{at}.signature")
+        elif kind == "redacted_thinking" and role == "assistant":
+            continue  # encrypted for Anthropic alone: nothing another model can read
+        else:
+            raise _invalid(f"{at}.type", f"a {kind!r} block cannot be sent in a {role} turn")
+    if parts:
+        if all(part["type"] == "text" for part in parts):
+            out["content"] = "".join(part["text"] for part in parts)
+        else:
+            out["parts"] = parts
+    if calls:
+        out["tool_calls"] = calls
+    keep = parts or calls or "reasoning_content" in out or not results
+    return [*results, out] if keep else results
+
+
+def _tools(tools: Any) -> list[JSON]:
+    if not isinstance(tools, list):
+        raise _invalid("tools", "must be a list")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise _invalid(f"tools[{i}]", "must be a JSON object")
+        if tool.get("type") not in (None, "custom"):
+            raise _invalid(f"tools[{i}].type", "only custom tools (with input_schema) are served")
+        function: JSON = {"name": _text(tool.get("name"), f"tools[{i}].name")}
+        if tool.get("description") is not None:
+            function["description"] = _text(tool["description"], f"tools[{i}].description")
+        if tool.get("input_schema") is not None:
+            function["parameters"] = tool["input_schema"]
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _tool_choice(choice: Any, request: chat_pb2.ChatCompletionRequest) -> None:
+    if not isinstance(choice, dict):
+        raise _invalid("tool_choice", "must be a JSON object")
+    kind = choice.get("type")
+    if kind == "auto":
+        request.tool_choice.mode = "auto"
+    elif kind == "any":
+        request.tool_choice.mode = "required"
+    elif kind == "none":
+        request.tool_choice.mode = "none"
+    elif kind == "tool":
+        request.tool_choice.type = "function"
+        request.tool_choice.function.name = _text(choice.get("name"), "tool_choice.name")
+    else:
+        raise _invalid("tool_choice.type", 'must be "auto", "any", "tool" or "none"')
+    if choice.get("disable_parallel_tool_use") is True:
+        request.parallel_tool_calls = False
+
+
+def _thinking(thinking: Any, request: chat_pb2.ChatCompletionRequest) -> None:
+    if not isinstance(thinking, dict):
+        raise _invalid("thinking", "must be a JSON object")
+    if thinking.get("type") == "disabled":
+        return
+    if thinking.get("type") not in ("enabled", "adaptive"):
+        raise _invalid("thinking.type", 'must be "enabled", "adaptive" or "disabled"')
+    budget = thinking.get("budget_tokens")
+    if budget is None:
+        request.reasoning_effort = "medium"
+        return
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise _invalid("thinking.budget_tokens", "must be a positive integer")
+    request.reasoning_effort = next((e for top, e in _EFFORTS if budget <= top), "high")
+
+
+def _conversation(body: Any) -> tuple[JSON, chat_pb2.ChatCompletionRequest]:
+    """What both routes read: model, system, messages, tools, tool_choice, thinking."""
+    if not isinstance(body, dict):
+        raise _invalid("body", "must be a JSON object")
+    request = chat_pb2.ChatCompletionRequest()
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _invalid("model", "is required")
+    request.model = model
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages", "must be a non-empty list")
+    converted: list[JSON] = []
+    if body.get("system"):
+        converted.append({"role": "system", "content": _system(body["system"])})
+    for i, message in enumerate(messages):
+        converted.extend(_turn(message, f"messages[{i}]"))
+    _set(request, "messages", converted, "messages")
+    if body.get("tools"):
+        _set(request, "tools", _tools(body["tools"]), "tools")
+    if body.get("tool_choice") is not None:
+        _tool_choice(body["tool_choice"], request)
+    if body.get("thinking") is not None:
+        _thinking(body["thinking"], request)
+    return body, request
+
+
+def parse_messages(body: Any) -> chat_pb2.ChatCompletionRequest:
+    body, request = _conversation(body)
+    if body.get("max_tokens") is None:
+        raise _invalid("max_tokens", "is required")
+    _set(request, "max_tokens", body["max_tokens"], "max_tokens")
+    if request.max_tokens < 1:
+        raise _invalid("max_tokens", "must be at least 1")
+    for field, name in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k")):
+        if body.get(name) is not None:
+            _set(request, field, body[name], name)
+    stop = body.get("stop_sequences")
+    if stop:
+        _set(request, "stop", stop, "stop_sequences")
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and metadata.get("user_id") is not None:
+        request.user = _text(metadata["user_id"], "metadata.user_id")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _invalid("stream", "must be a boolean")
+    request.stream = stream
+    return request
+
+
+def parse_count_tokens(body: Any) -> chat_pb2.ChatCompletionRequest:
+    """`/v1/messages/count_tokens`: the conversation alone (no `max_tokens`)."""
+    return _conversation(body)[1]

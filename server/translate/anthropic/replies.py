@@ -1,0 +1,226 @@
+"""Protos as Anthropic's Messages API answers: one message, or its named stream events.
+
+A message's content is its blocks in order: `thinking` (with its signature),
+`text`, then one `tool_use` per tool call. The stream is Anthropic's order:
+`message_start` (usage: the prompt's estimate, as an OpenAI-compatible
+upstream says its counts only at the end), then per block
+`content_block_start`, its deltas (`thinking_delta` and `signature_delta`,
+`text_delta`, `input_json_delta`), `content_block_stop`, then
+`message_delta` (`stop_reason`, the final `usage`) and `message_stop`.
+
+Text and thinking go out as they come. A tool call's pieces are held until
+the answer finishes, then sent as its block with one `input_json_delta` per
+piece (they concatenate to its arguments): the blocks of a message cannot
+interleave, and an upstream's tool calls can. A message that called a tool
+stops with `tool_use`, whatever the upstream said.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from tandem.v1 import chat_pb2, models_pb2
+
+from server.messages import estimate_prompt_tokens
+
+__all__ = ["StreamEncoder", "encode_message", "encode_model", "encode_models", "message_id"]
+
+JSON = dict[str, Any]
+# the proto's finish_reason -> Anthropic's stop_reason
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+def message_id(completion_id: str) -> str:
+    return "msg_" + completion_id.removeprefix("chatcmpl-")
+
+
+def _stop_reason(finish_reason: str, called_tools: bool) -> str:
+    return "tool_use" if called_tools else STOP_REASONS.get(finish_reason, "end_turn")
+
+
+def _input(arguments: str) -> Any:
+    try:
+        value = orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return {}  # not JSON: Anthropic's input is an object, whatever the model wrote
+    return value if isinstance(value, dict) else {}
+
+
+def _usage(usage: chat_pb2.Usage) -> JSON:
+    return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
+
+
+def encode_message(completion: chat_pb2.ChatCompletion) -> JSON:
+    choice = completion.choices[0] if completion.choices else chat_pb2.Choice()
+    message = choice.message
+    content: list[JSON] = []
+    if message.reasoning_content:
+        content.append(
+            {
+                "type": "thinking",
+                "thinking": message.reasoning_content,
+                "signature": message.reasoning_signature,
+            }
+        )
+    if message.content:
+        content.append({"type": "text", "text": message.content})
+    for call in message.tool_calls:
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.id,
+                "name": call.function.name,
+                "input": _input(call.function.arguments),
+            }
+        )
+    return {
+        "id": message_id(completion.id),
+        "type": "message",
+        "role": "assistant",
+        "model": completion.model,
+        "content": content,
+        "stop_reason": _stop_reason(choice.finish_reason, bool(message.tool_calls)),
+        "stop_sequence": None,
+        "usage": _usage(completion.usage),
+    }
+
+
+def _event(name: str, data: JSON) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class _ToolCall:
+    __slots__ = ("id", "name", "pieces")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.pieces: list[str] = []
+
+
+class StreamEncoder:
+    """Chunks in, Anthropic's events out; `encode` is called with the first chunk first."""
+
+    __slots__ = ("_first", "_index", "_kind", "_prompt", "_stop", "_tools")
+
+    def __init__(self, request: chat_pb2.ChatCompletionRequest) -> None:
+        self._first = True
+        self._prompt = estimate_prompt_tokens(request.messages)
+        self._index = -1  # the open block's index
+        self._kind = ""  # its type: "thinking" or "text" ("" for none open)
+        self._tools: dict[int, _ToolCall] = {}
+        self._stop = ""
+
+    def _open(self, kind: str, block: JSON) -> bytes:
+        out = self._close()
+        self._index += 1
+        self._kind = kind
+        return out + _event(
+            "content_block_start",
+            {"type": "content_block_start", "index": self._index, "content_block": block},
+        )
+
+    def _close(self) -> bytes:
+        if not self._kind:
+            return b""
+        self._kind = ""
+        return _event("content_block_stop", {"type": "content_block_stop", "index": self._index})
+
+    def _delta(self, delta: JSON) -> bytes:
+        return _event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": self._index, "delta": delta},
+        )
+
+    def _finish(self, finish_reason: str) -> bytes:
+        """Close what is open and send the tool calls held back, once."""
+        if self._stop:
+            return b""
+        out = self._close()
+        for index, call in self._tools.items():
+            call_id = call.id or f"toolu_{index}"
+            block = {"type": "tool_use", "id": call_id, "name": call.name, "input": {}}
+            out += self._open("tool_use", block)
+            for piece in call.pieces:
+                out += self._delta({"type": "input_json_delta", "partial_json": piece})
+            out += self._close()
+        self._stop = _stop_reason(finish_reason, bool(self._tools))
+        return out
+
+    def encode(self, chunk: chat_pb2.ChatCompletionChunk) -> bytes:
+        out = b""
+        if self._first:
+            self._first = False
+            message: JSON = {
+                "id": message_id(chunk.id),
+                "type": "message",
+                "role": "assistant",
+                "model": chunk.model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": self._prompt, "output_tokens": 0},
+            }
+            out = _event("message_start", {"type": "message_start", "message": message})
+        for choice in chunk.choices:
+            if choice.index:  # Anthropic's answers have one choice
+                continue
+            delta = choice.delta
+            if delta.reasoning_content:
+                if self._kind != "thinking":
+                    out += self._open("thinking", {"type": "thinking", "thinking": ""})
+                out += self._delta({"type": "thinking_delta", "thinking": delta.reasoning_content})
+            if delta.reasoning_signature:
+                if self._kind != "thinking":
+                    out += self._open("thinking", {"type": "thinking", "thinking": ""})
+                out += self._delta(
+                    {"type": "signature_delta", "signature": delta.reasoning_signature}
+                )
+            if delta.content:
+                if self._kind != "text":
+                    out += self._open("text", {"type": "text", "text": ""})
+                out += self._delta({"type": "text_delta", "text": delta.content})
+            for piece in delta.tool_calls:
+                call = self._tools.get(piece.index)
+                if call is None:
+                    call = self._tools[piece.index] = _ToolCall()
+                call.id = call.id or piece.id
+                call.name = call.name or piece.function.name
+                if piece.function.arguments:
+                    call.pieces.append(piece.function.arguments)
+            if choice.finish_reason:
+                out += self._finish(choice.finish_reason)
+        if chunk.HasField("usage"):
+            out += self._finish("stop")
+            usage = chunk.usage
+            out += _event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": self._stop, "stop_sequence": None},
+                    "usage": {
+                        "input_tokens": usage.prompt_tokens,
+                        "output_tokens": usage.completion_tokens,
+                    },
+                },
+            )
+            out += _event("message_stop", {"type": "message_stop"})
+        return out
+
+
+def encode_model(model: models_pb2.Model) -> JSON:
+    created = datetime.fromtimestamp(model.created, UTC).isoformat().replace("+00:00", "Z")
+    return {"type": "model", "id": model.id, "display_name": model.id, "created_at": created}
+
+
+def encode_models(models: models_pb2.ListModelsResponse) -> JSON:
+    """Anthropic's page of models: all of them, so `has_more` is false."""
+    data = [encode_model(model) for model in models.data]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
