@@ -16,6 +16,8 @@ behaviours for the next requests (`ok` once the script is empty):
 - `errorbody`: 200 with `{"error": ...}` as the body
 - `badlogprobs`: logprobs whose numbers are strings
 - `nousage`: answer normally, but never say the usage; `tools:nousage` likewise
+- `cached`: answer normally; OpenAI's usage says 3 cached prompt tokens and 1
+  reasoning token (Anthropic's answers always say 2 cache reads)
 - `pairs`: stream two choices in every event, and no usage
 - `reasoning`: think first: `REASONING` as OpenAI-compatible `reasoning_content`
   (in two pieces when streaming), Ollama's `message.thinking`, or an Anthropic
@@ -149,6 +151,9 @@ class FakeUpstream:
         }
         if kind in ("nousage", "pairs") or arg == "nousage":
             usage = None
+        elif kind == "cached" and usage is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": 3}
+            usage["completion_tokens_details"] = {"reasoning_tokens": 1}
         head = {"id": "up-1", "created": 1, "model": body["model"], "system_fingerprint": "fp_up"}
         tool_calls: list[dict[str, Any]] = [
             {

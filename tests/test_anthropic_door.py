@@ -426,3 +426,53 @@ def test_interleaved_tool_call_pieces_never_interleave_blocks() -> None:
             )
     assert arguments == {0: '{"a": 1}', 1: '{"b": 2}'}
     assert seen[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+def ledger(gateway: TandemProcess, sub: str) -> list[Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        records: list[Any] = httpx.get(
+            f"{gateway.base_url}/native/v1/usage",
+            params={"user": sub},
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        ).json()["records"]
+        if records or time.monotonic() > deadline:
+            return records
+        time.sleep(0.05)
+
+
+def test_cache_reads_and_reasoning_tokens_are_counted_on_every_door_and_kept(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    sub = f"cached-{time.monotonic_ns()}"
+    fake.reset("cached")
+    message = post(
+        gateway,
+        {"model": "relay", "max_tokens": 50, "messages": user("a b")},
+        **{"x-api-key": token(sub)},
+    ).json()
+    # Anthropic's input_tokens leaves the cache reads out; the proto's prompt tokens hold them
+    assert message["usage"] == {"input_tokens": 4, "output_tokens": 2, "cache_read_input_tokens": 3}
+    [record] = ledger(gateway, sub)
+    assert (record["prompt_tokens"], record["cached_tokens"], record["reasoning_tokens"]) == (
+        7,
+        3,
+        1,
+    )
+
+    fake.reset("cached")
+    answer = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions",
+        json={"model": "relay", "messages": user("a b")},
+        headers={"authorization": f"Bearer {token()}"},
+    ).json()
+    assert answer["usage"]["prompt_tokens_details"] == {"cached_tokens": 3}
+    assert answer["usage"]["completion_tokens_details"] == {"reasoning_tokens": 1}
+
+    claude_sub = f"claude-{time.monotonic_ns()}"
+    body = {"model": "claude", "max_tokens": 50, "stream": True, "messages": user("a b")}
+    seen = events(post(gateway, body, **{"x-api-key": token(claude_sub)}))
+    usage = seen[-2][1]["usage"]
+    assert (usage["input_tokens"], usage["cache_read_input_tokens"]) == (11, 2)
+    [record] = ledger(gateway, claude_sub)
+    assert (record["prompt_tokens"], record["cached_tokens"]) == (13, 2)

@@ -276,7 +276,10 @@ def test_stream_events_become_chunks() -> None:
     )
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     assert chunks[-1].usage == chat_pb2.Usage(
-        prompt_tokens=15, completion_tokens=7, total_tokens=22
+        prompt_tokens=15,  # cache reads included, as the proto counts them
+        completion_tokens=7,
+        total_tokens=22,
+        prompt_tokens_details=chat_pb2.PromptTokensDetails(cached_tokens=5),
     )
 
 

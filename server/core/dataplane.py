@@ -102,7 +102,7 @@ class DataPlane:
                     chunk.model = model
                     account.chunks += 1
                     if chunk.HasField("usage"):
-                        account.usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                        account.usage_of(chunk.usage)
                     else:  # inline, for every chunk; the wrappers stay alive for the door
                         choices = chunk.choices
                         if len(choices) == 1:  # a upb `for` ends in a formatted IndexError
@@ -242,10 +242,12 @@ class _Accounting:
         "_source",
         "_streaming",
         "_upstream_started",
+        "cached_tokens",
         "chunks",
         "completion_tokens",
         "first_chunk_at",
         "prompt_tokens",
+        "reasoning_tokens",
         "route",
         "sent",
         "sent_tokens",
@@ -276,6 +278,8 @@ class _Accounting:
         self.first_chunk_at: float | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0  # of the prompt's, as the upstream said
+        self.reasoning_tokens = 0  # of the completion's
         self.sent: list[str] = []  # what reached the caller, not yet in sent_tokens
         self.sent_tokens = 0  # the estimate of what reached the caller
         self.chunks = 0
@@ -306,6 +310,12 @@ class _Accounting:
             trace.first_chunk_at = now
             if self._upstream_started is not None:
                 trace.upstream_s = now - self._upstream_started
+
+    def usage_of(self, usage: chat_pb2.Usage) -> None:
+        """The upstream's counts, with the cached and reasoning tokens among them."""
+        self.usage(usage.prompt_tokens, usage.completion_tokens)
+        self.cached_tokens = usage.prompt_tokens_details.cached_tokens
+        self.reasoning_tokens = usage.completion_tokens_details.reasoning_tokens
 
     def usage(self, prompt_tokens: int, completion_tokens: int, source: str = "upstream") -> None:
         self.prompt_tokens = prompt_tokens
@@ -385,6 +395,8 @@ class _Accounting:
                 created_at=time.time_ns() // 1000 - round((now - ctx.started) * 1e6),  # arrival
                 usage_source=self._source,
                 caller_kind=caller.kind,
+                cached_tokens=self.cached_tokens,
+                reasoning_tokens=self.reasoning_tokens,
             )
         )
 

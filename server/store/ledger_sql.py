@@ -20,7 +20,8 @@ __all__ = [
 # `user` is reserved in PostgreSQL; quoted, it means the same in SQLite
 COLUMNS = (
     'id, request_id, "user", model, provider, protocol, prompt_tokens, completion_tokens, '
-    "status, latency_ms, ttft_ms, created_at, usage_source, caller_kind"
+    "status, latency_ms, ttft_ms, created_at, usage_source, caller_kind, cached_tokens, "
+    "reasoning_tokens"
 )
 
 # Columns added since the table was first made, in order: a store made by an
@@ -29,6 +30,8 @@ COLUMNS = (
 ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("usage_source", "TEXT NOT NULL DEFAULT 'upstream'"),
     ("caller_kind", "TEXT NOT NULL DEFAULT 'user'"),
+    ("cached_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"),
 )
 # What each added column says of the rows that came before it: earlier versions
 # wrote admin-key and anonymous calls as the users `admin` and `anonymous` (for

@@ -84,6 +84,8 @@ def encode_usage(response: usage_pb2.GetUsageResponse) -> dict[str, Any]:
                 "ttft_ms": record.ttft_ms if record.HasField("ttft_ms") else None,
                 "created_at": _time(record.created_at.ToMicroseconds()),
                 "usage_source": record.usage_source,
+                "cached_tokens": record.cached_tokens,
+                "reasoning_tokens": record.reasoning_tokens,
             }
             for record in response.records
         ],

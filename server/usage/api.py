@@ -92,6 +92,8 @@ def usage_response(page: UsagePage) -> usage_pb2.GetUsageResponse:
             status=record.status,
             latency_ms=record.latency_ms,
             usage_source=record.usage_source,
+            cached_tokens=record.cached_tokens,
+            reasoning_tokens=record.reasoning_tokens,
         )
         if record.ttft_ms is not None:
             out.ttft_ms = record.ttft_ms

@@ -43,6 +43,8 @@ class UsageRecord(NamedTuple):
     created_at: int
     usage_source: str = "upstream"  # or "estimated": the gateway's estimate, not the upstream's
     caller_kind: str = "user"  # or "admin", "anonymous": who `user` names (see CallerKind)
+    cached_tokens: int = 0  # of the prompt's, read from the provider's cache
+    reasoning_tokens: int = 0  # of the completion's, spent reasoning
 
 
 @dataclass(frozen=True, slots=True)

@@ -1009,23 +1009,81 @@ class Usage(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_DETAILS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_DETAILS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
-    """Tokens of the prompt."""
+    """Tokens of the prompt, cached ones included."""
     completion_tokens: _builtins.int
-    """Tokens of the completion."""
+    """Tokens of the completion, reasoning included."""
     total_tokens: _builtins.int
     """Their sum."""
+    @_builtins.property
+    def prompt_tokens_details(self) -> Global___PromptTokensDetails:
+        """Of the prompt tokens, those read from the provider's cache (OpenAI's
+        cached_tokens, Anthropic's cache_read_input_tokens).
+        """
+
+    @_builtins.property
+    def completion_tokens_details(self) -> Global___CompletionTokensDetails:
+        """Of the completion tokens, those the model reasoned with."""
+
     def __init__(
         self,
         *,
         prompt_tokens: _builtins.int = ...,
         completion_tokens: _builtins.int = ...,
         total_tokens: _builtins.int = ...,
+        prompt_tokens_details: Global___PromptTokensDetails | None = ...,
+        completion_tokens_details: Global___CompletionTokensDetails | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completion_tokens_details", b"completion_tokens_details", "prompt_tokens_details", b"prompt_tokens_details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "completion_tokens_details", b"completion_tokens_details", "prompt_tokens", b"prompt_tokens", "prompt_tokens_details", b"prompt_tokens_details", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class PromptTokensDetails(_message.Message):
+    """PromptTokensDetails breaks the prompt tokens down (OpenAI's shape)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    cached_tokens: _builtins.int
+    """Tokens read from the provider's prompt cache."""
+    def __init__(
+        self,
+        *,
+        cached_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromptTokensDetails: _TypeAlias = PromptTokensDetails  # noqa: Y015
+
+@_typing.final
+class CompletionTokensDetails(_message.Message):
+    """CompletionTokensDetails breaks the completion tokens down (OpenAI's shape)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    reasoning_tokens: _builtins.int
+    """Tokens of reasoning (thinking), inside the completion tokens."""
+    def __init__(
+        self,
+        *,
+        reasoning_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompletionTokensDetails: _TypeAlias = CompletionTokensDetails  # noqa: Y015

@@ -110,6 +110,8 @@ class UsageRecord(_message.Message):
     TTFT_MS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     USAGE_SOURCE_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request's id (x-request-id)."""
     user: _builtins.str
@@ -121,7 +123,7 @@ class UsageRecord(_message.Message):
     provider: _builtins.str
     """The configured provider that served it."""
     protocol: _builtins.str
-    """"grpc", "native", "openai" or "ollama"."""
+    """"grpc", "native", "openai", "ollama" or "anthropic"."""
     prompt_tokens: _builtins.int
     """Tokens of the prompt."""
     completion_tokens: _builtins.int
@@ -138,6 +140,10 @@ class UsageRecord(_message.Message):
     """Where the token counts come from: "upstream" (the provider's own) or
     "estimated" (the gateway's estimate, when the provider sent none).
     """
+    cached_tokens: _builtins.int
+    """Of the prompt tokens, those read from the provider's cache."""
+    reasoning_tokens: _builtins.int
+    """Of the completion tokens, those of reasoning."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the request arrived."""
@@ -158,10 +164,12 @@ class UsageRecord(_message.Message):
         ttft_ms: _builtins.float | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         usage_source: _builtins.str = ...,
+        cached_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms", "created_at", b"created_at", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms", "completion_tokens", b"completion_tokens", "created_at", b"created_at", "latency_ms", b"latency_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "protocol", b"protocol", "provider", b"provider", "request_id", b"request_id", "status", b"status", "total_tokens", b"total_tokens", "ttft_ms", b"ttft_ms", "usage_source", b"usage_source", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "created_at", b"created_at", "latency_ms", b"latency_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "protocol", b"protocol", "provider", b"provider", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "status", b"status", "total_tokens", b"total_tokens", "ttft_ms", b"ttft_ms", "usage_source", b"usage_source", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ttft_ms: _TypeAlias = _typing.Literal["ttft_ms"]  # noqa: Y015
     _WhichOneofArgType__ttft_ms: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms"]  # noqa: Y015

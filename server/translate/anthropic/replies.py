@@ -49,7 +49,16 @@ def _input(arguments: str) -> Any:
 
 
 def _usage(usage: chat_pb2.Usage) -> JSON:
-    return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
+    """Anthropic's counts: its `input_tokens` leaves out cache reads, which the proto's
+    prompt tokens include."""
+    cached = usage.prompt_tokens_details.cached_tokens
+    out: JSON = {
+        "input_tokens": usage.prompt_tokens - cached,
+        "output_tokens": usage.completion_tokens,
+    }
+    if cached:
+        out["cache_read_input_tokens"] = cached
+    return out
 
 
 def encode_message(completion: chat_pb2.ChatCompletion) -> JSON:
@@ -194,16 +203,12 @@ class StreamEncoder:
                 out += self._finish(choice.finish_reason)
         if chunk.HasField("usage"):
             out += self._finish("stop")
-            usage = chunk.usage
             out += _event(
                 "message_delta",
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": self._stop, "stop_sequence": None},
-                    "usage": {
-                        "input_tokens": usage.prompt_tokens,
-                        "output_tokens": usage.completion_tokens,
-                    },
+                    "usage": _usage(chunk.usage),
                 },
             )
             out += _event("message_stop", {"type": "message_stop"})

@@ -251,14 +251,24 @@ def _prompt_tokens(usage: JSON) -> int | None:
     )
 
 
-def _usage(chunk: chat_pb2.ChatCompletionChunk, usage: JSON, prompt_tokens: int | None) -> None:
-    """The upstream's counts, only when it sent both (else the core estimates them)."""
+def _cached_tokens(usage: JSON) -> int:
+    cached = usage.get("cache_read_input_tokens")
+    return cached if isinstance(cached, int) and cached > 0 else 0
+
+
+def _usage(
+    chunk: chat_pb2.ChatCompletionChunk, usage: JSON, prompt_tokens: int | None, cached: int
+) -> None:
+    """The upstream's counts, only when it sent both (else the core estimates them);
+    its cache reads are the proto's cached tokens."""
     completion = usage.get("output_tokens")
     if prompt_tokens is not None and isinstance(completion, int):
         target = chunk.usage
         target.prompt_tokens = prompt_tokens
         target.completion_tokens = completion
         target.total_tokens = prompt_tokens + completion
+        if cached:
+            target.prompt_tokens_details.cached_tokens = cached
 
 
 def message_as_chunk(message: JSON) -> chat_pb2.ChatCompletionChunk:
@@ -287,7 +297,7 @@ def message_as_chunk(message: JSON) -> chat_pb2.ChatCompletionChunk:
         delta.reasoning_content = "".join(thoughts)
     choice.finish_reason = STOP_REASONS.get(message.get("stop_reason") or "", "stop")
     usage = message.get("usage") or {}
-    _usage(chunk, usage, _prompt_tokens(usage))
+    _usage(chunk, usage, _prompt_tokens(usage), _cached_tokens(usage))
     return chunk
 
 
@@ -299,10 +309,11 @@ class StreamTranslator:
     pieces; message_delta -> finish_reason and usage; ping, *_stop -> nothing.
     """
 
-    __slots__ = ("_prompt_tokens", "_tool_index")
+    __slots__ = ("_cached_tokens", "_prompt_tokens", "_tool_index")
 
     def __init__(self) -> None:
         self._prompt_tokens: int | None = None
+        self._cached_tokens = 0
         self._tool_index: dict[int, int] = {}  # content block index -> tool call index
 
     def feed(self, event: JSON) -> chat_pb2.ChatCompletionChunk | None:
@@ -327,7 +338,9 @@ class StreamTranslator:
             return chunk
         if kind == "message_start":
             message = event.get("message") or {}
-            self._prompt_tokens = _prompt_tokens(message.get("usage") or {})
+            usage = message.get("usage") or {}
+            self._prompt_tokens = _prompt_tokens(usage)
+            self._cached_tokens = _cached_tokens(usage)
             chunk = chat_pb2.ChatCompletionChunk()
             chunk.choices.add(index=0).delta.role = "assistant"
             return chunk
@@ -347,7 +360,11 @@ class StreamTranslator:
             choice = chunk.choices.add(index=0)
             reason = (event.get("delta") or {}).get("stop_reason") or ""
             choice.finish_reason = STOP_REASONS.get(reason, "stop")
-            _usage(chunk, event.get("usage") or {}, self._prompt_tokens)
+            usage = event.get("usage") or {}
+            if "input_tokens" in usage:  # newer streams count again at the end
+                self._prompt_tokens = _prompt_tokens(usage)
+                self._cached_tokens = _cached_tokens(usage)
+            _usage(chunk, usage, self._prompt_tokens, self._cached_tokens)
             return chunk
         if kind == "error":
             error = event.get("error") or {}

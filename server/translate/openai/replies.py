@@ -26,11 +26,23 @@ __all__ = [
 JSON = dict[str, Any]
 
 
+def _details(usage: chat_pb2.Usage) -> JSON:
+    """OpenAI's `*_tokens_details`, where the upstream said them."""
+    out: JSON = {}
+    if usage.HasField("prompt_tokens_details"):
+        out["prompt_tokens_details"] = {"cached_tokens": usage.prompt_tokens_details.cached_tokens}
+    if usage.HasField("completion_tokens_details"):
+        reasoning = usage.completion_tokens_details.reasoning_tokens
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return out
+
+
 def _usage(usage: chat_pb2.Usage) -> JSON:
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
+        **_details(usage),
     }
 
 

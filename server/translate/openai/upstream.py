@@ -171,6 +171,19 @@ def _fill_usage(chunk: chat_pb2.ChatCompletionChunk, usage: Any) -> None:
         target.prompt_tokens = prompt
         target.completion_tokens = completion
         target.total_tokens = prompt + completion
+        cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
+        if cached:
+            target.prompt_tokens_details.cached_tokens = cached
+        reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens")
+        if reasoning:
+            target.completion_tokens_details.reasoning_tokens = reasoning
+
+
+def _detail(usage: JSON, details: str, name: str) -> int:
+    """One count of OpenAI's `*_tokens_details`, 0 when absent or not a count."""
+    found = usage.get(details)
+    value = found.get(name) if isinstance(found, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _reasoning(source: JSON) -> Any:
