@@ -144,7 +144,7 @@ class FakeUpstream:
         words = [w + " " for w in text.split()]
         if words:
             words[-1] = words[-1][:-1]
-        usage: dict[str, int] | None = {
+        usage: dict[str, Any] | None = {
             "prompt_tokens": 7,
             "completion_tokens": len(words),
             "total_tokens": 7 + len(words),
