@@ -476,3 +476,52 @@ def test_cache_reads_and_reasoning_tokens_are_counted_on_every_door_and_kept(
     assert (usage["input_tokens"], usage["cache_read_input_tokens"]) == (11, 2)
     [record] = ledger(gateway, claude_sub)
     assert (record["prompt_tokens"], record["cached_tokens"]) == (13, 2)
+
+
+def test_a_request_shaped_as_claude_code_sends_it(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    """What Claude Code 2.x sent, seen here: a system turn inside `messages`, text
+    blocks with `cache_control`, adaptive thinking, fields the gateway does not use."""
+    fake.reset()
+    body = {
+        "model": "relay",
+        "max_tokens": 32000,
+        "stream": True,
+        "system": [
+            {"type": "text", "text": "You are Claude Code."},
+            {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}},
+        ],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "<system-reminder>ctx</system-reminder>"},
+                    {"type": "text", "text": "hello", "cache_control": {"type": "ephemeral"}},
+                ],
+            },
+            {"role": "system", "content": "a reminder"},
+        ],
+        "tools": [
+            {
+                "name": "Bash",
+                "description": "Run a command",
+                "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
+            }
+        ],
+        "metadata": {"user_id": '{"session_id": "s-1"}'},
+        "thinking": {"type": "adaptive"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "high"},
+    }
+    seen = events(post(gateway, body))
+    assert seen[0][0] == "message_start"
+    assert seen[-1][0] == "message_stop"
+    sent = fake.requests[-1].body
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "system"]
+    assert sent["messages"][0]["content"] == "You are Claude Code.\nBe brief."
+    assert sent["user"] == '{"session_id": "s-1"}'
+    assert "reasoning_effort" not in sent  # adaptive: the model decides, none is asked for
+    assert sent["tools"][0]["function"]["parameters"]["properties"] == {
+        "command": {"type": "string"}
+    }

@@ -89,3 +89,16 @@ def test_readme_openai_example_prints_the_answer_twice(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=30, check=True
     )
     assert done.stdout == readme_block("", "It prints the answer twice, whole and streamed:")
+
+
+def test_readme_anthropic_example_prints_the_answer_twice(
+    tandem: Callable[..., TandemProcess], tmp_path: Path
+) -> None:
+    server = tandem()
+    code = readme_block("python", "official `anthropic` SDK works unchanged")
+    script = tmp_path / "anthropic_example.py"
+    script.write_text(code.replace("127.0.0.1:8080", server.http))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout == readme_block("", "It prints the message twice")

@@ -4,9 +4,12 @@
 become the proto's: `text` and `image` (base64 or url) parts, `tool_use` the
 assistant's tool calls (input as JSON arguments), `thinking` its
 `reasoning_content` and `reasoning_signature`, each `tool_result` a `tool`
-message of its own before the rest of its user turn. `max_tokens` is
+message of its own before the rest of its user turn; a `system` turn (Claude
+Code sends them) is a system message. `max_tokens` is
 required, as Anthropic requires it; `stop_sequences` is `stop`,
-`metadata.user_id` is `user`, `thinking.budget_tokens` a `reasoning_effort`,
+`metadata.user_id` is `user`, `thinking.budget_tokens` a `reasoning_effort`
+(`adaptive` thinking leaves it to the model: no effort is asked for, so a
+model that does not reason is not refused),
 tools' `input_schema` their parameters, and `tool_choice` `auto` / `any` /
 `tool` / `none` OpenAI's `auto` / `required` / a function / `none`. Unknown
 fields are ignored, as the Messages API does; an unknown block is refused by
@@ -99,8 +102,8 @@ def _turn(message: Any, where: str) -> list[JSON]:
     if not isinstance(message, dict):
         raise _invalid(where, "must be a JSON object")
     role = message.get("role")
-    if role not in ("user", "assistant"):
-        raise _invalid(f"{where}.role", 'must be "user" or "assistant"')
+    if role not in ("user", "assistant", "system"):  # Claude Code sends system turns too
+        raise _invalid(f"{where}.role", 'must be "user", "assistant" or "system"')
     content = message.get("content")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
@@ -201,14 +204,14 @@ def _tool_choice(choice: Any, request: chat_pb2.ChatCompletionRequest) -> None:
 def _thinking(thinking: Any, request: chat_pb2.ChatCompletionRequest) -> None:
     if not isinstance(thinking, dict):
         raise _invalid("thinking", "must be a JSON object")
-    if thinking.get("type") == "disabled":
+    kind = thinking.get("type")
+    if kind in ("disabled", "adaptive"):  # adaptive: the model decides, as it would unasked
         return
-    if thinking.get("type") not in ("enabled", "adaptive"):
+    if kind != "enabled":
         raise _invalid("thinking.type", 'must be "enabled", "adaptive" or "disabled"')
     budget = thinking.get("budget_tokens")
     if budget is None:
-        request.reasoning_effort = "medium"
-        return
+        raise _invalid("thinking.budget_tokens", "is required with thinking enabled")
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
         raise _invalid("thinking.budget_tokens", "must be a positive integer")
     request.reasoning_effort = next((e for top, e in _EFFORTS if budget <= top), "high")
