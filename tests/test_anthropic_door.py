@@ -67,14 +67,47 @@ def user(text: str) -> Any:
 
 
 def events(response: httpx.Response) -> list[tuple[str, Any]]:
-    """The named SSE events of a stream, in order: (event, data)."""
+    """The named SSE events of a stream, in order: (event, data), each checked
+    against Anthropic's documented order as it comes (`assert_documented_order`)."""
     out = []
     for event in response.text.strip().split("\n\n"):
         name, data = event.split("\n")
         assert name.startswith("event: "), event
         assert data.startswith("data: "), event
         out.append((name[7:], orjson.loads(data[6:])))
+    assert_documented_order(out)
     return out
+
+
+def assert_documented_order(seen: list[tuple[str, Any]]) -> None:
+    """message_start; then blocks, each content_block_start (index 0, 1, ...), its
+    deltas, content_block_stop, one at a time; then message_delta, message_stop; or,
+    after the start, one `error` and nothing more. Every event's `type` is its name."""
+    assert seen[0][0] == "message_start"
+    open_block: int | None = None
+    blocks = 0
+    for position, (name, data) in enumerate(seen[1:], start=1):
+        assert data["type"] == name
+        if name == "error":
+            assert position == len(seen) - 1, "an error ends the stream"
+            return
+        if name == "content_block_start":
+            assert open_block is None, "a block opened inside another"
+            assert data["index"] == blocks
+            open_block, blocks = blocks, blocks + 1
+        elif name in ("content_block_delta", "content_block_stop"):
+            assert data["index"] == open_block
+            if name == "content_block_stop":
+                open_block = None
+        elif name == "message_delta":
+            assert open_block is None
+            assert [n for n, _ in seen[position:]] == ["message_delta", "message_stop"]
+            assert data["delta"]["stop_reason"] in ("end_turn", "max_tokens", "tool_use")
+            assert {"input_tokens", "output_tokens"} <= set(data["usage"])
+            return
+        else:
+            raise AssertionError(f"{name} where Anthropic sends none")
+    raise AssertionError("the stream ended without message_delta and message_stop")
 
 
 def post(gateway: TandemProcess, body: dict[str, Any], **headers: str) -> httpx.Response:
@@ -125,6 +158,8 @@ async def test_the_async_sdk_creates_and_streams(gateway: TandemProcess) -> None
         ) as stream:
             text = "".join([piece async for piece in stream.text_stream])
         assert text == "async words"
+        counted = await client.messages.count_tokens(model="echo", messages=user("a b c"))
+        assert counted.input_tokens == 3
 
 
 def test_the_event_order_is_anthropics(gateway: TandemProcess) -> None:
@@ -409,6 +444,7 @@ def test_interleaved_tool_call_pieces_never_interleave_blocks() -> None:
         (event.split("\n")[0][7:], orjson.loads(event.split("\n")[1][6:]))
         for event in wire.decode().strip().split("\n\n")
     ]
+    assert_documented_order(seen)
     opened: list[int] = []
     for name, data in seen:
         if name == "content_block_start":
