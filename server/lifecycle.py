@@ -197,6 +197,7 @@ class Gateway:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._monitor = DependencyMonitor(self._dependency_checks(), metrics)
         self.readiness.monitor = self._monitor
+        await self._monitor.check_once()  # ready says what is degraded from the first answer
         self._monitor.start()
         self.readiness.set_ready()
         return _format_address(http_host, http_port), _format_address(grpc_host, grpc_port)

@@ -36,8 +36,6 @@ class DependencyMonitor:
         self._gauges = {name: metrics.dependency_up.labels(name) for name in checks}
         self.down: set[str] = set()
         self._task: asyncio.Task[None] | None = None
-        for gauge in self._gauges.values():
-            gauge.set(1)
 
     def start(self) -> None:
         if self._checks:
@@ -70,11 +68,11 @@ class DependencyMonitor:
         return True
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """A check `CHECK_INTERVAL_S` after the last one ended (the first, at start, is
+        the lifecycle's): at most one a second, however slow a dependency answers."""
         while True:
-            began = loop.time()
+            await asyncio.sleep(CHECK_INTERVAL_S)
             await self.check_once()
-            await asyncio.sleep(max(CHECK_INTERVAL_S - (loop.time() - began), 0.0))
 
 
 class Readiness:
