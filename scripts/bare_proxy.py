@@ -1,7 +1,8 @@
 """The proxy baseline for scripts/bench.py: bare Starlette + one pooled aiohttp session.
 
-POST /v1/chat/completions is forwarded to the upstream given as argv[1]; the
-answer is returned as is (streamed line by line when the request streams).
+POST /v1/chat/completions is forwarded to the upstream given as argv[1], or
+when the request streams to argv[2] (default: argv[1]); the answer is
+returned as is (streamed line by line when the request streams).
 No validation, translation, policy or accounting: the floor a Python proxy
 on this stack can reach. Prints `http listening on HOST:PORT`.
 """
@@ -23,15 +24,19 @@ from server.config import ServerConfig
 from server.lifecycle import start_http_server
 
 UPSTREAM = sys.argv[1]
+STREAM_UPSTREAM = sys.argv[2] if len(sys.argv) > 2 else UPSTREAM
 session: aiohttp.ClientSession
 
 
 async def chat(request: Request) -> Response:
     body = await request.body()
+    streams = b'"stream":true' in body.replace(b" ", b"")
     upstream = await session.post(
-        UPSTREAM + "/chat/completions", data=body, headers={"content-type": "application/json"}
+        (STREAM_UPSTREAM if streams else UPSTREAM) + "/chat/completions",
+        data=body,
+        headers={"content-type": "application/json"},
     )
-    if b'"stream":true' in body.replace(b" ", b""):
+    if streams:
 
         async def lines() -> AsyncIterator[bytes]:
             try:

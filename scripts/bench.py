@@ -7,7 +7,7 @@ the same core, with the load (and the instant upstream) on the other core:
   canned answers from bare Starlette and bare grpc.aio on the same loop and
   uvicorn settings;
 - `proxy-*`: model `proxied`, Tandem's `openai` provider in front of
-  scripts/instant_upstream.py, against scripts/bare_proxy.py (bare Starlette
+  nginx (scripts/nginx_upstream.py), against scripts/bare_proxy.py (bare Starlette
   + one aiohttp session) in front of the same upstream; the upstream alone is
   measured too;
 - `policy-*`: an API key and rate limits (memory, then Redis) on, usage
@@ -47,6 +47,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import httpx
 import orjson
 import uvloop
 from tandem.v1 import chat_pb2, chat_pb2_grpc
@@ -57,11 +58,16 @@ usage: {store: none}
 rate_limits: {backend: none}
 providers:
   - {name: mock, kind: mock}
-  - {name: instant, kind: openai, base_url: "http://%s/v1", api_key: bench}
+  - {name: instant, kind: openai, base_url: "http://%(upstream)s/v1", api_key: bench}
+  - {name: instant-sse, kind: openai, base_url: "http://%(upstream)s/sse/v1", api_key: bench}
 models:
   - {name: echo, provider: mock}
   - {name: proxied, provider: instant}
+  - {name: proxied-sse, provider: instant-sse}
 """
+# nginx cannot read a body to choose: its streams are on their own path (and model)
+STREAM_MODELS = {"proxied": "proxied-sse"}
+STREAM_PATHS = {"upstream": "/sse/v1/chat/completions"}
 POLICY_CONFIG = """
 usage: {store: "sqlite:///%(db)s"}
 providers: [{name: mock, kind: mock}]
@@ -176,6 +182,46 @@ def _grpc_load(args: tuple[str, str, float, int, int, int | None]) -> float:
 # --- HTTP load: wrk ---------------------------------------------------------------------
 
 
+def _body(model: str, stream: bool, words: int) -> dict[str, object]:
+    body: dict[str, object] = {
+        "model": model,
+        "messages": [{"role": "user", "content": _text(words)}],
+    }
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def check_answer(
+    address: str, path: str, model: str, stream: bool, words: int, authorization: str | None
+) -> None:
+    """One call before a target is timed: its answer whole (the words; usage, or a
+    stream's `[DONE]`), so that an error path is never what is measured."""
+    headers = {"authorization": authorization} if authorization else {}
+    answer = httpx.post(
+        f"http://{address}{path}", json=_body(model, stream, words), headers=headers, timeout=30
+    )
+    expected = _text(words)
+    problem = None
+    if answer.status_code != 200:
+        problem = f"status {answer.status_code}"
+    elif stream:
+        events = [e for e in answer.text.split("\n\n") if e.startswith("data: {")]
+        chunks = [orjson.loads(e[6:]) for e in events]
+        text = "".join(c["delta"].get("content") or "" for e in chunks for c in e["choices"])
+        if not answer.text.endswith("data: [DONE]\n\n"):
+            problem = "no [DONE]"
+        elif text.split() != expected.split():
+            problem = f"text {text[:60]!r}"
+    else:
+        data = answer.json()
+        text = data["choices"][0]["message"]["content"]
+        if text.split() != expected.split() or not data.get("usage"):
+            problem = f"answer {answer.text[:80]!r}"
+    if problem:
+        raise RuntimeError(f"{address}{path} ({model}): {problem}")
+
+
 def _http_load(
     address: str,
     model: str,
@@ -185,13 +231,9 @@ def _http_load(
     words: int,
     core: int | None,
     authorization: str | None = None,
+    path: str = "/v1/chat/completions",
 ) -> float:
-    body: dict[str, object] = {
-        "model": model,
-        "messages": [{"role": "user", "content": _text(words)}],
-    }
-    if stream:
-        body["stream"] = True
+    body = _body(model, stream, words)
     script = Path(tempfile.mkdtemp()) / "post.lua"
     script.write_text(
         'wrk.method = "POST"\n'
@@ -203,7 +245,7 @@ def _http_load(
     if core is not None:
         command = ["taskset", "-c", str(core), *command]
     out = subprocess.run(
-        [*command, f"http://{address}/v1/chat/completions"],
+        [*command, f"http://{address}{path}"],
         capture_output=True,
         text=True,
         check=True,
@@ -260,13 +302,15 @@ def main() -> None:
         )
 
     try:
+        if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+            sys.exit("the bench needs nginx as its instant upstream: apt-get install nginx")
         launch(
             "upstream",
-            [sys.executable, str(scripts / "instant_upstream.py"), str(args.words)],
+            [sys.executable, str(scripts / "nginx_upstream.py"), str(args.words)],
             client_core,
         )
         config = Path(tempfile.mkdtemp()) / "bench.yaml"
-        config.write_text(CONFIG % addresses["upstream"]["http"])
+        config.write_text(CONFIG % {"upstream": addresses["upstream"]["http"]})
         launch(
             "bare", [sys.executable, str(scripts / "bare_server.py"), str(args.words)], server_core
         )
@@ -276,6 +320,7 @@ def main() -> None:
                 sys.executable,
                 str(scripts / "bare_proxy.py"),
                 f"http://{addresses['upstream']['http']}/v1",
+                f"http://{addresses['upstream']['http']}/sse/v1",
             ],
             server_core,
         )
@@ -351,6 +396,7 @@ def main() -> None:
             f"servers on core {server_core}; load and upstream on core {client_core}; "
             f"{args.rounds} x {args.seconds:g} s, {args.concurrency} in flight, {args.words} words"
         )
+        checked: set[tuple[str, str]] = set()
         for scenario in scenarios:
             targets = TARGETS[scenario.split("-")[0]]
             results: dict[str, list[float]] = {name: [] for name, _ in targets}
@@ -368,15 +414,31 @@ def main() -> None:
                         with context.Pool(1) as pool:
                             rps = pool.apply(_grpc_load, (job,))
                     else:
+                        stream = scenario.endswith("stream")
+                        path = "/v1/chat/completions"
+                        if stream:
+                            model = STREAM_MODELS.get(model, model)
+                            path = STREAM_PATHS.get(name, path)
+                        if (scenario, name) not in checked:
+                            check_answer(
+                                addresses[name]["http"],
+                                path,
+                                model,
+                                stream,
+                                args.words,
+                                keys.get(name),
+                            )
+                            checked.add((scenario, name))
                         rps = _http_load(
                             addresses[name]["http"],
                             model,
-                            scenario.endswith("stream"),
+                            stream,
                             args.seconds,
                             args.concurrency,
                             args.words,
                             client_core,
                             keys.get(name),
+                            path,
                         )
                     results[name].append(rps)
             medians = {name: statistics.median(values) for name, values in results.items()}
