@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,8 +56,8 @@ class SqliteStore:
             db = sqlite3.connect(
                 self._path, timeout=5, check_same_thread=False, isolation_level=None
             )
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=5000")
+            _wal(db)
             db.executescript(_SCHEMA)
             _add_missing_columns(db)
             self._db = db
@@ -126,6 +127,21 @@ class SqliteStore:
             db, self._db = self._db, None
             await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
         self._thread.shutdown(wait=False)
+
+
+def _wal(db: sqlite3.Connection, timeout_s: float = 5.0) -> None:
+    """WAL mode, retried while another process opens the same file: SQLite answers a
+    journal-mode change it cannot take the lock for at once with `database is
+    locked`, without its busy handler (seen with two workers starting together)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)  # on the store's own thread: the loop does not wait
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
