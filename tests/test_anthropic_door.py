@@ -293,7 +293,11 @@ def test_a_tool_result_goes_back_in_a_follow_up_turn(sdk: Any, fake: FakeUpstrea
 def test_reasoning_content_is_a_thinking_block(
     sdk: Any, gateway: TandemProcess, fake: FakeUpstream
 ) -> None:
-    fake.reset("reasoning", "reasoning")
+    fake.reset("reasoning", "reasoning", "reasoning")
+    with sdk.messages.stream(model="relay", max_tokens=100, messages=user("why")) as stream:
+        streamed = stream.get_final_message()  # the SDK's own accumulator over our events
+    assert [block.type for block in streamed.content] == ["thinking", "text"]
+    assert (streamed.content[0].thinking, streamed.content[0].signature) == (REASONING, "")
     message = sdk.messages.create(model="relay", max_tokens=100, messages=user("why"))
     assert [block.type for block in message.content] == ["thinking", "text"]
     assert message.content[0].thinking == REASONING

@@ -96,6 +96,10 @@ def encode_message(completion: chat_pb2.ChatCompletion) -> JSON:
     }
 
 
+# as Anthropic opens a thinking block: the signature comes last, as its own delta
+_THINKING_START: JSON = {"type": "thinking", "thinking": "", "signature": ""}
+
+
 def _event(name: str, data: JSON) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
@@ -179,11 +183,11 @@ class StreamEncoder:
             delta = choice.delta
             if delta.reasoning_content:
                 if self._kind != "thinking":
-                    out += self._open("thinking", {"type": "thinking", "thinking": ""})
+                    out += self._open("thinking", _THINKING_START)
                 out += self._delta({"type": "thinking_delta", "thinking": delta.reasoning_content})
             if delta.reasoning_signature:
                 if self._kind != "thinking":
-                    out += self._open("thinking", {"type": "thinking", "thinking": ""})
+                    out += self._open("thinking", _THINKING_START)
                 out += self._delta(
                     {"type": "signature_delta", "signature": delta.reasoning_signature}
                 )
