@@ -32,7 +32,7 @@ async def create_chat(request: Request, ctx: CallContext, dialect: Dialect) -> R
     return ChunkStreamResponse(
         first,
         stream,
-        encode=dialect.stream_encoder(chat, first, ctx),
+        encode=dialect.stream_encoder(chat, first[0], ctx),
         framing=dialect.framing,
         error_payload=dialect.error_payload,
         headers=ctx.response_headers,

@@ -1,8 +1,12 @@
-"""A streamed answer (SSE or NDJSON) that has already produced its first chunk.
+"""A streamed answer (SSE or NDJSON) that has already produced its first chunks.
 
-The route awaits the first chunk before building this response, so every
+The route awaits the first batch before building this response, so every
 failure up to then is a plain error status; from here on the status is 200
 and a failure is one in-band error event with no end marker.
+
+Each batch (what one upstream read brought) leaves in one `send`: ten events
+that arrived together cost one write, and an event that arrives alone is
+written at once.
 """
 
 from __future__ import annotations
@@ -28,11 +32,15 @@ logger = logging.getLogger("tandem.http")
 Chunk = chat_pb2.ChatCompletionChunk
 
 
+def _encoded(encode: Callable[[Chunk], bytes], batch: list[Chunk]) -> bytes:
+    return encode(batch[0]) if len(batch) == 1 else b"".join([encode(c) for c in batch])
+
+
 class ChunkStreamResponse(Response):
     def __init__(
         self,
-        first: Chunk,
-        rest: AsyncIterator[Chunk],
+        first: list[Chunk],
+        rest: AsyncIterator[list[Chunk]],
         *,
         encode: Callable[[Chunk], bytes],
         framing: Framing,
@@ -62,14 +70,12 @@ class ChunkStreamResponse(Response):
         encode = self._encode
         try:
             async with cancel_on_disconnect(receive):
-                await send(
-                    {"type": "http.response.body", "body": encode(self._first), "more_body": True}
-                )
+                body = _encoded(encode, self._first)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
                 try:
-                    async for chunk in self._rest:  # each chunk leaves as soon as it is ready
-                        await send(
-                            {"type": "http.response.body", "body": encode(chunk), "more_body": True}
-                        )
+                    async for batch in self._rest:  # each batch leaves as soon as it is ready
+                        body = _encoded(encode, batch)
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
                     end = self._framing.end
                 except GatewayError as exc:
                     self._trace.error_status = HTTP_STATUS[type(exc)]

@@ -1,31 +1,28 @@
-"""Requests per second through one `tandem serve` worker, pinned to one core.
+"""`make bench`: one `tandem serve` worker beside a bare Python proxy and the upstream alone.
 
-Every scenario measures Tandem beside a baseline in the same run, pinned to
-the same core, with the load (and the instant upstream) on the other core:
+Every server runs pinned to the first core; nginx (the instant upstream,
+scripts/nginx_upstream.py), wrk and the gRPC load client to the second, so
+the upstream never takes the gateway's core. The rows:
 
-- `http-*`, `grpc-*`: model `echo` (the mock) against scripts/bare_server.py,
-  canned answers from bare Starlette and bare grpc.aio on the same loop and
-  uvicorn settings;
-- `proxy-*`: model `proxied`, Tandem's `openai` provider in front of
-  nginx (scripts/nginx_upstream.py), against scripts/bare_proxy.py (bare Starlette
-  + one aiohttp session) in front of the same upstream; the upstream alone is
-  measured too;
-- `policy-*`: an API key and rate limits (memory, then Redis) on, usage
-  recorded to SQLite: everything on, against Tandem with all of it off;
-- `usage-*`: the usage ledger alone (SQLite, then PostgreSQL) against
-  recording off (`usage.store: none`);
-- `guard-*`: the HTTP transport bounds (http_bridge/transport.py) against
-  Tandem on uvicorn's plain httptools protocol (scripts/serve_unguarded.py);
-- `telemetry-*`: model `proxied` with the access log (on by default), then
-  with tracing to scripts/otlp_sink.py too, against the access log off;
-  with `--before DIR`, also a checkout of an earlier commit (its own venv):
-  what the metrics cost, and the rest of a change.
+- `upstream`: nginx alone, answering a fixed completion and a fixed stream
+  of `--words` chunks, a finish chunk and a usage chunk;
+- `bare proxy`: scripts/bare_proxy.py, bare Starlette and bare grpc.aio in
+  front of one aiohttp session, JSON parsed and re-encoded: the baseline;
+- `tandem (all off)`: no auth, no limits, no ledger, no access log;
+- `tandem`: an API key, memory rate limits, the SQLite ledger, metrics and
+  the access log: what the targets are measured on;
+- `tandem + tracing`: the same, with spans exported to scripts/otlp_sink.py;
+- with `--also`: `redis` (the limits in Redis), `postgres` (the ledger in
+  PostgreSQL), `unguarded` (uvicorn's plain protocol, without the bounds of
+  http_bridge/transport.py); with `--before DIR`, an earlier checkout (its own
+  venv) on the `tandem` config; with `--litellm`, LiteLLM's proxy on a priced
+  model (its own venv, made on first use).
 
-`wrk` drives HTTP, a grpc.aio client process drives gRPC. Targets alternate
-for `--rounds` rounds; medians are reported, and Tandem as a ratio of the
-baseline (the first target).
-
-    .venv/bin/python scripts/bench.py --seconds 5 --rounds 3
+The figures are medians of `--rounds` rounds; in each round every figure is
+taken of every row in turn. Every row's answers are checked (the words, the
+usage, a stream's `[DONE]`) before it is timed, and a run with any error
+fails, so an error path is never what is measured. CPU is every thread's,
+per request; `added p50` is the p50 at one connection less the upstream's.
 """
 
 from __future__ import annotations
@@ -37,12 +34,16 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 import asyncpg
@@ -53,133 +54,167 @@ import uvloop
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = """
-usage: {store: none}
-rate_limits: {backend: none}
+SCRIPTS = ROOT / "scripts"
+LITELLM = "litellm==1.110.2"
+# what its proxy needs: `litellm[proxy]` wants `litellm-proxy`, which the index lacks
+LITELLM_PROXY = (
+    *("APScheduler==3.11.3", "Expression==5.8.0", "PyJWT==2.15.1", "backoff==2.2.1"),
+    *("cryptography==50.0.2", "fastapi==0.165.0", "fastapi-sso==0.23.0", "gunicorn==27.0.1"),
+    *("mcp==2.3.0", "orjson==3.13.0", "python-multipart==0.0.34", "redis==8.1.0"),
+    *("semver==3.1.2", "soundfile==0.14.0", "uvicorn==0.55.0", "uvloop==0.23.0"),
+    "websockets==17.4",
+)
+LITELLM_KEY = "sk-bench-0123456789abcdef"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+BASE_CONFIG = """
 providers:
-  - {name: mock, kind: mock}
   - {name: instant, kind: openai, base_url: "http://%(upstream)s/v1", api_key: bench}
   - {name: instant-sse, kind: openai, base_url: "http://%(upstream)s/sse/v1", api_key: bench}
 models:
-  - {name: echo, provider: mock}
   - {name: proxied, provider: instant}
   - {name: proxied-sse, provider: instant-sse}
 """
-# nginx cannot read a body to choose: its streams are on their own path (and model)
-STREAM_MODELS = {"proxied": "proxied-sse"}
-STREAM_PATHS = {"upstream": "/sse/v1/chat/completions"}
-POLICY_CONFIG = """
-usage: {store: "sqlite:///%(db)s"}
-providers: [{name: mock, kind: mock}]
-models: [{name: echo, provider: mock}]
-tiers:
-  free: {default_model: echo, requests_per_minute: 100000000, tokens_per_minute: 1000000000}
+OFF_CONFIG = """
+usage: {store: none}
+rate_limits: {backend: none}
+telemetry: {access_log: false}
+"""
+ON_CONFIG = """
+usage: {store: "%(usage)s"}
 auth: {required: true}
 rate_limits: %(limits)s
+tiers:
+  free: {default_model: proxied, requests_per_minute: 100000000, tokens_per_minute: 1000000000}
 """
-USAGE_CONFIG = """
-usage: {store: "%s"}
-rate_limits: {backend: none}
-providers: [{name: mock, kind: mock}]
-models: [{name: echo, provider: mock}]
+LITELLM_CONFIG = """
+model_list:
+  - model_name: proxied
+    litellm_params:
+      {model: openai/gpt-4o-mini, api_base: "http://%(upstream)s/v1", api_key: bench}
+  - model_name: proxied-sse
+    litellm_params:
+      {model: openai/gpt-4o-mini, api_base: "http://%(upstream)s/sse/v1", api_key: bench}
+litellm_settings: {telemetry: false}
 """
-SCENARIOS = (
-    "http-chat",
-    "http-stream",
-    "proxy-chat",
-    "proxy-stream",
-    "policy-chat",
-    "policy-stream",
-    "usage-chat",
-    "usage-stream",
-    "grpc-unary",
-    "grpc-stream",
-    "guard-chat",
-    "guard-stream",
-    "telemetry-chat",
-    "telemetry-stream",
-)
-# scenario -> targets: (server, model); the baseline is the bare server, the bare
-# proxy, or (policy-*) Tandem with no auth and no limits
-TARGETS = {
-    "http": [("bare", "echo"), ("tandem", "echo")],
-    "grpc": [("bare", "echo"), ("tandem", "echo")],
-    "proxy": [("upstream", "up"), ("bare-proxy", "up"), ("tandem", "proxied")],
-    # auth (an API key) and rate limits on, against Tandem without them
-    "policy": [("tandem", "echo"), ("tandem-memory", "echo"), ("tandem-redis", "echo")],
-    # the usage ledger on, against `usage.store: none`
-    "usage": [("tandem", "echo"), ("tandem-sqlite", "echo"), ("tandem-postgres", "echo")],
-    # the header, body and connection bounds on, against uvicorn's plain protocol
-    "guard": [("tandem-unguarded", "echo"), ("tandem", "echo")],
-    # the access log, then tracing as well, against the access log off
-    "telemetry": [("tandem-quiet", "proxied"), ("tandem", "proxied"), ("tandem-traced", "proxied")],
-}
+# nginx cannot read a body to choose: its stream is on a path (and a model) of its own
+MODELS = {False: "proxied", True: "proxied-sse"}
+UPSTREAM_PATHS = {False: "/v1/chat/completions", True: "/sse/v1/chat/completions"}
+FIGURES = ("chat", "stream", "p50", "grpc-unary", "grpc-stream")
 
 
-def start(
-    command: list[str], core: int | None, cwd: Path = ROOT
-) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd)
-    if core is not None:
-        os.sched_setaffinity(proc.pid, {core})
-    assert proc.stdout is not None
-    lines = [proc.stdout.readline().decode() for _ in range(2)]
-    return proc, dict(line.strip().split(" listening on ") for line in lines)
+@dataclass
+class Row:
+    name: str
+    address: dict[str, str] = field(default_factory=dict)  # "http", "grpc": HOST:PORT
+    pid: int = 0
+    authorization: str | None = None
+    http_path: Callable[[bool], str] = lambda stream: "/v1/chat/completions"
+    ready_s: float | None = None
+    figures: dict[str, list[float]] = field(default_factory=dict)
+    cpu_ms: dict[str, list[float]] = field(default_factory=dict)
+    rss_mib: float | None = None
+
+    def median(self, figure: str) -> float | None:
+        values = self.figures.get(figure)
+        return statistics.median(values) if values else None
+
+
+# --- processes --------------------------------------------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, ()))
+    return found
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds of every thread of `pid` and its descendants."""
+    total = 0
+    for each in _tree(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def rss_mib(pid: int) -> float:
+    total = 0
+    for each in _tree(pid):
+        try:
+            status = Path(f"/proc/{each}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"VmRSS:\s+(\d+) kB", status)
+        total += int(match.group(1)) if match else 0
+    return total / 1024
+
+
+class Processes:
+    def __init__(self, server_core: int | None, client_core: int | None) -> None:
+        self.server_core = server_core
+        self.client_core = client_core
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self,
+        command: list[str],
+        *,
+        core: int | None,
+        cwd: Path = ROOT,
+        env: dict[str, str] | None = None,
+    ) -> tuple[subprocess.Popen[bytes], dict[str, str], float]:
+        """A server that prints two listening lines: (process, addresses, seconds to them)."""
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd, env=env
+        )
+        self._procs.append(proc)
+        if core is not None:
+            os.sched_setaffinity(proc.pid, {core})
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().decode() for _ in range(2)]
+        ready = time.perf_counter() - started
+        if not all(" listening on " in line for line in lines):
+            raise RuntimeError(f"{command[:3]} did not start: {lines!r}")
+        addresses = dict(line.strip().split(" listening on ") for line in lines)
+        return proc, addresses, ready
+
+    def keep(self, proc: subprocess.Popen[bytes]) -> None:
+        self._procs.append(proc)
+
+    def stop_all(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self._procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+# --- answers ----------------------------------------------------------------------------
 
 
 def _text(words: int) -> str:
     return " ".join(f"word{i}" for i in range(words))
-
-
-# --- gRPC load: a grpc.aio client in its own process -----------------------------------
-
-
-async def _drive_grpc(
-    scenario: str, target: str, seconds: float, concurrency: int, words: int
-) -> float:
-    channels = [grpc.aio.insecure_channel(target) for _ in range(4)]
-    stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in channels]
-    request = chat_pb2.ChatCompletionRequest(
-        model="echo", messages=[chat_pb2.ChatMessage(role="user", content=_text(words))]
-    )
-
-    async def unary(stub: chat_pb2_grpc.ChatServiceAsyncStub) -> None:
-        await stub.CreateChatCompletion(request)
-
-    async def stream(stub: chat_pb2_grpc.ChatServiceAsyncStub) -> None:
-        async for _ in stub.StreamChatCompletion(request):
-            pass
-
-    call: Callable[[chat_pb2_grpc.ChatServiceAsyncStub], Awaitable[None]] = (
-        unary if scenario == "grpc-unary" else stream
-    )
-    done = 0
-
-    async def worker(index: int, until: float) -> None:
-        nonlocal done
-        stub = stubs[index % len(stubs)]
-        while time.perf_counter() < until:
-            await call(stub)
-            done += 1
-
-    await asyncio.gather(*(worker(i, time.perf_counter() + 1.0) for i in range(concurrency)))
-    done = 0
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(i, started + seconds) for i in range(concurrency)))
-    rps = done / (time.perf_counter() - started)
-    for channel in channels:
-        await channel.close()
-    return rps
-
-
-def _grpc_load(args: tuple[str, str, float, int, int, int | None]) -> float:
-    scenario, target, seconds, concurrency, words, core = args
-    if core is not None:
-        os.sched_setaffinity(0, {core})
-    return uvloop.run(_drive_grpc(scenario, target, seconds, concurrency, words))
-
-
-# --- HTTP load: wrk ---------------------------------------------------------------------
 
 
 def _body(model: str, stream: bool, words: int) -> dict[str, object]:
@@ -189,51 +224,64 @@ def _body(model: str, stream: bool, words: int) -> dict[str, object]:
     }
     if stream:
         body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
     return body
 
 
-def check_answer(
-    address: str, path: str, model: str, stream: bool, words: int, authorization: str | None
-) -> None:
-    """One call before a target is timed: its answer whole (the words; usage, or a
-    stream's `[DONE]`), so that an error path is never what is measured."""
-    headers = {"authorization": authorization} if authorization else {}
-    answer = httpx.post(
-        f"http://{address}{path}", json=_body(model, stream, words), headers=headers, timeout=30
-    )
-    expected = _text(words)
+def check_http(row: Row, stream: bool, words: int) -> None:
+    """One call before a row is timed, its answer checked whole: the words, the usage,
+    a stream's `[DONE]`; so that an error path is never what is measured."""
+    headers = {"authorization": row.authorization} if row.authorization else {}
+    url = f"http://{row.address['http']}{row.http_path(stream)}"
+    answer = httpx.post(url, json=_body(MODELS[stream], stream, words), headers=headers, timeout=30)
     problem = None
     if answer.status_code != 200:
-        problem = f"status {answer.status_code}"
+        problem = f"status {answer.status_code}: {answer.text[:200]!r}"
     elif stream:
-        events = [e for e in answer.text.split("\n\n") if e.startswith("data: {")]
-        chunks = [orjson.loads(e[6:]) for e in events]
+        chunks = [orjson.loads(e[6:]) for e in answer.text.split("\n\n") if e.startswith("data: {")]
         text = "".join(c["delta"].get("content") or "" for e in chunks for c in e["choices"])
         if not answer.text.endswith("data: [DONE]\n\n"):
             problem = "no [DONE]"
-        elif text.split() != expected.split():
+        elif text.split() != _text(words).split():
             problem = f"text {text[:60]!r}"
+        elif not any(e.get("usage") for e in chunks):
+            problem = "no usage"
     else:
         data = answer.json()
         text = data["choices"][0]["message"]["content"]
-        if text.split() != expected.split() or not data.get("usage"):
+        if text.split() != _text(words).split() or not data.get("usage"):
             problem = f"answer {answer.text[:80]!r}"
     if problem:
-        raise RuntimeError(f"{address}{path} ({model}): {problem}")
+        raise RuntimeError(f"{row.name} ({'stream' if stream else 'chat'}): {problem}")
 
 
-def _http_load(
-    address: str,
-    model: str,
-    stream: bool,
-    seconds: float,
-    concurrency: int,
-    words: int,
-    core: int | None,
-    authorization: str | None = None,
-    path: str = "/v1/chat/completions",
-) -> float:
-    body = _body(model, stream, words)
+def _grpc_request(words: int, stream: bool) -> chat_pb2.ChatCompletionRequest:
+    return chat_pb2.ChatCompletionRequest(
+        model=MODELS[stream], messages=[chat_pb2.ChatMessage(role="user", content=_text(words))]
+    )
+
+
+async def _check_grpc(target: str, words: int, metadata: tuple[tuple[str, str], ...]) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        answer = await stub.CreateChatCompletion(_grpc_request(words, False), metadata=metadata)
+        if answer.choices[0].message.content.split() != _text(words).split():
+            raise RuntimeError(f"gRPC answer {answer.choices[0].message.content[:60]!r}")
+        if not answer.usage.total_tokens:
+            raise RuntimeError("gRPC answer without usage")
+        chunks = [
+            c
+            async for c in stub.StreamChatCompletion(_grpc_request(words, True), metadata=metadata)
+        ]
+        text = "".join(c.choices[0].delta.content for c in chunks if c.choices)
+        if text.split() != _text(words).split() or not chunks[-1].usage.total_tokens:
+            raise RuntimeError(f"gRPC stream {text[:60]!r}")
+
+
+# --- load -------------------------------------------------------------------------------
+
+
+def _wrk_script(body: dict[str, object], authorization: str | None) -> Path:
     script = Path(tempfile.mkdtemp()) / "post.lua"
     script.write_text(
         'wrk.method = "POST"\n'
@@ -241,225 +289,223 @@ def _http_load(
         'wrk.headers["content-type"] = "application/json"\n'
         + (f'wrk.headers["authorization"] = "{authorization}"\n' if authorization else "")
     )
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(round(seconds), 1)}s", "-s", str(script)]
+    return script
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(
+    row: Row, stream: bool, seconds: float, connections: int, words: int, core: int | None
+) -> tuple[float, int, float]:
+    """(requests a second, requests, p50 in ms) of one wrk run."""
+    script = _wrk_script(_body(MODELS[stream], stream, words), row.authorization)
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{max(round(seconds), 1)}s", "--latency"]
     if core is not None:
         command = ["taskset", "-c", str(core), *command]
+    url = f"http://{row.address['http']}{row.http_path(stream)}"
     out = subprocess.run(
-        [*command, f"http://{address}{path}"],
-        capture_output=True,
-        text=True,
-        check=True,
+        [*command, "-s", str(script), url], capture_output=True, text=True, check=True
     ).stdout
-    if re.search(r"Non-2xx", out):
-        raise RuntimeError(f"errors during the run:\n{out}")
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert match, out
-    return float(match.group(1))
+    shutil.rmtree(script.parent)
+    if re.search(r"Non-2xx|Socket errors", out):
+        raise RuntimeError(f"{row.name}: errors during the run:\n{out}")
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    count = re.search(r"(\d+) requests in", out)
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
+    if not (rps and count and p50):
+        raise RuntimeError(f"{row.name}: wrk said\n{out}")
+    return float(rps.group(1)), int(count.group(1)), float(p50.group(1)) * _UNITS[p50.group(2)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--words", type=int, default=20, help="words per answer (chunks streamed)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument(
-        "--before",
-        type=Path,
-        help="telemetry-*: also measure the checkout in DIR (an earlier commit, installed)",
-    )
-    parser.add_argument(
-        "--redis",
-        default=os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        help="Redis for the policy-* scenarios",
-    )
-    parser.add_argument(
-        "--postgres",
-        default=os.environ.get("TANDEM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
-        help="PostgreSQL for the usage-* scenarios (a schema of its own, dropped after)",
-    )
-    args = parser.parse_args()
-    scenarios = args.scenarios.split(",")
-    if any(not s.startswith("grpc") for s in scenarios) and shutil.which("wrk") is None:
-        sys.exit("the HTTP scenarios need wrk: apt-get install wrk")
-    cores = sorted(os.sched_getaffinity(0))
-    server_core, client_core = (cores[0], cores[1]) if len(cores) > 1 else (None, None)
+async def _drive_grpc(
+    target: str,
+    stream: bool,
+    seconds: float,
+    concurrency: int,
+    words: int,
+    metadata: tuple[tuple[str, str], ...],
+) -> tuple[float, int]:
+    channels = [grpc.aio.insecure_channel(target) for _ in range(4)]
+    stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in channels]
+    request = _grpc_request(words, stream)
+    done = 0
 
-    bench_schema = f"tandem_bench_{os.getpid()}"
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    addresses: dict[str, dict[str, str]] = {}
-    scripts = ROOT / "scripts"
+    async def worker(index: int, until: float) -> None:
+        nonlocal done
+        stub = stubs[index % len(stubs)]
+        while time.perf_counter() < until:
+            if stream:
+                async for _ in stub.StreamChatCompletion(request, metadata=metadata):
+                    pass
+            else:
+                await stub.CreateChatCompletion(request, metadata=metadata)
+            done += 1
 
-    def launch(name: str, command: list[str], core: int | None) -> None:
-        procs[name], addresses[name] = start(command, core)
+    await asyncio.gather(*(worker(i, time.perf_counter() + 0.5) for i in range(concurrency)))
+    done = 0
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i, started + seconds) for i in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    for channel in channels:
+        await channel.close()
+    return done / elapsed, done
 
-    def launch_tandem(name: str, config: Path, checkout: Path = ROOT) -> None:
-        serve = ["serve", "--config", str(config), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
-        python = sys.executable if checkout == ROOT else str(checkout / ".venv/bin/python")
-        procs[name], addresses[name] = start(
-            [python, "-m", "server.cli", *serve], server_core, cwd=checkout
-        )
 
+def _grpc_load(
+    args: tuple[str, bool, float, int, int, tuple[tuple[str, str], ...], int | None],
+) -> tuple[float, int]:
+    target, stream, seconds, concurrency, words, metadata, core = args
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    return uvloop.run(_drive_grpc(target, stream, seconds, concurrency, words, metadata))
+
+
+# --- the rows ---------------------------------------------------------------------------
+
+
+@contextmanager
+def rows_started(args: argparse.Namespace, procs: Processes) -> Iterator[list[Row]]:
+    work = Path(tempfile.mkdtemp(prefix="tandem-bench-"))
+    schema = f"tandem_bench_{os.getpid()}"
+    python = sys.executable
+    rows: list[Row] = []
     try:
-        if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
-            sys.exit("the bench needs nginx as its instant upstream: apt-get install nginx")
-        launch(
-            "upstream",
-            [sys.executable, str(scripts / "nginx_upstream.py"), str(args.words)],
-            client_core,
+        up, up_address, _ = procs.start(
+            [python, str(SCRIPTS / "nginx_upstream.py"), str(args.words)], core=procs.client_core
         )
-        config = Path(tempfile.mkdtemp()) / "bench.yaml"
-        config.write_text(CONFIG % {"upstream": addresses["upstream"]["http"]})
-        launch(
-            "bare", [sys.executable, str(scripts / "bare_server.py"), str(args.words)], server_core
+        upstream = up_address["http"]
+        rows.append(Row("upstream", up_address, up.pid, http_path=UPSTREAM_PATHS.__getitem__))
+        base = f"http://{upstream}"
+        bare, address, ready = procs.start(
+            [python, str(SCRIPTS / "bare_proxy.py"), f"{base}/v1", f"{base}/sse/v1"],
+            core=procs.server_core,
         )
-        launch(
-            "bare-proxy",
-            [
-                sys.executable,
-                str(scripts / "bare_proxy.py"),
-                f"http://{addresses['upstream']['http']}/v1",
-                f"http://{addresses['upstream']['http']}/sse/v1",
-            ],
-            server_core,
-        )
-        launch_tandem("tandem", config)
-        work = Path(tempfile.mkdtemp())
-        keys: dict[str, str] = {}
-        for name, limits in (
-            ("tandem-memory", "{backend: memory}"),
-            (
-                "tandem-redis",
-                f'{{backend: redis, url: "{args.redis}", prefix: "bench:{os.getpid()}:"}}',
-            ),
-        ):
-            if not any(s.startswith("policy") for s in scenarios):
-                break
-            policy_config = work / f"{name}.yaml"
-            policy_config.write_text(POLICY_CONFIG % {"db": work / "keys.db", "limits": limits})
-            created = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "server.cli",
-                    "keys",
-                    "create",
-                    "--user",
-                    "bench",
-                    "--config",
-                    str(policy_config),
-                    "--json",
-                ],
-                capture_output=True,
-                check=True,
-                cwd=ROOT,
+        rows.append(Row("bare proxy", address, bare.pid, ready_s=ready))
+
+        def tandem(
+            name: str, extra: str, *, serve: list[str] | None = None, checkout: Path = ROOT
+        ) -> None:
+            config = work / f"{len(rows)}.yaml"
+            config.write_text(BASE_CONFIG % {"upstream": upstream} + extra)
+            authorization = None
+            tandem_python = python if checkout == ROOT else str(checkout / ".venv/bin/python")
+            if "required: true" in extra:
+                created = subprocess.run(
+                    [
+                        *(tandem_python, "-m", "server.cli", "keys", "create", "--user", "bench"),
+                        *("--config", str(config), "--json"),
+                    ],
+                    capture_output=True,
+                    check=True,
+                    cwd=checkout,
+                )
+                authorization = "Bearer " + orjson.loads(created.stdout)["key"]
+            command = serve or [tandem_python, "-m", "server.cli", "serve"]
+            command += ["--config", str(config), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
+            proc, address, ready = procs.start(command, core=procs.server_core, cwd=checkout)
+            rows.append(Row(name, address, proc.pid, authorization, ready_s=ready))
+
+        def on(usage: str = "", limits: str = "{backend: memory}") -> str:
+            return ON_CONFIG % {
+                "usage": usage or f"sqlite:///{work / f'usage{len(rows)}.db'}",
+                "limits": limits,
+            }
+
+        tandem("tandem (all off)", OFF_CONFIG)
+        tandem("tandem", on())
+        if not args.no_tracing:
+            _, sink, _ = procs.start(
+                [python, str(SCRIPTS / "otlp_sink.py")], core=procs.client_core
             )
-            keys[name] = "Bearer " + orjson.loads(created.stdout)["key"]
-            launch_tandem(name, policy_config)
-        if any(s.startswith("usage") for s in scenarios):
+            tandem(
+                "tandem + tracing",
+                on() + f'telemetry: {{otlp_endpoint: "http://{sink["grpc"]}"}}\n',
+            )
+        also = set(filter(None, args.also.split(",")))
+        if "redis" in also:
+            limits = f'{{backend: redis, url: "{args.redis}", prefix: "bench:{os.getpid()}:"}}'
+            tandem("tandem, Redis limits", on(limits=limits))
+        if "postgres" in also:
             separator = "&" if "?" in args.postgres else "?"
-            for name, store in (
-                ("tandem-sqlite", f"sqlite:///{work / 'usage.db'}"),
-                ("tandem-postgres", f"{args.postgres}{separator}search_path={bench_schema}"),
-            ):
-                usage_config = work / f"{name}.yaml"
-                usage_config.write_text(USAGE_CONFIG % store)
-                launch_tandem(name, usage_config)
-        if any(s.startswith("guard") for s in scenarios):
-            serve = ["serve", "--config", str(config), "--http", "127.0.0.1:0"]
-            launch(
-                "tandem-unguarded",
-                [
-                    sys.executable,
-                    str(scripts / "serve_unguarded.py"),
-                    *serve,
-                    "--grpc",
-                    "127.0.0.1:0",
-                ],
-                server_core,
+            tandem(
+                "tandem, PostgreSQL ledger",
+                on(usage=f"{args.postgres}{separator}search_path={schema}"),
             )
-        if any(s.startswith("telemetry") for s in scenarios):
-            quiet = work / "quiet.yaml"
-            quiet.write_text(config.read_text() + "telemetry: {access_log: false}\n")
-            launch_tandem("tandem-quiet", quiet)
-            launch("otlp-sink", [sys.executable, str(scripts / "otlp_sink.py")], client_core)
-            traced = work / "traced.yaml"
-            endpoint = f"http://{addresses['otlp-sink']['grpc']}"
-            traced.write_text(config.read_text() + f'telemetry: {{otlp_endpoint: "{endpoint}"}}\n')
-            launch_tandem("tandem-traced", traced)
-            if args.before is not None:
-                launch_tandem("tandem-before", config, args.before.resolve())
-                TARGETS["telemetry"].insert(0, ("tandem-before", "proxied"))
-        context = multiprocessing.get_context("spawn")
-        print(
-            f"servers on core {server_core}; load and upstream on core {client_core}; "
-            f"{args.rounds} x {args.seconds:g} s, {args.concurrency} in flight, {args.words} words"
-        )
-        checked: set[tuple[str, str]] = set()
-        for scenario in scenarios:
-            targets = TARGETS[scenario.split("-")[0]]
-            results: dict[str, list[float]] = {name: [] for name, _ in targets}
-            for _ in range(args.rounds):
-                for name, model in targets:
-                    if scenario.startswith("grpc"):
-                        job = (
-                            scenario,
-                            addresses[name]["grpc"],
-                            args.seconds,
-                            args.concurrency,
-                            args.words,
-                            client_core,
-                        )
-                        with context.Pool(1) as pool:
-                            rps = pool.apply(_grpc_load, (job,))
-                    else:
-                        stream = scenario.endswith("stream")
-                        path = "/v1/chat/completions"
-                        if stream:
-                            model = STREAM_MODELS.get(model, model)
-                            path = STREAM_PATHS.get(name, path)
-                        if (scenario, name) not in checked:
-                            check_answer(
-                                addresses[name]["http"],
-                                path,
-                                model,
-                                stream,
-                                args.words,
-                                keys.get(name),
-                            )
-                            checked.add((scenario, name))
-                        rps = _http_load(
-                            addresses[name]["http"],
-                            model,
-                            stream,
-                            args.seconds,
-                            args.concurrency,
-                            args.words,
-                            client_core,
-                            keys.get(name),
-                            path,
-                        )
-                    results[name].append(rps)
-            medians = {name: statistics.median(values) for name, values in results.items()}
-            baseline_name = (
-                targets[0][0]
-                if scenario.startswith(("policy", "usage", "telemetry"))
-                else targets[-2][0]
+        if "unguarded" in also:
+            tandem(
+                "tandem, unguarded",
+                on(),
+                serve=[python, str(SCRIPTS / "serve_unguarded.py"), "serve"],
             )
-            cells = "  ".join(f"{name} {rps:,.0f}" for name, rps in medians.items())
-            ratios = "  ".join(
-                f"{name}/{baseline_name} {rps / medians[baseline_name]:.2f}"
-                for name, rps in medians.items()
-                if name.startswith("tandem") and name != baseline_name
-            )
-            print(f"{scenario:<13} {cells}   {ratios}", flush=True)
+        if args.before is not None:
+            tandem(f"tandem at {args.before.name}", on(), checkout=args.before.resolve())
+        if args.litellm:
+            rows.append(_litellm(args, procs, work, upstream))
+        yield rows
     finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-        if "tandem-postgres" in procs:
-            asyncio.run(_drop_schema(args.postgres, bench_schema))
+        procs.stop_all()
+        if "postgres" in args.also:
+            asyncio.run(_drop_schema(args.postgres, schema))
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _litellm(args: argparse.Namespace, procs: Processes, work: Path, upstream: str) -> Row:
+    """LiteLLM's proxy in a venv of its own (made on first use), one worker."""
+    venv: Path = args.litellm_venv
+    if not (venv / "bin" / "litellm").exists():
+        print(f"installing {LITELLM} into {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin/pip"), "install", "--quiet"]
+        subprocess.run([*pip, LITELLM, *LITELLM_PROXY], check=True)
+    config = work / "litellm.yaml"
+    config.write_text(LITELLM_CONFIG % {"upstream": upstream})
+    with socket.socket() as sock:  # a free port, for LiteLLM to take a moment later
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "LITELLM_MASTER_KEY": LITELLM_KEY,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # its bundled prices: no network
+        "LITELLM_TELEMETRY": "False",
+    }
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            *(str(venv / "bin/litellm"), "--config", str(config), "--host", "127.0.0.1"),
+            *("--port", str(port), "--num_workers", "1"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=work,
+    )
+    procs.keep(proc)
+    if procs.server_core is not None:
+        os.sched_setaffinity(proc.pid, {procs.server_core})
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if (
+                httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=1).status_code
+                == 200
+            ):
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("LiteLLM did not start")
+        time.sleep(0.2)
+    for pid in _tree(proc.pid):
+        if procs.server_core is not None:
+            os.sched_setaffinity(pid, {procs.server_core})
+    return Row(
+        "LiteLLM (priced model)",
+        {"http": f"127.0.0.1:{port}"},
+        proc.pid,
+        authorization=f"Bearer {LITELLM_KEY}",
+        ready_s=time.perf_counter() - started,
+    )
 
 
 async def _drop_schema(dsn: str, schema: str) -> None:
@@ -468,6 +514,186 @@ async def _drop_schema(dsn: str, schema: str) -> None:
         await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await connection.close()
+
+
+# --- one run ----------------------------------------------------------------------------
+
+
+def measure(row: Row, figure: str, args: argparse.Namespace, procs: Processes, pool: Pool) -> None:
+    stream = figure.endswith("stream")
+    if figure.startswith("grpc"):
+        metadata = (("authorization", row.authorization),) if row.authorization else ()
+        job = (
+            row.address["grpc"],
+            stream,
+            args.seconds,
+            args.concurrency,
+            args.words,
+            metadata,
+            procs.client_core,
+        )
+        before = cpu_s(row.pid)
+        rps, count = pool.apply(_grpc_load, (job,))
+    elif figure == "p50":
+        before = cpu_s(row.pid)
+        rps, count, p50 = wrk(row, False, args.seconds, 1, args.words, procs.client_core)
+        row.figures.setdefault(figure, []).append(p50)
+        return
+    else:
+        before = cpu_s(row.pid)
+        rps, count, _ = wrk(
+            row, stream, args.seconds, args.concurrency, args.words, procs.client_core
+        )
+    row.figures.setdefault(figure, []).append(rps)
+    row.cpu_ms.setdefault(figure, []).append((cpu_s(row.pid) - before) * 1000 / max(count, 1))
+
+
+def _cell(value: float | None, fmt: str = ",.0f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    return "-" if value is None or not base else f"{value / base:.2f}x"
+
+
+def table(rows: list[Row]) -> str:
+    upstream, bare = rows[0], rows[1]
+    up_p50, bare_p50 = upstream.median("p50"), bare.median("p50")
+    bare_added = None if up_p50 is None or bare_p50 is None else bare_p50 - up_p50
+    lines = [
+        "| | chat RPS | x bare | stream RPS | x bare | CPU ms/req chat, stream "
+        "| p50 ms (added) | added x bare | gRPC unary | x bare | gRPC stream | x bare "
+        "| RSS MiB | ready s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        p50 = row.median("p50")
+        added = None if p50 is None or up_p50 is None else p50 - up_p50
+        cpu = {f: statistics.median(v) for f, v in row.cpu_ms.items()}
+        cells = [
+            row.name,
+            _cell(row.median("chat")),
+            "-" if row is upstream else _ratio(row.median("chat"), bare.median("chat")),
+            _cell(row.median("stream")),
+            "-" if row is upstream else _ratio(row.median("stream"), bare.median("stream")),
+            "-"
+            if row is upstream
+            else f"{_cell(cpu.get('chat'), '.2f')}, {_cell(cpu.get('stream'), '.2f')}",
+            f"{_cell(p50, '.2f')}"
+            + ("" if added is None or row is upstream else f" ({added:.2f})"),
+            "-" if row is upstream else _ratio(added, bare_added),
+            _cell(row.median("grpc-unary")),
+            _ratio(row.median("grpc-unary"), bare.median("grpc-unary")),
+            _cell(row.median("grpc-stream")),
+            _ratio(row.median("grpc-stream"), bare.median("grpc-stream")),
+            _cell(row.rss_mib, ".0f"),
+            _cell(row.ready_s, ".2f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[Row]) -> list[str]:
+    """The issue's targets, each met or not, for the `tandem` row."""
+    upstream, bare = rows[0], rows[1]
+    tandem = next(r for r in rows if r.name == "tandem")
+    litellm = next((r for r in rows if r.name.startswith("LiteLLM")), None)
+
+    def ratio(row: Row, figure: str) -> float | None:
+        value, base = row.median(figure), bare.median(figure)
+        return None if value is None or not base else value / base
+
+    checks: list[tuple[str, float | None, float, bool]] = [
+        ("HTTP chat ≥ 0.8x bare", ratio(tandem, "chat"), 0.8, True),
+        ("HTTP stream ≥ 1.0x bare", ratio(tandem, "stream"), 1.0, True),
+    ]
+    up, t, b = upstream.median("p50"), tandem.median("p50"), bare.median("p50")
+    if up is not None and t is not None and b is not None and b > up:
+        checks.append(("added p50 ≤ 1.3x bare's", (t - up) / (b - up), 1.3, False))
+    checks += [
+        ("gRPC unary ≥ 0.8x bare", ratio(tandem, "grpc-unary"), 0.8, True),
+        ("gRPC stream ≥ 0.8x bare", ratio(tandem, "grpc-stream"), 0.8, True),
+        ("RSS ≤ 100 MiB", tandem.rss_mib, 100, False),
+        ("start to ready ≤ 1 s", tandem.ready_s, 1.0, False),
+    ]
+    if litellm is not None:
+        for figure in ("chat", "stream"):
+            value, base = tandem.median(figure), litellm.median(figure)
+            checks.append(
+                (
+                    f"{figure} ≥ 30x LiteLLM",
+                    None if not base or value is None else value / base,
+                    30,
+                    True,
+                )
+            )
+    out = []
+    for label, value, bound, at_least in checks:
+        met = value is not None and (value >= bound if at_least else value <= bound)
+        out.append(f"{'met ' if met else 'MISS'}  {label}: {_cell(value, '.2f')}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per figure, per row, per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="connections (gRPC: calls) in flight"
+    )
+    parser.add_argument("--words", type=int, default=20, help="words per answer (chunks streamed)")
+    parser.add_argument("--figures", default=",".join(FIGURES), help=f"of {','.join(FIGURES)}")
+    parser.add_argument("--also", default="", help="more rows: redis,postgres,unguarded")
+    parser.add_argument("--before", type=Path, help="also an earlier checkout in DIR (installed)")
+    parser.add_argument("--litellm", action="store_true", help=f"also LiteLLM ({LITELLM})")
+    parser.add_argument(
+        "--litellm-venv", type=Path, default=ROOT / ".bench" / "litellm", help="made if missing"
+    )
+    parser.add_argument("--no-tracing", action="store_true", help="without the tracing row")
+    parser.add_argument(
+        "--redis", default=os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("TANDEM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
+    args = parser.parse_args()
+    figures = args.figures.split(",")
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            sys.exit(f"the bench needs {tool}: apt-get install wrk nginx")
+    cores = sorted(os.sched_getaffinity(0))
+    procs = Processes(*((cores[0], cores[1]) if len(cores) > 1 else (None, None)))
+    started = time.perf_counter()
+    with rows_started(args, procs) as rows, multiprocessing.get_context("spawn").Pool(1) as pool:
+        print(
+            f"servers on core {procs.server_core}, load and upstream on core {procs.client_core}; "
+            f"{args.rounds} rounds x {args.seconds:g} s a figure, {args.concurrency} in flight, "
+            f"{args.words} words",
+            flush=True,
+        )
+        for row in rows:
+            for stream in (False, True):
+                check_http(row, stream, args.words)
+            if "grpc" in row.address and row.address["grpc"] != "-":
+                metadata = (("authorization", row.authorization),) if row.authorization else ()
+                asyncio.run(_check_grpc(row.address["grpc"], args.words, metadata))
+        for round_ in range(args.rounds):
+            for figure in figures:
+                for row in rows:
+                    if figure.startswith("grpc") and row.address.get("grpc", "-") == "-":
+                        continue
+                    measure(row, figure, args, procs, pool)
+            print(
+                f"round {round_ + 1} of {args.rounds} done ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+        for row in rows:
+            row.rss_mib = rss_mib(row.pid)
+        print()
+        print(table(rows))
+        print()
+        print("\n".join(verdicts(rows)))
 
 
 if __name__ == "__main__":

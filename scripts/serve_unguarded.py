@@ -1,5 +1,5 @@
-"""`tandem serve` on uvicorn's plain httptools protocol: the baseline of the bench's
-`guard-chat` scenario (scripts/bench.py), what the HTTP transport bounds of
+"""`tandem serve` on uvicorn's plain httptools protocol: the bench's `--also unguarded`
+row (scripts/bench.py), to show what the HTTP transport bounds of
 `http_bridge/transport.py` cost. Everything else is Tandem as it ships."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -116,6 +116,14 @@ def request_id_from(incoming: str | None) -> str:
     return new_id()
 
 
+_random_bits = random.getrandbits
+
+
 def new_id() -> str:
-    """128 random bits as 32 hex digits (cheaper than uuid4().hex)."""
-    return os.urandom(16).hex()
+    """128 random bits as 32 hex digits: unique, not secret.
+
+    From `random` (seeded from the OS, and again in a forked child), not
+    `os.urandom`: a system call that releases the GIL, measured here to cost
+    ~5% of a proxied request while the ledger's thread holds it.
+    """
+    return f"{_random_bits(128):032x}"

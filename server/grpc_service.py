@@ -195,8 +195,10 @@ def _gone(context: Context) -> grpc.StatusCode:
 
 
 def stream_rpc(
-    handler: Callable[[Any, Req, CallContext], AsyncIterator[Resp]],
+    handler: Callable[[Any, Req, CallContext], AsyncIterator[list[Resp]]],
 ) -> Callable[[Any, Req | UndecodableRequest, Context], AsyncIterator[Resp]]:
+    """A streaming method: the handler yields lists of messages (what one upstream
+    read brought); each message is one gRPC message."""
     name = ""  # the full method name, known once the servicer class is
 
     @functools.wraps(handler)
@@ -211,8 +213,9 @@ def stream_rpc(
         try:
             ctx = await call.open(self, context)
             stream = handler(self, _decoded(request), ctx)
-            async for item in stream:
-                yield item
+            async for batch in stream:
+                for item in batch:
+                    yield item
             if trailers := await _limit_trailers(self, ctx):
                 context.set_trailing_metadata(trailers)
         except Exception as exc:
@@ -238,7 +241,7 @@ class ChatService(_Door, chat_pb2_grpc.ChatServiceServicer):
     @stream_rpc
     def StreamChatCompletion(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
-    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
         return self.plane.stream_chat(request, ctx)
 
 

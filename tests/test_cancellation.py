@@ -44,14 +44,14 @@ class SlowProvider:
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
         self.started.set()
         try:
             for i in range(100):
                 await asyncio.sleep(0.05)
                 chunk = chat_pb2.ChatCompletionChunk()
                 chunk.choices.add(index=0).delta.content = f"w{i} "
-                yield chunk
+                yield [chunk]
         except (asyncio.CancelledError, GeneratorExit):
             self.cancelled.set()
             raise

@@ -10,9 +10,15 @@ from tandem.v1 import chat_pb2
 from server.core.fold import fold_stream
 
 
-async def stream(*chunks: dict[str, object]) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
-    for chunk in chunks:
-        yield ParseDict(chunk, chat_pb2.ChatCompletionChunk())
+async def stream(
+    *chunks: dict[str, object],
+) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
+    """The chunks in batches of one and two: as upstream reads may bring them."""
+    parsed = [ParseDict(chunk, chat_pb2.ChatCompletionChunk()) for chunk in chunks]
+    while parsed:
+        size = 1 if len(parsed) % 2 else 2
+        yield parsed[:size]
+        del parsed[:size]
 
 
 async def test_text_deltas_concatenate_per_choice() -> None:

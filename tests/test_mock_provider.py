@@ -24,7 +24,9 @@ async def chunks_for(
     request = chat_pb2.ChatCompletionRequest(
         messages=[chat_pb2.ChatMessage(role="user", content=text)], max_tokens=max_tokens
     )
-    return [chunk async for chunk in PROVIDER.stream(request, ROUTE, CTX, chunked=True)]
+    batches = [batch async for batch in PROVIDER.stream(request, ROUTE, CTX, chunked=True)]
+    assert len(batches) == 1  # no delay: the whole answer is ready at once
+    return batches[0]
 
 
 @given(texts)
@@ -47,6 +49,22 @@ async def test_max_tokens_keeps_the_first_words(text: str, limit: int) -> None:
     assert answer.split() == words[:limit]
     expected = "length" if len(words) > limit else "stop"
     assert chunks[-1].choices[0].finish_reason == expected
+
+
+async def test_a_chunk_delay_makes_each_word_its_own_batch() -> None:
+    slow = MockProvider(
+        ProviderConfig(name="m", kind="mock", chunk_delay_ms=1), max_answer_bytes=1024
+    )
+    request = chat_pb2.ChatCompletionRequest(
+        messages=[chat_pb2.ChatMessage(role="user", content="one two three")]
+    )
+    route = Route(model=ROUTE.model, provider=slow)
+    batches = [batch async for batch in slow.stream(request, route, CTX, chunked=True)]
+    assert [[c.choices[0].delta.content for c in batch] for batch in batches] == [
+        ["one "],
+        ["two "],
+        ["three"],
+    ]
 
 
 @given(st.text(max_size=30), st.text(max_size=30))

@@ -366,9 +366,11 @@ async def test_reasoning_deltas_fold_into_the_message_with_the_last_signature() 
             {"reasoning_signature": "s2"},
             {"content": "done"},
         ):
-            yield ParseDict(
-                {"choices": [{"index": 0, "delta": delta}]}, chat_pb2.ChatCompletionChunk()
-            )
+            yield [
+                ParseDict(
+                    {"choices": [{"index": 0, "delta": delta}]}, chat_pb2.ChatCompletionChunk()
+                )
+            ]
 
     message = (await fold_stream(chunks())).choices[0].message
     assert (message.reasoning_content, message.reasoning_signature, message.content) == (
@@ -378,9 +380,12 @@ async def test_reasoning_deltas_fold_into_the_message_with_the_last_signature() 
     )
 
     async def plain() -> Any:
-        yield ParseDict(
-            {"choices": [{"index": 0, "delta": {"content": "x"}}]}, chat_pb2.ChatCompletionChunk()
-        )
+        yield [
+            ParseDict(
+                {"choices": [{"index": 0, "delta": {"content": "x"}}]},
+                chat_pb2.ChatCompletionChunk(),
+            )
+        ]
 
     folded = (await fold_stream(plain())).choices[0].message
     assert not folded.HasField("reasoning_content")

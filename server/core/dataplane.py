@@ -1,8 +1,9 @@
 """The one data plane behind every door.
 
 Handlers take a proto request and a `CallContext` and return a proto, or an
-async iterator of chunks. A non-streaming chat answer is the stream folded,
-so there is one path through the providers. Nothing here knows grpc or HTTP.
+async iterator of lists of chunks. A non-streaming chat answer is the stream
+folded, so there is one path through the providers. Nothing here knows grpc
+or HTTP.
 """
 
 from __future__ import annotations
@@ -54,10 +55,11 @@ class DataPlane:
 
     def stream_chat(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
-    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
-        """The answer as chunks; the last carries `usage`.
+    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
+        """The answer as lists of chunks, never empty: what each upstream read
+        brought, to be written at once. The last chunk carries `usage`.
 
-        Nothing runs until the first chunk is asked for, so a door can await
+        Nothing runs until the first batch is asked for, so a door can await
         it before committing to a status: errors up to then are plain errors.
         """
         stream = self._chat(request, ctx, streaming=True)
@@ -75,7 +77,7 @@ class DataPlane:
 
     async def _chat(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext, *, streaming: bool
-    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
         validate_chat_request(request)
         route = self.router.resolve(request.model, ctx.caller)
         ctx.trace.model = route.model.name
@@ -90,20 +92,21 @@ class DataPlane:
         created = int(time.time())
         model = route.model.name  # the public name asked for, whoever serves it
         with _Accounting(self.usage, ctx, route, admission, streaming, estimate_prompt) as account:
-            account.route, upstream, chunk = await open_stream(
+            account.route, upstream, batch = await open_stream(
                 self.router.chain(route), request, ctx, chunked=streaming, attempts=account
             )
-            account.first_chunk(chunk)
+            account.first_chunk(batch[0])
             sent = account.sent  # the texts that reached the caller, kept for an estimate
             try:
                 while True:
-                    chunk.id = completion_id
-                    chunk.created = created
-                    chunk.model = model
-                    account.chunks += 1
-                    if chunk.HasField("usage"):
-                        account.usage_of(chunk.usage)
-                    else:  # inline, for every chunk; the wrappers stay alive for the door
+                    for chunk in batch:
+                        chunk.id = completion_id
+                        chunk.created = created
+                        chunk.model = model
+                        if chunk.HasField("usage"):
+                            account.usage_of(chunk.usage)
+                            continue
+                        # inline, for every chunk; the wrappers stay alive for the door
                         choices = chunk.choices
                         if len(choices) == 1:  # a upb `for` ends in a formatted IndexError
                             choice = choices[0]
@@ -116,16 +119,17 @@ class DataPlane:
                                 sent.extend(call.function.arguments for call in calls)
                         else:
                             account.keep_sent(choices)
-                        if len(sent) >= _SENT_BATCH:
-                            account.count_sent()
-                    yield chunk
-                    chunk = await anext(upstream)
+                    account.chunks += len(batch)
+                    if len(sent) >= _SENT_BATCH:
+                        account.count_sent()
+                    yield batch
+                    batch = await anext(upstream)
             except StopAsyncIteration:
                 pass
             finally:
                 await upstream.aclose()  # type: ignore[attr-defined]
             if not account.usage_known:  # the upstream kept its counts: answer with the estimate
-                yield account.estimated_usage_chunk(completion_id, created, model)
+                yield [account.estimated_usage_chunk(completion_id, created, model)]
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, ctx: CallContext

@@ -62,27 +62,37 @@ class _ChoiceFolder:
 
 
 async def fold_stream(
-    chunks: AsyncIterator[chat_pb2.ChatCompletionChunk],
+    batches: AsyncIterator[list[chat_pb2.ChatCompletionChunk]],
 ) -> chat_pb2.ChatCompletion:
     """Concatenate every choice's deltas; usage comes from the chunk that has it."""
     completion = chat_pb2.ChatCompletion()
     folders: dict[int, _ChoiceFolder] = {}
-    async for chunk in chunks:
-        if not completion.id:
-            completion.id = chunk.id
-            completion.created = chunk.created
-            completion.model = chunk.model
-        if chunk.system_fingerprint:
-            completion.system_fingerprint = chunk.system_fingerprint
-        for delta in chunk.choices:
-            folder = folders.get(delta.index)
-            if folder is None:
-                choice = completion.choices.add(index=delta.index)
-                choice.message.role = delta.delta.role or "assistant"
-                folder = folders[delta.index] = _ChoiceFolder(choice)
-            folder.add(delta)
-        if chunk.HasField("usage"):
-            completion.usage.CopyFrom(chunk.usage)
+    async for batch in batches:
+        for chunk in batch:
+            _fold(completion, folders, chunk)
     for folder in folders.values():
         folder.finish()
     return completion
+
+
+def _fold(
+    completion: chat_pb2.ChatCompletion,
+    folders: dict[int, _ChoiceFolder],
+    chunk: chat_pb2.ChatCompletionChunk,
+) -> None:
+    """One chunk into the completion."""
+    if not completion.id:
+        completion.id = chunk.id
+        completion.created = chunk.created
+        completion.model = chunk.model
+    if chunk.system_fingerprint:
+        completion.system_fingerprint = chunk.system_fingerprint
+    for delta in chunk.choices:
+        folder = folders.get(delta.index)
+        if folder is None:
+            choice = completion.choices.add(index=delta.index)
+            choice.message.role = delta.delta.role or "assistant"
+            folder = folders[delta.index] = _ChoiceFolder(choice)
+        folder.add(delta)
+    if chunk.HasField("usage"):
+        completion.usage.CopyFrom(chunk.usage)

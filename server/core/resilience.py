@@ -28,7 +28,7 @@ BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 2.0
 RETRY_AFTER_MAX_S = 10.0
 
-Chunk = chat_pb2.ChatCompletionChunk
+Chunks = list[chat_pb2.ChatCompletionChunk]  # what one upstream read brought
 
 
 class Attempts(Protocol):
@@ -56,8 +56,8 @@ async def open_stream(
     *,
     chunked: bool,
     attempts: Attempts,
-) -> tuple[Route, AsyncIterator[Chunk], Chunk]:
-    """The first route of `chain` to produce a chunk: (route, its stream, the chunk)."""
+) -> tuple[Route, AsyncIterator[Chunks], Chunks]:
+    """The first route of `chain` to produce chunks: (route, its stream, the first batch)."""
     failure: UpstreamFailure | None = None
     tried = 0
     for route in chain:

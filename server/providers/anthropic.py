@@ -10,7 +10,7 @@ from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import InvalidRequestError, echoed
 from server.providers.base import Route
-from server.providers.upstream import HttpProvider, decode, sse_data
+from server.providers.upstream import HttpProvider, decode, decoded, sse_batches
 from server.translate.anthropic import upstream as anthropic
 
 __all__ = ["AnthropicProvider"]
@@ -30,7 +30,7 @@ class AnthropicProvider(HttpProvider):
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
         body = anthropic.chat_request_to_anthropic(
             request,
             route.upstream,
@@ -39,13 +39,11 @@ class AnthropicProvider(HttpProvider):
         )
         async with self.client.post("/v1/messages", body, ctx, streaming=chunked) as response:
             if not chunked:
-                yield decode(await response.read(), anthropic.message_as_chunk)
+                yield [decode(await response.read(), anthropic.message_as_chunk)]
                 return
             translator = anthropic.StreamTranslator()
-            async for data in sse_data(response):
-                translated = decode(data, translator.feed)
-                if translated is not None:
-                    yield translated
+            async for chunks in decoded(sse_batches(response), translator.feed):
+                yield chunks
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext

@@ -29,11 +29,13 @@ class Route:
 class Provider(Protocol):
     """An upstream that streams chat chunks and embeds texts.
 
-    `stream` yields chunks whose `id`, `created` and `model` the core sets;
-    the chunk that ends the answer carries `usage`. With `chunked=False` the
-    caller will fold the answer anyway, so a provider may deliver it whole
-    (one chunk, e.g. from a non-streaming upstream call). Errors are
-    `server.errors` classes.
+    `stream` yields lists of chunks, never empty: what one upstream read
+    brought, so that a door writes them at once (one `send`, not one a
+    chunk) and a chunk that arrives alone leaves alone. The core sets every
+    chunk's `id`, `created` and `model`; the chunk that ends the answer
+    carries `usage`. With `chunked=False` the caller will fold the answer
+    anyway, so a provider may deliver it whole (one chunk, e.g. from a
+    non-streaming upstream call). Errors are `server.errors` classes.
     """
 
     name: str
@@ -47,7 +49,7 @@ class Provider(Protocol):
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]: ...
+    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]: ...
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext

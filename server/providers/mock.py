@@ -45,7 +45,9 @@ class MockProvider:
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
+        """With a `chunk_delay_ms`, each word is its own batch, after its delay;
+        without, the answer is ready at once: one batch."""
         text = last_user_text(request.messages)
         limit = _max_tokens(request)
         finish_reason = "stop"
@@ -69,6 +71,7 @@ class MockProvider:
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
 
         last = len(pieces) - 1
+        batch: list[chat_pb2.ChatCompletionChunk] = []
         for position, piece in enumerate(pieces or [""]):
             if delay_s:
                 await asyncio.sleep(delay_s)
@@ -82,7 +85,12 @@ class MockProvider:
                     choice.finish_reason = finish_reason
             if position >= last:
                 chunk.usage.CopyFrom(usage)
-            yield chunk
+            batch.append(chunk)
+            if delay_s:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     def _check_size(self, choice_bytes: int, choices: int) -> None:
         if choice_bytes * choices > self._max_answer_bytes:

@@ -11,7 +11,7 @@ from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import UpstreamError
 from server.providers.base import Route
-from server.providers.upstream import HttpProvider, bearer, decode
+from server.providers.upstream import HttpProvider, bearer, decode, decoded, line_batches
 from server.translate.ollama import upstream as ollama
 
 __all__ = ["OllamaProvider"]
@@ -28,7 +28,7 @@ class OllamaProvider(HttpProvider):
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
         body = ollama.chat_request_to_ollama(request, route.upstream, stream=chunked)
         translator = ollama.StreamTranslator()
 
@@ -38,9 +38,9 @@ class OllamaProvider(HttpProvider):
             return translator.feed(line)
 
         async with self.client.post("/api/chat", body, ctx, streaming=chunked) as response:
-            async for line in response.content:  # one JSON object per line, or the whole answer
-                if line.strip():
-                    yield decode(line, translate)
+            # one JSON object a line, or the whole answer
+            async for chunks in decoded(line_batches(response), translate):
+                yield chunks
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext

@@ -9,7 +9,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 from server.config import ProviderConfig
 from server.context import CallContext
 from server.providers.base import Route
-from server.providers.upstream import HttpProvider, bearer, decode, sse_data
+from server.providers.upstream import HttpProvider, bearer, decode, decoded, sse_batches
 from server.translate.openai import upstream as openai_upstream
 
 __all__ = ["OpenAIProvider"]
@@ -26,15 +26,15 @@ class OpenAIProvider(HttpProvider):
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
         body = openai_upstream.chat_request_to_openai(request, route.upstream, stream=chunked)
         async with self.client.post("/chat/completions", body, ctx, streaming=chunked) as response:
             if not chunked or response.content_type == "application/json":
                 # asked not to stream, or answered with JSON anyway (an error, or `stream` ignored)
-                yield decode(await response.read(), openai_upstream.completion_as_chunk)
+                yield [decode(await response.read(), openai_upstream.completion_as_chunk)]
                 return
-            async for data in sse_data(response):
-                yield decode(data, openai_upstream.chunk_from_openai)
+            async for chunks in decoded(sse_batches(response), openai_upstream.chunk_from_openai):
+                yield chunks
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext

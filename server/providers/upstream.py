@@ -31,12 +31,21 @@ from server.errors import (
     UpstreamTimeoutError,
 )
 
-__all__ = ["HttpProvider", "UpstreamClient", "bearer", "decode", "sse_data"]
+__all__ = [
+    "HttpProvider",
+    "UpstreamClient",
+    "bearer",
+    "decode",
+    "decoded",
+    "line_batches",
+    "sse_batches",
+]
 
 T = TypeVar("T")
 
 MAX_CONNECTIONS = 512
 MAX_ERROR_BODY = 64 * 1024
+MAX_LINE_BYTES = 8 * 1024 * 1024  # one event or NDJSON line of a stream
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -159,15 +168,70 @@ class UpstreamClient:
             await self._session.close()
 
 
-async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The `data:` payloads of an SSE body, up to `[DONE]`."""
-    async for line in response.content:
-        if line.startswith(b"data:"):
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                return
-            if data:
-                yield data
+async def line_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+    """The body's lines, one list for what each read brought, so that the events of
+    one read leave the gateway in one write. A last line without a newline counts;
+    a line longer than `MAX_LINE_BYTES` is an upstream error."""
+    content = response.content
+    pending: list[bytes] = []  # the start of a line not yet ended
+    pending_bytes = 0
+    while data := await content.readany():
+        if b"\n" not in data:
+            pending.append(data)
+            pending_bytes += len(data)
+            if pending_bytes > MAX_LINE_BYTES:
+                raise UpstreamError("upstream provider sent a line that is too long")
+            continue
+        if pending:
+            data = b"".join(pending) + data
+            pending.clear()
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        pending_bytes = len(rest)
+        if pending_bytes > MAX_LINE_BYTES:
+            raise UpstreamError("upstream provider sent a line that is too long")
+        if rest:
+            pending.append(rest)
+        yield lines
+    if pending:
+        yield [b"".join(pending)]
+
+
+async def sse_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+    """The `data:` payloads of an SSE body, one list for each read, up to `[DONE]`."""
+    async for lines in line_batches(response):
+        payloads: list[bytes] = []
+        for line in lines:
+            if line.startswith(b"data:"):
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    if payloads:
+                        yield payloads
+                    return
+                if data:
+                    payloads.append(data)
+        if payloads:
+            yield payloads
+
+
+async def decoded(
+    batches: AsyncIterator[list[bytes]], convert: Callable[[Any], T | None]
+) -> AsyncIterator[list[T]]:
+    """Each batch's items decoded and converted (blank lines, and items that convert
+    to None, dropped). The items before one that fails still go out, in a batch
+    of their own, before the failure: what reached the gateway reaches the caller."""
+    async for batch in batches:
+        out: list[T] = []
+        try:
+            for raw in batch:
+                if raw and not raw.isspace() and (item := decode(raw, convert)) is not None:
+                    out.append(item)
+        except GatewayError:
+            if out:
+                yield out
+            raise
+        if out:
+            yield out
 
 
 def bearer(api_key: str | None) -> dict[str, str]:
