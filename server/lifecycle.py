@@ -36,7 +36,6 @@ from server.grpc_service import SERVICE_NAMES, build_grpc_server
 from server.policy import Policy, build_limiter
 from server.policy.key_cache import KeyCache
 from server.policy.limiter import Limiter
-from server.policy.redis_limiter import RedisLimiter
 from server.providers import Provider, build_providers
 from server.store import Store, open_store
 from server.telemetry import Telemetry
@@ -207,8 +206,8 @@ class Gateway:
         checks: dict[str, Check] = {}
         if self._store is not None:
             checks["usage_store"] = self._store.ping
-        if isinstance(self._limiter, RedisLimiter):
-            checks["redis"] = self._limiter.ping
+        if self._limiter is not None and self.config.rate_limits.backend == "redis":
+            checks["redis"] = self._limiter.ping  # type: ignore[attr-defined]
         return checks
 
     async def stop(self) -> None:

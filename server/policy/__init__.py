@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from server.config import Config
 from server.context import ANONYMOUS, CallContext, Caller
@@ -28,11 +29,12 @@ from server.errors import (
     echoed,
 )
 from server.policy.headers import format_duration, rate_limit_headers
-from server.policy.jwt_auth import JwtVerifier
 from server.policy.key_cache import KeyCache
 from server.policy.limiter import Limiter, MemoryLimiter
-from server.policy.redis_limiter import RedisLimiter
 from server.store.keys import key_id_of
+
+if TYPE_CHECKING:
+    from server.policy.jwt_auth import JwtVerifier
 
 __all__ = ["Admission", "Policy", "build_limiter"]
 
@@ -78,7 +80,11 @@ class Policy:
         self._tiers = config.tiers
         self._limiter = limiter
         self._admin_keys = tuple(k.encode() for k in config.auth.admin_keys)
-        self._jwt = JwtVerifier(config.auth.jwt) if config.auth.jwt is not None else None
+        self._jwt: JwtVerifier | None = None
+        if config.auth.jwt is not None:
+            from server.policy.jwt_auth import JwtVerifier  # PyJWT only when configured
+
+            self._jwt = JwtVerifier(config.auth.jwt)
         self._keys = keys
 
     async def authenticate(self, authorization: str | None) -> Caller:
@@ -202,5 +208,7 @@ def build_limiter(
         return None
     if limits.backend == "redis":
         assert limits.url is not None
+        from server.policy.redis_limiter import RedisLimiter  # redis only when configured
+
         return RedisLimiter(limits.url, prefix=limits.prefix, on_error=on_backend_error)
     return MemoryLimiter(share=1 / config.server.workers)

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from server.store.keys import ApiKey
-from server.store.postgres import PostgresStore
 from server.store.sqlite import SqliteStore
 from server.usage.record import UsagePage, UsageQuery, UsageRecord
 
@@ -46,4 +45,6 @@ def open_store(url: str) -> Store | None:
         return None
     if url.startswith("sqlite:///"):
         return SqliteStore(url.removeprefix("sqlite:///"))
+    from server.store.postgres import PostgresStore  # asyncpg only when configured
+
     return PostgresStore(url.replace("postgres://", "postgresql://", 1))
