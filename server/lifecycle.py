@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -110,6 +111,20 @@ async def start_http_server(
     return server, task
 
 
+GC_YOUNG_THRESHOLD = 50_000  # container objects allocated before a young collection
+
+
+def settle_garbage_collector() -> None:
+    """What start-up made is kept out of every collection (`gc.freeze`), and the young
+    generation is collected less often: a request's garbage is freed by reference
+    counts, but under load the in-flight requests keep enough alive that the
+    collector took ~7% of a proxied request's CPU here (perf), and this saved ~8%
+    of it (wrk, three interleaved rounds). Cycles are still collected, late."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 class Gateway:
     """Owns everything with a lifetime, from start to the end of the drain."""
 
@@ -198,6 +213,7 @@ class Gateway:
         self.readiness.monitor = self._monitor
         await self._monitor.check_once()  # ready says what is degraded from the first answer
         self._monitor.start()
+        settle_garbage_collector()
         self.readiness.set_ready()
         return _format_address(http_host, http_port), _format_address(grpc_host, grpc_port)
 
