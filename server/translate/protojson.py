@@ -38,57 +38,103 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+# what to do with a field's JSON value, decided once per field
+_SCALAR, _REPEATED_SCALAR, _MESSAGE, _REPEATED_MESSAGE, _STRUCT_FIELD, _MAP = range(6)
+
+
+class _Field:
+    """A field, as the parser needs it: its kind, its real oneof's siblings, its map values."""
+
+    __slots__ = ("field", "kind", "map_value", "name", "oneof")
+
+    def __init__(self, field: FieldDescriptor) -> None:
+        self.field = field
+        self.name = field.name
+        oneof = field.containing_oneof
+        # a real oneof, not proto3 `optional`
+        self.oneof = oneof if oneof is not None and len(oneof.fields) > 1 else None
+        message = field.message_type
+        self.map_value: FieldDescriptor | None = None
+        if message is not None and message.GetOptions().map_entry:
+            self.kind = _MAP
+            self.map_value = message.fields_by_name["value"]
+        elif field.is_repeated:
+            self.kind = _REPEATED_MESSAGE if message is not None else _REPEATED_SCALAR
+        elif message is not None:
+            self.kind = _STRUCT_FIELD if message.full_name == _STRUCT else _MESSAGE
+        else:
+            self.kind = _SCALAR
+
+
+_PLANS: dict[str, dict[str, _Field]] = {}
+
+
+def _plan(descriptor: Any) -> dict[str, _Field]:
+    """Every field of a message type by its JSON key, made on first use."""
+    plan = _PLANS.get(descriptor.full_name)
+    if plan is None:
+        fields = cast(Mapping[str, FieldDescriptor], descriptor.fields_by_name)
+        plan = _PLANS[descriptor.full_name] = {key: _Field(f) for key, f in fields.items()}
+    return plan
+
+
 def parse_into(data: Any, message: Message, *, strict: bool, path: str = "") -> None:
     """Fill `message` from a decoded JSON object."""
     if not isinstance(data, dict):
         raise _invalid(path or "body", "must be a JSON object")
-    fields = cast(Mapping[str, FieldDescriptor], message.DESCRIPTOR.fields_by_name)
+    plan = _plan(message.DESCRIPTOR)
     for key, value in data.items():
-        field = fields.get(key)
+        field = plan.get(key)
         if field is None:
             if strict:
                 raise _invalid(_join(path, key), "unknown field")
             continue
         if value is not None:
-            _set(message, field, value, _join(path, key), strict)
+            _set(message, field, value, path, key, strict)
 
 
-def _set(message: Message, field: FieldDescriptor, value: Any, where: str, strict: bool) -> None:
-    name = field.name
-    oneof = field.containing_oneof
-    if oneof is not None and len(oneof.fields) > 1:  # a real oneof, not proto3 `optional`
-        current = message.WhichOneof(oneof.name)
+def _set(message: Message, plan: _Field, value: Any, path: str, key: str, strict: bool) -> None:
+    """One field; its path (`path.key`) is spelled out only where it is needed."""
+    name = plan.name
+    kind = plan.kind
+    if plan.oneof is not None:
+        current = message.WhichOneof(plan.oneof.name)
         if current is not None and current != name:
-            raise _invalid(where, f"set only one of {', '.join(f.name for f in oneof.fields)}")
-    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            siblings = ", ".join(f.name for f in plan.oneof.fields)
+            raise _invalid(_join(path, key), f"set only one of {siblings}")
+    if kind == _SCALAR:
+        setattr(message, name, _scalar(plan.field, value, path, key))
+        return
+    where = _join(path, key)
+    if kind == _MAP:
         if not isinstance(value, dict):
             raise _invalid(where, "must be a JSON object")
         target = getattr(message, name)
-        value_field = field.message_type.fields_by_name["value"]
-        for key, item in value.items():
-            target[key] = _scalar(value_field, item, f"{where}.{key}")
+        value_field = cast(FieldDescriptor, plan.map_value)
+        for map_key, item in value.items():
+            target[map_key] = _scalar(value_field, item, where, map_key)
         return
-    if field.is_repeated:
+    if kind in (_REPEATED_SCALAR, _REPEATED_MESSAGE):
         if not isinstance(value, list):
             raise _invalid(where, "must be an array")
         container = getattr(message, name)
-        if field.message_type is not None:
+        if kind == _REPEATED_MESSAGE:
             for i, item in enumerate(value):
                 parse_into(item, container.add(), strict=strict, path=f"{where}[{i}]")
         else:
-            container.extend(_scalar(field, item, f"{where}[{i}]") for i, item in enumerate(value))
+            field = plan.field
+            container.extend(
+                _scalar(field, item, "", f"{where}[{i}]") for i, item in enumerate(value)
+            )
         return
-    if field.message_type is not None:
-        if not isinstance(value, dict):
-            raise _invalid(where, "must be a JSON object")
-        target = getattr(message, name)
-        if field.message_type.full_name == _STRUCT:
-            _fill_struct(target, value, where)
-        else:
-            target.SetInParent()
-            parse_into(value, target, strict=strict, path=where)
-        return
-    setattr(message, name, _scalar(field, value, where))
+    if not isinstance(value, dict):
+        raise _invalid(where, "must be a JSON object")
+    target = getattr(message, name)
+    if kind == _STRUCT_FIELD:
+        _fill_struct(target, value, where)
+    else:
+        target.SetInParent()
+        parse_into(value, target, strict=strict, path=where)
 
 
 def _fill_struct(target: Struct, value: dict[str, Any], where: str) -> None:
@@ -103,25 +149,26 @@ def _fill_struct(target: Struct, value: dict[str, Any], where: str) -> None:
         raise _invalid(where, "must hold only JSON values") from None
 
 
-def _scalar(field: FieldDescriptor, value: Any, where: str) -> Any:
+def _scalar(field: FieldDescriptor, value: Any, path: str, key: str) -> Any:
+    """The value, of the field's JSON type; `path.key` names it in an error."""
     kind = field.cpp_type
     if kind == FieldDescriptor.CPPTYPE_STRING:
         if isinstance(value, str):
             return value
-        raise _invalid(where, "must be a string")
+        raise _invalid(_join(path, key), "must be a string")
     if kind == FieldDescriptor.CPPTYPE_BOOL:
         if isinstance(value, bool):
             return value
-        raise _invalid(where, "must be a boolean")
+        raise _invalid(_join(path, key), "must be a boolean")
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _invalid(where, "must be a number")
+        raise _invalid(_join(path, key), "must be a number")
     if kind in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
         return float(value)
     if isinstance(value, float):
         if not value.is_integer():
-            raise _invalid(where, "must be an integer")
+            raise _invalid(_join(path, key), "must be an integer")
         value = int(value)
     low, high = _INT_RANGES.get(kind, (0, -1))
     if not low <= value <= high:
-        raise _invalid(where, "is out of range")
+        raise _invalid(_join(path, key), "is out of range")
     return value
