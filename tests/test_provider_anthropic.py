@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import httpx
+import orjson
 import pytest
 from google.protobuf.json_format import ParseDict
 from hypothesis import given
@@ -23,9 +24,11 @@ from tests.servers import TandemProcess, start_tandem
 
 def translate(body: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:
     request = parse_chat_request(body, strict=True)
-    return anthropic.chat_request_to_anthropic(
+    translated = anthropic.chat_request_to_anthropic(
         request, "claude-x", max_tokens_default=321, stream=stream
     )
+    wire: dict[str, Any] = orjson.loads(orjson.dumps(translated))  # as the upstream reads it
+    return wire
 
 
 def test_system_messages_become_the_system_field_and_max_tokens_defaults() -> None:

@@ -184,7 +184,10 @@ def test_upstream_request_round_trips_every_field(
     request = inbound.parse_chat_request(
         {"model": "public", "messages": messages, **optional}, strict=True
     )
-    body = upstream.chat_request_to_openai(request, "upstream-name", stream=stream)
+    # as the upstream reads it (a schema goes as pre-encoded JSON)
+    body = orjson.loads(
+        orjson.dumps(upstream.chat_request_to_openai(request, "upstream-name", stream=stream))
+    )
     assert body["model"] == "upstream-name"
     assert body["messages"] == messages
     for key, value in optional.items():

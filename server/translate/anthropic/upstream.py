@@ -23,11 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from google.protobuf import json_format
 from tandem.v1 import chat_pb2
 
 from server.errors import UpstreamError
-from server.translate.common import DATA_URL, cannot_honour, tool_arguments
+from server.translate.common import DATA_URL, cannot_honour, struct_json, tool_arguments
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -224,7 +223,7 @@ def chat_request_to_anthropic(
             {
                 "name": tool.function.name,
                 **({"description": tool.function.description} if tool.function.description else {}),
-                "input_schema": json_format.MessageToDict(tool.function.parameters)
+                "input_schema": struct_json(tool.function.parameters)
                 if tool.function.HasField("parameters")
                 else {"type": "object"},
             }

@@ -12,10 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from google.protobuf import json_format
 from tandem.v1 import chat_pb2, embeddings_pb2
 
-from server.translate.common import DATA_URL, cannot_honour, tool_arguments
+from server.translate.common import DATA_URL, cannot_honour, struct_json, tool_arguments
 from server.translate.ollama import SAMPLING_OPTIONS
 
 __all__ = [
@@ -108,7 +107,7 @@ def chat_request_to_ollama(
                 "function": {
                     "name": t.function.name,
                     "description": t.function.description,
-                    "parameters": json_format.MessageToDict(t.function.parameters),
+                    "parameters": struct_json(t.function.parameters),
                 },
             }
             for t in request.tools
@@ -118,7 +117,7 @@ def chat_request_to_ollama(
         if response_format.type == "json_object":
             body["format"] = "json"
         elif response_format.type == "json_schema":
-            body["format"] = json_format.MessageToDict(response_format.json_schema.schema)
+            body["format"] = struct_json(response_format.json_schema.schema)
     return body
 
 

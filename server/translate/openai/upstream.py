@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.errors import UpstreamError
-from server.translate.common import cannot_honour
+from server.translate.common import cannot_honour, struct_json
 from server.translate.openai.replies import encode_tool_calls
 from server.translate.protojson import parse_into
 
@@ -41,10 +40,6 @@ _SCALAR_FIELDS = frozenset(
         "reasoning_effort",
     }
 )
-
-
-def _struct(value: struct_pb2.Struct) -> JSON:
-    return json_format.MessageToDict(value)
 
 
 def _part_to_openai(part: chat_pb2.ContentPart) -> JSON:
@@ -88,7 +83,7 @@ def _tool_to_openai(tool: chat_pb2.Tool) -> JSON:
     if tool.function.description:
         function["description"] = tool.function.description
     if tool.function.HasField("parameters"):
-        function["parameters"] = _struct(tool.function.parameters)
+        function["parameters"] = struct_json(tool.function.parameters)
     if tool.function.HasField("strict"):
         function["strict"] = tool.function.strict
     return {"type": tool.type or "function", "function": function}
@@ -102,7 +97,7 @@ def _response_format_to_openai(response_format: chat_pb2.ResponseFormat) -> JSON
         if schema.description:
             inner["description"] = schema.description
         if schema.HasField("schema"):
-            inner["schema"] = _struct(schema.schema)
+            inner["schema"] = struct_json(schema.schema)
         if schema.HasField("strict"):
             inner["strict"] = schema.strict
         out["json_schema"] = inner
