@@ -636,7 +636,7 @@ def verdicts(rows: list[Row]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="per figure, per row, per round")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per figure, per row, per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--concurrency", type=int, default=16, help="connections (gRPC: calls) in flight"
