@@ -5,24 +5,41 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from server.config import Config, ProviderConfig
-from server.providers.anthropic import AnthropicProvider
 from server.providers.base import Provider, Route
-from server.providers.mock import MockProvider
-from server.providers.ollama import OllamaProvider
-from server.providers.openai import OpenAIProvider
 
 __all__ = ["Provider", "Route", "build_providers"]
 
 
 def _mock(entry: ProviderConfig, config: Config) -> Provider:
+    from server.providers.mock import MockProvider
+
     return MockProvider(entry, max_answer_bytes=config.server.max_body_bytes)
 
 
+def _openai(entry: ProviderConfig, config: Config) -> Provider:
+    from server.providers.openai import OpenAIProvider
+
+    return OpenAIProvider(entry)
+
+
+def _anthropic(entry: ProviderConfig, config: Config) -> Provider:
+    from server.providers.anthropic import AnthropicProvider
+
+    return AnthropicProvider(entry)
+
+
+def _ollama(entry: ProviderConfig, config: Config) -> Provider:
+    from server.providers.ollama import OllamaProvider
+
+    return OllamaProvider(entry)
+
+
+# each kind's module (and aiohttp, for the HTTP kinds) is imported only when configured
 _KINDS: dict[str, Callable[[ProviderConfig, Config], Provider]] = {
     "mock": _mock,
-    "openai": lambda entry, config: OpenAIProvider(entry),
-    "anthropic": lambda entry, config: AnthropicProvider(entry),
-    "ollama": lambda entry, config: OllamaProvider(entry),
+    "openai": _openai,
+    "anthropic": _anthropic,
+    "ollama": _ollama,
 }
 
 
