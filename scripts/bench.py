@@ -630,7 +630,7 @@ def verdicts(rows: list[Row]) -> list[str]:
     out = []
     for label, value, bound, at_least in checks:
         met = value is not None and (value >= bound if at_least else value <= bound)
-        out.append(f"{'met ' if met else 'MISS'}  {label}: {_cell(value, '.2f')}")
+        out.append(f"{'met ' if met else 'MISS'}  {label}: {_cell(value, '.3f')}")
     return out
 
 

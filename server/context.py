@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
@@ -116,14 +117,17 @@ def request_id_from(incoming: str | None) -> str:
     return new_id()
 
 
-_random_bits = random.getrandbits
+# ids are unique, not secret: a generator of their own, seeded from the OS (again in a
+# forked child), which no caller of `random.seed` (a test, a library) can make repeat
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+_random_bits = _ids.getrandbits
 
 
 def new_id() -> str:
-    """128 random bits as 32 hex digits: unique, not secret.
+    """128 random bits as 32 hex digits.
 
-    From `random` (seeded from the OS, and again in a forked child), not
-    `os.urandom`: a system call that releases the GIL, measured here to cost
-    ~5% of a proxied request while the ledger's thread holds it.
+    Not `os.urandom`: a system call that releases the GIL, measured here to
+    cost ~5% of a proxied request while the ledger's thread held it.
     """
     return f"{_random_bits(128):032x}"

@@ -9,7 +9,7 @@ from tandem.v1 import chat_pb2
 from server.config import ModelConfig, ProviderConfig
 from server.context import CallContext
 from server.providers.base import Route
-from server.providers.mock import MockProvider, mock_embedding
+from server.providers.mock import BATCH_CHUNKS, MockProvider, mock_embedding
 
 PROVIDER = MockProvider(ProviderConfig(name="m", kind="mock"), max_answer_bytes=1 << 20)
 ROUTE = Route(model=ModelConfig(name="echo", provider="m"), provider=PROVIDER)
@@ -49,6 +49,14 @@ async def test_max_tokens_keeps_the_first_words(text: str, limit: int) -> None:
     assert answer.split() == words[:limit]
     expected = "length" if len(words) > limit else "stop"
     assert chunks[-1].choices[0].finish_reason == expected
+
+
+async def test_a_long_answer_leaves_in_bounded_batches() -> None:
+    request = chat_pb2.ChatCompletionRequest(
+        messages=[chat_pb2.ChatMessage(role="user", content="w " * 200)]
+    )
+    batches = [batch async for batch in PROVIDER.stream(request, ROUTE, CTX, chunked=True)]
+    assert [len(batch) for batch in batches] == [BATCH_CHUNKS] * 3 + [200 - 3 * BATCH_CHUNKS]
 
 
 async def test_a_chunk_delay_makes_each_word_its_own_batch() -> None:

@@ -133,3 +133,15 @@ async def test_the_door_writes_each_batch_in_one_send() -> None:
         b"data: e\n\n",
         b"data: [DONE]\n\n",
     ]
+
+
+async def test_a_whole_line_longer_than_the_bound_inside_one_read_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(upstream, "MAX_LINE_BYTES", 1000)
+    cases: list[Pieces] = [[b"z" * 5000 + b"\nok\n"], [b"x" * 900, 0.05, b"x" * 900 + b"\nok\n"]]
+    for pieces in cases:
+        with pytest.raises(UpstreamError, match="too long"):
+            await _served(pieces, lambda r: _all(line_batches(r)))
+    fine = await _served([b"a" * 900 + b"\n" + b"b" * 900 + b"\n"], lambda r: _all(line_batches(r)))
+    assert [len(line) for batch in fine for line in batch] == [900, 900]

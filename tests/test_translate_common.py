@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from google.protobuf import json_format, struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
+from server.errors import InvalidRequestError
 from server.translate.common import SCHEMA_KEPT_MAX_BYTES, struct_json, struct_to_json
 
 json_values = st.recursive(
@@ -57,3 +59,10 @@ def test_a_schema_seen_before_is_encoded_once_and_a_large_one_never_kept() -> No
     large = struct_pb2.Struct()
     large.update({"description": "x" * (SCHEMA_KEPT_MAX_BYTES + 1)})
     assert struct_json(large) == {"description": "x" * (SCHEMA_KEPT_MAX_BYTES + 1)}
+
+
+def test_a_number_json_cannot_hold_is_the_callers_error() -> None:
+    struct = struct_pb2.Struct()
+    struct.update({"maximum": float("inf")})  # only protobuf (the gRPC door) can carry it
+    with pytest.raises(InvalidRequestError, match="NaN or Infinity"):
+        struct_json(struct)

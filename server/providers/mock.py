@@ -27,6 +27,7 @@ from server.providers.base import Route
 __all__ = ["EMBEDDING_DIMENSIONS", "MockProvider", "mock_embedding"]
 
 EMBEDDING_DIMENSIONS = 64
+BATCH_CHUNKS = 64  # an 8 MiB prompt is 4M words: written in bounded pieces, not at once
 _WORD = re.compile(r"\s*\S+\s*")
 
 
@@ -47,7 +48,7 @@ class MockProvider:
         chunked: bool,
     ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
         """With a `chunk_delay_ms`, each word is its own batch, after its delay;
-        without, the answer is ready at once: one batch."""
+        without, the answer is ready at once: batches of `BATCH_CHUNKS`."""
         text = last_user_text(request.messages)
         limit = _max_tokens(request)
         finish_reason = "stop"
@@ -86,7 +87,7 @@ class MockProvider:
             if position >= last:
                 chunk.usage.CopyFrom(usage)
             batch.append(chunk)
-            if delay_s:
+            if delay_s or len(batch) == BATCH_CHUNKS:
                 yield batch
                 batch = []
         if batch:

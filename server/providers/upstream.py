@@ -16,7 +16,7 @@ import contextlib
 import email.utils
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -168,7 +168,7 @@ class UpstreamClient:
             await self._session.close()
 
 
-async def line_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+async def line_batches(response: aiohttp.ClientResponse) -> AsyncGenerator[list[bytes], None]:
     """The body's lines, one list for what each read brought, so that the events of
     one read leave the gateway in one write. A last line without a newline counts;
     a line longer than `MAX_LINE_BYTES` is an upstream error."""
@@ -176,20 +176,26 @@ async def line_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[b
     pending: list[bytes] = []  # the start of a line not yet ended
     pending_bytes = 0
     while data := await content.readany():
-        if b"\n" not in data:
+        first_end = data.find(b"\n")
+        if first_end < 0:
             pending.append(data)
             pending_bytes += len(data)
             if pending_bytes > MAX_LINE_BYTES:
-                raise UpstreamError("upstream provider sent a line that is too long")
+                raise _too_long()
             continue
+        if pending_bytes + first_end > MAX_LINE_BYTES:
+            raise _too_long()
         if pending:
             data = b"".join(pending) + data
             pending.clear()
         lines = data.split(b"\n")
         rest = lines.pop()
         pending_bytes = len(rest)
+        # a read longer than the bound may hold a whole line longer than it
+        if len(data) > MAX_LINE_BYTES and max(map(len, lines)) > MAX_LINE_BYTES:
+            raise _too_long()
         if pending_bytes > MAX_LINE_BYTES:
-            raise UpstreamError("upstream provider sent a line that is too long")
+            raise _too_long()
         if rest:
             pending.append(rest)
         yield lines
@@ -197,41 +203,47 @@ async def line_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[b
         yield [b"".join(pending)]
 
 
-async def sse_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+def _too_long() -> UpstreamError:
+    return UpstreamError("upstream provider sent a line that is too long")
+
+
+async def sse_batches(response: aiohttp.ClientResponse) -> AsyncGenerator[list[bytes], None]:
     """The `data:` payloads of an SSE body, one list for each read, up to `[DONE]`."""
-    async for lines in line_batches(response):
-        payloads: list[bytes] = []
-        for line in lines:
-            if line.startswith(b"data:"):
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    if payloads:
-                        yield payloads
-                    return
-                if data:
-                    payloads.append(data)
-        if payloads:
-            yield payloads
+    async with contextlib.aclosing(line_batches(response)) as reads:
+        async for lines in reads:
+            payloads: list[bytes] = []
+            for line in lines:
+                if line.startswith(b"data:"):
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        if payloads:
+                            yield payloads
+                        return
+                    if data:
+                        payloads.append(data)
+            if payloads:
+                yield payloads
 
 
 async def decoded(
-    batches: AsyncIterator[list[bytes]], convert: Callable[[Any], T | None]
+    batches: AsyncGenerator[list[bytes], None], convert: Callable[[Any], T | None]
 ) -> AsyncIterator[list[T]]:
     """Each batch's items decoded and converted (blank lines, and items that convert
     to None, dropped). The items before one that fails still go out, in a batch
     of their own, before the failure: what reached the gateway reaches the caller."""
-    async for batch in batches:
-        out: list[T] = []
-        try:
-            for raw in batch:
-                if raw and not raw.isspace() and (item := decode(raw, convert)) is not None:
-                    out.append(item)
-        except GatewayError:
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            out: list[T] = []
+            try:
+                for raw in batch:
+                    if raw and not raw.isspace() and (item := decode(raw, convert)) is not None:
+                        out.append(item)
+            except Exception:
+                if out:
+                    yield out
+                raise
             if out:
                 yield out
-            raise
-        if out:
-            yield out
 
 
 def bearer(api_key: str | None) -> dict[str, str]:

@@ -3,8 +3,9 @@ tool call arguments as JSON objects, a `Struct` as JSON."""
 
 from __future__ import annotations
 
-import functools
+import math
 import re
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -18,10 +19,12 @@ __all__ = ["DATA_URL", "cannot_honour", "struct_json", "struct_to_json", "tool_a
 DATA_URL = re.compile(r"data:(?P<media>[\w/+.-]+);base64,(?P<data>.*)", re.S)
 
 
-# a schema sent again (agents send the same tools on every request) is encoded once;
-# at most this many, of at most this size each: 4 MiB kept in all, keys and JSON
+# a schema sent again (agents send the same tools on every request) is kept encoded;
+# at most this many, of at most these sizes: 6 MiB in all, serialized keys and JSON
 SCHEMAS_KEPT = 128
-SCHEMA_KEPT_MAX_BYTES = 16 * 1024
+SCHEMA_KEPT_MAX_BYTES = 16 * 1024  # serialized
+SCHEMA_JSON_KEPT_MAX_BYTES = 32 * 1024
+_schemas: OrderedDict[bytes, orjson.Fragment] = OrderedDict()  # least recently used first
 
 
 def struct_json(struct: struct_pb2.Struct) -> orjson.Fragment | dict[str, Any]:
@@ -34,19 +37,23 @@ def struct_json(struct: struct_pb2.Struct) -> orjson.Fragment | dict[str, Any]:
     serialized = struct.SerializeToString(deterministic=True)
     if len(serialized) > SCHEMA_KEPT_MAX_BYTES:
         return struct_to_json(struct)
-    return _encoded_schema(serialized)
-
-
-@functools.lru_cache(maxsize=SCHEMAS_KEPT)
-def _encoded_schema(serialized: bytes) -> orjson.Fragment:
-    struct = struct_pb2.Struct()
-    struct.ParseFromString(serialized)
-    return orjson.Fragment(orjson.dumps(struct_to_json(struct)))
+    fragment = _schemas.get(serialized)
+    if fragment is not None:
+        _schemas.move_to_end(serialized)
+        return fragment
+    encoded = orjson.dumps(struct_to_json(struct))
+    fragment = orjson.Fragment(encoded)
+    if len(encoded) <= SCHEMA_JSON_KEPT_MAX_BYTES:
+        _schemas[serialized] = fragment
+        if len(_schemas) > SCHEMAS_KEPT:
+            _schemas.popitem(last=False)
+    return fragment
 
 
 def struct_to_json(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A `Struct` (a tool's parameters, a JSON schema) as plain JSON values, read directly:
-    what `json_format.MessageToDict` gives (numbers as floats), at a fraction of its cost."""
+    """A `Struct` as plain JSON values, read directly: what `json_format.MessageToDict`
+    gives (numbers as floats). JSON has no NaN or Infinity: a number that is one
+    (only protobuf can carry it) is the caller's 400."""
     return {key: _json_value(value) for key, value in struct.fields.items()}
 
 
@@ -58,6 +65,8 @@ def _json_value(value: struct_pb2.Value) -> Any:
         return [_json_value(item) for item in value.list_value.values]
     if kind is None or kind == "null_value":
         return None
+    if kind == "number_value" and not math.isfinite(value.number_value):
+        raise InvalidRequestError("tools: a schema holds a number JSON cannot (NaN or Infinity)")
     return getattr(value, kind)  # number_value, string_value, bool_value
 
 
