@@ -115,6 +115,14 @@ class Row:
     cpu_ms: dict[str, list[float]] = field(default_factory=dict)
     rss_mib: float | None = None
 
+    @property
+    def has_grpc(self) -> bool:
+        return self.address.get("grpc", "-") != "-"
+
+    @property
+    def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", self.authorization),) if self.authorization else ()
+
     def median(self, figure: str) -> float | None:
         values = self.figures.get(figure)
         return statistics.median(values) if values else None
@@ -522,14 +530,13 @@ async def _drop_schema(dsn: str, schema: str) -> None:
 def measure(row: Row, figure: str, args: argparse.Namespace, procs: Processes, pool: Pool) -> None:
     stream = figure.endswith("stream")
     if figure.startswith("grpc"):
-        metadata = (("authorization", row.authorization),) if row.authorization else ()
         job = (
             row.address["grpc"],
             stream,
             args.seconds,
             args.concurrency,
             args.words,
-            metadata,
+            row.grpc_metadata,
             procs.client_core,
         )
         before = cpu_s(row.pid)
@@ -675,13 +682,12 @@ def main() -> None:
         for row in rows:
             for stream in (False, True):
                 check_http(row, stream, args.words)
-            if "grpc" in row.address and row.address["grpc"] != "-":
-                metadata = (("authorization", row.authorization),) if row.authorization else ()
-                asyncio.run(_check_grpc(row.address["grpc"], args.words, metadata))
+            if row.has_grpc:
+                asyncio.run(_check_grpc(row.address["grpc"], args.words, row.grpc_metadata))
         for round_ in range(args.rounds):
             for figure in figures:
                 for row in rows:
-                    if figure.startswith("grpc") and row.address.get("grpc", "-") == "-":
+                    if figure.startswith("grpc") and not row.has_grpc:
                         continue
                     measure(row, figure, args, procs, pool)
             print(

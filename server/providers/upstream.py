@@ -176,25 +176,20 @@ async def line_batches(response: aiohttp.ClientResponse) -> AsyncGenerator[list[
     pending: list[bytes] = []  # the start of a line not yet ended
     pending_bytes = 0
     while data := await content.readany():
-        first_end = data.find(b"\n")
-        if first_end < 0:
+        if b"\n" not in data:
             pending.append(data)
             pending_bytes += len(data)
             if pending_bytes > MAX_LINE_BYTES:
                 raise _too_long()
             continue
-        if pending_bytes + first_end > MAX_LINE_BYTES:
-            raise _too_long()
         if pending:
             data = b"".join(pending) + data
             pending.clear()
         lines = data.split(b"\n")
         rest = lines.pop()
         pending_bytes = len(rest)
-        # a read longer than the bound may hold a whole line longer than it
-        if len(data) > MAX_LINE_BYTES and max(map(len, lines)) > MAX_LINE_BYTES:
-            raise _too_long()
-        if pending_bytes > MAX_LINE_BYTES:
+        # only what is longer than the bound can hold a line longer than it
+        if len(data) > MAX_LINE_BYTES and max(pending_bytes, *map(len, lines)) > MAX_LINE_BYTES:
             raise _too_long()
         if rest:
             pending.append(rest)
