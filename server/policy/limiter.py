@@ -15,16 +15,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = ["WINDOW_S", "Budget", "Decision", "MemoryLimiter"]
 
 WINDOW_S = 60.0  # capacities are per minute
 
 
-@dataclass(frozen=True, slots=True)
-class Budget:
+class Budget(NamedTuple):  # tuples: built on every call, at a third of a frozen dataclass's cost
     """One bucket's state after a decision, as the x-ratelimit headers say it."""
 
     limit: int
@@ -32,8 +30,7 @@ class Budget:
     reset_s: float  # until the bucket is full again
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     retry_after_s: float
     fits_ever: bool  # False: the cost exceeds the whole capacity; waiting will not help
@@ -45,7 +42,7 @@ class Decision:
 def _budget(limit: int, tat: float, now: float) -> Budget:
     interval = WINDOW_S / limit
     remaining = max(math.floor((now + WINDOW_S - max(tat, now)) / interval + 1e-9), 0)
-    return Budget(limit=limit, remaining=min(remaining, limit), reset_s=max(tat - now, 0.0))
+    return Budget(limit, min(remaining, limit), max(tat - now, 0.0))
 
 
 class Limiter(Protocol):
@@ -92,31 +89,35 @@ class MemoryLimiter:
         """Take one request and `tokens` tokens from `key`'s buckets, or neither."""
         now = self._clock()
         self._maybe_prune(now)
-        wanted: list[tuple[str, str, int, int]] = []  # (dimension, bucket, capacity, cost)
+        tats = self._tat
+        # in time ahead of now, not absolute times: (now + 60) - 60 - now is not always 0
+        fits_ever, wait = True, 0.0
         if requests_per_minute is not None:
-            wanted.append(("requests", f"{key}:r", self._capacity(requests_per_minute), 1))
+            r_bucket, r_limit = key + ":r", self._capacity(requests_per_minute)
+            r_ahead = max(tats.get(r_bucket, now) - now, 0.0) + WINDOW_S / r_limit
+            wait = r_ahead - WINDOW_S
         if tokens_per_minute is not None:
-            wanted.append(("tokens", f"{key}:t", self._capacity(tokens_per_minute), tokens))
-        fits_ever = all(cost <= limit for _, _, limit, cost in wanted)
-        wait = 0.0
-        new_tats = []
-        for _, bucket, limit, cost in wanted:
-            # in time ahead of now, not absolute times: (now + 60) - 60 - now is not always 0
-            ahead = max(self._tat.get(bucket, now) - now, 0.0) + cost * WINDOW_S / limit
-            wait = max(wait, ahead - WINDOW_S)
-            new_tats.append(now + ahead)
+            t_bucket, t_limit = key + ":t", self._capacity(tokens_per_minute)
+            t_ahead = max(tats.get(t_bucket, now) - now, 0.0) + tokens * WINDOW_S / t_limit
+            wait = max(wait, t_ahead - WINDOW_S)
+            fits_ever = tokens <= t_limit
         allowed = fits_ever and wait <= _ROUNDING_S
-        budgets: dict[str, Budget] = {}
-        for (dimension, bucket, limit, _), new_tat in zip(wanted, new_tats, strict=True):
+        requests: Budget | None = None
+        tokens_budget: Budget | None = None
+        if requests_per_minute is not None:
             if allowed:
-                self._tat[bucket] = new_tat
-            budgets[dimension] = _budget(limit, self._tat.get(bucket, now), now)
+                tats[r_bucket] = now + r_ahead
+            requests = _budget(r_limit, tats.get(r_bucket, now), now)
+        if tokens_per_minute is not None:
+            if allowed:
+                tats[t_bucket] = now + t_ahead
+            tokens_budget = _budget(t_limit, tats.get(t_bucket, now), now)
         return Decision(
-            allowed=allowed,
-            retry_after_s=max(wait, 0.0) if fits_ever else WINDOW_S,
-            fits_ever=fits_ever,
-            requests=budgets.get("requests"),
-            tokens=budgets.get("tokens"),
+            allowed,
+            max(wait, 0.0) if fits_ever else WINDOW_S,
+            fits_ever,
+            requests,
+            tokens_budget,
         )
 
     async def peek(

@@ -15,7 +15,6 @@ request never waits longer than the timeout.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -179,7 +178,7 @@ class RedisLimiter:
         self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None, tokens: int
     ) -> Decision:
         decision = await self._fallback.acquire(key, requests_per_minute, tokens_per_minute, tokens)
-        return dataclasses.replace(decision, local=True)
+        return decision._replace(local=True)
 
     async def peek(
         self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None
