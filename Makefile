@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test install codegen check-codegen lint typecheck pytest bench clean
+.PHONY: run test install codegen check-codegen lint typecheck pytest bench clean nginx wrk
 
 run: codegen
 	$(VENV)/bin/tandem serve
@@ -33,11 +33,18 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	$(VENV)/bin/mypy
 
-pytest: $(INSTALLED)
+pytest: $(INSTALLED) nginx
 	$(PY) -m pytest
 
-bench: codegen
+bench: codegen nginx wrk
 	$(PY) scripts/bench.py
+
+# Debian's packages: nginx fronts the replica tests and is the bench's upstream; wrk is
+# the bench's load. Installed when missing (as root), else a clear line says what to do.
+nginx wrk:
+	@PATH="$$PATH:/usr/sbin" command -v $@ >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq $@ >/dev/null; } || \
+	  { echo "needs Debian's $@: apt-get install $@"; exit 1; }
 
 clean:
 	rm -rf $(VENV)

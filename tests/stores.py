@@ -1,4 +1,6 @@
-"""The local PostgreSQL for tests: every user gets a schema of its own, dropped after."""
+"""The local PostgreSQL and Redis for tests: every user of PostgreSQL gets a schema of
+its own, dropped after; Redis users take a database of this suite's and a key prefix
+of their own."""
 
 from __future__ import annotations
 
@@ -7,12 +9,15 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-__all__ = ["PG_DSN", "count_records", "pg_schema_url"]
+__all__ = ["PG_DSN", "REDIS_URL", "count_records", "pg_schema_url"]
 
 PG_DSN = os.environ.get("TANDEM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+_REDIS_BASE_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = urlunsplit(urlsplit(_REDIS_BASE_URL)._replace(path="/9"))  # this suite's database
 
 
 @contextlib.contextmanager

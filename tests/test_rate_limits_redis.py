@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
 from server.policy.redis_limiter import RedisLimiter
 from tests.servers import TandemProcess, start_tandem
-
-BASE_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-# this suite's own database number, and a key prefix of its own per run
-REDIS_URL = urlunsplit(urlsplit(BASE_URL)._replace(path="/9"))
+from tests.stores import REDIS_URL
 
 
 @pytest.fixture

@@ -1,0 +1,147 @@
+"""A real nginx (Debian's package) in front of `tandem serve` replicas, for tests.
+
+HTTP is proxied with kept-alive upstream connections and no buffering (SSE),
+gRPC with `grpc_pass`. nginx's idle timeout for upstream connections is
+shorter than the replicas' `shutdown_delay_s`, so no connection it keeps idle
+lives on into a replica's drain (see README, "Running more than one").
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Balancer", "free_port", "nginx_balancer"]
+
+CONFIG = """
+worker_processes 1;
+daemon off;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/error.log warn;
+events { worker_connections 4096; }
+http {
+    log_format balancer '$status $request_method $uri upstream=$upstream_addr '
+                        'upstream_status=$upstream_status';
+    access_log %(dir)s/access.log balancer;
+    client_body_temp_path %(dir)s/body;
+    proxy_temp_path %(dir)s/proxy;
+    fastcgi_temp_path %(dir)s/fastcgi;
+    uwsgi_temp_path %(dir)s/uwsgi;
+    scgi_temp_path %(dir)s/scgi;
+    upstream tandem_http {
+%(http_servers)s
+        keepalive 64;
+        keepalive_timeout %(idle_ms)dms;
+    }
+    upstream tandem_grpc {
+%(grpc_servers)s
+        keepalive 64;
+        keepalive_timeout %(idle_ms)dms;
+    }
+    server {
+        listen 127.0.0.1:%(http_port)d;
+        location / {
+            proxy_pass http://tandem_http;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            # the default: a replica that refuses the connection is skipped; a POST
+            # already sent is never sent twice
+            proxy_next_upstream error timeout;
+        }
+    }
+    server {
+        listen 127.0.0.1:%(grpc_port)d http2;
+        location / {
+            grpc_pass grpc://tandem_grpc;
+            grpc_next_upstream error timeout;
+        }
+    }
+}
+"""
+
+
+def free_port() -> int:
+    """A port free now (a replica binds it later, and again after a restart)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Balancer:
+    http: str
+    grpc: str
+    directory: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.http}"
+
+    def access_log(self) -> list[str]:
+        return (self.directory / "access.log").read_text().splitlines()
+
+    def error_log(self) -> str:
+        return (self.directory / "error.log").read_text()
+
+
+def _servers(addresses: Sequence[str]) -> str:
+    # a replica that refused a connection is left out for a second, then tried again
+    return "\n".join(f"        server {a} max_fails=1 fail_timeout=1s;" for a in addresses)
+
+
+@contextmanager
+def nginx_balancer(
+    http_backends: Sequence[str], grpc_backends: Sequence[str], *, idle_ms: int
+) -> Iterator[Balancer]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        raise RuntimeError("the replica tests need nginx: apt-get install nginx (make test does)")
+    directory = Path(tempfile.mkdtemp(prefix="tandem-balancer-"))
+    directory.chmod(0o755)  # nginx's workers (not root) write the temp paths
+    http_port, grpc_port = free_port(), free_port()
+    (directory / "nginx.conf").write_text(
+        CONFIG
+        % {
+            "dir": directory,
+            "http_port": http_port,
+            "grpc_port": grpc_port,
+            "http_servers": _servers(http_backends),
+            "grpc_servers": _servers(grpc_backends),
+            "idle_ms": idle_ms,
+        }
+    )
+    proc = subprocess.Popen(
+        [nginx, "-e", str(directory / "error.log"), "-p", str(directory), "-c", "nginx.conf"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        for port in (http_port, grpc_port):
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        assert proc.stderr is not None
+                        raise RuntimeError(
+                            f"nginx did not start: {proc.stderr.read().decode()}"
+                        ) from None
+                    time.sleep(0.02)
+        yield Balancer(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", directory)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        shutil.rmtree(directory, ignore_errors=True)
