@@ -1,0 +1,825 @@
+"""deploy/: the image, the compose stack and the Kubernetes manifests, checked here.
+
+No Docker engine or cluster runs in `make test`: the Dockerfile is linted
+(hadolint), the manifests are validated against the Kubernetes schemas that
+kubernetes-validate bundles (offline, strict), `docker compose config` runs
+only where the compose plugin exists, and every file is held consistent with
+deploy/config.yaml and with the others. One test starts `tandem serve` on
+deploy/config.yaml (local PostgreSQL and Redis) and drains it as a replica would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import grpc
+import httpx
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.config import Config, ConfigError, load_config, parse_host_port
+from tests.servers import TandemProcess
+from tests.stores import pg_schema_url
+
+ROOT = Path(__file__).parent.parent
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+BIN = Path(sys.executable).parent
+HADOLINT = BIN / "hadolint"
+KUBERNETES_VALIDATE = BIN / "kubernetes-validate"
+# The oldest Kubernetes the manifests are meant for, and the newest bundled.
+K8S_VERSIONS = ("1.33.0", "1.37.0")
+MANIFESTS = {
+    "configmap.yaml": "ConfigMap",
+    "secret.example.yaml": "Secret",
+    "deployment.yaml": "Deployment",
+    "service.yaml": "Service",
+    "pdb.yaml": "PodDisruptionBudget",
+    "hpa.yaml": "HorizontalPodAutoscaler",
+}
+CONFIG_PATH = "/etc/tandem/config.yaml"
+ENTRYPOINT = ["tandem", "serve", "--config", CONFIG_PATH]
+# After the drain: the usage flush retries for up to 10 s while the store is down,
+# then the spans get up to 5 s (README: Usage, Telemetry).
+FLUSH_MARGIN_S = 15
+# What the config's ${VAR}s need, with made-up values.
+ENV = {
+    "TANDEM_JWT_SECRET": "jwt-secret-for-tests",
+    "TANDEM_ADMIN_KEY": "admin-key-for-tests",
+    "TANDEM_DATABASE_URL": "postgresql://tandem:password@postgres:5432/tandem",
+    "TANDEM_REDIS_URL": "redis://redis:6379/0",
+}
+OPTIONAL_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL")
+REDIS_BASE_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def manifest(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = load_yaml(K8S / name)
+    return document
+
+
+def replica_config(environ: dict[str, str] | None = None) -> Config:
+    return load_config(DEPLOY / "config.yaml", ENV if environ is None else environ)
+
+
+def port_of(address: str) -> int:
+    return parse_host_port(address)[1]
+
+
+def run(command: list[str | Path], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(part) for part in command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+
+
+# --- the Dockerfile, read as Docker reads it --------------------------------------
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    arguments: str
+
+
+@dataclass
+class Stage:
+    image: str
+    name: str | None
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [i.arguments for i in self.instructions if i.keyword == keyword]
+
+    def last(self, keyword: str) -> str:
+        found = self.all(keyword)
+        assert found, f"no {keyword} in the stage FROM {self.image}"
+        return found[-1]
+
+
+def dockerfile_stages(text: str) -> list[Stage]:
+    """Instructions by stage: continuation lines joined, comment lines dropped."""
+    logical: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") or (not line.strip() and not pending):
+            continue
+        pending += line.rstrip().removesuffix("\\").strip() + " "
+        if not line.rstrip().endswith("\\"):
+            logical.append(pending.strip())
+            pending = ""
+    assert not pending, "a continuation line ends the file"
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, arguments = line.partition(" ")
+        if keyword.upper() == "FROM":
+            words = arguments.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(words[0], name))
+        else:
+            assert stages, f"{line!r} before the first FROM"
+            stages[-1].instructions.append(Instruction(keyword.upper(), arguments.strip()))
+    return stages
+
+
+def copy_sources(arguments: str) -> list[str]:
+    words = [w for w in shlex.split(arguments) if not w.startswith("--")]
+    return words[:-1]
+
+
+# --- .dockerignore, matched as Docker matches it ------------------------------------
+
+
+def dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
+    """(negated, pattern) in order; the last pattern that matches a path decides."""
+    patterns = []
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        glob = line.removeprefix("!").strip().strip("/")
+        regex = ""
+        i = 0
+        while i < len(glob):
+            if glob.startswith("**/", i):
+                regex, i = regex + "(?:.*/)?", i + 3
+            elif glob.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif glob[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif glob[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            elif glob[i] == "[":
+                end = glob.index("]", i)
+                regex, i = regex + glob[i : end + 1], end + 1
+            else:
+                regex, i = regex + re.escape(glob[i]), i + 1
+        patterns.append((negated, re.compile(regex)))
+    return patterns
+
+
+def in_build_context(path: str) -> bool:
+    """Whether `docker build .` at the repository root sends this file."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    included = True
+    for negated, pattern in dockerignore_patterns():
+        if any(pattern.fullmatch(prefix) for prefix in prefixes):
+            included = negated
+    return included
+
+
+# --- nginx.conf, as a tree of directives --------------------------------------------
+
+
+@dataclass
+class Directive:
+    name: str
+    args: list[str]
+    block: list[Directive] | None = None
+
+    def find(self, name: str, *args: str) -> list[Directive]:
+        return [d for d in self.block or [] if d.name == name and list(args) == d.args[: len(args)]]
+
+    def one(self, name: str, *args: str) -> Directive:
+        found = self.find(name, *args)
+        assert len(found) == 1, f"{self.name} {self.args}: {len(found)} times {name} {args}"
+        return found[0]
+
+
+def parse_nginx(text: str) -> Directive:
+    tokens = re.findall(r'"[^"]*"|\'[^\']*\'|[{};]|[^\s{};]+', re.sub(r"#[^\n]*", "", text))
+    root = Directive("main", [], [])
+    stack = [root]
+    words: list[str] = []
+    for token in tokens:
+        if token in (";", "{"):
+            directive = Directive(words[0], [w.strip("\"'") for w in words[1:]])
+            assert stack[-1].block is not None
+            stack[-1].block.append(directive)
+            if token == "{":
+                directive.block = []
+                stack.append(directive)
+            words = []
+        elif token == "}":
+            assert not words, f"unterminated directive {words}"
+            stack.pop()
+        else:
+            words.append(token)
+    assert len(stack) == 1, "unbalanced braces in nginx.conf"
+    assert not words, f"unterminated directive {words}"
+    return root
+
+
+def nginx_version(image: str) -> tuple[int, ...]:
+    match = re.fullmatch(r"nginx:(\d+)\.(\d+)\.(\d+)(?:-[a-z0-9.]+)?", image)
+    assert match, f"nginx image not pinned to a full version: {image}"
+    return tuple(int(g) for g in match.groups())
+
+
+def duration_s(text: str) -> float:
+    """A compose duration: `50s`, `1m30s`, `1h`."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert "".join(n + u for n, u in parts) == text != "", f"not a duration: {text}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def config_variables() -> dict[str, bool]:
+    """Each ${VAR} in deploy/config.yaml's values (not its comments): has it a default?"""
+    found: dict[str, bool] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str):
+            for name, default in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}", value):
+                found[name] = bool(default)
+
+    walk(load_yaml(DEPLOY / "config.yaml"))
+    return found
+
+
+# --- hadolint -----------------------------------------------------------------------
+
+
+def hadolint(dockerfile: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Every rule at every level, no config file or inline pragma can hide one."""
+    config = tmp_path / "hadolint.yaml"
+    config.write_text("ignored: []\n")
+    return run(
+        [
+            HADOLINT,
+            "--config",
+            config,
+            "--disable-ignore-pragma",
+            "--failure-threshold",
+            "style",
+            "--format",
+            "json",
+            dockerfile,
+        ]
+    )
+
+
+def test_hadolint_passes_the_dockerfile(tmp_path: Path) -> None:
+    done = hadolint(DEPLOY / "Dockerfile", tmp_path)
+    assert (done.returncode, json.loads(done.stdout)) == (0, []), done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "rule"),
+    [
+        ("USER 10001:10001", "USER root", "DL3002"),  # the last USER is root
+        ("pip install --no-cache-dir .", "pip install --no-cache-dir uvicorn", "DL3013"),
+        ("--no-cache-dir .", ".", "DL3042"),  # pip's cache left in the image
+        (
+            'ENTRYPOINT ["tandem", "serve", "--config", "/etc/tandem/config.yaml"]',
+            "ENTRYPOINT tandem serve",
+            "DL3025",
+        ),
+        ("FROM python:3.11.13-slim-bookworm AS builder", "FROM python:latest AS builder", "DL3007"),
+    ],
+)
+def test_hadolint_flags_a_broken_dockerfile(tmp_path: Path, old: str, new: str, rule: str) -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert old in text
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(text.replace(old, new))
+    done = hadolint(broken, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert rule in {finding["code"] for finding in json.loads(done.stdout)}
+
+
+# --- kubernetes-validate --------------------------------------------------------------
+
+
+def kubernetes_validate(files: list[Path], version: str) -> subprocess.CompletedProcess[str]:
+    return run([KUBERNETES_VALIDATE, "--strict", "-k", version, *files])
+
+
+def test_k8s_holds_one_file_per_object() -> None:
+    kinds = {path.name: manifest(path.name)["kind"] for path in sorted(K8S.iterdir())}
+    assert kinds == MANIFESTS
+    for path in K8S.iterdir():
+        assert len(list(yaml.safe_load_all(path.read_text()))) == 1, path.name
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_kubernetes_validate_passes_every_manifest(version: str) -> None:
+    files = sorted(K8S.glob("*.yaml"))
+    done = kubernetes_validate(files, version)
+    assert done.returncode == 0, done.stdout + done.stderr
+    short = version.rpartition(".")[0]
+    for path in files:
+        assert f"{path.relative_to(ROOT)} passed for resource" in done.stdout
+    assert done.stdout.count(f"against version {short}") == len(files)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "complaint"),
+    [
+        (
+            "      terminationGracePeriodSeconds:",
+            "      terminationGracePeriod: 50\n      terminationGracePeriodSeconds:",
+            "'terminationGracePeriod' was unexpected",
+        ),
+        ("  replicas: 3", '  replicas: "3"', "is not of type 'integer'"),
+    ],
+)
+def test_kubernetes_validate_rejects_a_broken_deployment(
+    tmp_path: Path, old: str, new: str, complaint: str
+) -> None:
+    text = (K8S / "deployment.yaml").read_text()
+    assert text.count(old) == 1
+    broken = tmp_path / "deployment.yaml"
+    broken.write_text(text.replace(old, new))
+    done = kubernetes_validate([broken], K8S_VERSIONS[0])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert complaint in done.stdout + done.stderr
+
+
+# --- deploy/config.yaml -----------------------------------------------------------------
+
+
+def test_replica_config_loads_with_its_environment() -> None:
+    config = replica_config()
+    server = config.server
+    assert (server.http, server.grpc, server.workers) == ("0.0.0.0:8080", "0.0.0.0:50051", 1)
+    assert (server.shutdown_delay_s, server.shutdown_grace_s) == (5, 30)
+    assert server.keep_alive_timeout_s == 75
+    assert (config.rate_limits.backend, config.rate_limits.url) == (
+        "redis",
+        ENV["TANDEM_REDIS_URL"],
+    )
+    assert config.usage.store == ENV["TANDEM_DATABASE_URL"]
+    assert config.auth.required is True
+    assert config.auth.jwt is not None
+    assert config.auth.jwt.secret == ENV["TANDEM_JWT_SECRET"]
+    assert config.auth.admin_keys == (ENV["TANDEM_ADMIN_KEY"],)
+    assert {p.name: p.kind for p in config.providers} == {"mock": "mock", "openai": "openai"}
+    assert config.provider("openai").api_key == ""  # OPENAI_API_KEY may stay unset
+    assert config.provider("openai").url == "https://api.openai.com/v1"
+    assert {m.name: m.provider for m in config.models} == {"echo": "mock", "gpt-4o-mini": "openai"}
+    assert set(config.tiers) == {"free", "standard"}
+    assert config.tiers["free"].default_model == "echo"
+    assert config.tiers["standard"].default_model == "gpt-4o-mini"
+
+
+def test_replica_config_takes_the_optional_variables() -> None:
+    extra = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": "http://vllm:8000/v1"}
+    openai = replica_config({**ENV, **extra}).provider("openai")
+    assert (openai.api_key, openai.url) == ("sk-test", "http://vllm:8000/v1")
+
+
+@pytest.mark.parametrize("name", sorted(ENV))
+def test_replica_config_refuses_to_start_without_a_secret(name: str) -> None:
+    environ = {k: v for k, v in ENV.items() if k != name}
+    with pytest.raises(ConfigError, match=f"environment variable {name} is not set"):
+        replica_config(environ)
+
+
+def test_config_variables_are_the_documented_ones() -> None:
+    variables = config_variables()
+    assert {name for name, default in variables.items() if not default} == set(ENV)
+    assert {name for name, default in variables.items() if default} == set(OPTIONAL_ENV)
+
+
+def test_configmap_holds_config_yaml_verbatim() -> None:
+    configmap = manifest("configmap.yaml")
+    assert configmap["data"] == {"config.yaml": (DEPLOY / "config.yaml").read_text()}
+
+
+# --- the drain fits the grace periods -----------------------------------------------------
+
+
+def drain_budget_s() -> float:
+    server = replica_config().server
+    return server.shutdown_delay_s + server.shutdown_grace_s + FLUSH_MARGIN_S
+
+
+def test_termination_grace_covers_the_drain() -> None:
+    pod = manifest("deployment.yaml")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] >= drain_budget_s()
+    assert "lifecycle" not in pod["containers"][0]  # no preStop: shutdown_delay_s does it
+
+
+def test_compose_stop_grace_covers_the_drain() -> None:
+    tandem = load_yaml(DEPLOY / "compose.yaml")["services"]["tandem"]
+    assert duration_s(tandem["stop_grace_period"]) >= drain_budget_s()
+    assert tandem.get("stop_signal", "SIGTERM") == "SIGTERM"
+    assert tandem.get("init") is not True  # tandem itself is PID 1
+
+
+# --- the Dockerfile ------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_a_venv_and_runs_tandem_as_non_root() -> None:
+    builder, final = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
+    assert builder.name == "builder"
+    assert builder.image == final.image  # the venv's python links into the base image
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-[a-z]+)?", final.image)
+    assert any("pip install --no-cache-dir ." in run for run in builder.all("RUN"))
+
+    user = final.last("USER")
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit(), f"USER {user}: numeric, so runAsNonRoot can check it"
+    assert int(uid) != 0, f"USER {user}: not root"
+    assert gid == "" or int(gid) != 0
+    assert [i.keyword for i in final.instructions].index("USER") > max(
+        n for n, i in enumerate(final.instructions) if i.keyword in ("RUN", "COPY")
+    ), "USER comes after everything that needs root"
+    assert any(f"--uid {uid}" in run for run in final.all("RUN")), "the user is created"
+    workdir = final.last("WORKDIR")
+    assert any(f"--home-dir {workdir}" in r and "--create-home" in r for r in final.all("RUN"))
+
+    assert json.loads(final.last("ENTRYPOINT")) == ENTRYPOINT  # exec form: tandem is PID 1
+    assert not final.all("CMD")
+    assert final.last("STOPSIGNAL") == "SIGTERM"
+    assert final.all("COPY") == ["--from=builder /opt/venv /opt/venv"]
+    assert "/opt/venv/bin" in final.last("ENV")
+    final_runs = " ".join(final.all("RUN"))
+    for tool in ("apt-get", "apk", "gcc", "build-essential", "pip "):
+        assert tool not in final_runs, f"{tool} in the final stage"
+
+
+def test_dockerfile_copies_what_the_package_is_built_from() -> None:
+    builder, _ = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
+    sources = [s for args in builder.all("COPY") for s in copy_sources(args)]
+    assert sources == ["pyproject.toml", "README.md", "server/", "http_bridge/", "clients/"]
+    tracked = run(["git", "ls-files"]).stdout.splitlines()
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        files = [f for f in tracked if f == source or f.startswith(source)]
+        assert files, f"nothing tracked under {source}"
+        left_out = [f for f in files if not in_build_context(f)]
+        assert not left_out, f".dockerignore leaves out {left_out[:5]}"
+
+    # every package setuptools installs lives under a copied directory
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package_dirs = setuptools.get("package-dir", {})
+    for package in setuptools["packages"]:
+        top, _, rest = package.partition(".")
+        directory = Path(package_dirs.get(top, top), *rest.split(".") if rest else ())
+        assert any(f"{directory.as_posix()}/".startswith(s) for s in sources), package
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    for path in (".venv/bin/python", ".git/HEAD", "tandem.db", "tests/conftest.py", "protos/x"):
+        assert not in_build_context(path), path
+    for path in ("server/__pycache__/cli.cpython-311.pyc", "tandem.egg-info/PKG-INFO"):
+        assert not in_build_context(path), path
+    assert in_build_context("clients/tandem/v1/chat_pb2.py")
+    assert in_build_context("deploy/Dockerfile") is False  # -f names it; the context needs none
+
+
+# --- ports, probes, names ---------------------------------------------------------------
+
+
+def container() -> dict[str, Any]:
+    containers: list[dict[str, Any]] = manifest("deployment.yaml")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def container_port(port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    ports: dict[str, int] = {p["name"]: p["containerPort"] for p in container()["ports"]}
+    return ports[port]  # a named port: the container's
+
+
+def test_deployment_probes_and_ports_match_the_config() -> None:
+    server = replica_config().server
+    http, grpc_port = port_of(server.http), port_of(server.grpc)
+    spec = container()
+    assert {p["name"]: p["containerPort"] for p in spec["ports"]} == {
+        "http": http,
+        "grpc": grpc_port,
+    }
+    assert all(p.get("protocol", "TCP") == "TCP" for p in spec["ports"])
+    readiness = spec["readinessProbe"]["httpGet"]
+    assert (readiness["path"], container_port(readiness["port"])) == ("/readyz", http)
+    liveness = spec["livenessProbe"]["httpGet"]
+    assert (liveness["path"], container_port(liveness["port"])) == ("/healthz", http)
+    startup = spec["startupProbe"]
+    assert startup["grpc"]["port"] == grpc_port
+    assert startup["grpc"].get("service", "") == ""  # the overall status
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30
+
+
+def test_service_ports_match_the_pods() -> None:
+    service = manifest("service.yaml")["spec"]
+    assert service.get("type", "ClusterIP") == "ClusterIP"
+    ports = {p["name"]: p for p in service["ports"]}
+    assert set(ports) == {"http", "grpc"}
+    server = replica_config().server
+    assert ports["http"]["port"] == container_port(ports["http"]["targetPort"])
+    assert ports["http"]["port"] == port_of(server.http)
+    assert ports["grpc"]["port"] == container_port(ports["grpc"]["targetPort"])
+    assert ports["grpc"]["port"] == port_of(server.grpc)
+    assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
+
+
+def test_dockerfile_exposes_the_config_ports() -> None:
+    _, final = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
+    server = replica_config().server
+    exposed = {int(p) for args in final.all("EXPOSE") for p in args.split()}
+    assert exposed == {port_of(server.http), port_of(server.grpc)}
+
+
+def test_deployment_runs_the_image_hardened() -> None:
+    deployment = manifest("deployment.yaml")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"] == {"matchLabels": labels}
+
+    _, final = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
+    uid, _, gid = final.last("USER").partition(":")
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == int(uid)
+    assert pod["securityContext"].get("runAsGroup", int(gid or uid)) == int(gid or uid)
+    spec_container = container()
+    security = spec_container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert not {"command", "args"} & set(spec_container)  # the image's ENTRYPOINT as it is
+    for kind in ("requests", "limits"):
+        assert set(spec_container["resources"][kind]) == {"cpu", "memory"}
+
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in spec_container["volumeMounts"]}
+    config_mount = mounts[str(Path(CONFIG_PATH).parent)]
+    assert config_mount.get("readOnly") is True
+    config_volume = volumes[config_mount["name"]]["configMap"]
+    assert config_volume["name"] == manifest("configmap.yaml")["metadata"]["name"]
+    assert config_volume.get("items") is None  # the key config.yaml is the file's name
+    writable = [volumes[m["name"]] for m in mounts.values() if not m.get("readOnly")]
+    assert writable, "an emptyDir for the writable paths"
+    assert all("emptyDir" in v for v in writable)
+
+
+def test_deployment_environment_is_the_secret_and_the_secret_is_the_config_variables() -> None:
+    secret = manifest("secret.example.yaml")
+    env_from = container()["envFrom"]
+    assert env_from == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+    assert set(secret["stringData"]) == set(config_variables()) - {"OPENAI_BASE_URL"}
+    assert all(isinstance(v, str) for v in secret["stringData"].values())
+    replica_config(dict(secret["stringData"]))  # the placeholders load, as a template should
+
+
+def test_pdb_and_hpa_select_the_deployment() -> None:
+    deployment = manifest("deployment.yaml")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service = manifest("service.yaml")["spec"]
+    assert service["selector"] == labels
+    pdb = manifest("pdb.yaml")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["selector"] == {"matchLabels": labels}
+    budget = pdb["spec"]
+    assert budget.get("maxUnavailable") == 1 or budget.get("minAvailable") == 2
+    assert not ("maxUnavailable" in budget and "minAvailable" in budget)
+    hpa = manifest("hpa.yaml")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": deployment["apiVersion"],
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 10)
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+    assert "cpu" in container()["resources"]["requests"]  # what Utilization is a share of
+
+
+# --- compose ------------------------------------------------------------------------------
+
+
+def interpolate(value: str, environ: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?error}` (KeyError naming VAR)."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, argument = match.group(1), match.group(2), match.group(3)
+        if environ.get(name):
+            return environ[name]
+        if operator == ":?":
+            raise KeyError(f"{name}: {argument}")
+        if operator == ":-":
+            return argument
+        if name not in environ:
+            raise KeyError(f"{name} is not set (compose would warn and use '')")
+        return ""
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:[-?])([^}]*))?\}", substitute, value)
+
+
+def docker_compose_available() -> bool:
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    done = subprocess.run(
+        [docker, "compose", "version"], capture_output=True, timeout=30, check=False
+    )
+    return done.returncode == 0
+
+
+def test_compose_file_is_a_valid_replica_stack() -> None:
+    compose = load_yaml(DEPLOY / "compose.yaml")
+    services = compose["services"]
+    assert set(services) == {"redis", "postgres", "tandem", "nginx"}
+    for name in ("redis", "postgres", "nginx"):
+        image = services[name]["image"]
+        assert re.fullmatch(r"[a-z]+:\d+(\.\d+)+(-[a-z0-9.]+)?", image), f"{image}: pin a version"
+        assert "healthcheck" in services[name] or name == "nginx"
+
+    postgres = services["postgres"]
+    assert postgres["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+
+    tandem = services["tandem"]
+    assert tandem["deploy"]["replicas"] == 3
+    assert not {"ports", "container_name"} & set(tandem)  # three replicas, no fixed names
+    assert (DEPLOY / tandem["build"]["context"]).resolve() == ROOT
+    assert (ROOT / tandem["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+    assert f"./config.yaml:{CONFIG_PATH}:ro" in tandem["volumes"]
+    environment = tandem["environment"]
+    assert set(environment) == set(config_variables()) - {"OPENAI_BASE_URL"}
+    secrets = {
+        "POSTGRES_PASSWORD": "compose-password",
+        "TANDEM_JWT_SECRET": "compose-jwt",
+        "TANDEM_ADMIN_KEY": "compose-admin",
+    }
+    for name in secrets:  # each secret is required: compose refuses to start without it
+        with pytest.raises(KeyError, match=name):
+            for value in environment.values():
+                interpolate(value, {**secrets, name: ""})
+    replica = {k: interpolate(v, secrets) for k, v in environment.items()}
+    # a service's name is its host name on the compose network
+    assert urlsplit(replica["TANDEM_DATABASE_URL"]).hostname == "postgres"
+    assert urlsplit(replica["TANDEM_DATABASE_URL"]).password == secrets["POSTGRES_PASSWORD"]
+    assert urlsplit(replica["TANDEM_REDIS_URL"]).hostname == "redis"
+    assert replica["OPENAI_API_KEY"] == ""  # optional
+    config = replica_config(replica)  # what the replicas get loads
+    assert config.auth.admin_keys == (secrets["TANDEM_ADMIN_KEY"],)
+    assert tandem["depends_on"] == {
+        "redis": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
+    }
+    check = tandem["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "python", "-c"]
+    http_port = port_of(replica_config().server.http)
+    assert f"urlopen('http://127.0.0.1:{http_port}/readyz'" in check[3]
+    assert not {"curl", "wget"} & set(" ".join(check).split())  # the slim image has neither
+
+    nginx = services["nginx"]
+    assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
+    assert nginx["depends_on"] == {"tandem": {"condition": "service_healthy"}}
+    published = {p.rpartition(":")[2] for p in nginx["ports"]}
+    assert published == {str(http_port), str(port_of(replica_config().server.grpc))}
+
+    if docker_compose_available():  # not on this project's machines: no compose plugin
+        environ = {k: v for k, v in os.environ.items() if k not in secrets}
+        command = ["docker", "compose", "-f", str(DEPLOY / "compose.yaml"), "config", "-q"]
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env={**environ, **secrets},
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        refused = subprocess.run(
+            command, capture_output=True, text=True, env=environ, timeout=60, check=False
+        )
+        assert refused.returncode != 0
+        assert "POSTGRES_PASSWORD" in refused.stderr
+
+
+# --- nginx --------------------------------------------------------------------------------
+
+
+def test_nginx_balances_both_doors_over_the_replicas() -> None:
+    conf = parse_nginx((DEPLOY / "nginx.conf").read_text())
+    http = conf.one("http")
+    server = replica_config().server
+    http_port, grpc_port = port_of(server.http), port_of(server.grpc)
+    image = load_yaml(DEPLOY / "compose.yaml")["services"]["nginx"]["image"]
+
+    assert http.one("resolver").args[0] == "127.0.0.11"  # Docker's DNS
+    for name, port in (("tandem_http", http_port), ("tandem_grpc", grpc_port)):
+        upstream = http.one("upstream", name)
+        assert upstream.one("server").args == [f"tandem:{port}", "resolve"]
+        assert upstream.find("zone"), "`resolve` needs a shared-memory zone"
+        assert int(upstream.one("keepalive").args[0]) > 0
+        idle = duration_s(upstream.one("keepalive_timeout").args[0])
+        assert idle < server.keep_alive_timeout_s, "nginx closes idle connections first"
+        assert idle < server.shutdown_delay_s, "no idle connection lives into a drain"
+    assert nginx_version(image) >= (1, 27, 3), "`server ... resolve` in open-source nginx"
+
+    def server_on(port: int) -> Directive:
+        found = [s for s in http.find("server") if s.find("listen", str(port))]
+        assert len(found) == 1, port
+        return found[0]
+
+    rest = server_on(http_port).one("location", "/")
+    assert rest.one("proxy_pass").args == ["http://tandem_http"]
+    assert rest.one("proxy_http_version").args == ["1.1"]
+    assert rest.one("proxy_set_header", "Connection").args == ["Connection", ""]
+    assert rest.one("proxy_buffering").args == ["off"]
+    assert rest.one("proxy_next_upstream").args == ["error", "timeout"]  # no non_idempotent
+
+    grpc_server = server_on(grpc_port)
+    listen = grpc_server.one("listen", str(grpc_port))
+    assert "http2" in listen.args or grpc_server.one("http2").args == ["on"]
+    location = grpc_server.one("location", "/")
+    assert location.one("grpc_pass").args == ["grpc://tandem_grpc"]
+    assert "non_idempotent" not in location.one("grpc_next_upstream").args
+
+    body_limit = http.one("client_max_body_size").args[0]
+    assert int(body_limit.removesuffix("m")) * 2**20 > server.max_body_bytes
+
+
+# --- the replica config, served and drained ---------------------------------------------
+
+
+@pytest.fixture
+def replica_env() -> Iterator[dict[str, str]]:
+    """The Secret's variables for a local run: a fresh PostgreSQL schema, local Redis."""
+    redis_url = urlunsplit(urlsplit(REDIS_BASE_URL)._replace(path="/8"))
+    with pg_schema_url() as store:
+        yield {**ENV, "TANDEM_DATABASE_URL": store, "TANDEM_REDIS_URL": redis_url}
+
+
+def test_replica_config_serves_and_drains_within_the_grace_period(
+    tandem: Callable[..., TandemProcess], replica_env: dict[str, str]
+) -> None:
+    server = tandem((DEPLOY / "config.yaml").read_text(), env=replica_env)
+    config = replica_config(replica_env).server
+    admin = {"authorization": f"Bearer {replica_env['TANDEM_ADMIN_KEY']}"}
+    chat = {"model": "echo", "messages": [{"role": "user", "content": "hello replica"}]}
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        ready = client.get("/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"status": "ready", "degraded": []})
+        assert client.get("/healthz").status_code == 200
+        assert client.post("/v1/chat/completions", json=chat).status_code == 401  # auth.required
+        answer = client.post("/v1/chat/completions", json=chat, headers=admin)
+        assert answer.json()["choices"][0]["message"]["content"] == "hello replica"
+        with grpc.insecure_channel(server.grpc) as channel:
+            health: Any = health_pb2_grpc.HealthStub(channel)
+            status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)  # what the kubelet and Docker send
+        deadline = started + config.shutdown_delay_s
+        while (draining := client.get("/readyz")).status_code == 200:
+            assert time.monotonic() < deadline, "still ready after SIGTERM"
+            time.sleep(0.05)
+        assert draining.json() == {"status": "not ready", "failing": ["draining"]}
+        # still serving through shutdown_delay_s, while balancers take the pod out
+        time.sleep(max(0.0, deadline - 1.0 - time.monotonic()))
+        served = client.post("/v1/chat/completions", json=chat, headers=admin)
+        assert served.status_code == 200
+        assert served.headers["connection"] == "close"  # no kept-alive reuse by a balancer
+        assert server.proc.poll() is None
+
+    grace = manifest("deployment.yaml")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert server.proc.wait(timeout=grace) == 0, server.stderr()
+    assert time.monotonic() - started >= config.shutdown_delay_s
