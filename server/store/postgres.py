@@ -34,6 +34,9 @@ __all__ = ["PostgresStore"]
 
 COMMAND_TIMEOUT_S = 5.0  # a stuck database fails the call instead of hanging it
 CONNECT_TIMEOUT_S = 5.0  # asyncpg's default is 60 s: too long for a shutdown flush
+# Replicas starting together on an empty database make the schema in turn: two
+# `CREATE ... IF NOT EXISTS` at once can both miss the other's and one then fails.
+SCHEMA_LOCK = 0x74616E64656D  # "tandem", one advisory lock id for every schema
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -49,6 +52,20 @@ _COLUMNS = 'id, key_hash, "user", tier, created_at, revoked_at'
 _CREATED_AT = UsageRecord._fields.index("created_at")  # a timestamptz in the table
 
 
+async def _add_missing_columns(connection: asyncpg.Connection) -> None:
+    """Bring a ledger made by an earlier version up to date (under the schema lock)."""
+    present_sql = (
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = 'usage_records'"
+    )
+    present = {row[0] for row in await connection.fetch(present_sql)}
+    for name, definition in ADDED_COLUMNS:
+        if name not in present:
+            await connection.execute(f"ALTER TABLE usage_records ADD COLUMN {name} {definition}")
+            if name in BACKFILL_SQL:
+                await connection.execute(BACKFILL_SQL[name])
+
+
 class PostgresStore:
     def __init__(self, url: str) -> None:
         self._url = url
@@ -59,12 +76,18 @@ class PostgresStore:
     async def open(self) -> None:
         if self._pool is not None:
             return
-        if self._schema:
-            connection = await asyncpg.connect(self._url)
-            try:
-                await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
-            finally:
-                await connection.close()
+        connection = await asyncpg.connect(
+            self._url, timeout=CONNECT_TIMEOUT_S, command_timeout=COMMAND_TIMEOUT_S
+        )
+        try:
+            async with connection.transaction():
+                await connection.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+                if self._schema:
+                    await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+                await connection.execute(_SCHEMA)
+                await _add_missing_columns(connection)
+        finally:
+            await connection.close()
         self._pool = await asyncpg.create_pool(
             self._url,
             min_size=0,
@@ -72,28 +95,6 @@ class PostgresStore:
             timeout=CONNECT_TIMEOUT_S,
             command_timeout=COMMAND_TIMEOUT_S,
         )
-        await self._pool.execute(_SCHEMA)
-        await self._add_missing_columns(self._pool)
-
-    async def _add_missing_columns(self, pool: asyncpg.Pool) -> None:
-        """Bring a ledger made by an earlier version up to date; replicas starting
-        together take the table's lock in turn, and the last finds nothing to do."""
-        present_sql = (
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_schema = current_schema() AND table_name = 'usage_records'"
-        )
-        if {name for name, _ in ADDED_COLUMNS} <= {r[0] for r in await pool.fetch(present_sql)}:
-            return
-        async with pool.acquire() as connection, connection.transaction():
-            await connection.execute("LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE")
-            present = {row[0] for row in await connection.fetch(present_sql)}
-            for name, definition in ADDED_COLUMNS:
-                if name not in present:
-                    await connection.execute(
-                        f"ALTER TABLE usage_records ADD COLUMN {name} {definition}"
-                    )
-                    if name in BACKFILL_SQL:
-                        await connection.execute(BACKFILL_SQL[name])
 
     async def _ready(self) -> asyncpg.Pool:
         await self.open()
