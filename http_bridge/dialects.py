@@ -16,6 +16,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 
 from http_bridge.errors import error_body
 from http_bridge.framing import NAMED_SSE, NDJSON, SSE, Framing
+from server.chunks import Chunk, Item
 from server.context import CallContext, Protocol
 from server.errors import GatewayError, NotFoundError
 from server.translate.anthropic import inbound as anthropic_inbound
@@ -36,10 +37,9 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
-Chunk = chat_pb2.ChatCompletionChunk
-# (the request, its first chunk, the call) -> what writes each chunk as its events, framed
+# (the request, its first chunk, the call) -> what writes each item as its events, framed
 StreamEncoder = Callable[
-    [chat_pb2.ChatCompletionRequest, Chunk, CallContext], Callable[[Chunk], bytes]
+    [chat_pb2.ChatCompletionRequest, Chunk, CallContext], Callable[[Item], bytes]
 ]
 
 
@@ -73,7 +73,7 @@ def _openai_family(*, strict: bool, prefix: str, protocol: Protocol) -> Dialect:
 
     def stream_encoder(
         request: chat_pb2.ChatCompletionRequest, first: Chunk, ctx: CallContext
-    ) -> Callable[[Chunk], bytes]:
+    ) -> Callable[[Item], bytes]:
         if strict:
             usage = "inline"
         else:
@@ -111,7 +111,7 @@ OPENAI = _openai_family(strict=False, prefix="/v1", protocol="openai")
 def _ollama_stream(*, generate: bool) -> StreamEncoder:
     def stream_encoder(
         request: chat_pb2.ChatCompletionRequest, first: Chunk, ctx: CallContext
-    ) -> Callable[[Chunk], bytes]:
+    ) -> Callable[[Item], bytes]:
         encoder = ollama_replies.StreamEncoder(
             first,
             generate=generate,

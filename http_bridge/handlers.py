@@ -29,10 +29,12 @@ async def create_chat(request: Request, ctx: CallContext, dialect: Dialect) -> R
     stream = plane.stream_chat(chat, ctx)
     async with cancel_on_disconnect(request.receive):
         first = await anext(stream)
+    head = first[0]
+    assert not isinstance(head, str)  # a stream opens with a chunk (server/chunks.py)
     return ChunkStreamResponse(
         first,
         stream,
-        encode=dialect.stream_encoder(chat, first[0], ctx),
+        encode=dialect.stream_encoder(chat, head, ctx),
         framing=dialect.framing,
         error_payload=dialect.error_payload,
         headers=ctx.response_headers,

@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator, Callable
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
-from tandem.v1 import chat_pb2
 
 from http_bridge.disconnect import ClientDisconnected, cancel_on_disconnect
 from http_bridge.errors import HTTP_STATUS
 from http_bridge.framing import Framing
+from server.chunks import Batch, Item
 from server.context import CallTrace
 from server.errors import GatewayError, InternalError
 
@@ -29,20 +29,18 @@ __all__ = ["ChunkStreamResponse"]
 
 logger = logging.getLogger("tandem.http")
 
-Chunk = chat_pb2.ChatCompletionChunk
 
-
-def _encoded(encode: Callable[[Chunk], bytes], batch: list[Chunk]) -> bytes:
+def _encoded(encode: Callable[[Item], bytes], batch: Batch) -> bytes:
     return encode(batch[0]) if len(batch) == 1 else b"".join([encode(c) for c in batch])
 
 
 class ChunkStreamResponse(Response):
     def __init__(
         self,
-        first: list[Chunk],
-        rest: AsyncIterator[list[Chunk]],
+        first: Batch,
+        rest: AsyncIterator[Batch],
         *,
-        encode: Callable[[Chunk], bytes],
+        encode: Callable[[Item], bytes],
         framing: Framing,
         error_payload: Callable[[GatewayError], bytes],
         headers: list[tuple[str, str]],

@@ -28,6 +28,7 @@ from tandem.v1 import (
     usage_pb2_grpc,
 )
 
+from server.chunks import Batch, Chunk, stamped
 from server.context import CallContext, request_id_from
 from server.core.dataplane import DataPlane
 from server.errors import GatewayError, InternalError, InvalidRequestError
@@ -241,8 +242,23 @@ class ChatService(_Door, chat_pb2_grpc.ChatServiceServicer):
     @stream_rpc
     def StreamChatCompletion(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
-    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
-        return self.plane.stream_chat(request, ctx)
+    ) -> AsyncIterator[list[Chunk]]:
+        return _whole_chunks(self.plane.stream_chat(request, ctx))
+
+
+async def _whole_chunks(batches: AsyncIterator[Batch]) -> AsyncIterator[list[Chunk]]:
+    """Every text item as the whole chunk it stands for (server/chunks.py): gRPC sends
+    each with the id, time and model of the first, which is always a chunk."""
+    head: Chunk | None = None
+    try:
+        async for batch in batches:
+            if head is None:
+                first = batch[0]
+                assert not isinstance(first, str)
+                head = first
+            yield [stamped(item, head) if isinstance(item, str) else item for item in batch]
+    finally:
+        await batches.aclose()  # type: ignore[attr-defined]
 
 
 class ModelService(_Door, models_pb2_grpc.ModelServiceServicer):

@@ -68,7 +68,7 @@ async def test_stream_sends_one_chunk_per_word_keeping_whitespace(
     assert [c.choices[0].delta.content for c in chunks] == ["one ", "two  ", "three\n", "four"]
     assert chunks[0].choices[0].delta.role == "assistant"
     assert not any(c.choices[0].delta.HasField("role") for c in chunks[1:])
-    assert len({c.id for c in chunks}) == 1
+    assert len({(c.id, c.created) for c in chunks}) == 1  # the words between: text items
     assert {c.model for c in chunks} == {"echo"}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LEAF = ("server.context", "server.errors", "server.messages")
+LEAF = ("server.chunks", "server.context", "server.errors", "server.messages")
 PARTS = (
     "server.policy",
     "server.usage",

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tandem.v1 import chat_pb2
 
+from server.chunks import whole
 from server.config import ModelConfig, ProviderConfig
 from server.context import CallContext
 from server.providers.base import Route
@@ -26,7 +27,7 @@ async def chunks_for(
     )
     batches = [batch async for batch in PROVIDER.stream(request, ROUTE, CTX, chunked=True)]
     assert len(batches) == 1  # no delay: the whole answer is ready at once
-    return batches[0]
+    return [whole(item) for item in batches[0]]
 
 
 @given(texts)
@@ -68,11 +69,28 @@ async def test_a_chunk_delay_makes_each_word_its_own_batch() -> None:
     )
     route = Route(model=ROUTE.model, provider=slow)
     batches = [batch async for batch in slow.stream(request, route, CTX, chunked=True)]
-    assert [[c.choices[0].delta.content for c in batch] for batch in batches] == [
+    assert [[whole(c).choices[0].delta.content for c in batch] for batch in batches] == [
         ["one "],
         ["two "],
         ["three"],
     ]
+
+
+async def test_the_words_between_the_first_and_the_last_are_bare_text() -> None:
+    request = chat_pb2.ChatCompletionRequest(
+        messages=[chat_pb2.ChatMessage(role="user", content="one two three four")]
+    )
+    [batch] = [batch async for batch in PROVIDER.stream(request, ROUTE, CTX, chunked=True)]
+    assert [type(item) for item in batch] == [
+        chat_pb2.ChatCompletionChunk,
+        str,
+        str,
+        chat_pb2.ChatCompletionChunk,
+    ]
+    assert batch[1:3] == ["two ", "three "]
+    two = chat_pb2.ChatCompletionRequest(n=2, messages=request.messages)
+    [batch] = [batch async for batch in PROVIDER.stream(two, ROUTE, CTX, chunked=True)]
+    assert not any(isinstance(item, str) for item in batch)  # two choices: whole chunks
 
 
 @given(st.text(max_size=30), st.text(max_size=30))

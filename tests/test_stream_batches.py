@@ -18,6 +18,7 @@ from tandem.v1 import chat_pb2
 
 from http_bridge.framing import SSE
 from http_bridge.streaming import ChunkStreamResponse
+from server.chunks import whole
 from server.context import CallTrace
 from server.errors import UpstreamError
 from server.providers import upstream
@@ -110,7 +111,7 @@ async def test_the_door_writes_each_batch_in_one_send() -> None:
     response = ChunkStreamResponse(
         [_chunk("a")],
         rest(),
-        encode=lambda chunk: SSE.event(chunk.choices[0].delta.content.encode()),
+        encode=lambda chunk: SSE.event(whole(chunk).choices[0].delta.content.encode()),
         framing=SSE,
         error_payload=lambda error: b"{}",
         headers=[],

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 
+from server.chunks import Batch, text_chunk
 from server.context import CallContext, new_id
 from server.core.fold import fold_stream
 from server.core.resilience import open_stream
@@ -55,9 +56,10 @@ class DataPlane:
 
     def stream_chat(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
-    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
-        """The answer as lists of chunks, never empty: what each upstream read
-        brought, to be written at once. The last chunk carries `usage`.
+    ) -> AsyncIterator[Batch]:
+        """The answer as lists of chunks (or their bare text: server/chunks.py), never
+        empty: what each upstream read brought, to be written at once. The first item
+        is a chunk; the last chunk carries `usage`.
 
         Nothing runs until the first batch is asked for, so a door can await
         it before committing to a status: errors up to then are plain errors.
@@ -77,7 +79,7 @@ class DataPlane:
 
     async def _chat(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext, *, streaming: bool
-    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
+    ) -> AsyncIterator[Batch]:
         validate_chat_request(request)
         route = self.router.resolve(request.model, ctx.caller)
         ctx.trace.model = route.model.name
@@ -95,11 +97,19 @@ class DataPlane:
             account.route, upstream, batch = await open_stream(
                 self.router.chain(route), request, ctx, chunked=streaming, attempts=account
             )
-            account.first_chunk(batch[0])
+            first = batch[0]
+            if isinstance(first, str):  # the doors take id, time and model from a chunk
+                first = text_chunk(first)
+                batch = [first, *batch[1:]]
+            account.first_chunk(first)
             sent = account.sent  # the texts that reached the caller, kept for an estimate
             try:
                 while True:
                     for chunk in batch:
+                        if isinstance(chunk, str):
+                            if chunk:
+                                sent.append(chunk)
+                            continue
                         chunk.id = completion_id
                         chunk.created = created
                         chunk.model = model

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 
 from tandem.v1 import chat_pb2
 
+from server.chunks import Batch, Item
+
 __all__ = ["fold_stream"]
 
 
@@ -61,9 +63,7 @@ class _ChoiceFolder:
             message.reasoning_signature = self.signature
 
 
-async def fold_stream(
-    batches: AsyncIterator[list[chat_pb2.ChatCompletionChunk]],
-) -> chat_pb2.ChatCompletion:
+async def fold_stream(batches: AsyncIterator[Batch]) -> chat_pb2.ChatCompletion:
     """Concatenate every choice's deltas; usage comes from the chunk that has it."""
     completion = chat_pb2.ChatCompletion()
     folders: dict[int, _ChoiceFolder] = {}
@@ -76,11 +76,13 @@ async def fold_stream(
 
 
 def _fold(
-    completion: chat_pb2.ChatCompletion,
-    folders: dict[int, _ChoiceFolder],
-    chunk: chat_pb2.ChatCompletionChunk,
+    completion: chat_pb2.ChatCompletion, folders: dict[int, _ChoiceFolder], chunk: Item
 ) -> None:
-    """One chunk into the completion."""
+    """One chunk into the completion (a stream's first is a chunk, never bare text)."""
+    if isinstance(chunk, str):
+        folder = folders.get(0) or _folder(completion, folders, 0, "")
+        folder.text.append(chunk)
+        return
     if not completion.id:
         completion.id = chunk.id
         completion.created = chunk.created
@@ -88,11 +90,18 @@ def _fold(
     if chunk.system_fingerprint:
         completion.system_fingerprint = chunk.system_fingerprint
     for delta in chunk.choices:
-        folder = folders.get(delta.index)
-        if folder is None:
-            choice = completion.choices.add(index=delta.index)
-            choice.message.role = delta.delta.role or "assistant"
-            folder = folders[delta.index] = _ChoiceFolder(choice)
+        folder = folders.get(delta.index) or _folder(
+            completion, folders, delta.index, delta.delta.role
+        )
         folder.add(delta)
     if chunk.HasField("usage"):
         completion.usage.CopyFrom(chunk.usage)
+
+
+def _folder(
+    completion: chat_pb2.ChatCompletion, folders: dict[int, _ChoiceFolder], index: int, role: str
+) -> _ChoiceFolder:
+    choice = completion.choices.add(index=index)
+    choice.message.role = role or "assistant"
+    folder = folders[index] = _ChoiceFolder(choice)
+    return folder

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from tandem.v1 import chat_pb2
 
+from server.chunks import Batch
 from server.context import CallContext
 from server.errors import UpstreamError, UpstreamFailure, UpstreamTimeoutError
 from server.providers.base import Route
@@ -27,8 +28,6 @@ __all__ = ["Attempts", "backoff_s", "open_stream"]
 BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 2.0
 RETRY_AFTER_MAX_S = 10.0
-
-Chunks = list[chat_pb2.ChatCompletionChunk]  # what one upstream read brought
 
 
 class Attempts(Protocol):
@@ -56,7 +55,7 @@ async def open_stream(
     *,
     chunked: bool,
     attempts: Attempts,
-) -> tuple[Route, AsyncIterator[Chunks], Chunks]:
+) -> tuple[Route, AsyncIterator[Batch], Batch]:
     """The first route of `chain` to produce chunks: (route, its stream, the first batch)."""
     failure: UpstreamFailure | None = None
     tried = 0

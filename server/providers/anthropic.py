@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
+from server.chunks import Batch
 from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import InvalidRequestError, echoed
@@ -30,7 +31,7 @@ class AnthropicProvider(HttpProvider):
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
+    ) -> AsyncIterator[Batch]:
         body = anthropic.chat_request_to_anthropic(
             request,
             route.upstream,

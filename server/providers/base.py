@@ -8,6 +8,7 @@ from typing import Protocol
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
+from server.chunks import Batch
 from server.config import ModelConfig
 from server.context import CallContext
 
@@ -49,7 +50,7 @@ class Provider(Protocol):
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]: ...
+    ) -> AsyncIterator[Batch]: ...
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext

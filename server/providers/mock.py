@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
+from server.chunks import Batch, Item
 from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import InvalidRequestError
@@ -46,7 +47,7 @@ class MockProvider:
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
+    ) -> AsyncIterator[Batch]:
         """With a `chunk_delay_ms`, each word is its own batch, after its delay;
         without, the answer is ready at once: batches of `BATCH_CHUNKS`."""
         text = last_user_text(request.messages)
@@ -72,21 +73,24 @@ class MockProvider:
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
 
         last = len(pieces) - 1
-        batch: list[chat_pb2.ChatCompletionChunk] = []
+        batch: list[Item] = []
         for position, piece in enumerate(pieces or [""]):
             if delay_s:
                 await asyncio.sleep(delay_s)
-            chunk = chat_pb2.ChatCompletionChunk()
-            for index in range(choices):
-                choice = chunk.choices.add(index=index)
-                if position == 0:
-                    choice.delta.role = "assistant"
-                choice.delta.content = piece
+            if choices == 1 and 0 < position < last:  # a word, nothing else: its text
+                batch.append(piece)
+            else:
+                chunk = chat_pb2.ChatCompletionChunk()
+                for index in range(choices):
+                    choice = chunk.choices.add(index=index)
+                    if position == 0:
+                        choice.delta.role = "assistant"
+                    choice.delta.content = piece
+                    if position >= last:
+                        choice.finish_reason = finish_reason
                 if position >= last:
-                    choice.finish_reason = finish_reason
-            if position >= last:
-                chunk.usage.CopyFrom(usage)
-            batch.append(chunk)
+                    chunk.usage.CopyFrom(usage)
+                batch.append(chunk)
             if delay_s or len(batch) == BATCH_CHUNKS:
                 yield batch
                 batch = []

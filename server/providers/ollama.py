@@ -7,6 +7,7 @@ from typing import Any
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
+from server.chunks import Batch
 from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import UpstreamError
@@ -28,7 +29,7 @@ class OllamaProvider(HttpProvider):
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
+    ) -> AsyncIterator[Batch]:
         body = ollama.chat_request_to_ollama(request, route.upstream, stream=chunked)
         translator = ollama.StreamTranslator()
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
+from server.chunks import Batch, Item
 from server.config import ProviderConfig
 from server.context import CallContext
 from server.providers.base import Route
@@ -26,15 +27,18 @@ class OpenAIProvider(HttpProvider):
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
+    ) -> AsyncIterator[Batch]:
         body = openai_upstream.chat_request_to_openai(request, route.upstream, stream=chunked)
         async with self.client.post("/chat/completions", body, ctx, streaming=chunked) as response:
             if not chunked or response.content_type == "application/json":
                 # asked not to stream, or answered with JSON anyway (an error, or `stream` ignored)
                 yield [decode(await response.read(), openai_upstream.completion_as_chunk)]
                 return
-            async for chunks in decoded(sse_batches(response), openai_upstream.chunk_from_openai):
-                yield chunks
+            items: AsyncIterator[list[Item]] = decoded(
+                sse_batches(response), openai_upstream.chunk_from_openai
+            )
+            async for batch in items:
+                yield batch
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from tandem.v1 import chat_pb2, models_pb2
 
+from server.chunks import Item
 from server.messages import estimate_prompt_tokens
 
 __all__ = ["StreamEncoder", "encode_message", "encode_model", "encode_models", "message_id"]
@@ -147,6 +148,10 @@ class StreamEncoder:
             {"type": "content_block_delta", "index": self._index, "delta": delta},
         )
 
+    def _text(self, text: str) -> bytes:
+        out = b"" if self._kind == "text" else self._open("text", {"type": "text", "text": ""})
+        return out + self._delta({"type": "text_delta", "text": text})
+
     def _finish(self, finish_reason: str) -> bytes:
         """Close what is open and send the tool calls held back, once."""
         if self._stop:
@@ -162,7 +167,9 @@ class StreamEncoder:
         self._stop = _stop_reason(finish_reason, bool(self._tools))
         return out
 
-    def encode(self, chunk: chat_pb2.ChatCompletionChunk) -> bytes:
+    def encode(self, chunk: Item) -> bytes:
+        if isinstance(chunk, str):  # never the first (server/chunks.py)
+            return self._text(chunk) if chunk else b""
         out = b""
         if self._first:
             self._first = False
@@ -192,9 +199,7 @@ class StreamEncoder:
                     {"type": "signature_delta", "signature": delta.reasoning_signature}
                 )
             if delta.content:
-                if self._kind != "text":
-                    out += self._open("text", {"type": "text", "text": ""})
-                out += self._delta({"type": "text_delta", "text": delta.content})
+                out += self._text(delta.content)
             for piece in delta.tool_calls:
                 call = self._tools.get(piece.index)
                 if call is None:

@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
 
+from server.chunks import Item
+
 __all__ = [
     "OLLAMA_VERSION",
     "StreamEncoder",
@@ -161,7 +163,9 @@ class StreamEncoder:
             line["message"] = _message("", None, text)
         return self._prefix + orjson.dumps({**line, "done": False}) + self._suffix
 
-    def encode(self, chunk: chat_pb2.ChatCompletionChunk) -> bytes:
+    def encode(self, chunk: Item) -> bytes:
+        if isinstance(chunk, str):
+            return self._text(chunk) if chunk else b""
         out = b""
         for choice in chunk.choices:
             if choice.index != 0:

@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
 
+from server.chunks import Item
+
 __all__ = [
     "ChunkEncoder",
     "encode_completion",
@@ -206,8 +208,10 @@ class ChunkEncoder:
         self._text_tail = (_TEXT_TAIL_NULL_USAGE if usage == "separate" else _TEXT_TAIL) + suffix
         self._usage = usage
 
-    def encode(self, chunk: chat_pb2.ChatCompletionChunk) -> bytes:
+    def encode(self, chunk: Item) -> bytes:
         """One chunk as one event, or two (its choices, then its usage: "separate")."""
+        if isinstance(chunk, str):  # the common case, written from the text alone
+            return self._head + _TEXT_HEAD + orjson.dumps(chunk) + self._text_tail
         has_usage = chunk.HasField("usage")
         usage_mode = self._usage
         if not has_usage and len(chunk.choices) == 1:

@@ -6,6 +6,7 @@ from typing import Any
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
+from server.chunks import Item
 from server.errors import UpstreamError
 from server.translate.common import cannot_honour, struct_json
 from server.translate.openai.replies import encode_tool_calls
@@ -196,8 +197,27 @@ def _raise_upstream_error(data: JSON) -> None:
         raise UpstreamError(f"upstream provider failed: {kind or 'error'}", retryable=retryable)
 
 
-def chunk_from_openai(data: JSON) -> chat_pb2.ChatCompletionChunk:
-    """One upstream stream event as a chunk (a usage-only event has no choices)."""
+def _plain_text(data: JSON) -> str | None:
+    """The content of an event that carries nothing else (most of a stream), or None."""
+    choices = data.get("choices")
+    if type(choices) is not list or len(choices) != 1 or data.get("usage") or "error" in data:
+        return None
+    item = choices[0]
+    if type(item) is not dict or item.get("index") or item.get("logprobs"):
+        return None
+    delta = item.get("delta")
+    if type(delta) is not dict or len(delta) != 1 or item.get("finish_reason") is not None:
+        return None
+    content = delta.get("content")
+    return content if type(content) is str else None
+
+
+def chunk_from_openai(data: JSON) -> Item:
+    """One upstream stream event as a chunk (a usage-only event has no choices), or
+    as its bare text (server/chunks.py; its `system_fingerprint` is the stream's)."""
+    text = _plain_text(data)
+    if text is not None:
+        return text
     _raise_upstream_error(data)
     chunk = chat_pb2.ChatCompletionChunk()
     for item in data.get("choices") or ():

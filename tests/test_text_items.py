@@ -1,0 +1,124 @@
+"""Text items (server/chunks.py): a bare `str` in a stream is exactly the chunk it
+stands for, to every door, to the fold, and from the OpenAI translator."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from tandem.v1 import chat_pb2
+
+from server.chunks import Batch, Item, stamped, text_chunk, whole
+from server.core.fold import fold_stream
+from server.translate.anthropic.replies import StreamEncoder as AnthropicEncoder
+from server.translate.ollama.replies import StreamEncoder as OllamaEncoder
+from server.translate.openai.replies import ChunkEncoder
+from server.translate.openai.upstream import chunk_from_openai
+
+texts = st.text(max_size=30)
+REQUEST = chat_pb2.ChatCompletionRequest(
+    model="m", messages=[chat_pb2.ChatMessage(role="user", content="hi")]
+)
+
+
+def first_chunk() -> chat_pb2.ChatCompletionChunk:
+    chunk = chat_pb2.ChatCompletionChunk(id="c", created=7, model="m", system_fingerprint="fp")
+    chunk.choices.add().delta.role = "assistant"
+    return chunk
+
+
+def last_chunk() -> chat_pb2.ChatCompletionChunk:
+    chunk = chat_pb2.ChatCompletionChunk()
+    chunk.choices.add(finish_reason="stop").delta.content = "."
+    chunk.usage.prompt_tokens, chunk.usage.completion_tokens = 1, 2
+    return chunk
+
+
+@given(texts, st.sampled_from(["none", "separate", "inline"]), st.booleans())
+def test_the_openai_and_native_doors_write_a_text_as_its_chunk(
+    text: str, usage: str, with_object: bool
+) -> None:
+    encoder = ChunkEncoder(
+        first_chunk(), with_object=with_object, usage=usage, prefix=b"data: ", suffix=b"\n\n"
+    )
+    assert encoder.encode(text) == encoder.encode(text_chunk(text))
+
+
+@given(texts, st.booleans())
+def test_the_ollama_door_writes_a_text_as_its_chunk(text: str, generate: bool) -> None:
+    encoder = OllamaEncoder(first_chunk(), generate=generate, started=0.0, prefix=b"", suffix=b"\n")
+    assert encoder.encode(text) == encoder.encode(text_chunk(text))
+
+
+@given(st.lists(texts, min_size=1, max_size=4), st.booleans())
+def test_the_anthropic_door_writes_texts_as_their_chunks(
+    pieces: list[str], after_thinking: bool
+) -> None:
+    as_text, as_chunks = AnthropicEncoder(REQUEST), AnthropicEncoder(REQUEST)
+    opening: list[chat_pb2.ChatCompletionChunk] = [first_chunk()]
+    if after_thinking:  # a text after a thinking block opens a block of its own
+        thought = chat_pb2.ChatCompletionChunk()
+        thought.choices.add().delta.reasoning_content = "hmm"
+        opening.append(thought)
+    for chunk in opening:
+        assert as_text.encode(chunk) == as_chunks.encode(chunk)
+    for piece in pieces:
+        assert as_text.encode(piece) == as_chunks.encode(text_chunk(piece))
+    assert as_text.encode(last_chunk()) == as_chunks.encode(last_chunk())
+
+
+async def _batches(*batches: Batch) -> AsyncIterator[Batch]:
+    for batch in batches:
+        yield batch
+
+
+@given(st.lists(texts, max_size=5))
+async def test_the_fold_reads_a_text_as_its_chunk(pieces: list[str]) -> None:
+    items: Sequence[Item] = [first_chunk(), *pieces, last_chunk()]
+    folded = await fold_stream(_batches(items))
+    assert folded == await fold_stream(_batches([whole(item) for item in items]))
+    assert folded.choices[0].message.content == "".join(pieces) + "."
+
+
+def test_a_stamped_text_carries_the_head_of_its_stream() -> None:
+    chunk = stamped("word ", first_chunk())
+    assert (chunk.id, chunk.created, chunk.model, chunk.system_fingerprint) == ("c", 7, "m", "fp")
+    assert list(chunk.choices) == list(text_chunk("word ").choices)
+
+
+def _event(**choice: Any) -> dict[str, Any]:
+    return {"id": "x", "object": "chat.completion.chunk", "created": 1, "choices": [choice]}
+
+
+@given(texts)
+def test_an_upstream_event_of_content_alone_is_its_text(text: str) -> None:
+    assert chunk_from_openai(_event(index=0, delta={"content": text})) == text
+    plain = _event(index=0, delta={"content": text}, finish_reason=None, logprobs=None)
+    assert chunk_from_openai({**plain, "system_fingerprint": "fp"}) == text
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        _event(index=0, delta={"content": "a", "role": "assistant"}),
+        _event(index=1, delta={"content": "a"}),
+        _event(index=0, delta={"content": "a"}, finish_reason="stop"),
+        _event(index=0, delta={"reasoning_content": "a"}),
+        {**_event(index=0, delta={"content": "a"}), "usage": {"prompt_tokens": 1}},
+        {"choices": [{"delta": {"content": "a"}}, {"index": 1, "delta": {"content": "b"}}]},
+    ],
+)
+def test_an_upstream_event_with_more_is_a_whole_chunk(event: dict[str, Any]) -> None:
+    chunk = chunk_from_openai(event)
+    assert isinstance(chunk, chat_pb2.ChatCompletionChunk)
+    assert [c.index for c in chunk.choices] == [c.get("index", 0) for c in event["choices"]]
+
+
+def test_an_upstream_error_event_is_never_taken_for_text() -> None:
+    from server.errors import UpstreamError
+
+    with pytest.raises(UpstreamError):
+        chunk_from_openai({**_event(index=0, delta={"content": "a"}), "error": {"type": "x"}})
