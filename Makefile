@@ -36,8 +36,9 @@ typecheck: $(INSTALLED)
 pytest: $(INSTALLED) nginx
 	$(PY) -m pytest
 
+BENCH_ARGS ?=  # e.g. make bench BENCH_ARGS="--litellm --before ../base"
 bench: codegen nginx wrk
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 # Debian's packages: nginx fronts the replica tests and is the bench's upstream; wrk is
 # the bench's load. Installed when missing (as root), else a clear line says what to do.
