@@ -29,13 +29,31 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.context import CallContext
-from server.errors import GatewayError
+from server.errors import (
+    AuthenticationError,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+)
 
 __all__ = ["Tracer"]
 
 T = TypeVar("T")
 Request = chat_pb2.ChatCompletionRequest | embeddings_pb2.EmbeddingRequest
 
+# the 4xx errors (the caller's) and a caller gone: OpenTelemetry leaves them out of a
+# server span's status
+_NOT_THE_GATEWAYS = (
+    InvalidRequestError,
+    AuthenticationError,
+    PermissionDeniedError,
+    NotFoundError,
+    RateLimitError,
+    asyncio.CancelledError,
+    GeneratorExit,
+)
 EXPORT_TIMEOUT_S = 5.0
 SHUTDOWN_TIMEOUT_S = 5.0
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -126,7 +144,10 @@ class Tracer:
             else:
                 kind = type(error).__name__
             attributes["error.type"] = kind
-            span.set_status(Status(StatusCode.ERROR, kind))
+            # a server span's status is ERROR for the server's failures only: a 4xx
+            # (the caller's mistake, or its limit) or a caller gone leaves it unset
+            if not isinstance(error, _NOT_THE_GATEWAYS):
+                span.set_status(Status(StatusCode.ERROR, kind))
         span.set_attributes(attributes)
         span.end()
 
