@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Balancer", "free_port", "nginx_balancer"]
+__all__ = ["Balancer", "free_ports", "nginx_balancer"]
 
 CONFIG = """
 worker_processes 1;
@@ -68,12 +68,17 @@ http {
 """
 
 
-def free_port() -> int:
-    """A port free now (a replica binds it later, and again after a restart)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports, free now (a replica binds one later, and again after a
+    restart): all held open while they are chosen, so none is handed out twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @dataclass
@@ -107,7 +112,7 @@ def nginx_balancer(
         raise RuntimeError("the replica tests need nginx: apt-get install nginx (make test does)")
     directory = Path(tempfile.mkdtemp(prefix="tandem-balancer-"))
     directory.chmod(0o755)  # nginx's workers (not root) write the temp paths
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = free_ports(2)
     (directory / "nginx.conf").write_text(
         CONFIG
         % {
@@ -141,7 +146,11 @@ def nginx_balancer(
         yield Balancer(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", directory)
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
         shutil.rmtree(directory, ignore_errors=True)

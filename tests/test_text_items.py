@@ -16,7 +16,7 @@ from server.core.fold import fold_stream
 from server.translate.anthropic.replies import StreamEncoder as AnthropicEncoder
 from server.translate.ollama.replies import StreamEncoder as OllamaEncoder
 from server.translate.openai.replies import ChunkEncoder
-from server.translate.openai.upstream import chunk_from_openai
+from server.translate.openai.upstream import chunk_from_openai, stream_decoder
 
 texts = st.text(max_size=30)
 REQUEST = chat_pb2.ChatCompletionRequest(
@@ -115,6 +115,26 @@ def test_an_upstream_event_with_more_is_a_whole_chunk(event: dict[str, Any]) -> 
     chunk = chunk_from_openai(event)
     assert isinstance(chunk, chat_pb2.ChatCompletionChunk)
     assert [c.index for c in chunk.choices] == [c.get("index", 0) for c in event["choices"]]
+
+
+def test_a_streams_first_event_is_a_whole_chunk_for_its_head() -> None:
+    """The doors write the head (id, model, fingerprint) from the first item: an
+    upstream that opens with text alone keeps its fingerprint on every event."""
+    decode = stream_decoder()
+    event = {**_event(index=0, delta={"content": "Hi"}), "system_fingerprint": "fp_up"}
+    first = decode(event)
+    assert isinstance(first, chat_pb2.ChatCompletionChunk)
+    assert (first.system_fingerprint, first.choices[0].delta.content) == ("fp_up", "Hi")
+    assert decode({**event, "choices": [{"index": 0, "delta": {"content": " there"}}]}) == " there"
+
+
+def test_a_fingerprint_that_is_not_text_is_refused_as_before() -> None:
+    from server.errors import UpstreamError
+    from server.providers.upstream import decode
+
+    bad = b'{"system_fingerprint": 5, "choices": [{"index": 0, "delta": {"content": "a"}}]}'
+    with pytest.raises(UpstreamError):
+        decode(bad, chunk_from_openai)
 
 
 def test_an_upstream_error_event_is_never_taken_for_text() -> None:

@@ -35,7 +35,7 @@ class OpenAIProvider(HttpProvider):
                 yield [decode(await response.read(), openai_upstream.completion_as_chunk)]
                 return
             items: AsyncIterator[list[Item]] = decoded(
-                sse_batches(response), openai_upstream.chunk_from_openai
+                sse_batches(response), openai_upstream.stream_decoder()
             )
             async for batch in items:
                 yield batch

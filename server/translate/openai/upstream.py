@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tandem.v1 import chat_pb2, embeddings_pb2
@@ -19,6 +20,8 @@ __all__ = [
     "embedding_request_to_openai",
     "embeddings_from_openai",
     "message_to_openai",
+    "stream_decoder",
+    "whole_chunk_from_openai",
 ]
 
 JSON = dict[str, Any]
@@ -198,10 +201,14 @@ def _raise_upstream_error(data: JSON) -> None:
 
 
 def _plain_text(data: JSON) -> str | None:
-    """The content of an event that carries nothing else (most of a stream), or None."""
+    """The content of an event that carries nothing else (most of a stream), or None.
+    Its `system_fingerprint`, if any, is taken to be the stream's (the first event's)."""
     choices = data.get("choices")
     if type(choices) is not list or len(choices) != 1 or data.get("usage") or "error" in data:
         return None
+    fingerprint = data.get("system_fingerprint")
+    if fingerprint is not None and type(fingerprint) is not str:
+        return None  # the whole path refuses it
     item = choices[0]
     if type(item) is not dict or item.get("index") or item.get("logprobs"):
         return None
@@ -212,12 +219,31 @@ def _plain_text(data: JSON) -> str | None:
     return content if type(content) is str else None
 
 
+def stream_decoder() -> Callable[[JSON], Item]:
+    """One stream's events as chunks, or as their bare text (server/chunks.py) after the
+    first: the stream's head (id, time, model, `system_fingerprint`) is made from the
+    first, which is therefore always a whole chunk."""
+    opened = False
+
+    def decode(data: JSON) -> Item:
+        nonlocal opened
+        if opened:
+            return chunk_from_openai(data)
+        opened = True
+        return whole_chunk_from_openai(data)
+
+    return decode
+
+
 def chunk_from_openai(data: JSON) -> Item:
-    """One upstream stream event as a chunk (a usage-only event has no choices), or
-    as its bare text (server/chunks.py; its `system_fingerprint` is the stream's)."""
+    """One upstream stream event, after the first: its bare text if it carries nothing
+    else, else the chunk (a usage-only event has no choices)."""
     text = _plain_text(data)
-    if text is not None:
-        return text
+    return text if text is not None else whole_chunk_from_openai(data)
+
+
+def whole_chunk_from_openai(data: JSON) -> chat_pb2.ChatCompletionChunk:
+    """One upstream stream event as a chunk."""
     _raise_upstream_error(data)
     chunk = chat_pb2.ChatCompletionChunk()
     for item in data.get("choices") or ():
