@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
+from server.chunks import whole
 from server.errors import InvalidRequestError
 from server.translate.anthropic import upstream as anthropic
 from server.translate.openai.inbound import parse_chat_request
@@ -266,7 +267,9 @@ def test_stream_events_become_chunks() -> None:
         },
         {"type": "message_stop"},
     ]
-    chunks = [c for c in map(translator.feed, events) if c is not None]
+    items = [c for c in map(translator.feed, events) if c is not None]
+    assert items[1] == "Hi"  # a text delta is its bare text (server/chunks.py)
+    chunks = [whole(item) for item in items]
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[1].choices[0].delta.content == "Hi"
     assert (

@@ -142,3 +142,37 @@ def test_an_upstream_error_event_is_never_taken_for_text() -> None:
 
     with pytest.raises(UpstreamError):
         chunk_from_openai({**_event(index=0, delta={"content": "a"}), "error": {"type": "x"}})
+
+
+def test_ollama_lines_of_content_alone_are_their_text_after_the_first() -> None:
+    from server.translate.ollama.upstream import StreamTranslator
+
+    translator = StreamTranslator()
+    line = {"model": "m", "message": {"role": "assistant", "content": "Hi"}, "done": False}
+    first = translator.feed(line)  # the role opens the stream: a whole chunk
+    assert isinstance(first, chat_pb2.ChatCompletionChunk)
+    assert (first.choices[0].delta.role, first.choices[0].delta.content) == ("assistant", "Hi")
+    assert translator.feed({**line, "message": {"role": "assistant", "content": " there"}}) == (
+        " there"
+    )
+    for message in ({"content": ""}, {"content": "a", "thinking": "b"}, {"content": 5}):
+        with_more = {**line, "message": message}
+        try:
+            item = translator.feed(with_more)
+        except TypeError:
+            continue  # a content that is not text is refused, as it always was
+        assert isinstance(item, chat_pb2.ChatCompletionChunk), message
+    done = translator.feed({**line, "done": True, "prompt_eval_count": 1, "eval_count": 2})
+    assert isinstance(done, chat_pb2.ChatCompletionChunk)
+    assert done.choices[0].finish_reason == "stop"
+
+
+def test_anthropic_text_deltas_are_their_text() -> None:
+    from server.translate.anthropic.upstream import StreamTranslator
+
+    translator = StreamTranslator()
+    delta = {"type": "content_block_delta", "index": 0}
+    assert translator.feed({**delta, "delta": {"type": "text_delta", "text": "Hi"}}) == "Hi"
+    assert translator.feed({**delta, "delta": {"type": "text_delta"}}) == ""
+    thinking = translator.feed({**delta, "delta": {"type": "thinking_delta", "thinking": "t"}})
+    assert isinstance(thinking, chat_pb2.ChatCompletionChunk)

@@ -7,7 +7,7 @@ from typing import Any
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
-from server.chunks import Batch
+from server.chunks import Batch, Item
 from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import UpstreamError
@@ -33,7 +33,7 @@ class OllamaProvider(HttpProvider):
         body = ollama.chat_request_to_ollama(request, route.upstream, stream=chunked)
         translator = ollama.StreamTranslator()
 
-        def translate(line: Any) -> chat_pb2.ChatCompletionChunk:
+        def translate(line: Any) -> Item:
             if "error" in line:  # Ollama reports a failure mid-stream as {"error": ...}
                 raise UpstreamError("upstream provider failed mid-stream")
             return translator.feed(line)

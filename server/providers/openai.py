@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
-from server.chunks import Batch, Item
+from server.chunks import Batch
 from server.config import ProviderConfig
 from server.context import CallContext
 from server.providers.base import Route
@@ -34,10 +34,7 @@ class OpenAIProvider(HttpProvider):
                 # asked not to stream, or answered with JSON anyway (an error, or `stream` ignored)
                 yield [decode(await response.read(), openai_upstream.completion_as_chunk)]
                 return
-            items: AsyncIterator[list[Item]] = decoded(
-                sse_batches(response), openai_upstream.stream_decoder()
-            )
-            async for batch in items:
+            async for batch in decoded(sse_batches(response), openai_upstream.stream_decoder()):
                 yield batch
 
     async def embed(

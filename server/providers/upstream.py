@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 
+from server.chunks import Item
 from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import (
@@ -221,14 +222,14 @@ async def sse_batches(response: aiohttp.ClientResponse) -> AsyncGenerator[list[b
 
 
 async def decoded(
-    batches: AsyncGenerator[list[bytes], None], convert: Callable[[Any], T | None]
-) -> AsyncIterator[list[T]]:
+    batches: AsyncGenerator[list[bytes], None], convert: Callable[[Any], Item | None]
+) -> AsyncIterator[list[Item]]:
     """Each batch's items decoded and converted (blank lines, and items that convert
     to None, dropped). The items before one that fails still go out, in a batch
     of their own, before the failure: what reached the gateway reaches the caller."""
     async with contextlib.aclosing(batches):
         async for batch in batches:
-            out: list[T] = []
+            out: list[Item] = []
             try:
                 for raw in batch:
                     if raw and not raw.isspace() and (item := decode(raw, convert)) is not None:

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from tandem.v1 import chat_pb2
 
+from server.chunks import Item
 from server.errors import UpstreamError
 from server.translate.common import DATA_URL, cannot_honour, struct_json, tool_arguments
 
@@ -315,10 +316,16 @@ class StreamTranslator:
         self._cached_tokens = 0
         self._tool_index: dict[int, int] = {}  # content block index -> tool call index
 
-    def feed(self, event: JSON) -> chat_pb2.ChatCompletionChunk | None:
+    def feed(self, event: JSON) -> Item | None:
+        """An event as a chunk, as its bare text (server/chunks.py: a text delta; the
+        stream opens with `message_start`, a chunk), or None (nothing to say)."""
         kind = event.get("type")
         if kind == "content_block_delta":
             delta = event["delta"]
+            if delta.get("type") == "text_delta":
+                text = delta.get("text") or ""
+                if type(text) is str:
+                    return text
             chunk = chat_pb2.ChatCompletionChunk()
             choice = chunk.choices.add(index=0)
             piece_kind = delta.get("type")

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
+from server.chunks import Item
 from server.translate.common import DATA_URL, cannot_honour, struct_json, tool_arguments
 from server.translate.ollama import SAMPLING_OPTIONS
 
@@ -121,6 +122,9 @@ def chat_request_to_ollama(
     return body
 
 
+_TEXT_ONLY = frozenset(("role", "content"))
+
+
 class StreamTranslator:
     """Ollama's answer lines (or its one answer) as chunks; tool calls get ids here."""
 
@@ -130,7 +134,14 @@ class StreamTranslator:
         self._started = False
         self._tools = 0
 
-    def feed(self, line: JSON) -> chat_pb2.ChatCompletionChunk:
+    def feed(self, line: JSON) -> Item:
+        """A line as a chunk, or as its bare text (server/chunks.py) when, after the
+        first, it carries nothing but content."""
+        message = line.get("message")
+        if self._started and not line.get("done") and type(message) is dict:
+            content = message.get("content")
+            if content and type(content) is str and message.keys() <= _TEXT_ONLY:
+                return content
         chunk = chat_pb2.ChatCompletionChunk()
         choice = chunk.choices.add(index=0)
         delta = choice.delta
