@@ -64,17 +64,21 @@ class CallScopeMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        incoming = traceparent = None
+        incoming = traceparent = tracestate = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
             elif name == b"traceparent":
                 traceparent = value.decode("latin-1")
+            elif name == b"tracestate":  # W3C: several headers are one list
+                text = value.decode("latin-1")
+                tracestate = text if tracestate is None else f"{tracestate},{text}"
         request_id = request_id_from(incoming)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["started"] = started
         state["traceparent"] = traceparent
+        state["tracestate"] = tracestate
         id_header = (b"x-request-id", request_id.encode())
         readiness = self._readiness
         status = 0

@@ -43,6 +43,7 @@ async def _open_call(
         caller=caller,
         started=state.started,
         traceparent=state.traceparent,
+        tracestate=state.tracestate,
     )
     request.state.call = ctx  # the error handler adds its response headers
     return ctx

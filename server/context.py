@@ -49,8 +49,8 @@ class CallTrace:
     """What telemetry reports of one call, filled in as it goes: the core says which
     model and provider served it and what it cost, the door how it ended.
 
-    Times are on the `time.monotonic()` clock. `traceparent` is the W3C header
-    the upstream request carries on, while tracing is on.
+    Times are on the `time.monotonic()` clock. `traceparent` and `tracestate`
+    are the W3C headers the upstream request carries on, while tracing is on.
     """
 
     __slots__ = (
@@ -64,6 +64,7 @@ class CallTrace:
         "provider_kind",
         "rate_limited",
         "traceparent",
+        "tracestate",
         "upstream_model",
         "upstream_s",
     )
@@ -81,6 +82,7 @@ class CallTrace:
         self.rate_limited = False
         self.error_status: int | None = None  # a stream's in-band error, after its 200
         self.traceparent: str | None = None
+        self.tracestate: str | None = None
 
     def attempt_failed(self, provider: str) -> None:
         if self.failed_attempts is None:
@@ -94,7 +96,8 @@ class CallContext:
 
     `deadline` is on the `time.monotonic()` clock. `response_headers` is
     where the core leaves headers (or gRPC trailers) for the door to send.
-    `traceparent` is the caller's W3C trace context, if it sent one.
+    `traceparent` and `tracestate` are the caller's W3C trace context, if it
+    sent one.
     """
 
     request_id: str
@@ -105,6 +108,7 @@ class CallContext:
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     trace: CallTrace = field(default_factory=CallTrace)
     traceparent: str | None = None
+    tracestate: str | None = None
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()

@@ -78,7 +78,7 @@ class _Call:
         self.status = grpc.StatusCode.OK
 
     async def open(self, door: _Door, context: Context) -> CallContext:
-        request_id = authorization = traceparent = None
+        request_id = authorization = traceparent = tracestate = None
         for key, value in context.invocation_metadata() or ():
             if key == "x-request-id":
                 request_id = value
@@ -86,6 +86,8 @@ class _Call:
                 authorization = value
             elif key == "traceparent":
                 traceparent = value
+            elif key == "tracestate":
+                tracestate = value
         self.request_id = request_id_from(_text(request_id))
         await context.send_initial_metadata((("x-request-id", self.request_id),))
         caller = await door.policy.authenticate(_text(authorization))
@@ -97,6 +99,7 @@ class _Call:
             deadline=None if remaining is None else self.started + remaining,
             started=self.started,
             traceparent=_text(traceparent),
+            tracestate=_text(tracestate),
         )
         return self.ctx
 

@@ -210,9 +210,11 @@ def test_embeddings_span_names_the_public_and_the_upstream_model(
     fake: FakeUpstream,
     door: str,
 ) -> None:
-    """`embeddings <model>`; the upstream request carries the span's own context."""
+    """`embeddings <model>`; the upstream request carries the span's own context and
+    the caller's `tracestate`, from a header or metadata alike."""
     traceparent, trace_id, parent_id = new_traceparent()
-    request_id, prompt_tokens = embed_over(door, http, channel, (("traceparent", traceparent),))
+    context = (("traceparent", traceparent), ("tracestate", "vendor=e1"))
+    request_id, prompt_tokens = embed_over(door, http, channel, context)
 
     span = receiver.for_request(request_id)
     assert span.name == "embeddings embed"
@@ -229,6 +231,7 @@ def test_embeddings_span_names_the_public_and_the_upstream_model(
     assert attributes["tandem.protocol"] == door
     upstream = upstream_request(fake, request_id)
     assert header(upstream, "traceparent") == f"00-{trace_id}-{span.span_id}-01"
+    assert header(upstream, "tracestate") == "vendor=e1"
     assert_only_span(receiver, span)
 
 
@@ -276,10 +279,11 @@ def test_grpc_metadata_traceparent_is_the_parent(
 def test_the_upstream_call_carries_the_trace_on(
     http: httpx.Client, receiver: OtlpReceiver, fake: FakeUpstream, incoming: bool, stream: bool
 ) -> None:
-    """The upstream gets `traceparent` naming the span as parent, and the request id;
-    without an incoming `traceparent` the span is a root of a new trace."""
+    """The upstream gets `traceparent` naming the span as parent, the caller's
+    `tracestate` and the request id; without an incoming `traceparent` the span is a
+    root of a new trace."""
     traceparent, trace_id, parent_id = new_traceparent()
-    headers = {"traceparent": traceparent} if incoming else {}
+    headers = {"traceparent": traceparent, "tracestate": "vendor=a1,other=b2"} if incoming else {}
     fields: dict[str, object] = {"temperature": 0.5}
     if stream:
         fields |= {"stream": True, "stream_options": {"include_usage": True}}
@@ -310,6 +314,8 @@ def test_the_upstream_call_carries_the_trace_on(
     assert (version, sent_trace, sent_parent) == ("00", span.trace_id, span.span_id)
     assert int(flags, 16) & 1  # sampled (a new trace may also set bit 2: its id is random)
     assert header(upstream, "x-request-id") == request_id
+    sent_state = [v for k, v in upstream.items() if k.lower() == "tracestate"]
+    assert sent_state == (["vendor=a1,other=b2"] if incoming else [])
 
 
 @pytest.mark.parametrize(

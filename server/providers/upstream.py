@@ -146,6 +146,8 @@ class UpstreamClient:
         headers = {"x-request-id": ctx.request_id}  # the same id in the upstream's logs
         if ctx.trace.traceparent is not None:
             headers["traceparent"] = ctx.trace.traceparent
+            if ctx.trace.tracestate is not None:
+                headers["tracestate"] = ctx.trace.tracestate
         try:
             async with self._get_session().post(
                 self._base + path,

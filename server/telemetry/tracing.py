@@ -9,7 +9,8 @@ do not fit the queue are dropped by the SDK.
 The span is named `chat <model>` / `embeddings <model>` (the public name),
 kind SERVER, child of the caller's `traceparent`, with the GenAI semantic
 conventions' attributes. Its own context goes to the upstream as
-`traceparent` (`CallTrace.traceparent`, sent by server/providers/upstream.py).
+`traceparent`, with the caller's `tracestate` (`CallTrace`, sent by
+server/providers/upstream.py).
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ class Tracer:
     def _start(self, operation: str, ctx: CallContext) -> Span:
         parent = None
         if ctx.traceparent:
-            parent = _PROPAGATOR.extract({"traceparent": ctx.traceparent})
+            carrier = {"traceparent": ctx.traceparent}
+            if ctx.tracestate:
+                carrier["tracestate"] = ctx.tracestate
+            parent = _PROPAGATOR.extract(carrier)
         arrived_ns = time.time_ns() - int((time.monotonic() - ctx.started) * 1e9)
         span = self._tracer.start_span(
             operation, context=parent, kind=SpanKind.SERVER, start_time=arrived_ns
@@ -98,6 +102,8 @@ class Tracer:
         ctx.trace.traceparent = (
             f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
         )
+        if context.trace_state:  # the caller's, as the propagator parsed it
+            ctx.trace.tracestate = context.trace_state.to_header()
         return span  # type: ignore[return-value]
 
     def _end(
