@@ -3,9 +3,9 @@
 Most of a stream is chunks whose one field is choice 0's `delta.content`.
 A provider may yield such a chunk as that text, a `str`: it costs no message
 to build, stamp, read or encode, and every door writes it from the text alone
-(about 2 us a chunk here, ~7 % of a 21-chunk stream's CPU). The first item of
-a stream is always a chunk: it carries the id, time and model that the doors
-write on every event.
+(the bench: a 21-chunk stream's CPU from 0.61 to 0.53 ms). The first item of
+a stream is always a chunk: it carries the id, time, model and fingerprint
+that the doors write on every event.
 """
 
 from __future__ import annotations
