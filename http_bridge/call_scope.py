@@ -113,6 +113,8 @@ class CallScopeMiddleware:
                     protocol = ctx.protocol  # the path's guess, made sure by the route
                     if ctx.trace.error_status is not None:
                         status = ctx.trace.error_status  # a stream cut after its 200
+                # the transport's own answer to this request (408: its body came too late)
+                status = state.get("transport_status") or status
                 telemetry.finish(  # type: ignore[union-attr]
                     protocol,
                     scope["path"],

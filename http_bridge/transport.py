@@ -29,7 +29,10 @@ header, or hold it open with one header line a second. The `server.*` keys:
 
 The hot path pays a counter add and compare per read while a head is
 incomplete, and two clock reads per request: one lazily re-armed timer per
-connection stands for the deadlines, not a timer per request.
+connection stands for the deadlines, not a timer per request. The answers the
+transport writes itself (431, 408, 503) reach the metrics and the access log
+like any other: an operator sees a client sending 40 KB of cookies, or a
+worker out of connections.
 """
 
 from __future__ import annotations
@@ -44,11 +47,12 @@ from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from http_bridge.call_scope import CallScopeMiddleware
+from http_bridge.call_scope import CallScopeMiddleware, door_protocol
 from http_bridge.errors import error_body
 from server.config import ServerConfig
 from server.context import new_id
 from server.errors import GatewayError, InvalidRequestError, UnavailableError
+from server.telemetry import Telemetry
 
 __all__ = ["GuardedHttpToolsProtocol", "guarded_protocol"]
 
@@ -75,7 +79,7 @@ def _closing_answer(
     return b"".join(parts)
 
 
-def _over_capacity_app(max_connections: int) -> CallScopeMiddleware:
+def _over_capacity_app(max_connections: int, telemetry: Telemetry | None) -> CallScopeMiddleware:
     body = _error_body(
         UnavailableError(
             f"the server has {max_connections} connections open; retry shortly",
@@ -93,7 +97,7 @@ def _over_capacity_app(max_connections: int) -> CallScopeMiddleware:
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    return CallScopeMiddleware(over_capacity)
+    return CallScopeMiddleware(over_capacity, telemetry)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -114,6 +118,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     )
 
     limits: ClassVar[ServerConfig]
+    telemetry: ClassVar[Telemetry | None]
     over_capacity: ClassVar[CallScopeMiddleware]
     headers_too_large: ClassVar[bytes]  # the 431 body
     body_timed_out: ClassVar[bytes]  # the 408 body
@@ -172,7 +177,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self.transport.is_closing():  # a parse error, answered by uvicorn
                 return
         if self._in_head and self._header_bytes > self._max_header_bytes:
-            self._close_with(431, self.headers_too_large, new_id())
+            request_id = new_id()
+            self._close_with(431, self.headers_too_large, request_id)
+            # no app has this request: reported here, from the head's first byte
+            self._report(431, request_id, self._deadline - self._header_timeout_s)
         elif rest := data[within:]:
             self.data_received(rest)  # the body, or the next request's head
 
@@ -219,8 +227,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle.disconnected = True  # the handler's receive() sees the client gone
         cycle.message_event.set()
         if answer:
-            request_id = cycle.scope.get("state", {}).get("request_id") or new_id()
-            self._close_with(408, self.body_timed_out, request_id)
+            state = cycle.scope.setdefault("state", {})
+            state["transport_status"] = 408  # what the call scope reports (the app is still in)
+            self._close_with(408, self.body_timed_out, state.get("request_id") or new_id())
         else:
             self.transport.close()
 
@@ -229,15 +238,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(_closing_answer(status, body, request_id, headers))
         self.transport.close()
 
+    def _report(self, status: int, request_id: str, started: float) -> None:
+        if self.telemetry is not None:
+            # the path, if the request line got that far (bounded by the head's limit)
+            url: bytes = getattr(self, "url", b"")
+            path = url.partition(b"?")[0].decode("latin-1")
+            self.telemetry.start()
+            self.telemetry.finish(
+                door_protocol(path) or "http",
+                path,
+                request_id,
+                status,
+                started,
+                None,
+                server_error=False,
+            )
 
-def guarded_protocol(limits: ServerConfig) -> type[HttpToolsProtocol]:
-    """The protocol class for `uvicorn.Config(http=...)`, bound to these limits."""
+
+def guarded_protocol(
+    limits: ServerConfig, telemetry: Telemetry | None = None
+) -> type[HttpToolsProtocol]:
+    """The protocol class for `uvicorn.Config(http=...)`, bound to these limits, that
+    reports its own answers to `telemetry`."""
 
     class HttpProtocol(GuardedHttpToolsProtocol):
         pass
 
     HttpProtocol.limits = limits
-    HttpProtocol.over_capacity = _over_capacity_app(limits.max_connections)
+    HttpProtocol.telemetry = telemetry
+    HttpProtocol.over_capacity = _over_capacity_app(limits.max_connections, telemetry)
     HttpProtocol.headers_too_large = _error_body(
         InvalidRequestError(
             f"request line and headers are larger than the limit of "

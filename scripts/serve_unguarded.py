@@ -10,9 +10,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server import cli, lifecycle
 from server.config import ServerConfig
+from server.telemetry import Telemetry
 
 
-def plain_protocol(limits: ServerConfig) -> type[HttpToolsProtocol]:
+def plain_protocol(
+    limits: ServerConfig, telemetry: Telemetry | None = None
+) -> type[HttpToolsProtocol]:
     return HttpToolsProtocol
 
 

@@ -83,7 +83,7 @@ def bind_socket(address: str, *, reuse_port: bool = False) -> socket.socket:
 
 
 async def start_http_server(
-    app: ASGIApp, sock: socket.socket, limits: ServerConfig
+    app: ASGIApp, sock: socket.socket, limits: ServerConfig, telemetry: Telemetry | None = None
 ) -> tuple[HttpServer, asyncio.Task[None]]:
     """uvicorn serving `app` on a bound socket, in this loop; returns once it accepts.
 
@@ -96,7 +96,7 @@ async def start_http_server(
         log_config=None,
         access_log=False,
         lifespan="off",
-        http=guarded_protocol(limits),
+        http=guarded_protocol(limits, telemetry),
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(limits.shutdown_grace_s),
@@ -206,7 +206,9 @@ class Gateway:
             telemetry=telemetry,
             readiness=self.readiness,
         )
-        self._http_server, self._http_task = await start_http_server(app, sock, config.server)
+        self._http_server, self._http_task = await start_http_server(
+            app, sock, config.server, telemetry
+        )
 
         for service in ("", *SERVICE_NAMES):  # ready only once both doors accept
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)

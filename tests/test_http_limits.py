@@ -253,6 +253,7 @@ def test_connections_over_the_bound_get_503_until_one_closes(
             assert headers["connection"] == "close"
             assert headers["x-request-id"] == "extra-1"
             assert _closed_by_server(extra)
+        assert [line["status"] for line in _access_lines(server, "extra-1")] == [503]
 
         held.pop().close()
         deadline = time.monotonic() + WAIT_S
@@ -267,3 +268,42 @@ def test_connections_over_the_bound_get_503_until_one_closes(
     finally:
         for sock in held:
             sock.close()
+
+
+def _counted(server: TandemProcess, status: int) -> float:
+    """tandem_requests_total over every series with this status."""
+    with _connect(server) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nhost: t\r\n\r\n")
+        text = _read_response(sock)[2].decode()
+    series = re.findall(r"^tandem_requests_total\{([^}]*)\} (\S+)$", text, re.MULTILINE)
+    return sum(float(value) for labels, value in series if f'status="{status}"' in labels)
+
+
+def _access_lines(server: TandemProcess, request_id: str) -> list[dict[str, object]]:
+    lines = (orjson.loads(line) for line in server.settled_stderr().splitlines() if line[:1] == "{")
+    return [line for line in lines if line.get("request_id") == request_id and "status" in line]
+
+
+def test_the_transports_own_answers_are_counted_and_logged(server: TandemProcess) -> None:
+    """A 431 or a 408 is written by the transport, not the app: it still reaches the
+    metrics and the access log, as an operator would look for it."""
+    before = {status: _counted(server, status) for status in (431, 408)}
+    with _connect(server) as sock:
+        head = _chat_head(1000).removesuffix(b"\r\n\r\n") + b"\r\nx-big: "
+        sock.sendall(head + b"a" * (MAX_HEADER_BYTES + 10))
+        status, headers, _ = _read_response(sock)
+        assert status == 431
+        too_large = headers["x-request-id"]
+    with _connect(server) as sock:  # a head, then never the body
+        sock.sendall(_chat_head(500, request_id="never-sent-1"))
+        assert _read_response(sock)[0] == 408
+    assert _counted(server, 431) == before[431] + 1
+    assert _counted(server, 408) == before[408] + 1
+    [line_431] = _access_lines(server, too_large)
+    assert (line_431["status"], line_431["protocol"], line_431["route"]) == (
+        431,
+        "openai",
+        "/v1/chat/completions",
+    )
+    [line_408] = _access_lines(server, "never-sent-1")
+    assert (line_408["status"], line_408["protocol"]) == (408, "openai")
