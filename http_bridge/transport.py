@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import Any, ClassVar
 
 import orjson
@@ -179,8 +180,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and self._header_bytes > self._max_header_bytes:
             request_id = new_id()
             self._close_with(431, self.headers_too_large, request_id)
-            # no app has this request: reported here, from the head's first byte
-            self._report(431, request_id, self._deadline - self._header_timeout_s)
+            # no app has this request: reported here, from the head's first byte (the
+            # loop's clock is monotonic too, but cached: never later than now)
+            started = min(self._deadline - self._header_timeout_s, time.monotonic())
+            self._report(431, request_id, started)
         elif rest := data[within:]:
             self.data_received(rest)  # the body, or the next request's head
 
