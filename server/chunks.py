@@ -34,9 +34,9 @@ def whole(item: Item) -> Chunk:
 
 
 def stamped(text: str, head: Chunk) -> Chunk:
-    """The whole chunk a text item stands for, with `head`'s id, time and model."""
-    chunk = Chunk(id=head.id, created=head.created, model=head.model)
+    """The chunk a text item stands for, with `head`'s id, time, model and fingerprint."""
+    chunk = text_chunk(text)
+    chunk.id, chunk.created, chunk.model = head.id, head.created, head.model
     if head.system_fingerprint:
         chunk.system_fingerprint = head.system_fingerprint
-    chunk.choices.add().delta.content = text
     return chunk

@@ -1,4 +1,4 @@
-"""The OpenAI dialect: union forms, strict parsing, and the encoder's fast path."""
+"""The OpenAI dialect: union forms, strict parsing, and the encoder's fast path for text."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ texts = st.text(max_size=50)
 
 
 @given(texts, st.sampled_from(["none", "separate", "inline"]), st.booleans())
-def test_fast_path_writes_exactly_what_the_general_path_writes(
+def test_a_text_item_is_written_exactly_as_the_general_path_writes_its_chunk(
     text: str, usage: str, with_object: bool
 ) -> None:
     chunk = chat_pb2.ChatCompletionChunk(id="c", created=1, model="m")
@@ -26,7 +26,7 @@ def test_fast_path_writes_exactly_what_the_general_path_writes(
     )
     tail = b',"usage":null}\n\n' if usage == "separate" else b"}\n\n"
     general = encoder._head + orjson.dumps(_chunk_choices(chunk)) + tail
-    assert encoder.encode(chunk) == general
+    assert encoder.encode(text) == general
     event = orjson.loads(general[6:])
     assert event["choices"][0]["delta"] == {"content": text}
 

@@ -151,27 +151,6 @@ _TEXT_TAIL = b'},"logprobs":null,"finish_reason":null}]}'
 _TEXT_TAIL_NULL_USAGE = b'},"logprobs":null,"finish_reason":null}],"usage":null}'
 
 
-def _plain_text_delta(choice: chat_pb2.ChunkChoice) -> str | None:
-    """The content of a delta of choice 0 that carries nothing but content.
-
-    A reasoning signature never shares a delta with content (translators send
-    it on its own), so `reasoning_content` is the one reasoning field checked.
-    """
-    delta = choice.delta
-    if (
-        choice.index == 0
-        and delta.HasField("content")
-        and not delta.HasField("role")
-        and not delta.tool_calls
-        and not delta.HasField("refusal")
-        and not delta.HasField("reasoning_content")
-        and not choice.HasField("finish_reason")
-        and not choice.HasField("logprobs")
-    ):
-        return delta.content
-    return None
-
-
 class ChunkEncoder:
     """Writes a stream's chunks as OpenAI's chunk objects, the constant head encoded once.
 
@@ -210,14 +189,10 @@ class ChunkEncoder:
 
     def encode(self, chunk: Item) -> bytes:
         """One chunk as one event, or two (its choices, then its usage: "separate")."""
-        if isinstance(chunk, str):  # the common case, written from the text alone
+        if isinstance(chunk, str):  # the common case, written without building dicts
             return self._head + _TEXT_HEAD + orjson.dumps(chunk) + self._text_tail
         has_usage = chunk.HasField("usage")
         usage_mode = self._usage
-        if not has_usage and len(chunk.choices) == 1:
-            text = _plain_text_delta(chunk.choices[0])
-            if text is not None:  # the common case, written without building dicts
-                return self._head + _TEXT_HEAD + orjson.dumps(text) + self._text_tail
         if usage_mode == "inline":
             tail = b',"usage":' + orjson.dumps(_usage(chunk.usage)) if has_usage else b""
             return self._head + orjson.dumps(_chunk_choices(chunk)) + tail + self._end
