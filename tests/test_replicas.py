@@ -209,15 +209,21 @@ class Outcome:
     error: str | None = None
 
 
+def _next_call(kind: str, out: list[Outcome]) -> tuple[Outcome, str]:
+    """A new call's outcome, kept in `out`, and its prompt: its request id first, so
+    the echoed answer shows whose it is."""
+    outcome = Outcome(kind, f"roll-{uuid.uuid4().hex}")
+    out.append(outcome)
+    return outcome, " ".join([outcome.request_id, *["word"] * (WORDS - 1)])
+
+
 async def _http_calls(
     client: httpx.AsyncClient, key: str, stop: asyncio.Event, out: list[Outcome], stream: bool
 ) -> None:
     kind = "http stream" if stream else "http chat"
     while not stop.is_set():
-        request_id = f"roll-{uuid.uuid4().hex}"
-        prompt = " ".join([request_id, *["word"] * (WORDS - 1)])
-        outcome = Outcome(kind, request_id)
-        out.append(outcome)
+        outcome, prompt = _next_call(kind, out)
+        request_id = outcome.request_id
         try:
             body, headers = _chat_body(prompt, stream=stream), _bearer(key, request_id)
             async with client.stream(
@@ -247,10 +253,8 @@ async def _grpc_calls(
     stub = chat_pb2_grpc.ChatServiceStub(channel)
     kind = "grpc stream" if stream else "grpc unary"
     while not stop.is_set():
-        request_id = f"roll-{uuid.uuid4().hex}"
-        prompt = " ".join([request_id, *["word"] * (WORDS - 1)])
-        outcome = Outcome(kind, request_id)
-        out.append(outcome)
+        outcome, prompt = _next_call(kind, out)
+        request_id = outcome.request_id
         request = chat_pb2.ChatCompletionRequest(
             model="echo", messages=[chat_pb2.ChatMessage(role="user", content=prompt)]
         )
