@@ -91,6 +91,40 @@ def test_options_are_honoured(client: ollama.Client) -> None:
     assert (cut.message.content, cut.done_reason) == ("one two ", "length")
 
 
+@pytest.mark.parametrize("no_limit", [-1, -2])
+def test_num_predict_minus_one_and_minus_two_mean_no_limit(
+    client: ollama.Client, fake: FakeUpstream, no_limit: int
+) -> None:
+    """-1 is Ollama's documented default (its clients send it), -2 fills the context."""
+    options = {"num_predict": no_limit}
+    chat = client.chat(model="echo", messages=user("one two three"), options=options)
+    assert (chat.message.content, chat.done_reason) == ("one two three", "stop")
+    generated = client.generate(model="echo", prompt="four five", options=options, stream=False)
+    assert (generated.response, generated.done_reason) == ("four five", "stop")
+    streamed = list(client.chat(model="echo", messages=user("six"), options=options, stream=True))
+    assert "".join(p.message.content or "" for p in streamed) == "six"
+    fake.reset()
+    client.chat(model="relay", messages=user("seven"), options=options)
+    sent = fake.requests[-1].body
+    assert "max_tokens" not in sent
+    assert "max_completion_tokens" not in sent
+
+
+@pytest.mark.parametrize("value", [0, -3])
+def test_another_num_predict_below_one_is_a_400_naming_the_option(
+    client: ollama.Client, value: int
+) -> None:
+    for call in (
+        lambda: client.chat(model="echo", messages=user("x"), options={"num_predict": value}),
+        lambda: client.generate(model="echo", prompt="x", options={"num_predict": value}),
+    ):
+        with pytest.raises(ollama.ResponseError) as refused:
+            call()
+        assert refused.value.status_code == 400
+        assert "options.num_predict" in refused.value.error
+        assert "max_tokens" not in refused.value.error
+
+
 def test_listings_show_the_tiers_models(client: ollama.Client) -> None:
     assert [m.model for m in client.list().models] == ["echo", "relay", "tardy"]
     assert [m.model for m in client.ps().models] == ["echo", "relay", "tardy"]

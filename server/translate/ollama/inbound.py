@@ -1,7 +1,8 @@
 """A door's Ollama request (`/api/chat`, `/api/generate`, `/api/embed`,
 `/api/embeddings`) as a proto.
 
-Ollama's shapes: sampling under `options` (`num_predict` is `max_tokens`),
+Ollama's shapes: sampling under `options` (`num_predict` is `max_tokens`; its
+-1, Ollama's default, and -2 mean no limit, as in Ollama),
 images as bare base64 beside a message, tool call arguments as objects,
 `format` as "json" or a JSON schema, `stream` true unless said otherwise.
 `think` is `reasoning_effort`, a message's `thinking` its `reasoning_content`.
@@ -37,6 +38,8 @@ _OPTIONS = {
     "num_predict": "max_tokens",
     "stop": "stop",
 }
+# `num_predict` values that mean no limit: -1 (Ollama's default) and -2 (fill the context)
+_NO_LIMIT = (-1, -2)
 _REFUSED = {
     "suffix": "fill-in-the-middle is not available through the gateway",
     "context": "token contexts are not available through the gateway; send the messages",
@@ -167,6 +170,10 @@ def _options(options: Any, request: chat_pb2.ChatCompletionRequest) -> None:
             continue
         if name == "stop" and isinstance(value, str):
             value = [value]
+        elif name == "num_predict" and type(value) in (int, float) and value < 1:
+            if value in _NO_LIMIT:
+                continue
+            raise _invalid("options.num_predict", "must be at least 1, or -1 or -2 for no limit")
         _set(request, field, value, f"options.{name}")
 
 
