@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic as anthropic_sdk
 import grpc
 import httpx
 import orjson
@@ -24,6 +25,7 @@ from server.translate.anthropic import upstream as anthropic
 from server.translate.ollama import upstream as ollama
 from server.translate.openai.inbound import parse_chat_request
 from server.translate.openai.replies import ChunkEncoder
+from server.translate.openai.upstream import chat_request_to_openai
 from tests.fake_upstream import REASONING, SIGNATURE, THOUGHTS, UPSTREAM_KEY, FakeUpstream
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess, start_tandem
@@ -321,6 +323,101 @@ def test_signed_reasoning_goes_back_up_as_a_thinking_block_first(
             {"type": "text", "text": "unsigned"},
         ],
     }
+
+
+# --- a caller's thinking budget --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("budget", "effort"), [(1025, "low"), (5000, "medium"), (20000, "high")])
+def test_an_anthropic_thinking_budget_reaches_anthropic_unchanged_and_is_never_exceeded(
+    gateway: TandemProcess, fake: FakeUpstream, budget: int, effort: str
+) -> None:
+    """/v1/messages' `thinking.budget_tokens` travels as the proto's
+    `reasoning_budget_tokens`: as it is to an Anthropic upstream, as the highest level
+    within it to the others (1025 was sent to Anthropic as 4096, 5000 as 16384)."""
+    fake.reset()
+    thinking = {"type": "enabled", "budget_tokens": budget}
+    sdk: Any = anthropic_sdk.Anthropic(base_url=gateway.base_url, api_key="k", max_retries=0)
+    with sdk:  # typed loosely: the SDK's overloads fight the dict literals
+        for model in ("haiku", "gpt", "llama"):
+            sdk.messages.create(
+                model=model, max_tokens=21000, thinking=thinking, messages=user("think")
+            )
+        with sdk.messages.stream(
+            model="haiku", max_tokens=21000, thinking=thinking, messages=user("think")
+        ) as stream:
+            stream.get_final_message()
+    claude, gpt, llama, streamed = (r.body for r in fake.requests)
+    assert claude["thinking"] == streamed["thinking"] == thinking
+    assert claude["max_tokens"] == streamed["max_tokens"] == 21000
+    assert gpt["reasoning_effort"] == effort
+    assert llama["think"] == effort
+
+
+def test_a_budget_below_anthropics_minimum_is_a_400_naming_it(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset()
+    thinking = {"type": "enabled", "budget_tokens": 1023}
+    sdk: Any = anthropic_sdk.Anthropic(base_url=gateway.base_url, api_key="k", max_retries=0)
+    with sdk, pytest.raises(anthropic_sdk.BadRequestError) as caught:
+        sdk.messages.create(model="gpt", max_tokens=3000, thinking=thinking, messages=user("x"))
+    assert "thinking.budget_tokens" in caught.value.message
+    assert "reasoning_budget_tokens" not in caught.value.message
+    assert fake.requests == []
+
+
+def test_grpc_and_native_callers_set_a_budget_too(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    fake.reset()
+    asyncio.run(grpc_call(gateway, "haiku", stream=True, reasoning_budget_tokens=2048))
+    sent = fake.requests[-1].body
+    # no max_tokens asked: the model's default (50) is raised by the budget, as for an effort
+    assert (sent["thinking"]["budget_tokens"], sent["max_tokens"]) == (2048, 2048 + 50)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # not raised to Anthropic's minimum
+        asyncio.run(grpc_call(gateway, "haiku", stream=False, reasoning_budget_tokens=900))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "reasoning_budget_tokens" in (caught.value.details() or "")
+    assert len(fake.requests) == 1
+    body = {"model": "gpt", "messages": user("x"), "reasoning_budget_tokens": 4096}
+    response = httpx.post(f"{gateway.base_url}/native/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert fake.requests[-1].body["reasoning_effort"] == "medium"
+    body = {**body, "reasoning_effort": "low"}  # both: the lower
+    assert httpx.post(f"{gateway.base_url}/native/v1/chat/completions", json=body).is_success
+    assert fake.requests[-1].body["reasoning_effort"] == "low"
+    response = httpx.post(
+        f"{gateway.base_url}/native/v1/chat/completions",
+        json={**body, "reasoning_budget_tokens": 0},
+    )
+    assert (response.status_code, response.json()["error"]["param"]) == (
+        400,
+        "reasoning_budget_tokens",
+    )
+
+
+def test_a_budget_and_an_effort_give_the_lower_level_everywhere() -> None:
+    def sent(fields: dict[str, Any]) -> tuple[Any, Any, Any]:
+        request = chat_pb2.ChatCompletionRequest(
+            messages=[chat_pb2.ChatMessage(role="user", content="x")], **fields
+        )
+        to_anthropic = anthropic.chat_request_to_anthropic(
+            request, "c", max_tokens_default=10, stream=False
+        )
+        to_openai = chat_request_to_openai(request, "o", stream=False)
+        to_ollama = ollama.chat_request_to_ollama(request, "m", stream=False)
+        budget = to_anthropic.get("thinking", {}).get("budget_tokens")
+        return budget, to_openai.get("reasoning_effort"), to_ollama.get("think")
+
+    assert sent({}) == (None, None, None)
+    assert sent({"reasoning_budget_tokens": 1024}) == (1024, "low", "low")
+    assert sent({"reasoning_budget_tokens": 4095}) == (4095, "low", "low")
+    assert sent({"reasoning_budget_tokens": 16384}) == (16384, "high", "high")
+    both = {"reasoning_budget_tokens": 5000, "reasoning_effort": "high"}
+    assert sent(both) == (5000, "medium", "medium")
+    both = {"reasoning_budget_tokens": 5000, "reasoning_effort": "minimal"}
+    assert sent(both) == (1024, "minimal", "low")
 
 
 # --- translators, fold and encoder, in process ---------------------------------------

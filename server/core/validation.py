@@ -36,6 +36,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_completion_tokens": (1, 2**31 - 1),
     "top_logprobs": (0, 20),
     "top_k": (1, 2**31 - 1),
+    "reasoning_budget_tokens": (1, 2**31 - 1),
 }
 
 

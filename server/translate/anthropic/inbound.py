@@ -7,9 +7,10 @@ assistant's tool calls (input as JSON arguments), `thinking` its
 message of its own before the rest of its user turn; a `system` turn (Claude
 Code sends them) is a system message. `max_tokens` is
 required, as Anthropic requires it; `stop_sequences` is `stop`,
-`metadata.user_id` is `user`, `thinking.budget_tokens` a `reasoning_effort`
-(`adaptive` thinking leaves it to the model: no effort is asked for, so a
-model that does not reason is not refused),
+`metadata.user_id` is `user`, `thinking.budget_tokens` (at least 1024, as
+Anthropic requires) is `reasoning_budget_tokens`, so it reaches an Anthropic
+upstream as it is (`adaptive` thinking leaves it to the model: nothing is
+asked for, so a model that does not reason is not refused),
 tools' `input_schema` their parameters, and `tool_choice` `auto` / `any` /
 `tool` / `none` OpenAI's `auto` / `required` / a function / `none`. Unknown
 fields are ignored, as the Messages API does; an unknown block is refused by
@@ -29,8 +30,7 @@ from server.translate.protojson import parse_into
 __all__ = ["parse_count_tokens", "parse_messages"]
 
 JSON = dict[str, Any]
-# thinking.budget_tokens -> reasoning_effort: the inverse of the upstream's budgets
-_EFFORTS = ((1024, "low"), (4096, "medium"))
+MIN_THINKING_BUDGET = 1024  # Anthropic's
 
 
 def _invalid(param: str, why: str) -> InvalidRequestError:
@@ -212,9 +212,11 @@ def _thinking(thinking: Any, request: chat_pb2.ChatCompletionRequest) -> None:
     budget = thinking.get("budget_tokens")
     if budget is None:
         raise _invalid("thinking.budget_tokens", "is required with thinking enabled")
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
-        raise _invalid("thinking.budget_tokens", "must be a positive integer")
-    request.reasoning_effort = next((e for top, e in _EFFORTS if budget <= top), "high")
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < MIN_THINKING_BUDGET:
+        raise _invalid(
+            "thinking.budget_tokens", f"must be an integer of at least {MIN_THINKING_BUDGET}"
+        )
+    _set(request, "reasoning_budget_tokens", budget, "thinking.budget_tokens")
 
 
 def _conversation(body: Any) -> tuple[JSON, chat_pb2.ChatCompletionRequest]:

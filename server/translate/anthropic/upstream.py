@@ -6,13 +6,15 @@ blocks. `max_tokens` is required by Anthropic: the request's, else the
 model's `max_tokens_default`. A field Anthropic cannot honour is refused by
 name (400), never dropped silently.
 
-Reasoning is Anthropic's extended thinking. `reasoning_effort` enables it with
-the budget in `THINKING_BUDGETS`; Anthropic counts thinking inside
-`max_tokens` and requires `max_tokens > budget_tokens`. A caller's own
-`max_tokens` is never raised: the budget shrinks to fit under it, and if it
-cannot keep Anthropic's minimum of 1024 the request is a 400 naming the
-field. The model's default is the gateway's choice, so it is raised to
-budget + default instead. Thinking blocks come back as `reasoning_content`
+Reasoning is Anthropic's extended thinking. A caller's `reasoning_budget_tokens`
+is sent as it is, as `budget_tokens` (Anthropic judges it against `max_tokens`);
+`reasoning_effort` alone enables it with the budget in `EFFORT_BUDGETS`
+(with both, the lower budget). Anthropic counts thinking inside `max_tokens`
+and requires `max_tokens > budget_tokens`. A caller's own `max_tokens` is
+never raised: an effort's budget shrinks to fit under it, and if it cannot
+keep Anthropic's minimum of 1024 the request is a 400 naming the field. The
+model's default is the gateway's choice, so it is raised to budget + default
+instead. Thinking blocks come back as `reasoning_content`
 and `reasoning_signature`; an assistant message carrying both goes back up
 as a `thinking` block before its text (an unsigned one is dropped: Anthropic
 rejects thinking it did not sign).
@@ -27,7 +29,13 @@ from tandem.v1 import chat_pb2
 
 from server.chunks import Item
 from server.errors import UpstreamError
-from server.translate.common import DATA_URL, cannot_honour, struct_json, tool_arguments
+from server.translate.common import (
+    DATA_URL,
+    EFFORT_BUDGETS,
+    cannot_honour,
+    struct_json,
+    tool_arguments,
+)
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -49,8 +57,6 @@ UNSUPPORTED_FIELDS = (
     "frequency_penalty",
     "seed",
 )
-# reasoning_effort -> thinking.budget_tokens; 1024 is Anthropic's minimum
-THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
 MIN_THINKING_BUDGET = 1024
 STOP_REASONS = {
     "end_turn": "stop",
@@ -75,15 +81,16 @@ def _check_supported(request: chat_pb2.ChatCompletionRequest) -> None:
         raise cannot_honour("temperature", "must be at most 1")
     if request.HasField("response_format") and request.response_format.type != "text":
         raise cannot_honour("response_format", "only type 'text' is possible")
-    if request.HasField("reasoning_effort"):  # what Anthropic allows with thinking on
+    if request.HasField("reasoning_effort") or request.HasField("reasoning_budget_tokens"):
+        # what Anthropic allows with thinking on
         if request.HasField("temperature") and request.temperature != 1:
-            raise cannot_honour("temperature", "must be 1 (or unset) with reasoning_effort")
+            raise cannot_honour("temperature", "must be 1 (or unset) with reasoning")
         if request.HasField("top_k"):
-            raise cannot_honour("top_k", "cannot be combined with reasoning_effort")
+            raise cannot_honour("top_k", "cannot be combined with reasoning")
         if request.HasField("top_p") and request.top_p < 0.95:
-            raise cannot_honour("top_p", "must be at least 0.95 with reasoning_effort")
+            raise cannot_honour("top_p", "must be at least 0.95 with reasoning")
         if request.tool_choice.mode == "required" or request.tool_choice.function.name:
-            raise cannot_honour("tool_choice", "cannot force a tool with reasoning_effort")
+            raise cannot_honour("tool_choice", "cannot force a tool with reasoning")
 
 
 def _image(url: str) -> JSON:
@@ -181,6 +188,28 @@ def _tool_choice(request: chat_pb2.ChatCompletionRequest) -> JSON | None:
     return choice
 
 
+def _thinking_budget(
+    request: chat_pb2.ChatCompletionRequest, bound: str | None, max_tokens: int
+) -> int | None:
+    """`budget_tokens`, None without reasoning: the caller's own as it is, else (or when
+    lower) its effort's, shrunk under the caller's own `max_tokens` (the `bound` field)."""
+    own = request.reasoning_budget_tokens if request.HasField("reasoning_budget_tokens") else None
+    if request.HasField("reasoning_effort"):
+        budget = EFFORT_BUDGETS[request.reasoning_effort]  # validated at the door
+        if own is None or budget < own:
+            if bound is None:
+                return budget
+            budget = min(budget, max_tokens - 1)
+            if budget < MIN_THINKING_BUDGET:
+                raise cannot_honour(
+                    bound, f"must be above {MIN_THINKING_BUDGET} with reasoning_effort"
+                )
+            return budget
+    if own is not None and own < MIN_THINKING_BUDGET:
+        raise cannot_honour("reasoning_budget_tokens", f"must be at least {MIN_THINKING_BUDGET}")
+    return own
+
+
 def chat_request_to_anthropic(
     request: chat_pb2.ChatCompletionRequest, model: str, *, max_tokens_default: int, stream: bool
 ) -> JSON:
@@ -195,16 +224,10 @@ def chat_request_to_anthropic(
         bound, max_tokens = "max_tokens", request.max_tokens
     else:
         bound, max_tokens = None, max_tokens_default
-    if request.HasField("reasoning_effort"):
-        budget = THINKING_BUDGETS[request.reasoning_effort]  # validated at the door
+    budget = _thinking_budget(request, bound, max_tokens)
+    if budget is not None:
         if bound is None:
             max_tokens += budget
-        else:
-            budget = min(budget, max_tokens - 1)
-            if budget < MIN_THINKING_BUDGET:
-                raise cannot_honour(
-                    bound, f"must be above {MIN_THINKING_BUDGET} with reasoning_effort"
-                )
         thinking = {"type": "enabled", "budget_tokens": budget}
     body: JSON = {"model": model, "max_tokens": max_tokens, "messages": turns}
     if thinking is not None:

@@ -3,7 +3,8 @@
 Sampling fields go under `options` (`max_tokens` is `num_predict`, `top_k`
 is `top_k`); images travel as base64 next to the message; tool call arguments
 are JSON objects, not strings. Reasoning is Ollama's `thinking`, both ways,
-and `reasoning_effort` is its `think` (see `THINK`). A field Ollama cannot
+and `reasoning_effort` (lowered to fit `reasoning_budget_tokens`: Ollama takes no
+budget) is its `think` (see `THINK`). A field Ollama cannot
 honour is refused by name (400).
 """
 
@@ -15,7 +16,13 @@ import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.chunks import Item
-from server.translate.common import DATA_URL, cannot_honour, struct_json, tool_arguments
+from server.translate.common import (
+    DATA_URL,
+    cannot_honour,
+    reasoning_effort,
+    struct_json,
+    tool_arguments,
+)
 from server.translate.ollama import SAMPLING_OPTIONS
 
 __all__ = [
@@ -99,8 +106,8 @@ def chat_request_to_ollama(
         options["stop"] = list(request.stop)
     if options:
         body["options"] = options
-    if request.HasField("reasoning_effort"):
-        body["think"] = THINK[request.reasoning_effort]  # validated at the door
+    if (effort := reasoning_effort(request)) is not None:
+        body["think"] = THINK[effort]  # validated at the door
     if request.tools and request.tool_choice.mode != "none":
         body["tools"] = [
             {

@@ -9,7 +9,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.chunks import Item
 from server.errors import UpstreamError
-from server.translate.common import cannot_honour, struct_json
+from server.translate.common import cannot_honour, reasoning_effort, struct_json
 from server.translate.openai.replies import encode_tool_calls
 from server.translate.protojson import parse_into
 
@@ -41,7 +41,6 @@ _SCALAR_FIELDS = frozenset(
         "top_logprobs",
         "parallel_tool_calls",
         "user",
-        "reasoning_effort",
     }
 )
 
@@ -113,7 +112,8 @@ def chat_request_to_openai(
 ) -> JSON:
     """The request for an OpenAI-compatible upstream: every field set passes through.
 
-    `reasoning_effort` is OpenAI's own; `top_k` is not an OpenAI parameter and
+    `reasoning_effort` is OpenAI's own (lowered to fit `reasoning_budget_tokens`,
+    which OpenAI lacks); `top_k` is not an OpenAI parameter and
     is refused by name, before any upstream call. A stream always asks for
     `include_usage`, so that usage is known; whether the caller sees it is the
     door's decision.
@@ -140,6 +140,8 @@ def chat_request_to_openai(
             }
         elif name == "response_format":
             body[name] = _response_format_to_openai(value)
+    if (effort := reasoning_effort(request)) is not None:
+        body["reasoning_effort"] = effort
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
