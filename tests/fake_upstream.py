@@ -19,6 +19,10 @@ behaviours for the next requests (`ok` once the script is empty):
 - `cached`: answer normally; OpenAI's usage says 3 cached prompt tokens and 1
   reasoning token (Anthropic's answers always say 2 cache reads)
 - `pairs`: stream two choices in every event, and no usage
+- `stopseq`: answer normally, but say the stop sequence `END` ended it (Anthropic's
+  `stop_reason: stop_sequence` and `stop_sequence`, vLLM's `stop_reason` on the
+  choice) and that 5 prompt tokens were written to the cache (Anthropic's
+  `cache_creation_input_tokens`, OpenRouter's `prompt_tokens_details.cache_write_tokens`)
 - `reasoning`: think first: `REASONING` as OpenAI-compatible `reasoning_content`
   (in two pieces when streaming), Ollama's `message.thinking`, or an Anthropic
   `thinking` block signed `SIGNATURE` (`thinking_delta`s then a
@@ -45,6 +49,7 @@ UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 REASONING = "let me think"
 SIGNATURE = "sig-abc123"
 THOUGHTS = ("let me ", "think")  # REASONING in the pieces a stream sends
+STOP_SEQUENCE = "END"  # the stop sequence `stopseq` answers say ended them
 
 
 @dataclass
@@ -154,6 +159,9 @@ class FakeUpstream:
         elif kind == "cached" and usage is not None:
             usage["prompt_tokens_details"] = {"cached_tokens": 3}
             usage["completion_tokens_details"] = {"reasoning_tokens": 1}
+        elif kind == "stopseq" and usage is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": 0, "cache_write_tokens": 5}
+        stop_reason = {"stop_reason": STOP_SEQUENCE} if kind == "stopseq" else {}
         head = {"id": "up-1", "created": 1, "model": body["model"], "system_fingerprint": "fp_up"}
         tool_calls: list[dict[str, Any]] = [
             {
@@ -181,6 +189,7 @@ class FakeUpstream:
                 "message": message,
                 "finish_reason": finish,
                 "logprobs": logprobs if kind == "badlogprobs" else None,
+                **stop_reason,
             }
             answer = {**head, "object": "chat.completion", "choices": [choice]}
             return web.json_response(answer if usage is None else {**answer, "usage": usage})
@@ -237,7 +246,7 @@ class FakeUpstream:
                 delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
                 indexes = (0, 1) if kind == "pairs" else (0,)
                 await event([{"index": n, "delta": delta, "finish_reason": None} for n in indexes])
-            await event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+            await event([{"index": 0, "delta": {}, "finish_reason": "stop", **stop_reason}])
         if (body.get("stream_options") or {}).get("include_usage") and usage is not None:
             await event([], usage=usage)
         await response.write(b"data: [DONE]\n\n")
@@ -279,6 +288,10 @@ class FakeUpstream:
         if len(words) > body["max_tokens"]:
             words, stop_reason = words[: body["max_tokens"]], "max_tokens"
         usage_in = {"input_tokens": 11, "cache_read_input_tokens": 2, "output_tokens": 1}
+        stop_sequence = None
+        if kind == "stopseq":
+            stop_reason, stop_sequence = "stop_sequence", STOP_SEQUENCE
+            usage_in["cache_creation_input_tokens"] = 5
         tool = {
             "type": "tool_use",
             "id": "toolu_1",
@@ -302,6 +315,7 @@ class FakeUpstream:
                     "model": body["model"],
                     "content": content,
                     "stop_reason": stop_reason,
+                    "stop_sequence": stop_sequence,
                     "usage": {**usage_in, "output_tokens": len(words)},
                 }
             )
@@ -372,7 +386,7 @@ class FakeUpstream:
         await event(
             "message_delta",
             {
-                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
                 "usage": {"output_tokens": len(words)},
             },
         )

@@ -11,14 +11,22 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import grpc
 import httpx
 import jwt
 import orjson
 import pytest
-from tandem.v1 import chat_pb2
+from tandem.v1 import chat_pb2, chat_pb2_grpc, usage_pb2, usage_pb2_grpc
 
 from server.translate.anthropic.replies import StreamEncoder
-from tests.fake_upstream import REASONING, SIGNATURE, THOUGHTS, UPSTREAM_KEY, FakeUpstream
+from tests.fake_upstream import (
+    REASONING,
+    SIGNATURE,
+    STOP_SEQUENCE,
+    THOUGHTS,
+    UPSTREAM_KEY,
+    FakeUpstream,
+)
 from tests.servers import TandemProcess, start_tandem
 
 SECRET = "anthropic-door-secret-0123456789abcdef"
@@ -102,7 +110,8 @@ def assert_documented_order(seen: list[tuple[str, Any]]) -> None:
         elif name == "message_delta":
             assert open_block is None
             assert [n for n, _ in seen[position:]] == ["message_delta", "message_stop"]
-            assert data["delta"]["stop_reason"] in ("end_turn", "max_tokens", "tool_use")
+            reasons = ("end_turn", "max_tokens", "stop_sequence", "tool_use")
+            assert data["delta"]["stop_reason"] in reasons
             assert {"input_tokens", "output_tokens"} <= set(data["usage"])
             return
         else:
@@ -565,3 +574,135 @@ def test_a_request_shaped_as_claude_code_sends_it(
     assert sent["tools"][0]["function"]["parameters"]["properties"] == {
         "command": {"type": "string"}
     }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_sequence_and_cache_writes_come_back_anthropics_way(
+    gateway: TandemProcess, fake: FakeUpstream, stream: bool
+) -> None:
+    """An Anthropic upstream's `stop_sequence` stop and its cache writes: /v1/messages
+    answers them as Anthropic does (they were `end_turn`, and the writes were inside
+    `input_tokens`); the ledger keeps the writes beside the reads, inside the prompt."""
+    sub = f"stopseq-{stream}-{time.monotonic_ns()}"
+    fake.reset("stopseq")
+    sdk: Any = anthropic.Anthropic(base_url=gateway.base_url, api_key=token(sub), max_retries=0)
+    request = {"model": "claude", "max_tokens": 100, "stop_sequences": [STOP_SEQUENCE]}
+    with sdk:
+        if stream:
+            with sdk.messages.stream(**request, messages=user("a b")) as events_:
+                message = events_.get_final_message()
+        else:
+            message = sdk.messages.create(**request, messages=user("a b"))
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", STOP_SEQUENCE)
+    usage = message.usage
+    assert (usage.input_tokens, usage.output_tokens) == (11, 2)  # without the cache
+    assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (2, 5)
+    assert fake.requests[-1].body["stop_sequences"] == [STOP_SEQUENCE]
+    [record] = ledger(gateway, sub)
+    assert (record["prompt_tokens"], record["cached_tokens"], record["cache_write_tokens"]) == (
+        11 + 2 + 5,
+        2,
+        5,
+    )
+
+
+def test_a_stop_sequence_and_cache_writes_on_the_wire_and_from_an_openai_kind(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    """The raw events say them too; an OpenAI-compatible upstream says them as vLLM
+    (`stop_reason` on the choice) and OpenRouter (`cache_write_tokens`) do."""
+    fake.reset("stopseq", "stopseq", "stopseq")
+    body = {"model": "claude", "max_tokens": 50, "stream": True, "messages": user("a b")}
+    seen = events(post(gateway, body))
+    delta = seen[-2][1]
+    assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": STOP_SEQUENCE}
+    assert delta["usage"] == {
+        "input_tokens": 11,
+        "output_tokens": 2,
+        "cache_read_input_tokens": 2,
+        "cache_creation_input_tokens": 5,
+    }
+    sub = f"relay-stopseq-{time.monotonic_ns()}"
+    for streamed in (False, True):
+        answer = post(
+            gateway,
+            {"model": "relay", "max_tokens": 50, "stream": streamed, "messages": user("a b")},
+            **{"x-api-key": token(sub)},
+        )
+        message = events(answer)[-2][1] if streamed else answer.json()
+        stop = message["delta"] if streamed else message
+        assert (stop["stop_reason"], stop["stop_sequence"]) == ("stop_sequence", STOP_SEQUENCE)
+        assert message["usage"]["input_tokens"] == 7 - 5
+        assert message["usage"]["cache_creation_input_tokens"] == 5
+    records = ledger(gateway, sub)
+    assert [(r["prompt_tokens"], r["cache_write_tokens"]) for r in records] == [(7, 5)] * 2
+
+
+async def test_grpc_sees_the_stop_sequence_and_cache_writes_in_the_proto(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    sub = f"grpc-stopseq-{time.monotonic_ns()}"
+    metadata = (("authorization", f"Bearer {token(sub)}"),)
+    fake.reset("stopseq", "stopseq")
+    request = chat_pb2.ChatCompletionRequest(
+        model="claude", messages=[chat_pb2.ChatMessage(role="user", content="a b")]
+    )
+    async with grpc.aio.insecure_channel(gateway.grpc) as channel:
+        chat = chat_pb2_grpc.ChatServiceStub(channel)
+        completion = await chat.CreateChatCompletion(request, metadata=metadata)
+        chunks = [c async for c in chat.StreamChatCompletion(request, metadata=metadata)]
+        finished = [c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason]
+        for choice, usage in (
+            (completion.choices[0], completion.usage),
+            (finished[-1], chunks[-1].usage),
+        ):
+            assert (choice.finish_reason, choice.stop_sequence) == ("stop", STOP_SEQUENCE)
+            details = usage.prompt_tokens_details
+            assert (usage.prompt_tokens, details.cached_tokens, details.cache_write_tokens) == (
+                18,
+                2,
+                5,
+            )
+        admin = (("authorization", f"Bearer {ADMIN_KEY}"),)
+        usage_api = usage_pb2_grpc.UsageServiceStub(channel)
+        deadline = time.monotonic() + 10
+        records: list[Any] = []
+        while len(records) < 2 and time.monotonic() < deadline:
+            answer = await usage_api.GetUsage(usage_pb2.GetUsageRequest(user=sub), metadata=admin)
+            records = list(answer.records)
+    assert [(r.prompt_tokens, r.cached_tokens, r.cache_write_tokens) for r in records] == [
+        (18, 2, 5)
+    ] * 2
+
+
+def test_the_openai_and_native_doors_say_cache_writes_and_native_the_stop_sequence(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    """/v1 keeps OpenAI's shape, with OpenRouter's `cache_write_tokens` beside the reads;
+    native, the proto's JSON, also names the stop sequence on the choice."""
+    fake.reset("stopseq", "stopseq", "stopseq")
+    headers = {"authorization": f"Bearer {token()}"}
+    body = {"model": "claude", "messages": user("a b")}
+    openai_answer = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions", json=body, headers=headers
+    ).json()
+    assert openai_answer["usage"]["prompt_tokens"] == 18
+    assert openai_answer["usage"]["prompt_tokens_details"] == {
+        "cached_tokens": 2,
+        "cache_write_tokens": 5,
+    }
+    assert "stop_sequence" not in openai_answer["choices"][0]
+    native = httpx.post(
+        f"{gateway.base_url}/native/v1/chat/completions", json=body, headers=headers
+    ).json()
+    assert native["choices"][0]["finish_reason"] == "stop"
+    assert native["choices"][0]["stop_sequence"] == STOP_SEQUENCE
+    streamed = httpx.post(
+        f"{gateway.base_url}/native/v1/chat/completions",
+        json={**body, "stream": True},
+        headers=headers,
+    )
+    frames = [f.removeprefix("data: ") for f in streamed.text.split("\n\n") if f.strip()]
+    last = orjson.loads(frames[-2])
+    assert last["choices"][0]["stop_sequence"] == STOP_SEQUENCE
+    assert last["usage"]["prompt_tokens_details"]["cache_write_tokens"] == 5

@@ -25,7 +25,7 @@ def test_a_text_item_is_written_exactly_as_the_general_path_writes_its_chunk(
         chunk, with_object=with_object, usage=usage, prefix=b"data: ", suffix=b"\n\n"
     )
     tail = b',"usage":null}\n\n' if usage == "separate" else b"}\n\n"
-    general = encoder._head + orjson.dumps(_chunk_choices(chunk)) + tail
+    general = encoder._head + orjson.dumps(_chunk_choices(chunk, native=not with_object)) + tail
     assert encoder.encode(text) == general
     event = orjson.loads(general[6:])
     assert event["choices"][0]["delta"] == {"content": text}

@@ -1,4 +1,5 @@
-"""A usage store made by an earlier version gains the new columns at start, and keeps its rows."""
+"""A usage store made by an earlier version gains the new columns at start, and keeps its rows,
+idempotently, even when replicas open it together."""
 
 from __future__ import annotations
 
@@ -43,6 +44,18 @@ OLD_ROWS = [
 ]
 OLD_TIME_US = 1_700_000_000_000_000
 
+# The ledger as version b6ec649 made it: the first one's, and the columns added since then
+# (usage_source, caller_kind, cached_tokens, reasoning_tokens), all but cache_write_tokens.
+PREVIOUS_COLUMNS = """
+ALTER TABLE usage_records ADD COLUMN usage_source TEXT NOT NULL DEFAULT 'upstream';
+ALTER TABLE usage_records ADD COLUMN caller_kind TEXT NOT NULL DEFAULT 'user';
+ALTER TABLE usage_records ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage_records ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0;
+"""
+# a row as that version wrote it: a JWT user's call that read 3 prompt tokens from a cache
+PREVIOUS_ROW = ("prev-alice", "r3", "alice", "echo", "demo", "anthropic", 9, 4, "ok", 3.5, None)
+PREVIOUS_ROW_TAIL = ("upstream", "user", 3, 1)  # usage_source, caller_kind, cached, reasoning
+
 SECRET = "m" * 40
 ADMIN_KEY = "migration-admin-key-0123456789"
 CONFIG = f"""
@@ -85,6 +98,49 @@ def make_old_postgres(url: str) -> None:
             await connection.close()
 
     asyncio.run(make())
+
+
+def make_previous_sqlite(path: Path) -> str:
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_LEDGER.format(real="REAL", time="INTEGER") + PREVIOUS_COLUMNS)
+        db.execute(
+            f"INSERT INTO usage_records VALUES ({', '.join('?' * 16)})",
+            (*PREVIOUS_ROW, OLD_TIME_US, *PREVIOUS_ROW_TAIL),
+        )
+    return f"sqlite:///{path}"
+
+
+def make_previous_postgres(url: str) -> None:
+    schema = url.rpartition("search_path=")[2]
+
+    async def make() -> None:
+        connection = await asyncpg.connect(url.partition("?")[0])
+        try:
+            await connection.execute(f'CREATE SCHEMA "{schema}"')
+            await connection.execute(f'SET search_path = "{schema}"')
+            ledger = OLD_LEDGER.format(real="DOUBLE PRECISION", time="TIMESTAMPTZ")
+            await connection.execute(ledger + PREVIOUS_COLUMNS)
+            await connection.execute(
+                "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
+                "$11, to_timestamp($12), $13, $14, $15, $16)",
+                *PREVIOUS_ROW,
+                OLD_TIME_US / 1e6,
+                *PREVIOUS_ROW_TAIL,
+            )
+        finally:
+            await connection.close()
+
+    asyncio.run(make())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def previous_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield make_previous_sqlite(tmp_path / "previous.db")
+    else:
+        with pg_schema_url() as url:
+            make_previous_postgres(url)
+            yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -146,3 +202,64 @@ def test_replicas_starting_together_on_an_empty_database_all_open() -> None:
     for _ in range(5):  # without the schema lock, 2 of 3 failed in 10 of 10 rounds
         with pg_schema_url() as url:
             asyncio.run(start_three(url))
+
+
+def test_a_ledger_of_the_previous_version_gains_cache_write_tokens(
+    tandem: Callable[..., TandemProcess], previous_store: str
+) -> None:
+    for _ in range(2):  # a second start finds nothing left to add
+        gateway = tandem(CONFIG % {"store": previous_store})
+        with httpx.Client(base_url=gateway.base_url, headers=as_user("alice")) as http:
+            assert http.post(
+                "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+            ).is_success
+        assert gateway.terminate() == 0, gateway.stderr()
+
+    gateway = tandem(CONFIG % {"store": previous_store})
+    with httpx.Client(base_url=gateway.base_url, headers=as_user("alice")) as http:
+        records: list[dict[str, Any]] = http.get("/native/v1/usage").json()["records"]
+    assert len(records) == 3
+    old = next(r for r in records if r["request_id"] == "r3")
+    assert (old["prompt_tokens"], old["cached_tokens"], old["reasoning_tokens"]) == (9, 3, 1)
+    assert [r["cache_write_tokens"] for r in records] == [0, 0, 0]
+
+
+def test_replicas_opening_a_previous_ledger_together_all_gain_the_column(tmp_path: Path) -> None:
+    """Each store adds what is missing in one locked step: one ALTER, whoever comes first,
+    and a record written through one replica reads back whole through another."""
+    from server.store.postgres import PostgresStore
+    from server.store.sqlite import SqliteStore
+    from server.usage.record import UsageQuery, UsageRecord
+
+    record = UsageRecord(
+        id="new-1",
+        request_id="r9",
+        user="bob",
+        model="echo",
+        provider="demo",
+        protocol="anthropic",
+        prompt_tokens=18,
+        completion_tokens=2,
+        status="ok",
+        latency_ms=1.0,
+        ttft_ms=None,
+        created_at=OLD_TIME_US + 1,
+        cached_tokens=2,
+        cache_write_tokens=5,
+    )
+
+    async def open_three(stores: list[Any]) -> None:
+        try:
+            await asyncio.gather(*(store.open() for store in stores))
+            await stores[0].write_usage([record])
+            page = await stores[2].query_usage(UsageQuery(user="bob"))
+            assert page.records == [record]
+        finally:
+            await asyncio.gather(*(store.aclose() for store in stores))
+
+    for round_ in range(3):
+        path = make_previous_sqlite(tmp_path / f"together-{round_}.db").removeprefix("sqlite:///")
+        asyncio.run(open_three([SqliteStore(path) for _ in range(3)]))
+        with pg_schema_url() as url:
+            make_previous_postgres(url)
+            asyncio.run(open_three([PostgresStore(url) for _ in range(3)]))

@@ -256,6 +256,7 @@ class _Accounting:
         "_source",
         "_streaming",
         "_upstream_started",
+        "cache_write_tokens",
         "cached_tokens",
         "chunks",
         "completion_tokens",
@@ -293,6 +294,7 @@ class _Accounting:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0  # of the prompt's, as the upstream said
+        self.cache_write_tokens = 0  # of the prompt's, likewise
         self.reasoning_tokens = 0  # of the completion's
         self.sent: list[str] = []  # what reached the caller, not yet in sent_tokens
         self.sent_tokens = 0  # the estimate of what reached the caller
@@ -326,9 +328,10 @@ class _Accounting:
                 trace.upstream_s = now - self._upstream_started
 
     def usage_of(self, usage: chat_pb2.Usage) -> None:
-        """The upstream's counts, with the cached and reasoning tokens among them."""
+        """The upstream's counts, with the cached, cache write and reasoning tokens in them."""
         self.usage(usage.prompt_tokens, usage.completion_tokens)
         self.cached_tokens = usage.prompt_tokens_details.cached_tokens
+        self.cache_write_tokens = usage.prompt_tokens_details.cache_write_tokens
         self.reasoning_tokens = usage.completion_tokens_details.reasoning_tokens
 
     def usage(self, prompt_tokens: int, completion_tokens: int, source: str = "upstream") -> None:
@@ -411,6 +414,7 @@ class _Accounting:
                 caller_kind=caller.kind,
                 cached_tokens=self.cached_tokens,
                 reasoning_tokens=self.reasoning_tokens,
+                cache_write_tokens=self.cache_write_tokens,
             )
         )
 

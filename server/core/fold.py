@@ -47,6 +47,8 @@ class _ChoiceFolder:
             call.function.arguments += piece.function.arguments
         if delta.HasField("finish_reason"):
             self.choice.finish_reason = delta.finish_reason
+        if delta.HasField("stop_sequence"):
+            self.choice.stop_sequence = delta.stop_sequence
         if delta.HasField("logprobs"):
             self.choice.logprobs.content.extend(delta.logprobs.content)
             self.choice.logprobs.refusal.extend(delta.logprobs.refusal)

@@ -21,7 +21,7 @@ __all__ = [
 COLUMNS = (
     'id, request_id, "user", model, provider, protocol, prompt_tokens, completion_tokens, '
     "status, latency_ms, ttft_ms, created_at, usage_source, caller_kind, cached_tokens, "
-    "reasoning_tokens"
+    "reasoning_tokens, cache_write_tokens"
 )
 
 # Columns added since the table was first made, in order: a store made by an
@@ -32,6 +32,7 @@ ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("caller_kind", "TEXT NOT NULL DEFAULT 'user'"),
     ("cached_tokens", "INTEGER NOT NULL DEFAULT 0"),
     ("reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("cache_write_tokens", "INTEGER NOT NULL DEFAULT 0"),
 )
 # What each added column says of the rows that came before it: earlier versions
 # wrote admin-key and anonymous calls as the users `admin` and `anonymous` (for

@@ -86,6 +86,7 @@ def encode_usage(response: usage_pb2.GetUsageResponse) -> dict[str, Any]:
                 "usage_source": record.usage_source,
                 "cached_tokens": record.cached_tokens,
                 "reasoning_tokens": record.reasoning_tokens,
+                "cache_write_tokens": record.cache_write_tokens,
             }
             for record in response.records
         ],

@@ -94,6 +94,7 @@ def usage_response(page: UsagePage) -> usage_pb2.GetUsageResponse:
             usage_source=record.usage_source,
             cached_tokens=record.cached_tokens,
             reasoning_tokens=record.reasoning_tokens,
+            cache_write_tokens=record.cache_write_tokens,
         )
         if record.ttft_ms is not None:
             out.ttft_ms = record.ttft_ms

@@ -45,6 +45,7 @@ class UsageRecord(NamedTuple):
     caller_kind: str = "user"  # or "admin", "anonymous": who `user` names (see CallerKind)
     cached_tokens: int = 0  # of the prompt's, read from the provider's cache
     reasoning_tokens: int = 0  # of the completion's, spent reasoning
+    cache_write_tokens: int = 0  # of the prompt's, written to the provider's cache
 
 
 @dataclass(frozen=True, slots=True)

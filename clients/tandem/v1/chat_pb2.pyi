@@ -739,10 +739,16 @@ class Choice(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
+    STOP_SEQUENCE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position of the choice."""
     finish_reason: _builtins.str
     """"stop", "length", "tool_calls" or "content_filter"."""
+    stop_sequence: _builtins.str
+    """Which of the request's `stop` sequences ended the choice (with
+    finish_reason "stop"), where the upstream says: Anthropic's
+    `stop_sequence`, vLLM's `stop_reason`. Unset otherwise.
+    """
     @_builtins.property
     def message(self) -> Global___ChatMessage:
         """The answer."""
@@ -758,12 +764,15 @@ class Choice(_message.Message):
         message: Global___ChatMessage | None = ...,
         finish_reason: _builtins.str = ...,
         logprobs: Global___Logprobs | None = ...,
+        stop_sequence: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["logprobs", b"logprobs", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stop_sequence", b"_stop_sequence", "logprobs", b"logprobs", "message", b"message", "stop_sequence", b"stop_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stop_sequence", b"_stop_sequence", "finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "message", b"message", "stop_sequence", b"stop_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__stop_sequence: _TypeAlias = _typing.Literal["stop_sequence"]  # noqa: Y015
+    _WhichOneofArgType__stop_sequence: _TypeAlias = _typing.Literal["_stop_sequence", b"_stop_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stop_sequence) -> _WhichOneofReturnType__stop_sequence | None: ...
 
 Global___Choice: _TypeAlias = Choice  # noqa: Y015
 
@@ -823,10 +832,15 @@ class ChunkChoice(_message.Message):
     DELTA_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
+    STOP_SEQUENCE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position of the choice."""
     finish_reason: _builtins.str
     """Set on the choice's last chunk."""
+    stop_sequence: _builtins.str
+    """Which `stop` sequence ended the choice, where the upstream says; set with
+    `finish_reason` (see Choice).
+    """
     @_builtins.property
     def delta(self) -> Global___Delta:
         """What this chunk adds."""
@@ -842,14 +856,20 @@ class ChunkChoice(_message.Message):
         delta: Global___Delta | None = ...,
         finish_reason: _builtins.str | None = ...,
         logprobs: Global___Logprobs | None = ...,
+        stop_sequence: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_finish_reason", b"_finish_reason", "delta", b"delta", "finish_reason", b"finish_reason", "logprobs", b"logprobs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_finish_reason", b"_finish_reason", "_stop_sequence", b"_stop_sequence", "delta", b"delta", "finish_reason", b"finish_reason", "logprobs", b"logprobs", "stop_sequence", b"stop_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_finish_reason", b"_finish_reason", "delta", b"delta", "finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_finish_reason", b"_finish_reason", "_stop_sequence", b"_stop_sequence", "delta", b"delta", "finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "stop_sequence", b"stop_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__finish_reason: _TypeAlias = _typing.Literal["finish_reason"]  # noqa: Y015
     _WhichOneofArgType__finish_reason: _TypeAlias = _typing.Literal["_finish_reason", b"_finish_reason"]  # noqa: Y015
+    _WhichOneofReturnType__stop_sequence: _TypeAlias = _typing.Literal["stop_sequence"]  # noqa: Y015
+    _WhichOneofArgType__stop_sequence: _TypeAlias = _typing.Literal["_stop_sequence", b"_stop_sequence"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__finish_reason) -> _WhichOneofReturnType__finish_reason | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stop_sequence) -> _WhichOneofReturnType__stop_sequence | None: ...
 
 Global___ChunkChoice: _TypeAlias = ChunkChoice  # noqa: Y015
 
@@ -1028,7 +1048,7 @@ class Usage(_message.Message):
     PROMPT_TOKENS_DETAILS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_DETAILS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
-    """Tokens of the prompt, cached ones included."""
+    """Tokens of the prompt: all input, cache reads and writes included."""
     completion_tokens: _builtins.int
     """Tokens of the completion, reasoning included."""
     total_tokens: _builtins.int
@@ -1036,7 +1056,8 @@ class Usage(_message.Message):
     @_builtins.property
     def prompt_tokens_details(self) -> Global___PromptTokensDetails:
         """Of the prompt tokens, those read from the provider's cache (OpenAI's
-        cached_tokens, Anthropic's cache_read_input_tokens).
+        cached_tokens, Anthropic's cache_read_input_tokens) and those written to
+        it (Anthropic's cache_creation_input_tokens).
         """
 
     @_builtins.property
@@ -1067,16 +1088,23 @@ class PromptTokensDetails(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
     cached_tokens: _builtins.int
     """Tokens read from the provider's prompt cache."""
+    cache_write_tokens: _builtins.int
+    """Tokens written to the provider's prompt cache (Anthropic's
+    cache_creation_input_tokens, OpenRouter's cache_write_tokens), priced
+    apart from reads.
+    """
     def __init__(
         self,
         *,
         cached_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -112,6 +112,7 @@ class UsageRecord(_message.Message):
     USAGE_SOURCE_FIELD_NUMBER: _builtins.int
     CACHED_TOKENS_FIELD_NUMBER: _builtins.int
     REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request's id (x-request-id)."""
     user: _builtins.str
@@ -125,7 +126,7 @@ class UsageRecord(_message.Message):
     protocol: _builtins.str
     """"grpc", "native", "openai", "ollama" or "anthropic"."""
     prompt_tokens: _builtins.int
-    """Tokens of the prompt."""
+    """Tokens of the prompt: all input, cache reads and writes included."""
     completion_tokens: _builtins.int
     """Tokens of the completion."""
     total_tokens: _builtins.int
@@ -144,6 +145,8 @@ class UsageRecord(_message.Message):
     """Of the prompt tokens, those read from the provider's cache."""
     reasoning_tokens: _builtins.int
     """Of the completion tokens, those of reasoning."""
+    cache_write_tokens: _builtins.int
+    """Of the prompt tokens, those written to the provider's cache."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the request arrived."""
@@ -166,10 +169,11 @@ class UsageRecord(_message.Message):
         usage_source: _builtins.str = ...,
         cached_tokens: _builtins.int = ...,
         reasoning_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms", "created_at", b"created_at", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "created_at", b"created_at", "latency_ms", b"latency_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "protocol", b"protocol", "provider", b"provider", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "status", b"status", "total_tokens", b"total_tokens", "ttft_ms", b"ttft_ms", "usage_source", b"usage_source", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms", "cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "created_at", b"created_at", "latency_ms", b"latency_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "protocol", b"protocol", "provider", b"provider", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "status", b"status", "total_tokens", b"total_tokens", "ttft_ms", b"ttft_ms", "usage_source", b"usage_source", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ttft_ms: _TypeAlias = _typing.Literal["ttft_ms"]  # noqa: Y015
     _WhichOneofArgType__ttft_ms: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms"]  # noqa: Y015

@@ -12,7 +12,10 @@ Text and thinking go out as they come. A tool call's pieces are held until
 the answer finishes, then sent as its block with one `input_json_delta` per
 piece (they concatenate to its arguments): the blocks of a message cannot
 interleave, and an upstream's tool calls can. A message that called a tool
-stops with `tool_use`, whatever the upstream said.
+stops with `tool_use`, whatever the upstream said; one that a stop sequence
+ended, where the upstream said which, with `stop_sequence` and that sequence.
+Usage is Anthropic's split: `input_tokens` without the cache's reads and
+writes, `cache_read_input_tokens` and `cache_creation_input_tokens` beside it.
 """
 
 from __future__ import annotations
@@ -37,8 +40,19 @@ def message_id(completion_id: str) -> str:
     return "msg_" + completion_id.removeprefix("chatcmpl-")
 
 
-def _stop_reason(finish_reason: str, called_tools: bool) -> str:
-    return "tool_use" if called_tools else STOP_REASONS.get(finish_reason, "end_turn")
+def _stop(
+    finish_reason: str, stop_sequence: str | None, called_tools: bool
+) -> tuple[str, str | None]:
+    """Anthropic's `stop_reason`, and its `stop_sequence` (only when that one stopped)."""
+    if called_tools:
+        return "tool_use", None
+    if stop_sequence is not None:
+        return "stop_sequence", stop_sequence
+    return STOP_REASONS.get(finish_reason, "end_turn"), None
+
+
+def _stop_sequence(choice: chat_pb2.Choice | chat_pb2.ChunkChoice) -> str | None:
+    return choice.stop_sequence if choice.HasField("stop_sequence") else None
 
 
 def _input(arguments: str) -> Any:
@@ -50,21 +64,27 @@ def _input(arguments: str) -> Any:
 
 
 def _usage(usage: chat_pb2.Usage) -> JSON:
-    """Anthropic's counts: its `input_tokens` leaves out cache reads, which the proto's
-    prompt tokens include."""
-    cached = usage.prompt_tokens_details.cached_tokens
+    """Anthropic's counts: its `input_tokens` leaves out the cache's reads and writes,
+    which the proto's prompt tokens include, and says them beside it."""
+    details = usage.prompt_tokens_details
+    cached, written = details.cached_tokens, details.cache_write_tokens
     out: JSON = {
-        "input_tokens": usage.prompt_tokens - cached,
+        "input_tokens": max(usage.prompt_tokens - cached - written, 0),
         "output_tokens": usage.completion_tokens,
     }
     if cached:
         out["cache_read_input_tokens"] = cached
+    if written:
+        out["cache_creation_input_tokens"] = written
     return out
 
 
 def encode_message(completion: chat_pb2.ChatCompletion) -> JSON:
     choice = completion.choices[0] if completion.choices else chat_pb2.Choice()
     message = choice.message
+    stop_reason, stop_sequence = _stop(
+        choice.finish_reason, _stop_sequence(choice), bool(message.tool_calls)
+    )
     content: list[JSON] = []
     if message.reasoning_content:
         content.append(
@@ -91,8 +111,8 @@ def encode_message(completion: chat_pb2.ChatCompletion) -> JSON:
         "role": "assistant",
         "model": completion.model,
         "content": content,
-        "stop_reason": _stop_reason(choice.finish_reason, bool(message.tool_calls)),
-        "stop_sequence": None,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
         "usage": _usage(completion.usage),
     }
 
@@ -117,7 +137,7 @@ class _ToolCall:
 class StreamEncoder:
     """Chunks in, Anthropic's events out; `encode` is called with the first chunk first."""
 
-    __slots__ = ("_first", "_index", "_kind", "_prompt", "_stop", "_tools")
+    __slots__ = ("_first", "_index", "_kind", "_prompt", "_stop", "_stop_sequence", "_tools")
 
     def __init__(self, request: chat_pb2.ChatCompletionRequest) -> None:
         self._first = True
@@ -126,6 +146,7 @@ class StreamEncoder:
         self._kind = ""  # its type: "thinking" or "text" ("" for none open)
         self._tools: dict[int, _ToolCall] = {}
         self._stop = ""
+        self._stop_sequence: str | None = None
 
     def _open(self, kind: str, block: JSON) -> bytes:
         out = self._close()
@@ -152,7 +173,7 @@ class StreamEncoder:
         out = b"" if self._kind == "text" else self._open("text", {"type": "text", "text": ""})
         return out + self._delta({"type": "text_delta", "text": text})
 
-    def _finish(self, finish_reason: str) -> bytes:
+    def _finish(self, finish_reason: str, stop_sequence: str | None) -> bytes:
         """Close what is open and send the tool calls held back, once."""
         if self._stop:
             return b""
@@ -164,7 +185,7 @@ class StreamEncoder:
             for piece in call.pieces:
                 out += self._delta({"type": "input_json_delta", "partial_json": piece})
             out += self._close()
-        self._stop = _stop_reason(finish_reason, bool(self._tools))
+        self._stop, self._stop_sequence = _stop(finish_reason, stop_sequence, bool(self._tools))
         return out
 
     def encode(self, chunk: Item) -> bytes:
@@ -209,14 +230,14 @@ class StreamEncoder:
                 if piece.function.arguments:
                     call.pieces.append(piece.function.arguments)
             if choice.finish_reason:
-                out += self._finish(choice.finish_reason)
+                out += self._finish(choice.finish_reason, _stop_sequence(choice))
         if chunk.HasField("usage"):
-            out += self._finish("stop")
+            out += self._finish("stop", None)
             out += _event(
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": self._stop, "stop_sequence": None},
+                    "delta": {"stop_reason": self._stop, "stop_sequence": self._stop_sequence},
                     "usage": _usage(chunk.usage),
                 },
             )

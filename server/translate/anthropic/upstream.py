@@ -18,11 +18,16 @@ instead. Thinking blocks come back as `reasoning_content`
 and `reasoning_signature`; an assistant message carrying both goes back up
 as a `thinking` block before its text (an unsigned one is dropped: Anthropic
 rejects thinking it did not sign).
+
+Usage: `input_tokens` and the cache's reads and writes together are the
+proto's prompt tokens (all input), the reads its `cached_tokens`, the writes
+its `cache_write_tokens`. A `stop_sequence` stop names the sequence that
+matched on the choice.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from tandem.v1 import chat_pb2
@@ -262,36 +267,49 @@ def chat_request_to_anthropic(
     return body
 
 
-def _prompt_tokens(usage: JSON) -> int | None:
-    """Anthropic's input counts, cache reads and writes included (the proto's prompt tokens)."""
+class _PromptCounts(NamedTuple):
+    """Anthropic's input counts as the proto has them: `prompt` is all input, cache
+    reads and writes included (None: not said); `cached` the reads, `written` the writes."""
+
+    prompt: int | None
+    cached: int
+    written: int
+
+
+def _count(usage: JSON, name: str) -> int:
+    value = usage.get(name)
+    return value if type(value) is int and value > 0 else 0
+
+
+def _prompt_counts(usage: JSON) -> _PromptCounts:
     input_tokens = usage.get("input_tokens")
-    if not isinstance(input_tokens, int):
-        return None
-    return (
-        input_tokens
-        + (usage.get("cache_creation_input_tokens") or 0)
-        + (usage.get("cache_read_input_tokens") or 0)
-    )
+    cached = _count(usage, "cache_read_input_tokens")
+    written = _count(usage, "cache_creation_input_tokens")
+    if type(input_tokens) is not int:
+        return _PromptCounts(None, cached, written)
+    return _PromptCounts(input_tokens + cached + written, cached, written)
 
 
-def _cached_tokens(usage: JSON) -> int:
-    cached = usage.get("cache_read_input_tokens")
-    return cached if isinstance(cached, int) and cached > 0 else 0
-
-
-def _usage(
-    chunk: chat_pb2.ChatCompletionChunk, usage: JSON, prompt_tokens: int | None, cached: int
-) -> None:
+def _usage(chunk: chat_pb2.ChatCompletionChunk, usage: JSON, prompt: _PromptCounts) -> None:
     """The upstream's counts, only when it sent both (else the core estimates them);
-    its cache reads are the proto's cached tokens."""
+    its cache reads and writes are the proto's cached and cache write tokens."""
     completion = usage.get("output_tokens")
-    if prompt_tokens is not None and isinstance(completion, int):
+    if prompt.prompt is not None and isinstance(completion, int):
         target = chunk.usage
-        target.prompt_tokens = prompt_tokens
+        target.prompt_tokens = prompt.prompt
         target.completion_tokens = completion
-        target.total_tokens = prompt_tokens + completion
-        if cached:
-            target.prompt_tokens_details.cached_tokens = cached
+        target.total_tokens = prompt.prompt + completion
+        if prompt.cached:
+            target.prompt_tokens_details.cached_tokens = prompt.cached
+        if prompt.written:
+            target.prompt_tokens_details.cache_write_tokens = prompt.written
+
+
+def _finish(choice: chat_pb2.ChunkChoice, stop_reason: Any, stop_sequence: Any) -> None:
+    """The proto's finish_reason, and which stop sequence matched when one did."""
+    choice.finish_reason = STOP_REASONS.get(stop_reason or "", "stop")
+    if stop_reason == "stop_sequence" and type(stop_sequence) is str:
+        choice.stop_sequence = stop_sequence
 
 
 def message_as_chunk(message: JSON) -> chat_pb2.ChatCompletionChunk:
@@ -318,9 +336,9 @@ def message_as_chunk(message: JSON) -> chat_pb2.ChatCompletionChunk:
         delta.content = "".join(texts)
     if thoughts:
         delta.reasoning_content = "".join(thoughts)
-    choice.finish_reason = STOP_REASONS.get(message.get("stop_reason") or "", "stop")
+    _finish(choice, message.get("stop_reason"), message.get("stop_sequence"))
     usage = message.get("usage") or {}
-    _usage(chunk, usage, _prompt_tokens(usage), _cached_tokens(usage))
+    _usage(chunk, usage, _prompt_counts(usage))
     return chunk
 
 
@@ -329,14 +347,14 @@ class StreamTranslator:
 
     message_start -> the role; content_block_start (tool_use) -> a tool call's
     id and name; content_block_delta -> text, thinking, signature or argument
-    pieces; message_delta -> finish_reason and usage; ping, *_stop -> nothing.
+    pieces; message_delta -> finish_reason (and the stop sequence that matched) and
+    usage; ping, *_stop -> nothing.
     """
 
-    __slots__ = ("_cached_tokens", "_prompt_tokens", "_tool_index")
+    __slots__ = ("_prompt", "_tool_index")
 
     def __init__(self) -> None:
-        self._prompt_tokens: int | None = None
-        self._cached_tokens = 0
+        self._prompt = _PromptCounts(None, 0, 0)
         self._tool_index: dict[int, int] = {}  # content block index -> tool call index
 
     def feed(self, event: JSON) -> Item | None:
@@ -367,9 +385,7 @@ class StreamTranslator:
             return chunk
         if kind == "message_start":
             message = event.get("message") or {}
-            usage = message.get("usage") or {}
-            self._prompt_tokens = _prompt_tokens(usage)
-            self._cached_tokens = _cached_tokens(usage)
+            self._prompt = _prompt_counts(message.get("usage") or {})
             chunk = chat_pb2.ChatCompletionChunk()
             chunk.choices.add(index=0).delta.role = "assistant"
             return chunk
@@ -387,13 +403,12 @@ class StreamTranslator:
         if kind == "message_delta":
             chunk = chat_pb2.ChatCompletionChunk()
             choice = chunk.choices.add(index=0)
-            reason = (event.get("delta") or {}).get("stop_reason") or ""
-            choice.finish_reason = STOP_REASONS.get(reason, "stop")
+            delta = event.get("delta") or {}
+            _finish(choice, delta.get("stop_reason"), delta.get("stop_sequence"))
             usage = event.get("usage") or {}
             if "input_tokens" in usage:  # newer streams count again at the end
-                self._prompt_tokens = _prompt_tokens(usage)
-                self._cached_tokens = _cached_tokens(usage)
-            _usage(chunk, usage, self._prompt_tokens, self._cached_tokens)
+                self._prompt = _prompt_counts(usage)
+            _usage(chunk, usage, self._prompt)
             return chunk
         if kind == "error":
             error = event.get("error") or {}

@@ -29,10 +29,15 @@ JSON = dict[str, Any]
 
 
 def _details(usage: chat_pb2.Usage) -> JSON:
-    """OpenAI's `*_tokens_details`, where the upstream said them."""
+    """OpenAI's `*_tokens_details`, where the upstream said them; cache writes, which
+    OpenAI's shape lacks, as OpenRouter's `cache_write_tokens` beside the reads."""
     out: JSON = {}
     if usage.HasField("prompt_tokens_details"):
-        out["prompt_tokens_details"] = {"cached_tokens": usage.prompt_tokens_details.cached_tokens}
+        details = usage.prompt_tokens_details
+        prompt: JSON = {"cached_tokens": details.cached_tokens}
+        if details.cache_write_tokens:
+            prompt["cache_write_tokens"] = details.cache_write_tokens
+        out["prompt_tokens_details"] = prompt
     if usage.HasField("completion_tokens_details"):
         reasoning = usage.completion_tokens_details.reasoning_tokens
         out["completion_tokens_details"] = {"reasoning_tokens": reasoning}
@@ -107,12 +112,16 @@ def encode_completion(completion: chat_pb2.ChatCompletion, *, with_object: bool)
     out["created"] = completion.created
     out["model"] = completion.model
     out["choices"] = [
-        {
-            "index": choice.index,
-            "message": _message(choice.message),
-            "logprobs": _logprobs(choice),
-            "finish_reason": choice.finish_reason or None,
-        }
+        _stop_sequence(
+            choice,
+            {
+                "index": choice.index,
+                "message": _message(choice.message),
+                "logprobs": _logprobs(choice),
+                "finish_reason": choice.finish_reason or None,
+            },
+            native=not with_object,
+        )
         for choice in completion.choices
     ]
     out["usage"] = _usage(completion.usage)
@@ -134,14 +143,28 @@ def _delta(delta: chat_pb2.Delta) -> JSON:
     return out
 
 
-def _chunk_choices(chunk: chat_pb2.ChatCompletionChunk) -> list[JSON]:
+def _stop_sequence(
+    choice: chat_pb2.Choice | chat_pb2.ChunkChoice, out: JSON, *, native: bool
+) -> JSON:
+    """The proto's `stop_sequence`, where the upstream said it: on the native door only
+    (OpenAI's shape has no such field)."""
+    if native and choice.HasField("stop_sequence"):
+        out["stop_sequence"] = choice.stop_sequence
+    return out
+
+
+def _chunk_choices(chunk: chat_pb2.ChatCompletionChunk, *, native: bool) -> list[JSON]:
     return [
-        {
-            "index": choice.index,
-            "delta": _delta(choice.delta),
-            "logprobs": _logprobs(choice),
-            "finish_reason": choice.finish_reason if choice.HasField("finish_reason") else None,
-        }
+        _stop_sequence(
+            choice,
+            {
+                "index": choice.index,
+                "delta": _delta(choice.delta),
+                "logprobs": _logprobs(choice),
+                "finish_reason": choice.finish_reason if choice.HasField("finish_reason") else None,
+            },
+            native=native,
+        )
         for choice in chunk.choices
     ]
 
@@ -163,7 +186,7 @@ class ChunkEncoder:
     on the others (OpenAI with `include_usage`), or "none" (OpenAI without).
     """
 
-    __slots__ = ("_end", "_head", "_text_tail", "_usage")
+    __slots__ = ("_end", "_head", "_native", "_text_tail", "_usage")
 
     def __init__(
         self,
@@ -186,6 +209,7 @@ class ChunkEncoder:
         self._end = b"}" + suffix
         self._text_tail = (_TEXT_TAIL_NULL_USAGE if usage == "separate" else _TEXT_TAIL) + suffix
         self._usage = usage
+        self._native = not with_object
 
     def encode(self, chunk: Item) -> bytes:
         """One chunk as one event, or two (its choices, then its usage: "separate")."""
@@ -195,11 +219,21 @@ class ChunkEncoder:
         usage_mode = self._usage
         if usage_mode == "inline":
             tail = b',"usage":' + orjson.dumps(_usage(chunk.usage)) if has_usage else b""
-            return self._head + orjson.dumps(_chunk_choices(chunk)) + tail + self._end
+            return (
+                self._head
+                + orjson.dumps(_chunk_choices(chunk, native=self._native))
+                + tail
+                + self._end
+            )
         events = b""
         if chunk.choices or not has_usage:
             tail = b',"usage":null' if usage_mode == "separate" else b""
-            events = self._head + orjson.dumps(_chunk_choices(chunk)) + tail + self._end
+            events = (
+                self._head
+                + orjson.dumps(_chunk_choices(chunk, native=self._native))
+                + tail
+                + self._end
+            )
         if has_usage and usage_mode == "separate":
             events += self._head + b'[],"usage":' + orjson.dumps(_usage(chunk.usage)) + self._end
         return events

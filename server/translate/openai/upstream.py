@@ -1,4 +1,10 @@
-"""An OpenAI-compatible upstream: the request it is sent, and its answers as protos."""
+"""An OpenAI-compatible upstream: the request it is sent, and its answers as protos.
+
+Beyond OpenAI's own shapes, answers may say what OpenAI does not: reasoning
+(DeepSeek's `reasoning_content`, vLLM's `reasoning`), the stop sequence that
+ended a choice (vLLM's `stop_reason`, a string), and cache writes
+(OpenRouter's `prompt_tokens_details.cache_write_tokens`).
+"""
 
 from __future__ import annotations
 
@@ -175,6 +181,9 @@ def _fill_usage(chunk: chat_pb2.ChatCompletionChunk, usage: Any) -> None:
         cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
         if cached:
             target.prompt_tokens_details.cached_tokens = cached
+        written = _detail(usage, "prompt_tokens_details", "cache_write_tokens")
+        if written:
+            target.prompt_tokens_details.cache_write_tokens = written
         reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens")
         if reasoning:
             target.completion_tokens_details.reasoning_tokens = reasoning
@@ -185,6 +194,14 @@ def _detail(usage: JSON, details: str, name: str) -> int:
     found = usage.get(details)
     value = found.get(name) if isinstance(found, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _stop_sequence(choice: chat_pb2.ChunkChoice, item: JSON) -> None:
+    """vLLM's `stop_reason`: the stop string that ended a choice (a token id, or null at
+    the end of sequence, names none)."""
+    matched = item.get("stop_reason")
+    if type(matched) is str and choice.finish_reason == "stop":
+        choice.stop_sequence = matched
 
 
 def _reasoning(source: JSON) -> Any:
@@ -264,6 +281,7 @@ def whole_chunk_from_openai(data: JSON) -> chat_pb2.ChatCompletionChunk:
             _fill_tool_calls(target.tool_calls, delta["tool_calls"], indexed=True)
         if item.get("finish_reason") is not None:
             choice.finish_reason = item["finish_reason"]
+            _stop_sequence(choice, item)
         if item.get("logprobs"):
             parse_into(item["logprobs"], choice.logprobs, strict=False)
     if data.get("usage"):  # on the last chunk only
@@ -291,6 +309,7 @@ def completion_as_chunk(data: JSON) -> chat_pb2.ChatCompletionChunk:
         if message.get("tool_calls"):
             _fill_tool_calls(delta.tool_calls, message["tool_calls"], indexed=False)
         choice.finish_reason = item.get("finish_reason") or "stop"
+        _stop_sequence(choice, item)
         if item.get("logprobs"):
             parse_into(item["logprobs"], choice.logprobs, strict=False)
     _fill_usage(chunk, data.get("usage"))
