@@ -154,19 +154,18 @@ def _stop_sequence(
 
 
 def _chunk_choices(chunk: chat_pb2.ChatCompletionChunk, *, native: bool) -> list[JSON]:
-    return [
-        _stop_sequence(
-            choice,
-            {
-                "index": choice.index,
-                "delta": _delta(choice.delta),
-                "logprobs": _logprobs(choice),
-                "finish_reason": choice.finish_reason if choice.HasField("finish_reason") else None,
-            },
-            native=native,
-        )
-        for choice in chunk.choices
-    ]
+    out = []
+    for choice in chunk.choices:
+        item: JSON = {
+            "index": choice.index,
+            "delta": _delta(choice.delta),
+            "logprobs": _logprobs(choice),
+            "finish_reason": choice.finish_reason if choice.HasField("finish_reason") else None,
+        }
+        if native and choice.HasField("stop_sequence"):  # as `_stop_sequence`, inline
+            item["stop_sequence"] = choice.stop_sequence
+        out.append(item)
+    return out
 
 
 _TEXT_HEAD = b'[{"index":0,"delta":{"content":'
