@@ -1,5 +1,5 @@
 """What the provider dialects share: refusing what a provider cannot honour, data URLs,
-tool call arguments as JSON objects, a `Struct` as JSON, how hard a model reasons."""
+tool call arguments as JSON objects, a `Struct` as JSON."""
 
 from __future__ import annotations
 
@@ -14,36 +14,9 @@ from tandem.v1 import chat_pb2
 
 from server.errors import InvalidRequestError
 
-__all__ = [
-    "DATA_URL",
-    "EFFORT_BUDGETS",
-    "cannot_honour",
-    "reasoning_effort",
-    "struct_json",
-    "struct_to_json",
-    "tool_arguments",
-]
+__all__ = ["DATA_URL", "cannot_honour", "struct_json", "struct_to_json", "tool_arguments"]
 
 DATA_URL = re.compile(r"data:(?P<media>[\w/+.-]+);base64,(?P<data>.*)", re.S)
-
-# reasoning_effort -> thinking tokens, lowest level first: Anthropic's budget for each of
-# OpenAI's levels (1024 is Anthropic's minimum)
-EFFORT_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
-_LEVELS = tuple(EFFORT_BUDGETS)
-
-
-def reasoning_effort(request: chat_pb2.ChatCompletionRequest) -> str | None:
-    """The level for a provider that takes one: `reasoning_effort`, lowered to the
-    highest level whose budget fits in `reasoning_budget_tokens` (a caller's budget is
-    never exceeded; below every level's, the least: "minimal"). None: not asked for."""
-    effort = request.reasoning_effort if request.HasField("reasoning_effort") else None
-    if not request.HasField("reasoning_budget_tokens"):
-        return effort
-    budget = request.reasoning_budget_tokens
-    within = next((e for e in reversed(_LEVELS) if EFFORT_BUDGETS[e] <= budget), _LEVELS[0])
-    if effort is None or _LEVELS.index(within) < _LEVELS.index(effort):
-        return within
-    return effort
 
 
 # a schema sent again (agents send the same tools on every request) is kept encoded;

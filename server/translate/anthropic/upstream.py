@@ -34,13 +34,8 @@ from tandem.v1 import chat_pb2
 
 from server.chunks import Item
 from server.errors import UpstreamError
-from server.translate.common import (
-    DATA_URL,
-    EFFORT_BUDGETS,
-    cannot_honour,
-    struct_json,
-    tool_arguments,
-)
+from server.translate.common import DATA_URL, cannot_honour, struct_json, tool_arguments
+from server.translate.reasoning import EFFORT_BUDGETS
 
 __all__ = [
     "ANTHROPIC_VERSION",

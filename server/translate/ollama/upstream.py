@@ -16,14 +16,9 @@ import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.chunks import Item
-from server.translate.common import (
-    DATA_URL,
-    cannot_honour,
-    reasoning_effort,
-    struct_json,
-    tool_arguments,
-)
+from server.translate.common import DATA_URL, cannot_honour, struct_json, tool_arguments
 from server.translate.ollama import SAMPLING_OPTIONS
+from server.translate.reasoning import reasoning_effort
 
 __all__ = [
     "StreamTranslator",

@@ -15,9 +15,10 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.chunks import Item
 from server.errors import UpstreamError
-from server.translate.common import cannot_honour, reasoning_effort, struct_json
+from server.translate.common import cannot_honour, struct_json
 from server.translate.openai.replies import encode_tool_calls
 from server.translate.protojson import parse_into
+from server.translate.reasoning import reasoning_effort
 
 __all__ = [
     "chat_request_to_openai",
