@@ -455,3 +455,27 @@ def test_without_an_endpoint_tracing_is_not_loaded() -> None:
         cwd=Path(__file__).parent.parent,
     )
     assert done.returncode == 0, done.stderr
+
+
+def attribute_chars(value: Any) -> int:
+    """An attribute value's length: a list's is its strings' in all."""
+    if isinstance(value, list):
+        return sum(len(str(item)) for item in value)
+    return len(str(value))
+
+
+@pytest.mark.parametrize("stop", [["s" * 5000], ["t" * 600] * 16, ["u" * 100] * 20_000])
+def test_no_span_attribute_is_longer_than_1_kib(
+    http: httpx.Client, receiver: OtlpReceiver, stop: list[str]
+) -> None:
+    """A caller's long values are cut in the span, so that one request can never make
+    an export batch a collector refuses; 20,000 stop sequences are a 400, and their
+    span is as small (they were once copied whole: an 18 MB export)."""
+    body = {**chat_body("echo"), "stop": stop, "user": "v" * 5000}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == (200 if len(stop) <= 16 else 400), response.text
+    span = receiver.for_request(response.headers["x-request-id"])
+    assert span.attributes["gen_ai.request.stop_sequences"][0].startswith(stop[0][:100])
+    assert {
+        key: attribute_chars(v) for key, v in span.attributes.items() if attribute_chars(v) > 1024
+    } == {}
