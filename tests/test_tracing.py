@@ -479,3 +479,35 @@ def test_no_span_attribute_is_longer_than_1_kib(
     assert {
         key: attribute_chars(v) for key, v in span.attributes.items() if attribute_chars(v) > 1024
     } == {}
+
+
+def test_a_malformed_tracestate_is_warned_of_once_a_minute_and_cut(
+    gateway: TandemProcess, http: httpx.Client, channel: grpc.Channel
+) -> None:
+    """A caller-caused warning is written once a minute per kind (not once a request),
+    and a caller's text reaches no log line longer than 256 characters."""
+    traceparent, _, _ = new_traceparent()
+    tracestate = "bad=" + "Zq" * 2000  # 4 KB: a value over W3C's 256 characters
+    context = (("traceparent", traceparent), ("tracestate", tracestate))
+    stub = chat_pb2_grpc.ChatServiceStub(channel)
+    for i in range(50):
+        if i % 5:
+            response = http.post("/v1/chat/completions", json=chat_body("echo"), headers=context)
+            assert response.status_code == 200, response.text
+        else:
+            request = chat_pb2.ChatCompletionRequest(
+                model="echo", messages=[chat_pb2.ChatMessage(role="user", content="hi")]
+            )
+            stub.CreateChatCompletion(request, metadata=context)
+
+    def warnings(stderr: str) -> list[str]:
+        return [line for line in stderr.splitlines() if "w3c" in line]
+
+    deadline = time.monotonic() + 10
+    while not warnings(gateway.stderr()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (warning,) = [orjson.loads(line) for line in warnings(gateway.settled_stderr())]
+    assert warning["level"] == "warning"
+    assert "ZqZq" in warning["message"]  # the caller's text, cut
+    assert len(warning["message"]) < 400
+    assert "Zq" * 129 not in gateway.settled_stderr()  # 258 characters of it, nowhere
