@@ -56,6 +56,7 @@ class Seen:
     error: str | None = None  # the contract's error type
     mid_stream: bool = False  # the error came after the first chunk
     message: str = field(default="", compare=False)  # the error's message
+    wire: int = field(default=0, compare=False)  # bytes of the answer, framing included
 
 
 class Door(Protocol):
@@ -109,6 +110,7 @@ class HttpDoor:
             "".join(c["delta"].get("content") or "" for c in choices),
             next(c["finish_reason"] for c in reversed(choices) if c["finish_reason"]),
             (usage["prompt_tokens"], usage["completion_tokens"]),
+            wire=len(answer.content),
         )
 
     async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
@@ -193,6 +195,7 @@ class GrpcDoor:
             "".join(c.delta.content for c in choices),
             next(c.finish_reason for c in reversed(choices) if c.finish_reason),
             (last.prompt_tokens, last.completion_tokens),
+            wire=sum(chunk.ByteSize() + 5 for chunk in chunks),  # gRPC's 5-byte message prefix
         )
 
     async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
@@ -246,6 +249,7 @@ class OllamaDoor:
             "".join(line["message"]["content"] for line in lines),
             last["done_reason"],
             (last["prompt_eval_count"], last["eval_count"]),
+            wire=len(answer.content),
         )
 
     async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
@@ -322,6 +326,7 @@ class AnthropicDoor:
             ),
             _FINISH_OF_STOP[delta["delta"]["stop_reason"]],
             (delta["usage"]["input_tokens"], delta["usage"]["output_tokens"]),
+            wire=len(answer.content),
         )
 
     async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
@@ -554,3 +559,35 @@ async def test_more_than_16_stop_sequences_are_refused_naming_the_field(
     assert refused.message.startswith(f"{STOP_FIELD[door.name]}: at most 16 stop sequences")
     fine = await door.chat(chat("echo", stop=stop[:16]), jwt_token, stream=stream)
     assert fine.error is None
+
+
+# 1 MB of two-byte words; and one-byte words, then one long word, just over 64 KiB: there
+# the framing of the 1,024 per-word chunks weighs most against the text
+LONG_ANSWERS = {"1MB": "w " * 500_000, "64KiB": "a " * 1024 + "b" * (64 * 1024)}
+
+
+@pytest.mark.parametrize("size", LONG_ANSWERS)
+async def test_a_long_streamed_answer_costs_at_most_4x_its_text_on_the_wire(
+    request: pytest.FixtureRequest, door: Door, size: str
+) -> None:
+    """The mock streams a chunk per word for the first 1,024 words, then the rest as one."""
+    if (door.name, size) == ("openai", "64KiB"):
+        reason = "/v1 frames a word in ~220 bytes: 1,024 of them are 3.4x 64 KiB alone"
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+    text = LONG_ANSWERS[size]
+    _, jwt_token = token()
+    seen = await door.chat(chat("echo", text, max_tokens=1_000_000), jwt_token, stream=True)
+    assert seen.text == text
+    assert seen.usage == (len(text.split()), len(text.split()))
+    assert seen.wire <= 4 * len(text.encode())
+
+
+@pytest.mark.parametrize("name", ["grpc", "native", "openai"])  # the doors that take `n`
+async def test_n_copies_of_a_1mb_prompt_past_max_body_bytes_are_refused_naming_n(
+    gateway: TandemProcess, name: str
+) -> None:
+    _, jwt_token = token()
+    body = chat("echo", "w " * 500_000, n=9)  # 9 MB of answer; max_body_bytes: 8 MiB
+    refused = await doors(gateway)[name].chat(body, jwt_token, stream=True)
+    assert refused == Seen(error="invalid_request_error")
+    assert refused.message.startswith("n: ")
