@@ -165,7 +165,11 @@ class Gateway:
         keys = None
         if self._store is not None:
             await self._store.open()
-            keys = KeyCache(self._store, config.auth.key_cache_s)
+            keys = KeyCache(
+                self._store,
+                config.auth.key_cache_s,
+                on_lookup=lambda result: metrics.key_lookups.labels(result).inc(),
+            )
             batcher = UsageBatcher(
                 self._store,
                 flush_interval_s=config.usage.flush_interval_ms / 1000,
