@@ -209,6 +209,7 @@ class Gateway:
             max_body_bytes=config.server.max_body_bytes,
             telemetry=telemetry,
             readiness=self.readiness,
+            cors_origins=config.server.cors_origins,
         )
         self._http_server, self._http_task = await start_http_server(
             app, sock, config.server, telemetry
