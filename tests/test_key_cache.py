@@ -98,9 +98,14 @@ class CountingStore:
         assert store is not None
         self.store = store
         self.lookups = 0
+        self.asked = asyncio.Event()  # set by the first lookup
+        self.gate = asyncio.Event()  # lookups answer once it is set
+        self.gate.set()
 
     async def find_key(self, key_id: str) -> object:
         self.lookups += 1
+        self.asked.set()
+        await self.gate.wait()
         return await self.store.find_key(key_id)
 
 
@@ -121,5 +126,27 @@ async def test_made_up_ids_are_remembered_in_bounded_memory_and_never_evict_real
         assert await cache.lookup(record.id) == record  # still cached: no lookup
         assert await cache.lookup(f"{999:012x}") is None
         assert counting.lookups == 1001
+    finally:
+        await counting.store.aclose()
+
+
+async def test_callers_of_one_id_share_its_lookup_and_one_going_away_cancels_it_for_none(
+    tmp_path: Path,
+) -> None:
+    counting = CountingStore(tmp_path / "keys.db")
+    await counting.store.open()
+    try:
+        _, record = new_key("alice", "free")
+        await counting.store.create_key(record)
+        cache = KeyCache(counting, 60)  # type: ignore[arg-type]
+        counting.gate.clear()
+        callers = [asyncio.ensure_future(cache.lookup(record.id)) for _ in range(10)]
+        await counting.asked.wait()  # the first caller's lookup has reached the store
+        callers[0].cancel()  # its client went away
+        counting.gate.set()
+        answers = await asyncio.gather(*callers[1:])
+        assert answers == [record] * 9
+        assert callers[0].cancelled()
+        assert counting.lookups == 1
     finally:
         await counting.store.aclose()

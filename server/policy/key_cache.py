@@ -70,12 +70,13 @@ class KeyCache:
                 return None
         fetching = self._fetching.get(key_id)
         if fetching is None:
-            fetching = self._fetching[key_id] = asyncio.ensure_future(self._fetch(key_id))
+            fetching = self._fetching[key_id] = asyncio.ensure_future(self._fetch(key_id, now))
             fetching.add_done_callback(lambda task: self._fetched(key_id, task))
         # shielded: a caller that goes away does not cancel the others' lookup
         return await asyncio.shield(fetching)
 
-    async def _fetch(self, key_id: str) -> ApiKey | None:
+    async def _fetch(self, key_id: str, asked: float) -> ApiKey | None:
+        """The store's answer, remembered as of when it was asked (never fresher)."""
         try:
             record = await self._store.find_key(key_id)
         except Exception as exc:
@@ -93,7 +94,7 @@ class KeyCache:
             logger.warning("key store unreachable; key %s checked from the cache", key_id)
             return None if entry is None else entry[1]  # what we knew beats refusing all
         self._on_lookup("unknown" if record is None else "found")
-        self._remember(key_id, record, self._clock())
+        self._remember(key_id, record, asked)
         return record
 
     def _remember(self, key_id: str, record: ApiKey | None, now: float) -> None:
