@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 from hypothesis import given
@@ -200,3 +202,27 @@ def test_upstream_request_round_trips_every_field(
     again.ClearField("stream")
     again.ClearField("stream_options")
     assert again == request
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_only_a_stop_string_that_ended_a_choice_is_its_stop_sequence(streamed: bool) -> None:
+    """vLLM's `stop_reason` is the stop string that matched, a stop token's id, or null."""
+
+    def stop_of(item: dict[str, Any]) -> str | None:
+        if streamed:
+            chunk = upstream.whole_chunk_from_openai(
+                {"choices": [{"index": 0, "delta": {}, **item}]}
+            )
+        else:
+            message = {"role": "assistant", "content": "x"}
+            chunk = upstream.completion_as_chunk(
+                {"choices": [{"index": 0, "message": message, **item}]}
+            )
+        choice = chunk.choices[0]
+        return choice.stop_sequence if choice.HasField("stop_sequence") else None
+
+    assert stop_of({"finish_reason": "stop", "stop_reason": "END"}) == "END"
+    assert stop_of({"finish_reason": "stop", "stop_reason": 128001}) is None
+    assert stop_of({"finish_reason": "stop", "stop_reason": None}) is None
+    assert stop_of({"finish_reason": "stop"}) is None
+    assert stop_of({"finish_reason": "length", "stop_reason": "END"}) is None

@@ -25,13 +25,13 @@ import orjson
 from tandem.v1 import chat_pb2
 
 from server.errors import InvalidRequestError
+from server.translate.anthropic import MIN_THINKING_BUDGET
 from server.translate.common import check_stop_count
 from server.translate.protojson import parse_into
 
 __all__ = ["parse_count_tokens", "parse_messages"]
 
 JSON = dict[str, Any]
-MIN_THINKING_BUDGET = 1024  # Anthropic's
 
 
 def _invalid(param: str, why: str) -> InvalidRequestError:

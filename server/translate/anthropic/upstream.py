@@ -34,6 +34,7 @@ from tandem.v1 import chat_pb2
 
 from server.chunks import Item
 from server.errors import UpstreamError
+from server.translate.anthropic import MIN_THINKING_BUDGET
 from server.translate.common import DATA_URL, cannot_honour, struct_json, tool_arguments
 from server.translate.reasoning import EFFORT_BUDGETS
 
@@ -57,7 +58,6 @@ UNSUPPORTED_FIELDS = (
     "frequency_penalty",
     "seed",
 )
-MIN_THINKING_BUDGET = 1024
 STOP_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
