@@ -121,12 +121,15 @@ class DataPlane:
                         if len(choices) == 1:  # a upb `for` ends in a formatted IndexError
                             choice = choices[0]
                             delta = choice.delta
-                            text = delta.content
-                            if text:
-                                sent.append(text)
-                            calls = delta.tool_calls
-                            if calls:
-                                sent.extend(call.function.arguments for call in calls)
+                            if delta.tool_calls or delta.HasField("refusal"):
+                                account.keep_sent(choices)
+                            else:
+                                text = delta.content
+                                if text:
+                                    sent.append(text)
+                                thought = delta.reasoning_content
+                                if thought:
+                                    sent.append(thought)
                         else:
                             account.keep_sent(choices)
                     account.chunks += len(batch)
@@ -338,12 +341,20 @@ class _Accounting:
         self.usage_known = True
 
     def keep_sent(self, choices: Iterable[chat_pb2.ChunkChoice]) -> None:
-        """Keep the texts of a chunk of several choices (one is kept inline, faster)."""
+        """Keep what a chunk's choices sent: text, reasoning, refusals, tool names and
+        arguments (the commonest, one choice's text or reasoning, is kept inline)."""
+        sent = self.sent
         for choice in choices:
             delta = choice.delta
             if delta.content:
-                self.sent.append(delta.content)
-            self.sent.extend(call.function.arguments for call in delta.tool_calls)
+                sent.append(delta.content)
+            if delta.reasoning_content:
+                sent.append(delta.reasoning_content)
+            if delta.refusal:
+                sent.append(delta.refusal)
+            for call in delta.tool_calls:
+                sent.append(call.function.name)
+                sent.append(call.function.arguments)
 
     def count_sent(self) -> None:
         """Fold the texts kept so far into the estimate (a long stream keeps a bounded list)."""

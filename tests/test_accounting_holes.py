@@ -1,0 +1,252 @@
+"""The holes a hostile review found in the accounting (issue 23), each closed on a live
+gateway: reasoning, tools, schemas and media are charged; a timeout after the upstream
+had the request is charged its prompt once; an answer with no choice is a 502."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import ollama
+import openai
+import orjson
+import pytest
+from aiohttp import web
+
+from server.messages import estimate_tokens
+from tests.fake_upstream import FakeUpstream
+from tests.servers import TandemProcess, start_tandem
+
+THOUGHT = "thinking about it "  # one piece of reasoning, every THOUGHT_EVERY_S
+THOUGHT_EVERY_S = 0.05
+THOUGHTS_READ = 10  # the caller reads this many, then goes away
+PROMPT = "one two three"
+PROMPT_ESTIMATE = 4  # max(3 words, ceil(13 bytes / 4))
+NO_CHOICE_USAGE = {"prompt_tokens": 7, "completion_tokens": 0, "total_tokens": 7}
+
+
+class HolesUpstream(FakeUpstream):
+    """The shared fake, with three more behaviours for every dialect it speaks:
+
+    - `thinkdrip`: stream nothing but reasoning, a piece every 50 ms, for 20 s
+      (OpenAI's `reasoning_content`, Ollama's `thinking`, Anthropic's `thinking_delta`)
+    - `nochoice`: answer `choices: []` with a usage (OpenAI's dialect)
+    """
+
+    async def _answer(self, request: web.Request, body: Any, behaviour: str) -> web.StreamResponse:
+        if behaviour == "nochoice":
+            head = {"id": "up-1", "created": 1, "model": body["model"], "choices": []}
+            if not body.get("stream"):
+                return web.json_response({**head, "usage": NO_CHOICE_USAGE})
+            response = await self._sse(request)
+            await response.write(b"data: " + orjson.dumps({**head, "usage": NO_CHOICE_USAGE}))
+            await response.write(b"\n\ndata: [DONE]\n\n")
+            return response
+        if behaviour != "thinkdrip":
+            return await super()._answer(request, body, behaviour)
+        response = await self._sse(request)
+        head = {"id": "up-1", "created": 1, "model": body["model"]}
+        for _ in range(400):
+            delta = {"role": "assistant", "reasoning_content": THOUGHT}
+            data = {**head, "choices": [{"index": 0, "delta": delta}]}
+            await response.write(b"data: " + orjson.dumps(data) + b"\n\n")
+            await asyncio.sleep(THOUGHT_EVERY_S)
+        return response
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        if self.script and self.script[0] == "thinkdrip":
+            self.script.popleft()
+            await self._record(request)
+            response = await self._sse(request)
+
+            async def event(name: str, data: dict[str, Any]) -> None:
+                payload = orjson.dumps({"type": name, **data})
+                await response.write(b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n")
+
+            message: dict[str, Any] = {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude",
+                "content": [],
+                "stop_reason": None,
+                "usage": {"input_tokens": 11, "output_tokens": 1},
+            }
+            await event("message_start", {"message": message})
+            start = {"type": "thinking", "thinking": ""}
+            await event("content_block_start", {"index": 0, "content_block": start})
+            for _ in range(400):
+                delta = {"type": "thinking_delta", "thinking": THOUGHT}
+                await event("content_block_delta", {"index": 0, "delta": delta})
+                await asyncio.sleep(THOUGHT_EVERY_S)
+            return response
+        return await super()._messages(request)
+
+    async def _ollama_chat(self, request: web.Request) -> web.StreamResponse:
+        if self.script and self.script[0] == "thinkdrip":
+            self.script.popleft()
+            body = await self._record(request)
+            response = web.StreamResponse(headers={"content-type": "application/x-ndjson"})
+            await response.prepare(request)
+            for _ in range(400):
+                message = {"role": "assistant", "content": "", "thinking": THOUGHT}
+                line = {"model": body["model"], "done": False, "message": message}
+                await response.write(orjson.dumps(line) + b"\n")
+                await asyncio.sleep(THOUGHT_EVERY_S)
+            return response
+        return await super()._ollama_chat(request)
+
+    @staticmethod
+    async def _sse(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        return response
+
+
+CONFIG = """
+providers:
+  - {name: up, kind: openai, base_url: "%(base)s", api_key: k, max_retries: 0}
+  - {name: lab, kind: ollama, base_url: "%(root)s", max_retries: 0}
+  - {name: claude, kind: anthropic, base_url: "%(root)s", api_key: k, max_retries: 0}
+  - {name: patient, kind: openai, base_url: "%(base)s", api_key: k, timeout_s: 2, max_retries: 2}
+  - {name: nowhere, kind: openai, base_url: "http://127.0.0.1:%(closed)d/v1", max_retries: 2}
+models:
+  - {name: relay, provider: up}
+  - {name: llama, provider: lab}
+  - {name: sonnet, provider: claude}
+  - {name: waits, provider: patient}
+  - {name: unreachable, provider: nowhere}
+tiers:
+  free: {default_model: relay, tokens_per_minute: %(tpm)d}
+usage: {store: "sqlite:///usage.db", flush_interval_ms: 20}
+"""
+TOKENS_PER_MINUTE = 10_000_000
+
+
+@pytest.fixture(scope="module")
+def holes() -> Iterator[HolesUpstream]:
+    upstream = HolesUpstream()
+    upstream.start()
+    yield upstream
+    upstream.stop()
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def start(tmp_path: Any, holes: HolesUpstream, tpm: int = TOKENS_PER_MINUTE) -> TandemProcess:
+    values = {"base": holes.base_url, "root": holes.root, "closed": closed_port(), "tpm": tpm}
+    return start_tandem(tmp_path, CONFIG % values)
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    holes: HolesUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TandemProcess]:
+    process = start(tmp_path_factory.mktemp("holes"), holes)
+    yield process
+    assert process.terminate() == 0, process.stderr()
+
+
+def ledger(gateway: TandemProcess) -> list[dict[str, Any]]:
+    """The anonymous caller's records, newest first."""
+    found: list[dict[str, Any]] = httpx.get(f"{gateway.base_url}/native/v1/usage").json()["records"]
+    return found
+
+
+@pytest.fixture
+def new_record(gateway: TandemProcess, holes: HolesUpstream) -> Callable[[], dict[str, Any]]:
+    """The one record a test adds to the module gateway's ledger, once it is written."""
+    holes.reset()
+    before = len(ledger(gateway))
+
+    def added() -> dict[str, Any]:
+        deadline = time.monotonic() + 20
+        while len(found := ledger(gateway)) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(found) == before + 1, found
+        return found[0]
+
+    return added
+
+
+def user(text: str = PROMPT) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+# --- reasoning, thinking and refusals are what was sent -----------------------------------
+
+
+def read_reasoning_openai(gateway: TandemProcess) -> int:
+    sdk: Any
+    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="x", max_retries=0) as sdk:
+        received = 0
+        with sdk.chat.completions.create(model="relay", messages=user(), stream=True) as stream:
+            for chunk in stream:
+                if getattr(chunk.choices[0].delta, "reasoning_content", None):
+                    received += 1
+                if received >= THOUGHTS_READ:
+                    break
+    return received
+
+
+def read_reasoning_ollama(gateway: TandemProcess) -> int:
+    client = ollama.Client(host=gateway.base_url)
+    received = 0
+    stream: Any = client.chat(model="llama", messages=user(), stream=True, think=True)
+    for part in stream:
+        if part.message.thinking:
+            received += 1
+        if received >= THOUGHTS_READ:
+            break
+    stream.close()
+    client._client.close()
+    return received
+
+
+def read_reasoning_anthropic(gateway: TandemProcess) -> int:
+    with anthropic.Anthropic(base_url=gateway.base_url, api_key="x", max_retries=0) as sdk:
+        received = 0
+        with sdk.messages.stream(
+            model="sonnet",
+            max_tokens=2000,
+            messages=user(),  # type: ignore[arg-type]
+            thinking={"type": "enabled", "budget_tokens": 1024},
+        ) as stream:
+            for event in stream:
+                if event.type == "content_block_delta" and event.delta.type == "thinking_delta":
+                    received += 1
+                if received >= THOUGHTS_READ:
+                    break
+    return received
+
+
+@pytest.mark.parametrize(
+    "read",
+    [read_reasoning_openai, read_reasoning_ollama, read_reasoning_anthropic],
+    ids=["v1-openai-kind", "api-chat-ollama-kind", "v1-messages-anthropic-kind"],
+)
+def test_reasoning_read_then_dropped_is_charged(
+    gateway: TandemProcess,
+    holes: HolesUpstream,
+    read: Any,
+    new_record: Callable[[], dict[str, Any]],
+) -> None:
+    holes.reset("thinkdrip")
+    assert read(gateway) == THOUGHTS_READ
+    record = new_record()
+    assert record["status"] == "cancelled"
+    assert record["usage_source"] == "estimated"
+    # at least the pieces the caller read, by the estimate
+    assert record["completion_tokens"] >= estimate_tokens(THOUGHT * THOUGHTS_READ), record
