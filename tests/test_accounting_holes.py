@@ -5,6 +5,7 @@ had the request is charged its prompt once; an answer with no choice is a 502.""
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -250,3 +251,103 @@ def test_reasoning_read_then_dropped_is_charged(
     assert record["usage_source"] == "estimated"
     # at least the pieces the caller read, by the estimate
     assert record["completion_tokens"] >= estimate_tokens(THOUGHT * THOUGHTS_READ), record
+
+
+# --- the prompt's estimate covers tools, schemas and media ----------------------------------
+
+
+def test_a_megabyte_tool_description_cut_at_a_second_is_charged(
+    gateway: TandemProcess, holes: HolesUpstream, new_record: Callable[[], dict[str, Any]]
+) -> None:
+    holes.reset("slow:30")
+    description = "word " * 200_000  # 1 MB, 262,144 tokens by the estimate
+    tool = {"type": "function", "function": {"name": "f", "description": description}}
+    body = {"model": "relay", "messages": user(), "stream": True, "tools": [tool]}
+    with (
+        pytest.raises(httpx.ReadTimeout),
+        httpx.stream(
+            "POST",
+            f"{gateway.base_url}/v1/chat/completions",
+            json=body,
+            timeout=httpx.Timeout(30, read=1),
+        ) as response,
+    ):
+        response.read()
+    record = new_record()
+    assert record["status"] == "cancelled"
+    assert record["prompt_tokens"] >= 250_000, record
+
+
+def data_url_of_a_megabyte() -> str:
+    return "data:image/png;base64," + base64.b64encode(b"\x89PNG" + b"\0" * 750_000).decode()
+
+
+def test_an_image_part_is_charged_a_thousand_tokens(
+    gateway: TandemProcess, holes: HolesUpstream, new_record: Callable[[], dict[str, Any]]
+) -> None:
+    holes.reset("nousage")
+    parts = [
+        {"type": "text", "text": "look"},
+        {"type": "image_url", "image_url": {"url": data_url_of_a_megabyte()}},
+    ]
+    messages = [{"role": "user", "content": parts}, *user()]  # the fake echoes the last
+    body = {"model": "relay", "messages": messages}
+    answer = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    record = new_record()
+    assert record["usage_source"] == "estimated"
+    assert record["prompt_tokens"] == estimate_tokens("look") + 1000 + PROMPT_ESTIMATE, record
+
+
+def test_a_response_schema_is_part_of_the_prompt(
+    gateway: TandemProcess, holes: HolesUpstream, new_record: Callable[[], dict[str, Any]]
+) -> None:
+    holes.reset("nousage")
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "description": "x" * 4000}},
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+    body = {"model": "relay", "messages": user(), "response_format": response_format}
+    answer = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    record = new_record()
+    assert record["prompt_tokens"] > PROMPT_ESTIMATE + 1000, record
+    assert answer.json()["usage"]["prompt_tokens"] == record["prompt_tokens"]
+
+
+def test_count_tokens_is_the_same_estimate(
+    gateway: TandemProcess, holes: HolesUpstream, new_record: Callable[[], dict[str, Any]]
+) -> None:
+    sdk: Any
+    holes.reset("nousage")
+    image = data_url_of_a_megabyte().partition(",")[2]
+    content = [
+        {"type": "text", "text": "look"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}},
+    ]
+    tool = {"name": "f", "description": "d " * 3000, "input_schema": {"type": "object"}}
+    messages = [{"role": "user", "content": content}, {"role": "assistant", "content": "ok"}]
+    body = {"model": "relay", "messages": [*messages, *user()], "tools": [tool]}
+    with anthropic.Anthropic(base_url=gateway.base_url, api_key="x", max_retries=0) as sdk:
+        counted = sdk.messages.count_tokens(**body).input_tokens
+        sdk.messages.create(max_tokens=100, **body)
+    record = new_record()
+    assert record["usage_source"] == "estimated"
+    assert counted == record["prompt_tokens"] >= PROMPT_ESTIMATE + 1000 + 3000
+
+
+def test_a_tool_definition_over_the_tier_is_refused_up_front(
+    holes: HolesUpstream, tmp_path: Any
+) -> None:
+    holes.reset()
+    gateway = start(tmp_path, holes, tpm=1000)
+    try:
+        tool = {"type": "function", "function": {"name": "f", "description": "word " * 2000}}
+        body = {"model": "relay", "messages": user(), "tools": [tool]}
+        answer = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body)
+        assert answer.status_code == 429, answer.text
+        assert answer.headers["x-should-retry"] == "false"
+        assert holes.requests == []
+    finally:
+        assert gateway.terminate() == 0, gateway.stderr()

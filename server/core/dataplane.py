@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -19,12 +19,19 @@ from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 
 from server.chunks import Batch, text_chunk
 from server.context import CallContext, new_id
+from server.core.estimate import estimate_prompt
 from server.core.fold import fold_stream
 from server.core.resilience import open_stream
 from server.core.routing import Router
 from server.core.validation import validate_chat_request, validate_embedding_request
-from server.errors import GatewayError, NotFoundError, UnavailableError, UpstreamFailure, echoed
-from server.messages import estimate_prompt_tokens, estimate_tokens
+from server.errors import (
+    GatewayError,
+    NotFoundError,
+    UnavailableError,
+    UpstreamFailure,
+    echoed,
+)
+from server.messages import estimate_tokens
 from server.policy import Admission, Policy
 from server.providers.base import Route
 from server.usage import UsageRecord, UsageRecorder
@@ -83,17 +90,14 @@ class DataPlane:
         validate_chat_request(request)
         route = self.router.resolve(request.model, ctx.caller)
         ctx.trace.model = route.model.name
-
-        def estimate_prompt() -> int:
-            return estimate_prompt_tokens(request.messages)
-
+        prompt = ctx.trace.prompt_estimate = estimate_prompt(request)  # once: reserved, charged
         admission = await self.policy.admit(
-            ctx, lambda: estimate_prompt() + _choices(request) * _max_tokens(request)
+            ctx, lambda: prompt + _choices(request) * _max_tokens(request)
         )
         completion_id = f"chatcmpl-{new_id()}"
         created = int(time.time())
         model = route.model.name  # the public name asked for, whoever serves it
-        with _Accounting(self.usage, ctx, route, admission, streaming, estimate_prompt) as account:
+        with _Accounting(self.usage, ctx, route, admission, streaming, prompt) as account:
             account.route, upstream, batch = await open_stream(
                 self.router.chain(route), request, ctx, chunked=streaming, attempts=account
             )
@@ -158,11 +162,9 @@ class DataPlane:
         route = self.router.resolve(request.model, ctx.caller)
         ctx.trace.model = route.model.name
 
-        def estimate_prompt() -> int:
-            return sum(estimate_tokens(text) for text in request.input)
-
-        admission = await self.policy.admit(ctx, estimate_prompt)
-        with _Accounting(self.usage, ctx, route, admission, False, estimate_prompt) as account:
+        prompt = sum(estimate_tokens(text) for text in request.input)
+        admission = await self.policy.admit(ctx, lambda: prompt)
+        with _Accounting(self.usage, ctx, route, admission, False, prompt) as account:
             account.trying(route)
             response = await route.provider.embed(request, route, ctx)
             ctx.trace.upstream_model = response.model or route.upstream
@@ -170,19 +172,17 @@ class DataPlane:
             if response.HasField("usage"):
                 account.usage(response.usage.prompt_tokens, 0)
             else:  # the upstream kept its count: answer with the estimate charged
-                prompt_tokens = estimate_prompt()
-                response.usage.prompt_tokens = response.usage.total_tokens = prompt_tokens
-                account.usage(prompt_tokens, 0, source="estimated")
+                response.usage.prompt_tokens = response.usage.total_tokens = prompt
+                account.usage(prompt, 0, source="estimated")
             return response
 
     async def count_tokens(self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext) -> int:
-        """The gateway's estimate of a request's prompt (messages and tool definitions):
-        one request counted, no tokens reserved, nothing generated."""
+        """The gateway's estimate of a request's prompt, the one a chat reserves and may be
+        charged: one request counted, no tokens reserved, nothing generated."""
         route = self.router.resolve(request.model, ctx.caller)
         ctx.trace.model = route.model.name
         await self.policy.admit_request(ctx)
-        tools = " ".join(f"{t.function.name} {t.function.description}" for t in request.tools)
-        return estimate_prompt_tokens(request.messages) + (estimate_tokens(tools) if tools else 0)
+        return estimate_prompt(request)
 
     async def list_models(self, ctx: CallContext) -> models_pb2.ListModelsResponse:
         await self.policy.admit_request(ctx)
@@ -251,10 +251,10 @@ class _Accounting:
     __slots__ = (
         "_admission",
         "_ctx",
-        "_estimate_prompt",
         "_failure_counted",
         "_in_flight",
         "_model",
+        "_prompt",
         "_recorder",
         "_source",
         "_streaming",
@@ -278,7 +278,7 @@ class _Accounting:
         route: Route,
         admission: Admission,
         streaming: bool,
-        estimate_prompt: Callable[[], int],
+        prompt: int,
     ) -> None:
         self._recorder = recorder
         self._ctx = ctx
@@ -286,7 +286,7 @@ class _Accounting:
         self._model = route.model.name  # the public name asked for
         self._admission = admission
         self._streaming = streaming
-        self._estimate_prompt = estimate_prompt
+        self._prompt = prompt  # the prompt's estimate
         self._in_flight = False  # a request is with an upstream now
         self._failure_counted = False  # the attempt in flight was reported failed
         self._upstream_started: float | None = None  # the first attempt
@@ -364,7 +364,7 @@ class _Accounting:
 
     def _estimate(self) -> None:
         self.count_sent()
-        self.usage(self._estimate_prompt(), self.sent_tokens, source="estimated")
+        self.usage(self._prompt, self.sent_tokens, source="estimated")
 
     def estimated_usage_chunk(
         self, completion_id: str, created: int, model: str
