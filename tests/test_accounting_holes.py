@@ -351,3 +351,41 @@ def test_a_tool_definition_over_the_tier_is_refused_up_front(
         assert holes.requests == []
     finally:
         assert gateway.terminate() == 0, gateway.stderr()
+
+
+# --- a timeout after the upstream had the request ------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_timeout_after_sending_is_charged_the_prompt_once(
+    gateway: TandemProcess,
+    holes: HolesUpstream,
+    new_record: Callable[[], dict[str, Any]],
+    stream: bool,
+) -> None:
+    prompt = "word " * 20_000  # 100 KB: 25,000 tokens by the estimate
+    holes.reset("slow:30", "slow:30", "slow:30")
+    answer = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions",
+        json={"model": "waits", "messages": user(prompt), "stream": stream},
+        timeout=60,
+    )
+    assert answer.status_code == 504, answer.text
+    assert len(holes.requests) == 3, "timeouts before the first byte are retried"
+    record = new_record()
+    assert record["status"] == "error:timeout_error"
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (estimate_tokens(prompt), 0)
+
+
+def test_a_connect_error_is_free(
+    gateway: TandemProcess, new_record: Callable[[], dict[str, Any]]
+) -> None:
+    answer = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions",
+        json={"model": "unreachable", "messages": user("word " * 1000)},
+        timeout=60,
+    )
+    assert answer.status_code == 502, answer.text
+    record = new_record()
+    assert record["status"] == "error:upstream_error"
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (0, 0)

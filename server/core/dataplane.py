@@ -29,6 +29,7 @@ from server.errors import (
     NotFoundError,
     UnavailableError,
     UpstreamFailure,
+    UpstreamTimeoutError,
     echoed,
 )
 from server.messages import estimate_tokens
@@ -244,8 +245,9 @@ class _Accounting:
     What is charged is what is recorded: the upstream's counts when it sent
     them, else the gateway's estimate of the prompt and of what was sent. A
     caller that goes away (or whose deadline passes) while its request is
-    upstream pays at least its prompt, even before the first chunk; an
-    upstream failure that produced nothing is free.
+    upstream pays at least its prompt, even before the first chunk; so does
+    a request whose upstream had it and then timed out (once, however often
+    it was retried); any other upstream failure that produced nothing is free.
     """
 
     __slots__ = (
@@ -255,6 +257,7 @@ class _Accounting:
         "_in_flight",
         "_model",
         "_prompt",
+        "_prompt_read",
         "_recorder",
         "_source",
         "_streaming",
@@ -288,6 +291,7 @@ class _Accounting:
         self._streaming = streaming
         self._prompt = prompt  # the prompt's estimate
         self._in_flight = False  # a request is with an upstream now
+        self._prompt_read = False  # an upstream had the request, then timed out
         self._failure_counted = False  # the attempt in flight was reported failed
         self._upstream_started: float | None = None  # the first attempt
         self._source = "upstream"
@@ -312,9 +316,11 @@ class _Accounting:
         if self._upstream_started is None:
             self._upstream_started = time.monotonic()
 
-    def failed(self) -> None:
+    def failed(self, failure: UpstreamFailure) -> None:
         # cut short by the caller's own deadline, the attempt was the caller's to pay
         self._in_flight = _deadline_passed(self._ctx)
+        if isinstance(failure, UpstreamTimeoutError) and failure.sent:
+            self._prompt_read = True
         self._failure_counted = True
         self._ctx.trace.attempt_failed(self.route.provider.name)
 
@@ -392,6 +398,8 @@ class _Accounting:
         if not self.usage_known:
             if exc is None or self.chunks or (gone and self._in_flight):
                 self._estimate()
+            elif self._prompt_read:  # it timed out having had the prompt: that, once
+                self.usage(self._prompt, 0, source="estimated")
             else:  # failed having produced nothing (or never sent): nothing to charge
                 self._source = "estimated"
         self._admission.settle(self.prompt_tokens + self.completion_tokens)

@@ -36,8 +36,9 @@ class Attempts(Protocol):
     def trying(self, route: Route) -> None:
         """The request is on its way to `route` (the record names the last one tried)."""
 
-    def failed(self) -> None:
-        """That attempt failed having produced nothing: it is not the caller's to pay."""
+    def failed(self, failure: UpstreamFailure) -> None:
+        """That attempt failed having produced nothing: it is not the caller's to pay,
+        unless it timed out once the upstream had its prompt."""
 
 
 def backoff_s(retry: int, retry_after_s: float | None) -> float:
@@ -77,7 +78,7 @@ async def open_stream(
                 failure = UpstreamError("upstream provider sent an empty answer")
             except UpstreamFailure as exc:
                 failure = exc
-            attempts.failed()
+            attempts.failed(failure)
             await stream.aclose()  # type: ignore[attr-defined]
             if not failure.retryable:
                 break

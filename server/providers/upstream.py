@@ -6,7 +6,10 @@ pooled session reaches ~5,800 (encode/httpx#3215).
 
 Timeouts: a non-streaming call gets `timeout_s` for the whole answer; a
 stream gets `timeout_s` until the first byte and between reads. Both are
-capped by the call's deadline. Nothing in an error says which host or key
+capped by the call's deadline. A timeout says whether the request had been
+sent (aiohttp's `ConnectionTimeoutError` is one that had not: the wait for
+a connection, bounded by `connect_timeout_s`), since the upstream may have
+read a prompt it was sent. Nothing in an error says which host or key
 was used.
 """
 
@@ -159,8 +162,12 @@ class UpstreamClient:
                     raw = await response.content.read(MAX_ERROR_BODY)
                     raise status_error(response.status, response.headers, raw)
                 yield response
-        except TimeoutError:
+        except aiohttp.ConnectionTimeoutError:  # waiting for a connection: nothing was sent
             raise UpstreamTimeoutError("upstream provider timed out", retryable=True) from None
+        except TimeoutError:  # the request was written, the answer did not come
+            raise UpstreamTimeoutError(
+                "upstream provider timed out", retryable=True, sent=True
+            ) from None
         except aiohttp.ClientConnectorError:
             raise UpstreamError("cannot connect to the upstream provider", retryable=True) from None
         except (aiohttp.ClientError, OSError):
