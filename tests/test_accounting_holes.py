@@ -11,12 +11,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
+import grpc
 import httpx
 import ollama
 import openai
 import orjson
 import pytest
 from aiohttp import web
+from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from server.messages import estimate_tokens
 from tests.fake_upstream import FakeUpstream
@@ -389,3 +391,96 @@ def test_a_connect_error_is_free(
     record = new_record()
     assert record["status"] == "error:upstream_error"
     assert (record["prompt_tokens"], record["completion_tokens"]) == (0, 0)
+
+
+# --- an answer with no choice -------------------------------------------------------------
+
+
+def openai_error(base: str, stream: bool) -> tuple[int, str]:
+    body = {"model": "relay", "messages": user(), "stream": stream}
+    answer = httpx.post(f"{base}/chat/completions", json=body, timeout=30)
+    return answer.status_code, answer.json()["error"]["type"]
+
+
+def ollama_error(path: str, stream: bool) -> Any:
+    def call(gateway: TandemProcess) -> tuple[int, str]:
+        client = ollama.Client(host=gateway.base_url)
+        with pytest.raises(ollama.ResponseError) as caught:
+            if path == "chat" and stream:
+                list(client.chat(model="relay", messages=user(), stream=True))
+            elif path == "chat":
+                client.chat(model="relay", messages=user(), stream=False)
+            elif stream:
+                list(client.generate(model="relay", prompt=PROMPT, stream=True))
+            else:
+                client.generate(model="relay", prompt=PROMPT, stream=False)
+        client._client.close()
+        return caught.value.status_code, "upstream_error"
+
+    return call
+
+
+def anthropic_error(stream: bool) -> Any:
+    def call(gateway: TandemProcess) -> tuple[int, str]:
+        with anthropic.Anthropic(base_url=gateway.base_url, api_key="x", max_retries=0) as sdk:
+            with pytest.raises(anthropic.APIStatusError) as caught:
+                sdk.messages.create(
+                    model="relay",
+                    max_tokens=10,
+                    messages=user(),  # type: ignore[arg-type]
+                    stream=stream,
+                )
+            return caught.value.status_code, "upstream_error"
+
+    return call
+
+
+def grpc_error(stream: bool) -> Any:
+    def call(gateway: TandemProcess) -> tuple[int, str]:
+        async def run() -> grpc.StatusCode:
+            async with grpc.aio.insecure_channel(gateway.grpc) as channel:
+                stub = chat_pb2_grpc.ChatServiceStub(channel)
+                request = chat_pb2.ChatCompletionRequest(
+                    model="relay", messages=[chat_pb2.ChatMessage(role="user", content=PROMPT)]
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    if stream:
+                        async for _ in stub.StreamChatCompletion(request):
+                            pass
+                    else:
+                        await stub.CreateChatCompletion(request)
+                return caught.value.code()
+
+        code = asyncio.run(run())
+        return (502 if code == grpc.StatusCode.UNAVAILABLE else -1), "upstream_error"
+
+    return call
+
+
+DOORS = {
+    "native": lambda g: openai_error(f"{g.base_url}/native/v1", False),
+    "native-stream": lambda g: openai_error(f"{g.base_url}/native/v1", True),
+    "v1": lambda g: openai_error(f"{g.base_url}/v1", False),
+    "v1-stream": lambda g: openai_error(f"{g.base_url}/v1", True),
+    "grpc": grpc_error(False),
+    "grpc-stream": grpc_error(True),
+    "ollama-chat": ollama_error("chat", False),
+    "ollama-chat-stream": ollama_error("chat", True),
+    "ollama-generate": ollama_error("generate", False),
+    "ollama-generate-stream": ollama_error("generate", True),
+    "anthropic": anthropic_error(False),
+    "anthropic-stream": anthropic_error(True),
+}
+
+
+@pytest.mark.parametrize("door", list(DOORS))
+def test_an_answer_with_no_choice_is_a_502(
+    gateway: TandemProcess,
+    holes: HolesUpstream,
+    door: str,
+    new_record: Callable[[], dict[str, Any]],
+) -> None:
+    holes.reset("nochoice")
+    assert DOORS[door](gateway) == (502, "upstream_error")
+    record = new_record()
+    assert record["status"] == "error:upstream_error"

@@ -73,9 +73,9 @@ async def open_stream(
             attempts.trying(route)
             stream = route.provider.stream(request, route, ctx, chunked=chunked)
             try:
-                return route, stream, await anext(stream)
+                return route, stream, await _up_to_a_choice(stream)
             except StopAsyncIteration:
-                failure = UpstreamError("upstream provider sent an empty answer")
+                failure = UpstreamError("upstream provider sent an answer with no choice")
             except UpstreamFailure as exc:
                 failure = exc
             attempts.failed(failure)
@@ -87,3 +87,18 @@ async def open_stream(
     if isinstance(failure, UpstreamTimeoutError):
         raise UpstreamTimeoutError(f"{failure.message} ({after})")
     raise UpstreamError(f"{failure.message} ({after})")
+
+
+async def _up_to_a_choice(stream: AsyncIterator[Batch]) -> Batch:
+    """The stream's batches up to the first that holds a choice, as one batch. An answer
+    with none (`choices: []`, whole or streamed) ends in StopAsyncIteration: a failure
+    here, before any door committed to a status, so it is a 502 on every door. What
+    came before the choice (a usage, a prompt filter's verdict) goes out with it."""
+    batch = await anext(stream)
+    while not _has_choice(batch):
+        batch = [*batch, *await anext(stream)]
+    return batch
+
+
+def _has_choice(batch: Batch) -> bool:
+    return any(isinstance(item, str) or item.choices for item in batch)
