@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -117,12 +118,14 @@ providers:
   - {name: claude, kind: anthropic, base_url: "%(root)s", api_key: k, max_retries: 0}
   - {name: patient, kind: openai, base_url: "%(base)s", api_key: k, timeout_s: 2, max_retries: 2}
   - {name: nowhere, kind: openai, base_url: "http://127.0.0.1:%(closed)d/v1", max_retries: 2}
+  - {name: jammed, kind: openai, base_url: "http://127.0.0.1:%(jammed)d/v1", timeout_s: 1, max_retries: 0}
 models:
   - {name: relay, provider: up}
   - {name: llama, provider: lab}
   - {name: sonnet, provider: claude}
   - {name: waits, provider: patient}
   - {name: unreachable, provider: nowhere}
+  - {name: connecting, provider: jammed}
 tiers:
   free: {default_model: relay, tokens_per_minute: %(tpm)d}
 usage: {store: "sqlite:///usage.db", flush_interval_ms: 20}
@@ -138,26 +141,48 @@ def holes() -> Iterator[HolesUpstream]:
     upstream.stop()
 
 
+@pytest.fixture(scope="module")
+def jammed() -> Iterator[int]:
+    """A port whose accept queue is full: a connect to it hangs (its SYN is dropped)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port: int = listener.getsockname()[1]
+        queued = [socket.socket() for _ in range(8)]
+        for client in queued:
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+        yield port
+        for client in queued:
+            client.close()
+
+
 def closed_port() -> int:
     """A port nothing listens on (bound, then released)."""
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
 
 
-def start(tmp_path: Any, holes: HolesUpstream, tpm: int = TOKENS_PER_MINUTE) -> TandemProcess:
-    values = {"base": holes.base_url, "root": holes.root, "closed": closed_port(), "tpm": tpm}
+def start(
+    tmp_path: Any, holes: HolesUpstream, jammed: int, tpm: int = TOKENS_PER_MINUTE
+) -> TandemProcess:
+    values = {
+        "base": holes.base_url,
+        "root": holes.root,
+        "closed": closed_port(),
+        "jammed": jammed,
+        "tpm": tpm,
+    }
     return start_tandem(tmp_path, CONFIG % values)
 
 
 @pytest.fixture(scope="module")
 def gateway(
-    holes: HolesUpstream, tmp_path_factory: pytest.TempPathFactory
+    holes: HolesUpstream, jammed: int, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TandemProcess]:
-    process = start(tmp_path_factory.mktemp("holes"), holes)
+    process = start(tmp_path_factory.mktemp("holes"), holes, jammed)
     yield process
     assert process.terminate() == 0, process.stderr()
 
@@ -340,10 +365,10 @@ def test_count_tokens_is_the_same_estimate(
 
 
 def test_a_tool_definition_over_the_tier_is_refused_up_front(
-    holes: HolesUpstream, tmp_path: Any
+    holes: HolesUpstream, jammed: int, tmp_path: Any
 ) -> None:
     holes.reset()
-    gateway = start(tmp_path, holes, tpm=1000)
+    gateway = start(tmp_path, holes, jammed, tpm=1000)
     try:
         tool = {"type": "function", "function": {"name": "f", "description": "word " * 2000}}
         body = {"model": "relay", "messages": user(), "tools": [tool]}
@@ -390,6 +415,21 @@ def test_a_connect_error_is_free(
     assert answer.status_code == 502, answer.text
     record = new_record()
     assert record["status"] == "error:upstream_error"
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (0, 0)
+
+
+def test_a_timeout_while_connecting_is_free(
+    gateway: TandemProcess, new_record: Callable[[], dict[str, Any]]
+) -> None:
+    # `timeout_s: 1` runs out before `connect_timeout_s: 5`: still nothing was sent
+    answer = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions",
+        json={"model": "connecting", "messages": user("word " * 1000)},
+        timeout=60,
+    )
+    assert answer.status_code == 504, answer.text
+    record = new_record()
+    assert record["status"] == "error:timeout_error"
     assert (record["prompt_tokens"], record["completion_tokens"]) == (0, 0)
 
 
