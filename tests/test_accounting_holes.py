@@ -39,6 +39,8 @@ class HolesUpstream(FakeUpstream):
     - `thinkdrip`: stream nothing but reasoning, a piece every 50 ms, for 20 s
       (OpenAI's `reasoning_content`, Ollama's `thinking`, Anthropic's `thinking_delta`)
     - `nochoice`: answer `choices: []` with a usage (OpenAI's dialect)
+    - `filterfirst`: stream a chunk with no choice (as Azure's prompt filter
+      verdict comes), then the answer `one two`
     """
 
     async def _answer(self, request: web.Request, body: Any, behaviour: str) -> web.StreamResponse:
@@ -49,6 +51,20 @@ class HolesUpstream(FakeUpstream):
             response = await self._sse(request)
             await response.write(b"data: " + orjson.dumps({**head, "usage": NO_CHOICE_USAGE}))
             await response.write(b"\n\ndata: [DONE]\n\n")
+            return response
+        if behaviour == "filterfirst":
+            response = await self._sse(request)
+            head = {"id": "up-1", "created": 1, "model": body["model"]}
+            events: list[dict[str, Any]] = [
+                {**head, "choices": [], "prompt_filter_results": [{"prompt_index": 0}]},
+                {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+                {**head, "choices": [{"index": 0, "delta": {"content": "one "}}]},
+                {**head, "choices": [{"index": 0, "delta": {"content": "two"}}]},
+                {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+            ]
+            for data in events:
+                await response.write(b"data: " + orjson.dumps(data) + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
             return response
         if behaviour != "thinkdrip":
             return await super()._answer(request, body, behaviour)
@@ -524,3 +540,15 @@ def test_an_answer_with_no_choice_is_a_502(
     assert DOORS[door](gateway) == (502, "upstream_error")
     record = new_record()
     assert record["status"] == "error:upstream_error"
+
+
+def test_a_chunk_without_a_choice_before_the_answer_goes_out_with_it(
+    gateway: TandemProcess, holes: HolesUpstream, new_record: Callable[[], dict[str, Any]]
+) -> None:
+    holes.reset("filterfirst")
+    sdk: Any
+    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="x", max_retries=0) as sdk:
+        stream = sdk.chat.completions.create(model="relay", messages=user(), stream=True)
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == "one two"
+    assert new_record()["status"] == "ok"

@@ -95,9 +95,13 @@ async def _up_to_a_choice(stream: AsyncIterator[Batch]) -> Batch:
     here, before any door committed to a status, so it is a 502 on every door. What
     came before the choice (a usage, a prompt filter's verdict) goes out with it."""
     batch = await anext(stream)
+    if _has_choice(batch):
+        return batch
+    held = list(batch)
     while not _has_choice(batch):
-        batch = [*batch, *await anext(stream)]
-    return batch
+        batch = await anext(stream)
+        held.extend(batch)
+    return held
 
 
 def _has_choice(batch: Batch) -> bool:
