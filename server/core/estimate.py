@@ -2,9 +2,10 @@
 
 The contract's list: every message's text, tool calls and tool results,
 reasoning sent back, tool definitions and response schemas (as their JSON
-text), and 1,000 tokens for each image, audio or file part (its bytes are not
-what a model reads). The core computes it once per request: admission
-reserves it, an answer without the upstream's counts is charged it, and
+text), and 1,000 tokens for each image, audio or file part (its base64 bytes
+are not what a model reads; the proto's media parts are `image_url` and
+`input_audio`). The core computes it once per request: admission reserves
+it, an answer without the upstream's counts is charged it, and
 `count_tokens` answers it.
 """
 
@@ -36,7 +37,7 @@ def estimate_prompt(request: chat_pb2.ChatCompletionRequest) -> int:
                     total += estimate_tokens(part.text)
                 elif kind == "refusal":
                     total += estimate_tokens(part.refusal)
-                elif kind is not None:  # image_url, input_audio
+                elif kind is not None:  # a media part
                     total += MEDIA_PART_TOKENS
         if message.HasField("reasoning_content"):
             total += estimate_tokens(message.reasoning_content)
