@@ -161,7 +161,10 @@ ANTHROPIC = Dialect(
     protocol="anthropic",
     parse_chat=anthropic_inbound.parse_messages,
     encode_completion=lambda answer, ctx: anthropic_replies.encode_message(answer),
-    stream_encoder=lambda request, first, ctx: anthropic_replies.StreamEncoder(request).encode,
+    # the core left its prompt estimate on the trace, before the first chunk
+    stream_encoder=lambda request, first, ctx: (
+        anthropic_replies.StreamEncoder(ctx.trace.prompt_estimate).encode
+    ),
     parse_embedding=_no_embeddings,
     encode_embeddings=lambda request, answer: {},
     framing=NAMED_SSE,

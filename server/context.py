@@ -59,6 +59,7 @@ class CallTrace:
         "failed_attempts",
         "first_chunk_at",
         "model",
+        "prompt_estimate",
         "prompt_tokens",
         "provider",
         "provider_kind",
@@ -76,6 +77,7 @@ class CallTrace:
         self.upstream_model = ""  # the model the upstream said it used
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.prompt_estimate = 0  # the core's, for a door that says it before the counts
         self.first_chunk_at: float | None = None  # streams only
         self.upstream_s: float | None = None  # the provider's time (streams: to the first chunk)
         self.failed_attempts: list[str] | None = None  # the provider of each failed attempt

@@ -105,7 +105,14 @@ class UpstreamError(UpstreamFailure):
 
 
 class UpstreamTimeoutError(UpstreamFailure):
+    """`sent`: the request had reached the upstream (it timed out waiting for an
+    answer, not for a connection), so the upstream may have read its prompt."""
+
     type = "timeout_error"
+
+    def __init__(self, message: str, *, retryable: bool = False, sent: bool = False) -> None:
+        super().__init__(message, retryable=retryable)
+        self.sent = sent
 
 
 class UnavailableError(GatewayError):

@@ -13,7 +13,6 @@ from tandem.v1 import chat_pb2
 
 __all__ = [
     "count_words",
-    "estimate_prompt_tokens",
     "estimate_tokens",
     "last_user_text",
     "message_text",
@@ -48,13 +47,3 @@ def prompt_words(messages: Iterable[chat_pb2.ChatMessage]) -> int:
 def estimate_tokens(text: str) -> int:
     """The gateway's estimate of a text's tokens: max(words, ceil(UTF-8 bytes / 4))."""
     return max(len(text.split()), -(-len(text.encode("utf-8", "surrogatepass")) // 4))
-
-
-def estimate_prompt_tokens(messages: Iterable[chat_pb2.ChatMessage]) -> int:
-    """The estimate over every message's text, and the arguments of its tool calls."""
-    total = 0
-    for message in messages:
-        total += estimate_tokens(message_text(message))
-        for call in message.tool_calls:
-            total += estimate_tokens(call.function.arguments)
-    return total

@@ -160,7 +160,8 @@ def test_a_long_stream_without_usage_is_charged_all_it_sent(
     ("behaviour", "estimate"),
     [
         ("pairs", 7),  # two choices of "one two three": ceil(26 bytes / 4)
-        ("tools:nousage", 5),  # the arguments '{"city": "Paris"}' and '{}': ceil(19 bytes / 4)
+        # the names and arguments: get_weather, '{"city": "Paris"}', get_time, '{}'
+        ("tools:nousage", 10),  # ceil(38 bytes / 4)
     ],
 )
 def test_streamed_choices_and_tool_calls_without_usage_are_estimated(

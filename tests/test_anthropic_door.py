@@ -439,10 +439,7 @@ def _piece(
 
 
 def test_interleaved_tool_call_pieces_never_interleave_blocks() -> None:
-    request = chat_pb2.ChatCompletionRequest(
-        messages=[chat_pb2.ChatMessage(role="user", content="x")]
-    )
-    encoder = StreamEncoder(request)
+    encoder = StreamEncoder(prompt_tokens=1)
     chunks = [
         _piece(0, '{"a"', "call_0", "f"),
         _piece(1, '{"b"', "call_1", "g"),

@@ -19,9 +19,6 @@ from server.translate.openai.replies import ChunkEncoder
 from server.translate.openai.upstream import chunk_from_openai, stream_decoder
 
 texts = st.text(max_size=30)
-REQUEST = chat_pb2.ChatCompletionRequest(
-    model="m", messages=[chat_pb2.ChatMessage(role="user", content="hi")]
-)
 
 
 def first_chunk() -> chat_pb2.ChatCompletionChunk:
@@ -57,7 +54,7 @@ def test_the_ollama_door_writes_a_text_as_its_chunk(text: str, generate: bool) -
 def test_the_anthropic_door_writes_texts_as_their_chunks(
     pieces: list[str], after_thinking: bool
 ) -> None:
-    as_text, as_chunks = AnthropicEncoder(REQUEST), AnthropicEncoder(REQUEST)
+    as_text, as_chunks = AnthropicEncoder(1), AnthropicEncoder(1)
     opening: list[chat_pb2.ChatCompletionChunk] = [first_chunk()]
     if after_thinking:  # a text after a thinking block opens a block of its own
         thought = chat_pb2.ChatCompletionChunk()

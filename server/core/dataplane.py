@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -19,12 +19,20 @@ from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 
 from server.chunks import Batch, text_chunk
 from server.context import CallContext, new_id
+from server.core.estimate import estimate_prompt
 from server.core.fold import fold_stream
 from server.core.resilience import open_stream
 from server.core.routing import Router
 from server.core.validation import validate_chat_request, validate_embedding_request
-from server.errors import GatewayError, NotFoundError, UnavailableError, UpstreamFailure, echoed
-from server.messages import estimate_prompt_tokens, estimate_tokens
+from server.errors import (
+    GatewayError,
+    NotFoundError,
+    UnavailableError,
+    UpstreamFailure,
+    UpstreamTimeoutError,
+    echoed,
+)
+from server.messages import estimate_tokens
 from server.policy import Admission, Policy
 from server.providers.base import Route
 from server.usage import UsageRecord, UsageRecorder
@@ -83,17 +91,14 @@ class DataPlane:
         validate_chat_request(request)
         route = self.router.resolve(request.model, ctx.caller)
         ctx.trace.model = route.model.name
-
-        def estimate_prompt() -> int:
-            return estimate_prompt_tokens(request.messages)
-
+        prompt = ctx.trace.prompt_estimate = estimate_prompt(request)  # once: reserved, charged
         admission = await self.policy.admit(
-            ctx, lambda: estimate_prompt() + _choices(request) * _max_tokens(request)
+            ctx, lambda: prompt + _choices(request) * _max_tokens(request)
         )
         completion_id = f"chatcmpl-{new_id()}"
         created = int(time.time())
         model = route.model.name  # the public name asked for, whoever serves it
-        with _Accounting(self.usage, ctx, route, admission, streaming, estimate_prompt) as account:
+        with _Accounting(self.usage, ctx, route, admission, streaming, prompt) as account:
             account.route, upstream, batch = await open_stream(
                 self.router.chain(route), request, ctx, chunked=streaming, attempts=account
             )
@@ -121,12 +126,15 @@ class DataPlane:
                         if len(choices) == 1:  # a upb `for` ends in a formatted IndexError
                             choice = choices[0]
                             delta = choice.delta
-                            text = delta.content
-                            if text:
-                                sent.append(text)
-                            calls = delta.tool_calls
-                            if calls:
-                                sent.extend(call.function.arguments for call in calls)
+                            if delta.tool_calls or delta.HasField("refusal"):
+                                account.keep_sent(choices)
+                            else:
+                                text = delta.content
+                                if text:
+                                    sent.append(text)
+                                thought = delta.reasoning_content
+                                if thought:
+                                    sent.append(thought)
                         else:
                             account.keep_sent(choices)
                     account.chunks += len(batch)
@@ -155,11 +163,9 @@ class DataPlane:
         route = self.router.resolve(request.model, ctx.caller)
         ctx.trace.model = route.model.name
 
-        def estimate_prompt() -> int:
-            return sum(estimate_tokens(text) for text in request.input)
-
-        admission = await self.policy.admit(ctx, estimate_prompt)
-        with _Accounting(self.usage, ctx, route, admission, False, estimate_prompt) as account:
+        prompt = sum(estimate_tokens(text) for text in request.input)
+        admission = await self.policy.admit(ctx, lambda: prompt)
+        with _Accounting(self.usage, ctx, route, admission, False, prompt) as account:
             account.trying(route)
             response = await route.provider.embed(request, route, ctx)
             ctx.trace.upstream_model = response.model or route.upstream
@@ -167,19 +173,17 @@ class DataPlane:
             if response.HasField("usage"):
                 account.usage(response.usage.prompt_tokens, 0)
             else:  # the upstream kept its count: answer with the estimate charged
-                prompt_tokens = estimate_prompt()
-                response.usage.prompt_tokens = response.usage.total_tokens = prompt_tokens
-                account.usage(prompt_tokens, 0, source="estimated")
+                response.usage.prompt_tokens = response.usage.total_tokens = prompt
+                account.usage(prompt, 0, source="estimated")
             return response
 
     async def count_tokens(self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext) -> int:
-        """The gateway's estimate of a request's prompt (messages and tool definitions):
-        one request counted, no tokens reserved, nothing generated."""
+        """The gateway's estimate of a request's prompt, the one a chat reserves and may be
+        charged: one request counted, no tokens reserved, nothing generated."""
         route = self.router.resolve(request.model, ctx.caller)
         ctx.trace.model = route.model.name
         await self.policy.admit_request(ctx)
-        tools = " ".join(f"{t.function.name} {t.function.description}" for t in request.tools)
-        return estimate_prompt_tokens(request.messages) + (estimate_tokens(tools) if tools else 0)
+        return estimate_prompt(request)
 
     async def list_models(self, ctx: CallContext) -> models_pb2.ListModelsResponse:
         await self.policy.admit_request(ctx)
@@ -241,17 +245,19 @@ class _Accounting:
     What is charged is what is recorded: the upstream's counts when it sent
     them, else the gateway's estimate of the prompt and of what was sent. A
     caller that goes away (or whose deadline passes) while its request is
-    upstream pays at least its prompt, even before the first chunk; an
-    upstream failure that produced nothing is free.
+    upstream pays at least its prompt, even before the first chunk; so does
+    a request whose upstream had it and then timed out (once, however often
+    it was retried); any other upstream failure that produced nothing is free.
     """
 
     __slots__ = (
         "_admission",
         "_ctx",
-        "_estimate_prompt",
         "_failure_counted",
         "_in_flight",
         "_model",
+        "_prompt",
+        "_prompt_read",
         "_recorder",
         "_source",
         "_streaming",
@@ -276,7 +282,7 @@ class _Accounting:
         route: Route,
         admission: Admission,
         streaming: bool,
-        estimate_prompt: Callable[[], int],
+        prompt: int,
     ) -> None:
         self._recorder = recorder
         self._ctx = ctx
@@ -284,8 +290,9 @@ class _Accounting:
         self._model = route.model.name  # the public name asked for
         self._admission = admission
         self._streaming = streaming
-        self._estimate_prompt = estimate_prompt
+        self._prompt = prompt  # the prompt's estimate
         self._in_flight = False  # a request is with an upstream now
+        self._prompt_read = False  # an upstream had the request, then timed out
         self._failure_counted = False  # the attempt in flight was reported failed
         self._upstream_started: float | None = None  # the first attempt
         self._source = "upstream"
@@ -311,9 +318,11 @@ class _Accounting:
         if self._upstream_started is None:
             self._upstream_started = time.monotonic()
 
-    def failed(self) -> None:
+    def failed(self, failure: UpstreamFailure) -> None:
         # cut short by the caller's own deadline, the attempt was the caller's to pay
         self._in_flight = _deadline_passed(self._ctx)
+        if isinstance(failure, UpstreamTimeoutError) and failure.sent:
+            self._prompt_read = True
         self._failure_counted = True
         self._ctx.trace.attempt_failed(self.route.provider.name)
 
@@ -341,12 +350,20 @@ class _Accounting:
         self.usage_known = True
 
     def keep_sent(self, choices: Iterable[chat_pb2.ChunkChoice]) -> None:
-        """Keep the texts of a chunk of several choices (one is kept inline, faster)."""
+        """Keep what a chunk's choices sent: text, reasoning, refusals, tool names and
+        arguments (the commonest, one choice's text or reasoning, is kept inline)."""
+        sent = self.sent
         for choice in choices:
             delta = choice.delta
             if delta.content:
-                self.sent.append(delta.content)
-            self.sent.extend(call.function.arguments for call in delta.tool_calls)
+                sent.append(delta.content)
+            if delta.reasoning_content:
+                sent.append(delta.reasoning_content)
+            if delta.refusal:
+                sent.append(delta.refusal)
+            for call in delta.tool_calls:
+                sent.append(call.function.name)
+                sent.append(call.function.arguments)
 
     def count_sent(self) -> None:
         """Fold the texts kept so far into the estimate (a long stream keeps a bounded list)."""
@@ -356,7 +373,7 @@ class _Accounting:
 
     def _estimate(self) -> None:
         self.count_sent()
-        self.usage(self._estimate_prompt(), self.sent_tokens, source="estimated")
+        self.usage(self._prompt, self.sent_tokens, source="estimated")
 
     def estimated_usage_chunk(
         self, completion_id: str, created: int, model: str
@@ -384,6 +401,8 @@ class _Accounting:
         if not self.usage_known:
             if exc is None or self.chunks or (gone and self._in_flight):
                 self._estimate()
+            elif self._prompt_read:  # it timed out having had the prompt: that, once
+                self.usage(self._prompt, 0, source="estimated")
             else:  # failed having produced nothing (or never sent): nothing to charge
                 self._source = "estimated"
         self._admission.settle(self.prompt_tokens + self.completion_tokens)

@@ -36,8 +36,9 @@ class Attempts(Protocol):
     def trying(self, route: Route) -> None:
         """The request is on its way to `route` (the record names the last one tried)."""
 
-    def failed(self) -> None:
-        """That attempt failed having produced nothing: it is not the caller's to pay."""
+    def failed(self, failure: UpstreamFailure) -> None:
+        """That attempt failed having produced nothing: it is not the caller's to pay,
+        unless it timed out once the upstream had its prompt."""
 
 
 def backoff_s(retry: int, retry_after_s: float | None) -> float:
@@ -72,12 +73,12 @@ async def open_stream(
             attempts.trying(route)
             stream = route.provider.stream(request, route, ctx, chunked=chunked)
             try:
-                return route, stream, await anext(stream)
+                return route, stream, await _up_to_a_choice(stream)
             except StopAsyncIteration:
-                failure = UpstreamError("upstream provider sent an empty answer")
+                failure = UpstreamError("upstream provider sent an answer with no choice")
             except UpstreamFailure as exc:
                 failure = exc
-            attempts.failed()
+            attempts.failed(failure)
             await stream.aclose()  # type: ignore[attr-defined]
             if not failure.retryable:
                 break
@@ -86,3 +87,22 @@ async def open_stream(
     if isinstance(failure, UpstreamTimeoutError):
         raise UpstreamTimeoutError(f"{failure.message} ({after})")
     raise UpstreamError(f"{failure.message} ({after})")
+
+
+async def _up_to_a_choice(stream: AsyncIterator[Batch]) -> Batch:
+    """The stream's batches up to the first that holds a choice, as one batch. An answer
+    with none (`choices: []`, whole or streamed) ends in StopAsyncIteration: a failure
+    here, before any door committed to a status, so it is a 502 on every door. What
+    came before the choice (a usage, a prompt filter's verdict) goes out with it."""
+    batch = await anext(stream)
+    if _has_choice(batch):
+        return batch
+    held = list(batch)
+    while not _has_choice(batch):
+        batch = await anext(stream)
+        held.extend(batch)
+    return held
+
+
+def _has_choice(batch: Batch) -> bool:
+    return any(isinstance(item, str) or item.choices for item in batch)

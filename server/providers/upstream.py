@@ -6,7 +6,9 @@ pooled session reaches ~5,800 (encode/httpx#3215).
 
 Timeouts: a non-streaming call gets `timeout_s` for the whole answer; a
 stream gets `timeout_s` until the first byte and between reads. Both are
-capped by the call's deadline. Nothing in an error says which host or key
+capped by the call's deadline. A timeout says whether the request had been
+sent (it had a connection: `providers/sending.py`), since the upstream may
+have read a prompt it was sent. Nothing in an error says which host or key
 was used.
 """
 
@@ -31,6 +33,7 @@ from server.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from server.providers.sending import MarkingConnector, Sending
 
 __all__ = [
     "HttpProvider",
@@ -118,7 +121,7 @@ class UpstreamClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:  # made on first use, inside the running loop
-            connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ttl_dns_cache=300)
+            connector = MarkingConnector(limit=MAX_CONNECTIONS, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=self._headers, raise_for_status=False
             )
@@ -148,6 +151,7 @@ class UpstreamClient:
             headers["traceparent"] = ctx.trace.traceparent
             if ctx.trace.tracestate is not None:
                 headers["tracestate"] = ctx.trace.tracestate
+        sending = Sending.begin()
         try:
             async with self._get_session().post(
                 self._base + path,
@@ -160,7 +164,9 @@ class UpstreamClient:
                     raise status_error(response.status, response.headers, raw)
                 yield response
         except TimeoutError:
-            raise UpstreamTimeoutError("upstream provider timed out", retryable=True) from None
+            raise UpstreamTimeoutError(
+                "upstream provider timed out", retryable=True, sent=sending.connected
+            ) from None
         except aiohttp.ClientConnectorError:
             raise UpstreamError("cannot connect to the upstream provider", retryable=True) from None
         except (aiohttp.ClientError, OSError):

@@ -27,7 +27,6 @@ import orjson
 from tandem.v1 import chat_pb2, models_pb2
 
 from server.chunks import Item
-from server.messages import estimate_prompt_tokens
 
 __all__ = ["StreamEncoder", "encode_message", "encode_model", "encode_models", "message_id"]
 
@@ -135,13 +134,15 @@ class _ToolCall:
 
 
 class StreamEncoder:
-    """Chunks in, Anthropic's events out; `encode` is called with the first chunk first."""
+    """Chunks in, Anthropic's events out; `encode` is called with the first chunk first.
+    `prompt_tokens` is what `message_start` says before the upstream's counts: the
+    core's estimate."""
 
     __slots__ = ("_first", "_index", "_kind", "_prompt", "_stop", "_stop_sequence", "_tools")
 
-    def __init__(self, request: chat_pb2.ChatCompletionRequest) -> None:
+    def __init__(self, prompt_tokens: int) -> None:
         self._first = True
-        self._prompt = estimate_prompt_tokens(request.messages)
+        self._prompt = prompt_tokens
         self._index = -1  # the open block's index
         self._kind = ""  # its type: "thinking" or "text" ("" for none open)
         self._tools: dict[int, _ToolCall] = {}

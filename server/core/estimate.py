@@ -1,0 +1,66 @@
+"""The prompt's estimate: everything a request sends upstream to be read.
+
+The contract's list: every message's text, tool calls and tool results,
+reasoning sent back, tool definitions and response schemas (as their JSON
+text), and 1,000 tokens for each image, audio or file part (its base64 bytes
+are not what a model reads; the proto's media parts are `image_url` and
+`input_audio`). The core computes it once per request: admission reserves
+it, an answer without the upstream's counts is charged it, and
+`count_tokens` answers it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from tandem.v1 import chat_pb2
+
+from server.messages import estimate_tokens
+from server.translate.common import struct_json
+
+__all__ = ["MEDIA_PART_TOKENS", "estimate_prompt"]
+
+MEDIA_PART_TOKENS = 1000
+
+
+def estimate_prompt(request: chat_pb2.ChatCompletionRequest) -> int:
+    """The estimate of `request`'s prompt, in tokens (server.messages.estimate_tokens)."""
+    total = 0
+    for message in request.messages:
+        if message.HasField("content"):
+            total += estimate_tokens(message.content)
+        else:
+            for part in message.parts:
+                kind = part.WhichOneof("part")
+                if kind == "text":
+                    total += estimate_tokens(part.text)
+                elif kind == "refusal":
+                    total += estimate_tokens(part.refusal)
+                elif kind is not None:  # a media part
+                    total += MEDIA_PART_TOKENS
+        if message.HasField("reasoning_content"):
+            total += estimate_tokens(message.reasoning_content)
+        if message.HasField("refusal"):
+            total += estimate_tokens(message.refusal)
+        for call in message.tool_calls:
+            function = call.function
+            total += estimate_tokens(f"{function.name} {function.arguments}")
+    for tool in request.tools:
+        declared = tool.function
+        definition: dict[str, Any] = {"name": declared.name, "description": declared.description}
+        if declared.HasField("parameters"):
+            definition["parameters"] = struct_json(declared.parameters)
+        total += _json_tokens(definition)
+    if request.HasField("response_format") and request.response_format.HasField("json_schema"):
+        schema = request.response_format.json_schema
+        described: dict[str, Any] = {"name": schema.name, "description": schema.description}
+        if schema.HasField("schema"):
+            described["schema"] = struct_json(schema.schema)
+        total += _json_tokens(described)
+    return total
+
+
+def _json_tokens(value: dict[str, Any]) -> int:
+    """The estimate of `value`'s JSON text (a schema seen before is encoded already)."""
+    return estimate_tokens(orjson.dumps(value).decode())
