@@ -27,14 +27,17 @@ START_TIMEOUT_S = 60.0
 __all__ = [
     "ROOT",
     "SCRIPTS",
+    "Sample",
     "Sampler",
     "Server",
+    "compare_ledger",
     "cores",
     "cpu_s",
     "create_key",
     "fd_count",
     "ledger",
     "percentile",
+    "python",
     "rss_mib",
     "run_delay_s",
     "verdict",
@@ -221,7 +224,9 @@ def ledger(store: str, prefix: str) -> list[tuple[str, str]]:
 
 
 def compare_ledger(
-    expected: Mapping[str, str | None], records: Iterable[tuple[str, str]]
+    expected: Mapping[str, str | None],
+    records: Iterable[tuple[str, str]],
+    unknown: Iterable[str] = (),
 ) -> tuple[list[str], Counter[str]]:
     """Problems (at most 10 named, then a count) between what the load expects of each
     request id (a status, or None: no record) and the ledger; and the statuses seen."""
@@ -230,6 +235,8 @@ def compare_ledger(
         seen.setdefault(request_id, []).append(status)
     problems: list[str] = []
     statuses: Counter[str] = Counter()
+    for request_id in unknown:  # failed requests: a record or none may be right
+        statuses.update(seen.pop(request_id, []))
     for request_id, want in expected.items():
         got = seen.pop(request_id, [])
         statuses.update(got)
