@@ -90,9 +90,11 @@ def wait_ready(base: str) -> None:
     raise RuntimeError("the server never became ready")
 
 
-def growth(samples: list[Sample], total: int, figure: str) -> tuple[float, float, float]:
+def growth(
+    samples: list[Sample], total: int, figure: str, warmup: float
+) -> tuple[float, float, float]:
     """(after warm-up, at the end, growth) of `figure`, while the load ran: its highest
-    while the requests went from 10 % to 20 %, and over the last 10 %."""
+    over the tenth of the requests after the warm-up, and over the last tenth."""
     running = [s for s in samples if s.progress < total] or samples
 
     def highest(low: float, high: float) -> float:
@@ -100,7 +102,7 @@ def growth(samples: list[Sample], total: int, figure: str) -> tuple[float, float
         later = [getattr(s, figure) for s in running if s.progress >= low * total]
         return float(max(values or later[:1] or [getattr(running[-1], figure)]))
 
-    warm, end = highest(0.1, 0.2), highest(0.9, 1.0)
+    warm, end = highest(warmup, warmup + 0.1), highest(0.9, 1.0)
     return warm, end, (end / warm - 1) if warm else float("nan")
 
 
@@ -108,6 +110,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--warmup", type=float, default=0.1, help="the fraction of the requests not judged"
+    )
     parser.add_argument("--growth", type=float, default=0.05, help="RSS and fds, after warm-up")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, ledger)")
     args = parser.parse_args()
@@ -174,8 +179,8 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     wall = ended.at_s
     problems, statuses = compare_ledger(traffic.expected, records, traffic.failed)
-    rss = growth(sampler.samples, args.requests, "rss_mib")
-    fds = growth(sampler.samples, args.requests, "fds")
+    rss = growth(sampler.samples, args.requests, "rss_mib", args.warmup)
+    fds = growth(sampler.samples, args.requests, "fds", args.warmup)
     failures = sum(traffic.problems.values())
     print()
     print("| soak | |\n|---|---|")
