@@ -175,7 +175,9 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(2)  # SIGINT: PostgreSQL's fast shutdown
+            # a fast shutdown (runuser passes no SIGINT on to postgres)
+            pg_ctl = [str(self._bin / "pg_ctl"), "stop", "-D", str(self._data), "-m", "fast"]
+            subprocess.run(self._as_owner(pg_ctl), check=True, stdout=subprocess.DEVNULL)
             self._proc.wait(60)
 
 
@@ -280,7 +282,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--outage-s", type=float, default=10.0, help="each store's time down")
     parser.add_argument("--settle-s", type=float, default=10.0, help="time between the phases")
-    parser.add_argument("--fresh-every", type=int, default=100, help="a never-seen key every N")
+    parser.add_argument("--fresh-every", type=int, default=97, help="a never-seen key every N")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = parser.parse_args()
     server_core, client_core = cores()

@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument(
-        "--warmup", type=float, default=0.1, help="the fraction of the requests not judged"
+        "--warmup", type=float, default=0.25, help="the fraction of the requests not judged"
     )
     parser.add_argument("--growth", type=float, default=0.05, help="RSS and fds, after warm-up")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, ledger)")
