@@ -112,6 +112,22 @@ def run_delay_s(pid: int) -> float:
     return total / 1e9
 
 
+def established(ports: frozenset[int]) -> int:
+    """TCP connections established to a local port in `ports` (the server's side of
+    each: one descriptor in the server apiece)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) in ports:
+                count += 1
+    return count
+
+
 def fd_count(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -127,6 +143,12 @@ class Sample:
     cpu_s: float
     progress: int
     waited_s: float
+    connections: int  # clients' connections to the server, established
+
+    @property
+    def own_fds(self) -> int:
+        """Descriptors beyond one per client connection: what a leak would raise."""
+        return self.fds - self.connections
 
 
 @dataclass
@@ -137,6 +159,7 @@ class Sampler:
     pid: int
     every_s: float = 0.25
     progress: Callable[[], int] | None = None
+    ports: frozenset[int] = frozenset()  # the server's: its clients' connections are counted
     samples: list[Sample] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -160,6 +183,7 @@ class Sampler:
             cpu_s(self.pid),
             progress,
             run_delay_s(self.pid),
+            established(self.ports) if self.ports else 0,
         )
         self.samples.append(sample)
         return sample
