@@ -265,11 +265,8 @@ def main() -> None:
     usage = f"sqlite:///{work / 'usage.db'}"
     upstream = server = None
     try:
-        upstream = Server.start(
-            [python(), str(SCRIPTS / "drip_upstream.py"), "--rate", str(args.rate)],
-            core=client_core,
-            log=work / "upstream.log",
-        )
+        upstream_command = [python(), str(SCRIPTS / "drip_upstream.py"), "--rate", str(args.rate)]
+        upstream = Server.start(upstream_command, core=client_core, log=work / "upstream.log")
         config = work / "tandem.yaml"
         config.write_text(_config(upstream.address["http"], args.providers, usage))
         _, key = create_key(python(), config, "load", "free")
@@ -291,10 +288,14 @@ def main() -> None:
             flush=True,
         )
         baseline = None
-        if args.baseline:
-            direct = (upstream.address["http"], key, ids, models, plan)
-            with multiprocessing.get_context("spawn").Pool(1) as pool:
-                baseline = pool.apply(_client, ((*direct, args.ramp_s, client_core),))
+        if args.baseline:  # an upstream of its own, so the other's count of streams holds
+            alone = Server.start(upstream_command, core=client_core, log=work / "alone.log")
+            direct = (alone.address["http"], key, ids, models, plan)
+            try:
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    baseline = pool.apply(_client, ((*direct, args.ramp_s, client_core),))
+            finally:
+                alone.stop()
         job = (gateway, key, ids, models, plan, args.ramp_s, client_core)
         with (
             Sampler(server.pid, every_s=0.2) as sampler,
