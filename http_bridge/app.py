@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -12,6 +13,7 @@ from starlette.types import ASGIApp
 from http_bridge import routes_anthropic, routes_native, routes_ollama, routes_openai
 from http_bridge.body_limit import BodyLimitMiddleware
 from http_bridge.call_scope import CallScopeMiddleware
+from http_bridge.cors import OriginGuard
 from http_bridge.docs import serve_docs
 from http_bridge.responses import JsonResponse
 from http_bridge.routing import ERRORS_ANSWERED, DoorApp, error_to_response
@@ -32,11 +34,12 @@ def create_app(
     max_body_bytes: int,
     telemetry: Telemetry | None = None,
     readiness: Readiness | None = None,
+    cors_origins: Iterable[str] = (),
 ) -> ASGIApp:
-    """The ASGI app uvicorn serves: the call scope (call_scope.py) and the body
-    limit around the door's endpoint table (routing.py), around FastAPI (the
-    rest, and the docs of all). Without `telemetry` and `readiness` (tests),
-    fresh ones, ready."""
+    """The ASGI app uvicorn serves: the call scope (call_scope.py), the browser
+    origins' check (cors.py) and the body limit around the door's endpoint
+    table (routing.py), around FastAPI (the rest, and the docs of all). Without
+    `telemetry` and `readiness` (tests), fresh ones, ready."""
     if telemetry is None:
         telemetry = Telemetry(TelemetryConfig(access_log=False))
     if readiness is None:
@@ -95,4 +98,4 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     door = DoorApp(app, endpoints)
     limited = BodyLimitMiddleware(door, max_body_bytes=max_body_bytes)
-    return CallScopeMiddleware(limited, telemetry, readiness)
+    return CallScopeMiddleware(OriginGuard(limited, cors_origins), telemetry, readiness)

@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "AuthConfig",
@@ -58,6 +66,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
+_ORIGIN = re.compile(r"([a-z][a-z0-9+.-]*)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(value: str) -> str:
+    """`*`, or an origin as a browser sends it: lowercase, no default port."""
+    match = _ORIGIN.fullmatch(value.lower())
+    if value != "*" and (match is None or not 0 < int(match[3] or 1) < 65536):
+        raise ValueError(f"expected scheme://host[:port] with no path, or *, got {value!r}")
+    if match is None:
+        return value
+    scheme, host, port = match.groups()
+    if port is None or int(port) == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{int(port)}"
+
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -76,6 +101,8 @@ class ServerConfig(_Strict):
     body_timeout_s: PositiveFloat = 30.0  # the end of the headers to the last body byte
     keep_alive_timeout_s: PositiveFloat = 75.0  # an idle connection, before and between requests
     max_connections: PositiveInt = 4096  # open HTTP connections per worker process
+    # browser origins allowed to call the gateway, "*" all: http_bridge/cors.py
+    cors_origins: tuple[Annotated[str, AfterValidator(_origin)], ...] = ()
 
     @field_validator("http", "grpc")
     @classmethod

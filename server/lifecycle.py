@@ -165,7 +165,11 @@ class Gateway:
         keys = None
         if self._store is not None:
             await self._store.open()
-            keys = KeyCache(self._store, config.auth.key_cache_s)
+            keys = KeyCache(
+                self._store,
+                config.auth.key_cache_s,
+                on_lookup=lambda result: metrics.key_lookups.labels(result).inc(),
+            )
             batcher = UsageBatcher(
                 self._store,
                 flush_interval_s=config.usage.flush_interval_ms / 1000,
@@ -205,6 +209,7 @@ class Gateway:
             max_body_bytes=config.server.max_body_bytes,
             telemetry=telemetry,
             readiness=self.readiness,
+            cors_origins=config.server.cors_origins,
         )
         self._http_server, self._http_task = await start_http_server(
             app, sock, config.server, telemetry

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Balancer", "free_ports", "nginx_balancer"]
+__all__ = ["Balancer", "free_ports", "nginx_balancer", "serving_nginx"]
 
 CONFIG = """
 worker_processes 1;
@@ -104,12 +104,47 @@ def _servers(addresses: Sequence[str]) -> str:
 
 
 @contextmanager
-def nginx_balancer(
-    http_backends: Sequence[str], grpc_backends: Sequence[str], *, idle_ms: int
-) -> Iterator[Balancer]:
+def serving_nginx(directory: Path, ports: Sequence[int]) -> Iterator[None]:
+    """Run nginx on `directory/nginx.conf` (paths relative to `directory`) until the
+    block ends, once it accepts on every one of `ports`."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         raise RuntimeError("the replica tests need nginx: apt-get install nginx (make test does)")
+    proc = subprocess.Popen(
+        [nginx, "-e", str(directory / "error.log"), "-p", str(directory), "-c", "nginx.conf"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        for port in ports:
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        assert proc.stderr is not None
+                        raise RuntimeError(
+                            f"nginx did not start: {proc.stderr.read().decode()}"
+                        ) from None
+                    time.sleep(0.02)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@contextmanager
+def nginx_balancer(
+    http_backends: Sequence[str], grpc_backends: Sequence[str], *, idle_ms: int
+) -> Iterator[Balancer]:
     directory = Path(tempfile.mkdtemp(prefix="tandem-balancer-"))
     directory.chmod(0o755)  # nginx's workers (not root) write the temp paths
     http_port, grpc_port = free_ports(2)
@@ -124,33 +159,8 @@ def nginx_balancer(
             "idle_ms": idle_ms,
         }
     )
-    proc = subprocess.Popen(
-        [nginx, "-e", str(directory / "error.log"), "-p", str(directory), "-c", "nginx.conf"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
     try:
-        deadline = time.monotonic() + 10
-        for port in (http_port, grpc_port):
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        assert proc.stderr is not None
-                        raise RuntimeError(
-                            f"nginx did not start: {proc.stderr.read().decode()}"
-                        ) from None
-                    time.sleep(0.02)
-        yield Balancer(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", directory)
+        with serving_nginx(directory, (http_port, grpc_port)):
+            yield Balancer(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", directory)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
         shutil.rmtree(directory, ignore_errors=True)

@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.config import Config, ConfigError, load_config, parse_host_port
+from tests.balancer import free_ports, serving_nginx
 from tests.servers import TandemProcess
 from tests.stores import pg_schema_url
 
@@ -538,6 +540,17 @@ def test_deployment_probes_and_ports_match_the_config() -> None:
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 30
 
 
+def test_pods_are_scraped_by_prometheus_on_the_metrics_route() -> None:
+    template = manifest("deployment.yaml")["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port_of(replica_config().server.http)),
+        "prometheus.io/path": "/metrics",
+    }
+    assert "http" in {p["name"] for p in container()["ports"]}
+
+
 def test_service_ports_match_the_pods() -> None:
     service = manifest("service.yaml")["spec"]
     assert service.get("type", "ClusterIP") == "ClusterIP"
@@ -758,8 +771,19 @@ def test_nginx_balances_both_doors_over_the_replicas() -> None:
         assert len(found) == 1, port
         return found[0]
 
-    rest = server_on(http_port).one("location", "/")
-    assert rest.one("proxy_pass").args == ["http://tandem_http"]
+    rest = server_on(http_port)  # what every proxied location inherits
+    published = [loc for loc in rest.find("location") if loc.find("proxy_pass")]
+    assert {tuple(loc.args) for loc in published} == {
+        ("/v1/",),
+        ("/native/v1/",),
+        ("/api/",),
+        ("=", "/"),
+        ("=", "/healthz"),
+        ("=", "/readyz"),
+    }
+    assert all(loc.one("proxy_pass").args == ["http://tandem_http"] for loc in published)
+    assert all(len(loc.block or []) == 1 for loc in published), "settings on the server"
+    assert rest.one("location", "/").one("return").args[0] == "404"
     assert rest.one("proxy_http_version").args == ["1.1"]
     assert rest.one("proxy_set_header", "Connection").args == ["Connection", ""]
     assert rest.one("proxy_buffering").args == ["off"]
@@ -774,6 +798,74 @@ def test_nginx_balances_both_doors_over_the_replicas() -> None:
 
     body_limit = http.one("client_max_body_size").args[0]
     assert int(body_limit.removesuffix("m")) * 2**20 > server.max_body_bytes
+
+
+# The shipped nginx.conf, run by a real nginx (Debian's 1.22 here, the image's 1.28
+# in production): only the addresses, the paths and what 1.22 lacks are rewritten.
+PUBLISHED = ("/v1/models", "/native/v1/models", "/api/tags", "/", "/healthz", "/readyz")
+UNPUBLISHED = ("/metrics", "/admin/v1/keys", "/docs", "/docs/assets/x.js", "/openapi.json", "/x")
+
+
+def local_nginx_conf(directory: Path, ports: tuple[int, int], upstreams: tuple[str, str]) -> str:
+    text = (DEPLOY / "nginx.conf").read_text()
+    temp_paths = "".join(
+        f"    {kind}_temp_path {kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    for old, new in (
+        ("server tandem:8080 resolve;", f"server {upstreams[0]};"),
+        ("server tandem:50051 resolve;", f"server {upstreams[1]};"),
+        ("listen 8080;", f"listen 127.0.0.1:{ports[0]};"),
+        ("listen 50051;", f"listen 127.0.0.1:{ports[1]} http2;"),
+        ("http2 on;", ""),  # nginx < 1.25.1: `listen ... http2` only
+        ("access_log /var/log/nginx/access.log", "access_log access.log"),
+        ("\nhttp {\n", "\nhttp {\n" + temp_paths),
+    ):
+        assert text.count(old) == 1, f"deploy/nginx.conf: {old!r} is not there once"
+        text = text.replace(old, new)
+    return f"daemon off;\npid {directory / 'nginx.pid'};\n{text}"
+
+
+def raw_get(port: int, target: str) -> tuple[int, str]:
+    """GET `target` exactly as written (no client normalises it): status and head."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+    return int(head.split()[1]), head
+
+
+def test_nginx_publishes_the_doors_and_probes_only(
+    tandem: Callable[..., TandemProcess], tmp_path: Path
+) -> None:
+    """`/metrics` (scraped from the pods) and the admin routes (reached from inside)
+    never pass the balancer; an answer carries `server-timing` if the gateway wrote it."""
+    server = tandem("usage: {store: none}\n")
+    directory = tmp_path / "nginx"
+    directory.mkdir()
+    directory.chmod(0o755)  # nginx's workers (not root) write the temp paths
+    ports = (http_port, grpc_port) = tuple(free_ports(2))
+    conf = local_nginx_conf(directory, (http_port, grpc_port), (server.http, server.grpc))
+    (directory / "nginx.conf").write_text(conf)
+    with (
+        serving_nginx(directory, ports),
+        httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10) as client,
+    ):
+        for path in PUBLISHED:
+            answer = client.get(path)
+            assert "server-timing" in answer.headers, (path, answer.status_code, answer.text)
+        assert client.get("/v1/models").status_code == 200
+        assert client.get("/healthz").json() == {"status": "ok"}
+        for path in UNPUBLISHED:
+            answer = client.get(path)
+            assert answer.status_code == 404, (path, answer.status_code, answer.text)
+            assert "server-timing" not in answer.headers, path
+            assert answer.json()["error"]["type"] == "not_found_error"  # the contract's body
+        for target in ("/v1/../metrics", "/v1/%2e%2e/metrics", "//metrics", "/metrics?x=1"):
+            status, head = raw_get(http_port, target)
+            assert (status, "server-timing" in head) == (404, False), (target, head)
 
 
 # --- the replica config, served and drained ---------------------------------------------

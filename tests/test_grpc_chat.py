@@ -72,6 +72,15 @@ async def test_stream_sends_one_chunk_per_word_keeping_whitespace(
     assert {c.model for c in chunks} == {"echo"}
 
 
+async def test_a_long_stream_is_a_chunk_per_word_for_1024_words_then_the_rest(
+    channel: grpc.aio.Channel,
+) -> None:
+    words = [f"w{i}{' ' if i % 3 else chr(10)}" for i in range(3000)]
+    chunks = await collect(channel, request("".join(words)))
+    assert [c.choices[0].delta.content for c in chunks] == [*words[:1024], "".join(words[1024:])]
+    assert chunks[-1].usage.completion_tokens == 3000
+
+
 async def test_stream_carries_usage_and_finish_reason_on_the_last_chunk_only(
     channel: grpc.aio.Channel,
 ) -> None:

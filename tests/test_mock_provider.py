@@ -10,7 +10,7 @@ from server.chunks import whole
 from server.config import ModelConfig, ProviderConfig
 from server.context import CallContext
 from server.providers.base import Route
-from server.providers.mock import BATCH_CHUNKS, MockProvider, mock_embedding
+from server.providers.mock import BATCH_CHUNKS, PER_WORD, MockProvider, mock_embedding
 
 PROVIDER = MockProvider(ProviderConfig(name="m", kind="mock"), max_answer_bytes=1 << 20)
 ROUTE = Route(model=ModelConfig(name="echo", provider="m"), provider=PROVIDER)
@@ -52,12 +52,33 @@ async def test_max_tokens_keeps_the_first_words(text: str, limit: int) -> None:
     assert chunks[-1].choices[0].finish_reason == expected
 
 
-async def test_a_long_answer_leaves_in_bounded_batches() -> None:
+async def test_the_first_1024_words_are_a_chunk_each_then_the_rest_is_one() -> None:
+    """A chunk per word costs a door ~100-200 bytes: past the first words, the rest
+    leaves whole, in bounded batches."""
+    text = "".join(f"w{i} " for i in range(3000)) + "end"
     request = chat_pb2.ChatCompletionRequest(
-        messages=[chat_pb2.ChatMessage(role="user", content="w " * 200)]
+        messages=[chat_pb2.ChatMessage(role="user", content=text)]
     )
     batches = [batch async for batch in PROVIDER.stream(request, ROUTE, CTX, chunked=True)]
-    assert [len(batch) for batch in batches] == [BATCH_CHUNKS] * 3 + [200 - 3 * BATCH_CHUNKS]
+    assert [len(batch) for batch in batches] == [BATCH_CHUNKS] * (PER_WORD // BATCH_CHUNKS) + [1]
+    pieces = [whole(item).choices[0].delta.content for batch in batches for item in batch]
+    assert pieces[:PER_WORD] == [f"w{i} " for i in range(PER_WORD)]
+    assert pieces[PER_WORD:] == ["".join(f"w{i} " for i in range(PER_WORD, 3000)) + "end"]
+    last = whole(batches[-1][-1])
+    assert last.choices[0].finish_reason == "stop"
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (3001, 3001)
+
+
+async def test_max_tokens_past_the_per_word_chunks_cuts_the_rest() -> None:
+    request = chat_pb2.ChatCompletionRequest(
+        messages=[chat_pb2.ChatMessage(role="user", content="w " * 3000)], max_tokens=2000
+    )
+    batches = [batch async for batch in PROVIDER.stream(request, ROUTE, CTX, chunked=True)]
+    chunks = [whole(item) for batch in batches for item in batch]
+    assert len(chunks) == PER_WORD + 1
+    assert chunks[-1].choices[0].delta.content == "w " * (2000 - PER_WORD)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == 2000
 
 
 async def test_a_chunk_delay_makes_each_word_its_own_batch() -> None:

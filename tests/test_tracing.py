@@ -455,3 +455,59 @@ def test_without_an_endpoint_tracing_is_not_loaded() -> None:
         cwd=Path(__file__).parent.parent,
     )
     assert done.returncode == 0, done.stderr
+
+
+def attribute_chars(value: Any) -> int:
+    """An attribute value's length: a list's is its strings' in all."""
+    if isinstance(value, list):
+        return sum(len(str(item)) for item in value)
+    return len(str(value))
+
+
+@pytest.mark.parametrize("stop", [["s" * 5000], ["t" * 600] * 16, ["u" * 100] * 20_000])
+def test_no_span_attribute_is_longer_than_1_kib(
+    http: httpx.Client, receiver: OtlpReceiver, stop: list[str]
+) -> None:
+    """A caller's long values are cut in the span, so that one request can never make
+    an export batch a collector refuses; 20,000 stop sequences are a 400, and their
+    span is as small (they were once copied whole: an 18 MB export)."""
+    body = {**chat_body("echo"), "stop": stop, "user": "v" * 5000}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == (200 if len(stop) <= 16 else 400), response.text
+    span = receiver.for_request(response.headers["x-request-id"])
+    assert span.attributes["gen_ai.request.stop_sequences"][0].startswith(stop[0][:100])
+    assert {
+        key: attribute_chars(v) for key, v in span.attributes.items() if attribute_chars(v) > 1024
+    } == {}
+
+
+def test_a_malformed_tracestate_is_warned_of_once_a_minute_and_cut(
+    gateway: TandemProcess, http: httpx.Client, channel: grpc.Channel
+) -> None:
+    """A caller-caused warning is written once a minute per kind (not once a request),
+    and a caller's text reaches no log line longer than 256 characters."""
+    traceparent, _, _ = new_traceparent()
+    tracestate = "bad=" + "Zq" * 2000  # 4 KB: a value over W3C's 256 characters
+    context = (("traceparent", traceparent), ("tracestate", tracestate))
+    stub = chat_pb2_grpc.ChatServiceStub(channel)
+    for i in range(50):
+        if i % 5:
+            response = http.post("/v1/chat/completions", json=chat_body("echo"), headers=context)
+            assert response.status_code == 200, response.text
+        else:
+            request = chat_pb2.ChatCompletionRequest(
+                model="echo", messages=[chat_pb2.ChatMessage(role="user", content="hi")]
+            )
+            stub.CreateChatCompletion(request, metadata=context)
+
+    def warnings(stderr: str) -> list[str]:
+        return [line for line in stderr.splitlines() if "w3c" in line]
+
+    deadline = time.monotonic() + 10
+    while not warnings(gateway.stderr()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (warning,) = [orjson.loads(line) for line in warnings(gateway.settled_stderr())]
+    assert warning["level"] == "warning"
+    assert "ZqZq" in warning["message"]  # the caller's text, cut
+    assert len(warning["message"]) < 400
+    assert "Zq" * 129 not in gateway.settled_stderr()  # 258 characters of it, nowhere

@@ -11,6 +11,7 @@ from typing import Any
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.errors import InvalidRequestError, echoed
+from server.translate.common import check_stop_count
 
 __all__ = ["validate_chat_request", "validate_embedding_request"]
 
@@ -115,6 +116,10 @@ def _check_response_format(response_format: chat_pb2.ResponseFormat) -> None:
         raise _invalid("response_format.json_schema.name", "is required")
 
 
+def _check_stop(stop: Sequence[str]) -> None:
+    check_stop_count(len(stop), "stop")
+
+
 def _check_reasoning_effort(effort: str) -> None:
     if effort not in REASONING_EFFORTS:
         raise _invalid("reasoning_effort", f"must be one of {sorted(REASONING_EFFORTS)}")
@@ -127,6 +132,7 @@ _FIELD_CHECKS: dict[str, Callable[[Any], None]] = {
     "tool_choice": _check_tool_choice,
     "response_format": _check_response_format,
     "reasoning_effort": _check_reasoning_effort,
+    "stop": _check_stop,
 }
 
 

@@ -1,10 +1,13 @@
 """The built-in `mock` provider: deterministic answers with no network.
 
 Every model on it echoes the last user message, streamed one chunk per word
-(a word keeps the whitespace that follows it), or in one chunk when the
-caller does not stream. Usage counts words. An answer is at most
-`max_answer_bytes` over all its choices (`server.max_body_bytes`): `n` copies
-of a prompt would otherwise turn one request into 128 times its size.
+(a word keeps the whitespace that follows it) for the first `PER_WORD` words,
+then the rest in one chunk; in one chunk when the caller does not stream.
+Usage counts words. A chunk per word costs a door ~100-200 bytes of framing:
+for a 1 MB prompt of short words that was 106 MB of SSE, where the rest in one
+chunk keeps a long answer's wire bytes within a few times its text. An answer
+is at most `max_answer_bytes` over all its choices (`server.max_body_bytes`):
+`n` copies of a prompt would otherwise turn one request into 128 times its size.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 import re
 import struct
 from collections.abc import AsyncIterator
+from itertools import islice
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
@@ -28,7 +32,8 @@ from server.providers.base import Route
 __all__ = ["EMBEDDING_DIMENSIONS", "MockProvider", "mock_embedding"]
 
 EMBEDDING_DIMENSIONS = 64
-BATCH_CHUNKS = 64  # an 8 MiB prompt is 4M words: written in bounded pieces, not at once
+PER_WORD = 1024  # words streamed one chunk each (the contract's); the rest is one chunk
+BATCH_CHUNKS = 64  # those chunks leave in batches of at most this many
 _WORD = re.compile(r"\s*\S+\s*")
 
 
@@ -48,35 +53,27 @@ class MockProvider:
         *,
         chunked: bool,
     ) -> AsyncIterator[Batch]:
-        """With a `chunk_delay_ms`, each word is its own batch, after its delay;
-        without, the answer is ready at once: batches of `BATCH_CHUNKS`."""
-        text = last_user_text(request.messages)
-        limit = _max_tokens(request)
-        finish_reason = "stop"
-        if chunked or limit is not None:
-            words = _WORD.findall(text)
-            if limit is not None and len(words) > limit:
-                words, finish_reason = words[:limit], "length"
-            count = len(words)
-            # Unchunked, the answer is one piece that takes as long as the words would.
-            pieces = words if chunked else ["".join(words)]
-        else:  # the whole text, as the words would rebuild it, without splitting it
-            count = count_words(text)
-            pieces = [text if count else ""]
-        delay_s = self._delay_s if chunked else self._delay_s * count
+        """Without a `chunk_delay_ms` the answer is ready at once: batches of
+        `BATCH_CHUNKS`; with one, each piece is its own batch, after a delay
+        for each of its words."""
+        answer, count, finish_reason = _answer(
+            last_user_text(request.messages), _max_tokens(request)
+        )
         choices = request.n if request.HasField("n") else 1
         if choices > 1:  # one choice is never larger than the request that asked for it
-            self._check_size(sum(len(piece.encode()) for piece in pieces), choices)
+            self._check_size(len(answer.encode()), choices)
         usage = chat_pb2.Usage(
             prompt_tokens=prompt_words(request.messages), completion_tokens=count * choices
         )
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        pieces = _pieces(answer) if chunked else [answer]
 
         last = len(pieces) - 1
         batch: list[Item] = []
-        for position, piece in enumerate(pieces or [""]):
-            if delay_s:
-                await asyncio.sleep(delay_s)
+        for position, piece in enumerate(pieces):
+            if self._delay_s:  # the rest, past `PER_WORD`, waits as long as its words would
+                words = 1 if chunked and position < PER_WORD else count - position
+                await asyncio.sleep(self._delay_s * words)
             if choices == 1 and 0 < position < last:  # a word, nothing else: its text
                 batch.append(piece)
             else:
@@ -86,12 +83,12 @@ class MockProvider:
                     if position == 0:
                         choice.delta.role = "assistant"
                     choice.delta.content = piece
-                    if position >= last:
+                    if position == last:
                         choice.finish_reason = finish_reason
-                if position >= last:
+                if position == last:
                     chunk.usage.CopyFrom(usage)
                 batch.append(chunk)
-            if delay_s or len(batch) == BATCH_CHUNKS:
+            if self._delay_s or len(batch) == BATCH_CHUNKS:
                 yield batch
                 batch = []
         if batch:
@@ -118,6 +115,27 @@ class MockProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+def _answer(text: str, limit: int | None) -> tuple[str, int, str]:
+    """(the answer, its words, its finish reason): the text, or its first `limit`
+    words, as the words rebuild it ("" for no word)."""
+    count = count_words(text)
+    if limit is None or count <= limit:
+        return (text if count else ""), count, "stop"
+    end = 0
+    for word in islice(_WORD.finditer(text), limit):
+        end = word.end()
+    return text[:end], limit, "length"
+
+
+def _pieces(answer: str) -> list[str]:
+    """The streamed pieces: a chunk per word for the first `PER_WORD`, then the rest."""
+    words = [match.group() for match in islice(_WORD.finditer(answer), PER_WORD)]
+    if not words:
+        return [""]
+    rest = answer[sum(map(len, words)) :]
+    return [*words, rest] if rest else words
 
 
 def _max_tokens(request: chat_pb2.ChatCompletionRequest) -> int | None:

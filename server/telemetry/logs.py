@@ -10,7 +10,10 @@ through the same queue, formatted as it is emitted (they are rare), so with
 `json` every stderr line is JSON.
 
 Access lines carry what the contract lists and nothing else: never a key, a
-token, a prompt or a completion.
+token, a prompt or a completion. Any other line may carry a caller's text (a
+`tracestate` member, an exception's message): each argument of a message and
+each line of a traceback is cut to `ECHO_LIMIT` (256) characters, and the
+warnings callers cause are rate-limited (caller_warnings.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from collections import deque
 from typing import IO, Literal
 
 import orjson
+
+from server.errors import echoed
+from server.telemetry.caller_warnings import CallerWarnings
 
 __all__ = ["AccessLine", "LogFormat", "LogSink", "configure_logging"]
 
@@ -185,6 +191,20 @@ def _utf8(text: str) -> str:
     return text.encode("utf-8", "replace").decode()
 
 
+def _message(record: logging.LogRecord) -> str:
+    """The record's message (as `getMessage` makes it), each argument but a number cut."""
+    message = str(record.msg)
+    args = record.args
+    if isinstance(args, tuple) and args:
+        return message % tuple(a if isinstance(a, int | float) else echoed(str(a)) for a in args)
+    return message % args if args else message
+
+
+def _cut_lines(parts: list[str]) -> str:
+    """A traceback, each of its lines cut: its exception's message may be a caller's text."""
+    return "".join(echoed(line) + "\n" for line in "".join(parts).splitlines())
+
+
 class _SinkHandler(logging.Handler):
     """Every log record, as one line of the sink's format."""
 
@@ -196,13 +216,13 @@ class _SinkHandler(logging.Handler):
         try:
             exception = None
             if record.exc_info:
-                exception = _utf8("".join(traceback.format_exception(*record.exc_info)))
+                exception = _utf8(_cut_lines(traceback.format_exception(*record.exc_info)))
             self._sink.put(
                 self._sink.record_line(
                     record.created,
                     record.levelname.lower(),
                     record.name,
-                    _utf8(record.getMessage()),
+                    _utf8(_message(record)),
                     exception,
                 )
             )
@@ -216,7 +236,9 @@ def configure_logging(log_format: LogFormat) -> LogSink:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(_SinkHandler(sink))
+    handler = _SinkHandler(sink)
+    handler.addFilter(CallerWarnings())
+    root.addHandler(handler)
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)  # a Python warning is a log line like any other
     return sink

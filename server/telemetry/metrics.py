@@ -119,6 +119,12 @@ class Metrics:
             "Calls to the shared rate-limit backend that failed (local limits applied)",
             registry=registry,
         )
+        self.key_lookups = Counter(
+            "tandem_key_store_lookups",
+            "API key lookups that reached the store (the key cache's misses), by result",
+            ["result"],  # found | unknown | failed
+            registry=registry,
+        )
         self.usage_pending = Gauge(
             "tandem_usage_pending_records",
             "Usage records waiting in memory for the store",

@@ -11,6 +11,12 @@ kind SERVER, child of the caller's `traceparent`, with the GenAI semantic
 conventions' attributes. Its own context goes to the upstream as
 `traceparent`, with the caller's `tracestate` (`CallTrace`, sent by
 server/providers/upstream.py).
+
+No attribute value is longer than `MAX_ATTRIBUTE_CHARS`: the SDK's span limits
+cut every string (and each string of a list), and the one list a caller fills,
+`stop`, is cut to that many characters in all before it is built. A collector
+refuses an export over its message limit (4 MiB by default), losing every
+caller's spans in the batch: 20,000 stop sequences copied whole made 18 MB.
 """
 
 from __future__ import annotations
@@ -18,12 +24,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any, TypeVar
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Span, TracerProvider
+from opentelemetry.sdk.trace import Span, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -56,6 +62,7 @@ _NOT_THE_GATEWAYS = (
     GeneratorExit,
 )
 EXPORT_TIMEOUT_S = 5.0
+MAX_ATTRIBUTE_CHARS = 1024
 SHUTDOWN_TIMEOUT_S = 5.0
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -73,11 +80,24 @@ _SAMPLING = (
 )
 
 
+def _cut_strings(values: Iterable[str]) -> list[str]:
+    """The first of `values`, the last one cut, `MAX_ATTRIBUTE_CHARS` in all."""
+    room = MAX_ATTRIBUTE_CHARS
+    kept = []
+    for value in values:
+        if room <= 0:
+            break
+        kept.append(value[:room])
+        room -= len(value) + 1  # an empty string counts too: 20,000 of them are not free
+    return kept
+
+
 class Tracer:
     def __init__(self, endpoint: str, service_name: str) -> None:
         self._provider = TracerProvider(
             resource=Resource.create({"service.name": service_name}),
             shutdown_on_exit=False,  # `shutdown` bounds it; an atexit hook would not
+            span_limits=SpanLimits(max_attribute_length=MAX_ATTRIBUTE_CHARS),
         )
         exporter = OTLPSpanExporter(
             endpoint=endpoint,
@@ -137,7 +157,7 @@ class Tracer:
                 if request.HasField(field):  # type: ignore[arg-type]
                     attributes[name] = getattr(request, field)
             if request.stop:
-                attributes["gen_ai.request.stop_sequences"] = list(request.stop)
+                attributes["gen_ai.request.stop_sequences"] = _cut_strings(request.stop)
         elif isinstance(request, embeddings_pb2.EmbeddingRequest) and request.HasField(
             "dimensions"
         ):

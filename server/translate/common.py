@@ -1,5 +1,5 @@
-"""What the provider dialects share: refusing what a provider cannot honour, data URLs,
-tool call arguments as JSON objects, a `Struct` as JSON."""
+"""What the provider dialects share: refusing what a provider cannot honour, the bound on
+stop sequences, data URLs, tool call arguments as JSON objects, a `Struct` as JSON."""
 
 from __future__ import annotations
 
@@ -14,9 +14,19 @@ from tandem.v1 import chat_pb2
 
 from server.errors import InvalidRequestError
 
-__all__ = ["DATA_URL", "cannot_honour", "struct_json", "struct_to_json", "tool_arguments"]
+__all__ = [
+    "DATA_URL",
+    "MAX_STOP_SEQUENCES",
+    "cannot_honour",
+    "check_stop_count",
+    "struct_json",
+    "struct_to_json",
+    "tool_arguments",
+]
 
 DATA_URL = re.compile(r"data:(?P<media>[\w/+.-]+);base64,(?P<data>.*)", re.S)
+# the contract's bound: each one rides to the upstream and into the span
+MAX_STOP_SEQUENCES = 16
 
 
 # a schema sent again (agents send the same tools on every request) is kept encoded;
@@ -68,6 +78,15 @@ def _json_value(value: struct_pb2.Value) -> Any:
     if kind == "number_value" and not math.isfinite(value.number_value):
         raise InvalidRequestError("tools: a schema holds a number JSON cannot (NaN or Infinity)")
     return getattr(value, kind)  # number_value, string_value, bool_value
+
+
+def check_stop_count(count: int, where: str) -> None:
+    """Refuse more than `MAX_STOP_SEQUENCES` stop sequences, naming the field as the
+    door spells it (`stop`, `stop_sequences`, `options.stop`)."""
+    if count > MAX_STOP_SEQUENCES:
+        raise InvalidRequestError(
+            f"{where}: at most {MAX_STOP_SEQUENCES} stop sequences, got {count}", param=where
+        )
 
 
 def cannot_honour(param: str, why: str) -> InvalidRequestError:

@@ -24,6 +24,7 @@ import orjson
 from tandem.v1 import chat_pb2
 
 from server.errors import InvalidRequestError
+from server.translate.common import check_stop_count
 from server.translate.protojson import parse_into
 
 __all__ = ["parse_count_tokens", "parse_messages"]
@@ -257,6 +258,7 @@ def parse_messages(body: Any) -> chat_pb2.ChatCompletionRequest:
     stop = body.get("stop_sequences")
     if stop:
         _set(request, "stop", stop, "stop_sequences")
+        check_stop_count(len(request.stop), "stop_sequences")
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and metadata.get("user_id") is not None:
         request.user = _text(metadata["user_id"], "metadata.user_id")

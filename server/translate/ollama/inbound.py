@@ -19,6 +19,7 @@ import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.errors import InvalidRequestError
+from server.translate.common import check_stop_count
 from server.translate.ollama import SAMPLING_OPTIONS
 from server.translate.protojson import parse_into
 
@@ -168,6 +169,7 @@ def _options(options: Any, request: chat_pb2.ChatCompletionRequest) -> None:
         if name == "stop" and isinstance(value, str):
             value = [value]
         _set(request, field, value, f"options.{name}")
+    check_stop_count(len(request.stop), "options.stop")
 
 
 def _format(value: Any, request: chat_pb2.ChatCompletionRequest) -> None:
