@@ -55,6 +55,11 @@ tiers:
   free: {default_model: echo, requests_per_minute: 100000000, tokens_per_minute: 1000000000}
 """
 
+# descriptors are counted apart from client connections by reading /proc/net/tcp, a
+# moment apart from /proc/PID/fd: a connection accepted or closed between the two
+# reads is off by one, so a couple of descriptors is the count's resolution
+FD_RESOLUTION = 2
+
 _progress: Synchronized[int] | None = None
 
 
@@ -219,9 +224,10 @@ def main() -> None:
             f"RSS growth after warm-up < {args.growth:.0%}", rss[2] < args.growth, f"{rss[2]:+.1%}"
         ),
         verdict(
-            f"open fds (beyond client connections) growth after warm-up < {args.growth:.0%}",
-            fds[2] < args.growth,
-            f"{fds[2]:+.1%}",
+            f"open fds (beyond client connections) growth after warm-up < {args.growth:.0%} "
+            f"or {FD_RESOLUTION}",
+            fds[2] < args.growth or fds[1] - fds[0] <= FD_RESOLUTION,
+            f"{fds[2]:+.1%} ({fds[1] - fds[0]:+.0f})",
         ),
         verdict(
             "ledger: one record per request id, as sent", not problems, f"{len(records):,} records"
