@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test install codegen check-codegen lint typecheck pytest bench clean nginx wrk
+.PHONY: run test install codegen check-codegen lint typecheck pytest bench clean nginx wrk \
+	load soak faults redis-server postgresql
 
 run: codegen
 	$(VENV)/bin/tandem serve
@@ -40,12 +41,36 @@ BENCH_ARGS ?=  # e.g. make bench BENCH_ARGS="--litellm --before ../base"
 bench: codegen nginx wrk
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 
+# Proof at scale (README, "Load, soak and faults"); none is part of `make test`.
+LOAD_ARGS ?=  # e.g. make load LOAD_ARGS="--streams 500 --baseline"
+load: codegen
+	$(PY) scripts/load.py $(LOAD_ARGS)
+
+SOAK_ARGS ?=  # e.g. make soak SOAK_ARGS="--requests 20000"
+soak: codegen
+	$(PY) scripts/soak.py $(SOAK_ARGS)
+
+FAULTS_ARGS ?=  # e.g. make faults FAULTS_ARGS="--outage-s 20"
+faults: codegen redis-server postgresql
+	$(PY) scripts/faults.py $(FAULTS_ARGS)
+
 # Debian's packages: nginx fronts the replica tests and is the bench's upstream; wrk is
 # the bench's load. Installed when missing (as root), else a clear line says what to do.
 nginx wrk:
 	@PATH="$$PATH:/usr/sbin" command -v $@ >/dev/null || \
 	  { apt-get update -qq && apt-get install -y -qq $@ >/dev/null; } || \
 	  { echo "needs Debian's $@: apt-get install $@"; exit 1; }
+
+# the servers `make faults` starts its own of (the machine's own are left alone)
+redis-server:
+	@command -v redis-server >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } || \
+	  { echo "needs Debian's redis-server: apt-get install redis-server"; exit 1; }
+
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } || \
+	  { echo "needs Debian's postgresql: apt-get install postgresql"; exit 1; }
 
 clean:
 	rm -rf $(VENV)
