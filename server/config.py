@@ -119,6 +119,9 @@ class ProviderConfig(_Strict):
     timeout_s: Annotated[float, Field(gt=0)] = 120.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     max_retries: Annotated[int, Field(ge=0)] = 2
+    # connections open to the upstream at once (each carries one request): as many as a
+    # worker accepts (server.max_connections), so the pool is never the first bound
+    max_connections: Annotated[int, Field(ge=1, le=65536)] = 4096
     chunk_delay_ms: Annotated[float, Field(ge=0)] = 0.0
 
     @model_validator(mode="after")
@@ -127,6 +130,8 @@ class ProviderConfig(_Strict):
             for key in ("base_url", "api_key"):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key} does not apply to kind mock")
+            if "max_connections" in self.model_fields_set:
+                raise ValueError("max_connections does not apply to kind mock")
         elif "chunk_delay_ms" in self.model_fields_set:
             raise ValueError("chunk_delay_ms applies only to kind mock")
         return self

@@ -490,3 +490,34 @@ def test_malformed_upstream_data_is_the_upstreams_fault(
     )
     assert response.status_code == 502
     assert response.json()["error"]["type"] == "upstream_error"
+
+
+def test_a_providers_max_connections_bounds_its_upstream_requests_in_flight(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """Two connections: the third of three slow calls reaches the upstream only once
+    one of the first two has answered."""
+    config = (
+        "providers:\n"
+        f'  - {{name: up, kind: openai, base_url: "{fake.base_url}", api_key: k,'
+        " max_connections: 2, max_retries: 0}\n"
+        "models:\n  - {name: gpt, provider: up}\n"
+    )
+    process = start_tandem(tmp_path, config)
+    try:
+        fake.reset("slow:1.5", "slow:1.5", "slow:1.5")
+
+        async def call() -> int:
+            async with httpx.AsyncClient(base_url=process.base_url, timeout=30) as http:
+                body = {"model": "gpt", "messages": user("hi")}
+                return (await http.post("/v1/chat/completions", json=body)).status_code
+
+        async def three() -> list[int]:
+            return await asyncio.gather(call(), call(), call())
+
+        assert asyncio.run(three()) == [200, 200, 200]
+        arrivals = sorted(r.at for r in fake.requests)
+        assert len(arrivals) == 3
+        assert arrivals[2] - arrivals[0] >= 1.4  # it waited for a connection
+    finally:
+        assert process.terminate() == 0, process.stderr()

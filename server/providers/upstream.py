@@ -47,7 +47,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-MAX_CONNECTIONS = 512
 MAX_ERROR_BODY = 64 * 1024
 MAX_LINE_BYTES = 8 * 1024 * 1024  # one event or NDJSON line of a stream
 
@@ -117,11 +116,12 @@ class UpstreamClient:
         self._headers = {"content-type": "application/json", **headers}
         self._timeout_s = config.timeout_s
         self._connect_timeout_s = config.connect_timeout_s
+        self._max_connections = config.max_connections
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:  # made on first use, inside the running loop
-            connector = MarkingConnector(limit=MAX_CONNECTIONS, ttl_dns_cache=300)
+            connector = MarkingConnector(limit=self._max_connections, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=self._headers, raise_for_status=False
             )
