@@ -513,7 +513,7 @@ def test_a_providers_max_connections_bounds_its_upstream_requests_in_flight(
                 return (await http.post("/v1/chat/completions", json=body)).status_code
 
         async def three() -> list[int]:
-            return await asyncio.gather(call(), call(), call())
+            return list(await asyncio.gather(call(), call(), call()))
 
         assert asyncio.run(three()) == [200, 200, 200]
         arrivals = sorted(r.at for r in fake.requests)
