@@ -170,6 +170,7 @@ class Gateway:
                 config.auth.key_cache_s,
                 on_lookup=lambda result: metrics.key_lookups.labels(result).inc(),
             )
+            await keys.load()
             batcher = UsageBatcher(
                 self._store,
                 flush_interval_s=config.usage.flush_interval_ms / 1000,

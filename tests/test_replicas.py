@@ -85,6 +85,8 @@ class Cluster:
     def key(self, user: str, tier: str) -> tuple[str, str]:
         """A new API key (id, key) made with `tandem keys create`, as an operator would."""
         created = orjson.loads(self.cli("keys", "create", "--user", user, "--tier", tier, "--json"))
+        for replica in self.replicas:  # known to each within key_cache_s: polled
+            _wait_known(replica, created["key"])
         return created["id"], created["key"]
 
     def cli(self, *args: str) -> bytes:
@@ -97,6 +99,22 @@ class Cluster:
             cwd=self.directory,
         )
         return done.stdout
+
+
+def _wait_known(replica: TandemProcess, key: str, timeout_s: float = 30.0) -> None:
+    """Until `replica` accepts `key`: asked with a model that does not exist, which is
+    answered after the key is checked and before anything counts against its budget."""
+    body = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = httpx.post(
+            f"{replica.base_url}/v1/chat/completions", json=body, headers=_bearer(key), timeout=10
+        )
+        if answer.status_code != 401:
+            assert answer.status_code == 404, answer.text
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"replica {replica.http} still refuses a new key")
 
 
 def _wait_ready(replica: TandemProcess, timeout_s: float = 20.0) -> None:
@@ -166,7 +184,7 @@ def test_a_key_created_or_revoked_reaches_every_replica(cluster: Cluster) -> Non
                 for replica in cluster.replicas
             ]
 
-        assert statuses() == [200] * REPLICAS  # made on none of them, known to all
+        assert statuses() == [200] * REPLICAS  # made on none of them, known to all in time
         cluster.cli("keys", "revoke", key_id)
         time.sleep(KEY_CACHE_S + 0.2)
         assert statuses() == [403] * REPLICAS

@@ -26,7 +26,7 @@ ADMIN_KEY = "unavailable-admin-key-0123456789"
 CONFIG = """
 providers: [{name: demo, kind: mock}]
 models: [{name: echo, provider: demo}]
-auth: {required: true, admin_keys: ["%(admin)s"]}
+auth: {required: true, admin_keys: ["%(admin)s"], key_cache_s: 0}  # 0: a new key is read at once
 usage: {store: "%(store)s", flush_interval_ms: 50}
 """
 # what a client must never see: the store's driver, its address, a class name

@@ -2,22 +2,32 @@
 
 Validation does not hit the database on every request: each key id is
 fetched at most once per TTL, however many requests ask for it at once (they
-share the one lookup in flight). Unknown ids are remembered for the TTL too,
-so a flood of made-up keys (`tdm_<12 hex>_x` needs no credential) reaches the
-store once per id, not once per request; a key created later works within
-the TTL. A key revoked anywhere is refused everywhere within the TTL.
-While the store is down, a cached key is checked from the cache, however old;
-a key with no entry cannot be checked at all: `UnavailableError` (503).
+share the one lookup in flight). A key revoked anywhere is refused everywhere
+within the TTL. While the store is down, a cached key is checked from the
+cache, however old; a key with no entry cannot be checked at all:
+`UnavailableError` (503).
 
-Memory is bounded apart for the two: at most `max_keys` real keys (the least
-recently fetched go first) and `max_unknown` made-up ids (the oldest go
-first), so no number of made-up ids can push a real key out of the cache.
+Made-up ids (`tdm_<12 hex>_x` needs no credential) never reach the store one by
+one: the cache holds the set of ids the store has (ids only, never secrets),
+read whole at start, then, at most once per TTL and only when asked about an id
+it does not hold, the ids created since the last read (less `CLOCK_SKEW_S`, for
+replicas whose clocks disagree). An id missing from a set younger than the TTL
+is unknown without a query, so a flood of made-up ids costs one read of the new
+ids per TTL, and a key made elsewhere works within the TTL (plus one read).
+
+Memory is bounded: at most `max_ids` ids (~95 bytes each: ~48 MB at the
+default); a store with more keys than that makes the set useless, so it is
+dropped and ids are asked one by one, unknown ones remembered for the TTL.
+Apart from it, at most `max_keys` real keys (the least recently fetched go
+first) and `max_unknown` unknown ids (the oldest go first), so no number of
+made-up ids can push a real key out of the cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,8 +37,10 @@ from server.store import ApiKey, Store
 
 __all__ = ["KeyCache"]
 
+MAX_IDS = 500_000
 MAX_KEYS = 100_000
 MAX_UNKNOWN = 10_000  # ~1.5 MB
+CLOCK_SKEW_S = 60.0  # a key stamped this much before the last read of ids is still read
 logger = logging.getLogger("tandem.auth")
 
 
@@ -39,13 +51,16 @@ class KeyCache:
         ttl_s: float,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         on_lookup: Callable[[str], None] = lambda result: None,
         max_keys: int = MAX_KEYS,
         max_unknown: int = MAX_UNKNOWN,
+        max_ids: int = MAX_IDS,
     ) -> None:
         self._store = store
         self._ttl_s = ttl_s
         self._clock = clock
+        self._wall_clock = wall_clock
         self._on_lookup = on_lookup
         self._max_keys = max_keys
         self._max_unknown = max_unknown
@@ -53,10 +68,19 @@ class KeyCache:
         self._keys: OrderedDict[str, tuple[float, ApiKey]] = OrderedDict()
         self._unknown: OrderedDict[str, float] = OrderedDict()  # made-up ids, alike: when
         self._fetching: dict[str, asyncio.Task[ApiKey | None]] = {}
+        self._max_ids = max_ids
+        self._ids: set[str] | None = set()  # the store's key ids; None past max_ids
+        self._ids_read_at = -math.inf  # (clock) when the last read of ids was asked
+        self._ids_since = -math.inf  # (the epoch's s) the next read asks from this created_at
+        self._reading: asyncio.Task[None] | None = None
 
-    def remembered(self) -> tuple[int, int]:
-        """(real keys, unknown ids) held now."""
-        return len(self._keys), len(self._unknown)
+    def remembered(self) -> tuple[int, int, int | None]:
+        """(real keys, unknown ids, the store's ids or None past max_ids) held now."""
+        return len(self._keys), len(self._unknown), None if self._ids is None else len(self._ids)
+
+    async def load(self) -> None:
+        """Read the store's key ids (at start, so that the first callers need not)."""
+        await self._read_ids(self._clock())
 
     async def lookup(self, key_id: str) -> ApiKey | None:
         now = self._clock()
@@ -65,6 +89,8 @@ class KeyCache:
             if now - entry[0] < self._ttl_s:
                 return entry[1]
         else:
+            if not await self._may_exist(key_id, now):
+                return None
             seen = self._unknown.get(key_id)
             if seen is not None and now - seen < self._ttl_s:
                 return None
@@ -74,6 +100,52 @@ class KeyCache:
             fetching.add_done_callback(lambda task: self._fetched(key_id, task))
         # shielded: a caller that goes away does not cancel the others' lookup
         return await asyncio.shield(fetching)
+
+    async def _may_exist(self, key_id: str, now: float) -> bool:
+        """False if the store has no key `key_id`, as of a read of ids younger than the TTL."""
+        ids = self._ids
+        if ids is None or key_id in ids:
+            return True
+        if now - self._ids_read_at < self._ttl_s:
+            return False
+        await self._read_ids(now)
+        return self._ids is None or key_id in self._ids
+
+    async def _read_ids(self, now: float) -> None:
+        """The one read of new ids in flight, started if none is (shielded: a caller
+        that goes away does not cancel it for the others)."""
+        reading = self._reading
+        if reading is None:
+            reading = self._reading = asyncio.ensure_future(self._read_new_ids(now))
+            reading.add_done_callback(self._read)
+        await asyncio.shield(reading)
+
+    async def _read_new_ids(self, asked: float) -> None:
+        since = self._wall_clock() - CLOCK_SKEW_S
+        try:
+            new_ids = await self._store.key_ids_since(self._ids_since)
+        except Exception as exc:
+            self._on_lookup("failed")
+            logger.warning(
+                "key store unreachable; new keys cannot be checked (%s)", type(exc).__name__
+            )
+            raise UnavailableError(
+                "the key store is unavailable; retry shortly", code="key_store_unavailable"
+            ) from None
+        self._on_lookup("ids")
+        ids = self._ids
+        if ids is None:
+            return
+        ids.update(new_ids)
+        if len(ids) > self._max_ids:
+            logger.warning("more than %d API keys: each key id is looked up alone", self._max_ids)
+            self._ids = None
+        self._ids_read_at, self._ids_since = asked, since
+
+    def _read(self, task: asyncio.Task[None]) -> None:
+        self._reading = None
+        if not task.cancelled():
+            task.exception()  # retrieved here: every caller may have gone
 
     async def _fetch(self, key_id: str, asked: float) -> ApiKey | None:
         """The store's answer, remembered as of when it was asked (never fresher)."""

@@ -24,6 +24,9 @@ class Store(Protocol):
 
     async def find_key(self, key_id: str) -> ApiKey | None: ...
 
+    async def key_ids_since(self, created_at: float) -> list[str]:
+        """The ids (only) of the keys created at or after `created_at` (the epoch's s)."""
+
     async def list_keys(self) -> list[ApiKey]: ...
 
     async def revoke_key(self, key_id: str, at: float) -> bool: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -11,6 +12,9 @@ from dataclasses import dataclass
 __all__ = ["KEY_PREFIX", "ApiKey", "hash_key", "key_id_of", "new_key"]
 
 KEY_PREFIX = "tdm_"
+ID_LENGTH = 12
+# the prefix, the id (`secrets.token_hex`: lowercase hex), "_", a secret
+_SHAPE = re.compile(f"{KEY_PREFIX}([0-9a-f]{{{ID_LENGTH}}})_.", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,7 @@ def hash_key(key: str) -> str:
 
 def new_key(user: str, tier: str) -> tuple[str, ApiKey]:
     """(the key, to show once; its record, to store)."""
-    key_id = secrets.token_hex(6)
+    key_id = secrets.token_hex(ID_LENGTH // 2)
     key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     return key, ApiKey(
         id=key_id, key_hash=hash_key(key), user=user, tier=tier, created_at=time.time()
@@ -47,8 +51,7 @@ def new_key(user: str, tier: str) -> tuple[str, ApiKey]:
 
 
 def key_id_of(token: str) -> str | None:
-    """The id inside a presented API key, or None if it is not shaped like one."""
-    if not token.startswith(KEY_PREFIX):
-        return None
-    key_id, sep, secret = token[len(KEY_PREFIX) :].partition("_")
-    return key_id if sep and len(key_id) == 12 and secret else None
+    """The id inside a presented API key, or None if it is not shaped like one (then
+    nothing asks the store about it)."""
+    shaped = _SHAPE.match(token)
+    return shaped[1] if shaped else None

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at DOUBLE PRECISION NOT NULL,
     revoked_at DOUBLE PRECISION
 );
+CREATE INDEX IF NOT EXISTS api_keys_by_time ON api_keys (created_at);
 """ + usage_schema(real="DOUBLE PRECISION", time="TIMESTAMPTZ")
 _COLUMNS = 'id, key_hash, "user", tier, created_at, revoked_at'
 _CREATED_AT = UsageRecord._fields.index("created_at")  # a timestamptz in the table
@@ -121,6 +122,11 @@ class PostgresStore:
         pool = await self._ready()
         row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
         return ApiKey(*row) if row else None
+
+    async def key_ids_since(self, created_at: float) -> list[str]:
+        pool = await self._ready()
+        rows = await pool.fetch("SELECT id FROM api_keys WHERE created_at >= $1", created_at)
+        return [row[0] for row in rows]
 
     async def list_keys(self) -> list[ApiKey]:
         pool = await self._ready()

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at REAL NOT NULL,
     revoked_at REAL
 );
+CREATE INDEX IF NOT EXISTS api_keys_by_time ON api_keys (created_at);
 """ + usage_schema(real="REAL", time="INTEGER")
 _COLUMNS = "id, key_hash, user, tier, created_at, revoked_at"
 
@@ -88,6 +89,10 @@ class SqliteStore:
     async def find_key(self, key_id: str) -> ApiKey | None:
         rows = await self._run(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", key_id)
         return ApiKey(*rows[0]) if rows else None
+
+    async def key_ids_since(self, created_at: float) -> list[str]:
+        rows = await self._run("SELECT id FROM api_keys WHERE created_at >= ?", created_at)
+        return [row[0] for row in rows]
 
     async def list_keys(self) -> list[ApiKey]:
         rows = await self._run(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")

@@ -121,8 +121,8 @@ class Metrics:
         )
         self.key_lookups = Counter(
             "tandem_key_store_lookups",
-            "API key lookups that reached the store (the key cache's misses), by result",
-            ["result"],  # found | unknown | failed
+            "API key queries that reached the store (the key cache's misses), by result",
+            ["result"],  # found | unknown | failed, or ids: a read of the key ids created lately
             registry=registry,
         )
         self.usage_pending = Gauge(
