@@ -253,7 +253,14 @@ async def test_while_the_store_is_down_a_new_id_is_unavailable_and_a_cached_key_
         for key_id in (new.id, "0123456789ab"):  # the stale set cannot tell: 503, not 401
             with pytest.raises(UnavailableError):
                 await cache.lookup(key_id)
+        asked = counting.lookups + counting.reads
+        for _ in range(100):  # within a TTL of the failure the store is not asked again
+            assert await cache.lookup(cached.id) == cached
+            with pytest.raises(UnavailableError):
+                await cache.lookup(new.id)
+        assert counting.lookups + counting.reads == asked
         counting.down = False
+        clock.advance(1.0)  # asked again a TTL after it failed
         assert await cache.lookup(new.id) == new
         assert await cache.lookup("0123456789ab") is None
     finally:

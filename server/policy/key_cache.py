@@ -4,8 +4,9 @@ Validation does not hit the database on every request: each key id is
 fetched at most once per TTL, however many requests ask for it at once (they
 share the one lookup in flight). A key revoked anywhere is refused everywhere
 within the TTL. While the store is down, a cached key is checked from the
-cache, however old; a key with no entry cannot be checked at all:
-`UnavailableError` (503).
+cache, however old (and not asked again for a TTL); a key with no entry cannot
+be checked at all: `UnavailableError` (503), the store asked again at most once
+per TTL. One warning says when the store stops answering, one when it is back.
 
 Made-up ids (`tdm_<12 hex>_x` needs no credential) never reach the store one by
 one: the cache holds the set of ids the store has (ids only, never secrets),
@@ -73,6 +74,7 @@ class KeyCache:
         self._ids_read_at = -math.inf  # (clock) when the last read of ids was asked
         self._ids_since = -math.inf  # (the epoch's s) the next read asks from this created_at
         self._reading: asyncio.Task[None] | None = None
+        self._down_at: float | None = None  # (clock) when the store last failed to answer
 
     def remembered(self) -> tuple[int, int, int | None]:
         """(real keys, unknown ids, the store's ids or None past max_ids) held now."""
@@ -108,6 +110,7 @@ class KeyCache:
             return True
         if now - self._ids_read_at < self._ttl_s:
             return False
+        self._refuse_while_down(now)
         await self._read_ids(now)
         return self._ids is None or key_id in self._ids
 
@@ -125,13 +128,9 @@ class KeyCache:
         try:
             new_ids = await self._store.key_ids_since(self._ids_since)
         except Exception as exc:
-            self._on_lookup("failed")
-            logger.warning(
-                "key store unreachable; new keys cannot be checked (%s)", type(exc).__name__
-            )
-            raise UnavailableError(
-                "the key store is unavailable; retry shortly", code="key_store_unavailable"
-            ) from None
+            self._store_failed(asked, exc)
+            raise _unavailable() from None
+        self._store_answered()
         self._on_lookup("ids")
         ids = self._ids
         if ids is None:
@@ -149,25 +148,44 @@ class KeyCache:
 
     async def _fetch(self, key_id: str, asked: float) -> ApiKey | None:
         """The store's answer, remembered as of when it was asked (never fresher)."""
+        entry = self._keys.get(key_id)
+        known = entry is not None or key_id in self._unknown
+        if not known:
+            self._refuse_while_down(asked)
         try:
             record = await self._store.find_key(key_id)
         except Exception as exc:
-            self._on_lookup("failed")
-            entry = self._keys.get(key_id)
-            if entry is None and key_id not in self._unknown:
-                logger.warning(
-                    "key store unreachable; key %s cannot be checked (%s)",
-                    key_id,
-                    type(exc).__name__,
-                )
-                raise UnavailableError(
-                    "the key store is unavailable; retry shortly", code="key_store_unavailable"
-                ) from None
-            logger.warning("key store unreachable; key %s checked from the cache", key_id)
-            return None if entry is None else entry[1]  # what we knew beats refusing all
+            self._store_failed(asked, exc)
+            if not known:
+                raise _unavailable() from None
+            # what we knew beats refusing all; asked again in a TTL, not on every request
+            record = None if entry is None else entry[1]
+            self._remember(key_id, record, asked)
+            return record
+        self._store_answered()
         self._on_lookup("unknown" if record is None else "found")
         self._remember(key_id, record, asked)
         return record
+
+    def _refuse_while_down(self, now: float) -> None:
+        """Within a TTL of the store failing, what only it can answer is a 503 at once."""
+        if self._down_at is not None and now - self._down_at < self._ttl_s:
+            raise _unavailable()
+
+    def _store_failed(self, now: float, exc: Exception) -> None:
+        self._on_lookup("failed")
+        if self._down_at is None:
+            logger.warning(
+                "key store unreachable (%s): cached keys are checked from the cache, "
+                "others refused with 503, until it answers",
+                type(exc).__name__,
+            )
+        self._down_at = now
+
+    def _store_answered(self) -> None:
+        if self._down_at is not None:
+            self._down_at = None
+            logger.warning("key store answers again")
 
     def _remember(self, key_id: str, record: ApiKey | None, now: float) -> None:
         keys, unknown = self._keys, self._unknown
@@ -191,3 +209,9 @@ class KeyCache:
         del self._fetching[key_id]
         if not task.cancelled():
             task.exception()  # retrieved here: every caller may have gone
+
+
+def _unavailable() -> UnavailableError:
+    return UnavailableError(
+        "the key store is unavailable; retry shortly", code="key_store_unavailable"
+    )
