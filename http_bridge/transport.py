@@ -27,6 +27,10 @@ header, or hold it open with one header line a second. The `server.*` keys:
   `connection: close`) on its first request, under the same bounds, and
   closed.
 
+At shutdown, `cut_by_drain` aborts a connection whose answer outlived the
+grace: its request is reported as 503, and its handler sees the client
+gone, so no task is cancelled under uvicorn (which would log a traceback).
+
 The hot path pays a counter add and compare per read while a head is
 incomplete, and two clock reads per request: one lazily re-armed timer per
 connection stands for the deadlines, not a timer per request. The answers the
@@ -199,6 +203,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._header_bytes = 0
         self._deadline = 0.0
+
+    def cut_by_drain(self) -> None:
+        """The shutdown grace is over: abort the connection; an answer still going
+        is reported as 503 (the handler sees its client gone)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.scope.setdefault("state", {})["transport_status"] = 503
+        self.transport.abort()
 
     def _arm(self, at: float) -> None:
         """One timer for the connection: it fires at `at` and looks at the deadline then."""
