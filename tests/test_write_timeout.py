@@ -179,8 +179,8 @@ def test_stuck_streams_hold_little_memory(
 ) -> None:
     """20 stuck streams of 16 MiB each (320 MiB in all): the producer stops pulling from
     the upstream while the transport is paused, so each holds about one upstream read
-    past the write buffer's high-water mark, not its answer (measured: ~70 MiB for the
-    20, the same with 64 MiB answers)."""
+    in its several forms, not its answer (measured: ~40 MiB for the 20, the same with
+    64 MiB answers)."""
     server = tandem(CONFIG % {"write_timeout_s": 600, "url": fake.base_url})
     fake.reset("flood:1")  # warm: the first stream's one-off allocations
     with _connect(server) as sock:
