@@ -22,14 +22,29 @@ header, or hold it open with one header line a second. The `server.*` keys:
   connection closes.
 - `keep_alive_timeout_s`, an idle connection: before its first byte (uvicorn
   leaves a fresh connection unbounded) and between requests (uvicorn's own).
-- `max_connections`, per worker process: a connection over it is answered
-  503 (`unavailable_error`, code `too_many_connections`, `retry-after: 1`,
-  `connection: close`) on its first request, under the same bounds, and
-  closed.
+- `write_timeout_s`, an answer the client does not read: once bytes wait
+  to be written (the transport paused the writer, or an answer ended with
+  bytes unsent), the connection is watched; if nothing of what waits, in
+  our buffer or the kernel's, leaves for that long, the connection is
+  aborted. A stream's handler then sees the client gone (its upstream call
+  is cancelled and charged as `cancelled`). Progress, not the total time,
+  is measured: a client that reads slowly but steadily is never cut. (A
+  stream never runs ahead of its reader: uvicorn's `send` waits while the
+  transport is paused, so the producer stops pulling from the upstream.)
+- `max_connections`, per worker process: a connection over it is served
+  `/healthz` and `/readyz` (so a full worker is not restarted by its own
+  probes) and answered 503 (`unavailable_error`, code
+  `too_many_connections`, `retry-after: 1`) on any other path; either way
+  under the same bounds, with `connection: close`, and closed.
+
+At shutdown, `cut_by_drain` aborts a connection whose answer outlived the
+grace: its request is reported as 503, and its handler sees the client
+gone, so no task is cancelled under uvicorn (which would log a traceback).
 
 The hot path pays a counter add and compare per read while a head is
-incomplete, and two clock reads per request: one lazily re-armed timer per
-connection stands for the deadlines, not a timer per request. The answers the
+incomplete, two clock reads and a write-buffer size per request: one lazily
+re-armed timer per connection stands for the deadlines, not a timer per
+request; the write watch costs nothing until a writer is paused. The answers the
 transport writes itself (431, 408, 503) reach the metrics and the access log
 like any other: an operator sees a client sending 40 KB of cookies, or a
 worker out of connections.
@@ -38,12 +53,17 @@ worker out of connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import math
+import socket
+import struct
+import termios
 import time
 from typing import Any, ClassVar
 
 import orjson
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -56,6 +76,8 @@ from server.errors import GatewayError, InvalidRequestError, UnavailableError
 from server.telemetry import Telemetry
 
 __all__ = ["GuardedHttpToolsProtocol", "guarded_protocol"]
+
+WRITE_CHECKS = 4  # looks per `write_timeout_s` at bytes waiting: a stall is cut within 1.5x it
 
 
 def _error_body(error: GatewayError) -> bytes:
@@ -78,6 +100,52 @@ def _closing_answer(
         body,
     ]
     return b"".join(parts)
+
+
+_PROBES = frozenset(("/healthz", "/readyz"))
+
+
+def _unsent_in_kernel(transport: asyncio.Transport) -> int:
+    """Bytes the kernel holds for this socket that the client has not acknowledged
+    (Linux's SIOCOUTQ); 0 where that cannot be asked."""
+    sock = transport.get_extra_info("socket")
+    try:
+        buffer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (AttributeError, OSError):
+        return 0
+    return int.from_bytes(buffer, "little", signed=True)
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close now, dropping what waits: `close()` would wait for a reader that does not
+    read, and a plain close leaves the kernel holding (and resending) its buffer."""
+    sock = transport.get_extra_info("socket")
+    with contextlib.suppress(AttributeError, OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class _ProbesOnly:
+    """What a connection over `max_connections` is served: the probes, then closed
+    (the path is read under the header bounds), and 503 for anything else."""
+
+    __slots__ = ("app", "refuse")
+
+    def __init__(self, app: ASGIApp, refuse: ASGIApp) -> None:
+        self.app = app
+        self.refuse = refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("path") not in _PROBES:
+            await self.refuse(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
 
 
 def _over_capacity_app(max_connections: int, telemetry: Telemetry | None) -> CallScopeMiddleware:
@@ -116,6 +184,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         "_max_header_bytes",
         "_timer",
         "_timer_at",
+        "_unsent",
+        "_unsent_moved_at",
+        "_write_timer",
     )
 
     limits: ClassVar[ServerConfig]
@@ -142,11 +213,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline = 0.0  # of the head or the body being read; 0: none
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # when the timer fires; inf: no timer
+        self._write_timer: asyncio.TimerHandle | None = None  # armed while bytes wait
+        self._unsent: float = math.inf  # bytes waiting at the last look; inf: they moved since
+        self._unsent_moved_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            self.app = self.over_capacity
+            self.app = _ProbesOnly(self.app, self.over_capacity)
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
@@ -156,6 +230,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
     # The hot path: direct base-class calls (no super()) and one compare for the timer.
     def data_received(self, data: bytes) -> None:
@@ -199,6 +276,54 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._header_bytes = 0
         self._deadline = 0.0
+
+    def on_response_complete(self) -> None:
+        HttpToolsProtocol.on_response_complete(self)
+        if self.transport.get_write_buffer_size():  # an answer's end waits to be written
+            self._watch_writes()
+
+    def pause_writing(self) -> None:
+        HttpToolsProtocol.pause_writing(self)
+        self._watch_writes()
+
+    def resume_writing(self) -> None:
+        HttpToolsProtocol.resume_writing(self)
+        self._unsent = math.inf  # bytes left: progress, whatever waits at the next look
+
+    def _watch_writes(self) -> None:
+        if self._write_timer is None:
+            self._unsent = math.inf
+            self._write_timer = self.loop.call_later(
+                self.limits.write_timeout_s / WRITE_CHECKS, self._check_writes
+            )
+
+    def _check_writes(self) -> None:
+        """Every quarter of `write_timeout_s` while bytes wait: abort the connection
+        once none of them has left for `write_timeout_s`."""
+        self._write_timer = None
+        transport = self.transport
+        waiting = transport.get_write_buffer_size()
+        if not waiting and not self.flow.write_paused:
+            return  # all handed to the kernel: the reader kept up
+        waiting += _unsent_in_kernel(transport)
+        now = self.loop.time()
+        if waiting < self._unsent:
+            self._unsent = waiting
+            self._unsent_moved_at = now
+        elif now - self._unsent_moved_at >= self.limits.write_timeout_s:
+            _reset(transport)
+            return
+        self._write_timer = self.loop.call_later(
+            self.limits.write_timeout_s / WRITE_CHECKS, self._check_writes
+        )
+
+    def cut_by_drain(self) -> None:
+        """The shutdown grace is over: abort the connection; an answer still going
+        is reported as 503 (the handler sees its client gone)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.scope.setdefault("state", {})["transport_status"] = 503
+        self.transport.abort()
 
     def _arm(self, at: float) -> None:
         """One timer for the connection: it fires at `at` and looks at the deadline then."""

@@ -101,6 +101,7 @@ class ServerConfig(_Strict):
     body_timeout_s: PositiveFloat = 30.0  # the end of the headers to the last body byte
     keep_alive_timeout_s: PositiveFloat = 75.0  # an idle connection, before and between requests
     max_connections: PositiveInt = 4096  # open HTTP connections per worker process
+    write_timeout_s: PositiveFloat = 30.0  # an answer whose bytes stop leaving: the connection goes
     # browser origins allowed to call the gateway, "*" all: http_bridge/cors.py
     cors_origins: tuple[Annotated[str, AfterValidator(_origin)], ...] = ()
 

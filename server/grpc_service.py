@@ -31,6 +31,7 @@ from tandem.v1 import (
 from server.chunks import Batch, Chunk, stamped
 from server.context import CallContext, request_id_from
 from server.core.dataplane import DataPlane
+from server.drain import DrainClock
 from server.errors import GatewayError, InternalError, InvalidRequestError
 from server.grpc_decode import UndecodableRequest, add_service
 from server.grpc_errors import to_grpc_status
@@ -60,10 +61,13 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class _Door:
     """What every servicer shares: the data plane, the policy, and call set-up."""
 
-    def __init__(self, plane: DataPlane, policy: Policy, telemetry: Telemetry) -> None:
+    def __init__(
+        self, plane: DataPlane, policy: Policy, telemetry: Telemetry, drain: DrainClock
+    ) -> None:
         self.plane = plane
         self.policy = policy
         self.telemetry = telemetry
+        self.drain = drain
 
 
 class _Call:
@@ -182,7 +186,7 @@ def unary_rpc(
             await _abort(self, context, exc, call)
             raise AssertionError("abort returned") from exc
         except BaseException:
-            call.status = _gone(context)
+            call.status = _gone(self, context)
             raise
         finally:
             call.finish(self, name)
@@ -190,8 +194,11 @@ def unary_rpc(
     return method
 
 
-def _gone(context: Context) -> grpc.StatusCode:
-    """Why grpc cancelled a handler: its deadline passed, or the caller went away."""
+def _gone(door: _Door, context: Context) -> grpc.StatusCode:
+    """Why grpc cancelled a handler: the drain's grace ended, its deadline passed,
+    or the caller went away."""
+    if door.drain.over:
+        return grpc.StatusCode.UNAVAILABLE
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
         return grpc.StatusCode.DEADLINE_EXCEEDED
@@ -225,7 +232,7 @@ def stream_rpc(
         except Exception as exc:
             await _abort(self, context, exc, call)
         except BaseException:
-            call.status = _gone(context)
+            call.status = _gone(self, context)
             raise
         finally:
             if stream is not None:
@@ -303,11 +310,14 @@ def build_grpc_server(
     max_message_bytes: int,
     max_concurrent_rpcs: int,
     reuse_port: bool = False,
+    drain: DrainClock | None = None,
 ) -> grpc.aio.Server:
     """A grpc.aio server with every service, health and reflection; not yet bound.
 
     `max_message_bytes` bounds the messages that come in; answers are not capped.
+    A call cancelled once `drain` is over is reported UNAVAILABLE.
     """
+    drain = drain or DrainClock()
     options: Sequence[tuple[str, Any]] = (
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", -1),  # the limit is for what comes in
@@ -315,7 +325,9 @@ def build_grpc_server(
     )
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     for servicer in (ChatService, ModelService, EmbeddingService, UsageService):
-        add_service(server, _DESCRIPTORS[servicer.__name__], servicer(plane, policy, telemetry))
+        add_service(
+            server, _DESCRIPTORS[servicer.__name__], servicer(plane, policy, telemetry, drain)
+        )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (

@@ -6,7 +6,8 @@ of the shared dependencies.
 Stop (SIGTERM or SIGINT, owned here, not by uvicorn):
 1. not ready: `/readyz` 503 and gRPC health NOT_SERVING, still serving for
    `server.shutdown_delay_s` (answers carry `connection: close`);
-2. stop accepting and drain both servers under one `server.shutdown_grace_s`;
+2. stop accepting and drain both servers under one `server.shutdown_grace_s`
+   (a call still running when it ends is cut, and reported 503 / UNAVAILABLE);
 3. flush usage;
 4. close the limiter, the store and the providers; flush the spans.
 """
@@ -29,10 +30,11 @@ from grpc_health.v1 import health, health_pb2
 from starlette.types import ASGIApp
 
 from http_bridge.app import create_app
-from http_bridge.transport import guarded_protocol
+from http_bridge.transport import GuardedHttpToolsProtocol, guarded_protocol
 from server.config import Config, ServerConfig, parse_host_port
 from server.core.dataplane import DataPlane
 from server.core.routing import Router
+from server.drain import DrainClock
 from server.grpc_service import SERVICE_NAMES, build_grpc_server
 from server.policy import Policy, build_limiter
 from server.policy.key_cache import KeyCache
@@ -51,16 +53,44 @@ logger = logging.getLogger("tandem")
 MAX_CONCURRENT_RPCS = 4096
 
 
+DRAIN_BACKSTOP_S = 5.0  # past the grace, uvicorn cancels what ignored the cut
+
+
 class HttpServer(uvicorn.Server):
     """uvicorn without its own signal handlers: the lifecycle owns the signals.
 
     uvicorn 0.54's `serve()` wraps itself in `capture_signals()`, which would
     replace our handlers and re-raise the signal after its own shutdown.
+
+    Its shutdown cancels the tasks still running when the grace ends, each
+    logged with a traceback and reported with the status its head had (200
+    for a stream). Here the connections are cut at the end of the grace
+    instead (`cut_by_drain`): a handler sees its client gone and ends, its
+    request reported 503; uvicorn's cancel stays as a backstop.
     """
+
+    def __init__(self, config: uvicorn.Config, grace_s: float, drain: DrainClock) -> None:
+        super().__init__(config)
+        self._grace_s = grace_s
+        self._drain = drain
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._drain.start(self._grace_s)
+        loop = asyncio.get_running_loop()
+        cut = loop.call_later(self._drain.remaining_s(), self._cut_connections)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            cut.cancel()
+
+    def _cut_connections(self) -> None:
+        for connection in list(self.server_state.connections):
+            if isinstance(connection, GuardedHttpToolsProtocol):
+                connection.cut_by_drain()
 
 
 def _format_address(host: str, port: int) -> str:
@@ -83,13 +113,17 @@ def bind_socket(address: str, *, reuse_port: bool = False) -> socket.socket:
 
 
 async def start_http_server(
-    app: ASGIApp, sock: socket.socket, limits: ServerConfig, telemetry: Telemetry | None = None
+    app: ASGIApp,
+    sock: socket.socket,
+    limits: ServerConfig,
+    telemetry: Telemetry | None = None,
+    drain: DrainClock | None = None,
 ) -> tuple[HttpServer, asyncio.Task[None]]:
     """uvicorn serving `app` on a bound socket, in this loop; returns once it accepts.
 
     The protocol is httptools with the transport bounds of `limits` (header
     size and time, body time, keep-alive, connections): see
-    `http_bridge/transport.py`.
+    `http_bridge/transport.py`. `drain` says when the shutdown grace ends.
     """
     config = uvicorn.Config(
         app,
@@ -99,9 +133,9 @@ async def start_http_server(
         http=guarded_protocol(limits, telemetry),
         server_header=False,
         proxy_headers=False,
-        timeout_graceful_shutdown=math.ceil(limits.shutdown_grace_s),
+        timeout_graceful_shutdown=math.ceil(limits.shutdown_grace_s + DRAIN_BACKSTOP_S),
     )
-    server = HttpServer(config)
+    server = HttpServer(config, limits.shutdown_grace_s, drain or DrainClock())
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
@@ -153,6 +187,7 @@ class Gateway:
         self._grpc_server: grpc_aio.Server | None = None
         self._http_server: HttpServer | None = None
         self._http_task: asyncio.Task[None] | None = None
+        self._drain = DrainClock()
 
     async def start(self) -> tuple[str, str]:
         """Start serving; return the bound HTTP and gRPC addresses."""
@@ -194,6 +229,7 @@ class Gateway:
             max_message_bytes=config.server.max_body_bytes,
             max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
             reuse_port=self._reuse_port,
+            drain=self._drain,
         )
         grpc_host, grpc_port = parse_host_port(self._grpc_address)
         try:
@@ -213,7 +249,7 @@ class Gateway:
             cors_origins=config.server.cors_origins,
         )
         self._http_server, self._http_task = await start_http_server(
-            app, sock, config.server, telemetry
+            app, sock, config.server, telemetry, self._drain
         )
 
         for service in ("", *SERVICE_NAMES):  # ready only once both doors accept
@@ -247,6 +283,7 @@ class Gateway:
             await asyncio.sleep(server_config.shutdown_delay_s)
 
         logger.info("draining (grace %ss)", server_config.shutdown_grace_s)
+        self._drain.start(server_config.shutdown_grace_s)
         drains: list[Awaitable[None]] = []
         if self._grpc_server is not None:
             drains.append(self._grpc_server.stop(server_config.shutdown_grace_s))

@@ -10,6 +10,7 @@ behaviours for the next requests (`ok` once the script is empty):
 - `slow:S`: wait S seconds before answering
 - `drop`: stream two events, then drop the connection
 - `drip`: stream a word every 100 ms for 10 s
+- `flood:M`: answer M MiB, in 8 KiB words, as fast as the reader takes them
 - `badjson`: 200 with a body that is not JSON
 - `tools`: answer with two tool calls (streamed in pieces when streaming)
 - `errorevent`, `errormid`: a `{"error": ...}` event first, or after two words
@@ -149,6 +150,8 @@ class FakeUpstream:
         words = [w + " " for w in text.split()]
         if words:
             words[-1] = words[-1][:-1]
+        if kind == "flood":
+            words = ["x" * 8191 + " "] * int(float(arg) * 128)
         usage: dict[str, Any] | None = {
             "prompt_tokens": 7,
             "completion_tokens": len(words),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import httpx
+import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tandem.v1 import chat_pb2, chat_pb2_grpc
@@ -106,6 +108,49 @@ async def test_streams_beyond_the_grace_are_cut_and_the_process_still_exits_zero
         assert received < 50
         assert time.monotonic() - started < 5
     assert await asyncio.to_thread(server.proc.wait, 30) == 0
+
+
+async def test_streams_cut_by_the_drain_are_logged_503_and_unavailable_without_tracebacks(
+    tandem: Callable[..., TandemProcess],
+) -> None:
+    config = SLOW.replace("shutdown_grace_s: 20", "shutdown_grace_s: 0.5") + (
+        'usage: {store: "sqlite:///usage.db", flush_interval_ms: 20}\n'
+    )
+    server = tandem(config % {"delay": 0, "chunk_delay": 200})
+    body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "w " * 50}]}
+    metadata = (("x-request-id", "drained-grpc"),)
+    async with (
+        httpx.AsyncClient(base_url=server.base_url, timeout=30) as client,
+        grpc.aio.insecure_channel(server.grpc) as channel,
+    ):
+        headers = {"x-request-id": "drained-http"}
+        async with client.stream(
+            "POST", "/v1/chat/completions", json=body, headers=headers
+        ) as http:
+            lines = http.aiter_lines()
+            assert (await anext(lines)).startswith("data: ")  # under way
+            call = chat_pb2_grpc.ChatServiceStub(channel).StreamChatCompletion(
+                request(50), metadata=metadata
+            )
+            await call.read()  # under way
+            server.proc.send_signal(15)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                while await call.read() != grpc.aio.EOF:
+                    pass
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(httpx.RemoteProtocolError):  # cut, never ended
+                async for _ in lines:
+                    pass
+    assert await asyncio.to_thread(server.proc.wait, 30) == 0
+    stderr = server.stderr()
+    assert "Traceback" not in stderr
+    entries = [orjson.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    statuses = {e["request_id"]: e["status"] for e in entries if e.get("event") == "request"}
+    assert statuses["drained-http"] == 503
+    assert statuses["drained-grpc"] == "UNAVAILABLE"
+    with sqlite3.connect(server.stderr_path.parent / "usage.db") as db:  # flushed at exit
+        rows = db.execute("SELECT request_id, status FROM usage_records").fetchall()
+    assert {request_id for request_id, _ in rows} >= {"drained-http", "drained-grpc"}
 
 
 def test_a_taken_port_fails_the_start_with_one_line(

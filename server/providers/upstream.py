@@ -49,6 +49,7 @@ T = TypeVar("T")
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_LINE_BYTES = 8 * 1024 * 1024  # one event or NDJSON line of a stream
+MAX_READ_BYTES = 64 * 1024  # what one batch of a stream is made from, at most
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -179,12 +180,15 @@ class UpstreamClient:
 
 async def line_batches(response: aiohttp.ClientResponse) -> AsyncGenerator[list[bytes], None]:
     """The body's lines, one list for what each read brought, so that the events of
-    one read leave the gateway in one write. A last line without a newline counts;
-    a line longer than `MAX_LINE_BYTES` is an upstream error."""
+    one read leave the gateway in one write. A read takes at most `MAX_READ_BYTES`
+    (aiohttp's `readany` hands over all it buffered, ~500 KB seen), so a stream
+    stuck on a reader that does not read holds a bounded batch in each of its
+    forms. A last line without a newline counts; a line longer than
+    `MAX_LINE_BYTES` is an upstream error."""
     content = response.content
     pending: list[bytes] = []  # the start of a line not yet ended
     pending_bytes = 0
-    while data := await content.readany():
+    while data := await content.read(MAX_READ_BYTES):
         if b"\n" not in data:
             pending.append(data)
             pending_bytes += len(data)
