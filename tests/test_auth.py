@@ -7,7 +7,7 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,21 +68,23 @@ def none_alg_token() -> str:
     return (header + b"." + claims + b".").decode()
 
 
-BAD = {
-    "missing": None,
-    "not bearer": f"Basic {token()}",
-    "malformed": "Bearer not.a.jwt",
-    "bad signature": f"Bearer {token(_key='x' * 40)}",
-    "alg none": f"Bearer {none_alg_token()}",
-    "expired": f"Bearer {token(exp=int(time.time()) - 120)}",
-    "not yet valid": f"Bearer {token(nbf=int(time.time()) + 120)}",
-    "wrong audience": f"Bearer {token(aud='someone-else')}",
-    "wrong issuer": f"Bearer {token(iss='elsewhere')}",
-    "no subject": f"Bearer {token(sub=None)}",
-    "no expiry": f"Bearer {token(exp=None)}",
+# made when each case runs: a time-bound token made at import would be valid by the time a
+# long suite reaches its case
+BAD: dict[str, Callable[[], str | None]] = {
+    "missing": lambda: None,
+    "not bearer": lambda: f"Basic {token()}",
+    "malformed": lambda: "Bearer not.a.jwt",
+    "bad signature": lambda: f"Bearer {token(_key='x' * 40)}",
+    "alg none": lambda: f"Bearer {none_alg_token()}",
+    "expired": lambda: f"Bearer {token(exp=int(time.time()) - 120)}",
+    "not yet valid": lambda: f"Bearer {token(nbf=int(time.time()) + 120)}",
+    "wrong audience": lambda: f"Bearer {token(aud='someone-else')}",
+    "wrong issuer": lambda: f"Bearer {token(iss='elsewhere')}",
+    "no subject": lambda: f"Bearer {token(sub=None)}",
+    "no expiry": lambda: f"Bearer {token(exp=None)}",
     # the ledger could not store these: a NUL, a lone surrogate
-    "control character in subject": "Bearer " + token(sub="a\x00b"),
-    "lone surrogate in subject": "Bearer " + token(sub="a\ud800b"),
+    "control character in subject": lambda: "Bearer " + token(sub="a\x00b"),
+    "lone surrogate in subject": lambda: "Bearer " + token(sub="a\ud800b"),
 }
 
 
@@ -90,7 +92,7 @@ BAD = {
 def test_every_bad_credential_is_401_on_http_and_unauthenticated_on_grpc(
     secured: TandemProcess, case: str
 ) -> None:
-    authorization = BAD[case]
+    authorization = BAD[case]()
     headers = {"authorization": authorization} if authorization else {}
     response = httpx.post(
         f"{secured.base_url}/v1/chat/completions",
