@@ -8,7 +8,8 @@ Stop (SIGTERM or SIGINT, owned here, not by uvicorn):
    `server.shutdown_delay_s` (answers carry `connection: close`);
 2. stop accepting and drain both servers under one `server.shutdown_grace_s`;
 3. flush usage;
-4. close the limiter, the store and the providers; flush the spans.
+4. close the limiter (its pending settlements are applied if Redis answers
+   within what is left of the grace), the store and the providers; flush the spans.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import math
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Iterator
 
 import uvicorn
@@ -36,7 +38,7 @@ from server.core.routing import Router
 from server.grpc_service import SERVICE_NAMES, build_grpc_server
 from server.policy import Policy, build_limiter
 from server.policy.key_cache import KeyCache
-from server.policy.limiter import Limiter
+from server.policy.limiter import Limiter, LimiterEvents
 from server.providers import Provider, build_providers
 from server.store import Store, open_store
 from server.telemetry import Telemetry
@@ -160,7 +162,15 @@ class Gateway:
         telemetry = self.telemetry
         metrics = telemetry.metrics
         self._providers = build_providers(config)
-        self._limiter = build_limiter(config, metrics.limiter_errors.inc)
+        self._limiter = build_limiter(
+            config,
+            LimiterEvents(
+                backend_error=metrics.limiter_errors.inc,
+                settlement_deferred=metrics.settlements_deferred.inc,
+                settlement_applied_late=metrics.settlements_applied_late.inc,
+                settlement_dropped=metrics.settlements_dropped.inc,
+            ),
+        )
         self._store = open_store(config.usage.store)
         keys = None
         if self._store is not None:
@@ -241,6 +251,7 @@ class Gateway:
             await asyncio.sleep(server_config.shutdown_delay_s)
 
         logger.info("draining (grace %ss)", server_config.shutdown_grace_s)
+        drain_ends = time.monotonic() + server_config.shutdown_grace_s
         drains: list[Awaitable[None]] = []
         if self._grpc_server is not None:
             drains.append(self._grpc_server.stop(server_config.shutdown_grace_s))
@@ -253,7 +264,8 @@ class Gateway:
             await self._monitor.stop()
         await self._usage.drain()
         if self._limiter is not None:
-            await self._limiter.aclose()
+            # pending settlements get what is left of the grace (a second at least)
+            await self._limiter.aclose(max(drain_ends - time.monotonic(), 1.0))
         if self._store is not None:
             await self._store.aclose()
         for provider in self._providers.values():
