@@ -128,6 +128,40 @@ async def test_limit_admits_exactly_n_streams_and_frees_slots_as_they_end(
         assert server.terminate() == 0, server.stderr()
 
 
+async def _grpc_streams_admitted(stub: chat_pb2_grpc.ChatServiceAsyncStub, count: int) -> bool:
+    """Whether `count` streams are admitted at once now; each is cancelled after its
+    first chunk (the client goes away mid-stream)."""
+    request = chat_pb2.ChatCompletionRequest(
+        model="echo", messages=[chat_pb2.ChatMessage(role="user", content="w " * WORDS)]
+    )
+    calls = [stub.StreamChatCompletion(request) for _ in range(count)]
+    try:
+        for call in calls:
+            await call.read()
+        return True
+    except grpc.aio.AioRpcError as error:
+        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise
+        return False
+    finally:
+        for call in calls:
+            call.cancel()
+
+
+async def test_slot_is_given_back_when_a_grpc_stream_is_cancelled(tmp_path: Path) -> None:
+    server = start_tandem(tmp_path, _config())
+    try:
+        async with grpc.aio.insecure_channel(server.grpc) as channel:
+            stub = chat_pb2_grpc.ChatServiceStub(channel)
+            for _ in range(3):  # each round's cancels give the slots back for the next
+                deadline = time.monotonic() + 20
+                while not await _grpc_streams_admitted(stub, LIMIT):
+                    assert time.monotonic() < deadline, "slots not given back in time"
+                    await asyncio.sleep(0.1)
+    finally:
+        assert server.terminate() == 0, server.stderr()
+
+
 async def test_slot_is_given_back_when_the_call_fails(tmp_path: Path) -> None:
     config = """
 providers: [{name: down, kind: openai, base_url: "http://127.0.0.1:1/v1", max_retries: 0}]
