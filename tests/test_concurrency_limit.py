@@ -194,8 +194,12 @@ async def test_memory_backend_with_workers_gives_each_its_share_and_says_so(
         tmp_path, _config(), args=["--workers", "2", "--http", http, "--grpc", grpc]
     )
     try:
-        assert "tiers.free.max_concurrent_requests" in server.stderr()
-        assert "each of the 2 workers allows 2 (ceil(3 / 2))" in server.stderr()
+        warning = "tiers.free.max_concurrent_requests: with the memory backend each of the 2 "
+        deadline = time.monotonic() + 20  # log lines leave from a thread
+        while warning not in server.stderr():
+            assert time.monotonic() < deadline, server.stderr()
+            await asyncio.sleep(0.05)
+        assert "allows 2 (ceil(3 / 2))" in server.stderr()
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http_client:
             responses = await _open(http_client, 12)  # over both workers: 2 each at most
             admitted = sum(r.status_code == 200 for r in responses)
