@@ -88,8 +88,8 @@ return out
 # op, value, age (us), seq. Op "s" settles a bucket by value us (negative gives back) as of
 # age us ago: a charge kept through an outage lands where it would have; "r" releases
 # slot `value`. A write at or below the mark was applied already: a call that timed out
-# may still run once Redis answers again (a paused Redis runs what it had queued), and
-# its writes are then sent again; the mark makes that once.
+# may have run all the same (its reply was late or lost), and its writes are then sent
+# again; the mark (writes go in order, one batch at a time) makes that once.
 _APPLY = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
