@@ -106,6 +106,18 @@ def _serve_with(args: argparse.Namespace, config: Config, workers: int, logs: Lo
                 workers,
                 workers,
             )
+            for name, tier in config.tiers.items():
+                if tier.max_concurrent_requests is not None:
+                    logger.warning(
+                        "tiers.%s.max_concurrent_requests: with the memory backend each of "
+                        "the %d workers allows %d (ceil(%d / %d)); use the redis backend for "
+                        "one limit across workers",
+                        name,
+                        workers,
+                        -(-tier.max_concurrent_requests // workers),
+                        tier.max_concurrent_requests,
+                        workers,
+                    )
         from server.workers import run_workers
 
         return run_workers(args.config, http, grpc, workers, log_format=logs.format)

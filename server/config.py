@@ -160,6 +160,7 @@ class TierConfig(_Strict):
     models: tuple[str, ...] | None = None
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
+    max_concurrent_requests: PositiveInt | None = None  # a caller's calls in flight at once
 
 
 _HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})

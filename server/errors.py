@@ -81,8 +81,15 @@ class NotFoundError(GatewayError):
 class RateLimitError(GatewayError):
     type = "rate_limit_error"
 
-    def __init__(self, message: str, *, retry_after_s: float, should_retry: bool = True):
-        super().__init__(message, code="rate_limit_exceeded")
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float,
+        should_retry: bool = True,
+        code: str = "rate_limit_exceeded",
+    ):
+        super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
         self.should_retry = should_retry
 

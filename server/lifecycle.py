@@ -9,7 +9,8 @@ Stop (SIGTERM or SIGINT, owned here, not by uvicorn):
 2. stop accepting and drain both servers under one `server.shutdown_grace_s`
    (a call still running when it ends is cut, and reported 503 / UNAVAILABLE);
 3. flush usage;
-4. close the limiter, the store and the providers; flush the spans.
+4. close the limiter (its pending settlements are applied if Redis answers
+   within what is left of the grace), the store and the providers; flush the spans.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from server.drain import DrainClock
 from server.grpc_service import SERVICE_NAMES, build_grpc_server
 from server.policy import Policy, build_limiter
 from server.policy.key_cache import KeyCache
-from server.policy.limiter import Limiter
+from server.policy.limiter import Limiter, LimiterEvents
 from server.providers import Provider, build_providers
 from server.store import Store, open_store
 from server.telemetry import Telemetry
@@ -195,7 +196,15 @@ class Gateway:
         telemetry = self.telemetry
         metrics = telemetry.metrics
         self._providers = build_providers(config)
-        self._limiter = build_limiter(config, metrics.limiter_errors.inc)
+        self._limiter = build_limiter(
+            config,
+            LimiterEvents(
+                backend_error=metrics.limiter_errors.inc,
+                settlement_deferred=metrics.settlements_deferred.inc,
+                settlement_applied_late=metrics.settlements_applied_late.inc,
+                settlement_dropped=metrics.settlements_dropped.inc,
+            ),
+        )
         self._store = open_store(config.usage.store)
         keys = None
         if self._store is not None:
@@ -296,7 +305,8 @@ class Gateway:
             await self._monitor.stop()
         await self._usage.drain()
         if self._limiter is not None:
-            await self._limiter.aclose()
+            # pending settlements get what is left of the grace (a second at least)
+            await self._limiter.aclose(max(self._drain.remaining_s(), 1.0))
         if self._store is not None:
             await self._store.aclose()
         for provider in self._providers.values():

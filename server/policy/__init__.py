@@ -30,7 +30,7 @@ from server.errors import (
 )
 from server.policy.headers import format_duration, rate_limit_headers
 from server.policy.key_cache import KeyCache
-from server.policy.limiter import Limiter, MemoryLimiter
+from server.policy.limiter import Limiter, LimiterEvents, MemoryLimiter, Slot
 from server.store.keys import key_id_of
 
 if TYPE_CHECKING:
@@ -40,9 +40,10 @@ __all__ = ["Admission", "Policy", "build_limiter"]
 
 
 class Admission:
-    """A granted call's token reservation, settled once to what it really used."""
+    """A granted call's token reservation and concurrency slot: settled once, however
+    the call ends, to the tokens it really used, the slot given back."""
 
-    __slots__ = ("_key", "_limiter", "_local", "_reserved", "_tokens_per_minute")
+    __slots__ = ("_key", "_limiter", "_local", "_reserved", "_slot", "_tokens_per_minute")
 
     def __init__(
         self,
@@ -51,19 +52,30 @@ class Admission:
         tokens_per_minute: int | None = None,
         reserved: int = 0,
         local: bool = False,
+        slot: Slot | None = None,
     ) -> None:
         self._limiter = limiter
         self._local = local
         self._key = key
         self._tokens_per_minute = tokens_per_minute
         self._reserved = reserved
+        self._slot = slot
 
     def settle(self, used_tokens: int) -> None:
         limiter, self._limiter = self._limiter, None  # once
-        if limiter is not None and self._tokens_per_minute is not None:
-            limiter.settle(
-                self._key, self._tokens_per_minute, used_tokens - self._reserved, local=self._local
-            )
+        if limiter is None:
+            return
+        try:
+            if self._tokens_per_minute is not None:
+                limiter.settle(
+                    self._key,
+                    self._tokens_per_minute,
+                    used_tokens - self._reserved,
+                    local=self._local,
+                )
+        finally:
+            if self._slot is not None:
+                limiter.release_slot(self._slot)
 
 
 _UNLIMITED = Admission()
@@ -133,14 +145,17 @@ class Policy:
         presented = token.encode()
         return any(hmac.compare_digest(presented, key) for key in self._admin_keys)
 
-    def _limits(self, caller: Caller) -> tuple[int | None, int | None] | None:
-        """(requests, tokens) per minute for the caller, or None when nothing limits it."""
+    def _limits(self, caller: Caller) -> tuple[int | None, int | None, int | None] | None:
+        """(requests and tokens per minute, requests in flight) for the caller, or None
+        when nothing limits it."""
         tier = self._tiers.get(caller.tier)
         if self._limiter is None or tier is None or caller.admin:
             return None
-        if tier.requests_per_minute is None and tier.tokens_per_minute is None:
+        rpm, tpm = tier.requests_per_minute, tier.tokens_per_minute
+        concurrent = tier.max_concurrent_requests
+        if rpm is None and tpm is None and concurrent is None:
             return None
-        return tier.requests_per_minute, tier.tokens_per_minute
+        return rpm, tpm, concurrent
 
     async def add_headers(self, ctx: CallContext) -> None:
         """Put the caller's x-ratelimit-* headers on `ctx` for an answer that was not
@@ -149,46 +164,74 @@ class Policy:
         limits = self._limits(ctx.caller)
         if limits is None or any(k.startswith("x-ratelimit-") for k, _ in ctx.response_headers):
             return
-        caller = ctx.caller
-        decision = await self._limiter.peek(_budget_key(caller), *limits)  # type: ignore[union-attr]
+        rpm, tpm, _ = limits
+        if rpm is None and tpm is None:
+            return
+        decision = await self._limiter.peek(_budget_key(ctx.caller), rpm, tpm)  # type: ignore[union-attr]
         ctx.response_headers.extend(rate_limit_headers(decision))
 
-    async def admit(self, ctx: CallContext, estimate_tokens: Callable[[], int]) -> Admission:
-        """Count the request and reserve its estimated tokens, or raise RateLimitError.
+    async def admit(
+        self, ctx: CallContext, estimate_tokens: Callable[[], int], *, hold_slot: bool = True
+    ) -> Admission:
+        """Take a slot, count the request and reserve its estimated tokens, or raise
+        RateLimitError.
 
         Leaves the x-ratelimit-* headers on `ctx` either way. `estimate_tokens`
         (the prompt's, plus n x max_tokens) is called only when a token budget
         applies; a request that could never fit is refused as not worth retrying.
+        The slot (with `max_concurrent_requests`, unless not `hold_slot`) is taken
+        first: a call refused for it takes nothing from the buckets.
         """
         caller = ctx.caller
         limits = self._limits(caller)
         if limits is None or self._limiter is None:
             return _UNLIMITED
-        rpm, tpm = limits
-        reserved = estimate_tokens() if tpm is not None else 0
+        rpm, tpm, concurrent = limits
         key = _budget_key(caller)
-        decision = await self._limiter.acquire(key, rpm, tpm, reserved)
+        limiter = self._limiter
+        slot = None
+        if concurrent is not None and hold_slot:
+            slot = await limiter.take_slot(key, concurrent)
+            if slot is None:
+                ctx.trace.rate_limited = True
+                raise RateLimitError(
+                    f"tier {caller.tier!r} allows {concurrent} requests in flight at once",
+                    retry_after_s=1.0,
+                    code="concurrency_limit_exceeded",
+                )
+            if rpm is None and tpm is None:
+                return Admission(limiter, key, slot=slot)
+        try:
+            reserved = estimate_tokens() if tpm is not None else 0
+            decision = await limiter.acquire(key, rpm, tpm, reserved)
+        except BaseException:
+            if slot is not None:
+                limiter.release_slot(slot)
+            raise
         ctx.response_headers.extend(rate_limit_headers(decision))
-        if not decision.allowed:
-            ctx.trace.rate_limited = True
+        if decision.allowed:
+            return Admission(limiter, key, tpm, reserved, decision.local, slot)
+        if slot is not None:
+            limiter.release_slot(slot)
+        ctx.trace.rate_limited = True
         if not decision.fits_ever:
             raise RateLimitError(
                 f"this request needs {reserved} tokens; tier {caller.tier!r} allows {tpm} a minute",
                 retry_after_s=decision.retry_after_s,
                 should_retry=False,
             )
-        if not decision.allowed:
-            raise RateLimitError(
-                f"rate limit of tier {caller.tier!r} reached; retry in "
-                f"{format_duration(decision.retry_after_s)}",
-                retry_after_s=decision.retry_after_s,
-            )
-        return Admission(self._limiter, key, tpm, reserved, decision.local)
+        raise RateLimitError(
+            f"rate limit of tier {caller.tier!r} reached; retry in "
+            f"{format_duration(decision.retry_after_s)}",
+            retry_after_s=decision.retry_after_s,
+        )
 
     async def admit_request(self, ctx: CallContext) -> None:
         """Count a call that generates nothing (a listing, a usage read): one request,
-        no tokens, so that no door route can be hammered for free."""
-        await self.admit(ctx, lambda: 0)
+        no tokens and no slot, so that no door route can be hammered for free."""
+        limits = self._limits(ctx.caller)
+        if limits is not None and limits[:2] != (None, None):
+            await self.admit(ctx, lambda: 0, hold_slot=False)
 
 
 def _budget_key(caller: Caller) -> str:
@@ -198,11 +241,9 @@ def _budget_key(caller: Caller) -> str:
     return "anonymous" if caller.kind == "anonymous" else f"sub:{caller.user}"
 
 
-def build_limiter(
-    config: Config, on_backend_error: Callable[[], None] = lambda: None
-) -> Limiter | None:
-    """The configured rate-limit backend (`none`: no limits at all); `on_backend_error`
-    hears of each failed call to a shared backend."""
+def build_limiter(config: Config, events: LimiterEvents | None = None) -> Limiter | None:
+    """The configured rate-limit backend (`none`: no limits at all); `events` hears
+    what a shared backend reports (failed calls, kept settlements)."""
     limits = config.rate_limits
     if limits.backend == "none":
         return None
@@ -210,5 +251,5 @@ def build_limiter(
         assert limits.url is not None
         from server.policy.redis_limiter import RedisLimiter  # redis only when configured
 
-        return RedisLimiter(limits.url, prefix=limits.prefix, on_error=on_backend_error)
+        return RedisLimiter(limits.url, prefix=limits.prefix, events=events)
     return MemoryLimiter(share=1 / config.server.workers)

@@ -8,6 +8,9 @@ lands within a minute of `now`. No fixed windows, no per-request history.
 A call's requests and tokens are decided together: both fit, or neither is
 taken. Tokens are reserved as estimated and settled to what was used later;
 settling may leave a bucket below zero (its TAT beyond now + 60 s).
+
+Beside the buckets, a caller may hold at most `max_concurrent_requests` slots
+at once: a slot is taken at admission and released when the call ends.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-__all__ = ["WINDOW_S", "Budget", "Decision", "MemoryLimiter"]
+__all__ = ["WINDOW_S", "Budget", "Decision", "Limiter", "LimiterEvents", "MemoryLimiter", "Slot"]
 
 WINDOW_S = 60.0  # capacities are per minute
 
@@ -37,6 +40,27 @@ class Decision(NamedTuple):
     requests: Budget | None
     tokens: Budget | None
     local: bool = False  # decided by a local fallback (shared backend unreachable)
+
+
+class Slot(NamedTuple):
+    """One call's place among its caller's calls in flight."""
+
+    key: str
+    id: str = ""
+    local: bool = False  # taken from the local fallback (shared backend unreachable)
+
+
+def _ignore(count: int = 1) -> None:
+    return None
+
+
+class LimiterEvents(NamedTuple):
+    """What a shared backend reports (to the metrics), each with a count."""
+
+    backend_error: Callable[[], None] = _ignore
+    settlement_deferred: Callable[[int], None] = _ignore  # could not reach it: kept
+    settlement_applied_late: Callable[[int], None] = _ignore  # a kept one, applied
+    settlement_dropped: Callable[[int], None] = _ignore  # a kept one, given up
 
 
 def _budget(limit: int, tat: float, now: float) -> Budget:
@@ -62,7 +86,17 @@ class Limiter(Protocol):
         """The buckets' state, taking nothing."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def take_slot(self, key: str, limit: int) -> Slot | None:
+        """One of `key`'s `limit` slots, or None when all are held."""
+        ...
+
+    def release_slot(self, slot: Slot) -> None:
+        """Give a slot back (once, however its call ended)."""
+        ...
+
+    async def aclose(self, drain_s: float = 0.0) -> None:
+        """Stop; writes still pending may take up to `drain_s`."""
+        ...
 
 
 # a whole capacity taken in steps of 60/7 s sums to a hair over 60 s: not a wait
@@ -76,6 +110,7 @@ class MemoryLimiter:
 
     def __init__(self, *, share: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._tat: dict[str, float] = {}
+        self._held: dict[str, int] = {}  # slots in use, by caller
         self._share = share
         self._clock = clock
         self._decisions = 0
@@ -147,7 +182,25 @@ class MemoryLimiter:
             tat = max(tat, now)
         self._tat[bucket] = tat + delta_tokens * WINDOW_S / limit
 
-    async def aclose(self) -> None:
+    def slot_capacity(self, limit: int) -> int:
+        """This process's share of a caller's slots: with N workers, ceil(limit / N)."""
+        return max(math.ceil(limit * self._share - 1e-9), 1)
+
+    async def take_slot(self, key: str, limit: int) -> Slot | None:
+        held = self._held.get(key, 0)
+        if held >= self.slot_capacity(limit):
+            return None
+        self._held[key] = held + 1
+        return Slot(key)
+
+    def release_slot(self, slot: Slot) -> None:
+        held = self._held.get(slot.key, 0) - 1
+        if held > 0:
+            self._held[slot.key] = held
+        else:  # an idle caller costs no memory
+            self._held.pop(slot.key, None)
+
+    async def aclose(self, drain_s: float = 0.0) -> None:
         return None
 
     def _maybe_prune(self, now: float) -> None:

@@ -125,6 +125,21 @@ class Metrics:
             ["result"],  # found | unknown | failed, or ids: a read of the key ids created lately
             registry=registry,
         )
+        self.settlements_deferred = Counter(
+            "tandem_rate_limit_settlements_deferred",
+            "Settlements (and slot releases) Redis did not take: kept, to apply in order",
+            registry=registry,
+        )
+        self.settlements_applied_late = Counter(
+            "tandem_rate_limit_settlements_applied_late",
+            "Kept settlements applied once Redis answered again",
+            registry=registry,
+        )
+        self.settlements_dropped = Counter(
+            "tandem_rate_limit_settlements_dropped",
+            "Settlements given up: older than a minute, past the bound, or left at exit",
+            registry=registry,
+        )
         self.usage_pending = Gauge(
             "tandem_usage_pending_records",
             "Usage records waiting in memory for the store",
