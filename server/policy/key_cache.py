@@ -5,8 +5,10 @@ fetched at most once per TTL, however many requests ask for it at once (they
 share the one lookup in flight). A key revoked anywhere is refused everywhere
 within the TTL. While the store is down, a cached key is checked from the
 cache, however old (and not asked again for a TTL); a key with no entry cannot
-be checked at all: `UnavailableError` (503), the store asked again at most once
-per TTL. One warning says when the store stops answering, one when it is back.
+be checked at all: `UnavailableError` (503), the store asked again by the next
+such request (one read of ids at a time), so a fresh key works as soon as the
+store is back. One warning says when the store stops answering, one when it is
+back.
 
 Made-up ids (`tdm_<12 hex>_x` needs no credential) never reach the store one by
 one: the cache holds the set of ids the store has (ids only, never secrets),
@@ -74,7 +76,7 @@ class KeyCache:
         self._ids_read_at = -math.inf  # (clock) when the last read of ids was asked
         self._ids_since = -math.inf  # (the epoch's s) the next read asks from this created_at
         self._reading: asyncio.Task[None] | None = None
-        self._down_at: float | None = None  # (clock) when the store last failed to answer
+        self._store_down = False  # the last query failed (warned of once)
 
     def remembered(self) -> tuple[int, int, int | None]:
         """(real keys, unknown ids, the store's ids or None past max_ids) held now."""
@@ -110,7 +112,6 @@ class KeyCache:
             return True
         if now - self._ids_read_at < self._ttl_s:
             return False
-        self._refuse_while_down(now)
         await self._read_ids(now)
         return self._ids is None or key_id in self._ids
 
@@ -128,7 +129,7 @@ class KeyCache:
         try:
             new_ids = await self._store.key_ids_since(self._ids_since)
         except Exception as exc:
-            self._store_failed(asked, exc)
+            self._store_failed(exc)
             raise _unavailable() from None
         self._store_answered()
         self._on_lookup("ids")
@@ -150,12 +151,10 @@ class KeyCache:
         """The store's answer, remembered as of when it was asked (never fresher)."""
         entry = self._keys.get(key_id)
         known = entry is not None or key_id in self._unknown
-        if not known:
-            self._refuse_while_down(asked)
         try:
             record = await self._store.find_key(key_id)
         except Exception as exc:
-            self._store_failed(asked, exc)
+            self._store_failed(exc)
             if not known:
                 raise _unavailable() from None
             # what we knew beats refusing all; asked again in a TTL, not on every request
@@ -167,24 +166,19 @@ class KeyCache:
         self._remember(key_id, record, asked)
         return record
 
-    def _refuse_while_down(self, now: float) -> None:
-        """Within a TTL of the store failing, what only it can answer is a 503 at once."""
-        if self._down_at is not None and now - self._down_at < self._ttl_s:
-            raise _unavailable()
-
-    def _store_failed(self, now: float, exc: Exception) -> None:
+    def _store_failed(self, exc: Exception) -> None:
         self._on_lookup("failed")
-        if self._down_at is None:
+        if not self._store_down:
             logger.warning(
                 "key store unreachable (%s): cached keys are checked from the cache, "
                 "others refused with 503, until it answers",
                 type(exc).__name__,
             )
-        self._down_at = now
+        self._store_down = True
 
     def _store_answered(self) -> None:
-        if self._down_at is not None:
-            self._down_at = None
+        if self._store_down:
+            self._store_down = False
             logger.warning("key store answers again")
 
     def _remember(self, key_id: str, record: ApiKey | None, now: float) -> None:
