@@ -53,8 +53,8 @@ from scale_kit import (
     ledger,
     python,
     verdict,
+    wait_ready,
 )
-from soak import wait_ready
 
 PHASES = ("warm-up", "Redis down", "Redis back", "PostgreSQL down", "PostgreSQL back")
 PROBE_TPM = 600  # tokens a minute: the probe's bucket refills 10 tokens a second

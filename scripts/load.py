@@ -33,7 +33,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import orjson
 import uvloop
 from scale_kit import (
@@ -47,6 +46,7 @@ from scale_kit import (
     percentile,
     python,
     verdict,
+    wait_ready,
 )
 
 STAMP = re.compile(rb"t=(\d+) ")
@@ -221,18 +221,6 @@ def _config(upstream: str, providers: int, usage: str) -> str:
     }
 
 
-def _wait_ready(base: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("the server never became ready")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000, help="concurrent streams")
@@ -280,7 +268,7 @@ def main() -> None:
         )
         base = f"http://{server.address['http']}"
         gateway = server.address["http"]
-        _wait_ready(base)
+        wait_ready(base)
         print(
             f"tandem on core {server_core}, upstream and client on core {client_core}; "
             f"{args.streams} streams of {args.seconds} s at {args.rate:g} chunks/s, "

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import httpx
 import orjson
 from bench import cpu_s, rss_mib
 
@@ -288,3 +289,16 @@ def verdict(label: str, met: bool, detail: str = "") -> str:
 
 def python() -> str:
     return sys.executable
+
+
+def wait_ready(base: str) -> None:
+    """Until `base` answers /readyz 200 (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the server never became ready")

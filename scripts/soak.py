@@ -26,7 +26,6 @@ import time
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
-import httpx
 import uvloop
 from doors import Tally, Traffic, served
 from scale_kit import (
@@ -39,6 +38,7 @@ from scale_kit import (
     ledger,
     python,
     verdict,
+    wait_ready,
 )
 
 CONFIG = """
@@ -82,18 +82,6 @@ def _client(job: tuple[str, str, str, list[str], int, int]) -> Tally:
     traffic = Traffic(base, grpc_target, run, keys, doors, done=_advance)
     uvloop.run(traffic.drive(requests, concurrency))
     return traffic.tally
-
-
-def wait_ready(base: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("the server never became ready")
 
 
 def growth(
