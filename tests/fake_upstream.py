@@ -7,7 +7,7 @@ behaviours for the next requests (`ok` once the script is empty):
 - `ok`: answer normally (streamed one word per event when asked to stream)
 - `500`, `503`, `400`, `401`: that status, with an error body naming a secret URL and key
 - `429:S`: 429 with `retry-after: S`
-- `slow:S`: wait S seconds before answering
+- `slow:S`: wait S seconds before answering (embeddings too)
 - `drop`: stream two events, then drop the connection
 - `drip`: stream a word every 100 ms for 10 s
 - `flood:M`: answer M MiB, in 8 KiB words, as fast as the reader takes them
@@ -260,6 +260,8 @@ class FakeUpstream:
         behaviour = self._next()
         if behaviour[0].isdigit():
             return self._error(int(behaviour))
+        if behaviour.startswith("slow:"):
+            await asyncio.sleep(float(behaviour.partition(":")[2]))
         data = [
             {"object": "embedding", "index": i, "embedding": [float(len(text)), 0.5, -0.25]}
             for i, text in enumerate(body["input"])

@@ -420,6 +420,21 @@ def test_a_timeout_after_sending_is_charged_the_prompt_once(
     assert (record["prompt_tokens"], record["completion_tokens"]) == (estimate_tokens(prompt), 0)
 
 
+def test_an_embedding_that_timed_out_after_sending_is_charged_its_inputs_once(
+    gateway: TandemProcess, holes: HolesUpstream, new_record: Callable[[], dict[str, Any]]
+) -> None:
+    text = "word " * 20_000
+    holes.reset("slow:30")
+    answer = httpx.post(
+        f"{gateway.base_url}/v1/embeddings", json={"model": "waits", "input": [text]}, timeout=60
+    )
+    assert answer.status_code == 504, answer.text
+    assert len(holes.requests) == 1  # embeddings are asked once
+    record = new_record()
+    assert record["status"] == "error:timeout_error"
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (estimate_tokens(text), 0)
+
+
 def test_a_connect_error_is_free(
     gateway: TandemProcess, new_record: Callable[[], dict[str, Any]]
 ) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from server.policy.redis_limiter import RedisLimiter
@@ -285,5 +286,30 @@ async def test_slot_leases_are_renewed_while_held_and_expire_once_not() -> None:
             await asyncio.sleep(0.1)
         other.release_slot(taken)
     finally:
+        await holder.aclose()
+        await other.aclose()
+
+
+async def test_a_slot_redis_lost_is_added_back_while_its_call_lasts() -> None:
+    """Redis restarted (or failed over) without the slot sets: the next renewal puts a
+    held slot back, so the limit holds for the calls still in flight."""
+    prefix = f"tandem-test:{uuid.uuid4().hex}:"
+    holder = RedisLimiter(REDIS_URL, prefix=prefix, slot_lease_s=1.0)
+    other = RedisLimiter(REDIS_URL, prefix=prefix, slot_lease_s=1.0)
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        assert await holder.take_slot("k", 1) is not None
+        lost = [key async for key in redis.scan_iter(match=f"{prefix}*")]
+        assert lost
+        await redis.delete(*lost)  # what a restart without persistence leaves
+        deadline = time.monotonic() + 10
+        while not await redis.exists(*lost):  # renewed every lease / 3
+            assert time.monotonic() < deadline, "the held slot was never added back"
+            await asyncio.sleep(0.05)
+        for _ in range(10):
+            assert await other.take_slot("k", 1) is None
+            await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()
         await holder.aclose()
         await other.aclose()

@@ -866,6 +866,13 @@ def test_nginx_publishes_the_doors_and_probes_only(
         for target in ("/v1/../metrics", "/v1/%2e%2e/metrics", "//metrics", "/metrics?x=1"):
             status, head = raw_get(http_port, target)
             assert (status, "server-timing" in head) == (404, False), (target, head)
+        # the gateway sees the Host with its port: a page on http://localhost (port 80) is
+        # not the same origin as the balancer's localhost:<port>, so CORS refuses it
+        host = {"host": f"localhost:{http_port}"}
+        same = client.get("/v1/models", headers={**host, "origin": f"http://localhost:{http_port}"})
+        assert same.status_code == 200, same.text
+        other = client.get("/v1/models", headers={**host, "origin": "http://localhost"})
+        assert other.status_code == 403, other.text
 
 
 # --- the replica config, served and drained ---------------------------------------------

@@ -247,3 +247,40 @@ async def test_a_settlement_whose_reply_was_lost_is_applied_once(prefix: str) ->
     finally:
         await limiter.aclose()
     assert 5 < ahead <= 11
+
+
+async def test_a_charge_held_past_its_buckets_expiry_lands_as_of_when_its_call_ended(
+    prefix: str,
+) -> None:
+    """A +60 s charge on a bucket that had refilled and expired, held 30 s through a
+    blip: it lands as of the call's end (30 s ahead of now), not as of now (60 s)."""
+    limiter = RedisLimiter(REDIS_URL, prefix=prefix)
+    bucket = f"{prefix}k:t"
+    try:
+        held = Write("s", bucket, str(60_000_000), time.monotonic() - 30, 0)
+        assert await limiter._send_writes([held])
+        with redis.Redis.from_url(REDIS_URL) as client:
+            seconds, micros = client.time()
+            ahead = (float(client.get(bucket)) - (seconds * 1e6 + micros)) / 1e6
+    finally:
+        await limiter.aclose()
+    assert 28 < ahead <= 31
+
+
+async def test_a_writer_ended_by_a_bug_is_started_again_by_the_next_write() -> None:
+    backend, counts = _Backend(), _Counts()
+    writes = PendingWrites(backend.send, counts.events(), retry_s=0.05)
+    send, failed = backend.send, list[list[Write]]()
+
+    async def fails_once(batch: list[Write]) -> bool:
+        if not failed:
+            failed.append(batch)
+            raise RuntimeError("a bug")
+        return await send(batch)
+
+    writes._send = fails_once
+    writes.add("s", "k", "a")
+    await _until(lambda: bool(failed))
+    writes.add("s", "k", "b")
+    await _until(lambda: backend.applied == ["a", "b"])
+    await writes.drain(1.0)

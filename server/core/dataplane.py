@@ -167,7 +167,11 @@ class DataPlane:
         admission = await self.policy.admit(ctx, lambda: prompt)
         with _Accounting(self.usage, ctx, route, admission, False, prompt) as account:
             account.trying(route)
-            response = await route.provider.embed(request, route, ctx)
+            try:
+                response = await route.provider.embed(request, route, ctx)
+            except UpstreamFailure as failure:  # timed out having sent the inputs: charged
+                account.failed(failure)
+                raise
             ctx.trace.upstream_model = response.model or route.upstream
             response.model = route.model.name
             if response.HasField("usage"):

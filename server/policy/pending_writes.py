@@ -74,8 +74,9 @@ class PendingWrites:
             self._drop(1)
         self._queue.append(Write(op, key, value, time.monotonic(), next(self._seq)))
         self._wake.set()
-        if self._task is None:
+        if self._task is None or self._task.done():  # started, or after a bug ended it
             self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task.add_done_callback(_said)
 
     async def drain(self, timeout_s: float) -> None:
         """Send what is queued, trying until `timeout_s` has passed; drop the rest."""
@@ -132,3 +133,10 @@ class PendingWrites:
             self._queue.popleft()
         self._deferred = max(self._deferred - count, 0)
         self._events.settlement_dropped(count)
+
+
+def _said(task: asyncio.Task[None]) -> None:
+    """A writer that ended other than by `drain` hit a bug: log it (the next write
+    starts another)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.error("rate limits: the settlement writer failed", exc_info=exc)

@@ -104,7 +104,7 @@ for i = 2, #KEYS do
       redis.call('ZREM', KEYS[i], value)
     else
       local delta, since = tonumber(value), now - tonumber(ARGV[j + 3])
-      local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+      local tat = tonumber(redis.call('GET', KEYS[i]) or since)  -- gone: refilled by then
       if delta > 0 and tat < since then tat = since end
       tat = tat + delta
       if tat > now then
@@ -132,13 +132,16 @@ redis.call('PEXPIRE', KEYS[1], lease)
 return 1
 """
 
-# KEYS: each held slot's set; ARGV: lease (ms), then each slot id. Renews held slots only.
+# KEYS: each held slot's set; ARGV: lease (ms), then each slot id. Renews the slots this
+# replica holds, adding back any Redis lost (a restart, a failover, an outage past the lease):
+# a call in flight keeps its slot. One released while its renewal was on the way may come
+# back, for one lease at most.
 _RENEW_SLOTS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[1])
 for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], 'XX', now + lease, ARGV[i + 1])
+  redis.call('ZADD', KEYS[i], now + lease, ARGV[i + 1])
   redis.call('PEXPIRE', KEYS[i], lease)
 end
 return #KEYS
@@ -292,7 +295,7 @@ class RedisLimiter:
         if not int(taken):
             return None
         self._held[slot_id] = slots
-        if self._renewer is None:
+        if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(self._renew())
         return Slot(slots, slot_id)
 
@@ -320,6 +323,8 @@ class RedisLimiter:
                 )
             except (TimeoutError, RedisError, OSError):
                 self._redis_down("renewing slots")
+            except Exception:  # a bug: said, and the leases renewed again next time
+                logger.exception("rate limits: renewing slots failed")
 
     async def _send_writes(self, writes: list[Write]) -> bool:
         now = time.monotonic()
