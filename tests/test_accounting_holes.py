@@ -555,6 +555,9 @@ def test_an_answer_with_no_choice_is_a_502(
     assert DOORS[door](gateway) == (502, "upstream_error")
     record = new_record()
     assert record["status"] == "error:upstream_error"
+    # what the upstream said it used is charged, never a silent 0
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (7, 0)
+    assert record["usage_source"] == "upstream"
 
 
 def test_a_chunk_without_a_choice_before_the_answer_goes_out_with_it(

@@ -257,6 +257,8 @@ class _Accounting:
     __slots__ = (
         "_admission",
         "_ctx",
+        "_failed_completion",
+        "_failed_prompt",
         "_failure_counted",
         "_in_flight",
         "_model",
@@ -297,6 +299,7 @@ class _Accounting:
         self._prompt = prompt  # the prompt's estimate
         self._in_flight = False  # a request is with an upstream now
         self._prompt_read = False  # an upstream had the request, then timed out
+        self._failed_prompt = self._failed_completion = 0  # counted by failed attempts
         self._failure_counted = False  # the attempt in flight was reported failed
         self._upstream_started: float | None = None  # the first attempt
         self._source = "upstream"
@@ -322,11 +325,14 @@ class _Accounting:
         if self._upstream_started is None:
             self._upstream_started = time.monotonic()
 
-    def failed(self, failure: UpstreamFailure) -> None:
+    def failed(self, failure: UpstreamFailure, usage: chat_pb2.Usage | None = None) -> None:
         # cut short by the caller's own deadline, the attempt was the caller's to pay
         self._in_flight = _deadline_passed(self._ctx)
         if isinstance(failure, UpstreamTimeoutError) and failure.sent:
             self._prompt_read = True
+        if usage is not None:  # the upstream counted what it used: charged, whatever follows
+            self._failed_prompt += usage.prompt_tokens
+            self._failed_completion += usage.completion_tokens
         self._failure_counted = True
         self._ctx.trace.attempt_failed(self.route.provider.name)
 
@@ -407,8 +413,12 @@ class _Accounting:
                 self._estimate()
             elif self._prompt_read:  # it timed out having had the prompt: that, once
                 self.usage(self._prompt, 0, source="estimated")
+            elif self._failed_prompt or self._failed_completion:
+                self._source = "upstream"  # only what failed attempts counted
             else:  # failed having produced nothing (or never sent): nothing to charge
                 self._source = "estimated"
+        self.prompt_tokens += self._failed_prompt
+        self.completion_tokens += self._failed_completion
         self._admission.settle(self.prompt_tokens + self.completion_tokens)
         ttft = self.first_chunk_at if self._streaming else None
         caller = ctx.caller

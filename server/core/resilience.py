@@ -36,9 +36,10 @@ class Attempts(Protocol):
     def trying(self, route: Route) -> None:
         """The request is on its way to `route` (the record names the last one tried)."""
 
-    def failed(self, failure: UpstreamFailure) -> None:
+    def failed(self, failure: UpstreamFailure, usage: chat_pb2.Usage | None = None) -> None:
         """That attempt failed having produced nothing: it is not the caller's to pay,
-        unless it timed out once the upstream had its prompt."""
+        unless it timed out once the upstream had its prompt, or the upstream counted
+        what it used (`usage`: an answer with no choice)."""
 
 
 def backoff_s(retry: int, retry_after_s: float | None) -> float:
@@ -72,13 +73,17 @@ async def open_stream(
             tried += 1
             attempts.trying(route)
             stream = route.provider.stream(request, route, ctx, chunked=chunked)
+            usage = None
             try:
                 return route, stream, await _up_to_a_choice(stream)
-            except StopAsyncIteration:
+            except _NoChoice as empty:
                 failure = UpstreamError("upstream provider sent an answer with no choice")
+                usage = empty.usage
+            except StopAsyncIteration:
+                failure = UpstreamError("upstream provider sent an empty answer")
             except UpstreamFailure as exc:
                 failure = exc
-            attempts.failed(failure)
+            attempts.failed(failure, usage)
             await stream.aclose()  # type: ignore[attr-defined]
             if not failure.retryable:
                 break
@@ -99,9 +104,23 @@ async def _up_to_a_choice(stream: AsyncIterator[Batch]) -> Batch:
         return batch
     held = list(batch)
     while not _has_choice(batch):
-        batch = await anext(stream)
+        try:
+            batch = await anext(stream)
+        except StopAsyncIteration:
+            raise _NoChoice(held) from None
         held.extend(batch)
     return held
+
+
+class _NoChoice(Exception):
+    """The answer ended without a choice; `usage`: what the upstream said it used."""
+
+    def __init__(self, held: Batch) -> None:
+        super().__init__()
+        self.usage: chat_pb2.Usage | None = None
+        for item in held:
+            if not isinstance(item, str) and item.HasField("usage"):
+                self.usage = item.usage
 
 
 def _has_choice(batch: Batch) -> bool:
