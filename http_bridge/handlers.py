@@ -31,10 +31,15 @@ async def create_chat(request: Request, ctx: CallContext, dialect: Dialect) -> R
         first = await anext(stream)
     head = first[0]
     assert not isinstance(head, str)  # a stream opens with a chunk (server/chunks.py)
+    try:
+        encode = dialect.stream_encoder(chat, head, ctx)
+    except BaseException:  # the response that would close the stream is never made
+        await stream.aclose()  # type: ignore[attr-defined]
+        raise
     return ChunkStreamResponse(
         first,
         stream,
-        encode=dialect.stream_encoder(chat, head, ctx),
+        encode=encode,
         framing=dialect.framing,
         error_payload=dialect.error_payload,
         headers=ctx.response_headers,

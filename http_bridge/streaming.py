@@ -64,9 +64,9 @@ class ChunkStreamResponse(Response):
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self._raw_headers})
         encode = self._encode
-        try:
+        try:  # the stream is closed however this ends, its head's send included
+            await send({"type": "http.response.start", "status": 200, "headers": self._raw_headers})
             async with cancel_on_disconnect(receive):
                 body = _encoded(encode, self._first)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
