@@ -8,6 +8,7 @@ details, and reports the call once it ended (server/telemetry).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -32,7 +33,7 @@ from server.chunks import Batch, Chunk, stamped
 from server.context import CallContext, request_id_from
 from server.core.dataplane import DataPlane
 from server.drain import DrainClock
-from server.errors import GatewayError, InternalError, InvalidRequestError
+from server.errors import GatewayError, InternalError, InvalidRequestError, UnavailableError
 from server.grpc_decode import UndecodableRequest, add_service
 from server.grpc_errors import to_grpc_status
 from server.policy import Policy
@@ -62,12 +63,18 @@ class _Door:
     """What every servicer shares: the data plane, the policy, and call set-up."""
 
     def __init__(
-        self, plane: DataPlane, policy: Policy, telemetry: Telemetry, drain: DrainClock
+        self,
+        plane: DataPlane,
+        policy: Policy,
+        telemetry: Telemetry,
+        drain: DrainClock,
+        write_timeout_s: float = 30.0,
     ) -> None:
         self.plane = plane
         self.policy = policy
         self.telemetry = telemetry
         self.drain = drain
+        self.write_timeout_s = write_timeout_s
 
 
 class _Call:
@@ -221,12 +228,19 @@ def stream_rpc(
         self.telemetry.start()
         call = _Call()
         stream = None
+        watch = None
         try:
             ctx = await call.open(self, context)
             stream = handler(self, _decoded(request), ctx)
+            watch = _WriteWatch(stream, self.write_timeout_s)
             async for batch in stream:
                 for item in batch:
+                    watch.writing = True  # grpc takes the next message once this one is sent
                     yield item
+                    watch.writing = False
+                    watch.sent += 1
+            if watch.cut:
+                raise _write_timed_out()
             if trailers := await _limit_trailers(self, ctx):
                 context.set_trailing_metadata(trailers)
         except Exception as exc:
@@ -235,11 +249,61 @@ def stream_rpc(
             call.status = _gone(self, context)
             raise
         finally:
+            if watch is not None:
+                watch.stop()
             if stream is not None:
                 await stream.aclose()  # type: ignore[attr-defined]
             call.finish(self, name)
 
     return method
+
+
+class _WriteWatch:
+    """`server.write_timeout_s` for a gRPC stream: a message the client does not take
+    (HTTP/2 flow control holds it) for that long ends the call. The data plane's stream
+    is closed at once (its upstream cancelled, `cancelled` charged, its slot given back)
+    and the handler's task cancelled, so grpc ends the RPC. Progress, not time: a slow
+    but steady reader is never cut. Costs two stores a message and a timer a call."""
+
+    __slots__ = (
+        "_handle",
+        "_loop",
+        "_seen",
+        "_stream",
+        "_task",
+        "_timeout_s",
+        "cut",
+        "sent",
+        "writing",
+    )
+
+    def __init__(self, stream: AsyncIterator[Any], timeout_s: float) -> None:
+        self._stream = stream
+        self._timeout_s = timeout_s
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self.writing = False
+        self.cut = False
+        self.sent = 0
+        self._seen = -1
+        self._handle = self._loop.call_later(timeout_s, self._check)
+
+    def _check(self) -> None:
+        if self.writing and self.sent == self._seen:  # stuck on one message a whole timeout
+            self.cut = True
+            self._loop.create_task(self._stream.aclose())  # type: ignore[attr-defined]
+            if self._task is not None:
+                self._task.cancel()
+            return
+        self._seen = self.sent
+        self._handle = self._loop.call_later(self._timeout_s, self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+def _write_timed_out() -> GatewayError:
+    return UnavailableError("the client read nothing for server.write_timeout_s")
 
 
 class ChatService(_Door, chat_pb2_grpc.ChatServiceServicer):
@@ -311,6 +375,7 @@ def build_grpc_server(
     max_concurrent_rpcs: int,
     reuse_port: bool = False,
     drain: DrainClock | None = None,
+    write_timeout_s: float = 30.0,
 ) -> grpc.aio.Server:
     """A grpc.aio server with every service, health and reflection; not yet bound.
 
@@ -326,7 +391,9 @@ def build_grpc_server(
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     for servicer in (ChatService, ModelService, EmbeddingService, UsageService):
         add_service(
-            server, _DESCRIPTORS[servicer.__name__], servicer(plane, policy, telemetry, drain)
+            server,
+            _DESCRIPTORS[servicer.__name__],
+            servicer(plane, policy, telemetry, drain, write_timeout_s),
         )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

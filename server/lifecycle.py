@@ -239,6 +239,7 @@ class Gateway:
             max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
             reuse_port=self._reuse_port,
             drain=self._drain,
+            write_timeout_s=config.server.write_timeout_s,
         )
         grpc_host, grpc_port = parse_host_port(self._grpc_address)
         try:

@@ -4,6 +4,7 @@ stuck streams cost little memory, and at `server.max_connections` the probes ans
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
@@ -12,9 +13,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import orjson
 import pytest
+from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from server.config import ServerConfig
 from tests.fake_upstream import FakeUpstream
@@ -226,3 +229,35 @@ def test_at_max_connections_the_probes_still_answer(
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_grpc_stream_nobody_reads_is_ended_and_charged_cancelled(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    """The gRPC door too: HTTP/2 flow control holds the messages of a client that takes
+    none, and after `write_timeout_s` the call ends, its upstream call cancelled."""
+    request_id = f"grpc-stuck-{time.monotonic_ns()}"
+    fake.reset(f"flood:{FLOOD_MIB}")
+    gone_before = len(fake.gone)
+
+    async def never_read() -> None:
+        async with grpc.aio.insecure_channel(gateway.grpc) as channel:
+            stub = chat_pb2_grpc.ChatServiceStub(channel)
+            request = chat_pb2.ChatCompletionRequest(
+                model="big", messages=[chat_pb2.ChatMessage(role="user", content="hi")]
+            )
+            call = stub.StreamChatCompletion(request, metadata=(("x-request-id", request_id),))
+            try:
+                deadline = time.monotonic() + WAIT_S
+                while _ledger_status(gateway, request_id) is None:  # nothing read meanwhile
+                    assert time.monotonic() < deadline, "the stuck call was never ended"
+                    await asyncio.sleep(0.1)
+            finally:
+                call.cancel()
+
+    asyncio.run(never_read())
+    assert _ledger_status(gateway, request_id) == "cancelled"
+    _eventually(lambda: len(fake.gone) > gone_before, "the upstream call cancelled")
+    line = _eventually(partial(_access_line, gateway, request_id), "an access line")
+    assert line["status"] == "CANCELLED"  # as the HTTP door's 499: the client is as good as gone
+    assert "Traceback" not in gateway.stderr()
