@@ -251,7 +251,9 @@ def stream_rpc(
         finally:
             if watch is not None:
                 watch.stop()
-            if stream is not None:
+            if watch is not None and watch.closing is not None:
+                await watch.closing  # never a second aclose while the watch's runs
+            elif stream is not None:
                 await stream.aclose()  # type: ignore[attr-defined]
             call.finish(self, name)
 
@@ -272,6 +274,7 @@ class _WriteWatch:
         "_stream",
         "_task",
         "_timeout_s",
+        "closing",
         "cut",
         "sent",
         "writing",
@@ -284,6 +287,7 @@ class _WriteWatch:
         self._loop = asyncio.get_running_loop()
         self.writing = False
         self.cut = False
+        self.closing: asyncio.Task[None] | None = None  # the stream's aclose, once cut
         self.sent = 0
         self._seen = -1
         self._handle = self._loop.call_later(timeout_s, self._check)
@@ -291,7 +295,7 @@ class _WriteWatch:
     def _check(self) -> None:
         if self.writing and self.sent == self._seen:  # stuck on one message a whole timeout
             self.cut = True
-            self._loop.create_task(self._stream.aclose())  # type: ignore[attr-defined]
+            self.closing = self._loop.create_task(self._stream.aclose())  # type: ignore[attr-defined]
             if self._task is not None:
                 self._task.cancel()
             return
