@@ -162,16 +162,21 @@ def as_user(sub: str) -> dict[str, str]:
     return bearer(jwt.encode(claims, SECRET, algorithm="HS256"))
 
 
-def test_an_old_ledger_gains_the_new_columns_and_keeps_its_rows(
-    tandem: Callable[..., TandemProcess], old_store: str
-) -> None:
-    for _ in range(2):  # a second start finds nothing left to add
-        gateway = tandem(CONFIG % {"store": old_store})
+def start_twice_with_a_chat(tandem: Callable[..., TandemProcess], store: str) -> None:
+    """Serve `store` twice, a chat each time: the second start finds nothing left to add."""
+    for _ in range(2):
+        gateway = tandem(CONFIG % {"store": store})
         with httpx.Client(base_url=gateway.base_url, headers=as_user("alice")) as http:
             assert http.post(
                 "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
             ).is_success
         assert gateway.terminate() == 0, gateway.stderr()
+
+
+def test_an_old_ledger_gains_the_new_columns_and_keeps_its_rows(
+    tandem: Callable[..., TandemProcess], old_store: str
+) -> None:
+    start_twice_with_a_chat(tandem, old_store)
 
     gateway = tandem(CONFIG % {"store": old_store})
     with httpx.Client(base_url=gateway.base_url) as http:
@@ -207,13 +212,7 @@ def test_replicas_starting_together_on_an_empty_database_all_open() -> None:
 def test_a_ledger_of_the_previous_version_gains_cache_write_tokens(
     tandem: Callable[..., TandemProcess], previous_store: str
 ) -> None:
-    for _ in range(2):  # a second start finds nothing left to add
-        gateway = tandem(CONFIG % {"store": previous_store})
-        with httpx.Client(base_url=gateway.base_url, headers=as_user("alice")) as http:
-            assert http.post(
-                "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
-            ).is_success
-        assert gateway.terminate() == 0, gateway.stderr()
+    start_twice_with_a_chat(tandem, previous_store)
 
     gateway = tandem(CONFIG % {"store": previous_store})
     with httpx.Client(base_url=gateway.base_url, headers=as_user("alice")) as http:
