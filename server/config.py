@@ -124,6 +124,14 @@ class ProviderConfig(_Strict):
     # worker accepts (server.max_connections), so the pool is never the first bound
     max_connections: Annotated[int, Field(ge=1, le=65536)] = 4096
     chunk_delay_ms: Annotated[float, Field(ge=0)] = 0.0
+    # what of a request's `extra_body` may reach an `openai`-kind upstream: all, none, or
+    # the fields named
+    extra_fields: Literal["allow", "deny"] | tuple[Annotated[str, Field(min_length=1)], ...] = (
+        "allow"
+    )
+    # a message's `reasoning_content` sent back goes to an `openai`-kind upstream (some
+    # refuse it, so by default it is left out and named in `x-tandem-ignored-fields`)
+    send_reasoning: bool = False
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> ProviderConfig:
@@ -149,6 +157,10 @@ class ModelConfig(_Strict):
     upstream: str | None = None
     fallbacks: tuple[str, ...] = ()
     max_tokens_default: PositiveInt = 4096
+    # what the model can do, as Ollama's `/api/show` says it (`completion`, `embedding`,
+    # `tools`, `thinking`, `vision`, ...); unset: `[completion]`, or for an `ollama`-kind
+    # model what its upstream's `/api/show` says
+    capabilities: tuple[Annotated[str, Field(min_length=1)], ...] | None = None
 
     @property
     def upstream_name(self) -> str:

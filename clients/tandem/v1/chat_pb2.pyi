@@ -69,6 +69,8 @@ class ChatCompletionRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _builtins.int
     REASONING_EFFORT_FIELD_NUMBER: _builtins.int
     REASONING_BUDGET_TOKENS_FIELD_NUMBER: _builtins.int
+    EXTRA_BODY_FIELD_NUMBER: _builtins.int
+    EXTRA_BODY_JSON_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The public model name; empty means the caller's tier default."""
     temperature: _builtins.float
@@ -115,6 +117,10 @@ class ChatCompletionRequest(_message.Message):
     16384, else "minimal"): an `openai` upstream as `reasoning_effort`, an
     `ollama` one as `think`. With `reasoning_effort` too, the lower applies.
     """
+    extra_body_json: _builtins.str
+    """`extra_body` as a JSON object text: keeps its keys' order, and wins over
+    `extra_body` when set.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
         """The conversation so far."""
@@ -143,6 +149,15 @@ class ChatCompletionRequest(_message.Message):
     def stream_options(self) -> Global___StreamOptions:
         """Options of a streamed answer."""
 
+    @_builtins.property
+    def extra_body(self) -> _struct_pb2.Struct:
+        """Fields the proto does not carry (`store`, `metadata`, `service_tier`,
+        `prompt_cache_key`, a vLLM server's `repetition_penalty`, ...), sent to an
+        `openai`-kind upstream unchanged; other kinds leave them out and name them
+        in `x-tandem-ignored-fields`. May not name a field the proto carries or the
+        gateway sets (`model`, `messages`, `stream`, `max_tokens`, ...).
+        """
+
     def __init__(
         self,
         *,
@@ -170,11 +185,15 @@ class ChatCompletionRequest(_message.Message):
         top_k: _builtins.int | None = ...,
         reasoning_effort: _builtins.str | None = ...,
         reasoning_budget_tokens: _builtins.int | None = ...,
+        extra_body: _struct_pb2.Struct | None = ...,
+        extra_body_json: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_budget_tokens", b"_reasoning_budget_tokens", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_stream", b"_stream", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "presence_penalty", b"presence_penalty", "reasoning_budget_tokens", b"reasoning_budget_tokens", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "stream", b"stream", "stream_options", b"stream_options", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_extra_body_json", b"_extra_body_json", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_budget_tokens", b"_reasoning_budget_tokens", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_stream", b"_stream", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "extra_body", b"extra_body", "extra_body_json", b"extra_body_json", "frequency_penalty", b"frequency_penalty", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "presence_penalty", b"presence_penalty", "reasoning_budget_tokens", b"reasoning_budget_tokens", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "stream", b"stream", "stream_options", b"stream_options", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_budget_tokens", b"_reasoning_budget_tokens", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_stream", b"_stream", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "presence_penalty", b"presence_penalty", "reasoning_budget_tokens", b"reasoning_budget_tokens", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "stream", b"stream", "stream_options", b"stream_options", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_extra_body_json", b"_extra_body_json", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_completion_tokens", b"_max_completion_tokens", "_max_tokens", b"_max_tokens", "_n", b"_n", "_parallel_tool_calls", b"_parallel_tool_calls", "_presence_penalty", b"_presence_penalty", "_reasoning_budget_tokens", b"_reasoning_budget_tokens", "_reasoning_effort", b"_reasoning_effort", "_seed", b"_seed", "_stream", b"_stream", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "extra_body", b"extra_body", "extra_body_json", b"extra_body_json", "frequency_penalty", b"frequency_penalty", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "max_completion_tokens", b"max_completion_tokens", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "n", b"n", "parallel_tool_calls", b"parallel_tool_calls", "presence_penalty", b"presence_penalty", "reasoning_budget_tokens", b"reasoning_budget_tokens", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "stream", b"stream", "stream_options", b"stream_options", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_p", b"top_p", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__extra_body_json: _TypeAlias = _typing.Literal["extra_body_json"]  # noqa: Y015
+    _WhichOneofArgType__extra_body_json: _TypeAlias = _typing.Literal["_extra_body_json", b"_extra_body_json"]  # noqa: Y015
     _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
     _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
     _WhichOneofReturnType__logprobs: _TypeAlias = _typing.Literal["logprobs"]  # noqa: Y015
@@ -205,6 +224,8 @@ class ChatCompletionRequest(_message.Message):
     _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__extra_body_json) -> _WhichOneofReturnType__extra_body_json | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty) -> _WhichOneofReturnType__frequency_penalty | None: ...
     @_typing.overload
@@ -253,6 +274,7 @@ class ChatMessage(_message.Message):
     REFUSAL_FIELD_NUMBER: _builtins.int
     REASONING_CONTENT_FIELD_NUMBER: _builtins.int
     REASONING_SIGNATURE_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """"system", "developer", "user", "assistant" or "tool"."""
     content: _builtins.str
@@ -277,6 +299,12 @@ class ChatMessage(_message.Message):
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """Tool calls made by the assistant."""
 
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """Anthropic's prompt caching mark on the message's last block (a tool
+        result's block, or a plain text `content`).
+        """
+
     def __init__(
         self,
         *,
@@ -289,10 +317,11 @@ class ChatMessage(_message.Message):
         refusal: _builtins.str | None = ...,
         reasoning_content: _builtins.str | None = ...,
         reasoning_signature: _builtins.str | None = ...,
+        cache_control: Global___CacheControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_content", b"_content", "_reasoning_content", b"_reasoning_content", "_reasoning_signature", b"_reasoning_signature", "_refusal", b"_refusal", "content", b"content", "reasoning_content", b"reasoning_content", "reasoning_signature", b"reasoning_signature", "refusal", b"refusal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_content", b"_content", "_reasoning_content", b"_reasoning_content", "_reasoning_signature", b"_reasoning_signature", "_refusal", b"_refusal", "cache_control", b"cache_control", "content", b"content", "reasoning_content", b"reasoning_content", "reasoning_signature", b"reasoning_signature", "refusal", b"refusal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content", b"_content", "_reasoning_content", b"_reasoning_content", "_reasoning_signature", b"_reasoning_signature", "_refusal", b"_refusal", "content", b"content", "name", b"name", "parts", b"parts", "reasoning_content", b"reasoning_content", "reasoning_signature", b"reasoning_signature", "refusal", b"refusal", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content", b"_content", "_reasoning_content", b"_reasoning_content", "_reasoning_signature", b"_reasoning_signature", "_refusal", b"_refusal", "cache_control", b"cache_control", "content", b"content", "name", b"name", "parts", b"parts", "reasoning_content", b"reasoning_content", "reasoning_signature", b"reasoning_signature", "refusal", b"refusal", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__content: _TypeAlias = _typing.Literal["content"]  # noqa: Y015
     _WhichOneofArgType__content: _TypeAlias = _typing.Literal["_content", b"_content"]  # noqa: Y015
@@ -314,6 +343,34 @@ class ChatMessage(_message.Message):
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
 
 @_typing.final
+class CacheControl(_message.Message):
+    """CacheControl marks where an Anthropic prompt cache breakpoint is; it travels
+    to `anthropic`-kind upstreams unchanged and is left out for other kinds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """"ephemeral"."""
+    ttl: _builtins.str
+    """The cache's lifetime, "5m" or "1h"; empty means the provider's default."""
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        ttl: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheControl: _TypeAlias = CacheControl  # noqa: Y015
+
+@_typing.final
 class ContentPart(_message.Message):
     """ContentPart is one part of a message's content."""
 
@@ -324,6 +381,7 @@ class ContentPart(_message.Message):
     IMAGE_URL_FIELD_NUMBER: _builtins.int
     INPUT_AUDIO_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """"text", "image_url", "input_audio" or (assistant messages) "refusal"."""
     text: _builtins.str
@@ -338,6 +396,10 @@ class ContentPart(_message.Message):
     def input_audio(self) -> Global___InputAudio:
         """Audio of an "input_audio" part."""
 
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """Anthropic's prompt caching mark on this part (see CacheControl)."""
+
     def __init__(
         self,
         *,
@@ -346,10 +408,11 @@ class ContentPart(_message.Message):
         image_url: Global___ImageUrl | None = ...,
         input_audio: Global___InputAudio | None = ...,
         refusal: _builtins.str = ...,
+        cache_control: Global___CacheControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "refusal", b"refusal", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "refusal", b"refusal", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "refusal", b"refusal", "text", b"text", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "refusal", b"refusal", "text", b"text", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["text", "image_url", "input_audio", "refusal"]  # noqa: Y015
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
@@ -417,21 +480,27 @@ class Tool(_message.Message):
 
     TYPE_FIELD_NUMBER: _builtins.int
     FUNCTION_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """Always "function"."""
     @_builtins.property
     def function(self) -> Global___FunctionDefinition:
         """The function's definition."""
 
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """Anthropic's prompt caching mark on this tool (see CacheControl)."""
+
     def __init__(
         self,
         *,
         type: _builtins.str = ...,
         function: Global___FunctionDefinition | None = ...,
+        cache_control: Global___CacheControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "function", b"function"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "function", b"function", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -447,15 +516,22 @@ class FunctionDefinition(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The function's name."""
     description: _builtins.str
     """What the function does."""
     strict: _builtins.bool
     """Whether the arguments must follow the schema exactly."""
+    parameters_json: _builtins.str
+    """`parameters` as a JSON object text, keys in the caller's order; wins over
+    `parameters` when set.
+    """
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
-        """JSON Schema of the arguments."""
+        """JSON Schema of the arguments. A Struct keeps no key order: prefer
+        `parameters_json`.
+        """
 
     def __init__(
         self,
@@ -464,13 +540,19 @@ class FunctionDefinition(_message.Message):
         description: _builtins.str = ...,
         parameters: _struct_pb2.Struct | None = ...,
         strict: _builtins.bool | None = ...,
+        parameters_json: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "parameters", b"parameters", "strict", b"strict"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_parameters_json", b"_parameters_json", "_strict", b"_strict", "parameters", b"parameters", "parameters_json", b"parameters_json", "strict", b"strict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "description", b"description", "name", b"name", "parameters", b"parameters", "strict", b"strict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parameters_json", b"_parameters_json", "_strict", b"_strict", "description", b"description", "name", b"name", "parameters", b"parameters", "parameters_json", b"parameters_json", "strict", b"strict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__parameters_json: _TypeAlias = _typing.Literal["parameters_json"]  # noqa: Y015
+    _WhichOneofArgType__parameters_json: _TypeAlias = _typing.Literal["_parameters_json", b"_parameters_json"]  # noqa: Y015
     _WhichOneofReturnType__strict: _TypeAlias = _typing.Literal["strict"]  # noqa: Y015
     _WhichOneofArgType__strict: _TypeAlias = _typing.Literal["_strict", b"_strict"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parameters_json) -> _WhichOneofReturnType__parameters_json | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__strict) -> _WhichOneofReturnType__strict | None: ...
 
 Global___FunctionDefinition: _TypeAlias = FunctionDefinition  # noqa: Y015
@@ -539,6 +621,7 @@ class ToolCall(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     FUNCTION_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position of the call in the message; set on stream deltas."""
     id: _builtins.str
@@ -549,6 +632,12 @@ class ToolCall(_message.Message):
     def function(self) -> Global___FunctionCall:
         """The function called."""
 
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """Anthropic's prompt caching mark on this call's `tool_use` block (see
+        CacheControl).
+        """
+
     def __init__(
         self,
         *,
@@ -556,10 +645,11 @@ class ToolCall(_message.Message):
         id: _builtins.str = ...,
         type: _builtins.str = ...,
         function: Global___FunctionCall | None = ...,
+        cache_control: Global___CacheControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "function", b"function"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "id", b"id", "index", b"index", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "function", b"function", "id", b"id", "index", b"index", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -629,15 +719,20 @@ class JsonSchema(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     SCHEMA_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    SCHEMA_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The schema's name."""
     description: _builtins.str
     """What the schema is for."""
     strict: _builtins.bool
     """Whether the output must follow the schema exactly."""
+    schema_json: _builtins.str
+    """`schema` as a JSON object text, keys in the caller's order; wins over
+    `schema` when set.
+    """
     @_builtins.property
     def schema(self) -> _struct_pb2.Struct:
-        """The JSON Schema itself."""
+        """The JSON Schema itself. A Struct keeps no key order: prefer `schema_json`."""
 
     def __init__(
         self,
@@ -646,13 +741,19 @@ class JsonSchema(_message.Message):
         description: _builtins.str = ...,
         schema: _struct_pb2.Struct | None = ...,
         strict: _builtins.bool | None = ...,
+        schema_json: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "schema", b"schema", "strict", b"strict"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_schema_json", b"_schema_json", "_strict", b"_strict", "schema", b"schema", "schema_json", b"schema_json", "strict", b"strict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "description", b"description", "name", b"name", "schema", b"schema", "strict", b"strict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_schema_json", b"_schema_json", "_strict", b"_strict", "description", b"description", "name", b"name", "schema", b"schema", "schema_json", b"schema_json", "strict", b"strict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__schema_json: _TypeAlias = _typing.Literal["schema_json"]  # noqa: Y015
+    _WhichOneofArgType__schema_json: _TypeAlias = _typing.Literal["_schema_json", b"_schema_json"]  # noqa: Y015
     _WhichOneofReturnType__strict: _TypeAlias = _typing.Literal["strict"]  # noqa: Y015
     _WhichOneofArgType__strict: _TypeAlias = _typing.Literal["_strict", b"_strict"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__schema_json) -> _WhichOneofReturnType__schema_json | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__strict) -> _WhichOneofReturnType__strict | None: ...
 
 Global___JsonSchema: _TypeAlias = JsonSchema  # noqa: Y015
