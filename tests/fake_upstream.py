@@ -24,6 +24,7 @@ behaviours for the next requests (`ok` once the script is empty):
   `stop_reason: stop_sequence` and `stop_sequence`, vLLM's `stop_reason` on the
   choice) and that 5 prompt tokens were written to the cache (Anthropic's
   `cache_creation_input_tokens`, OpenRouter's `prompt_tokens_details.cache_write_tokens`)
+- `cachewrite` (Anthropic): answer normally, with `stopseq`'s 5 cache writes
 - `reasoning`: think first: `REASONING` as OpenAI-compatible `reasoning_content`
   (in two pieces when streaming), Ollama's `message.thinking`, or an Anthropic
   `thinking` block signed `SIGNATURE` (`thinking_delta`s then a
@@ -147,6 +148,8 @@ class FakeUpstream:
         if kind == "errorbody":
             return web.json_response(failure)
         text = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+        if isinstance(text, list):  # text parts
+            text = " ".join(part.get("text", "") for part in text)
         words = [w + " " for w in text.split()]
         if words:
             words[-1] = words[-1][:-1]
@@ -296,6 +299,7 @@ class FakeUpstream:
         stop_sequence = None
         if kind == "stopseq":
             stop_reason, stop_sequence = "stop_sequence", STOP_SEQUENCE
+        if kind in ("stopseq", "cachewrite"):
             usage_in["cache_creation_input_tokens"] = 5
         tool = {
             "type": "tool_use",

@@ -5,7 +5,11 @@ become the proto's: `text` and `image` (base64 or url) parts, `tool_use` the
 assistant's tool calls (input as JSON arguments), `thinking` its
 `reasoning_content` and `reasoning_signature`, each `tool_result` a `tool`
 message of its own before the rest of its user turn; a `system` turn (Claude
-Code sends them) is a system message. `max_tokens` is
+Code sends them) is a system message. Blocks stay blocks, one part each, so
+that an Anthropic upstream gets them as they were (a prompt cache matches a
+prefix exactly): only one plain text block is the message's `content`. A
+block's `cache_control` is its part's, its tool call's (`tool_use`) or its
+tool message's (`tool_result`); a tool's is the tool's. `max_tokens` is
 required, as Anthropic requires it; `stop_sequences` is `stop`,
 `metadata.user_id` is `user`, `thinking.budget_tokens` (at least 1024, as
 Anthropic requires) is `reasoning_budget_tokens`, so it reaches an Anthropic
@@ -55,17 +59,43 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def _system(system: Any) -> str:
+def _marked(out: JSON, block: JSON, where: str) -> JSON:
+    """`out` with the block's `cache_control`, if it has one (type, and ttl if set)."""
+    mark = block.get("cache_control")
+    if mark is not None:
+        if not isinstance(mark, dict):
+            raise _invalid(f"{where}.cache_control", "must be a JSON object")
+        kept = {"type": _text(mark.get("type"), f"{where}.cache_control.type")}
+        if mark.get("ttl") is not None:
+            kept["ttl"] = _text(mark["ttl"], f"{where}.cache_control.ttl")
+        out["cache_control"] = kept
+    return out
+
+
+def _text_part(block: Any, where: str) -> JSON:
+    if not isinstance(block, dict) or block.get("type") != "text":
+        raise _invalid(where, "must be a text block")
+    return _marked(
+        {"type": "text", "text": _text(block.get("text"), f"{where}.text")}, block, where
+    )
+
+
+def _content(out: JSON, parts: list[JSON]) -> None:
+    """The parts as `out`'s content: one plain text block is a string, the rest stay parts."""
+    if len(parts) == 1 and parts[0]["type"] == "text" and "cache_control" not in parts[0]:
+        out["content"] = parts[0]["text"]
+    elif parts:
+        out["parts"] = parts
+
+
+def _system(system: Any) -> JSON:
     if isinstance(system, str):
-        return system
+        return {"role": "system", "content": system}
     if not isinstance(system, list):
         raise _invalid("system", "must be a string or a list of text blocks")
-    texts = []
-    for i, block in enumerate(system):
-        if not isinstance(block, dict) or block.get("type") != "text":
-            raise _invalid(f"system[{i}]", "must be a text block")
-        texts.append(_text(block.get("text"), f"system[{i}].text"))
-    return "\n".join(texts)
+    out: JSON = {"role": "system"}
+    _content(out, [_text_part(block, f"system[{i}]") for i, block in enumerate(system)])
+    return out
 
 
 def _image(source: Any, where: str) -> JSON:
@@ -82,19 +112,25 @@ def _image(source: Any, where: str) -> JSON:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _tool_result_text(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise _invalid(where, "must be a string or a list of blocks")
-    texts = []
-    for i, block in enumerate(content):
-        if not isinstance(block, dict) or block.get("type") != "text":
-            raise _invalid(f"{where}[{i}]", "only text blocks can be a tool result here")
-        texts.append(_text(block.get("text"), f"{where}[{i}].text"))
-    return "\n".join(texts)
+def _tool_result(block: JSON, where: str) -> JSON:
+    """A `tool_result` block as a tool message; an error's text says so first."""
+    out: JSON = {
+        "role": "tool",
+        "tool_call_id": _text(block.get("tool_use_id"), f"{where}.tool_use_id"),
+    }
+    content = block.get("content")
+    at = f"{where}.content"
+    if content is None or isinstance(content, str):
+        parts = [{"type": "text", "text": content or ""}]
+    elif isinstance(content, list):
+        parts = [_text_part(item, f"{at}[{i}]") for i, item in enumerate(content)]
+        parts = parts or [{"type": "text", "text": ""}]
+    else:
+        raise _invalid(at, "must be a string or a list of text blocks")
+    if block.get("is_error"):
+        parts[0]["text"] = f"Error: {parts[0]['text']}"
+    _content(out, parts)
+    return _marked(out, block, where)
 
 
 def _turn(message: Any, where: str) -> list[JSON]:
@@ -118,34 +154,24 @@ def _turn(message: Any, where: str) -> list[JSON]:
         at = f"{where}.content[{i}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            parts.append({"type": "text", "text": _text(block.get("text"), f"{at}.text")})
+            parts.append(_text_part(block, at))
         elif kind == "image":
-            parts.append(_image(block.get("source"), f"{at}.source"))
+            parts.append(_marked(_image(block.get("source"), f"{at}.source"), block, at))
         elif kind == "tool_use" and role == "assistant":
             arguments = block.get("input") if block.get("input") is not None else {}
             if not isinstance(arguments, dict):
                 raise _invalid(f"{at}.input", "must be a JSON object")
-            calls.append(
-                {
-                    "id": _text(block.get("id"), f"{at}.id"),
-                    "type": "function",
-                    "function": {
-                        "name": _text(block.get("name"), f"{at}.name"),
-                        "arguments": orjson.dumps(arguments).decode(),
-                    },
-                }
-            )
+            call = {
+                "id": _text(block.get("id"), f"{at}.id"),
+                "type": "function",
+                "function": {
+                    "name": _text(block.get("name"), f"{at}.name"),
+                    "arguments": orjson.dumps(arguments).decode(),
+                },
+            }
+            calls.append(_marked(call, block, at))
         elif kind == "tool_result" and role == "user":
-            text = _tool_result_text(block.get("content"), f"{at}.content")
-            if block.get("is_error"):
-                text = f"Error: {text}"
-            results.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": _text(block.get("tool_use_id"), f"{at}.tool_use_id"),
-                    "content": text,
-                }
-            )
+            results.append(_tool_result(block, at))
         elif kind == "thinking" and role == "assistant":
             out["reasoning_content"] = _text(block.get("thinking"), f"{at}.thinking")
             if block.get("signature"):
@@ -154,11 +180,7 @@ def _turn(message: Any, where: str) -> list[JSON]:
             continue  # encrypted for Anthropic alone: nothing another model can read
         else:
             raise _invalid(f"{at}.type", f"a {kind!r} block cannot be sent in a {role} turn")
-    if parts:
-        if all(part["type"] == "text" for part in parts):
-            out["content"] = "".join(part["text"] for part in parts)
-        else:
-            out["parts"] = parts
+    _content(out, parts)
     if calls:
         out["tool_calls"] = calls
     keep = parts or calls or "reasoning_content" in out or not results
@@ -179,7 +201,7 @@ def _tools(tools: Any) -> list[JSON]:
             function["description"] = _text(tool["description"], f"tools[{i}].description")
         if tool.get("input_schema") is not None:
             function["parameters"] = tool["input_schema"]
-        out.append({"type": "function", "function": function})
+        out.append(_marked({"type": "function", "function": function}, tool, f"tools[{i}]"))
     return out
 
 
@@ -234,7 +256,7 @@ def _conversation(body: Any) -> tuple[JSON, chat_pb2.ChatCompletionRequest]:
         raise _invalid("messages", "must be a non-empty list")
     converted: list[JSON] = []
     if body.get("system"):
-        converted.append({"role": "system", "content": _system(body["system"])})
+        converted.append(_system(body["system"]))
     for i, message in enumerate(messages):
         converted.extend(_turn(message, f"messages[{i}]"))
     _set(request, "messages", converted, "messages")

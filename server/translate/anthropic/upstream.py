@@ -1,10 +1,13 @@
 """Anthropic's Messages API dialect: chat requests out, messages and stream events in.
 
-System and developer messages become the `system` field; tool results become
+System and developer messages become the `system` field (one string, or text
+blocks when any message has parts or a cache mark); tool results become
 `tool_result` blocks in a user turn; assistant tool calls become `tool_use`
-blocks. `max_tokens` is required by Anthropic: the request's, else the
-model's `max_tokens_default`. A field Anthropic cannot honour is refused by
-name (400), never dropped silently.
+blocks. `cache_control` travels unchanged (type, and ttl when set) on the
+blocks, tool calls and tools that carry it; a message's own is its last
+block's (its `tool_result`, or its text). `max_tokens` is required by
+Anthropic: the request's, else the model's `max_tokens_default`. A field
+Anthropic cannot honour is refused by name (400), never dropped silently.
 
 Reasoning is Anthropic's extended thinking. A caller's `reasoning_budget_tokens`
 is sent as it is, as `budget_tokens` (Anthropic judges it against `max_tokens`);
@@ -93,6 +96,17 @@ def _check_supported(request: chat_pb2.ChatCompletionRequest) -> None:
             raise cannot_honour("tool_choice", "cannot force a tool with reasoning")
 
 
+def _marked(block: JSON, holder: Any) -> JSON:
+    """`block` with the cache mark of its part, message, tool or tool call, if it has one
+    (a block's own is kept)."""
+    if holder.HasField("cache_control") and "cache_control" not in block:
+        mark = holder.cache_control
+        block["cache_control"] = (
+            {"type": mark.type, "ttl": mark.ttl} if mark.ttl else {"type": mark.type}
+        )
+    return block
+
+
 def _image(url: str) -> JSON:
     match = DATA_URL.fullmatch(url)
     if match:
@@ -121,9 +135,9 @@ def _blocks(message: chat_pb2.ChatMessage, where: str) -> list[JSON]:
     for j, part in enumerate(message.parts):
         kind = part.WhichOneof("part")
         if kind in ("text", "refusal"):  # an earlier refusal is, to Anthropic, what was said
-            blocks.append({"type": "text", "text": getattr(part, kind)})
+            blocks.append(_marked({"type": "text", "text": getattr(part, kind)}, part))
         elif kind == "image_url":
-            blocks.append(_image(part.image_url.url))
+            blocks.append(_marked(_image(part.image_url.url), part))
         else:
             raise cannot_honour(f"{where}.content[{j}]", f"{part.type} parts cannot be sent")
     return blocks
@@ -131,36 +145,51 @@ def _blocks(message: chat_pb2.ChatMessage, where: str) -> list[JSON]:
 
 def _tool_use(call: chat_pb2.ToolCall, where: str) -> JSON:
     arguments = tool_arguments(call, where)
-    return {"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments}
+    block = {"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments}
+    return _marked(block, call)
 
 
-def _text_of(message: chat_pb2.ChatMessage) -> str:
-    if message.HasField("content"):
-        return message.content
-    return "\n".join(p.text for p in message.parts if p.WhichOneof("part") == "text")
+def _marked_blocks(message: chat_pb2.ChatMessage, where: str) -> list[JSON]:
+    """The message's blocks, its own cache mark on the last (unless that has one)."""
+    blocks = _blocks(message, where)
+    if blocks:
+        _marked(blocks[-1], message)
+    return blocks
 
 
-def _messages(request: chat_pb2.ChatCompletionRequest) -> tuple[list[str], list[JSON]]:
-    """(system texts, turns), consecutive turns of one role merged into one."""
-    system: list[str] = []
+def _system(messages: list[tuple[chat_pb2.ChatMessage, str]]) -> str | list[JSON]:
+    """One string, as ever, unless a message has parts or a cache mark: then text blocks,
+    as Anthropic's own clients send them (so that a cache mark keeps its place)."""
+    if all(m.HasField("content") and not m.HasField("cache_control") for m, _ in messages):
+        return "\n\n".join(m.content for m, _ in messages)
+    return [block for m, where in messages for block in _marked_blocks(m, where)]
+
+
+def _tool_result(message: chat_pb2.ChatMessage, where: str) -> JSON:
+    content: str | list[JSON] = message.content
+    if message.parts:
+        content = _blocks(message, where)
+    block = {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": content}
+    return _marked(block, message)
+
+
+def _messages(
+    request: chat_pb2.ChatCompletionRequest,
+) -> tuple[str | list[JSON] | None, list[JSON]]:
+    """(the system field, turns), consecutive turns of one role merged into one."""
+    system: list[tuple[chat_pb2.ChatMessage, str]] = []
     turns: list[JSON] = []
     for i, message in enumerate(request.messages):
         where = f"messages[{i}]"
         if message.role in ("system", "developer"):
-            system.append(_text_of(message))
+            system.append((message, where))
             continue
         if message.role == "tool":
             role = "user"
-            blocks: list[JSON] = [
-                {
-                    "type": "tool_result",
-                    "tool_use_id": message.tool_call_id,
-                    "content": _text_of(message),
-                }
-            ]
+            blocks = [_tool_result(message, where)]
         else:
             role = message.role
-            blocks = _thinking(message) + _blocks(message, where)
+            blocks = _thinking(message) + _marked_blocks(message, where)
             blocks += [
                 _tool_use(c, f"{where}.tool_calls[{k}]") for k, c in enumerate(message.tool_calls)
             ]
@@ -168,7 +197,7 @@ def _messages(request: chat_pb2.ChatCompletionRequest) -> tuple[list[str], list[
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
-    return system, turns
+    return (_system(system) if system else None), turns
 
 
 def _tool_choice(request: chat_pb2.ChatCompletionRequest) -> JSON | None:
@@ -233,7 +262,7 @@ def chat_request_to_anthropic(
     if thinking is not None:
         body["thinking"] = thinking
     if system:
-        body["system"] = "\n\n".join(system)
+        body["system"] = system
     if request.HasField("temperature"):
         body["temperature"] = request.temperature
     if request.HasField("top_p"):
@@ -253,6 +282,8 @@ def chat_request_to_anthropic(
             }
             for tool in request.tools
         ]
+        for tool, sent in zip(request.tools, body["tools"], strict=True):
+            _marked(sent, tool)
     if (choice := _tool_choice(request)) is not None:
         body["tool_choice"] = choice
     if request.user:
