@@ -2,8 +2,8 @@
 
 - `x-request-id` on every answer: a valid incoming id (up to 128 of
   `[A-Za-z0-9._:-]`) is echoed, else a new one is made; it is kept in
-  `scope["state"]["request_id"]` for the handlers, beside the arrival time
-  and the caller's `traceparent`.
+  `scope["state"]["request_id"]` for the handlers, beside the arrival time,
+  the caller's `traceparent` and its `anthropic-beta` (sent on to Anthropic).
 - `server-timing: gateway;dur=<ms>, upstream;dur=<ms>` on every answer:
   arrival to the response head, and the provider's time where one was called.
 - `connection: close` on every answer while the replica is not ready, so a
@@ -64,7 +64,7 @@ class CallScopeMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        incoming = traceparent = tracestate = None
+        incoming = traceparent = tracestate = beta = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
@@ -73,12 +73,16 @@ class CallScopeMiddleware:
             elif name == b"tracestate":  # W3C: several headers are one list
                 text = value.decode("latin-1")
                 tracestate = text if tracestate is None else f"{tracestate},{text}"
+            elif name == b"anthropic-beta":  # likewise a list
+                text = value.decode("latin-1")
+                beta = text if beta is None else f"{beta},{text}"
         request_id = request_id_from(incoming)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["started"] = started
         state["traceparent"] = traceparent
         state["tracestate"] = tracestate
+        state["anthropic_beta"] = beta
         id_header = (b"x-request-id", request_id.encode())
         readiness = self._readiness
         status = 0

@@ -44,6 +44,7 @@ async def _open_call(
         started=state.started,
         traceparent=state.traceparent,
         tracestate=state.tracestate,
+        anthropic_beta=state.anthropic_beta,
     )
     request.state.call = ctx  # the error handler adds its response headers
     return ctx

@@ -99,7 +99,10 @@ class CallContext:
     `deadline` is on the `time.monotonic()` clock. `response_headers` is
     where the core leaves headers (or gRPC trailers) for the door to send.
     `traceparent` and `tracestate` are the caller's W3C trace context, if it
-    sent one.
+    sent one. `anthropic_beta` is the caller's `anthropic-beta` header (gRPC:
+    metadata), sent on unchanged to `anthropic`-kind upstreams alone, so that
+    Anthropic's beta features (prompt caching's among them) work through the
+    gateway; the core checks it (server/core/validation.py).
     """
 
     request_id: str
@@ -111,6 +114,7 @@ class CallContext:
     trace: CallTrace = field(default_factory=CallTrace)
     traceparent: str | None = None
     tracestate: str | None = None
+    anthropic_beta: str | None = None
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()

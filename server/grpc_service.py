@@ -1,9 +1,9 @@
 """The gRPC door: thin servicers that hand every call to the data plane.
 
 Every method goes through one wrapper (`unary_rpc` / `stream_rpc`): it reads
-the request id, credentials and `traceparent` from metadata, asks the policy
-who the caller is, builds the `CallContext`, turns errors into statuses with
-details, and reports the call once it ended (server/telemetry).
+the request id, credentials, `traceparent` and `anthropic-beta` from metadata,
+asks the policy who the caller is, builds the `CallContext`, turns errors into
+statuses with details, and reports the call once it ended (server/telemetry).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class _Call:
         self.status = grpc.StatusCode.OK
 
     async def open(self, door: _Door, context: Context) -> CallContext:
-        request_id = authorization = traceparent = tracestate = None
+        request_id = authorization = traceparent = tracestate = beta = None
         for key, value in context.invocation_metadata() or ():
             if key == "x-request-id":
                 request_id = value
@@ -99,6 +99,9 @@ class _Call:
                 traceparent = value
             elif key == "tracestate":
                 tracestate = value
+            elif key == "anthropic-beta":  # a list: several entries are one
+                text = _text(value)
+                beta = text if beta is None else f"{beta},{text}"
         self.request_id = request_id_from(_text(request_id))
         await context.send_initial_metadata((("x-request-id", self.request_id),))
         caller = await door.policy.authenticate(_text(authorization))
@@ -111,6 +114,7 @@ class _Call:
             started=self.started,
             traceparent=_text(traceparent),
             tracestate=_text(tracestate),
+            anthropic_beta=beta,
         )
         return self.ctx
 

@@ -23,7 +23,11 @@ from server.core.estimate import estimate_prompt
 from server.core.fold import fold_stream
 from server.core.resilience import open_stream
 from server.core.routing import Router
-from server.core.validation import validate_chat_request, validate_embedding_request
+from server.core.validation import (
+    validate_anthropic_beta,
+    validate_chat_request,
+    validate_embedding_request,
+)
 from server.errors import (
     GatewayError,
     NotFoundError,
@@ -89,6 +93,8 @@ class DataPlane:
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext, *, streaming: bool
     ) -> AsyncIterator[Batch]:
         validate_chat_request(request)
+        if ctx.anthropic_beta is not None:
+            validate_anthropic_beta(ctx.anthropic_beta)
         route = self.router.resolve(request.model, ctx.caller)
         ctx.trace.model = route.model.name
         prompt = ctx.trace.prompt_estimate = estimate_prompt(request)  # once: reserved, charged

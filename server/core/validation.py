@@ -5,6 +5,7 @@ Each failure is an `InvalidRequestError` naming the offending field.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -13,7 +14,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 from server.errors import InvalidRequestError, echoed
 from server.translate.common import check_stop_count
 
-__all__ = ["validate_chat_request", "validate_embedding_request"]
+__all__ = ["validate_anthropic_beta", "validate_chat_request", "validate_embedding_request"]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 PART_TYPES = {
@@ -135,6 +136,18 @@ _FIELD_CHECKS: dict[str, Callable[[Any], None]] = {
     "reasoning_effort": _check_reasoning_effort,
     "stop": _check_stop,
 }
+
+
+# `anthropic-beta` is the caller's, sent on to an upstream: a bounded list of names
+MAX_ANTHROPIC_BETA = 1024
+_ANTHROPIC_BETA = re.compile(rf"[\x20-\x7e]{{0,{MAX_ANTHROPIC_BETA}}}")  # printable ASCII
+
+
+def validate_anthropic_beta(value: str) -> None:
+    if not _ANTHROPIC_BETA.fullmatch(value):
+        raise _invalid(
+            "anthropic-beta", f"must be at most {MAX_ANTHROPIC_BETA} printable ASCII characters"
+        )
 
 
 def validate_embedding_request(request: embeddings_pb2.EmbeddingRequest) -> None:

@@ -1,4 +1,5 @@
-"""The `anthropic` kind: Anthropic's Messages API, translated both ways."""
+"""The `anthropic` kind: Anthropic's Messages API, translated both ways; the caller's
+`anthropic-beta` goes with every attempt (retries and fallbacks alike)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ class AnthropicProvider(HttpProvider):
             max_tokens_default=route.model.max_tokens_default,
             stream=chunked,
         )
-        async with self.client.post("/v1/messages", body, ctx, streaming=chunked) as response:
+        beta = {"anthropic-beta": ctx.anthropic_beta} if ctx.anthropic_beta else None
+        async with self.client.post(
+            "/v1/messages", body, ctx, streaming=chunked, extra_headers=beta
+        ) as response:
             if not chunked:
                 yield [decode(await response.read(), anthropic.message_as_chunk)]
                 return

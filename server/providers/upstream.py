@@ -143,11 +143,19 @@ class UpstreamClient:
 
     @contextlib.asynccontextmanager
     async def post(
-        self, path: str, body: Any, ctx: CallContext, *, streaming: bool
+        self,
+        path: str,
+        body: Any,
+        ctx: CallContext,
+        *,
+        streaming: bool,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """POST JSON and yield the 2xx response; every failure is a classified
         `GatewayError`. Leaving the block early (cancellation) closes the request."""
         headers = {"x-request-id": ctx.request_id}  # the same id in the upstream's logs
+        if extra_headers:
+            headers.update(extra_headers)
         if ctx.trace.traceparent is not None:
             headers["traceparent"] = ctx.trace.traceparent
             if ctx.trace.tracestate is not None:
