@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import Depends, Request
@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from server.context import CallContext, Protocol
 from server.errors import InvalidRequestError, echoed
 from server.policy import Policy
+from server.translate.protojson import MAX_JSON_DEPTH, deeper_than, too_deep
 
 __all__ = [
     "AnthropicCall",
@@ -24,10 +25,6 @@ __all__ = [
     "openai_call",
     "read_json",
 ]
-
-# The gRPC door's protobuf runtime parses a Struct about 33 levels deep and no
-# deeper, so no door accepts JSON nested deeper than this (the body itself is level 1).
-MAX_JSON_DEPTH = 32
 
 
 async def _open_call(
@@ -99,27 +96,15 @@ async def read_json(request: Request) -> object:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if str(exc).startswith("depth limit exceeded"):  # orjson's own, at 1024 levels
-            raise _too_deep("body") from None
+            raise too_deep("body") from None
         raise InvalidRequestError("body: is not valid JSON", param="body") from None
     if (
         body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH
         and isinstance(value, dict | list)
-        and (path := _deeper_than(value, MAX_JSON_DEPTH - 1)) is not None
+        and (path := deeper_than(value, MAX_JSON_DEPTH - 1)) is not None
     ):
-        raise _too_deep(_path_name(path))
+        raise too_deep(_path_name(path))
     return value
-
-
-def _deeper_than(container: dict[str, Any] | list[Any], levels: int) -> list[str | int] | None:
-    """The path, innermost first, to a container nested more than `levels` below this one."""
-    items = container.items() if type(container) is dict else enumerate(container)
-    for key, item in items:
-        if type(item) is dict or type(item) is list:  # orjson makes exactly these
-            path = [] if levels == 0 else _deeper_than(item, levels - 1)
-            if path is not None:
-                path.append(key)
-                return path
-    return None
 
 
 def _path_name(path: list[str | int]) -> str:
@@ -128,9 +113,3 @@ def _path_name(path: list[str | int]) -> str:
     for key in reversed(path):
         name += f"[{key}]" if isinstance(key, int) else f".{key}" if name else key
     return echoed(name)
-
-
-def _too_deep(where: str) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels", param=where
-    )

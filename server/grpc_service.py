@@ -38,6 +38,7 @@ from server.grpc_decode import UndecodableRequest, add_service
 from server.grpc_errors import to_grpc_status
 from server.policy import Policy
 from server.telemetry import Telemetry
+from server.translate.common import check_schema_texts
 
 __all__ = ["SERVICE_NAMES", "build_grpc_server"]
 
@@ -319,12 +320,14 @@ class ChatService(_Door, chat_pb2_grpc.ChatServiceServicer):
     async def CreateChatCompletion(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
     ) -> chat_pb2.ChatCompletion:
+        check_schema_texts(request)
         return await self.plane.create_chat(request, ctx)
 
     @stream_rpc
     def StreamChatCompletion(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
     ) -> AsyncIterator[list[Chunk]]:
+        check_schema_texts(request)
         return _whole_chunks(self.plane.stream_chat(request, ctx))
 
 

@@ -17,7 +17,7 @@ import orjson
 from tandem.v1 import chat_pb2
 
 from server.messages import estimate_tokens
-from server.translate.common import struct_json
+from server.translate.common import response_schema, tool_parameters
 
 __all__ = ["MEDIA_PART_TOKENS", "estimate_prompt"]
 
@@ -49,14 +49,14 @@ def estimate_prompt(request: chat_pb2.ChatCompletionRequest) -> int:
     for tool in request.tools:
         declared = tool.function
         definition: dict[str, Any] = {"name": declared.name, "description": declared.description}
-        if declared.HasField("parameters"):
-            definition["parameters"] = struct_json(declared.parameters)
+        if (parameters := tool_parameters(declared)) is not None:
+            definition["parameters"] = parameters
         total += _json_tokens(definition)
     if request.HasField("response_format") and request.response_format.HasField("json_schema"):
         schema = request.response_format.json_schema
         described: dict[str, Any] = {"name": schema.name, "description": schema.description}
-        if schema.HasField("schema"):
-            described["schema"] = struct_json(schema.schema)
+        if (value := response_schema(schema)) is not None:
+            described["schema"] = value
         total += _json_tokens(described)
     return total
 

@@ -1,5 +1,6 @@
 """What the provider dialects share: refusing what a provider cannot honour, the bound on
-stop sequences, data URLs, tool call arguments as JSON objects, a `Struct` as JSON."""
+stop sequences, data URLs, tool call arguments as JSON objects, a schema (its text, else
+its `Struct`) as JSON."""
 
 from __future__ import annotations
 
@@ -13,15 +14,20 @@ from google.protobuf import struct_pb2
 from tandem.v1 import chat_pb2
 
 from server.errors import InvalidRequestError
+from server.translate.protojson import check_json_object
 
 __all__ = [
     "DATA_URL",
     "MAX_STOP_SEQUENCES",
+    "Schema",
     "cannot_honour",
+    "check_schema_texts",
     "check_stop_count",
+    "response_schema",
     "struct_json",
     "struct_to_json",
     "tool_arguments",
+    "tool_parameters",
 ]
 
 DATA_URL = re.compile(r"data:(?P<media>[\w/+.-]+);base64,(?P<data>.*)", re.S)
@@ -36,8 +42,38 @@ SCHEMA_KEPT_MAX_BYTES = 16 * 1024  # serialized
 SCHEMA_JSON_KEPT_MAX_BYTES = 32 * 1024
 _schemas: OrderedDict[bytes, orjson.Fragment] = OrderedDict()  # least recently used first
 
+# a schema for an upstream body or the estimate: JSON text to copy as it is, or values
+Schema = orjson.Fragment | dict[str, Any]
 
-def struct_json(struct: struct_pb2.Struct) -> orjson.Fragment | dict[str, Any]:
+
+def tool_parameters(function: chat_pb2.FunctionDefinition) -> Schema | None:
+    """A function's `parameters`: the text the caller wrote, keys in order (checked at
+    the door), else its `Struct` (no order; a gRPC caller's), else None."""
+    if function.HasField("parameters_json"):
+        return orjson.Fragment(function.parameters_json)
+    return struct_json(function.parameters) if function.HasField("parameters") else None
+
+
+def response_schema(schema: chat_pb2.JsonSchema) -> Schema | None:
+    """A JSON schema's `schema`, as `tool_parameters` reads a function's."""
+    if schema.HasField("schema_json"):
+        return orjson.Fragment(schema.schema_json)
+    return struct_json(schema.schema) if schema.HasField("schema") else None
+
+
+def check_schema_texts(request: chat_pb2.ChatCompletionRequest) -> None:
+    """Refuse a schema text that is not a JSON object's, naming its field: what a gRPC
+    caller sets is checked here, once (a JSON door's parser checks what it is sent)."""
+    for i, tool in enumerate(request.tools):
+        if tool.function.HasField("parameters_json"):
+            where = f"tools[{i}].function.parameters_json"
+            check_json_object(tool.function.parameters_json, where)
+    schema = request.response_format.json_schema
+    if schema.HasField("schema_json"):
+        check_json_object(schema.schema_json, "response_format.json_schema.schema_json")
+
+
+def struct_json(struct: struct_pb2.Struct) -> Schema:
     """A `Struct` (a tool's parameters, a JSON schema) for an upstream body.
 
     Reading a Struct is slow (~40 us for a tool of six parameters, measured

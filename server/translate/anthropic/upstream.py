@@ -38,7 +38,7 @@ from tandem.v1 import chat_pb2
 from server.chunks import Item
 from server.errors import UpstreamError
 from server.translate.anthropic import MIN_THINKING_BUDGET
-from server.translate.common import DATA_URL, cannot_honour, struct_json, tool_arguments
+from server.translate.common import DATA_URL, cannot_honour, tool_arguments, tool_parameters
 from server.translate.reasoning import EFFORT_BUDGETS
 
 __all__ = [
@@ -276,9 +276,7 @@ def chat_request_to_anthropic(
             {
                 "name": tool.function.name,
                 **({"description": tool.function.description} if tool.function.description else {}),
-                "input_schema": struct_json(tool.function.parameters)
-                if tool.function.HasField("parameters")
-                else {"type": "object"},
+                "input_schema": tool_parameters(tool.function) or {"type": "object"},
             }
             for tool in request.tools
         ]

@@ -16,7 +16,13 @@ import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.chunks import Item
-from server.translate.common import DATA_URL, cannot_honour, struct_json, tool_arguments
+from server.translate.common import (
+    DATA_URL,
+    cannot_honour,
+    response_schema,
+    tool_arguments,
+    tool_parameters,
+)
 from server.translate.ollama import SAMPLING_OPTIONS
 from server.translate.reasoning import reasoning_effort
 
@@ -110,7 +116,7 @@ def chat_request_to_ollama(
                 "function": {
                     "name": t.function.name,
                     "description": t.function.description,
-                    "parameters": struct_json(t.function.parameters),
+                    "parameters": tool_parameters(t.function) or {},
                 },
             }
             for t in request.tools
@@ -120,7 +126,7 @@ def chat_request_to_ollama(
         if response_format.type == "json_object":
             body["format"] = "json"
         elif response_format.type == "json_schema":
-            body["format"] = struct_json(response_format.json_schema.schema)
+            body["format"] = response_schema(response_format.json_schema) or {}
     return body
 
 

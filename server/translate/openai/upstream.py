@@ -15,7 +15,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.chunks import Item
 from server.errors import UpstreamError
-from server.translate.common import cannot_honour, struct_json
+from server.translate.common import cannot_honour, response_schema, tool_parameters
 from server.translate.openai.replies import encode_tool_calls
 from server.translate.protojson import parse_into
 from server.translate.reasoning import reasoning_effort
@@ -92,8 +92,8 @@ def _tool_to_openai(tool: chat_pb2.Tool) -> JSON:
     function: JSON = {"name": tool.function.name}
     if tool.function.description:
         function["description"] = tool.function.description
-    if tool.function.HasField("parameters"):
-        function["parameters"] = struct_json(tool.function.parameters)
+    if (parameters := tool_parameters(tool.function)) is not None:
+        function["parameters"] = parameters
     if tool.function.HasField("strict"):
         function["strict"] = tool.function.strict
     return {"type": tool.type or "function", "function": function}
@@ -106,8 +106,8 @@ def _response_format_to_openai(response_format: chat_pb2.ResponseFormat) -> JSON
         inner: JSON = {"name": schema.name}
         if schema.description:
             inner["description"] = schema.description
-        if schema.HasField("schema"):
-            inner["schema"] = struct_json(schema.schema)
+        if (value := response_schema(schema)) is not None:
+            inner["schema"] = value
         if schema.HasField("strict"):
             inner["strict"] = schema.strict
         out["json_schema"] = inner
