@@ -58,6 +58,7 @@ def create_app(
     app.include_router(routes_native.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_ollama.router)
+    app.include_router(routes_ollama.root)
     serve_docs(app)
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive")

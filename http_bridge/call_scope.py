@@ -42,6 +42,8 @@ _DOOR_PREFIXES = (
 
 def door_protocol(path: str) -> str | None:
     """The protocol of a door route, or None for the rest (probes, metrics, docs)."""
+    if path == "/":  # Ollama's "Ollama is running", as its `/api/version`
+        return "ollama"
     for prefix, protocol in _DOOR_PREFIXES:
         if path.startswith(prefix):
             return protocol

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 from starlette.responses import Response
+from tandem.v1 import chat_pb2
 
 from http_bridge.deps import read_json
 from http_bridge.dialects import Dialect
@@ -16,8 +17,15 @@ from server.core.dataplane import DataPlane
 __all__ = ["create_chat", "create_embeddings"]
 
 
-async def create_chat(request: Request, ctx: CallContext, dialect: Dialect) -> Response:
-    chat = dialect.parse_chat(await read_json(request))
+async def create_chat(
+    request: Request,
+    ctx: CallContext,
+    dialect: Dialect,
+    chat: chat_pb2.ChatCompletionRequest | None = None,
+) -> Response:
+    """The answer to a chat: `chat` if the route has parsed it, else the body's."""
+    if chat is None:
+        chat = dialect.parse_chat(await read_json(request))
     plane: DataPlane = request.app.state.plane
     if dialect.model_name is not None:
         chat.model = dialect.model_name(chat.model, plane.router.known)

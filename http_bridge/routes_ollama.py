@@ -4,11 +4,11 @@ reach every model behind the gateway, with the same auth, limits and ledger."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from http_bridge import handlers
 from http_bridge.deps import OllamaCall, ollama_call, read_json
-from http_bridge.dialects import OLLAMA, OLLAMA_EMBEDDINGS, OLLAMA_GENERATE
+from http_bridge.dialects import OLLAMA, OLLAMA_EMBEDDINGS, OLLAMA_GENERATE, Dialect
 from http_bridge.responses import JsonResponse, reply
 from http_bridge.routing import Endpoints
 from server.context import CallContext
@@ -16,10 +16,11 @@ from server.errors import InvalidRequestError
 from server.translate.ollama import inbound as ollama_inbound
 from server.translate.ollama import replies as ollama_replies
 
-__all__ = ["endpoints", "router"]
+__all__ = ["endpoints", "root", "router"]
 
 
 router = APIRouter(prefix=OLLAMA.prefix, tags=["ollama"])  # served by FastAPI
+root = APIRouter(tags=["ollama"])  # `/`, where Ollama's clients check that it is up
 endpoints = Endpoints(ollama_call, tag="ollama")  # served by the door's table (routing.py)
 
 _BODY = "Ollama's request shape; unknown fields are ignored, as Ollama does."
@@ -32,14 +33,25 @@ def _openapi(summary: str) -> dict[str, object]:
 
 @endpoints.post(f"{OLLAMA.prefix}/chat", **_openapi("Chat (Ollama; NDJSON unless stream: false)"))
 async def chat(request: Request, ctx: CallContext) -> Response:
-    return await handlers.create_chat(request, ctx, OLLAMA)
+    return await _chat_or_load(request, ctx, OLLAMA)
 
 
 @endpoints.post(
     f"{OLLAMA.prefix}/generate", **_openapi("Generate from a prompt (Ollama; NDJSON by default)")
 )
 async def generate(request: Request, ctx: CallContext) -> Response:
-    return await handlers.create_chat(request, ctx, OLLAMA_GENERATE)
+    return await _chat_or_load(request, ctx, OLLAMA_GENERATE)
+
+
+async def _chat_or_load(request: Request, ctx: CallContext, dialect: Dialect) -> Response:
+    """A chat, or, with no messages (a generate with no prompt), Ollama's load: the
+    model's access checked and one request counted, nothing generated or charged."""
+    chat = dialect.parse_chat(await read_json(request))
+    if chat.messages:
+        return await handlers.create_chat(request, ctx, dialect, chat)
+    plane = request.app.state.plane
+    model = await plane.admit_model(ollama_inbound.resolve_tag(chat.model, plane.router.known), ctx)
+    return reply(ctx, ollama_replies.encode_load(model, generate=dialect is OLLAMA_GENERATE))
 
 
 @endpoints.post(f"{OLLAMA.prefix}/embed", **_openapi("Embed one input or several (Ollama)"))
@@ -78,3 +90,13 @@ async def ps(request: Request, ctx: OllamaCall) -> Response:
 @router.get("/version", summary="The Ollama API version served (no credential needed)")
 async def version() -> Response:
     return JsonResponse({"version": ollama_replies.OLLAMA_VERSION})
+
+
+@root.api_route(
+    "/",
+    methods=["GET", "HEAD"],
+    response_class=PlainTextResponse,
+    summary="Ollama is running (no credential needed), as Ollama says",
+)
+async def running() -> Response:
+    return PlainTextResponse("Ollama is running")

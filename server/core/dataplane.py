@@ -190,10 +190,17 @@ class DataPlane:
     async def count_tokens(self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext) -> int:
         """The gateway's estimate of a request's prompt, the one a chat reserves and may be
         charged: one request counted, no tokens reserved, nothing generated."""
-        route = self.router.resolve(request.model, ctx.caller)
+        await self.admit_model(request.model, ctx)
+        return estimate_prompt(request)
+
+    async def admit_model(self, model: str, ctx: CallContext) -> str:
+        """`model`'s public name once the caller may use it, one request counted: no
+        tokens reserved, nothing generated, no upstream called (`count_tokens`, and
+        Ollama's load: a chat with no messages)."""
+        route = self.router.resolve(model, ctx.caller)
         ctx.trace.model = route.model.name
         await self.policy.admit_request(ctx)
-        return estimate_prompt(request)
+        return route.model.name
 
     async def list_models(self, ctx: CallContext) -> models_pb2.ListModelsResponse:
         await self.policy.admit_request(ctx)

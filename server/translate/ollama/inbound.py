@@ -238,21 +238,23 @@ def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
 
 
 def parse_generate(body: Any) -> chat_pb2.ChatCompletionRequest:
-    """`/api/generate`: a `prompt` (and `system`, `images`) as a one-turn chat."""
+    """`/api/generate`: a `prompt` (and `system`, `images`) as a one-turn chat; without
+    a prompt, no messages (Ollama's load)."""
     body = _object(body)
     request = chat_pb2.ChatCompletionRequest()
     messages: list[JSON] = []
     for name in ("system", "prompt"):
         if body.get(name) is not None and not isinstance(body[name], str):
             raise _invalid(name, "must be a string")
-    if body.get("system"):
-        messages.append({"role": "system", "content": body["system"]})
-    prompt = body.get("prompt") or ""
-    if body.get("images"):
-        text = [{"type": "text", "text": prompt}] if prompt else []
-        messages.append({"role": "user", "parts": text + _images(body["images"], "images")})
-    else:
-        messages.append({"role": "user", "content": prompt})
+    prompt = body.get("prompt")
+    if prompt:  # else no messages: Ollama's load, whatever else is sent
+        if body.get("system"):
+            messages.append({"role": "system", "content": body["system"]})
+        if body.get("images"):
+            parts = [{"type": "text", "text": prompt}, *_images(body["images"], "images")]
+            messages.append({"role": "user", "parts": parts})
+        else:
+            messages.append({"role": "user", "content": prompt})
     _set(request, "messages", messages, "messages")
     _common(body, request)
     return request

@@ -25,6 +25,7 @@ __all__ = [
     "encode_embed",
     "encode_embeddings",
     "encode_generate",
+    "encode_load",
     "encode_ps",
     "encode_show",
     "encode_tags",
@@ -195,15 +196,27 @@ class StreamEncoder:
             ]
             line = {"model": self._model, "created_at": _now(), "message": _message("", calls)}
             out += self._prefix + orjson.dumps({**line, "done": False}) + self._suffix
-        last: JSON = {"model": self._model, "created_at": _now()}
-        if self._generate:
-            last["response"] = ""
-        else:
-            last["message"] = _message("")
-        last["done"] = True
-        last["done_reason"] = _done_reason(self._finish)
+        last = _last(self._model, self._generate, _done_reason(self._finish))
         last.update(_counts(usage, self._started, self._first_at))
         return out + self._prefix + orjson.dumps(last) + self._suffix
+
+
+def _last(model: str, generate: bool, done_reason: str) -> JSON:
+    """An answer's last object, before its counts: no more text."""
+    last: JSON = {"model": model, "created_at": _now()}
+    if generate:
+        last["response"] = ""
+    else:
+        last["message"] = _message("")
+    last["done"] = True
+    last["done_reason"] = done_reason
+    return last
+
+
+def encode_load(model: str, *, generate: bool) -> JSON:
+    """Ollama's answer to a chat with no messages (a generate with no prompt), how its
+    clients load a model: one object, streamed or not, and nothing generated."""
+    return _last(model, generate, "load")
 
 
 def encode_embed(

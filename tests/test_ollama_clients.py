@@ -1,0 +1,199 @@
+"""What Ollama's clients ask of a server before they chat, as Ollama answers it: `GET /`
+and `HEAD /` say it is running, a chat with no messages (a generate with no prompt)
+loads the model. The official `ollama` library,
+and raw HTTP for what it hides, on a live gateway with a fake Ollama upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jwt
+import ollama
+import orjson
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+from tests.servers import TandemProcess, start_tandem
+
+SECRET = "ollama-clients-secret-0123456789abcdef"
+ADMIN_KEY = "ollama-clients-admin-key"
+FAILURES = {  # a model whose upstream cannot say what it can do -> how it fails
+    "fails-status": "500",
+    "fails-slowly": "slow:3",
+    "fails-flood": "flood:2",
+    "fails-badjson": "badjson",
+    "fails-old": "nocapabilities",
+}
+CONFIG = f"""
+providers:
+  - {{name: demo, kind: mock}}
+  - {{name: lab, kind: ollama, base_url: "%(root)s", max_retries: 0, timeout_s: 1}}
+models:
+  - {{name: echo, provider: demo}}
+  - {{name: hidden, provider: demo}}
+  - {{name: vector, provider: demo, capabilities: [embedding]}}
+  - {{name: llama, provider: lab, upstream: "llama3.2:1b"}}
+  - {{name: embedder, provider: lab, upstream: nomic-embed-text}}
+  - {{name: qwen, provider: lab, upstream: "qwen3:8b"}}
+  - {{name: told, provider: lab, upstream: "qwen3:8b", capabilities: [completion, vision]}}
+{"".join(f"  - {{name: {name}, provider: lab}}{chr(10)}" for name in FAILURES)}
+tiers:
+  free:
+    default_model: echo
+    models: [echo, vector, llama, embedder, qwen, told, {", ".join(FAILURES)}]
+    requests_per_minute: 1000
+    tokens_per_minute: 100000
+  tight: {{default_model: echo, requests_per_minute: 1}}
+auth: {{required: true, admin_keys: ["{ADMIN_KEY}"], jwt: {{secret: "{SECRET}"}}}}
+usage: {{store: "sqlite:///usage.db", flush_interval_ms: 20}}
+"""
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TandemProcess]:
+    process = start_tandem(tmp_path_factory.mktemp("ollama-clients"), CONFIG % {"root": fake.root})
+    yield process
+    assert process.terminate() == 0, process.stderr()
+
+
+def token(tier: str = "free") -> tuple[str, dict[str, str]]:
+    """A fresh JWT subject (its own budget and records), and its authorization header."""
+    sub = f"ollama-{uuid.uuid4().hex[:12]}"
+    claims = {"sub": sub, "tier": tier, "exp": int(time.time()) + 600}
+    return sub, {"authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
+
+
+@pytest.fixture
+def auth(fake: FakeUpstream) -> dict[str, str]:
+    fake.reset()
+    return token()[1]
+
+
+@pytest.fixture
+def client(gateway: TandemProcess, auth: dict[str, str]) -> Iterator[ollama.Client]:
+    with ollama.Client(host=gateway.base_url, headers=auth) as client:
+        yield client
+
+
+def access_line(gateway: TandemProcess, request_id: str) -> Any:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in gateway.stderr().splitlines():
+            if line.startswith("{") and (found := orjson.loads(line)).get("request_id") == (
+                request_id
+            ):
+                return found
+        time.sleep(0.02)
+    raise AssertionError(f"no access line for {request_id}")
+
+
+# --- GET / and HEAD / ---------------------------------------------------------------------
+
+
+def test_the_root_says_ollama_is_running_without_a_credential(gateway: TandemProcess) -> None:
+    got = httpx.get(f"{gateway.base_url}/")
+    assert (got.status_code, got.text) == (200, "Ollama is running")
+    assert got.headers["content-type"] == "text/plain; charset=utf-8"
+    head = httpx.head(f"{gateway.base_url}/")
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-type"] == "text/plain; charset=utf-8"
+    line = access_line(gateway, got.headers["x-request-id"])  # as /api/version is reported
+    assert (line["protocol"], line["route"], line["status"]) == ("ollama", "/", 200)
+
+
+# --- a chat with no messages loads the model ------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_with_no_messages_loads_and_calls_no_upstream(
+    client: ollama.Client, fake: FakeUpstream, stream: bool
+) -> None:
+    if stream:
+        [chat] = list(client.chat(model="llama", stream=True))
+        [generated] = list(client.generate(model="llama:latest", stream=True))
+    else:
+        chat = client.chat(model="llama", messages=[], stream=False)
+        generated = client.generate(model="llama", prompt="", stream=False)
+    assert (chat.model, chat.done, chat.done_reason) == ("llama", True, "load")
+    assert (chat.message.role, chat.message.content) == ("assistant", "")
+    assert (generated.model, generated.response, generated.done) == ("llama", "", True)
+    assert generated.done_reason == "load"
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "shape"),
+    [
+        ("/api/chat", {"model": "llama"}, {"message": {"role": "assistant", "content": ""}}),
+        ("/api/chat", {"model": "qwen", "messages": [], "stream": False}, {}),
+        ("/api/generate", {"model": "llama", "system": "be brief"}, {"response": ""}),
+        ("/api/generate", {"model": "qwen", "prompt": "", "images": ["iVBOR"]}, {}),
+    ],
+    ids=["chat", "chat-whole", "generate", "generate-with-images"],
+)
+def test_the_load_answer_is_ollamas_one_object(
+    gateway: TandemProcess, auth: dict[str, str], path: str, body: dict[str, Any], shape: Any
+) -> None:
+    answer = httpx.post(f"{gateway.base_url}{path}", json=body, headers=auth)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/json"  # as Ollama: streamed or not
+    loaded = answer.json()
+    kind = "message" if path == "/api/chat" else "response"
+    assert list(loaded) == ["model", "created_at", kind, "done", "done_reason"]
+    assert loaded["model"] == body["model"]
+    assert loaded["created_at"].endswith("Z")
+    assert (loaded["done"], loaded["done_reason"]) == (True, "load")
+    for key, value in shape.items():
+        assert loaded[key] == value
+
+
+def test_a_load_checks_access_as_a_chat_does(gateway: TandemProcess) -> None:
+    _, auth = token()
+    for body, status in [
+        ({"model": "hidden"}, 403),
+        ({"model": "nope"}, 404),
+        ({"model": "echo", "messages": [], "options": {"temperature": "hot"}}, 400),
+    ]:
+        answer = httpx.post(f"{gateway.base_url}/api/chat", json=body, headers=auth)
+        assert answer.status_code == status, answer.text
+        assert list(answer.json()) == ["error"]
+    assert httpx.post(f"{gateway.base_url}/api/chat", json={"model": "echo"}).status_code == 401
+
+
+def test_a_load_counts_one_request_and_charges_no_token(gateway: TandemProcess) -> None:
+    sub, auth = token()
+    base = gateway.base_url
+    first = httpx.post(f"{base}/api/chat", json={"model": "echo"}, headers=auth)
+    second = httpx.post(f"{base}/api/generate", json={"model": "echo"}, headers=auth)
+    for answer in (first, second):
+        assert answer.json()["done_reason"] == "load"
+        assert answer.headers["x-ratelimit-remaining-tokens"] == "100000"  # nothing reserved
+    body = {"model": "echo", "prompt": "one record", "stream": False}
+    assert httpx.post(f"{base}/api/generate", json=body, headers=auth).is_success
+    assert [r["completion_tokens"] for r in asyncio.run(records(gateway, sub, 1))] == [2]
+
+    _, tight = token("tight")  # one request a minute: a load counts one, no way round it
+    assert httpx.post(f"{base}/api/chat", json={"model": "echo"}, headers=tight).is_success
+    again = httpx.post(f"{base}/api/chat", json={"model": "echo"}, headers=tight)
+    assert again.status_code == 429
+
+
+async def records(gateway: TandemProcess, sub: str, count: int) -> list[dict[str, Any]]:
+    """`sub`'s usage records once `count` are written (and a moment more), newest first."""
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    deadline = time.monotonic() + 10
+    async with httpx.AsyncClient(base_url=gateway.base_url, headers=admin) as http:
+        while True:
+            found = (await http.get("/native/v1/usage", params={"user": sub})).json()["records"]
+            if len(found) >= count or time.monotonic() > deadline:
+                await asyncio.sleep(0.1)  # what else would have been written, is
+                found = (await http.get("/native/v1/usage", params={"user": sub})).json()
+                return list(found["records"])
+            await asyncio.sleep(0.05)
