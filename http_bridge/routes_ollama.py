@@ -72,7 +72,8 @@ async def show(request: Request, ctx: CallContext) -> Response:
         raise InvalidRequestError("model: is required", param="model")
     plane = request.app.state.plane
     model = await plane.get_model(ollama_inbound.resolve_tag(name, plane.router.known), ctx)
-    return reply(ctx, ollama_replies.encode_show(model))
+    capabilities = await plane.capabilities(model.id, ctx)
+    return reply(ctx, ollama_replies.encode_show(model, capabilities))
 
 
 @router.get("/tags", summary="The models the caller may use (Ollama)")

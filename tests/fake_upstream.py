@@ -30,6 +30,9 @@ behaviours for the next requests (`ok` once the script is empty):
   `thinking` block signed `SIGNATURE` (`thinking_delta`s then a
   `signature_delta` when streaming), then answer normally
 
+Ollama's `/api/show` says a model's capabilities (`SHOWN`), or follows `500` (any
+status), `slow:S`, `flood:M`, `badjson`, or `nocapabilities` (an Ollama before 0.6.4).
+
 Every request is recorded (path, headers, JSON body, arrival time); a
 handler whose client goes away records the time in `gone`.
 """
@@ -52,6 +55,11 @@ REASONING = "let me think"
 SIGNATURE = "sig-abc123"
 THOUGHTS = ("let me ", "think")  # REASONING in the pieces a stream sends
 STOP_SEQUENCE = "END"  # the stop sequence `stopseq` answers say ended them
+# what Ollama's `/api/show` says these models can do (any other: `completion`)
+SHOWN = {
+    "nomic-embed-text": ["embedding"],
+    "qwen3:8b": ["completion", "tools", "thinking"],
+}
 
 
 @dataclass
@@ -92,6 +100,7 @@ class FakeUpstream:
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/api/chat", self._ollama_chat)
         app.router.add_post("/api/embed", self._ollama_embed)
+        app.router.add_post("/api/show", self._ollama_show)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -461,6 +470,22 @@ class FakeUpstream:
             orjson.dumps({**final, "message": {"role": "assistant", "content": ""}}) + b"\n"
         )
         return response
+
+    async def _ollama_show(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        behaviour = self._next()
+        if behaviour[0].isdigit():
+            return web.json_response({"error": f"boom at {SECRET_URL}"}, status=int(behaviour))
+        if behaviour.startswith("slow:"):
+            await asyncio.sleep(float(behaviour.partition(":")[2]))
+        if behaviour.startswith("flood:"):  # a `license` of M MiB
+            return web.json_response({"license": "x" * (int(behaviour[6:]) << 20)})
+        if behaviour == "badjson":
+            return web.Response(text="not json", content_type="application/json")
+        answer = {"details": {"family": "llama"}, "model_info": {}, "modified_at": "2025-01-01"}
+        if behaviour != "nocapabilities":  # as Ollama before 0.6.4
+            answer["capabilities"] = SHOWN.get(body["model"], ["completion"])
+        return web.json_response(answer)
 
     async def _ollama_embed(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)

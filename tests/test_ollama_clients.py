@@ -1,6 +1,6 @@
 """What Ollama's clients ask of a server before they chat, as Ollama answers it: `GET /`
 and `HEAD /` say it is running, a chat with no messages (a generate with no prompt)
-loads the model. The official `ollama` library,
+loads the model, `/api/show` says what a model can do. The official `ollama` library,
 and raw HTTP for what it hides, on a live gateway with a fake Ollama upstream."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import ollama
 import orjson
 import pytest
 
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import SECRET_URL, FakeUpstream
 from tests.servers import TandemProcess, start_tandem
 
 SECRET = "ollama-clients-secret-0123456789abcdef"
@@ -197,3 +197,59 @@ async def records(gateway: TandemProcess, sub: str, count: int) -> list[dict[str
                 found = (await http.get("/native/v1/usage", params={"user": sub})).json()
                 return list(found["records"])
             await asyncio.sleep(0.05)
+
+
+# --- /api/show's capabilities ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "capabilities", "asked"),
+    [
+        ("echo", ["completion"], None),  # nothing configured, not an Ollama: the default
+        ("vector", ["embedding"], None),  # configured
+        ("told", ["completion", "vision"], None),  # configured wins over the upstream
+        ("embedder", ["embedding"], "nomic-embed-text"),  # as its Ollama says
+        ("qwen", ["completion", "tools", "thinking"], "qwen3:8b"),
+    ],
+)
+def test_show_says_what_the_model_can_do(
+    client: ollama.Client,
+    fake: FakeUpstream,
+    model: str,
+    capabilities: list[str],
+    asked: str | None,
+) -> None:
+    shown = client.show(model)
+    assert shown.capabilities == capabilities
+    assert shown.details is not None
+    assert shown.modified_at is not None
+    assert [r.body["model"] for r in fake.requests if r.path == "/api/show"] == (
+        [asked] if asked else []
+    )
+
+
+def test_what_an_upstream_said_is_kept(client: ollama.Client, fake: FakeUpstream) -> None:
+    assert client.show("llama").capabilities == ["completion"]
+    assert client.show("llama:latest").capabilities == ["completion"]
+    assert [r.path for r in fake.requests] == ["/api/show"]
+
+
+@pytest.mark.parametrize("model", list(FAILURES))
+def test_an_upstream_that_cannot_say_means_completion_and_a_log_line(
+    gateway: TandemProcess,
+    auth: dict[str, str],
+    fake: FakeUpstream,
+    model: str,
+) -> None:
+    fake.reset(FAILURES[model])
+    answer = httpx.post(f"{gateway.base_url}/api/show", json={"model": model}, headers=auth)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["capabilities"] == ["completion"]
+    assert fake.root not in answer.text
+    assert SECRET_URL not in answer.text
+    logged = [line for line in gateway.settled_stderr().splitlines() if f"'{model}'" in line]
+    assert len(logged) == 1, logged
+    assert "/api/show" in logged[0]
+    assert "['completion']" in logged[0]
+    assert fake.root.partition("//")[2] not in logged[0]
+    assert "10.9.8.7" not in logged[0]

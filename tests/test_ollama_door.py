@@ -131,7 +131,7 @@ def test_listings_show_the_tiers_models(client: ollama.Client) -> None:
     shown = client.show("echo")
     assert shown.details is not None
     assert shown.details.family == "demo"  # the provider that serves it
-    assert shown.capabilities == ["completion", "tools"]
+    assert shown.capabilities == ["completion"]  # none configured (test_ollama_clients.py)
     with pytest.raises(ollama.ResponseError) as hidden:
         client.show("hidden")
     assert hidden.value.status_code == 403

@@ -38,7 +38,7 @@ from server.errors import (
 )
 from server.messages import estimate_tokens
 from server.policy import Admission, Policy
-from server.providers.base import Route
+from server.providers.base import DEFAULT_CAPABILITIES, DescribesModels, Route
 from server.usage import UsageRecord, UsageRecorder
 from server.usage.api import LedgerReader, usage_query, usage_response
 
@@ -218,6 +218,17 @@ class DataPlane:
         raise NotFoundError(
             f"model {echoed(model_id)!r} not found", param="id", code="model_not_found"
         )
+
+    async def capabilities(self, model_id: str, ctx: CallContext) -> tuple[str, ...]:
+        """What a model the caller may use can do, in Ollama's words (`/api/show`): its
+        configured `capabilities`, else what its provider's upstream says (an Ollama
+        server's), else `completion`. Counts no request: `get_model` did."""
+        route = self.router.resolve(model_id, ctx.caller)
+        if route.model.capabilities is not None:
+            return route.model.capabilities
+        if isinstance(route.provider, DescribesModels):
+            return await route.provider.capabilities(route.upstream, ctx)
+        return DEFAULT_CAPABILITIES
 
     async def get_usage(
         self, request: usage_pb2.GetUsageRequest, ctx: CallContext

@@ -1,10 +1,10 @@
-"""The one interface every provider implements."""
+"""The one interface every provider implements, and one some add (`DescribesModels`)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
@@ -12,7 +12,10 @@ from server.chunks import Batch
 from server.config import ModelConfig
 from server.context import CallContext
 
-__all__ = ["Provider", "Route"]
+__all__ = ["DEFAULT_CAPABILITIES", "DescribesModels", "Provider", "Route"]
+
+# what a model can do, in Ollama's words (`/api/show`), when nothing says more
+DEFAULT_CAPABILITIES = ("completion",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +60,13 @@ class Provider(Protocol):
     ) -> embeddings_pb2.EmbeddingResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class DescribesModels(Protocol):
+    """A provider whose upstream says what its models can do (an Ollama server's
+    `/api/show`)."""
+
+    async def capabilities(self, upstream: str, ctx: CallContext) -> tuple[str, ...]:
+        """Never fails: what the upstream says, else `DEFAULT_CAPABILITIES`."""
+        ...

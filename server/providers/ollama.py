@@ -1,26 +1,41 @@
-"""The `ollama` kind: an Ollama server's `/api/chat` (NDJSON) and `/api/embed`."""
+"""The `ollama` kind: an Ollama server's `/api/chat` (NDJSON), `/api/embed`, and
+`/api/show` for what a model can do."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.chunks import Batch, Item
 from server.config import ProviderConfig
 from server.context import CallContext
-from server.errors import UpstreamError
-from server.providers.base import Route
+from server.errors import GatewayError, UpstreamError
+from server.providers.base import DEFAULT_CAPABILITIES, Route
 from server.providers.upstream import HttpProvider, bearer, decode, decoded, line_batches
 from server.translate.ollama import upstream as ollama
 
 __all__ = ["OllamaProvider"]
 
+logger = logging.getLogger("tandem.providers")
+
+# what `/api/show` said is kept this long (a model pulled again under its name may
+# change); a failure's fallback for less, so a server that was down is asked again soon
+CAPABILITIES_TTL_S = 300.0
+FALLBACK_TTL_S = 30.0
+SHOW_TIMEOUT_S = 5.0  # `/api/show` reads a model's metadata: quick, unless it is not answering
+MAX_SHOW_BYTES = 1 << 20  # a model's licence, template and metadata: far less
+
 
 class OllamaProvider(HttpProvider):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config, headers=bearer(config.api_key))
+        self._capabilities: dict[str, tuple[float, tuple[str, ...]]] = {}  # model -> until, them
 
     async def stream(
         self,
@@ -50,3 +65,46 @@ class OllamaProvider(HttpProvider):
         async with self.client.post("/api/embed", body, ctx, streaming=False) as response:
             raw = await response.read()
         return decode(raw, ollama.embeddings_from_ollama)
+
+    async def capabilities(self, upstream: str, ctx: CallContext) -> tuple[str, ...]:
+        """What the server's `/api/show` says `upstream` can do, kept a while; if it
+        cannot say, `DEFAULT_CAPABILITIES` (logged, kept a shorter while)."""
+        cached = self._capabilities.get(upstream)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        try:
+            async with asyncio.timeout(SHOW_TIMEOUT_S):
+                found, ttl = await self._show(upstream, ctx), CAPABILITIES_TTL_S
+        except (GatewayError, TimeoutError) as exc:
+            why = (
+                str(exc) if isinstance(exc, GatewayError) else f"no answer in {SHOW_TIMEOUT_S:g} s"
+            )
+            logger.warning(
+                "provider %r: /api/show of model %r failed (%s); its capabilities: %s",
+                self.name,
+                upstream,
+                why,
+                list(DEFAULT_CAPABILITIES),
+            )
+            found, ttl = DEFAULT_CAPABILITIES, FALLBACK_TTL_S
+        self._capabilities[upstream] = (time.monotonic() + ttl, found)
+        return found
+
+    async def _show(self, upstream: str, ctx: CallContext) -> tuple[str, ...]:
+        async with self.client.post("/api/show", {"model": upstream}, ctx, streaming=False) as (
+            response
+        ):
+            raw = await _read_at_most(response, MAX_SHOW_BYTES)
+        found = decode(raw, ollama.capabilities_from_show)
+        if found is None:
+            raise UpstreamError("upstream provider's answer names no capabilities")
+        return found
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    body = bytearray()
+    async for piece in response.content.iter_any():
+        body += piece
+        if len(body) > limit:
+            raise UpstreamError(f"upstream provider's answer is larger than {limit} bytes")
+    return bytes(body)

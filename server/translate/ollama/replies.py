@@ -279,7 +279,7 @@ def encode_ps(models: models_pb2.ListModelsResponse) -> JSON:
     }
 
 
-def encode_show(model: models_pb2.Model) -> JSON:
+def encode_show(model: models_pb2.Model, capabilities: Iterable[str]) -> JSON:
     listed = _listed(model)
     return {
         "modified_at": listed["modified_at"],
@@ -289,5 +289,5 @@ def encode_show(model: models_pb2.Model) -> JSON:
         "parameters": "",
         "details": _details(model),
         "model_info": {},
-        "capabilities": ["completion", "tools"],
+        "capabilities": list(capabilities),
     }

@@ -28,6 +28,7 @@ from server.translate.reasoning import reasoning_effort
 
 __all__ = [
     "StreamTranslator",
+    "capabilities_from_show",
     "chat_request_to_ollama",
     "embed_request_to_ollama",
     "embeddings_from_ollama",
@@ -204,3 +205,21 @@ def embeddings_from_ollama(data: JSON) -> embeddings_pb2.EmbeddingResponse:
     if isinstance(tokens, int):  # else the core estimates it
         response.usage.prompt_tokens = response.usage.total_tokens = tokens
     return response
+
+
+# bounds on what an upstream's `/api/show` may say a model can do, as it is passed on
+_MAX_CAPABILITIES = 32
+_MAX_CAPABILITY_CHARS = 64
+
+
+def capabilities_from_show(data: JSON) -> tuple[str, ...] | None:
+    """The `capabilities` of an Ollama server's `/api/show` answer, None if it names
+    none (Ollama before 0.6.4) or names them beyond the bounds."""
+    found = data.get("capabilities")
+    if (
+        isinstance(found, list)
+        and 0 < len(found) <= _MAX_CAPABILITIES
+        and all(isinstance(c, str) and 0 < len(c) <= _MAX_CAPABILITY_CHARS for c in found)
+    ):
+        return tuple(found)
+    return None
