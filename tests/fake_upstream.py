@@ -12,7 +12,8 @@ behaviours for the next requests (`ok` once the script is empty):
 - `drip`: stream a word every 100 ms for 10 s
 - `flood:M`: answer M MiB, in 8 KiB words, as fast as the reader takes them
 - `badjson`: 200 with a body that is not JSON
-- `tools`: answer with two tool calls (streamed in pieces when streaming)
+- `tools`: answer with two tool calls (streamed in pieces when streaming; Ollama's
+  whole, in one line)
 - `errorevent`, `errormid`: a `{"error": ...}` event first, or after two words
 - `errorbody`: 200 with `{"error": ...}` as the body
 - `badlogprobs`: logprobs whose numbers are strings
@@ -433,7 +434,10 @@ class FakeUpstream:
             "prompt_eval_count": 5,
             "eval_count": len(words),
         }
-        tool_calls = [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]
+        tool_calls = [
+            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            {"function": {"name": "get_time", "arguments": {}}},
+        ]
         if not body.get("stream", True):
             message: dict[str, Any] = {"role": "assistant", "content": "".join(words)}
             if behaviour == "tools":

@@ -285,6 +285,34 @@ def test_a_tool_call_turn_goes_back_upstream(client: ollama.Client, fake: FakeUp
     assert (sent[2]["role"], sent[2]["tool_call_id"]) == ("tool", call["id"])
 
 
+def test_the_ids_a_caller_sends_back_reach_the_upstream(
+    client: ollama.Client, fake: FakeUpstream
+) -> None:
+    """Ollama's clients send a call's `id` back, and a result's `tool_call_id`: as sent."""
+    fake.reset("ok")
+    calls = [
+        {"id": "call_a1", "function": {"name": "f", "arguments": {}}},
+        {"id": "call_b2", "function": {"name": "f", "arguments": {"n": 2}}},
+    ]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "twice"},
+        {"role": "assistant", "content": "", "tool_calls": calls},
+        {"role": "tool", "content": "two", "tool_name": "f", "tool_call_id": "call_b2"},
+        {"role": "tool", "content": "one", "tool_name": "f", "tool_call_id": "call_a1"},
+        {"role": "user", "content": "thanks"},
+    ]
+    httpx.post(
+        f"{client._client.base_url}/api/chat",
+        json={"model": "relay", "messages": messages, "stream": False},
+    ).raise_for_status()
+    sent = fake.requests[-1].body["messages"]
+    assert [c["id"] for c in sent[1]["tool_calls"]] == ["call_a1", "call_b2"]
+    assert [(m["content"], m["tool_call_id"]) for m in sent[2:4]] == [
+        ("two", "call_b2"),
+        ("one", "call_a1"),
+    ]
+
+
 async def test_every_listing_shows_the_same_catalogue(gateway: TandemProcess) -> None:
     async with httpx.AsyncClient(base_url=gateway.base_url) as http:
         tags = [m["model"] for m in (await http.get("/api/tags")).json()["models"]]

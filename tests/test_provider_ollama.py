@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import httpx
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -128,23 +130,53 @@ def test_chat_whole_and_streamed_with_usage(client: Any, fake: FakeUpstream) -> 
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_tool_calls_get_ids_and_string_arguments(
+def test_tool_calls_get_distinct_ids_and_string_arguments(
     client: Any, fake: FakeUpstream, stream: bool
 ) -> None:
-    fake.reset("tools")
+    """Ollama sends no ids (or short ones): each call gets its own, within an answer and
+    across turns, as a client matching results to calls needs."""
     args: dict[str, Any] = {"model": "llama", "messages": [{"role": "user", "content": "weather?"}]}
-    if stream:
-        chunks = list(client.chat.completions.create(**args, stream=True))
-        calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
-        finish = chunks[-1].choices[0].finish_reason
-    else:
-        completion = client.chat.completions.create(**args)
-        calls = completion.choices[0].message.tool_calls
-        finish = completion.choices[0].finish_reason
-    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
-        ("call_0", "get_weather", '{"city":"Paris"}')
-    ]
-    assert finish == "tool_calls"
+    turns = []
+    for _ in range(2):
+        fake.reset("tools")
+        if stream:
+            chunks = list(client.chat.completions.create(**args, stream=True))
+            pieces = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+            assert [p.index for p in pieces] == [0, 1]  # each call whole, its id with it
+            finish = chunks[-1].choices[0].finish_reason
+        else:
+            completion = client.chat.completions.create(**args)
+            pieces = completion.choices[0].message.tool_calls
+            finish = completion.choices[0].finish_reason
+        assert [(c.function.name, c.function.arguments) for c in pieces] == [
+            ("get_weather", '{"city":"Paris"}'),
+            ("get_time", "{}"),
+        ]
+        assert finish == "tool_calls"
+        turns += [c.id for c in pieces]
+    assert len(set(turns)) == 4, turns
+    assert all(re.fullmatch(r"call_[0-9a-f]{24}", i) for i in turns), turns
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_ollama_door_passes_the_ids_on(
+    gateway: TandemProcess, fake: FakeUpstream, stream: bool
+) -> None:
+    """Through `/api/chat` too, as Ollama sends them: on each call, whole."""
+    body = {"model": "llama", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+    ids = []
+    for _ in range(2):
+        fake.reset("tools")
+        answer = httpx.post(f"{gateway.base_url}/api/chat", json=body)
+        calls = [
+            call
+            for line in answer.text.splitlines()
+            for call in orjson.loads(line)["message"].get("tool_calls", ())
+        ]
+        assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
+        ids += [c["id"] for c in calls]
+    assert len(set(ids)) == 4, ids
+    assert all(i.startswith("call_") for i in ids)
 
 
 def test_embeddings_and_grpc(gateway: TandemProcess, client: Any, fake: FakeUpstream) -> None:

@@ -108,9 +108,10 @@ def _tool_calls(calls: Any, where: str, ids: str) -> list[JSON]:
         arguments = function.get("arguments") or {}
         if not isinstance(arguments, dict):
             raise _invalid(f"{where}[{i}].function.arguments", "must be a JSON object")
+        given = call.get("id")  # as Ollama sends it, where it does
         out.append(
             {
-                "id": f"{ids}_{i}",
+                "id": given if isinstance(given, str) and given else f"{ids}_{i}",
                 "type": "function",
                 "function": {
                     "name": function["name"],
@@ -122,7 +123,8 @@ def _tool_calls(calls: Any, where: str, ids: str) -> list[JSON]:
 
 
 def _message(message: Any, where: str, ids: str = "call") -> JSON:
-    """An Ollama message in the proto's JSON form; its tool calls' ids start with `ids`."""
+    """An Ollama message in the proto's JSON form; its tool calls' ids, where the caller
+    sent none, start with `ids`."""
     if not isinstance(message, dict):
         raise _invalid(where, "must be a JSON object")
     out: JSON = {"role": message.get("role")}
@@ -137,14 +139,17 @@ def _message(message: Any, where: str, ids: str = "call") -> JSON:
         out["tool_calls"] = _tool_calls(message["tool_calls"], f"{where}.tool_calls", ids)
     if message.get("tool_name") is not None:
         out["name"] = message["tool_name"]
+    if out["role"] == "tool" and isinstance(message.get("tool_call_id"), str):
+        out["tool_call_id"] = message["tool_call_id"]
     if message.get("thinking"):
         out["reasoning_content"] = message["thinking"]
     return out
 
 
 def _link_tool_results(messages: list[JSON]) -> None:
-    """Ollama's tool results name the tool, not the call: each takes the id of the first
-    unanswered call of that name (else the first unanswered) of the turn before it."""
+    """Ollama's tool results name the call (`tool_call_id`) or only the tool: each takes
+    the id of the call it names, else of the first unanswered call of that tool (else
+    the first unanswered) of the turn before it."""
     pending: list[JSON] = []
     for i, message in enumerate(messages):
         if message.get("role") == "assistant":
@@ -154,8 +159,11 @@ def _link_tool_results(messages: list[JSON]) -> None:
                 raise _invalid(
                     f"messages[{i}]", "a tool result must follow an assistant message's tool_calls"
                 )
+            named = message.get("tool_call_id")
             name = message.get("name")
-            call = next((c for c in pending if c["function"]["name"] == name), pending[0])
+            call = next((c for c in pending if c["id"] == named), None) or next(
+                (c for c in pending if c["function"]["name"] == name), pending[0]
+            )
             pending.remove(call)
             message["tool_call_id"] = call["id"]
 

@@ -66,11 +66,15 @@ def _arguments(text: str) -> Any:
         return text  # not JSON: passed on as the model wrote it
 
 
+def _tool_call(call_id: str, name: str, arguments: str) -> JSON:
+    """A whole call, with its id as Ollama sends one (where there is one)."""
+    call: JSON = {"id": call_id} if call_id else {}
+    call["function"] = {"name": name, "arguments": _arguments(arguments)}
+    return call
+
+
 def _tool_calls(calls: Iterable[chat_pb2.ToolCall]) -> list[JSON]:
-    return [
-        {"function": {"name": call.function.name, "arguments": _arguments(call.function.arguments)}}
-        for call in calls
-    ]
+    return [_tool_call(call.id, call.function.name, call.function.arguments) for call in calls]
 
 
 def _message(content: str, calls: list[JSON] | None = None, thinking: str = "") -> JSON:
@@ -148,7 +152,7 @@ class StreamEncoder:
         self._head = prefix + head + (b',"response":' if generate else b',"message":')
         text_tail = b',"done":false}' if generate else b'},"done":false}'
         self._text_tail = text_tail + suffix
-        self._calls: dict[int, list[str]] = {}  # index -> [name, argument pieces...]
+        self._calls: dict[int, list[str]] = {}  # index -> [id, name, argument pieces...]
         self._finish = ""
 
     def _text(self, text: str) -> bytes:
@@ -177,9 +181,11 @@ class StreamEncoder:
             if delta.content:
                 out += self._text(delta.content)
             for call in delta.tool_calls:
-                pieces = self._calls.setdefault(call.index, [""])
+                pieces = self._calls.setdefault(call.index, ["", ""])
+                if call.id:
+                    pieces[0] = call.id
                 if call.function.name:
-                    pieces[0] = call.function.name
+                    pieces[1] = call.function.name
                 pieces.append(call.function.arguments)
             if choice.finish_reason:
                 self._finish = choice.finish_reason
@@ -191,7 +197,7 @@ class StreamEncoder:
         out = b""
         if self._calls and not self._generate:
             calls = [
-                {"function": {"name": pieces[0], "arguments": _arguments("".join(pieces[1:]))}}
+                _tool_call(pieces[0], pieces[1], "".join(pieces[2:]))
                 for _, pieces in sorted(self._calls.items())
             ]
             line = {"model": self._model, "created_at": _now(), "message": _message("", calls)}

@@ -16,6 +16,7 @@ import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.chunks import Item
+from server.context import new_id
 from server.translate.common import (
     DATA_URL,
     cannot_honour,
@@ -164,8 +165,10 @@ class StreamTranslator:
             delta.reasoning_content = message["thinking"]
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
+            # the gateway's own id (Ollama sends none before 0.12.10): distinct across calls
+            # and turns, in OpenAI's shape
             piece = delta.tool_calls.add(
-                index=self._tools, id=f"call_{self._tools}", type="function"
+                index=self._tools, id=f"call_{new_id()[:24]}", type="function"
             )
             piece.function.name = function.get("name", "")
             piece.function.arguments = orjson.dumps(function.get("arguments") or {}).decode()
