@@ -32,9 +32,9 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
-# what /api/version reports: recent enough for every current client's features
-# (tools, structured outputs, thinking)
-OLLAMA_VERSION = "0.13.0"
+# what /api/version reports: a current Ollama release (v0.32.15, August 2026), so that
+# no client's minimum (VS Code's Copilot asks for 0.6.4) turns the door away
+OLLAMA_VERSION = "0.32.15"
 
 
 def _now() -> str:
