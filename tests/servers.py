@@ -74,8 +74,10 @@ def start_tandem(
     *,
     args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> TandemProcess:
-    """Start `tandem serve` on port 0 and wait for its two listening lines."""
+    """Start `tandem serve` on port 0 and wait for its two listening lines; the config
+    is written into `tmp_path`, where it runs unless `cwd` says otherwise."""
     config_path = None
     if config is not None:
         config_path = tmp_path / f"tandem-{time.monotonic_ns()}.yaml"
@@ -89,7 +91,7 @@ def start_tandem(
             stderr=stderr,
             bufsize=0,
             env=_env(env),
-            cwd=tmp_path,
+            cwd=cwd or tmp_path,
         )
     assert proc.stdout is not None
     addresses: dict[str, str] = {}
