@@ -11,7 +11,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ServeResult", "TandemProcess", "run_serve", "serve_command", "start_tandem"]
+__all__ = [
+    "ServeResult",
+    "TandemProcess",
+    "children_of",
+    "run_serve",
+    "serve_command",
+    "start_tandem",
+]
 
 START_TIMEOUT_S = 20.0
 LOG_FLUSH_S = 0.15  # three of the log thread's intervals
@@ -59,6 +66,12 @@ class TandemProcess:
             self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes `pid` started (a `serve --workers N` parent's workers)."""
+    done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in done.stdout.split()]
 
 
 def serve_command(config: Path | None, args: list[str]) -> list[str]:
