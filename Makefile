@@ -2,21 +2,34 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# stamps: RUNTIME once the package and its runtime dependencies are in the venv,
+# INSTALLED once the dev extras (codegen, linters, tests' SDKs) are too
+RUNTIME := $(VENV)/.runtime
 INSTALLED := $(VENV)/.installed
 
 .PHONY: run test install codegen check-codegen lint typecheck pytest bench clean nginx wrk \
 	load soak faults redis-server postgresql
 
-run: codegen
-	$(VENV)/bin/tandem serve
+# The generated stubs are committed (clients/): serving needs neither codegen nor the dev tools.
+CONFIG ?=  # e.g. make run CONFIG=tandem.yaml; empty: the built-in config
+run: $(RUNTIME)
+	$(VENV)/bin/tandem serve $(if $(CONFIG),--config $(CONFIG))
 
 test: check-codegen lint typecheck pytest
 
-$(INSTALLED): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(INSTALLED)
+
+$(RUNTIME): pyproject.toml | $(PY)
+	@echo "installing Tandem and its runtime dependencies into $(VENV) ('make test' adds the dev tools)"
+	$(PY) -m pip install -e .
+	touch $@
+
+$(INSTALLED): pyproject.toml | $(PY)
+	@echo "installing Tandem with the dev tools into $(VENV)"
+	$(PY) -m pip install -e '.[dev]'
+	touch $(RUNTIME) $@
 
 install: $(INSTALLED)
 

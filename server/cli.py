@@ -96,36 +96,20 @@ def _serve_with(args: argparse.Namespace, config: Config, workers: int, logs: Lo
 
     http = args.http or config.server.http
     grpc = args.grpc or config.server.grpc
-    if workers > 1 and not args.worker:
-        if parse_host_port(http)[1] == 0 or parse_host_port(grpc)[1] == 0:
+    if not args.worker:  # the parent of N workers, or the one process: say it once
+        from server.telemetry.metrics import empty_multiprocess_directory
+        from server.telemetry.startup import log_start
+
+        if workers > 1 and 0 in (parse_host_port(http)[1], parse_host_port(grpc)[1]):
             return fail("--workers: port 0 needs a single worker")
-        if config.rate_limits.backend == "memory":
-            logger.warning(
-                "rate limits: memory backend with %d workers gives each worker 1/%d of every "
-                "budget; use the redis backend for exact shared budgets",
-                workers,
-                workers,
-            )
-            for name, tier in config.tiers.items():
-                if tier.max_concurrent_requests is not None:
-                    logger.warning(
-                        "tiers.%s.max_concurrent_requests: with the memory backend each of "
-                        "the %d workers allows %d (ceil(%d / %d)); use the redis backend for "
-                        "one limit across workers",
-                        name,
-                        workers,
-                        -(-tier.max_concurrent_requests // workers),
-                        tier.max_concurrent_requests,
-                        workers,
-                    )
-        from server.workers import run_workers
+        log_start(config, workers)
+        if workers > 1:
+            from server.workers import run_workers
 
-        return run_workers(args.config, http, grpc, workers, log_format=logs.format)
+            return run_workers(args.config, http, grpc, workers, log_format=logs.format)
+        empty_multiprocess_directory(make=False)  # an operator's metrics start empty too
     from server.lifecycle import serve
-    from server.telemetry.metrics import empty_multiprocess_directory
 
-    if not args.worker:  # one process: an operator's metrics directory starts empty too
-        empty_multiprocess_directory(make=False)
     config = config.model_copy(
         update={"server": config.server.model_copy(update={"workers": workers})}
     )
@@ -160,9 +144,12 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _keys(args: argparse.Namespace) -> int:
     from server import key_admin
+    from server.telemetry.startup import describe_store
 
     try:
         config = load_config(args.config)
+        if config.usage.store != "none":  # which database, wherever the command runs
+            sys.stderr.write(f"store: {describe_store(config.usage.store)}\n")
         if args.key_command == "create":
             created = asyncio.run(key_admin.create_key(config, args.user, args.tier))
             if args.json:

@@ -396,11 +396,30 @@ def build_config(raw: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         raise ConfigError(f"{where}: {message}" if where else message) from None
 
 
+_SQLITE = "sqlite:///"
+
+
+def _resolve_store(config: Config, base: Path) -> Config:
+    """`usage.store` with a relative SQLite path made absolute from `base`: every command
+    that opens the store (`serve`, `keys`) then opens the same file, wherever it runs."""
+    url = config.usage.store
+    if not url.startswith(_SQLITE) or url.startswith(_SQLITE + "/"):
+        return config
+    path = os.path.normpath(base.absolute() / url.removeprefix(_SQLITE))
+    usage = config.usage.model_copy(update={"store": _SQLITE + path})
+    return config.model_copy(update={"usage": usage})
+
+
 def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Load the YAML file at `path`, or the built-in config when `path` is None."""
+    """Load the YAML file at `path`, or the built-in config when `path` is None.
+
+    A relative `sqlite:///` store is relative to the file's folder (not where the
+    file links to: a ConfigMap's file is a link into a folder that changes), or to
+    the working directory without a file.
+    """
     env = os.environ if environ is None else environ
     if path is None:
-        return build_config({}, env)
+        return _resolve_store(build_config({}, env), Path.cwd())
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -415,4 +434,4 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
-    return build_config(raw, env)
+    return _resolve_store(build_config(raw, env), Path(path).parent)

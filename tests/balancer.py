@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Balancer", "free_ports", "nginx_balancer", "serving_nginx"]
+__all__ = ["Balancer", "free_ports", "nginx_balancer", "nginx_binary", "serving_nginx"]
 
 CONFIG = """
 worker_processes 1;
@@ -103,13 +103,18 @@ def _servers(addresses: Sequence[str]) -> str:
     return "\n".join(f"        server {a} max_fails=1 fail_timeout=1s;" for a in addresses)
 
 
+def nginx_binary() -> str:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        raise RuntimeError("the replica tests need nginx: apt-get install nginx (make test does)")
+    return nginx
+
+
 @contextmanager
 def serving_nginx(directory: Path, ports: Sequence[int]) -> Iterator[None]:
     """Run nginx on `directory/nginx.conf` (paths relative to `directory`) until the
     block ends, once it accepts on every one of `ports`."""
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
-        raise RuntimeError("the replica tests need nginx: apt-get install nginx (make test does)")
+    nginx = nginx_binary()
     proc = subprocess.Popen(
         [nginx, "-e", str(directory / "error.log"), "-p", str(directory), "-c", "nginx.conf"],
         stdout=subprocess.DEVNULL,

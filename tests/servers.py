@@ -11,7 +11,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ServeResult", "TandemProcess", "run_serve", "serve_command", "start_tandem"]
+__all__ = [
+    "ServeResult",
+    "TandemProcess",
+    "children_of",
+    "run_serve",
+    "serve_command",
+    "start_tandem",
+]
 
 START_TIMEOUT_S = 20.0
 LOG_FLUSH_S = 0.15  # three of the log thread's intervals
@@ -61,6 +68,12 @@ class TandemProcess:
             self.proc.stdout.close()
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes `pid` started (a `serve --workers N` parent's workers)."""
+    done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in done.stdout.split()]
+
+
 def serve_command(config: Path | None, args: list[str]) -> list[str]:
     command = [sys.executable, "-m", "server.cli", "serve"]
     if config is not None:
@@ -74,8 +87,10 @@ def start_tandem(
     *,
     args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> TandemProcess:
-    """Start `tandem serve` on port 0 and wait for its two listening lines."""
+    """Start `tandem serve` on port 0 and wait for its two listening lines; the config
+    is written into `tmp_path`, where it runs unless `cwd` says otherwise."""
     config_path = None
     if config is not None:
         config_path = tmp_path / f"tandem-{time.monotonic_ns()}.yaml"
@@ -89,7 +104,7 @@ def start_tandem(
             stderr=stderr,
             bufsize=0,
             env=_env(env),
-            cwd=tmp_path,
+            cwd=cwd or tmp_path,
         )
     assert proc.stdout is not None
     addresses: dict[str, str] = {}

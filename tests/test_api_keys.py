@@ -142,6 +142,36 @@ def test_keys_on_postgresql(tmp_path: Path, pg_store: str) -> None:
     exercise(tmp_path, pg_store)
 
 
+def test_a_key_made_from_another_folder_works(tmp_path: Path) -> None:
+    """`cd other && tandem keys create --config ../conf/tandem.yaml`: a relative SQLite
+    store lies in the config file's folder, for `keys` and `serve` wherever they run."""
+    conf, other = tmp_path / "conf", tmp_path / "other"
+    conf.mkdir()
+    other.mkdir()
+    text = CONFIG % {"store": "sqlite:///keys.db"}
+    (conf / "tandem.yaml").write_text(text)
+    store = conf / "keys.db"
+    command = [sys.executable, "-m", "server.cli", "keys", "create", "--user", "alice", "--json"]
+    done = subprocess.run(
+        [*command, "--config", "../conf/tandem.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=other,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith(f"store: SQLite {store}\n")
+    server = start_tandem(conf, text, cwd=other)  # its config in conf/, run from other/
+    try:
+        assert chat(server, orjson.loads(done.stdout)["key"]).status_code == 200
+        assert f"store: SQLite {store}" in server.stderr()
+    finally:
+        assert server.terminate() == 0
+    assert store.exists()
+    assert not (other / "keys.db").exists()
+
+
 def test_creating_a_key_for_a_missing_tier_fails(tmp_path: Path) -> None:
     config = tmp_path / "tandem.yaml"
     config.write_text(CONFIG % {"store": "sqlite:///keys.db"})

@@ -105,7 +105,7 @@ def test_builtin_config_is_the_documented_default() -> None:
     assert config.tiers["free"].requests_per_minute is None
     assert config.tiers["free"].tokens_per_minute is None
     assert config.auth.required is False
-    assert config.usage.store == "sqlite:///tandem.db"
+    assert config.usage.store == f"sqlite:///{Path.cwd() / 'tandem.db'}"  # no file: here
     assert config.rate_limits.backend == "memory"
     assert config.server.max_body_bytes == 8388608
     assert (config.server.shutdown_grace_s, config.server.shutdown_delay_s) == (30, 0)
@@ -161,8 +161,46 @@ def test_absent_tiers_default_to_a_free_tier_on_the_first_model(tmp_path: Path) 
     assert config.tiers["free"].default_model == "a"
 
 
-def test_empty_file_is_the_builtin_config(tmp_path: Path) -> None:
+def test_empty_file_is_the_builtin_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the store lies beside the file, or here without one
     assert load_config(write(tmp_path, ""), environ={}) == load_config(None, environ={})
+
+
+@pytest.mark.parametrize(
+    ("store", "opened"),
+    [
+        ("sqlite:///tandem.db", "conf/tandem.db"),
+        ("sqlite:///../data/usage.db", "data/usage.db"),
+        ("sqlite:///./x/y.db", "conf/x/y.db"),
+        ("sqlite:////var/lib/tandem/usage.db", "/var/lib/tandem/usage.db"),
+    ],
+)
+def test_a_relative_sqlite_store_is_the_config_files_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str, opened: str
+) -> None:
+    """Whatever the working directory: `tandem keys` run elsewhere opens what `serve` does."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    write(tmp_path / "conf", f"usage: {{store: {store!r}}}\n")
+    config = load_config("../conf/tandem.yaml", environ={})
+    assert config.usage.store == f"sqlite:///{tmp_path / opened}"
+
+
+def test_a_linked_config_file_keeps_its_own_folder(tmp_path: Path) -> None:
+    """A Kubernetes ConfigMap's file is a link into a folder renamed at each update: the
+    store is beside the link, not beside what it points to."""
+    (tmp_path / "..data").mkdir()
+    target = write(tmp_path / "..data", "usage: {store: 'sqlite:///usage.db'}\n")
+    (tmp_path / "config.yaml").symlink_to(target)
+    config = load_config(tmp_path / "config.yaml", environ={})
+    assert config.usage.store == f"sqlite:///{tmp_path / 'usage.db'}"
+
+
+def test_a_postgresql_store_is_left_as_written(tmp_path: Path) -> None:
+    url = "postgresql://u:p@db.example:5432/tandem?search_path=gw"
+    config = load_config(write(tmp_path, f"usage: {{store: {url!r}}}\n"), environ={})
+    assert config.usage.store == url
 
 
 def test_contract_example_config_validates(tmp_path: Path) -> None:

@@ -34,13 +34,14 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.config import Config, ConfigError, load_config, parse_host_port
-from tests.balancer import free_ports, serving_nginx
+from tests.balancer import free_ports, nginx_binary, serving_nginx
 from tests.servers import TandemProcess
 from tests.stores import pg_schema_url
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
-K8S = DEPLOY / "k8s"
+K8S = DEPLOY / "k8s"  # what `kubectl apply -f deploy/k8s/` applies
+SECRET_EXAMPLE = DEPLOY / "k8s-examples" / "secret.yaml"  # never applied as it is
 BIN = Path(sys.executable).parent
 HADOLINT = BIN / "hadolint"
 KUBERNETES_VALIDATE = BIN / "kubernetes-validate"
@@ -48,7 +49,6 @@ KUBERNETES_VALIDATE = BIN / "kubernetes-validate"
 K8S_VERSIONS = ("1.33.0", "1.37.0")
 MANIFESTS = {
     "configmap.yaml": "ConfigMap",
-    "secret.example.yaml": "Secret",
     "deployment.yaml": "Deployment",
     "service.yaml": "Service",
     "pdb.yaml": "PodDisruptionBudget",
@@ -329,15 +329,18 @@ def kubernetes_validate(files: list[Path], version: str) -> subprocess.Completed
 
 
 def test_k8s_holds_one_file_per_object() -> None:
+    """No Secret: `kubectl apply -f deploy/k8s/` must not apply the example's placeholders."""
     kinds = {path.name: manifest(path.name)["kind"] for path in sorted(K8S.iterdir())}
     assert kinds == MANIFESTS
     for path in K8S.iterdir():
         assert len(list(yaml.safe_load_all(path.read_text()))) == 1, path.name
+    assert load_yaml(SECRET_EXAMPLE)["kind"] == "Secret"
+    assert [p.name for p in SECRET_EXAMPLE.parent.iterdir()] == [SECRET_EXAMPLE.name]
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_kubernetes_validate_passes_every_manifest(version: str) -> None:
-    files = sorted(K8S.glob("*.yaml"))
+    files = [*sorted(K8S.glob("*.yaml")), SECRET_EXAMPLE]
     done = kubernetes_validate(files, version)
     assert done.returncode == 0, done.stdout + done.stderr
     short = version.rpartition(".")[0]
@@ -610,7 +613,7 @@ def test_deployment_runs_the_image_hardened() -> None:
 
 
 def test_deployment_environment_is_the_secret_and_the_secret_is_the_config_variables() -> None:
-    secret = manifest("secret.example.yaml")
+    secret = load_yaml(SECRET_EXAMPLE)
     env_from = container()["envFrom"]
     assert env_from == [{"secretRef": {"name": secret["metadata"]["name"]}}]
     assert set(secret["stringData"]) == set(config_variables()) - {"OPENAI_BASE_URL"}
@@ -800,28 +803,105 @@ def test_nginx_balances_both_doors_over_the_replicas() -> None:
     assert int(body_limit.removesuffix("m")) * 2**20 > server.max_body_bytes
 
 
-# The shipped nginx.conf, run by a real nginx (Debian's 1.22 here, the image's 1.28
-# in production): only the addresses, the paths and what 1.22 lacks are rewritten.
+# nginx.conf needs nginx >= 1.27.3; nginx-1.22.conf is the same for older ones (Debian 12's):
+# the oldest nginx each runs on.
+NGINX_CONFS = {"nginx.conf": (1, 27, 3), "nginx-1.22.conf": (1, 15, 3)}
+REPLICAS_1_22 = ("10.0.0.11", "10.0.0.12", "10.0.0.13")  # nginx-1.22.conf's examples
+
+
+def installed_nginx_version() -> tuple[int, ...]:
+    done = run([nginx_binary(), "-v"])
+    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", done.stderr)
+    assert match, done.stderr
+    return tuple(int(g) for g in match.groups())
+
+
+def without(directives: list[Directive] | None, name: str) -> list[Directive]:
+    return [d for d in directives or [] if d.name != name]
+
+
+def test_nginx_1_22_conf_is_nginx_conf_less_what_nginx_1_22_lacks() -> None:
+    """The same balancer: only `resolve` (replicas listed by address instead, no
+    resolver, no shared zone) and the `http2` directive (`listen ... http2`) differ."""
+    newer = parse_nginx((DEPLOY / "nginx.conf").read_text())
+    older = parse_nginx((DEPLOY / "nginx-1.22.conf").read_text())
+    server = replica_config().server
+    http = newer.one("http")
+    http.block = without(http.block, "resolver")
+    for name, port in (
+        ("tandem_http", port_of(server.http)),
+        ("tandem_grpc", port_of(server.grpc)),
+    ):
+        upstream = http.one("upstream", name)
+        assert upstream.one("server").args == [f"tandem:{port}", "resolve"]
+        listed = [Directive("server", [f"{address}:{port}"]) for address in REPLICAS_1_22]
+        upstream.block = listed + without(without(upstream.block, "zone"), "server")
+    grpc_server = next(s for s in http.find("server") if s.find("http2"))
+    grpc_server.block = without(grpc_server.block, "http2")
+    grpc_server.one("listen").args.append("http2")
+    assert older == newer
+
+
+@pytest.mark.parametrize("name", sorted(NGINX_CONFS))
+def test_nginx_checks_the_shipped_conf(name: str, tmp_path: Path) -> None:
+    """`nginx -t` on the file as shipped (its access log moved into a temporary prefix);
+    skipped where the installed nginx is older than the file needs, once it is seen
+    refusing it as the file's header says."""
+    conf = tmp_path / name
+    text = (DEPLOY / name).read_text()
+    conf.write_text(text.replace("/var/log/nginx/access.log", str(tmp_path / "access.log")))
+    command: list[str | Path] = [nginx_binary(), "-t", "-p", tmp_path, "-e", tmp_path / "error.log"]
+    command += ["-c", conf]
+    done = run(command)
+    installed, needed = installed_nginx_version(), NGINX_CONFS[name]
+    if installed < needed:
+        assert done.returncode == 1, done.stderr
+        assert 'invalid parameter "resolve"' in done.stderr
+        assert ">= 1.27.3" in text.partition("\nworker_processes")[0]  # the header says so
+        pytest.skip(
+            f"deploy/{name} needs nginx >= {'.'.join(map(str, needed))}; the installed "
+            f"{'.'.join(map(str, installed))} refuses it (checked by structure, and served "
+            "rewritten below)"
+        )
+    assert done.returncode == 0, done.stderr
+    assert "test is successful" in done.stderr
+
+
+# The shipped files, run by a real nginx (Debian's 1.22 here, the image's 1.28 in
+# production): only the addresses, the paths and, in nginx.conf, what 1.22 lacks are
+# rewritten.
 PUBLISHED = ("/v1/models", "/native/v1/models", "/api/tags", "/", "/healthz", "/readyz")
 UNPUBLISHED = ("/metrics", "/admin/v1/keys", "/docs", "/docs/assets/x.js", "/openapi.json", "/x")
 
 
-def local_nginx_conf(directory: Path, ports: tuple[int, int], upstreams: tuple[str, str]) -> str:
-    text = (DEPLOY / "nginx.conf").read_text()
+def local_nginx_conf(
+    name: str, directory: Path, ports: tuple[int, int], upstreams: tuple[str, str]
+) -> str:
+    text = (DEPLOY / name).read_text()
     temp_paths = "".join(
         f"    {kind}_temp_path {kind};\n"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
+    if name == "nginx.conf":
+        rewrites = [
+            ("server tandem:8080 resolve;", f"server {upstreams[0]};"),
+            ("server tandem:50051 resolve;", f"server {upstreams[1]};"),
+            ("listen 50051;", f"listen 127.0.0.1:{ports[1]} http2;"),
+            ("http2 on;", ""),  # nginx < 1.25.1: `listen ... http2` only
+        ]
+    else:
+        rewrites = [
+            ("".join(f"server {a}:{port};\n        " for a in REPLICAS_1_22), f"server {upstream};")
+            for port, upstream in zip((8080, 50051), upstreams, strict=True)
+        ]
+        rewrites.append(("listen 50051 http2;", f"listen 127.0.0.1:{ports[1]} http2;"))
     for old, new in (
-        ("server tandem:8080 resolve;", f"server {upstreams[0]};"),
-        ("server tandem:50051 resolve;", f"server {upstreams[1]};"),
+        *rewrites,
         ("listen 8080;", f"listen 127.0.0.1:{ports[0]};"),
-        ("listen 50051;", f"listen 127.0.0.1:{ports[1]} http2;"),
-        ("http2 on;", ""),  # nginx < 1.25.1: `listen ... http2` only
         ("access_log /var/log/nginx/access.log", "access_log access.log"),
         ("\nhttp {\n", "\nhttp {\n" + temp_paths),
     ):
-        assert text.count(old) == 1, f"deploy/nginx.conf: {old!r} is not there once"
+        assert text.count(old) == 1, f"deploy/{name}: {old!r} is not there once"
         text = text.replace(old, new)
     return f"daemon off;\npid {directory / 'nginx.pid'};\n{text}"
 
@@ -837,8 +917,9 @@ def raw_get(port: int, target: str) -> tuple[int, str]:
     return int(head.split()[1]), head
 
 
+@pytest.mark.parametrize("name", sorted(NGINX_CONFS))
 def test_nginx_publishes_the_doors_and_probes_only(
-    tandem: Callable[..., TandemProcess], tmp_path: Path
+    tandem: Callable[..., TandemProcess], tmp_path: Path, name: str
 ) -> None:
     """`/metrics` (scraped from the pods) and the admin routes (reached from inside)
     never pass the balancer; an answer carries `server-timing` if the gateway wrote it."""
@@ -847,7 +928,7 @@ def test_nginx_publishes_the_doors_and_probes_only(
     directory.mkdir()
     directory.chmod(0o755)  # nginx's workers (not root) write the temp paths
     ports = (http_port, grpc_port) = tuple(free_ports(2))
-    conf = local_nginx_conf(directory, (http_port, grpc_port), (server.http, server.grpc))
+    conf = local_nginx_conf(name, directory, (http_port, grpc_port), (server.http, server.grpc))
     (directory / "nginx.conf").write_text(conf)
     with (
         serving_nginx(directory, ports),

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tandem.v1 import chat_pb2, chat_pb2_grpc, models_pb2, models_pb2_grpc
 
 from tests.fake_upstream import FakeUpstream
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess, children_of, start_tandem
 
 CONFIG = """
 providers:
@@ -263,3 +263,53 @@ def test_with_two_workers_every_scrape_shows_both_workers_figures(tmp_path: Path
     finally:
         assert server.terminate() == 0, server.stderr()
     assert os.listdir(metrics_dir)  # the operator's directory is kept
+
+
+PROCESS_SERIES = (
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+)
+
+
+def started_at(pid: int) -> float:
+    """A process's start, in seconds since the epoch, as /proc says it."""
+    boot = next(
+        float(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime ")
+    )
+    ticks = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    return boot + float(ticks) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_process_series_cover_every_worker(tmp_path: Path, workers: int) -> None:
+    """Memory, CPU and file descriptors of the one process (no label), or of each
+    worker (label `pid`) whichever worker answers the scrape."""
+    ports = ("0", "0") if workers == 1 else (str(_free_port()), str(_free_port()))
+    args = ["--workers", str(workers), "--http", f"127.0.0.1:{ports[0]}"]
+    server = start_tandem(tmp_path, None, args=[*args, "--grpc", f"127.0.0.1:{ports[1]}"])
+    try:
+        pids = children_of(server.proc.pid) if workers > 1 else [server.proc.pid]
+        assert len(pids) == workers
+        for _ in range(2 * workers):  # a connection each: the kernel spreads them
+            samples = scrape(server.base_url)
+            for name in PROCESS_SERIES:
+                found = {
+                    dict(labels).get("pid"): figure
+                    for (sample, labels), figure in samples.items()
+                    if sample == name
+                }
+                labels = {str(pid) for pid in pids} if workers > 1 else {None}
+                assert set(found) == labels, (name, found)
+                assert all(figure > 0 for figure in found.values()), (name, found)
+            for pid in pids:
+                label = {"pid": str(pid)} if workers > 1 else {}
+                assert value(samples, "process_start_time_seconds", **label) == started_at(pid)
+                assert value(samples, "process_resident_memory_bytes", **label) > 10 * 2**20
+    finally:
+        assert server.terminate() == 0, server.stderr()

@@ -8,6 +8,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+import pytest
+import yaml
+
+from tests.fake_upstream import FakeUpstream
 from tests.servers import TandemProcess
 
 README = Path(__file__).parent.parent / "README.md"
@@ -102,3 +107,49 @@ def test_readme_anthropic_example_prints_the_answer_twice(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=30, check=True
     )
     assert done.stdout == readme_block("", "It prints the message twice")
+
+
+# The recipes' upstreams, each pointed at the fake upstream for the test.
+RECIPES = {
+    "vllm": "http://127.0.0.1:8000/v1",
+    "ollama": "http://127.0.0.1:11434",
+    "openai": "https://api.openai.com/v1",
+}
+
+
+def recipes() -> list[str]:
+    text = README.read_text()
+    start = text.index("## Put Tandem in front of your models")
+    section = text[start : text.index("\n## ", start + 1)]
+    return re.findall(r"```yaml\n(.*?)```", section, re.S)
+
+
+@pytest.mark.parametrize(("index", "provider"), list(enumerate(RECIPES)))
+def test_readme_recipes_serve_their_models(
+    tandem: Callable[..., TandemProcess], fake: FakeUpstream, index: int, provider: str
+) -> None:
+    """Each recipe, as written but for its upstream's address, serves its models: the
+    first one by default, under its upstream name, with the key from the environment."""
+    found = recipes()
+    assert len(found) == len(RECIPES)
+    recipe = found[index]
+    address = RECIPES[provider]
+    assert recipe.count(f'base_url: "{address}"') == 1
+    fake_address = fake.root if provider == "ollama" else fake.base_url
+    server = tandem(recipe.replace(address, fake_address), env={"OPENAI_API_KEY": "sk-recipe"})
+    models = yaml.safe_load(recipe)["models"]
+    assert [p["name"] for p in yaml.safe_load(recipe)["providers"]] == [provider]
+    fake.reset()
+    for model in (None, *(m["name"] for m in models)):
+        body = {"messages": [{"role": "user", "content": "hello recipe"}]}
+        answer = httpx.post(
+            f"{server.base_url}/v1/chat/completions",
+            json=body if model is None else {**body, "model": model},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"] == "hello recipe"
+    upstream_names = [m.get("upstream", m["name"]) for m in models]
+    assert [r.body["model"] for r in fake.requests] == [upstream_names[0], *upstream_names]
+    if provider == "openai":
+        assert {r.headers.get("Authorization") for r in fake.requests} == {"Bearer sk-recipe"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import TandemProcess, serve_command
+from tests.servers import TandemProcess, children_of, serve_command
 
 CONFIG = """
 providers: [{name: demo, kind: mock}]
@@ -26,11 +26,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def children_of(pid: int) -> list[int]:
-    done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    return [int(p) for p in done.stdout.split()]
 
 
 def test_two_workers_share_the_ports_and_drain_together(

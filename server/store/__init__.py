@@ -1,7 +1,7 @@
 """The database named by `usage.store`: API keys and the usage ledger.
 
-SQLite (`sqlite:///rel.db` relative to the working directory, `sqlite:////abs.db`
-absolute) or PostgreSQL (`postgresql://...`), behind one interface. Both
+SQLite (`sqlite:////abs.db`; `load_config` makes `sqlite:///rel.db` absolute from
+the config file's folder) or PostgreSQL (`postgresql://...`), behind one interface. Both
 create their tables at open; ledger writes are idempotent by record id.
 """
 
