@@ -6,6 +6,8 @@
   the caller's `traceparent` and its `anthropic-beta` (sent on to Anthropic).
 - `server-timing: gateway;dur=<ms>, upstream;dur=<ms>` on every answer:
   arrival to the response head, and the provider's time where one was called.
+- `x-tandem-ignored-fields` on the answer of a call whose upstream left fields of
+  the request out (server/translate/extra.py): known before any answer starts.
 - `connection: close` on every answer while the replica is not ready, so a
   balancer stops reusing kept-alive connections to a replica that drains.
 - A door request (under a door's prefix) is reported once its answer has
@@ -93,7 +95,10 @@ class CallScopeMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = [*message.get("headers", ()), id_header, _timing(state, started)]
+                ctx = state.get("call")
+                headers = [*message.get("headers", ()), id_header, _timing(ctx, started)]
+                if ctx is not None and (ignored := ctx.trace.ignored_fields) is not None:
+                    headers.append((b"x-tandem-ignored-fields", ignored.encode()))
                 if readiness is not None and not readiness.ready:
                     headers.append((b"connection", b"close"))
                 message["headers"] = headers
@@ -132,10 +137,9 @@ class CallScopeMiddleware:
                 )
 
 
-def _timing(state: dict[str, object], started: float) -> tuple[bytes, bytes]:
+def _timing(ctx: CallContext | None, started: float) -> tuple[bytes, bytes]:
     gateway_ms = (time.monotonic() - started) * 1000
-    ctx = state.get("call")
-    upstream_s = ctx.trace.upstream_s if isinstance(ctx, CallContext) else None
+    upstream_s = ctx.trace.upstream_s if ctx is not None else None
     if upstream_s is None:
         return b"server-timing", f"gateway;dur={gateway_ms:.3f}".encode()
     return b"server-timing", (

@@ -47,7 +47,8 @@ ANONYMOUS = Caller(user="anonymous", tier="free", kind="anonymous")
 
 class CallTrace:
     """What telemetry reports of one call, filled in as it goes: the core says which
-    model and provider served it and what it cost, the door how it ended.
+    model and provider served it and what it cost, the provider what it left out, the
+    door how it ended.
 
     Times are on the `time.monotonic()` clock. `traceparent` and `tracestate`
     are the W3C headers the upstream request carries on, while tracing is on.
@@ -58,6 +59,7 @@ class CallTrace:
         "error_status",
         "failed_attempts",
         "first_chunk_at",
+        "ignored_fields",
         "model",
         "prompt_estimate",
         "prompt_tokens",
@@ -83,6 +85,9 @@ class CallTrace:
         self.failed_attempts: list[str] | None = None  # the provider of each failed attempt
         self.rate_limited = False
         self.error_status: int | None = None  # a stream's in-band error, after its 200
+        # what the upstream that served left out of the request, as the doors name it
+        # (`x-tandem-ignored-fields`); each attempt says it anew (server/translate/extra.py)
+        self.ignored_fields: str | None = None
         self.traceparent: str | None = None
         self.tracestate: str | None = None
 

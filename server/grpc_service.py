@@ -79,15 +79,20 @@ class _Door:
 
 
 class _Call:
-    """One RPC from its arrival: its id, and its context once the caller is known."""
+    """One RPC from its arrival: its id, and its context once the caller is known.
 
-    __slots__ = ("ctx", "request_id", "started", "status")
+    The initial metadata leaves with the answer's head (its first message, or its
+    error), once what the upstream left out is known: `x-request-id`, and
+    `x-tandem-ignored-fields` where the upstream left fields out."""
+
+    __slots__ = ("ctx", "head_sent", "request_id", "started", "status")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.ctx: CallContext | None = None
         self.request_id = ""
         self.status = grpc.StatusCode.OK
+        self.head_sent = False
 
     async def open(self, door: _Door, context: Context) -> CallContext:
         request_id = authorization = traceparent = tracestate = beta = None
@@ -104,7 +109,6 @@ class _Call:
                 text = _text(value)
                 beta = text if beta is None else f"{beta},{text}"
         self.request_id = request_id_from(_text(request_id))
-        await context.send_initial_metadata((("x-request-id", self.request_id),))
         caller = await door.policy.authenticate(_text(authorization))
         remaining = context.time_remaining()
         self.ctx = CallContext(
@@ -118,6 +122,16 @@ class _Call:
             anthropic_beta=beta,
         )
         return self.ctx
+
+    async def send_head(self, context: Context) -> None:
+        """The initial metadata, once."""
+        if self.head_sent:
+            return
+        self.head_sent = True
+        metadata = [("x-request-id", self.request_id)]
+        if self.ctx is not None and (ignored := self.ctx.trace.ignored_fields) is not None:
+            metadata.append(("x-tandem-ignored-fields", ignored))
+        await context.send_initial_metadata(metadata)
 
     def finish(self, door: _Door, method: str) -> None:
         status = self.status
@@ -160,6 +174,7 @@ async def _abort(door: _Door, context: Context, error: BaseException, call: _Cal
         error = InternalError("internal error")
     status = to_grpc_status(error)
     call.status = status.code
+    await call.send_head(context)
     trailers = tuple(status.trailing_metadata)
     if call.ctx is not None:  # authenticated: the rate-limit trailers ride on errors too
         trailers += await _limit_trailers(door, call.ctx)
@@ -191,6 +206,7 @@ def unary_rpc(
         try:
             ctx = await call.open(self, context)
             response = await handler(self, _decoded(request), ctx)
+            await call.send_head(context)
             if trailers := await _limit_trailers(self, ctx):
                 context.set_trailing_metadata(trailers)
             return response
@@ -239,6 +255,8 @@ def stream_rpc(
             stream = handler(self, _decoded(request), ctx)
             watch = _WriteWatch(stream, self.write_timeout_s)
             async for batch in stream:
+                if not call.head_sent:
+                    await call.send_head(context)
                 for item in batch:
                     watch.writing = True  # grpc takes the next message once this one is sent
                     yield item

@@ -346,6 +346,7 @@ class _Accounting:
         trace = self._ctx.trace
         trace.provider = provider.name
         trace.provider_kind = provider.kind
+        trace.ignored_fields = None  # the attempt's provider names what it leaves out
         if self._upstream_started is None:
             self._upstream_started = time.monotonic()
 

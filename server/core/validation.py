@@ -13,6 +13,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.errors import InvalidRequestError, echoed
 from server.translate.common import check_stop_count
+from server.translate.extra import check_extra_body, check_extra_body_json
 
 __all__ = ["validate_anthropic_beta", "validate_chat_request", "validate_embedding_request"]
 
@@ -135,6 +136,8 @@ _FIELD_CHECKS: dict[str, Callable[[Any], None]] = {
     "response_format": _check_response_format,
     "reasoning_effort": _check_reasoning_effort,
     "stop": _check_stop,
+    "extra_body": check_extra_body,
+    "extra_body_json": check_extra_body_json,
 }
 
 

@@ -14,6 +14,7 @@ from server.errors import InvalidRequestError, echoed
 from server.providers.base import Route
 from server.providers.upstream import HttpProvider, decode, decoded, sse_batches
 from server.translate.anthropic import upstream as anthropic
+from server.translate.extra import leave_out_extra_body
 
 __all__ = ["AnthropicProvider"]
 
@@ -33,6 +34,7 @@ class AnthropicProvider(HttpProvider):
         *,
         chunked: bool,
     ) -> AsyncIterator[Batch]:
+        leave_out_extra_body(request, ctx.trace)
         body = anthropic.chat_request_to_anthropic(
             request,
             route.upstream,

@@ -11,6 +11,7 @@ from server.config import ProviderConfig
 from server.context import CallContext
 from server.providers.base import Route
 from server.providers.upstream import HttpProvider, bearer, decode, decoded, sse_batches
+from server.translate.extra import leave_out
 from server.translate.openai import upstream as openai_upstream
 
 __all__ = ["OpenAIProvider"]
@@ -19,6 +20,9 @@ __all__ = ["OpenAIProvider"]
 class OpenAIProvider(HttpProvider):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config, headers=bearer(config.api_key))
+        allowed = config.extra_fields
+        self._extra_fields = allowed if isinstance(allowed, str) else frozenset(allowed)
+        self._send_reasoning = config.send_reasoning
 
     async def stream(
         self,
@@ -28,7 +32,17 @@ class OpenAIProvider(HttpProvider):
         *,
         chunked: bool,
     ) -> AsyncIterator[Batch]:
-        body = openai_upstream.chat_request_to_openai(request, route.upstream, stream=chunked)
+        left_out: list[str] = []
+        body = openai_upstream.chat_request_to_openai(
+            request,
+            route.upstream,
+            stream=chunked,
+            extra_fields=self._extra_fields,
+            send_reasoning=self._send_reasoning,
+            left_out=left_out,
+        )
+        if left_out:
+            leave_out(ctx.trace, left_out)
         async with self.client.post("/chat/completions", body, ctx, streaming=chunked) as response:
             if not chunked or response.content_type == "application/json":
                 # asked not to stream, or answered with JSON anyway (an error, or `stream` ignored)

@@ -5,12 +5,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.errors import InvalidRequestError
+from server.translate.extra import CHAT_FIELDS, extra_body
 from server.translate.protojson import parse_into
 
-__all__ = ["normalize_chat_body", "parse_chat_request", "parse_embedding_request"]
+__all__ = [
+    "normalize_chat_body",
+    "parse_chat_request",
+    "parse_embedding_request",
+]
 
 JSON = dict[str, Any]
 
@@ -46,7 +52,12 @@ def _content_to_parts(message: Any) -> Any:
 
 
 def parse_chat_request(body: Any, *, strict: bool) -> chat_pb2.ChatCompletionRequest:
-    """An OpenAI chat request (or a native one, with `strict=True`) as a proto."""
+    """An OpenAI chat request (or a native one, with `strict=True`) as a proto.
+
+    OpenAI's fields the proto lacks (`store`, `metadata`, a vLLM server's own)
+    are kept, in the caller's order, as `extra_body_json`: after the caller's
+    own `extra_body`, if it sent one too. Native refuses them.
+    """
     if not isinstance(body, dict):
         raise InvalidRequestError("body: must be a JSON object", param="body")
     request = chat_pb2.ChatCompletionRequest()
@@ -54,6 +65,12 @@ def parse_chat_request(body: Any, *, strict: bool) -> chat_pb2.ChatCompletionReq
         parse_into(normalize_chat_body(body), request, strict=strict)
     except InvalidRequestError as exc:
         raise _as_sent(exc, body) from None
+    if not strict and not body.keys() <= CHAT_FIELDS:
+        extra = {key: value for key, value in body.items() if key not in CHAT_FIELDS}
+        if request.HasField("extra_body_json") or request.HasField("extra_body"):
+            extra = {**extra_body(request), **extra}
+            request.ClearField("extra_body")
+        request.extra_body_json = orjson.dumps(extra).decode()
     return request
 
 

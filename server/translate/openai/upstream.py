@@ -8,7 +8,7 @@ ended a choice (vLLM's `stop_reason`, a string), and cache writes
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tandem.v1 import chat_pb2, embeddings_pb2
@@ -16,6 +16,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 from server.chunks import Item
 from server.errors import UpstreamError
 from server.translate.common import cannot_honour, response_schema, tool_parameters
+from server.translate.extra import ExtraFields, extra_body, passing
 from server.translate.openai.replies import encode_tool_calls
 from server.translate.protojson import parse_into
 from server.translate.reasoning import reasoning_effort
@@ -67,7 +68,7 @@ def _part_to_openai(part: chat_pb2.ContentPart) -> JSON:
     return {"type": "text", "text": part.text}
 
 
-def message_to_openai(message: chat_pb2.ChatMessage) -> JSON:
+def message_to_openai(message: chat_pb2.ChatMessage, *, send_reasoning: bool = False) -> JSON:
     out: JSON = {"role": message.role}
     if message.HasField("content"):
         out["content"] = message.content
@@ -83,8 +84,11 @@ def message_to_openai(message: chat_pb2.ChatMessage) -> JSON:
         out["tool_call_id"] = message.tool_call_id
     if message.HasField("refusal"):
         out["refusal"] = message.refusal
-    # `reasoning_content` is not sent back: DeepSeek documents a 400 for input
-    # messages that carry it, and OpenAI and vLLM define no such input field.
+    # `reasoning_content` is sent back only where the provider says so: DeepSeek
+    # documents a 400 for input messages that carry it, and OpenAI and vLLM define no
+    # such input field
+    if send_reasoning and message.HasField("reasoning_content"):
+        out["reasoning_content"] = message.reasoning_content
     return out
 
 
@@ -115,7 +119,13 @@ def _response_format_to_openai(response_format: chat_pb2.ResponseFormat) -> JSON
 
 
 def chat_request_to_openai(
-    request: chat_pb2.ChatCompletionRequest, model: str, *, stream: bool
+    request: chat_pb2.ChatCompletionRequest,
+    model: str,
+    *,
+    stream: bool,
+    extra_fields: ExtraFields = "allow",
+    send_reasoning: bool = False,
+    left_out: list[str] | None = None,
 ) -> JSON:
     """The request for an OpenAI-compatible upstream: every field set passes through.
 
@@ -123,7 +133,9 @@ def chat_request_to_openai(
     which OpenAI lacks); `top_k` is not an OpenAI parameter and
     is refused by name, before any upstream call. A stream always asks for
     `include_usage`, so that usage is known; whether the caller sees it is the
-    door's decision.
+    door's decision. The request's `extra_body` follows, as far as `extra_fields`
+    lets it, never over what the gateway set; messages' `reasoning_content` only
+    with `send_reasoning`. What is held back is added to `left_out`.
     """
     if request.HasField("top_k"):
         raise cannot_honour("top_k", "is not an OpenAI parameter")
@@ -133,7 +145,9 @@ def chat_request_to_openai(
         if name in _SCALAR_FIELDS:
             body[name] = value
         elif name == "messages":
-            body[name] = [message_to_openai(m) for m in value]
+            body[name] = [message_to_openai(m, send_reasoning=send_reasoning) for m in value]
+            if not send_reasoning and left_out is not None and _any_reasoning(value):
+                left_out.append(REASONING_SENT_BACK)
         elif name == "stop":
             body[name] = list(value)
         elif name == "logit_bias":
@@ -152,7 +166,21 @@ def chat_request_to_openai(
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
+    if request.HasField("extra_body_json") or request.HasField("extra_body"):
+        passed, held = passing(extra_body(request), extra_fields)
+        for key, value in passed.items():
+            body.setdefault(key, value)
+        if left_out is not None:
+            left_out += held
     return body
+
+
+# how `x-tandem-ignored-fields` names the reasoning of messages sent back
+REASONING_SENT_BACK = "messages[].reasoning_content"
+
+
+def _any_reasoning(messages: Iterable[chat_pb2.ChatMessage]) -> bool:
+    return any(m.HasField("reasoning_content") for m in messages)
 
 
 def _fill_tool_calls(target: Any, calls: Any, *, indexed: bool) -> None:

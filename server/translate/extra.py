@@ -1,0 +1,138 @@
+"""A request's fields beyond the proto's (`extra_body`), and naming what an upstream
+leaves out.
+
+`/v1` keeps every top-level field the proto does not carry as
+`extra_body_json`, in the caller's order; gRPC and native callers may set
+`extra_body` or `extra_body_json` themselves (the text wins: it keeps order
+and integers). An `openai`-kind upstream gets them merged into its body, as
+far as its provider's `extra_fields` lets them; other kinds leave them all
+out. Whatever an attempt's upstream leaves out is recorded on the call's
+trace, and the door names it in `x-tandem-ignored-fields` (HTTP header, gRPC
+initial metadata). A request without extra fields pays two `HasField` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Any, Literal
+from urllib.parse import quote
+
+import orjson
+from google.protobuf import struct_pb2
+from tandem.v1 import chat_pb2
+
+from server.context import CallTrace
+from server.errors import InvalidRequestError, echoed
+from server.translate.common import struct_to_json
+
+__all__ = [
+    "CHAT_FIELDS",
+    "ExtraFields",
+    "check_extra_body",
+    "check_extra_body_json",
+    "extra_body",
+    "leave_out",
+    "leave_out_extra_body",
+    "passing",
+]
+
+JSON = dict[str, Any]
+# a provider's `extra_fields`: all pass, none do, or those named
+ExtraFields = Literal["allow", "deny"] | Collection[str]
+
+# the proto's own fields: the gateway decides them (and sets the rest of an upstream's
+# body from them), so `extra_body` may name none
+CHAT_FIELDS = frozenset(chat_pb2.ChatCompletionRequest.DESCRIPTOR.fields_by_name)
+
+# the value of `x-tandem-ignored-fields` is at most this long; names past it are counted
+MAX_NAMED_BYTES = 1024
+
+
+def _invalid(param: str, message: str) -> InvalidRequestError:
+    param = echoed(param)  # a key is the caller's
+    return InvalidRequestError(f"{param}: {message}", param=param)
+
+
+def _object(text: str) -> JSON:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise _invalid("extra_body_json", "is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise _invalid("extra_body_json", "must be a JSON object")
+    return value
+
+
+def _struct(struct: struct_pb2.Struct) -> JSON:
+    try:
+        return struct_to_json(struct)
+    except InvalidRequestError:  # only protobuf can carry a NaN
+        raise _invalid("extra_body", "holds a number JSON cannot (NaN or Infinity)") from None
+
+
+def extra_body(request: chat_pb2.ChatCompletionRequest) -> JSON:
+    """The request's extra fields, in order (`{}` for none); the JSON text wins."""
+    if request.HasField("extra_body_json"):
+        return _object(request.extra_body_json)
+    if request.HasField("extra_body"):
+        return _struct(request.extra_body)
+    return {}
+
+
+def _check_names(extra: JSON) -> None:
+    for key in extra:
+        if key in CHAT_FIELDS:
+            raise _invalid(
+                f"extra_body.{key}",
+                "is a field of the request, decided by the gateway: set it as such",
+            )
+
+
+def check_extra_body_json(text: str) -> None:
+    """A JSON object naming no field of the request, that an upstream body can hold."""
+    extra = _object(text)
+    _check_names(extra)
+    try:
+        orjson.dumps(extra)  # an upstream's body is written with orjson: 254 levels at most
+    except orjson.JSONEncodeError:
+        raise _invalid("extra_body_json", "is nested too deeply") from None
+
+
+def check_extra_body(struct: struct_pb2.Struct) -> None:
+    _check_names(_struct(struct))
+
+
+def passing(extra: JSON, allowed: ExtraFields) -> tuple[JSON, list[str]]:
+    """(what a provider's `extra_fields` lets through, the names it holds back)."""
+    if allowed == "allow":
+        return extra, []
+    if allowed == "deny":
+        return {}, list(extra)
+    passed = {key: value for key, value in extra.items() if key in allowed}
+    return passed, [key for key in extra if key not in passed]
+
+
+def leave_out(trace: CallTrace, names: Iterable[str]) -> None:
+    """Name what this attempt's upstream leaves out of the request (for the door's
+    `x-tandem-ignored-fields`): comma-separated, each percent-encoded where it is not
+    a plain name, and at most `MAX_NAMED_BYTES`, the rest counted as `+N more`."""
+    named: list[str] = []
+    size = 0
+    left = 0
+    for name in names:
+        text = quote(echoed(name), safe="[]")
+        if left or size + len(text) + 1 > MAX_NAMED_BYTES - 16:  # room for "+N more"
+            left += 1
+            continue
+        named.append(text)
+        size += len(text) + 1
+    if left:
+        named.append(f"+{left} more")
+    if named:
+        trace.ignored_fields = ",".join(named)
+
+
+def leave_out_extra_body(request: chat_pb2.ChatCompletionRequest, trace: CallTrace) -> None:
+    """An upstream that takes no extra field: every one left out, and named."""
+    if request.HasField("extra_body_json") or request.HasField("extra_body"):
+        leave_out(trace, extra_body(request))
