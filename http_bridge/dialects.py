@@ -32,6 +32,7 @@ __all__ = [
     "OLLAMA_EMBEDDINGS",
     "OLLAMA_GENERATE",
     "OPENAI",
+    "OPENAI_COMPLETIONS",
     "Dialect",
     "StreamEncoder",
 ]
@@ -106,6 +107,23 @@ def _openai_family(*, strict: bool, prefix: str, protocol: Protocol) -> Dialect:
 
 NATIVE = _openai_family(strict=True, prefix="/native/v1", protocol="native")
 OPENAI = _openai_family(strict=False, prefix="/v1", protocol="openai")
+
+
+def _text_completion_stream(
+    request: chat_pb2.ChatCompletionRequest, first: Chunk, ctx: CallContext
+) -> Callable[[Item], bytes]:
+    usage = "separate" if request.stream_options.include_usage else "none"
+    encoder = replies.TextChunkEncoder(first, usage=usage, prefix=SSE.prefix, suffix=SSE.suffix)
+    return encoder.encode
+
+
+# `/v1/completions`: the legacy text completion, a one-message chat in its own shapes
+OPENAI_COMPLETIONS = replace(
+    OPENAI,
+    parse_chat=inbound.parse_completion_request,
+    encode_completion=lambda answer, ctx: replies.encode_text_completion(answer),
+    stream_encoder=_text_completion_stream,
+)
 
 
 def _ollama_stream(*, generate: bool) -> StreamEncoder:

@@ -17,7 +17,7 @@ from tandem.v1 import chat_pb2
 from server.core.validation import PART_TYPES, RESPONSE_FORMATS, ROLES, TOOL_CHOICE_MODES
 from server.usage.api import MAX_LIMIT
 
-__all__ = ["request_body", "usage_parameters"]
+__all__ = ["completion_request_body", "request_body", "usage_parameters"]
 
 Schema = dict[str, Any]
 
@@ -124,16 +124,32 @@ def _message_schema(descriptor: Descriptor, strict: bool) -> Schema:
     return schema
 
 
+def _request_body(schema: Schema, description: str) -> Schema:
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "description": description, "content": content}}
+
+
 def request_body(descriptor: Descriptor, description: str, *, strict: bool = False) -> Schema:
     """`openapi_extra` describing a JSON body shaped like `descriptor`; `strict`
     bodies refuse unknown fields."""
-    return {
-        "requestBody": {
-            "required": True,
-            "description": description,
-            "content": {"application/json": {"schema": _message_schema(descriptor, strict)}},
-        }
+    return _request_body(_message_schema(descriptor, strict), description)
+
+
+def completion_request_body(description: str) -> Schema:
+    """`openapi_extra` of `/v1/completions`: a chat request with `prompt`, one string, for
+    `messages`; the legacy fields a chat cannot honour only as what asks for nothing."""
+    chat = _message_schema(chat_pb2.ChatCompletionRequest.DESCRIPTOR, strict=False)
+    properties = {
+        "prompt": {"type": "string"},
+        **chat["properties"],
+        "messages": {"not": {}},
+        "suffix": {"type": "null"},
+        "echo": {"enum": [False, None]},
+        "best_of": {"enum": [1, None]},
+        "logprobs": {"type": "null"},
     }
+    schema = {"type": "object", "properties": properties, "required": ["prompt"]}
+    return _request_body(schema, description)
 
 
 def usage_parameters() -> Schema:

@@ -190,6 +190,7 @@ def test_every_operation_answers_below_500_in_the_contracts_shape(
 JSON_ROUTES = (
     "/native/v1/chat/completions",
     "/v1/chat/completions",
+    "/v1/completions",
     "/native/v1/embeddings",
     "/v1/embeddings",
     "/api/chat",
@@ -249,6 +250,10 @@ FIELDS = st.sampled_from(
         "input",
         "encoding_format",
         "dimensions",
+        "extra_body",
+        "extra_body_json",
+        "store",
+        "echo",
     ]
 )
 

@@ -15,6 +15,7 @@ from server.translate.protojson import parse_into
 __all__ = [
     "normalize_chat_body",
     "parse_chat_request",
+    "parse_completion_request",
     "parse_embedding_request",
 ]
 
@@ -72,6 +73,43 @@ def parse_chat_request(body: Any, *, strict: bool) -> chat_pb2.ChatCompletionReq
             request.ClearField("extra_body")
         request.extra_body_json = orjson.dumps(extra).decode()
     return request
+
+
+# a legacy text completion's fields a chat cannot honour, and the value of each that
+# asks for nothing (JSON null, "not set", never does)
+_UNSUPPORTED = {"suffix": None, "echo": False, "best_of": 1, "logprobs": None}
+
+
+def parse_completion_request(body: Any) -> chat_pb2.ChatCompletionRequest:
+    """A legacy text completion (`/v1/completions`) as a one-message chat: its `prompt`,
+    one string, the user's message. `suffix`, `echo`, `best_of` and `logprobs` are
+    refused by name unless they ask for nothing; the rest is a chat's."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("body: must be a JSON object", param="body")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        raise InvalidRequestError(
+            "prompt: must be one string; a list of prompts (or of tokens) is not supported",
+            param="prompt",
+        )
+    if not isinstance(prompt, str):
+        raise InvalidRequestError("prompt: must be a string", param="prompt")
+    if "messages" in body:
+        raise InvalidRequestError(
+            "messages: a text completion sends a prompt; chats go to /v1/chat/completions",
+            param="messages",
+        )
+    for name, unasked in _UNSUPPORTED.items():
+        value = body.get(name)
+        if value is not None and (type(value), value) != (type(unasked), unasked):
+            raise InvalidRequestError(
+                f"{name}: is not supported: a text completion is served as a chat", param=name
+            )
+    chat = {
+        key: value for key, value in body.items() if key != "prompt" and key not in _UNSUPPORTED
+    }
+    chat["messages"] = [{"role": "user", "content": prompt}]
+    return parse_chat_request(chat, strict=False)
 
 
 _PARTS_PATH = re.compile(r"^messages\[(\d+)\]\.parts")

@@ -18,10 +18,12 @@ from server.chunks import Item
 
 __all__ = [
     "ChunkEncoder",
+    "TextChunkEncoder",
     "encode_completion",
     "encode_embeddings",
     "encode_model",
     "encode_models",
+    "encode_text_completion",
     "encode_tool_calls",
 ]
 
@@ -234,6 +236,75 @@ class ChunkEncoder:
                 + self._end
             )
         if has_usage and usage_mode == "separate":
+            events += self._head + b'[],"usage":' + orjson.dumps(_usage(chunk.usage)) + self._end
+        return events
+
+
+def _text_completion_id(chat_id: str) -> str:
+    return "cmpl-" + chat_id.removeprefix("chatcmpl-")
+
+
+def encode_text_completion(completion: chat_pb2.ChatCompletion) -> JSON:
+    """A chat answer as OpenAI's legacy `text_completion` (`/v1/completions`)."""
+    return {
+        "id": _text_completion_id(completion.id),
+        "object": "text_completion",
+        "created": completion.created,
+        "model": completion.model,
+        "choices": [
+            {
+                "text": choice.message.content,
+                "index": choice.index,
+                "logprobs": None,
+                "finish_reason": choice.finish_reason or None,
+            }
+            for choice in completion.choices
+        ],
+        "usage": _usage(completion.usage),
+        "system_fingerprint": completion.system_fingerprint or None,
+    }
+
+
+_TEXT_CHOICE_TAIL = b',"index":0,"logprobs":null,"finish_reason":null}]'
+
+
+class TextChunkEncoder:
+    """Writes a chat stream as OpenAI's legacy `text_completion` chunks: each choice's
+    text delta (a delta with neither text nor an end writes nothing), and `usage` on a
+    last chunk with `choices: []` ("separate", with `include_usage`) or not at all
+    ("none"), as `ChunkEncoder` does."""
+
+    __slots__ = ("_end", "_head", "_tail", "_usage")
+
+    def __init__(
+        self, first: chat_pb2.ChatCompletionChunk, *, usage: str, prefix: bytes, suffix: bytes
+    ) -> None:
+        head = {
+            "id": _text_completion_id(first.id),
+            "object": "text_completion",
+            "created": first.created,
+            "model": first.model,
+        }
+        self._head = prefix + orjson.dumps(head)[:-1] + b',"choices":'
+        self._end = b"}" + suffix
+        self._tail = (b',"usage":null' if usage == "separate" else b"") + self._end
+        self._usage = usage
+
+    def encode(self, chunk: Item) -> bytes:
+        if isinstance(chunk, str):
+            return self._head + b'[{"text":' + orjson.dumps(chunk) + _TEXT_CHOICE_TAIL + self._tail
+        choices = [
+            {
+                "text": choice.delta.content,
+                "index": choice.index,
+                "logprobs": None,
+                "finish_reason": choice.finish_reason if choice.HasField("finish_reason") else None,
+            }
+            for choice in chunk.choices
+            if choice.delta.content or choice.HasField("finish_reason")
+        ]
+        events = self._head + orjson.dumps(choices) + self._tail if choices else b""
+        if chunk.HasField("usage") and self._usage == "separate":
             events += self._head + b'[],"usage":' + orjson.dumps(_usage(chunk.usage)) + self._end
         return events
 
