@@ -68,7 +68,7 @@ def _part_to_openai(part: chat_pb2.ContentPart) -> JSON:
     return {"type": "text", "text": part.text}
 
 
-def message_to_openai(message: chat_pb2.ChatMessage, *, send_reasoning: bool = False) -> JSON:
+def message_to_openai(message: chat_pb2.ChatMessage) -> JSON:
     out: JSON = {"role": message.role}
     if message.HasField("content"):
         out["content"] = message.content
@@ -84,12 +84,26 @@ def message_to_openai(message: chat_pb2.ChatMessage, *, send_reasoning: bool = F
         out["tool_call_id"] = message.tool_call_id
     if message.HasField("refusal"):
         out["refusal"] = message.refusal
-    # `reasoning_content` is sent back only where the provider says so: DeepSeek
-    # documents a 400 for input messages that carry it, and OpenAI and vLLM define no
-    # such input field
-    if send_reasoning and message.HasField("reasoning_content"):
-        out["reasoning_content"] = message.reasoning_content
     return out
+
+
+def _messages_to_openai(
+    messages: Iterable[chat_pb2.ChatMessage], *, send_reasoning: bool
+) -> tuple[list[JSON], bool]:
+    """(the messages, whether a `reasoning_content` was held back). It is sent back only
+    where the provider says so: DeepSeek documents a 400 for input messages that carry
+    it, and OpenAI and vLLM define no such input field."""
+    out = []
+    held = False
+    for message in messages:
+        item = message_to_openai(message)
+        if message.HasField("reasoning_content"):
+            if send_reasoning:
+                item["reasoning_content"] = message.reasoning_content
+            else:
+                held = True
+        out.append(item)
+    return out, held
 
 
 def _tool_to_openai(tool: chat_pb2.Tool) -> JSON:
@@ -145,8 +159,8 @@ def chat_request_to_openai(
         if name in _SCALAR_FIELDS:
             body[name] = value
         elif name == "messages":
-            body[name] = [message_to_openai(m, send_reasoning=send_reasoning) for m in value]
-            if not send_reasoning and left_out is not None and _any_reasoning(value):
+            body[name], reasoning_held = _messages_to_openai(value, send_reasoning=send_reasoning)
+            if reasoning_held and left_out is not None:
                 left_out.append(REASONING_SENT_BACK)
         elif name == "stop":
             body[name] = list(value)
@@ -167,20 +181,16 @@ def chat_request_to_openai(
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     if request.HasField("extra_body_json") or request.HasField("extra_body"):
-        passed, held = passing(extra_body(request), extra_fields)
+        passed, held_back = passing(extra_body(request), extra_fields)
         for key, value in passed.items():
             body.setdefault(key, value)
         if left_out is not None:
-            left_out += held
+            left_out += held_back
     return body
 
 
 # how `x-tandem-ignored-fields` names the reasoning of messages sent back
 REASONING_SENT_BACK = "messages[].reasoning_content"
-
-
-def _any_reasoning(messages: Iterable[chat_pb2.ChatMessage]) -> bool:
-    return any(m.HasField("reasoning_content") for m in messages)
 
 
 def _fill_tool_calls(target: Any, calls: Any, *, indexed: bool) -> None:
