@@ -168,6 +168,15 @@ def test_native_and_grpc_callers_set_extra_body_and_its_json_text_wins(
     assert "ignored_for_the_text" not in sent
     assert http.post("/native/v1/chat/completions", json={**body, "stoer": 1}).status_code == 400
 
+    # an extra_body object keeps its order and its integers, and /v1 adds its own after it
+    own = {"min_tokens": 3, "store": True}
+    for door, more in (("/native/v1", {}), ("/v1", {"service_tier": "flex"})):
+        body = {"model": "gpt", "messages": user("x"), "extra_body": own, **more}
+        assert http.post(f"{door}/chat/completions", json=body).status_code == 200
+        sent = fake.requests[-1].body
+        assert [(k, sent[k]) for k in sent if k in EXTRA] == [*own.items(), *more.items()]
+        assert type(sent["min_tokens"]) is int
+
     extra = struct_pb2.Struct()
     extra.update({"service_tier": "flex", "metadata": {"k": "v"}})
     request = chat_pb2.ChatCompletionRequest(

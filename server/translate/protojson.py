@@ -9,7 +9,8 @@ servers do; JSON `null` always means "not set".
 A schema (a function's `parameters`, a JSON schema's `schema`) is kept as the
 JSON text the caller wrote (`parameters_json`, `schema_json`), keys in order,
 and its Struct left empty: a Struct is a map, and filling one costs ~25 us for
-a tool of six parameters. A caller may send the text itself; it wins.
+a tool of six parameters. A caller may send the text itself; it wins. A chat's
+`extra_body` is kept the same way (`extra_body_json`), its integers integers.
 """
 
 from __future__ import annotations
@@ -44,8 +45,15 @@ _INT_RANGES = {
     FieldDescriptor.CPPTYPE_UINT64: (0, 2**64 - 1),
 }
 _STRUCT = Struct.DESCRIPTOR.full_name
-# the schemas: Struct fields kept as the JSON text of their `<name>_json` siblings
-_SCHEMAS = frozenset(("tandem.v1.FunctionDefinition.parameters", "tandem.v1.JsonSchema.schema"))
+# the schemas (and a chat's extra fields): Struct fields kept as the JSON text of their
+# `<name>_json` siblings
+_SCHEMAS = frozenset(
+    (
+        "tandem.v1.FunctionDefinition.parameters",
+        "tandem.v1.JsonSchema.schema",
+        "tandem.v1.ChatCompletionRequest.extra_body",
+    )
+)
 _SCHEMA_TEXTS = frozenset(f"{name}_json" for name in _SCHEMAS)
 
 

@@ -9,7 +9,7 @@ import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.errors import InvalidRequestError
-from server.translate.extra import CHAT_FIELDS, extra_body
+from server.translate.extra import CHAT_FIELDS
 from server.translate.protojson import parse_into
 
 __all__ = [
@@ -68,9 +68,8 @@ def parse_chat_request(body: Any, *, strict: bool) -> chat_pb2.ChatCompletionReq
         raise _as_sent(exc, body) from None
     if not strict and not body.keys() <= CHAT_FIELDS:
         extra = {key: value for key, value in body.items() if key not in CHAT_FIELDS}
-        if request.HasField("extra_body_json") or request.HasField("extra_body"):
-            extra = {**extra_body(request), **extra}
-            request.ClearField("extra_body")
+        if request.HasField("extra_body_json"):  # the caller's own `extra_body`, as text
+            extra = {**orjson.loads(request.extra_body_json), **extra}
         request.extra_body_json = orjson.dumps(extra).decode()
     return request
 
