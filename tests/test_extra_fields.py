@@ -352,6 +352,27 @@ def test_the_anthropic_door_names_thinking_an_openai_upstream_does_not_take(
     assert "reasoning_content" not in fake.requests[-1].body["messages"][1]
 
 
+def test_an_anthropic_upstream_names_reasoning_sent_back_without_its_signature(
+    gateway: TandemProcess, http: httpx.Client, fake: FakeUpstream
+) -> None:
+    """Anthropic takes reasoning back only as a signed thinking block: unsigned, it is
+    left out, and said; signed, it travels and nothing is named."""
+    unsigned = {"role": "assistant", "content": "answer", "reasoning_content": "old thoughts"}
+    signed = {**unsigned, "reasoning_signature": "sig"}
+    for turn, named in ((unsigned, "messages[].reasoning_content,store"), (signed, "store")):
+        fake.reset()
+        messages = [user("first")[0], turn, user("again")[0]]
+        body = {"model": "haiku", "messages": messages, "store": True}
+        response = http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        assert response.headers[IGNORED] == named
+        sent = fake.requests[-1].body["messages"][1]["content"]
+        assert [b["type"] for b in sent] == (["text"] if turn is unsigned else ["thinking", "text"])
+    fake.reset()
+    response = http.post("/v1/chat/completions", json={"model": "haiku", "messages": [unsigned]})
+    assert response.headers[IGNORED] == "messages[].reasoning_content"
+
+
 # --- what extra_body may not name ------------------------------------------------------------
 
 
@@ -367,6 +388,7 @@ def test_the_anthropic_door_names_thinking_an_openai_upstream_does_not_take(
         ("/native/v1", {"extra_body_json": '{"a":' * 300 + "1" + "}" * 300}, "extra_body_json"),
         ("/v1", {"extra_body": {"n": 3}, "store": True}, "extra_body.n"),
         ("/v1", {"extra_body": {"messages": []}}, "extra_body.messages"),
+        ("/v1", {"best_of": 4}, "extra_body.best_of"),  # vLLM's: work no usage counts
     ],
 )
 def test_extra_body_naming_a_field_the_gateway_decides_is_a_400(

@@ -14,7 +14,7 @@ from server.errors import InvalidRequestError, echoed
 from server.providers.base import Route
 from server.providers.upstream import HttpProvider, decode, decoded, sse_batches
 from server.translate.anthropic import upstream as anthropic
-from server.translate.extra import leave_out_extra_body
+from server.translate.extra import REASONING_SENT_BACK, leave_out_extra_body
 
 __all__ = ["AnthropicProvider"]
 
@@ -34,7 +34,12 @@ class AnthropicProvider(HttpProvider):
         *,
         chunked: bool,
     ) -> AsyncIterator[Batch]:
-        leave_out_extra_body(request, ctx.trace)
+        # Anthropic takes reasoning back only as a signed thinking block
+        unsigned = any(
+            m.HasField("reasoning_content") and not m.HasField("reasoning_signature")
+            for m in request.messages
+        )
+        leave_out_extra_body(request, ctx.trace, *(REASONING_SENT_BACK,) * unsigned)
         body = anthropic.chat_request_to_anthropic(
             request,
             route.upstream,

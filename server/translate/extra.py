@@ -28,6 +28,7 @@ from server.translate.protojson import check_json_object
 
 __all__ = [
     "CHAT_FIELDS",
+    "REASONING_SENT_BACK",
     "ExtraFields",
     "check_extra_body",
     "check_extra_body_json",
@@ -44,6 +45,10 @@ ExtraFields = Literal["allow", "deny"] | Collection[str]
 # the proto's own fields: the gateway decides them (and sets the rest of an upstream's
 # body from them), so `extra_body` may name none
 CHAT_FIELDS = frozenset(chat_pb2.ChatCompletionRequest.DESCRIPTOR.fields_by_name)
+
+# how `x-tandem-ignored-fields` names the reasoning of messages sent back, where an
+# upstream cannot take it
+REASONING_SENT_BACK = "messages[].reasoning_content"
 
 # the value of `x-tandem-ignored-fields` is at most this long; names past it are counted
 MAX_NAMED_BYTES = 1024
@@ -72,12 +77,21 @@ def extra_body(request: chat_pb2.ChatCompletionRequest) -> JSON:
     return {}
 
 
+# upstream work no answer's usage would count: vLLM's `best_of` generates that many
+# sequences and reports the tokens of those returned only
+UNCOUNTED_WORK = frozenset({"best_of"})
+
+
 def _check_names(extra: JSON) -> None:
     for key in extra:
         if key in CHAT_FIELDS:
             raise _invalid(
                 f"extra_body.{key}",
                 "is a field of the request, decided by the gateway: set it as such",
+            )
+        if key in UNCOUNTED_WORK:
+            raise _invalid(
+                f"extra_body.{key}", "asks for upstream work the answer's usage would not count"
             )
 
 
@@ -121,7 +135,12 @@ def leave_out(trace: CallTrace, names: Iterable[str]) -> None:
         trace.ignored_fields = ",".join(named)
 
 
-def leave_out_extra_body(request: chat_pb2.ChatCompletionRequest, trace: CallTrace) -> None:
-    """An upstream that takes no extra field: every one left out, and named."""
+def leave_out_extra_body(
+    request: chat_pb2.ChatCompletionRequest, trace: CallTrace, *more: str
+) -> None:
+    """An upstream that takes no extra field: every one left out, and named (after
+    `more`, what else the upstream's translation leaves out)."""
     if request.HasField("extra_body_json") or request.HasField("extra_body"):
-        leave_out(trace, extra_body(request))
+        leave_out(trace, [*more, *extra_body(request)])
+    elif more:
+        leave_out(trace, more)

@@ -16,7 +16,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 from server.chunks import Item
 from server.errors import UpstreamError
 from server.translate.common import cannot_honour, response_schema, tool_parameters
-from server.translate.extra import ExtraFields, extra_body, passing
+from server.translate.extra import REASONING_SENT_BACK, ExtraFields, extra_body, passing
 from server.translate.openai.replies import encode_tool_calls
 from server.translate.protojson import parse_into
 from server.translate.reasoning import reasoning_effort
@@ -187,10 +187,6 @@ def chat_request_to_openai(
         if left_out is not None:
             left_out += held_back
     return body
-
-
-# how `x-tandem-ignored-fields` names the reasoning of messages sent back
-REASONING_SENT_BACK = "messages[].reasoning_content"
 
 
 def _fill_tool_calls(target: Any, calls: Any, *, indexed: bool) -> None:
