@@ -143,6 +143,10 @@ class ProviderConfig(_Strict):
                 raise ValueError("max_connections does not apply to kind mock")
         elif "chunk_delay_ms" in self.model_fields_set:
             raise ValueError("chunk_delay_ms applies only to kind mock")
+        if self.kind != "openai":  # other kinds take no extra field and no reasoning back
+            for key in ("extra_fields", "send_reasoning"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key} applies only to kind openai")
         return self
 
     @property

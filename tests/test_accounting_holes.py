@@ -359,6 +359,24 @@ def test_a_response_schema_is_part_of_the_prompt(
     assert answer.json()["usage"]["prompt_tokens"] == record["prompt_tokens"]
 
 
+def test_extra_fields_are_part_of_the_prompt(
+    gateway: TandemProcess, holes: HolesUpstream, new_record: Callable[[], dict[str, Any]]
+) -> None:
+    """vLLM's `documents` (or a legacy `functions`) reach the model as prompt: what the
+    gateway sends is estimated, whatever the upstream makes of it."""
+    holes.reset("nousage")
+    documents = [{"title": "t", "text": "word " * 4000}]
+    body = {"model": "relay", "messages": user(), "documents": documents, "store": None}
+    answer = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    sent = holes.requests[-1].body
+    assert sent["documents"] == documents
+    assert "store" not in sent  # null is "not set", here as everywhere
+    record = new_record()
+    assert record["usage_source"] == "estimated"
+    assert record["prompt_tokens"] >= PROMPT_ESTIMATE + 4000, record
+
+
 def test_count_tokens_is_the_same_estimate(
     gateway: TandemProcess, holes: HolesUpstream, new_record: Callable[[], dict[str, Any]]
 ) -> None:

@@ -565,15 +565,9 @@ def test_a_request_shaped_as_claude_code_sends_it(
     assert seen[-1][0] == "message_stop"
     sent = fake.requests[-1].body
     assert [m["role"] for m in sent["messages"]] == ["system", "user", "system"]
-    # blocks stay blocks (an OpenAI-compatible upstream's text parts), with no cache mark
-    assert sent["messages"][0]["content"] == [
-        {"type": "text", "text": "You are Claude Code."},
-        {"type": "text", "text": "Be brief."},
-    ]
-    assert sent["messages"][1]["content"] == [
-        {"type": "text", "text": "<system-reminder>ctx</system-reminder>"},
-        {"type": "text", "text": "hello"},
-    ]
+    # text blocks are one string a message to an OpenAI-compatible upstream, a block a line
+    assert sent["messages"][0]["content"] == "You are Claude Code.\nBe brief."
+    assert sent["messages"][1]["content"] == "<system-reminder>ctx</system-reminder>\nhello"
     assert sent["user"] == '{"session_id": "s-1"}'
     assert "reasoning_effort" not in sent  # adaptive: the model decides, none is asked for
     assert sent["tools"][0]["function"]["parameters"]["properties"] == {

@@ -37,6 +37,14 @@ BAD_CONFIGS = [
         "providers: [{name: p, kind: openai, chunk_delay_ms: 5}]\n",
         "providers[0]: chunk_delay_ms applies only to kind mock",
     ),
+    (
+        "providers: [{name: p, kind: anthropic, extra_fields: deny}]\n",
+        "providers[0]: extra_fields applies only to kind openai",
+    ),
+    (
+        "providers: [{name: p, kind: ollama, send_reasoning: true}]\n",
+        "providers[0]: send_reasoning applies only to kind openai",
+    ),
     ("providers: [{name: p, kind: mock, timeout_s: -1}]\n", "providers[0].timeout_s:"),
     ("tiers: {free: {requests_per_minute: -5}}\n", "tiers.free.requests_per_minute:"),
     ("rate_limits: {backend: redis}\n", "rate_limits: backend redis needs url"),

@@ -388,7 +388,8 @@ def test_an_anthropic_upstream_names_reasoning_sent_back_without_its_signature(
         ("/native/v1", {"extra_body_json": '{"a":' * 300 + "1" + "}" * 300}, "extra_body_json"),
         ("/v1", {"extra_body": {"n": 3}, "store": True}, "extra_body.n"),
         ("/v1", {"extra_body": {"messages": []}}, "extra_body.messages"),
-        ("/v1", {"best_of": 4}, "extra_body.best_of"),  # vLLM's: work no usage counts
+        ("/v1", {"best_of": 4}, "best_of"),  # vLLM's: work no usage counts, named as sent
+        ("/v1", {"extra_body": {"best_of": 4}}, "extra_body.best_of"),
     ],
 )
 def test_extra_body_naming_a_field_the_gateway_decides_is_a_400(

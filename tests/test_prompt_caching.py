@@ -348,11 +348,12 @@ def test_an_openai_compatible_upstream_gets_no_mark_and_no_beta(
     for sent in fake.requests:
         assert b"cache_control" not in orjson.dumps(sent.body)
         assert "anthropic-beta" not in {name.lower() for name in sent.headers}
-    # the system blocks stay apart all the same: one text part each
-    assert fake.requests[0].body["messages"][0]["content"] == [
-        {"type": "text", "text": SYSTEM[0]["text"]},
-        {"type": "text", "text": SYSTEM[1]["text"]},
-    ]
+    # Anthropic's text blocks are one string each message, as OpenAI-compatible servers
+    # take them (Groq refuses parts in a system message); a /v1 caller's parts stay parts
+    from_anthropic, from_openai = (sent.body["messages"] for sent in fake.requests)
+    assert from_anthropic[0]["content"] == f"{SYSTEM[0]['text']}\n{SYSTEM[1]['text']}"
+    assert all(isinstance(m["content"], str | None) for m in from_anthropic), from_anthropic
+    assert any(isinstance(m["content"], list) for m in from_openai), from_openai
 
 
 @pytest.mark.parametrize(
@@ -414,6 +415,14 @@ def test_an_unfit_beta_header_is_the_callers_400(
             },
             "messages[0].content[0].cache_control.ttl",
         ),
+        (
+            {"system": [{"type": "text", "text": "x", "cache_control": {"type": "forever"}}]},
+            "system[0].cache_control.type",
+        ),
+        (
+            {"tools": [{"name": "f", "cache_control": {"type": "ephemeral", "ttl": "1 week"}}]},
+            "tools[0].cache_control.ttl",
+        ),
     ],
 )
 def test_an_unfit_mark_is_refused_by_where_it_was_written(body: dict[str, Any], param: str) -> None:
@@ -426,3 +435,36 @@ def test_an_unfit_mark_is_refused_by_where_it_was_written(body: dict[str, Any], 
     with pytest.raises(InvalidRequestError) as refused:
         parse_messages(request)
     assert refused.value.param == param
+
+
+@pytest.mark.parametrize(
+    ("mark", "param"),
+    [
+        ({"type": "forever"}, "messages[0].content[0].cache_control.type"),
+        ({"type": "ephemeral", "ttl": "x" * 5000}, "messages[0].content[0].cache_control.ttl"),
+    ],
+)
+def test_an_unfit_mark_on_v1_is_a_400_before_any_upstream_call(
+    gateway: TandemProcess, fake: FakeUpstream, mark: dict[str, Any], param: str
+) -> None:
+    fake.reset()
+    part = {"type": "text", "text": "x", "cache_control": mark}
+    body = {"model": "claude", "messages": [{"role": "user", "content": [part]}]}
+    answer = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == param
+    assert fake.requests == []
+
+
+def test_an_image_in_a_system_message_to_anthropic_is_a_400(
+    gateway: TandemProcess, fake: FakeUpstream
+) -> None:
+    """Anthropic's `system` takes text blocks only: said up front, not dropped."""
+    fake.reset()
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    system = {"role": "system", "content": [{"type": "text", "text": "look"}, image]}
+    body = {"model": "claude", "messages": [system, {"role": "user", "content": "hi"}]}
+    answer = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "messages[0].content[1]"
+    assert fake.requests == []

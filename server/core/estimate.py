@@ -4,9 +4,9 @@ The contract's list: every message's text, tool calls and tool results,
 reasoning sent back, tool definitions and response schemas (as their JSON
 text), and 1,000 tokens for each image, audio or file part (its base64 bytes
 are not what a model reads; the proto's media parts are `image_url` and
-`input_audio`). The core computes it once per request: admission reserves
-it, an answer without the upstream's counts is charged it, and
-`count_tokens` answers it.
+`input_audio`); and the request's extra fields, as their JSON text. The
+core computes it once per request: admission reserves it, an answer without
+the upstream's counts is charged it, and `count_tokens` answers it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import orjson
 from tandem.v1 import chat_pb2
 
 from server.messages import estimate_tokens
-from server.translate.common import response_schema, tool_parameters
+from server.translate.common import response_schema, struct_to_json, tool_parameters
 
 __all__ = ["MEDIA_PART_TOKENS", "estimate_prompt"]
 
@@ -58,6 +58,12 @@ def estimate_prompt(request: chat_pb2.ChatCompletionRequest) -> int:
         if (value := response_schema(schema)) is not None:
             described["schema"] = value
         total += _json_tokens(described)
+    # fields beyond the proto's can carry prompt too (vLLM's `documents`, a legacy
+    # `functions`): what is sent is estimated, whatever the upstream makes of it
+    if request.HasField("extra_body_json"):
+        total += estimate_tokens(request.extra_body_json)
+    elif request.HasField("extra_body"):
+        total += _json_tokens(struct_to_json(request.extra_body))
     return total
 
 

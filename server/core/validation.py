@@ -12,7 +12,7 @@ from typing import Any
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.errors import InvalidRequestError, echoed
-from server.translate.common import check_stop_count
+from server.translate.common import check_cache_mark, check_stop_count
 from server.translate.extra import check_extra_body, check_extra_body_json
 
 __all__ = ["validate_anthropic_beta", "validate_chat_request", "validate_embedding_request"]
@@ -75,6 +75,15 @@ def _check_messages(messages: Sequence[chat_pb2.ChatMessage]) -> None:
             raise _invalid(f"messages[{i}].tool_call_id", "is required for role 'tool'")
         if message.tool_calls and role != "assistant":
             raise _invalid(f"messages[{i}].tool_calls", "only assistant messages make tool calls")
+        if message.HasField("cache_control"):
+            _check_mark(message.cache_control, f"messages[{i}].cache_control")
+        for j, call in enumerate(message.tool_calls):
+            if call.HasField("cache_control"):
+                _check_mark(call.cache_control, f"messages[{i}].tool_calls[{j}].cache_control")
+
+
+def _check_mark(mark: chat_pb2.CacheControl, where: str) -> None:
+    check_cache_mark(mark.type, mark.ttl, where)
 
 
 def _check_parts(message: chat_pb2.ChatMessage, i: int) -> None:
@@ -87,6 +96,8 @@ def _check_parts(message: chat_pb2.ChatMessage, i: int) -> None:
             )
         if part.WhichOneof("part") != PART_TYPES[part.type]:
             raise _invalid(f"messages[{i}].content[{j}].{part.type}", "is required")
+        if part.HasField("cache_control"):
+            _check_mark(part.cache_control, f"messages[{i}].content[{j}].cache_control")
 
 
 def _check_logit_bias(logit_bias: Mapping[str, int]) -> None:
@@ -101,6 +112,8 @@ def _check_tools(tools: Sequence[chat_pb2.Tool]) -> None:
             raise _invalid(f"tools[{i}].type", "must be 'function'")
         if not tool.function.name:
             raise _invalid(f"tools[{i}].function.name", "is required")
+        if tool.HasField("cache_control"):
+            _check_mark(tool.cache_control, f"tools[{i}].cache_control")
 
 
 def _check_tool_choice(choice: chat_pb2.ToolChoice) -> None:

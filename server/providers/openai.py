@@ -39,6 +39,7 @@ class OpenAIProvider(HttpProvider):
             stream=chunked,
             extra_fields=self._extra_fields,
             send_reasoning=self._send_reasoning,
+            join_texts=ctx.protocol == "anthropic",  # Anthropic's blocks, as it was sent
             left_out=left_out,
         )
         if left_out:

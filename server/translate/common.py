@@ -17,10 +17,12 @@ from server.errors import InvalidRequestError
 from server.translate.protojson import check_json_object
 
 __all__ = [
+    "CACHE_MARK_TYPES",
     "DATA_URL",
     "MAX_STOP_SEQUENCES",
     "Schema",
     "cannot_honour",
+    "check_cache_mark",
     "check_schema_texts",
     "check_stop_count",
     "response_schema",
@@ -114,6 +116,25 @@ def _json_value(value: struct_pb2.Value) -> Any:
     if kind == "number_value" and not math.isfinite(value.number_value):
         raise InvalidRequestError("tools: a schema holds a number JSON cannot (NaN or Infinity)")
     return getattr(value, kind)  # number_value, string_value, bool_value
+
+
+# Anthropic's one cache mark type, and its lifetimes ("5m", "1h"), in the shape a newer
+# one would take
+CACHE_MARK_TYPES = frozenset({"ephemeral"})
+_CACHE_TTL = re.compile(r"[1-9][0-9]{0,3}[smh]")
+
+
+def check_cache_mark(type_: str, ttl: str, where: str) -> None:
+    """A `cache_control` Anthropic could take: a 400 naming `where` before any upstream
+    call, not the upstream's own after a round trip."""
+    if type_ not in CACHE_MARK_TYPES:
+        raise InvalidRequestError(
+            f"{where}.type: must be one of {sorted(CACHE_MARK_TYPES)}", param=f"{where}.type"
+        )
+    if ttl and _CACHE_TTL.fullmatch(ttl) is None:
+        raise InvalidRequestError(
+            f"{where}.ttl: must be a lifetime such as '5m' or '1h'", param=f"{where}.ttl"
+        )
 
 
 def check_stop_count(count: int, where: str) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "leave_out",
     "leave_out_extra_body",
     "passing",
+    "refuse_uncounted_work",
 ]
 
 JSON = dict[str, Any]
@@ -89,10 +90,16 @@ def _check_names(extra: JSON) -> None:
                 f"extra_body.{key}",
                 "is a field of the request, decided by the gateway: set it as such",
             )
-        if key in UNCOUNTED_WORK:
-            raise _invalid(
-                f"extra_body.{key}", "asks for upstream work the answer's usage would not count"
-            )
+    refuse_uncounted_work(extra, prefix="extra_body.")
+
+
+def refuse_uncounted_work(extra: JSON, *, prefix: str) -> None:
+    """A 400 naming (as the caller wrote it) an extra field that asks for upstream work
+    the answer's usage would not count."""
+    for key in UNCOUNTED_WORK.intersection(extra):
+        raise _invalid(
+            f"{prefix}{key}", "asks for upstream work the answer's usage would not count"
+        )
 
 
 def check_extra_body_json(text: str) -> None:

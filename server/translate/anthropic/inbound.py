@@ -30,7 +30,7 @@ from tandem.v1 import chat_pb2
 
 from server.errors import InvalidRequestError
 from server.translate.anthropic import MIN_THINKING_BUDGET
-from server.translate.common import check_stop_count
+from server.translate.common import check_cache_mark, check_stop_count
 from server.translate.protojson import parse_into
 
 __all__ = ["parse_count_tokens", "parse_messages"]
@@ -68,6 +68,7 @@ def _marked(out: JSON, block: JSON, where: str) -> JSON:
         kept = {"type": _text(mark.get("type"), f"{where}.cache_control.type")}
         if mark.get("ttl") is not None:
             kept["ttl"] = _text(mark["ttl"], f"{where}.cache_control.ttl")
+        check_cache_mark(kept["type"], kept.get("ttl", ""), f"{where}.cache_control")
         out["cache_control"] = kept
     return out
 

@@ -162,6 +162,10 @@ def _system(messages: list[tuple[chat_pb2.ChatMessage, str]]) -> str | list[JSON
     as Anthropic's own clients send them (so that a cache mark keeps its place)."""
     if all(m.HasField("content") and not m.HasField("cache_control") for m, _ in messages):
         return "\n\n".join(m.content for m, _ in messages)
+    for message, where in messages:
+        for j, part in enumerate(message.parts):
+            if part.WhichOneof("part") not in ("text", "refusal"):
+                raise cannot_honour(f"{where}.content[{j}]", "Anthropic's system takes text only")
     return [block for m, where in messages for block in _marked_blocks(m, where)]
 
 

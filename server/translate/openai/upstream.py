@@ -87,16 +87,31 @@ def message_to_openai(message: chat_pb2.ChatMessage) -> JSON:
     return out
 
 
+def _text_only(message: chat_pb2.ChatMessage) -> str | None:
+    """A message of text parts only, as one text (parts on lines of their own)."""
+    if message.HasField("content") or not message.parts:
+        return None
+    texts = []
+    for part in message.parts:
+        if part.WhichOneof("part") != "text":
+            return None
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
 def _messages_to_openai(
-    messages: Iterable[chat_pb2.ChatMessage], *, send_reasoning: bool
+    messages: Iterable[chat_pb2.ChatMessage], *, send_reasoning: bool, join_texts: bool
 ) -> tuple[list[JSON], bool]:
     """(the messages, whether a `reasoning_content` was held back). It is sent back only
     where the provider says so: DeepSeek documents a 400 for input messages that carry
-    it, and OpenAI and vLLM define no such input field."""
+    it, and OpenAI and vLLM define no such input field. With `join_texts`, a message of
+    text parts only is one string."""
     out = []
     held = False
     for message in messages:
         item = message_to_openai(message)
+        if join_texts and (text := _text_only(message)) is not None:
+            item["content"] = text
         if message.HasField("reasoning_content"):
             if send_reasoning:
                 item["reasoning_content"] = message.reasoning_content
@@ -139,6 +154,7 @@ def chat_request_to_openai(
     stream: bool,
     extra_fields: ExtraFields = "allow",
     send_reasoning: bool = False,
+    join_texts: bool = False,
     left_out: list[str] | None = None,
 ) -> JSON:
     """The request for an OpenAI-compatible upstream: every field set passes through.
@@ -149,7 +165,10 @@ def chat_request_to_openai(
     `include_usage`, so that usage is known; whether the caller sees it is the
     door's decision. The request's `extra_body` follows, as far as `extra_fields`
     lets it, never over what the gateway set; messages' `reasoning_content` only
-    with `send_reasoning`. What is held back is added to `left_out`.
+    with `send_reasoning`. What is held back is added to `left_out`. `join_texts`
+    sends a message of text parts only as one string: Anthropic's text blocks (kept
+    apart for its prompt cache) are strings to OpenAI-compatible servers, some of which
+    (Groq) refuse parts in a system message.
     """
     if request.HasField("top_k"):
         raise cannot_honour("top_k", "is not an OpenAI parameter")
@@ -159,7 +178,9 @@ def chat_request_to_openai(
         if name in _SCALAR_FIELDS:
             body[name] = value
         elif name == "messages":
-            body[name], reasoning_held = _messages_to_openai(value, send_reasoning=send_reasoning)
+            body[name], reasoning_held = _messages_to_openai(
+                value, send_reasoning=send_reasoning, join_texts=join_texts
+            )
             if reasoning_held and left_out is not None:
                 left_out.append(REASONING_SENT_BACK)
         elif name == "stop":
