@@ -13,7 +13,9 @@ behaviours for the next requests (`ok` once the script is empty):
 - `flood:M`: answer M MiB, in 8 KiB words, as fast as the reader takes them
 - `badjson`: 200 with a body that is not JSON
 - `tools`: answer with two tool calls (streamed in pieces when streaming; Ollama's
-  whole, in one line)
+  whole, in one line, without ids as before Ollama 0.12.10)
+- `toolids` (Ollama): `tools`, each call with its own `id` (`OLLAMA_CALL_IDS`), as
+  Ollama 0.12.10 on sends them
 - `errorevent`, `errormid`: a `{"error": ...}` event first, or after two words
 - `errorbody`: 200 with `{"error": ...}` as the body
 - `badlogprobs`: logprobs whose numbers are strings
@@ -56,6 +58,8 @@ REASONING = "let me think"
 SIGNATURE = "sig-abc123"
 THOUGHTS = ("let me ", "think")  # REASONING in the pieces a stream sends
 STOP_SEQUENCE = "END"  # the stop sequence `stopseq` answers say ended them
+# the tool call ids an Ollama 0.12.10 or later sends (`call_` and 8 of [a-z0-9])
+OLLAMA_CALL_IDS = ("call_k3x9q2mz", "call_0a7bd4e1")
 # what Ollama's `/api/show` says these models can do (any other: `completion`)
 SHOWN = {
     "nomic-embed-text": ["embedding"],
@@ -434,10 +438,13 @@ class FakeUpstream:
             "prompt_eval_count": 5,
             "eval_count": len(words),
         }
-        tool_calls = [
+        tool_calls: list[dict[str, Any]] = [
             {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
             {"function": {"name": "get_time", "arguments": {}}},
         ]
+        if behaviour == "toolids":
+            tool_calls = [{"id": i, **c} for i, c in zip(OLLAMA_CALL_IDS, tool_calls, strict=True)]
+            behaviour = "tools"
         if not body.get("stream", True):
             message: dict[str, Any] = {"role": "assistant", "content": "".join(words)}
             if behaviour == "tools":

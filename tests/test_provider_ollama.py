@@ -18,7 +18,7 @@ from tandem.v1 import chat_pb2, chat_pb2_grpc
 from server.errors import InvalidRequestError
 from server.translate.ollama import upstream as ollama
 from server.translate.openai.inbound import parse_chat_request
-from tests.fake_upstream import SECRET_URL, FakeUpstream
+from tests.fake_upstream import OLLAMA_CALL_IDS, SECRET_URL, FakeUpstream
 from tests.servers import TandemProcess, start_tandem
 
 CONFIG = """
@@ -70,7 +70,7 @@ def test_sampling_goes_under_options_and_images_travel_as_base64() -> None:
         {
             "role": "assistant",
             "content": "",
-            "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}],
+            "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {"x": 1}}}],
         },
     ]
     assert body["options"] == {"temperature": 0.2, "seed": 3, "num_predict": 7, "stop": ["END"]}
@@ -133,8 +133,8 @@ def test_chat_whole_and_streamed_with_usage(client: Any, fake: FakeUpstream) -> 
 def test_tool_calls_get_distinct_ids_and_string_arguments(
     client: Any, fake: FakeUpstream, stream: bool
 ) -> None:
-    """Ollama sends no ids (or short ones): each call gets its own, within an answer and
-    across turns, as a client matching results to calls needs."""
+    """An Ollama before 0.12.10 sends no ids: each call gets its own, within an answer
+    and across turns, as a client matching results to calls needs."""
     args: dict[str, Any] = {"model": "llama", "messages": [{"role": "user", "content": "weather?"}]}
     turns = []
     for _ in range(2):
@@ -177,6 +177,63 @@ def test_the_ollama_door_passes_the_ids_on(
         ids += [c["id"] for c in calls]
     assert len(set(ids)) == 4, ids
     assert all(i.startswith("call_") for i in ids)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstreams_own_tool_call_ids_are_kept(
+    gateway: TandemProcess, client: Any, fake: FakeUpstream, stream: bool
+) -> None:
+    """Ollama 0.12.10 on names its calls (`id`): those ids, on both doors, whole or streamed."""
+    fake.reset("toolids")
+    args: dict[str, Any] = {"model": "llama", "messages": [{"role": "user", "content": "x"}]}
+    if stream:
+        chunks = list(client.chat.completions.create(**args, stream=True))
+        ids = [tc.id for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    else:
+        ids = [c.id for c in client.chat.completions.create(**args).choices[0].message.tool_calls]
+    assert tuple(ids) == OLLAMA_CALL_IDS
+
+    fake.reset("toolids")
+    answer = httpx.post(f"{gateway.base_url}/api/chat", json={**args, "stream": stream})
+    lines = [orjson.loads(line)["message"] for line in answer.text.splitlines()]
+    assert tuple(c["id"] for m in lines for c in m.get("tool_calls", ())) == OLLAMA_CALL_IDS
+
+
+def test_tool_call_ids_go_upstream_as_ollama_spells_them(
+    gateway: TandemProcess, client: Any, fake: FakeUpstream
+) -> None:
+    """A call's `id` and a result's `tool_call_id` reach the Ollama as sent (an Ollama
+    before 0.12.10 ignores them), beside the result's `tool_name`."""
+    call = {"id": "call_a1", "function": {"name": "f", "arguments": {"n": 1}}}
+    result = {"role": "tool", "content": "one", "tool_name": "f", "tool_call_id": "call_a1"}
+    body = {
+        "model": "llama",
+        "messages": [{"role": "assistant", "content": "", "tool_calls": [call]}, result],
+        "stream": False,
+    }
+    httpx.post(f"{gateway.base_url}/api/chat", json=body).raise_for_status()
+    assert fake.requests[-1].body["messages"][0]["tool_calls"] == [call]
+    assert fake.requests[-1].body["messages"][1] == result
+
+    calls = [
+        {"id": i, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        for i in ("call_a1", "call_b2")
+    ]
+    client.chat.completions.create(
+        model="llama",
+        messages=[
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "content": "two", "tool_call_id": "call_b2"},
+            {"role": "tool", "content": "one", "tool_call_id": "call_a1"},
+            {"role": "user", "content": "thanks"},
+        ],
+    )
+    sent = fake.requests[-1].body["messages"]
+    assert [c["id"] for c in sent[0]["tool_calls"]] == ["call_a1", "call_b2"]
+    assert sent[1:3] == [
+        {"role": "tool", "content": "two", "tool_call_id": "call_b2"},  # no tool named
+        {"role": "tool", "content": "one", "tool_call_id": "call_a1"},
+    ]
 
 
 def test_embeddings_and_grpc(gateway: TandemProcess, client: Any, fake: FakeUpstream) -> None:

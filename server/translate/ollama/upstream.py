@@ -2,10 +2,11 @@
 
 Sampling fields go under `options` (`max_tokens` is `num_predict`, `top_k`
 is `top_k`); images travel as base64 next to the message; tool call arguments
-are JSON objects, not strings. Reasoning is Ollama's `thinking`, both ways,
-and `reasoning_effort` (lowered to fit `reasoning_budget_tokens`: Ollama takes no
-budget) is its `think` (see `THINK`). A field Ollama cannot
-honour is refused by name (400).
+are JSON objects, not strings; tool call ids travel both ways as Ollama 0.12.10
+on spells them (`id`, a result's `tool_call_id`). Reasoning is Ollama's
+`thinking`, both ways, and `reasoning_effort` (lowered to fit
+`reasoning_budget_tokens`: Ollama takes no budget) is its `think` (see
+`THINK`). A field Ollama cannot honour is refused by name (400).
 """
 
 from __future__ import annotations
@@ -78,10 +79,15 @@ def _message(message: chat_pb2.ChatMessage, where: str) -> JSON:
         calls = []
         for k, call in enumerate(message.tool_calls):
             arguments = tool_arguments(call, f"{where}.tool_calls[{k}]")
-            calls.append({"function": {"name": call.function.name, "arguments": arguments}})
+            sent: JSON = {"id": call.id} if call.id else {}  # Ollama's `id` (0.12.10 on)
+            sent["function"] = {"name": call.function.name, "arguments": arguments}
+            calls.append(sent)
         out["tool_calls"] = calls
-    if message.role == "tool" and message.name:
-        out["tool_name"] = message.name
+    if message.role == "tool":
+        if message.tool_call_id:  # the call answered; an older Ollama ignores it
+            out["tool_call_id"] = message.tool_call_id
+        if message.name:
+            out["tool_name"] = message.name
     if message.HasField("reasoning_content"):
         out["thinking"] = message.reasoning_content
     return out
@@ -136,7 +142,8 @@ _TEXT_ONLY = frozenset(("role", "content"))
 
 
 class StreamTranslator:
-    """Ollama's answer lines (or its one answer) as chunks; tool calls get ids here."""
+    """Ollama's answer lines (or its one answer) as chunks; a tool call Ollama sent
+    without an id gets one here."""
 
     __slots__ = ("_started", "_tools")
 
@@ -165,11 +172,11 @@ class StreamTranslator:
             delta.reasoning_content = message["thinking"]
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
-            # the gateway's own id (Ollama sends none before 0.12.10): distinct across calls
-            # and turns, in OpenAI's shape
-            piece = delta.tool_calls.add(
-                index=self._tools, id=f"call_{new_id()[:24]}", type="function"
-            )
+            # the upstream's id (Ollama 0.12.10 on), else the gateway's own: distinct
+            # across calls and turns, in OpenAI's shape
+            given = call.get("id")
+            call_id = given if given and type(given) is str else f"call_{new_id()[:24]}"
+            piece = delta.tool_calls.add(index=self._tools, id=call_id, type="function")
             piece.function.name = function.get("name", "")
             piece.function.arguments = orjson.dumps(function.get("arguments") or {}).decode()
             self._tools += 1
