@@ -3,6 +3,7 @@ reach every model behind the gateway, with the same auth, limits and ledger."""
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import PlainTextResponse, Response
 
@@ -44,14 +45,25 @@ async def generate(request: Request, ctx: CallContext) -> Response:
 
 
 async def _chat_or_load(request: Request, ctx: CallContext, dialect: Dialect) -> Response:
-    """A chat, or, with no messages (a generate with no prompt), Ollama's load: the
-    model's access checked and one request counted, nothing generated or charged."""
-    chat = dialect.parse_chat(await read_json(request))
+    """A chat, or, with no messages (a generate with no prompt), Ollama's load (with a
+    zero `keep_alive`, its unload): the model's access checked and one request counted,
+    nothing generated or charged. As in Ollama, a model configured without `completion`
+    cannot be loaded (a 400), but can be unloaded."""
+    body = await read_json(request)
+    chat = dialect.parse_chat(body)
     if chat.messages:
         return await handlers.create_chat(request, ctx, dialect, chat)
     plane = request.app.state.plane
     model = await plane.admit_model(ollama_inbound.resolve_tag(chat.model, plane.router.known), ctx)
-    return reply(ctx, ollama_replies.encode_load(model, generate=dialect is OLLAMA_GENERATE))
+    generate = dialect is OLLAMA_GENERATE
+    unload = ollama_inbound.unloads(body)
+    configured = model.capabilities
+    if not unload and configured is not None and "completion" not in configured:
+        name = orjson.dumps(chat.model or model.name).decode()  # as Ollama's %q
+        raise InvalidRequestError(
+            f"{name} does not support {'generate' if generate else 'chat'}", param="model"
+        )
+    return reply(ctx, ollama_replies.encode_load(model.name, generate=generate, unload=unload))
 
 
 @endpoints.post(f"{OLLAMA.prefix}/embed", **_openapi("Embed one input or several (Ollama)"))

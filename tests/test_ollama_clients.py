@@ -1,7 +1,8 @@
 """What Ollama's clients ask of a server before they chat, as Ollama answers it: `GET /`
 and `HEAD /` say it is running, a chat with no messages (a generate with no prompt)
-loads the model, `/api/show` says what a model can do. The official `ollama` library,
-and raw HTTP for what it hides, on a live gateway with a fake Ollama upstream."""
+loads the model (a zero `keep_alive` unloads it), `/api/show` says what a model can
+do. The official `ollama` library, and raw HTTP for what it hides, on a live gateway
+with a fake Ollama upstream."""
 
 from __future__ import annotations
 
@@ -152,6 +153,43 @@ def test_the_load_answer_is_ollamas_one_object(
     assert (loaded["done"], loaded["done_reason"]) == (True, "load")
     for key, value in shape.items():
         assert loaded[key] == value
+
+
+def test_a_zero_keep_alive_unloads_as_ollama_answers_it(
+    client: ollama.Client, gateway: TandemProcess, auth: dict[str, str], fake: FakeUpstream
+) -> None:
+    """`keep_alive` 0 (seconds, or a Go duration that is zero) makes a load Ollama's
+    unload; any other, or none Ollama could read, is a load."""
+    chat = client.chat(model="llama", keep_alive=0)
+    generated = client.generate(model="llama", keep_alive=0.0)
+    assert (chat.done, chat.done_reason, chat.message.content) == (True, "unload", "")
+    assert (generated.done, generated.done_reason, generated.response) == (True, "unload", "")
+    zero: list[Any] = ["0", "0s", "-0", "0m0.0s", "0.5ns", 1e-10]
+    other: list[Any] = ["5m", "1ns", -1, 1, "-1", "0x", "", True, None]
+    for keep_alive, reason in [*((k, "unload") for k in zero), *((k, "load") for k in other)]:
+        for path in ("/api/chat", "/api/generate"):
+            body = {"model": "llama", "keep_alive": keep_alive}
+            answer = httpx.post(f"{gateway.base_url}{path}", json=body, headers=auth)
+            assert answer.json()["done_reason"] == reason, (path, keep_alive)
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_a_model_without_completion_cannot_load_but_unloads(
+    gateway: TandemProcess, auth: dict[str, str], path: str
+) -> None:
+    """As Ollama: `vector` is configured `[embedding]`, so its load is a 400 naming the
+    model as sent; its unload is answered all the same."""
+    kind = path.rpartition("/")[2]
+    for model in ("vector", "vector:latest"):
+        answer = httpx.post(f"{gateway.base_url}{path}", json={"model": model}, headers=auth)
+        assert answer.status_code == 400
+        assert answer.json() == {"error": f'"{model}" does not support {kind}'}
+    body = {"model": "vector", "keep_alive": "0s"}
+    answer = httpx.post(f"{gateway.base_url}{path}", json=body, headers=auth)
+    assert (answer.status_code, answer.json()["done_reason"]) == (200, "unload")
+    told = httpx.post(f"{gateway.base_url}{path}", json={"model": "told"}, headers=auth)
+    assert told.json()["done_reason"] == "load"  # configured with `completion`
 
 
 def test_a_load_checks_access_as_a_chat_does(gateway: TandemProcess) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 
 from server.chunks import Batch, text_chunk
+from server.config import ModelConfig
 from server.context import CallContext, new_id
 from server.core.estimate import estimate_prompt
 from server.core.fold import fold_stream
@@ -193,14 +194,14 @@ class DataPlane:
         await self.admit_model(request.model, ctx)
         return estimate_prompt(request)
 
-    async def admit_model(self, model: str, ctx: CallContext) -> str:
-        """`model`'s public name once the caller may use it, one request counted: no
+    async def admit_model(self, model: str, ctx: CallContext) -> ModelConfig:
+        """`model` as configured once the caller may use it, one request counted: no
         tokens reserved, nothing generated, no upstream called (`count_tokens`, and
         Ollama's load: a chat with no messages)."""
         route = self.router.resolve(model, ctx.caller)
         ctx.trace.model = route.model.name
         await self.policy.admit_request(ctx)
-        return route.model.name
+        return route.model
 
     async def list_models(self, ctx: CallContext) -> models_pb2.ListModelsResponse:
         await self.policy.admit_request(ctx)

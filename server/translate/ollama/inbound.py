@@ -7,12 +7,13 @@ images as bare base64 beside a message, tool call arguments as objects,
 `format` as "json" or a JSON schema, `stream` true unless said otherwise.
 `think` is `reasoning_effort`, a message's `thinking` its `reasoning_content`.
 Unknown fields and load-time options (`num_ctx`, `keep_alive`, ...) are
-ignored as Ollama does; what the gateway cannot do (`suffix`, `context`,
-`raw`, `template`) is refused by name.
+ignored as Ollama does, but for a zero `keep_alive` on a load (`unloads`); what
+the gateway cannot do (`suffix`, `context`, `raw`, `template`) is refused by name.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "parse_embeddings",
     "parse_generate",
     "resolve_tag",
+    "unloads",
 ]
 
 JSON = dict[str, Any]
@@ -47,6 +49,21 @@ _REFUSED = {
     "raw": "raw prompts are not available through the gateway",
     "template": "templates are not available through the gateway",
 }
+# Go's `time.ParseDuration` (Ollama's `keep_alive` as a string): its units in nanoseconds,
+# a whole duration, and one of its terms
+_GO_UNITS = {
+    "ns": 1,
+    "us": 10**3,
+    "µs": 10**3,
+    "μs": 10**3,
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
+_GO_UNIT = "(ns|us|µs|μs|ms|s|m|h)"
+_GO_DURATION = re.compile(rf"[-+]?(?:0|(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+){_GO_UNIT})+)")
+_GO_TERM = re.compile(rf"([0-9]*)\.?([0-9]*){_GO_UNIT}")
 # the first bytes of an image, base64: what its media type is
 _IMAGE_TYPES = {
     "iVBOR": "image/png",
@@ -290,6 +307,20 @@ def parse_embeddings(body: Any) -> embeddings_pb2.EmbeddingRequest:
         raise _invalid("prompt", "must be a string")
     request.input.append(prompt)
     return request
+
+
+def unloads(body: Any) -> bool:
+    """Whether a load's `keep_alive` is zero as Ollama reads it (seconds, or a Go duration
+    such as "0" or "0s"), which makes it Ollama's unload."""
+    keep_alive = _object(body).get("keep_alive")
+    if isinstance(keep_alive, int | float) and not isinstance(keep_alive, bool):
+        return keep_alive >= 0 and int(keep_alive * 1e9) == 0  # Go truncates to whole ns
+    if type(keep_alive) is not str or not _GO_DURATION.fullmatch(keep_alive):
+        return False
+    return all(  # every term under a nanosecond
+        not int(whole or "0") and int(fraction or "0") * _GO_UNITS[unit] < 10 ** len(fraction)
+        for whole, fraction, unit in _GO_TERM.findall(keep_alive)
+    )
 
 
 def resolve_tag(name: str, known: Callable[[str], bool]) -> str:

@@ -219,10 +219,11 @@ def _last(model: str, generate: bool, done_reason: str) -> JSON:
     return last
 
 
-def encode_load(model: str, *, generate: bool) -> JSON:
+def encode_load(model: str, *, generate: bool, unload: bool) -> JSON:
     """Ollama's answer to a chat with no messages (a generate with no prompt), how its
-    clients load a model: one object, streamed or not, and nothing generated."""
-    return _last(model, generate, "load")
+    clients load a model (and, with a zero `keep_alive`, unload it): one object,
+    streamed or not, and nothing generated."""
+    return _last(model, generate, "unload" if unload else "load")
 
 
 def encode_embed(
