@@ -173,6 +173,8 @@ def _keys(args: argparse.Namespace) -> int:
             print(f"revoked {args.key_id}")
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
+    except OSError as exc:  # refused, timed out, no such socket: said in one line
+        return _fail(f"cannot open the store: {exc}")
     return 0
 
 

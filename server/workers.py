@@ -4,8 +4,10 @@ The parent starts the workers, prints the two listening lines once every
 worker accepts, forwards SIGTERM/SIGINT to them (each drains as one gateway
 does) and exits 0 when they all did. It gives them one empty
 `PROMETHEUS_MULTIPROC_DIR` (the operator's, emptied, or a temporary one),
-so that a scrape on any worker shows every worker's figures. A worker that dies stops the others
-(exit 1); a parent that dies takes its workers with it (PR_SET_PDEATHSIG).
+so that a scrape on any worker shows every worker's figures, and its own pid
+(`TANDEM_WORKERS_PARENT`), by which a worker tells its fellow workers. A worker
+that dies stops the others (exit 1); a parent that dies takes its workers with
+it (PR_SET_PDEATHSIG).
 Port 0 needs one worker: N processes cannot agree on a port the kernel picks.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from server.telemetry.metrics import MULTIPROC_ENV, empty_multiprocess_directory
+from server.telemetry.processes import WORKERS_PARENT_ENV
 
 __all__ = ["run_workers"]
 
@@ -71,7 +74,7 @@ def _run(
     command += ["--workers", str(workers), "--worker", "--log-format", log_format]
     if config is not None:
         command += ["--config", config]
-    env = {**os.environ, MULTIPROC_ENV: str(metrics)}
+    env = {**os.environ, MULTIPROC_ENV: str(metrics), WORKERS_PARENT_ENV: str(os.getpid())}
     children = [
         subprocess.Popen(command, stdout=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
         for _ in range(workers)

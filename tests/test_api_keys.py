@@ -178,3 +178,15 @@ def test_creating_a_key_for_a_missing_tier_fails(tmp_path: Path) -> None:
     done = keys(config, "create", "--user", "x", "--tier", "platinum")
     assert done.returncode == 2
     assert "tier 'platinum' does not exist" in done.stderr
+
+
+def test_keys_on_an_unreachable_multi_host_postgresql_fail_in_one_line(tmp_path: Path) -> None:
+    """asyncpg takes several hosts; neither answers here. The command names the store
+    (no user, no password) and says why it failed, without a traceback."""
+    config = tmp_path / "tandem.yaml"
+    config.write_text(CONFIG % {"store": "postgresql://u:pw-0123@127.0.0.1:9,127.0.0.2:9/db"})
+    done = keys(config, "list")
+    assert done.returncode == 2
+    store, failure = done.stderr.splitlines()
+    assert store == "store: PostgreSQL postgresql://127.0.0.1:9,127.0.0.2:9/db"
+    assert failure.startswith("tandem: cannot open the store: [Errno 111] Connect call failed")

@@ -4,8 +4,10 @@ No Docker engine or cluster runs in `make test`: the Dockerfile is linted
 (hadolint), the manifests are validated against the Kubernetes schemas that
 kubernetes-validate bundles (offline, strict), `docker compose config` runs
 only where the compose plugin exists, and every file is held consistent with
-deploy/config.yaml and with the others. One test starts `tandem serve` on
-deploy/config.yaml (local PostgreSQL and Redis) and drains it as a replica would.
+deploy/config.yaml and with the others; a config's SQLite store must lie where
+the image's user writes. One test starts `tandem serve` on deploy/config.yaml
+(local PostgreSQL and Redis) and drains it as a replica would, another on
+deploy/config-single.yaml (SQLite, a key from `tandem keys`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.config import Config, ConfigError, load_config, parse_host_port
+from server.config import Config, ConfigError, build_config, load_config, parse_host_port
 from tests.balancer import free_ports, nginx_binary, serving_nginx
 from tests.servers import TandemProcess
 from tests.stores import pg_schema_url
@@ -421,6 +423,101 @@ def test_config_variables_are_the_documented_ones() -> None:
 def test_configmap_holds_config_yaml_verbatim() -> None:
     configmap = manifest("configmap.yaml")
     assert configmap["data"] == {"config.yaml": (DEPLOY / "config.yaml").read_text()}
+
+
+# --- a SQLite store, where the image can write ---------------------------------------------
+
+SINGLE = DEPLOY / "config-single.yaml"
+SINGLE_STORE = "sqlite:////var/lib/tandem/tandem.db"
+
+
+def image_workdir() -> Path:
+    _, final = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
+    return Path(final.last("WORKDIR"))
+
+
+def sqlite_store_problem(text: str) -> str | None:
+    """Why a config mounted at CONFIG_PATH would put its SQLite store where the image's
+    user cannot write, or None. Read as written (the default if absent), before
+    `load_config` resolves a relative path against the config's folder."""
+    store = build_config(yaml.safe_load(text) or {}, ENV).usage.store
+    if not store.startswith("sqlite:///"):
+        return None
+    path = Path(store.removeprefix("sqlite:///"))
+    if not path.is_absolute():
+        return f"{store}: relative, so in {Path(CONFIG_PATH).parent} (read-only), by the config"
+    if not path.is_relative_to(image_workdir()):
+        return f"{store}: outside {image_workdir()}, the one folder the image's user writes"
+    return None
+
+
+def shipped_configs() -> dict[str, str]:
+    """Every config under deploy/ a container may be given, the ConfigMap's included."""
+    configs = {path.name: path.read_text() for path in sorted(DEPLOY.glob("config*.yaml"))}
+    configs["k8s/configmap.yaml"] = manifest("configmap.yaml")["data"]["config.yaml"]
+    return configs
+
+
+def test_every_shipped_config_keeps_a_sqlite_store_where_the_image_writes() -> None:
+    configs = shipped_configs()
+    assert {"config.yaml", SINGLE.name} <= set(configs)
+    for name, text in configs.items():
+        assert sqlite_store_problem(text) is None, name
+    assert build_config(yaml.safe_load(SINGLE.read_text()), ENV).usage.store == SINGLE_STORE
+    assert image_workdir() == Path("/var/lib/tandem")
+    run_comment = (DEPLOY / "Dockerfile").read_text().partition("\nFROM ")[0]
+    for documentation in (run_comment, (DEPLOY / "README.md").read_text()):
+        assert SINGLE.name in documentation
+        assert SINGLE_STORE in documentation
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'usage: {store: "sqlite:///tandem.db"}',  # next to the config: /etc/tandem
+        "server: {workers: 1}",  # the default store is that same relative path
+        'usage: {store: "sqlite:////etc/tandem/tandem.db"}',
+        'usage: {store: "sqlite:////tmp/tandem.db"}',  # writable, but an emptyDir of 64 Mi
+    ],
+)
+def test_a_store_the_image_cannot_keep_is_caught(text: str) -> None:
+    assert sqlite_store_problem(text) is not None
+
+
+def test_single_container_config_serves_keys_from_its_store(
+    tandem: Callable[..., TandemProcess], tmp_path: Path
+) -> None:
+    """`config-single.yaml` as shipped but for the store's folder: `tandem keys` and the
+    gateway open the same file there, and a key it made is accepted."""
+    data = tmp_path / "data"
+    data.mkdir()
+    text = SINGLE.read_text()
+    assert text.count(SINGLE_STORE) == 1
+    config = tmp_path / "config.yaml"
+    config.write_text(text.replace(SINGLE_STORE, f"sqlite:///{data}/tandem.db"))
+    env = {**os.environ, "TANDEM_ADMIN_KEY": ENV["TANDEM_ADMIN_KEY"]}
+    command = [sys.executable, "-m", "server.cli", "keys", "create", "--user", "alice"]
+    made = subprocess.run(
+        [*command, "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert made.returncode == 0, made.stderr
+    assert (data / "tandem.db").exists()
+    server = tandem(config.read_text(), env={"TANDEM_ADMIN_KEY": ENV["TANDEM_ADMIN_KEY"]})
+    chat = {"model": "echo", "messages": [{"role": "user", "content": "one container"}]}
+    key = json.loads(made.stdout)["key"]
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        assert client.post("/v1/chat/completions", json=chat).status_code == 401
+        answer = client.post(
+            "/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {key}"}
+        )
+        assert answer.json()["choices"][0]["message"]["content"] == "one container"
+    assert f"store: SQLite {data / 'tandem.db'}" in server.stderr()
 
 
 # --- the drain fits the grace periods -----------------------------------------------------

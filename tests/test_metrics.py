@@ -4,6 +4,7 @@ its labels and its values; and with `--workers 2`, every scrape covering both wo
 from __future__ import annotations
 
 import os
+import resource
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import httpx
 import jwt
 import orjson
 import pytest
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from tandem.v1 import chat_pb2, chat_pb2_grpc, models_pb2, models_pb2_grpc
@@ -36,16 +38,26 @@ usage: {store: none}
 """
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+Listed = list[tuple[str, frozenset[tuple[str, str]], float]]
+
+
+def scrape_list(base_url: str) -> Listed:
+    """Every sample of a scrape, in order (parsed by prometheus-client's parser)."""
+    text = httpx.get(f"{base_url}/metrics").text
+    return [
+        (sample.name, frozenset(sample.labels.items()), sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def by_name(listed: Listed) -> Samples:
+    return {(name, labels): figure for name, labels, figure in listed}
 
 
 def scrape(base_url: str) -> Samples:
-    """Every sample of a scrape, by name and labels (parsed by prometheus-client's parser)."""
-    text = httpx.get(f"{base_url}/metrics").text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    """Every sample of a scrape, by name and labels."""
+    return by_name(scrape_list(base_url))
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -286,30 +298,46 @@ def started_at(pid: int) -> float:
     return boot + float(ticks) / os.sysconf("SC_CLK_TCK")
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_process_series_cover_every_worker(tmp_path: Path, workers: int) -> None:
-    """Memory, CPU and file descriptors of the one process (no label), or of each
-    worker (label `pid`) whichever worker answers the scrape."""
+def resident_bytes(pid: int) -> int:
+    """A process's resident memory, as /proc says it."""
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize(("workers", "metrics_dir"), [(1, False), (1, True), (2, True)])
+def test_process_series_are_summed_over_the_live_workers(
+    tmp_path: Path, workers: int, metrics_dir: bool
+) -> None:
+    """Each `process_*` series once, without labels, whatever the number of workers
+    and whichever worker answers the scrape: memory, CPU and descriptors summed, the
+    earliest start. A value file left by a process that is no worker (here: this
+    test's, as if it had the pid of a dead worker) is not counted."""
     ports = ("0", "0") if workers == 1 else (str(_free_port()), str(_free_port()))
     args = ["--workers", str(workers), "--http", f"127.0.0.1:{ports[0]}"]
-    server = start_tandem(tmp_path, None, args=[*args, "--grpc", f"127.0.0.1:{ports[1]}"])
+    directory = tmp_path / "metrics"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(directory)} if metrics_dir else None
+    server = start_tandem(tmp_path, None, args=[*args, "--grpc", f"127.0.0.1:{ports[1]}"], env=env)
     try:
         pids = children_of(server.proc.pid) if workers > 1 else [server.proc.pid]
         assert len(pids) == workers
+        if metrics_dir:
+            planted = MmapedDict(str(directory / f"counter_{os.getpid()}.db"))  # type: ignore[no-untyped-call]
+            planted.close()  # type: ignore[no-untyped-call]
         for _ in range(2 * workers):  # a connection each: the kernel spreads them
-            samples = scrape(server.base_url)
+            resident = [resident_bytes(pid) for pid in pids]
+            listed = scrape_list(server.base_url)
+            samples = by_name(listed)
             for name in PROCESS_SERIES:
-                found = {
-                    dict(labels).get("pid"): figure
-                    for (sample, labels), figure in samples.items()
-                    if sample == name
-                }
-                labels = {str(pid) for pid in pids} if workers > 1 else {None}
-                assert set(found) == labels, (name, found)
-                assert all(figure > 0 for figure in found.values()), (name, found)
-            for pid in pids:
-                label = {"pid": str(pid)} if workers > 1 else {}
-                assert value(samples, "process_start_time_seconds", **label) == started_at(pid)
-                assert value(samples, "process_resident_memory_bytes", **label) > 10 * 2**20
+                found = [labels for sample, labels, _ in listed if sample == name]
+                assert found == [frozenset()], (name, found)
+                assert value(samples, name) > 0, name
+            assert value(samples, "process_start_time_seconds") == min(map(started_at, pids))
+            memory = value(samples, "process_resident_memory_bytes")
+            assert 0.8 * sum(resident) < memory < 1.25 * sum(resident), (memory, resident)
+            assert memory > max(resident) * (1.5 if workers > 1 else 0.8)
+            fds = [len(os.listdir(f"/proc/{pid}/fd")) for pid in pids]
+            assert value(samples, "process_open_fds") >= sum(fds) - 2 * workers, fds
+            assert (
+                value(samples, "process_max_fds") == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            )
     finally:
         assert server.terminate() == 0, server.stderr()

@@ -10,8 +10,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
+import pytest
 import yaml
 
+from server.telemetry.startup import describe_store
 from tests.balancer import free_ports
 from tests.servers import TandemProcess
 from tests.stores import pg_schema_url
@@ -55,7 +57,7 @@ def test_start_says_the_store_providers_and_models_and_warns_of_weak_keys(
         ("info", f"store: SQLite {tmp_path / 'data' / 'usage.db'}"),
         (
             "info",
-            "providers: demo (mock), up (openai, http://gw@127.0.0.1:9/v1?api_key=***&v=2), "
+            "providers: demo (mock), up (openai, http://127.0.0.1:9/v1?api_key=***&v=2), "
             "lab (ollama, http://127.0.0.1:11434)",
         ),
         ("info", "models: echo (demo), gpt (up: gpt-4o), llama (lab: llama3.2:1b)"),
@@ -67,7 +69,7 @@ def test_start_says_the_store_providers_and_models_and_warns_of_weak_keys(
         "auth.admin_keys[0]: shorter than 20 characters; use a long random key",
     ]
     stderr = server.stderr()
-    for secret in (JWT_SECRET, *ADMIN_KEYS, API_KEY, "url-password", "q-secret"):
+    for secret in (JWT_SECRET, *ADMIN_KEYS, API_KEY, "url-password", "q-secret", "gw@"):
         assert secret not in stderr
 
 
@@ -90,19 +92,47 @@ def test_the_example_secrets_placeholders_are_named(
     assert "REPLACE-ME" in urlsplit(example["TANDEM_DATABASE_URL"]).password  # warned too
 
 
-def test_a_postgresql_store_is_logged_without_its_password(
+def test_a_multi_host_postgresql_store_is_logged_without_its_user_or_password(
     tandem: Callable[..., TandemProcess],
 ) -> None:
+    """Two hosts, as asyncpg takes them: the first refuses, the second is the test
+    database. The host part is logged as written (it has no one port to parse)."""
     with pg_schema_url() as url:
         parts = urlsplit(url)
         password = parts.password or "pg-password-0123"  # the local server trusts: any goes
-        user_host = f"{parts.username}@{parts.hostname}:{parts.port}"
-        secret = parts._replace(netloc=f"{parts.username}:{password}@{parts.hostname}:{parts.port}")
+        hosts = f"127.0.0.1:9,{parts.hostname}:{parts.port}"
+        secret = parts._replace(netloc=f"{parts.username}:{password}@{hosts}")
         server = tandem(f'usage: {{store: "{secret.geturl()}"}}\n')
-        expected = secret._replace(netloc=user_host).geturl()
+        expected = f"postgresql://{hosts}{parts.path}?{parts.query}"
         assert ("info", f"store: PostgreSQL {expected}") in logged(server)
         assert password not in server.stderr()
+        assert f"{parts.username}@" not in server.stderr()
         assert server.terminate() == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "described"),
+    [
+        ("none", "none (no API keys, no usage ledger)"),
+        ("sqlite:////var/lib/tandem/tandem.db", "SQLite /var/lib/tandem/tandem.db"),
+        (
+            "postgresql://u:p@h1:5432,h2:5432/db",
+            "PostgreSQL postgresql://h1:5432,h2:5432/db",
+        ),
+        (
+            "postgres://token-as-user@[::1]:5432,[::2]:5433/db?search_path=s&password=pw",
+            "PostgreSQL postgres://[::1]:5432,[::2]:5433/db?search_path=s&password=***",
+        ),
+        (
+            "postgresql:///db?host=/run/postgresql&user=token-as-user",
+            "PostgreSQL postgresql:///db?host=/run/postgresql&user=***",
+        ),
+        ("postgresql://u:p@h]1/db", "PostgreSQL postgresql (details hidden)"),
+        ("postgresql://u:p@h1:bad/db", "PostgreSQL postgresql://h1:bad/db"),
+    ],
+)
+def test_a_store_is_described_without_secrets_and_without_raising(url: str, described: str) -> None:
+    assert describe_store(url) == described
 
 
 def test_with_workers_the_parent_says_it_once(tandem: Callable[..., TandemProcess]) -> None:

@@ -6,9 +6,8 @@ then keeps every value in a file per process, and any worker's scrape reads
 them all. The series are never registered on the module's global registry,
 so a process may build more than one `Metrics` (tests do).
 
-The `process_*` series (memory, CPU, file descriptors) are prometheus-client's
-`ProcessCollector`'s: of the one process, or with workers of each worker,
-labelled with its `pid`, read from `/proc` at the scrape.
+The `process_*` series (memory, CPU, file descriptors) are summed over the
+workers, without labels (server/telemetry/processes.py).
 
 Label values are bounded: `protocol` is a door's, `model` a configured public
 name or `""`, `status` an HTTP status or a gRPC code's name, `provider` and
@@ -19,8 +18,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
-from functools import partial
 from pathlib import Path
 
 from prometheus_client import (
@@ -29,13 +26,12 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    ProcessCollector,
     disable_created_metrics,
     generate_latest,
     multiprocess,
 )
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+
+from server.telemetry.processes import ProcessSeries
 
 __all__ = ["CONTENT_TYPE_LATEST", "MULTIPROC_ENV", "Metrics", "empty_multiprocess_directory"]
 
@@ -60,37 +56,16 @@ def empty_multiprocess_directory(*, make: bool) -> tuple[Path, bool] | None:
     return directory, False
 
 
-class WorkerProcesses(Collector):
-    """`process_*` of every worker, labelled `pid`: the workers are the processes with
-    value files in the multiprocess directory (named `..._<pid>.db`), alive."""
-
-    def __init__(self, directory: Path) -> None:
-        self._directory = directory
-
-    def collect(self) -> Iterable[Metric]:
-        pids = {path.stem.rpartition("_")[2] for path in self._directory.glob("*.db")}
-        families: dict[str, Metric] = {}
-        for pid in sorted(p for p in pids if p.isdigit()):
-            # a process gone since returns no family
-            for family in ProcessCollector(pid=partial(str, pid), registry=None).collect():
-                merged = families.setdefault(
-                    family.name, Metric(family.name, family.documentation, family.type)
-                )
-                for sample in family.samples:
-                    merged.add_sample(sample.name, {**sample.labels, "pid": pid}, sample.value)
-        return families.values()
-
-
 class Metrics:
     def __init__(self) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` doubles a scrape
         self.multiprocess = MULTIPROC_ENV in os.environ
         self.registry = CollectorRegistry()
+        directory = None
         if self.multiprocess:  # the values live in files: the scrape collects them all
+            directory = Path(os.environ[MULTIPROC_ENV])
             multiprocess.MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
-            self.registry.register(WorkerProcesses(Path(os.environ[MULTIPROC_ENV])))
-        else:
-            ProcessCollector(registry=self.registry)
+        self.registry.register(ProcessSeries(directory))
         registry = None if self.multiprocess else self.registry
 
         self.requests = Counter(

@@ -3,7 +3,8 @@
 One line each for the store, the providers and the models, then a warning for
 each weak setting: a short JWT secret or admin key, the example Secret's
 placeholder, the memory rate-limit backend split over workers. Never a secret:
-a key is named by its config path, and a URL is logged without its password.
+a key is named by its config path, and a URL is logged without its user name and
+password.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from server.config import Config
 
@@ -23,24 +24,28 @@ logger = logging.getLogger("tandem")
 PLACEHOLDER = "REPLACE-ME"
 MIN_JWT_SECRET_BYTES = 32  # an HS256 key shorter than its hash is guessable (RFC 7518 3.2)
 MIN_ADMIN_KEY_CHARS = 20
-_SECRET_PARAMETER = re.compile(r"pass|key|token|secret|sig", re.IGNORECASE)
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,19}", re.IGNORECASE)
+_SECRET_PARAMETER = re.compile(r"pass|key|token|secret|sig|user", re.IGNORECASE)
 
 
 def public_url(url: str) -> str:
-    """`url` without its password, and with the values of secret-looking parameters hidden."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if ":" in netloc:  # IPv6
-        netloc = f"[{netloc}]"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
-    query = [
-        (name, "***" if _SECRET_PARAMETER.search(name) else value)
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
+    """`url` without its user info (a user name can be a token too) and with the values
+    of secret-looking parameters hidden. The host part is kept as written, never parsed:
+    a multi-host PostgreSQL URL (`h1:5432,h2:5432`) has no one port. Never raises."""
+    try:
+        parts = urlsplit(url)
+        query = urlencode(
+            [
+                (name, "***" if _SECRET_PARAMETER.search(name) else value)
+                for name, value in parse_qsl(parts.query, keep_blank_values=True)
+            ],
+            safe="*/:,",
+        )
+    except ValueError:  # not even split: only a plain scheme is shown
+        scheme = url.partition(":")[0]
+        return f"{scheme if _SCHEME.fullmatch(scheme) else 'URL'} (details hidden)"
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}{'?' if query else ''}{query}"
 
 
 def describe_store(url: str) -> str:
@@ -50,6 +55,13 @@ def describe_store(url: str) -> str:
     if url.startswith("sqlite:///"):
         return f"SQLite {url.removeprefix('sqlite:///')}"
     return f"PostgreSQL {public_url(url)}"
+
+
+def _password(url: str) -> str:
+    try:
+        return urlsplit(url).password or ""
+    except ValueError:
+        return ""
 
 
 def _summary(config: Config) -> Iterator[str]:
@@ -76,8 +88,8 @@ def _secrets(config: Config) -> Iterator[tuple[str, str]]:
     for i, provider in enumerate(config.providers):
         if provider.api_key:
             yield f"providers[{i}].api_key", provider.api_key
-    yield "usage.store", urlsplit(config.usage.store).password or ""
-    yield "rate_limits.url", urlsplit(config.rate_limits.url or "").password or ""
+    yield "usage.store", _password(config.usage.store)
+    yield "rate_limits.url", _password(config.rate_limits.url or "")
 
 
 def _warnings(config: Config, workers: int) -> Iterator[str]:
