@@ -21,6 +21,7 @@ from server.context import CallContext, Protocol
 from server.errors import GatewayError, NotFoundError
 from server.translate.anthropic import inbound as anthropic_inbound
 from server.translate.anthropic import replies as anthropic_replies
+from server.translate.extra import name_unread
 from server.translate.ollama import inbound as ollama_inbound
 from server.translate.ollama import replies as ollama_replies
 from server.translate.openai import inbound, replies
@@ -60,6 +61,15 @@ class Dialect:
     # the model a caller named, as configured (Ollama's `name:latest`), given what is;
     # None: the name as sent
     model_name: Callable[[str, Callable[[str], bool]], str] | None = None
+    # what of a parsed body the request cannot carry, named in `x-tandem-ignored-fields`
+    unread: Callable[[Any], list[str]] | None = None
+
+    def read_chat(self, body: object, ctx: CallContext) -> chat_pb2.ChatCompletionRequest:
+        """The body as a chat request; what it cannot carry is named on the call."""
+        chat = self.parse_chat(body)
+        if self.unread is not None and (names := self.unread(body)):
+            name_unread(ctx.trace, names)
+        return chat
 
     def error_payload(self, error: GatewayError) -> bytes:
         """The error event's payload, for a stream that fails after its first event."""
@@ -187,4 +197,5 @@ ANTHROPIC = Dialect(
     encode_embeddings=lambda request, answer: {},
     framing=NAMED_SSE,
     error_body=lambda error: error_body(error, spelling="anthropic"),
+    unread=anthropic_inbound.unread,
 )

@@ -25,7 +25,7 @@ async def create_chat(
 ) -> Response:
     """The answer to a chat: `chat` if the route has parsed it, else the body's."""
     if chat is None:
-        chat = dialect.parse_chat(await read_json(request))
+        chat = dialect.read_chat(await read_json(request), ctx)
     plane: DataPlane = request.app.state.plane
     if dialect.model_name is not None:
         chat.model = dialect.model_name(chat.model, plane.router.known)

@@ -22,7 +22,10 @@ __all__ = ["endpoints"]
 
 endpoints = Endpoints(anthropic_call, tag="anthropic")  # served by the door's table
 
-_BODY = "Anthropic's Messages request; unknown fields are ignored, as the Messages API does."
+_BODY = (
+    "Anthropic's Messages request; its fields the gateway does not translate reach an "
+    "Anthropic upstream as written, and other kinds name them in x-tandem-ignored-fields."
+)
 
 
 def _openapi(summary: str) -> dict[str, object]:

@@ -50,7 +50,7 @@ async def _chat_or_load(request: Request, ctx: CallContext, dialect: Dialect) ->
     nothing generated or charged. As in Ollama, a model configured without `completion`
     cannot be loaded (a 400), but can be unloaded."""
     body = await read_json(request)
-    chat = dialect.parse_chat(body)
+    chat = dialect.read_chat(body, ctx)
     if chat.messages:
         return await handlers.create_chat(request, ctx, dialect, chat)
     plane = request.app.state.plane

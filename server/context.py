@@ -56,6 +56,7 @@ class CallTrace:
 
     __slots__ = (
         "completion_tokens",
+        "door_ignored",
         "error_status",
         "failed_attempts",
         "first_chunk_at",
@@ -86,8 +87,10 @@ class CallTrace:
         self.rate_limited = False
         self.error_status: int | None = None  # a stream's in-band error, after its 200
         # what the upstream that served left out of the request, as the doors name it
-        # (`x-tandem-ignored-fields`); each attempt says it anew (server/translate/extra.py)
+        # (`x-tandem-ignored-fields`); each attempt says it anew (server/translate/extra.py),
+        # after what the door itself could not carry into the request
         self.ignored_fields: str | None = None
+        self.door_ignored: str | None = None
         self.traceparent: str | None = None
         self.tracestate: str | None = None
 

@@ -373,6 +373,193 @@ def test_an_anthropic_upstream_names_reasoning_sent_back_without_its_signature(
     assert response.headers[IGNORED] == "messages[].reasoning_content"
 
 
+# --- the Anthropic door's own fields -------------------------------------------------------
+
+# what Claude Code sends beside the conversation (context_management, output_config), and
+# more of Anthropic's top-level fields, in the order sent
+ANTHROPIC_EXTRA: dict[str, Any] = {
+    "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+    "output_config": {"effort": "high"},
+    "service_tier": "auto",
+    "mcp_servers": [{"type": "url", "url": "https://mcp.example/sse", "name": "docs"}],
+}
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "The weather",
+    "input_schema": {"type": "object"},
+    "cache_control": {"type": "ephemeral"},
+}
+CONTEXT = {"context_management": ANTHROPIC_EXTRA["context_management"]}
+# a tool as Claude Code sends it with the advanced-tool-use beta, and its thinking
+DEFERRED = {"name": "Grep", "input_schema": {"type": "object"}, "defer_loading": True}
+THINKING = {"type": "enabled", "budget_tokens": 1024, "display": "omitted"}
+
+
+def anthropic_sdk(gateway: TandemProcess) -> Any:
+    """The official SDK, typed loosely (its overloads fight the dict literals of tests)."""
+    return anthropic.Anthropic(base_url=gateway.base_url, api_key="unused", max_retries=0)
+
+
+def anthropic_extra_sent(body: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(key, value) for key, value in body.items() if key in ANTHROPIC_EXTRA]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_anthropic_doors_own_fields_reach_an_anthropic_upstream_unchanged(
+    gateway: TandemProcess, http: httpx.Client, fake: FakeUpstream, stream: bool
+) -> None:
+    request = {
+        "model": "haiku",
+        "max_tokens": 100,
+        "messages": user("keep them"),
+        "extra_body": {**ANTHROPIC_EXTRA, "container": None},  # null: not set
+    }
+    with anthropic_sdk(gateway) as sdk:
+        if stream:
+            with sdk.messages.stream(**request) as events:
+                headers, text = events.response.headers, events.get_final_text()
+        else:  # as Claude Code calls it: `?beta=true`, its betas as a header
+            raw = sdk.beta.messages.with_raw_response.create(
+                **request, betas=["context-management-2025-06-27"]
+            )
+            headers, text = raw.headers, raw.parse().content[0].text
+    assert IGNORED not in headers
+    assert text == "keep them"
+    sent = fake.requests[0].body
+    assert dict(anthropic_extra_sent(sent)) == ANTHROPIC_EXTRA  # the SDK orders them its way
+    assert set(list(sent)[-len(ANTHROPIC_EXTRA) :]) == set(ANTHROPIC_EXTRA)  # after the gateway's
+    assert "container" not in sent
+    assert (sent["model"], sent["max_tokens"]) == ("claude-haiku-4-5", 100)
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "keep them"}]}
+    ]
+    assert sent.get("stream", False) is stream
+
+    # in the order written
+    fake.reset()
+    order = ["mcp_servers", "output_config", "service_tier", "context_management"]
+    extra = {key: ANTHROPIC_EXTRA[key] for key in order}
+    body = {"messages": user("x"), **extra, "max_tokens": 10, "model": "haiku", "stream": stream}
+    response = http.post("/v1/messages", json=body)
+    assert response.status_code == 200, response.text
+    assert anthropic_extra_sent(fake.requests[0].body) == list(extra.items())
+
+    # the same fields from `/v1` are OpenAI's dialect: left out, and named
+    fake.reset()
+    body = {"model": "haiku", "messages": user("x"), "store": True, **CONTEXT}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers[IGNORED] == "store,context_management"
+    assert not {"store", "context_management"} & set(fake.requests[0].body)
+
+
+@pytest.mark.parametrize("model", ["gpt", "llama", "echo"])
+def test_the_anthropic_doors_fields_reach_no_other_kind_and_are_named(
+    gateway: TandemProcess, fake: FakeUpstream, model: str
+) -> None:
+    fake.reset()
+    named = sorted(ANTHROPIC_EXTRA)  # in the order the SDK sends them
+    with anthropic_sdk(gateway) as sdk:
+        raw = sdk.messages.with_raw_response.create(
+            model=model, max_tokens=100, messages=user("not here"), extra_body=ANTHROPIC_EXTRA
+        )
+        assert sorted(raw.headers[IGNORED].split(",")) == named
+        assert raw.parse().content[0].text == "not here"
+        with sdk.messages.stream(
+            model=model, max_tokens=100, messages=user("not here"), extra_body=ANTHROPIC_EXTRA
+        ) as events:
+            assert sorted(events.response.headers[IGNORED].split(",")) == named
+            assert events.get_final_text() == "not here"
+    for sent in fake.requests:
+        assert not set(ANTHROPIC_EXTRA) & set(sent.body), sent.body
+
+
+def test_a_field_the_proto_has_stays_ignored_on_the_anthropic_door_and_is_named(
+    http: httpx.Client, fake: FakeUpstream
+) -> None:
+    body = {
+        "model": "haiku",
+        "max_tokens": 100,
+        "messages": user("x"),
+        "n": 3,
+        "max_completion_tokens": 5,
+        "stop": ["never"],
+        "user": None,  # null: not set, nothing to name
+        **CONTEXT,
+    }
+    response = http.post("/v1/messages", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers[IGNORED] == "n,max_completion_tokens,stop"
+    sent = fake.requests[0].body
+    assert sent["max_tokens"] == 100
+    assert not {"n", "max_completion_tokens", "stop", "stop_sequences", "user"} & set(sent)
+    assert anthropic_extra_sent(sent) == list(CONTEXT.items())
+
+    # vLLM's `best_of` is work no usage counts, refused by name as on /v1
+    response = http.post("/v1/messages", json={**body, "best_of": 2})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"].startswith("best_of: ")
+
+
+def test_the_anthropic_doors_fields_count_in_its_estimate(gateway: TandemProcess) -> None:
+    with anthropic_sdk(gateway) as sdk:
+        plain = sdk.messages.count_tokens(model="haiku", messages=user("x"))
+        more = sdk.messages.count_tokens(model="haiku", messages=user("x"), extra_body=CONTEXT)
+    assert more.input_tokens > plain.input_tokens
+
+
+@pytest.mark.parametrize(
+    ("model", "named"),
+    [
+        ("haiku", "tools[].defer_loading,tools[].input_examples,thinking.display"),
+        ("gpt", "tools[].defer_loading,tools[].input_examples,thinking.display,context_management"),
+    ],
+)
+def test_what_the_proto_cannot_carry_of_tools_and_thinking_is_named(
+    gateway: TandemProcess, fake: FakeUpstream, model: str, named: str
+) -> None:
+    fake.reset()
+    examples = {**DEFERRED, "name": "Glob", "input_examples": [{"pattern": "*.py"}]}
+    with anthropic_sdk(gateway) as sdk:
+        raw = sdk.messages.with_raw_response.create(
+            model=model,
+            max_tokens=2000,
+            messages=user("find it"),
+            tools=[DEFERRED, examples, WEATHER_TOOL],
+            thinking=THINKING,
+            extra_body=CONTEXT,
+        )
+    assert raw.headers[IGNORED] == named
+    sent = fake.requests[0].body
+    assert (anthropic_extra_sent(sent) == list(CONTEXT.items())) is (model == "haiku")
+    assert [sorted(tool) for tool in sent["tools"]] == (
+        [["input_schema", "name"]] * 2 + [["cache_control", "description", "input_schema", "name"]]
+        if model == "haiku"
+        else [["function", "type"]] * 3
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "named", "served_with_context"),
+    [
+        ("haiku-then-gpt", "tools[].defer_loading,context_management", False),
+        ("gpt-then-haiku", "tools[].defer_loading", True),
+    ],
+)
+def test_every_attempt_names_what_the_door_left_out_before_its_own(
+    gateway: TandemProcess, fake: FakeUpstream, model: str, named: str, served_with_context: bool
+) -> None:
+    fake.reset("500")  # the first attempt fails, the fallback serves
+    with anthropic_sdk(gateway) as sdk:
+        raw = sdk.messages.with_raw_response.create(
+            model=model, max_tokens=100, messages=user("x"), tools=[DEFERRED], extra_body=CONTEXT
+        )
+    assert raw.headers[IGNORED] == named
+    first, served = (request.body for request in fake.requests)
+    assert ("context_management" in first) is not served_with_context
+    assert ("context_management" in served) is served_with_context
+
+
 # --- what extra_body may not name ------------------------------------------------------------
 
 

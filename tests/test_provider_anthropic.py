@@ -217,6 +217,31 @@ def test_translation_loses_no_message_tool_or_supported_field(
     assert body["max_tokens"] == (max_tokens or 321)
 
 
+def test_extra_fields_follow_in_order_and_never_override_what_the_gateway_sets() -> None:
+    request = parse_chat_request(
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": 7}, strict=True
+    )
+    gateway = anthropic.chat_request_to_anthropic(
+        request, "claude-x", max_tokens_default=321, stream=True
+    )
+    extra = {
+        "model": "other",
+        "output_config": {"effort": "high"},
+        "max_tokens": 1,
+        "stream": False,
+        "messages": [],
+        "context_management": {"edits": []},
+    }
+    body = anthropic.chat_request_to_anthropic(
+        request, "claude-x", max_tokens_default=321, stream=True, extra=extra
+    )
+    assert list(body.items()) == [
+        *gateway.items(),
+        ("output_config", {"effort": "high"}),
+        ("context_management", {"edits": []}),
+    ]
+
+
 @given(st.sampled_from(anthropic.UNSUPPORTED_FIELDS), st.integers(1, 5))
 def test_every_unsupported_field_is_refused_by_name(field: str, value: int) -> None:
     values: dict[str, Any] = {

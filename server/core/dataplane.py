@@ -347,7 +347,8 @@ class _Accounting:
         trace = self._ctx.trace
         trace.provider = provider.name
         trace.provider_kind = provider.kind
-        trace.ignored_fields = None  # the attempt's provider names what it leaves out
+        # the door's names, then the attempt's provider names what it leaves out
+        trace.ignored_fields = trace.door_ignored
         if self._upstream_started is None:
             self._upstream_started = time.monotonic()
 

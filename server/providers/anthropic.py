@@ -1,5 +1,7 @@
 """The `anthropic` kind: Anthropic's Messages API, translated both ways; the caller's
-`anthropic-beta` goes with every attempt (retries and fallbacks alike)."""
+`anthropic-beta` goes with every attempt (retries and fallbacks alike), and so do the
+fields the Anthropic door kept for it (`context_management`, ...): another door's
+extra fields are another dialect's, left out."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from server.errors import InvalidRequestError, echoed
 from server.providers.base import Route
 from server.providers.upstream import HttpProvider, decode, decoded, sse_batches
 from server.translate.anthropic import upstream as anthropic
-from server.translate.extra import REASONING_SENT_BACK, leave_out_extra_body
+from server.translate.extra import REASONING_SENT_BACK, take_extra_body
 
 __all__ = ["AnthropicProvider"]
 
@@ -39,12 +41,14 @@ class AnthropicProvider(HttpProvider):
             m.HasField("reasoning_content") and not m.HasField("reasoning_signature")
             for m in request.messages
         )
-        leave_out_extra_body(request, ctx.trace, *(REASONING_SENT_BACK,) * unsigned)
+        allowed = "allow" if ctx.protocol == "anthropic" else "deny"
+        extra = take_extra_body(request, ctx.trace, allowed, *(REASONING_SENT_BACK,) * unsigned)
         body = anthropic.chat_request_to_anthropic(
             request,
             route.upstream,
             max_tokens_default=route.model.max_tokens_default,
             stream=chunked,
+            extra=extra,
         )
         beta = {"anthropic-beta": ctx.anthropic_beta} if ctx.anthropic_beta else None
         async with self.client.post(

@@ -18,7 +18,7 @@ from server.context import CallContext
 from server.errors import GatewayError, UpstreamError
 from server.providers.base import DEFAULT_CAPABILITIES, Route
 from server.providers.upstream import HttpProvider, bearer, decode, decoded, line_batches
-from server.translate.extra import leave_out_extra_body
+from server.translate.extra import take_extra_body
 from server.translate.ollama import upstream as ollama
 
 __all__ = ["OllamaProvider"]
@@ -46,7 +46,7 @@ class OllamaProvider(HttpProvider):
         *,
         chunked: bool,
     ) -> AsyncIterator[Batch]:
-        leave_out_extra_body(request, ctx.trace)
+        take_extra_body(request, ctx.trace, "deny")
         body = ollama.chat_request_to_ollama(request, route.upstream, stream=chunked)
         translator = ollama.StreamTranslator()
 

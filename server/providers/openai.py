@@ -37,7 +37,8 @@ class OpenAIProvider(HttpProvider):
             request,
             route.upstream,
             stream=chunked,
-            extra_fields=self._extra_fields,
+            # Anthropic's door keeps Anthropic's fields: no OpenAI-compatible server's
+            extra_fields="deny" if ctx.protocol == "anthropic" else self._extra_fields,
             send_reasoning=self._send_reasoning,
             join_texts=ctx.protocol == "anthropic",  # Anthropic's blocks, as it was sent
             left_out=left_out,

@@ -2,13 +2,22 @@
 leaves out.
 
 `/v1` keeps every top-level field the proto does not carry as
-`extra_body_json`, in the caller's order; gRPC and native callers may set
-`extra_body` or `extra_body_json` themselves (the text wins: it keeps order
-and integers). An `openai`-kind upstream gets them merged into its body, as
-far as its provider's `extra_fields` lets them; other kinds leave them all
-out. Whatever an attempt's upstream leaves out is recorded on the call's
-trace, and the door names it in `x-tandem-ignored-fields` (HTTP header, gRPC
-initial metadata). A request without extra fields pays two `HasField` calls.
+`extra_body_json`, in the caller's order; `/v1/messages` keeps Anthropic's
+own it does not translate (`context_management`, `output_config`, ...) the
+same way; gRPC and native callers may set `extra_body` or `extra_body_json`
+themselves (the text wins: it keeps order and integers). Where they go is
+decided by the kind and by the door the call came in through
+(`CallContext.protocol`), since the fields are that door's dialect: an
+`openai`-kind upstream gets them merged into its body, as far as its
+provider's `extra_fields` lets them, unless they came through the Anthropic
+door; an `anthropic`-kind one only if they did; neither over what the gateway
+set. Every other case leaves them all out.
+
+Whatever an attempt's upstream leaves out is recorded on the call's trace,
+after what the door itself could not carry into the request (a tool's
+`defer_loading` on `/v1/messages`, named once per call by `name_unread`), and
+the door names it in `x-tandem-ignored-fields` (HTTP header, gRPC initial
+metadata). A request without extra fields pays two `HasField` calls.
 """
 
 from __future__ import annotations
@@ -34,9 +43,10 @@ __all__ = [
     "check_extra_body_json",
     "extra_body",
     "leave_out",
-    "leave_out_extra_body",
+    "name_unread",
     "passing",
     "refuse_uncounted_work",
+    "take_extra_body",
 ]
 
 JSON = dict[str, Any]
@@ -122,32 +132,52 @@ def passing(extra: JSON, allowed: ExtraFields) -> tuple[JSON, list[str]]:
     return passed, [key for key in extra if key not in passed]
 
 
-def leave_out(trace: CallTrace, names: Iterable[str]) -> None:
-    """Name what this attempt's upstream leaves out of the request (for the door's
-    `x-tandem-ignored-fields`): comma-separated, each percent-encoded where it is not
-    a plain name, and at most `MAX_NAMED_BYTES`, the rest counted as `+N more`."""
+def _named(names: Iterable[str], room: int) -> str:
+    """`names` comma-separated, each percent-encoded where it is not a plain name, in at
+    most `room` bytes, the rest counted as `+N more`."""
     named: list[str] = []
     size = 0
     left = 0
     for name in names:
         text = quote(echoed(name), safe="[]")
-        if left or size + len(text) + 1 > MAX_NAMED_BYTES - 16:  # room for "+N more"
+        if left or size + len(text) + 1 > room - 16:  # room for "+N more"
             left += 1
             continue
         named.append(text)
         size += len(text) + 1
     if left:
         named.append(f"+{left} more")
-    if named:
-        trace.ignored_fields = ",".join(named)
+    return ",".join(named)
 
 
-def leave_out_extra_body(
-    request: chat_pb2.ChatCompletionRequest, trace: CallTrace, *more: str
-) -> None:
-    """An upstream that takes no extra field: every one left out, and named (after
-    `more`, what else the upstream's translation leaves out)."""
+def name_unread(trace: CallTrace, names: Iterable[str]) -> None:
+    """Name what the door could not carry into the request, for every attempt (the
+    core starts each with it), in at most half the header's room."""
+    trace.door_ignored = trace.ignored_fields = _named(names, MAX_NAMED_BYTES // 2) or None
+
+
+def leave_out(trace: CallTrace, names: Iterable[str]) -> None:
+    """Name what this attempt's upstream leaves out of the request (for the door's
+    `x-tandem-ignored-fields`), after what the door did: at most `MAX_NAMED_BYTES` in
+    all."""
+    door = trace.door_ignored
+    if door is None:
+        trace.ignored_fields = _named(names, MAX_NAMED_BYTES) or None
+    elif named := _named(names, MAX_NAMED_BYTES - len(door) - 1):
+        trace.ignored_fields = f"{door},{named}"
+
+
+def take_extra_body(
+    request: chat_pb2.ChatCompletionRequest, trace: CallTrace, allowed: ExtraFields, *more: str
+) -> JSON:
+    """The extra fields an upstream takes, as far as `allowed` lets them (`"deny"`: an
+    upstream that takes none); the rest left out and named, after `more` (what else the
+    upstream's translation leaves out)."""
     if request.HasField("extra_body_json") or request.HasField("extra_body"):
-        leave_out(trace, [*more, *extra_body(request)])
-    elif more:
+        passed, held_back = passing(extra_body(request), allowed)
+        if more or held_back:
+            leave_out(trace, [*more, *held_back])
+        return passed
+    if more:
         leave_out(trace, more)
+    return {}

@@ -16,9 +16,15 @@ Anthropic requires) is `reasoning_budget_tokens`, so it reaches an Anthropic
 upstream as it is (`adaptive` thinking leaves it to the model: nothing is
 asked for, so a model that does not reason is not refused),
 tools' `input_schema` their parameters, and `tool_choice` `auto` / `any` /
-`tool` / `none` OpenAI's `auto` / `required` / a function / `none`. Unknown
-fields are ignored, as the Messages API does; an unknown block is refused by
-name.
+`tool` / `none` OpenAI's `auto` / `required` / a function / `none`. An
+unknown block is refused by name.
+
+Anthropic's other top-level fields (`context_management`, `output_config`,
+`container`, `mcp_servers`, ...) are kept, in the caller's order, as
+`extra_body_json`, for an Anthropic upstream (server/translate/extra.py). What
+the proto cannot carry is named by `unread`: a top-level key the proto has
+but this door does not read (`n`), ignored as before, and a tool's or
+`thinking`'s unknown keys (`tools[].defer_loading`, `thinking.display`).
 """
 
 from __future__ import annotations
@@ -31,11 +37,36 @@ from tandem.v1 import chat_pb2
 from server.errors import InvalidRequestError
 from server.translate.anthropic import MIN_THINKING_BUDGET
 from server.translate.common import check_cache_mark, check_stop_count
+from server.translate.extra import CHAT_FIELDS, refuse_uncounted_work
 from server.translate.protojson import parse_into
 
-__all__ = ["parse_count_tokens", "parse_messages"]
+__all__ = ["parse_count_tokens", "parse_messages", "unread"]
 
 JSON = dict[str, Any]
+
+# the top-level fields this door reads: every other is kept for an Anthropic upstream,
+# unless the proto has a field of its name (the gateway decides those: ignored)
+READ = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "max_tokens",
+        "stop_sequences",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "thinking",
+        "stream",
+    }
+)
+_NOT_EXTRA = READ | CHAT_FIELDS
+# the keys of a tool and of `thinking` the proto carries
+_TOOL_KEYS = frozenset({"type", "name", "description", "input_schema", "cache_control"})
+_THINKING_KEYS = frozenset({"type", "budget_tokens"})
 
 
 def _invalid(param: str, why: str) -> InvalidRequestError:
@@ -267,7 +298,47 @@ def _conversation(body: Any) -> tuple[JSON, chat_pb2.ChatCompletionRequest]:
         _tool_choice(body["tool_choice"], request)
     if body.get("thinking") is not None:
         _thinking(body["thinking"], request)
+    if not _NOT_EXTRA.issuperset(body):
+        _keep_extra(body, request)
     return body, request
+
+
+def _keep_extra(body: JSON, request: chat_pb2.ChatCompletionRequest) -> None:
+    """Anthropic's fields this door does not read, in order, as `extra_body_json` (JSON
+    null means "not set"); vLLM's `best_of` is refused by name, as on `/v1`."""
+    extra = {k: v for k, v in body.items() if k not in _NOT_EXTRA and v is not None}
+    refuse_uncounted_work(extra, prefix="")
+    if extra:
+        request.extra_body_json = orjson.dumps(extra).decode()
+
+
+def unread(body: Any) -> list[str]:
+    """What of a Messages request (parsed already) the proto cannot carry, each named
+    once: a top-level field the proto has but this door does not read, a tool's keys
+    beyond `_TOOL_KEYS` (`tools[].defer_loading`), `thinking`'s beyond `_THINKING_KEYS`."""
+    names: dict[str, None] = {}  # in order, once each
+    if not _NOT_EXTRA.issuperset(body):
+        _add(names, "", body, READ, only=CHAT_FIELDS)
+    for tool in body.get("tools") or ():
+        if not _TOOL_KEYS.issuperset(tool):
+            _add(names, "tools[].", tool, _TOOL_KEYS)
+    thinking = body.get("thinking")
+    if thinking and not _THINKING_KEYS.issuperset(thinking):
+        _add(names, "thinking.", thinking, _THINKING_KEYS)
+    return list(names)
+
+
+def _add(
+    names: dict[str, None],
+    prefix: str,
+    holder: JSON,
+    read: frozenset[str],
+    only: frozenset[str] | None = None,
+) -> None:
+    """`holder`'s keys that are set and not `read` (and in `only`, if given), prefixed."""
+    for key, value in holder.items():
+        if key not in read and value is not None and (only is None or key in only):
+            names[prefix + key] = None
 
 
 def parse_messages(body: Any) -> chat_pb2.ChatCompletionRequest:

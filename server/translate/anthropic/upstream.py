@@ -244,9 +244,16 @@ def _thinking_budget(
 
 
 def chat_request_to_anthropic(
-    request: chat_pb2.ChatCompletionRequest, model: str, *, max_tokens_default: int, stream: bool
+    request: chat_pb2.ChatCompletionRequest,
+    model: str,
+    *,
+    max_tokens_default: int,
+    stream: bool,
+    extra: JSON | None = None,
 ) -> JSON:
-    """The Messages API request; raises InvalidRequestError for what Anthropic cannot honour."""
+    """The Messages API request; raises InvalidRequestError for what Anthropic cannot
+    honour. `extra` (Anthropic's fields the proto lacks) follows, in its order, never
+    over what the gateway set."""
     _check_supported(request)
     system, turns = _messages(request)
     thinking: JSON | None = None
@@ -292,6 +299,8 @@ def chat_request_to_anthropic(
         body["metadata"] = {"user_id": request.user}
     if stream:
         body["stream"] = True
+    for key, value in (extra or {}).items():
+        body.setdefault(key, value)
     return body
 
 
