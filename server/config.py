@@ -124,8 +124,8 @@ class ProviderConfig(_Strict):
     # worker accepts (server.max_connections), so the pool is never the first bound
     max_connections: Annotated[int, Field(ge=1, le=65536)] = 4096
     chunk_delay_ms: Annotated[float, Field(ge=0)] = 0.0
-    # what of a request's `extra_body` may reach an `openai`-kind upstream: all, none, or
-    # the fields named
+    # what of a request's `extra_body` may reach an `openai`-kind upstream (or, of the
+    # fields `/v1/messages` kept, an `anthropic`-kind one): all, none, or the fields named
     extra_fields: Literal["allow", "deny"] | tuple[Annotated[str, Field(min_length=1)], ...] = (
         "allow"
     )
@@ -143,10 +143,11 @@ class ProviderConfig(_Strict):
                 raise ValueError("max_connections does not apply to kind mock")
         elif "chunk_delay_ms" in self.model_fields_set:
             raise ValueError("chunk_delay_ms applies only to kind mock")
-        if self.kind != "openai":  # other kinds take no extra field and no reasoning back
-            for key in ("extra_fields", "send_reasoning"):
-                if key in self.model_fields_set:
-                    raise ValueError(f"{key} applies only to kind openai")
+        # other kinds take no extra field, and only openai takes unsigned reasoning back
+        if self.kind not in ("openai", "anthropic") and "extra_fields" in self.model_fields_set:
+            raise ValueError("extra_fields applies only to kinds openai and anthropic")
+        if self.kind != "openai" and "send_reasoning" in self.model_fields_set:
+            raise ValueError("send_reasoning applies only to kind openai")
         return self
 
     @property

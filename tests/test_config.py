@@ -38,8 +38,8 @@ BAD_CONFIGS = [
         "providers[0]: chunk_delay_ms applies only to kind mock",
     ),
     (
-        "providers: [{name: p, kind: anthropic, extra_fields: deny}]\n",
-        "providers[0]: extra_fields applies only to kind openai",
+        "providers: [{name: p, kind: ollama, extra_fields: deny}]\n",
+        "providers[0]: extra_fields applies only to kinds openai and anthropic",
     ),
     (
         "providers: [{name: p, kind: ollama, send_reasoning: true}]\n",

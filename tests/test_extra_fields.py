@@ -29,6 +29,7 @@ providers:
   - {name: closed, kind: openai, base_url: "%(url)s", max_retries: 0, extra_fields: deny}
   - {name: thinker, kind: openai, base_url: "%(url)s", max_retries: 0, send_reasoning: true}
   - {name: claude, kind: anthropic, base_url: "%(root)s", api_key: "%(key)s", max_retries: 0}
+  - {name: claude-narrow, kind: anthropic, base_url: "%(root)s", max_retries: 0, extra_fields: [context_management]}
   - {name: lab, kind: ollama, base_url: "%(root)s", max_retries: 0}
   - {name: local, kind: mock}
 models:
@@ -37,6 +38,7 @@ models:
   - {name: gpt-closed, provider: closed, upstream: gpt-upstream}
   - {name: gpt-thinker, provider: thinker, upstream: gpt-upstream}
   - {name: haiku, provider: claude, upstream: claude-haiku-4-5, max_tokens_default: 50}
+  - {name: haiku-narrow, provider: claude-narrow, upstream: claude-haiku-4-5}
   - {name: llama, provider: lab, upstream: "qwen3:1b"}
   - {name: echo, provider: local}
   - {name: haiku-then-gpt, provider: claude, upstream: claude-haiku-4-5, fallbacks: [gpt]}
@@ -472,6 +474,17 @@ def test_the_anthropic_doors_fields_reach_no_other_kind_and_are_named(
             assert events.get_final_text() == "not here"
     for sent in fake.requests:
         assert not set(ANTHROPIC_EXTRA) & set(sent.body), sent.body
+
+
+def test_an_anthropic_providers_extra_fields_narrows_what_passes_and_names_the_rest(
+    http: httpx.Client, fake: FakeUpstream
+) -> None:
+    body = {"model": "haiku-narrow", "max_tokens": 10, "messages": user("x"), **ANTHROPIC_EXTRA}
+    for stream in (False, True):
+        response = http.post("/v1/messages", json={**body, "stream": stream})
+        assert response.status_code == 200, response.text
+        assert response.headers[IGNORED] == "output_config,service_tier,mcp_servers"
+        assert anthropic_extra_sent(fake.requests[-1].body) == list(CONTEXT.items())
 
 
 def test_a_field_the_proto_has_stays_ignored_on_the_anthropic_door_and_is_named(

@@ -1,7 +1,7 @@
 """The `anthropic` kind: Anthropic's Messages API, translated both ways; the caller's
 `anthropic-beta` goes with every attempt (retries and fallbacks alike), and so do the
-fields the Anthropic door kept for it (`context_management`, ...): another door's
-extra fields are another dialect's, left out."""
+fields the Anthropic door kept for it (`context_management`, ...), as far as
+`extra_fields` lets them: another door's extra fields are another dialect's, left out."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from server.errors import InvalidRequestError, echoed
 from server.providers.base import Route
 from server.providers.upstream import HttpProvider, decode, decoded, sse_batches
 from server.translate.anthropic import upstream as anthropic
-from server.translate.extra import REASONING_SENT_BACK, take_extra_body
+from server.translate.extra import REASONING_SENT_BACK, extra_fields_of, take_extra_body
 
 __all__ = ["AnthropicProvider"]
 
@@ -27,6 +27,7 @@ class AnthropicProvider(HttpProvider):
         if config.api_key:
             headers["x-api-key"] = config.api_key
         super().__init__(config, headers=headers)
+        self._extra_fields = extra_fields_of(config.extra_fields)
 
     async def stream(
         self,
@@ -41,7 +42,7 @@ class AnthropicProvider(HttpProvider):
             m.HasField("reasoning_content") and not m.HasField("reasoning_signature")
             for m in request.messages
         )
-        allowed = "allow" if ctx.protocol == "anthropic" else "deny"
+        allowed = self._extra_fields if ctx.protocol == "anthropic" else "deny"
         extra = take_extra_body(request, ctx.trace, allowed, *(REASONING_SENT_BACK,) * unsigned)
         body = anthropic.chat_request_to_anthropic(
             request,

@@ -11,7 +11,7 @@ from server.config import ProviderConfig
 from server.context import CallContext
 from server.providers.base import Route
 from server.providers.upstream import HttpProvider, bearer, decode, decoded, sse_batches
-from server.translate.extra import leave_out
+from server.translate.extra import extra_fields_of, leave_out
 from server.translate.openai import upstream as openai_upstream
 
 __all__ = ["OpenAIProvider"]
@@ -20,8 +20,7 @@ __all__ = ["OpenAIProvider"]
 class OpenAIProvider(HttpProvider):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config, headers=bearer(config.api_key))
-        allowed = config.extra_fields
-        self._extra_fields = allowed if isinstance(allowed, str) else frozenset(allowed)
+        self._extra_fields = extra_fields_of(config.extra_fields)
         self._send_reasoning = config.send_reasoning
 
     async def stream(

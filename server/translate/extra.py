@@ -8,10 +8,10 @@ same way; gRPC and native callers may set `extra_body` or `extra_body_json`
 themselves (the text wins: it keeps order and integers). Where they go is
 decided by the kind and by the door the call came in through
 (`CallContext.protocol`), since the fields are that door's dialect: an
-`openai`-kind upstream gets them merged into its body, as far as its
-provider's `extra_fields` lets them, unless they came through the Anthropic
-door; an `anthropic`-kind one only if they did; neither over what the gateway
-set. Every other case leaves them all out.
+`openai`-kind upstream gets them merged into its body unless they came
+through the Anthropic door, an `anthropic`-kind one only if they did; both as
+far as the provider's `extra_fields` lets them, and never over what the
+gateway set. Every other case leaves them all out.
 
 Whatever an attempt's upstream leaves out is recorded on the call's trace,
 after what the door itself could not carry into the request (a tool's
@@ -42,6 +42,7 @@ __all__ = [
     "check_extra_body",
     "check_extra_body_json",
     "extra_body",
+    "extra_fields_of",
     "leave_out",
     "name_unread",
     "passing",
@@ -120,6 +121,11 @@ def check_extra_body_json(text: str) -> None:
 
 def check_extra_body(struct: struct_pb2.Struct) -> None:
     _check_names(_struct(struct))
+
+
+def extra_fields_of(allowed: ExtraFields) -> ExtraFields:
+    """A provider's `extra_fields` as `passing` reads it fastest: a list as a set."""
+    return allowed if isinstance(allowed, str) else frozenset(allowed)
 
 
 def passing(extra: JSON, allowed: ExtraFields) -> tuple[JSON, list[str]]:
