@@ -13,11 +13,9 @@ from server.policy import Policy
 from server.translate.protojson import MAX_JSON_DEPTH, deeper_than, too_deep
 
 __all__ = [
-    "AnthropicCall",
     "ModelsCall",
     "NativeCall",
     "OllamaCall",
-    "OpenAICall",
     "anthropic_call",
     "models_call",
     "native_call",
@@ -67,9 +65,7 @@ async def anthropic_call(request: Request) -> CallContext:
 
 # the same, as FastAPI dependencies for the routes FastAPI serves
 NativeCall = Annotated[CallContext, Depends(native_call)]
-OpenAICall = Annotated[CallContext, Depends(openai_call)]
 OllamaCall = Annotated[CallContext, Depends(ollama_call)]
-AnthropicCall = Annotated[CallContext, Depends(anthropic_call)]
 
 
 async def models_call(request: Request) -> CallContext:

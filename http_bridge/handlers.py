@@ -42,7 +42,7 @@ async def create_chat(
     try:
         encode = dialect.stream_encoder(chat, head, ctx)
     except BaseException:  # the response that would close the stream is never made
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
         raise
     return ChunkStreamResponse(
         first,

@@ -15,6 +15,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from tandem.v1 import chat_pb2
 
 from server.core.validation import PART_TYPES, RESPONSE_FORMATS, ROLES, TOOL_CHOICE_MODES
+from server.translate.protojson import INT_RANGES
 from server.usage.api import MAX_LIMIT
 
 __all__ = ["completion_request_body", "request_body", "usage_parameters"]
@@ -30,12 +31,6 @@ _SCALARS = {
     FieldDescriptor.CPPTYPE_INT64: "integer",
     FieldDescriptor.CPPTYPE_UINT32: "integer",
     FieldDescriptor.CPPTYPE_UINT64: "integer",
-}
-_INT_RANGES = {
-    FieldDescriptor.CPPTYPE_INT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.CPPTYPE_INT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.CPPTYPE_UINT32: (0, 2**32 - 1),
-    FieldDescriptor.CPPTYPE_UINT64: (0, 2**64 - 1),
 }
 
 # field -> the values validation accepts (server/core/validation.py)
@@ -75,8 +70,8 @@ def _union(field: FieldDescriptor, schema: Schema, strict: bool) -> Schema:
 
 def _scalar_schema(field: FieldDescriptor) -> Schema:
     schema: Schema = {"type": _SCALARS.get(field.cpp_type, "string")}
-    if field.cpp_type in _INT_RANGES:
-        schema["minimum"], schema["maximum"] = _INT_RANGES[field.cpp_type]
+    if field.cpp_type in INT_RANGES:
+        schema["minimum"], schema["maximum"] = INT_RANGES[field.cpp_type]
     if field.full_name in _ENUMS:
         schema["enum"] = _ENUMS[field.full_name]
     return schema

@@ -6,6 +6,8 @@ Code reach every model behind the gateway, with the same keys, limits and ledger
 
 from __future__ import annotations
 
+import functools
+
 from fastapi import Request
 from starlette.responses import Response
 
@@ -13,7 +15,7 @@ from http_bridge import handlers
 from http_bridge.deps import anthropic_call, read_json
 from http_bridge.dialects import ANTHROPIC
 from http_bridge.responses import reply
-from http_bridge.routing import Endpoints
+from http_bridge.routing import Endpoints, any_json_body
 from server.context import CallContext
 from server.core.dataplane import DataPlane
 from server.translate.anthropic import inbound
@@ -26,11 +28,7 @@ _BODY = (
     "Anthropic's Messages request; its fields the gateway does not translate reach an "
     "Anthropic upstream as written, and other kinds name them in x-tandem-ignored-fields."
 )
-
-
-def _openapi(summary: str) -> dict[str, object]:
-    body = {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}
-    return {"summary": summary, "description": _BODY, "openapi_extra": {"requestBody": body}}
+_openapi = functools.partial(any_json_body, description=_BODY)
 
 
 @endpoints.post(

@@ -3,6 +3,8 @@ reach every model behind the gateway, with the same auth, limits and ledger."""
 
 from __future__ import annotations
 
+import functools
+
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import PlainTextResponse, Response
@@ -11,7 +13,7 @@ from http_bridge import handlers
 from http_bridge.deps import OllamaCall, ollama_call, read_json
 from http_bridge.dialects import OLLAMA, OLLAMA_EMBEDDINGS, OLLAMA_GENERATE, Dialect
 from http_bridge.responses import JsonResponse, reply
-from http_bridge.routing import Endpoints
+from http_bridge.routing import Endpoints, any_json_body
 from server.context import CallContext
 from server.errors import InvalidRequestError
 from server.translate.ollama import inbound as ollama_inbound
@@ -25,11 +27,7 @@ root = APIRouter(tags=["ollama"])  # `/`, where Ollama's clients check that it i
 endpoints = Endpoints(ollama_call, tag="ollama")  # served by the door's table (routing.py)
 
 _BODY = "Ollama's request shape; unknown fields are ignored, as Ollama does."
-
-
-def _openapi(summary: str) -> dict[str, object]:
-    body = {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}
-    return {"summary": summary, "description": _BODY, "openapi_extra": {"requestBody": body}}
+_openapi = functools.partial(any_json_body, description=_BODY)
 
 
 @endpoints.post(f"{OLLAMA.prefix}/chat", **_openapi("Chat (Ollama; NDJSON unless stream: false)"))

@@ -35,7 +35,7 @@ from http_bridge.errors import error_response, spelling_of
 from server.context import CallContext
 from server.errors import GatewayError, InternalError, InvalidRequestError, NotFoundError
 
-__all__ = ["ERRORS_ANSWERED", "DoorApp", "Endpoints", "error_to_response"]
+__all__ = ["ERRORS_ANSWERED", "DoorApp", "Endpoints", "any_json_body", "error_to_response"]
 
 logger = logging.getLogger("tandem.http")
 
@@ -94,6 +94,13 @@ async def error_to_response(request: Request, exc: Exception) -> Response:
 
 async def _documented_only(request: Request) -> Response:
     raise AssertionError("served by DoorApp, never by FastAPI")  # pragma: no cover
+
+
+def any_json_body(summary: str, description: str) -> dict[str, Any]:
+    """`Endpoints.post`'s description of a route whose body is any JSON object: a door
+    that takes another API's shapes as that API writes them."""
+    body = {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}
+    return {"summary": summary, "description": description, "openapi_extra": {"requestBody": body}}
 
 
 class Endpoints:

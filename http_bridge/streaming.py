@@ -12,7 +12,7 @@ written at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -38,7 +38,7 @@ class ChunkStreamResponse(Response):
     def __init__(
         self,
         first: Batch,
-        rest: AsyncIterator[Batch],
+        rest: AsyncGenerator[Batch, None],
         *,
         encode: Callable[[Item], bytes],
         framing: Framing,
@@ -87,4 +87,4 @@ class ChunkStreamResponse(Response):
             self._trace.error_status = 499  # the client went away mid-stream
             return
         finally:
-            await self._rest.aclose()  # type: ignore[attr-defined]
+            await self._rest.aclose()

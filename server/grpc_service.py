@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -234,7 +234,7 @@ def _gone(door: _Door, context: Context) -> grpc.StatusCode:
 
 
 def stream_rpc(
-    handler: Callable[[Any, Req, CallContext], AsyncIterator[list[Resp]]],
+    handler: Callable[[Any, Req, CallContext], AsyncGenerator[list[Resp], None]],
 ) -> Callable[[Any, Req | UndecodableRequest, Context], AsyncIterator[Resp]]:
     """A streaming method: the handler yields lists of messages (what one upstream
     read brought); each message is one gRPC message."""
@@ -277,7 +277,7 @@ def stream_rpc(
             if watch is not None and watch.closing is not None:
                 await watch.closing  # never a second aclose while the watch's runs
             elif stream is not None:
-                await stream.aclose()  # type: ignore[attr-defined]
+                await stream.aclose()
             call.finish(self, name)
 
     return method
@@ -303,7 +303,7 @@ class _WriteWatch:
         "writing",
     )
 
-    def __init__(self, stream: AsyncIterator[Any], timeout_s: float) -> None:
+    def __init__(self, stream: AsyncGenerator[Any, None], timeout_s: float) -> None:
         self._stream = stream
         self._timeout_s = timeout_s
         self._task = asyncio.current_task()
@@ -318,7 +318,7 @@ class _WriteWatch:
     def _check(self) -> None:
         if self.writing and self.sent == self._seen:  # stuck on one message a whole timeout
             self.cut = True
-            self.closing = self._loop.create_task(self._stream.aclose())  # type: ignore[attr-defined]
+            self.closing = self._loop.create_task(self._stream.aclose())
             if self._task is not None:
                 self._task.cancel()
             return
@@ -344,12 +344,14 @@ class ChatService(_Door, chat_pb2_grpc.ChatServiceServicer):
     @stream_rpc
     def StreamChatCompletion(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
-    ) -> AsyncIterator[list[Chunk]]:
+    ) -> AsyncGenerator[list[Chunk], None]:
         check_schema_texts(request)
         return _whole_chunks(self.plane.stream_chat(request, ctx))
 
 
-async def _whole_chunks(batches: AsyncIterator[Batch]) -> AsyncIterator[list[Chunk]]:
+async def _whole_chunks(
+    batches: AsyncGenerator[Batch, None],
+) -> AsyncGenerator[list[Chunk], None]:
     """Every text item as the whole chunk it stands for (server/chunks.py): gRPC sends
     each with the id, time and model of the first, which is always a chunk."""
     head: Chunk | None = None
@@ -361,7 +363,7 @@ async def _whole_chunks(batches: AsyncIterator[Batch]) -> AsyncIterator[list[Chu
                 head = first
             yield [stamped(item, head) if isinstance(item, str) else item for item in batch]
     finally:
-        await batches.aclose()  # type: ignore[attr-defined]
+        await batches.aclose()
 
 
 class ModelService(_Door, models_pb2_grpc.ModelServiceServicer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
 
 import grpc
@@ -44,7 +44,7 @@ class SlowProvider:
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
+    ) -> AsyncGenerator[list[chat_pb2.ChatCompletionChunk], None]:
         self.started.set()
         try:
             for i in range(100):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import cast
 
 import grpc
@@ -157,7 +157,7 @@ class _BrokenProvider:
 
     def stream(
         self, *args: object, **kwargs: object
-    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+    ) -> AsyncGenerator[list[chat_pb2.ChatCompletionChunk], None]:
         raise RuntimeError("secret upstream detail at https://upstream.invalid/?key=sk-123")
 
     async def embed(self, *args: object) -> object:

@@ -10,7 +10,7 @@ routing paths: FastAPI's own (`GET /v1/models`) and the hot-path table
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import cast
 
 import httpx
@@ -38,7 +38,7 @@ class _BrokenProvider:
 
     def stream(
         self, *args: object, **kwargs: object
-    ) -> AsyncIterator[chat_pb2.ChatCompletionChunk]:
+    ) -> AsyncGenerator[list[chat_pb2.ChatCompletionChunk], None]:
         raise RuntimeError(SECRET)
 
     async def embed(self, *args: object) -> object:

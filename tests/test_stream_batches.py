@@ -7,7 +7,7 @@ events in chosen pieces; the door's writer by counting the ASGI messages it send
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -104,7 +104,7 @@ def _chunk(text: str) -> chat_pb2.ChatCompletionChunk:
 
 
 async def test_the_door_writes_each_batch_in_one_send() -> None:
-    async def rest() -> AsyncIterator[list[chat_pb2.ChatCompletionChunk]]:
+    async def rest() -> AsyncGenerator[list[chat_pb2.ChatCompletionChunk], None]:
         yield [_chunk("b"), _chunk("c"), _chunk("d")]
         yield [_chunk("e")]
 

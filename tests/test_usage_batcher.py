@@ -68,7 +68,7 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval(store: S
         batcher.record(record)
     assert await stored(store, 10) == 10
     assert spy.batches == [5, 5]
-    assert batcher.pending() == 2
+    assert len(batcher._pending) == 2
     await batcher.drain()
     assert await stored(store, 12) == 12
     assert spy.batches == [5, 5, 2]
@@ -139,14 +139,14 @@ async def test_beyond_max_pending_records_are_dropped_counted_and_logged(
     with caplog.at_level(logging.WARNING, logger="tandem.usage"):
         for record in make_records(25):
             batcher.record(record)
-        assert batcher.pending() == 20
+        assert len(batcher._pending) == 20
         assert _metric(metrics, "tandem_usage_dropped_records_total") == 5
         assert _metric(metrics, "tandem_usage_pending_records") == 20
         assert await eventually(lambda: "usage store unavailable" in caplog.text)
         assert "dropping usage records" in caplog.text
         proxy.restore()
         await batcher.drain()
-    assert batcher.pending() == 0
+    assert len(batcher._pending) == 0
     assert await stored(store, 20) == 20
 
 

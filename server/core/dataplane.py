@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -69,7 +69,7 @@ class DataPlane:
 
     def stream_chat(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         """The answer as lists of chunks (or their bare text: server/chunks.py), never
         empty: what each upstream read brought, to be written at once. The first item
         is a chunk; the last chunk carries `usage`.
@@ -92,7 +92,7 @@ class DataPlane:
 
     async def _chat(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext, *, streaming: bool
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         validate_chat_request(request)
         if ctx.anthropic_beta is not None:
             validate_anthropic_beta(ctx.anthropic_beta)
@@ -152,7 +152,7 @@ class DataPlane:
             except StopAsyncIteration:
                 pass
             finally:
-                await upstream.aclose()  # type: ignore[attr-defined]
+                await upstream.aclose()
             if not account.usage_known:  # the upstream kept its counts: answer with the estimate
                 yield [account.estimated_usage_chunk(completion_id, created, model)]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Protocol
 
 from tandem.v1 import chat_pb2
@@ -57,7 +57,7 @@ async def open_stream(
     *,
     chunked: bool,
     attempts: Attempts,
-) -> tuple[Route, AsyncIterator[Batch], Batch]:
+) -> tuple[Route, AsyncGenerator[Batch, None], Batch]:
     """The first route of `chain` to produce chunks: (route, its stream, the first batch)."""
     failure: UpstreamFailure | None = None
     tried = 0
@@ -84,7 +84,7 @@ async def open_stream(
             except UpstreamFailure as exc:
                 failure = exc
             attempts.failed(failure, usage)
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
             if not failure.retryable:
                 break
     assert failure is not None

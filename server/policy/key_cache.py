@@ -78,10 +78,6 @@ class KeyCache:
         self._reading: asyncio.Task[None] | None = None
         self._store_down = False  # the last query failed (warned of once)
 
-    def remembered(self) -> tuple[int, int, int | None]:
-        """(real keys, unknown ids, the store's ids or None past max_ids) held now."""
-        return len(self._keys), len(self._unknown), None if self._ids is None else len(self._ids)
-
     async def load(self) -> None:
         """Read the store's key ids (at start, so that the first callers need not)."""
         await self._read_ids(self._clock())

@@ -5,7 +5,7 @@ fields the Anthropic door kept for it (`context_management`, ...), as far as
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
@@ -36,7 +36,7 @@ class AnthropicProvider(HttpProvider):
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         # Anthropic takes reasoning back only as a signed thinking block
         unsigned = any(
             m.HasField("reasoning_content") and not m.HasField("reasoning_signature")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -53,7 +53,7 @@ class Provider(Protocol):
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[Batch]: ...
+    ) -> AsyncGenerator[Batch, None]: ...
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext

@@ -17,7 +17,7 @@ import hashlib
 import math
 import re
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from itertools import islice
 
 from tandem.v1 import chat_pb2, embeddings_pb2
@@ -53,7 +53,7 @@ class MockProvider:
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         """Without a `chunk_delay_ms` the answer is ready at once: batches of
         `BATCH_CHUNKS`; with one, each piece is its own batch, after a delay
         for each of its words. It takes no extra field: each is named."""

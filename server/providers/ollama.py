@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -45,7 +45,7 @@ class OllamaProvider(HttpProvider):
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         take_extra_body(request, ctx.trace, "deny")
         body = ollama.chat_request_to_ollama(request, route.upstream, stream=chunked)
         translator = ollama.StreamTranslator()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
@@ -30,7 +30,7 @@ class OpenAIProvider(HttpProvider):
         ctx: CallContext,
         *,
         chunked: bool,
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         left_out: list[str] = []
         body = openai_upstream.chat_request_to_openai(
             request,

@@ -243,7 +243,7 @@ async def sse_batches(response: aiohttp.ClientResponse) -> AsyncGenerator[list[b
 
 async def decoded(
     batches: AsyncGenerator[list[bytes], None], convert: Callable[[Any], Item | None]
-) -> AsyncIterator[list[Item]]:
+) -> AsyncGenerator[list[Item], None]:
     """Each batch's items decoded and converted (blank lines, and items that convert
     to None, dropped). The items before one that fails still go out, in a batch
     of their own, before the failure: what reached the gateway reaches the caller."""

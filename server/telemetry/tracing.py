@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Iterable
 from typing import Any, TypeVar
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -178,8 +178,8 @@ class Tracer:
         span.end()
 
     async def stream(
-        self, operation: str, request: Request, ctx: CallContext, stream: AsyncIterator[T]
-    ) -> AsyncIterator[T]:
+        self, operation: str, request: Request, ctx: CallContext, stream: AsyncGenerator[T, None]
+    ) -> AsyncGenerator[T, None]:
         """`stream`, inside the call's span."""
         span = self._start(operation, ctx)
         error: BaseException | None = None
@@ -190,7 +190,7 @@ class Tracer:
             error = exc
             raise
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
             self._end(span, operation, request, ctx, error)
 
     async def call(

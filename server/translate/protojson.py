@@ -26,6 +26,7 @@ from google.protobuf.struct_pb2 import Struct
 from server.errors import InvalidRequestError, echoed
 
 __all__ = [
+    "INT_RANGES",
     "MAX_JSON_DEPTH",
     "check_json_object",
     "deeper_than",
@@ -38,7 +39,8 @@ __all__ = [
 # text, is level 1).
 MAX_JSON_DEPTH = 32
 
-_INT_RANGES = {
+# the protobuf integer kinds' ranges, which the parser checks and /openapi.json states
+INT_RANGES = {
     FieldDescriptor.CPPTYPE_INT32: (-(2**31), 2**31 - 1),
     FieldDescriptor.CPPTYPE_INT64: (-(2**63), 2**63 - 1),
     FieldDescriptor.CPPTYPE_UINT32: (0, 2**32 - 1),
@@ -265,7 +267,7 @@ def _scalar(field: FieldDescriptor, value: Any, path: str, key: str) -> Any:
         if not value.is_integer():
             raise _invalid(_join(path, key), "must be an integer")
         value = int(value)
-    low, high = _INT_RANGES.get(kind, (0, -1))
+    low, high = INT_RANGES.get(kind, (0, -1))
     if not low <= value <= high:
         raise _invalid(_join(path, key), "is out of range")
     return value

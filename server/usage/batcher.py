@@ -58,9 +58,6 @@ class UsageBatcher:
         self._outage_logged_at = 0.0
         self._dropped_unreported = 0
 
-    def pending(self) -> int:
-        return len(self._pending)
-
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-batcher")
 
