@@ -14,6 +14,7 @@ import pytest
 from google.protobuf.json_format import ParseDict
 from tandem.v1 import chat_pb2, embeddings_pb2
 
+from tests.eventually import eventually
 from tests.servers import TandemProcess
 
 CHAT = "/native/v1/chat/completions"
@@ -329,15 +330,26 @@ def test_each_chunk_leaves_as_soon_as_it_is_ready(http: httpx.Client) -> None:
 
 
 def test_a_client_gone_mid_upload_is_not_logged_as_a_bug(tandem: Any) -> None:
+    """The call is reported as the client's going (499, info), and nothing is logged
+    as an error."""
     import socket
 
     server = tandem()
     host, port = server.http.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(
-            b'POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"mod'
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-request-id: gone-mid-upload\r\n"
+            b'content-length: 100\r\n\r\n{"mod'
         )
-    time.sleep(0.3)
+
+    def access_lines() -> list[dict[str, Any]]:
+        lines = (orjson.loads(line) for line in server.stderr().splitlines())
+        found = [line for line in lines if line.get("request_id") == "gone-mid-upload"]
+        assert len(found) == 1, found
+        return found
+
+    (line,) = eventually(access_lines)
+    assert (line["level"], line["status"], line["route"]) == ("info", 499, "/v1/chat/completions")
     assert server.terminate() == 0
     levels = {orjson.loads(line)["level"] for line in server.stderr().splitlines()}
     assert levels <= {"info", "warning"}

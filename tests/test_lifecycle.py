@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
+from tests.eventually import eventually_async
 from tests.servers import TandemProcess
 
 SLOW = """
@@ -53,12 +54,22 @@ async def test_sigterm_lets_every_slow_stream_finish_then_exits_zero(
     async with grpc.aio.insecure_channel(server.grpc) as channel:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
 
-        async def stream() -> list[chat_pb2.ChatCompletionChunk]:
-            return [chunk async for chunk in stub.StreamChatCompletion(request(15))]
+        under_way: set[int] = set()
 
-        streams = [asyncio.create_task(stream()) for _ in range(20)]
-        await asyncio.sleep(0.4)  # every stream is under way, none is done (1.5 s each)
-        assert not any(task.done() for task in streams)
+        async def stream(number: int) -> list[chat_pb2.ChatCompletionChunk]:
+            chunks = []
+            async for chunk in stub.StreamChatCompletion(request(15)):
+                under_way.add(number)
+                chunks.append(chunk)
+            return chunks
+
+        streams = [asyncio.create_task(stream(i)) for i in range(20)]
+
+        async def all_under_way() -> bool:
+            return len(under_way) == 20
+
+        await eventually_async(all_under_way)
+        assert not any(task.done() for task in streams)  # none is done (1.5 s each)
         server.proc.send_signal(15)
         results = await asyncio.gather(*streams)
     assert all(len(chunks) == 15 for chunks in results)
@@ -77,9 +88,12 @@ async def test_sigterm_goes_not_ready_but_keeps_serving_during_the_delay(
         assert (await health.Check(health_pb2.HealthCheckRequest())).status == serving
         signalled = time.monotonic()
         server.proc.send_signal(15)
-        await asyncio.sleep(0.3)
         async with httpx.AsyncClient() as client:
-            assert (await client.get(f"{server.base_url}/readyz")).status_code == 503
+
+            async def not_ready() -> bool:
+                return (await client.get(f"{server.base_url}/readyz")).status_code == 503
+
+            await eventually_async(not_ready)
             assert (await client.get(f"{server.base_url}/healthz")).status_code == 200
         status = (await health.Check(health_pb2.HealthCheckRequest())).status
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING

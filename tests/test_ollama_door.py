@@ -5,7 +5,6 @@ this door are in the parity matrix (test_door_parity.py)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ import orjson
 import pytest
 from tandem.v1 import models_pb2, models_pb2_grpc
 
+from tests.eventually import eventually_async
 from tests.fake_upstream import REASONING, FakeUpstream
 from tests.servers import TandemProcess, start_tandem
 
@@ -328,22 +328,22 @@ async def test_every_listing_shows_the_same_catalogue(gateway: TandemProcess) ->
 
 
 async def test_the_door_records_usage_as_ollama(gateway: TandemProcess) -> None:
-    async def ollama_records(http: httpx.AsyncClient) -> list[dict[str, Any]]:
-        records = (await http.get("/native/v1/usage", params={"model": "echo"})).json()["records"]
-        return [r for r in records if r["protocol"] == "ollama"]
-
     async with httpx.AsyncClient(base_url=gateway.base_url) as http:
-        await asyncio.sleep(0.1)  # what earlier tests sent is written
-        before = len(await ollama_records(http))
         body = {"model": "echo", "prompt": "count me", "stream": False}
-        assert (await http.post("/api/generate", json=body)).is_success
-        for _ in range(100):
-            records = await ollama_records(http)
-            if len(records) > before:
-                break
-            await asyncio.sleep(0.05)
-    assert len(records) == before + 1
-    assert (records[0]["status"], records[0]["completion_tokens"]) == ("ok", 2)
+        answer = await http.post("/api/generate", json=body)
+        assert answer.is_success
+        request_id = answer.headers["x-request-id"]
+
+        async def recorded() -> list[dict[str, Any]]:  # the ledger is written in batches
+            usage = await http.get("/native/v1/usage", params={"model": "echo"})
+            return [r for r in usage.json()["records"] if r["request_id"] == request_id]
+
+        (record,) = await eventually_async(recorded)
+    assert (record["protocol"], record["status"], record["completion_tokens"]) == (
+        "ollama",
+        "ok",
+        2,
+    )
 
 
 @pytest.mark.parametrize("stream", [False, True])

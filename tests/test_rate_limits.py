@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ from tandem.v1 import chat_pb2, chat_pb2_grpc, models_pb2, models_pb2_grpc
 
 from server.policy.headers import format_duration
 from server.policy.limiter import MemoryLimiter
+from tests.eventually import eventually
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess, start_tandem
 
@@ -293,12 +293,14 @@ def test_a_cancelled_stream_is_charged_for_what_it_got(
         with http.stream(
             "POST", "/v1/chat/completions", json=body(prompt, stream=True)
         ) as response:
+            request_id = response.headers["x-request-id"]
             lines = response.iter_lines()
             received = sum(
                 1 for _, line in zip(range(20), lines, strict=False) if line.startswith("data: ")
             )
         assert received >= 5
-        time.sleep(0.2)  # the server notices the disconnect and settles
+        # the server notices the disconnect, settles, then logs the call
+        eventually(lambda: f'"request_id":"{request_id}"' in server.stderr())
         after = http.post("/v1/chat/completions", json=body("x"))
     # 50 prompt words and the chunks sent stay charged (refill over ~1 s is ~17 tokens)
     assert int(after.headers["x-ratelimit-remaining-tokens"]) < 1000 - 50 - 5 + 20

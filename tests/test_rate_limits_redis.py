@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from server.policy.redis_limiter import RedisLimiter
+from tests.eventually import eventually_async
 from tests.servers import TandemProcess, start_tandem
 from tests.stores import REDIS_URL
 
@@ -42,7 +43,12 @@ async def test_buckets_behave_as_in_memory(limiter: RedisLimiter) -> None:
 async def test_settlement_reaches_redis(limiter: RedisLimiter) -> None:
     assert (await limiter.acquire("k", None, 100, 100)).allowed
     limiter.settle("k", 100, -60)
-    await asyncio.sleep(0.1)  # settlements are sent without waiting
+
+    async def returned() -> bool:  # settlements are sent without waiting
+        tokens = (await limiter.peek("k", None, 100)).tokens
+        return tokens is not None and tokens.remaining >= 60
+
+    await eventually_async(returned)
     decision = await limiter.acquire("k", None, 100, 50)
     assert decision.allowed
     assert decision.tokens is not None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from server.config import TelemetryConfig
 from server.context import CallContext
-from server.telemetry.logs import LogSink
+from server.telemetry.logs import AccessLine, LogSink
 from server.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -70,20 +70,20 @@ class Telemetry:
         )
         if self._access is not None:
             self._access.put(
-                (
-                    time.time(),
-                    "error" if server_error else "info",
-                    request_id,
-                    protocol,
-                    route,
-                    model,
-                    provider,
-                    user,
-                    status,
-                    latency_s * 1000,
-                    None if ttft_s is None else ttft_s * 1000,
-                    prompt_tokens,
-                    completion_tokens,
+                AccessLine(
+                    ts=time.time(),
+                    level="error" if server_error else "info",
+                    request_id=request_id,
+                    protocol=protocol,
+                    route=route,
+                    model=model,
+                    provider=provider,
+                    user=user,
+                    status=status,
+                    latency_ms=latency_s * 1000,
+                    ttft_ms=None if ttft_s is None else ttft_s * 1000,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
                 )
             )
 

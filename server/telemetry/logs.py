@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import IO, Literal
+from typing import IO, Literal, NamedTuple
 
 import orjson
 
@@ -42,26 +42,23 @@ FLUSH_INTERVAL_S = 0.05
 # and a pipe keeps a write whole only up to PIPE_BUF (4096 on Linux)
 MAX_WRITE = 4096
 
-# (ts, level, request_id, protocol, route, model, provider, user, status,
-#  latency_ms, ttft_ms, prompt_tokens, completion_tokens)
-AccessLine = tuple[
-    float, str, str, str, str, str, str, str, int | str, float, float | None, int, int
-]
-_FIELDS = (
-    "ts",
-    "level",
-    "request_id",
-    "protocol",
-    "route",
-    "model",
-    "provider",
-    "user",
-    "status",
-    "latency_ms",
-    "ttft_ms",
-    "prompt_tokens",
-    "completion_tokens",
-)
+
+class AccessLine(NamedTuple):
+    """One request's access line, as the door hands it to the sink (formatted later)."""
+
+    ts: float  # wall clock, seconds
+    level: str
+    request_id: str
+    protocol: str
+    route: str
+    model: str
+    provider: str
+    user: str
+    status: int | str  # the HTTP status, or the gRPC code's name
+    latency_ms: float
+    ttft_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
 
 
 def _timestamp(wall: float) -> str:
@@ -150,18 +147,19 @@ class LogSink:
             pass
         if isinstance(item, str):
             return _utf8(item)
-        cleaned = tuple(_utf8(value) if isinstance(value, str) else value for value in item)
-        return self._line(cleaned)  # type: ignore[arg-type]
+        return self._line(
+            AccessLine._make(_utf8(value) if isinstance(value, str) else value for value in item)
+        )
 
     def _line(self, item: str | AccessLine) -> str:
         if isinstance(item, str):
             return item
-        fields = dict(zip(_FIELDS, item, strict=True))
-        fields["ts"] = _timestamp(item[0])
-        fields["route"] = item[4][:MAX_ROUTE_CHARS]
-        fields["latency_ms"] = round(item[9], 3)
-        if item[10] is not None:
-            fields["ttft_ms"] = round(item[10], 3)
+        fields: dict[str, object] = item._asdict()
+        fields["ts"] = _timestamp(item.ts)
+        fields["route"] = item.route[:MAX_ROUTE_CHARS]
+        fields["latency_ms"] = round(item.latency_ms, 3)
+        if item.ttft_ms is not None:
+            fields["ttft_ms"] = round(item.ttft_ms, 3)
         if self.format == "json":
             ts, level = fields.pop("ts"), fields.pop("level")
             line = {"ts": ts, "level": level, "event": "request", **fields}
