@@ -21,8 +21,8 @@ from http_bridge.streaming import ChunkStreamResponse
 from server.chunks import whole
 from server.context import CallTrace
 from server.errors import UpstreamError
-from server.providers import upstream
-from server.providers.upstream import line_batches, sse_batches
+from server.providers import reads
+from server.providers.reads import line_batches, sse_batches
 
 Pieces = list[bytes | float]  # bytes to write at once, or seconds to wait
 
@@ -90,7 +90,7 @@ async def test_a_last_line_without_newline_still_counts() -> None:
 async def test_a_line_longer_than_the_bound_is_an_upstream_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(upstream, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(reads, "MAX_LINE_BYTES", 1000)
     cases: list[Pieces] = [[b"x" * 600, 0.05, b"x" * 600], [b"ok\n" + b"y" * 1200]]
     for pieces in cases:
         with pytest.raises(UpstreamError, match="too long"):
@@ -139,7 +139,7 @@ async def test_the_door_writes_each_batch_in_one_send() -> None:
 async def test_a_whole_line_longer_than_the_bound_inside_one_read_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(upstream, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(reads, "MAX_LINE_BYTES", 1000)
     cases: list[Pieces] = [[b"z" * 5000 + b"\nok\n"], [b"x" * 900, 0.05, b"x" * 900 + b"\nok\n"]]
     for pieces in cases:
         with pytest.raises(UpstreamError, match="too long"):

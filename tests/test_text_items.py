@@ -127,7 +127,7 @@ def test_a_streams_first_event_is_a_whole_chunk_for_its_head() -> None:
 
 def test_a_fingerprint_that_is_not_text_is_refused_as_before() -> None:
     from server.errors import UpstreamError
-    from server.providers.upstream import decode
+    from server.providers.reads import decode
 
     bad = b'{"system_fingerprint": 5, "choices": [{"index": 0, "delta": {"content": "a"}}]}'
     with pytest.raises(UpstreamError):

@@ -14,7 +14,8 @@ from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import InvalidRequestError, echoed
 from server.providers.base import Route
-from server.providers.upstream import HttpProvider, decode, decoded, sse_batches
+from server.providers.http_provider import HttpProvider
+from server.providers.reads import decode, decoded, sse_batches
 from server.translate.anthropic import upstream as anthropic
 from server.translate.extra import REASONING_SENT_BACK, extra_fields_of, take_extra_body
 

@@ -17,7 +17,8 @@ from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import GatewayError, UpstreamError
 from server.providers.base import DEFAULT_CAPABILITIES, Route
-from server.providers.upstream import HttpProvider, bearer, decode, decoded, line_batches
+from server.providers.http_provider import HttpProvider, bearer
+from server.providers.reads import decode, decoded, line_batches
 from server.translate.extra import take_extra_body
 from server.translate.ollama import upstream as ollama
 

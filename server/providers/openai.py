@@ -10,7 +10,8 @@ from server.chunks import Batch
 from server.config import ProviderConfig
 from server.context import CallContext
 from server.providers.base import Route
-from server.providers.upstream import HttpProvider, bearer, decode, decoded, sse_batches
+from server.providers.http_provider import HttpProvider, bearer
+from server.providers.reads import decode, decoded, sse_batches
 from server.translate.extra import extra_fields_of, leave_out
 from server.translate.openai import upstream as openai_upstream
 

@@ -10,7 +10,7 @@ The span is named `chat <model>` / `embeddings <model>` (the public name),
 kind SERVER, child of the caller's `traceparent`, with the GenAI semantic
 conventions' attributes. Its own context goes to the upstream as
 `traceparent`, with the caller's `tracestate` (`CallTrace`, sent by
-server/providers/upstream.py).
+server/providers/http_client.py).
 
 No attribute value is longer than `MAX_ATTRIBUTE_CHARS`: the SDK's span limits
 cut every string (and each string of a list), and the one list a caller fills,
