@@ -8,11 +8,9 @@ or HTTP.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterable
-from types import TracebackType
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
@@ -20,6 +18,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 from server.chunks import Batch, text_chunk
 from server.config import ModelConfig
 from server.context import CallContext, new_id
+from server.core.accounting import SENT_BATCH, Accounting
 from server.core.estimate import estimate_prompt
 from server.core.fold import fold_stream
 from server.core.resilience import open_stream
@@ -29,18 +28,11 @@ from server.core.validation import (
     validate_chat_request,
     validate_embedding_request,
 )
-from server.errors import (
-    GatewayError,
-    NotFoundError,
-    UnavailableError,
-    UpstreamFailure,
-    UpstreamTimeoutError,
-    echoed,
-)
+from server.errors import NotFoundError, UnavailableError, UpstreamFailure, echoed
 from server.messages import estimate_tokens
-from server.policy import Admission, Policy
+from server.policy import Policy
 from server.providers.base import DEFAULT_CAPABILITIES, DescribesModels, Route
-from server.usage import UsageRecord, UsageRecorder
+from server.usage import UsageRecorder
 from server.usage.api import LedgerReader, usage_query, usage_response
 
 if TYPE_CHECKING:
@@ -93,19 +85,14 @@ class DataPlane:
     async def _chat(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext, *, streaming: bool
     ) -> AsyncGenerator[Batch, None]:
-        validate_chat_request(request)
-        if ctx.anthropic_beta is not None:
-            validate_anthropic_beta(ctx.anthropic_beta)
-        route = self.router.resolve(request.model, ctx.caller)
-        ctx.trace.model = route.model.name
-        prompt = ctx.trace.prompt_estimate = estimate_prompt(request)  # once: reserved, charged
+        route, prompt = self._resolve_chat(request, ctx)
         admission = await self.policy.admit(
             ctx, lambda: prompt + _choices(request) * _max_tokens(request)
         )
         completion_id = f"chatcmpl-{new_id()}"
         created = int(time.time())
         model = route.model.name  # the public name asked for, whoever serves it
-        with _Accounting(self.usage, ctx, route, admission, streaming, prompt) as account:
+        with Accounting(self.usage, ctx, route, admission, streaming, prompt) as account:
             account.route, upstream, batch = await open_stream(
                 self.router.chain(route), request, ctx, chunked=streaming, attempts=account
             )
@@ -145,7 +132,7 @@ class DataPlane:
                         else:
                             account.keep_sent(choices)
                     account.chunks += len(batch)
-                    if len(sent) >= _SENT_BATCH:
+                    if len(sent) >= SENT_BATCH:
                         account.count_sent()
                     yield batch
                     batch = await anext(upstream)
@@ -155,6 +142,20 @@ class DataPlane:
                 await upstream.aclose()
             if not account.usage_known:  # the upstream kept its counts: answer with the estimate
                 yield [account.estimated_usage_chunk(completion_id, created, model)]
+
+    def _resolve_chat(
+        self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
+    ) -> tuple[Route, int]:
+        """A valid request's route to a model the caller may use, and its prompt's
+        estimate: computed once, it is reserved, and charged if the upstream counts
+        nothing. A plain call: no coroutine on the hot path."""
+        validate_chat_request(request)
+        if ctx.anthropic_beta is not None:
+            validate_anthropic_beta(ctx.anthropic_beta)
+        route = self.router.resolve(request.model, ctx.caller)
+        ctx.trace.model = route.model.name
+        prompt = ctx.trace.prompt_estimate = estimate_prompt(request)
+        return route, prompt
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, ctx: CallContext
@@ -172,7 +173,7 @@ class DataPlane:
 
         prompt = sum(estimate_tokens(text) for text in request.input)
         admission = await self.policy.admit(ctx, lambda: prompt)
-        with _Accounting(self.usage, ctx, route, admission, False, prompt) as account:
+        with Accounting(self.usage, ctx, route, admission, False, prompt) as account:
             account.trying(route)
             try:
                 response = await route.provider.embed(request, route, ctx)
@@ -253,11 +254,6 @@ class DataPlane:
         )
 
 
-# texts kept before they are counted: counting once per batch, over the joined
-# text, is cheaper per chunk and closer to the whole answer's estimate
-_SENT_BATCH = 256
-
-
 def _choices(request: chat_pb2.ChatCompletionRequest) -> int:
     return request.n if request.HasField("n") else 1
 
@@ -266,236 +262,3 @@ def _max_tokens(request: chat_pb2.ChatCompletionRequest) -> int:
     if request.HasField("max_completion_tokens"):
         return request.max_completion_tokens
     return request.max_tokens
-
-
-class _Accounting:
-    """Settles the admission and records usage once a call ends, however it ends.
-
-    What is charged is what is recorded: the upstream's counts when it sent
-    them, else the gateway's estimate of the prompt and of what was sent. A
-    caller that goes away (or whose deadline passes) while its request is
-    upstream pays at least its prompt, even before the first chunk; so does
-    a request whose upstream had it and then timed out (once, however often
-    it was retried); any other upstream failure that produced nothing is free.
-    """
-
-    __slots__ = (
-        "_admission",
-        "_ctx",
-        "_failed_completion",
-        "_failed_prompt",
-        "_failure_counted",
-        "_in_flight",
-        "_model",
-        "_prompt",
-        "_prompt_read",
-        "_recorder",
-        "_source",
-        "_streaming",
-        "_upstream_started",
-        "cache_write_tokens",
-        "cached_tokens",
-        "chunks",
-        "completion_tokens",
-        "first_chunk_at",
-        "prompt_tokens",
-        "reasoning_tokens",
-        "route",
-        "sent",
-        "sent_tokens",
-        "usage_known",
-    )
-
-    def __init__(
-        self,
-        recorder: UsageRecorder,
-        ctx: CallContext,
-        route: Route,
-        admission: Admission,
-        streaming: bool,
-        prompt: int,
-    ) -> None:
-        self._recorder = recorder
-        self._ctx = ctx
-        self.route = route  # the one that served, after fallbacks
-        self._model = route.model.name  # the public name asked for
-        self._admission = admission
-        self._streaming = streaming
-        self._prompt = prompt  # the prompt's estimate
-        self._in_flight = False  # a request is with an upstream now
-        self._prompt_read = False  # an upstream had the request, then timed out
-        self._failed_prompt = self._failed_completion = 0  # counted by failed attempts
-        self._failure_counted = False  # the attempt in flight was reported failed
-        self._upstream_started: float | None = None  # the first attempt
-        self._source = "upstream"
-        self.usage_known = False
-        self.first_chunk_at: float | None = None
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.cached_tokens = 0  # of the prompt's, as the upstream said
-        self.cache_write_tokens = 0  # of the prompt's, likewise
-        self.reasoning_tokens = 0  # of the completion's
-        self.sent: list[str] = []  # what reached the caller, not yet in sent_tokens
-        self.sent_tokens = 0  # the estimate of what reached the caller
-        self.chunks = 0
-
-    def trying(self, route: Route) -> None:
-        self.route = route
-        self._in_flight = True
-        self._failure_counted = False
-        provider = route.provider
-        trace = self._ctx.trace
-        trace.provider = provider.name
-        trace.provider_kind = provider.kind
-        # the door's names, then the attempt's provider names what it leaves out
-        trace.ignored_fields = trace.door_ignored
-        if self._upstream_started is None:
-            self._upstream_started = time.monotonic()
-
-    def failed(self, failure: UpstreamFailure, usage: chat_pb2.Usage | None = None) -> None:
-        # cut short by the caller's own deadline, the attempt was the caller's to pay
-        self._in_flight = _deadline_passed(self._ctx)
-        if isinstance(failure, UpstreamTimeoutError) and failure.sent:
-            self._prompt_read = True
-        if usage is not None:  # the upstream counted what it used: charged, whatever follows
-            self._failed_prompt += usage.prompt_tokens
-            self._failed_completion += usage.completion_tokens
-        self._failure_counted = True
-        self._ctx.trace.attempt_failed(self.route.provider.name)
-
-    def first_chunk(self, chunk: chat_pb2.ChatCompletionChunk) -> None:
-        """The chunk that opened the answer, before the core renames its model."""
-        now = self.first_chunk_at = time.monotonic()
-        trace = self._ctx.trace
-        trace.upstream_model = chunk.model or self.route.upstream
-        if self._streaming:
-            trace.first_chunk_at = now
-            if self._upstream_started is not None:
-                trace.upstream_s = now - self._upstream_started
-
-    def usage_of(self, usage: chat_pb2.Usage) -> None:
-        """The upstream's counts, with the cached, cache write and reasoning tokens in them."""
-        self.usage(usage.prompt_tokens, usage.completion_tokens)
-        self.cached_tokens = usage.prompt_tokens_details.cached_tokens
-        self.cache_write_tokens = usage.prompt_tokens_details.cache_write_tokens
-        self.reasoning_tokens = usage.completion_tokens_details.reasoning_tokens
-
-    def usage(self, prompt_tokens: int, completion_tokens: int, source: str = "upstream") -> None:
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = completion_tokens
-        self._source = source
-        self.usage_known = True
-
-    def keep_sent(self, choices: Iterable[chat_pb2.ChunkChoice]) -> None:
-        """Keep what a chunk's choices sent: text, reasoning, refusals, tool names and
-        arguments (the commonest, one choice's text or reasoning, is kept inline)."""
-        sent = self.sent
-        for choice in choices:
-            delta = choice.delta
-            if delta.content:
-                sent.append(delta.content)
-            if delta.reasoning_content:
-                sent.append(delta.reasoning_content)
-            if delta.refusal:
-                sent.append(delta.refusal)
-            for call in delta.tool_calls:
-                sent.append(call.function.name)
-                sent.append(call.function.arguments)
-
-    def count_sent(self) -> None:
-        """Fold the texts kept so far into the estimate (a long stream keeps a bounded list)."""
-        if self.sent:
-            self.sent_tokens += estimate_tokens("".join(self.sent))
-            self.sent.clear()
-
-    def _estimate(self) -> None:
-        self.count_sent()
-        self.usage(self._prompt, self.sent_tokens, source="estimated")
-
-    def estimated_usage_chunk(
-        self, completion_id: str, created: int, model: str
-    ) -> chat_pb2.ChatCompletionChunk:
-        """The last chunk of an answer whose upstream sent no usage: the estimate charged."""
-        self._estimate()
-        chunk = chat_pb2.ChatCompletionChunk(id=completion_id, created=created, model=model)
-        chunk.usage.prompt_tokens = self.prompt_tokens
-        chunk.usage.completion_tokens = self.completion_tokens
-        chunk.usage.total_tokens = self.prompt_tokens + self.completion_tokens
-        return chunk
-
-    def __enter__(self) -> _Accounting:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        ctx = self._ctx
-        now = time.monotonic()
-        gone = exc is not None and _caller_gone(exc, ctx)
-        if not self.usage_known:
-            if exc is None or self.chunks or (gone and self._in_flight):
-                self._estimate()
-            elif self._prompt_read:  # it timed out having had the prompt: that, once
-                self.usage(self._prompt, 0, source="estimated")
-            elif self._failed_prompt or self._failed_completion:
-                self._source = "upstream"  # only what failed attempts counted
-            else:  # failed having produced nothing (or never sent): nothing to charge
-                self._source = "estimated"
-        self.prompt_tokens += self._failed_prompt
-        self.completion_tokens += self._failed_completion
-        self._admission.settle(self.prompt_tokens + self.completion_tokens)
-        ttft = self.first_chunk_at if self._streaming else None
-        caller = ctx.caller
-        trace = ctx.trace
-        trace.prompt_tokens = self.prompt_tokens
-        trace.completion_tokens = self.completion_tokens
-        if self._upstream_started is not None and trace.upstream_s is None:
-            trace.upstream_s = now - self._upstream_started
-        if isinstance(exc, UpstreamFailure) and self._in_flight and not self._failure_counted:
-            trace.attempt_failed(self.route.provider.name)  # after its first chunk, or an embed
-        self._recorder.record(
-            UsageRecord(
-                id=new_id(),
-                request_id=ctx.request_id,
-                user=caller.user,
-                model=self._model,
-                provider=self.route.provider.name,
-                protocol=ctx.protocol,
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=self.completion_tokens,
-                status="cancelled" if gone else _status(exc),
-                latency_ms=(now - ctx.started) * 1000,
-                ttft_ms=None if ttft is None else (ttft - ctx.started) * 1000,
-                created_at=time.time_ns() // 1000 - round((now - ctx.started) * 1e6),  # arrival
-                usage_source=self._source,
-                caller_kind=caller.kind,
-                cached_tokens=self.cached_tokens,
-                reasoning_tokens=self.reasoning_tokens,
-                cache_write_tokens=self.cache_write_tokens,
-            )
-        )
-
-
-# an upstream timer capped by the caller's deadline may fire a little before it
-_DEADLINE_SLACK_S = 0.01
-
-
-def _deadline_passed(ctx: CallContext) -> bool:
-    remaining = ctx.time_remaining()
-    return remaining is not None and remaining < _DEADLINE_SLACK_S
-
-
-def _caller_gone(exc: BaseException, ctx: CallContext) -> bool:
-    """The caller went away, or its own deadline passed: not the upstream's failure."""
-    return isinstance(exc, asyncio.CancelledError | GeneratorExit) or _deadline_passed(ctx)
-
-
-def _status(exc: BaseException | None) -> str:
-    if exc is None:
-        return "ok"
-    if isinstance(exc, GatewayError):
-        return f"error:{exc.type}"
-    return "error:internal_error"
