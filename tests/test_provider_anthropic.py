@@ -232,8 +232,9 @@ def test_extra_fields_follow_in_order_and_never_override_what_the_gateway_sets()
         "messages": [],
         "context_management": {"edits": []},
     }
+    request.extra_body_json = orjson.dumps(extra).decode()  # unchecked: the translator's guard
     body = anthropic.chat_request_to_anthropic(
-        request, "claude-x", max_tokens_default=321, stream=True, extra=extra
+        request, "claude-x", max_tokens_default=321, stream=True, extra_fields="allow"
     )
     assert list(body.items()) == [
         *gateway.items(),

@@ -17,7 +17,7 @@ from server.providers.base import Route
 from server.providers.http_provider import HttpProvider
 from server.providers.reads import decode, decoded, sse_batches
 from server.translate.anthropic import upstream as anthropic
-from server.translate.extra import REASONING_SENT_BACK, extra_fields_of, take_extra_body
+from server.translate.extra import extra_fields_of, leave_out
 
 __all__ = ["AnthropicProvider"]
 
@@ -38,20 +38,18 @@ class AnthropicProvider(HttpProvider):
         *,
         chunked: bool,
     ) -> AsyncGenerator[Batch, None]:
-        # Anthropic takes reasoning back only as a signed thinking block
-        unsigned = any(
-            m.HasField("reasoning_content") and not m.HasField("reasoning_signature")
-            for m in request.messages
-        )
-        allowed = self._extra_fields if ctx.protocol == "anthropic" else "deny"
-        extra = take_extra_body(request, ctx.trace, allowed, *(REASONING_SENT_BACK,) * unsigned)
+        left_out: list[str] = []
         body = anthropic.chat_request_to_anthropic(
             request,
             route.upstream,
             max_tokens_default=route.model.max_tokens_default,
             stream=chunked,
-            extra=extra,
+            # another door's extra fields are another dialect's
+            extra_fields=self._extra_fields if ctx.protocol == "anthropic" else "deny",
+            left_out=left_out,
         )
+        if left_out:
+            leave_out(ctx.trace, left_out)
         beta = {"anthropic-beta": ctx.anthropic_beta} if ctx.anthropic_beta else None
         async with self.client.post(
             "/v1/messages", body, ctx, streaming=chunked, extra_headers=beta

@@ -28,7 +28,7 @@ from server.context import CallContext
 from server.errors import InvalidRequestError
 from server.messages import count_words, last_user_text, prompt_words
 from server.providers.base import Route
-from server.translate.extra import take_extra_body
+from server.translate.extra import leave_out_extra_body
 
 __all__ = ["EMBEDDING_DIMENSIONS", "MockProvider", "mock_embedding"]
 
@@ -57,7 +57,7 @@ class MockProvider:
         """Without a `chunk_delay_ms` the answer is ready at once: batches of
         `BATCH_CHUNKS`; with one, each piece is its own batch, after a delay
         for each of its words. It takes no extra field: each is named."""
-        take_extra_body(request, ctx.trace, "deny")
+        leave_out_extra_body(request, ctx.trace)
         answer, count, finish_reason = _answer(
             last_user_text(request.messages), _max_tokens(request)
         )

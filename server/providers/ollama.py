@@ -19,7 +19,7 @@ from server.errors import GatewayError, UpstreamError
 from server.providers.base import DEFAULT_CAPABILITIES, Route
 from server.providers.http_provider import HttpProvider, bearer
 from server.providers.reads import decode, decoded, line_batches
-from server.translate.extra import take_extra_body
+from server.translate.extra import leave_out_extra_body
 from server.translate.ollama import upstream as ollama
 
 __all__ = ["OllamaProvider"]
@@ -47,7 +47,7 @@ class OllamaProvider(HttpProvider):
         *,
         chunked: bool,
     ) -> AsyncGenerator[Batch, None]:
-        take_extra_body(request, ctx.trace, "deny")
+        leave_out_extra_body(request, ctx.trace)
         body = ollama.chat_request_to_ollama(request, route.upstream, stream=chunked)
         translator = ollama.StreamTranslator()
 

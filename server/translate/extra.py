@@ -33,7 +33,7 @@ from tandem.v1 import chat_pb2
 from server.context import CallTrace
 from server.errors import InvalidRequestError, echoed
 from server.translate.common import struct_to_json
-from server.translate.protojson import check_json_object
+from server.translate.protojson import json_object
 
 __all__ = [
     "CHAT_FIELDS",
@@ -44,10 +44,10 @@ __all__ = [
     "extra_body",
     "extra_fields_of",
     "leave_out",
+    "leave_out_extra_body",
+    "merge_extra",
     "name_unread",
-    "passing",
     "refuse_uncounted_work",
-    "take_extra_body",
 ]
 
 JSON = dict[str, Any]
@@ -116,7 +116,7 @@ def refuse_uncounted_work(extra: JSON, *, prefix: str) -> None:
 def check_extra_body_json(text: str) -> None:
     """A JSON object's text, nested at most as deep as any JSON a door takes, naming no
     field of the request."""
-    _check_names(orjson.loads(check_json_object(text, "extra_body_json")))
+    _check_names(json_object(text, "extra_body_json"))
 
 
 def check_extra_body(struct: struct_pb2.Struct) -> None:
@@ -124,11 +124,11 @@ def check_extra_body(struct: struct_pb2.Struct) -> None:
 
 
 def extra_fields_of(allowed: ExtraFields) -> ExtraFields:
-    """A provider's `extra_fields` as `passing` reads it fastest: a list as a set."""
+    """A provider's `extra_fields` as `_passing` reads it fastest: a list as a set."""
     return allowed if isinstance(allowed, str) else frozenset(allowed)
 
 
-def passing(extra: JSON, allowed: ExtraFields) -> tuple[JSON, list[str]]:
+def _passing(extra: JSON, allowed: ExtraFields) -> tuple[JSON, list[str]]:
     """(what a provider's `extra_fields` lets through, the names it holds back)."""
     if allowed == "allow":
         return extra, []
@@ -173,17 +173,24 @@ def leave_out(trace: CallTrace, names: Iterable[str]) -> None:
         trace.ignored_fields = f"{door},{named}"
 
 
-def take_extra_body(
-    request: chat_pb2.ChatCompletionRequest, trace: CallTrace, allowed: ExtraFields, *more: str
-) -> JSON:
-    """The extra fields an upstream takes, as far as `allowed` lets them (`"deny"`: an
-    upstream that takes none); the rest left out and named, after `more` (what else the
-    upstream's translation leaves out)."""
+def merge_extra(
+    body: JSON,
+    request: chat_pb2.ChatCompletionRequest,
+    allowed: ExtraFields,
+    left_out: list[str] | None,
+) -> None:
+    """The request's extra fields into an upstream's `body`, in order, as far as
+    `allowed` lets them and never over what the gateway set; the names held back are
+    added to `left_out`."""
     if request.HasField("extra_body_json") or request.HasField("extra_body"):
-        passed, held_back = passing(extra_body(request), allowed)
-        if more or held_back:
-            leave_out(trace, [*more, *held_back])
-        return passed
-    if more:
-        leave_out(trace, more)
-    return {}
+        passed, held_back = _passing(extra_body(request), allowed)
+        for key, value in passed.items():
+            body.setdefault(key, value)
+        if left_out is not None:
+            left_out += held_back
+
+
+def leave_out_extra_body(request: chat_pb2.ChatCompletionRequest, trace: CallTrace) -> None:
+    """An upstream that takes no extra field: every one left out, and named."""
+    if request.HasField("extra_body_json") or request.HasField("extra_body"):
+        leave_out(trace, extra_body(request))

@@ -39,6 +39,7 @@ from server.chunks import Item
 from server.errors import UpstreamError
 from server.translate.anthropic import MIN_THINKING_BUDGET
 from server.translate.common import DATA_URL, cannot_honour, tool_arguments, tool_parameters
+from server.translate.extra import REASONING_SENT_BACK, ExtraFields, merge_extra
 from server.translate.reasoning import EFFORT_BUDGETS
 
 __all__ = [
@@ -178,13 +179,18 @@ def _tool_result(message: chat_pb2.ChatMessage, where: str) -> JSON:
 
 
 def _messages(
-    request: chat_pb2.ChatCompletionRequest,
+    request: chat_pb2.ChatCompletionRequest, left_out: list[str] | None
 ) -> tuple[str | list[JSON] | None, list[JSON]]:
-    """(the system field, turns), consecutive turns of one role merged into one."""
+    """(the system field, turns), consecutive turns of one role merged into one.
+    Reasoning without its signature, which Anthropic cannot take back, is named in
+    `left_out`."""
     system: list[tuple[chat_pb2.ChatMessage, str]] = []
     turns: list[JSON] = []
+    unsigned = False
     for i, message in enumerate(request.messages):
         where = f"messages[{i}]"
+        if message.HasField("reasoning_content") and not message.HasField("reasoning_signature"):
+            unsigned = True
         if message.role in ("system", "developer"):
             system.append((message, where))
             continue
@@ -201,6 +207,8 @@ def _messages(
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    if unsigned and left_out is not None:
+        left_out.append(REASONING_SENT_BACK)
     return (_system(system) if system else None), turns
 
 
@@ -249,13 +257,15 @@ def chat_request_to_anthropic(
     *,
     max_tokens_default: int,
     stream: bool,
-    extra: JSON | None = None,
+    extra_fields: ExtraFields = "deny",
+    left_out: list[str] | None = None,
 ) -> JSON:
     """The Messages API request; raises InvalidRequestError for what Anthropic cannot
-    honour. `extra` (Anthropic's fields the proto lacks) follows, in its order, never
-    over what the gateway set."""
+    honour. The request's `extra_body` (Anthropic's fields the proto lacks) follows, as
+    far as `extra_fields` lets it, in its order, never over what the gateway set; what
+    is held back, and reasoning sent back unsigned, is added to `left_out`."""
     _check_supported(request)
-    system, turns = _messages(request)
+    system, turns = _messages(request, left_out)
     thinking: JSON | None = None
     if request.HasField("max_completion_tokens"):
         bound: str | None = "max_completion_tokens"
@@ -299,8 +309,7 @@ def chat_request_to_anthropic(
         body["metadata"] = {"user_id": request.user}
     if stream:
         body["stream"] = True
-    for key, value in (extra or {}).items():
-        body.setdefault(key, value)
+    merge_extra(body, request, extra_fields, left_out)
     return body
 
 

@@ -16,7 +16,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 from server.chunks import Item
 from server.errors import UpstreamError
 from server.translate.common import cannot_honour, response_schema, tool_parameters
-from server.translate.extra import REASONING_SENT_BACK, ExtraFields, extra_body, passing
+from server.translate.extra import REASONING_SENT_BACK, ExtraFields, merge_extra
 from server.translate.openai.replies import encode_tool_calls
 from server.translate.protojson import parse_into
 from server.translate.reasoning import reasoning_effort
@@ -201,12 +201,7 @@ def chat_request_to_openai(
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    if request.HasField("extra_body_json") or request.HasField("extra_body"):
-        passed, held_back = passing(extra_body(request), extra_fields)
-        for key, value in passed.items():
-            body.setdefault(key, value)
-        if left_out is not None:
-            left_out += held_back
+    merge_extra(body, request, extra_fields, left_out)
     return body
 
 
