@@ -43,6 +43,7 @@ __all__ = [
     "check_extra_body_json",
     "extra_body",
     "extra_fields_of",
+    "fields_beyond",
     "leave_out",
     "leave_out_extra_body",
     "merge_extra",
@@ -102,6 +103,15 @@ def _check_names(extra: JSON) -> None:
                 "is a field of the request, decided by the gateway: set it as such",
             )
     refuse_uncounted_work(extra, prefix="extra_body.")
+
+
+def fields_beyond(body: JSON, read: frozenset[str]) -> JSON:
+    """A door's top-level fields it does not `read`, in the caller's order, to keep as
+    `extra_body_json` (JSON null means "not set"); one asking for uncounted upstream
+    work is refused by the name the caller wrote."""
+    extra = {key: value for key, value in body.items() if key not in read and value is not None}
+    refuse_uncounted_work(extra, prefix="")
+    return extra
 
 
 def refuse_uncounted_work(extra: JSON, *, prefix: str) -> None:

@@ -37,7 +37,7 @@ from tandem.v1 import chat_pb2
 from server.errors import InvalidRequestError
 from server.translate.anthropic import MIN_THINKING_BUDGET
 from server.translate.common import check_cache_mark, check_stop_count
-from server.translate.extra import CHAT_FIELDS, refuse_uncounted_work
+from server.translate.extra import CHAT_FIELDS, fields_beyond
 from server.translate.protojson import parse_into
 
 __all__ = ["parse_count_tokens", "parse_messages", "unread"]
@@ -298,18 +298,9 @@ def _conversation(body: Any) -> tuple[JSON, chat_pb2.ChatCompletionRequest]:
         _tool_choice(body["tool_choice"], request)
     if body.get("thinking") is not None:
         _thinking(body["thinking"], request)
-    if not _NOT_EXTRA.issuperset(body):
-        _keep_extra(body, request)
+    if not _NOT_EXTRA.issuperset(body) and (extra := fields_beyond(body, _NOT_EXTRA)):
+        request.extra_body_json = orjson.dumps(extra).decode()  # Anthropic's, kept in order
     return body, request
-
-
-def _keep_extra(body: JSON, request: chat_pb2.ChatCompletionRequest) -> None:
-    """Anthropic's fields this door does not read, in order, as `extra_body_json` (JSON
-    null means "not set"); vLLM's `best_of` is refused by name, as on `/v1`."""
-    extra = {k: v for k, v in body.items() if k not in _NOT_EXTRA and v is not None}
-    refuse_uncounted_work(extra, prefix="")
-    if extra:
-        request.extra_body_json = orjson.dumps(extra).decode()
 
 
 def unread(body: Any) -> list[str]:

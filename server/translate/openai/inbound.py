@@ -9,7 +9,7 @@ import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.errors import InvalidRequestError
-from server.translate.extra import CHAT_FIELDS, refuse_uncounted_work
+from server.translate.extra import CHAT_FIELDS, fields_beyond
 from server.translate.protojson import parse_into
 
 __all__ = [
@@ -67,13 +67,7 @@ def parse_chat_request(body: Any, *, strict: bool) -> chat_pb2.ChatCompletionReq
     except InvalidRequestError as exc:
         raise _as_sent(exc, body) from None
     if not strict and not body.keys() <= CHAT_FIELDS:
-        # JSON null means "not set", here as everywhere
-        extra = {
-            key: value
-            for key, value in body.items()
-            if key not in CHAT_FIELDS and value is not None
-        }
-        refuse_uncounted_work(extra, prefix="")
+        extra = fields_beyond(body, CHAT_FIELDS)
         if request.HasField("extra_body_json"):  # the caller's own `extra_body`, as text
             extra = {**orjson.loads(request.extra_body_json), **extra}
         if extra:
