@@ -8,6 +8,7 @@ lives on into a replica's drain (see README, "Running more than one").
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -69,16 +70,39 @@ http {
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct ports, free now (a replica binds one later, and again after a
-    restart): all held open while they are chosen, so none is handed out twice."""
-    sockets = [socket.socket() for _ in range(count)]
+    """`count` distinct ports, free now, below the kernel's ephemeral range.
+
+    A replica binds its port later, and again after a restart; a port from the
+    ephemeral range could meanwhile become the local end of some outgoing
+    connection (nginx to a replica, a client to the store), and the restart would
+    fail with "address in use". Ports below the range are only ever taken by an
+    explicit bind. All are held open while they are chosen, so none repeats."""
+    low = _ephemeral_low()
+    candidates = list(range(max(1024, low - 12_000), low))
+    random.shuffle(candidates)
+    sockets: list[socket.socket] = []
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+        for port in candidates:
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            sockets.append(sock)
+            if len(sockets) == count:
+                return [sock.getsockname()[1] for sock in sockets]
+        raise RuntimeError(f"no {count} free ports below {low}")
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @dataclass

@@ -332,7 +332,7 @@ async def test_a_rolling_restart_under_load_loses_nothing(cluster: Cluster) -> N
     }
     print(f"rolling restart: {len(outcomes)} requests {kinds}, {len(failed)} failed")
     assert codes == [0] * REPLICAS
-    assert not failed, failed[:5]
+    assert not failed, (failed[:5], cluster.balancer.error_log()[-3000:])
     assert all(
         kinds.get(k, 0) > 10 for k in ("http chat", "http stream", "grpc unary", "grpc stream")
     )
