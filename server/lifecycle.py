@@ -36,7 +36,7 @@ from server.config import Config, ServerConfig, parse_host_port
 from server.core.dataplane import DataPlane
 from server.core.routing import Router
 from server.drain import DrainClock
-from server.grpc_service import SERVICE_NAMES, build_grpc_server
+from server.grpc_door import SERVICE_NAMES, build_grpc_server
 from server.policy import Policy, build_limiter
 from server.policy.key_cache import KeyCache
 from server.policy.limiter import Limiter, LimiterEvents

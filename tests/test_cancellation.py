@@ -18,7 +18,7 @@ from server.config import ServerConfig, TelemetryConfig, load_config
 from server.context import CallContext
 from server.core.dataplane import DataPlane
 from server.core.routing import Router
-from server.grpc_service import build_grpc_server
+from server.grpc_door import build_grpc_server
 from server.lifecycle import bind_socket, start_http_server
 from server.policy import Policy
 from server.providers import Provider, Route

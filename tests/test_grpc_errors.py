@@ -11,7 +11,7 @@ from google.protobuf.json_format import ParseDict
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from server import errors
-from server.grpc_errors import GRPC_CODES, to_grpc_status
+from server.grpc_door.errors import GRPC_CODES, to_grpc_status
 from server.providers import Provider
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess
@@ -173,7 +173,7 @@ async def test_a_bug_is_internal_with_nothing_leaked(caplog: pytest.LogCaptureFi
     from server.config import TelemetryConfig, load_config
     from server.core.dataplane import DataPlane
     from server.core.routing import Router
-    from server.grpc_service import build_grpc_server
+    from server.grpc_door import build_grpc_server
     from server.policy import Policy
     from server.telemetry import Telemetry
     from server.usage import NullRecorder
