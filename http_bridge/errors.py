@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from starlette.responses import Response
 
 from server import errors
+from server.context import Protocol
 
 __all__ = [
+    "ERROR_BODIES",
     "HTTP_STATUS",
-    "Spelling",
     "error_body",
     "error_headers",
+    "error_payload",
     "error_response",
-    "spelling_of",
 ]
 
 HTTP_STATUS: dict[type[errors.GatewayError], int] = {
@@ -35,9 +37,6 @@ HTTP_STATUS: dict[type[errors.GatewayError], int] = {
 }
 
 
-# how a door spells its errors: OpenAI's (native and /v1), Ollama's, Anthropic's
-Spelling = Literal["openai", "ollama", "anthropic"]
-
 # Anthropic's error types; the gateway's other failures are its `api_error`
 ANTHROPIC_TYPES: dict[type[errors.GatewayError], str] = {
     errors.InvalidRequestError: "invalid_request_error",
@@ -49,24 +48,7 @@ ANTHROPIC_TYPES: dict[type[errors.GatewayError], str] = {
 }
 
 
-def spelling_of(path: str) -> Spelling:
-    """Errors under /api are spelled as Ollama spells them and under /v1/messages as
-    Anthropic does, whoever answers them (a route, the body limit, the last resort)."""
-    if path.startswith("/api/"):
-        return "ollama"
-    if path == "/v1/messages" or path.startswith("/v1/messages/"):
-        return "anthropic"
-    return "openai"
-
-
-def error_body(error: errors.GatewayError, *, spelling: Spelling = "openai") -> dict[str, Any]:
-    """`{"error": {...}}` (native and OpenAI), Ollama's `{"error": "..."}`, or
-    Anthropic's `{"type": "error", "error": {"type", "message"}}`."""
-    if spelling == "ollama":
-        return {"error": error.message}
-    if spelling == "anthropic":
-        kind = ANTHROPIC_TYPES.get(type(error), "api_error")
-        return {"type": "error", "error": {"type": kind, "message": error.message}}
+def _openai_body(error: errors.GatewayError) -> dict[str, Any]:
     return {
         "error": {
             "message": error.message,
@@ -75,6 +57,36 @@ def error_body(error: errors.GatewayError, *, spelling: Spelling = "openai") -> 
             "param": error.param,
         }
     }
+
+
+def _ollama_body(error: errors.GatewayError) -> dict[str, Any]:
+    return {"error": error.message}
+
+
+def _anthropic_body(error: errors.GatewayError) -> dict[str, Any]:
+    kind = ANTHROPIC_TYPES.get(type(error), "api_error")
+    return {"type": "error", "error": {"type": kind, "message": error.message}}
+
+
+# the error body of each HTTP door, by its name (http_bridge/doors.py): OpenAI's
+# `{"error": {...}}` on native and /v1, Ollama's `{"error": "..."}`, Anthropic's
+# `{"type": "error", "error": {"type", "message"}}`
+ERROR_BODIES: dict[Protocol, Callable[[errors.GatewayError], dict[str, Any]]] = {
+    "native": _openai_body,
+    "openai": _openai_body,
+    "ollama": _ollama_body,
+    "anthropic": _anthropic_body,
+}
+
+
+def error_body(error: errors.GatewayError, *, spelling: Protocol = "openai") -> dict[str, Any]:
+    """The error's body as the door named `spelling` writes it."""
+    return ERROR_BODIES[spelling](error)
+
+
+def error_payload(error: errors.GatewayError, *, spelling: Protocol) -> bytes:
+    """The error event's payload, for a stream that fails after its first event."""
+    return orjson.dumps(ERROR_BODIES[spelling](error))
 
 
 def error_headers(error: errors.GatewayError) -> list[tuple[str, str]]:
@@ -93,7 +105,7 @@ def error_headers(error: errors.GatewayError) -> list[tuple[str, str]]:
 def error_response(
     error: errors.GatewayError,
     *,
-    spelling: Spelling = "openai",
+    spelling: Protocol = "openai",
     status: int | None = None,
     headers: list[tuple[str, str]] | None = None,
 ) -> Response:

@@ -68,7 +68,8 @@ from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from http_bridge.call_scope import CallScopeMiddleware, door_protocol
+from http_bridge.call_scope import CallScopeMiddleware
+from http_bridge.doors import protocol_at
 from http_bridge.errors import error_body
 from server.config import ServerConfig
 from server.context import new_id
@@ -373,7 +374,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             path = url.partition(b"?")[0].decode("latin-1")
             self.telemetry.start()
             self.telemetry.finish(
-                door_protocol(path) or "http",
+                protocol_at(path) or "http",
                 path,
                 request_id,
                 status,
