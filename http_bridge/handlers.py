@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 from fastapi import Request
 from starlette.responses import Response
 from tandem.v1 import chat_pb2
@@ -11,7 +9,6 @@ from tandem.v1 import chat_pb2
 from http_bridge.deps import read_json
 from http_bridge.dialects import Dialect
 from http_bridge.disconnect import cancel_on_disconnect
-from http_bridge.errors import error_payload
 from http_bridge.responses import reply
 from http_bridge.streaming import ChunkStreamResponse
 from server.context import CallContext
@@ -52,10 +49,7 @@ async def create_chat(
         stream,
         encode=encode,
         framing=dialect.framing,
-        error_payload=functools.partial(error_payload, spelling=ctx.protocol),  # its door's
-        headers=ctx.response_headers,
-        trace=ctx.trace,
-        request_id=ctx.request_id,
+        ctx=ctx,
     )
 
 

@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
 import grpc
@@ -37,10 +38,15 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class Servicer:
-    """What every servicer shares: the data plane, the policy, and call set-up; each
-    names its service's `descriptor`, where its methods' full names come from."""
+    """What every servicer shares: the data plane, the policy, and call set-up. A
+    servicer names the proto module of its service (`proto=`), whose descriptor of the
+    service of its own name gives its methods' full names and its registration."""
 
     descriptor: ClassVar[ServiceDescriptor]
+
+    def __init_subclass__(cls, *, proto: ModuleType, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.descriptor = proto.DESCRIPTOR.services_by_name[cls.__name__]
 
     def __init__(
         self,

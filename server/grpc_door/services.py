@@ -33,9 +33,7 @@ from server.translate.common import check_schema_texts
 __all__ = ["SERVICE_NAMES", "build_grpc_server"]
 
 
-class ChatService(Servicer, chat_pb2_grpc.ChatServiceServicer):
-    descriptor = chat_pb2.DESCRIPTOR.services_by_name["ChatService"]
-
+class ChatService(Servicer, chat_pb2_grpc.ChatServiceServicer, proto=chat_pb2):
     @unary_rpc
     async def CreateChatCompletion(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
@@ -68,9 +66,7 @@ async def _whole_chunks(
         await batches.aclose()
 
 
-class ModelService(Servicer, models_pb2_grpc.ModelServiceServicer):
-    descriptor = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
-
+class ModelService(Servicer, models_pb2_grpc.ModelServiceServicer, proto=models_pb2):
     @unary_rpc
     async def ListModels(
         self, request: models_pb2.ListModelsRequest, ctx: CallContext
@@ -84,9 +80,9 @@ class ModelService(Servicer, models_pb2_grpc.ModelServiceServicer):
         return await self.plane.get_model(request.id, ctx)
 
 
-class EmbeddingService(Servicer, embeddings_pb2_grpc.EmbeddingServiceServicer):
-    descriptor = embeddings_pb2.DESCRIPTOR.services_by_name["EmbeddingService"]
-
+class EmbeddingService(
+    Servicer, embeddings_pb2_grpc.EmbeddingServiceServicer, proto=embeddings_pb2
+):
     @unary_rpc
     async def CreateEmbeddings(
         self, request: embeddings_pb2.EmbeddingRequest, ctx: CallContext
@@ -94,9 +90,7 @@ class EmbeddingService(Servicer, embeddings_pb2_grpc.EmbeddingServiceServicer):
         return await self.plane.embed(request, ctx)
 
 
-class UsageService(Servicer, usage_pb2_grpc.UsageServiceServicer):
-    descriptor = usage_pb2.DESCRIPTOR.services_by_name["UsageService"]
-
+class UsageService(Servicer, usage_pb2_grpc.UsageServiceServicer, proto=usage_pb2):
     @unary_rpc
     async def GetUsage(
         self, request: usage_pb2.GetUsageRequest, ctx: CallContext
