@@ -1,18 +1,19 @@
 """The HTTP doors, one record each, in the one table every other place looks up.
 
 A door is its protocol name (on its calls' usage records, access lines, metrics
-and spans; its errors are spelled by it: `errors.ERROR_BODIES`), the paths that
-are its, the header its callers' key may come in, its dialect (how it reads a
-request, writes an answer and frames a stream: dialects.py), and the module of
-its routes (`endpoints`, an `Endpoints` built on this record: routing.py).
+and spans), the paths that are its, how it writes an error (errors.py), the
+header its callers' key may come in, its dialect (how it reads a request, writes
+an answer and frames a stream: dialects.py), and the module of its routes
+(`endpoints`, an `Endpoints` built on this record: routing.py).
 
 A path is a door's by its longest prefix: OpenAI's `/v1/` holds Anthropic's
-`/v1/messages`. Where the call scope counts a request, where an error is
-spelled, which door a route registers under: all ask `door_at`.
+`/v1/messages`. Where the call scope counts a request, how an error is written,
+which door a route registers under: all ask `door_at`.
 
-Adding a door: its record here, its translation package (server/translate/),
-its routes module, and its row in the parity matrix (tests/test_door_parity.py).
-The gRPC door (server/grpc_door/) is the one door with no path: `grpc`.
+Adding a door: its record here (and its name in `server.context.Protocol`), its
+translation package (server/translate/), its routes module, and its row in the
+parity matrix (tests/test_door_parity.py). The gRPC door (server/grpc_door/) is
+the one door with no path: `grpc`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from dataclasses import dataclass
 from tandem.v1 import embeddings_pb2
 
 from http_bridge.dialects import Dialect, ollama_stream, openai_dialect
+from http_bridge.errors import (
+    ErrorBody,
+    anthropic_error_body,
+    ollama_error_body,
+    openai_error_body,
+)
 from http_bridge.framing import NAMED_SSE, NDJSON
 from server.context import Protocol
 from server.errors import NotFoundError
@@ -38,6 +45,7 @@ __all__ = [
     "OPENAI",
     "Door",
     "door_at",
+    "door_named",
     "protocol_at",
     "spelling_at",
 ]
@@ -49,6 +57,7 @@ class Door:
     prefixes: tuple[str, ...]  # a path that starts so is this door's (the longest prefix wins)
     dialect: Dialect  # its chat and embeddings; a route may vary it (`dataclasses.replace`)
     routes: str  # the module of its routes, whose `endpoints` app.py serves
+    error_body: ErrorBody  # how it writes an error (errors.py), whoever answers it
     paths: tuple[str, ...] = ()  # and these paths, exactly
     # a header the caller's key may come in bare, before `authorization: Bearer <key>`
     key_header: str | None = None
@@ -58,6 +67,7 @@ NATIVE = Door(
     name="native",
     prefixes=("/native/v1/",),
     dialect=openai_dialect(strict=True),
+    error_body=openai_error_body,
     routes="http_bridge.routes_native",
 )
 
@@ -65,6 +75,7 @@ OPENAI = Door(
     name="openai",
     prefixes=("/v1/",),
     dialect=openai_dialect(strict=False),
+    error_body=openai_error_body,
     routes="http_bridge.routes_openai",
 )
 
@@ -81,6 +92,7 @@ OLLAMA = Door(
         framing=NDJSON,
         model_name=ollama_inbound.resolve_tag,
     ),
+    error_body=ollama_error_body,
     routes="http_bridge.routes_ollama",
 )
 
@@ -105,12 +117,14 @@ ANTHROPIC = Door(
         framing=NAMED_SSE,
         unread=anthropic_inbound.unread,
     ),
+    error_body=anthropic_error_body,
     routes="http_bridge.routes_anthropic",
 )
 
 # in the order app.py serves them and /openapi.json lists their routes
 DOORS = (NATIVE, OPENAI, OLLAMA, ANTHROPIC)
 
+_BY_NAME = {door.name: door for door in DOORS}
 _EXACT = {path: door for door in DOORS for path in door.paths}
 _BY_PREFIX = sorted(
     ((prefix, door) for door in DOORS for prefix in door.prefixes), key=lambda p: -len(p[0])
@@ -134,8 +148,13 @@ def protocol_at(path: str) -> Protocol | None:
     return None if door is None else door.name
 
 
-def spelling_at(path: str) -> Protocol:
-    """Whose shapes an error at `path` takes, whoever answers it (a route, the body
-    limit, the origin guard, the last resort): its door's, else OpenAI's."""
+def spelling_at(path: str) -> ErrorBody:
+    """How an error at `path` is written, whoever answers it (a route, the body limit,
+    the origin guard, the last resort): as its door writes one, else as OpenAI does."""
     door = door_at(path)
-    return "openai" if door is None else door.name
+    return openai_error_body if door is None else door.error_body
+
+
+def door_named(name: Protocol) -> Door:
+    """The door whose calls are recorded as `name` (a `CallContext.protocol`)."""
+    return _BY_NAME[name]

@@ -10,15 +10,16 @@ import orjson
 from starlette.responses import Response
 
 from server import errors
-from server.context import Protocol
 
 __all__ = [
     "ERROR_BODIES",
     "HTTP_STATUS",
-    "error_body",
+    "ErrorBody",
+    "anthropic_error_body",
     "error_headers",
-    "error_payload",
     "error_response",
+    "ollama_error_body",
+    "openai_error_body",
 ]
 
 HTTP_STATUS: dict[type[errors.GatewayError], int] = {
@@ -48,7 +49,13 @@ ANTHROPIC_TYPES: dict[type[errors.GatewayError], str] = {
 }
 
 
-def _openai_body(error: errors.GatewayError) -> dict[str, Any]:
+# how an error is written: one body per API's shape; a door's record names its own
+# (http_bridge/doors.py), and a path that is no door's is answered in OpenAI's
+ErrorBody = Callable[[errors.GatewayError], dict[str, Any]]
+
+
+def openai_error_body(error: errors.GatewayError) -> dict[str, Any]:
+    """`{"error": {"message", "type", "code", "param"}}`: native's and OpenAI's."""
     return {
         "error": {
             "message": error.message,
@@ -59,34 +66,18 @@ def _openai_body(error: errors.GatewayError) -> dict[str, Any]:
     }
 
 
-def _ollama_body(error: errors.GatewayError) -> dict[str, Any]:
+def ollama_error_body(error: errors.GatewayError) -> dict[str, Any]:
+    """`{"error": "..."}`, as Ollama writes it."""
     return {"error": error.message}
 
 
-def _anthropic_body(error: errors.GatewayError) -> dict[str, Any]:
+def anthropic_error_body(error: errors.GatewayError) -> dict[str, Any]:
+    """`{"type": "error", "error": {"type", "message"}}`, in Anthropic's types."""
     kind = ANTHROPIC_TYPES.get(type(error), "api_error")
     return {"type": "error", "error": {"type": kind, "message": error.message}}
 
 
-# the error body of each HTTP door, by its name (http_bridge/doors.py): OpenAI's
-# `{"error": {...}}` on native and /v1, Ollama's `{"error": "..."}`, Anthropic's
-# `{"type": "error", "error": {"type", "message"}}`
-ERROR_BODIES: dict[Protocol, Callable[[errors.GatewayError], dict[str, Any]]] = {
-    "native": _openai_body,
-    "openai": _openai_body,
-    "ollama": _ollama_body,
-    "anthropic": _anthropic_body,
-}
-
-
-def error_body(error: errors.GatewayError, *, spelling: Protocol = "openai") -> dict[str, Any]:
-    """The error's body as the door named `spelling` writes it."""
-    return ERROR_BODIES[spelling](error)
-
-
-def error_payload(error: errors.GatewayError, *, spelling: Protocol) -> bytes:
-    """The error event's payload, for a stream that fails after its first event."""
-    return orjson.dumps(ERROR_BODIES[spelling](error))
+ERROR_BODIES: tuple[ErrorBody, ...] = (openai_error_body, ollama_error_body, anthropic_error_body)
 
 
 def error_headers(error: errors.GatewayError) -> list[tuple[str, str]]:
@@ -105,12 +96,12 @@ def error_headers(error: errors.GatewayError) -> list[tuple[str, str]]:
 def error_response(
     error: errors.GatewayError,
     *,
-    spelling: Protocol = "openai",
+    spelling: ErrorBody = openai_error_body,
     status: int | None = None,
     headers: list[tuple[str, str]] | None = None,
 ) -> Response:
     response = Response(
-        orjson.dumps(error_body(error, spelling=spelling)),
+        orjson.dumps(spelling(error)),
         status_code=status or HTTP_STATUS[type(error)],
         media_type="application/json",
     )

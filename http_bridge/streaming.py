@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Callable
 
+import orjson
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from http_bridge.disconnect import ClientDisconnected, cancel_on_disconnect
-from http_bridge.errors import HTTP_STATUS, error_payload
+from http_bridge.doors import door_named
+from http_bridge.errors import HTTP_STATUS
 from http_bridge.framing import Framing
 from server.chunks import Batch, Item
 from server.context import CallContext
@@ -88,4 +90,5 @@ class ChunkStreamResponse(Response):
     def _failed(self, error: GatewayError, status: int) -> bytes:
         """The error event that ends the stream, its status left for the access line."""
         self._ctx.trace.error_status = status
-        return self._framing.event(error_payload(error, spelling=self._ctx.protocol))
+        body = door_named(self._ctx.protocol).error_body(error)
+        return self._framing.event(orjson.dumps(body))

@@ -70,7 +70,7 @@ from uvicorn.server import ServerState
 
 from http_bridge.call_scope import CallScopeMiddleware
 from http_bridge.doors import protocol_at
-from http_bridge.errors import error_body
+from http_bridge.errors import openai_error_body
 from server.config import ServerConfig
 from server.context import new_id
 from server.errors import GatewayError, InvalidRequestError, UnavailableError
@@ -82,7 +82,7 @@ WRITE_CHECKS = 4  # looks per `write_timeout_s` at bytes waiting: a stall is cut
 
 
 def _error_body(error: GatewayError) -> bytes:
-    return orjson.dumps(error_body(error))
+    return orjson.dumps(openai_error_body(error))
 
 
 def _closing_answer(

@@ -12,12 +12,16 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
 from http_bridge.app import create_app, door_endpoints
-from http_bridge.doors import DOORS, Door, door_at, protocol_at, spelling_at
-from http_bridge.errors import ERROR_BODIES, error_body
+from http_bridge.doors import DOORS, Door, door_at, door_named, protocol_at, spelling_at
+from http_bridge.errors import (
+    ERROR_BODIES,
+    anthropic_error_body,
+    ollama_error_body,
+    openai_error_body,
+)
 from http_bridge.framing import NAMED_SSE, NDJSON, SSE
 from http_bridge.routing import DoorApp, Endpoints
 from server.context import Protocol
-from server.errors import NotFoundError
 
 # the app's paths that are no door's: the probes, the metrics, the docs
 NOT_A_DOOR = {"/healthz", "/readyz", "/metrics", "/docs", "/docs/assets", "/openapi.json"}
@@ -105,17 +109,21 @@ def test_a_path_is_one_door_s_by_its_longest_prefix() -> None:
     assert {path: protocol_at(path) for path in expected} == expected
 
 
-def test_an_error_is_spelled_by_its_path_s_door_else_as_openai() -> None:
+def test_an_error_is_written_as_its_path_s_door_writes_one_else_as_openai() -> None:
     spellings = {path: spelling_at(path) for path in ("/api/tags", "/v1/messages", "/docs")}
-    assert spellings == {"/api/tags": "ollama", "/v1/messages": "anthropic", "/docs": "openai"}
-    error = NotFoundError("gone")
-    assert error_body(error, spelling="native") == error_body(error, spelling="openai")
+    assert spellings == {
+        "/api/tags": ollama_error_body,
+        "/v1/messages": anthropic_error_body,
+        "/docs": openai_error_body,
+    }
+    assert spelling_at("/native/v1/embeddings") is openai_error_body
 
 
 @pytest.mark.parametrize("door", DOORS, ids=lambda door: door.name)
 def test_each_door_s_record_agrees_with_what_looks_it_up(door: Door) -> None:
     assert door.name in get_args(Protocol)  # what its calls are recorded as
-    assert door.name in ERROR_BODIES  # how its errors are spelled
+    assert door.error_body in ERROR_BODIES  # how it writes an error
+    assert door_named(door.name) is door
     assert door.dialect.framing in (SSE, NAMED_SSE, NDJSON)
     assert door.key_header is None or door.key_header == door.key_header.lower()
     endpoints = import_module(door.routes).endpoints
@@ -129,10 +137,16 @@ def test_the_doors_and_grpc_are_every_protocol() -> None:
     names = [door.name for door in DOORS]
     assert len(names) == len(set(names))
     assert set(get_args(Protocol)) == {*names, "grpc"}
-    assert set(ERROR_BODIES) == set(names)
+    assert {door.error_body for door in DOORS} == set(ERROR_BODIES)  # each is a door's
 
 
 def test_a_door_refuses_a_route_under_another_door_s_path() -> None:
     openai = next(door for door in DOORS if door.name == "openai")
     with pytest.raises(ValueError, match="not a path of the openai door"):
         Endpoints(openai).post("/v1/messages")
+
+
+def test_every_door_has_its_row_in_the_parity_matrix() -> None:
+    from tests.test_door_parity import DOORS as PARITY
+
+    assert {door.name for door in DOORS} | {"grpc"} <= set(PARITY)
