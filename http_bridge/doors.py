@@ -58,7 +58,9 @@ class Door:
     dialect: Dialect  # its chat and embeddings; a route may vary it (`dataclasses.replace`)
     routes: str  # the module of its routes, whose `endpoints` app.py serves
     error_body: ErrorBody  # how it writes an error (errors.py), whoever answers it
-    paths: tuple[str, ...] = ()  # and these paths, exactly
+    # and these paths, exactly, outside its prefixes: its calls, but an error there is
+    # written as OpenAI's, as at a path of no door (`spelling_at`)
+    paths: tuple[str, ...] = ()
     # a header the caller's key may come in bare, before `authorization: Bearer <key>`
     key_header: str | None = None
 
@@ -132,10 +134,12 @@ _BY_PREFIX = sorted(
 
 
 def door_at(path: str) -> Door | None:
-    """The door a path is, or None for the rest (probes, metrics, docs)."""
-    door = _EXACT.get(path)
-    if door is not None:
-        return door
+    """The door a path is (its own path, else its longest prefix's), or None for the
+    rest (probes, metrics, docs)."""
+    return _EXACT.get(path) or _under_prefix(path)
+
+
+def _under_prefix(path: str) -> Door | None:
     for prefix, door in _BY_PREFIX:
         if path.startswith(prefix):
             return door
@@ -150,8 +154,9 @@ def protocol_at(path: str) -> Protocol | None:
 
 def spelling_at(path: str) -> ErrorBody:
     """How an error at `path` is written, whoever answers it (a route, the body limit,
-    the origin guard, the last resort): as its door writes one, else as OpenAI does."""
-    door = door_at(path)
+    the origin guard, the last resort): as the door whose prefix it is under writes one,
+    else as OpenAI does (a door's own path outside them too: Ollama's `/`)."""
+    door = _under_prefix(path)
     return openai_error_body if door is None else door.error_body
 
 

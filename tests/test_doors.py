@@ -117,6 +117,8 @@ def test_an_error_is_written_as_its_path_s_door_writes_one_else_as_openai() -> N
         "/docs": openai_error_body,
     }
     assert spelling_at("/native/v1/embeddings") is openai_error_body
+    # Ollama's `/` is its call, but a wrong method there is answered as OpenAI answers
+    assert (protocol_at("/"), spelling_at("/")) == ("ollama", openai_error_body)
 
 
 @pytest.mark.parametrize("door", DOORS, ids=lambda door: door.name)
