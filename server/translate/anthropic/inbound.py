@@ -38,9 +38,10 @@ from server.errors import InvalidRequestError
 from server.translate.anthropic import MIN_THINKING_BUDGET
 from server.translate.common import check_cache_mark, check_stop_count
 from server.translate.extra import CHAT_FIELDS, fields_beyond
+from server.translate.protocols import ChatParser
 from server.translate.protojson import parse_into
 
-__all__ = ["parse_count_tokens", "parse_messages", "unread"]
+__all__ = ["parse_chat", "parse_count_tokens", "unread"]
 
 JSON = dict[str, Any]
 
@@ -332,7 +333,7 @@ def _add(
             names[prefix + key] = None
 
 
-def parse_messages(body: Any) -> chat_pb2.ChatCompletionRequest:
+def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
     body, request = _conversation(body)
     if body.get("max_tokens") is None:
         raise _invalid("max_tokens", "is required")
@@ -359,3 +360,6 @@ def parse_messages(body: Any) -> chat_pb2.ChatCompletionRequest:
 def parse_count_tokens(body: Any) -> chat_pb2.ChatCompletionRequest:
     """`/v1/messages/count_tokens`: the conversation alone (no `max_tokens`)."""
     return _conversation(body)[1]
+
+
+_chat: ChatParser = parse_chat

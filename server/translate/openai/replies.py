@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
 
 from server.chunks import Item
+from server.translate.protocols import ItemEncoder
 
 __all__ = [
-    "ChunkEncoder",
-    "TextChunkEncoder",
+    "StreamEncoder",
+    "TextStreamEncoder",
     "encode_completion",
     "encode_embeddings",
     "encode_model",
@@ -175,7 +176,7 @@ _TEXT_TAIL = b'},"logprobs":null,"finish_reason":null}]}'
 _TEXT_TAIL_NULL_USAGE = b'},"logprobs":null,"finish_reason":null}],"usage":null}'
 
 
-class ChunkEncoder:
+class StreamEncoder:
     """Writes a stream's chunks as OpenAI's chunk objects, the constant head encoded once.
 
     Each object is one event, written between the `prefix` and `suffix` of the
@@ -268,11 +269,11 @@ def encode_text_completion(completion: chat_pb2.ChatCompletion) -> JSON:
 _TEXT_CHOICE_TAIL = b',"index":0,"logprobs":null,"finish_reason":null}]'
 
 
-class TextChunkEncoder:
+class TextStreamEncoder:
     """Writes a chat stream as OpenAI's legacy `text_completion` chunks: each choice's
     text delta (a delta with neither text nor an end writes nothing), and `usage` on a
     last chunk with `choices: []` ("separate", with `include_usage`) or not at all
-    ("none"), as `ChunkEncoder` does."""
+    ("none"), as `StreamEncoder` does."""
 
     __slots__ = ("_end", "_head", "_tail", "_usage")
 
@@ -344,3 +345,7 @@ def encode_model(model: models_pb2.Model, *, with_object: bool) -> JSON:
 def encode_models(models: models_pb2.ListModelsResponse, *, with_object: bool) -> JSON:
     data = [encode_model(m, with_object=with_object) for m in models.data]
     return {"object": "list", "data": data} if with_object else {"data": data}
+
+
+_stream: Callable[..., ItemEncoder] = StreamEncoder
+_text_stream: Callable[..., ItemEncoder] = TextStreamEncoder
