@@ -58,9 +58,7 @@ class OllamaProvider(HttpProvider):
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext
     ) -> embeddings_pb2.EmbeddingResponse:
         body = to_provider.encode_embedding_request(request, route.upstream)
-        async with self.client.post("/api/embed", body, ctx, streaming=False) as response:
-            raw = await response.read()
-        return decode(raw, from_provider.decode_embeddings)
+        return await self.answer("/api/embed", body, ctx, from_provider.decode_embeddings)
 
     async def capabilities(self, upstream: str, ctx: CallContext) -> tuple[str, ...]:
         """What the server's `/api/show` says `upstream` can do, kept a while; if it

@@ -57,6 +57,4 @@ class OpenAIProvider(HttpProvider):
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext
     ) -> embeddings_pb2.EmbeddingResponse:
         body = to_provider.encode_embedding_request(request, route.upstream)
-        async with self.client.post("/embeddings", body, ctx, streaming=False) as response:
-            raw = await response.read()
-        return decode(raw, from_provider.decode_embeddings)
+        return await self.answer("/embeddings", body, ctx, from_provider.decode_embeddings)

@@ -16,11 +16,10 @@ from tandem.v1 import chat_pb2
 
 from server.chunks import Item
 from server.errors import UpstreamError
-from server.translate.protocols import CompletionDecoder, StreamDecoderFactory
+from server.translate.protocols import JSON, CompletionDecoder, StreamDecoderFactory
 
 __all__ = ["StreamDecoder", "decode_completion"]
 
-JSON = dict[str, Any]
 STOP_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",

@@ -38,12 +38,11 @@ from server.errors import InvalidRequestError
 from server.translate.anthropic import MIN_THINKING_BUDGET
 from server.translate.common import check_cache_mark, check_stop_count
 from server.translate.extra import CHAT_FIELDS, fields_beyond
-from server.translate.protocols import ChatParser
+from server.translate.protocols import JSON, ChatParser
 from server.translate.protojson import parse_into
 
 __all__ = ["parse_chat", "parse_count_tokens", "unread"]
 
-JSON = dict[str, Any]
 
 # the top-level fields this door reads: every other is kept for an Anthropic upstream,
 # unless the proto has a field of its name (the gateway decides those: ignored)

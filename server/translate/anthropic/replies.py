@@ -28,11 +28,10 @@ import orjson
 from tandem.v1 import chat_pb2, models_pb2
 
 from server.chunks import Item
-from server.translate.protocols import ItemEncoder
+from server.translate.protocols import JSON, ItemEncoder
 
 __all__ = ["StreamEncoder", "encode_completion", "encode_model", "encode_models", "message_id"]
 
-JSON = dict[str, Any]
 # the proto's finish_reason -> Anthropic's stop_reason
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 

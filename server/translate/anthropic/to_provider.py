@@ -37,13 +37,12 @@ from server.translate.common import (
     tool_parameters,
 )
 from server.translate.extra import REASONING_SENT_BACK, ExtraFields, merge_extra
-from server.translate.protocols import ChatRequestEncoder
+from server.translate.protocols import JSON, ChatRequestEncoder
 from server.translate.reasoning import EFFORT_BUDGETS
 
 __all__ = ["ANTHROPIC_VERSION", "UNSUPPORTED_FIELDS", "encode_chat_request"]
 
 ANTHROPIC_VERSION = "2023-06-01"
-JSON = dict[str, Any]
 
 # fields with no Anthropic equivalent; set at all, they are refused by name
 UNSUPPORTED_FIELDS = (

@@ -8,19 +8,16 @@ is Ollama's `thinking`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.chunks import Item
 from server.context import new_id
 from server.errors import UpstreamError
-from server.translate.protocols import EmbeddingsDecoder, StreamDecoderFactory
+from server.translate.protocols import JSON, EmbeddingsDecoder, StreamDecoderFactory
 
 __all__ = ["StreamDecoder", "capabilities_from_show", "decode_embeddings"]
 
-JSON = dict[str, Any]
 _TEXT_ONLY = frozenset(("role", "content"))
 
 

@@ -23,7 +23,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 from server.errors import InvalidRequestError
 from server.translate.common import check_stop_count
 from server.translate.ollama import SAMPLING_OPTIONS
-from server.translate.protocols import ChatParser, EmbeddingParser
+from server.translate.protocols import JSON, ChatParser, EmbeddingParser
 from server.translate.protojson import parse_into
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "unloads",
 ]
 
-JSON = dict[str, Any]
 # Ollama's option -> the proto's field
 _OPTIONS = {
     **{name: name for name in SAMPLING_OPTIONS},

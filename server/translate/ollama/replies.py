@@ -17,7 +17,7 @@ import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
 
 from server.chunks import Item
-from server.translate.protocols import ItemEncoder
+from server.translate.protocols import JSON, ItemEncoder
 
 __all__ = [
     "OLLAMA_VERSION",
@@ -32,7 +32,6 @@ __all__ = [
     "encode_tags",
 ]
 
-JSON = dict[str, Any]
 # what /api/version reports: a current Ollama release (v0.32.15, August 2026), so that
 # no client's minimum (VS Code's Copilot asks for 0.6.4) turns the door away
 OLLAMA_VERSION = "0.32.15"

@@ -11,8 +11,6 @@ refused by name (400).
 
 from __future__ import annotations
 
-from typing import Any
-
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.translate.common import (
@@ -24,12 +22,11 @@ from server.translate.common import (
     tool_parameters,
 )
 from server.translate.ollama import SAMPLING_OPTIONS
-from server.translate.protocols import ChatRequestEncoder, EmbeddingRequestEncoder
+from server.translate.protocols import JSON, ChatRequestEncoder, EmbeddingRequestEncoder
 from server.translate.reasoning import reasoning_effort
 
 __all__ = ["THINK", "encode_chat_request", "encode_embedding_request"]
 
-JSON = dict[str, Any]
 # reasoning_effort -> `think`. gpt-oss takes the levels "low", "medium" and
 # "high"; other thinking models (Qwen 3, DeepSeek R1) take a boolean and read
 # any level as true. "minimal" becomes "low", the least thinking Ollama has

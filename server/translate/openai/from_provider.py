@@ -16,6 +16,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 from server.chunks import Item
 from server.errors import UpstreamError
 from server.translate.protocols import (
+    JSON,
     CompletionDecoder,
     EmbeddingsDecoder,
     StreamDecoderFactory,
@@ -29,8 +30,6 @@ __all__ = [
     "decode_event",
     "event_chunk",
 ]
-
-JSON = dict[str, Any]
 
 
 def _fill_tool_calls(target: Any, calls: Any, *, indexed: bool) -> None:

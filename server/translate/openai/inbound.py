@@ -10,7 +10,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.errors import InvalidRequestError
 from server.translate.extra import CHAT_FIELDS, fields_beyond
-from server.translate.protocols import ChatParser, EmbeddingParser
+from server.translate.protocols import JSON, ChatParser, EmbeddingParser
 from server.translate.protojson import parse_into
 
 __all__ = [
@@ -19,8 +19,6 @@ __all__ = [
     "parse_completion_request",
     "parse_embedding",
 ]
-
-JSON = dict[str, Any]
 
 
 def normalize_chat_body(body: JSON) -> JSON:

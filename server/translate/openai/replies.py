@@ -15,7 +15,7 @@ import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
 
 from server.chunks import Item
-from server.translate.protocols import ItemEncoder
+from server.translate.protocols import JSON, ItemEncoder
 
 __all__ = [
     "StreamEncoder",
@@ -27,8 +27,6 @@ __all__ = [
     "encode_text_completion",
     "encode_tool_calls",
 ]
-
-JSON = dict[str, Any]
 
 
 def _details(usage: chat_pb2.Usage) -> JSON:
@@ -108,11 +106,17 @@ def _reasoning(source: chat_pb2.ChatMessage | chat_pb2.Delta, out: JSON) -> None
         out["reasoning_signature"] = source.reasoning_signature
 
 
-def encode_completion(completion: chat_pb2.ChatCompletion, *, with_object: bool) -> JSON:
-    out: JSON = {"id": completion.id}
+def _head(id_: str, kind: str, created: int, *, with_object: bool) -> JSON:
+    """An object's first keys: its id, its `object` (OpenAI's, not native), its time."""
+    out: JSON = {"id": id_}
     if with_object:
-        out["object"] = "chat.completion"
-    out["created"] = completion.created
+        out["object"] = kind
+    out["created"] = created
+    return out
+
+
+def encode_completion(completion: chat_pb2.ChatCompletion, *, with_object: bool) -> JSON:
+    out = _head(completion.id, "chat.completion", completion.created, with_object=with_object)
     out["model"] = completion.model
     out["choices"] = [
         _stop_sequence(
@@ -199,10 +203,7 @@ class StreamEncoder:
         prefix: bytes,
         suffix: bytes,
     ) -> None:
-        head: JSON = {"id": first.id}
-        if with_object:
-            head["object"] = "chat.completion.chunk"
-        head["created"] = first.created
+        head = _head(first.id, "chat.completion.chunk", first.created, with_object=with_object)
         head["model"] = first.model
         if first.system_fingerprint:
             head["system_fingerprint"] = first.system_fingerprint
@@ -334,10 +335,7 @@ def encode_embeddings(
 
 
 def encode_model(model: models_pb2.Model, *, with_object: bool) -> JSON:
-    out: JSON = {"id": model.id}
-    if with_object:
-        out["object"] = "model"
-    out["created"] = model.created
+    out = _head(model.id, "model", model.created, with_object=with_object)
     out["owned_by"] = model.owned_by
     return out
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.translate.common import cannot_honour, response_schema, tool_parameters
 from server.translate.extra import REASONING_SENT_BACK, ExtraFields, merge_extra
 from server.translate.openai.replies import encode_tool_calls
-from server.translate.protocols import ChatRequestEncoder, EmbeddingRequestEncoder
+from server.translate.protocols import JSON, ChatRequestEncoder, EmbeddingRequestEncoder
 from server.translate.reasoning import reasoning_effort
 
 __all__ = ["encode_chat_request", "encode_embedding_request", "message_to_openai"]
 
-JSON = dict[str, Any]
 
 _SCALAR_FIELDS = frozenset(
     {
