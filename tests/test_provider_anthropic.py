@@ -33,6 +33,17 @@ def translate(body: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:
     return wire
 
 
+def test_without_the_callers_bound_or_a_model_default_max_tokens_is_refused() -> None:
+    """Anthropic requires `max_tokens`: the provider always passes the model's default;
+    a call without one, and a request without a bound, is refused by name."""
+    request = parse_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(InvalidRequestError) as raised:
+        anthropic.encode_chat_request(request, "claude-x", stream=False)
+    assert raised.value.param == "max_tokens"
+    request.max_tokens = 7
+    assert anthropic.encode_chat_request(request, "claude-x", stream=False)["max_tokens"] == 7
+
+
 def test_system_messages_become_the_system_field_and_max_tokens_defaults() -> None:
     body = translate(
         {
