@@ -4,21 +4,23 @@ Each dialect (`openai/`, `anthropic/`, `ollama/`) has the same modules under the
 names, and in them the same jobs under the same names (as Envoy AI Gateway's
 `internal/translator/translator.go` declares one interface per translation):
 
-    inbound.py        a caller's request in     parse_chat         ChatParser
-                                                parse_embedding    EmbeddingParser
-    replies.py        the caller's answer out   encode_completion  (its door's knobs)
-                                                StreamEncoder      ItemEncoder
-    to_provider.py    a provider's request out  encode_chat_request       ChatRequestEncoder
-                                                encode_embedding_request  EmbeddingRequestEncoder
-    from_provider.py  a provider's answer in    StreamDecoder      StreamDecoderFactory
-                                                decode_completion  CompletionDecoder
-                                                decode_embeddings  EmbeddingsDecoder
+    module            job                        name                      protocol
+    inbound.py        a caller's request in      parse_chat                ChatParser
+                                                 parse_embedding           EmbeddingParser
+    replies.py        the caller's answer out    encode_completion         (the door's shape)
+                                                 StreamEncoder             ItemEncoder
+    to_provider.py    a provider's request out   encode_chat_request       ChatRequestEncoder
+                                                 encode_embedding_request  EmbeddingRequestEncoder
+    from_provider.py  a provider's answer in     StreamDecoder             StreamDecoderFactory
+                                                 decode_completion         CompletionDecoder
+                                                 decode_embeddings         EmbeddingsDecoder
 
 A dialect that lacks a job lacks its name (Anthropic has no embeddings; Ollama's
 whole answer is its stream's one line, read by its `StreamDecoder`). Each module
-states its conformance at its end (`_: ChatParser = parse_chat`), so mypy checks it;
-at run time a protocol is only a name: no call goes through one. A job's dialect
-knobs (OpenAI's `strict`, Anthropic's `max_tokens_default`) are keywords after the
+states its conformance at its end (`_: ChatParser = parse_chat`), so mypy checks it,
+and tests/test_translate_protocols.py checks that no module or name is missing. At
+run time a protocol is only a name: no call goes through one. A job's dialect knobs
+(OpenAI's `strict`, Anthropic's `max_tokens_default`) are keywords after the
 protocol's own parameters, with a default where the dialect has one. The encoders
 of a caller's answer take what the door knows of the call (the time it started, the
 prompt's estimate, its framing), different for each: their shape is the door's.
