@@ -67,7 +67,7 @@ def openai_dialect(*, strict: bool) -> Dialect:
             usage = "inline"
         else:
             usage = "separate" if request.stream_options.include_usage else "none"
-        encoder = replies.ChunkEncoder(
+        encoder = replies.StreamEncoder(
             first,
             with_object=with_object,
             usage=usage,
@@ -77,12 +77,12 @@ def openai_dialect(*, strict: bool) -> Dialect:
         return encoder.encode
 
     return Dialect(
-        parse_chat=lambda body: inbound.parse_chat_request(body, strict=strict),
+        parse_chat=lambda body: inbound.parse_chat(body, strict=strict),
         encode_completion=lambda answer, ctx: replies.encode_completion(
             answer, with_object=with_object
         ),
         stream_encoder=stream_encoder,
-        parse_embedding=lambda body: inbound.parse_embedding_request(body, strict=strict),
+        parse_embedding=lambda body: inbound.parse_embedding(body, strict=strict),
         encode_embeddings=lambda request, answer: replies.encode_embeddings(
             answer, with_object=with_object, encoding_format=request.encoding_format or "float"
         ),

@@ -87,9 +87,9 @@ OLLAMA = Door(
     paths=("/",),  # "Ollama is running", where Ollama's clients check that it is up
     dialect=Dialect(
         parse_chat=ollama_inbound.parse_chat,
-        encode_completion=lambda answer, ctx: ollama_replies.encode_chat(answer, ctx.started),
+        encode_completion=lambda answer, ctx: ollama_replies.encode_completion(answer, ctx.started),
         stream_encoder=ollama_stream(generate=False),
-        parse_embedding=ollama_inbound.parse_embed,
+        parse_embedding=ollama_inbound.parse_embedding,
         encode_embeddings=ollama_replies.encode_embed,
         framing=NDJSON,
         model_name=ollama_inbound.resolve_tag,
@@ -108,8 +108,8 @@ ANTHROPIC = Door(
     prefixes=("/v1/messages",),
     key_header="x-api-key",  # Anthropic's clients send it so; a Bearer token works too
     dialect=Dialect(
-        parse_chat=anthropic_inbound.parse_messages,
-        encode_completion=lambda answer, ctx: anthropic_replies.encode_message(answer),
+        parse_chat=anthropic_inbound.parse_chat,
+        encode_completion=lambda answer, ctx: anthropic_replies.encode_completion(answer),
         # the core left its prompt estimate on the trace, before the first chunk
         stream_encoder=lambda request, first, ctx: (
             anthropic_replies.StreamEncoder(ctx.trace.prompt_estimate).encode

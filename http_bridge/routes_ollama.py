@@ -38,7 +38,7 @@ _GENERATE = replace(
 )
 _EMBEDDINGS = replace(
     OLLAMA.dialect,
-    parse_embedding=ollama_inbound.parse_embeddings,
+    parse_embedding=ollama_inbound.parse_legacy_embeddings,
     encode_embeddings=ollama_replies.encode_embeddings,
 )
 

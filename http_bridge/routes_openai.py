@@ -37,7 +37,7 @@ def _text_completion_stream(
     request: chat_pb2.ChatCompletionRequest, first: Chunk, ctx: CallContext
 ) -> Callable[[Item], bytes]:
     usage = "separate" if request.stream_options.include_usage else "none"
-    encoder = replies.TextChunkEncoder(first, usage=usage, prefix=SSE.prefix, suffix=SSE.suffix)
+    encoder = replies.TextStreamEncoder(first, usage=usage, prefix=SSE.prefix, suffix=SSE.suffix)
     return encoder.encode
 
 
