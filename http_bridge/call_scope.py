@@ -24,7 +24,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from http_bridge.doors import protocol_at, spelling_at
+from http_bridge.doors import door_at, spelling_at
 from http_bridge.errors import error_response
 from server.context import CallContext, request_id_from
 from server.errors import InternalError
@@ -71,8 +71,8 @@ class CallScopeMiddleware:
             await send(message)
 
         telemetry = self._telemetry
-        protocol = protocol_at(scope["path"]) if telemetry is not None else None
-        if protocol is not None:
+        door = door_at(scope["path"]) if telemetry is not None else None
+        if door is not None:
             telemetry.start()  # type: ignore[union-attr]
         try:
             await self.app(scope, receive, send_with_id)
@@ -84,8 +84,8 @@ class CallScopeMiddleware:
                 await response(scope, receive, send_with_id)
             status = 500  # whatever the head said, the answer failed
         finally:
-            if protocol is not None:
-                self._report(protocol, scope["path"], request_id, state, status, started)
+            if door is not None:
+                self._report(door.name, scope["path"], request_id, state, status, started)
 
     def _report(
         self,

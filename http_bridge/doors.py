@@ -136,7 +136,13 @@ _BY_PREFIX = sorted(
 def door_at(path: str) -> Door | None:
     """The door a path is (its own path, else its longest prefix's), or None for the
     rest (probes, metrics, docs)."""
-    return _EXACT.get(path) or _under_prefix(path)
+    exact = _EXACT.get(path)
+    if exact is not None:
+        return exact
+    for prefix, door in _BY_PREFIX:  # on every request (call_scope.py): inline, no call
+        if path.startswith(prefix):
+            return door
+    return None
 
 
 def _under_prefix(path: str) -> Door | None:
