@@ -139,13 +139,6 @@ def door_at(path: str) -> Door | None:
     exact = _EXACT.get(path)
     if exact is not None:
         return exact
-    for prefix, door in _BY_PREFIX:  # on every request (call_scope.py): inline, no call
-        if path.startswith(prefix):
-            return door
-    return None
-
-
-def _under_prefix(path: str) -> Door | None:
     for prefix, door in _BY_PREFIX:
         if path.startswith(prefix):
             return door
@@ -161,9 +154,9 @@ def protocol_at(path: str) -> Protocol | None:
 def spelling_at(path: str) -> ErrorBody:
     """How an error at `path` is written, whoever answers it (a route, the body limit,
     the origin guard, the last resort): as the door whose prefix it is under writes one,
-    else as OpenAI does (a door's own path outside them too: Ollama's `/`)."""
-    door = _under_prefix(path)
-    return openai_error_body if door is None else door.error_body
+    else as OpenAI does (a door's own exact path too: Ollama's `/`)."""
+    door = door_at(path)
+    return openai_error_body if door is None or path in _EXACT else door.error_body
 
 
 def door_named(name: Protocol) -> Door:
