@@ -7,23 +7,20 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
 
-import grpc
 import httpx
 import pytest
-from grpc_health.v1 import health
 from tandem.v1 import chat_pb2, chat_pb2_grpc, embeddings_pb2
 
 from http_bridge.app import create_app
-from server.config import ServerConfig, TelemetryConfig, load_config
+from server.config import ServerConfig, load_config
 from server.context import CallContext
 from server.core.dataplane import DataPlane
 from server.core.routing import Router
-from server.grpc_door import build_grpc_server
 from server.lifecycle import bind_socket, start_http_server
 from server.policy import Policy
 from server.providers import Provider, Route
-from server.telemetry import Telemetry
 from server.usage import UsageRecord
+from tests.grpc_in_process import grpc_channel
 
 
 class SlowProvider:
@@ -137,27 +134,14 @@ async def test_request_closes_upstream_when_client_disconnects(
 async def test_grpc_cancel_closes_upstream(
     plane: DataPlane, provider: SlowProvider, recorder: ListRecorder
 ) -> None:
-    server = build_grpc_server(
-        plane,
-        plane.policy,
-        health.aio.HealthServicer(),
-        Telemetry(TelemetryConfig(access_log=False)),
-        max_message_bytes=1 << 20,
-        max_concurrent_rpcs=8,
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = chat_pb2_grpc.ChatServiceStub(channel)
-            call = stub.StreamChatCompletion(
-                chat_pb2.ChatCompletionRequest(
-                    messages=[chat_pb2.ChatMessage(role="user", content="hi")]
-                )
+    async with grpc_channel(plane, plane.policy) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        call = stub.StreamChatCompletion(
+            chat_pb2.ChatCompletionRequest(
+                messages=[chat_pb2.ChatMessage(role="user", content="hi")]
             )
-            await call.read()
-            call.cancel()
-            await asyncio.wait_for(provider.cancelled.wait(), timeout=1.0)
-    finally:
-        await server.stop(None)
+        )
+        await call.read()
+        call.cancel()
+        await asyncio.wait_for(provider.cancelled.wait(), timeout=1.0)
     assert [r.status for r in recorder.records] == ["cancelled"]

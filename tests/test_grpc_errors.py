@@ -168,43 +168,27 @@ class _BrokenProvider:
 
 
 async def test_a_bug_is_internal_with_nothing_leaked(caplog: pytest.LogCaptureFixture) -> None:
-    from grpc_health.v1 import health
-
-    from server.config import TelemetryConfig, load_config
+    from server.config import load_config
     from server.core.dataplane import DataPlane
     from server.core.routing import Router
-    from server.grpc_door import build_grpc_server
     from server.policy import Policy
-    from server.telemetry import Telemetry
     from server.usage import NullRecorder
+    from tests.grpc_in_process import grpc_channel
 
     config = load_config(None, environ={})
     policy = Policy(config)
     broken = cast(Provider, _BrokenProvider())
     plane = DataPlane(Router(config, {"mock": broken}), policy, NullRecorder())
-    server = build_grpc_server(
-        plane,
-        policy,
-        health.aio.HealthServicer(),
-        Telemetry(TelemetryConfig(access_log=False)),
-        max_message_bytes=1 << 20,
-        max_concurrent_rpcs=8,
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = chat_pb2_grpc.ChatServiceStub(channel)
-            for call in (stub.CreateChatCompletion, stub.StreamChatCompletion):
-                error = await fail(lambda call=call: _consume(call(chat())))  # type: ignore[misc]
-                assert error.code() == grpc.StatusCode.INTERNAL
-                assert error.details() == "internal error"
-                assert "secret" not in str(error.trailing_metadata())
-                details = details_of(error)
-                assert details.error_info is not None
-                assert details.error_info.reason == "internal_error"
-    finally:
-        await server.stop(None)
+    async with grpc_channel(plane, policy) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        for call in (stub.CreateChatCompletion, stub.StreamChatCompletion):
+            error = await fail(lambda call=call: _consume(call(chat())))  # type: ignore[misc]
+            assert error.code() == grpc.StatusCode.INTERNAL
+            assert error.details() == "internal error"
+            assert "secret" not in str(error.trailing_metadata())
+            details = details_of(error)
+            assert details.error_info is not None
+            assert details.error_info.reason == "internal_error"
     assert "secret upstream detail" in caplog.text
 
 
