@@ -29,7 +29,15 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from server.policy.limiter import WINDOW_S, Budget, Decision, LimiterEvents, MemoryLimiter, Slot
+from server.policy.limiter import (
+    WINDOW_S,
+    Budget,
+    Decision,
+    LimiterEvents,
+    MemoryLimiter,
+    Slot,
+    peeked,
+)
 from server.policy.pending_writes import PendingWrites, Write
 
 __all__ = ["RedisLimiter"]
@@ -268,7 +276,7 @@ class RedisLimiter:
             dimension: _budget(limit, float(ahead))
             for (dimension, _, limit), ahead in zip(limits, reply, strict=True)
         }
-        return Decision(True, 0.0, True, budgets.get("requests"), budgets.get("tokens"))
+        return peeked(budgets)
 
     def settle(
         self, key: str, tokens_per_minute: int, delta_tokens: int, *, local: bool = False

@@ -7,6 +7,7 @@ rule), so `?search_path=name` selects a schema; it is created if missing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import astuple
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -108,14 +109,9 @@ class PostgresStore:
 
     async def create_key(self, key: ApiKey) -> None:
         pool = await self._ready()
+        # the columns in the fields' order, as `ApiKey(*row)` reads them back
         await pool.execute(
-            f"INSERT INTO api_keys ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
-            key.id,
-            key.key_hash,
-            key.user,
-            key.tier,
-            key.created_at,
-            key.revoked_at,
+            f"INSERT INTO api_keys ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)", *astuple(key)
         )
 
     async def find_key(self, key_id: str) -> ApiKey | None:

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,14 +77,9 @@ class SqliteStore:
         await self._call(lambda db: None)
 
     async def create_key(self, key: ApiKey) -> None:
+        # the columns in the fields' order, as `ApiKey(*row)` reads them back
         await self._run(
-            f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            key.id,
-            key.key_hash,
-            key.user,
-            key.tier,
-            key.created_at,
-            key.revoked_at,
+            f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", *astuple(key)
         )
 
     async def find_key(self, key_id: str) -> ApiKey | None:
