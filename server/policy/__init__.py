@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from server.config import Config
@@ -39,43 +40,30 @@ if TYPE_CHECKING:
 __all__ = ["Admission", "Policy", "build_limiter"]
 
 
+@dataclass(slots=True, eq=False)
 class Admission:
     """A granted call's token reservation and concurrency slot: settled once, however
     the call ends, to the tokens it really used, the slot given back."""
 
-    __slots__ = ("_key", "_limiter", "_local", "_reserved", "_slot", "_tokens_per_minute")
-
-    def __init__(
-        self,
-        limiter: Limiter | None = None,
-        key: str = "",
-        tokens_per_minute: int | None = None,
-        reserved: int = 0,
-        local: bool = False,
-        slot: Slot | None = None,
-    ) -> None:
-        self._limiter = limiter
-        self._local = local
-        self._key = key
-        self._tokens_per_minute = tokens_per_minute
-        self._reserved = reserved
-        self._slot = slot
+    limiter: Limiter | None = None  # None once settled, and for a call with no limits
+    key: str = ""
+    tokens_per_minute: int | None = None
+    reserved: int = 0
+    local: bool = False
+    slot: Slot | None = None
 
     def settle(self, used_tokens: int) -> None:
-        limiter, self._limiter = self._limiter, None  # once
+        limiter, self.limiter = self.limiter, None  # once
         if limiter is None:
             return
         try:
-            if self._tokens_per_minute is not None:
+            if self.tokens_per_minute is not None:
                 limiter.settle(
-                    self._key,
-                    self._tokens_per_minute,
-                    used_tokens - self._reserved,
-                    local=self._local,
+                    self.key, self.tokens_per_minute, used_tokens - self.reserved, local=self.local
                 )
         finally:
-            if self._slot is not None:
-                limiter.release_slot(self._slot)
+            if self.slot is not None:
+                limiter.release_slot(self.slot)
 
 
 _UNLIMITED = Admission()

@@ -281,13 +281,11 @@ class RedisLimiter:
     def settle(
         self, key: str, tokens_per_minute: int, delta_tokens: int, *, local: bool = False
     ) -> None:
-        if not delta_tokens:
-            return
         if local:  # reserved in the local fallback: settled there, whatever Redis is doing now
             self._fallback.settle(key, tokens_per_minute, delta_tokens)
-            return
-        delta_us = delta_tokens * _WINDOW_US // tokens_per_minute
-        self._writes.add("s", f"{self._prefix}{key}:t", str(delta_us))
+        elif delta_tokens:
+            delta_us = delta_tokens * _WINDOW_US // tokens_per_minute
+            self._writes.add("s", f"{self._prefix}{key}:t", str(delta_us))
 
     async def take_slot(self, key: str, limit: int) -> Slot | None:
         if self._down_until and time.monotonic() < self._down_until:
