@@ -149,13 +149,15 @@ class Policy:
         """Put the caller's x-ratelimit-* headers on `ctx` for an answer that was not
         admitted (an error after authentication, before admission): they say the
         budget as it stands, taking nothing."""
-        limits = self._limits(ctx.caller)
-        if limits is None or any(k.startswith("x-ratelimit-") for k, _ in ctx.response_headers):
+        limiter, limits = self._limiter, self._limits(ctx.caller)
+        if limiter is None or limits is None:
+            return
+        if any(k.startswith("x-ratelimit-") for k, _ in ctx.response_headers):
             return
         rpm, tpm, _ = limits
         if rpm is None and tpm is None:
             return
-        decision = await self._limiter.peek(_budget_key(ctx.caller), rpm, tpm)  # type: ignore[union-attr]
+        decision = await limiter.peek(_budget_key(ctx.caller), rpm, tpm)
         ctx.response_headers.extend(rate_limit_headers(decision))
 
     async def admit(
