@@ -153,8 +153,8 @@ class DataPlane:
         if ctx.anthropic_beta is not None:
             validate_anthropic_beta(ctx.anthropic_beta)
         route = self.router.resolve(request.model, ctx.caller)
-        ctx.trace.model = route.model.name
-        prompt = ctx.trace.prompt_estimate = estimate_prompt(request)
+        prompt = estimate_prompt(request)
+        ctx.trace.resolved(route.model.name, prompt)
         return route, prompt
 
     async def embed(
@@ -169,7 +169,7 @@ class DataPlane:
     ) -> embeddings_pb2.EmbeddingResponse:
         validate_embedding_request(request)
         route = self.router.resolve(request.model, ctx.caller)
-        ctx.trace.model = route.model.name
+        ctx.trace.resolved(route.model.name)
 
         prompt = sum(estimate_tokens(text) for text in request.input)
         admission = await self.policy.admit(ctx, lambda: prompt)
@@ -180,7 +180,7 @@ class DataPlane:
             except UpstreamFailure as failure:  # timed out having sent the inputs: charged
                 account.failed(failure)
                 raise
-            ctx.trace.upstream_model = response.model or route.upstream
+            ctx.trace.answered(response.model or route.upstream)
             response.model = route.model.name
             if response.HasField("usage"):
                 account.usage(response.usage.prompt_tokens, 0)
@@ -200,7 +200,7 @@ class DataPlane:
         tokens reserved, nothing generated, no upstream called (`count_tokens`, and
         Ollama's load: a chat with no messages)."""
         route = self.router.resolve(model, ctx.caller)
-        ctx.trace.model = route.model.name
+        ctx.trace.resolved(route.model.name)
         await self.policy.admit_request(ctx)
         return route.model
 
