@@ -132,6 +132,8 @@ async def start_http_server(
         access_log=False,
         lifespan="off",
         http=guarded_protocol(limits, telemetry),
+        # a float serves (uvicorn only passes it to `call_later`)
+        timeout_keep_alive=limits.keep_alive_timeout_s,  # type: ignore[arg-type]
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(limits.shutdown_grace_s + DRAIN_BACKSTOP_S),
