@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
@@ -43,21 +44,14 @@ __all__ = ["DataPlane"]
 logger = logging.getLogger("tandem.usage")
 
 
+@dataclass(eq=False)
 class DataPlane:
-    def __init__(
-        self,
-        router: Router,
-        policy: Policy,
-        usage: UsageRecorder,
-        ledger: LedgerReader | None = None,
-        tracer: Tracer | None = None,
-    ) -> None:
-        self.router = router
-        self.policy = policy
-        self.usage = usage
-        self.ledger = ledger
-        self.tracer = tracer  # None: tracing off, and nothing of it on the path
-        self.started_at = int(time.time())
+    router: Router
+    policy: Policy
+    usage: UsageRecorder
+    ledger: LedgerReader | None = None
+    tracer: Tracer | None = None  # None: tracing off, and nothing of it on the path
+    started_at: int = field(default_factory=lambda: int(time.time()), init=False)
 
     def stream_chat(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
