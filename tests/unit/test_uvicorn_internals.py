@@ -104,12 +104,14 @@ async def _app(scope: Scope, receive: Receive, send: Send) -> None:
 async def test_a_connection_holds_what_the_subclass_reads() -> None:
     """A live connection over a socket pair: its attributes, then a request's cycle."""
     seen: dict[str, object] = {}
-    arrived, answer, answered = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    arrived, read, answer, answered = (asyncio.Event() for _ in range(4))
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         cycle = protocol.cycle
         seen.update(url=protocol.url, cycle=cycle, started=cycle.response_started)
         arrived.set()
+        seen["body"] = (await receive())["body"]
+        read.set()
         await answer.wait()
         message: Message = {"type": "http.response.start", "status": 204, "headers": []}
         await send(message)
@@ -142,15 +144,19 @@ async def test_a_connection_holds_what_the_subclass_reads() -> None:
         assert protocol.connections is state.connections
         assert protocol.server_state.default_headers == [(b"date", b"now")]
         assert protocol.timeout_keep_alive == 30.0
-        assert isinstance(protocol.timeout_keep_alive_task, asyncio.TimerHandle)
+        idle = protocol.timeout_keep_alive_task  # armed by the subclass, before the first byte
+        assert isinstance(idle, asyncio.TimerHandle)
         assert protocol.app is not None
         assert protocol.cycle is None  # no request yet
 
         theirs.setblocking(False)
-        await loop.sock_sendall(theirs, b"GET /probe?x=1 HTTP/1.1\r\nhost: t\r\n\r\n")
+        await loop.sock_sendall(
+            theirs, b"POST /probe?x=1 HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n"
+        )
         async with asyncio.timeout(WAIT_S):
             await arrived.wait()
         cycle = seen["cycle"]
+        assert idle.cancelled(), "uvicorn no longer cancels timeout_keep_alive_task on data"
         assert seen["url"] == b"/probe?x=1", "_report reads the request line's path from url"
         assert isinstance(cycle, RequestResponseCycle)
         assert seen["started"] is False
@@ -158,11 +164,23 @@ async def test_a_connection_holds_what_the_subclass_reads() -> None:
         assert cycle.disconnected is False
         assert isinstance(cycle.message_event, asyncio.Event)
         assert cycle.scope["path"] == "/probe"
+        # the parser's callbacks reach the subclass: the head ended, then the message
+        assert protocol._in_head is False, "on_headers_complete was not called"
+        assert protocol._header_bytes > 0
+        await loop.sock_sendall(theirs, b"ok")
+        async with asyncio.timeout(WAIT_S):
+            await read.wait()
+        assert seen["body"] == b"ok"
+        assert protocol._in_head is True, "on_message_complete was not called"
+        assert protocol._header_bytes == 0
         answer.set()
         async with asyncio.timeout(WAIT_S):
             await answered.wait()
         assert cycle.response_started is True
         assert cycle.response_complete is True
+        between = protocol.timeout_keep_alive_task  # uvicorn's own, between requests
+        assert isinstance(between, asyncio.TimerHandle)
+        assert between is not idle
     finally:
         protocol.transport.close()
         theirs.close()
