@@ -117,15 +117,13 @@ class CallTrace:
         self.failed_attempts.append(provider)
 
     def answered(
-        self,
-        upstream_model: str,
-        first_chunk_at: float | None = None,
-        upstream_s: float | None = None,
+        self, model: str, at: float | None = None, upstream_s: float | None = None
     ) -> None:
-        """The upstream answered (a stream: its first chunk, when, and how long it took)."""
-        self.upstream_model = upstream_model
-        if first_chunk_at is not None:
-            self.first_chunk_at = first_chunk_at
+        """The upstream answered, naming its `model` (a stream: its first chunk came `at`,
+        `upstream_s` after the first attempt began)."""
+        self.upstream_model = model
+        if at is not None:
+            self.first_chunk_at = at
         if upstream_s is not None:
             self.upstream_s = upstream_s
 
