@@ -89,7 +89,7 @@ def _openai_family(*, strict: bool, prefix: str, protocol: Protocol) -> Dialect:
             usage = "inline"
         else:
             usage = "separate" if request.stream_options.include_usage else "none"
-        encoder = replies.ChunkEncoder(
+        encoder = replies.StreamEncoder(
             first,
             with_object=with_object,
             usage=usage,
@@ -101,12 +101,12 @@ def _openai_family(*, strict: bool, prefix: str, protocol: Protocol) -> Dialect:
     return Dialect(
         prefix=prefix,
         protocol=protocol,
-        parse_chat=lambda body: inbound.parse_chat_request(body, strict=strict),
+        parse_chat=lambda body: inbound.parse_chat(body, strict=strict),
         encode_completion=lambda answer, ctx: replies.encode_completion(
             answer, with_object=with_object
         ),
         stream_encoder=stream_encoder,
-        parse_embedding=lambda body: inbound.parse_embedding_request(body, strict=strict),
+        parse_embedding=lambda body: inbound.parse_embedding(body, strict=strict),
         encode_embeddings=lambda request, answer: replies.encode_embeddings(
             answer, with_object=with_object, encoding_format=request.encoding_format or "float"
         ),
@@ -123,7 +123,7 @@ def _text_completion_stream(
     request: chat_pb2.ChatCompletionRequest, first: Chunk, ctx: CallContext
 ) -> Callable[[Item], bytes]:
     usage = "separate" if request.stream_options.include_usage else "none"
-    encoder = replies.TextChunkEncoder(first, usage=usage, prefix=SSE.prefix, suffix=SSE.suffix)
+    encoder = replies.TextStreamEncoder(first, usage=usage, prefix=SSE.prefix, suffix=SSE.suffix)
     return encoder.encode
 
 
@@ -158,9 +158,9 @@ OLLAMA = Dialect(
     prefix="/api",
     protocol="ollama",
     parse_chat=ollama_inbound.parse_chat,
-    encode_completion=lambda answer, ctx: ollama_replies.encode_chat(answer, ctx.started),
+    encode_completion=lambda answer, ctx: ollama_replies.encode_completion(answer, ctx.started),
     stream_encoder=_ollama_stream(generate=False),
-    parse_embedding=ollama_inbound.parse_embed,
+    parse_embedding=ollama_inbound.parse_embedding,
     encode_embeddings=ollama_replies.encode_embed,
     framing=NDJSON,
     error_body=lambda error: error_body(error, spelling="ollama"),
@@ -174,7 +174,7 @@ OLLAMA_GENERATE = replace(
 )
 OLLAMA_EMBEDDINGS = replace(
     OLLAMA,
-    parse_embedding=ollama_inbound.parse_embeddings,
+    parse_embedding=ollama_inbound.parse_legacy_embeddings,
     encode_embeddings=ollama_replies.encode_embeddings,
 )
 
@@ -187,8 +187,8 @@ def _no_embeddings(body: object) -> embeddings_pb2.EmbeddingRequest:
 ANTHROPIC = Dialect(
     prefix="/v1",
     protocol="anthropic",
-    parse_chat=anthropic_inbound.parse_messages,
-    encode_completion=lambda answer, ctx: anthropic_replies.encode_message(answer),
+    parse_chat=anthropic_inbound.parse_chat,
+    encode_completion=lambda answer, ctx: anthropic_replies.encode_completion(answer),
     # the core left its prompt estimate on the trace, before the first chunk
     stream_encoder=lambda request, first, ctx: (
         anthropic_replies.StreamEncoder(ctx.trace.prompt_estimate).encode

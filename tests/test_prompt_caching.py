@@ -21,8 +21,8 @@ import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from server.errors import InvalidRequestError
-from server.translate.anthropic.inbound import parse_messages
-from server.translate.anthropic.upstream import ANTHROPIC_VERSION
+from server.translate.anthropic.inbound import parse_chat
+from server.translate.anthropic.to_provider import ANTHROPIC_VERSION
 from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
 from tests.servers import TandemProcess, start_tandem
 
@@ -433,7 +433,7 @@ def test_an_unfit_mark_is_refused_by_where_it_was_written(body: dict[str, Any], 
         **body,
     }
     with pytest.raises(InvalidRequestError) as refused:
-        parse_messages(request)
+        parse_chat(request)
     assert refused.value.param == param
 
 

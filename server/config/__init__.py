@@ -49,6 +49,7 @@ __all__ = [
     "JwtConfig",
     "ModelConfig",
     "ProviderConfig",
+    "ProviderKind",
     "RateLimitConfig",
     "ServerConfig",
     "TelemetryConfig",
@@ -58,7 +59,10 @@ __all__ = [
     "parse_host_port",
 ]
 
-DEFAULT_BASE_URLS = {
+# the provider kinds: each is built by its entry in `server/providers/__init__.py`'s
+# `KINDS` (a test ties the two)
+ProviderKind = Literal["openai", "anthropic", "ollama", "mock"]
+DEFAULT_BASE_URLS: dict[ProviderKind, str] = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
     "ollama": "http://127.0.0.1:11434",
@@ -109,7 +113,7 @@ class ServerConfig(_Strict):
 
 class ProviderConfig(_Strict):
     name: Annotated[str, Field(min_length=1)]
-    kind: Literal["openai", "anthropic", "ollama", "mock"]
+    kind: ProviderKind
     base_url: str | None = None
     api_key: str | None = None
     timeout_s: Annotated[float, Field(gt=0)] = 120.0

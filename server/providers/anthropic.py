@@ -16,7 +16,7 @@ from server.errors import InvalidRequestError, echoed
 from server.providers.base import Route
 from server.providers.http_provider import HttpProvider
 from server.providers.reads import decode, decoded, sse_batches
-from server.translate.anthropic import upstream as anthropic
+from server.translate.anthropic import from_provider, to_provider
 from server.translate.extra import extra_fields_of, leave_out
 
 __all__ = ["AnthropicProvider"]
@@ -24,7 +24,7 @@ __all__ = ["AnthropicProvider"]
 
 class AnthropicProvider(HttpProvider):
     def __init__(self, config: ProviderConfig) -> None:
-        headers = {"anthropic-version": anthropic.ANTHROPIC_VERSION}
+        headers = {"anthropic-version": to_provider.ANTHROPIC_VERSION}
         if config.api_key:
             headers["x-api-key"] = config.api_key
         super().__init__(config, headers=headers)
@@ -39,7 +39,7 @@ class AnthropicProvider(HttpProvider):
         chunked: bool,
     ) -> AsyncGenerator[Batch, None]:
         left_out: list[str] = []
-        body = anthropic.chat_request_to_anthropic(
+        body = to_provider.encode_chat_request(
             request,
             route.upstream,
             max_tokens_default=route.model.max_tokens_default,
@@ -55,10 +55,10 @@ class AnthropicProvider(HttpProvider):
             "/v1/messages", body, ctx, streaming=chunked, extra_headers=beta
         ) as response:
             if not chunked:
-                yield [decode(await response.read(), anthropic.message_as_chunk)]
+                yield [decode(await response.read(), from_provider.decode_completion)]
                 return
-            translator = anthropic.StreamTranslator()
-            async for chunks in decoded(sse_batches(response), translator.feed):
+            decoder = from_provider.StreamDecoder()
+            async for chunks in decoded(sse_batches(response), decoder.feed):
                 yield chunks
 
     async def embed(

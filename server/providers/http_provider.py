@@ -3,10 +3,15 @@ aiohttp is imported only when an HTTP kind is configured."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from server.config import ProviderConfig
+from server.context import CallContext
 from server.providers.http_client import HttpClient
+from server.providers.reads import decode
+
+T = TypeVar("T")
 
 __all__ = ["HttpProvider", "bearer"]
 
@@ -23,6 +28,15 @@ class HttpProvider:
         self.kind: str = config.kind
         self.max_retries = config.max_retries
         self.client = HttpClient(config, headers=headers)
+
+    async def answer(
+        self, path: str, body: dict[str, Any], ctx: CallContext, convert: Callable[[Any], T]
+    ) -> T:
+        """POST `body` unstreamed; its whole answer, `convert`ed (a malformed one is an
+        upstream error: `reads.decode`)."""
+        async with self.client.post(path, body, ctx, streaming=False) as response:
+            raw = await response.read()
+        return decode(raw, convert)
 
     async def aclose(self) -> None:
         await self.client.aclose()

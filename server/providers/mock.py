@@ -28,6 +28,7 @@ from server.context import CallContext
 from server.errors import InvalidRequestError
 from server.messages import count_words, last_user_text, prompt_words
 from server.providers.base import Route
+from server.translate.common import max_tokens_asked
 from server.translate.extra import leave_out_extra_body
 
 __all__ = ["EMBEDDING_DIMENSIONS", "MockProvider", "mock_embedding"]
@@ -141,11 +142,8 @@ def _pieces(answer: str) -> list[str]:
 
 
 def _max_tokens(request: chat_pb2.ChatCompletionRequest) -> int | None:
-    if request.HasField("max_completion_tokens"):
-        return request.max_completion_tokens
-    if request.HasField("max_tokens"):
-        return request.max_tokens
-    return None
+    asked = max_tokens_asked(request)
+    return None if asked is None else asked[1]
 
 
 def mock_embedding(text: str) -> list[float]:

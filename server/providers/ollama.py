@@ -7,12 +7,11 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
 
 import aiohttp
 from tandem.v1 import chat_pb2, embeddings_pb2
 
-from server.chunks import Batch, Item
+from server.chunks import Batch
 from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import GatewayError, UpstreamError
@@ -20,7 +19,7 @@ from server.providers.base import DEFAULT_CAPABILITIES, Route
 from server.providers.http_provider import HttpProvider, bearer
 from server.providers.reads import decode, decoded, line_batches
 from server.translate.extra import leave_out_extra_body
-from server.translate.ollama import upstream as ollama
+from server.translate.ollama import from_provider, to_provider
 
 __all__ = ["OllamaProvider"]
 
@@ -48,26 +47,18 @@ class OllamaProvider(HttpProvider):
         chunked: bool,
     ) -> AsyncGenerator[Batch, None]:
         leave_out_extra_body(request, ctx.trace)
-        body = ollama.chat_request_to_ollama(request, route.upstream, stream=chunked)
-        translator = ollama.StreamTranslator()
-
-        def translate(line: Any) -> Item:
-            if "error" in line:  # Ollama reports a failure mid-stream as {"error": ...}
-                raise UpstreamError("upstream provider failed mid-stream")
-            return translator.feed(line)
-
+        body = to_provider.encode_chat_request(request, route.upstream, stream=chunked)
+        decoder = from_provider.StreamDecoder()
         async with self.client.post("/api/chat", body, ctx, streaming=chunked) as response:
             # one JSON object a line, or the whole answer
-            async for chunks in decoded(line_batches(response), translate):
+            async for chunks in decoded(line_batches(response), decoder.feed):
                 yield chunks
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext
     ) -> embeddings_pb2.EmbeddingResponse:
-        body = ollama.embed_request_to_ollama(request, route.upstream)
-        async with self.client.post("/api/embed", body, ctx, streaming=False) as response:
-            raw = await response.read()
-        return decode(raw, ollama.embeddings_from_ollama)
+        body = to_provider.encode_embedding_request(request, route.upstream)
+        return await self.answer("/api/embed", body, ctx, from_provider.decode_embeddings)
 
     async def capabilities(self, upstream: str, ctx: CallContext) -> tuple[str, ...]:
         """What the server's `/api/show` says `upstream` can do, kept a while; if it
@@ -98,7 +89,7 @@ class OllamaProvider(HttpProvider):
             response
         ):
             raw = await _read_at_most(response, MAX_SHOW_BYTES)
-        found = decode(raw, ollama.capabilities_from_show)
+        found = decode(raw, from_provider.capabilities_from_show)
         if found is None:
             raise UpstreamError("upstream provider's answer names no capabilities")
         return found

@@ -13,7 +13,7 @@ from server.providers.base import Route
 from server.providers.http_provider import HttpProvider, bearer
 from server.providers.reads import decode, decoded, sse_batches
 from server.translate.extra import extra_fields_of, leave_out
-from server.translate.openai import upstream as openai_upstream
+from server.translate.openai import from_provider, to_provider
 
 __all__ = ["OpenAIProvider"]
 
@@ -33,7 +33,7 @@ class OpenAIProvider(HttpProvider):
         chunked: bool,
     ) -> AsyncGenerator[Batch, None]:
         left_out: list[str] = []
-        body = openai_upstream.chat_request_to_openai(
+        body = to_provider.encode_chat_request(
             request,
             route.upstream,
             stream=chunked,
@@ -48,15 +48,13 @@ class OpenAIProvider(HttpProvider):
         async with self.client.post("/chat/completions", body, ctx, streaming=chunked) as response:
             if not chunked or response.content_type == "application/json":
                 # asked not to stream, or answered with JSON anyway (an error, or `stream` ignored)
-                yield [decode(await response.read(), openai_upstream.completion_as_chunk)]
+                yield [decode(await response.read(), from_provider.decode_completion)]
                 return
-            async for batch in decoded(sse_batches(response), openai_upstream.stream_decoder()):
+            async for batch in decoded(sse_batches(response), from_provider.StreamDecoder().feed):
                 yield batch
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext
     ) -> embeddings_pb2.EmbeddingResponse:
-        body = openai_upstream.embedding_request_to_openai(request, route.upstream)
-        async with self.client.post("/embeddings", body, ctx, streaming=False) as response:
-            raw = await response.read()
-        return decode(raw, openai_upstream.embeddings_from_openai)
+        body = to_provider.encode_embedding_request(request, route.upstream)
+        return await self.answer("/embeddings", body, ctx, from_provider.decode_embeddings)
