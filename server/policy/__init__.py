@@ -162,9 +162,7 @@ class Policy:
         admitted (an error after authentication, before admission): they say the
         budget as it stands, taking nothing."""
         limits = self._limits(ctx.caller)
-        if limits is None or any(
-            k.startswith("x-ratelimit-") for k, _ in ctx.trace.response_headers
-        ):
+        if limits is None or any(k.startswith("x-ratelimit-") for k, _ in ctx.response_headers):
             return
         rpm, tpm, _ = limits
         if rpm is None and tpm is None:
