@@ -76,15 +76,15 @@ class ChunkStreamResponse(Response):
                         await send({"type": "http.response.body", "body": body, "more_body": True})
                     end = self._framing.end
                 except GatewayError as exc:
-                    self._trace.error_status = HTTP_STATUS[type(exc)]
+                    self._trace.failed(HTTP_STATUS[type(exc)])
                     end = self._framing.event(self._error_payload(exc))
                 except Exception:
                     logger.exception("request %s failed mid-stream", self._request_id)
-                    self._trace.error_status = 500
+                    self._trace.failed(500)
                     end = self._framing.event(self._error_payload(InternalError("internal error")))
                 await send({"type": "http.response.body", "body": end, "more_body": False})
         except ClientDisconnected:
-            self._trace.error_status = 499  # the client went away mid-stream
+            self._trace.failed(499)  # the client went away mid-stream
             return
         finally:
             await self._rest.aclose()

@@ -158,7 +158,7 @@ class Policy:
         if rpm is None and tpm is None:
             return
         decision = await limiter.peek(_budget_key(ctx.caller), rpm, tpm)
-        ctx.response_headers.extend(rate_limit_headers(decision))
+        ctx.trace.add_headers(rate_limit_headers(decision))
 
     async def admit(
         self, ctx: CallContext, estimate_tokens: Callable[[], int], *, hold_slot: bool = True
@@ -183,7 +183,7 @@ class Policy:
         if concurrent is not None and hold_slot:
             slot = await limiter.take_slot(key, concurrent)
             if slot is None:
-                ctx.trace.rate_limited = True
+                ctx.trace.limited()
                 raise RateLimitError(
                     f"tier {caller.tier!r} allows {concurrent} requests in flight at once",
                     retry_after_s=1.0,
@@ -198,12 +198,12 @@ class Policy:
             if slot is not None:
                 limiter.release_slot(slot)
             raise
-        ctx.response_headers.extend(rate_limit_headers(decision))
+        ctx.trace.add_headers(rate_limit_headers(decision))
         if decision.allowed:
             return Admission(limiter, key, tpm, reserved, decision.local, slot)
         if slot is not None:
             limiter.release_slot(slot)
-        ctx.trace.rate_limited = True
+        ctx.trace.limited()
         if not decision.fits_ever:
             raise RateLimitError(
                 f"this request needs {reserved} tokens; tier {caller.tier!r} allows {tpm} a minute",
