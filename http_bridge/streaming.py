@@ -82,13 +82,13 @@ class ChunkStreamResponse(Response):
                     end = self._failed(InternalError("internal error"), 500)
                 await send({"type": "http.response.body", "body": end, "more_body": False})
         except ClientDisconnected:
-            self._ctx.trace.error_status = 499  # the client went away mid-stream
+            self._ctx.trace.failed(499)  # the client went away mid-stream
             return
         finally:
             await self._rest.aclose()
 
     def _failed(self, error: GatewayError, status: int) -> bytes:
         """The error event that ends the stream, its status left for the access line."""
-        self._ctx.trace.error_status = status
+        self._ctx.trace.failed(status)
         body = door_named(self._ctx.protocol).error_body(error)
         return self._framing.event(orjson.dumps(body))

@@ -9,17 +9,17 @@ import time
 from collections.abc import AsyncGenerator
 
 import aiohttp
-from tandem.v1 import chat_pb2, embeddings_pb2
+from tandem.v1 import embeddings_pb2
 
-from server.chunks import Batch
 from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import GatewayError, UpstreamError
-from server.providers.base import DEFAULT_CAPABILITIES, Route
+from server.providers.base import DEFAULT_CAPABILITIES, ChatRequest, Route
 from server.providers.http_provider import HttpProvider, bearer
-from server.providers.reads import decode, decoded, line_batches
+from server.providers.reads import decode, line_batches
 from server.translate.extra import leave_out_extra_body
 from server.translate.ollama import from_provider, to_provider
+from server.translate.protocols import JSON
 
 __all__ = ["OllamaProvider"]
 
@@ -34,25 +34,21 @@ MAX_SHOW_BYTES = 1 << 20  # a model's licence, template and metadata: far less
 
 
 class OllamaProvider(HttpProvider):
+    chat_path = "/api/chat"
+    stream_decoder = from_provider.StreamDecoder
+
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config, headers=bearer(config.api_key))
         self._capabilities: dict[str, tuple[float, tuple[str, ...]]] = {}  # model -> until, them
 
-    async def stream(
-        self,
-        request: chat_pb2.ChatCompletionRequest,
-        route: Route,
-        ctx: CallContext,
-        *,
-        chunked: bool,
-    ) -> AsyncGenerator[Batch, None]:
+    def chat_body(
+        self, request: ChatRequest, route: Route, ctx: CallContext, chunked: bool
+    ) -> JSON:
         leave_out_extra_body(request, ctx.trace)
-        body = to_provider.encode_chat_request(request, route.upstream, stream=chunked)
-        decoder = from_provider.StreamDecoder()
-        async with self.client.post("/api/chat", body, ctx, streaming=chunked) as response:
-            # one JSON object a line, or the whole answer
-            async for chunks in decoded(line_batches(response), decoder.feed):
-                yield chunks
+        return to_provider.encode_chat_request(request, route.upstream, stream=chunked)
+
+    def frames(self, response: aiohttp.ClientResponse) -> AsyncGenerator[list[bytes], None]:
+        return line_batches(response)  # one JSON object a line, or the whole answer
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext
