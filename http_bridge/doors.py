@@ -54,7 +54,9 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class Door:
     name: Protocol
-    prefixes: tuple[str, ...]  # a path that starts so is this door's (the longest prefix wins)
+    # the paths under these are this door's (the longest wins); a prefix is whole path
+    # segments: `/v1/messages` holds itself and `/v1/messages/...`, not `/v1/messagesX`
+    prefixes: tuple[str, ...]
     dialect: Dialect  # its chat and embeddings; a route may vary it (`dataclasses.replace`)
     routes: str  # the module of its routes, whose `endpoints` app.py serves
     error_body: ErrorBody  # how it writes an error (errors.py), whoever answers it
@@ -128,15 +130,18 @@ DOORS = (NATIVE, OPENAI, OLLAMA, ANTHROPIC)
 
 _BY_NAME = {door.name: door for door in DOORS}
 _EXACT = {path: door for door in DOORS for path in door.paths}
+# a prefix without its closing slash is also its own path
+_OWN = {p: door for door in DOORS for p in door.prefixes if not p.endswith("/")}
 _BY_PREFIX = sorted(
-    ((prefix, door) for door in DOORS for prefix in door.prefixes), key=lambda p: -len(p[0])
+    ((p if p.endswith("/") else p + "/", door) for door in DOORS for p in door.prefixes),
+    key=lambda p: -len(p[0]),
 )
 
 
 def door_at(path: str) -> Door | None:
     """The door a path is (its own path, else its longest prefix's), or None for the
     rest (probes, metrics, docs)."""
-    exact = _EXACT.get(path)
+    exact = _EXACT.get(path) or _OWN.get(path)
     if exact is not None:
         return exact
     for prefix, door in _BY_PREFIX:

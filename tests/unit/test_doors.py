@@ -98,6 +98,7 @@ def test_a_path_is_one_door_s_by_its_longest_prefix() -> None:
         "/v1/models": "openai",
         "/v1/messages": "anthropic",
         "/v1/messages/count_tokens": "anthropic",
+        "/v1/messagesX": "openai",  # a prefix is whole segments
         "/native/v1/chat/completions": "native",
         "/api/chat": "ollama",
         "/": "ollama",
@@ -110,10 +111,12 @@ def test_a_path_is_one_door_s_by_its_longest_prefix() -> None:
 
 
 def test_an_error_is_written_as_its_path_s_door_writes_one_else_as_openai() -> None:
-    spellings = {path: spelling_at(path) for path in ("/api/tags", "/v1/messages", "/docs")}
-    assert spellings == {
+    paths = ("/api/tags", "/v1/messages", "/v1/messages/x", "/v1/messagesX", "/docs")
+    assert {path: spelling_at(path) for path in paths} == {
         "/api/tags": ollama_error_body,
         "/v1/messages": anthropic_error_body,
+        "/v1/messages/x": anthropic_error_body,
+        "/v1/messagesX": openai_error_body,
         "/docs": openai_error_body,
     }
     assert spelling_at("/native/v1/embeddings") is openai_error_body
