@@ -14,7 +14,6 @@ from typing import BinaryIO
 import orjson
 import pytest
 
-from server.config import ServerConfig
 from tests.servers import TandemProcess, start_tandem
 
 LIMITS_CONFIG = """
@@ -90,15 +89,6 @@ def _rss_bytes(pid: int) -> int:
     match = re.search(r"VmRSS:\s+(\d+) kB", status)
     assert match, status
     return int(match.group(1)) * 1024
-
-
-def test_transport_bounds_have_their_documented_defaults() -> None:
-    server = ServerConfig()
-    assert server.max_header_bytes == MAX_HEADER_BYTES
-    assert server.header_timeout_s == 10
-    assert server.keep_alive_timeout_s == 75
-    assert server.body_timeout_s == 30
-    assert server.max_connections == 4096
 
 
 def test_head_over_the_limit_gets_431_and_is_not_read(server: TandemProcess) -> None:

@@ -20,8 +20,6 @@ import orjson
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from server.errors import InvalidRequestError
-from server.translate.anthropic.inbound import parse_messages
 from server.translate.anthropic.upstream import ANTHROPIC_VERSION
 from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
 from tests.servers import TandemProcess, start_tandem
@@ -388,53 +386,6 @@ def test_an_unfit_beta_header_is_the_callers_400(
         assert answer.json()["error"]["type"] == "invalid_request_error"
         assert "anthropic-beta" in answer.json()["error"]["message"]
     assert fake.requests == []
-
-
-@pytest.mark.parametrize(
-    ("body", "param"),
-    [
-        (
-            {"system": [{"type": "text", "text": "x", "cache_control": "yes"}]},
-            "system[0].cache_control",
-        ),
-        ({"tools": [{"name": "f", "cache_control": {"ttl": "1h"}}]}, "tools[0].cache_control.type"),
-        (
-            {
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {
-                                "type": "text",
-                                "text": "x",
-                                "cache_control": {"type": "ephemeral", "ttl": 5},
-                            }
-                        ],
-                    }
-                ]
-            },
-            "messages[0].content[0].cache_control.ttl",
-        ),
-        (
-            {"system": [{"type": "text", "text": "x", "cache_control": {"type": "forever"}}]},
-            "system[0].cache_control.type",
-        ),
-        (
-            {"tools": [{"name": "f", "cache_control": {"type": "ephemeral", "ttl": "1 week"}}]},
-            "tools[0].cache_control.ttl",
-        ),
-    ],
-)
-def test_an_unfit_mark_is_refused_by_where_it_was_written(body: dict[str, Any], param: str) -> None:
-    request = {
-        "model": "m",
-        "max_tokens": 5,
-        "messages": [{"role": "user", "content": "x"}],
-        **body,
-    }
-    with pytest.raises(InvalidRequestError) as refused:
-        parse_messages(request)
-    assert refused.value.param == param
 
 
 @pytest.mark.parametrize(
