@@ -3,10 +3,9 @@ writes, and PostgreSQL going away (through a proxy the test cuts) and coming bac
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -14,6 +13,7 @@ from server.context import new_id
 from server.store import Store, open_store
 from server.telemetry.metrics import Metrics
 from server.usage import UsageBatcher, UsageQuery, UsageRecord
+from tests.eventually import eventually_async
 from tests.tcp_proxy import TcpProxy
 
 
@@ -48,14 +48,15 @@ class Spy:
         self.batches.append(len(records))
 
 
-async def stored(store: Store, want: int, timeout_s: float = 5.0) -> int:
-    """How many records the store holds, once it is `want` (or the timeout passed)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+async def stored(store: Store, want: int) -> int:
+    """How many records the store holds, once it holds at least `want`."""
+
+    async def enough() -> int:
         count = (await store.query_usage(UsageQuery(limit=1))).totals.requests
-        if count >= want or time.monotonic() > deadline:
-            return count
-        await asyncio.sleep(0.02)
+        assert count >= want, f"{count} of {want} records stored"
+        return count
+
+    return await eventually_async(enough)
 
 
 async def test_a_full_batch_is_written_without_waiting_for_the_interval(store: Store) -> None:
@@ -101,14 +102,6 @@ async def test_writing_a_batch_again_stores_each_record_once(store: Store) -> No
     assert page.totals.prompt_tokens == sum(range(6))
 
 
-async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if condition() or time.monotonic() > deadline:
-            return condition()
-        await asyncio.sleep(0.02)
-
-
 def _metric(metrics: Metrics, name: str) -> float:
     value = metrics.registry.get_sample_value(name)
     assert value is not None
@@ -142,7 +135,11 @@ async def test_beyond_max_pending_records_are_dropped_counted_and_logged(
         assert len(batcher._pending) == 20
         assert _metric(metrics, "tandem_usage_dropped_records_total") == 5
         assert _metric(metrics, "tandem_usage_pending_records") == 20
-        assert await eventually(lambda: "usage store unavailable" in caplog.text)
+
+        async def logged() -> bool:
+            return "usage store unavailable" in caplog.text
+
+        await eventually_async(logged)
         assert "dropping usage records" in caplog.text
         proxy.restore()
         await batcher.drain()
