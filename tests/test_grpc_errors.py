@@ -10,8 +10,6 @@ import pytest
 from google.protobuf.json_format import ParseDict
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from server import errors
-from server.grpc_errors import GRPC_CODES, to_grpc_status
 from server.providers import Provider
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess
@@ -120,34 +118,6 @@ async def test_auth_required_without_credentials_is_unauthenticated(
         metadata = [("authorization", "Bearer not-a-valid-token")]
         error = await fail(lambda: stub.CreateChatCompletion(chat(), metadata=metadata))
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-
-
-def all_error_classes() -> set[type[errors.GatewayError]]:
-    found, todo = set(), [errors.GatewayError]
-    while todo:
-        cls = todo.pop()
-        found.add(cls)
-        todo += cls.__subclasses__()
-    return found
-
-
-def test_every_error_class_has_a_grpc_code_and_an_http_status() -> None:
-    from http_bridge.errors import HTTP_STATUS
-
-    assert all_error_classes() == set(GRPC_CODES) == set(HTTP_STATUS)
-
-
-def test_rate_limit_status_carries_retry_info() -> None:
-    status = to_grpc_status(errors.RateLimitError("slow down", retry_after_s=1.25))
-    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    from google.rpc import error_details_pb2, status_pb2
-
-    raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
-    assert isinstance(raw, bytes)
-    details = status_pb2.Status.FromString(raw).details
-    retry = error_details_pb2.RetryInfo()
-    assert any(d.Unpack(retry) for d in details if d.Is(retry.DESCRIPTOR))
-    assert (retry.retry_delay.seconds, retry.retry_delay.nanos) == (1, 250_000_000)
 
 
 class _BrokenProvider:

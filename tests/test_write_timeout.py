@@ -19,7 +19,6 @@ import orjson
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from server.config import ServerConfig
 from tests.eventually import eventually, eventually_async
 from tests.fake_upstream import FakeUpstream
 from tests.servers import TandemProcess, start_tandem
@@ -110,10 +109,6 @@ def _rss_bytes(pid: int) -> int:
     match = re.search(r"VmRSS:\s+(\d+) kB", status)
     assert match, status
     return int(match.group(1)) * 1024
-
-
-def test_write_timeout_has_its_documented_default() -> None:
-    assert ServerConfig().write_timeout_s == 30
 
 
 def test_streams_nobody_reads_are_closed_and_charged_cancelled(

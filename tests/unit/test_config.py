@@ -205,3 +205,7 @@ def test_transport_bounds_have_their_documented_defaults() -> None:
     assert server.keep_alive_timeout_s == 75
     assert server.body_timeout_s == 30
     assert server.max_connections == 4096
+
+
+def test_write_timeout_has_its_documented_default() -> None:
+    assert ServerConfig().write_timeout_s == 30
