@@ -10,6 +10,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.eventually import eventually
 
 __all__ = [
     "ServeResult",
@@ -18,6 +23,7 @@ __all__ = [
     "run_serve",
     "serve_command",
     "start_tandem",
+    "usage_records",
 ]
 
 START_TIMEOUT_S = 20.0
@@ -155,3 +161,23 @@ def run_serve(
         check=False,
     )
     return ServeResult(done.returncode, done.stdout, done.stderr)
+
+
+def usage_records(
+    server: TandemProcess, count: int, credential: str | None = None, **params: Any
+) -> list[dict[str, Any]]:
+    """The records `GET /native/v1/usage` shows (newest first, `params` its filters) once
+    `count` are written, which is all there are: the batcher writes them a moment after
+    the call."""
+    headers = {} if credential is None else {"authorization": f"Bearer {credential}"}
+
+    def written() -> list[dict[str, Any]]:
+        answer = httpx.get(f"{server.base_url}/native/v1/usage", params=params, headers=headers)
+        assert answer.status_code == 200, answer.text
+        found: list[dict[str, Any]] = answer.json()["records"]
+        assert len(found) >= count, f"{len(found)} of {count} records written"
+        return found
+
+    found = eventually(written, what=f"{count} usage records")
+    assert len(found) == count, found
+    return found

@@ -5,25 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import cast
 
 import grpc
 import httpx
 import pytest
-from grpc_health.v1 import health
 from tandem.v1 import chat_pb2, chat_pb2_grpc, embeddings_pb2
 
 from http_bridge.app import create_app
-from server.config import ServerConfig, TelemetryConfig, load_config
-from server.context import CallContext
+from server.config import ServerConfig
 from server.core.dataplane import DataPlane
-from server.core.routing import Router
-from server.grpc_service import build_grpc_server
 from server.lifecycle import bind_socket, start_http_server
-from server.policy import Policy
-from server.providers import Provider, Route
-from server.telemetry import Telemetry
 from server.usage import UsageRecord
+from tests.in_process import grpc_server, plane_over
 
 
 class SlowProvider:
@@ -38,12 +31,7 @@ class SlowProvider:
         self.cancelled = asyncio.Event()
 
     async def stream(
-        self,
-        request: chat_pb2.ChatCompletionRequest,
-        route: Route,
-        ctx: CallContext,
-        *,
-        chunked: bool,
+        self, *args: object, **kwargs: object
     ) -> AsyncGenerator[list[chat_pb2.ChatCompletionChunk], None]:
         self.started.set()
         try:
@@ -56,9 +44,7 @@ class SlowProvider:
             self.cancelled.set()
             raise
 
-    async def embed(
-        self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext
-    ) -> embeddings_pb2.EmbeddingResponse:
+    async def embed(self, *args: object) -> embeddings_pb2.EmbeddingResponse:
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -88,8 +74,7 @@ def recorder() -> ListRecorder:
 
 @pytest.fixture
 def plane(provider: SlowProvider, recorder: ListRecorder) -> DataPlane:
-    config = load_config(None, environ={})
-    return DataPlane(Router(config, {"mock": cast(Provider, provider)}), Policy(config), recorder)
+    return plane_over(provider, recorder)
 
 
 @contextlib.asynccontextmanager
@@ -137,27 +122,14 @@ async def test_request_closes_upstream_when_client_disconnects(
 async def test_grpc_cancel_closes_upstream(
     plane: DataPlane, provider: SlowProvider, recorder: ListRecorder
 ) -> None:
-    server = build_grpc_server(
-        plane,
-        plane.policy,
-        health.aio.HealthServicer(),
-        Telemetry(TelemetryConfig(access_log=False)),
-        max_message_bytes=1 << 20,
-        max_concurrent_rpcs=8,
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = chat_pb2_grpc.ChatServiceStub(channel)
-            call = stub.StreamChatCompletion(
-                chat_pb2.ChatCompletionRequest(
-                    messages=[chat_pb2.ChatMessage(role="user", content="hi")]
-                )
+    async with grpc_server(plane) as target, grpc.aio.insecure_channel(target) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        call = stub.StreamChatCompletion(
+            chat_pb2.ChatCompletionRequest(
+                messages=[chat_pb2.ChatMessage(role="user", content="hi")]
             )
-            await call.read()
-            call.cancel()
-            await asyncio.wait_for(provider.cancelled.wait(), timeout=1.0)
-    finally:
-        await server.stop(None)
+        )
+        await call.read()
+        call.cancel()
+        await asyncio.wait_for(provider.cancelled.wait(), timeout=1.0)
     assert [r.status for r in recorder.records] == ["cancelled"]

@@ -6,13 +6,13 @@ without `Origin` (every SDK, curl) are as before."""
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import orjson
 
+from tests.eventually import eventually
 from tests.servers import TandemProcess, run_serve
 
 CONFIG = """
@@ -83,10 +83,7 @@ def test_a_page_from_an_unlisted_origin_is_refused_before_the_core(
     # nothing reached the core: once a later call's record is in, none of theirs is
     served = post(server, "/v1/chat/completions", CHAT, **SIMPLE, **{"x-request-id": "sdk"})
     assert served.status_code == 200
-    deadline = time.monotonic() + DEADLINE_S
-    while "sdk" not in ledger(tmp_path):
-        assert time.monotonic() < deadline, "the served call was never recorded"
-        time.sleep(0.05)
+    eventually(lambda: "sdk" in ledger(tmp_path), DEADLINE_S, what="the served call recorded")
     assert ledger(tmp_path) == {"sdk"}
     logged = [orjson.loads(line) for line in server.settled_stderr().splitlines()]
     refusals = [line for line in logged if line.get("request_id", "").startswith("evil-")]

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
-from typing import cast
+from collections.abc import Callable
 
 import grpc
 import pytest
 from google.protobuf.json_format import ParseDict
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from server.providers import Provider
+from tests.in_process import SECRET, BrokenProvider, grpc_server, plane_over
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess
 
@@ -120,62 +119,21 @@ async def test_auth_required_without_credentials_is_unauthenticated(
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-class _BrokenProvider:
-    name = "broken"
-    kind = "mock"
-    max_retries = 0
-
-    def stream(
-        self, *args: object, **kwargs: object
-    ) -> AsyncGenerator[list[chat_pb2.ChatCompletionChunk], None]:
-        raise RuntimeError("secret upstream detail at https://upstream.invalid/?key=sk-123")
-
-    async def embed(self, *args: object) -> object:
-        raise RuntimeError("secret")
-
-    async def aclose(self) -> None:
-        return None
-
-
 async def test_a_bug_is_internal_with_nothing_leaked(caplog: pytest.LogCaptureFixture) -> None:
-    from grpc_health.v1 import health
-
-    from server.config import TelemetryConfig, load_config
-    from server.core.dataplane import DataPlane
-    from server.core.routing import Router
-    from server.grpc_service import build_grpc_server
-    from server.policy import Policy
-    from server.telemetry import Telemetry
-    from server.usage import NullRecorder
-
-    config = load_config(None, environ={})
-    policy = Policy(config)
-    broken = cast(Provider, _BrokenProvider())
-    plane = DataPlane(Router(config, {"mock": broken}), policy, NullRecorder())
-    server = build_grpc_server(
-        plane,
-        policy,
-        health.aio.HealthServicer(),
-        Telemetry(TelemetryConfig(access_log=False)),
-        max_message_bytes=1 << 20,
-        max_concurrent_rpcs=8,
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = chat_pb2_grpc.ChatServiceStub(channel)
-            for call in (stub.CreateChatCompletion, stub.StreamChatCompletion):
-                error = await fail(lambda call=call: _consume(call(chat())))  # type: ignore[misc]
-                assert error.code() == grpc.StatusCode.INTERNAL
-                assert error.details() == "internal error"
-                assert "secret" not in str(error.trailing_metadata())
-                details = details_of(error)
-                assert details.error_info is not None
-                assert details.error_info.reason == "internal_error"
-    finally:
-        await server.stop(None)
-    assert "secret upstream detail" in caplog.text
+    async with (
+        grpc_server(plane_over(BrokenProvider())) as target,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        for call in (stub.CreateChatCompletion, stub.StreamChatCompletion):
+            error = await fail(lambda call=call: _consume(call(chat())))  # type: ignore[misc]
+            assert error.code() == grpc.StatusCode.INTERNAL
+            assert error.details() == "internal error"
+            assert "secret" not in str(error.trailing_metadata())
+            details = details_of(error)
+            assert details.error_info is not None
+            assert details.error_info.reason == "internal_error"
+    assert SECRET in caplog.text
 
 
 async def _consume(call: object) -> None:

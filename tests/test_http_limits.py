@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import select
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -14,6 +13,7 @@ from typing import BinaryIO
 import orjson
 import pytest
 
+from tests.eventually import eventually
 from tests.servers import TandemProcess, start_tandem
 
 LIMITS_CONFIG = """
@@ -246,15 +246,13 @@ def test_connections_over_the_bound_get_503_until_one_closes(
         assert [line["status"] for line in _access_lines(server, "extra-1")] == [503]
 
         held.pop().close()
-        deadline = time.monotonic() + WAIT_S
-        while True:  # the server sees the close a moment later
+
+        def served() -> bool:  # the server sees the close a moment later
             with _connect(server) as again:
                 again.sendall(_chat_head(500) + CHAT)
-                status = _read_response(again)[0]
-            if status == 200 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert status == 200
+                return _read_response(again)[0] == 200
+
+        eventually(served, WAIT_S, what="a slot given back")
     finally:
         for sock in held:
             sock.close()

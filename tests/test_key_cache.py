@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from tests.eventually import eventually
 from tests.servers import TandemProcess
 
 CONFIG = """
@@ -72,9 +73,11 @@ def keys_cli(store_url: str, directory: Path, *args: str) -> bytes:
 def poll_status(server: TandemProcess, key: str, status: int) -> float:
     """Seconds until a request with `key` answers `status` (polled)."""
     started = time.monotonic()
-    while asyncio.run(statuses(server, [key], at_once=1)) != [status]:
-        assert time.monotonic() - started < DEADLINE_S, f"still not {status}"
-        time.sleep(0.05)
+    eventually(
+        lambda: asyncio.run(statuses(server, [key], at_once=1)) == [status],
+        DEADLINE_S,
+        what=f"the answer {status}",
+    )
     return time.monotonic() - started
 
 

@@ -4,7 +4,6 @@ process: tests/unit/translate/test_anthropic.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -15,7 +14,7 @@ from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from server.translate.anthropic import upstream as anthropic
 from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess
 
 CONFIG = """
 providers:
@@ -27,17 +26,6 @@ models:
 tiers:
   free: {default_model: haiku}
 """
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TandemProcess]:
-    process = start_tandem(
-        tmp_path_factory.mktemp("gw"), CONFIG % {"root": fake.root, "key": UPSTREAM_KEY}
-    )
-    yield process
-    assert process.terminate() == 0, process.stderr()
 
 
 def test_non_streaming_through_the_openai_door(client: Any, fake: FakeUpstream) -> None:

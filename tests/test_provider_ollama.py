@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -15,7 +14,7 @@ import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from tests.fake_upstream import OLLAMA_CALL_IDS, SECRET_URL, FakeUpstream
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess
 
 CONFIG = """
 providers:
@@ -25,15 +24,6 @@ models:
 tiers:
   free: {default_model: llama}
 """
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TandemProcess]:
-    process = start_tandem(tmp_path_factory.mktemp("gw"), CONFIG % {"root": fake.root})
-    yield process
-    assert process.terminate() == 0, process.stderr()
 
 
 def test_chat_whole_and_streamed_with_usage(client: Any, fake: FakeUpstream) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import openai
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
+from tests.eventually import eventually_async
 from tests.fake_upstream import SECRET_URL, UPSTREAM_KEY, FakeUpstream
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess, start_tandem
@@ -33,16 +33,6 @@ models:
 tiers:
   free: {default_model: gpt}
 """
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TandemProcess]:
-    config = CONFIG % {"url": fake.base_url, "key": UPSTREAM_KEY}
-    process = start_tandem(tmp_path_factory.mktemp("gw"), config)
-    yield process
-    assert process.terminate() == 0, process.stderr()
 
 
 def user(text: str) -> Any:
@@ -389,11 +379,7 @@ async def test_http_disconnect_closes_the_upstream_within_a_second(
         ) as response:
             await anext(response.aiter_lines())
         left = time.monotonic()
-    for _ in range(100):
-        if fake.gone:
-            break
-        await asyncio.sleep(0.02)
-    assert fake.gone
+    await eventually_async(fake.hung_up, 2, what="the upstream call closed")
     assert fake.gone[0] - left < 1.0
 
 
@@ -412,11 +398,7 @@ async def test_grpc_cancel_and_deadline_close_the_upstream_within_a_second(
             if how == "cancel":
                 call.cancel()
             left = time.monotonic() if how == "cancel" else time.monotonic() + 0.4
-            for _ in range(100):
-                if fake.gone:
-                    break
-                await asyncio.sleep(0.02)
-            assert fake.gone, how
+            await eventually_async(fake.hung_up, 2, what=f"the upstream call closed ({how})")
             assert fake.gone[0] - left < 1.0, how
 
 

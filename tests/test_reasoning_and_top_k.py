@@ -8,7 +8,6 @@ door (raw SSE and JSON, as DeepSeek spells `reasoning_content`) and gRPC.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic as anthropic_sdk
@@ -18,9 +17,9 @@ import orjson
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from tests.fake_upstream import REASONING, SIGNATURE, THOUGHTS, UPSTREAM_KEY, FakeUpstream
+from tests.fake_upstream import REASONING, SIGNATURE, THOUGHTS, FakeUpstream
 from tests.rpc_status import details_of
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess
 
 CONFIG = """
 providers:
@@ -36,16 +35,6 @@ models:
 tiers:
   free: {default_model: echo, models: [gpt, llama, haiku, echo]}
 """
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TandemProcess]:
-    config = CONFIG % {"url": fake.base_url, "root": fake.root, "key": UPSTREAM_KEY}
-    process = start_tandem(tmp_path_factory.mktemp("gw"), config)
-    yield process
-    assert process.terminate() == 0, process.stderr()
 
 
 def user(text: str) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from server.errors import InvalidRequestError
 from server.translate.anthropic import upstream as anthropic
 from server.translate.anthropic.inbound import parse_messages
 from server.translate.openai.inbound import parse_chat_request
+from tests.unit.translate.messages import image_then_tool_call
 
 texts = st.text(min_size=1, max_size=20)
 messages = st.lists(
@@ -125,24 +126,7 @@ def test_tools_tool_calls_and_results_translate() -> None:
     body = translate(
         {
             "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": "see"},
-                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}},
-                    ],
-                },
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "t1",
-                            "type": "function",
-                            "function": {"name": "f", "arguments": '{"a": 1}'},
-                        }
-                    ],
-                },
+                *image_then_tool_call("t1", '{"a": 1}'),
                 {"role": "tool", "tool_call_id": "t1", "content": "42"},
                 {"role": "user", "content": "thanks"},
             ],

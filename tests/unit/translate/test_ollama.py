@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from server.errors import InvalidRequestError
 from server.translate.ollama import upstream as ollama
 from server.translate.openai.inbound import parse_chat_request
+from tests.unit.translate.messages import image_then_tool_call
 
 texts = st.text(min_size=1, max_size=20)
 
@@ -21,24 +22,7 @@ def test_sampling_goes_under_options_and_images_travel_as_base64() -> None:
         {
             "messages": [
                 {"role": "developer", "content": "sys"},
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": "see"},
-                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}},
-                    ],
-                },
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "c",
-                            "type": "function",
-                            "function": {"name": "f", "arguments": '{"x": 1}'},
-                        }
-                    ],
-                },
+                *image_then_tool_call("c", '{"x": 1}'),
             ],
             "temperature": 0.2,
             "max_tokens": 7,
