@@ -53,6 +53,23 @@ def test_every_field_passes_through_with_the_upstream_model_name(
             },
         }
     ]
+    fields = {
+        "temperature": 0.7,
+        "top_p": 0.5,
+        "max_tokens": 99,
+        "stop": ["END"],
+        "n": 1,
+        "seed": 42,
+        "presence_penalty": 0.25,
+        "frequency_penalty": -0.5,
+        "logit_bias": {"50256": -100},
+        "logprobs": True,
+        "top_logprobs": 2,
+        "parallel_tool_calls": False,
+        "response_format": {"type": "json_object"},
+        "user": "end-user-1",
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+    }  # each passes through as written
     completion = client.chat.completions.create(
         model="gpt",
         messages=[
@@ -77,22 +94,8 @@ def test_every_field_passes_through_with_the_upstream_model_name(
             {"role": "tool", "tool_call_id": "c1", "content": "result"},
             {"role": "user", "content": "pass it all"},
         ],
-        temperature=0.7,
-        top_p=0.5,
-        max_tokens=99,
-        stop=["END"],
-        n=1,
-        seed=42,
-        presence_penalty=0.25,
-        frequency_penalty=-0.5,
-        logit_bias={"50256": -100},
-        logprobs=True,
-        top_logprobs=2,
         tools=tools,
-        tool_choice={"type": "function", "function": {"name": "f"}},
-        parallel_tool_calls=False,
-        response_format={"type": "json_object"},
-        user="end-user-1",
+        **fields,
     )
     assert completion.model == "gpt"  # the public name, not the upstream's
     assert completion.choices[0].message.content == "pass it all"
@@ -100,35 +103,9 @@ def test_every_field_passes_through_with_the_upstream_model_name(
     assert sent.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
     body = sent.body
     assert body["model"] == "gpt-upstream"
-    for key, value in {
-        "temperature": 0.7,
-        "top_p": 0.5,
-        "max_tokens": 99,
-        "stop": ["END"],
-        "n": 1,
-        "seed": 42,
-        "presence_penalty": 0.25,
-        "frequency_penalty": -0.5,
-        "logit_bias": {"50256": -100},
-        "logprobs": True,
-        "top_logprobs": 2,
-        "parallel_tool_calls": False,
-        "response_format": {"type": "json_object"},
-        "user": "end-user-1",
-        "tool_choice": {"type": "function", "function": {"name": "f"}},
-    }.items():
+    for key, value in fields.items():
         assert body[key] == value, key
-    assert body["tools"] == [
-        {
-            "type": "function",
-            "function": {
-                "name": "f",
-                "description": "d",
-                "parameters": {"type": "object", "properties": {}},
-                "strict": True,
-            },
-        }
-    ]
+    assert body["tools"] == tools  # as the caller wrote them
     assert body["messages"][1]["content"] == [
         {"type": "text", "text": "look"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA", "detail": "low"}},

@@ -62,6 +62,12 @@ def _metric(process: TandemProcess, name: str) -> float:
     return 0.0
 
 
+def _counted(process: TandemProcess, what: str) -> None:
+    """Until a settlement is counted as `what` (deferred, applied_late)."""
+    name = f"tandem_rate_limit_settlements_{what}_total"
+    eventually(lambda: _metric(process, name) >= 1, WAIT_S, what=name)
+
+
 def _stream_pausing_redis(
     process: TandemProcess, own_redis: OwnRedis, words: int, **extra: Any
 ) -> dict[str, Any]:
@@ -103,13 +109,9 @@ def test_a_charge_kept_through_a_blip_lands_in_the_bucket(
     started = time.monotonic()
     usage = _stream_pausing_redis(gateway, own_redis, words=50)  # reserves 50, uses 100
     assert usage["total_tokens"] == 100
-    eventually(
-        lambda: _metric(gateway, "tandem_rate_limit_settlements_deferred_total") >= 1, WAIT_S
-    )
+    _counted(gateway, "deferred")
     own_redis.resume()
-    eventually(
-        lambda: _metric(gateway, "tandem_rate_limit_settlements_applied_late_total") >= 1, WAIT_S
-    )
+    _counted(gateway, "applied_late")
     # the whole 100 tokens (50 s at 2 a second) were taken from the bucket since `started`;
     # the admission alone (the debt forgiven) would be 25 s
     expected = 100 * 60 / TPM - (time.monotonic() - started)
@@ -125,13 +127,9 @@ def test_a_refund_kept_through_a_blip_lands_in_the_bucket(
 ) -> None:
     usage = _stream_pausing_redis(gateway, own_redis, words=10, max_tokens=90)  # reserves 100
     assert usage["total_tokens"] == 20
-    eventually(
-        lambda: _metric(gateway, "tandem_rate_limit_settlements_deferred_total") >= 1, WAIT_S
-    )
+    _counted(gateway, "deferred")
     own_redis.resume()
-    eventually(
-        lambda: _metric(gateway, "tandem_rate_limit_settlements_applied_late_total") >= 1, WAIT_S
-    )
+    _counted(gateway, "applied_late")
     # 20 tokens used: at most 10 s ahead; without the refund it would be 50 s, less the wait
     assert _bucket_ahead_s(own_redis, prefix) <= 20 * 60 / TPM + 1.0
 
@@ -141,9 +139,7 @@ def test_pending_settlements_are_applied_at_exit_if_redis_answers_within_the_dra
 ) -> None:
     started = time.monotonic()
     _stream_pausing_redis(gateway, own_redis, words=50)
-    eventually(
-        lambda: _metric(gateway, "tandem_rate_limit_settlements_deferred_total") >= 1, WAIT_S
-    )
+    _counted(gateway, "deferred")
     gateway.proc.terminate()  # SIGTERM while Redis is still frozen
     eventually(lambda: "draining" in gateway.stderr(), WAIT_S)
     own_redis.resume()

@@ -59,14 +59,24 @@ async def stored(store: Store, want: int) -> int:
     return await eventually_async(enough)
 
 
-async def test_a_full_batch_is_written_without_waiting_for_the_interval(store: Store) -> None:
-    spy = Spy(store)
+def batching(spy: Spy, count: int, flush_interval_s: float, batch_size: int) -> UsageBatcher:
+    """A started batcher that writes to `spy`, handed `count` records."""
     batcher = UsageBatcher(
-        spy, flush_interval_s=60, batch_size=5, max_pending=100, metrics=Metrics()
+        spy,
+        flush_interval_s=flush_interval_s,
+        batch_size=batch_size,
+        max_pending=100,
+        metrics=Metrics(),
     )
     batcher.start()
-    for record in make_records(12):
+    for record in make_records(count):
         batcher.record(record)
+    return batcher
+
+
+async def test_a_full_batch_is_written_without_waiting_for_the_interval(store: Store) -> None:
+    spy = Spy(store)
+    batcher = batching(spy, 12, flush_interval_s=60, batch_size=5)
     assert await stored(store, 10) == 10
     assert spy.batches == [5, 5]
     assert len(batcher._pending) == 2
@@ -77,12 +87,7 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval(store: S
 
 async def test_a_partial_batch_is_written_after_the_interval(store: Store) -> None:
     spy = Spy(store)
-    batcher = UsageBatcher(
-        spy, flush_interval_s=0.5, batch_size=1000, max_pending=100, metrics=Metrics()
-    )
-    batcher.start()
-    for record in make_records(3):
-        batcher.record(record)
+    batcher = batching(spy, 3, flush_interval_s=0.5, batch_size=1000)
     assert (await store.query_usage(UsageQuery())).totals.requests == 0
     assert await stored(store, 3) == 3
     assert spy.batches == [3]
