@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import signal
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
+from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from tests.eventually import eventually
 
@@ -23,6 +26,7 @@ __all__ = [
     "run_serve",
     "serve_command",
     "start_tandem",
+    "streamed_over_grpc",
     "usage_records",
 ]
 
@@ -181,3 +185,19 @@ def usage_records(
     found = eventually(written, what=f"{count} usage records")
     assert len(found) == count, found
     return found
+
+
+def streamed_over_grpc(
+    server: TandemProcess, text: str, metadata: tuple[tuple[str, str], ...] = ()
+) -> list[chat_pb2.ChatCompletionChunk]:
+    """The chunks of a chat of one user message, streamed over a fresh gRPC channel."""
+    request = chat_pb2.ChatCompletionRequest(
+        messages=[chat_pb2.ChatMessage(role="user", content=text)]
+    )
+
+    async def stream() -> list[chat_pb2.ChatCompletionChunk]:
+        async with grpc.aio.insecure_channel(server.grpc) as channel:
+            stub = chat_pb2_grpc.ChatServiceStub(channel)
+            return [c async for c in stub.StreamChatCompletion(request, metadata=metadata)]
+
+    return asyncio.run(stream())

@@ -3,18 +3,16 @@ process: tests/unit/translate/test_anthropic.py)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 from google.protobuf.json_format import ParseDict
-from tandem.v1 import chat_pb2, chat_pb2_grpc
+from tandem.v1 import chat_pb2
 
 from server.translate.anthropic import upstream as anthropic
 from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
-from tests.servers import TandemProcess
+from tests.servers import TandemProcess, streamed_over_grpc
 
 CONFIG = """
 providers:
@@ -95,15 +93,7 @@ def test_native_and_grpc_doors(gateway: TandemProcess, fake: FakeUpstream) -> No
         ParseDict(reply, chat_pb2.ChatCompletion()).choices[0].message.content == "native to claude"
     )
 
-    async def stream() -> list[chat_pb2.ChatCompletionChunk]:
-        async with grpc.aio.insecure_channel(gateway.grpc) as channel:
-            stub = chat_pb2_grpc.ChatServiceStub(channel)
-            request = chat_pb2.ChatCompletionRequest(
-                messages=[chat_pb2.ChatMessage(role="user", content="grpc to claude")]
-            )
-            return [c async for c in stub.StreamChatCompletion(request)]
-
-    chunks = asyncio.run(stream())
+    chunks = streamed_over_grpc(gateway, "grpc to claude")
     assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == "grpc to claude"
     assert chunks[-1].usage.total_tokens == 13 + 3
 

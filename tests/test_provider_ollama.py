@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
-import grpc
 import httpx
 import orjson
 import pytest
-from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from tests.fake_upstream import OLLAMA_CALL_IDS, SECRET_URL, FakeUpstream
-from tests.servers import TandemProcess
+from tests.servers import TandemProcess, streamed_over_grpc
 
 CONFIG = """
 providers:
@@ -162,15 +159,7 @@ def test_embeddings_and_grpc(gateway: TandemProcess, client: Any, fake: FakeUpst
     assert result.data[0].embedding == [3.0, 1.0]
     assert result.usage.prompt_tokens == 4
 
-    async def stream() -> list[chat_pb2.ChatCompletionChunk]:
-        async with grpc.aio.insecure_channel(gateway.grpc) as channel:
-            stub = chat_pb2_grpc.ChatServiceStub(channel)
-            request = chat_pb2.ChatCompletionRequest(
-                messages=[chat_pb2.ChatMessage(role="user", content="via grpc")]
-            )
-            return [c async for c in stub.StreamChatCompletion(request)]
-
-    chunks = asyncio.run(stream())
+    chunks = streamed_over_grpc(gateway, "via grpc")
     assert "".join(c.choices[0].delta.content for c in chunks) == "via grpc"
     assert chunks[-1].usage.total_tokens == 7
 
