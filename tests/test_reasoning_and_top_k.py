@@ -125,16 +125,34 @@ def test_top_k_to_an_openai_kind_model_is_a_400_and_nothing_is_sent(
     assert fake.requests == []
 
 
+SENT_BACK = [  # an earlier answer's reasoning, sent back with the conversation
+    {"role": "user", "content": "first"},
+    {"role": "assistant", "content": "answer", "reasoning_content": "old thoughts"},
+    {"role": "user", "content": "again"},
+]
+
+
+def reasoning_back(gateway: TandemProcess, model: str) -> list[dict[str, Any]]:
+    """The fake's reasoning answer through /v1, whole then streamed: its reasoning apart
+    from its content both ways; the streamed deltas."""
+    whole = chat(gateway, model=model, messages=user("the answer")).json()["choices"][0]
+    assert (whole["message"]["reasoning_content"], whole["message"]["content"]) == (
+        REASONING,
+        "the answer",
+    )
+    streamed = deltas(chat(gateway, model=model, messages=user("the answer"), stream=True))
+    assert joined(streamed, "reasoning_content") == REASONING
+    assert all("content" not in d for d in streamed if "reasoning_content" in d)
+    assert joined(streamed, "content") == "the answer"
+    return streamed
+
+
 def test_openai_kind_passes_reasoning_effort_and_keeps_reasoning_content_home(
     gateway: TandemProcess, fake: FakeUpstream
 ) -> None:
     fake.reset()
-    messages = [
-        {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "answer", "reasoning_content": "old thoughts"},
-        {"role": "user", "content": "again"},
-    ]
-    assert chat(gateway, model="gpt", messages=messages, reasoning_effort="low").status_code == 200
+    answer = chat(gateway, model="gpt", messages=SENT_BACK, reasoning_effort="low")
+    assert answer.status_code == 200
     sent = fake.requests[0].body
     assert sent["reasoning_effort"] == "low"
     assert "top_k" not in sent
@@ -145,14 +163,8 @@ def test_openai_kind_reasoning_content_comes_back_whole_and_streamed(
     gateway: TandemProcess, fake: FakeUpstream
 ) -> None:
     fake.reset("reasoning", "reasoning", "reasoning")
-    message = chat(gateway, model="gpt", messages=user("the answer")).json()["choices"][0]
-    assert message["message"]["reasoning_content"] == REASONING
-    assert message["message"]["content"] == "the answer"
-
-    streamed = deltas(chat(gateway, model="gpt", messages=user("the answer"), stream=True))
+    streamed = reasoning_back(gateway, "gpt")
     assert [d["reasoning_content"] for d in streamed if "reasoning_content" in d] == list(THOUGHTS)
-    assert all("content" not in d for d in streamed if "reasoning_content" in d)
-    assert joined(streamed, "content") == "the answer"
 
     chunks = asyncio.run(grpc_call(gateway, "gpt", stream=True))
     assert "".join(c.choices[0].delta.reasoning_content for c in chunks if c.choices) == REASONING
@@ -175,14 +187,9 @@ def test_ollama_kind_sends_top_k_as_an_option_and_reasoning_effort_as_think(
     gateway: TandemProcess, fake: FakeUpstream
 ) -> None:
     fake.reset()
-    messages = [
-        {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "answer", "reasoning_content": "old thoughts"},
-        {"role": "user", "content": "again"},
-    ]
     for effort, think in (("high", "high"), ("minimal", "low")):
         response = chat(
-            gateway, model="llama", messages=messages, top_k=40, reasoning_effort=effort
+            gateway, model="llama", messages=SENT_BACK, top_k=40, reasoning_effort=effort
         )
         assert response.status_code == 200
         sent = fake.requests[-1].body
@@ -201,14 +208,7 @@ def test_ollama_thinking_comes_back_as_reasoning_content(
     gateway: TandemProcess, fake: FakeUpstream
 ) -> None:
     fake.reset("reasoning", "reasoning", "reasoning")
-    message = chat(gateway, model="llama", messages=user("the answer")).json()["choices"][0]
-    assert message["message"]["reasoning_content"] == REASONING
-    assert message["message"]["content"] == "the answer"
-
-    streamed = deltas(chat(gateway, model="llama", messages=user("the answer"), stream=True))
-    assert joined(streamed, "reasoning_content") == REASONING
-    assert all("content" not in d for d in streamed if "reasoning_content" in d)
-    assert joined(streamed, "content") == "the answer"
+    reasoning_back(gateway, "llama")
 
     completion = asyncio.run(grpc_call(gateway, "llama", stream=False))
     assert completion.choices[0].message.reasoning_content == REASONING
