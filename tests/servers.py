@@ -23,6 +23,7 @@ __all__ = [
     "ServeResult",
     "TandemProcess",
     "children_of",
+    "run_cli",
     "run_serve",
     "serve_command",
     "start_tandem",
@@ -82,6 +83,22 @@ def children_of(pid: int) -> list[int]:
     """The processes `pid` started (a `serve --workers N` parent's workers)."""
     done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
     return [int(p) for p in done.stdout.split()]
+
+
+def run_cli(
+    *args: str | Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`tandem ARGS...` (`keys create ...`, `chat ...`) in a process of its own, as an
+    operator runs it, from `cwd`; its exit code is the caller's to check."""
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(env),
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
 
 
 def serve_command(config: Path | None, args: list[str]) -> list[str]:

@@ -42,7 +42,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.config import Config, ConfigError, build_config, load_config, parse_host_port
 from tests.balancer import free_ports, nginx_binary, serving_nginx
 from tests.eventually import eventually
-from tests.servers import TandemProcess
+from tests.servers import TandemProcess, run_cli
 from tests.stores import pg_schema_url
 
 ROOT = Path(__file__).parent.parent
@@ -437,16 +437,9 @@ def test_single_container_config_serves_keys_from_its_store(
     assert text.count(SINGLE_STORE) == 1
     config = tmp_path / "config.yaml"
     config.write_text(text.replace(SINGLE_STORE, f"sqlite:///{data}/tandem.db"))
-    env = {**os.environ, "TANDEM_ADMIN_KEY": ENV["TANDEM_ADMIN_KEY"]}
-    command = [sys.executable, "-m", "server.cli", "keys", "create", "--user", "alice"]
-    made = subprocess.run(
-        [*command, "--json", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
+    admin = {"TANDEM_ADMIN_KEY": ENV["TANDEM_ADMIN_KEY"]}
+    made = run_cli(
+        "keys", "create", "--user", "alice", "--json", "--config", config, cwd=ROOT, env=admin
     )
     assert made.returncode == 0, made.stderr
     assert (data / "tandem.db").exists()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +16,7 @@ import httpx
 import orjson
 
 from tests.eventually import eventually
-from tests.servers import TandemProcess
+from tests.servers import TandemProcess, run_cli
 
 CONFIG = """
 auth: {required: true, key_cache_s: %(ttl)s}
@@ -60,14 +58,9 @@ def keys_cli(store_url: str, directory: Path, *args: str) -> bytes:
     """`tandem keys ...` in a process of its own, as an operator runs it."""
     config = directory / "keys.yaml"
     config.write_text(CONFIG % {"ttl": 1, "store": store_url})
-    done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "keys", *args, "--config", str(config)],
-        capture_output=True,
-        timeout=60,
-        check=True,
-        cwd=directory,
-    )
-    return done.stdout
+    done = run_cli("keys", *args, "--config", config, cwd=directory)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.encode()
 
 
 def poll_status(server: TandemProcess, key: str, status: int) -> float:

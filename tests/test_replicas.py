@@ -10,8 +10,6 @@ request and leaves every request in the ledger exactly once.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from tests.balancer import Balancer, free_ports, nginx_balancer
 from tests.eventually import eventually, eventually_async
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess, run_cli, start_tandem
 from tests.stores import REDIS_URL, pg_schema_url
 
 pytestmark = pytest.mark.timeout(240)
@@ -93,13 +91,9 @@ class Cluster:
     def cli(self, *args: str) -> bytes:
         config = self.directory / "cli.yaml"
         config.write_text(self.config)
-        done = subprocess.run(
-            [sys.executable, "-m", "server.cli", *args, "--config", str(config)],
-            capture_output=True,
-            check=True,
-            cwd=self.directory,
-        )
-        return done.stdout
+        done = run_cli(*args, "--config", config, cwd=self.directory)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.encode()
 
 
 def _wait_known(replica: TandemProcess, key: str, timeout_s: float = 30.0) -> None:
