@@ -59,7 +59,7 @@ BENCH_ARGS ?=  # e.g. make bench BENCH_ARGS="--litellm --before ../base"
 bench: codegen nginx wrk
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 
-# Proof at scale (README, "Load, soak and faults"); none is part of `make test`.
+# Proof at scale (docs/operations.md, "Load, soak and faults"); none is part of `make test`.
 LOAD_ARGS ?=  # e.g. make load LOAD_ARGS="--streams 500 --baseline"
 load: codegen
 	$(PY) scripts/load.py $(LOAD_ARGS)

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from importlib import import_module
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from http_bridge import routes_anthropic, routes_native, routes_ollama, routes_openai
 from http_bridge.body_limit import BodyLimitMiddleware
 from http_bridge.call_scope import CallScopeMiddleware
 from http_bridge.cors import OriginGuard
 from http_bridge.docs import serve_docs
+from http_bridge.doors import DOORS
 from http_bridge.responses import JsonResponse
-from http_bridge.routing import ERRORS_ANSWERED, DoorApp, error_to_response
+from http_bridge.routing import ERRORS_ANSWERED, DoorApp, Endpoints, error_to_response
 from server.config import TelemetryConfig
 from server.core.dataplane import DataPlane
 from server.policy import Policy
@@ -24,7 +26,7 @@ from server.telemetry import Telemetry
 from server.telemetry.metrics import CONTENT_TYPE_LATEST
 from server.telemetry.readiness import Readiness
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "door_endpoints"]
 
 
 def create_app(
@@ -55,11 +57,33 @@ def create_app(
     )
     app.state.plane = plane
     app.state.policy = policy
-    app.include_router(routes_native.router)
-    app.include_router(routes_openai.router)
-    app.include_router(routes_ollama.router)
-    app.include_router(routes_ollama.root)
+    endpoints = door_endpoints()
+    for group in endpoints:
+        if group.router.routes:  # a door may have only its table's (Anthropic's)
+            app.include_router(group.router)
     serve_docs(app)
+    _serve_ops(app, telemetry, readiness)
+    for error in ERRORS_ANSWERED:
+        app.add_exception_handler(error, error_to_response)
+    _document(app, [route for group in endpoints for route in group.documented])
+    door = DoorApp(app, endpoints)
+    limited = BodyLimitMiddleware(door, max_body_bytes=max_body_bytes)
+    return CallScopeMiddleware(OriginGuard(limited, cors_origins), telemetry, readiness)
+
+
+def door_endpoints() -> list[Endpoints]:
+    """Every door's routes (doors.py names the module of each), in the table's order."""
+    found = []
+    for door in DOORS:
+        endpoints = import_module(door.routes).endpoints
+        if not isinstance(endpoints, Endpoints) or endpoints.door is not door:
+            raise TypeError(f"{door.routes}.endpoints is not the {door.name} door's")
+        found.append(endpoints)
+    return found
+
+
+def _serve_ops(app: FastAPI, telemetry: Telemetry, readiness: Readiness) -> None:
+    """The probes and the metrics, for the orchestrator and Prometheus: no door's."""
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive")
     async def healthz() -> Response:
@@ -76,15 +100,9 @@ def create_app(
     async def metrics() -> Response:
         return Response(telemetry.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    for error in ERRORS_ANSWERED:
-        app.add_exception_handler(error, error_to_response)
-    endpoints = [
-        routes_native.endpoints,
-        routes_openai.endpoints,
-        routes_ollama.endpoints,
-        routes_anthropic.endpoints,
-    ]
-    documented = [route for group in endpoints for route in group.documented]
+
+def _document(app: FastAPI, documented: list[APIRoute]) -> None:
+    """/openapi.json: the routes the door's table serves (`documented`), then FastAPI's."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -97,6 +115,3 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    door = DoorApp(app, endpoints)
-    limited = BodyLimitMiddleware(door, max_body_bytes=max_body_bytes)
-    return CallScopeMiddleware(OriginGuard(limited, cors_origins), telemetry, readiness)

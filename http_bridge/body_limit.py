@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from http_bridge.errors import error_response, spelling_of
+from http_bridge.doors import spelling_at
+from http_bridge.errors import error_response
 from server.errors import RequestTooLargeError
 
 __all__ = ["BodyLimitMiddleware"]
@@ -30,7 +31,7 @@ class BodyLimitMiddleware:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.limit:
-                    answer = error_response(self._too_large(), spelling=spelling_of(scope["path"]))
+                    answer = error_response(self._too_large(), spelling=spelling_at(scope["path"]))
                     await answer(scope, receive, send)
                     return
                 await self.app(scope, receive, send)

@@ -30,7 +30,8 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from http_bridge.errors import error_response, spelling_of
+from http_bridge.doors import spelling_at
+from http_bridge.errors import error_response
 from server.errors import PermissionDeniedError, echoed
 
 __all__ = ["OriginGuard"]
@@ -72,7 +73,7 @@ class OriginGuard:
                 "a page's origin must be listed in server.cors_origins",
                 code="origin_not_allowed",
             )
-            await error_response(refusal, spelling=spelling_of(scope["path"]))(scope, receive, send)
+            await error_response(refusal, spelling=spelling_at(scope["path"]))(scope, receive, send)
             return
         cors = [(b"access-control-allow-origin", allowed)]
         if allowed != b"*":

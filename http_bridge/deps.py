@@ -2,39 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
 
 import orjson
-from fastapi import Depends, Request
+from fastapi import Request
 
-from server.context import CallContext, Protocol
+from http_bridge.doors import Door
+from server.context import CallContext
 from server.errors import InvalidRequestError, echoed
 from server.policy import Policy
 from server.translate.protojson import MAX_JSON_DEPTH, deeper_than, too_deep
 
-__all__ = [
-    "ModelsCall",
-    "NativeCall",
-    "OllamaCall",
-    "anthropic_call",
-    "models_call",
-    "native_call",
-    "ollama_call",
-    "openai_call",
-    "read_json",
-]
+__all__ = ["call_opener", "open_call", "read_json"]
 
 
-async def _open_call(
-    request: Request, protocol: Protocol, authorization: str | None = None
-) -> CallContext:
-    """Who is calling (the same `Policy.authenticate` the gRPC door calls)."""
+async def open_call(request: Request, door: Door) -> CallContext:
+    """Who is calling (the same `Policy.authenticate` the gRPC door calls), by the key in
+    the door's `key_header`, else `authorization`; the call is recorded as `door`'s."""
     policy: Policy = request.app.state.policy
-    caller = await policy.authenticate(authorization or request.headers.get("authorization"))
+    headers = request.headers
+    key = headers.get(door.key_header) if door.key_header is not None else None
+    caller = await policy.authenticate(f"Bearer {key}" if key else headers.get("authorization"))
     state = request.state  # what http_bridge/call_scope.py read off the request
     ctx = CallContext(
         request_id=state.request_id,
-        protocol=protocol,
+        protocol=door.name,
         caller=caller,
         started=state.started,
         traceparent=state.traceparent,
@@ -45,37 +37,13 @@ async def _open_call(
     return ctx
 
 
-async def native_call(request: Request) -> CallContext:
-    return await _open_call(request, "native")
+def call_opener(door: Door) -> Callable[[Request], Awaitable[CallContext]]:
+    """What opens a call to `door`: `Endpoints`' for its table, a dependency for FastAPI's."""
 
+    async def open_door_call(request: Request) -> CallContext:
+        return await open_call(request, door)
 
-async def openai_call(request: Request) -> CallContext:
-    return await _open_call(request, "openai")
-
-
-async def ollama_call(request: Request) -> CallContext:
-    return await _open_call(request, "ollama")
-
-
-async def anthropic_call(request: Request) -> CallContext:
-    """Anthropic's clients send the key as `x-api-key`; a Bearer token works too."""
-    key = request.headers.get("x-api-key")
-    return await _open_call(request, "anthropic", f"Bearer {key}" if key else None)
-
-
-# the same, as FastAPI dependencies for the routes FastAPI serves
-NativeCall = Annotated[CallContext, Depends(native_call)]
-OllamaCall = Annotated[CallContext, Depends(ollama_call)]
-
-
-async def models_call(request: Request) -> CallContext:
-    """`/v1/models` serves OpenAI's clients and, by `anthropic-version`, Anthropic's."""
-    if "anthropic-version" in request.headers:
-        return await anthropic_call(request)
-    return await openai_call(request)
-
-
-ModelsCall = Annotated[CallContext, Depends(models_call)]
+    return open_door_call
 
 
 async def read_json(request: Request) -> object:

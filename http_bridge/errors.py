@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from starlette.responses import Response
@@ -11,12 +12,14 @@ from starlette.responses import Response
 from server import errors
 
 __all__ = [
+    "ERROR_BODIES",
     "HTTP_STATUS",
-    "Spelling",
-    "error_body",
+    "ErrorBody",
+    "anthropic_error_body",
     "error_headers",
     "error_response",
-    "spelling_of",
+    "ollama_error_body",
+    "openai_error_body",
 ]
 
 HTTP_STATUS: dict[type[errors.GatewayError], int] = {
@@ -35,9 +38,6 @@ HTTP_STATUS: dict[type[errors.GatewayError], int] = {
 }
 
 
-# how a door spells its errors: OpenAI's (native and /v1), Ollama's, Anthropic's
-Spelling = Literal["openai", "ollama", "anthropic"]
-
 # Anthropic's error types; the gateway's other failures are its `api_error`
 ANTHROPIC_TYPES: dict[type[errors.GatewayError], str] = {
     errors.InvalidRequestError: "invalid_request_error",
@@ -49,24 +49,13 @@ ANTHROPIC_TYPES: dict[type[errors.GatewayError], str] = {
 }
 
 
-def spelling_of(path: str) -> Spelling:
-    """Errors under /api are spelled as Ollama spells them and under /v1/messages as
-    Anthropic does, whoever answers them (a route, the body limit, the last resort)."""
-    if path.startswith("/api/"):
-        return "ollama"
-    if path == "/v1/messages" or path.startswith("/v1/messages/"):
-        return "anthropic"
-    return "openai"
+# how an error is written: one body per API's shape; a door's record names its own
+# (http_bridge/doors.py), and a path that is no door's is answered in OpenAI's
+ErrorBody = Callable[[errors.GatewayError], dict[str, Any]]
 
 
-def error_body(error: errors.GatewayError, *, spelling: Spelling = "openai") -> dict[str, Any]:
-    """`{"error": {...}}` (native and OpenAI), Ollama's `{"error": "..."}`, or
-    Anthropic's `{"type": "error", "error": {"type", "message"}}`."""
-    if spelling == "ollama":
-        return {"error": error.message}
-    if spelling == "anthropic":
-        kind = ANTHROPIC_TYPES.get(type(error), "api_error")
-        return {"type": "error", "error": {"type": kind, "message": error.message}}
+def openai_error_body(error: errors.GatewayError) -> dict[str, Any]:
+    """`{"error": {"message", "type", "code", "param"}}`: native's and OpenAI's."""
     return {
         "error": {
             "message": error.message,
@@ -75,6 +64,20 @@ def error_body(error: errors.GatewayError, *, spelling: Spelling = "openai") -> 
             "param": error.param,
         }
     }
+
+
+def ollama_error_body(error: errors.GatewayError) -> dict[str, Any]:
+    """`{"error": "..."}`, as Ollama writes it."""
+    return {"error": error.message}
+
+
+def anthropic_error_body(error: errors.GatewayError) -> dict[str, Any]:
+    """`{"type": "error", "error": {"type", "message"}}`, in Anthropic's types."""
+    kind = ANTHROPIC_TYPES.get(type(error), "api_error")
+    return {"type": "error", "error": {"type": kind, "message": error.message}}
+
+
+ERROR_BODIES: tuple[ErrorBody, ...] = (openai_error_body, ollama_error_body, anthropic_error_body)
 
 
 def error_headers(error: errors.GatewayError) -> list[tuple[str, str]]:
@@ -93,12 +96,12 @@ def error_headers(error: errors.GatewayError) -> list[tuple[str, str]]:
 def error_response(
     error: errors.GatewayError,
     *,
-    spelling: Spelling = "openai",
+    spelling: ErrorBody = openai_error_body,
     status: int | None = None,
     headers: list[tuple[str, str]] | None = None,
 ) -> Response:
     response = Response(
-        orjson.dumps(error_body(error, spelling=spelling)),
+        orjson.dumps(spelling(error)),
         status_code=status or HTTP_STATUS[type(error)],
         media_type="application/json",
     )

@@ -49,10 +49,7 @@ async def create_chat(
         stream,
         encode=encode,
         framing=dialect.framing,
-        error_payload=dialect.error_payload,
-        headers=ctx.response_headers,
-        trace=ctx.trace,
-        request_id=ctx.request_id,
+        ctx=ctx,
     )
 
 

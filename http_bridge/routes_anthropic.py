@@ -11,9 +11,8 @@ import functools
 from fastapi import Request
 from starlette.responses import Response
 
-from http_bridge import handlers
-from http_bridge.deps import anthropic_call, read_json
-from http_bridge.dialects import ANTHROPIC
+from http_bridge.deps import read_json
+from http_bridge.doors import ANTHROPIC
 from http_bridge.responses import reply
 from http_bridge.routing import Endpoints, any_json_body
 from server.context import CallContext
@@ -22,7 +21,7 @@ from server.translate.anthropic import inbound
 
 __all__ = ["endpoints"]
 
-endpoints = Endpoints(anthropic_call, tag="anthropic")  # served by the door's table
+endpoints = Endpoints(ANTHROPIC)  # served by the door's table (routing.py)
 
 _BODY = (
     "Anthropic's Messages request; its fields the gateway does not translate reach an "
@@ -31,16 +30,15 @@ _BODY = (
 _openapi = functools.partial(any_json_body, description=_BODY)
 
 
-@endpoints.post(
-    f"{ANTHROPIC.prefix}/messages",
+endpoints.chat(
+    "/v1/messages",
+    ANTHROPIC.dialect,
     **_openapi("Create a message (Anthropic; named SSE events with stream: true)"),
 )
-async def messages(request: Request, ctx: CallContext) -> Response:
-    return await handlers.create_chat(request, ctx, ANTHROPIC)
 
 
 @endpoints.post(
-    f"{ANTHROPIC.prefix}/messages/count_tokens",
+    "/v1/messages/count_tokens",
     **_openapi("Count a request's input tokens (Anthropic; the gateway's estimate)"),
 )
 async def count_tokens(request: Request, ctx: CallContext) -> Response:

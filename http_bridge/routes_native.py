@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 from starlette.responses import Response
 from tandem.v1 import chat_pb2, embeddings_pb2
 
-from http_bridge import handlers
-from http_bridge.deps import NativeCall, native_call
-from http_bridge.dialects import NATIVE
+from http_bridge.doors import NATIVE
 from http_bridge.openapi_schema import request_body, usage_parameters
 from http_bridge.responses import reply
 from http_bridge.routing import Endpoints
@@ -16,11 +16,11 @@ from server.context import CallContext
 from server.translate.openai import replies
 from server.translate.usage import encode_usage, parse_usage_params
 
-__all__ = ["endpoints", "router"]
+__all__ = ["endpoints"]
 
 
-router = APIRouter(prefix="/native/v1", tags=["native"])  # served by FastAPI
-endpoints = Endpoints(native_call, tag="native")  # served by the door's table (routing.py)
+endpoints = Endpoints(NATIVE)  # its table (routing.py), and its `router` FastAPI serves
+Call = Annotated[CallContext, Depends(endpoints.open_call)]
 
 _STRICT = (
     "The proto's fields, snake_case; an unknown field or a wrong type is a 400 naming it. "
@@ -28,33 +28,28 @@ _STRICT = (
     "`content` string or parts."
 )
 
-
-@endpoints.post(
-    f"{NATIVE.prefix}/chat/completions",
+endpoints.chat(
+    "/native/v1/chat/completions",
+    NATIVE.dialect,
     summary='Create a chat completion (SSE with "stream": true)',
     openapi_extra=request_body(chat_pb2.ChatCompletionRequest.DESCRIPTOR, _STRICT, strict=True),
 )
-async def create_chat_completion(request: Request, ctx: CallContext) -> Response:
-    return await handlers.create_chat(request, ctx, NATIVE)
+endpoints.embeddings(
+    "/native/v1/embeddings",
+    NATIVE.dialect,
+    summary="Create embeddings",
+    openapi_extra=request_body(embeddings_pb2.EmbeddingRequest.DESCRIPTOR, _STRICT, strict=True),
+)
 
 
-@router.get("/models", summary="List the models the caller may use")
-async def list_models(request: Request, ctx: NativeCall) -> Response:
+@endpoints.router.get("/native/v1/models", summary="List the models the caller may use")
+async def list_models(request: Request, ctx: Call) -> Response:
     models = await request.app.state.plane.list_models(ctx)
     return reply(ctx, replies.encode_models(models, with_object=False))
 
 
-@endpoints.post(
-    f"{NATIVE.prefix}/embeddings",
-    summary="Create embeddings",
-    openapi_extra=request_body(embeddings_pb2.EmbeddingRequest.DESCRIPTOR, _STRICT, strict=True),
-)
-async def create_embeddings(request: Request, ctx: CallContext) -> Response:
-    return await handlers.create_embeddings(request, ctx, NATIVE)
-
-
-@router.get(
-    "/usage",
+@endpoints.router.get(
+    "/native/v1/usage",
     summary="Usage records, newest first, and totals over every match",
     description=(
         "Query parameters: `since` (inclusive) and `until` (exclusive), RFC 3339, UTC when "
@@ -63,7 +58,7 @@ async def create_embeddings(request: Request, ctx: CallContext) -> Response:
     ),
     openapi_extra=usage_parameters(),
 )
-async def get_usage(request: Request, ctx: NativeCall) -> Response:
+async def get_usage(request: Request, ctx: Call) -> Response:
     query = parse_usage_params(request.query_params)
     usage = await request.app.state.plane.get_usage(query, ctx)
     return reply(ctx, encode_usage(usage))

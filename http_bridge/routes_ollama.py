@@ -4,14 +4,17 @@ reach every model behind the gateway, with the same auth, limits and ledger."""
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
+from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import Depends, Request
 from starlette.responses import PlainTextResponse, Response
 
 from http_bridge import handlers
-from http_bridge.deps import OllamaCall, ollama_call, read_json
-from http_bridge.dialects import OLLAMA, OLLAMA_EMBEDDINGS, OLLAMA_GENERATE, Dialect
+from http_bridge.deps import read_json
+from http_bridge.dialects import Dialect, ollama_stream
+from http_bridge.doors import OLLAMA
 from http_bridge.responses import JsonResponse, reply
 from http_bridge.routing import Endpoints, any_json_body
 from server.context import CallContext
@@ -19,27 +22,38 @@ from server.errors import InvalidRequestError
 from server.translate.ollama import inbound as ollama_inbound
 from server.translate.ollama import replies as ollama_replies
 
-__all__ = ["endpoints", "root", "router"]
+__all__ = ["endpoints"]
 
 
-router = APIRouter(prefix=OLLAMA.prefix, tags=["ollama"])  # served by FastAPI
-root = APIRouter(tags=["ollama"])  # `/`, where Ollama's clients check that it is up
-endpoints = Endpoints(ollama_call, tag="ollama")  # served by the door's table (routing.py)
+endpoints = Endpoints(OLLAMA)  # its table (routing.py), and its `router` FastAPI serves
+Call = Annotated[CallContext, Depends(endpoints.open_call)]
+
+# `/api/chat` and `/api/embed` speak the door's dialect; `/api/generate` and the older
+# `/api/embeddings` differ in their shapes only
+_GENERATE = replace(
+    OLLAMA.dialect,
+    parse_chat=ollama_inbound.parse_generate,
+    encode_completion=lambda answer, ctx: ollama_replies.encode_generate(answer, ctx.started),
+    stream_encoder=ollama_stream(generate=True),
+)
+_EMBEDDINGS = replace(
+    OLLAMA.dialect,
+    parse_embedding=ollama_inbound.parse_legacy_embeddings,
+    encode_embeddings=ollama_replies.encode_embeddings,
+)
 
 _BODY = "Ollama's request shape; unknown fields are ignored, as Ollama does."
 _openapi = functools.partial(any_json_body, description=_BODY)
 
 
-@endpoints.post(f"{OLLAMA.prefix}/chat", **_openapi("Chat (Ollama; NDJSON unless stream: false)"))
+@endpoints.post("/api/chat", **_openapi("Chat (Ollama; NDJSON unless stream: false)"))
 async def chat(request: Request, ctx: CallContext) -> Response:
-    return await _chat_or_load(request, ctx, OLLAMA)
+    return await _chat_or_load(request, ctx, OLLAMA.dialect)
 
 
-@endpoints.post(
-    f"{OLLAMA.prefix}/generate", **_openapi("Generate from a prompt (Ollama; NDJSON by default)")
-)
+@endpoints.post("/api/generate", **_openapi("Generate from a prompt (Ollama; NDJSON by default)"))
 async def generate(request: Request, ctx: CallContext) -> Response:
-    return await _chat_or_load(request, ctx, OLLAMA_GENERATE)
+    return await _chat_or_load(request, ctx, _GENERATE)
 
 
 async def _chat_or_load(request: Request, ctx: CallContext, dialect: Dialect) -> Response:
@@ -53,7 +67,7 @@ async def _chat_or_load(request: Request, ctx: CallContext, dialect: Dialect) ->
         return await handlers.create_chat(request, ctx, dialect, chat)
     plane = request.app.state.plane
     model = await plane.admit_model(ollama_inbound.resolve_tag(chat.model, plane.router.known), ctx)
-    generate = dialect is OLLAMA_GENERATE
+    generate = dialect is _GENERATE
     unload = ollama_inbound.unloads(body)
     configured = model.capabilities
     if not unload and configured is not None and "completion" not in configured:
@@ -64,17 +78,15 @@ async def _chat_or_load(request: Request, ctx: CallContext, dialect: Dialect) ->
     return reply(ctx, ollama_replies.encode_load(model.name, generate=generate, unload=unload))
 
 
-@endpoints.post(f"{OLLAMA.prefix}/embed", **_openapi("Embed one input or several (Ollama)"))
-async def embed(request: Request, ctx: CallContext) -> Response:
-    return await handlers.create_embeddings(request, ctx, OLLAMA)
+endpoints.embeddings(
+    "/api/embed", OLLAMA.dialect, **_openapi("Embed one input or several (Ollama)")
+)
+endpoints.embeddings(
+    "/api/embeddings", _EMBEDDINGS, **_openapi("Embed a prompt (Ollama's older route)")
+)
 
 
-@endpoints.post(f"{OLLAMA.prefix}/embeddings", **_openapi("Embed a prompt (Ollama's older route)"))
-async def embeddings(request: Request, ctx: CallContext) -> Response:
-    return await handlers.create_embeddings(request, ctx, OLLAMA_EMBEDDINGS)
-
-
-@endpoints.post(f"{OLLAMA.prefix}/show", **_openapi("Describe a model (Ollama)"))
+@endpoints.post("/api/show", **_openapi("Describe a model (Ollama)"))
 async def show(request: Request, ctx: CallContext) -> Response:
     body = await read_json(request)
     name = body.get("model", body.get("name")) if isinstance(body, dict) else None
@@ -86,24 +98,28 @@ async def show(request: Request, ctx: CallContext) -> Response:
     return reply(ctx, ollama_replies.encode_show(model, capabilities))
 
 
-@router.get("/tags", summary="The models the caller may use (Ollama)")
-async def tags(request: Request, ctx: OllamaCall) -> Response:
+@endpoints.router.get("/api/tags", summary="The models the caller may use (Ollama)")
+async def tags(request: Request, ctx: Call) -> Response:
     models = await request.app.state.plane.list_models(ctx)
     return reply(ctx, ollama_replies.encode_tags(models))
 
 
-@router.get("/ps", summary="The models ready to answer: all the caller may use (Ollama)")
-async def ps(request: Request, ctx: OllamaCall) -> Response:
+@endpoints.router.get(
+    "/api/ps", summary="The models ready to answer: all the caller may use (Ollama)"
+)
+async def ps(request: Request, ctx: Call) -> Response:
     models = await request.app.state.plane.list_models(ctx)
     return reply(ctx, ollama_replies.encode_ps(models))
 
 
-@router.get("/version", summary="The Ollama API version served (no credential needed)")
+@endpoints.router.get(
+    "/api/version", summary="The Ollama API version served (no credential needed)"
+)
 async def version() -> Response:
     return JsonResponse({"version": ollama_replies.OLLAMA_VERSION})
 
 
-@root.api_route(
+@endpoints.router.api_route(
     "/",
     methods=["GET", "HEAD"],
     response_class=PlainTextResponse,

@@ -4,7 +4,7 @@ The door's own endpoints (chat, embeddings, on every dialect) are served
 from a `(method, path)` table: FastAPI's router and middleware stack cost
 ~100 us a request measured here (a trivial route: 130 us in-process against
 20 us on bare Starlette), a third of the HTTP door's budget. Each is
-registered once, here, with the function that opens its call (the dialect's
+registered once, here, with the function that opens its call (its door's
 protocol, `Policy.authenticate`); FastAPI only documents them (`documented`,
 for /openapi.json) and serves everything else (listings, usage, ops, /docs,
 404s).
@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from enum import Enum
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
@@ -30,8 +30,12 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from http_bridge import handlers
+from http_bridge.deps import call_opener
+from http_bridge.dialects import Dialect
 from http_bridge.disconnect import ClientDisconnected
-from http_bridge.errors import error_response, spelling_of
+from http_bridge.doors import Door, door_at, spelling_at
+from http_bridge.errors import error_response
 from server.context import CallContext
 from server.errors import GatewayError, InternalError, InvalidRequestError, NotFoundError
 
@@ -65,8 +69,8 @@ async def _call_headers(request: Request) -> list[tuple[str, str]]:
 
 async def error_to_response(request: Request, exc: Exception) -> Response:
     """The contract's answer to any failure, on every route: the error model's
-    status, headers and body (Ollama's spelling under /api/), never a traceback."""
-    spelling = spelling_of(request.url.path)
+    status, headers and body (in the shapes of the path's door), never a traceback."""
+    spelling = spelling_at(request.url.path)
     if isinstance(exc, GatewayError):
         return error_response(exc, spelling=spelling, headers=await _call_headers(request))
     if isinstance(exc, ClientDisconnected | ClientDisconnect):
@@ -104,18 +108,23 @@ def any_json_body(summary: str, description: str) -> dict[str, Any]:
 
 
 class Endpoints:
-    """One dialect's endpoints: each opens its call with `open_call` (the dialect's
-    protocol, `Policy.authenticate`), then runs."""
+    """One door's routes: its own endpoints' table, each opening its call to the door
+    (`Policy.authenticate`) then running, and `router`, its routes FastAPI serves
+    (listings, usage). A path that is not the door's (doors.py) is refused here."""
 
-    def __init__(self, open_call: OpenCall, *, tag: str) -> None:
-        self.open_call = open_call
-        self.tags: list[str | Enum] = [tag]
+    def __init__(self, door: Door) -> None:
+        self.door = door
+        self.open_call: OpenCall = call_opener(door)
+        self.tags: list[str | Enum] = [door.name]
         self.table: dict[tuple[str, str], tuple[Endpoint, OpenCall]] = {}
         self.documented: list[APIRoute] = []  # the same routes, for /openapi.json only
+        self.router = APIRouter(tags=self.tags)
 
     def post(self, path: str, **openapi: Any) -> Callable[[Endpoint], Endpoint]:
         """Decorator: serve `POST path` with `endpoint(request, await open_call(request))`;
         `openapi` (summary, openapi_extra, ...) describes it in /openapi.json."""
+        if door_at(path) is not self.door:
+            raise ValueError(f"{path} is not a path of the {self.door.name} door")
 
         def register(endpoint: Endpoint) -> Endpoint:
             self.table["POST", path] = (endpoint, self.open_call)
@@ -124,6 +133,22 @@ class Endpoints:
             return endpoint
 
         return register
+
+    def chat(self, path: str, dialect: Dialect, **openapi: Any) -> None:
+        """Serve chats in `dialect` at `POST path` (handlers.py)."""
+
+        async def create_chat(request: Request, ctx: CallContext) -> Response:
+            return await handlers.create_chat(request, ctx, dialect)
+
+        self.post(path, **openapi)(create_chat)
+
+    def embeddings(self, path: str, dialect: Dialect, **openapi: Any) -> None:
+        """Serve embeddings in `dialect` at `POST path` (handlers.py)."""
+
+        async def create_embeddings(request: Request, ctx: CallContext) -> Response:
+            return await handlers.create_embeddings(request, ctx, dialect)
+
+        self.post(path, **openapi)(create_embeddings)
 
 
 class DoorApp:

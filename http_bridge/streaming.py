@@ -14,15 +14,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Callable
 
+import orjson
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from http_bridge.disconnect import ClientDisconnected, cancel_on_disconnect
+from http_bridge.doors import door_named
 from http_bridge.errors import HTTP_STATUS
 from http_bridge.framing import Framing
 from server.chunks import Batch, Item
-from server.context import CallTrace
+from server.context import CallContext
 from server.errors import GatewayError, InternalError
 
 __all__ = ["ChunkStreamResponse"]
@@ -35,6 +37,9 @@ def _encoded(encode: Callable[[Item], bytes], batch: Batch) -> bytes:
 
 
 class ChunkStreamResponse(Response):
+    """The rest of a call's stream, `encode`d and framed; a failure is spelled by the
+    call's door (its protocol) and left on its trace for the access line."""
+
     def __init__(
         self,
         first: Batch,
@@ -42,10 +47,7 @@ class ChunkStreamResponse(Response):
         *,
         encode: Callable[[Item], bytes],
         framing: Framing,
-        error_payload: Callable[[GatewayError], bytes],
-        headers: list[tuple[str, str]],
-        trace: CallTrace,
-        request_id: str,
+        ctx: CallContext,
     ) -> None:
         self.status_code = 200
         self.background: BackgroundTask | None = None
@@ -53,14 +55,12 @@ class ChunkStreamResponse(Response):
         self._rest = rest
         self._encode = encode
         self._framing = framing
-        self._error_payload = error_payload
-        self._trace = trace
-        self._request_id = request_id
+        self._ctx = ctx
         self._raw_headers = [
             (b"content-type", framing.media_type),
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
-            *((k.encode(), v.encode()) for k, v in headers),
+            *((k.encode(), v.encode()) for k, v in ctx.response_headers),
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -76,15 +76,19 @@ class ChunkStreamResponse(Response):
                         await send({"type": "http.response.body", "body": body, "more_body": True})
                     end = self._framing.end
                 except GatewayError as exc:
-                    self._trace.error_status = HTTP_STATUS[type(exc)]
-                    end = self._framing.event(self._error_payload(exc))
+                    end = self._failed(exc, HTTP_STATUS[type(exc)])
                 except Exception:
-                    logger.exception("request %s failed mid-stream", self._request_id)
-                    self._trace.error_status = 500
-                    end = self._framing.event(self._error_payload(InternalError("internal error")))
+                    logger.exception("request %s failed mid-stream", self._ctx.request_id)
+                    end = self._failed(InternalError("internal error"), 500)
                 await send({"type": "http.response.body", "body": end, "more_body": False})
         except ClientDisconnected:
-            self._trace.error_status = 499  # the client went away mid-stream
+            self._ctx.trace.failed(499)  # the client went away mid-stream
             return
         finally:
             await self._rest.aclose()
+
+    def _failed(self, error: GatewayError, status: int) -> bytes:
+        """The error event that ends the stream, its status left for the access line."""
+        self._ctx.trace.failed(status)
+        body = door_named(self._ctx.protocol).error_body(error)
+        return self._framing.event(orjson.dumps(body))

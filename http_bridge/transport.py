@@ -37,6 +37,11 @@ header, or hold it open with one header line a second. The `server.*` keys:
   `too_many_connections`, `retry-after: 1`) on any other path; either way
   under the same bounds, with `connection: close`, and closed.
 
+Of uvicorn, `Config(http=...)` (this protocol class) and
+`Config(timeout_keep_alive=...)` are public; the rest this drives is not, so
+uvicorn is pinned exactly and tests/unit/test_uvicorn_internals.py checks, in
+process, each piece used here and in server/lifecycle.py.
+
 At shutdown, `cut_by_drain` aborts a connection whose answer outlived the
 grace: its request is reported as 503, and its handler sees the client
 gone, so no task is cancelled under uvicorn (which would log a traceback).
@@ -53,23 +58,21 @@ worker out of connections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
+import http
 import math
-import socket
-import struct
-import termios
 import time
 from typing import Any, ClassVar
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config as UvicornConfig
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from http_bridge.call_scope import CallScopeMiddleware, door_protocol
-from http_bridge.errors import error_body
+from http_bridge.call_scope import CallScopeMiddleware
+from http_bridge.doors import protocol_at
+from http_bridge.errors import openai_error_body
+from http_bridge.kernel import reset, unsent_in_kernel
 from server.config import ServerConfig
 from server.context import new_id
 from server.errors import GatewayError, InvalidRequestError, UnavailableError
@@ -81,14 +84,14 @@ WRITE_CHECKS = 4  # looks per `write_timeout_s` at bytes waiting: a stall is cut
 
 
 def _error_body(error: GatewayError) -> bytes:
-    return orjson.dumps(error_body(error))
+    return orjson.dumps(openai_error_body(error))
 
 
 def _closing_answer(
     status: int, body: bytes, request_id: str, default_headers: list[tuple[bytes, bytes]]
 ) -> bytes:
     """A whole JSON answer written by the transport itself, then the connection closes."""
-    parts = [STATUS_LINE[status]]
+    parts = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode()]
     for name, value in default_headers:
         parts += [name, b": ", value, b"\r\n"]
     parts += [
@@ -103,26 +106,6 @@ def _closing_answer(
 
 
 _PROBES = frozenset(("/healthz", "/readyz"))
-
-
-def _unsent_in_kernel(transport: asyncio.Transport) -> int:
-    """Bytes the kernel holds for this socket that the client has not acknowledged
-    (Linux's SIOCOUTQ); 0 where that cannot be asked."""
-    sock = transport.get_extra_info("socket")
-    try:
-        buffer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except (AttributeError, OSError):
-        return 0
-    return int.from_bytes(buffer, "little", signed=True)
-
-
-def _reset(transport: asyncio.Transport) -> None:
-    """Close now, dropping what waits: `close()` would wait for a reader that does not
-    read, and a plain close leaves the kernel holding (and resending) its buffer."""
-    sock = transport.get_extra_info("socket")
-    with contextlib.suppress(AttributeError, OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
 
 
 class _ProbesOnly:
@@ -204,7 +187,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         limits = self.limits
-        self.timeout_keep_alive = limits.keep_alive_timeout_s  # type: ignore[assignment]
         self._max_header_bytes = limits.max_header_bytes
         self._header_timeout_s = limits.header_timeout_s
         self._body_timeout_s = limits.body_timeout_s
@@ -221,6 +203,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             self.app = _ProbesOnly(self.app, self.over_capacity)
+        # uvicorn arms the keep-alive only between requests: before the first byte too
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
@@ -305,13 +288,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         waiting = transport.get_write_buffer_size()
         if not waiting and not self.flow.write_paused:
             return  # all handed to the kernel: the reader kept up
-        waiting += _unsent_in_kernel(transport)
+        waiting += unsent_in_kernel(transport)
         now = self.loop.time()
         if waiting < self._unsent:
             self._unsent = waiting
             self._unsent_moved_at = now
         elif now - self._unsent_moved_at >= self.limits.write_timeout_s:
-            _reset(transport)
+            reset(transport)
             return
         self._write_timer = self.loop.call_later(
             self.limits.write_timeout_s / WRITE_CHECKS, self._check_writes
@@ -373,7 +356,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             path = url.partition(b"?")[0].decode("latin-1")
             self.telemetry.start()
             self.telemetry.finish(
-                door_protocol(path) or "http",
+                protocol_at(path) or "http",
                 path,
                 request_id,
                 status,

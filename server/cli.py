@@ -108,13 +108,14 @@ def _serve_with(args: argparse.Namespace, config: Config, workers: int, logs: Lo
 
             return run_workers(args.config, http, grpc, workers, log_format=logs.format)
         empty_multiprocess_directory(make=False)  # an operator's metrics start empty too
-    from server.lifecycle import serve
+    from server.lifecycle import Gateway, serve
 
     config = config.model_copy(
         update={"server": config.server.model_copy(update={"workers": workers})}
     )
     try:
-        uvloop.run(serve(config, http=http, grpc=grpc, reuse_port=args.worker, logs=logs))
+        gateway = Gateway(config, http=http, grpc=grpc, reuse_port=args.worker, logs=logs)
+        uvloop.run(serve(gateway))
     except ConfigError as exc:
         return fail(f"config error: {exc}")
     except OSError as exc:

@@ -20,6 +20,8 @@ __all__ = [
     "request_id_from",
 ]
 
+# the door a call came in by: gRPC, or an HTTP door by its name (http_bridge/doors.py),
+# which is also the name its errors are spelled by (http_bridge/errors.py)
 Protocol = Literal["grpc", "native", "openai", "ollama", "anthropic"]
 # `user`: a JWT subject or an API key's user; `admin`: an admin key; `anonymous`: no credential.
 # The kind, not the name, says who a caller is: a JWT may well say `sub: admin`.
@@ -46,12 +48,12 @@ ANONYMOUS = Caller(user="anonymous", tier="free", kind="anonymous")
 
 
 class CallTrace:
-    """What telemetry reports of one call, filled in as it goes: the core says which
-    model and provider served it and what it cost, the provider what it left out, the
-    door how it ended.
+    """What the call fills in as it goes, for the door to send and telemetry to report:
+    the core says which model and provider served it and what it cost, the policy
+    what the limits said, the provider what it left out, the door how it ended.
 
-    Times are on the `time.monotonic()` clock. `traceparent` and `tracestate`
-    are the W3C headers the upstream request carries on, while tracing is on.
+    Each field has one writer, a method below named for what happened; everyone
+    else reads the fields. Times are on the `time.monotonic()` clock.
     """
 
     __slots__ = (
@@ -67,6 +69,7 @@ class CallTrace:
         "provider",
         "provider_kind",
         "rate_limited",
+        "response_headers",
         "traceparent",
         "tracestate",
         "upstream_model",
@@ -75,42 +78,113 @@ class CallTrace:
 
     def __init__(self) -> None:
         self.model = ""  # the public name, once it resolved ("" for a name nobody serves)
+        self.prompt_estimate = 0  # the core's, for a door that says it before the counts
         self.provider = ""  # the provider that served (the last one tried)
         self.provider_kind = ""
+        self.failed_attempts: list[str] | None = None  # the provider of each failed attempt
         self.upstream_model = ""  # the model the upstream said it used
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.prompt_estimate = 0  # the core's, for a door that says it before the counts
         self.first_chunk_at: float | None = None  # streams only
         self.upstream_s: float | None = None  # the provider's time (streams: to the first chunk)
-        self.failed_attempts: list[str] | None = None  # the provider of each failed attempt
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
         self.rate_limited = False
+        # what the core leaves for the door to send: headers (gRPC: trailers)
+        self.response_headers: list[tuple[str, str]] = []
         self.error_status: int | None = None  # a stream's in-band error, after its 200
         # what the upstream that served left out of the request, as the doors name it
         # (`x-tandem-ignored-fields`); each attempt says it anew (server/translate/extra.py),
         # after what the door itself could not carry into the request
         self.ignored_fields: str | None = None
         self.door_ignored: str | None = None
+        # the W3C headers the upstream request carries on, while tracing is on
         self.traceparent: str | None = None
         self.tracestate: str | None = None
+
+    # the core (server/core/dataplane.py, server/core/accounting.py)
+
+    def resolved(self, model: str, prompt_estimate: int = 0) -> None:
+        """The call names a model the caller may use; a chat's prompt is estimated."""
+        self.model = model
+        self.prompt_estimate = prompt_estimate
+
+    def attempting(self, provider: str, kind: str) -> None:
+        """An upstream attempt begins: it starts from what the door left out."""
+        self.provider = provider
+        self.provider_kind = kind
+        self.ignored_fields = self.door_ignored
 
     def attempt_failed(self, provider: str) -> None:
         if self.failed_attempts is None:
             self.failed_attempts = []
         self.failed_attempts.append(provider)
 
+    def answered(
+        self, model: str, at: float | None = None, upstream_s: float | None = None
+    ) -> None:
+        """The upstream answered, naming its `model` (a stream: its first chunk came `at`,
+        `upstream_s` after the first attempt began)."""
+        self.upstream_model = model
+        if at is not None:
+            self.first_chunk_at = at
+        if upstream_s is not None:
+            self.upstream_s = upstream_s
+
+    def counted(self, prompt_tokens: int, completion_tokens: int, upstream_s: float | None) -> None:
+        """The call ended, charged these tokens; `upstream_s` unless a first chunk said it."""
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        if self.upstream_s is None:
+            self.upstream_s = upstream_s
+
+    # the policy (server/policy/__init__.py)
+
+    def limited(self) -> None:
+        """A rate limit refused the call."""
+        self.rate_limited = True
+
+    def add_headers(self, headers: list[tuple[str, str]]) -> None:
+        """The limits' x-ratelimit-* headers, for the door to send."""
+        self.response_headers += headers
+
+    # the tracer (server/telemetry/tracing.py)
+
+    def traced_as(self, traceparent: str, tracestate: str | None) -> None:
+        """The call's span, as the upstream request carries it on."""
+        self.traceparent = traceparent
+        self.tracestate = tracestate
+
+    # what was left out of the request (server/translate/extra.py)
+
+    def door_left_out(self, named: str | None) -> None:
+        """What the door could not carry into the request, for every attempt."""
+        self.door_ignored = self.ignored_fields = named
+
+    def upstream_left_out(self, named: str | None) -> None:
+        """What this attempt's upstream leaves out, after what the door did."""
+        door = self.door_ignored
+        if door is None:
+            self.ignored_fields = named
+        elif named:
+            self.ignored_fields = f"{door},{named}"
+
+    # the door (http_bridge/streaming.py)
+
+    def failed(self, status: int) -> None:
+        """A stream ended in an error after its 200 (499: the client went away)."""
+        self.error_status = status
+
 
 @dataclass(frozen=True, slots=True)
 class CallContext:
-    """Gateway-only facts about one call; the request itself stays a proto.
+    """Gateway-only facts about one call, fixed at admission; the request itself
+    stays a proto. What the call fills in as it goes is its `trace`.
 
-    `deadline` is on the `time.monotonic()` clock. `response_headers` is
-    where the core leaves headers (or gRPC trailers) for the door to send.
-    `traceparent` and `tracestate` are the caller's W3C trace context, if it
-    sent one. `anthropic_beta` is the caller's `anthropic-beta` header (gRPC:
-    metadata), sent on unchanged to `anthropic`-kind upstreams alone, so that
-    Anthropic's beta features (prompt caching's among them) work through the
-    gateway; the core checks it (server/core/validation.py).
+    `deadline` is on the `time.monotonic()` clock. `traceparent` and
+    `tracestate` are the caller's W3C trace context, if it sent one.
+    `anthropic_beta` is the caller's `anthropic-beta` header (gRPC: metadata),
+    sent on unchanged to `anthropic`-kind upstreams alone, so that Anthropic's
+    beta features (prompt caching's among them) work through the gateway; the
+    core checks it (server/core/validation.py).
     """
 
     request_id: str
@@ -118,11 +192,15 @@ class CallContext:
     caller: Caller = ANONYMOUS
     deadline: float | None = None
     started: float = field(default_factory=time.monotonic)
-    response_headers: list[tuple[str, str]] = field(default_factory=list)
-    trace: CallTrace = field(default_factory=CallTrace)
     traceparent: str | None = None
     tracestate: str | None = None
     anthropic_beta: str | None = None
+    trace: CallTrace = field(default_factory=CallTrace)  # filled in by the call
+
+    @property
+    def response_headers(self) -> list[tuple[str, str]]:
+        """Where the core leaves headers (or gRPC trailers) for the door to send."""
+        return self.trace.response_headers
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()

@@ -14,7 +14,7 @@
     └── InternalError            500  internal_error
 
 The HTTP status and gRPC code of each class live in one table per door
-(`http_bridge/errors.py`, `server/grpc_errors.py`). Messages are written for
+(`http_bridge/errors.py`, `server/grpc_door/errors.py`). Messages are written for
 clients: they never carry upstream URLs, keys or tracebacks, and a name they
 echo (a model, a field path, a tier) goes through `echoed`.
 """

@@ -36,7 +36,7 @@ from server.config import Config, ServerConfig, parse_host_port
 from server.core.dataplane import DataPlane
 from server.core.routing import Router
 from server.drain import DrainClock
-from server.grpc_service import SERVICE_NAMES, build_grpc_server
+from server.grpc_door import SERVICE_NAMES, build_grpc_server
 from server.policy import Policy, build_limiter
 from server.policy.key_cache import KeyCache
 from server.policy.limiter import Limiter, LimiterEvents
@@ -132,6 +132,8 @@ async def start_http_server(
         access_log=False,
         lifespan="off",
         http=guarded_protocol(limits, telemetry),
+        # a float serves (uvicorn only passes it to `call_later`)
+        timeout_keep_alive=limits.keep_alive_timeout_s,  # type: ignore[arg-type]
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(limits.shutdown_grace_s + DRAIN_BACKSTOP_S),
@@ -192,9 +194,17 @@ class Gateway:
 
     async def start(self) -> tuple[str, str]:
         """Start serving; return the bound HTTP and gRPC addresses."""
+        plane, policy = await self._open_core()
+        grpc_address = await self._start_grpc(plane, policy)
+        http_address = await self._start_http(plane, policy)
+        await self._become_ready()
+        return http_address, grpc_address
+
+    async def _open_core(self) -> tuple[DataPlane, Policy]:
+        """Providers, limiter, store (with the key cache and the usage batcher), policy:
+        the data plane both doors call."""
         config = self.config
-        telemetry = self.telemetry
-        metrics = telemetry.metrics
+        metrics = self.telemetry.metrics
         self._providers = build_providers(config)
         self._limiter = build_limiter(
             config,
@@ -205,41 +215,52 @@ class Gateway:
                 settlement_dropped=metrics.settlements_dropped.inc,
             ),
         )
-        self._store = open_store(config.usage.store)
-        keys = None
-        if self._store is not None:
-            await self._store.open()
-            keys = KeyCache(
-                self._store,
-                config.auth.key_cache_s,
-                on_lookup=lambda result: metrics.key_lookups.labels(result).inc(),
-            )
-            await keys.load()
-            batcher = UsageBatcher(
-                self._store,
-                flush_interval_s=config.usage.flush_interval_ms / 1000,
-                batch_size=config.usage.batch_size,
-                max_pending=config.usage.max_pending,
-                metrics=metrics,
-            )
-            batcher.start()
-            self._usage = batcher
+        keys = await self._open_store()
         policy = Policy(config, self._limiter, keys)
         router = Router(config, self._providers)
-        plane = DataPlane(router, policy, self._usage, self._store, telemetry.tracer)
+        plane = DataPlane(router, policy, self._usage, self._store, self.telemetry.tracer)
+        return plane, policy
 
-        for service in ("", *SERVICE_NAMES):  # not serving until both doors accept
+    async def _open_store(self) -> KeyCache | None:
+        """The store, if one is configured: its API keys cached, usage batched into it."""
+        config = self.config
+        metrics = self.telemetry.metrics
+        self._store = open_store(config.usage.store)
+        if self._store is None:
+            return None
+        await self._store.open()
+        keys = KeyCache(
+            self._store,
+            config.auth.key_cache_s,
+            on_lookup=lambda result: metrics.key_lookups.labels(result).inc(),
+        )
+        await keys.load()
+        batcher = UsageBatcher(
+            self._store,
+            flush_interval_s=config.usage.flush_interval_ms / 1000,
+            batch_size=config.usage.batch_size,
+            max_pending=config.usage.max_pending,
+            metrics=metrics,
+        )
+        batcher.start()
+        self._usage = batcher
+        return keys
+
+    async def _start_grpc(self, plane: DataPlane, policy: Policy) -> str:
+        """The gRPC door, accepting, and not serving (health) until both doors accept."""
+        server_config = self.config.server
+        for service in ("", *SERVICE_NAMES):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._grpc_server = build_grpc_server(
             plane,
             policy,
             self._health,
-            telemetry,
-            max_message_bytes=config.server.max_body_bytes,
+            self.telemetry,
+            max_message_bytes=server_config.max_body_bytes,
             max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
             reuse_port=self._reuse_port,
             drain=self._drain,
-            write_timeout_s=config.server.write_timeout_s,
+            write_timeout_s=server_config.write_timeout_s,
         )
         grpc_host, grpc_port = parse_host_port(self._grpc_address)
         try:
@@ -247,30 +268,38 @@ class Gateway:
         except RuntimeError as exc:
             raise OSError(f"cannot listen for gRPC on {self._grpc_address}") from exc
         await self._grpc_server.start()
+        return _format_address(grpc_host, grpc_port)
 
+    async def _start_http(self, plane: DataPlane, policy: Policy) -> str:
+        """The HTTP doors, accepting (`/readyz` says `starting` until ready)."""
+        server_config = self.config.server
         sock = bind_socket(self._http_address, reuse_port=self._reuse_port)
         http_host, http_port = sock.getsockname()[:2]
         app = create_app(
             plane,
             policy,
-            max_body_bytes=config.server.max_body_bytes,
-            telemetry=telemetry,
+            max_body_bytes=server_config.max_body_bytes,
+            telemetry=self.telemetry,
             readiness=self.readiness,
-            cors_origins=config.server.cors_origins,
+            cors_origins=server_config.cors_origins,
         )
         self._http_server, self._http_task = await start_http_server(
-            app, sock, config.server, telemetry, self._drain
+            app, sock, server_config, self.telemetry, self._drain
         )
+        return _format_address(http_host, http_port)
 
-        for service in ("", *SERVICE_NAMES):  # ready only once both doors accept
+    async def _become_ready(self) -> None:
+        """Both doors accept: serving (health), the shared dependencies watched (ready
+        says what is degraded from the first answer), start-up's objects kept out of
+        the collector, then ready."""
+        for service in ("", *SERVICE_NAMES):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._monitor = DependencyMonitor(self._dependency_checks(), metrics)
+        self._monitor = DependencyMonitor(self._dependency_checks(), self.telemetry.metrics)
         self.readiness.monitor = self._monitor
-        await self._monitor.check_once()  # ready says what is degraded from the first answer
+        await self._monitor.check_once()
         self._monitor.start()
         settle_garbage_collector()
         self.readiness.set_ready()
-        return _format_address(http_host, http_port), _format_address(grpc_host, grpc_port)
 
     def _dependency_checks(self) -> dict[str, Check]:
         """The shared dependencies this replica uses, by the name `/readyz` gives them."""
@@ -316,20 +345,12 @@ class Gateway:
         logger.info("stopped")
 
 
-async def serve(
-    config: Config,
-    *,
-    http: str,
-    grpc: str,
-    reuse_port: bool = False,
-    logs: LogSink | None = None,
-) -> None:
+async def serve(gateway: Gateway) -> None:
     """Run a gateway until SIGTERM or SIGINT, then drain it."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    gateway = Gateway(config, http=http, grpc=grpc, reuse_port=reuse_port, logs=logs)
     try:
         http_address, grpc_address = await gateway.start()
         sys.stdout.write(f"http listening on {http_address}\ngrpc listening on {grpc_address}\n")

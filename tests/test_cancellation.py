@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 
-import grpc
 import httpx
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc, embeddings_pb2
@@ -16,7 +15,8 @@ from server.config import ServerConfig
 from server.core.dataplane import DataPlane
 from server.lifecycle import bind_socket, start_http_server
 from server.usage import UsageRecord
-from tests.in_process import grpc_server, plane_over
+from tests.grpc_in_process import grpc_channel
+from tests.in_process import plane_over
 
 
 class SlowProvider:
@@ -122,7 +122,7 @@ async def test_request_closes_upstream_when_client_disconnects(
 async def test_grpc_cancel_closes_upstream(
     plane: DataPlane, provider: SlowProvider, recorder: ListRecorder
 ) -> None:
-    async with grpc_server(plane) as target, grpc.aio.insecure_channel(target) as channel:
+    async with grpc_channel(plane, plane.policy) as channel:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
         call = stub.StreamChatCompletion(
             chat_pb2.ChatCompletionRequest(

@@ -145,7 +145,7 @@ def test_chat_parser_returns_a_request_or_an_invalid_request_error(
     fuzz_cases["parsers: chat"] += 1
 
     def parse() -> None:
-        validate_chat_request(inbound.parse_chat_request(body, strict=strict))
+        validate_chat_request(inbound.parse_chat(body, strict=strict))
 
     parses_or_refuses(parse)
 
@@ -158,7 +158,7 @@ def test_embedding_parser_returns_a_request_or_an_invalid_request_error(
     fuzz_cases["parsers: embeddings"] += 1
 
     def parse() -> None:
-        validate_embedding_request(inbound.parse_embedding_request(body, strict=strict))
+        validate_embedding_request(inbound.parse_embedding(body, strict=strict))
 
     parses_or_refuses(parse)
 
@@ -184,8 +184,10 @@ OLLAMA_SEEDS: tuple[JSON, ...] = (
 OLLAMA_PARSERS = {
     "chat": lambda body: validate_chat_request(ollama_inbound.parse_chat(body)),
     "generate": lambda body: validate_chat_request(ollama_inbound.parse_generate(body)),
-    "embed": lambda body: validate_embedding_request(ollama_inbound.parse_embed(body)),
-    "embeddings": lambda body: validate_embedding_request(ollama_inbound.parse_embeddings(body)),
+    "embed": lambda body: validate_embedding_request(ollama_inbound.parse_embedding(body)),
+    "embeddings": lambda body: validate_embedding_request(
+        ollama_inbound.parse_legacy_embeddings(body)
+    ),
 }
 
 

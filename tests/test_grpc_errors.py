@@ -9,7 +9,8 @@ import pytest
 from google.protobuf.json_format import ParseDict
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from tests.in_process import SECRET, BrokenProvider, grpc_server, plane_over
+from tests.grpc_in_process import grpc_channel
+from tests.in_process import SECRET, BrokenProvider, plane_over
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess
 
@@ -120,10 +121,8 @@ async def test_auth_required_without_credentials_is_unauthenticated(
 
 
 async def test_a_bug_is_internal_with_nothing_leaked(caplog: pytest.LogCaptureFixture) -> None:
-    async with (
-        grpc_server(plane_over(BrokenProvider())) as target,
-        grpc.aio.insecure_channel(target) as channel,
-    ):
+    plane = plane_over(BrokenProvider())
+    async with grpc_channel(plane, plane.policy) as channel:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
         for call in (stub.CreateChatCompletion, stub.StreamChatCompletion):
             error = await fail(lambda call=call: _consume(call(chat())))  # type: ignore[misc]

@@ -19,7 +19,7 @@ PARTS = (
     "server.translate",
     "server.telemetry",
 )
-DOORS = ("http_bridge", "server.grpc_service", "server.grpc_errors", "server.grpc_decode")
+DOORS = ("http_bridge", "server.grpc_door")
 
 
 def module_name(path: Path) -> str:

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from server.translate.anthropic.upstream import ANTHROPIC_VERSION
+from server.translate.anthropic.to_provider import ANTHROPIC_VERSION
 from tests.eventually import eventually
 from tests.fake_upstream import FakeUpstream
 from tests.servers import TandemProcess

@@ -10,7 +10,7 @@ import pytest
 from google.protobuf.json_format import ParseDict
 from tandem.v1 import chat_pb2
 
-from server.translate.anthropic import upstream as anthropic
+from server.translate.anthropic import to_provider as anthropic
 from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
 from tests.servers import TandemProcess, streamed_over_grpc
 

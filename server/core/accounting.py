@@ -106,12 +106,7 @@ class Accounting:
         self.route = route
         self._in_flight = True
         self._failure_counted = False
-        provider = route.provider
-        trace = self._ctx.trace
-        trace.provider = provider.name
-        trace.provider_kind = provider.kind
-        # the door's names, then the attempt's provider names what it leaves out
-        trace.ignored_fields = trace.door_ignored
+        self._ctx.trace.attempting(route.provider.name, route.provider.kind)
         if self._upstream_started is None:
             self._upstream_started = time.monotonic()
 
@@ -129,12 +124,13 @@ class Accounting:
     def first_chunk(self, chunk: chat_pb2.ChatCompletionChunk) -> None:
         """The chunk that opened the answer, before the core renames its model."""
         now = self.first_chunk_at = time.monotonic()
-        trace = self._ctx.trace
-        trace.upstream_model = chunk.model or self.route.upstream
-        if self._streaming:
-            trace.first_chunk_at = now
-            if self._upstream_started is not None:
-                trace.upstream_s = now - self._upstream_started
+        upstream_model = chunk.model or self.route.upstream
+        if not self._streaming:
+            self._ctx.trace.answered(upstream_model)
+        else:
+            started = self._upstream_started
+            upstream_s = None if started is None else now - started
+            self._ctx.trace.answered(upstream_model, now, upstream_s)
 
     def usage_of(self, usage: chat_pb2.Usage) -> None:
         """The upstream's counts, with the cached, cache write and reasoning tokens in them."""
@@ -213,10 +209,10 @@ class Accounting:
         ttft = self.first_chunk_at if self._streaming else None
         caller = ctx.caller
         trace = ctx.trace
-        trace.prompt_tokens = self.prompt_tokens
-        trace.completion_tokens = self.completion_tokens
-        if self._upstream_started is not None and trace.upstream_s is None:
-            trace.upstream_s = now - self._upstream_started
+        started = self._upstream_started
+        trace.counted(
+            self.prompt_tokens, self.completion_tokens, None if started is None else now - started
+        )
         if isinstance(exc, UpstreamFailure) and self._in_flight and not self._failure_counted:
             trace.attempt_failed(self.route.provider.name)  # after its first chunk, or an embed
         self._recorder.record(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
@@ -43,21 +44,14 @@ __all__ = ["DataPlane"]
 logger = logging.getLogger("tandem.usage")
 
 
+@dataclass(eq=False)
 class DataPlane:
-    def __init__(
-        self,
-        router: Router,
-        policy: Policy,
-        usage: UsageRecorder,
-        ledger: LedgerReader | None = None,
-        tracer: Tracer | None = None,
-    ) -> None:
-        self.router = router
-        self.policy = policy
-        self.usage = usage
-        self.ledger = ledger
-        self.tracer = tracer  # None: tracing off, and nothing of it on the path
-        self.started_at = int(time.time())
+    router: Router
+    policy: Policy
+    usage: UsageRecorder
+    ledger: LedgerReader | None = None
+    tracer: Tracer | None = None  # None: tracing off, and nothing of it on the path
+    started_at: int = field(default_factory=lambda: int(time.time()), init=False)
 
     def stream_chat(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
@@ -153,8 +147,8 @@ class DataPlane:
         if ctx.anthropic_beta is not None:
             validate_anthropic_beta(ctx.anthropic_beta)
         route = self.router.resolve(request.model, ctx.caller)
-        ctx.trace.model = route.model.name
-        prompt = ctx.trace.prompt_estimate = estimate_prompt(request)
+        prompt = estimate_prompt(request)
+        ctx.trace.resolved(route.model.name, prompt)
         return route, prompt
 
     async def embed(
@@ -169,7 +163,7 @@ class DataPlane:
     ) -> embeddings_pb2.EmbeddingResponse:
         validate_embedding_request(request)
         route = self.router.resolve(request.model, ctx.caller)
-        ctx.trace.model = route.model.name
+        ctx.trace.resolved(route.model.name)
 
         prompt = sum(estimate_tokens(text) for text in request.input)
         admission = await self.policy.admit(ctx, lambda: prompt)
@@ -180,7 +174,7 @@ class DataPlane:
             except UpstreamFailure as failure:  # timed out having sent the inputs: charged
                 account.failed(failure)
                 raise
-            ctx.trace.upstream_model = response.model or route.upstream
+            ctx.trace.answered(response.model or route.upstream)
             response.model = route.model.name
             if response.HasField("usage"):
                 account.usage(response.usage.prompt_tokens, 0)
@@ -200,7 +194,7 @@ class DataPlane:
         tokens reserved, nothing generated, no upstream called (`count_tokens`, and
         Ollama's load: a chat with no messages)."""
         route = self.router.resolve(model, ctx.caller)
-        ctx.trace.model = route.model.name
+        ctx.trace.resolved(route.model.name)
         await self.policy.admit_request(ctx)
         return route.model
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from server.config import Config
@@ -39,43 +40,30 @@ if TYPE_CHECKING:
 __all__ = ["Admission", "Policy", "build_limiter"]
 
 
+@dataclass(slots=True, eq=False)
 class Admission:
     """A granted call's token reservation and concurrency slot: settled once, however
     the call ends, to the tokens it really used, the slot given back."""
 
-    __slots__ = ("_key", "_limiter", "_local", "_reserved", "_slot", "_tokens_per_minute")
-
-    def __init__(
-        self,
-        limiter: Limiter | None = None,
-        key: str = "",
-        tokens_per_minute: int | None = None,
-        reserved: int = 0,
-        local: bool = False,
-        slot: Slot | None = None,
-    ) -> None:
-        self._limiter = limiter
-        self._local = local
-        self._key = key
-        self._tokens_per_minute = tokens_per_minute
-        self._reserved = reserved
-        self._slot = slot
+    limiter: Limiter | None = None  # None once settled, and for a call with no limits
+    key: str = ""
+    tokens_per_minute: int | None = None
+    reserved: int = 0
+    local: bool = False
+    slot: Slot | None = None
 
     def settle(self, used_tokens: int) -> None:
-        limiter, self._limiter = self._limiter, None  # once
+        limiter, self.limiter = self.limiter, None  # once
         if limiter is None:
             return
         try:
-            if self._tokens_per_minute is not None:
+            if self.tokens_per_minute is not None:
                 limiter.settle(
-                    self._key,
-                    self._tokens_per_minute,
-                    used_tokens - self._reserved,
-                    local=self._local,
+                    self.key, self.tokens_per_minute, used_tokens - self.reserved, local=self.local
                 )
         finally:
-            if self._slot is not None:
-                limiter.release_slot(self._slot)
+            if self.slot is not None:
+                limiter.release_slot(self.slot)
 
 
 _UNLIMITED = Admission()
@@ -161,14 +149,16 @@ class Policy:
         """Put the caller's x-ratelimit-* headers on `ctx` for an answer that was not
         admitted (an error after authentication, before admission): they say the
         budget as it stands, taking nothing."""
-        limits = self._limits(ctx.caller)
-        if limits is None or any(k.startswith("x-ratelimit-") for k, _ in ctx.response_headers):
+        limiter, limits = self._limiter, self._limits(ctx.caller)
+        if limiter is None or limits is None:
+            return
+        if any(k.startswith("x-ratelimit-") for k, _ in ctx.response_headers):
             return
         rpm, tpm, _ = limits
         if rpm is None and tpm is None:
             return
-        decision = await self._limiter.peek(_budget_key(ctx.caller), rpm, tpm)  # type: ignore[union-attr]
-        ctx.response_headers.extend(rate_limit_headers(decision))
+        decision = await limiter.peek(_budget_key(ctx.caller), rpm, tpm)
+        ctx.trace.add_headers(rate_limit_headers(decision))
 
     async def admit(
         self, ctx: CallContext, estimate_tokens: Callable[[], int], *, hold_slot: bool = True
@@ -193,7 +183,7 @@ class Policy:
         if concurrent is not None and hold_slot:
             slot = await limiter.take_slot(key, concurrent)
             if slot is None:
-                ctx.trace.rate_limited = True
+                ctx.trace.limited()
                 raise RateLimitError(
                     f"tier {caller.tier!r} allows {concurrent} requests in flight at once",
                     retry_after_s=1.0,
@@ -208,12 +198,12 @@ class Policy:
             if slot is not None:
                 limiter.release_slot(slot)
             raise
-        ctx.response_headers.extend(rate_limit_headers(decision))
+        ctx.trace.add_headers(rate_limit_headers(decision))
         if decision.allowed:
             return Admission(limiter, key, tpm, reserved, decision.local, slot)
         if slot is not None:
             limiter.release_slot(slot)
-        ctx.trace.rate_limited = True
+        ctx.trace.limited()
         if not decision.fits_ever:
             raise RateLimitError(
                 f"this request needs {reserved} tokens; tier {caller.tier!r} allows {tpm} a minute",

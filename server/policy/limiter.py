@@ -20,7 +20,16 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-__all__ = ["WINDOW_S", "Budget", "Decision", "Limiter", "LimiterEvents", "MemoryLimiter", "Slot"]
+__all__ = [
+    "WINDOW_S",
+    "Budget",
+    "Decision",
+    "Limiter",
+    "LimiterEvents",
+    "MemoryLimiter",
+    "Slot",
+    "peeked",
+]
 
 WINDOW_S = 60.0  # capacities are per minute
 
@@ -61,6 +70,12 @@ class LimiterEvents(NamedTuple):
     settlement_deferred: Callable[[int], None] = _ignore  # could not reach it: kept
     settlement_applied_late: Callable[[int], None] = _ignore  # a kept one, applied
     settlement_dropped: Callable[[int], None] = _ignore  # a kept one, given up
+
+
+def peeked(budgets: dict[str, Budget]) -> Decision:
+    """What `peek` answers: allowed, nothing taken, the buckets' state by dimension
+    (`requests`, `tokens`; one without a limit is absent)."""
+    return Decision(True, 0.0, True, budgets.get("requests"), budgets.get("tokens"))
 
 
 def _budget(limit: int, tat: float, now: float) -> Budget:
@@ -159,14 +174,14 @@ class MemoryLimiter:
         self, key: str, requests_per_minute: int | None, tokens_per_minute: int | None
     ) -> Decision:
         now = self._clock()
-        budgets = {}
+        budgets: dict[str, Budget] = {}
         if requests_per_minute is not None:
             limit = self._capacity(requests_per_minute)
             budgets["requests"] = _budget(limit, self._tat.get(f"{key}:r", now), now)
         if tokens_per_minute is not None:
             limit = self._capacity(tokens_per_minute)
             budgets["tokens"] = _budget(limit, self._tat.get(f"{key}:t", now), now)
-        return Decision(True, 0.0, True, budgets.get("requests"), budgets.get("tokens"))
+        return peeked(budgets)
 
     def settle(
         self, key: str, tokens_per_minute: int, delta_tokens: int, *, local: bool = False

@@ -29,7 +29,15 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from server.policy.limiter import WINDOW_S, Budget, Decision, LimiterEvents, MemoryLimiter, Slot
+from server.policy.limiter import (
+    WINDOW_S,
+    Budget,
+    Decision,
+    LimiterEvents,
+    MemoryLimiter,
+    Slot,
+    peeked,
+)
 from server.policy.pending_writes import PendingWrites, Write
 
 __all__ = ["RedisLimiter"]
@@ -268,18 +276,16 @@ class RedisLimiter:
             dimension: _budget(limit, float(ahead))
             for (dimension, _, limit), ahead in zip(limits, reply, strict=True)
         }
-        return Decision(True, 0.0, True, budgets.get("requests"), budgets.get("tokens"))
+        return peeked(budgets)
 
     def settle(
         self, key: str, tokens_per_minute: int, delta_tokens: int, *, local: bool = False
     ) -> None:
-        if not delta_tokens:
-            return
         if local:  # reserved in the local fallback: settled there, whatever Redis is doing now
             self._fallback.settle(key, tokens_per_minute, delta_tokens)
-            return
-        delta_us = delta_tokens * _WINDOW_US // tokens_per_minute
-        self._writes.add("s", f"{self._prefix}{key}:t", str(delta_us))
+        elif delta_tokens:
+            delta_us = delta_tokens * _WINDOW_US // tokens_per_minute
+            self._writes.add("s", f"{self._prefix}{key}:t", str(delta_us))
 
     async def take_slot(self, key: str, limit: int) -> Slot | None:
         if self._down_until and time.monotonic() < self._down_until:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from server.config import Config, ProviderConfig
+from server.config import Config, ProviderConfig, ProviderKind
 from server.providers.base import Provider, Route
 
-__all__ = ["Provider", "Route", "build_providers"]
+__all__ = ["KINDS", "Provider", "Route", "build_providers"]
 
 
 def _mock(entry: ProviderConfig, config: Config) -> Provider:
@@ -34,8 +34,9 @@ def _ollama(entry: ProviderConfig, config: Config) -> Provider:
     return OllamaProvider(entry)
 
 
-# each kind's module (and aiohttp, for the HTTP kinds) is imported only when configured
-_KINDS: dict[str, Callable[[ProviderConfig, Config], Provider]] = {
+# how each kind of `ProviderKind` (server/config.py) is built; each kind's module (and
+# aiohttp, for the HTTP kinds) is imported only when configured
+KINDS: dict[ProviderKind, Callable[[ProviderConfig, Config], Provider]] = {
     "mock": _mock,
     "openai": _openai,
     "anthropic": _anthropic,
@@ -45,4 +46,4 @@ _KINDS: dict[str, Callable[[ProviderConfig, Config], Provider]] = {
 
 def build_providers(config: Config) -> dict[str, Provider]:
     """One provider object (with its pooled client) per configured provider."""
-    return {entry.name: _KINDS[entry.kind](entry, config) for entry in config.providers}
+    return {entry.name: KINDS[entry.kind](entry, config) for entry in config.providers}

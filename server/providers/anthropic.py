@@ -5,61 +5,59 @@ fields the Anthropic door kept for it (`context_management`, ...), as far as
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import Mapping
 
-from tandem.v1 import chat_pb2, embeddings_pb2
+import aiohttp
+from tandem.v1 import embeddings_pb2
 
-from server.chunks import Batch
 from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import InvalidRequestError, echoed
-from server.providers.base import Route
+from server.providers.base import ChatRequest, Route
 from server.providers.http_provider import HttpProvider
-from server.providers.reads import decode, decoded, sse_batches
-from server.translate.anthropic import upstream as anthropic
+from server.translate.anthropic import from_provider, to_provider
 from server.translate.extra import extra_fields_of, leave_out
+from server.translate.protocols import JSON, CompletionDecoder
 
 __all__ = ["AnthropicProvider"]
 
 
 class AnthropicProvider(HttpProvider):
+    chat_path = "/v1/messages"
+    stream_decoder = from_provider.StreamDecoder
+
     def __init__(self, config: ProviderConfig) -> None:
-        headers = {"anthropic-version": anthropic.ANTHROPIC_VERSION}
+        headers = {"anthropic-version": to_provider.ANTHROPIC_VERSION}
         if config.api_key:
             headers["x-api-key"] = config.api_key
         super().__init__(config, headers=headers)
         self._extra_fields = extra_fields_of(config.extra_fields)
 
-    async def stream(
-        self,
-        request: chat_pb2.ChatCompletionRequest,
-        route: Route,
-        ctx: CallContext,
-        *,
-        chunked: bool,
-    ) -> AsyncGenerator[Batch, None]:
+    def chat_body(
+        self, request: ChatRequest, route: Route, ctx: CallContext, chunked: bool
+    ) -> JSON:
+        # another door's extra fields are another dialect's
+        extra_fields = self._extra_fields if ctx.protocol == "anthropic" else "deny"
         left_out: list[str] = []
-        body = anthropic.chat_request_to_anthropic(
+        body = to_provider.encode_chat_request(
             request,
             route.upstream,
             max_tokens_default=route.model.max_tokens_default,
             stream=chunked,
-            # another door's extra fields are another dialect's
-            extra_fields=self._extra_fields if ctx.protocol == "anthropic" else "deny",
+            extra_fields=extra_fields,
             left_out=left_out,
         )
         if left_out:
             leave_out(ctx.trace, left_out)
-        beta = {"anthropic-beta": ctx.anthropic_beta} if ctx.anthropic_beta else None
-        async with self.client.post(
-            "/v1/messages", body, ctx, streaming=chunked, extra_headers=beta
-        ) as response:
-            if not chunked:
-                yield [decode(await response.read(), anthropic.message_as_chunk)]
-                return
-            translator = anthropic.StreamTranslator()
-            async for chunks in decoded(sse_batches(response), translator.feed):
-                yield chunks
+        return body
+
+    def chat_headers(self, ctx: CallContext) -> Mapping[str, str] | None:
+        return {"anthropic-beta": ctx.anthropic_beta} if ctx.anthropic_beta else None
+
+    def whole_answer(
+        self, response: aiohttp.ClientResponse, chunked: bool
+    ) -> CompletionDecoder | None:
+        return None if chunked else from_provider.decode_completion
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext

@@ -12,10 +12,12 @@ from server.chunks import Batch
 from server.config import ModelConfig
 from server.context import CallContext
 
-__all__ = ["DEFAULT_CAPABILITIES", "DescribesModels", "Provider", "Route"]
+__all__ = ["DEFAULT_CAPABILITIES", "ChatRequest", "DescribesModels", "Provider", "Route"]
 
 # what a model can do, in Ollama's words (`/api/show`), when nothing says more
 DEFAULT_CAPABILITIES = ("completion",)
+
+ChatRequest = chat_pb2.ChatCompletionRequest  # the short name the providers' signatures use
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +49,7 @@ class Provider(Protocol):
     max_retries: int
 
     def stream(
-        self,
-        request: chat_pb2.ChatCompletionRequest,
-        route: Route,
-        ctx: CallContext,
-        *,
-        chunked: bool,
+        self, request: ChatRequest, route: Route, ctx: CallContext, *, chunked: bool
     ) -> AsyncGenerator[Batch, None]: ...
 
     async def embed(

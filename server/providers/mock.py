@@ -27,7 +27,8 @@ from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import InvalidRequestError
 from server.messages import count_words, last_user_text, prompt_words
-from server.providers.base import Route
+from server.providers.base import ChatRequest, Route
+from server.translate.common import max_tokens_asked
 from server.translate.extra import leave_out_extra_body
 
 __all__ = ["EMBEDDING_DIMENSIONS", "MockProvider", "mock_embedding"]
@@ -47,12 +48,7 @@ class MockProvider:
         self._max_answer_bytes = max_answer_bytes
 
     async def stream(
-        self,
-        request: chat_pb2.ChatCompletionRequest,
-        route: Route,
-        ctx: CallContext,
-        *,
-        chunked: bool,
+        self, request: ChatRequest, route: Route, ctx: CallContext, *, chunked: bool
     ) -> AsyncGenerator[Batch, None]:
         """Without a `chunk_delay_ms` the answer is ready at once: batches of
         `BATCH_CHUNKS`; with one, each piece is its own batch, after a delay
@@ -140,12 +136,9 @@ def _pieces(answer: str) -> list[str]:
     return [*words, rest] if rest else words
 
 
-def _max_tokens(request: chat_pb2.ChatCompletionRequest) -> int | None:
-    if request.HasField("max_completion_tokens"):
-        return request.max_completion_tokens
-    if request.HasField("max_tokens"):
-        return request.max_tokens
-    return None
+def _max_tokens(request: ChatRequest) -> int | None:
+    asked = max_tokens_asked(request)
+    return None if asked is None else asked[1]
 
 
 def mock_embedding(text: str) -> list[float]:

@@ -7,20 +7,19 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
 
 import aiohttp
-from tandem.v1 import chat_pb2, embeddings_pb2
+from tandem.v1 import embeddings_pb2
 
-from server.chunks import Batch, Item
 from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import GatewayError, UpstreamError
-from server.providers.base import DEFAULT_CAPABILITIES, Route
+from server.providers.base import DEFAULT_CAPABILITIES, ChatRequest, Route
 from server.providers.http_provider import HttpProvider, bearer
-from server.providers.reads import decode, decoded, line_batches
+from server.providers.reads import decode, line_batches
 from server.translate.extra import leave_out_extra_body
-from server.translate.ollama import upstream as ollama
+from server.translate.ollama import from_provider, to_provider
+from server.translate.protocols import JSON
 
 __all__ = ["OllamaProvider"]
 
@@ -35,39 +34,27 @@ MAX_SHOW_BYTES = 1 << 20  # a model's licence, template and metadata: far less
 
 
 class OllamaProvider(HttpProvider):
+    chat_path = "/api/chat"
+    stream_decoder = from_provider.StreamDecoder
+
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config, headers=bearer(config.api_key))
         self._capabilities: dict[str, tuple[float, tuple[str, ...]]] = {}  # model -> until, them
 
-    async def stream(
-        self,
-        request: chat_pb2.ChatCompletionRequest,
-        route: Route,
-        ctx: CallContext,
-        *,
-        chunked: bool,
-    ) -> AsyncGenerator[Batch, None]:
+    def chat_body(
+        self, request: ChatRequest, route: Route, ctx: CallContext, chunked: bool
+    ) -> JSON:
         leave_out_extra_body(request, ctx.trace)
-        body = ollama.chat_request_to_ollama(request, route.upstream, stream=chunked)
-        translator = ollama.StreamTranslator()
+        return to_provider.encode_chat_request(request, route.upstream, stream=chunked)
 
-        def translate(line: Any) -> Item:
-            if "error" in line:  # Ollama reports a failure mid-stream as {"error": ...}
-                raise UpstreamError("upstream provider failed mid-stream")
-            return translator.feed(line)
-
-        async with self.client.post("/api/chat", body, ctx, streaming=chunked) as response:
-            # one JSON object a line, or the whole answer
-            async for chunks in decoded(line_batches(response), translate):
-                yield chunks
+    def frames(self, response: aiohttp.ClientResponse) -> AsyncGenerator[list[bytes], None]:
+        return line_batches(response)  # one JSON object a line, or the whole answer
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext
     ) -> embeddings_pb2.EmbeddingResponse:
-        body = ollama.embed_request_to_ollama(request, route.upstream)
-        async with self.client.post("/api/embed", body, ctx, streaming=False) as response:
-            raw = await response.read()
-        return decode(raw, ollama.embeddings_from_ollama)
+        body = to_provider.encode_embedding_request(request, route.upstream)
+        return await self.answer("/api/embed", body, ctx, from_provider.decode_embeddings)
 
     async def capabilities(self, upstream: str, ctx: CallContext) -> tuple[str, ...]:
         """What the server's `/api/show` says `upstream` can do, kept a while; if it
@@ -98,7 +85,7 @@ class OllamaProvider(HttpProvider):
             response
         ):
             raw = await _read_at_most(response, MAX_SHOW_BYTES)
-        found = decode(raw, ollama.capabilities_from_show)
+        found = decode(raw, from_provider.capabilities_from_show)
         if found is None:
             raise UpstreamError("upstream provider's answer names no capabilities")
         return found

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from server.usage.record import UsageQuery
@@ -14,6 +14,7 @@ __all__ = [
     "insert_sql",
     "page_sql",
     "totals_sql",
+    "upgrade_sql",
     "usage_schema",
 ]
 
@@ -64,6 +65,18 @@ CREATE TABLE IF NOT EXISTS usage_records (
 CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (created_at);
 CREATE INDEX IF NOT EXISTS usage_records_by_user ON usage_records ("user", created_at);
 """
+
+
+def upgrade_sql(present: Collection[str]) -> list[str]:
+    """The statements, in order, that bring a ledger whose table has the columns
+    `present` up to date: each missing added column, then its backfill."""
+    statements: list[str] = []
+    for name, definition in ADDED_COLUMNS:
+        if name not in present:
+            statements.append(f"ALTER TABLE usage_records ADD COLUMN {name} {definition}")
+            if name in BACKFILL_SQL:
+                statements.append(BACKFILL_SQL[name])
+    return statements
 
 
 def insert_sql(placeholder: Callable[[int], str]) -> str:

@@ -7,20 +7,13 @@ rule), so `?search_path=name` selects a schema; it is created if missing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import astuple
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
+from server.store import ledger_sql as ledger
 from server.store.keys import ApiKey
-from server.store.ledger_sql import (
-    ADDED_COLUMNS,
-    BACKFILL_SQL,
-    filters,
-    insert_sql,
-    page_sql,
-    totals_sql,
-    usage_schema,
-)
 from server.usage.record import (
     UsagePage,
     UsageQuery,
@@ -48,7 +41,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_time ON api_keys (created_at);
-""" + usage_schema(real="DOUBLE PRECISION", time="TIMESTAMPTZ")
+""" + ledger.usage_schema(real="DOUBLE PRECISION", time="TIMESTAMPTZ")
 _COLUMNS = 'id, key_hash, "user", tier, created_at, revoked_at'
 _CREATED_AT = UsageRecord._fields.index("created_at")  # a timestamptz in the table
 
@@ -60,11 +53,8 @@ async def _add_missing_columns(connection: asyncpg.Connection) -> None:
         "WHERE table_schema = current_schema() AND table_name = 'usage_records'"
     )
     present = {row[0] for row in await connection.fetch(present_sql)}
-    for name, definition in ADDED_COLUMNS:
-        if name not in present:
-            await connection.execute(f"ALTER TABLE usage_records ADD COLUMN {name} {definition}")
-            if name in BACKFILL_SQL:
-                await connection.execute(BACKFILL_SQL[name])
+    for statement in ledger.upgrade_sql(present):
+        await connection.execute(statement)
 
 
 class PostgresStore:
@@ -108,14 +98,9 @@ class PostgresStore:
 
     async def create_key(self, key: ApiKey) -> None:
         pool = await self._ready()
+        # the columns in the fields' order, as `ApiKey(*row)` reads them back
         await pool.execute(
-            f"INSERT INTO api_keys ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
-            key.id,
-            key.key_hash,
-            key.user,
-            key.tier,
-            key.created_at,
-            key.revoked_at,
+            f"INSERT INTO api_keys ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)", *astuple(key)
         )
 
     async def find_key(self, key_id: str) -> ApiKey | None:
@@ -149,20 +134,20 @@ class PostgresStore:
             for record in records
         ]
         async with pool.acquire() as connection, connection.transaction():
-            await connection.executemany(insert_sql(_placeholder), rows)
+            await connection.executemany(ledger.insert_sql(_placeholder), rows)
 
     async def query_usage(self, query: UsageQuery) -> UsagePage:
         pool = await self._ready()
-        where, args = filters(query, _placeholder, datetime_of)
+        where, args = ledger.filters(query, _placeholder, datetime_of)
         # one snapshot: the page and the totals agree even while batches land
         async with (
             pool.acquire() as connection,
             connection.transaction(isolation="repeatable_read", readonly=True),
         ):
             rows = await connection.fetch(
-                page_sql(where, _placeholder(len(args) + 1)), *args, query.limit
+                ledger.page_sql(where, _placeholder(len(args) + 1)), *args, query.limit
             )
-            totals = await connection.fetchrow(totals_sql(where), *args)
+            totals = await connection.fetchrow(ledger.totals_sql(where), *args)
         assert totals is not None
         return UsagePage(
             [

@@ -12,19 +12,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, TypeVar
 
+from server.store import ledger_sql as ledger
 from server.store.keys import ApiKey
-from server.store.ledger_sql import (
-    ADDED_COLUMNS,
-    BACKFILL_SQL,
-    filters,
-    insert_sql,
-    page_sql,
-    totals_sql,
-    usage_schema,
-)
 from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 
 __all__ = ["SqliteStore"]
@@ -41,7 +34,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at REAL
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_time ON api_keys (created_at);
-""" + usage_schema(real="REAL", time="INTEGER")
+""" + ledger.usage_schema(real="REAL", time="INTEGER")
 _COLUMNS = "id, key_hash, user, tier, created_at, revoked_at"
 
 
@@ -76,14 +69,9 @@ class SqliteStore:
         await self._call(lambda db: None)
 
     async def create_key(self, key: ApiKey) -> None:
+        # the columns in the fields' order, as `ApiKey(*row)` reads them back
         await self._run(
-            f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            key.id,
-            key.key_hash,
-            key.user,
-            key.tier,
-            key.created_at,
-            key.revoked_at,
+            f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", *astuple(key)
         )
 
     async def find_key(self, key_id: str) -> ApiKey | None:
@@ -109,17 +97,17 @@ class SqliteStore:
     async def write_usage(self, records: Sequence[UsageRecord]) -> None:
         def write(db: sqlite3.Connection) -> None:
             with _transaction(db, "BEGIN IMMEDIATE"):
-                db.executemany(insert_sql(_placeholder), records)
+                db.executemany(ledger.insert_sql(_placeholder), records)
 
         await self._call(write)
 
     async def query_usage(self, query: UsageQuery) -> UsagePage:
-        where, args = filters(query, _placeholder)
+        where, args = ledger.filters(query, _placeholder)
 
         def read(db: sqlite3.Connection) -> UsagePage:
             with _transaction(db, "BEGIN"):  # one snapshot: the page and the totals agree
-                rows = db.execute(page_sql(where, "?"), (*args, query.limit)).fetchall()
-                totals = db.execute(totals_sql(where), args).fetchone()
+                rows = db.execute(ledger.page_sql(where, "?"), (*args, query.limit)).fetchall()
+                totals = db.execute(ledger.totals_sql(where), args).fetchone()
             return UsagePage([UsageRecord(*row) for row in rows], UsageTotals(*totals))
 
         return await self._call(read)
@@ -154,11 +142,8 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
     workers opening the same file at once agree)."""
     with _transaction(db, "BEGIN IMMEDIATE"):
         present = {row[1] for row in db.execute("PRAGMA table_info(usage_records)")}
-        for name, definition in ADDED_COLUMNS:
-            if name not in present:
-                db.execute(f"ALTER TABLE usage_records ADD COLUMN {name} {definition}")
-                if name in BACKFILL_SQL:
-                    db.execute(BACKFILL_SQL[name])
+        for statement in ledger.upgrade_sql(present):
+            db.execute(statement)
 
 
 def _placeholder(n: int) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -39,6 +40,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # seconds; an LLM call runs from milliseconds (a cached or tiny answer) to minutes
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+_GaugeMode = Literal["livesum", "livemin", "livemax"]
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20)
 
 
@@ -56,7 +58,66 @@ def empty_multiprocess_directory(*, make: bool) -> tuple[Path, bool] | None:
     return directory, False
 
 
+# what `/metrics` says each series is
+_HELP = {
+    "tandem_requests": "Requests on the door routes and RPCs, by how they ended",
+    "tandem_request_duration_seconds": "From arrival to the last byte of the answer",
+    "tandem_time_to_first_token_seconds": (
+        "Streams: from arrival to the first chunk from the provider"
+    ),
+    "tandem_tokens": "Tokens charged, as recorded in the ledger",
+    "tandem_rate_limited": "Requests refused by a rate limit",
+    "tandem_upstream_errors": "Failed upstream attempts (each retry and fallback counts)",
+    "tandem_inflight_requests": "Door requests being served now",
+    "tandem_dependency_up": "1 while a shared dependency answers its background check, else 0",
+    "tandem_draining": "1 from SIGTERM on: not ready, finishing what is in flight",
+    "tandem_rate_limit_backend_errors": (
+        "Calls to the shared rate-limit backend that failed (local limits applied)"
+    ),
+    "tandem_key_store_lookups": (
+        "API key queries that reached the store (the key cache's misses), by result"
+    ),
+    "tandem_rate_limit_settlements_deferred": (
+        "Settlements (and slot releases) Redis did not take: kept, to apply in order"
+    ),
+    "tandem_rate_limit_settlements_applied_late": (
+        "Kept settlements applied once Redis answered again"
+    ),
+    "tandem_rate_limit_settlements_dropped": (
+        "Settlements given up: older than a minute, past the bound, or left at exit"
+    ),
+    "tandem_usage_pending_records": "Usage records waiting in memory for the store",
+    "tandem_usage_written_records": "Usage records written to the store",
+    "tandem_usage_write_errors": "Failed writes of a usage batch (the batch is kept and retried)",
+    "tandem_usage_dropped_records": "Usage records dropped because too many were pending",
+}
+
+
+class _Series:
+    """Declares series on one registry (None: the multiprocess files keep them)."""
+
+    __slots__ = ("registry",)
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.registry = registry
+
+    def counter(self, name: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, _HELP[name], labels, registry=self.registry)
+
+    def gauge(self, name: str, labels: tuple[str, ...] = (), *, mode: _GaugeMode) -> Gauge:
+        """`mode`: how the workers' values add up, `live*`: of the workers alive."""
+        return Gauge(name, _HELP[name], labels, multiprocess_mode=mode, registry=self.registry)
+
+    def histogram(
+        self, name: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> Histogram:
+        return Histogram(name, _HELP[name], labels, buckets=buckets, registry=self.registry)
+
+
 class Metrics:
+    """The series, declared by area in the order a scrape lists them (their help in
+    `_HELP`)."""
+
     def __init__(self) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` doubles a scrape
         self.multiprocess = MULTIPROC_ENV in os.environ
@@ -66,107 +127,34 @@ class Metrics:
             directory = Path(os.environ[MULTIPROC_ENV])
             multiprocess.MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         self.registry.register(ProcessSeries(directory))
-        registry = None if self.multiprocess else self.registry
-
-        self.requests = Counter(
-            "tandem_requests",
-            "Requests on the door routes and RPCs, by how they ended",
-            ["protocol", "model", "status"],
-            registry=registry,
+        series = _Series(None if self.multiprocess else self.registry)
+        # calls, by door
+        self.requests = series.counter("tandem_requests", ("protocol", "model", "status"))
+        self.duration = series.histogram(
+            "tandem_request_duration_seconds", ("protocol", "model"), _DURATION_BUCKETS
         )
-        self.duration = Histogram(
-            "tandem_request_duration_seconds",
-            "From arrival to the last byte of the answer",
-            ["protocol", "model"],
-            buckets=_DURATION_BUCKETS,
-            registry=registry,
+        self.time_to_first_token = series.histogram(
+            "tandem_time_to_first_token_seconds", ("protocol", "model"), _TTFT_BUCKETS
         )
-        self.time_to_first_token = Histogram(
-            "tandem_time_to_first_token_seconds",
-            "Streams: from arrival to the first chunk from the provider",
-            ["protocol", "model"],
-            buckets=_TTFT_BUCKETS,
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "tandem_tokens",
-            "Tokens charged, as recorded in the ledger",
-            ["model", "kind"],
-            registry=registry,
-        )
-        self.rate_limited = Counter(
-            "tandem_rate_limited", "Requests refused by a rate limit", ["tier"], registry=registry
-        )
-        self.upstream_errors = Counter(
-            "tandem_upstream_errors",
-            "Failed upstream attempts (each retry and fallback counts)",
-            ["provider"],
-            registry=registry,
-        )
-        self.inflight = Gauge(
-            "tandem_inflight_requests",
-            "Door requests being served now",
-            multiprocess_mode="livesum",
-            registry=registry,
-        )
-        self.dependency_up = Gauge(
-            "tandem_dependency_up",
-            "1 while a shared dependency answers its background check, else 0",
-            ["dependency"],
-            multiprocess_mode="livemin",
-            registry=registry,
-        )
-        self.draining = Gauge(
-            "tandem_draining",
-            "1 from SIGTERM on: not ready, finishing what is in flight",
-            multiprocess_mode="livemax",
-            registry=registry,
-        )
-        self.limiter_errors = Counter(
-            "tandem_rate_limit_backend_errors",
-            "Calls to the shared rate-limit backend that failed (local limits applied)",
-            registry=registry,
-        )
-        self.key_lookups = Counter(
-            "tandem_key_store_lookups",
-            "API key queries that reached the store (the key cache's misses), by result",
-            ["result"],  # found | unknown | failed, or ids: a read of the key ids created lately
-            registry=registry,
-        )
-        self.settlements_deferred = Counter(
-            "tandem_rate_limit_settlements_deferred",
-            "Settlements (and slot releases) Redis did not take: kept, to apply in order",
-            registry=registry,
-        )
-        self.settlements_applied_late = Counter(
-            "tandem_rate_limit_settlements_applied_late",
-            "Kept settlements applied once Redis answered again",
-            registry=registry,
-        )
-        self.settlements_dropped = Counter(
-            "tandem_rate_limit_settlements_dropped",
-            "Settlements given up: older than a minute, past the bound, or left at exit",
-            registry=registry,
-        )
-        self.usage_pending = Gauge(
-            "tandem_usage_pending_records",
-            "Usage records waiting in memory for the store",
-            multiprocess_mode="livesum",
-            registry=registry,
-        )
-        self.usage_written = Counter(
-            "tandem_usage_written_records", "Usage records written to the store", registry=registry
-        )
-        self.usage_write_errors = Counter(
-            "tandem_usage_write_errors",
-            "Failed writes of a usage batch (the batch is kept and retried)",
-            registry=registry,
-        )
-        self.usage_dropped = Counter(
-            "tandem_usage_dropped_records",
-            "Usage records dropped because too many were pending",
-            registry=registry,
-        )
+        self.tokens = series.counter("tandem_tokens", ("model", "kind"))
+        self.rate_limited = series.counter("tandem_rate_limited", ("tier",))
+        self.upstream_errors = series.counter("tandem_upstream_errors", ("provider",))
+        self.inflight = series.gauge("tandem_inflight_requests", mode="livesum")
+        # the process's health
+        self.dependency_up = series.gauge("tandem_dependency_up", ("dependency",), mode="livemin")
+        self.draining = series.gauge("tandem_draining", mode="livemax")
+        # rate limits and API keys
+        self.limiter_errors = series.counter("tandem_rate_limit_backend_errors")
+        # result: found | unknown | failed, or ids: a read of the key ids created lately
+        self.key_lookups = series.counter("tandem_key_store_lookups", ("result",))
+        self.settlements_deferred = series.counter("tandem_rate_limit_settlements_deferred")
+        self.settlements_applied_late = series.counter("tandem_rate_limit_settlements_applied_late")
+        self.settlements_dropped = series.counter("tandem_rate_limit_settlements_dropped")
+        # the usage ledger
+        self.usage_pending = series.gauge("tandem_usage_pending_records", mode="livesum")
+        self.usage_written = series.counter("tandem_usage_written_records")
+        self.usage_write_errors = series.counter("tandem_usage_write_errors")
+        self.usage_dropped = series.counter("tandem_usage_dropped_records")
         # the labelled children of a call's series, by their labels: `labels()` takes a
         # lock and builds a tuple; a call looks its children up in one dict
         self._call_series: dict[

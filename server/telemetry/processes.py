@@ -28,6 +28,16 @@ from prometheus_client.registry import Collector
 __all__ = ["WORKERS_PARENT_ENV", "ProcessSeries"]
 
 WORKERS_PARENT_ENV = "TANDEM_WORKERS_PARENT"  # in a worker: the pid of the parent
+
+_HELP = {
+    "process_resident_memory_bytes": "Resident memory size in bytes, summed over the workers",
+    "process_virtual_memory_bytes": "Virtual memory size in bytes, summed over the workers",
+    "process_cpu_seconds": "User and system CPU time in seconds, summed over the workers",
+    "process_open_fds": "Open file descriptors, summed over the workers",
+    "process_max_fds": "Maximum number of open file descriptors of one worker",
+    "process_start_time_seconds": "Start of the earliest worker, in seconds since the Unix epoch",
+}
+_COUNTERS = frozenset(("process_cpu_seconds",))
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = resource.getpagesize()
 
@@ -96,35 +106,17 @@ class ProcessSeries(Collector):
             return []
         max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         started = self._boot + min(f.started_ticks for f in alive) / _TICKS
+        values = {
+            "process_resident_memory_bytes": sum(f.resident for f in alive),
+            "process_virtual_memory_bytes": sum(f.virtual for f in alive),
+            "process_cpu_seconds": sum(f.cpu_s for f in alive),
+            "process_open_fds": sum(f.open_fds for f in alive),
+            "process_max_fds": max_fds,
+            "process_start_time_seconds": started,
+        }
         return [
-            GaugeMetricFamily(
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes, summed over the workers",
-                value=sum(f.resident for f in alive),
-            ),
-            GaugeMetricFamily(
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes, summed over the workers",
-                value=sum(f.virtual for f in alive),
-            ),
-            CounterMetricFamily(
-                "process_cpu_seconds",
-                "User and system CPU time in seconds, summed over the workers",
-                value=sum(f.cpu_s for f in alive),
-            ),
-            GaugeMetricFamily(
-                "process_open_fds",
-                "Open file descriptors, summed over the workers",
-                value=sum(f.open_fds for f in alive),
-            ),
-            GaugeMetricFamily(
-                "process_max_fds",
-                "Maximum number of open file descriptors of one worker",
-                value=max_fds,
-            ),
-            GaugeMetricFamily(
-                "process_start_time_seconds",
-                "Start of the earliest worker, in seconds since the Unix epoch",
-                value=started,
-            ),
+            (CounterMetricFamily if name in _COUNTERS else GaugeMetricFamily)(
+                name, _HELP[name], value=value
+            )
+            for name, value in values.items()
         ]

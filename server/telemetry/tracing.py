@@ -119,11 +119,11 @@ class Tracer:
             operation, context=parent, kind=SpanKind.SERVER, start_time=arrived_ns
         )
         context = span.get_span_context()
-        ctx.trace.traceparent = (
-            f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+        ctx.trace.traced_as(
+            f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}",
+            # the caller's, as the propagator parsed it
+            context.trace_state.to_header() if context.trace_state else None,
         )
-        if context.trace_state:  # the caller's, as the propagator parsed it
-            ctx.trace.tracestate = context.trace_state.to_header()
         return span  # type: ignore[return-value]
 
     def _end(

@@ -1,1 +1,2 @@
-"""Translation between the proto types and each dialect's JSON: one pure module per dialect."""
+"""Translation between the proto types and each dialect's JSON: one pure package per
+dialect, each with the same jobs under the same names (`protocols.py`)."""

@@ -1,6 +1,6 @@
-"""What the provider dialects share: refusing what a provider cannot honour, the bound on
-stop sequences, data URLs, tool call arguments as JSON objects, a schema (its text, else
-its `Struct`) as JSON."""
+"""What the provider dialects share: refusing what a provider cannot honour, the caller's
+bound on tokens, the bound on stop sequences, data URLs, tool call arguments as JSON
+objects, a schema (its text, else its `Struct`) as JSON."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ __all__ = [
     "check_cache_mark",
     "check_schema_texts",
     "check_stop_count",
+    "max_tokens_asked",
     "response_schema",
     "struct_json",
     "struct_to_json",
@@ -144,6 +145,16 @@ def check_stop_count(count: int, where: str) -> None:
         raise InvalidRequestError(
             f"{where}: at most {MAX_STOP_SEQUENCES} stop sequences, got {count}", param=where
         )
+
+
+def max_tokens_asked(request: chat_pb2.ChatCompletionRequest) -> tuple[str, int] | None:
+    """The caller's bound on the answer's tokens, and the field that sets it
+    (`max_completion_tokens`, else `max_tokens`); None: the caller set none."""
+    if request.HasField("max_completion_tokens"):
+        return "max_completion_tokens", request.max_completion_tokens
+    if request.HasField("max_tokens"):
+        return "max_tokens", request.max_tokens
+    return None
 
 
 def cannot_honour(param: str, why: str) -> InvalidRequestError:

@@ -169,7 +169,7 @@ def _named(names: Iterable[str], room: int) -> str:
 def name_unread(trace: CallTrace, names: Iterable[str]) -> None:
     """Name what the door could not carry into the request, for every attempt (the
     core starts each with it), in at most half the header's room."""
-    trace.door_ignored = trace.ignored_fields = _named(names, MAX_NAMED_BYTES // 2) or None
+    trace.door_left_out(_named(names, MAX_NAMED_BYTES // 2) or None)
 
 
 def leave_out(trace: CallTrace, names: Iterable[str]) -> None:
@@ -177,10 +177,8 @@ def leave_out(trace: CallTrace, names: Iterable[str]) -> None:
     `x-tandem-ignored-fields`), after what the door did: at most `MAX_NAMED_BYTES` in
     all."""
     door = trace.door_ignored
-    if door is None:
-        trace.ignored_fields = _named(names, MAX_NAMED_BYTES) or None
-    elif named := _named(names, MAX_NAMED_BYTES - len(door) - 1):
-        trace.ignored_fields = f"{door},{named}"
+    room = MAX_NAMED_BYTES if door is None else MAX_NAMED_BYTES - len(door) - 1
+    trace.upstream_left_out(_named(names, room) or None)
 
 
 def merge_extra(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from tandem.v1 import usage_pb2
 
 from server.context import Caller
 from server.errors import InvalidRequestError, PermissionDeniedError
-from server.usage.record import UsagePage, UsageQuery
+from server.usage.record import UsagePage, UsageQuery, UsageRecord
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -77,24 +77,21 @@ def _in_range(timestamp: Timestamp) -> bool:
     )
 
 
+# what a record and its proto both hold, alike; the times are converted below
+_COPIED = tuple(
+    name
+    for name in UsageRecord._fields
+    if name in usage_pb2.UsageRecord.DESCRIPTOR.fields_by_name
+    and name not in ("ttft_ms", "created_at")
+)
+
+
 def usage_response(page: UsagePage) -> usage_pb2.GetUsageResponse:
     response = usage_pb2.GetUsageResponse()
     for record in page.records:
+        fields: dict[str, Any] = {name: getattr(record, name) for name in _COPIED}
         out = response.records.add(
-            request_id=record.request_id,
-            user=record.user,
-            model=record.model,
-            provider=record.provider,
-            protocol=record.protocol,
-            prompt_tokens=record.prompt_tokens,
-            completion_tokens=record.completion_tokens,
-            total_tokens=record.prompt_tokens + record.completion_tokens,
-            status=record.status,
-            latency_ms=record.latency_ms,
-            usage_source=record.usage_source,
-            cached_tokens=record.cached_tokens,
-            reasoning_tokens=record.reasoning_tokens,
-            cache_write_tokens=record.cache_write_tokens,
+            total_tokens=record.prompt_tokens + record.completion_tokens, **fields
         )
         if record.ttft_ms is not None:
             out.ttft_ms = record.ttft_ms

@@ -15,8 +15,8 @@ from server.chunks import Batch, Item, stamped, text_chunk, whole
 from server.core.fold import fold_stream
 from server.translate.anthropic.replies import StreamEncoder as AnthropicEncoder
 from server.translate.ollama.replies import StreamEncoder as OllamaEncoder
-from server.translate.openai.replies import ChunkEncoder
-from server.translate.openai.upstream import chunk_from_openai, stream_decoder
+from server.translate.openai.from_provider import StreamDecoder, decode_event
+from server.translate.openai.replies import StreamEncoder
 
 texts = st.text(max_size=30)
 
@@ -38,7 +38,7 @@ def last_chunk() -> chat_pb2.ChatCompletionChunk:
 def test_the_openai_and_native_doors_write_a_text_as_its_chunk(
     text: str, usage: str, with_object: bool
 ) -> None:
-    encoder = ChunkEncoder(
+    encoder = StreamEncoder(
         first_chunk(), with_object=with_object, usage=usage, prefix=b"data: ", suffix=b"\n\n"
     )
     assert encoder.encode(text) == encoder.encode(text_chunk(text))
@@ -92,9 +92,9 @@ def _event(**choice: Any) -> dict[str, Any]:
 
 @given(texts)
 def test_an_upstream_event_of_content_alone_is_its_text(text: str) -> None:
-    assert chunk_from_openai(_event(index=0, delta={"content": text})) == text
+    assert decode_event(_event(index=0, delta={"content": text})) == text
     plain = _event(index=0, delta={"content": text}, finish_reason=None, logprobs=None)
-    assert chunk_from_openai({**plain, "system_fingerprint": "fp"}) == text
+    assert decode_event({**plain, "system_fingerprint": "fp"}) == text
 
 
 @pytest.mark.parametrize(
@@ -109,7 +109,7 @@ def test_an_upstream_event_of_content_alone_is_its_text(text: str) -> None:
     ],
 )
 def test_an_upstream_event_with_more_is_a_whole_chunk(event: dict[str, Any]) -> None:
-    chunk = chunk_from_openai(event)
+    chunk = decode_event(event)
     assert isinstance(chunk, chat_pb2.ChatCompletionChunk)
     assert [c.index for c in chunk.choices] == [c.get("index", 0) for c in event["choices"]]
 
@@ -117,7 +117,7 @@ def test_an_upstream_event_with_more_is_a_whole_chunk(event: dict[str, Any]) -> 
 def test_a_streams_first_event_is_a_whole_chunk_for_its_head() -> None:
     """The doors write the head (id, model, fingerprint) from the first item: an
     upstream that opens with text alone keeps its fingerprint on every event."""
-    decode = stream_decoder()
+    decode = StreamDecoder().feed
     event = {**_event(index=0, delta={"content": "Hi"}), "system_fingerprint": "fp_up"}
     first = decode(event)
     assert isinstance(first, chat_pb2.ChatCompletionChunk)
@@ -131,20 +131,20 @@ def test_a_fingerprint_that_is_not_text_is_refused_as_before() -> None:
 
     bad = b'{"system_fingerprint": 5, "choices": [{"index": 0, "delta": {"content": "a"}}]}'
     with pytest.raises(UpstreamError):
-        decode(bad, chunk_from_openai)
+        decode(bad, decode_event)
 
 
 def test_an_upstream_error_event_is_never_taken_for_text() -> None:
     from server.errors import UpstreamError
 
     with pytest.raises(UpstreamError):
-        chunk_from_openai({**_event(index=0, delta={"content": "a"}), "error": {"type": "x"}})
+        decode_event({**_event(index=0, delta={"content": "a"}), "error": {"type": "x"}})
 
 
 def test_ollama_lines_of_content_alone_are_their_text_after_the_first() -> None:
-    from server.translate.ollama.upstream import StreamTranslator
+    from server.translate.ollama.from_provider import StreamDecoder
 
-    translator = StreamTranslator()
+    translator = StreamDecoder()
     line = {"model": "m", "message": {"role": "assistant", "content": "Hi"}, "done": False}
     first = translator.feed(line)  # the role opens the stream: a whole chunk
     assert isinstance(first, chat_pb2.ChatCompletionChunk)
@@ -165,9 +165,9 @@ def test_ollama_lines_of_content_alone_are_their_text_after_the_first() -> None:
 
 
 def test_anthropic_text_deltas_are_their_text() -> None:
-    from server.translate.anthropic.upstream import StreamTranslator
+    from server.translate.anthropic.from_provider import StreamDecoder
 
-    translator = StreamTranslator()
+    translator = StreamDecoder()
     delta = {"type": "content_block_delta", "index": 0}
     assert translator.feed({**delta, "delta": {"type": "text_delta", "text": "Hi"}}) == "Hi"
     assert translator.feed({**delta, "delta": {"type": "text_delta"}}) == ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 
 from server import errors
-from server.grpc_errors import GRPC_CODES, to_grpc_status
+from server.grpc_door.errors import GRPC_CODES, to_grpc_status
 
 
 def all_error_classes() -> set[type[errors.GatewayError]]:

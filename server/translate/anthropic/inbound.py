@@ -38,11 +38,11 @@ from server.errors import InvalidRequestError
 from server.translate.anthropic import MIN_THINKING_BUDGET
 from server.translate.common import check_cache_mark, check_stop_count
 from server.translate.extra import CHAT_FIELDS, fields_beyond
+from server.translate.protocols import JSON, ChatParser
 from server.translate.protojson import parse_into
 
-__all__ = ["parse_count_tokens", "parse_messages", "unread"]
+__all__ = ["parse_chat", "parse_count_tokens", "unread"]
 
-JSON = dict[str, Any]
 
 # the top-level fields this door reads: every other is kept for an Anthropic upstream,
 # unless the proto has a field of its name (the gateway decides those: ignored)
@@ -332,7 +332,7 @@ def _add(
             names[prefix + key] = None
 
 
-def parse_messages(body: Any) -> chat_pb2.ChatCompletionRequest:
+def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
     body, request = _conversation(body)
     if body.get("max_tokens") is None:
         raise _invalid("max_tokens", "is required")
@@ -359,3 +359,6 @@ def parse_messages(body: Any) -> chat_pb2.ChatCompletionRequest:
 def parse_count_tokens(body: Any) -> chat_pb2.ChatCompletionRequest:
     """`/v1/messages/count_tokens`: the conversation alone (no `max_tokens`)."""
     return _conversation(body)[1]
+
+
+_chat: ChatParser = parse_chat

@@ -20,6 +20,7 @@ writes, `cache_read_input_tokens` and `cache_creation_input_tokens` beside it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,10 +28,10 @@ import orjson
 from tandem.v1 import chat_pb2, models_pb2
 
 from server.chunks import Item
+from server.translate.protocols import JSON, ItemEncoder
 
-__all__ = ["StreamEncoder", "encode_message", "encode_model", "encode_models", "message_id"]
+__all__ = ["StreamEncoder", "encode_completion", "encode_model", "encode_models", "message_id"]
 
-JSON = dict[str, Any]
 # the proto's finish_reason -> Anthropic's stop_reason
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
@@ -78,7 +79,7 @@ def _usage(usage: chat_pb2.Usage) -> JSON:
     return out
 
 
-def encode_message(completion: chat_pb2.ChatCompletion) -> JSON:
+def encode_completion(completion: chat_pb2.ChatCompletion) -> JSON:
     choice = completion.choices[0] if completion.choices else chat_pb2.Choice()
     message = choice.message
     stop_reason, stop_sequence = _stop(
@@ -260,3 +261,6 @@ def encode_models(models: models_pb2.ListModelsResponse) -> JSON:
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
     }
+
+
+_stream: Callable[..., ItemEncoder] = StreamEncoder

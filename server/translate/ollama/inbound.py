@@ -23,18 +23,18 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 from server.errors import InvalidRequestError
 from server.translate.common import check_stop_count
 from server.translate.ollama import SAMPLING_OPTIONS
+from server.translate.protocols import JSON, ChatParser, EmbeddingParser
 from server.translate.protojson import parse_into
 
 __all__ = [
     "parse_chat",
-    "parse_embed",
-    "parse_embeddings",
+    "parse_embedding",
     "parse_generate",
+    "parse_legacy_embeddings",
     "resolve_tag",
     "unloads",
 ]
 
-JSON = dict[str, Any]
 # Ollama's option -> the proto's field
 _OPTIONS = {
     **{name: name for name in SAMPLING_OPTIONS},
@@ -285,11 +285,17 @@ def parse_generate(body: Any) -> chat_pb2.ChatCompletionRequest:
     return request
 
 
-def parse_embed(body: Any) -> embeddings_pb2.EmbeddingRequest:
-    """`/api/embed`: `input` one string or a list of them; `dimensions`, `truncate`."""
+def _embedding_request(body: Any) -> tuple[JSON, embeddings_pb2.EmbeddingRequest]:
+    """The body (a JSON object) and a request naming its model."""
     body = _object(body)
     request = embeddings_pb2.EmbeddingRequest()
     _model(body, request)
+    return body, request
+
+
+def parse_embedding(body: Any) -> embeddings_pb2.EmbeddingRequest:
+    """`/api/embed`: `input` one string or a list of them; `dimensions`, `truncate`."""
+    body, request = _embedding_request(body)
     text = body.get("input")
     _set(request, "input", [text] if isinstance(text, str) else text, "input")
     if body.get("dimensions") is not None:
@@ -297,11 +303,9 @@ def parse_embed(body: Any) -> embeddings_pb2.EmbeddingRequest:
     return request
 
 
-def parse_embeddings(body: Any) -> embeddings_pb2.EmbeddingRequest:
+def parse_legacy_embeddings(body: Any) -> embeddings_pb2.EmbeddingRequest:
     """The older `/api/embeddings`: one `prompt`, one vector."""
-    body = _object(body)
-    request = embeddings_pb2.EmbeddingRequest()
-    _model(body, request)
+    body, request = _embedding_request(body)
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
         raise _invalid("prompt", "must be a string")
@@ -328,3 +332,7 @@ def resolve_tag(name: str, known: Callable[[str], bool]) -> str:
     if known(name) or not name.endswith(":latest"):
         return name
     return name.removesuffix(":latest")
+
+
+_chat: ChatParser = parse_chat
+_embedding: EmbeddingParser = parse_embedding

@@ -9,7 +9,7 @@ streamed call are gathered until the answer finishes and sent in one message.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,11 +17,12 @@ import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
 
 from server.chunks import Item
+from server.translate.protocols import JSON, ItemEncoder
 
 __all__ = [
     "OLLAMA_VERSION",
     "StreamEncoder",
-    "encode_chat",
+    "encode_completion",
     "encode_embed",
     "encode_embeddings",
     "encode_generate",
@@ -31,7 +32,6 @@ __all__ = [
     "encode_tags",
 ]
 
-JSON = dict[str, Any]
 # what /api/version reports: a current Ollama release (v0.32.15, August 2026), so that
 # no client's minimum (VS Code's Copilot asks for 0.6.4) turns the door away
 OLLAMA_VERSION = "0.32.15"
@@ -86,7 +86,7 @@ def _message(content: str, calls: list[JSON] | None = None, thinking: str = "") 
     return message
 
 
-def encode_chat(completion: chat_pb2.ChatCompletion, started: float) -> JSON:
+def encode_completion(completion: chat_pb2.ChatCompletion, started: float) -> JSON:
     choice = completion.choices[0]
     calls = _tool_calls(choice.message.tool_calls)
     return {
@@ -298,3 +298,6 @@ def encode_show(model: models_pb2.Model, capabilities: Iterable[str]) -> JSON:
         "model_info": {},
         "capabilities": list(capabilities),
     }
+
+
+_stream: Callable[..., ItemEncoder] = StreamEncoder

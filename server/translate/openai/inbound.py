@@ -10,16 +10,15 @@ from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.errors import InvalidRequestError
 from server.translate.extra import CHAT_FIELDS, fields_beyond
+from server.translate.protocols import JSON, ChatParser, EmbeddingParser
 from server.translate.protojson import parse_into
 
 __all__ = [
     "normalize_chat_body",
-    "parse_chat_request",
+    "parse_chat",
     "parse_completion_request",
-    "parse_embedding_request",
+    "parse_embedding",
 ]
-
-JSON = dict[str, Any]
 
 
 def normalize_chat_body(body: JSON) -> JSON:
@@ -52,7 +51,7 @@ def _content_to_parts(message: Any) -> Any:
     return converted
 
 
-def parse_chat_request(body: Any, *, strict: bool) -> chat_pb2.ChatCompletionRequest:
+def parse_chat(body: Any, *, strict: bool = False) -> chat_pb2.ChatCompletionRequest:
     """An OpenAI chat request (or a native one, with `strict=True`) as a proto.
 
     OpenAI's fields the proto lacks (`store`, `metadata`, a vLLM server's own)
@@ -109,7 +108,7 @@ def parse_completion_request(body: Any) -> chat_pb2.ChatCompletionRequest:
         key: value for key, value in body.items() if key != "prompt" and key not in _UNSUPPORTED
     }
     chat["messages"] = [{"role": "user", "content": prompt}]
-    return parse_chat_request(chat, strict=False)
+    return parse_chat(chat)
 
 
 _PARTS_PATH = re.compile(r"^messages\[(\d+)\]\.parts")
@@ -132,7 +131,7 @@ def _as_sent(error: InvalidRequestError, body: JSON) -> InvalidRequestError:
     return error
 
 
-def parse_embedding_request(body: Any, *, strict: bool) -> embeddings_pb2.EmbeddingRequest:
+def parse_embedding(body: Any, *, strict: bool = False) -> embeddings_pb2.EmbeddingRequest:
     """An embeddings request; `input` may be one string or a list of strings."""
     if not isinstance(body, dict):
         raise InvalidRequestError("body: must be a JSON object", param="body")
@@ -148,3 +147,8 @@ def parse_embedding_request(body: Any, *, strict: bool) -> embeddings_pb2.Embedd
             "encoding_format: must be 'float' or 'base64'", param="encoding_format"
         )
     return request
+
+
+# OpenAI's (lax) by default: the native door asks for `strict`
+_chat: ChatParser = parse_chat
+_embedding: EmbeddingParser = parse_embedding

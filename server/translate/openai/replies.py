@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2
 
 from server.chunks import Item
+from server.translate.protocols import JSON, ItemEncoder
 
 __all__ = [
-    "ChunkEncoder",
-    "TextChunkEncoder",
+    "StreamEncoder",
+    "TextStreamEncoder",
     "encode_completion",
     "encode_embeddings",
     "encode_model",
@@ -26,8 +27,6 @@ __all__ = [
     "encode_text_completion",
     "encode_tool_calls",
 ]
-
-JSON = dict[str, Any]
 
 
 def _details(usage: chat_pb2.Usage) -> JSON:
@@ -107,11 +106,17 @@ def _reasoning(source: chat_pb2.ChatMessage | chat_pb2.Delta, out: JSON) -> None
         out["reasoning_signature"] = source.reasoning_signature
 
 
-def encode_completion(completion: chat_pb2.ChatCompletion, *, with_object: bool) -> JSON:
-    out: JSON = {"id": completion.id}
+def _head(id_: str, kind: str, created: int, *, with_object: bool) -> JSON:
+    """An object's first keys: its id, its `object` (OpenAI's, not native), its time."""
+    out: JSON = {"id": id_}
     if with_object:
-        out["object"] = "chat.completion"
-    out["created"] = completion.created
+        out["object"] = kind
+    out["created"] = created
+    return out
+
+
+def encode_completion(completion: chat_pb2.ChatCompletion, *, with_object: bool) -> JSON:
+    out = _head(completion.id, "chat.completion", completion.created, with_object=with_object)
     out["model"] = completion.model
     out["choices"] = [
         _stop_sequence(
@@ -175,7 +180,7 @@ _TEXT_TAIL = b'},"logprobs":null,"finish_reason":null}]}'
 _TEXT_TAIL_NULL_USAGE = b'},"logprobs":null,"finish_reason":null}],"usage":null}'
 
 
-class ChunkEncoder:
+class StreamEncoder:
     """Writes a stream's chunks as OpenAI's chunk objects, the constant head encoded once.
 
     Each object is one event, written between the `prefix` and `suffix` of the
@@ -198,10 +203,7 @@ class ChunkEncoder:
         prefix: bytes,
         suffix: bytes,
     ) -> None:
-        head: JSON = {"id": first.id}
-        if with_object:
-            head["object"] = "chat.completion.chunk"
-        head["created"] = first.created
+        head = _head(first.id, "chat.completion.chunk", first.created, with_object=with_object)
         head["model"] = first.model
         if first.system_fingerprint:
             head["system_fingerprint"] = first.system_fingerprint
@@ -268,11 +270,11 @@ def encode_text_completion(completion: chat_pb2.ChatCompletion) -> JSON:
 _TEXT_CHOICE_TAIL = b',"index":0,"logprobs":null,"finish_reason":null}]'
 
 
-class TextChunkEncoder:
+class TextStreamEncoder:
     """Writes a chat stream as OpenAI's legacy `text_completion` chunks: each choice's
     text delta (a delta with neither text nor an end writes nothing), and `usage` on a
     last chunk with `choices: []` ("separate", with `include_usage`) or not at all
-    ("none"), as `ChunkEncoder` does."""
+    ("none"), as `StreamEncoder` does."""
 
     __slots__ = ("_end", "_head", "_tail", "_usage")
 
@@ -333,10 +335,7 @@ def encode_embeddings(
 
 
 def encode_model(model: models_pb2.Model, *, with_object: bool) -> JSON:
-    out: JSON = {"id": model.id}
-    if with_object:
-        out["object"] = "model"
-    out["created"] = model.created
+    out = _head(model.id, "model", model.created, with_object=with_object)
     out["owned_by"] = model.owned_by
     return out
 
@@ -344,3 +343,7 @@ def encode_model(model: models_pb2.Model, *, with_object: bool) -> JSON:
 def encode_models(models: models_pb2.ListModelsResponse, *, with_object: bool) -> JSON:
     data = [encode_model(m, with_object=with_object) for m in models.data]
     return {"object": "list", "data": data} if with_object else {"data": data}
+
+
+_stream: Callable[..., ItemEncoder] = StreamEncoder
+_text_stream: Callable[..., ItemEncoder] = TextStreamEncoder

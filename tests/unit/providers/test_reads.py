@@ -19,7 +19,7 @@ from tandem.v1 import chat_pb2
 from http_bridge.framing import SSE
 from http_bridge.streaming import ChunkStreamResponse
 from server.chunks import whole
-from server.context import CallTrace
+from server.context import CallContext
 from server.errors import UpstreamError
 from server.providers import reads
 from server.providers.reads import line_batches, sse_batches
@@ -113,10 +113,7 @@ async def test_the_door_writes_each_batch_in_one_send() -> None:
         rest(),
         encode=lambda chunk: SSE.event(whole(chunk).choices[0].delta.content.encode()),
         framing=SSE,
-        error_payload=lambda error: b"{}",
-        headers=[],
-        trace=CallTrace(),
-        request_id="r",
+        ctx=CallContext(request_id="r", protocol="openai"),
     )
     sent: list[Message] = []
 

@@ -15,9 +15,10 @@ from tandem.v1 import chat_pb2
 
 from server.chunks import whole
 from server.errors import InvalidRequestError
-from server.translate.anthropic import upstream as anthropic
-from server.translate.anthropic.inbound import parse_messages
-from server.translate.openai.inbound import parse_chat_request
+from server.translate.anthropic import from_provider as anthropic_answers
+from server.translate.anthropic import inbound as anthropic_inbound
+from server.translate.anthropic import to_provider as anthropic
+from server.translate.openai.inbound import parse_chat
 from tests.unit.translate.messages import image_then_tool_call
 
 texts = st.text(min_size=1, max_size=20)
@@ -79,13 +80,13 @@ def test_an_unfit_mark_is_refused_by_where_it_was_written(body: dict[str, Any], 
         **body,
     }
     with pytest.raises(InvalidRequestError) as refused:
-        parse_messages(request)
+        anthropic_inbound.parse_chat(request)
     assert refused.value.param == param
 
 
 def translate(body: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:
-    request = parse_chat_request(body, strict=True)
-    translated = anthropic.chat_request_to_anthropic(
+    request = parse_chat(body, strict=True)
+    translated = anthropic.encode_chat_request(
         request, "claude-x", max_tokens_default=321, stream=stream
     )
     wire: dict[str, Any] = orjson.loads(orjson.dumps(translated))  # as the upstream reads it
@@ -245,10 +246,10 @@ def test_translation_loses_no_message_tool_or_supported_field(
 
 
 def test_extra_fields_follow_in_order_and_never_override_what_the_gateway_sets() -> None:
-    request = parse_chat_request(
+    request = parse_chat(
         {"messages": [{"role": "user", "content": "x"}], "max_tokens": 7}, strict=True
     )
-    gateway = anthropic.chat_request_to_anthropic(
+    gateway = anthropic.encode_chat_request(
         request, "claude-x", max_tokens_default=321, stream=True
     )
     extra = {
@@ -260,7 +261,7 @@ def test_extra_fields_follow_in_order_and_never_override_what_the_gateway_sets()
         "context_management": {"edits": []},
     }
     request.extra_body_json = orjson.dumps(extra).decode()  # unchecked: the translator's guard
-    body = anthropic.chat_request_to_anthropic(
+    body = anthropic.encode_chat_request(
         request, "claude-x", max_tokens_default=321, stream=True, extra_fields="allow"
     )
     assert list(body.items()) == [
@@ -286,7 +287,7 @@ def test_every_unsupported_field_is_refused_by_name(field: str, value: int) -> N
 
 
 def test_stream_events_become_chunks() -> None:
-    translator = anthropic.StreamTranslator()
+    translator = anthropic_answers.StreamDecoder()
     events: list[dict[str, Any]] = [
         {
             "type": "message_start",
@@ -340,3 +341,14 @@ def test_stream_events_become_chunks() -> None:
         total_tokens=22,
         prompt_tokens_details=chat_pb2.PromptTokensDetails(cached_tokens=5),
     )
+
+
+def test_without_the_callers_bound_or_a_model_default_max_tokens_is_refused() -> None:
+    """Anthropic requires `max_tokens`: the provider always passes the model's default;
+    a call without one, and a request without a bound, is refused by name."""
+    request = parse_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(InvalidRequestError) as raised:
+        anthropic.encode_chat_request(request, "claude-x", stream=False)
+    assert raised.value.param == "max_tokens"
+    request.max_tokens = 7
+    assert anthropic.encode_chat_request(request, "claude-x", stream=False)["max_tokens"] == 7

@@ -10,15 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.errors import InvalidRequestError
-from server.translate.ollama import upstream as ollama
-from server.translate.openai.inbound import parse_chat_request
+from server.translate.ollama import to_provider as ollama
+from server.translate.openai.inbound import parse_chat
 from tests.unit.translate.messages import image_then_tool_call
 
 texts = st.text(min_size=1, max_size=20)
 
 
 def test_sampling_goes_under_options_and_images_travel_as_base64() -> None:
-    request = parse_chat_request(
+    request = parse_chat(
         {
             "messages": [
                 {"role": "developer", "content": "sys"},
@@ -32,7 +32,7 @@ def test_sampling_goes_under_options_and_images_travel_as_base64() -> None:
         },
         strict=True,
     )
-    body = ollama.chat_request_to_ollama(request, "m", stream=True)
+    body = ollama.encode_chat_request(request, "m", stream=True)
     assert body["messages"] == [
         {"role": "system", "content": "sys"},
         {"role": "user", "content": "see", "images": ["QUJD"]},
@@ -57,11 +57,9 @@ def test_sampling_goes_under_options_and_images_travel_as_base64() -> None:
     ],
 )
 def test_what_ollama_cannot_honour_is_refused_by_name(fields: dict[str, Any], param: str) -> None:
-    request = parse_chat_request(
-        {"messages": [{"role": "user", "content": "x"}], **fields}, strict=True
-    )
+    request = parse_chat({"messages": [{"role": "user", "content": "x"}], **fields}, strict=True)
     with pytest.raises(InvalidRequestError) as caught:
-        ollama.chat_request_to_ollama(request, "m", stream=False)
+        ollama.encode_chat_request(request, "m", stream=False)
     assert caught.value.param == param
 
 
@@ -95,7 +93,7 @@ def test_translation_loses_no_message_tool_or_supported_field(
         "tools": [{"type": "function", "function": {"name": n}} for n in tools],
         **options,
     }
-    sent = ollama.chat_request_to_ollama(parse_chat_request(body, strict=True), "m", stream=False)
+    sent = ollama.encode_chat_request(parse_chat(body, strict=True), "m", stream=False)
     assert [(m["role"], m["content"]) for m in sent["messages"]] == [
         (m["role"], m["content"]) for m in messages
     ]
@@ -113,9 +111,9 @@ def test_every_unsupported_field_is_refused_by_name(field: str) -> None:
         "top_logprobs": 1,
         "tool_choice": "required",
     }
-    request = parse_chat_request(
+    request = parse_chat(
         {"messages": [{"role": "user", "content": "x"}], field: values[field]}, strict=True
     )
     with pytest.raises(InvalidRequestError) as caught:
-        ollama.chat_request_to_ollama(request, "m", stream=True)
+        ollama.encode_chat_request(request, "m", stream=True)
     assert caught.value.param == field

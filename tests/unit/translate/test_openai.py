@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from tandem.v1 import chat_pb2
 
 from server.errors import InvalidRequestError
-from server.translate.openai import inbound, upstream
-from server.translate.openai.replies import ChunkEncoder, _chunk_choices
+from server.translate.openai import from_provider, inbound, to_provider
+from server.translate.openai.replies import StreamEncoder, _chunk_choices
 
 texts = st.text(max_size=50)
 
@@ -23,7 +23,7 @@ def test_a_text_item_is_written_exactly_as_the_general_path_writes_its_chunk(
 ) -> None:
     chunk = chat_pb2.ChatCompletionChunk(id="c", created=1, model="m")
     chunk.choices.add(index=0).delta.content = text
-    encoder = ChunkEncoder(
+    encoder = StreamEncoder(
         chunk, with_object=with_object, usage=usage, prefix=b"data: ", suffix=b"\n\n"
     )
     tail = b',"usage":null}\n\n' if usage == "separate" else b"}\n\n"
@@ -52,7 +52,7 @@ def test_union_forms_become_the_protos_single_forms(
         ],
     }
     original = orjson.dumps(body)
-    request = inbound.parse_chat_request(body, strict=strict)
+    request = inbound.parse_chat(body, strict=strict)
     assert list(request.stop) == ([stop] if isinstance(stop, str) else stop)
     assert request.tool_choice.mode == tool_choice
     assert request.messages[0].content == "plain"
@@ -86,7 +86,7 @@ def test_union_forms_become_the_protos_single_forms(
 )
 def test_strict_parse_names_the_path(body: dict[str, object], param: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:
-        inbound.parse_chat_request(body, strict=True)
+        inbound.parse_chat(body, strict=True)
     assert caught.value.param == param
 
 
@@ -96,13 +96,13 @@ def test_lenient_parse_skips_unknown_fields_at_any_depth() -> None:
         "store": True,
         "stream_options": {"include_usage": True, "include_obfuscation": False},
     }
-    request = inbound.parse_chat_request(body, strict=False)
+    request = inbound.parse_chat(body, strict=False)
     assert request.stream_options.include_usage
     assert request.messages[0].content == "x"
 
 
 def test_null_means_not_set() -> None:
-    request = inbound.parse_chat_request(
+    request = inbound.parse_chat(
         {
             "messages": [
                 {
@@ -183,12 +183,10 @@ def test_upstream_request_round_trips_every_field(
     messages: list[dict[str, str]], optional: dict[str, object], stream: bool
 ) -> None:
     """Whatever a caller sends reaches an OpenAI-compatible upstream unchanged."""
-    request = inbound.parse_chat_request(
-        {"model": "public", "messages": messages, **optional}, strict=True
-    )
+    request = inbound.parse_chat({"model": "public", "messages": messages, **optional}, strict=True)
     # as the upstream reads it (a schema goes as pre-encoded JSON)
     body = orjson.loads(
-        orjson.dumps(upstream.chat_request_to_openai(request, "upstream-name", stream=stream))
+        orjson.dumps(to_provider.encode_chat_request(request, "upstream-name", stream=stream))
     )
     assert body["model"] == "upstream-name"
     assert body["messages"] == messages
@@ -198,7 +196,7 @@ def test_upstream_request_round_trips_every_field(
         else:
             assert body[key] == value, key
     assert ("stream_options" in body) == stream
-    again = inbound.parse_chat_request({**body, "model": "public"}, strict=False)
+    again = inbound.parse_chat({**body, "model": "public"}, strict=False)
     again.ClearField("stream")
     again.ClearField("stream_options")
     assert again == request
@@ -210,12 +208,10 @@ def test_only_a_stop_string_that_ended_a_choice_is_its_stop_sequence(streamed: b
 
     def stop_of(item: dict[str, Any]) -> str | None:
         if streamed:
-            chunk = upstream.whole_chunk_from_openai(
-                {"choices": [{"index": 0, "delta": {}, **item}]}
-            )
+            chunk = from_provider.event_chunk({"choices": [{"index": 0, "delta": {}, **item}]})
         else:
             message = {"role": "assistant", "content": "x"}
-            chunk = upstream.completion_as_chunk(
+            chunk = from_provider.decode_completion(
                 {"choices": [{"index": 0, "message": message, **item}]}
             )
         choice = chunk.choices[0]

@@ -13,11 +13,11 @@ from tandem.v1 import chat_pb2
 
 from server.core.fold import fold_stream
 from server.errors import InvalidRequestError
-from server.translate.anthropic import upstream as anthropic
-from server.translate.ollama import upstream as ollama
-from server.translate.openai.inbound import parse_chat_request
-from server.translate.openai.replies import ChunkEncoder
-from server.translate.openai.upstream import chat_request_to_openai
+from server.translate.anthropic import to_provider as anthropic
+from server.translate.ollama import to_provider as ollama
+from server.translate.openai.inbound import parse_chat
+from server.translate.openai.replies import StreamEncoder
+from server.translate.openai.to_provider import encode_chat_request
 
 
 def user(text: str) -> list[dict[str, Any]]:
@@ -29,11 +29,11 @@ def test_a_budget_and_an_effort_give_the_lower_level_everywhere() -> None:
         request = chat_pb2.ChatCompletionRequest(
             messages=[chat_pb2.ChatMessage(role="user", content="x")], **fields
         )
-        to_anthropic = anthropic.chat_request_to_anthropic(
+        to_anthropic = anthropic.encode_chat_request(
             request, "c", max_tokens_default=10, stream=False
         )
-        to_openai = chat_request_to_openai(request, "o", stream=False)
-        to_ollama = ollama.chat_request_to_ollama(request, "m", stream=False)
+        to_openai = encode_chat_request(request, "o", stream=False)
+        to_ollama = ollama.encode_chat_request(request, "m", stream=False)
         budget = to_anthropic.get("thinking", {}).get("budget_tokens")
         return budget, to_openai.get("reasoning_effort"), to_ollama.get("think")
 
@@ -48,7 +48,7 @@ def test_a_budget_and_an_effort_give_the_lower_level_everywhere() -> None:
 
 
 def test_anthropic_forced_tool_choice_with_reasoning_is_refused() -> None:
-    request = parse_chat_request(
+    request = parse_chat(
         {
             "messages": user("x"),
             "reasoning_effort": "low",
@@ -58,23 +58,19 @@ def test_anthropic_forced_tool_choice_with_reasoning_is_refused() -> None:
         strict=True,
     )
     with pytest.raises(InvalidRequestError) as caught:
-        anthropic.chat_request_to_anthropic(request, "c", max_tokens_default=10, stream=False)
+        anthropic.encode_chat_request(request, "c", max_tokens_default=10, stream=False)
     assert caught.value.param == "tool_choice"
 
 
 def test_every_reasoning_effort_maps_for_ollama_and_anthropic() -> None:
     for effort in ("minimal", "low", "medium", "high"):
-        request = parse_chat_request(
-            {"messages": user("x"), "reasoning_effort": effort}, strict=True
-        )
-        assert ollama.chat_request_to_ollama(request, "m", stream=False)["think"] in (
+        request = parse_chat({"messages": user("x"), "reasoning_effort": effort}, strict=True)
+        assert ollama.encode_chat_request(request, "m", stream=False)["think"] in (
             "low",
             "medium",
             "high",
         )
-        body = anthropic.chat_request_to_anthropic(
-            request, "c", max_tokens_default=10, stream=False
-        )
+        body = anthropic.encode_chat_request(request, "c", max_tokens_default=10, stream=False)
         assert body["max_tokens"] > body["thinking"]["budget_tokens"] >= 1024
 
 
@@ -116,7 +112,7 @@ async def test_reasoning_deltas_fold_into_the_message_with_the_last_signature() 
 def test_a_reasoning_delta_leaves_the_plain_text_fast_path() -> None:
     chunk = chat_pb2.ChatCompletionChunk(id="c", created=1, model="m")
     chunk.choices.add(index=0).delta.reasoning_content = "hmm"
-    encoder = ChunkEncoder(chunk, with_object=True, usage="none", prefix=b"", suffix=b"")
+    encoder = StreamEncoder(chunk, with_object=True, usage="none", prefix=b"", suffix=b"")
     assert orjson.loads(encoder.encode(chunk))["choices"][0]["delta"] == {
         "reasoning_content": "hmm"
     }

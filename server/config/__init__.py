@@ -3,6 +3,10 @@
 `${VAR}` and `${VAR:-default}` are expanded from the environment before the
 model validates, so every error names the key it came from. Any problem is a
 `ConfigError` whose message is one line naming the key.
+
+Here: the model (`Config`) with the sections of the core (server, providers,
+models, tiers) and the loading; the sections around the core are in
+`sections.py`, what they all build on in `base.py`. Import from `server.config`.
 """
 
 from __future__ import annotations
@@ -12,17 +16,30 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
+)
+
+from server.config.base import (
+    ConfigError,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    parse_host_port,
+)
+from server.config.base import Strict as _Strict
+from server.config.sections import (
+    AuthConfig,
+    JwtConfig,
+    RateLimitConfig,
+    TelemetryConfig,
+    UsageConfig,
 )
 
 __all__ = [
@@ -32,6 +49,7 @@ __all__ = [
     "JwtConfig",
     "ModelConfig",
     "ProviderConfig",
+    "ProviderKind",
     "RateLimitConfig",
     "ServerConfig",
     "TelemetryConfig",
@@ -41,29 +59,15 @@ __all__ = [
     "parse_host_port",
 ]
 
-DEFAULT_BASE_URLS = {
+# the provider kinds: each is built by its entry in `server/providers/__init__.py`'s
+# `KINDS` (a test ties the two)
+ProviderKind = Literal["openai", "anthropic", "ollama", "mock"]
+DEFAULT_BASE_URLS: dict[ProviderKind, str] = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
     "ollama": "http://127.0.0.1:11434",
 }
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-
-
-class ConfigError(Exception):
-    """A configuration problem, worded as one line that names the key."""
-
-
-def parse_host_port(value: str) -> tuple[str, int]:
-    """Split `HOST:PORT` (IPv6 hosts in brackets); raise ValueError if malformed."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
 _ORIGIN = re.compile(r"([a-z][a-z0-9+.-]*)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?")
@@ -81,11 +85,6 @@ def _origin(value: str) -> str:
     if port is None or int(port) == _DEFAULT_PORTS.get(scheme):
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{int(port)}"
-
-
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class ServerConfig(_Strict):
@@ -114,7 +113,7 @@ class ServerConfig(_Strict):
 
 class ProviderConfig(_Strict):
     name: Annotated[str, Field(min_length=1)]
-    kind: Literal["openai", "anthropic", "ollama", "mock"]
+    kind: ProviderKind
     base_url: str | None = None
     api_key: str | None = None
     timeout_s: Annotated[float, Field(gt=0)] = 120.0
@@ -178,103 +177,6 @@ class TierConfig(_Strict):
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
     max_concurrent_requests: PositiveInt | None = None  # a caller's calls in flight at once
-
-
-_HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-_PUBLIC_KEY_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
-
-
-class JwtConfig(_Strict):
-    secret: str | None = None
-    public_key_file: str | None = None
-    algorithms: tuple[str, ...] = ("HS256",)
-    audience: str | None = None
-    issuer: str | None = None
-    tier_claim: str = "tier"
-    require_exp: bool = True  # a token without `exp` would be valid forever
-
-    @field_validator("secret")
-    @classmethod
-    def _secret_not_empty(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be empty (anyone could sign tokens)")
-        return value
-
-    @model_validator(mode="after")
-    def _one_key(self) -> JwtConfig:
-        if (self.secret is None) == (self.public_key_file is None):
-            raise ValueError("set exactly one of secret and public_key_file")
-        if any(alg.lower() == "none" for alg in self.algorithms):
-            raise ValueError("algorithm 'none' is never accepted")
-        fitting = _HMAC_ALGORITHMS if self.secret is not None else _PUBLIC_KEY_ALGORITHMS
-        for alg in self.algorithms:
-            if alg not in fitting:
-                key = "secret" if self.secret is not None else "public_key_file"
-                raise ValueError(
-                    f"algorithms: {alg!r} does not fit a {key} (use {sorted(fitting)})"
-                )
-        return self
-
-
-class AuthConfig(_Strict):
-    required: bool = False
-    key_cache_s: NonNegativeFloat = 1.0
-    jwt: JwtConfig | None = None
-    admin_keys: tuple[Annotated[str, Field(min_length=1)], ...] = ()
-
-
-class RateLimitConfig(_Strict):
-    backend: Literal["memory", "redis", "none"] = "memory"
-    url: str | None = None
-    prefix: Annotated[str, Field(min_length=1)] = "tandem:rl:"  # Redis key prefix
-
-    @model_validator(mode="after")
-    def _url_fits_backend(self) -> RateLimitConfig:
-        if self.backend == "redis" and not self.url:
-            raise ValueError("backend redis needs url")
-        if self.backend != "redis" and self.url is not None:
-            raise ValueError(f"url does not apply to backend {self.backend}")
-        return self
-
-
-class TelemetryConfig(_Strict):
-    log_format: Literal["json", "text"] = "json"
-    access_log: bool = True
-    otlp_endpoint: str | None = None  # OTLP/gRPC, e.g. http://127.0.0.1:4317
-    service_name: Annotated[str, Field(min_length=1)] = "tandem"
-
-    @field_validator("otlp_endpoint")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
-                raise ValueError("expected http://HOST:PORT or https://HOST:PORT")
-        return value
-
-
-class UsageConfig(_Strict):
-    store: str = "sqlite:///tandem.db"
-    flush_interval_ms: PositiveInt = 500
-    batch_size: PositiveInt = 200
-    max_pending: PositiveInt = 100_000  # records kept in memory while the store is down
-
-    @field_validator("store", mode="before")
-    @classmethod
-    def _store_url(cls, value: object) -> object:
-        if value is None:
-            return "none"
-        if isinstance(value, str) and not (
-            value == "none" or value.startswith(("sqlite:///", "postgresql://", "postgres://"))
-        ):
-            raise ValueError("expected sqlite:///PATH, postgresql://..., or none")
-        if isinstance(value, str) and value.startswith("postgres"):
-            schema = parse_qs(urlsplit(value).query).get("search_path", [None])[0]
-            if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
-                raise ValueError("search_path must be one plain schema name ([a-z_][a-z0-9_]*)")
-        return value
 
 
 class Config(_Strict):

@@ -5,7 +5,7 @@ grpc.aio answers a request deserializer's exception with UNKNOWN and
 the policy never sees the call and the client sees an internal class name.
 Here a request that does not parse decodes to an `UndecodableRequest`, a
 client-safe reason and the field at fault where one is known, and the method
-wrapper in `grpc_service` raises it as an `InvalidRequestError` after
+wrapper in `rpc.py` raises it as an `InvalidRequestError` after
 authentication, like any other bad request.
 
 The handlers are built from the service descriptors, as the generated

@@ -1,4 +1,4 @@
-"""Anthropic's Messages API dialect: chat requests out, messages and stream events in.
+"""A chat request to Anthropic's Messages API: the body it is sent.
 
 System and developer messages become the `system` field (one string, or text
 blocks when any message has parts or a cache mark); tool results become
@@ -17,41 +17,32 @@ and requires `max_tokens > budget_tokens`. A caller's own `max_tokens` is
 never raised: an effort's budget shrinks to fit under it, and if it cannot
 keep Anthropic's minimum of 1024 the request is a 400 naming the field. The
 model's default is the gateway's choice, so it is raised to budget + default
-instead. Thinking blocks come back as `reasoning_content`
-and `reasoning_signature`; an assistant message carrying both goes back up
-as a `thinking` block before its text (an unsigned one is dropped: Anthropic
-rejects thinking it did not sign).
-
-Usage: `input_tokens` and the cache's reads and writes together are the
-proto's prompt tokens (all input), the reads its `cached_tokens`, the writes
-its `cache_write_tokens`. A `stop_sequence` stop names the sequence that
-matched on the choice.
+instead. An assistant message carrying reasoning and its signature goes back
+up as a `thinking` block before its text (an unsigned one is dropped:
+Anthropic rejects thinking it did not sign).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal
 
-import orjson
 from tandem.v1 import chat_pb2
 
-from server.chunks import Item
-from server.errors import UpstreamError
 from server.translate.anthropic import MIN_THINKING_BUDGET
-from server.translate.common import DATA_URL, cannot_honour, tool_arguments, tool_parameters
+from server.translate.common import (
+    DATA_URL,
+    cannot_honour,
+    max_tokens_asked,
+    tool_arguments,
+    tool_parameters,
+)
 from server.translate.extra import REASONING_SENT_BACK, ExtraFields, merge_extra
+from server.translate.protocols import JSON, ChatRequestEncoder
 from server.translate.reasoning import EFFORT_BUDGETS
 
-__all__ = [
-    "ANTHROPIC_VERSION",
-    "UNSUPPORTED_FIELDS",
-    "StreamTranslator",
-    "chat_request_to_anthropic",
-    "message_as_chunk",
-]
+__all__ = ["ANTHROPIC_VERSION", "UNSUPPORTED_FIELDS", "encode_chat_request"]
 
 ANTHROPIC_VERSION = "2023-06-01"
-JSON = dict[str, Any]
 
 # fields with no Anthropic equivalent; set at all, they are refused by name
 UNSUPPORTED_FIELDS = (
@@ -62,14 +53,8 @@ UNSUPPORTED_FIELDS = (
     "frequency_penalty",
     "seed",
 )
-STOP_REASONS = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
+# the sampling fields Anthropic and the proto name alike
+_SAMPLING: tuple[Literal["temperature", "top_p", "top_k"], ...] = ("temperature", "top_p", "top_k")
 
 
 def _check_supported(request: chat_pb2.ChatCompletionRequest) -> None:
@@ -251,58 +236,36 @@ def _thinking_budget(
     return own
 
 
-def chat_request_to_anthropic(
+def encode_chat_request(
     request: chat_pb2.ChatCompletionRequest,
     model: str,
     *,
-    max_tokens_default: int,
     stream: bool,
+    max_tokens_default: int | None = None,
     extra_fields: ExtraFields = "deny",
     left_out: list[str] | None = None,
 ) -> JSON:
     """The Messages API request; raises InvalidRequestError for what Anthropic cannot
-    honour. The request's `extra_body` (Anthropic's fields the proto lacks) follows, as
-    far as `extra_fields` lets it, in its order, never over what the gateway set; what
-    is held back, and reasoning sent back unsigned, is added to `left_out`."""
+    honour. `max_tokens_default` is the model's (without one, a request that sets no
+    bound is refused: Anthropic requires `max_tokens`). The request's `extra_body`
+    (Anthropic's fields the proto lacks) follows, as far as `extra_fields` lets it, in
+    its order, never over what the gateway set; what is held back, and reasoning sent
+    back unsigned, is added to `left_out`."""
     _check_supported(request)
     system, turns = _messages(request, left_out)
-    thinking: JSON | None = None
-    if request.HasField("max_completion_tokens"):
-        bound: str | None = "max_completion_tokens"
-        max_tokens = request.max_completion_tokens
-    elif request.HasField("max_tokens"):
-        bound, max_tokens = "max_tokens", request.max_tokens
-    else:
-        bound, max_tokens = None, max_tokens_default
-    budget = _thinking_budget(request, bound, max_tokens)
-    if budget is not None:
-        if bound is None:
-            max_tokens += budget
-        thinking = {"type": "enabled", "budget_tokens": budget}
+    max_tokens, thinking = _max_tokens(request, max_tokens_default)
     body: JSON = {"model": model, "max_tokens": max_tokens, "messages": turns}
     if thinking is not None:
         body["thinking"] = thinking
     if system:
         body["system"] = system
-    if request.HasField("temperature"):
-        body["temperature"] = request.temperature
-    if request.HasField("top_p"):
-        body["top_p"] = request.top_p
-    if request.HasField("top_k"):
-        body["top_k"] = request.top_k
+    for name in _SAMPLING:
+        if request.HasField(name):
+            body[name] = getattr(request, name)
     if request.stop:
         body["stop_sequences"] = list(request.stop)
     if request.tools:
-        body["tools"] = [
-            {
-                "name": tool.function.name,
-                **({"description": tool.function.description} if tool.function.description else {}),
-                "input_schema": tool_parameters(tool.function) or {"type": "object"},
-            }
-            for tool in request.tools
-        ]
-        for tool, sent in zip(request.tools, body["tools"], strict=True):
-            _marked(sent, tool)
+        body["tools"] = [_tool(tool) for tool in request.tools]
     if (choice := _tool_choice(request)) is not None:
         body["tool_choice"] = choice
     if request.user:
@@ -313,153 +276,33 @@ def chat_request_to_anthropic(
     return body
 
 
-class _PromptCounts(NamedTuple):
-    """Anthropic's input counts as the proto has them: `prompt` is all input, cache
-    reads and writes included (None: not said); `cached` the reads, `written` the writes."""
-
-    prompt: int | None
-    cached: int
-    written: int
-
-
-def _count(usage: JSON, name: str) -> int:
-    value = usage.get(name)
-    return value if type(value) is int and value > 0 else 0
-
-
-def _prompt_counts(usage: JSON) -> _PromptCounts:
-    input_tokens = usage.get("input_tokens")
-    cached = _count(usage, "cache_read_input_tokens")
-    written = _count(usage, "cache_creation_input_tokens")
-    if type(input_tokens) is not int:
-        return _PromptCounts(None, cached, written)
-    return _PromptCounts(input_tokens + cached + written, cached, written)
+def _max_tokens(
+    request: chat_pb2.ChatCompletionRequest, default: int | None
+) -> tuple[int, JSON | None]:
+    """`max_tokens`, and `thinking` (None without reasoning): the caller's own bound is
+    never raised; the model's default is raised by the thinking budget."""
+    asked = max_tokens_asked(request)
+    if asked is not None:
+        bound: str | None = asked[0]
+        max_tokens = asked[1]
+    elif default is not None:
+        bound, max_tokens = None, default
+    else:
+        raise cannot_honour("max_tokens", "is required by Anthropic")
+    budget = _thinking_budget(request, bound, max_tokens)
+    if budget is None:
+        return max_tokens, None
+    if bound is None:
+        max_tokens += budget
+    return max_tokens, {"type": "enabled", "budget_tokens": budget}
 
 
-def _usage(chunk: chat_pb2.ChatCompletionChunk, usage: JSON, prompt: _PromptCounts) -> None:
-    """The upstream's counts, only when it sent both (else the core estimates them);
-    its cache reads and writes are the proto's cached and cache write tokens."""
-    completion = usage.get("output_tokens")
-    if prompt.prompt is not None and isinstance(completion, int):
-        target = chunk.usage
-        target.prompt_tokens = prompt.prompt
-        target.completion_tokens = completion
-        target.total_tokens = prompt.prompt + completion
-        if prompt.cached:
-            target.prompt_tokens_details.cached_tokens = prompt.cached
-        if prompt.written:
-            target.prompt_tokens_details.cache_write_tokens = prompt.written
+def _tool(tool: chat_pb2.Tool) -> JSON:
+    sent: JSON = {"name": tool.function.name}
+    if tool.function.description:
+        sent["description"] = tool.function.description
+    sent["input_schema"] = tool_parameters(tool.function) or {"type": "object"}
+    return _marked(sent, tool)
 
 
-def _finish(choice: chat_pb2.ChunkChoice, stop_reason: Any, stop_sequence: Any) -> None:
-    """The proto's finish_reason, and which stop sequence matched when one did."""
-    choice.finish_reason = STOP_REASONS.get(stop_reason or "", "stop")
-    if stop_reason == "stop_sequence" and type(stop_sequence) is str:
-        choice.stop_sequence = stop_sequence
-
-
-def message_as_chunk(message: JSON) -> chat_pb2.ChatCompletionChunk:
-    """A whole Messages API answer as the one chunk of an unchunked answer."""
-    chunk = chat_pb2.ChatCompletionChunk()
-    choice = chunk.choices.add(index=0)
-    delta = choice.delta
-    delta.role = "assistant"
-    texts, thoughts = [], []
-    for block in message.get("content") or ():
-        if block.get("type") == "text":
-            texts.append(block.get("text") or "")
-        elif block.get("type") == "thinking":
-            thoughts.append(block.get("thinking") or "")
-            if block.get("signature"):  # one per block; the last one is kept, as in a stream
-                delta.reasoning_signature = block["signature"]
-        elif block.get("type") == "tool_use":
-            call = delta.tool_calls.add(
-                index=len(delta.tool_calls), id=block["id"], type="function"
-            )
-            call.function.name = block["name"]
-            call.function.arguments = orjson.dumps(block.get("input") or {}).decode()
-    if texts or not delta.tool_calls:
-        delta.content = "".join(texts)
-    if thoughts:
-        delta.reasoning_content = "".join(thoughts)
-    _finish(choice, message.get("stop_reason"), message.get("stop_sequence"))
-    usage = message.get("usage") or {}
-    _usage(chunk, usage, _prompt_counts(usage))
-    return chunk
-
-
-class StreamTranslator:
-    """Turns the Messages API's stream events into chunks, one event at a time.
-
-    message_start -> the role; content_block_start (tool_use) -> a tool call's
-    id and name; content_block_delta -> text, thinking, signature or argument
-    pieces; message_delta -> finish_reason (and the stop sequence that matched) and
-    usage; ping, *_stop -> nothing.
-    """
-
-    __slots__ = ("_prompt", "_tool_index")
-
-    def __init__(self) -> None:
-        self._prompt = _PromptCounts(None, 0, 0)
-        self._tool_index: dict[int, int] = {}  # content block index -> tool call index
-
-    def feed(self, event: JSON) -> Item | None:
-        """An event as a chunk, as its bare text (server/chunks.py: a text delta; the
-        stream opens with `message_start`, a chunk), or None (nothing to say)."""
-        kind = event.get("type")
-        if kind == "content_block_delta":
-            delta = event["delta"]
-            if delta.get("type") == "text_delta":
-                text = delta.get("text") or ""
-                if type(text) is str:
-                    return text
-            chunk = chat_pb2.ChatCompletionChunk()
-            choice = chunk.choices.add(index=0)
-            piece_kind = delta.get("type")
-            if piece_kind == "text_delta":
-                choice.delta.content = delta.get("text") or ""
-            elif piece_kind == "thinking_delta":
-                choice.delta.reasoning_content = delta.get("thinking") or ""
-            elif piece_kind == "signature_delta":
-                choice.delta.reasoning_signature = delta.get("signature") or ""
-            elif piece_kind == "input_json_delta":
-                index = self._tool_index.get(event.get("index", 0), 0)
-                piece = choice.delta.tool_calls.add(index=index)
-                piece.function.arguments = delta.get("partial_json") or ""
-            else:
-                return None  # citations: nothing to say in OpenAI's shape
-            return chunk
-        if kind == "message_start":
-            message = event.get("message") or {}
-            self._prompt = _prompt_counts(message.get("usage") or {})
-            chunk = chat_pb2.ChatCompletionChunk()
-            chunk.choices.add(index=0).delta.role = "assistant"
-            return chunk
-        if kind == "content_block_start":
-            block = event.get("content_block") or {}
-            if block.get("type") != "tool_use":
-                return None
-            index = self._tool_index[event.get("index", 0)] = len(self._tool_index)
-            chunk = chat_pb2.ChatCompletionChunk()
-            call = chunk.choices.add(index=0).delta.tool_calls.add(
-                index=index, id=block.get("id", ""), type="function"
-            )
-            call.function.name = block.get("name", "")
-            return chunk
-        if kind == "message_delta":
-            chunk = chat_pb2.ChatCompletionChunk()
-            choice = chunk.choices.add(index=0)
-            delta = event.get("delta") or {}
-            _finish(choice, delta.get("stop_reason"), delta.get("stop_sequence"))
-            usage = event.get("usage") or {}
-            if "input_tokens" in usage:  # newer streams count again at the end
-                self._prompt = _prompt_counts(usage)
-            _usage(chunk, usage, self._prompt)
-            return chunk
-        if kind == "error":
-            error = event.get("error") or {}
-            retryable = error.get("type") in ("overloaded_error", "api_error")
-            raise UpstreamError(
-                f"upstream provider failed: {error.get('type', 'error')}", retryable=retryable
-            )
-        return None
+_chat: ChatRequestEncoder = encode_chat_request

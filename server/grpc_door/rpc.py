@@ -1,9 +1,9 @@
-"""The gRPC door: thin servicers that hand every call to the data plane.
+"""The one wrapper every gRPC method goes through (`unary_rpc` / `stream_rpc`).
 
-Every method goes through one wrapper (`unary_rpc` / `stream_rpc`): it reads
-the request id, credentials, `traceparent` and `anthropic-beta` from metadata,
-asks the policy who the caller is, builds the `CallContext`, turns errors into
-statuses with details, and reports the call once it ended (server/telemetry).
+It reads the request id, credentials, `traceparent` and `anthropic-beta` from
+metadata, asks the policy who the caller is, builds the `CallContext`, turns
+errors into statuses with details, and reports the call once it ended
+(server/telemetry). A servicer method is then one line (services.py).
 """
 
 from __future__ import annotations
@@ -12,56 +12,41 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from types import ModuleType
+from typing import Any, ClassVar, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from tandem.v1 import (
-    chat_pb2,
-    chat_pb2_grpc,
-    embeddings_pb2,
-    embeddings_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-    usage_pb2,
-    usage_pb2_grpc,
-)
+from google.protobuf.descriptor import ServiceDescriptor
 
-from server.chunks import Batch, Chunk, stamped
 from server.context import CallContext, request_id_from
 from server.core.dataplane import DataPlane
 from server.drain import DrainClock
 from server.errors import GatewayError, InternalError, InvalidRequestError, UnavailableError
-from server.grpc_decode import UndecodableRequest, add_service
-from server.grpc_errors import to_grpc_status
+from server.grpc_door.decode import UndecodableRequest
+from server.grpc_door.errors import to_grpc_status
 from server.policy import Policy
 from server.telemetry import Telemetry
-from server.translate.common import check_schema_texts
 
-__all__ = ["SERVICE_NAMES", "build_grpc_server"]
+__all__ = ["Servicer", "stream_rpc", "unary_rpc"]
 
 logger = logging.getLogger("tandem.grpc")
-
-_DESCRIPTORS = {
-    name: module.DESCRIPTOR.services_by_name[name]
-    for module, name in (
-        (chat_pb2, "ChatService"),
-        (models_pb2, "ModelService"),
-        (embeddings_pb2, "EmbeddingService"),
-        (usage_pb2, "UsageService"),
-    )
-}
-SERVICE_NAMES = tuple(service.full_name for service in _DESCRIPTORS.values())
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class _Door:
-    """What every servicer shares: the data plane, the policy, and call set-up."""
+class Servicer:
+    """What every servicer shares: the data plane, the policy, and call set-up. A
+    servicer names the proto module of its service (`proto=`), whose descriptor of the
+    service of its own name gives its methods' full names and its registration."""
+
+    descriptor: ClassVar[ServiceDescriptor]
+
+    def __init_subclass__(cls, *, proto: ModuleType, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.descriptor = proto.DESCRIPTOR.services_by_name[cls.__name__]
 
     def __init__(
         self,
@@ -94,7 +79,7 @@ class _Call:
         self.status = grpc.StatusCode.OK
         self.head_sent = False
 
-    async def open(self, door: _Door, context: Context) -> CallContext:
+    async def open(self, door: Servicer, context: Context) -> CallContext:
         request_id = authorization = traceparent = tracestate = beta = None
         for key, value in context.invocation_metadata() or ():
             if key == "x-request-id":
@@ -133,7 +118,7 @@ class _Call:
             metadata.append(("x-tandem-ignored-fields", ignored))
         await context.send_initial_metadata(metadata)
 
-    def finish(self, door: _Door, method: str) -> None:
+    def finish(self, door: Servicer, method: str) -> None:
         status = self.status
         door.telemetry.finish(
             "grpc",
@@ -168,7 +153,7 @@ def _text(value: str | bytes | None) -> str | None:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
-async def _abort(door: _Door, context: Context, error: BaseException, call: _Call) -> None:
+async def _abort(door: Servicer, context: Context, error: BaseException, call: _Call) -> None:
     if not isinstance(error, GatewayError):
         logger.error("request %s failed", call.request_id or "-", exc_info=error)
         error = InternalError("internal error")
@@ -181,11 +166,11 @@ async def _abort(door: _Door, context: Context, error: BaseException, call: _Cal
     await context.abort(status.code, status.details, trailers)
 
 
-def _method_name(door: _Door, handler: Callable[..., Any]) -> str:
-    return f"/{_DESCRIPTORS[type(door).__name__].full_name}/{handler.__name__}"
+def _method_name(door: Servicer, handler: Callable[..., Any]) -> str:
+    return f"/{type(door).descriptor.full_name}/{handler.__name__}"
 
 
-async def _limit_trailers(door: _Door, ctx: CallContext) -> tuple[tuple[str, str], ...]:
+async def _limit_trailers(door: Servicer, ctx: CallContext) -> tuple[tuple[str, str], ...]:
     """The call's x-ratelimit-* trailers, the one place this door reads them: as the
     admission left them, or the budget as it stands for a call refused before it."""
     await door.policy.add_headers(ctx)
@@ -198,7 +183,7 @@ def unary_rpc(
     name = ""  # the full method name, known once the servicer class is
 
     @functools.wraps(handler)
-    async def method(self: _Door, request: Req | UndecodableRequest, context: Context) -> Resp:
+    async def method(self: Servicer, request: Req | UndecodableRequest, context: Context) -> Resp:
         nonlocal name
         name = name or _method_name(self, handler)
         self.telemetry.start()
@@ -222,7 +207,7 @@ def unary_rpc(
     return method
 
 
-def _gone(door: _Door, context: Context) -> grpc.StatusCode:
+def _gone(door: Servicer, context: Context) -> grpc.StatusCode:
     """Why grpc cancelled a handler: the drain's grace ended, its deadline passed,
     or the caller went away."""
     if door.drain.over:
@@ -242,7 +227,7 @@ def stream_rpc(
 
     @functools.wraps(handler)
     async def method(
-        self: _Door, request: Req | UndecodableRequest, context: Context
+        self: Servicer, request: Req | UndecodableRequest, context: Context
     ) -> AsyncIterator[Resp]:
         nonlocal name
         name = name or _method_name(self, handler)
@@ -331,108 +316,3 @@ class _WriteWatch:
 
 def _write_timed_out() -> GatewayError:
     return UnavailableError("the client read nothing for server.write_timeout_s")
-
-
-class ChatService(_Door, chat_pb2_grpc.ChatServiceServicer):
-    @unary_rpc
-    async def CreateChatCompletion(
-        self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
-    ) -> chat_pb2.ChatCompletion:
-        check_schema_texts(request)
-        return await self.plane.create_chat(request, ctx)
-
-    @stream_rpc
-    def StreamChatCompletion(
-        self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
-    ) -> AsyncGenerator[list[Chunk], None]:
-        check_schema_texts(request)
-        return _whole_chunks(self.plane.stream_chat(request, ctx))
-
-
-async def _whole_chunks(
-    batches: AsyncGenerator[Batch, None],
-) -> AsyncGenerator[list[Chunk], None]:
-    """Every text item as the whole chunk it stands for (server/chunks.py): gRPC sends
-    each with the id, time and model of the first, which is always a chunk."""
-    head: Chunk | None = None
-    try:
-        async for batch in batches:
-            if head is None:
-                first = batch[0]
-                assert not isinstance(first, str)
-                head = first
-            yield [stamped(item, head) if isinstance(item, str) else item for item in batch]
-    finally:
-        await batches.aclose()
-
-
-class ModelService(_Door, models_pb2_grpc.ModelServiceServicer):
-    @unary_rpc
-    async def ListModels(
-        self, request: models_pb2.ListModelsRequest, ctx: CallContext
-    ) -> models_pb2.ListModelsResponse:
-        return await self.plane.list_models(ctx)
-
-    @unary_rpc
-    async def GetModel(
-        self, request: models_pb2.GetModelRequest, ctx: CallContext
-    ) -> models_pb2.Model:
-        return await self.plane.get_model(request.id, ctx)
-
-
-class EmbeddingService(_Door, embeddings_pb2_grpc.EmbeddingServiceServicer):
-    @unary_rpc
-    async def CreateEmbeddings(
-        self, request: embeddings_pb2.EmbeddingRequest, ctx: CallContext
-    ) -> embeddings_pb2.EmbeddingResponse:
-        return await self.plane.embed(request, ctx)
-
-
-class UsageService(_Door, usage_pb2_grpc.UsageServiceServicer):
-    @unary_rpc
-    async def GetUsage(
-        self, request: usage_pb2.GetUsageRequest, ctx: CallContext
-    ) -> usage_pb2.GetUsageResponse:
-        return await self.plane.get_usage(request, ctx)
-
-
-def build_grpc_server(
-    plane: DataPlane,
-    policy: Policy,
-    health_servicer: health.aio.HealthServicer,
-    telemetry: Telemetry,
-    *,
-    max_message_bytes: int,
-    max_concurrent_rpcs: int,
-    reuse_port: bool = False,
-    drain: DrainClock | None = None,
-    write_timeout_s: float = 30.0,
-) -> grpc.aio.Server:
-    """A grpc.aio server with every service, health and reflection; not yet bound.
-
-    `max_message_bytes` bounds the messages that come in; answers are not capped.
-    A call cancelled once `drain` is over is reported UNAVAILABLE.
-    """
-    drain = drain or DrainClock()
-    options: Sequence[tuple[str, Any]] = (
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", -1),  # the limit is for what comes in
-        ("grpc.so_reuseport", int(reuse_port)),
-    )
-    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
-    for servicer in (ChatService, ModelService, EmbeddingService, UsageService):
-        add_service(
-            server,
-            _DESCRIPTORS[servicer.__name__],
-            servicer(plane, policy, telemetry, drain, write_timeout_s),
-        )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            *SERVICE_NAMES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-    return server

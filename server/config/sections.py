@@ -1,0 +1,112 @@
+"""The sections around the core: who may call (`auth`), how often (`rate_limits`),
+where usage is written (`usage`) and what telemetry says (`telemetry`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import Field, field_validator, model_validator
+
+from server.config.base import NonNegativeFloat, PositiveInt, Strict
+
+__all__ = ["AuthConfig", "JwtConfig", "RateLimitConfig", "TelemetryConfig", "UsageConfig"]
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+_HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+_PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class JwtConfig(Strict):
+    secret: str | None = None
+    public_key_file: str | None = None
+    algorithms: tuple[str, ...] = ("HS256",)
+    audience: str | None = None
+    issuer: str | None = None
+    tier_claim: str = "tier"
+    require_exp: bool = True  # a token without `exp` would be valid forever
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty (anyone could sign tokens)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key(self) -> JwtConfig:
+        if (self.secret is None) == (self.public_key_file is None):
+            raise ValueError("set exactly one of secret and public_key_file")
+        if any(alg.lower() == "none" for alg in self.algorithms):
+            raise ValueError("algorithm 'none' is never accepted")
+        fitting = _HMAC_ALGORITHMS if self.secret is not None else _PUBLIC_KEY_ALGORITHMS
+        for alg in self.algorithms:
+            if alg not in fitting:
+                key = "secret" if self.secret is not None else "public_key_file"
+                raise ValueError(
+                    f"algorithms: {alg!r} does not fit a {key} (use {sorted(fitting)})"
+                )
+        return self
+
+
+class AuthConfig(Strict):
+    required: bool = False
+    key_cache_s: NonNegativeFloat = 1.0
+    jwt: JwtConfig | None = None
+    admin_keys: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+
+
+class RateLimitConfig(Strict):
+    backend: Literal["memory", "redis", "none"] = "memory"
+    url: str | None = None
+    prefix: Annotated[str, Field(min_length=1)] = "tandem:rl:"  # Redis key prefix
+
+    @model_validator(mode="after")
+    def _url_fits_backend(self) -> RateLimitConfig:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("backend redis needs url")
+        if self.backend != "redis" and self.url is not None:
+            raise ValueError(f"url does not apply to backend {self.backend}")
+        return self
+
+
+class TelemetryConfig(Strict):
+    log_format: Literal["json", "text"] = "json"
+    access_log: bool = True
+    otlp_endpoint: str | None = None  # OTLP/gRPC, e.g. http://127.0.0.1:4317
+    service_name: Annotated[str, Field(min_length=1)] = "tandem"
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
+                raise ValueError("expected http://HOST:PORT or https://HOST:PORT")
+        return value
+
+
+class UsageConfig(Strict):
+    store: str = "sqlite:///tandem.db"
+    flush_interval_ms: PositiveInt = 500
+    batch_size: PositiveInt = 200
+    max_pending: PositiveInt = 100_000  # records kept in memory while the store is down
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store_url(cls, value: object) -> object:
+        if value is None:
+            return "none"
+        if isinstance(value, str) and not (
+            value == "none" or value.startswith(("sqlite:///", "postgresql://", "postgres://"))
+        ):
+            raise ValueError("expected sqlite:///PATH, postgresql://..., or none")
+        if isinstance(value, str) and value.startswith("postgres"):
+            schema = parse_qs(urlsplit(value).query).get("search_path", [None])[0]
+            if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+                raise ValueError("search_path must be one plain schema name ([a-z_][a-z0-9_]*)")
+        return value
