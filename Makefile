@@ -1,4 +1,4 @@
-# The two commands a fresh clone needs: `make run` and `make test`.
+# The two commands a fresh clone needs: `make run` and `make test` (`make test-fast` while editing).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 RUNTIME := $(VENV)/.runtime
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test install codegen check-codegen lint typecheck pytest bench clean nginx wrk \
+.PHONY: run test test-fast install codegen check-codegen lint typecheck pytest bench clean nginx wrk \
 	load soak faults redis-server postgresql
 
 # The generated stubs are committed (clients/): serving needs neither codegen nor the dev tools.
@@ -16,6 +16,11 @@ run: $(RUNTIME)
 	$(VENV)/bin/tandem serve $(if $(CONFIG),--config $(CONFIG))
 
 test: check-codegen lint typecheck pytest
+
+# The edit loop's subset, under a minute: the in-process tests (tests/unit/ mirrors
+# server/ and http_bridge/) and the import layers. `make test` stays the gate.
+test-fast: $(INSTALLED)
+	$(PY) -m pytest -q tests/unit tests/test_layering.py
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -52,6 +52,8 @@ from scale_kit import (
     create_key,
     ledger,
     python,
+    shared_counter,
+    start_load_process,
     verdict,
     wait_ready,
 )
@@ -205,19 +207,8 @@ async def _fresh_keys(dsn: str, count: int) -> list[str]:
     return keys
 
 
-_phase: Synchronized[int] | None = None
-
-
-def _init(phase: Synchronized[int], core: int | None) -> None:
-    global _phase
-    _phase = phase
-    if core is not None:
-        os.sched_setaffinity(0, {core})
-
-
 def _current_phase() -> str:
-    assert _phase is not None
-    return PHASES[_phase.value]
+    return PHASES[shared_counter().value]
 
 
 def _client(job: tuple[str, str, str, list[str], list[str], int, int, float]) -> Tally:
@@ -341,7 +332,7 @@ def main() -> None:
         )
         with (
             Sampler(server.pid, every_s=1.0) as sampler,
-            context.Pool(1, initializer=_init, initargs=(phase, client_core)) as pool,
+            context.Pool(1, initializer=start_load_process, initargs=(phase, client_core)) as pool,
         ):
             started = time.monotonic()
             pending = pool.apply_async(_client, (job,))

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 import asyncpg
@@ -41,8 +42,28 @@ __all__ = [
     "python",
     "rss_mib",
     "run_delay_s",
+    "shared_counter",
+    "start_load_process",
     "verdict",
 ]
+
+
+_counter: Synchronized[int] | None = None
+
+
+def start_load_process(counter: Synchronized[int], core: int | None) -> None:
+    """A load process's initializer: the counter it shares with its parent (a phase, the
+    requests done), and the load's own core."""
+    global _counter
+    _counter = counter
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+
+
+def shared_counter() -> Synchronized[int]:
+    """The counter `start_load_process` was given, in a load process."""
+    assert _counter is not None, "not in a load process"
+    return _counter
 
 
 def cores() -> tuple[int | None, int | None]:

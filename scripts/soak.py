@@ -37,6 +37,8 @@ from scale_kit import (
     create_key,
     ledger,
     python,
+    shared_counter,
+    start_load_process,
     verdict,
     wait_ready,
 )
@@ -60,20 +62,11 @@ tiers:
 # reads is off by one, so a couple of descriptors is the count's resolution
 FD_RESOLUTION = 2
 
-_progress: Synchronized[int] | None = None
-
-
-def _init(progress: Synchronized[int], core: int | None) -> None:
-    global _progress
-    _progress = progress
-    if core is not None:
-        os.sched_setaffinity(0, {core})
-
 
 def _advance() -> None:
-    assert _progress is not None
-    with _progress.get_lock():
-        _progress.value += 1
+    progress = shared_counter()
+    with progress.get_lock():
+        progress.value += 1
 
 
 def _client(job: tuple[str, str, str, list[str], int, int]) -> Tally:
@@ -149,7 +142,9 @@ def main() -> None:
                 progress=lambda: progress.value,
                 ports=frozenset(int(a.rsplit(":", 1)[1]) for a in server.address.values()),
             ) as sampler,
-            context.Pool(1, initializer=_init, initargs=(progress, client_core)) as pool,
+            context.Pool(
+                1, initializer=start_load_process, initargs=(progress, client_core)
+            ) as pool,
         ):
             idle = sampler.take()
             pending = pool.apply_async(_client, (job,))

@@ -13,11 +13,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.eventually import eventually
 
 __all__ = ["Balancer", "free_ports", "nginx_balancer", "nginx_binary", "serving_nginx"]
 
@@ -145,19 +146,19 @@ def serving_nginx(directory: Path, ports: Sequence[int]) -> Iterator[None]:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 10
-        for port in ports:
-            while True:
+
+        def accepting() -> bool:
+            if proc.poll() is not None:
+                assert proc.stderr is not None
+                raise RuntimeError(f"nginx did not start: {proc.stderr.read().decode()}")
+            for port in ports:
                 try:
                     socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        assert proc.stderr is not None
-                        raise RuntimeError(
-                            f"nginx did not start: {proc.stderr.read().decode()}"
-                        ) from None
-                    time.sleep(0.02)
+                except OSError as error:
+                    raise AssertionError(f"nginx not accepting on {port}: {error}") from error
+            return True
+
+        eventually(accepting)
         yield
     finally:
         proc.terminate()

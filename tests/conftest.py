@@ -16,7 +16,7 @@ from tests.fake_upstream import FakeUpstream
 from tests.fuzzing import FuzzCases
 from tests.servers import TandemProcess, start_tandem
 from tests.stores import PG_DSN, pg_schema_url
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import TcpProxy, proxy_to
 
 # schemathesis' first import swaps, process-wide, Hypothesis' printer of failing
 # examples for one that prints nothing, and grows its buffer: every suite gets
@@ -90,6 +90,18 @@ def fake() -> Iterator[FakeUpstream]:
     upstream.stop()
 
 
+@pytest.fixture(scope="module")
+def gateway(
+    request: pytest.FixtureRequest, fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TandemProcess]:
+    """`tandem serve` on the test module's `CONFIG`, over the module's `fake` upstream
+    (`FakeUpstream.filled`); a module that needs another gateway defines its own."""
+    name = request.module.__name__.rpartition(".")[2]
+    process = start_tandem(tmp_path_factory.mktemp(name), fake.filled(request.module.CONFIG))
+    yield process
+    assert process.terminate() == 0, process.stderr()
+
+
 @pytest.fixture
 def client(gateway: TandemProcess, fake: FakeUpstream) -> Iterator[Any]:
     """The official SDK on the module's `gateway`, typed loosely (its overloads
@@ -102,11 +114,8 @@ def client(gateway: TandemProcess, fake: FakeUpstream) -> Iterator[Any]:
 @pytest.fixture
 def proxy() -> Iterator[TcpProxy]:
     """A proxy in front of the local PostgreSQL, for tests where it goes away."""
-    target = urlsplit(PG_DSN)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
-    proxy.start()
-    yield proxy
-    proxy.stop()
+    with proxy_to(PG_DSN, 5432) as proxy:
+        yield proxy
 
 
 @pytest.fixture

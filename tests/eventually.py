@@ -22,11 +22,12 @@ INTERVAL_S = 0.02
 
 
 class _Deadline:
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, what: str) -> None:
         self.timeout_s = timeout_s
+        self.what = what
         self.at = time.monotonic() + timeout_s
 
-    def passed(self, value: T) -> T:
+    def passed(self, value: T | None) -> T:
         """`value` if it is truthy; a failed attempt otherwise."""
         if not value:
             raise AssertionError(f"the check returned {value!r}")
@@ -35,14 +36,20 @@ class _Deadline:
     def missed(self, error: AssertionError) -> None:
         """Raise `error`, the last attempt's, once the time is up."""
         if time.monotonic() >= self.at:
-            raise AssertionError(f"not true within {self.timeout_s} s: {error}") from error
+            what = f" ({self.what})" if self.what else ""
+            raise AssertionError(f"not true within {self.timeout_s} s{what}: {error}") from error
 
 
 def eventually(
-    check: Callable[[], T], timeout_s: float = TIMEOUT_S, interval_s: float = INTERVAL_S
+    check: Callable[[], T | None],
+    timeout_s: float = TIMEOUT_S,
+    interval_s: float = INTERVAL_S,
+    *,
+    what: str = "",
 ) -> T:
-    """Call `check` every `interval_s` until it passes, for at most `timeout_s`."""
-    deadline = _Deadline(timeout_s)
+    """Call `check` every `interval_s` until it passes, for at most `timeout_s`; `what`
+    names the awaited condition in the failure."""
+    deadline = _Deadline(timeout_s, what)
     while True:
         try:
             return deadline.passed(check())
@@ -52,13 +59,15 @@ def eventually(
 
 
 async def eventually_async(
-    check: Callable[[], Awaitable[T]],
+    check: Callable[[], Awaitable[T | None]],
     timeout_s: float = TIMEOUT_S,
     interval_s: float = INTERVAL_S,
+    *,
+    what: str = "",
 ) -> T:
     """`eventually` for a test on the event loop, with a coroutine function: it waits
     without blocking the loop."""
-    deadline = _Deadline(timeout_s)
+    deadline = _Deadline(timeout_s, what)
     while True:
         try:
             return deadline.passed(await check())

@@ -88,6 +88,15 @@ class FakeUpstream:
         self.requests.clear()
         self.gone.clear()
 
+    def filled(self, config: str) -> str:
+        """`config` with this upstream's addresses: `%(url)s` its OpenAI base URL (.../v1),
+        `%(root)s` its root (Anthropic's and Ollama's), `%(key)s` the key it expects."""
+        return config % {"url": self.base_url, "root": self.root, "key": UPSTREAM_KEY}
+
+    async def hung_up(self) -> bool:
+        """Whether a client has gone away from a call (a check for `eventually_async`)."""
+        return bool(self.gone)
+
     # --- server ---------------------------------------------------------------------
 
     def start(self) -> str:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import redis
+
+from tests.eventually import eventually
 
 __all__ = ["OwnRedis"]
 
@@ -44,16 +45,18 @@ class OwnRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + START_TIMEOUT_S
+        proc = self._proc
         with self.client() as client:
-            while True:
+
+            def answers() -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError("redis-server exited")
                 try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    assert self._proc.poll() is None, "redis-server exited"
-                    assert time.monotonic() < deadline, "redis-server did not answer"
-                    time.sleep(0.05)
+                    return bool(client.ping())
+                except redis.ConnectionError as error:
+                    raise AssertionError(f"redis-server did not answer: {error}") from error
+
+            eventually(answers, START_TIMEOUT_S)
 
     def pause(self) -> None:
         """Freeze the process (SIGSTOP): connections hang, as under CLIENT PAUSE."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-__all__ = ["StatusDetails", "details_of"]
+__all__ = ["StatusDetails", "details_of", "error_info_of"]
 
 
 @dataclass
@@ -43,3 +43,14 @@ def details_of(error: grpc.aio.AioRpcError) -> StatusDetails:
         bad_request=found.get("BadRequest"),
         retry_info=found.get("RetryInfo"),
     )
+
+
+def error_info_of(
+    error: grpc.aio.AioRpcError, code: grpc.StatusCode, reason: str
+) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo of a call that failed, checked to be `code` and to name `reason`."""
+    assert error.code() == code, error
+    info = details_of(error).error_info
+    assert info is not None
+    assert info.reason == reason
+    return info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import signal
@@ -10,14 +11,24 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+from tandem.v1 import chat_pb2, chat_pb2_grpc
+
+from tests.eventually import eventually
 
 __all__ = [
     "ServeResult",
     "TandemProcess",
     "children_of",
+    "run_cli",
     "run_serve",
     "serve_command",
     "start_tandem",
+    "streamed_over_grpc",
+    "usage_records",
 ]
 
 START_TIMEOUT_S = 20.0
@@ -72,6 +83,22 @@ def children_of(pid: int) -> list[int]:
     """The processes `pid` started (a `serve --workers N` parent's workers)."""
     done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
     return [int(p) for p in done.stdout.split()]
+
+
+def run_cli(
+    *args: str | Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`tandem ARGS...` (`keys create ...`, `chat ...`) in a process of its own, as an
+    operator runs it, from `cwd`; its exit code is the caller's to check."""
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(env),
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
 
 
 def serve_command(config: Path | None, args: list[str]) -> list[str]:
@@ -155,3 +182,39 @@ def run_serve(
         check=False,
     )
     return ServeResult(done.returncode, done.stdout, done.stderr)
+
+
+def usage_records(
+    server: TandemProcess, count: int, credential: str | None = None, **params: Any
+) -> list[dict[str, Any]]:
+    """The records `GET /native/v1/usage` shows (newest first, `params` its filters) once
+    `count` are written, which is all there are: the batcher writes them a moment after
+    the call."""
+    headers = {} if credential is None else {"authorization": f"Bearer {credential}"}
+
+    def written() -> list[dict[str, Any]]:
+        answer = httpx.get(f"{server.base_url}/native/v1/usage", params=params, headers=headers)
+        assert answer.status_code == 200, answer.text
+        found: list[dict[str, Any]] = answer.json()["records"]
+        assert len(found) >= count, f"{len(found)} of {count} records written"
+        return found
+
+    found = eventually(written, what=f"{count} usage records")
+    assert len(found) == count, found
+    return found
+
+
+def streamed_over_grpc(
+    server: TandemProcess, text: str, metadata: tuple[tuple[str, str], ...] = ()
+) -> list[chat_pb2.ChatCompletionChunk]:
+    """The chunks of a chat of one user message, streamed over a fresh gRPC channel."""
+    request = chat_pb2.ChatCompletionRequest(
+        messages=[chat_pb2.ChatMessage(role="user", content=text)]
+    )
+
+    async def stream() -> list[chat_pb2.ChatCompletionChunk]:
+        async with grpc.aio.insecure_channel(server.grpc) as channel:
+            stub = chat_pb2_grpc.ChatServiceStub(channel)
+            return [c async for c in stub.StreamChatCompletion(request, metadata=metadata)]
+
+    return asyncio.run(stream())

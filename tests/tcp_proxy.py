@@ -5,8 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Iterator
+from urllib.parse import urlsplit
 
-__all__ = ["TcpProxy"]
+__all__ = ["TcpProxy", "proxy_to"]
+
+
+@contextlib.contextmanager
+def proxy_to(url: str, default_port: int) -> Iterator[TcpProxy]:
+    """A running proxy in front of the server at `url` (PostgreSQL's, Redis'), stopped after."""
+    target = urlsplit(url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or default_port)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
 
 
 class TcpProxy:

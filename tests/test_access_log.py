@@ -4,7 +4,6 @@ message text), `server-timing` on HTTP answers, and the request id at the upstre
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import orjson
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
+from tests.eventually import eventually
 from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
 from tests.servers import TandemProcess, start_tandem
 
@@ -76,15 +76,16 @@ def gateway(
     assert process.terminate() == 0, process.stderr()
 
 
-def request_lines(server: TandemProcess, request_id: str, timeout_s: float = 10.0) -> list[Any]:
+def lines_of(stderr: str, request_id: str) -> list[Any]:
+    lines = [orjson.loads(line) for line in stderr.splitlines()]
+    return [line for line in lines if line.get("request_id") == request_id]
+
+
+def request_lines(server: TandemProcess, request_id: str) -> list[Any]:
     """The access lines of one request, once the log thread has written them."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        lines = [orjson.loads(line) for line in server.stderr().splitlines()]
-        found = [line for line in lines if line.get("request_id") == request_id]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.02)
+    return eventually(
+        lambda: lines_of(server.stderr(), request_id), what=f"the access lines of {request_id}"
+    )
 
 
 def one_line(server: TandemProcess, request_id: str) -> Any:
@@ -154,7 +155,7 @@ def test_http_lines_have_every_field_and_nothing_secret(
 
     for probe in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
         answered = httpx.get(f"{gateway.base_url}{probe}")
-        assert request_lines(gateway, answered.headers["x-request-id"], timeout_s=0.2) == []
+        assert lines_of(gateway.settled_stderr(), answered.headers["x-request-id"]) == []
 
     log = gateway.stderr()
     for secret in (PROMPT, TOKEN, JWT_SECRET, UPSTREAM_KEY, "Bearer"):
@@ -279,9 +280,7 @@ def test_text_format_and_no_access_log(tmp_path: Path, fake: FakeUpstream) -> No
             headers=AUTH,
         )
         request_id = answer.headers["x-request-id"]
-        deadline = time.monotonic() + 10
-        while request_id not in server.stderr() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually(lambda: request_id in server.stderr())
     finally:
         assert server.terminate() == 0
     (line,) = [line for line in server.stderr().splitlines() if request_id in line]

@@ -16,8 +16,9 @@ import orjson
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
+from tests.eventually import eventually
 from tests.fake_upstream import FakeUpstream
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess, start_tandem, usage_records
 
 CONFIG = """
 providers:
@@ -53,13 +54,7 @@ def remaining_tokens(gateway: TandemProcess) -> int:
 
 def records(gateway: TandemProcess, count: int) -> list[dict[str, Any]]:
     """The anonymous caller's records once `count` are written, newest first."""
-    deadline = time.monotonic() + 10
-    while True:
-        found = httpx.get(f"{gateway.base_url}/native/v1/usage").json()["records"]
-        if len(found) >= count or time.monotonic() > deadline:
-            assert len(found) == count, found
-            return list(found)
-        time.sleep(0.05)
+    return usage_records(gateway, count)
 
 
 def test_a_stream_cut_before_its_first_chunk_is_charged_its_prompt(
@@ -255,10 +250,7 @@ usage: {{store: none}}
         answers.append(http.post("/v1/chat/completions", json=chat("echo", max_tokens=1500)))
     # each reserved 1504 and settled to 6: the second fits what the first gave back
     assert [a.status_code for a in answers] == [200, 200]
-    deadline = time.monotonic() + 5  # logs leave from a thread of their own
-    while "Redis unreachable" not in gateway.stderr() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert "Redis unreachable" in gateway.stderr()
+    eventually(lambda: "Redis unreachable" in gateway.stderr())  # logs leave from a thread
 
 
 SECRET = "s" * 40
@@ -286,10 +278,7 @@ def test_a_jwt_named_admin_or_anonymous_sees_only_its_own_records(tandem: Any) -
     with httpx.Client(base_url=gateway.base_url) as http:
         for headers in (admin, {}, jwt_for("admin"), jwt_for("anonymous")):
             assert http.post("/v1/chat/completions", json=chat("echo"), headers=headers).is_success
-        deadline = time.monotonic() + 10
-        while len(http.get("/native/v1/usage", headers=admin).json()["records"]) < 4:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        usage_records(gateway, 4, ADMIN_KEY)
         for sub in ("admin", "anonymous"):
             own = http.get("/native/v1/usage", headers=jwt_for(sub)).json()["records"]
             assert len(own) == 1, own  # its own call, not the admin key's or the anonymous one's

@@ -24,17 +24,16 @@ from tests.fake_upstream import (
     SIGNATURE,
     STOP_SEQUENCE,
     THOUGHTS,
-    UPSTREAM_KEY,
     FakeUpstream,
 )
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess, usage_records
 
 SECRET = "anthropic-door-secret-0123456789abcdef"
 ADMIN_KEY = "anthropic-door-admin-key"
 CONFIG = f"""
 providers:
   - {{name: demo, kind: mock}}
-  - {{name: up, kind: openai, base_url: "%(openai)s", api_key: "%(key)s", max_retries: 0}}
+  - {{name: up, kind: openai, base_url: "%(url)s", api_key: "%(key)s", max_retries: 0}}
   - {{name: claude, kind: anthropic, base_url: "%(root)s", api_key: "%(key)s", max_retries: 0}}
 models:
   - {{name: echo, provider: demo}}
@@ -50,16 +49,6 @@ WEATHER: Any = {"name": "get_weather", "input_schema": {"type": "object"}}
 
 def token(sub: str = "claude-coder") -> str:
     return jwt.encode({"sub": sub, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TandemProcess]:
-    config = CONFIG % {"openai": fake.base_url, "root": fake.root, "key": UPSTREAM_KEY}
-    process = start_tandem(tmp_path_factory.mktemp("anthropic"), config)
-    yield process
-    assert process.terminate() == 0, process.stderr()
 
 
 @pytest.fixture
@@ -414,15 +403,7 @@ def test_calls_are_recorded_with_protocol_anthropic(gateway: TandemProcess) -> N
     client: Any = anthropic.Anthropic(base_url=gateway.base_url, api_key=token(sub), max_retries=0)
     with client as sdk:
         sdk.messages.create(model="echo", max_tokens=10, messages=user("count me"))
-    deadline = time.monotonic() + 10
-    records: list[Any] = []
-    while not records and time.monotonic() < deadline:
-        records = httpx.get(
-            f"{gateway.base_url}/native/v1/usage",
-            params={"user": sub},
-            headers={"authorization": f"Bearer {ADMIN_KEY}"},
-        ).json()["records"]
-        time.sleep(0.05)
+    records = usage_records(gateway, 1, ADMIN_KEY, user=sub)
     assert [(r["protocol"], r["model"], r["completion_tokens"]) for r in records] == [
         ("anthropic", "echo", 2)
     ]
@@ -474,17 +455,8 @@ def test_interleaved_tool_call_pieces_never_interleave_blocks() -> None:
     assert seen[-2][1]["delta"]["stop_reason"] == "tool_use"
 
 
-def ledger(gateway: TandemProcess, sub: str) -> list[Any]:
-    deadline = time.monotonic() + 10
-    while True:
-        records: list[Any] = httpx.get(
-            f"{gateway.base_url}/native/v1/usage",
-            params={"user": sub},
-            headers={"authorization": f"Bearer {ADMIN_KEY}"},
-        ).json()["records"]
-        if records or time.monotonic() > deadline:
-            return records
-        time.sleep(0.05)
+def ledger(gateway: TandemProcess, sub: str, count: int = 1) -> list[Any]:
+    return usage_records(gateway, count, ADMIN_KEY, user=sub)
 
 
 def test_cache_reads_and_reasoning_tokens_are_counted_on_every_door_and_kept(
@@ -633,7 +605,7 @@ def test_a_stop_sequence_and_cache_writes_on_the_wire_and_from_an_openai_kind(
         assert (stop["stop_reason"], stop["stop_sequence"]) == ("stop_sequence", STOP_SEQUENCE)
         assert message["usage"]["input_tokens"] == 7 - 5
         assert message["usage"]["cache_creation_input_tokens"] == 5
-    records = ledger(gateway, sub)
+    records = ledger(gateway, sub, 2)
     assert [(r["prompt_tokens"], r["cache_write_tokens"]) for r in records] == [(7, 5)] * 2
 
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from tests.rpc_status import details_of
+from tests.rpc_status import error_info_of
 from tests.servers import TandemProcess, start_tandem
 
 SECRET = "s" * 40
@@ -113,11 +113,7 @@ def test_every_bad_credential_is_401_on_http_and_unauthenticated_on_grpc(
                 await stub.CreateChatCompletion(request, metadata=metadata)
             return caught.value
 
-    error = asyncio.run(grpc_call())
-    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    info = details_of(error).error_info
-    assert info is not None
-    assert info.reason == "authentication_error"
+    error_info_of(asyncio.run(grpc_call()), grpc.StatusCode.UNAUTHENTICATED, "authentication_error")
 
 
 def test_a_valid_token_gets_its_tier(secured: TandemProcess) -> None:

@@ -5,22 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import cast
 
 import httpx
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc, embeddings_pb2
 
 from http_bridge.app import create_app
-from server.config import ServerConfig, load_config
-from server.context import CallContext
+from server.config import ServerConfig
 from server.core.dataplane import DataPlane
-from server.core.routing import Router
 from server.lifecycle import bind_socket, start_http_server
-from server.policy import Policy
-from server.providers import Provider, Route
 from server.usage import UsageRecord
 from tests.grpc_in_process import grpc_channel
+from tests.in_process import plane_over
 
 
 class SlowProvider:
@@ -35,12 +31,7 @@ class SlowProvider:
         self.cancelled = asyncio.Event()
 
     async def stream(
-        self,
-        request: chat_pb2.ChatCompletionRequest,
-        route: Route,
-        ctx: CallContext,
-        *,
-        chunked: bool,
+        self, *args: object, **kwargs: object
     ) -> AsyncGenerator[list[chat_pb2.ChatCompletionChunk], None]:
         self.started.set()
         try:
@@ -53,9 +44,7 @@ class SlowProvider:
             self.cancelled.set()
             raise
 
-    async def embed(
-        self, request: embeddings_pb2.EmbeddingRequest, route: Route, ctx: CallContext
-    ) -> embeddings_pb2.EmbeddingResponse:
+    async def embed(self, *args: object) -> embeddings_pb2.EmbeddingResponse:
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -85,8 +74,7 @@ def recorder() -> ListRecorder:
 
 @pytest.fixture
 def plane(provider: SlowProvider, recorder: ListRecorder) -> DataPlane:
-    config = load_config(None, environ={})
-    return DataPlane(Router(config, {"mock": cast(Provider, provider)}), Policy(config), recorder)
+    return plane_over(provider, recorder)
 
 
 @contextlib.asynccontextmanager

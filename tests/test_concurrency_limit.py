@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from server.policy.redis_limiter import RedisLimiter
+from tests.eventually import eventually_async
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess, start_tandem
 from tests.stores import REDIS_URL
@@ -54,15 +55,16 @@ async def _hold(
     http: httpx.AsyncClient, count: int, timeout_s: float = 20.0
 ) -> list[httpx.Response]:
     """`count` admitted streams, held open, once slots given back are free (polled)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    async def admitted() -> list[httpx.Response] | None:
         responses = await _open(http, count)
         if all(r.status_code == 200 for r in responses):
             return responses
         for response in responses:
             await response.aclose()
-        assert time.monotonic() < deadline, "slots not given back in time"
-        await asyncio.sleep(0.1)
+        return None
+
+    return await eventually_async(admitted, timeout_s, 0.1, what="slots given back")
 
 
 async def _check_refusal(response: httpx.Response) -> None:
@@ -155,10 +157,9 @@ async def test_slot_is_given_back_when_a_grpc_stream_is_cancelled(tmp_path: Path
         async with grpc.aio.insecure_channel(server.grpc) as channel:
             stub = chat_pb2_grpc.ChatServiceStub(channel)
             for _ in range(3):  # each round's cancels give the slots back for the next
-                deadline = time.monotonic() + 20
-                while not await _grpc_streams_admitted(stub, LIMIT):
-                    assert time.monotonic() < deadline, "slots not given back in time"
-                    await asyncio.sleep(0.1)
+                await eventually_async(
+                    lambda: _grpc_streams_admitted(stub, LIMIT), 20, 0.1, what="slots given back"
+                )
     finally:
         assert server.terminate() == 0, server.stderr()
 
@@ -196,10 +197,11 @@ async def test_memory_backend_with_workers_gives_each_its_share_and_says_so(
     )
     try:
         warning = "tiers.free.max_concurrent_requests: with the memory backend each of the 2 "
-        deadline = time.monotonic() + 20  # log lines leave from a thread
-        while warning not in server.stderr():
-            assert time.monotonic() < deadline, server.stderr()
-            await asyncio.sleep(0.05)
+
+        async def warned() -> bool:  # log lines leave from a thread
+            return warning in server.stderr()
+
+        await eventually_async(warned, 20, what="the warning")
         assert "allows 2 (ceil(3 / 2))" in server.stderr()
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http_client:
             responses = await _open(http_client, 12)  # over both workers: 2 each at most
@@ -280,10 +282,7 @@ async def test_slot_leases_are_renewed_while_held_and_expire_once_not() -> None:
             await asyncio.sleep(0.1)
         assert holder._renewer is not None
         holder._renewer.cancel()  # as if its replica died: no renewal, no release
-        deadline = time.monotonic() + 10
-        while (taken := await other.take_slot("k", 1)) is None:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+        taken = await eventually_async(lambda: other.take_slot("k", 1), 10, 0.1)
         other.release_slot(taken)
     finally:
         await holder.aclose()
@@ -302,10 +301,9 @@ async def test_a_slot_redis_lost_is_added_back_while_its_call_lasts() -> None:
         lost = [key async for key in redis.scan_iter(match=f"{prefix}*")]
         assert lost
         await redis.delete(*lost)  # what a restart without persistence leaves
-        deadline = time.monotonic() + 10
-        while not await redis.exists(*lost):  # renewed every lease / 3
-            assert time.monotonic() < deadline, "the held slot was never added back"
-            await asyncio.sleep(0.05)
+        await eventually_async(  # renewed every lease / 3
+            lambda: redis.exists(*lost), 10, what="the held slot added back"
+        )
         for _ in range(10):
             assert await other.take_slot("k", 1) is None
             await asyncio.sleep(0.1)

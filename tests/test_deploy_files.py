@@ -1,8 +1,10 @@
 """deploy/: the image, the compose stack and the Kubernetes manifests, checked here.
 
 No Docker engine or cluster runs in `make test`: the Dockerfile is linted
-(hadolint), the manifests are validated against the Kubernetes schemas that
-kubernetes-validate bundles (offline, strict), `docker compose config` runs
+(hadolint) and read by Docker's own parser (dockerfile), .dockerignore matched
+by docker-py's, the manifests are validated against the Kubernetes schemas that
+kubernetes-validate bundles (offline, strict) and read by a YAML parser, nginx's
+files checked by `nginx -t` and read by crossplane, `docker compose config` runs
 only where the compose plugin exists, and every file is held consistent with
 deploy/config.yaml and with the others; a config's SQLite store must lie where
 the image's user writes. One test starts `tandem serve` on deploy/config.yaml
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -29,15 +30,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import crossplane
+import dockerfile
 import grpc
 import httpx
 import pytest
 import yaml
+from docker.utils.build import PatternMatcher
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.config import Config, ConfigError, build_config, load_config, parse_host_port
 from tests.balancer import free_ports, nginx_binary, serving_nginx
-from tests.servers import TandemProcess
+from tests.eventually import eventually
+from tests.servers import TandemProcess, run_cli
 from tests.stores import pg_schema_url
 
 ROOT = Path(__file__).parent.parent
@@ -100,23 +105,21 @@ def run(command: list[str | Path], cwd: Path = ROOT) -> subprocess.CompletedProc
     )
 
 
-# --- the Dockerfile, read as Docker reads it --------------------------------------
-
-
-@dataclass
-class Instruction:
-    keyword: str
-    arguments: str
+# --- the Dockerfile, read by Docker's own parser (dockerfile: buildkit's, in Go) ---------
 
 
 @dataclass
 class Stage:
     image: str
     name: str | None
-    instructions: list[Instruction] = field(default_factory=list)
+    commands: list[Any] = field(default_factory=list)  # dockerfile.Command
+
+    def commands_of(self, keyword: str) -> list[Any]:
+        return [command for command in self.commands if command.cmd == keyword]
 
     def all(self, keyword: str) -> list[str]:
-        return [i.arguments for i in self.instructions if i.keyword == keyword]
+        """The arguments of each `keyword` instruction, its flags first."""
+        return [" ".join((*c.flags, *c.value)) for c in self.commands_of(keyword)]
 
     def last(self, keyword: str) -> str:
         found = self.all(keyword)
@@ -124,80 +127,26 @@ class Stage:
         return found[-1]
 
 
-def dockerfile_stages(text: str) -> list[Stage]:
-    """Instructions by stage: continuation lines joined, comment lines dropped."""
-    logical: list[str] = []
-    pending = ""
-    for line in text.splitlines():
-        if line.lstrip().startswith("#") or (not line.strip() and not pending):
-            continue
-        pending += line.rstrip().removesuffix("\\").strip() + " "
-        if not line.rstrip().endswith("\\"):
-            logical.append(pending.strip())
-            pending = ""
-    assert not pending, "a continuation line ends the file"
+def dockerfile_stages() -> list[Stage]:
     stages: list[Stage] = []
-    for line in logical:
-        keyword, _, arguments = line.partition(" ")
-        if keyword.upper() == "FROM":
-            words = arguments.split()
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(words[0], name))
+    for command in dockerfile.parse_file(str(DEPLOY / "Dockerfile")):
+        if command.cmd == "FROM":
+            image, *alias = command.value  # `FROM image AS name`
+            stages.append(Stage(image, alias[1] if alias else None))
         else:
-            assert stages, f"{line!r} before the first FROM"
-            stages[-1].instructions.append(Instruction(keyword.upper(), arguments.strip()))
+            stages[-1].commands.append(command)
     return stages
 
 
-def copy_sources(arguments: str) -> list[str]:
-    words = [w for w in shlex.split(arguments) if not w.startswith("--")]
-    return words[:-1]
-
-
-# --- .dockerignore, matched as Docker matches it ------------------------------------
-
-
-def dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
-    """(negated, pattern) in order; the last pattern that matches a path decides."""
-    patterns = []
-    for raw in (ROOT / ".dockerignore").read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        negated = line.startswith("!")
-        glob = line.removeprefix("!").strip().strip("/")
-        regex = ""
-        i = 0
-        while i < len(glob):
-            if glob.startswith("**/", i):
-                regex, i = regex + "(?:.*/)?", i + 3
-            elif glob.startswith("**", i):
-                regex, i = regex + ".*", i + 2
-            elif glob[i] == "*":
-                regex, i = regex + "[^/]*", i + 1
-            elif glob[i] == "?":
-                regex, i = regex + "[^/]", i + 1
-            elif glob[i] == "[":
-                end = glob.index("]", i)
-                regex, i = regex + glob[i : end + 1], end + 1
-            else:
-                regex, i = regex + re.escape(glob[i]), i + 1
-        patterns.append((negated, re.compile(regex)))
-    return patterns
-
-
 def in_build_context(path: str) -> bool:
-    """Whether `docker build .` at the repository root sends this file."""
-    parts = path.split("/")
-    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-    included = True
-    for negated, pattern in dockerignore_patterns():
-        if any(pattern.fullmatch(prefix) for prefix in prefixes):
-            included = negated
-    return included
+    """Whether `docker build .` at the repository root sends this file: .dockerignore
+    read as docker-py's `build` reads it, matched by its port of Docker's matcher."""
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    ignored = PatternMatcher([line for line in lines if line and not line.startswith("#")])
+    return not ignored.matches(path)
 
 
-# --- nginx.conf, as a tree of directives --------------------------------------------
+# --- nginx.conf, read by crossplane (NGINX's parser library) -------------------------
 
 
 @dataclass
@@ -215,28 +164,21 @@ class Directive:
         return found[0]
 
 
-def parse_nginx(text: str) -> Directive:
-    tokens = re.findall(r'"[^"]*"|\'[^\']*\'|[{};]|[^\s{};]+', re.sub(r"#[^\n]*", "", text))
-    root = Directive("main", [], [])
-    stack = [root]
-    words: list[str] = []
-    for token in tokens:
-        if token in (";", "{"):
-            directive = Directive(words[0], [w.strip("\"'") for w in words[1:]])
-            assert stack[-1].block is not None
-            stack[-1].block.append(directive)
-            if token == "{":
-                directive.block = []
-                stack.append(directive)
-            words = []
-        elif token == "}":
-            assert not words, f"unterminated directive {words}"
-            stack.pop()
-        else:
-            words.append(token)
-    assert len(stack) == 1, "unbalanced braces in nginx.conf"
-    assert not words, f"unterminated directive {words}"
-    return root
+def nginx_conf(name: str) -> Directive:
+    """deploy/<name> as a tree of directives. crossplane's tables of directives predate
+    `server ... resolve` and `http2 on`, so it only parses: `nginx -t` checks (below)."""
+    parsed = crossplane.parse(
+        str(DEPLOY / name), single=True, comments=False, check_ctx=False, check_args=False
+    )
+    assert parsed["status"] == "ok", parsed["errors"]
+
+    def tree(found: dict[str, Any]) -> Directive:
+        block = found.get("block")
+        return Directive(
+            found["directive"], found["args"], None if block is None else [tree(d) for d in block]
+        )
+
+    return Directive("main", [], [tree(d) for d in parsed["config"][0]["parsed"]])
 
 
 def nginx_version(image: str) -> tuple[int, ...]:
@@ -432,7 +374,7 @@ SINGLE_STORE = "sqlite:////var/lib/tandem/tandem.db"
 
 
 def image_workdir() -> Path:
-    _, final = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
+    _, final = dockerfile_stages()
     return Path(final.last("WORKDIR"))
 
 
@@ -495,16 +437,9 @@ def test_single_container_config_serves_keys_from_its_store(
     assert text.count(SINGLE_STORE) == 1
     config = tmp_path / "config.yaml"
     config.write_text(text.replace(SINGLE_STORE, f"sqlite:///{data}/tandem.db"))
-    env = {**os.environ, "TANDEM_ADMIN_KEY": ENV["TANDEM_ADMIN_KEY"]}
-    command = [sys.executable, "-m", "server.cli", "keys", "create", "--user", "alice"]
-    made = subprocess.run(
-        [*command, "--json", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
+    admin = {"TANDEM_ADMIN_KEY": ENV["TANDEM_ADMIN_KEY"]}
+    made = run_cli(
+        "keys", "create", "--user", "alice", "--json", "--config", config, cwd=ROOT, env=admin
     )
     assert made.returncode == 0, made.stderr
     assert (data / "tandem.db").exists()
@@ -545,7 +480,7 @@ def test_compose_stop_grace_covers_the_drain() -> None:
 
 
 def test_dockerfile_builds_a_venv_and_runs_tandem_as_non_root() -> None:
-    builder, final = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
+    builder, final = dockerfile_stages()
     assert builder.name == "builder"
     assert builder.image == final.image  # the venv's python links into the base image
     assert re.fullmatch(r"python:3\.11\.\d+-slim(-[a-z]+)?", final.image)
@@ -556,14 +491,17 @@ def test_dockerfile_builds_a_venv_and_runs_tandem_as_non_root() -> None:
     assert uid.isdigit(), f"USER {user}: numeric, so runAsNonRoot can check it"
     assert int(uid) != 0, f"USER {user}: not root"
     assert gid == "" or int(gid) != 0
-    assert [i.keyword for i in final.instructions].index("USER") > max(
-        n for n, i in enumerate(final.instructions) if i.keyword in ("RUN", "COPY")
+    keywords = [command.cmd for command in final.commands]
+    assert keywords.index("USER") > max(
+        n for n, keyword in enumerate(keywords) if keyword in ("RUN", "COPY")
     ), "USER comes after everything that needs root"
     assert any(f"--uid {uid}" in run for run in final.all("RUN")), "the user is created"
     workdir = final.last("WORKDIR")
     assert any(f"--home-dir {workdir}" in r and "--create-home" in r for r in final.all("RUN"))
 
-    assert json.loads(final.last("ENTRYPOINT")) == ENTRYPOINT  # exec form: tandem is PID 1
+    (entrypoint,) = final.commands_of("ENTRYPOINT")
+    assert entrypoint.json, "exec form: tandem is PID 1"
+    assert list(entrypoint.value) == ENTRYPOINT
     assert not final.all("CMD")
     assert final.last("STOPSIGNAL") == "SIGTERM"
     assert final.all("COPY") == ["--from=builder /opt/venv /opt/venv"]
@@ -573,15 +511,26 @@ def test_dockerfile_builds_a_venv_and_runs_tandem_as_non_root() -> None:
         assert tool not in final_runs, f"{tool} in the final stage"
 
 
+def source_files(path: Path) -> list[str]:
+    """The files at or under `path`, relative to the root, less what Python leaves
+    beside its sources (bytecode, build metadata): a git checkout and a plain copy of
+    the tree alike."""
+    found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [
+        f.relative_to(ROOT).as_posix()
+        for f in found
+        if not any(part == "__pycache__" or part.endswith(".egg-info") for part in f.parts)
+    ]
+
+
 def test_dockerfile_copies_what_the_package_is_built_from() -> None:
-    builder, _ = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
-    sources = [s for args in builder.all("COPY") for s in copy_sources(args)]
+    builder, _ = dockerfile_stages()
+    sources = [s for copy in builder.commands_of("COPY") for s in copy.value[:-1]]
     assert sources == ["pyproject.toml", "README.md", "server/", "http_bridge/", "clients/"]
-    tracked = run(["git", "ls-files"]).stdout.splitlines()
     for source in sources:
         assert (ROOT / source).exists(), source
-        files = [f for f in tracked if f == source or f.startswith(source)]
-        assert files, f"nothing tracked under {source}"
+        files = source_files(ROOT / source)
+        assert files, f"no source under {source}"
         left_out = [f for f in files if not in_build_context(f)]
         assert not left_out, f".dockerignore leaves out {left_out[:5]}"
 
@@ -665,7 +614,7 @@ def test_service_ports_match_the_pods() -> None:
 
 
 def test_dockerfile_exposes_the_config_ports() -> None:
-    _, final = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
+    _, final = dockerfile_stages()
     server = replica_config().server
     exposed = {int(p) for args in final.all("EXPOSE") for p in args.split()}
     assert exposed == {port_of(server.http), port_of(server.grpc)}
@@ -683,7 +632,7 @@ def test_deployment_runs_the_image_hardened() -> None:
     labels = spec["template"]["metadata"]["labels"]
     assert spec["selector"] == {"matchLabels": labels}
 
-    _, final = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
+    _, final = dockerfile_stages()
     uid, _, gid = final.last("USER").partition(":")
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == int(uid)
@@ -849,7 +798,7 @@ def test_compose_file_is_a_valid_replica_stack() -> None:
 
 
 def test_nginx_balances_both_doors_over_the_replicas() -> None:
-    conf = parse_nginx((DEPLOY / "nginx.conf").read_text())
+    conf = nginx_conf("nginx.conf")
     http = conf.one("http")
     server = replica_config().server
     http_port, grpc_port = port_of(server.http), port_of(server.grpc)
@@ -920,8 +869,8 @@ def without(directives: list[Directive] | None, name: str) -> list[Directive]:
 def test_nginx_1_22_conf_is_nginx_conf_less_what_nginx_1_22_lacks() -> None:
     """The same balancer: only `resolve` (replicas listed by address instead, no
     resolver, no shared zone) and the `http2` directive (`listen ... http2`) differ."""
-    newer = parse_nginx((DEPLOY / "nginx.conf").read_text())
-    older = parse_nginx((DEPLOY / "nginx-1.22.conf").read_text())
+    newer = nginx_conf("nginx.conf")
+    older = nginx_conf("nginx-1.22.conf")
     server = replica_config().server
     http = newer.one("http")
     http.block = without(http.block, "resolver")
@@ -1086,9 +1035,12 @@ def test_replica_config_serves_and_drains_within_the_grace_period(
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)  # what the kubelet and Docker send
         deadline = started + config.shutdown_delay_s
-        while (draining := client.get("/readyz")).status_code == 200:
-            assert time.monotonic() < deadline, "still ready after SIGTERM"
-            time.sleep(0.05)
+
+        def not_ready() -> httpx.Response | None:
+            answer = client.get("/readyz")
+            return None if answer.status_code == 200 else answer
+
+        draining = eventually(not_ready, deadline - time.monotonic(), what="not ready")
         assert draining.json() == {"status": "not ready", "failing": ["draining"]}
         # still serving through shutdown_delay_s, while balancers take the pod out
         time.sleep(max(0.0, deadline - 1.0 - time.monotonic()))

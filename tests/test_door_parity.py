@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,16 +22,17 @@ import pytest
 from google.protobuf.json_format import ParseDict
 from tandem.v1 import chat_pb2, chat_pb2_grpc, models_pb2, models_pb2_grpc
 
+from tests.eventually import eventually_async
 from tests.fake_upstream import FakeUpstream
 from tests.rpc_status import details_of
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess, usage_records
 
 SECRET = "parity-secret-parity-secret-parity"
 ADMIN_KEY = "parity-admin-key"
 CONFIG = f"""
 providers:
   - {{name: demo, kind: mock}}
-  - {{name: up, kind: openai, base_url: "%(upstream)s", api_key: k, max_retries: 0}}
+  - {{name: up, kind: openai, base_url: "%(url)s", api_key: k, max_retries: 0}}
 models:
   - {{name: echo, provider: demo}}
   - {{name: relay, provider: up}}
@@ -358,15 +358,6 @@ class AnthropicDoor:
                     break  # leaving the block closes the connection
 
 
-@pytest.fixture(scope="module")
-def gateway(
-    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TandemProcess]:
-    process = start_tandem(tmp_path_factory.mktemp("parity"), CONFIG % {"upstream": fake.base_url})
-    yield process
-    assert process.terminate() == 0, process.stderr()
-
-
 def doors(gateway: TandemProcess) -> dict[str, Door]:
     return {
         "grpc": GrpcDoor(gateway),
@@ -399,16 +390,7 @@ def chat(model: str, text: str = PROMPT, **fields: Any) -> dict[str, Any]:
 
 async def records(gateway: TandemProcess, sub: str, count: int) -> list[dict[str, Any]]:
     """`sub`'s usage records once `count` are written, newest first."""
-    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
-    deadline = time.monotonic() + 10
-    async with httpx.AsyncClient(base_url=gateway.base_url) as client:
-        while True:
-            answer = await client.get("/native/v1/usage", params={"user": sub}, headers=admin)
-            found = answer.json()["records"]
-            if len(found) >= count or time.monotonic() > deadline:
-                assert len(found) == count, found
-                return list(found)
-            await asyncio.sleep(0.05)
+    return await asyncio.to_thread(usage_records, gateway, count, ADMIN_KEY, user=sub)
 
 
 WORDS = len(PROMPT.split())
@@ -512,11 +494,7 @@ async def test_a_caller_that_goes_away_cancels_and_is_charged_what_it_got(
     assert record["prompt_tokens"] > 0
     assert record["latency_ms"] < 5000, "the upstream call was cut, not run to its end"
     assert time.monotonic() - started < 8
-    for _ in range(100):  # 5 s
-        if fake.gone:
-            break
-        await asyncio.sleep(0.05)
-    assert fake.gone, "the gateway hung up on the upstream"
+    await eventually_async(fake.hung_up, 5, what="the gateway hung up on the upstream")
 
 
 async def test_a_tier_that_may_use_only_echo_sees_only_echo_in_every_listing(

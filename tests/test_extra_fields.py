@@ -18,9 +18,9 @@ import pytest
 from google.protobuf import struct_pb2
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
+from tests.fake_upstream import FakeUpstream
 from tests.rpc_status import details_of
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess
 
 CONFIG = """
 providers:
@@ -63,16 +63,6 @@ EXTRA: dict[str, Any] = {
     "guided_json": {"type": "object", "properties": {"b": {}, "a": {}}},
     "min_tokens": 3,
 }
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TandemProcess]:
-    config = CONFIG % {"url": fake.base_url, "root": fake.root, "key": UPSTREAM_KEY}
-    process = start_tandem(tmp_path_factory.mktemp("extra"), config)
-    yield process
-    assert process.terminate() == 0, process.stderr()
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ from tests.fuzzing import (
     json_values,
     nested,
 )
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess, run_cli, start_tandem
 from tests.stores import pg_schema_url
 
 # Examples per operation in the fuzzing phase (the coverage phase adds its own few).
@@ -112,15 +110,8 @@ class Door:
 def _api_key(tmp_path: Path, config: str) -> str:
     path = tmp_path / "keys.yaml"
     path.write_text(config)
-    command = [sys.executable, "-m", "server.cli", "keys", "create", "--user", "fuzz"]
-    done = subprocess.run(
-        [*command, "--config", str(path), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd=tmp_path,
-    )
+    done = run_cli("keys", "create", "--user", "fuzz", "--config", path, "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
     key: str = orjson.loads(done.stdout)["key"]
     return key
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
-from typing import cast
+from collections.abc import Callable
 
 import grpc
 import pytest
 from google.protobuf.json_format import ParseDict
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from server import errors
-from server.grpc_door.errors import GRPC_CODES, to_grpc_status
-from server.providers import Provider
+from tests.grpc_in_process import grpc_channel
+from tests.in_process import SECRET, BrokenProvider, plane_over
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess
 
@@ -122,64 +120,9 @@ async def test_auth_required_without_credentials_is_unauthenticated(
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def all_error_classes() -> set[type[errors.GatewayError]]:
-    found, todo = set(), [errors.GatewayError]
-    while todo:
-        cls = todo.pop()
-        found.add(cls)
-        todo += cls.__subclasses__()
-    return found
-
-
-def test_every_error_class_has_a_grpc_code_and_an_http_status() -> None:
-    from http_bridge.errors import HTTP_STATUS
-
-    assert all_error_classes() == set(GRPC_CODES) == set(HTTP_STATUS)
-
-
-def test_rate_limit_status_carries_retry_info() -> None:
-    status = to_grpc_status(errors.RateLimitError("slow down", retry_after_s=1.25))
-    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    from google.rpc import error_details_pb2, status_pb2
-
-    raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
-    assert isinstance(raw, bytes)
-    details = status_pb2.Status.FromString(raw).details
-    retry = error_details_pb2.RetryInfo()
-    assert any(d.Unpack(retry) for d in details if d.Is(retry.DESCRIPTOR))
-    assert (retry.retry_delay.seconds, retry.retry_delay.nanos) == (1, 250_000_000)
-
-
-class _BrokenProvider:
-    name = "broken"
-    kind = "mock"
-    max_retries = 0
-
-    def stream(
-        self, *args: object, **kwargs: object
-    ) -> AsyncGenerator[list[chat_pb2.ChatCompletionChunk], None]:
-        raise RuntimeError("secret upstream detail at https://upstream.invalid/?key=sk-123")
-
-    async def embed(self, *args: object) -> object:
-        raise RuntimeError("secret")
-
-    async def aclose(self) -> None:
-        return None
-
-
 async def test_a_bug_is_internal_with_nothing_leaked(caplog: pytest.LogCaptureFixture) -> None:
-    from server.config import load_config
-    from server.core.dataplane import DataPlane
-    from server.core.routing import Router
-    from server.policy import Policy
-    from server.usage import NullRecorder
-    from tests.grpc_in_process import grpc_channel
-
-    config = load_config(None, environ={})
-    policy = Policy(config)
-    broken = cast(Provider, _BrokenProvider())
-    plane = DataPlane(Router(config, {"mock": broken}), policy, NullRecorder())
-    async with grpc_channel(plane, policy) as channel:
+    plane = plane_over(BrokenProvider())
+    async with grpc_channel(plane, plane.policy) as channel:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
         for call in (stub.CreateChatCompletion, stub.StreamChatCompletion):
             error = await fail(lambda call=call: _consume(call(chat())))  # type: ignore[misc]
@@ -189,7 +132,7 @@ async def test_a_bug_is_internal_with_nothing_leaked(caplog: pytest.LogCaptureFi
             details = details_of(error)
             assert details.error_info is not None
             assert details.error_info.reason == "internal_error"
-    assert "secret upstream detail" in caplog.text
+    assert SECRET in caplog.text
 
 
 async def _consume(call: object) -> None:

@@ -27,7 +27,7 @@ from tests.servers import TandemProcess, children_of, start_tandem
 CONFIG = """
 providers:
   - {name: demo, kind: mock}
-  - {name: up, kind: openai, base_url: "%(upstream)s", api_key: k, max_retries: 1}
+  - {name: up, kind: openai, base_url: "%(url)s", api_key: k, max_retries: 1}
 models:
   - {name: echo, provider: demo}
   - {name: relay, provider: up, upstream: relay-upstream}
@@ -67,15 +67,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TandemProcess]:
-    process = start_tandem(tmp_path_factory.mktemp("metrics"), CONFIG % {"upstream": fake.base_url})
-    yield process
-    assert process.terminate() == 0, process.stderr()
 
 
 def _stream_usage(lines: Iterator[str]) -> tuple[int, int]:

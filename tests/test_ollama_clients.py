@@ -18,8 +18,9 @@ import ollama
 import orjson
 import pytest
 
+from tests.eventually import eventually
 from tests.fake_upstream import SECRET_URL, FakeUpstream
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess, usage_records
 
 SECRET = "ollama-clients-secret-0123456789abcdef"
 ADMIN_KEY = "ollama-clients-admin-key"
@@ -55,15 +56,6 @@ usage: {{store: "sqlite:///usage.db", flush_interval_ms: 20}}
 """
 
 
-@pytest.fixture(scope="module")
-def gateway(
-    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TandemProcess]:
-    process = start_tandem(tmp_path_factory.mktemp("ollama-clients"), CONFIG % {"root": fake.root})
-    yield process
-    assert process.terminate() == 0, process.stderr()
-
-
 def token(tier: str = "free") -> tuple[str, dict[str, str]]:
     """A fresh JWT subject (its own budget and records), and its authorization header."""
     sub = f"ollama-{uuid.uuid4().hex[:12]}"
@@ -84,15 +76,15 @@ def client(gateway: TandemProcess, auth: dict[str, str]) -> Iterator[ollama.Clie
 
 
 def access_line(gateway: TandemProcess, request_id: str) -> Any:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def logged() -> Any:
         for line in gateway.stderr().splitlines():
             if line.startswith("{") and (found := orjson.loads(line)).get("request_id") == (
                 request_id
             ):
                 return found
-        time.sleep(0.02)
-    raise AssertionError(f"no access line for {request_id}")
+        return None
+
+    return eventually(logged, what=f"an access line for {request_id}")
 
 
 # --- GET / and HEAD / ---------------------------------------------------------------------
@@ -225,16 +217,9 @@ def test_a_load_counts_one_request_and_charges_no_token(gateway: TandemProcess) 
 
 async def records(gateway: TandemProcess, sub: str, count: int) -> list[dict[str, Any]]:
     """`sub`'s usage records once `count` are written (and a moment more), newest first."""
-    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
-    deadline = time.monotonic() + 10
-    async with httpx.AsyncClient(base_url=gateway.base_url, headers=admin) as http:
-        while True:
-            found = (await http.get("/native/v1/usage", params={"user": sub})).json()["records"]
-            if len(found) >= count or time.monotonic() > deadline:
-                await asyncio.sleep(0.1)  # what else would have been written, is
-                found = (await http.get("/native/v1/usage", params={"user": sub})).json()
-                return list(found["records"])
-            await asyncio.sleep(0.05)
+    await asyncio.to_thread(usage_records, gateway, count, ADMIN_KEY, user=sub)
+    await asyncio.sleep(0.1)  # settle: no record beyond `count` comes a moment later
+    return await asyncio.to_thread(usage_records, gateway, count, ADMIN_KEY, user=sub)
 
 
 # --- /api/show's capabilities ---------------------------------------------------------------

@@ -17,14 +17,14 @@ from tandem.v1 import models_pb2, models_pb2_grpc
 
 from tests.eventually import eventually_async
 from tests.fake_upstream import REASONING, FakeUpstream
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess
 
 CONFIG = """
 server: {max_body_bytes: 65536}
 providers:
   - {name: demo, kind: mock}
-  - {name: up, kind: openai, base_url: "%(upstream)s", api_key: k, max_retries: 0}
-  - {name: lazy, kind: openai, base_url: "%(upstream)s", api_key: k, max_retries: 0, timeout_s: 0.3}
+  - {name: up, kind: openai, base_url: "%(url)s", api_key: k, max_retries: 0}
+  - {name: lazy, kind: openai, base_url: "%(url)s", api_key: k, max_retries: 0, timeout_s: 0.3}
 models:
   - {name: echo, provider: demo}
   - {name: relay, provider: up}
@@ -34,15 +34,6 @@ tiers:
   free: {default_model: echo, models: [echo, relay, tardy]}
 usage: {store: "sqlite:///usage.db", flush_interval_ms: 20}
 """
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TandemProcess]:
-    process = start_tandem(tmp_path_factory.mktemp("ollama"), CONFIG % {"upstream": fake.base_url})
-    yield process
-    assert process.terminate() == 0, process.stderr()
 
 
 @pytest.fixture

@@ -18,9 +18,10 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.eventually import eventually_async
 from tests.servers import TandemProcess
 from tests.stores import count_records
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import TcpProxy, proxy_to
 
 REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RPM = 6000  # high enough never to refuse: the limiter is used, not exhausted
@@ -70,14 +71,13 @@ async def until_readiness(
     client: httpx.AsyncClient, degraded: list[str], up: dict[str, float]
 ) -> None:
     """Poll until `/readyz` says `degraded` and the gauges say `up`; ready all along."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while True:
-        seen = await readiness(client)
-        if seen == (degraded, up):
-            return
-        assert loop.time() < deadline, f"still {seen}, want {(degraded, up)}"
-        await asyncio.sleep(0.1)
+
+    async def seen() -> bool:
+        now = await readiness(client)
+        assert now == (degraded, up), f"still {now}, want {(degraded, up)}"
+        return True
+
+    await eventually_async(seen, DEADLINE_S, 0.1)
 
 
 async def assert_chat_answers(client: httpx.AsyncClient, text: str) -> httpx.Response:
@@ -90,11 +90,8 @@ async def assert_chat_answers(client: httpx.AsyncClient, text: str) -> httpx.Res
 @pytest.fixture
 def redis_proxy() -> Iterator[TcpProxy]:
     """A proxy in front of the local Redis, for tests where it goes away."""
-    target = urlsplit(REDIS_URL)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
-    proxy.start()
-    yield proxy
-    proxy.stop()
+    with proxy_to(REDIS_URL, 6379) as proxy:
+        yield proxy
 
 
 def redis_config(proxy: TcpProxy, store: str = "none") -> str:
@@ -127,11 +124,12 @@ async def test_sigterm_is_not_ready_with_connection_close_while_still_serving(
         assert all(answer.headers.get("connection") != "close" for answer in answers)
 
         server.proc.send_signal(signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DEADLINE_S
-        while (not_ready := await client.get("/readyz")).status_code == 200:
-            assert loop.time() < deadline, "still ready after SIGTERM"
-            await asyncio.sleep(0.02)
+
+        async def not_ready_yet() -> httpx.Response | None:
+            answer = await client.get("/readyz")
+            return None if answer.status_code == 200 else answer
+
+        not_ready = await eventually_async(not_ready_yet, DEADLINE_S, what="not ready")
         assert not_ready.status_code == 503
         assert not_ready.json() == {"status": "not ready", "failing": ["draining"]}
         assert (await health.Check(check)).status == health_pb2.HealthCheckResponse.NOT_SERVING

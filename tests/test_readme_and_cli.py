@@ -83,30 +83,32 @@ def test_readme_curl_commands_work_as_written(
     assert ("data: " + events).count("data: ") == 4  # 3 words, then [DONE]
 
 
-def test_readme_openai_example_prints_the_answer_twice(
-    tandem: Callable[..., TandemProcess], tmp_path: Path
+@pytest.mark.parametrize(
+    ("sdk", "before_code", "before_output"),
+    [
+        (
+            "openai",
+            "The official `openai` SDK works unchanged",
+            "It prints the answer twice, whole and streamed:",
+        ),
+        ("anthropic", "official `anthropic` SDK works unchanged", "It prints the message twice"),
+    ],
+)
+def test_readme_sdk_example_prints_the_answer_twice(
+    tandem: Callable[..., TandemProcess],
+    tmp_path: Path,
+    sdk: str,
+    before_code: str,
+    before_output: str,
 ) -> None:
     server = tandem()
-    code = readme_block("python", "The official `openai` SDK works unchanged")
-    script = tmp_path / "openai_example.py"
+    code = readme_block("python", before_code)
+    script = tmp_path / f"{sdk}_example.py"
     script.write_text(code.replace("127.0.0.1:8080", server.http))
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=30, check=True
     )
-    assert done.stdout == readme_block("", "It prints the answer twice, whole and streamed:")
-
-
-def test_readme_anthropic_example_prints_the_answer_twice(
-    tandem: Callable[..., TandemProcess], tmp_path: Path
-) -> None:
-    server = tandem()
-    code = readme_block("python", "official `anthropic` SDK works unchanged")
-    script = tmp_path / "anthropic_example.py"
-    script.write_text(code.replace("127.0.0.1:8080", server.http))
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, check=True
-    )
-    assert done.stdout == readme_block("", "It prints the message twice")
+    assert done.stdout == readme_block("", before_output)
 
 
 # The recipes' upstreams, each pointed at the fake upstream for the test.

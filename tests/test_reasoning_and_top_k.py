@@ -8,7 +8,6 @@ door (raw SSE and JSON, as DeepSeek spells `reasoning_content`) and gRPC.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic as anthropic_sdk
@@ -16,19 +15,11 @@ import grpc
 import httpx
 import orjson
 import pytest
-from google.protobuf.json_format import ParseDict
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from server.core.fold import fold_stream
-from server.errors import InvalidRequestError
-from server.translate.anthropic import to_provider as anthropic
-from server.translate.ollama import to_provider as ollama
-from server.translate.openai.inbound import parse_chat
-from server.translate.openai.replies import StreamEncoder
-from server.translate.openai.to_provider import encode_chat_request
-from tests.fake_upstream import REASONING, SIGNATURE, THOUGHTS, UPSTREAM_KEY, FakeUpstream
+from tests.fake_upstream import REASONING, SIGNATURE, THOUGHTS, FakeUpstream
 from tests.rpc_status import details_of
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess
 
 CONFIG = """
 providers:
@@ -44,16 +35,6 @@ models:
 tiers:
   free: {default_model: echo, models: [gpt, llama, haiku, echo]}
 """
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TandemProcess]:
-    config = CONFIG % {"url": fake.base_url, "root": fake.root, "key": UPSTREAM_KEY}
-    process = start_tandem(tmp_path_factory.mktemp("gw"), config)
-    yield process
-    assert process.terminate() == 0, process.stderr()
 
 
 def user(text: str) -> list[dict[str, Any]]:
@@ -144,16 +125,34 @@ def test_top_k_to_an_openai_kind_model_is_a_400_and_nothing_is_sent(
     assert fake.requests == []
 
 
+SENT_BACK = [  # an earlier answer's reasoning, sent back with the conversation
+    {"role": "user", "content": "first"},
+    {"role": "assistant", "content": "answer", "reasoning_content": "old thoughts"},
+    {"role": "user", "content": "again"},
+]
+
+
+def reasoning_back(gateway: TandemProcess, model: str) -> list[dict[str, Any]]:
+    """The fake's reasoning answer through /v1, whole then streamed: its reasoning apart
+    from its content both ways; the streamed deltas."""
+    whole = chat(gateway, model=model, messages=user("the answer")).json()["choices"][0]
+    assert (whole["message"]["reasoning_content"], whole["message"]["content"]) == (
+        REASONING,
+        "the answer",
+    )
+    streamed = deltas(chat(gateway, model=model, messages=user("the answer"), stream=True))
+    assert joined(streamed, "reasoning_content") == REASONING
+    assert all("content" not in d for d in streamed if "reasoning_content" in d)
+    assert joined(streamed, "content") == "the answer"
+    return streamed
+
+
 def test_openai_kind_passes_reasoning_effort_and_keeps_reasoning_content_home(
     gateway: TandemProcess, fake: FakeUpstream
 ) -> None:
     fake.reset()
-    messages = [
-        {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "answer", "reasoning_content": "old thoughts"},
-        {"role": "user", "content": "again"},
-    ]
-    assert chat(gateway, model="gpt", messages=messages, reasoning_effort="low").status_code == 200
+    answer = chat(gateway, model="gpt", messages=SENT_BACK, reasoning_effort="low")
+    assert answer.status_code == 200
     sent = fake.requests[0].body
     assert sent["reasoning_effort"] == "low"
     assert "top_k" not in sent
@@ -164,14 +163,8 @@ def test_openai_kind_reasoning_content_comes_back_whole_and_streamed(
     gateway: TandemProcess, fake: FakeUpstream
 ) -> None:
     fake.reset("reasoning", "reasoning", "reasoning")
-    message = chat(gateway, model="gpt", messages=user("the answer")).json()["choices"][0]
-    assert message["message"]["reasoning_content"] == REASONING
-    assert message["message"]["content"] == "the answer"
-
-    streamed = deltas(chat(gateway, model="gpt", messages=user("the answer"), stream=True))
+    streamed = reasoning_back(gateway, "gpt")
     assert [d["reasoning_content"] for d in streamed if "reasoning_content" in d] == list(THOUGHTS)
-    assert all("content" not in d for d in streamed if "reasoning_content" in d)
-    assert joined(streamed, "content") == "the answer"
 
     chunks = asyncio.run(grpc_call(gateway, "gpt", stream=True))
     assert "".join(c.choices[0].delta.reasoning_content for c in chunks if c.choices) == REASONING
@@ -194,14 +187,9 @@ def test_ollama_kind_sends_top_k_as_an_option_and_reasoning_effort_as_think(
     gateway: TandemProcess, fake: FakeUpstream
 ) -> None:
     fake.reset()
-    messages = [
-        {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "answer", "reasoning_content": "old thoughts"},
-        {"role": "user", "content": "again"},
-    ]
     for effort, think in (("high", "high"), ("minimal", "low")):
         response = chat(
-            gateway, model="llama", messages=messages, top_k=40, reasoning_effort=effort
+            gateway, model="llama", messages=SENT_BACK, top_k=40, reasoning_effort=effort
         )
         assert response.status_code == 200
         sent = fake.requests[-1].body
@@ -220,14 +208,7 @@ def test_ollama_thinking_comes_back_as_reasoning_content(
     gateway: TandemProcess, fake: FakeUpstream
 ) -> None:
     fake.reset("reasoning", "reasoning", "reasoning")
-    message = chat(gateway, model="llama", messages=user("the answer")).json()["choices"][0]
-    assert message["message"]["reasoning_content"] == REASONING
-    assert message["message"]["content"] == "the answer"
-
-    streamed = deltas(chat(gateway, model="llama", messages=user("the answer"), stream=True))
-    assert joined(streamed, "reasoning_content") == REASONING
-    assert all("content" not in d for d in streamed if "reasoning_content" in d)
-    assert joined(streamed, "content") == "the answer"
+    reasoning_back(gateway, "llama")
 
     completion = asyncio.run(grpc_call(gateway, "llama", stream=False))
     assert completion.choices[0].message.reasoning_content == REASONING
@@ -395,105 +376,3 @@ def test_grpc_and_native_callers_set_a_budget_too(
         400,
         "reasoning_budget_tokens",
     )
-
-
-def test_a_budget_and_an_effort_give_the_lower_level_everywhere() -> None:
-    def sent(fields: dict[str, Any]) -> tuple[Any, Any, Any]:
-        request = chat_pb2.ChatCompletionRequest(
-            messages=[chat_pb2.ChatMessage(role="user", content="x")], **fields
-        )
-        to_anthropic = anthropic.encode_chat_request(
-            request, "c", max_tokens_default=10, stream=False
-        )
-        to_openai = encode_chat_request(request, "o", stream=False)
-        to_ollama = ollama.encode_chat_request(request, "m", stream=False)
-        budget = to_anthropic.get("thinking", {}).get("budget_tokens")
-        return budget, to_openai.get("reasoning_effort"), to_ollama.get("think")
-
-    assert sent({}) == (None, None, None)
-    assert sent({"reasoning_budget_tokens": 1024}) == (1024, "low", "low")
-    assert sent({"reasoning_budget_tokens": 4095}) == (4095, "low", "low")
-    assert sent({"reasoning_budget_tokens": 16384}) == (16384, "high", "high")
-    both = {"reasoning_budget_tokens": 5000, "reasoning_effort": "high"}
-    assert sent(both) == (5000, "medium", "medium")
-    both = {"reasoning_budget_tokens": 5000, "reasoning_effort": "minimal"}
-    assert sent(both) == (1024, "minimal", "low")
-
-
-# --- translators, fold and encoder, in process ---------------------------------------
-
-
-def test_anthropic_forced_tool_choice_with_reasoning_is_refused() -> None:
-    request = parse_chat(
-        {
-            "messages": user("x"),
-            "reasoning_effort": "low",
-            "tools": [{"type": "function", "function": {"name": "f"}}],
-            "tool_choice": "required",
-        },
-        strict=True,
-    )
-    with pytest.raises(InvalidRequestError) as caught:
-        anthropic.encode_chat_request(request, "c", max_tokens_default=10, stream=False)
-    assert caught.value.param == "tool_choice"
-
-
-def test_every_reasoning_effort_maps_for_ollama_and_anthropic() -> None:
-    for effort in ("minimal", "low", "medium", "high"):
-        request = parse_chat({"messages": user("x"), "reasoning_effort": effort}, strict=True)
-        assert ollama.encode_chat_request(request, "m", stream=False)["think"] in (
-            "low",
-            "medium",
-            "high",
-        )
-        body = anthropic.encode_chat_request(request, "c", max_tokens_default=10, stream=False)
-        assert body["max_tokens"] > body["thinking"]["budget_tokens"] >= 1024
-
-
-async def test_reasoning_deltas_fold_into_the_message_with_the_last_signature() -> None:
-    async def chunks() -> Any:
-        for delta in (
-            {"role": "assistant", "reasoning_content": "a "},
-            {"reasoning_content": "b"},
-            {"reasoning_signature": "s1"},
-            {"reasoning_signature": "s2"},
-            {"content": "done"},
-        ):
-            yield [
-                ParseDict(
-                    {"choices": [{"index": 0, "delta": delta}]}, chat_pb2.ChatCompletionChunk()
-                )
-            ]
-
-    message = (await fold_stream(chunks())).choices[0].message
-    assert (message.reasoning_content, message.reasoning_signature, message.content) == (
-        "a b",
-        "s2",
-        "done",
-    )
-
-    async def plain() -> Any:
-        yield [
-            ParseDict(
-                {"choices": [{"index": 0, "delta": {"content": "x"}}]},
-                chat_pb2.ChatCompletionChunk(),
-            )
-        ]
-
-    folded = (await fold_stream(plain())).choices[0].message
-    assert not folded.HasField("reasoning_content")
-    assert not folded.HasField("reasoning_signature")
-
-
-def test_a_reasoning_delta_leaves_the_plain_text_fast_path() -> None:
-    chunk = chat_pb2.ChatCompletionChunk(id="c", created=1, model="m")
-    chunk.choices.add(index=0).delta.reasoning_content = "hmm"
-    encoder = StreamEncoder(chunk, with_object=True, usage="none", prefix=b"", suffix=b"")
-    assert orjson.loads(encoder.encode(chunk))["choices"][0]["delta"] == {
-        "reasoning_content": "hmm"
-    }
-    chunk.choices[0].delta.content = "and text"
-    assert orjson.loads(encoder.encode(chunk))["choices"][0]["delta"] == {
-        "content": "and text",
-        "reasoning_content": "hmm",
-    }

@@ -10,8 +10,6 @@ request and leaves every request in the ledger exactly once.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +24,8 @@ import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from tests.balancer import Balancer, free_ports, nginx_balancer
-from tests.servers import TandemProcess, start_tandem
+from tests.eventually import eventually, eventually_async
+from tests.servers import TandemProcess, run_cli, start_tandem
 from tests.stores import REDIS_URL, pg_schema_url
 
 pytestmark = pytest.mark.timeout(240)
@@ -92,41 +91,37 @@ class Cluster:
     def cli(self, *args: str) -> bytes:
         config = self.directory / "cli.yaml"
         config.write_text(self.config)
-        done = subprocess.run(
-            [sys.executable, "-m", "server.cli", *args, "--config", str(config)],
-            capture_output=True,
-            check=True,
-            cwd=self.directory,
-        )
-        return done.stdout
+        done = run_cli(*args, "--config", config, cwd=self.directory)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.encode()
 
 
 def _wait_known(replica: TandemProcess, key: str, timeout_s: float = 30.0) -> None:
     """Until `replica` accepts `key`: asked with a model that does not exist, which is
     answered after the key is checked and before anything counts against its budget."""
     body = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def known() -> bool:
         answer = httpx.post(
             f"{replica.base_url}/v1/chat/completions", json=body, headers=_bearer(key), timeout=10
         )
-        if answer.status_code != 401:
-            assert answer.status_code == 404, answer.text
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"replica {replica.http} still refuses a new key")
+        assert answer.status_code != 401, f"replica {replica.http} still refuses a new key"
+        assert answer.status_code == 404, answer.text
+        return True
+
+    eventually(known, timeout_s)
 
 
 def _wait_ready(replica: TandemProcess, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         try:
-            if httpx.get(f"{replica.base_url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"replica {replica.http} not ready:\n{replica.stderr()}")
+            status = httpx.get(f"{replica.base_url}/readyz", timeout=1).status_code
+        except httpx.TransportError as error:
+            raise AssertionError(f"replica {replica.http}: {error}") from error
+        assert status == 200, f"replica {replica.http} not ready:\n{replica.stderr()}"
+        return True
+
+    eventually(ready, timeout_s)
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +181,7 @@ def test_a_key_created_or_revoked_reaches_every_replica(cluster: Cluster) -> Non
 
         assert statuses() == [200] * REPLICAS  # made on none of them, known to all in time
         cluster.cli("keys", "revoke", key_id)
-        time.sleep(KEY_CACHE_S + 0.2)
-        assert statuses() == [403] * REPLICAS
+        eventually(lambda: statuses() == [403] * REPLICAS, KEY_CACHE_S + 0.2)
 
 
 async def test_one_budget_through_the_balancer(cluster: Cluster) -> None:
@@ -338,11 +332,12 @@ async def test_a_rolling_restart_under_load_loses_nothing(cluster: Cluster) -> N
     )
 
     sent = sorted(o.request_id for o in outcomes)
-    deadline = time.monotonic() + 10
-    while True:
+
+    async def all_recorded() -> list[str]:
         recorded = sorted(await _ledger(cluster.store_url, "roller"))
-        if len(recorded) >= len(sent) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.1)
+        assert len(recorded) >= len(sent), f"{len(recorded)} records for {len(sent)} requests"
+        return recorded
+
+    recorded = await eventually_async(all_recorded)
     print(f"ledger: {len(recorded)} records for {len(sent)} requests")
     assert recorded == sent  # every request, once

@@ -9,7 +9,7 @@ object's is a 400 / INVALID_ARGUMENT naming its field."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +24,11 @@ from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from tests.fake_upstream import FakeUpstream
 from tests.rpc_status import details_of
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess
 
 CONFIG = """
 providers:
-  - {name: oa, kind: openai, base_url: "%(v1)s", api_key: k, max_retries: 0}
+  - {name: oa, kind: openai, base_url: "%(url)s", api_key: k, max_retries: 0}
   - {name: an, kind: anthropic, base_url: "%(root)s", api_key: k, max_retries: 0}
   - {name: ol, kind: ollama, base_url: "%(root)s", max_retries: 0}
 models:
@@ -67,17 +67,6 @@ class Schemas:
 
     tool: Any
     response: Any = None
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TandemProcess]:
-    process = start_tandem(
-        tmp_path_factory.mktemp("schemas"), CONFIG % {"v1": fake.base_url, "root": fake.root}
-    )
-    yield process
-    assert process.terminate() == 0, process.stderr()
 
 
 def keeping(wire: list[Any]) -> dict[str, list[Callable[[Any], None]]]:

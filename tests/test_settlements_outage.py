@@ -4,10 +4,9 @@ frozen (SIGSTOP, as CLIENT PAUSE would) just before a stream ends."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,15 @@ import orjson
 import pytest
 import redis
 
-from server.policy.limiter import LimiterEvents
-from server.policy.pending_writes import PendingWrites, Write
+from server.policy.pending_writes import Write
 from server.policy.redis_limiter import RedisLimiter
+from tests.eventually import eventually, eventually_async
 from tests.own_redis import OwnRedis
 from tests.servers import TandemProcess, start_tandem
 from tests.stores import REDIS_URL
 
 TPM = 120  # two tokens a second: a settlement of 50 tokens moves the bucket by 25 s
+WAIT_S = 30.0  # for what Redis coming back brings about; never a timing assertion
 
 CONFIG = """
 providers: [{name: demo, kind: mock, chunk_delay_ms: 50}]
@@ -62,11 +62,10 @@ def _metric(process: TandemProcess, name: str) -> float:
     return 0.0
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+def _counted(process: TandemProcess, what: str) -> None:
+    """Until a settlement is counted as `what` (deferred, applied_late)."""
+    name = f"tandem_rate_limit_settlements_{what}_total"
+    eventually(lambda: _metric(process, name) >= 1, WAIT_S, what=name)
 
 
 def _stream_pausing_redis(
@@ -110,9 +109,9 @@ def test_a_charge_kept_through_a_blip_lands_in_the_bucket(
     started = time.monotonic()
     usage = _stream_pausing_redis(gateway, own_redis, words=50)  # reserves 50, uses 100
     assert usage["total_tokens"] == 100
-    _wait_for(lambda: _metric(gateway, "tandem_rate_limit_settlements_deferred_total") >= 1)
+    _counted(gateway, "deferred")
     own_redis.resume()
-    _wait_for(lambda: _metric(gateway, "tandem_rate_limit_settlements_applied_late_total") >= 1)
+    _counted(gateway, "applied_late")
     # the whole 100 tokens (50 s at 2 a second) were taken from the bucket since `started`;
     # the admission alone (the debt forgiven) would be 25 s
     expected = 100 * 60 / TPM - (time.monotonic() - started)
@@ -128,9 +127,9 @@ def test_a_refund_kept_through_a_blip_lands_in_the_bucket(
 ) -> None:
     usage = _stream_pausing_redis(gateway, own_redis, words=10, max_tokens=90)  # reserves 100
     assert usage["total_tokens"] == 20
-    _wait_for(lambda: _metric(gateway, "tandem_rate_limit_settlements_deferred_total") >= 1)
+    _counted(gateway, "deferred")
     own_redis.resume()
-    _wait_for(lambda: _metric(gateway, "tandem_rate_limit_settlements_applied_late_total") >= 1)
+    _counted(gateway, "applied_late")
     # 20 tokens used: at most 10 s ahead; without the refund it would be 50 s, less the wait
     assert _bucket_ahead_s(own_redis, prefix) <= 20 * 60 / TPM + 1.0
 
@@ -140,86 +139,13 @@ def test_pending_settlements_are_applied_at_exit_if_redis_answers_within_the_dra
 ) -> None:
     started = time.monotonic()
     _stream_pausing_redis(gateway, own_redis, words=50)
-    _wait_for(lambda: _metric(gateway, "tandem_rate_limit_settlements_deferred_total") >= 1)
+    _counted(gateway, "deferred")
     gateway.proc.terminate()  # SIGTERM while Redis is still frozen
-    _wait_for(lambda: "draining" in gateway.stderr())
+    eventually(lambda: "draining" in gateway.stderr(), WAIT_S)
     own_redis.resume()
     assert gateway.proc.wait(60) == 0, gateway.stderr()
     expected = 100 * 60 / TPM - (time.monotonic() - started)
     assert _bucket_ahead_s(own_redis, prefix) >= expected - 1.0
-
-
-# The queue's own rules, with a scripted backend
-
-
-class _Backend:
-    def __init__(self) -> None:
-        self.up = True
-        self.applied: list[str] = []
-
-    async def send(self, writes: list[Write]) -> bool:
-        if self.up:
-            self.applied += [w.value for w in writes]
-        return self.up
-
-
-class _Counts:
-    def __init__(self) -> None:
-        self.deferred = self.late = self.dropped = 0
-
-    def events(self) -> LimiterEvents:
-        def add(name: str) -> Callable[[int], None]:
-            def count(n: int) -> None:
-                setattr(self, name, getattr(self, name) + n)
-
-            return count
-
-        return LimiterEvents(
-            settlement_deferred=add("deferred"),
-            settlement_applied_late=add("late"),
-            settlement_dropped=add("dropped"),
-        )
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
-
-
-async def test_kept_writes_are_applied_in_order_once_the_backend_answers() -> None:
-    backend, counts = _Backend(), _Counts()
-    writes = PendingWrites(backend.send, counts.events(), retry_s=0.05)
-    backend.up = False
-    for value in "abc":
-        writes.add("s", "k", value)
-    await _until(lambda: counts.deferred == 3)
-    writes.add("s", "k", "d")  # queued behind the kept ones
-    backend.up = True
-    await _until(lambda: backend.applied == ["a", "b", "c", "d"])
-    assert (counts.late, counts.dropped, len(writes)) == (3, 0, 0)
-    await writes.drain(1.0)
-
-
-async def test_writes_older_than_a_minute_or_past_the_bound_are_dropped_and_counted() -> None:
-    backend, counts = _Backend(), _Counts()
-    writes = PendingWrites(backend.send, counts.events(), retry_s=0.05, max_pending=3)
-    backend.up = False
-    for value in "abcd":  # the bound keeps the newest three
-        writes.add("s", "k", value)
-    assert counts.dropped == 1
-    backend.up = True
-    await _until(lambda: backend.applied == ["b", "c", "d"])
-
-    aged = PendingWrites(backend.send, counts.events(), retry_s=0.05, max_age_s=0.0)
-    backend.up, backend.applied = False, []
-    aged.add("s", "k", "old")
-    await _until(lambda: counts.dropped == 2)  # too old to matter: given up
-    backend.up = True
-    await aged.drain(1.0)
-    await writes.drain(1.0)
-    assert backend.applied == []
 
 
 async def test_a_settlement_whose_reply_was_lost_is_applied_once(prefix: str) -> None:
@@ -240,7 +166,11 @@ async def test_a_settlement_whose_reply_was_lost_is_applied_once(prefix: str) ->
     try:
         assert (await limiter.acquire("k", None, 60, 1)).allowed  # 1 s ahead
         limiter.settle("k", 60, 10)  # +10 s, once
-        await _until(lambda: len(lost) == 1 and not len(limiter._writes))
+
+        async def applied() -> bool:
+            return len(lost) == 1 and not len(limiter._writes)
+
+        await eventually_async(applied)
         with redis.Redis.from_url(REDIS_URL) as client:
             seconds, micros = client.time()
             ahead = (float(client.get(f"{prefix}k:t")) - (seconds * 1e6 + micros)) / 1e6
@@ -265,22 +195,3 @@ async def test_a_charge_held_past_its_buckets_expiry_lands_as_of_when_its_call_e
     finally:
         await limiter.aclose()
     assert 28 < ahead <= 31
-
-
-async def test_a_writer_ended_by_a_bug_is_started_again_by_the_next_write() -> None:
-    backend, counts = _Backend(), _Counts()
-    writes = PendingWrites(backend.send, counts.events(), retry_s=0.05)
-    send, failed = backend.send, list[list[Write]]()
-
-    async def fails_once(batch: list[Write]) -> bool:
-        if not failed:
-            failed.append(batch)
-            raise RuntimeError("a bug")
-        return await send(batch)
-
-    writes._send = fails_once
-    writes.add("s", "k", "a")
-    await _until(lambda: bool(failed))
-    writes.add("s", "k", "b")
-    await _until(lambda: backend.applied == ["a", "b"])
-    await writes.drain(1.0)

@@ -10,10 +10,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
-import pytest
 import yaml
 
-from server.telemetry.startup import describe_store
 from tests.balancer import free_ports
 from tests.servers import TandemProcess
 from tests.stores import pg_schema_url
@@ -108,31 +106,6 @@ def test_a_multi_host_postgresql_store_is_logged_without_its_user_or_password(
         assert password not in server.stderr()
         assert f"{parts.username}@" not in server.stderr()
         assert server.terminate() == 0
-
-
-@pytest.mark.parametrize(
-    ("url", "described"),
-    [
-        ("none", "none (no API keys, no usage ledger)"),
-        ("sqlite:////var/lib/tandem/tandem.db", "SQLite /var/lib/tandem/tandem.db"),
-        (
-            "postgresql://u:p@h1:5432,h2:5432/db",
-            "PostgreSQL postgresql://h1:5432,h2:5432/db",
-        ),
-        (
-            "postgres://token-as-user@[::1]:5432,[::2]:5433/db?search_path=s&password=pw",
-            "PostgreSQL postgres://[::1]:5432,[::2]:5433/db?search_path=s&password=***",
-        ),
-        (
-            "postgresql:///db?host=/run/postgresql&user=token-as-user",
-            "PostgreSQL postgresql:///db?host=/run/postgresql&user=***",
-        ),
-        ("postgresql://u:p@h]1/db", "PostgreSQL postgresql (details hidden)"),
-        ("postgresql://u:p@h1:bad/db", "PostgreSQL postgresql://h1:bad/db"),
-    ],
-)
-def test_a_store_is_described_without_secrets_and_without_raising(url: str, described: str) -> None:
-    assert describe_store(url) == described
 
 
 def test_with_workers_the_parent_says_it_once(tandem: Callable[..., TandemProcess]) -> None:

@@ -6,8 +6,6 @@ gateway is a real `tandem serve`, the key a real `tandem keys create`.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc, usage_pb2, usage_pb2_grpc
 
 from tests.rpc_status import details_of
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess, run_cli, start_tandem
 from tests.tcp_proxy import TcpProxy
 
 ADMIN_KEY = "unavailable-admin-key-0123456789"
@@ -34,14 +32,8 @@ INTERNALS = ("asyncpg", "postgres", "127.0.0.1", "Error", "Traceback", "Connecti
 
 
 def create_key(config: Path) -> str:
-    command = [sys.executable, "-m", "server.cli", "keys", "create", "--user", "u1", "--json"]
-    done = subprocess.run(
-        [*command, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=config.parent,
+    done = run_cli(
+        "keys", "create", "--user", "u1", "--json", "--config", config, cwd=config.parent
     )
     assert done.returncode == 0, done.stderr
     key: str = orjson.loads(done.stdout)["key"]

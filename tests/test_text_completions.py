@@ -5,15 +5,14 @@ streamed. Auth, limits, errors, cancellation and the ledger are in the parity ma
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
-from tests.servers import TandemProcess, start_tandem
+from tests.fake_upstream import FakeUpstream
+from tests.servers import TandemProcess
 
 CONFIG = """
 providers:
@@ -25,16 +24,6 @@ models:
 tiers:
   free: {default_model: echo}
 """
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TandemProcess]:
-    config = CONFIG % {"url": fake.base_url, "key": UPSTREAM_KEY}
-    process = start_tandem(tmp_path_factory.mktemp("completions"), config)
-    yield process
-    assert process.terminate() == 0, process.stderr()
 
 
 def test_a_text_completion_is_openais_text_completion(client: Any) -> None:

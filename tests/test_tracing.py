@@ -18,6 +18,7 @@ import orjson
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc, embeddings_pb2, embeddings_pb2_grpc
 
+from tests.eventually import eventually
 from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
 from tests.otlp_receiver import SPAN_KIND_SERVER, STATUS_CODE_ERROR, OtlpReceiver, ReceivedSpan
 from tests.servers import TandemProcess, start_tandem
@@ -503,9 +504,7 @@ def test_a_malformed_tracestate_is_warned_of_once_a_minute_and_cut(
     def warnings(stderr: str) -> list[str]:
         return [line for line in stderr.splitlines() if "w3c" in line]
 
-    deadline = time.monotonic() + 10
-    while not warnings(gateway.stderr()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: warnings(gateway.stderr()))
     (warning,) = [orjson.loads(line) for line in warnings(gateway.settled_stderr())]
     assert warning["level"] == "warning"
     assert "ZqZq" in warning["message"]  # the caller's text, cut

@@ -13,8 +13,6 @@ import pytest
 from google.protobuf.json_format import ParseDict
 from tandem.v1 import chat_pb2, chat_pb2_grpc, usage_pb2, usage_pb2_grpc
 
-from server.errors import InvalidRequestError
-from server.translate.usage import parse_usage_params
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess, start_tandem
 
@@ -169,14 +167,3 @@ async def test_a_nul_in_a_usage_filter_is_a_400_naming_it_on_both_doors(
     assert details.bad_request is not None
     assert [v.field for v in details.bad_request.field_violations] == [param]
     assert "Traceback" not in usage_gateway.settled_stderr()
-
-
-@pytest.mark.parametrize("param", ["model", "user"])
-def test_a_lone_surrogate_in_a_usage_filter_is_refused_before_it_becomes_a_proto(
-    param: str,
-) -> None:
-    # HTTP's query decoding replaces them and a gRPC client cannot encode one,
-    # so only a caller of the translator can pass one
-    with pytest.raises(InvalidRequestError) as caught:
-        parse_usage_params({param: "echo\ud800"})
-    assert caught.value.param == param

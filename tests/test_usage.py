@@ -21,7 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tandem.v1 import chat_pb2, chat_pb2_grpc, usage_pb2, usage_pb2_grpc
 
 from tests.fake_upstream import FakeUpstream
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess, start_tandem, usage_records
 from tests.stores import pg_schema_url
 
 SECRET = "u" * 40
@@ -99,16 +99,8 @@ def read_usage(
 
 
 def records_of(gateway: TandemProcess, user: str, count: int) -> list[dict[str, Any]]:
-    """The user's records once `count` are written (newest first); fails after 10 s."""
-    deadline = time.monotonic() + 10
-    while True:
-        response = read_usage(gateway, user=user, limit=1000)
-        assert response.status_code == 200, response.text
-        records: list[dict[str, Any]] = response.json()["records"]
-        if len(records) >= count or time.monotonic() > deadline:
-            assert len(records) == count, records
-            return records
-        time.sleep(0.05)
+    """The user's records once `count` are written (newest first)."""
+    return usage_records(gateway, count, ADMIN_KEY, user=user, limit=1000)
 
 
 def native_stream(gateway: TandemProcess, user: str, **fields: Any) -> list[str]:

@@ -3,10 +3,9 @@ writes, and PostgreSQL going away (through a proxy the test cuts) and coming bac
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -14,6 +13,7 @@ from server.context import new_id
 from server.store import Store, open_store
 from server.telemetry.metrics import Metrics
 from server.usage import UsageBatcher, UsageQuery, UsageRecord
+from tests.eventually import eventually_async
 from tests.tcp_proxy import TcpProxy
 
 
@@ -48,24 +48,35 @@ class Spy:
         self.batches.append(len(records))
 
 
-async def stored(store: Store, want: int, timeout_s: float = 5.0) -> int:
-    """How many records the store holds, once it is `want` (or the timeout passed)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+async def stored(store: Store, want: int) -> int:
+    """How many records the store holds, once it holds at least `want`."""
+
+    async def enough() -> int:
         count = (await store.query_usage(UsageQuery(limit=1))).totals.requests
-        if count >= want or time.monotonic() > deadline:
-            return count
-        await asyncio.sleep(0.02)
+        assert count >= want, f"{count} of {want} records stored"
+        return count
+
+    return await eventually_async(enough)
+
+
+def batching(spy: Spy, count: int, flush_interval_s: float, batch_size: int) -> UsageBatcher:
+    """A started batcher that writes to `spy`, handed `count` records."""
+    batcher = UsageBatcher(
+        spy,
+        flush_interval_s=flush_interval_s,
+        batch_size=batch_size,
+        max_pending=100,
+        metrics=Metrics(),
+    )
+    batcher.start()
+    for record in make_records(count):
+        batcher.record(record)
+    return batcher
 
 
 async def test_a_full_batch_is_written_without_waiting_for_the_interval(store: Store) -> None:
     spy = Spy(store)
-    batcher = UsageBatcher(
-        spy, flush_interval_s=60, batch_size=5, max_pending=100, metrics=Metrics()
-    )
-    batcher.start()
-    for record in make_records(12):
-        batcher.record(record)
+    batcher = batching(spy, 12, flush_interval_s=60, batch_size=5)
     assert await stored(store, 10) == 10
     assert spy.batches == [5, 5]
     assert len(batcher._pending) == 2
@@ -76,12 +87,7 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval(store: S
 
 async def test_a_partial_batch_is_written_after_the_interval(store: Store) -> None:
     spy = Spy(store)
-    batcher = UsageBatcher(
-        spy, flush_interval_s=0.5, batch_size=1000, max_pending=100, metrics=Metrics()
-    )
-    batcher.start()
-    for record in make_records(3):
-        batcher.record(record)
+    batcher = batching(spy, 3, flush_interval_s=0.5, batch_size=1000)
     assert (await store.query_usage(UsageQuery())).totals.requests == 0
     assert await stored(store, 3) == 3
     assert spy.batches == [3]
@@ -99,14 +105,6 @@ async def test_writing_a_batch_again_stores_each_record_once(store: Store) -> No
     assert sorted(r.id for r in page.records) == sorted(r.id for r in records)
     assert page.records == sorted(records, key=lambda r: r.created_at, reverse=True)
     assert page.totals.prompt_tokens == sum(range(6))
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if condition() or time.monotonic() > deadline:
-            return condition()
-        await asyncio.sleep(0.02)
 
 
 def _metric(metrics: Metrics, name: str) -> float:
@@ -142,7 +140,11 @@ async def test_beyond_max_pending_records_are_dropped_counted_and_logged(
         assert len(batcher._pending) == 20
         assert _metric(metrics, "tandem_usage_dropped_records_total") == 5
         assert _metric(metrics, "tandem_usage_pending_records") == 20
-        assert await eventually(lambda: "usage store unavailable" in caplog.text)
+
+        async def logged() -> bool:
+            return "usage store unavailable" in caplog.text
+
+        await eventually_async(logged)
         assert "dropping usage records" in caplog.text
         proxy.restore()
         await batcher.drain()

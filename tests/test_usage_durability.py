@@ -12,6 +12,7 @@ import httpx
 import orjson
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
+from tests.eventually import eventually_async
 from tests.servers import TandemProcess, start_tandem
 from tests.stores import count_records
 from tests.tcp_proxy import TcpProxy
@@ -37,12 +38,14 @@ def metric(gateway: TandemProcess, name: str) -> float:
 
 
 async def until_count(url: str, want: int, timeout_s: float = 15.0) -> int:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
+    """How many records the store holds, once it holds at least `want`."""
+
+    async def enough() -> int:
         count = await count_records(url)
-        if count >= want or asyncio.get_running_loop().time() > deadline:
-            return count
-        await asyncio.sleep(0.1)
+        assert count >= want, f"{count} of {want} records stored"
+        return count
+
+    return await eventually_async(enough, timeout_s, 0.1)
 
 
 async def chat(client: httpx.AsyncClient, channel: grpc.aio.Channel, i: int) -> None:
@@ -74,15 +77,18 @@ async def test_records_wait_out_a_store_outage_and_none_is_lost(
             # the request path never waits for the store: every call is answered
             await asyncio.gather(*(chat(client, channel, i) for i in range(30)))
             assert await asyncio.to_thread(metric, gateway, "tandem_usage_pending_records") == 30
-            await asyncio.sleep(1)  # several failed attempts
-            assert "usage store unavailable" in gateway.stderr()
+
+            async def failed() -> bool:  # an attempt failed, and said so
+                errors = await asyncio.to_thread(metric, gateway, "tandem_usage_write_errors_total")
+                return errors >= 1 and "usage store unavailable" in gateway.stderr()
+
+            await eventually_async(failed, what="a failed write")
             assert await count_records(direct) == 5
-            assert await asyncio.to_thread(metric, gateway, "tandem_usage_write_errors_total") >= 1
 
             proxy.restore()
             assert await until_count(direct, 35) == 35
             assert await asyncio.to_thread(metric, gateway, "tandem_usage_pending_records") == 0
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # settle: a record written twice would land by now
             assert await count_records(direct) == 35  # once each
     finally:
         assert await asyncio.to_thread(gateway.terminate) == 0

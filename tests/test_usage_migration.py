@@ -4,6 +4,7 @@ idempotently, even when replicas open it together."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -15,28 +16,15 @@ import httpx
 import jwt
 import pytest
 
+from server.store.ledger_sql import usage_schema
 from tests.servers import TandemProcess
 from tests.stores import pg_schema_url
 
-# The ledger exactly as version 7ed583c made it (server/store/ledger_sql.py, sqlite.py, postgres.py).
-OLD_LEDGER = """
-CREATE TABLE IF NOT EXISTS usage_records (
-    id TEXT PRIMARY KEY,
-    request_id TEXT NOT NULL,
-    "user" TEXT NOT NULL,
-    model TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    protocol TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    latency_ms {real} NOT NULL,
-    ttft_ms {real},
-    created_at {time} NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (created_at);
-CREATE INDEX IF NOT EXISTS usage_records_by_user ON usage_records ("user", created_at);
-"""
+# The ledger exactly as version 7ed583c made it: `usage_schema` is the table as first made
+# (columns added since are ADDED_COLUMNS), held to that version's text by its digest.
+OLD_LEDGER_SHA256 = "9051e41cc2e61cf94e0cd26c2fd8e8044f26d0be5044c4da0be0d10939b84aea"
+SQLITE_TYPES = {"real": "REAL", "time": "INTEGER"}
+POSTGRES_TYPES = {"real": "DOUBLE PRECISION", "time": "TIMESTAMPTZ"}
 # two rows as that version wrote them: an admin-key call and a JWT user's
 OLD_ROWS = [
     ("old-admin", "r1", "admin", "echo", "demo", "openai", 2, 2, "ok", 1.5, None),
@@ -55,6 +43,9 @@ ALTER TABLE usage_records ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0
 # a row as that version wrote it: a JWT user's call that read 3 prompt tokens from a cache
 PREVIOUS_ROW = ("prev-alice", "r3", "alice", "echo", "demo", "anthropic", 9, 4, "ok", 3.5, None)
 PREVIOUS_ROW_TAIL = ("upstream", "user", 3, 1)  # usage_source, caller_kind, cached, reasoning
+OLD = ("", [(*row, OLD_TIME_US) for row in OLD_ROWS])
+PREVIOUS = (PREVIOUS_COLUMNS, [(*PREVIOUS_ROW, OLD_TIME_US, *PREVIOUS_ROW_TAIL)])
+Ledger = tuple[str, list[tuple[Any, ...]]]  # the columns added to the first table, its rows
 
 SECRET = "m" * 40
 ADMIN_KEY = "migration-admin-key-0123456789"
@@ -70,87 +61,58 @@ usage: {{store: "%(store)s", flush_interval_ms: 20}}
 """
 
 
-def make_old_sqlite(path: Path) -> str:
+def test_the_first_ledger_is_still_the_one_7ed583c_made() -> None:
+    schema = usage_schema(real="{real}", time="{time}")
+    assert hashlib.sha256(schema.encode()).hexdigest() == OLD_LEDGER_SHA256
+
+
+def make_sqlite(path: Path, ledger: Ledger) -> str:
+    added, rows = ledger
     with sqlite3.connect(path) as db:
-        db.executescript(OLD_LEDGER.format(real="REAL", time="INTEGER"))
-        db.executemany(
-            "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*row, OLD_TIME_US) for row in OLD_ROWS],
-        )
+        db.executescript(usage_schema(**SQLITE_TYPES) + added)
+        marks = ", ".join("?" * len(rows[0]))
+        db.executemany(f"INSERT INTO usage_records VALUES ({marks})", rows)
     return f"sqlite:///{path}"
 
 
-def make_old_postgres(url: str) -> None:
+def make_postgres(url: str, ledger: Ledger) -> None:
+    added, rows = ledger
     schema = url.rpartition("search_path=")[2]
+    marks = [f"${n}" for n in range(1, len(rows[0]) + 1)]
+    marks[11] = f"to_timestamp({marks[11]})"  # created_at, in seconds
+    in_seconds = [(*row[:11], row[11] / 1e6, *row[12:]) for row in rows]
 
     async def make() -> None:
         connection = await asyncpg.connect(url.partition("?")[0])
         try:
             await connection.execute(f'CREATE SCHEMA "{schema}"')
             await connection.execute(f'SET search_path = "{schema}"')
-            await connection.execute(OLD_LEDGER.format(real="DOUBLE PRECISION", time="TIMESTAMPTZ"))
-            await connection.executemany(
-                "INSERT INTO usage_records VALUES "
-                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, to_timestamp($12))",
-                [(*row, OLD_TIME_US / 1e6) for row in OLD_ROWS],
-            )
+            await connection.execute(usage_schema(**POSTGRES_TYPES) + added)
+            insert = f"INSERT INTO usage_records VALUES ({', '.join(marks)})"
+            await connection.executemany(insert, in_seconds)
         finally:
             await connection.close()
 
     asyncio.run(make())
 
 
-def make_previous_sqlite(path: Path) -> str:
-    with sqlite3.connect(path) as db:
-        db.executescript(OLD_LEDGER.format(real="REAL", time="INTEGER") + PREVIOUS_COLUMNS)
-        db.execute(
-            f"INSERT INTO usage_records VALUES ({', '.join('?' * 16)})",
-            (*PREVIOUS_ROW, OLD_TIME_US, *PREVIOUS_ROW_TAIL),
-        )
-    return f"sqlite:///{path}"
-
-
-def make_previous_postgres(url: str) -> None:
-    schema = url.rpartition("search_path=")[2]
-
-    async def make() -> None:
-        connection = await asyncpg.connect(url.partition("?")[0])
-        try:
-            await connection.execute(f'CREATE SCHEMA "{schema}"')
-            await connection.execute(f'SET search_path = "{schema}"')
-            ledger = OLD_LEDGER.format(real="DOUBLE PRECISION", time="TIMESTAMPTZ")
-            await connection.execute(ledger + PREVIOUS_COLUMNS)
-            await connection.execute(
-                "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
-                "$11, to_timestamp($12), $13, $14, $15, $16)",
-                *PREVIOUS_ROW,
-                OLD_TIME_US / 1e6,
-                *PREVIOUS_ROW_TAIL,
-            )
-        finally:
-            await connection.close()
-
-    asyncio.run(make())
+def made_store(kind: str, path: Path, ledger: Ledger) -> Iterator[str]:
+    if kind == "sqlite":
+        yield make_sqlite(path, ledger)
+    else:
+        with pg_schema_url() as url:
+            make_postgres(url, ledger)
+            yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def previous_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield make_previous_sqlite(tmp_path / "previous.db")
-    else:
-        with pg_schema_url() as url:
-            make_previous_postgres(url)
-            yield url
+    yield from made_store(request.param, tmp_path / "previous.db", PREVIOUS)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def old_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield make_old_sqlite(tmp_path / "old.db")
-    else:
-        with pg_schema_url() as url:
-            make_old_postgres(url)
-            yield url
+    yield from made_store(request.param, tmp_path / "old.db", OLD)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -257,8 +219,8 @@ def test_replicas_opening_a_previous_ledger_together_all_gain_the_column(tmp_pat
             await asyncio.gather(*(store.aclose() for store in stores))
 
     for round_ in range(3):
-        path = make_previous_sqlite(tmp_path / f"together-{round_}.db").removeprefix("sqlite:///")
+        path = make_sqlite(tmp_path / f"together-{round_}.db", PREVIOUS).removeprefix("sqlite:///")
         asyncio.run(open_three([SqliteStore(path) for _ in range(3)]))
         with pg_schema_url() as url:
-            make_previous_postgres(url)
+            make_postgres(url, PREVIOUS)
             asyncio.run(open_three([PostgresStore(url) for _ in range(3)]))

@@ -6,12 +6,12 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
+from tests.eventually import eventually
 from tests.servers import TandemProcess, children_of, serve_command
 
 CONFIG = """
@@ -90,7 +90,4 @@ def test_workers_die_with_their_parent(tandem: Callable[..., TandemProcess]) -> 
     workers = children_of(server.proc.pid)
     server.proc.kill()
     server.proc.wait()
-    deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    eventually(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 30)

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
-from server.config import ServerConfig
+from tests.eventually import eventually, eventually_async
 from tests.fake_upstream import FakeUpstream
 from tests.servers import TandemProcess, start_tandem
 
@@ -90,15 +90,6 @@ def _closed(sock: socket.socket) -> bool:
     return state not in (TCP_ESTABLISHED, TCP_CLOSE_WAIT)
 
 
-def _eventually(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_S
-    while not (found := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"never: {what}")
-        time.sleep(0.05)
-    return found
-
-
 def _access_line(server: TandemProcess, request_id: str) -> dict[str, Any] | None:
     for line in server.stderr().splitlines():
         if line[:1] == "{" and request_id in line:
@@ -120,10 +111,6 @@ def _rss_bytes(pid: int) -> int:
     return int(match.group(1)) * 1024
 
 
-def test_write_timeout_has_its_documented_default() -> None:
-    assert ServerConfig().write_timeout_s == 30
-
-
 def test_streams_nobody_reads_are_closed_and_charged_cancelled(
     gateway: TandemProcess, fake: FakeUpstream
 ) -> None:
@@ -136,7 +123,9 @@ def test_streams_nobody_reads_are_closed_and_charged_cancelled(
         for sock, request_id in zip(socks, ids, strict=True):
             sock.sendall(_stream_request(request_id))
         for request_id in ids:  # reported once the server gave up on it
-            line = _eventually(partial(_access_line, gateway, request_id), "an access line")
+            line = eventually(
+                partial(_access_line, gateway, request_id), WAIT_S, what="an access line"
+            )
             assert line["status"] == 499  # the client is as good as gone
         for sock in socks:  # and the connection is closed, most of the answer never sent
             assert len(_read_to_end(sock)) < FLOOD_MIB * 1024 * 1024 // 2
@@ -144,8 +133,15 @@ def test_streams_nobody_reads_are_closed_and_charged_cancelled(
         for sock in socks:
             sock.close()
     for request_id in ids:
-        assert _eventually(partial(_ledger_status, gateway, request_id), "a record") == "cancelled"
-    _eventually(lambda: len(fake.gone) >= gone_before + len(ids), "the upstream calls cancelled")
+        assert (
+            eventually(partial(_ledger_status, gateway, request_id), WAIT_S, what="a record")
+            == "cancelled"
+        )
+    eventually(
+        lambda: len(fake.gone) >= gone_before + len(ids),
+        WAIT_S,
+        what="the upstream calls cancelled",
+    )
 
 
 def test_a_whole_answer_nobody_reads_is_closed(gateway: TandemProcess, fake: FakeUpstream) -> None:
@@ -153,7 +149,7 @@ def test_a_whole_answer_nobody_reads_is_closed(gateway: TandemProcess, fake: Fak
     fake.reset(f"flood:{FLOOD_MIB}")
     with _connect(gateway, rcvbuf=4096) as sock:
         sock.sendall(_stream_request(f"whole-{time.monotonic_ns()}", stream=False))
-        _eventually(partial(_closed, sock), "the connection closed")
+        eventually(partial(_closed, sock), WAIT_S, what="the connection closed")
         assert len(_read_to_end(sock)) < FLOOD_MIB * 1024 * 1024 // 2
 
 
@@ -174,7 +170,7 @@ def test_a_slow_steady_reader_gets_the_whole_answer(
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert answer.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
     assert answer.count(b"x" * 8191) == 8 * 128  # every word of the 8 MiB
-    assert _eventually(partial(_ledger_status, gateway, request_id), "a record") == "ok"
+    assert eventually(partial(_ledger_status, gateway, request_id), WAIT_S, what="a record") == "ok"
 
 
 def test_stuck_streams_hold_little_memory(
@@ -196,7 +192,9 @@ def test_stuck_streams_hold_little_memory(
     try:
         for i, sock in enumerate(socks):
             sock.sendall(_stream_request(f"held-{i}"))
-        _eventually(lambda: len(fake.requests) >= requests_before + 20, "20 upstream calls")
+        eventually(
+            lambda: len(fake.requests) >= requests_before + 20, WAIT_S, what="20 upstream calls"
+        )
         peak = 0
         for _ in range(40):  # polled for a while: memory does not creep up either
             peak = max(peak, _rss_bytes(server.proc.pid) - rss_before)
@@ -250,16 +248,17 @@ def test_a_grpc_stream_nobody_reads_is_ended_and_charged_cancelled(
             )
             call = stub.StreamChatCompletion(request, metadata=(("x-request-id", request_id),))
             try:
-                deadline = time.monotonic() + WAIT_S
-                while _ledger_status(gateway, request_id) is None:  # nothing read meanwhile
-                    assert time.monotonic() < deadline, "the stuck call was never ended"
-                    await asyncio.sleep(0.1)
+
+                async def ended() -> str | None:
+                    return _ledger_status(gateway, request_id)  # nothing read meanwhile
+
+                await eventually_async(ended, WAIT_S, what="the stuck call ended")
             finally:
                 call.cancel()
 
     asyncio.run(never_read())
     assert _ledger_status(gateway, request_id) == "cancelled"
-    _eventually(lambda: len(fake.gone) > gone_before, "the upstream call cancelled")
-    line = _eventually(partial(_access_line, gateway, request_id), "an access line")
+    eventually(lambda: len(fake.gone) > gone_before, WAIT_S, what="the upstream call cancelled")
+    line = eventually(partial(_access_line, gateway, request_id), WAIT_S, what="an access line")
     assert line["status"] == "CANCELLED"  # as the HTTP door's 499: the client is as good as gone
     assert "Traceback" not in gateway.stderr()

@@ -18,7 +18,7 @@ names, and in them the same jobs under the same names (as Envoy AI Gateway's
 A dialect that lacks a job lacks its name (Anthropic has no embeddings; Ollama's
 whole answer is its stream's one line, read by its `StreamDecoder`). Each module
 states its conformance at its end (`_: ChatParser = parse_chat`), so mypy checks it,
-and tests/test_translate_protocols.py checks that no module or name is missing. At
+and tests/unit/translate/test_protocols.py checks that no module or name is missing. At
 run time a protocol is only a name: no call goes through one. A job's dialect knobs
 (OpenAI's `strict`, Anthropic's `max_tokens_default`) are keywords after the
 protocol's own parameters, with a default where the dialect has one. The encoders

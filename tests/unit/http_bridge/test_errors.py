@@ -10,42 +10,19 @@ routing paths: FastAPI's own (`GET /v1/models`) and the hot-path table
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
-from typing import cast
 
 import httpx
 import pytest
-from tandem.v1 import chat_pb2, models_pb2
+from tandem.v1 import models_pb2
 
 from http_bridge.app import create_app
-from server.config import load_config
 from server.context import CallContext
 from server.core.dataplane import DataPlane
-from server.core.routing import Router
-from server.policy import Policy
-from server.providers import Provider
-from server.usage import NullRecorder
+from tests.in_process import SECRET, BrokenProvider, plane_over
 
-SECRET = "secret detail at https://upstream.invalid/?key=sk-123"
 INTERNAL_ERROR = {
     "error": {"message": "internal error", "type": "internal_error", "code": None, "param": None}
 }
-
-
-class _BrokenProvider:
-    name = kind = "mock"
-    max_retries = 0
-
-    def stream(
-        self, *args: object, **kwargs: object
-    ) -> AsyncGenerator[list[chat_pb2.ChatCompletionChunk], None]:
-        raise RuntimeError(SECRET)
-
-    async def embed(self, *args: object) -> object:
-        raise RuntimeError(SECRET)
-
-    async def aclose(self) -> None:
-        return None
 
 
 class _BuggyPlane(DataPlane):
@@ -56,12 +33,8 @@ class _BuggyPlane(DataPlane):
 async def test_a_bug_is_the_contracts_500_on_both_routing_paths(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    config = load_config(None, environ={})
-    policy = Policy(config)
-    plane = _BuggyPlane(
-        Router(config, {"mock": cast(Provider, _BrokenProvider())}), policy, NullRecorder()
-    )
-    app = create_app(plane, policy, max_body_bytes=1 << 20)
+    plane = plane_over(BrokenProvider(), plane=_BuggyPlane)
+    app = create_app(plane, plane.policy, max_body_bytes=1 << 20)
     chat = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://tandem"
