@@ -3,7 +3,7 @@
 HTTP is proxied with kept-alive upstream connections and no buffering (SSE),
 gRPC with `grpc_pass`. nginx's idle timeout for upstream connections is
 shorter than the replicas' `shutdown_delay_s`, so no connection it keeps idle
-lives on into a replica's drain (see README, "Running more than one").
+lives on into a replica's drain (see docs/operations.md, "Running more than one").
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def _ollama(entry: ProviderConfig, config: Config) -> Provider:
     return OllamaProvider(entry)
 
 
-# how each kind of `ProviderKind` (server/config.py) is built; each kind's module (and
+# how each kind of `ProviderKind` (server/config/) is built; each kind's module (and
 # aiohttp, for the HTTP kinds) is imported only when configured
 KINDS: dict[ProviderKind, Callable[[ProviderConfig, Config], Provider]] = {
     "mock": _mock,
