@@ -159,8 +159,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # CPython's 30 shared keys, past which every attribute access in uvicorn's
     # code gets slower (measured: +4% instructions per request in the protocol).
     __slots__ = (
+        "_answered",
         "_body_timeout_s",
         "_deadline",
+        "_draining",
         "_header_bytes",
         "_header_timeout_s",
         "_in_head",
@@ -193,6 +195,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True  # the bytes arriving belong to a request's head
         self._header_bytes = 0
         self._deadline = 0.0  # of the head or the body being read; 0: none
+        self._answered = False  # an answer went out on it: a new one is not a balancer's
+        self._draining = False  # kept open by the drain for one request, then closed
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # when the timer fires; inf: no timer
         self._write_timer: asyncio.TimerHandle | None = None  # armed while bytes wait
@@ -262,6 +266,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         HttpToolsProtocol.on_response_complete(self)
+        self._answered = True
+        if self._draining:
+            self.transport.close()
         if self.transport.get_write_buffer_size():  # an answer's end waits to be written
             self._watch_writes()
 
@@ -299,6 +306,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._write_timer = self.loop.call_later(
             self.limits.write_timeout_s / WRITE_CHECKS, self._check_writes
         )
+
+    def shutdown(self) -> None:
+        """The drain begins. uvicorn closes at once every connection with no request in
+        its app; but a balancer sends its request the moment its connection opens, and
+        one that nginx sent, or began to send, on a connection closed under it comes
+        back as nginx's 502 (a POST sent is never sent twice). So a connection that
+        never had an answer, or whose next head has begun, keeps its head's deadline
+        (`header_timeout_s`, from now if no byte came yet): its request is served, with
+        `connection: close` (the replica is not ready), and the connection closes after
+        it, or at the deadline.
+        An idle kept-alive connection closes at once, as in uvicorn."""
+        if self.cycle is None and (self._header_bytes or not self._answered):
+            self._draining = True
+            if not self._header_bytes:
+                self._deadline = self.loop.time() + self._header_timeout_s
+                self._arm(self._deadline)
+            return
+        HttpToolsProtocol.shutdown(self)
 
     def cut_by_drain(self) -> None:
         """The shutdown grace is over: abort the connection; an answer still going

@@ -20,6 +20,7 @@ import contextlib
 import gc
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -83,10 +84,44 @@ class HttpServer(uvicorn.Server):
         self._drain.start(self._grace_s)
         loop = asyncio.get_running_loop()
         cut = loop.call_later(self._drain.remaining_s(), self._cut_connections)
+        # the listeners close now, with what waits in their queues taken first, so
+        # that closing them resets no connection a balancer sent a request on
+        waiting = self._take_waiting_connections()
+        for server in self.servers:
+            server.close()
         try:
+            for conn in waiting:  # served like the others the drain finds before a request
+                await self._adopt(conn)
             await super().shutdown(sockets)
         finally:
             cut.cancel()
+
+    def _take_waiting_connections(self) -> list[socket.socket]:
+        """The connections the kernel completed that the loop has not accepted yet:
+        closing a listener would reset them."""
+        taken: list[socket.socket] = []
+        for server in self.servers:
+            for listener in server.sockets:
+                with socket.socket(fileno=os.dup(listener.fileno())) as own:
+                    own.setblocking(False)
+                    while True:
+                        try:
+                            conn, _ = own.accept()
+                        except OSError:  # BlockingIOError: none left
+                            break
+                        conn.setblocking(False)
+                        taken.append(conn)
+        return taken
+
+    async def _adopt(self, conn: socket.socket) -> None:
+        """`conn` served as uvicorn serves what it accepts (its `create_protocol`)."""
+        config = self.config
+        await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            ),
+            conn,
+        )
 
     def _cut_connections(self) -> None:
         for connection in list(self.server_state.connections):

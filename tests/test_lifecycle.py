@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -177,3 +178,53 @@ def test_a_taken_port_fails_the_start_with_one_line(
         start_tandem(first.stderr_path.parent, args=["--grpc", first.grpc, "--http", "127.0.0.1:0"])
     with pytest.raises(RuntimeError, match=r"cannot listen for HTTP on 127\.0\.0\.1:\d+: Address"):
         start_tandem(first.stderr_path.parent, args=["--grpc", "127.0.0.1:0", "--http", first.http])
+
+
+def _refused(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def _answer(conn: socket.socket) -> bytes:
+    """Everything until the server closes the connection."""
+    conn.settimeout(20)
+    parts = []
+    while chunk := conn.recv(65536):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def test_the_drain_serves_a_request_a_balancer_sent_as_its_connection_opened(
+    tandem: Callable[..., TandemProcess],
+) -> None:
+    """uvicorn closes, as its drain begins, every connection with no request in its app:
+    one just opened (a balancer sends at once) and one whose head is half read. Each
+    would come back as the balancer's 502; here each is served, and then closed."""
+    server = tandem(SLOW % {"delay": 0, "chunk_delay": 0})
+    body = b'{"model": "echo", "messages": [{"role": "user", "content": "still here"}]}'
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: tandem\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+    )
+    host, port = server.http.rsplit(":", 1)
+    fresh = socket.create_connection((host, int(port)))
+    begun = socket.create_connection((host, int(port)))
+    try:
+        begun.sendall(head[:20])
+        server.proc.send_signal(15)
+        # the listener closes in the same step as uvicorn's drain reaches each connection
+        await eventually_async(lambda: asyncio.to_thread(_refused, server.http))
+        for conn, rest in ((fresh, head + body), (begun, head[20:] + body)):
+            conn.sendall(rest)
+            answer = await asyncio.to_thread(_answer, conn)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+            assert b"\r\nconnection: close\r\n" in answer.lower()
+            assert b"still here" in answer
+    finally:
+        fresh.close()
+        begun.close()
+    assert await asyncio.to_thread(server.proc.wait, 30) == 0
