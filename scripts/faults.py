@@ -305,10 +305,11 @@ class _Clock:
 
 @dataclass
 class _Probe:
-    """The probe key, and what its streams got wrong."""
+    """The probe key, its streams' request ids' prefix, and what its streams got wrong."""
 
     id: str
     key: str
+    run: str
     failures: list[str] = field(default_factory=list)
 
 
@@ -321,9 +322,10 @@ class _Ran:
     debt: float  # the probe's Redis bucket, read
     probe: _Probe
     peak_rss: float
-    exit_code: int
-    records: list[tuple[str, str]]
-    charged: int  # the probe's tokens in the ledger
+    # read once the server has stopped
+    exit_code: int = -1
+    records: list[tuple[str, str]] = field(default_factory=list)
+    charged: int = 0  # the probe's tokens in the ledger
 
 
 def _run(args: argparse.Namespace, run: str, work: Path) -> _Ran:
@@ -345,7 +347,7 @@ def _run(args: argparse.Namespace, run: str, work: Path) -> _Ran:
             }
         )
         keys = [kit.create_key(kit.python(), config, f"cached{i}", "free")[1] for i in range(4)]
-        probe = _Probe(*kit.create_key(kit.python(), config, "probe", "probe"))
+        probe = _Probe(*kit.create_key(kit.python(), config, "probe", "probe"), run=run)
         with kit.serve(config, core=server_core, log=work / "tandem.log") as server:
             for key in keys:  # looked up once now: cached from here on
                 httpx.get(f"{server.base}/v1/models", headers={"authorization": f"Bearer {key}"})
@@ -386,11 +388,11 @@ def _under_load(
     ):
         clock = _Clock()
         pending = pool.apply_async(_client, (job,))
-        debt = _play_faults(args, clock, phase, stores, probe, base=server.base, run=job[2])
+        debt = _play_faults(args, clock, phase, stores, probe, base=server.base)
         tally: Tally = pending.get()
         print(f"  {time.monotonic() - clock.started:4.0f} s: load done", flush=True)
         sampler.take()
-    return _Ran(tally, clock.marks, debt, probe, sampler.peak_rss(), -1, [], 0)
+    return _Ran(tally, clock.marks, debt, probe, sampler.peak_rss())
 
 
 def _play_faults(
@@ -401,7 +403,6 @@ def _play_faults(
     probe: _Probe,
     *,
     base: str,
-    run: str,
 ) -> float:
     """The timeline: probe streams, Redis down and back, PostgreSQL down and back; the
     probe's Redis bucket as read after Redis came back."""
@@ -409,7 +410,7 @@ def _play_faults(
     step, outage = args.settle_s, args.outage_s
     clock.at(step - 2, "probe streams start")
     probes = [
-        threading.Thread(target=_probe, args=(base, probe.key, run, i, probe.failures))
+        threading.Thread(target=_probe, args=(base, probe.key, probe.run, i, probe.failures))
         for i in range(PROBE_STREAMS)
     ]
     for thread in probes:
