@@ -376,86 +376,105 @@ def _grpc_load(
 def rows_started(args: argparse.Namespace, procs: Processes) -> Iterator[list[Row]]:
     work = Path(tempfile.mkdtemp(prefix="tandem-bench-"))
     schema = f"tandem_bench_{os.getpid()}"
-    python = sys.executable
-    rows: list[Row] = []
     try:
-        up, up_address, _ = procs.start(
-            [python, str(SCRIPTS / "nginx_upstream.py"), str(args.words)], core=procs.client_core
-        )
-        upstream = up_address["http"]
-        rows.append(Row("upstream", up_address, up.pid, http_path=UPSTREAM_PATHS.__getitem__))
-        base = f"http://{upstream}"
-        bare, address, ready = procs.start(
-            [python, str(SCRIPTS / "bare_proxy.py"), f"{base}/v1", f"{base}/sse/v1"],
-            core=procs.server_core,
-        )
-        rows.append(Row("bare proxy", address, bare.pid, ready_s=ready))
-
-        def tandem(
-            name: str, extra: str, *, serve: list[str] | None = None, checkout: Path = ROOT
-        ) -> None:
-            config = work / f"{len(rows)}.yaml"
-            config.write_text(BASE_CONFIG % {"upstream": upstream} + extra)
-            authorization = None
-            tandem_python = python if checkout == ROOT else str(checkout / ".venv/bin/python")
-            if "required: true" in extra:
-                created = subprocess.run(
-                    [
-                        *(tandem_python, "-m", "server.cli", "keys", "create", "--user", "bench"),
-                        *("--config", str(config), "--json"),
-                    ],
-                    capture_output=True,
-                    check=True,
-                    cwd=checkout,
-                )
-                authorization = "Bearer " + orjson.loads(created.stdout)["key"]
-            command = serve or [tandem_python, "-m", "server.cli", "serve"]
-            command += ["--config", str(config), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
-            proc, address, ready = procs.start(command, core=procs.server_core, cwd=checkout)
-            rows.append(Row(name, address, proc.pid, authorization, ready_s=ready))
-
-        def on(usage: str = "", limits: str = "{backend: memory}") -> str:
-            return ON_CONFIG % {
-                "usage": usage or f"sqlite:///{work / f'usage{len(rows)}.db'}",
-                "limits": limits,
-            }
-
-        tandem("tandem (all off)", OFF_CONFIG)
-        tandem("tandem", on())
-        if not args.no_tracing:
-            _, sink, _ = procs.start(
-                [python, str(SCRIPTS / "otlp_sink.py")], core=procs.client_core
-            )
-            tandem(
-                "tandem + tracing",
-                on() + f'telemetry: {{otlp_endpoint: "http://{sink["grpc"]}"}}\n',
-            )
-        also = set(filter(None, args.also.split(",")))
-        if "redis" in also:
-            limits = f'{{backend: redis, url: "{args.redis}", prefix: "bench:{os.getpid()}:"}}'
-            tandem("tandem, Redis limits", on(limits=limits))
-        if "postgres" in also:
-            separator = "&" if "?" in args.postgres else "?"
-            tandem(
-                "tandem, PostgreSQL ledger",
-                on(usage=f"{args.postgres}{separator}search_path={schema}"),
-            )
-        if "unguarded" in also:
-            tandem(
-                "tandem, unguarded",
-                on(),
-                serve=[python, str(SCRIPTS / "serve_unguarded.py"), "serve"],
-            )
-        if args.before is not None:
-            tandem(f"tandem at {args.before.name}", on(), checkout=args.before.resolve())
+        lineup = _Lineup(procs, work)
+        lineup.upstream_and_bare(args.words)
+        _tandem_rows(args, lineup, schema)
         if args.litellm:
-            rows.append(_litellm(args, procs, work, upstream))
-        yield rows
+            lineup.rows.append(_litellm(args, procs, work, lineup.upstream))
+        yield lineup.rows
     finally:
         procs.stop_all()
         if "postgres" in args.also:
             asyncio.run(_drop_schema(args.postgres, schema))
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _tandem_rows(args: argparse.Namespace, lineup: _Lineup, schema: str) -> None:
+    """The `tandem` rows: all off, on, with tracing, and those `--also` and `--before` ask."""
+    python, procs, on = sys.executable, lineup.procs, lineup.on
+    lineup.tandem("tandem (all off)", OFF_CONFIG)
+    lineup.tandem("tandem", on())
+    if not args.no_tracing:
+        _, sink, _ = procs.start([python, str(SCRIPTS / "otlp_sink.py")], core=procs.client_core)
+        lineup.tandem(
+            "tandem + tracing",
+            on() + f'telemetry: {{otlp_endpoint: "http://{sink["grpc"]}"}}\n',
+        )
+    also = set(filter(None, args.also.split(",")))
+    if "redis" in also:
+        limits = f'{{backend: redis, url: "{args.redis}", prefix: "bench:{os.getpid()}:"}}'
+        lineup.tandem("tandem, Redis limits", on(limits=limits))
+    if "postgres" in also:
+        separator = "&" if "?" in args.postgres else "?"
+        lineup.tandem(
+            "tandem, PostgreSQL ledger",
+            on(usage=f"{args.postgres}{separator}search_path={schema}"),
+        )
+    if "unguarded" in also:
+        lineup.tandem(
+            "tandem, unguarded",
+            on(),
+            serve=[python, str(SCRIPTS / "serve_unguarded.py"), "serve"],
+        )
+    if args.before is not None:
+        lineup.tandem(f"tandem at {args.before.name}", on(), checkout=args.before.resolve())
+
+
+@dataclass
+class _Lineup:
+    """The rows as their servers start, each on the bench's cores, configs in `work`."""
+
+    procs: Processes
+    work: Path
+    rows: list[Row] = field(default_factory=list)
+    upstream: str = ""  # HOST:PORT of the nginx upstream
+
+    def upstream_and_bare(self, words: int) -> None:
+        python, procs = sys.executable, self.procs
+        up, up_address, _ = procs.start(
+            [python, str(SCRIPTS / "nginx_upstream.py"), str(words)], core=procs.client_core
+        )
+        self.upstream = up_address["http"]
+        self.rows.append(Row("upstream", up_address, up.pid, http_path=UPSTREAM_PATHS.__getitem__))
+        base = f"http://{self.upstream}"
+        bare, address, ready = procs.start(
+            [python, str(SCRIPTS / "bare_proxy.py"), f"{base}/v1", f"{base}/sse/v1"],
+            core=procs.server_core,
+        )
+        self.rows.append(Row("bare proxy", address, bare.pid, ready_s=ready))
+
+    def tandem(
+        self, name: str, extra: str, *, serve: list[str] | None = None, checkout: Path = ROOT
+    ) -> None:
+        """A `tandem serve` row on the base config plus `extra` (a key made if auth is on)."""
+        config = self.work / f"{len(self.rows)}.yaml"
+        config.write_text(BASE_CONFIG % {"upstream": self.upstream} + extra)
+        authorization = None
+        python = sys.executable
+        tandem_python = python if checkout == ROOT else str(checkout / ".venv/bin/python")
+        if "required: true" in extra:
+            created = subprocess.run(
+                [
+                    *(tandem_python, "-m", "server.cli", "keys", "create", "--user", "bench"),
+                    *("--config", str(config), "--json"),
+                ],
+                capture_output=True,
+                check=True,
+                cwd=checkout,
+            )
+            authorization = "Bearer " + orjson.loads(created.stdout)["key"]
+        command = serve or [tandem_python, "-m", "server.cli", "serve"]
+        command += ["--config", str(config), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
+        proc, address, ready = self.procs.start(command, core=self.procs.server_core, cwd=checkout)
+        self.rows.append(Row(name, address, proc.pid, authorization, ready_s=ready))
+
+    def on(self, usage: str = "", limits: str = "{backend: memory}") -> str:
+        """ON_CONFIG: a SQLite ledger of the row's own unless `usage`, and `limits`."""
+        return ON_CONFIG % {
+            "usage": usage or f"sqlite:///{self.work / f'usage{len(self.rows)}.db'}",
+            "limits": limits,
+        }
 
 
 def _litellm(args: argparse.Namespace, procs: Processes, work: Path, upstream: str) -> Row:

@@ -34,29 +34,19 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 import asyncpg
 import httpx
 import redis
+import scale_kit as kit
 import uvloop
 from doors import Tally, Traffic, served
-from scale_kit import (
-    SCRIPTS,
-    Sampler,
-    Server,
-    compare_ledger,
-    cores,
-    create_key,
-    ledger,
-    python,
-    shared_counter,
-    start_load_process,
-    verdict,
-    wait_ready,
-)
 
 PHASES = ("warm-up", "Redis down", "Redis back", "PostgreSQL down", "PostgreSQL back")
 PROBE_TPM = 600  # tokens a minute: the probe's bucket refills 10 tokens a second
@@ -208,10 +198,14 @@ async def _fresh_keys(dsn: str, count: int) -> list[str]:
 
 
 def _current_phase() -> str:
-    return PHASES[shared_counter().value]
+    return PHASES[kit.shared_counter().value]
 
 
-def _client(job: tuple[str, str, str, list[str], list[str], int, int, float]) -> Tally:
+# the load's work: (base, gRPC target, run, keys, fresh keys, fresh every, concurrency, s)
+_Job = tuple[str, str, str, list[str], list[str], int, int, float]
+
+
+def _client(job: _Job) -> Tally:
     base, grpc_target, run, keys, fresh, fresh_every, concurrency, seconds = job
     doors, _ = served(base)
     traffic = Traffic(
@@ -268,31 +262,80 @@ async def _charged(dsn: str, prefix: str) -> int:
         await connection.close()
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--outage-s", type=float, default=10.0, help="each store's time down")
     parser.add_argument("--settle-s", type=float, default=10.0, help="time between the phases")
     parser.add_argument("--fresh-every", type=int, default=97, help="a never-seen key every N")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
-    args = parser.parse_args()
-    server_core, client_core = cores()
-    work = Path(tempfile.mkdtemp(prefix="tandem-faults-"))
-    run = f"faults-{os.getpid()}-"
-    stores_folder = Path(tempfile.mkdtemp(prefix="tandem-faults-stores-"))
-    redis_server = RedisServer(stores_folder)
-    postgres = PostgresServer(stores_folder)
-    server = upstream = None
-    context = multiprocessing.get_context("spawn")
-    phase: Synchronized[int] = context.Value("i", 0)
-    timeline: dict[str, float] = {}
-    probe_failures: list[str] = []
+    return parser.parse_args()
+
+
+@contextmanager
+def _stores() -> Iterator[tuple[RedisServer, PostgresServer]]:
+    """Redis and PostgreSQL of their own, started; stopped and their files removed after."""
+    folder = Path(tempfile.mkdtemp(prefix="tandem-faults-stores-"))
+    redis_server = RedisServer(folder)
     try:
-        redis_server.start()
-        postgres.start()
-        upstream = Server.start(
-            [python(), str(SCRIPTS / "drip_upstream.py")], core=client_core, log=work / "up.log"
-        )
+        postgres = PostgresServer(folder)
+        try:
+            redis_server.start()
+            postgres.start()
+            yield redis_server, postgres
+        finally:
+            redis_server.stop()
+            postgres.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class _Clock:
+    """The timeline: each step's moment, from the load's start."""
+
+    started: float = field(default_factory=time.monotonic)
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def at(self, offset: float, name: str) -> None:
+        time.sleep(max(self.started + offset - time.monotonic(), 0))
+        self.marks[name] = time.monotonic()
+        print(f"  {offset:4.0f} s: {name}", flush=True)
+
+
+@dataclass
+class _Probe:
+    """The probe key, its streams' request ids' prefix, and what its streams got wrong."""
+
+    id: str
+    key: str
+    run: str
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Ran:
+    """What a run measured, read once the servers and stores have stopped."""
+
+    tally: Tally
+    marks: dict[str, float]
+    debt: float  # the probe's Redis bucket, read
+    probe: _Probe
+    peak_rss: float
+    # read once the server has stopped
+    exit_code: int = -1
+    records: list[tuple[str, str]] = field(default_factory=list)
+    charged: int = 0  # the probe's tokens in the ledger
+
+
+def _run(args: argparse.Namespace, run: str, work: Path) -> _Ran:
+    """The stores, the upstream and tandem started, the faults played under load, all stopped."""
+    server_core, client_core = kit.cores()
+    drip = [kit.python(), str(kit.SCRIPTS / "drip_upstream.py")]
+    with (
+        _stores() as (redis_server, postgres),
+        kit.Server.start(drip, core=client_core, log=work / "up.log") as upstream,
+    ):
         config = work / "tandem.yaml"
         config.write_text(
             CONFIG
@@ -303,139 +346,170 @@ def main() -> None:
                 "probe_tpm": PROBE_TPM,
             }
         )
-        keys = [create_key(python(), config, f"cached{i}", "free")[1] for i in range(4)]
-        probe_id, probe_key = create_key(python(), config, "probe", "probe")
-        server = Server.start(
-            [
-                *(python(), "-m", "server.cli", "serve", "--config", str(config)),
-                *("--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"),
-            ],
-            core=server_core,
-            log=work / "tandem.log",
-        )
-        base = f"http://{server.address['http']}"
-        wait_ready(base)
-        for key in keys:  # looked up once now: cached from here on
-            httpx.get(f"{base}/v1/models", headers={"authorization": f"Bearer {key}"})
-        step, outage = args.settle_s, args.outage_s
-        seconds = 3 * step + 2 * outage + step
-        fresh = asyncio.run(_fresh_keys(postgres.dsn, int(seconds * 1000 / args.fresh_every)))
-        print(
-            f"tandem on core {server_core}, load on core {client_core}; Redis on "
-            f"{redis_server.port}, PostgreSQL on {postgres.port}; {seconds:.0f} s of load, "
-            f"each store down {outage:g} s",
-            flush=True,
-        )
-        job = (
-            *(base, server.address["grpc"], run, keys, fresh),
-            *(args.fresh_every, args.concurrency, seconds),
-        )
-        with (
-            Sampler(server.pid, every_s=1.0) as sampler,
-            context.Pool(1, initializer=start_load_process, initargs=(phase, client_core)) as pool,
-        ):
-            started = time.monotonic()
-            pending = pool.apply_async(_client, (job,))
+        keys = [kit.create_key(kit.python(), config, f"cached{i}", "free")[1] for i in range(4)]
+        probe = _Probe(*kit.create_key(kit.python(), config, "probe", "probe"), run=run)
+        with kit.serve(config, core=server_core, log=work / "tandem.log") as server:
+            for key in keys:  # looked up once now: cached from here on
+                httpx.get(f"{server.base}/v1/models", headers={"authorization": f"Bearer {key}"})
+            step, outage = args.settle_s, args.outage_s
+            seconds = 3 * step + 2 * outage + step
+            fresh = asyncio.run(_fresh_keys(postgres.dsn, int(seconds * 1000 / args.fresh_every)))
+            print(
+                f"tandem on core {server_core}, load on core {client_core}; Redis on "
+                f"{redis_server.port}, PostgreSQL on {postgres.port}; {seconds:.0f} s of load, "
+                f"each store down {outage:g} s",
+                flush=True,
+            )
+            job = (
+                *(server.base, server.address["grpc"], run, keys, fresh),
+                *(args.fresh_every, args.concurrency, seconds),
+            )
+            ran = _under_load(args, job, server, (redis_server, postgres), probe, client_core)
+            ran.exit_code = server.stop()
+            ran.records = kit.ledger(postgres.dsn, run)
+            ran.charged = asyncio.run(_charged(postgres.dsn, f"{run}probe-"))
+    return ran
 
-            def at(offset: float, name: str) -> None:
-                time.sleep(max(started + offset - time.monotonic(), 0))
-                timeline[name] = time.monotonic()
-                print(f"  {offset:4.0f} s: {name}", flush=True)
 
-            at(step - 2, "probe streams start")
-            probes = [
-                threading.Thread(target=_probe, args=(base, probe_key, run, i, probe_failures))
-                for i in range(PROBE_STREAMS)
-            ]
-            for thread in probes:
-                thread.start()
-            at(step, "Redis stops")
-            phase.value = 1
-            redis_server.stop()
-            at(step + outage, "Redis restarts")
-            redis_server.start()
-            phase.value = 2
-            timeline["Redis answers"] = time.monotonic()
-            for thread in probes:
-                thread.join()
-            at(2 * step + outage - 1, "probe bucket read")
-            debt = _bucket_tokens(redis_server.port, probe_id)
-            at(2 * step + outage, "PostgreSQL stops")
-            phase.value = 3
-            postgres.stop()
-            at(2 * step + 2 * outage, "PostgreSQL restarts")
-            postgres.start()
-            phase.value = 4
-            tally: Tally = pending.get()
-            print(f"  {time.monotonic() - started:4.0f} s: load done", flush=True)
-            sampler.take()
-        exit_code = server.stop()
-        records = ledger(postgres.dsn, run)
-        charged = asyncio.run(_charged(postgres.dsn, f"{run}probe-"))
-    finally:
-        for each in (server, upstream):
-            if each is not None:
-                each.stop()
-        redis_server.stop()
-        postgres.stop()
-        shutil.rmtree(stores_folder, ignore_errors=True)
-        if args.keep:
-            print(f"work folder kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    probe_ids = {f"{run}probe-{i}": "ok" for i in range(PROBE_STREAMS)}
-    problems, statuses = compare_ledger({**tally.expected, **probe_ids}, records, tally.failed)
+def _under_load(
+    args: argparse.Namespace,
+    job: _Job,
+    server: kit.Server,
+    stores: tuple[RedisServer, PostgresServer],
+    probe: _Probe,
+    client_core: int | None,
+) -> _Ran:
+    """The load driven from its own process while the faults are played; what it saw."""
+    context = multiprocessing.get_context("spawn")
+    phase: Synchronized[int] = context.Value("i", 0)
+    with (
+        kit.Sampler(server.pid, every_s=1.0) as sampler,
+        context.Pool(1, initializer=kit.start_load_process, initargs=(phase, client_core)) as pool,
+    ):
+        clock = _Clock()
+        pending = pool.apply_async(_client, (job,))
+        debt = _play_faults(args, clock, phase, stores, probe, base=server.base)
+        tally: Tally = pending.get()
+        print(f"  {time.monotonic() - clock.started:4.0f} s: load done", flush=True)
+        sampler.take()
+    return _Ran(tally, clock.marks, debt, probe, sampler.peak_rss())
+
+
+def _play_faults(
+    args: argparse.Namespace,
+    clock: _Clock,
+    phase: Synchronized[int],
+    stores: tuple[RedisServer, PostgresServer],
+    probe: _Probe,
+    *,
+    base: str,
+) -> float:
+    """The timeline: probe streams, Redis down and back, PostgreSQL down and back; the
+    probe's Redis bucket as read after Redis came back."""
+    redis_server, postgres = stores
+    step, outage = args.settle_s, args.outage_s
+    clock.at(step - 2, "probe streams start")
+    probes = [
+        threading.Thread(target=_probe, args=(base, probe.key, probe.run, i, probe.failures))
+        for i in range(PROBE_STREAMS)
+    ]
+    for thread in probes:
+        thread.start()
+    clock.at(step, "Redis stops")
+    phase.value = 1
+    redis_server.stop()
+    clock.at(step + outage, "Redis restarts")
+    redis_server.start()
+    phase.value = 2
+    clock.marks["Redis answers"] = time.monotonic()
+    for thread in probes:
+        thread.join()
+    clock.at(2 * step + outage - 1, "probe bucket read")
+    debt = _bucket_tokens(redis_server.port, probe.id)
+    clock.at(2 * step + outage, "PostgreSQL stops")
+    phase.value = 3
+    postgres.stop()
+    clock.at(2 * step + 2 * outage, "PostgreSQL restarts")
+    postgres.start()
+    phase.value = 4
+    return debt
+
+
+def _expected_debt(ran: _Ran) -> tuple[float, float]:
+    """(lowest, highest) the probe's bucket may read: what the ledger charged, less what
+    refilled since the streams started (lowest) or since the settlements were due."""
     refill = PROBE_TPM / 60  # tokens a second
-    read = timeline["probe bucket read"]
-    lowest = max(charged - refill * (read - timeline["probe streams start"]), 0.0)
-    highest = max(charged - refill * max(read - timeline["Redis answers"] - RESETTLE_S, 0.0), 0)
-    failures = sum(tally.problems.values())
-    print()
-    print("| faults | |\n|---|---|")
-    for name, value in [
+    marks, charged = ran.marks, ran.charged
+    read = marks["probe bucket read"]
+    lowest = max(charged - refill * (read - marks["probe streams start"]), 0.0)
+    highest = max(charged - refill * max(read - marks["Redis answers"] - RESETTLE_S, 0.0), 0)
+    return lowest, highest
+
+
+def _figures(ran: _Ran, statuses: Counter[str], debt: tuple[float, float]) -> list[tuple[str, str]]:
+    tally, (lowest, highest) = ran.tally, debt
+    return [
         ("requests", f"{sum(tally.doors.values()):,} over {len(tally.doors)} doors"),
-        ("failed", f"{failures}"),
+        ("failed", f"{sum(tally.problems.values())}"),
         ("503 on a fresh key while PostgreSQL was down", f"{sum(tally.unavailable.values())}"),
-        ("ledger records", f"{len(records):,} {dict(statuses)}"),
-        ("probe: charged in the ledger (tokens)", f"{charged}"),
+        ("ledger records", f"{len(ran.records):,} {dict(statuses)}"),
+        ("probe: charged in the ledger (tokens)", f"{ran.charged}"),
         ("probe: Redis bucket's debt, expected", f"{lowest:.0f} to {highest:.0f}"),
-        ("probe: Redis bucket's debt, read", f"{debt:.0f}"),
-        ("peak RSS MiB", f"{sampler.peak_rss():.0f}"),
-    ]:
-        print(f"| {name} | {value} |")
+        ("probe: Redis bucket's debt, read", f"{ran.debt:.0f}"),
+        ("peak RSS MiB", f"{ran.peak_rss:.0f}"),
+    ]
+
+
+def _verdicts(ran: _Ran, problems: list[str], debt: tuple[float, float]) -> list[str]:
+    failures, (lowest, highest) = sum(ran.tally.problems.values()), debt
+    probe_failures = ran.probe.failures
+    unavailable_elsewhere = [w for w, _ in ran.tally.unavailable if w != "PostgreSQL down"]
+    return [
+        kit.verdict(
+            "no request failed that did not need the stopped store",
+            failures == 0,
+            f"{failures} failed",
+        ),
+        kit.verdict(
+            "503s only for fresh keys while PostgreSQL was down",
+            not unavailable_elsewhere,
+            ", ".join(unavailable_elsewhere) or "yes",
+        ),
+        kit.verdict("probe streams complete", not probe_failures, f"{len(probe_failures)} failed"),
+        kit.verdict(
+            "ledger: one record per request id, as sent",
+            not problems,
+            f"{len(ran.records):,} records",
+        ),
+        kit.verdict(
+            "probe's Redis bucket = what the ledger charged, less the refill",
+            lowest - 2 <= ran.debt <= highest + 2,
+            f"read {ran.debt:.0f}, expected {lowest:.0f} to {highest:.0f}",
+        ),
+        kit.verdict("server exit 0 on SIGTERM", ran.exit_code == 0, str(ran.exit_code)),
+    ]
+
+
+def main() -> None:
+    args = _arguments()
+    run = f"faults-{os.getpid()}-"
+    with kit.work_folder("tandem-faults-", args.keep) as work:
+        ran = _run(args, run, work)
+    tally = ran.tally
+    probe_ids = {f"{run}probe-{i}": "ok" for i in range(PROBE_STREAMS)}
+    problems, statuses = kit.compare_ledger(
+        {**tally.expected, **probe_ids}, ran.records, tally.failed
+    )
+    debt = _expected_debt(ran)
+    kit.print_table("faults", _figures(ran, statuses, debt))
     print()
     for (when, door, what), count in tally.problems.most_common(20):
         print(f"failed: {count} x {door} ({when}): {what}")
     for (when, door), count in sorted(tally.unavailable.items()):
         print(f"503 unavailable (fresh key): {count} x {door} ({when})")
-    for problem in [*problems, *probe_failures]:
+    for problem in [*problems, *ran.probe.failures]:
         print(f"ledger: {problem}")
-    unavailable_elsewhere = [w for w, _ in tally.unavailable if w != "PostgreSQL down"]
-    lines = [
-        verdict(
-            "no request failed that did not need the stopped store",
-            failures == 0,
-            f"{failures} failed",
-        ),
-        verdict(
-            "503s only for fresh keys while PostgreSQL was down",
-            not unavailable_elsewhere,
-            ", ".join(unavailable_elsewhere) or "yes",
-        ),
-        verdict("probe streams complete", not probe_failures, f"{len(probe_failures)} failed"),
-        verdict(
-            "ledger: one record per request id, as sent", not problems, f"{len(records):,} records"
-        ),
-        verdict(
-            "probe's Redis bucket = what the ledger charged, less the refill",
-            lowest - 2 <= debt <= highest + 2,
-            f"read {debt:.0f}, expected {lowest:.0f} to {highest:.0f}",
-        ),
-        verdict("server exit 0 on SIGTERM", exit_code == 0, str(exit_code)),
-    ]
-    print("\n".join(lines))
-    print("(figures taken on a shared machine are indicative only)")
-    raise SystemExit(0 if all(line.startswith("PASS") for line in lines) else 1)
+    kit.conclude(_verdicts(ran, problems, debt))
 
 
 if __name__ == "__main__":

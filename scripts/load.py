@@ -26,30 +26,18 @@ import multiprocessing
 import os
 import random
 import re
-import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import scale_kit as kit
 import uvloop
-from scale_kit import (
-    SCRIPTS,
-    Sampler,
-    Server,
-    compare_ledger,
-    cores,
-    create_key,
-    ledger,
-    percentile,
-    python,
-    verdict,
-    wait_ready,
-)
 
 STAMP = re.compile(rb"t=(\d+) ")
+# a load client's work: (gateway or upstream, key, ids, models, plan, ramp s, core)
+_Job = tuple[str, str, list[str], list[str], list[int], float, int | None]
 
 CONFIG = """
 providers:
@@ -199,9 +187,7 @@ async def _drive(
     return outcome
 
 
-def _client(
-    job: tuple[str, str, list[str], list[str], list[int], float, int | None],
-) -> Outcome:
+def _client(job: _Job) -> Outcome:
     base, key, ids, models, plan, ramp_s, core = job
     if core is not None:
         os.sched_setaffinity(0, {core})
@@ -221,7 +207,7 @@ def _config(upstream: str, providers: int, usage: str) -> str:
     }
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000, help="concurrent streams")
     parser.add_argument("--rate", type=float, default=20.0, help="upstream chunks a second")
@@ -241,126 +227,161 @@ def main() -> None:
         help="first, the same streams straight from the upstream: the client's own delay",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, ledger)")
-    args = parser.parse_args()
-    low, high = (float(x) for x in args.seconds.split("-"))
-    rng = random.Random(23)
-    plan = [round(rng.uniform(low, high) * args.rate) for _ in range(args.streams)]
-    run = f"load-{os.getpid()}-"
-    ids = [f"{run}{i}" for i in range(args.streams)]
-    models = [f"drip-{i}" for i in range(args.providers)]
-    server_core, client_core = cores()
-    work = Path(tempfile.mkdtemp(prefix="tandem-load-"))
+    return parser.parse_args()
+
+
+@dataclass
+class _Streams:
+    """What the client sends: each stream's request id, model and chunks."""
+
+    run: str  # the request ids' prefix
+    ids: list[str]
+    models: list[str]
+    plan: list[int]  # chunks of each stream
+
+    @classmethod
+    def planned(cls, args: argparse.Namespace) -> _Streams:
+        low, high = (float(x) for x in args.seconds.split("-"))
+        rng = random.Random(23)
+        plan = [round(rng.uniform(low, high) * args.rate) for _ in range(args.streams)]
+        run = f"load-{os.getpid()}-"
+        ids = [f"{run}{i}" for i in range(args.streams)]
+        return cls(run, ids, [f"drip-{i}" for i in range(args.providers)], plan)
+
+    def job(self, address: str, key: str, ramp_s: float, core: int | None) -> _Job:
+        return (address, key, self.ids, self.models, self.plan, ramp_s, core)
+
+
+@dataclass
+class _Ran(kit.Measured):
+    """What a run measured, read once the servers have stopped."""
+
+    outcome: Outcome
+    baseline: Outcome | None
+    upstream_peak: int
+
+
+def _run(args: argparse.Namespace, streams: _Streams, work: Path) -> _Ran:
+    """The upstream and tandem started, the streams driven through them, both stopped."""
+    server_core, client_core = kit.cores()
     usage = f"sqlite:///{work / 'usage.db'}"
-    upstream = server = None
-    try:
-        upstream_command = [python(), str(SCRIPTS / "drip_upstream.py"), "--rate", str(args.rate)]
-        upstream = Server.start(upstream_command, core=client_core, log=work / "upstream.log")
+    drip = [kit.python(), str(kit.SCRIPTS / "drip_upstream.py"), "--rate", str(args.rate)]
+    with kit.Server.start(drip, core=client_core, log=work / "upstream.log") as upstream:
         config = work / "tandem.yaml"
         config.write_text(_config(upstream.address["http"], args.providers, usage))
-        _, key = create_key(python(), config, "load", "free")
-        server = Server.start(
-            [
-                *(python(), "-m", "server.cli", "serve", "--config", str(config)),
-                *("--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"),
-            ],
-            core=server_core,
-            log=work / "tandem.log",
-        )
-        base = f"http://{server.address['http']}"
-        gateway = server.address["http"]
-        wait_ready(base)
-        print(
-            f"tandem on core {server_core}, upstream and client on core {client_core}; "
-            f"{args.streams} streams of {args.seconds} s at {args.rate:g} chunks/s, "
-            f"opened over {args.ramp_s:g} s, over {args.providers} provider(s)",
-            flush=True,
-        )
-        baseline = None
-        if args.baseline:  # an upstream of its own, so the other's count of streams holds
-            alone = Server.start(upstream_command, core=client_core, log=work / "alone.log")
-            direct = (alone.address["http"], key, ids, models, plan)
-            try:
-                with multiprocessing.get_context("spawn").Pool(1) as pool:
-                    baseline = pool.apply(_client, ((*direct, args.ramp_s, client_core),))
-            finally:
-                alone.stop()
-        job = (gateway, key, ids, models, plan, args.ramp_s, client_core)
-        with (
-            Sampler(server.pid, every_s=0.2) as sampler,
-            multiprocessing.get_context("spawn").Pool(1) as pool,
-        ):
-            idle = sampler.take()
-            outcome: Outcome = pool.apply(_client, (job,))
-            ended = sampler.take()
-            time.sleep(2.0)
-            after = sampler.take()
-        exit_code = server.stop()
-        records = ledger(usage, run)
+        _, key = kit.create_key(kit.python(), config, "load", "free")
+        with kit.serve(config, core=server_core, log=work / "tandem.log") as server:
+            print(
+                f"tandem on core {server_core}, upstream and client on core {client_core}; "
+                f"{args.streams} streams of {args.seconds} s at {args.rate:g} chunks/s, "
+                f"opened over {args.ramp_s:g} s, over {args.providers} provider(s)",
+                flush=True,
+            )
+            baseline = None
+            if args.baseline:  # an upstream of its own, so the other's count of streams holds
+                with kit.Server.start(drip, core=client_core, log=work / "alone.log") as alone:
+                    direct = streams.job(alone.address["http"], key, args.ramp_s, client_core)
+                    baseline = _in_process(direct)
+            job = streams.job(server.address["http"], key, args.ramp_s, client_core)
+            with (
+                kit.Sampler(server.pid, every_s=0.2) as sampler,
+                multiprocessing.get_context("spawn").Pool(1) as pool,
+            ):
+                idle = sampler.take()
+                outcome: Outcome = pool.apply(_client, (job,))
+                ended = sampler.take()
+                time.sleep(2.0)
+                after = sampler.take()
+            exit_code = server.stop()
+            records = kit.ledger(usage, streams.run)
         upstream.stop()
         found = re.search(r"most streams open at once: (\d+)", upstream.log.read_text())
         upstream_peak = int(found.group(1)) if found else -1
-    finally:
-        for each in (server, upstream):
-            if each is not None:
-                each.stop()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"work folder kept: {work}")
-    problems, statuses = compare_ledger(dict.fromkeys(ids, "ok"), records)
+    return _Ran(
+        *(sampler, idle, ended, after, exit_code, records),
+        outcome=outcome,
+        baseline=baseline,
+        upstream_peak=upstream_peak,
+    )
+
+
+def _in_process(job: _Job) -> Outcome:
+    """`_client` on `job`, in a process of its own (on the load's core)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        baseline: Outcome = pool.apply(_client, (job,))
+    return baseline
+
+
+def _figures(args: argparse.Namespace, ran: _Ran, statuses: Counter[str]) -> list[tuple[str, str]]:
+    outcome, idle, ended = ran.outcome, ran.idle, ran.ended
     cpu = ended.cpu_s - idle.cpu_s
-    busy, starved = sampler.busiest_s()
-    peak = sampler.peak_rss()
+    busy, starved = ran.sampler.busiest_s()
+    peak = ran.sampler.peak_rss()
     waited = ended.waited_s - idle.waited_s
-    p50, p99 = percentile(outcome.delays_ms, 0.5), percentile(outcome.delays_ms, 0.99)
+    p50, p99 = kit.percentile(outcome.delays_ms, 0.5), kit.percentile(outcome.delays_ms, 0.99)
     worst = max(outcome.delays_ms, default=float("nan"))
-    rows = [
+    return [
         ("streams complete", f"{outcome.ok} of {args.streams}"),
-        ("most streams open at once: client, upstream", f"{outcome.peak_open}, {upstream_peak}"),
+        (
+            "most streams open at once: client, upstream",
+            f"{outcome.peak_open}, {ran.upstream_peak}",
+        ),
         ("chunks timed", f"{len(outcome.delays_ms):,}"),
-        ("RSS MiB: idle, peak, after", f"{idle.rss_mib:.0f}, {peak:.0f}, {after.rss_mib:.0f}"),
+        ("RSS MiB: idle, peak, after", f"{idle.rss_mib:.0f}, {peak:.0f}, {ran.after.rss_mib:.0f}"),
         ("server CPU s (of the wall)", f"{cpu:.1f} ({cpu / max(outcome.wall_s, 1e-9):.0%})"),
         ("server's busiest second: CPU, waiting for a CPU", f"{busy:.0%}, {starved:.0%}"),
         ("server waited for a CPU, s (a busy machine)", f"{waited:.1f}"),
         ("wall s", f"{outcome.wall_s:.1f}"),
         ("added delay ms: p50, p99, max", f"{p50:.2f}, {p99:.2f}, {worst:.1f}"),
-        ("ledger records", f"{len(records):,} {dict(statuses)}"),
+        ("ledger records", f"{len(ran.records):,} {dict(statuses)}"),
     ]
-    print()
-    print("| load | |\n|---|---|")
-    print("\n".join(f"| {name} | {value} |" for name, value in rows))
-    if baseline is not None:
-        print(
-            f"baseline, the client straight from the upstream: {baseline.ok}/{args.streams} "
-            f"streams, delay p50 {percentile(baseline.delays_ms, 0.5):.2f} ms, "
-            f"p99 {percentile(baseline.delays_ms, 0.99):.2f} ms"
-        )
-    print()
-    if outcome.problems:
-        print(f"stream problems: {dict(outcome.problems)}")
-    for problem in problems:
-        print(f"ledger: {problem}")
-    lines = [
-        verdict("every stream complete", outcome.ok == args.streams, f"{outcome.ok}"),
-        verdict(
+
+
+def _verdicts(args: argparse.Namespace, ran: _Ran, problems: list[str]) -> list[str]:
+    outcome, peak_rss = ran.outcome, ran.sampler.peak_rss()
+    p99 = kit.percentile(outcome.delays_ms, 0.99)
+    return [
+        kit.verdict("every stream complete", outcome.ok == args.streams, f"{outcome.ok}"),
+        kit.verdict(
             # a stream opened late by a busy core may miss the first ones by a few: the
             # pool's bound (it was a fixed 512) would cap the figure, not shave it
             "streams open upstream at once ≥ 95% (the provider pool is wide enough)",
-            upstream_peak >= 0.95 * args.streams,
-            f"{upstream_peak}",
+            ran.upstream_peak >= 0.95 * args.streams,
+            f"{ran.upstream_peak}",
         ),
-        verdict("ledger: one ok record per request id", not problems, f"{len(records)} records"),
-        verdict("server exit 0 on SIGTERM", exit_code == 0, str(exit_code)),
-        verdict(
-            f"peak RSS ≤ {args.rss_goal:g} MiB",
-            sampler.peak_rss() <= args.rss_goal,
-            f"{sampler.peak_rss():.0f}",
+        kit.verdict(
+            "ledger: one ok record per request id", not problems, f"{len(ran.records)} records"
         ),
-        verdict(f"p99 added delay ≤ {args.delay_goal:g} ms", p99 <= args.delay_goal, f"{p99:.2f}"),
+        kit.verdict("server exit 0 on SIGTERM", ran.exit_code == 0, str(ran.exit_code)),
+        kit.verdict(
+            f"peak RSS ≤ {args.rss_goal:g} MiB", peak_rss <= args.rss_goal, f"{peak_rss:.0f}"
+        ),
+        kit.verdict(
+            f"p99 added delay ≤ {args.delay_goal:g} ms", p99 <= args.delay_goal, f"{p99:.2f}"
+        ),
     ]
-    print("\n".join(lines))
-    print("(figures taken on a shared machine are indicative only)")
-    raise SystemExit(0 if all(line.startswith("PASS") for line in lines) else 1)
+
+
+def main() -> None:
+    args = _arguments()
+    streams = _Streams.planned(args)
+    with kit.work_folder("tandem-load-", args.keep) as work:
+        ran = _run(args, streams, work)
+    problems, statuses = kit.compare_ledger(dict.fromkeys(streams.ids, "ok"), ran.records)
+    kit.print_table("load", _figures(args, ran, statuses))
+    if ran.baseline is not None:
+        delays = ran.baseline.delays_ms
+        print(
+            f"baseline, the client straight from the upstream: {ran.baseline.ok}/{args.streams} "
+            f"streams, delay p50 {kit.percentile(delays, 0.5):.2f} ms, "
+            f"p99 {kit.percentile(delays, 0.99):.2f} ms"
+        )
+    print()
+    if ran.outcome.problems:
+        print(f"stream problems: {dict(ran.outcome.problems)}")
+    for problem in problems:
+        print(f"ledger: {problem}")
+    kit.conclude(_verdicts(args, ran, problems))
 
 
 if __name__ == "__main__":

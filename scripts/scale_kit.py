@@ -1,21 +1,25 @@
-"""What scripts/load.py, soak.py and faults.py share: servers on cores, samples of a
-process, API keys, the ledger read back, and verdict lines."""
+"""What scripts/load.py, soak.py and faults.py share: servers on cores, a work folder,
+samples of a process, API keys, the ledger read back, the report table and verdict lines."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
+from typing import NoReturn
 
 import asyncpg
 import httpx
@@ -29,22 +33,27 @@ START_TIMEOUT_S = 60.0
 __all__ = [
     "ROOT",
     "SCRIPTS",
+    "Measured",
     "Sample",
     "Sampler",
     "Server",
     "compare_ledger",
+    "conclude",
     "cores",
     "cpu_s",
     "create_key",
     "fd_count",
     "ledger",
     "percentile",
+    "print_table",
     "python",
     "rss_mib",
     "run_delay_s",
+    "serve",
     "shared_counter",
     "start_load_process",
     "verdict",
+    "work_folder",
 ]
 
 
@@ -104,6 +113,17 @@ class Server:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def base(self) -> str:
+        """http://HOST:PORT of its HTTP side."""
+        return f"http://{self.address['http']}"
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (a drain: the ledger is flushed), then the exit code."""
         if self.proc.poll() is None:
@@ -116,6 +136,37 @@ class Server:
         finally:
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
+
+
+def serve(config: Path, *, core: int | None, log: Path) -> Server:
+    """`tandem serve` on `config` (HTTP and gRPC on free ports), once it is ready."""
+    server = Server.start(
+        [
+            *(python(), "-m", "server.cli", "serve", "--config", str(config)),
+            *("--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"),
+        ],
+        core=core,
+        log=log,
+    )
+    try:
+        wait_ready(server.base)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@contextmanager
+def work_folder(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary folder (logs, config, ledger), removed at the end unless `keep`."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def run_delay_s(pid: int) -> float:
@@ -231,6 +282,19 @@ class Sampler:
         return best
 
 
+@dataclass
+class Measured:
+    """What a run saw of the server: samples before the load, at its end and once it had
+    settled; its exit code on SIGTERM; the run's records in the ledger."""
+
+    sampler: Sampler
+    idle: Sample
+    ended: Sample
+    after: Sample
+    exit_code: int
+    records: list[tuple[str, str]]
+
+
 def create_key(python: str, config: Path, user: str, tier: str) -> tuple[str, str]:
     """(key id, key) from `tandem keys create`, as an operator makes one."""
     out = subprocess.run(
@@ -306,6 +370,21 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def verdict(label: str, met: bool, detail: str = "") -> str:
     return f"{'PASS' if met else 'MISS'}  {label}{': ' + detail if detail else ''}"
+
+
+def print_table(title: str, rows: Iterable[tuple[str, str]]) -> None:
+    """The report: a blank line, then a two-column markdown table."""
+    print()
+    print(f"| {title} | |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+def conclude(lines: list[str]) -> NoReturn:
+    """Print the verdict lines; exit 0 when every one is a PASS, else 1."""
+    print("\n".join(lines))
+    print("(figures taken on a shared machine are indicative only)")
+    raise SystemExit(0 if all(line.startswith("PASS") for line in lines) else 1)
 
 
 def python() -> str:

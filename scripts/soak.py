@@ -19,29 +19,17 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import shutil
 import statistics
-import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass
+from multiprocessing.pool import AsyncResult
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
+import scale_kit as kit
 import uvloop
 from doors import Tally, Traffic, served
-from scale_kit import (
-    Sample,
-    Sampler,
-    Server,
-    compare_ledger,
-    cores,
-    create_key,
-    ledger,
-    python,
-    shared_counter,
-    start_load_process,
-    verdict,
-    wait_ready,
-)
 
 CONFIG = """
 providers:
@@ -64,7 +52,7 @@ FD_RESOLUTION = 2
 
 
 def _advance() -> None:
-    progress = shared_counter()
+    progress = kit.shared_counter()
     with progress.get_lock():
         progress.value += 1
 
@@ -78,7 +66,7 @@ def _client(job: tuple[str, str, str, list[str], int, int]) -> Tally:
 
 
 def growth(
-    samples: list[Sample], total: int, figure: str, warmup: float
+    samples: list[kit.Sample], total: int, figure: str, warmup: float
 ) -> tuple[float, float, float]:
     """(after warm-up, at the end, growth) of `figure` while the load ran: its median
     over the tenth of the requests after the warm-up, and over the last tenth (a
@@ -94,7 +82,7 @@ def growth(
     return warm, end, (end / warm - 1) if warm else float("nan")
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -103,29 +91,28 @@ def main() -> None:
     )
     parser.add_argument("--growth", type=float, default=0.05, help="RSS and fds, after warm-up")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, ledger)")
-    args = parser.parse_args()
-    server_core, client_core = cores()
-    work = Path(tempfile.mkdtemp(prefix="tandem-soak-"))
-    usage = f"sqlite:///{work / 'usage.db'}"
+    return parser.parse_args()
+
+
+@dataclass
+class _Ran(kit.Measured):
+    """What a run measured, read once the server has stopped."""
+
+    traffic: Tally
+
+
+def _run(args: argparse.Namespace, work: Path) -> _Ran:
+    """tandem started, the requests sent over every door, the server stopped."""
     run = f"soak-{os.getpid()}-"
-    server = None
+    server_core, client_core = kit.cores()
+    usage = f"sqlite:///{work / 'usage.db'}"
     progress: Synchronized[int] = multiprocessing.get_context("spawn").Value("q", 0)
     started = time.monotonic()
-    try:
-        config = work / "tandem.yaml"
-        config.write_text(CONFIG % {"usage": usage})
-        keys = [create_key(python(), config, f"soak{i}", "free")[1] for i in range(4)]
-        server = Server.start(
-            [
-                *(python(), "-m", "server.cli", "serve", "--config", str(config)),
-                *("--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"),
-            ],
-            core=server_core,
-            log=work / "tandem.log",
-        )
-        base = f"http://{server.address['http']}"
-        wait_ready(base)
-        _, missing = served(base)
+    config = work / "tandem.yaml"
+    config.write_text(CONFIG % {"usage": usage})
+    keys = [kit.create_key(kit.python(), config, f"soak{i}", "free")[1] for i in range(4)]
+    with kit.serve(config, core=server_core, log=work / "tandem.log") as server:
+        _, missing = served(server.base)
         if missing:
             print(f"not served here, so left out: {', '.join(missing)}")
         print(
@@ -133,53 +120,62 @@ def main() -> None:
             f"requests, {args.concurrency} at a time, over every door",
             flush=True,
         )
-        job = (base, server.address["grpc"], run, keys, args.requests, args.concurrency)
+        job = (server.base, server.address["grpc"], run, keys, args.requests, args.concurrency)
         context = multiprocessing.get_context("spawn")
         with (
-            Sampler(
+            kit.Sampler(
                 server.pid,
                 every_s=0.5,
                 progress=lambda: progress.value,
                 ports=frozenset(int(a.rsplit(":", 1)[1]) for a in server.address.values()),
             ) as sampler,
             context.Pool(
-                1, initializer=start_load_process, initargs=(progress, client_core)
+                1, initializer=kit.start_load_process, initargs=(progress, client_core)
             ) as pool,
         ):
             idle = sampler.take()
             pending = pool.apply_async(_client, (job,))
-            shown = 0
-            while not pending.ready():
-                pending.wait(5)
-                if progress.value >= shown + args.requests // 10:
-                    shown = progress.value
-                    last = sampler.samples[-1]
-                    print(
-                        f"  {shown:,} requests, {time.monotonic() - started:.0f} s: "
-                        f"RSS {last.rss_mib:.0f} MiB, {last.fds} fds",
-                        flush=True,
-                    )
+            _show_progress(pending, progress, sampler, args.requests, started)
             traffic: Tally = pending.get()
             ended = sampler.take(progress.value)
             time.sleep(3)
             after = sampler.take(progress.value)
         exit_code = server.stop()
-        records = ledger(usage, run)
-    finally:
-        if server is not None:
-            server.stop()
-        if args.keep:
-            print(f"work folder kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    wall = ended.at_s
-    problems, statuses = compare_ledger(traffic.expected, records, traffic.failed)
-    rss = growth(sampler.samples, args.requests, "rss_mib", args.warmup)
-    fds = growth(sampler.samples, args.requests, "own_fds", args.warmup)
+        records = kit.ledger(usage, run)
+    return _Ran(sampler, idle, ended, after, exit_code, records, traffic=traffic)
+
+
+def _show_progress(
+    pending: AsyncResult[Tally],
+    progress: Synchronized[int],
+    sampler: kit.Sampler,
+    requests: int,
+    started: float,
+) -> None:
+    """Until the load is done: a line at every tenth of the requests."""
+    shown = 0
+    while not pending.ready():
+        pending.wait(5)
+        if progress.value >= shown + requests // 10:
+            shown = progress.value
+            last = sampler.samples[-1]
+            print(
+                f"  {shown:,} requests, {time.monotonic() - started:.0f} s: "
+                f"RSS {last.rss_mib:.0f} MiB, {last.fds} fds",
+                flush=True,
+            )
+
+
+_Growth = tuple[float, float, float]
+
+
+def _figures(
+    args: argparse.Namespace, ran: _Ran, statuses: Counter[str], rss: _Growth, fds: _Growth
+) -> list[tuple[str, str]]:
+    traffic, idle, ended, after = ran.traffic, ran.idle, ran.ended, ran.after
     failures = sum(traffic.problems.values())
-    print()
-    print("| soak | |\n|---|---|")
-    for name, value in [
+    wall = ended.at_s
+    return [
         ("requests answered", f"{sum(traffic.doors.values()) - failures:,} of {args.requests:,}"),
         ("per door", ", ".join(f"{d} {n:,}" for d, n in traffic.doors.items())),
         ("wall s (requests/s)", f"{wall:.0f} ({args.requests / max(wall, 1e-9):.0f})"),
@@ -193,38 +189,55 @@ def main() -> None:
             "open fds: idle, after; beyond one per client connection: warm, end",
             f"{idle.fds}, {after.fds}; {fds[0]:.0f}, {fds[1]:.0f}",
         ),
-        ("ledger records", f"{len(records):,} {dict(statuses)}"),
-    ]:
-        print(f"| {name} | {value} |")
-    print()
-    for (_, door, what), count in traffic.problems.most_common(20):
-        print(f"failed: {count} x {door}: {what}")
-    for problem in problems:
-        print(f"ledger: {problem}")
-    lines = [
-        verdict("every request answered", failures == 0, f"{failures} failed"),
-        verdict(
+        ("ledger records", f"{len(ran.records):,} {dict(statuses)}"),
+    ]
+
+
+def _verdicts(
+    args: argparse.Namespace, ran: _Ran, problems: list[str], rss: _Growth, fds: _Growth
+) -> list[str]:
+    failures = sum(ran.traffic.problems.values())
+    idle, after = ran.idle, ran.after
+    return [
+        kit.verdict("every request answered", failures == 0, f"{failures} failed"),
+        kit.verdict(
             f"RSS growth after warm-up < {args.growth:.0%}", rss[2] < args.growth, f"{rss[2]:+.1%}"
         ),
-        verdict(
+        kit.verdict(
             f"open fds (beyond client connections) growth after warm-up < {args.growth:.0%} "
             f"or {FD_RESOLUTION}",
             fds[2] < args.growth or fds[1] - fds[0] <= FD_RESOLUTION,
             f"{fds[2]:+.1%} ({fds[1] - fds[0]:+.0f})",
         ),
-        verdict(
-            "ledger: one record per request id, as sent", not problems, f"{len(records):,} records"
+        kit.verdict(
+            "ledger: one record per request id, as sent",
+            not problems,
+            f"{len(ran.records):,} records",
         ),
-        verdict(
+        kit.verdict(
             "no descriptor left open once the load ended",
             after.fds <= idle.fds,
             f"{idle.fds} before, {after.fds} after",
         ),
-        verdict("server exit 0 on SIGTERM", exit_code == 0, str(exit_code)),
+        kit.verdict("server exit 0 on SIGTERM", ran.exit_code == 0, str(ran.exit_code)),
     ]
-    print("\n".join(lines))
-    print("(figures taken on a shared machine are indicative only)")
-    raise SystemExit(0 if all(line.startswith("PASS") for line in lines) else 1)
+
+
+def main() -> None:
+    args = _arguments()
+    with kit.work_folder("tandem-soak-", args.keep) as work:
+        ran = _run(args, work)
+    traffic = ran.traffic
+    problems, statuses = kit.compare_ledger(traffic.expected, ran.records, traffic.failed)
+    rss = growth(ran.sampler.samples, args.requests, "rss_mib", args.warmup)
+    fds = growth(ran.sampler.samples, args.requests, "own_fds", args.warmup)
+    kit.print_table("soak", _figures(args, ran, statuses, rss, fds))
+    print()
+    for (_, door, what), count in traffic.problems.most_common(20):
+        print(f"failed: {count} x {door}: {what}")
+    for problem in problems:
+        print(f"ledger: {problem}")
+    kit.conclude(_verdicts(args, ran, problems, rss, fds))
 
 
 if __name__ == "__main__":
