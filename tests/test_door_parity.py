@@ -72,6 +72,19 @@ def _bearer(token: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"} if token else {}
 
 
+async def _cut_after(url: str, body: dict[str, Any], headers: dict[str, str], chunk: str) -> None:
+    """POST a streaming call and hang up once a line starting with `chunk` (the answer's
+    first chunk, in the door's framing) has arrived."""
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream("POST", url, json=body, headers=headers) as answer,
+    ):
+        assert answer.status_code == 200
+        async for line in answer.aiter_lines():
+            if line.startswith(chunk):
+                break  # leaving the block closes the connection
+
+
 class HttpDoor:
     """`/native/v1` or `/v1`: JSON, or SSE ending in `[DONE]` or one error event; and
     `/v1/completions` (`legacy`), OpenAI's text completion: the last message's text as
@@ -130,16 +143,7 @@ class HttpDoor:
         )
 
     async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
-        async with (
-            httpx.AsyncClient(timeout=30) as client,
-            client.stream(
-                "POST", self._url, json=self._body(body, True), headers=_bearer(token)
-            ) as answer,
-        ):
-            assert answer.status_code == 200
-            async for line in answer.aiter_lines():
-                if line.startswith("data: {"):
-                    break  # leaving the block closes the connection
+        await _cut_after(self._url, self._body(body, True), _bearer(token), "data: {")
 
 
 # each error type's status on each door (the contract's table); a door that answers
@@ -269,15 +273,7 @@ class OllamaDoor:
         )
 
     async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
-        async with (
-            httpx.AsyncClient(timeout=30) as client,
-            client.stream(
-                "POST", self._url, json=self._body(body, True), headers=_bearer(token)
-            ) as answer,
-        ):
-            assert answer.status_code == 200
-            async for _ in answer.aiter_lines():
-                break  # leaving the block closes the connection
+        await _cut_after(self._url, self._body(body, True), _bearer(token), "")  # any line
 
 
 _FINISH_OF_STOP = {"end_turn": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
@@ -346,16 +342,9 @@ class AnthropicDoor:
         )
 
     async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
-        async with (
-            httpx.AsyncClient(timeout=30) as client,
-            client.stream(
-                "POST", self._url, json=self._body(body, True), headers=self._key(token)
-            ) as answer,
-        ):
-            assert answer.status_code == 200
-            async for line in answer.aiter_lines():
-                if line.startswith("event: content_block_delta"):
-                    break  # leaving the block closes the connection
+        await _cut_after(
+            self._url, self._body(body, True), self._key(token), "event: content_block_delta"
+        )
 
 
 def doors(gateway: TandemProcess) -> dict[str, Door]:
