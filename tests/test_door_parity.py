@@ -366,6 +366,13 @@ def door(request: pytest.FixtureRequest, gateway: TandemProcess) -> Door:
     return doors(gateway)[request.param]
 
 
+@pytest.fixture(params=[False, True], ids=["whole", "streamed"])
+def stream(request: pytest.FixtureRequest) -> bool:
+    """Whether a call asks for its answer streamed: a test that takes it runs both ways."""
+    answer: bool = request.param
+    return answer
+
+
 def token(tier: str = "free") -> tuple[str, str]:
     """A fresh JWT subject (its own budget and records), and its token."""
     sub = f"parity-{uuid.uuid4().hex[:12]}"
@@ -385,7 +392,6 @@ async def records(gateway: TandemProcess, sub: str, count: int) -> list[dict[str
 WORDS = len(PROMPT.split())
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_an_answer_and_its_recorded_usage(
     gateway: TandemProcess, door: Door, stream: bool
 ) -> None:
@@ -397,7 +403,6 @@ async def test_an_answer_and_its_recorded_usage(
     assert (record["prompt_tokens"], record["completion_tokens"]) == (WORDS, WORDS)
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_an_upstream_answer_is_the_same_on_every_door(
     gateway: TandemProcess, fake: FakeUpstream, door: Door, stream: bool
 ) -> None:
@@ -422,7 +427,6 @@ async def test_an_upstream_answer_is_the_same_on_every_door(
     ],
     ids=["bad-value", "unknown-model", "no-messages"],
 )
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_each_refusal_is_the_same_error_and_is_not_recorded(
     gateway: TandemProcess, door: Door, body: dict[str, Any], error: str, stream: bool
 ) -> None:
@@ -448,7 +452,6 @@ async def test_over_the_tier_is_a_rate_limit_error(door: Door) -> None:
     assert await door.chat(chat("echo"), jwt_token, stream=True) == Seen(error="rate_limit_error")
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_an_upstream_failure_before_the_first_chunk_is_a_plain_error(
     gateway: TandemProcess, fake: FakeUpstream, door: Door, stream: bool
 ) -> None:
@@ -536,7 +539,6 @@ STOP_FIELD = {
 }
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_more_than_16_stop_sequences_are_refused_naming_the_field(
     door: Door, stream: bool
 ) -> None:
