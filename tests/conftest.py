@@ -84,10 +84,8 @@ async def channel(shared_server: TandemProcess) -> AsyncIterator[grpc.aio.Channe
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeUpstream]:
     """A fake OpenAI/Anthropic/Ollama upstream on 127.0.0.1:0, shared by a module."""
-    upstream = FakeUpstream()
-    upstream.start()
-    yield upstream
-    upstream.stop()
+    with FakeUpstream() as upstream:
+        yield upstream
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.served import Served, run_on_thread
+
 SECRET_URL = "http://10.9.8.7:4444/internal"
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 REASONING = "let me think"
@@ -76,7 +78,7 @@ class Recorded:
 
 
 @dataclass
-class FakeUpstream:
+class FakeUpstream(Served):
     script: deque[str] = field(default_factory=deque)
     requests: list[Recorded] = field(default_factory=list)
     gone: list[float] = field(default_factory=list)
@@ -100,10 +102,7 @@ class FakeUpstream:
     # --- server ---------------------------------------------------------------------
 
     def start(self) -> str:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
+        self._thread = run_on_thread(self._run)
         return self.base_url
 
     def _run(self, ready: threading.Event) -> None:
@@ -144,14 +143,17 @@ class FakeUpstream:
         self.requests.append(Recorded(request.path, dict(request.headers), body, time.monotonic()))
         return body
 
+    async def _called(self, request: web.Request) -> tuple[Any, str]:
+        """The call's body, recorded, and what the script says it meets."""
+        return await self._record(request), self._next()
+
     def _error(self, status: int, headers: dict[str, str] | None = None) -> web.Response:
         message = f"failed, see {SECRET_URL} (key {UPSTREAM_KEY})"
         body = {"error": {"message": message, "type": "server_error", "param": "temperature"}}
         return web.json_response(body, status=status, headers=headers)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await self._record(request)
-        behaviour = self._next()
+        body, behaviour = await self._called(request)
         try:
             return await self._answer(request, body, behaviour)
         except (asyncio.CancelledError, ConnectionResetError):
@@ -282,8 +284,7 @@ class FakeUpstream:
         return response
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        body = await self._record(request)
-        behaviour = self._next()
+        body, behaviour = await self._called(request)
         if behaviour[0].isdigit():
             return self._error(int(behaviour))
         if behaviour.startswith("slow:"):
@@ -300,8 +301,7 @@ class FakeUpstream:
     # --- Anthropic's Messages API -----------------------------------------------------
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
-        body = await self._record(request)
-        behaviour = self._next()
+        body, behaviour = await self._called(request)
         kind, _, arg = behaviour.partition(":")
         if kind.isdigit():
             return self._error(int(kind), {"retry-after": arg} if arg else None)
@@ -428,8 +428,7 @@ class FakeUpstream:
     # --- Ollama's /api/chat and /api/embed ------------------------------------------
 
     async def _ollama_chat(self, request: web.Request) -> web.StreamResponse:
-        body = await self._record(request)
-        behaviour = self._next()
+        body, behaviour = await self._called(request)
         if behaviour[0].isdigit():
             return web.json_response({"error": f"boom at {SECRET_URL}"}, status=int(behaviour))
         text = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
@@ -463,37 +462,28 @@ class FakeUpstream:
             return web.json_response({**final, "message": message})
         response = web.StreamResponse(headers={"content-type": "application/x-ndjson"})
         await response.prepare(request)
+
+        async def line(content: str = "", **more: Any) -> None:
+            message = {"role": "assistant", "content": content, **more}
+            await response.write(
+                orjson.dumps({"model": body["model"], "done": False, "message": message}) + b"\n"
+            )
+
         if behaviour == "tools":
             words = []
-            line = {
-                "model": body["model"],
-                "done": False,
-                "message": {"role": "assistant", "content": "", "tool_calls": tool_calls},
-            }
-            await response.write(orjson.dumps(line) + b"\n")
+            await line(tool_calls=tool_calls)
         if behaviour == "reasoning":
             for thought in THOUGHTS:
-                line = {
-                    "model": body["model"],
-                    "done": False,
-                    "message": {"role": "assistant", "content": "", "thinking": thought},
-                }
-                await response.write(orjson.dumps(line) + b"\n")
+                await line(thinking=thought)
         for word in words:
-            line = {
-                "model": body["model"],
-                "done": False,
-                "message": {"role": "assistant", "content": word},
-            }
-            await response.write(orjson.dumps(line) + b"\n")
+            await line(word)
         await response.write(
             orjson.dumps({**final, "message": {"role": "assistant", "content": ""}}) + b"\n"
         )
         return response
 
     async def _ollama_show(self, request: web.Request) -> web.StreamResponse:
-        body = await self._record(request)
-        behaviour = self._next()
+        body, behaviour = await self._called(request)
         if behaviour[0].isdigit():
             return web.json_response({"error": f"boom at {SECRET_URL}"}, status=int(behaviour))
         if behaviour.startswith("slow:"):

@@ -26,6 +26,7 @@ __all__ = [
     "FuzzCases",
     "fuzz_settings",
     "json_values",
+    "mutate",
     "nested",
 ]
 
@@ -115,6 +116,23 @@ def json_values(*, keys: st.SearchStrategy[str] | None = None) -> st.SearchStrat
         ),
         max_leaves=24,
     )
+
+
+def mutate(
+    value: JSON, draw: st.DrawFn, *, keys: st.SearchStrategy[str], below: int, depth: int = 0
+) -> JSON:
+    """`value` with one thing somewhere inside it, less than `below` levels down, replaced
+    by any JSON, or a key drawn from `keys` added to an object."""
+    if isinstance(value, dict) and value and depth < below and draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(value)))
+        return {**value, key: mutate(value[key], draw, keys=keys, below=below, depth=depth + 1)}
+    if isinstance(value, list) and value and depth < below and draw(st.booleans()):
+        at = draw(st.integers(0, len(value) - 1))
+        inner = mutate(value[at], draw, keys=keys, below=below, depth=depth + 1)
+        return [*value[:at], inner, *value[at + 1 :]]
+    if isinstance(value, dict) and draw(st.booleans()):
+        return {**value, draw(keys): draw(json_values(keys=keys))}
+    return draw(json_values(keys=keys))
 
 
 def nested(depth: int) -> bytes:

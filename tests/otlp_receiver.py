@@ -15,6 +15,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from tests.served import Served
+
 __all__ = ["OtlpReceiver", "ReceivedSpan"]
 
 SPAN_KIND_SERVER = trace_pb2.Span.SPAN_KIND_SERVER
@@ -76,7 +78,7 @@ class _Servicer(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-class OtlpReceiver:
+class OtlpReceiver(Served):
     def __init__(self) -> None:
         self._spans: list[ReceivedSpan] = []
         self._changed = threading.Condition()

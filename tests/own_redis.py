@@ -11,6 +11,7 @@ from pathlib import Path
 import redis
 
 from tests.eventually import eventually
+from tests.served import Served
 
 __all__ = ["OwnRedis"]
 
@@ -24,7 +25,7 @@ def _free_port() -> int:
         return port
 
 
-class OwnRedis:
+class OwnRedis(Served):
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self.port = _free_port()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ __all__ = [
     "ServeResult",
     "TandemProcess",
     "children_of",
+    "grpc_chat_failure",
     "run_cli",
     "run_serve",
     "serve_command",
     "start_tandem",
     "streamed_over_grpc",
+    "streamed_over_sdk",
     "usage_records",
 ]
 
@@ -166,14 +169,15 @@ def run_serve(
     *,
     env: dict[str, str] | None = None,
     config_path: Path | None = None,
+    args: Sequence[str] = (),
 ) -> ServeResult:
-    """Run `tandem serve` expecting it to refuse to start."""
+    """Run `tandem serve ARGS` on port 0 expecting it to refuse to start."""
     if config is not None:
         config_path = tmp_path / "tandem.yaml"
         config_path.write_text(config)
-    args = ["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
+    ports = ["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
     done = subprocess.run(
-        serve_command(config_path, args),
+        serve_command(config_path, [*args, *ports]),
         capture_output=True,
         text=True,
         env=_env(env),
@@ -218,3 +222,47 @@ def streamed_over_grpc(
             return [c async for c in stub.StreamChatCompletion(request, metadata=metadata)]
 
     return asyncio.run(stream())
+
+
+def streamed_over_sdk(client: Any, model: str, text: str, **fields: Any) -> list[Any]:
+    """The chunks of a chat of one user message streamed through the official `openai`
+    SDK's `client`, the usage chunk asked for; `fields`, more of the request."""
+    return list(
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": text}],
+            stream=True,
+            stream_options={"include_usage": True},
+            **fields,
+        )
+    )
+
+
+def grpc_chat_failure(
+    server: TandemProcess,
+    model: str,
+    text: str,
+    *,
+    stream: bool = True,
+    timeout: float | None = None,
+) -> grpc.StatusCode:
+    """The status a chat of one user message, streamed or whole, fails with over a fresh
+    gRPC channel (a call that succeeds fails the test)."""
+    request = chat_pb2.ChatCompletionRequest(
+        model=model, messages=[chat_pb2.ChatMessage(role="user", content=text)]
+    )
+
+    async def call() -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(server.grpc) as channel:
+            stub = chat_pb2_grpc.ChatServiceStub(channel)
+            try:
+                if stream:
+                    async for _ in stub.StreamChatCompletion(request, timeout=timeout):
+                        pass
+                else:
+                    await stub.CreateChatCompletion(request, timeout=timeout)
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+        raise AssertionError(f"the call of {model!r} succeeded")
+
+    return asyncio.run(call())

@@ -13,11 +13,25 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-__all__ = ["PG_DSN", "REDIS_URL", "count_records", "pg_schema_url"]
+__all__ = ["PG_DSN", "REDIS_URL", "count_records", "pg_schema_url", "redis_limits_config"]
 
 PG_DSN = os.environ.get("TANDEM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 _REDIS_BASE_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_URL = urlunsplit(urlsplit(_REDIS_BASE_URL)._replace(path="/9"))  # this suite's database
+
+_REDIS_LIMITS = """
+providers: [{name: demo, kind: mock}]
+models: [{name: echo, provider: demo}]
+tiers:
+  free: {default_model: echo, requests_per_minute: %(rpm)d}
+rate_limits: {backend: redis, url: "%(url)s", prefix: "%(prefix)s"}
+"""
+
+
+def redis_limits_config(url: str, prefix: str, rpm: int) -> str:
+    """A config of one mock model, `echo`, that tier free may call `rpm` times a minute,
+    counted in the Redis at `url` under the key `prefix`."""
+    return _REDIS_LIMITS % {"rpm": rpm, "url": url, "prefix": prefix}
 
 
 @contextlib.contextmanager

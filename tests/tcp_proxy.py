@@ -8,6 +8,8 @@ import threading
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+from tests.served import Served, run_on_thread
+
 __all__ = ["TcpProxy", "proxy_to"]
 
 
@@ -15,15 +17,11 @@ __all__ = ["TcpProxy", "proxy_to"]
 def proxy_to(url: str, default_port: int) -> Iterator[TcpProxy]:
     """A running proxy in front of the server at `url` (PostgreSQL's, Redis'), stopped after."""
     target = urlsplit(url)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or default_port)
-    proxy.start()
-    try:
+    with TcpProxy(target.hostname or "127.0.0.1", target.port or default_port) as proxy:
         yield proxy
-    finally:
-        proxy.stop()
 
 
-class TcpProxy:
+class TcpProxy(Served):
     """Forwards every connection to `target`; while cut, it drops every open
     connection and closes new ones at once (the database is unreachable)."""
 
@@ -34,10 +32,7 @@ class TcpProxy:
         self.port = 0
 
     def start(self) -> int:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
+        self._thread = run_on_thread(self._run)
         return self.port
 
     def cut(self) -> None:

@@ -3,7 +3,6 @@ what is recorded is what the reservation settles to."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -14,11 +13,10 @@ import httpx
 import jwt
 import orjson
 import pytest
-from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from tests.eventually import eventually
 from tests.fake_upstream import FakeUpstream
-from tests.servers import TandemProcess, start_tandem, usage_records
+from tests.servers import TandemProcess, grpc_chat_failure, start_tandem, usage_records
 
 CONFIG = """
 providers:
@@ -82,19 +80,8 @@ def test_a_grpc_deadline_before_the_first_chunk_is_charged_its_prompt(
     gateway: TandemProcess, fake: FakeUpstream
 ) -> None:
     fake.reset("slow:3")
-
-    async def call() -> grpc.StatusCode:
-        async with grpc.aio.insecure_channel(gateway.grpc) as channel:
-            stub = chat_pb2_grpc.ChatServiceStub(channel)
-            request = chat_pb2.ChatCompletionRequest(
-                model="relay", messages=[chat_pb2.ChatMessage(role="user", content=PROMPT)]
-            )
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                async for _ in stub.StreamChatCompletion(request, timeout=1):
-                    pass
-            return caught.value.code()
-
-    assert asyncio.run(call()) == grpc.StatusCode.DEADLINE_EXCEEDED
+    code = grpc_chat_failure(gateway, "relay", PROMPT, timeout=1)
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     [record] = records(gateway, 1)
     assert record["status"] == "cancelled"
     assert (record["prompt_tokens"], record["completion_tokens"]) == (PROMPT_ESTIMATE, 0)

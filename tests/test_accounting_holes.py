@@ -18,12 +18,11 @@ import openai
 import orjson
 import pytest
 from aiohttp import web
-from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from server.messages import estimate_tokens
 from tests.eventually import eventually
 from tests.fake_upstream import FakeUpstream
-from tests.servers import TandemProcess, start_tandem
+from tests.servers import TandemProcess, grpc_chat_failure, start_tandem
 
 THOUGHT = "thinking about it "  # one piece of reasoning, every THOUGHT_EVERY_S
 THOUGHT_EVERY_S = 0.05
@@ -151,10 +150,8 @@ TOKENS_PER_MINUTE = 10_000_000
 
 @pytest.fixture(scope="module")
 def holes() -> Iterator[HolesUpstream]:
-    upstream = HolesUpstream()
-    upstream.start()
-    yield upstream
-    upstream.stop()
+    with HolesUpstream() as upstream:
+        yield upstream
 
 
 @pytest.fixture(scope="module")
@@ -526,21 +523,7 @@ def anthropic_error(stream: bool) -> Any:
 
 def grpc_error(stream: bool) -> Any:
     def call(gateway: TandemProcess) -> tuple[int, str]:
-        async def run() -> grpc.StatusCode:
-            async with grpc.aio.insecure_channel(gateway.grpc) as channel:
-                stub = chat_pb2_grpc.ChatServiceStub(channel)
-                request = chat_pb2.ChatCompletionRequest(
-                    model="relay", messages=[chat_pb2.ChatMessage(role="user", content=PROMPT)]
-                )
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    if stream:
-                        async for _ in stub.StreamChatCompletion(request):
-                            pass
-                    else:
-                        await stub.CreateChatCompletion(request)
-                return caught.value.code()
-
-        code = asyncio.run(run())
+        code = grpc_chat_failure(gateway, "relay", PROMPT, stream=stream)
         return (502 if code == grpc.StatusCode.UNAVAILABLE else -1), "upstream_error"
 
     return call

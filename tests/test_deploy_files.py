@@ -296,12 +296,15 @@ def test_kubernetes_validate_passes_every_manifest(version: str) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "complaint"),
     [
-        (
+        pytest.param(
             "      terminationGracePeriodSeconds:",
             "      terminationGracePeriod: 50\n      terminationGracePeriodSeconds:",
             "'terminationGracePeriod' was unexpected",
+            id="unknown-field",
         ),
-        ("  replicas: 3", '  replicas: "3"', "is not of type 'integer'"),
+        pytest.param(
+            "  replicas: 3", '  replicas: "3"', "is not of type 'integer'", id="replicas-a-string"
+        ),
     ],
 )
 def test_kubernetes_validate_rejects_a_broken_deployment(

@@ -72,6 +72,19 @@ def _bearer(token: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"} if token else {}
 
 
+async def _cut_after(url: str, body: dict[str, Any], headers: dict[str, str], chunk: str) -> None:
+    """POST a streaming call and hang up once a line starting with `chunk` (the answer's
+    first chunk, in the door's framing) has arrived."""
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream("POST", url, json=body, headers=headers) as answer,
+    ):
+        assert answer.status_code == 200
+        async for line in answer.aiter_lines():
+            if line.startswith(chunk):
+                break  # leaving the block closes the connection
+
+
 class HttpDoor:
     """`/native/v1` or `/v1`: JSON, or SSE ending in `[DONE]` or one error event; and
     `/v1/completions` (`legacy`), OpenAI's text completion: the last message's text as
@@ -130,16 +143,7 @@ class HttpDoor:
         )
 
     async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
-        async with (
-            httpx.AsyncClient(timeout=30) as client,
-            client.stream(
-                "POST", self._url, json=self._body(body, True), headers=_bearer(token)
-            ) as answer,
-        ):
-            assert answer.status_code == 200
-            async for line in answer.aiter_lines():
-                if line.startswith("data: {"):
-                    break  # leaving the block closes the connection
+        await _cut_after(self._url, self._body(body, True), _bearer(token), "data: {")
 
 
 # each error type's status on each door (the contract's table); a door that answers
@@ -269,15 +273,7 @@ class OllamaDoor:
         )
 
     async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
-        async with (
-            httpx.AsyncClient(timeout=30) as client,
-            client.stream(
-                "POST", self._url, json=self._body(body, True), headers=_bearer(token)
-            ) as answer,
-        ):
-            assert answer.status_code == 200
-            async for _ in answer.aiter_lines():
-                break  # leaving the block closes the connection
+        await _cut_after(self._url, self._body(body, True), _bearer(token), "")  # any line
 
 
 _FINISH_OF_STOP = {"end_turn": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
@@ -346,16 +342,9 @@ class AnthropicDoor:
         )
 
     async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
-        async with (
-            httpx.AsyncClient(timeout=30) as client,
-            client.stream(
-                "POST", self._url, json=self._body(body, True), headers=self._key(token)
-            ) as answer,
-        ):
-            assert answer.status_code == 200
-            async for line in answer.aiter_lines():
-                if line.startswith("event: content_block_delta"):
-                    break  # leaving the block closes the connection
+        await _cut_after(
+            self._url, self._body(body, True), self._key(token), "event: content_block_delta"
+        )
 
 
 def doors(gateway: TandemProcess) -> dict[str, Door]:
@@ -377,6 +366,13 @@ def door(request: pytest.FixtureRequest, gateway: TandemProcess) -> Door:
     return doors(gateway)[request.param]
 
 
+@pytest.fixture(params=[False, True], ids=["whole", "streamed"])
+def stream(request: pytest.FixtureRequest) -> bool:
+    """Whether a call asks for its answer streamed: a test that takes it runs both ways."""
+    answer: bool = request.param
+    return answer
+
+
 def token(tier: str = "free") -> tuple[str, str]:
     """A fresh JWT subject (its own budget and records), and its token."""
     sub = f"parity-{uuid.uuid4().hex[:12]}"
@@ -396,7 +392,6 @@ async def records(gateway: TandemProcess, sub: str, count: int) -> list[dict[str
 WORDS = len(PROMPT.split())
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_an_answer_and_its_recorded_usage(
     gateway: TandemProcess, door: Door, stream: bool
 ) -> None:
@@ -408,7 +403,6 @@ async def test_an_answer_and_its_recorded_usage(
     assert (record["prompt_tokens"], record["completion_tokens"]) == (WORDS, WORDS)
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_an_upstream_answer_is_the_same_on_every_door(
     gateway: TandemProcess, fake: FakeUpstream, door: Door, stream: bool
 ) -> None:
@@ -433,7 +427,6 @@ async def test_an_upstream_answer_is_the_same_on_every_door(
     ],
     ids=["bad-value", "unknown-model", "no-messages"],
 )
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_each_refusal_is_the_same_error_and_is_not_recorded(
     gateway: TandemProcess, door: Door, body: dict[str, Any], error: str, stream: bool
 ) -> None:
@@ -459,7 +452,6 @@ async def test_over_the_tier_is_a_rate_limit_error(door: Door) -> None:
     assert await door.chat(chat("echo"), jwt_token, stream=True) == Seen(error="rate_limit_error")
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_an_upstream_failure_before_the_first_chunk_is_a_plain_error(
     gateway: TandemProcess, fake: FakeUpstream, door: Door, stream: bool
 ) -> None:
@@ -547,7 +539,6 @@ STOP_FIELD = {
 }
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_more_than_16_stop_sequences_are_refused_naming_the_field(
     door: Door, stream: bool
 ) -> None:

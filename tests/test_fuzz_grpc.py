@@ -2,12 +2,12 @@
 
 A real grpc.aio channel sends the bytes as they are (no serializer), so the server's
 own deserializer meets them. Whatever arrives, the status is OK or one the contract
-spells for a client's mistake, never UNKNOWN or INTERNAL, and no detail leaks.
+spells for a client's mistake, never UNKNOWN or INTERNAL, and no detail leaks. The
+server is conftest's `shared_server` (a module's own), reached through its `channel`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -20,14 +20,7 @@ from hypothesis import strategies as st
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 
 from tests.fuzzing import INTERNALS, FuzzCases, fuzz_settings
-from tests.servers import TandemProcess, start_tandem
-
-CONFIG = """
-providers:
-  - {name: mock, kind: mock}
-models:
-  - {name: echo, provider: mock}
-"""
+from tests.servers import TandemProcess
 
 # What a client's bytes may earn: success or the contract's statuses for requests.
 ALLOWED = frozenset(
@@ -110,19 +103,6 @@ def payloads(draw: st.DrawFn, rpc: Rpc) -> bytes:
     return bytes(data)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TandemProcess]:
-    process = start_tandem(tmp_path_factory.mktemp("fuzz-grpc"), CONFIG)
-    yield process
-    assert process.terminate() == 0, process.stderr()
-
-
-@pytest.fixture
-async def channel(server: TandemProcess) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(server.grpc) as channel:
-        yield channel
-
-
 async def call(channel: grpc.aio.Channel, rpc: Rpc, payload: bytes) -> tuple[grpc.StatusCode, str]:
     """Send `payload` as it is; the status and its details."""
     try:
@@ -190,6 +170,6 @@ async def test_edge_bytes_get_a_contract_status_with_no_internals(
     assert_contract_status(payload, *await call(channel, rpc, payload))
 
 
-def test_the_fuzzed_server_logged_no_traceback(server: TandemProcess) -> None:
+def test_the_fuzzed_server_logged_no_traceback(shared_server: TandemProcess) -> None:
     """Runs after the suite above (same module): a logged bug is a failure too."""
-    assert "Traceback" not in server.settled_stderr()
+    assert "Traceback" not in shared_server.settled_stderr()

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -34,6 +34,7 @@ from tests.fuzzing import (
     FuzzCases,
     fuzz_settings,
     json_values,
+    mutate,
     nested,
 )
 from tests.servers import TandemProcess, run_cli, start_tandem
@@ -70,10 +71,20 @@ STATUS_TYPES = {
 }
 
 
-def assert_contract_answer(
-    path: str, status: int, headers: Mapping[str, object], body: bytes
-) -> None:
+class Answer(Protocol):
+    """An HTTP answer, httpx's or schemathesis'."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, object]: ...
+    @property
+    def content(self) -> bytes: ...
+
+
+def assert_contract_answer(path: str, answer: Answer) -> None:
     """Below 500, with a request id; an error in its route's shape, with nothing internal."""
+    status, headers, body = answer.status_code, answer.headers, answer.content
     assert status < 500, body[:500]
     assert headers.get("x-request-id"), "every answer carries x-request-id"
     if status < 400:
@@ -175,7 +186,7 @@ def test_every_operation_answers_below_500_in_the_contracts_shape(
     response = case.call_and_validate(
         headers=server.headers, checks=[not_a_server_error, negative_data_rejection], timeout=10
     )
-    assert_contract_answer(case.path, response.status_code, response.headers, response.content)
+    assert_contract_answer(case.path, response)
 
 
 JSON_ROUTES = (
@@ -249,19 +260,6 @@ FIELDS = st.sampled_from(
 )
 
 
-def _mutate(value: JSON, draw: st.DrawFn, depth: int = 0) -> JSON:
-    """Replace, drop or add one thing somewhere inside `value`."""
-    if isinstance(value, dict) and value and depth < 4 and draw(st.booleans()):
-        key = draw(st.sampled_from(sorted(value)))
-        return {**value, key: _mutate(value[key], draw, depth + 1)}
-    if isinstance(value, list) and value and depth < 4 and draw(st.booleans()):
-        index = draw(st.integers(0, len(value) - 1))
-        return [*value[:index], _mutate(value[index], draw, depth + 1), *value[index + 1 :]]
-    if isinstance(value, dict) and draw(st.booleans()):
-        return {**value, draw(FIELDS): draw(json_values(keys=FIELDS))}
-    return draw(json_values(keys=FIELDS))
-
-
 @st.composite
 def deep_bodies(draw: st.DrawFn, depths: st.SearchStrategy[int]) -> bytes:
     """A valid request with one field (known or not) nested `depths` deep."""
@@ -277,7 +275,7 @@ def bodies(draw: st.DrawFn) -> bytes:
     if kind == "deep":
         return draw(deep_bodies(st.integers(1, 1100)))
     if kind == "mutated":
-        return orjson.dumps(_mutate(draw(st.sampled_from(SEEDS)), draw))
+        return orjson.dumps(mutate(draw(st.sampled_from(SEEDS)), draw, keys=FIELDS, below=4))
     if kind == "any":
         return orjson.dumps(draw(json_values(keys=FIELDS)))
     return draw(
@@ -306,14 +304,20 @@ def http(server: Door) -> Iterator[httpx.Client]:
         yield client
 
 
+def posted(http: httpx.Client, route: str, body: bytes) -> httpx.Response:
+    """`body` posted on `route`, its answer checked by `assert_contract_answer`."""
+    response = http.post(route, content=body)
+    assert_contract_answer(route, response)
+    return response
+
+
 @fuzz_settings(max_examples=150)
 @given(route=st.sampled_from(JSON_ROUTES), body=bodies())
 def test_any_json_body_is_answered_below_500_in_the_contracts_shape(
     http: httpx.Client, fuzz_cases: FuzzCases, route: str, body: bytes
 ) -> None:
     fuzz_cases["http: JSON bodies"] += 1
-    response = http.post(route, content=body)
-    assert_contract_answer(route, response.status_code, response.headers, response.content)
+    posted(http, route, body)
 
 
 QUERY_TEXT = st.one_of(
@@ -346,9 +350,7 @@ def test_any_usage_query_is_answered_below_500_in_the_contracts_shape(
 ) -> None:
     fuzz_cases["http: usage queries"] += 1
     response = http.get("/native/v1/usage", params=query)
-    assert_contract_answer(
-        "/native/v1/usage", response.status_code, response.headers, response.content
-    )
+    assert_contract_answer("/native/v1/usage", response)
 
 
 @fuzz_settings(max_examples=30)
@@ -357,8 +359,7 @@ def test_json_nested_deeper_than_32_levels_is_a_400(
     http: httpx.Client, fuzz_cases: FuzzCases, route: str, body: bytes
 ) -> None:
     fuzz_cases["http: deep JSON"] += 1
-    response = http.post(route, content=body)
-    assert_contract_answer(route, response.status_code, response.headers, response.content)
+    response = posted(http, route, body)
     assert response.status_code == 400, (body[:80], response.text[:300])
 
 
@@ -381,7 +382,7 @@ def test_any_credential_or_request_id_is_answered_in_the_contracts_shape(
 ) -> None:
     fuzz_cases["http: header values"] += 1
     response = http.get(route, headers={name.encode(): value.encode("latin-1")})
-    assert_contract_answer(route, response.status_code, response.headers, response.content)
+    assert_contract_answer(route, response)
     assert REQUEST_ID.fullmatch(response.headers["x-request-id"]), response.headers
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.requests import Request
@@ -17,7 +18,7 @@ from server.errors import InvalidRequestError
 from server.translate.ollama import inbound as ollama_inbound
 from server.translate.openai import inbound
 from server.translate.usage import parse_usage_params
-from tests.fuzzing import INTERNALS, JSON, FuzzCases, fuzz_settings, json_values, nested
+from tests.fuzzing import INTERNALS, JSON, FuzzCases, fuzz_settings, json_values, mutate, nested
 
 MAX_DEPTH = 32  # CONTRACT.md: JSON nested deeper is a 400
 
@@ -97,22 +98,11 @@ EMBEDDING_SEEDS: tuple[JSON, ...] = (
 def mutated(seeds: tuple[JSON, ...]) -> st.SearchStrategy[JSON]:
     """A seed with one value somewhere inside replaced by any JSON, or added."""
 
-    def mutate(value: JSON, draw: st.DrawFn, depth: int) -> JSON:
-        if isinstance(value, dict) and value and depth < 5 and draw(st.booleans()):
-            key = draw(st.sampled_from(sorted(value)))
-            return {**value, key: mutate(value[key], draw, depth + 1)}
-        if isinstance(value, list) and value and depth < 5 and draw(st.booleans()):
-            at = draw(st.integers(0, len(value) - 1))
-            return [*value[:at], mutate(value[at], draw, depth + 1), *value[at + 1 :]]
-        if isinstance(value, dict) and draw(st.booleans()):
-            return {**value, draw(KEYS): draw(json_values(keys=KEYS))}
-        return draw(json_values(keys=KEYS))
-
     @st.composite
     def strategy(draw: st.DrawFn) -> JSON:
         value = draw(st.sampled_from(seeds))
         for _ in range(draw(st.integers(1, 3))):
-            value = mutate(value, draw, 0)
+            value = mutate(value, draw, keys=KEYS, below=5)
         return value
 
     return strategy()
@@ -137,30 +127,31 @@ def parses_or_refuses(parse: Callable[[], object]) -> None:
         assert_invalid_request(error)
 
 
+# The OpenAI dialect's parsers, by name: the requests each starts from, and the parse.
+PARSERS: dict[str, tuple[tuple[JSON, ...], Callable[[JSON, bool], object]]] = {
+    "chat": (
+        CHAT_SEEDS,
+        lambda body, strict: validate_chat_request(inbound.parse_chat(body, strict=strict)),
+    ),
+    "embeddings": (
+        EMBEDDING_SEEDS,
+        lambda body, strict: validate_embedding_request(
+            inbound.parse_embedding(body, strict=strict)
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("parser", sorted(PARSERS))
 @fuzz_settings(max_examples=500)
-@given(body=bodies(CHAT_SEEDS), strict=st.booleans())
-def test_chat_parser_returns_a_request_or_an_invalid_request_error(
-    fuzz_cases: FuzzCases, body: JSON, strict: bool
+@given(data=st.data(), strict=st.booleans())
+def test_each_parser_returns_a_request_or_an_invalid_request_error(
+    fuzz_cases: FuzzCases, parser: str, data: st.DataObject, strict: bool
 ) -> None:
-    fuzz_cases["parsers: chat"] += 1
-
-    def parse() -> None:
-        validate_chat_request(inbound.parse_chat(body, strict=strict))
-
-    parses_or_refuses(parse)
-
-
-@fuzz_settings(max_examples=400)
-@given(body=bodies(EMBEDDING_SEEDS), strict=st.booleans())
-def test_embedding_parser_returns_a_request_or_an_invalid_request_error(
-    fuzz_cases: FuzzCases, body: JSON, strict: bool
-) -> None:
-    fuzz_cases["parsers: embeddings"] += 1
-
-    def parse() -> None:
-        validate_embedding_request(inbound.parse_embedding(body, strict=strict))
-
-    parses_or_refuses(parse)
+    seeds, parse = PARSERS[parser]
+    body = data.draw(bodies(seeds), label="body")
+    fuzz_cases[f"parsers: {parser}"] += 1
+    parses_or_refuses(lambda: parse(body, strict))
 
 
 OLLAMA_SEEDS: tuple[JSON, ...] = (

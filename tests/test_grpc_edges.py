@@ -11,16 +11,11 @@ import httpx
 import jwt
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from tandem.v1 import (
-    chat_pb2,
-    chat_pb2_grpc,
-    embeddings_pb2,
-    embeddings_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-    usage_pb2,
-    usage_pb2_grpc,
-)
+from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
+from tandem.v1.chat_pb2_grpc import ChatServiceStub
+from tandem.v1.embeddings_pb2_grpc import EmbeddingServiceStub
+from tandem.v1.models_pb2_grpc import ModelServiceStub
+from tandem.v1.usage_pb2_grpc import UsageServiceStub
 
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess
@@ -171,7 +166,7 @@ async def test_a_struct_within_the_nesting_limit_decodes(channel: grpc.aio.Chann
 async def test_a_timestamp_with_nanos_out_of_range_is_invalid_argument_naming_it(
     channel: grpc.aio.Channel, name: str, seconds: int, nanos: int
 ) -> None:
-    stub = usage_pb2_grpc.UsageServiceStub(channel)
+    stub = UsageServiceStub(channel)
     request = usage_pb2.GetUsageRequest()
     getattr(request, name).CopyFrom(Timestamp(seconds=seconds, nanos=nanos))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -190,7 +185,7 @@ async def test_an_answer_larger_than_max_body_bytes_is_sent(
     server = tandem("server: {max_body_bytes: 8192}\n")
     request = embeddings_pb2.EmbeddingRequest(model="echo", input=[f"input {i}" for i in range(40)])
     async with grpc.aio.insecure_channel(server.grpc) as channel:
-        response = await embeddings_pb2_grpc.EmbeddingServiceStub(channel).CreateEmbeddings(request)
+        response = await EmbeddingServiceStub(channel).CreateEmbeddings(request)
     assert len(response.data) == 40
     assert response.ByteSize() > 8192
 
@@ -207,7 +202,7 @@ def assert_cut(message: str) -> None:
 async def test_a_very_long_unknown_model_is_not_found_over_grpc(
     channel: grpc.aio.Channel,
 ) -> None:
-    chat = chat_pb2_grpc.ChatServiceStub(channel)
+    chat = ChatServiceStub(channel)
     request = chat_pb2.ChatCompletionRequest(
         model=LONG_NAME, messages=[chat_pb2.ChatMessage(role="user", content="hi")]
     )
@@ -215,7 +210,7 @@ async def test_a_very_long_unknown_model_is_not_found_over_grpc(
         await chat.CreateChatCompletion(request)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
     assert_cut(caught.value.details() or "")
-    models = models_pb2_grpc.ModelServiceStub(channel)
+    models = ModelServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await models.GetModel(models_pb2.GetModelRequest(id=LONG_NAME))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()

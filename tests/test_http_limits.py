@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import select
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -82,6 +82,20 @@ def _error(body: bytes) -> dict[str, object]:
     assert set(error) == {"message", "type", "code", "param"}
     assert isinstance(error, dict)
     return error
+
+
+def _read_closing_error(
+    sock: socket.socket, status: int, error: Mapping[str, object], request_id: str
+) -> dict[str, str]:
+    """Read one answer and check it is this error, for the caller's `request_id`, sent
+    with `connection: close` and followed by the close; its headers."""
+    answered, headers, body = _read_response(sock)
+    assert answered == status
+    assert _error(body) == error
+    assert headers["x-request-id"] == request_id
+    assert headers["connection"] == "close"
+    assert _closed_by_server(sock)
+    return headers
 
 
 def _rss_bytes(pid: int) -> int:
@@ -194,17 +208,13 @@ def test_slow_body_is_cut_with_408(server: TandemProcess) -> None:
             sock.sendall(body[i : i + 1])
         else:
             pytest.fail("the server waited for a trickling body to its end")
-        status, headers, answer = _read_response(sock)
-        assert status == 408
-        assert _error(answer) == {
+        cut = {
             "message": "request body not received within 1 s",
             "type": "invalid_request_error",
             "code": "body_timeout",
             "param": None,
         }
-        assert headers["x-request-id"] == "trickle-1"
-        assert headers["connection"] == "close"
-        assert _closed_by_server(sock)
+        _read_closing_error(sock, 408, cut, "trickle-1")
     with _connect(server) as sock:  # the server is fine after it
         sock.sendall(_chat_head(500) + CHAT)
         assert _read_response(sock)[0] == 200
@@ -231,18 +241,14 @@ def test_connections_over_the_bound_get_503_until_one_closes(
 
         with _connect(server) as extra:
             extra.sendall(_chat_head(500, request_id="extra-1") + CHAT)
-            status, headers, body = _read_response(extra)
-            assert status == 503
-            assert _error(body) == {
+            refused = {
                 "message": "the server has 2 connections open; retry shortly",
                 "type": "unavailable_error",
                 "code": "too_many_connections",
                 "param": None,
             }
+            headers = _read_closing_error(extra, 503, refused, "extra-1")
             assert headers["retry-after"] == "1"
-            assert headers["connection"] == "close"
-            assert headers["x-request-id"] == "extra-1"
-            assert _closed_by_server(extra)
         assert [line["status"] for line in _access_lines(server, "extra-1")] == [503]
 
         held.pop().close()

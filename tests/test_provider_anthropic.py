@@ -12,7 +12,7 @@ from tandem.v1 import chat_pb2
 
 from server.translate.anthropic import to_provider as anthropic
 from tests.fake_upstream import UPSTREAM_KEY, FakeUpstream
-from tests.servers import TandemProcess, streamed_over_grpc
+from tests.servers import TandemProcess, streamed_over_grpc, streamed_over_sdk
 
 CONFIG = """
 providers:
@@ -47,15 +47,7 @@ def test_non_streaming_through_the_openai_door(client: Any, fake: FakeUpstream) 
 
 
 def test_streaming_with_usage_and_length(client: Any, fake: FakeUpstream) -> None:
-    chunks = list(
-        client.chat.completions.create(
-            model="haiku",
-            messages=[{"role": "user", "content": "one two three four"}],
-            max_tokens=2,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-    )
+    chunks = streamed_over_sdk(client, "haiku", "one two three four", max_tokens=2)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "one two "
     finish = [

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tests.fake_upstream import OLLAMA_CALL_IDS, SECRET_URL, FakeUpstream
-from tests.servers import TandemProcess, streamed_over_grpc
+from tests.servers import TandemProcess, streamed_over_grpc, streamed_over_sdk
 
 CONFIG = """
 providers:
@@ -33,15 +33,7 @@ def test_chat_whole_and_streamed_with_usage(client: Any, fake: FakeUpstream) -> 
     assert fake.requests[0].body["model"] == "llama3.2:1b"
     assert fake.requests[0].body["stream"] is False
 
-    chunks = list(
-        client.chat.completions.create(
-            model="llama",
-            messages=[{"role": "user", "content": "a b c d"}],
-            max_tokens=3,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-    )
+    chunks = streamed_over_sdk(client, "llama", "a b c d", max_tokens=3)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "a b c "
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 3

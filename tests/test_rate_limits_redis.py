@@ -15,7 +15,7 @@ import pytest
 from server.policy.redis_limiter import RedisLimiter
 from tests.eventually import eventually_async
 from tests.servers import TandemProcess, start_tandem
-from tests.stores import REDIS_URL
+from tests.stores import REDIS_URL, redis_limits_config
 
 
 @pytest.fixture
@@ -68,18 +68,9 @@ async def test_unreachable_redis_fails_open_fast_with_one_warning(
     await limiter.aclose()
 
 
-CONFIG = """
-providers: [{name: demo, kind: mock}]
-models: [{name: echo, provider: demo}]
-tiers:
-  free: {default_model: echo, requests_per_minute: %(rpm)d}
-rate_limits: {backend: redis, url: "%(url)s", prefix: "%(prefix)s"}
-"""
-
-
 def test_three_replicas_share_one_budget(tmp_path: Path, prefix: str) -> None:
     rpm = 120
-    config = CONFIG % {"rpm": rpm, "url": REDIS_URL, "prefix": prefix}
+    config = redis_limits_config(REDIS_URL, prefix, rpm)
     replicas: list[TandemProcess] = []
     try:
         replicas += [start_tandem(tmp_path, config) for _ in range(3)]

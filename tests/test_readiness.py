@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.eventually import eventually_async
 from tests.servers import TandemProcess
-from tests.stores import count_records
+from tests.stores import count_records, redis_limits_config
 from tests.tcp_proxy import TcpProxy, proxy_to
 
 REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -33,14 +33,6 @@ usage: {store: none}
 """
 USAGE_STORE = """
 usage: {store: "%(store)s", flush_interval_ms: 50}
-"""
-REDIS = """
-providers: [{name: demo, kind: mock}]
-models: [{name: echo, provider: demo}]
-tiers:
-  free: {default_model: echo, requests_per_minute: %(rpm)d}
-rate_limits: {backend: redis, url: "%(url)s", prefix: "%(prefix)s"}
-usage: {store: %(store)s, flush_interval_ms: 50}
 """
 
 
@@ -99,7 +91,7 @@ def redis_config(proxy: TcpProxy, store: str = "none") -> str:
     userinfo, at, _ = target.netloc.rpartition("@")
     url = urlunsplit(target._replace(netloc=f"{userinfo}{at}127.0.0.1:{proxy.port}", path="/9"))
     prefix = f"tandem-test:{uuid.uuid4().hex}:"
-    return REDIS % {"rpm": RPM, "url": url, "prefix": prefix, "store": f'"{store}"'}
+    return redis_limits_config(url, prefix, RPM) + USAGE_STORE % {"store": store}
 
 
 async def test_sigterm_is_not_ready_with_connection_close_while_still_serving(

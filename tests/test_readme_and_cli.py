@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.fake_upstream import FakeUpstream
-from tests.servers import TandemProcess
+from tests.servers import TandemProcess, run_cli
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -41,28 +41,19 @@ def test_readme_python_example_prints_the_answer_twice(
     assert done.stdout == expected
 
 
-def test_tandem_chat_streams_the_answer_over_grpc(tandem: Callable[..., TandemProcess]) -> None:
+def test_tandem_chat_streams_the_answer_over_grpc(
+    tandem: Callable[..., TandemProcess], tmp_path: Path
+) -> None:
     server = tandem()
-    done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "chat", "--grpc", server.grpc, "stream this please"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_cli("chat", "--grpc", server.grpc, "stream this please", cwd=tmp_path)
     assert (done.returncode, done.stdout) == (0, "stream this please\n")
 
 
-def test_tandem_chat_reports_an_error_status(tandem: Callable[..., TandemProcess]) -> None:
+def test_tandem_chat_reports_an_error_status(
+    tandem: Callable[..., TandemProcess], tmp_path: Path
+) -> None:
     server = tandem()
-    command = [sys.executable, "-m", "server.cli", "chat", "--grpc", server.grpc]
-    done = subprocess.run(
-        [*command, "--model", "ghost", "hi"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_cli("chat", "--grpc", server.grpc, "--model", "ghost", "hi", cwd=tmp_path)
     assert done.returncode == 2
     assert "NOT_FOUND: model 'ghost' not found" in done.stderr
 

@@ -36,10 +36,8 @@ rate_limits: {backend: redis, url: "%(url)s", prefix: "%(prefix)s"}
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+    with OwnRedis(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture

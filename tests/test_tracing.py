@@ -40,10 +40,8 @@ FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100"}  # ms between batches (the SDK'
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[OtlpReceiver]:
-    collector = OtlpReceiver()
-    collector.start()
-    yield collector
-    collector.stop()
+    with OtlpReceiver() as collector:
+        yield collector
 
 
 def config_for(endpoint: str, fake: FakeUpstream) -> str:

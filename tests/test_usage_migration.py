@@ -192,22 +192,9 @@ def test_replicas_opening_a_previous_ledger_together_all_gain_the_column(tmp_pat
     from server.store.sqlite import SqliteStore
     from server.usage.record import UsageQuery, UsageRecord
 
-    record = UsageRecord(
-        id="new-1",
-        request_id="r9",
-        user="bob",
-        model="echo",
-        provider="demo",
-        protocol="anthropic",
-        prompt_tokens=18,
-        completion_tokens=2,
-        status="ok",
-        latency_ms=1.0,
-        ttft_ms=None,
-        created_at=OLD_TIME_US + 1,
-        cached_tokens=2,
-        cache_write_tokens=5,
-    )
+    # in the ledger's column order, as PREVIOUS_ROW; and the two cache counts
+    row = ("new-1", "r9", "bob", "echo", "demo", "anthropic", 18, 2, "ok", 1.0, None)
+    record = UsageRecord(*row, OLD_TIME_US + 1, cached_tokens=2, cache_write_tokens=5)
 
     async def open_three(stores: list[Any]) -> None:
         try:

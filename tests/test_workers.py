@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from tests.eventually import eventually
-from tests.servers import TandemProcess, children_of, serve_command
+from tests.servers import TandemProcess, children_of, run_serve
 
 CONFIG = """
 providers: [{name: demo, kind: mock}]
@@ -53,21 +52,7 @@ def test_two_workers_share_the_ports_and_drain_together(
 
 
 def test_port_zero_needs_a_single_worker(tmp_path: Path) -> None:
-    config = tmp_path / "c.yaml"
-    config.write_text(CONFIG)
-    done = subprocess.run(
-        [
-            *serve_command(config, ["--workers", "2"]),
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_serve(tmp_path, CONFIG, args=["--workers", "2"])  # on port 0
     assert done.returncode == 2
     assert "port 0 needs a single worker" in done.stderr
 
