@@ -59,7 +59,8 @@ class Door:
     prefixes: tuple[str, ...]
     dialect: Dialect  # its chat and embeddings; a route may vary it (`dataclasses.replace`)
     routes: str  # the module of its routes, whose `endpoints` app.py serves
-    error_body: ErrorBody  # how it writes an error (errors.py), whoever answers it
+    # how it writes an error (errors.py), whoever answers it
+    error_body: ErrorBody = openai_error_body
     # and these paths, exactly, outside its prefixes: its calls, but an error there is
     # written as OpenAI's, as at a path of no door (`spelling_at`)
     paths: tuple[str, ...] = ()
@@ -67,21 +68,9 @@ class Door:
     key_header: str | None = None
 
 
-NATIVE = Door(
-    name="native",
-    prefixes=("/native/v1/",),
-    dialect=openai_dialect(strict=True),
-    error_body=openai_error_body,
-    routes="http_bridge.routes_native",
-)
-
-OPENAI = Door(
-    name="openai",
-    prefixes=("/v1/",),
-    dialect=openai_dialect(strict=False),
-    error_body=openai_error_body,
-    routes="http_bridge.routes_openai",
-)
+# the native door is OpenAI's shapes, strict and without the `object` keys
+NATIVE = Door("native", ("/native/v1/",), openai_dialect(strict=True), "http_bridge.routes_native")
+OPENAI = Door("openai", ("/v1/",), openai_dialect(strict=False), "http_bridge.routes_openai")
 
 OLLAMA = Door(
     name="ollama",

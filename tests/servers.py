@@ -6,6 +6,7 @@ import asyncio
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -266,3 +267,12 @@ def grpc_chat_failure(
         raise AssertionError(f"the call of {model!r} succeeded")
 
     return asyncio.run(call())
+
+
+def read_until_closed(conn: socket.socket, timeout_s: float = 20.0) -> bytes:
+    """Everything a raw connection receives until the server closes it."""
+    conn.settimeout(timeout_s)
+    parts = []
+    while chunk := conn.recv(65536):
+        parts.append(chunk)
+    return b"".join(parts)

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
 from tests.eventually import eventually_async
-from tests.servers import TandemProcess
+from tests.servers import TandemProcess, read_until_closed
 
 SLOW = """
 server: {shutdown_grace_s: 20, shutdown_delay_s: %(delay)s}
@@ -189,15 +189,6 @@ def _refused(address: str) -> bool:
     return False
 
 
-def _answer(conn: socket.socket) -> bytes:
-    """Everything until the server closes the connection."""
-    conn.settimeout(20)
-    parts = []
-    while chunk := conn.recv(65536):
-        parts.append(chunk)
-    return b"".join(parts)
-
-
 async def test_the_drain_serves_a_request_a_balancer_sent_as_its_connection_opened(
     tandem: Callable[..., TandemProcess],
 ) -> None:
@@ -220,7 +211,7 @@ async def test_the_drain_serves_a_request_a_balancer_sent_as_its_connection_open
         await eventually_async(lambda: asyncio.to_thread(_refused, server.http))
         for conn, rest in ((fresh, head + body), (begun, head[20:] + body)):
             conn.sendall(rest)
-            answer = await asyncio.to_thread(_answer, conn)
+            answer = await asyncio.to_thread(read_until_closed, conn)
             assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
             assert b"\r\nconnection: close\r\n" in answer.lower()
             assert b"still here" in answer

@@ -12,19 +12,12 @@ from starlette.types import Receive, Scope, Send
 
 from server.config import ServerConfig
 from server.lifecycle import start_http_server
+from tests.servers import read_until_closed
 
 
 async def _app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"served"})
-
-
-def _answer(conn: socket.socket) -> bytes:
-    conn.settimeout(10)
-    parts = []
-    while chunk := conn.recv(65536):
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 async def _drain_with_a_connection_in_the_listen_queue() -> bytes:
@@ -35,7 +28,7 @@ async def _drain_with_a_connection_in_the_listen_queue() -> bytes:
     client = socket.create_connection(listener.getsockname())
     try:
         client.sendall(b"GET / HTTP/1.1\r\nhost: tandem\r\n\r\n")
-        reading = asyncio.ensure_future(asyncio.to_thread(_answer, client))
+        reading = asyncio.ensure_future(asyncio.to_thread(read_until_closed, client))
         await server.shutdown()  # its first step runs now, before the loop could accept
         answer = await reading
     finally:
