@@ -2,8 +2,7 @@
 
 The handlers (`handlers.py`) are the same for every dialect; each door's record
 (`doors.py`) holds its dialect, and a route may vary it (`dataclasses.replace`).
-Its errors are spelled by its door, not here: a door's name picks its error shapes
-(`errors.ERROR_BODIES`).
+Its errors are written by its door (`Door.error_body`), not here.
 """
 
 from __future__ import annotations

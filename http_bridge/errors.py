@@ -12,7 +12,6 @@ from starlette.responses import Response
 from server import errors
 
 __all__ = [
-    "ERROR_BODIES",
     "HTTP_STATUS",
     "ErrorBody",
     "anthropic_error_body",
@@ -75,9 +74,6 @@ def anthropic_error_body(error: errors.GatewayError) -> dict[str, Any]:
     """`{"type": "error", "error": {"type", "message"}}`, in Anthropic's types."""
     kind = ANTHROPIC_TYPES.get(type(error), "api_error")
     return {"type": "error", "error": {"type": kind, "message": error.message}}
-
-
-ERROR_BODIES: tuple[ErrorBody, ...] = (openai_error_body, ollama_error_body, anthropic_error_body)
 
 
 def error_headers(error: errors.GatewayError) -> list[tuple[str, str]]:

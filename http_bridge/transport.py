@@ -317,7 +317,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         `connection: close` (the replica is not ready), and the connection closes after
         it, or at the deadline.
         An idle kept-alive connection closes at once, as in uvicorn."""
-        if self.cycle is None and (self._header_bytes or not self._answered):
+        cycle = self.cycle  # uvicorn keeps the last one, answered, between requests
+        idle = cycle is None or cycle.response_complete
+        if idle and (self._header_bytes or not self._answered):
             self._draining = True
             if not self._header_bytes:
                 self._deadline = self.loop.time() + self._header_timeout_s

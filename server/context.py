@@ -20,8 +20,8 @@ __all__ = [
     "request_id_from",
 ]
 
-# the door a call came in by: gRPC, or an HTTP door by its name (http_bridge/doors.py),
-# which is also the name its errors are spelled by (http_bridge/errors.py)
+# the door a call came in by: gRPC, or an HTTP door by its name (http_bridge/doors.py,
+# which owns the names; this Literal types them, and tests/unit/test_doors.py ties the two)
 Protocol = Literal["grpc", "native", "openai", "ollama", "anthropic"]
 # `user`: a JWT subject or an API key's user; `admin`: an admin key; `anonymous`: no credential.
 # The kind, not the name, says who a caller is: a JWT may well say `sub: admin`.

@@ -189,33 +189,49 @@ def _refused(address: str) -> bool:
     return False
 
 
+def _one_answer(conn: socket.socket) -> bytes:
+    """One answer, read by its content-length, on a connection kept alive."""
+    conn.settimeout(20)
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += conn.recv(65536)
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 async def test_the_drain_serves_a_request_a_balancer_sent_as_its_connection_opened(
     tandem: Callable[..., TandemProcess],
 ) -> None:
     """uvicorn closes, as its drain begins, every connection with no request in its app:
-    one just opened (a balancer sends at once) and one whose head is half read. Each
-    would come back as the balancer's 502; here each is served, and then closed."""
+    one just opened (a balancer sends at once), one whose first head is half read, and
+    a kept-alive one whose next head is half read. Each would come back as the
+    balancer's 502; here each is served, and then closed."""
     server = tandem(SLOW % {"delay": 0, "chunk_delay": 0})
     body = b'{"model": "echo", "messages": [{"role": "user", "content": "still here"}]}'
-    head = (
+    request = (
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: tandem\r\n"
         b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
-    )
+    ) + body
     host, port = server.http.rsplit(":", 1)
-    fresh = socket.create_connection((host, int(port)))
-    begun = socket.create_connection((host, int(port)))
+    fresh, begun, kept = (socket.create_connection((host, int(port))) for _ in range(3))
     try:
-        begun.sendall(head[:20])
+        kept.sendall(request)
+        assert b"still here" in await asyncio.to_thread(_one_answer, kept)
+        begun.sendall(request[:20])
+        kept.sendall(request[:20])
         server.proc.send_signal(15)
         # the listener closes in the same step as uvicorn's drain reaches each connection
         await eventually_async(lambda: asyncio.to_thread(_refused, server.http))
-        for conn, rest in ((fresh, head + body), (begun, head[20:] + body)):
+        for conn, rest in ((fresh, request), (begun, request[20:]), (kept, request[20:])):
             conn.sendall(rest)
             answer = await asyncio.to_thread(read_until_closed, conn)
             assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
             assert b"\r\nconnection: close\r\n" in answer.lower()
             assert b"still here" in answer
     finally:
-        fresh.close()
-        begun.close()
+        for conn in (fresh, begun, kept):
+            conn.close()
     assert await asyncio.to_thread(server.proc.wait, 30) == 0

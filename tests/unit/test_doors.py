@@ -14,7 +14,6 @@ from starlette.routing import BaseRoute
 from http_bridge.app import create_app, door_endpoints
 from http_bridge.doors import DOORS, Door, door_at, door_named, protocol_at, spelling_at
 from http_bridge.errors import (
-    ERROR_BODIES,
     anthropic_error_body,
     ollama_error_body,
     openai_error_body,
@@ -25,6 +24,9 @@ from server.context import Protocol
 
 # the app's paths that are no door's: the probes, the metrics, the docs
 NOT_A_DOOR = {"/healthz", "/readyz", "/metrics", "/docs", "/docs/assets", "/openapi.json"}
+
+# every way an HTTP door writes an error (http_bridge/errors.py)
+ERROR_BODIES = (openai_error_body, ollama_error_body, anthropic_error_body)
 
 
 def _inner(app: Any) -> tuple[DoorApp, FastAPI]:
