@@ -64,7 +64,6 @@ import time
 from typing import Any, ClassVar
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -73,9 +72,10 @@ from http_bridge.call_scope import CallScopeMiddleware
 from http_bridge.doors import protocol_at
 from http_bridge.errors import openai_error_body
 from http_bridge.kernel import reset, unsent_in_kernel
+from http_bridge.over_capacity import ProbesOnly, over_capacity_app
 from server.config import ServerConfig
 from server.context import new_id
-from server.errors import GatewayError, InvalidRequestError, UnavailableError
+from server.errors import GatewayError, InvalidRequestError
 from server.telemetry import Telemetry
 
 __all__ = ["GuardedHttpToolsProtocol", "guarded_protocol"]
@@ -103,53 +103,6 @@ def _closing_answer(
         body,
     ]
     return b"".join(parts)
-
-
-_PROBES = frozenset(("/healthz", "/readyz"))
-
-
-class _ProbesOnly:
-    """What a connection over `max_connections` is served: the probes, then closed
-    (the path is read under the header bounds), and 503 for anything else."""
-
-    __slots__ = ("app", "refuse")
-
-    def __init__(self, app: ASGIApp, refuse: ASGIApp) -> None:
-        self.app = app
-        self.refuse = refuse
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("path") not in _PROBES:
-            await self.refuse(scope, receive, send)
-            return
-
-        async def send_closing(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
-            await send(message)
-
-        await self.app(scope, receive, send_closing)
-
-
-def _over_capacity_app(max_connections: int, telemetry: Telemetry | None) -> CallScopeMiddleware:
-    body = _error_body(
-        UnavailableError(
-            f"the server has {max_connections} connections open; retry shortly",
-            code="too_many_connections",
-        )
-    )
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", b"1"),
-        (b"connection", b"close"),
-    ]
-
-    async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    return CallScopeMiddleware(over_capacity, telemetry)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -206,7 +159,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            self.app = _ProbesOnly(self.app, self.over_capacity)
+            self.app = ProbesOnly(self.app, self.over_capacity)
         # uvicorn arms the keep-alive only between requests: before the first byte too
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
@@ -404,7 +357,7 @@ def guarded_protocol(
 
     HttpProtocol.limits = limits
     HttpProtocol.telemetry = telemetry
-    HttpProtocol.over_capacity = _over_capacity_app(limits.max_connections, telemetry)
+    HttpProtocol.over_capacity = over_capacity_app(limits.max_connections, telemetry)
     HttpProtocol.headers_too_large = _error_body(
         InvalidRequestError(
             f"request line and headers are larger than the limit of "
