@@ -19,10 +19,10 @@ from server.context import CallContext
 from server.translate.extra import name_unread
 from server.translate.ollama import replies as ollama_replies
 from server.translate.openai import inbound, replies
+from server.translate.protocols import JSON
 
 __all__ = ["Dialect", "StreamEncoder", "ollama_stream", "openai_dialect"]
 
-JSON = dict[str, Any]
 # (the request, its first chunk, the call) -> what writes each item as its events, framed
 StreamEncoder = Callable[
     [chat_pb2.ChatCompletionRequest, Chunk, CallContext], Callable[[Item], bytes]

@@ -23,7 +23,7 @@ metadata). A request without extra fields pays two `HasField` calls.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import quote
 
 import orjson
@@ -33,6 +33,7 @@ from tandem.v1 import chat_pb2
 from server.context import CallTrace
 from server.errors import InvalidRequestError, echoed
 from server.translate.common import struct_to_json
+from server.translate.protocols import JSON
 from server.translate.protojson import json_object
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
     "refuse_uncounted_work",
 ]
 
-JSON = dict[str, Any]
 # a provider's `extra_fields`: all pass, none do, or those named
 ExtraFields = Literal["allow", "deny"] | Collection[str]
 
