@@ -90,5 +90,9 @@ class ChunkStreamResponse(Response):
     def _failed(self, error: GatewayError, status: int) -> bytes:
         """The error event that ends the stream, its status left for the access line."""
         self._ctx.trace.failed(status)
+        failed = getattr(self._encode, "failed", None)  # an encoder that writes its own
+        if failed is not None:
+            written: bytes = failed(error)
+            return written
         body = door_named(self._ctx.protocol).error_body(error)
         return self._framing.event(orjson.dumps(body))
