@@ -38,7 +38,9 @@ def _encoded(encode: Callable[[Item], bytes], batch: Batch) -> bytes:
 
 class ChunkStreamResponse(Response):
     """The rest of a call's stream, `encode`d and framed; a failure is spelled by the
-    call's door (its protocol) and left on its trace for the access line."""
+    call's door (its protocol), or by an encoder that has a `failed` of its own (the
+    Responses API's `response.failed`, which names the response), and left on its trace
+    for the access line."""
 
     def __init__(
         self,

@@ -209,13 +209,13 @@ class StreamEncoder:
         out = self._close()
         index = len(self._output)
         if kind == "message":
-            self._item_id = f"msg_{self._base}"
+            self._item_id = f"msg_{self._base}{f'_{index}' if index else ''}"
             item = {**_message(self._item_id, "", "in_progress"), "content": []}
             part = _text_part("")
             delta = "response.output_text.delta"
             extra = b',"logprobs":[]'
         else:
-            self._item_id = f"rs_{self._base}"
+            self._item_id = f"rs_{self._base}{f'_{index}' if index else ''}"
             item = {**_reasoning(self._item_id, ""), "content": []}
             part = {"type": "reasoning_text", "text": ""}
             delta = "response.reasoning_text.delta"
