@@ -36,6 +36,8 @@ from server.translate.anthropic import inbound as anthropic_inbound
 from server.translate.anthropic import replies as anthropic_replies
 from server.translate.ollama import inbound as ollama_inbound
 from server.translate.ollama import replies as ollama_replies
+from server.translate.responses import inbound as responses_inbound
+from server.translate.responses import replies as responses_replies
 
 __all__ = [
     "ANTHROPIC",
@@ -43,6 +45,7 @@ __all__ = [
     "NATIVE",
     "OLLAMA",
     "OPENAI",
+    "RESPONSES",
     "Door",
     "door_at",
     "door_named",
@@ -114,8 +117,35 @@ ANTHROPIC = Door(
     routes="http_bridge.routes_anthropic",
 )
 
+
+def _no_responses_embeddings(body: object) -> embeddings_pb2.EmbeddingRequest:
+    raise NotFoundError("the Responses API has no embeddings")
+
+
+# OpenAI's Responses API: under `/v1/`, its own prefix wins. Its answers echo the
+# request's settings, so its route gives them to the encoders (routes_responses.py);
+# these, without them, echo the defaults.
+RESPONSES = Door(
+    name="responses",
+    prefixes=("/v1/responses",),
+    dialect=Dialect(
+        parse_chat=responses_inbound.parse_chat,
+        encode_completion=lambda answer, ctx: responses_replies.encode_completion(
+            answer, responses_inbound.settings({})
+        ),
+        stream_encoder=lambda request, first, ctx: responses_replies.StreamEncoder(
+            first, responses_inbound.settings({})
+        ),
+        parse_embedding=_no_responses_embeddings,
+        encode_embeddings=lambda request, answer: {},
+        framing=NAMED_SSE,
+        unread=responses_inbound.unread,
+    ),
+    routes="http_bridge.routes_responses",
+)
+
 # in the order app.py serves them and /openapi.json lists their routes
-DOORS = (NATIVE, OPENAI, OLLAMA, ANTHROPIC)
+DOORS = (NATIVE, OPENAI, OLLAMA, ANTHROPIC, RESPONSES)
 
 _BY_NAME = {door.name: door for door in DOORS}
 _EXACT = {path: door for door in DOORS for path in door.paths}

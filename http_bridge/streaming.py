@@ -38,7 +38,9 @@ def _encoded(encode: Callable[[Item], bytes], batch: Batch) -> bytes:
 
 class ChunkStreamResponse(Response):
     """The rest of a call's stream, `encode`d and framed; a failure is spelled by the
-    call's door (its protocol) and left on its trace for the access line."""
+    call's door (its protocol), or by an encoder that has a `failed` of its own (the
+    Responses API's `response.failed`, which names the response), and left on its trace
+    for the access line."""
 
     def __init__(
         self,
@@ -90,5 +92,9 @@ class ChunkStreamResponse(Response):
     def _failed(self, error: GatewayError, status: int) -> bytes:
         """The error event that ends the stream, its status left for the access line."""
         self._ctx.trace.failed(status)
+        failed = getattr(self._encode, "failed", None)  # an encoder that writes its own
+        if failed is not None:
+            written: bytes = failed(error)
+            return written
         body = door_named(self._ctx.protocol).error_body(error)
         return self._framing.event(orjson.dumps(body))

@@ -155,6 +155,16 @@ def _anthropic(stream: bool) -> Callable[[Traffic, Call], Awaitable[Answer]]:
     return send
 
 
+def _responses(stream: bool) -> Callable[[Traffic, Call], Awaitable[Answer]]:
+    def send(traffic: Traffic, call: Call) -> Awaitable[Answer]:
+        body: dict[str, object] = {"model": call.model, "input": call.text, "stream": stream}
+        # its last event, response.completed, is the whole response: its usage ends it
+        end = b'"total_tokens":' if stream else None
+        return _http(traffic, call, "/v1/responses", body, end)
+
+    return send
+
+
 def _embeddings(traffic: Traffic, call: Call) -> Awaitable[Answer]:
     body: dict[str, object] = {"model": call.model, "input": call.text}
     return _http(traffic, call, "/v1/embeddings", body, None)
@@ -224,6 +234,8 @@ DOORS = (
     Door("/api/generate stream", "/api/generate", True, True, _ollama("generate", True)),
     Door("/v1/messages", "/v1/messages", False, True, _anthropic(False)),
     Door("/v1/messages stream", "/v1/messages", True, True, _anthropic(True)),
+    Door("/v1/responses", "/v1/responses", False, True, _responses(False)),
+    Door("/v1/responses stream", "/v1/responses", True, True, _responses(True)),
 )
 
 

@@ -347,6 +347,71 @@ class AnthropicDoor:
         )
 
 
+class ResponsesDoor:
+    """`/v1/responses`: OpenAI's Responses API; `messages` as `input` items, named SSE
+    events from `response.created` to `response.completed`, or `response.failed`; an
+    error is OpenAI's `{"error": {...}}`."""
+
+    name = protocol = "responses"
+
+    def __init__(self, gateway: TandemProcess) -> None:
+        self._url = f"{gateway.base_url}/v1/responses"
+
+    @staticmethod
+    def _body(body: dict[str, Any], stream: bool) -> dict[str, Any]:
+        out = {k: v for k, v in body.items() if k in ("model", "temperature", "stop")}
+        out["input"] = body["messages"]
+        if "max_tokens" in body:
+            out["max_output_tokens"] = body["max_tokens"]
+        return {**out, "stream": stream}
+
+    @staticmethod
+    def _seen(response: dict[str, Any]) -> tuple[str, str, tuple[int, int]]:
+        text = "".join(
+            part["text"]
+            for item in response["output"]
+            if item["type"] == "message"
+            for part in item["content"]
+        )
+        finish = "length" if response["status"] == "incomplete" else "stop"
+        usage = response["usage"]
+        return text, finish, (usage["input_tokens"], usage["output_tokens"])
+
+    async def chat(self, body: dict[str, Any], token: str | None, *, stream: bool) -> Seen:
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = await client.post(
+                self._url, json=self._body(body, stream), headers=_bearer(token)
+            )
+        if answer.status_code != 200:
+            error = answer.json()["error"]
+            kind = _spelled(error["type"], answer.status_code, HTTP_STATUS)
+            return Seen(error=kind, message=error["message"])
+        if not stream:
+            reply = answer.json()
+            assert reply["object"] == "response"
+            return Seen(*self._seen(reply))
+        events = []
+        for event in answer.text.strip().split("\n\n"):
+            name, data = event.split("\n", 1)
+            events.append((name.removeprefix("event: "), orjson.loads(data.removeprefix("data: "))))
+        assert [name for name, _ in events[:2]] == ["response.created", "response.in_progress"]
+        assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+        if events[-1][0] == "response.failed":
+            return Seen(error="upstream_error", mid_stream=len(events) > 1)
+        assert events[-1][0] in ("response.completed", "response.incomplete")
+        text = "".join(
+            data["delta"] for name, data in events if name == "response.output_text.delta"
+        )
+        seen = self._seen(events[-1][1]["response"])
+        assert text == seen[0]
+        return Seen(*seen, wire=len(answer.content))
+
+    async def cut_after_first_chunk(self, body: dict[str, Any], token: str) -> None:
+        await _cut_after(
+            self._url, self._body(body, True), _bearer(token), "event: response.output_text.delta"
+        )
+
+
 def doors(gateway: TandemProcess) -> dict[str, Door]:
     return {
         "grpc": GrpcDoor(gateway),
@@ -355,10 +420,11 @@ def doors(gateway: TandemProcess) -> dict[str, Door]:
         "completions": HttpDoor(gateway, "completions", "/v1", legacy=True),
         "ollama": OllamaDoor(gateway),
         "anthropic": AnthropicDoor(gateway),
+        "responses": ResponsesDoor(gateway),
     }
 
 
-DOORS = ["grpc", "native", "openai", "completions", "ollama", "anthropic"]
+DOORS = ["grpc", "native", "openai", "completions", "ollama", "anthropic", "responses"]
 
 
 @pytest.fixture(params=DOORS)
@@ -543,6 +609,8 @@ async def test_more_than_16_stop_sequences_are_refused_naming_the_field(
     door: Door, stream: bool
 ) -> None:
     """Each stop sequence rides into the span and to the upstream: 16 at most."""
+    if door.name == "responses":
+        pytest.skip("the Responses API has no stop sequences (`stop` is named unread)")
     _, jwt_token = token()
     stop = [f"stop-{i}" for i in range(17)]
     refused = await door.chat(chat("echo", stop=stop), jwt_token, stream=stream)
@@ -564,6 +632,12 @@ async def test_a_long_streamed_answer_costs_at_most_4x_its_text_on_the_wire(
     """The mock streams a chunk per word for the first 1,024 words, then the rest as one."""
     if door.name in ("openai", "completions") and size == "64KiB":
         reason = "/v1 frames a word in ~200-220 bytes: 1,024 of them are 3-3.4x 64 KiB alone"
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+    if door.name == "responses":
+        reason = (
+            "the Responses API says the whole text five times: its deltas, output_text.done, "
+            "content_part.done, output_item.done and response.completed"
+        )
         request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
     text = LONG_ANSWERS[size]
     _, jwt_token = token()

@@ -1,0 +1,47 @@
+"""`/v1/responses`: OpenAI's Responses API, so the `openai` SDK's `responses.create` and
+`responses.stream` reach every model behind the gateway, with the same keys, limits and
+ledger. Stateless for now: nothing is stored (`previous_response_id` is a 400).
+
+The answer echoes the request's settings, so the route reads the body itself and gives
+them to the door's encoders (a dialect varied per request, `dataclasses.replace`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fastapi import Request
+from starlette.responses import Response
+
+from http_bridge import handlers
+from http_bridge.deps import read_json
+from http_bridge.doors import RESPONSES
+from http_bridge.routing import Endpoints, any_json_body
+from server.context import CallContext
+from server.translate.responses import inbound, replies
+
+__all__ = ["endpoints"]
+
+endpoints = Endpoints(RESPONSES)  # served by the door's table (routing.py)
+
+_BODY = (
+    "OpenAI's Responses request (stateless: `previous_response_id` is refused); hosted "
+    "tools and fields the gateway cannot carry are named in x-tandem-ignored-fields."
+)
+
+
+@endpoints.post(
+    "/v1/responses",
+    **any_json_body("Create a response (OpenAI's Responses API; named SSE events)", _BODY),
+)
+async def create_response(request: Request, ctx: CallContext) -> Response:
+    body = await read_json(request)
+    dialect = RESPONSES.dialect
+    chat = dialect.read_chat(body, ctx)
+    settings = inbound.settings(body)
+    dialect = dataclasses.replace(
+        dialect,
+        encode_completion=lambda answer, ctx: replies.encode_completion(answer, settings),
+        stream_encoder=lambda request, first, ctx: replies.StreamEncoder(first, settings),
+    )
+    return await handlers.create_chat(request, ctx, dialect, chat)

@@ -1,0 +1,1 @@
+"""OpenAI's Responses API (`/v1/responses`): a caller's side only, as a door's dialect."""

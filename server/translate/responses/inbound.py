@@ -1,0 +1,363 @@
+"""A door's OpenAI Responses request (`POST /v1/responses`) as a proto.
+
+`input` is a string (one user message) or items: messages (`role` user,
+assistant, system or developer, the last a system message; `content` a string
+or `input_text` / `output_text` / `input_image` parts), `function_call` (an
+assistant's tool call, joined to the assistant message before it),
+`function_call_output` (a `tool` message) and `reasoning` (its `reasoning_text`
+the next assistant message's `reasoning_content`). `instructions` is the first,
+system, message; `max_output_tokens` is `max_completion_tokens`,
+`reasoning.effort` `reasoning_effort`, `text.format` the `response_format`
+(a `json_schema`'s schema kept as the JSON text the caller wrote), a function
+tool (`{type, name, description, parameters, strict}`) a chat tool.
+
+Hosted tools (`web_search`, `file_search`, ...) are left out and named by
+`unread`, with Responses fields the proto cannot carry (`include`,
+`truncation`, ...); other top-level fields follow `/v1`'s rule
+(`extra_body_json`, server/translate/extra.py). `background: true`,
+`conversation` and `prompt` are a 400, and so, until stored responses come,
+is `previous_response_id`; `store` is accepted (nothing is stored: the
+answer says `"store": false`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from tandem.v1 import chat_pb2
+
+from server.errors import InvalidRequestError
+from server.translate.extra import CHAT_FIELDS, fields_beyond
+from server.translate.protocols import JSON, ChatParser
+from server.translate.protojson import parse_into
+
+__all__ = ["parse_chat", "settings", "unread"]
+
+# the top-level fields this door reads
+READ = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "max_output_tokens",
+        "temperature",
+        "top_p",
+        "reasoning",
+        "text",
+        "user",
+        "metadata",
+        "stream",
+        "store",
+        "background",
+        "previous_response_id",
+        "conversation",
+        "prompt",
+    }
+)
+# Responses fields the proto cannot carry: named by `unread`, never sent upstream
+KNOWN_UNREAD = frozenset(
+    {
+        "include",
+        "truncation",
+        "top_logprobs",
+        "max_tool_calls",
+        "stream_options",
+        "prompt_cache_retention",
+        "context_management",
+    }
+)
+_NOT_EXTRA = READ | KNOWN_UNREAD | CHAT_FIELDS
+_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+_FORMATS = ("text", "json_object", "json_schema")
+
+
+def _invalid(param: str, why: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{param}: {why}", param=param)
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise _invalid(where, "must be a string")
+    return value
+
+
+def _object(value: Any, where: str) -> JSON:
+    if not isinstance(value, dict):
+        raise _invalid(where, "must be a JSON object")
+    return value
+
+
+def _set(request: Any, field: str, value: Any, where: str) -> None:
+    """One field through the proto's own parser, its error naming the caller's field."""
+    try:
+        parse_into({field: value}, request, strict=False)
+    except InvalidRequestError as exc:
+        param = where + (exc.param or field)[len(field) :]
+        raise InvalidRequestError(
+            exc.message.replace(exc.param or field, param, 1), param=param
+        ) from None
+
+
+def _part(part: Any, where: str) -> JSON:
+    part = _object(part, where)
+    kind = part.get("type")
+    if kind in ("input_text", "output_text", "text"):
+        return {"type": "text", "text": _text(part.get("text"), f"{where}.text")}
+    if kind == "refusal":
+        return {"type": "text", "text": _text(part.get("refusal"), f"{where}.refusal")}
+    if kind == "input_image":
+        url = part.get("image_url")
+        if not isinstance(url, str):
+            raise _invalid(f"{where}.image_url", "must be a URL (file_id is not served)")
+        image: JSON = {"url": url}
+        if isinstance(part.get("detail"), str):
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    raise _invalid(f"{where}.type", f"a {kind!r} part is not served")
+
+
+def _message(item: JSON, where: str) -> JSON:
+    role = item.get("role")
+    if role not in _ROLES:
+        raise _invalid(f"{where}.role", 'must be "user", "assistant", "system" or "developer"')
+    out: JSON = {"role": _ROLES[role]}
+    content = item.get("content")
+    if isinstance(content, str):
+        out["content"] = content
+    elif isinstance(content, list):
+        parts = [_part(part, f"{where}.content[{i}]") for i, part in enumerate(content)]
+        if all(part["type"] == "text" for part in parts):
+            out["content"] = "".join(part["text"] for part in parts)
+        else:
+            out["parts"] = parts
+    else:
+        raise _invalid(f"{where}.content", "must be a string or a list of parts")
+    return out
+
+
+def _output(value: Any, where: str) -> str:
+    """A `function_call_output`'s output: a string, or text parts joined."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = [_part(part, f"{where}[{i}]") for i, part in enumerate(value)]
+        return "".join(part.get("text", "") for part in parts)
+    raise _invalid(where, "must be a string or a list of parts")
+
+
+def _reasoning_text(item: JSON, where: str) -> str:
+    content = item.get("content") or []
+    if not isinstance(content, list):
+        raise _invalid(f"{where}.content", "must be a list")
+    return "".join(
+        _text(part.get("text"), f"{where}.content[{i}].text")
+        for i, part in enumerate(content)
+        if isinstance(part, dict) and part.get("type") == "reasoning_text"
+    )
+
+
+def _messages(value: Any) -> list[JSON]:
+    """`input` as proto-form messages."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise _invalid("input", "must be a string or a non-empty list of items")
+    out: list[JSON] = []
+    reasoning = ""  # a reasoning item's text, for the assistant message that follows it
+    for i, item in enumerate(value):
+        where = f"input[{i}]"
+        item = _object(item, where)
+        kind = item.get("type", "message")
+        if kind == "message":
+            message = _message(item, where)
+            if reasoning and message["role"] == "assistant":
+                message["reasoning_content"], reasoning = reasoning, ""
+            out.append(message)
+        elif kind == "function_call":
+            call = {
+                "id": _text(item.get("call_id"), f"{where}.call_id"),
+                "type": "function",
+                "function": {
+                    "name": _text(item.get("name"), f"{where}.name"),
+                    "arguments": _text(item.get("arguments", ""), f"{where}.arguments"),
+                },
+            }
+            last = out[-1] if out else None
+            if last is None or last["role"] != "assistant" or reasoning:
+                last = {"role": "assistant"}
+                if reasoning:
+                    last["reasoning_content"], reasoning = reasoning, ""
+                out.append(last)
+            last.setdefault("tool_calls", []).append(call)
+        elif kind == "function_call_output":
+            out.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": _text(item.get("call_id"), f"{where}.call_id"),
+                    "content": _output(item.get("output"), f"{where}.output"),
+                }
+            )
+        elif kind == "reasoning":
+            reasoning += _reasoning_text(item, where)
+        elif kind == "item_reference":
+            raise _invalid(f"{where}.type", "stored responses are not available yet")
+        else:
+            raise _invalid(f"{where}.type", f"a {kind!r} item is not served")
+    return out
+
+
+def _tools(tools: Any) -> list[JSON]:
+    """The function tools as chat tools; hosted ones are left out (named by `unread`)."""
+    if not isinstance(tools, list):
+        raise _invalid("tools", "must be a list")
+    out = []
+    for i, tool in enumerate(tools):
+        tool = _object(tool, f"tools[{i}]")
+        if tool.get("type") != "function":
+            continue
+        function: JSON = {"name": _text(tool.get("name"), f"tools[{i}].name")}
+        if tool.get("description") is not None:
+            function["description"] = _text(tool["description"], f"tools[{i}].description")
+        if tool.get("parameters") is not None:
+            function["parameters"] = tool["parameters"]
+        if tool.get("strict") is not None:
+            function["strict"] = tool["strict"]
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _tool_choice(choice: Any) -> JSON | None:
+    """The chat's tool choice; a hosted tool's is None (left out)."""
+    if choice in ("auto", "none", "required"):
+        return {"mode": choice}
+    if isinstance(choice, dict):
+        if choice.get("type") == "function":
+            name = _text(choice.get("name"), "tool_choice.name")
+            return {"type": "function", "function": {"name": name}}
+        if isinstance(choice.get("type"), str):
+            return None
+    raise _invalid("tool_choice", 'must be "auto", "none", "required" or a tool')
+
+
+def _format(text: Any) -> JSON | None:
+    text = _object(text, "text")
+    if text.get("format") is None:
+        return None
+    form = _object(text["format"], "text.format")
+    kind = form.get("type")
+    if kind not in _FORMATS:
+        raise _invalid("text.format.type", 'must be "text", "json_object" or "json_schema"')
+    if kind != "json_schema":
+        return {"type": kind}
+    schema: JSON = {"name": _text(form.get("name"), "text.format.name")}
+    for key in ("description", "schema", "strict"):
+        if form.get(key) is not None:
+            schema[key] = form[key]
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def _refuse(body: JSON) -> None:
+    """What this door cannot serve, each a 400 naming it."""
+    if body.get("background"):
+        raise _invalid("background", "background responses are not served")
+    for field in ("conversation", "prompt"):
+        if body.get(field) is not None:
+            raise _invalid(field, "is not served")
+    if body.get("previous_response_id") is not None:
+        raise _invalid("previous_response_id", "stored responses are not available yet")
+
+
+def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
+    body = _object(body, "body")
+    _refuse(body)
+    request = chat_pb2.ChatCompletionRequest()
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _invalid("model", "is required")
+    request.model = model
+    messages = _messages(body.get("input"))
+    if body.get("instructions") is not None:
+        messages.insert(
+            0, {"role": "system", "content": _text(body["instructions"], "instructions")}
+        )
+    _set(request, "messages", messages, "input")
+    if body.get("tools"):
+        _set(request, "tools", _tools(body["tools"]), "tools")
+    if body.get("tool_choice") is not None and (choice := _tool_choice(body["tool_choice"])):
+        _set(request, "tool_choice", choice, "tool_choice")
+    for field, name in (
+        ("parallel_tool_calls", "parallel_tool_calls"),
+        ("max_completion_tokens", "max_output_tokens"),
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("user", "user"),
+    ):
+        if body.get(name) is not None:
+            _set(request, field, body[name], name)
+    reasoning = body.get("reasoning")
+    if reasoning is not None and _object(reasoning, "reasoning").get("effort") is not None:
+        _set(request, "reasoning_effort", reasoning["effort"], "reasoning.effort")
+    if body.get("text") is not None and (form := _format(body["text"])):
+        _set(request, "response_format", form, "text.format")
+    if body.get("metadata") is not None:
+        _object(body["metadata"], "metadata")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _invalid("stream", "must be a boolean")
+    request.stream = stream
+    if not _NOT_EXTRA.issuperset(body) and (extra := fields_beyond(body, _NOT_EXTRA)):
+        request.extra_body_json = orjson.dumps(extra).decode()  # /v1's rule, in order
+    return request
+
+
+def unread(body: Any) -> list[str]:
+    """What of a Responses request (parsed already) the proto cannot carry, each named
+    once: Responses fields it has no place for, a proto field this door does not read,
+    hosted tools (`tools[].web_search`), `reasoning.summary`, `text.verbosity`."""
+    names: dict[str, None] = {}
+    for key, value in body.items():
+        if value is not None and key not in READ and (key in KNOWN_UNREAD or key in CHAT_FIELDS):
+            names[key] = None
+    for tool in body.get("tools") or ():
+        if tool.get("type") != "function":
+            names[f"tools[].{tool.get('type')}"] = None
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") != "function":
+        names["tool_choice"] = None
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and reasoning.get("summary") is not None:
+        names["reasoning.summary"] = None
+    text = body.get("text")
+    if isinstance(text, dict) and text.get("verbosity") is not None:
+        names["text.verbosity"] = None
+    return list(names)
+
+
+def settings(body: Any) -> JSON:
+    """The request's settings as the response object echoes them (parsed already)."""
+    text = body.get("text") or {}
+    form = text.get("format") or {"type": "text"}
+    reasoning = body.get("reasoning") or {}
+    return {
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "metadata": body.get("metadata") or {},
+        "parallel_tool_calls": body.get("parallel_tool_calls", True) is not False,
+        "previous_response_id": None,
+        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+        "store": False,  # nothing is stored yet
+        "temperature": body.get("temperature"),
+        "text": {**text, "format": form},
+        "tool_choice": body.get("tool_choice") or "auto",
+        "tools": body.get("tools") or [],
+        "top_p": body.get("top_p"),
+        "truncation": "disabled",
+        "user": body.get("user"),
+    }
+
+
+_chat: ChatParser = parse_chat

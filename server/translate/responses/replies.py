@@ -1,0 +1,380 @@
+"""Protos as OpenAI's Responses API answers: one `response` object, or its named events.
+
+A response's `output` is its items in order: `reasoning` (its text as
+`reasoning_text` content), `message` (one `output_text` part), then one
+`function_call` per tool call (`id` `fc_…`, distinct from its `call_id`). A
+response cut by `max_output_tokens` is `incomplete`, its reason said. It echoes
+the request's settings (`inbound.settings`).
+
+The stream is named SSE events, each data's `type` its name and a rising
+`sequence_number`: `response.created`, `response.in_progress`, then per item
+`response.output_item.added`, its part's `content_part.added`, its deltas,
+their `.done`, `content_part.done`, `output_item.done` (the whole item), and
+last `response.completed` (or `response.incomplete`) with the whole response
+and its usage. Text and reasoning go out as they come (a text item is one
+preassembled event); tool calls are held until the answer finishes, as
+items cannot interleave and an upstream's tool calls can. A failure after the
+first event is `response.failed` (`failed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+from tandem.v1 import chat_pb2
+
+from server.chunks import Chunk, Item
+from server.errors import GatewayError
+from server.translate.protocols import JSON, ItemEncoder
+
+__all__ = ["StreamEncoder", "encode_completion", "response_id"]
+
+
+def response_id(completion_id: str) -> str:
+    return "resp_" + completion_id.removeprefix("chatcmpl-")
+
+
+def _usage(usage: chat_pb2.Usage) -> JSON:
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.prompt_tokens_details.cached_tokens},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {
+            "reasoning_tokens": usage.completion_tokens_details.reasoning_tokens
+        },
+        "total_tokens": usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+def _incomplete(finish_reason: str) -> JSON | None:
+    if finish_reason == "length":
+        return {"reason": "max_output_tokens"}
+    if finish_reason == "content_filter":
+        return {"reason": "content_filter"}
+    return None
+
+
+def _response(
+    rid: str, created: int, model: str, settings: JSON, status: str, output: list[JSON]
+) -> JSON:
+    return {
+        "id": rid,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "model": model,
+        "output": output,
+        **settings,
+        "usage": None,
+    }
+
+
+def _reasoning(item_id: str, text: str) -> JSON:
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+    }
+
+
+def _text_part(text: str) -> JSON:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message(item_id: str, text: str, status: str) -> JSON:
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [_text_part(text)],
+    }
+
+
+def _call(item_id: str, call_id: str, name: str, arguments: str, status: str) -> JSON:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+def _base(completion_id: str) -> str:
+    return completion_id.removeprefix("chatcmpl-")
+
+
+def encode_completion(completion: chat_pb2.ChatCompletion, settings: JSON) -> JSON:
+    base = _base(completion.id)
+    choice = completion.choices[0] if completion.choices else chat_pb2.Choice()
+    message = choice.message
+    incomplete = _incomplete(choice.finish_reason)
+    output: list[JSON] = []
+    if message.reasoning_content:
+        output.append(_reasoning(f"rs_{base}", message.reasoning_content))
+    if message.content or not message.tool_calls:
+        status = "incomplete" if incomplete else "completed"
+        output.append(_message(f"msg_{base}", message.content, status))
+    for i, call in enumerate(message.tool_calls):
+        output.append(
+            _call(
+                f"fc_{base}_{i}",
+                call.id or f"call_{base}_{i}",
+                call.function.name,
+                call.function.arguments,
+                "completed",
+            )
+        )
+    answer = _response(
+        response_id(completion.id),
+        completion.created,
+        completion.model,
+        settings,
+        "incomplete" if incomplete else "completed",
+        output,
+    )
+    answer["incomplete_details"] = incomplete
+    answer["usage"] = _usage(completion.usage)
+    return answer
+
+
+def _event(kind: str, data: JSON) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class _ToolCall:
+    __slots__ = ("id", "name", "pieces")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.pieces: list[str] = []
+
+
+class StreamEncoder:
+    """Chunks in, the Responses API's events out; called with the first chunk first.
+    `failed` writes the event that ends a stream that failed."""
+
+    __slots__ = (
+        "_base",
+        "_created",
+        "_delta_head",
+        "_done",
+        "_id",
+        "_incomplete",
+        "_item_id",
+        "_kind",
+        "_model",
+        "_output",
+        "_seq",
+        "_settings",
+        "_texts",
+        "_tools",
+    )
+
+    def __init__(self, first: Chunk, settings: JSON) -> None:
+        self._base = _base(first.id)
+        self._id = response_id(first.id)
+        self._created = first.created
+        self._model = first.model
+        self._settings = settings
+        self._seq = -1
+        self._output: list[JSON] = []  # the items done
+        self._kind = ""  # the open item's type: "message", "reasoning" or "" (none)
+        self._item_id = ""
+        self._texts: list[str] = []  # the open item's text, in pieces
+        self._delta_head = b""  # the open item's delta event, up to its text
+        self._tools: dict[int, _ToolCall] = {}
+        self._incomplete: JSON | None = None
+        self._done = False  # the items are finished (the answer's finish_reason came)
+
+    def _emit(self, kind: str, data: JSON) -> bytes:
+        self._seq += 1
+        data["sequence_number"] = self._seq
+        return _event(kind, data)
+
+    def _snapshot(self, status: str) -> JSON:
+        return _response(
+            self._id, self._created, self._model, self._settings, status, list(self._output)
+        )
+
+    def _open(self, kind: str) -> bytes:
+        out = self._close()
+        index = len(self._output)
+        if kind == "message":
+            self._item_id = f"msg_{self._base}{f'_{index}' if index else ''}"
+            item = {**_message(self._item_id, "", "in_progress"), "content": []}
+            part = _text_part("")
+            delta = "response.output_text.delta"
+            extra = b',"logprobs":[]'
+        else:
+            self._item_id = f"rs_{self._base}{f'_{index}' if index else ''}"
+            item = {**_reasoning(self._item_id, ""), "content": []}
+            part = {"type": "reasoning_text", "text": ""}
+            delta = "response.reasoning_text.delta"
+            extra = b""
+        self._kind = kind
+        self._texts = []
+        where = {"item_id": self._item_id, "output_index": index}
+        out += self._emit(
+            "response.output_item.added",
+            {"type": "response.output_item.added", "output_index": index, "item": item},
+        )
+        out += self._emit(
+            "response.content_part.added",
+            {"type": "response.content_part.added", **where, "content_index": 0, "part": part},
+        )
+        head = orjson.dumps({"type": delta, **where, "content_index": 0})[:-1]
+        self._delta_head = b"event: " + delta.encode() + b"\ndata: " + head + extra + b',"delta":'
+        return out
+
+    def _delta(self, text: str) -> bytes:
+        self._texts.append(text)
+        self._seq += 1
+        return (
+            self._delta_head
+            + orjson.dumps(text)
+            + b',"sequence_number":'
+            + str(self._seq).encode()
+            + b"}\n\n"
+        )
+
+    def _close(self) -> bytes:
+        if not self._kind:
+            return b""
+        kind, self._kind = self._kind, ""
+        text = "".join(self._texts)
+        index = len(self._output)
+        where = {"item_id": self._item_id, "output_index": index, "content_index": 0}
+        if kind == "message":
+            status = "incomplete" if self._incomplete else "completed"
+            item = _message(self._item_id, text, status)
+            out = self._emit(
+                "response.output_text.done",
+                {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
+            )
+            part: JSON = _text_part(text)
+        else:
+            item = _reasoning(self._item_id, text)
+            out = self._emit(
+                "response.reasoning_text.done",
+                {"type": "response.reasoning_text.done", **where, "text": text},
+            )
+            part = {"type": "reasoning_text", "text": text}
+        out += self._emit(
+            "response.content_part.done",
+            {"type": "response.content_part.done", **where, "part": part},
+        )
+        self._output.append(item)
+        return out + self._emit(
+            "response.output_item.done",
+            {"type": "response.output_item.done", "output_index": index, "item": item},
+        )
+
+    def _finish(self, finish_reason: str) -> bytes:
+        """Close what is open and send the tool calls held back, once."""
+        if self._done:
+            return b""
+        self._done = True
+        self._incomplete = _incomplete(finish_reason)
+        if not self._tools and not self._output and self._kind != "message":
+            out = self._open("message")  # an answer says a message, if only an empty one
+        else:
+            out = b""
+        out += self._close()
+        for n, call in self._tools.items():
+            index = len(self._output)
+            item_id = f"fc_{self._base}_{n}"
+            call_id = call.id or f"call_{self._base}_{n}"
+            arguments = "".join(call.pieces)
+            added = _call(item_id, call_id, call.name, "", "in_progress")
+            out += self._emit(
+                "response.output_item.added",
+                {"type": "response.output_item.added", "output_index": index, "item": added},
+            )
+            where = {"item_id": item_id, "output_index": index}
+            for piece in call.pieces:
+                out += self._emit(
+                    "response.function_call_arguments.delta",
+                    {"type": "response.function_call_arguments.delta", **where, "delta": piece},
+                )
+            out += self._emit(
+                "response.function_call_arguments.done",
+                {
+                    "type": "response.function_call_arguments.done",
+                    **where,
+                    "name": call.name,
+                    "arguments": arguments,
+                },
+            )
+            item = _call(item_id, call_id, call.name, arguments, "completed")
+            self._output.append(item)
+            out += self._emit(
+                "response.output_item.done",
+                {"type": "response.output_item.done", "output_index": index, "item": item},
+            )
+        return out
+
+    def __call__(self, chunk: Item) -> bytes:
+        if isinstance(chunk, str):  # never the first (server/chunks.py)
+            if not chunk:
+                return b""
+            if self._kind == "message":
+                return self._delta(chunk)
+            return self._open("message") + self._delta(chunk)
+        out = b""
+        if self._seq < 0:
+            created = self._snapshot("in_progress")
+            out = self._emit("response.created", {"type": "response.created", "response": created})
+            out += self._emit(
+                "response.in_progress", {"type": "response.in_progress", "response": created}
+            )
+        for choice in chunk.choices:
+            if choice.index:  # a response has one choice
+                continue
+            delta = choice.delta
+            if delta.reasoning_content:
+                if self._kind != "reasoning":
+                    out += self._open("reasoning")
+                out += self._delta(delta.reasoning_content)
+            if delta.content:
+                if self._kind != "message":
+                    out += self._open("message")
+                out += self._delta(delta.content)
+            for piece in delta.tool_calls:
+                call = self._tools.get(piece.index)
+                if call is None:
+                    call = self._tools[piece.index] = _ToolCall()
+                call.id = call.id or piece.id
+                call.name = call.name or piece.function.name
+                if piece.function.arguments:
+                    call.pieces.append(piece.function.arguments)
+            if choice.finish_reason:
+                out += self._finish(choice.finish_reason)
+        if chunk.HasField("usage"):
+            out += self._finish("stop")
+            status = "incomplete" if self._incomplete else "completed"
+            answer = self._snapshot(status)
+            answer["incomplete_details"] = self._incomplete
+            answer["usage"] = _usage(chunk.usage)
+            kind = f"response.{status}"
+            out += self._emit(kind, {"type": kind, "response": answer})
+        return out
+
+    encode = __call__
+
+    def failed(self, error: GatewayError) -> bytes:
+        """The `response.failed` event that ends a stream failing after its first event."""
+        answer = self._snapshot("failed")
+        answer["error"] = {"code": error.code or "server_error", "message": error.message}
+        return self._emit("response.failed", {"type": "response.failed", "response": answer})
+
+
+_stream: Callable[..., ItemEncoder] = StreamEncoder

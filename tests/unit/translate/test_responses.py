@@ -1,0 +1,215 @@
+"""The Responses dialect in process: a request's items as chat messages, what it cannot
+serve refused by name, what it cannot carry named, and answers and streams as the
+Responses API writes them (through a live gateway: tests/test_responses_door.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from google.protobuf.json_format import MessageToDict
+from tandem.v1 import chat_pb2
+
+from server.chunks import Chunk
+from server.errors import InvalidRequestError, UpstreamError
+from server.translate.responses import inbound, replies
+
+
+def messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    request = inbound.parse_chat({"model": "m", **body})
+    return [MessageToDict(m) for m in request.messages]
+
+
+def test_a_string_input_is_one_user_message_after_the_instructions() -> None:
+    assert messages({"input": "hi", "instructions": "be brief"}) == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+    ]
+
+
+def test_items_become_messages_tool_calls_and_tool_results() -> None:
+    out = messages(
+        {
+            "input": [
+                {"role": "developer", "content": [{"type": "input_text", "text": "d"}]},
+                {"role": "user", "content": [{"type": "input_text", "text": "q"}]},
+                {"type": "reasoning", "content": [{"type": "reasoning_text", "text": "hm"}]},
+                {"role": "assistant", "content": [{"type": "output_text", "text": "a"}]},
+                {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "r1"},
+                {"type": "function_call_output", "call_id": "c2", "output": "r2"},
+            ]
+        }
+    )
+    assert out[:2] == [{"role": "system", "content": "d"}, {"role": "user", "content": "q"}]
+    assistant = out[2]
+    assert (assistant["content"], assistant["reasoningContent"]) == ("a", "hm")
+    assert [c["id"] for c in assistant["toolCalls"]] == ["c1", "c2"]
+    assert out[3:] == [
+        {"role": "tool", "toolCallId": "c1", "content": "r1"},
+        {"role": "tool", "toolCallId": "c2", "content": "r2"},
+    ]
+
+
+def test_settings_reach_the_proto() -> None:
+    request = inbound.parse_chat(
+        {
+            "model": "m",
+            "input": "x",
+            "max_output_tokens": 7,
+            "temperature": 0.2,
+            "top_p": 0.9,
+            "reasoning": {"effort": "low"},
+            "parallel_tool_calls": False,
+            "user": "u",
+            "tools": [{"type": "function", "name": "f", "parameters": {"b": 1, "a": 2}}],
+            "tool_choice": {"type": "function", "name": "f"},
+            "text": {"format": {"type": "json_schema", "name": "s", "schema": {"z": 1, "a": 2}}},
+            "stream": True,
+            "service_tier": "flex",
+        }
+    )
+    assert request.max_completion_tokens == 7
+    assert (request.reasoning_effort, request.user, request.stream) == ("low", "u", True)
+    assert request.parallel_tool_calls is False
+    assert request.tools[0].function.parameters_json == '{"b":1,"a":2}'
+    assert request.tool_choice.function.name == "f"
+    assert request.response_format.json_schema.schema_json == '{"z":1,"a":2}'
+    assert orjson.loads(request.extra_body_json) == {"service_tier": "flex"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": None}, "input"),
+        ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
+        ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file"}]}]},
+            "input[0].content[0].type",
+        ),
+        ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"input": "x", "background": True}, "background"),
+        ({"input": "x", "prompt": {"id": "p"}}, "prompt"),
+        ({"input": "x", "temperature": "hot"}, "temperature"),
+        ({"input": "x", "max_output_tokens": "many"}, "max_output_tokens"),
+        ({"input": "x", "tool_choice": 3}, "tool_choice"),
+    ],
+)
+def test_what_cannot_be_served_is_refused_by_name(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        inbound.parse_chat({"model": "m", **body})
+    assert refused.value.param == param
+
+
+def test_hosted_tools_and_untranslated_fields_are_named_unread() -> None:
+    body = {
+        "model": "m",
+        "input": "x",
+        "tools": [{"type": "web_search"}, {"type": "function", "name": "f"}],
+        "tool_choice": {"type": "web_search"},
+        "include": ["reasoning.encrypted_content"],
+        "reasoning": {"summary": "auto"},
+        "store": True,
+        "n": 2,
+    }
+    request = inbound.parse_chat(body)
+    assert [t.function.name for t in request.tools] == ["f"]
+    assert not request.HasField("tool_choice")
+    assert inbound.unread(body) == [
+        "include",
+        "n",
+        "tools[].web_search",
+        "tool_choice",
+        "reasoning.summary",
+    ]
+
+
+def completion(finish: str = "stop", **message: Any) -> chat_pb2.ChatCompletion:
+    answer = chat_pb2.ChatCompletion(id="chatcmpl-abc", created=5, model="m")
+    choice = answer.choices.add(finish_reason=finish)
+    choice.message.role = "assistant"
+    for key, value in message.items():
+        if key == "tool_calls":
+            for call in value:
+                choice.message.tool_calls.add(
+                    id=call[0], type="function", function={"name": call[1], "arguments": call[2]}
+                )
+        else:
+            setattr(choice.message, key, value)
+    answer.usage.prompt_tokens, answer.usage.completion_tokens = 3, 4
+    return answer
+
+
+def test_a_completion_as_a_response_object() -> None:
+    answer = replies.encode_completion(
+        completion(content="hi", reasoning_content="hm", tool_calls=[("c1", "f", "{}")]),
+        inbound.settings({"temperature": 0.5}),
+    )
+    assert (answer["id"], answer["object"], answer["status"]) == (
+        "resp_abc",
+        "response",
+        "completed",
+    )
+    assert [item["type"] for item in answer["output"]] == ["reasoning", "message", "function_call"]
+    call = answer["output"][2]
+    assert (call["id"], call["call_id"]) == ("fc_abc_0", "c1")
+    assert answer["output"][1]["content"] == [
+        {"type": "output_text", "text": "hi", "annotations": [], "logprobs": []}
+    ]
+    assert answer["usage"] == {
+        "input_tokens": 3,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 4,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 7,
+    }
+    assert (answer["temperature"], answer["store"], answer["tool_choice"]) == (0.5, False, "auto")
+
+
+def test_a_length_finish_is_incomplete() -> None:
+    answer = replies.encode_completion(completion("length", content="a"), inbound.settings({}))
+    assert answer["status"] == "incomplete"
+    assert answer["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert answer["output"][0]["status"] == "incomplete"
+
+
+def parsed(wire: bytes) -> list[tuple[str, Any]]:
+    out = []
+    for event in wire.decode().strip().split("\n\n"):
+        name, data = event.split("\n")
+        out.append((name.removeprefix("event: "), orjson.loads(data.removeprefix("data: "))))
+    return out
+
+
+def test_a_stream_of_text_items_and_its_fast_path() -> None:
+    first = Chunk(id="chatcmpl-abc", created=5, model="m")
+    first.choices.add().delta.role = "assistant"
+    encoder = replies.StreamEncoder(first, inbound.settings({}))
+    last = Chunk()
+    last.choices.add(finish_reason="stop")
+    last.usage.prompt_tokens, last.usage.completion_tokens = 1, 2
+    wire = encoder.encode(first) + encoder.encode("a ") + encoder.encode("b") + encoder.encode(last)
+    seen = parsed(wire)
+    assert [data["sequence_number"] for _, data in seen] == list(range(len(seen)))
+    assert all(name == data["type"] for name, data in seen)
+    deltas = [data for name, data in seen if name == "response.output_text.delta"]
+    assert [d["delta"] for d in deltas] == ["a ", "b"]
+    assert deltas[0]["item_id"] == "msg_abc"
+    assert deltas[0]["logprobs"] == []
+    assert seen[-1][1]["response"]["output"][0]["content"][0]["text"] == "a b"
+
+
+def test_a_failure_mid_stream_is_response_failed() -> None:
+    first = Chunk(id="chatcmpl-abc", created=5, model="m")
+    encoder = replies.StreamEncoder(first, inbound.settings({}))
+    encoder.encode(first)
+    encoder.encode("partial")
+    [(name, data)] = parsed(encoder.failed(UpstreamError("the upstream broke")))
+    assert name == "response.failed"
+    assert "error" not in data
+    assert data["response"]["status"] == "failed"
+    assert data["response"]["error"]["message"] == "the upstream broke"
+    assert data["response"]["id"] == "resp_abc"
