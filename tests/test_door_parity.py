@@ -633,18 +633,18 @@ async def test_a_long_streamed_answer_costs_at_most_4x_its_text_on_the_wire(
     if door.name in ("openai", "completions") and size == "64KiB":
         reason = "/v1 frames a word in ~200-220 bytes: 1,024 of them are 3-3.4x 64 KiB alone"
         request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-    if door.name == "responses":
-        reason = (
-            "the Responses API says the whole text five times: its deltas, output_text.done, "
-            "content_part.done, output_item.done and response.completed"
-        )
+    # the Responses API says the whole text five times: its deltas, output_text.done,
+    # content_part.done, output_item.done and response.completed (the contract: 8x)
+    bound = 8 if door.name == "responses" else 4
+    if door.name == "responses" and size == "64KiB":
+        reason = "a word's delta event is ~210 bytes, as on /v1: 1,024 of them and 5 texts 8.2x"
         request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
     text = LONG_ANSWERS[size]
     _, jwt_token = token()
     seen = await door.chat(chat("echo", text, max_tokens=1_000_000), jwt_token, stream=True)
     assert seen.text == text
     assert seen.usage == (len(text.split()), len(text.split()))
-    assert seen.wire <= 4 * len(text.encode())
+    assert seen.wire <= bound * len(text.encode()), seen.wire / len(text.encode())
 
 
 @pytest.mark.parametrize("name", ["grpc", "native", "openai"])  # the doors that take `n`

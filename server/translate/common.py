@@ -21,12 +21,16 @@ __all__ = [
     "DATA_URL",
     "MAX_STOP_SEQUENCES",
     "Schema",
+    "ToolCallPieces",
     "cannot_honour",
     "check_cache_mark",
     "check_schema_texts",
     "check_stop_count",
+    "invalid_field",
     "max_tokens_asked",
+    "named_event",
     "response_schema",
+    "string_at",
     "struct_json",
     "struct_to_json",
     "tool_arguments",
@@ -171,3 +175,42 @@ def tool_arguments(call: chat_pb2.ToolCall, where: str) -> Any:
     except orjson.JSONDecodeError:
         param = f"{where}.function.arguments"
         raise InvalidRequestError(f"{param}: must be a JSON object", param=param) from None
+
+
+def named_event(name: str, data: dict[str, Any]) -> bytes:
+    """One named SSE event (Anthropic's and the Responses API's streams)."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class ToolCallPieces:
+    """A tool call an encoder holds while its arguments arrive in pieces."""
+
+    __slots__ = ("id", "name", "pieces")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.pieces: list[str] = []
+
+    @staticmethod
+    def hold(calls: dict[int, ToolCallPieces], piece: chat_pb2.ToolCall) -> None:
+        """Add a delta's piece of a call to the calls held, by its index."""
+        call = calls.get(piece.index)
+        if call is None:
+            call = calls[piece.index] = ToolCallPieces()
+        call.id = call.id or piece.id
+        call.name = call.name or piece.function.name
+        if piece.function.arguments:
+            call.pieces.append(piece.function.arguments)
+
+
+def invalid_field(param: str, why: str) -> InvalidRequestError:
+    """A 400 naming the caller's field."""
+    return InvalidRequestError(f"{param}: {why}", param=param)
+
+
+def string_at(value: Any, where: str) -> str:
+    """`value`, which must be a string (the caller's field `where`)."""
+    if not isinstance(value, str):
+        raise invalid_field(where, "must be a string")
+    return value

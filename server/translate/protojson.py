@@ -31,6 +31,7 @@ __all__ = [
     "check_json_object",
     "deeper_than",
     "json_object",
+    "parse_field_as",
     "parse_into",
     "too_deep",
 ]
@@ -279,3 +280,15 @@ def _scalar(field: FieldDescriptor, value: Any, path: str, key: str) -> Any:
     if not low <= value <= high:
         raise _invalid(_join(path, key), "is out of range")
     return value
+
+
+def parse_field_as(request: Message, field: str, value: Any, where: str) -> None:
+    """One field through the proto's parser (lenient), its error naming the caller's own
+    spelling of it, `where` (a dialect's field that maps to the proto's `field`)."""
+    try:
+        parse_into({field: value}, request, strict=False)
+    except InvalidRequestError as exc:
+        param = where + (exc.param or field)[len(field) :]
+        raise InvalidRequestError(
+            exc.message.replace(exc.param or field, param, 1), param=param
+        ) from None

@@ -34,12 +34,11 @@ from typing import Any
 import orjson
 from tandem.v1 import chat_pb2
 
-from server.errors import InvalidRequestError
 from server.translate.anthropic import MIN_THINKING_BUDGET
-from server.translate.common import check_cache_mark, check_stop_count
+from server.translate.common import check_cache_mark, check_stop_count, invalid_field, string_at
 from server.translate.extra import CHAT_FIELDS, fields_beyond
 from server.translate.protocols import JSON, ChatParser
-from server.translate.protojson import parse_into
+from server.translate.protojson import parse_field_as
 
 __all__ = ["parse_chat", "parse_count_tokens", "unread"]
 
@@ -69,36 +68,15 @@ _TOOL_KEYS = frozenset({"type", "name", "description", "input_schema", "cache_co
 _THINKING_KEYS = frozenset({"type", "budget_tokens"})
 
 
-def _invalid(param: str, why: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{param}: {why}", param=param)
-
-
-def _set(request: Any, field: str, value: Any, where: str) -> None:
-    """One field through the proto's own parser, its error naming Anthropic's field."""
-    try:
-        parse_into({field: value}, request, strict=False)
-    except InvalidRequestError as exc:
-        param = where + (exc.param or field)[len(field) :]
-        raise InvalidRequestError(
-            exc.message.replace(exc.param or field, param, 1), param=param
-        ) from None
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise _invalid(where, "must be a string")
-    return value
-
-
 def _marked(out: JSON, block: JSON, where: str) -> JSON:
     """`out` with the block's `cache_control`, if it has one (type, and ttl if set)."""
     mark = block.get("cache_control")
     if mark is not None:
         if not isinstance(mark, dict):
-            raise _invalid(f"{where}.cache_control", "must be a JSON object")
-        kept = {"type": _text(mark.get("type"), f"{where}.cache_control.type")}
+            raise invalid_field(f"{where}.cache_control", "must be a JSON object")
+        kept = {"type": string_at(mark.get("type"), f"{where}.cache_control.type")}
         if mark.get("ttl") is not None:
-            kept["ttl"] = _text(mark["ttl"], f"{where}.cache_control.ttl")
+            kept["ttl"] = string_at(mark["ttl"], f"{where}.cache_control.ttl")
         check_cache_mark(kept["type"], kept.get("ttl", ""), f"{where}.cache_control")
         out["cache_control"] = kept
     return out
@@ -106,9 +84,9 @@ def _marked(out: JSON, block: JSON, where: str) -> JSON:
 
 def _text_part(block: Any, where: str) -> JSON:
     if not isinstance(block, dict) or block.get("type") != "text":
-        raise _invalid(where, "must be a text block")
+        raise invalid_field(where, "must be a text block")
     return _marked(
-        {"type": "text", "text": _text(block.get("text"), f"{where}.text")}, block, where
+        {"type": "text", "text": string_at(block.get("text"), f"{where}.text")}, block, where
     )
 
 
@@ -124,7 +102,7 @@ def _system(system: Any) -> JSON:
     if isinstance(system, str):
         return {"role": "system", "content": system}
     if not isinstance(system, list):
-        raise _invalid("system", "must be a string or a list of text blocks")
+        raise invalid_field("system", "must be a string or a list of text blocks")
     out: JSON = {"role": "system"}
     _content(out, [_text_part(block, f"system[{i}]") for i, block in enumerate(system)])
     return out
@@ -132,15 +110,15 @@ def _system(system: Any) -> JSON:
 
 def _image(source: Any, where: str) -> JSON:
     if not isinstance(source, dict):
-        raise _invalid(where, "must be an object")
+        raise invalid_field(where, "must be an object")
     if source.get("type") == "base64":
-        media = _text(source.get("media_type"), f"{where}.media_type")
-        data = _text(source.get("data"), f"{where}.data")
+        media = string_at(source.get("media_type"), f"{where}.media_type")
+        data = string_at(source.get("data"), f"{where}.data")
         url = f"data:{media};base64,{data}"
     elif source.get("type") == "url":
-        url = _text(source.get("url"), f"{where}.url")
+        url = string_at(source.get("url"), f"{where}.url")
     else:
-        raise _invalid(f"{where}.type", 'must be "base64" or "url"')
+        raise invalid_field(f"{where}.type", 'must be "base64" or "url"')
     return {"type": "image_url", "image_url": {"url": url}}
 
 
@@ -148,7 +126,7 @@ def _tool_result(block: JSON, where: str) -> JSON:
     """A `tool_result` block as a tool message; an error's text says so first."""
     out: JSON = {
         "role": "tool",
-        "tool_call_id": _text(block.get("tool_use_id"), f"{where}.tool_use_id"),
+        "tool_call_id": string_at(block.get("tool_use_id"), f"{where}.tool_use_id"),
     }
     content = block.get("content")
     at = f"{where}.content"
@@ -158,7 +136,7 @@ def _tool_result(block: JSON, where: str) -> JSON:
         parts = [_text_part(item, f"{at}[{i}]") for i, item in enumerate(content)]
         parts = parts or [{"type": "text", "text": ""}]
     else:
-        raise _invalid(at, "must be a string or a list of text blocks")
+        raise invalid_field(at, "must be a string or a list of text blocks")
     if block.get("is_error"):
         parts[0]["text"] = f"Error: {parts[0]['text']}"
     _content(out, parts)
@@ -169,15 +147,15 @@ def _turn(message: Any, where: str) -> list[JSON]:
     """One Anthropic turn as proto-form messages: its tool results first, each a
     `tool` message, then the turn itself (if anything is left of it)."""
     if not isinstance(message, dict):
-        raise _invalid(where, "must be a JSON object")
+        raise invalid_field(where, "must be a JSON object")
     role = message.get("role")
     if role not in ("user", "assistant", "system"):  # Claude Code sends system turns too
-        raise _invalid(f"{where}.role", 'must be "user", "assistant" or "system"')
+        raise invalid_field(f"{where}.role", 'must be "user", "assistant" or "system"')
     content = message.get("content")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
-        raise _invalid(f"{where}.content", "must be a string or a list of blocks")
+        raise invalid_field(f"{where}.content", "must be a string or a list of blocks")
     results: list[JSON] = []
     parts: list[JSON] = []
     calls: list[JSON] = []
@@ -192,12 +170,12 @@ def _turn(message: Any, where: str) -> list[JSON]:
         elif kind == "tool_use" and role == "assistant":
             arguments = block.get("input") if block.get("input") is not None else {}
             if not isinstance(arguments, dict):
-                raise _invalid(f"{at}.input", "must be a JSON object")
+                raise invalid_field(f"{at}.input", "must be a JSON object")
             call = {
-                "id": _text(block.get("id"), f"{at}.id"),
+                "id": string_at(block.get("id"), f"{at}.id"),
                 "type": "function",
                 "function": {
-                    "name": _text(block.get("name"), f"{at}.name"),
+                    "name": string_at(block.get("name"), f"{at}.name"),
                     "arguments": orjson.dumps(arguments).decode(),
                 },
             }
@@ -205,13 +183,13 @@ def _turn(message: Any, where: str) -> list[JSON]:
         elif kind == "tool_result" and role == "user":
             results.append(_tool_result(block, at))
         elif kind == "thinking" and role == "assistant":
-            out["reasoning_content"] = _text(block.get("thinking"), f"{at}.thinking")
+            out["reasoning_content"] = string_at(block.get("thinking"), f"{at}.thinking")
             if block.get("signature"):
-                out["reasoning_signature"] = _text(block["signature"], f"{at}.signature")
+                out["reasoning_signature"] = string_at(block["signature"], f"{at}.signature")
         elif kind == "redacted_thinking" and role == "assistant":
             continue  # encrypted for Anthropic alone: nothing another model can read
         else:
-            raise _invalid(f"{at}.type", f"a {kind!r} block cannot be sent in a {role} turn")
+            raise invalid_field(f"{at}.type", f"a {kind!r} block cannot be sent in a {role} turn")
     _content(out, parts)
     if calls:
         out["tool_calls"] = calls
@@ -221,16 +199,18 @@ def _turn(message: Any, where: str) -> list[JSON]:
 
 def _tools(tools: Any) -> list[JSON]:
     if not isinstance(tools, list):
-        raise _invalid("tools", "must be a list")
+        raise invalid_field("tools", "must be a list")
     out = []
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict):
-            raise _invalid(f"tools[{i}]", "must be a JSON object")
+            raise invalid_field(f"tools[{i}]", "must be a JSON object")
         if tool.get("type") not in (None, "custom"):
-            raise _invalid(f"tools[{i}].type", "only custom tools (with input_schema) are served")
-        function: JSON = {"name": _text(tool.get("name"), f"tools[{i}].name")}
+            raise invalid_field(
+                f"tools[{i}].type", "only custom tools (with input_schema) are served"
+            )
+        function: JSON = {"name": string_at(tool.get("name"), f"tools[{i}].name")}
         if tool.get("description") is not None:
-            function["description"] = _text(tool["description"], f"tools[{i}].description")
+            function["description"] = string_at(tool["description"], f"tools[{i}].description")
         if tool.get("input_schema") is not None:
             function["parameters"] = tool["input_schema"]
         out.append(_marked({"type": "function", "function": function}, tool, f"tools[{i}]"))
@@ -239,7 +219,7 @@ def _tools(tools: Any) -> list[JSON]:
 
 def _tool_choice(choice: Any, request: chat_pb2.ChatCompletionRequest) -> None:
     if not isinstance(choice, dict):
-        raise _invalid("tool_choice", "must be a JSON object")
+        raise invalid_field("tool_choice", "must be a JSON object")
     kind = choice.get("type")
     if kind == "auto":
         request.tool_choice.mode = "auto"
@@ -249,51 +229,51 @@ def _tool_choice(choice: Any, request: chat_pb2.ChatCompletionRequest) -> None:
         request.tool_choice.mode = "none"
     elif kind == "tool":
         request.tool_choice.type = "function"
-        request.tool_choice.function.name = _text(choice.get("name"), "tool_choice.name")
+        request.tool_choice.function.name = string_at(choice.get("name"), "tool_choice.name")
     else:
-        raise _invalid("tool_choice.type", 'must be "auto", "any", "tool" or "none"')
+        raise invalid_field("tool_choice.type", 'must be "auto", "any", "tool" or "none"')
     if choice.get("disable_parallel_tool_use") is True:
         request.parallel_tool_calls = False
 
 
 def _thinking(thinking: Any, request: chat_pb2.ChatCompletionRequest) -> None:
     if not isinstance(thinking, dict):
-        raise _invalid("thinking", "must be a JSON object")
+        raise invalid_field("thinking", "must be a JSON object")
     kind = thinking.get("type")
     if kind in ("disabled", "adaptive"):  # adaptive: the model decides, as it would unasked
         return
     if kind != "enabled":
-        raise _invalid("thinking.type", 'must be "enabled", "adaptive" or "disabled"')
+        raise invalid_field("thinking.type", 'must be "enabled", "adaptive" or "disabled"')
     budget = thinking.get("budget_tokens")
     if budget is None:
-        raise _invalid("thinking.budget_tokens", "is required with thinking enabled")
+        raise invalid_field("thinking.budget_tokens", "is required with thinking enabled")
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < MIN_THINKING_BUDGET:
-        raise _invalid(
+        raise invalid_field(
             "thinking.budget_tokens", f"must be an integer of at least {MIN_THINKING_BUDGET}"
         )
-    _set(request, "reasoning_budget_tokens", budget, "thinking.budget_tokens")
+    parse_field_as(request, "reasoning_budget_tokens", budget, "thinking.budget_tokens")
 
 
 def _conversation(body: Any) -> tuple[JSON, chat_pb2.ChatCompletionRequest]:
     """What both routes read: model, system, messages, tools, tool_choice, thinking."""
     if not isinstance(body, dict):
-        raise _invalid("body", "must be a JSON object")
+        raise invalid_field("body", "must be a JSON object")
     request = chat_pb2.ChatCompletionRequest()
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _invalid("model", "is required")
+        raise invalid_field("model", "is required")
     request.model = model
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _invalid("messages", "must be a non-empty list")
+        raise invalid_field("messages", "must be a non-empty list")
     converted: list[JSON] = []
     if body.get("system"):
         converted.append(_system(body["system"]))
     for i, message in enumerate(messages):
         converted.extend(_turn(message, f"messages[{i}]"))
-    _set(request, "messages", converted, "messages")
+    parse_field_as(request, "messages", converted, "messages")
     if body.get("tools"):
-        _set(request, "tools", _tools(body["tools"]), "tools")
+        parse_field_as(request, "tools", _tools(body["tools"]), "tools")
     if body.get("tool_choice") is not None:
         _tool_choice(body["tool_choice"], request)
     if body.get("thinking") is not None:
@@ -335,23 +315,23 @@ def _add(
 def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
     body, request = _conversation(body)
     if body.get("max_tokens") is None:
-        raise _invalid("max_tokens", "is required")
-    _set(request, "max_tokens", body["max_tokens"], "max_tokens")
+        raise invalid_field("max_tokens", "is required")
+    parse_field_as(request, "max_tokens", body["max_tokens"], "max_tokens")
     if request.max_tokens < 1:
-        raise _invalid("max_tokens", "must be at least 1")
+        raise invalid_field("max_tokens", "must be at least 1")
     for field, name in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k")):
         if body.get(name) is not None:
-            _set(request, field, body[name], name)
+            parse_field_as(request, field, body[name], name)
     stop = body.get("stop_sequences")
     if stop:
-        _set(request, "stop", stop, "stop_sequences")
+        parse_field_as(request, "stop", stop, "stop_sequences")
         check_stop_count(len(request.stop), "stop_sequences")
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and metadata.get("user_id") is not None:
-        request.user = _text(metadata["user_id"], "metadata.user_id")
+        request.user = string_at(metadata["user_id"], "metadata.user_id")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise _invalid("stream", "must be a boolean")
+        raise invalid_field("stream", "must be a boolean")
     request.stream = stream
     return request
 

@@ -28,6 +28,7 @@ import orjson
 from tandem.v1 import chat_pb2, models_pb2
 
 from server.chunks import Item
+from server.translate.common import ToolCallPieces, named_event
 from server.translate.protocols import JSON, ItemEncoder
 
 __all__ = ["StreamEncoder", "encode_completion", "encode_model", "encode_models", "message_id"]
@@ -121,19 +122,6 @@ def encode_completion(completion: chat_pb2.ChatCompletion) -> JSON:
 _THINKING_START: JSON = {"type": "thinking", "thinking": "", "signature": ""}
 
 
-def _event(name: str, data: JSON) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-class _ToolCall:
-    __slots__ = ("id", "name", "pieces")
-
-    def __init__(self) -> None:
-        self.id = ""
-        self.name = ""
-        self.pieces: list[str] = []
-
-
 class StreamEncoder:
     """Chunks in, Anthropic's events out; `encode` is called with the first chunk first.
     `prompt_tokens` is what `message_start` says before the upstream's counts: the
@@ -146,7 +134,7 @@ class StreamEncoder:
         self._prompt = prompt_tokens
         self._index = -1  # the open block's index
         self._kind = ""  # its type: "thinking" or "text" ("" for none open)
-        self._tools: dict[int, _ToolCall] = {}
+        self._tools: dict[int, ToolCallPieces] = {}
         self._stop = ""
         self._stop_sequence: str | None = None
 
@@ -154,7 +142,7 @@ class StreamEncoder:
         out = self._close()
         self._index += 1
         self._kind = kind
-        return out + _event(
+        return out + named_event(
             "content_block_start",
             {"type": "content_block_start", "index": self._index, "content_block": block},
         )
@@ -163,10 +151,12 @@ class StreamEncoder:
         if not self._kind:
             return b""
         self._kind = ""
-        return _event("content_block_stop", {"type": "content_block_stop", "index": self._index})
+        return named_event(
+            "content_block_stop", {"type": "content_block_stop", "index": self._index}
+        )
 
     def _delta(self, delta: JSON) -> bytes:
-        return _event(
+        return named_event(
             "content_block_delta",
             {"type": "content_block_delta", "index": self._index, "delta": delta},
         )
@@ -206,7 +196,7 @@ class StreamEncoder:
                 "stop_sequence": None,
                 "usage": {"input_tokens": self._prompt, "output_tokens": 0},
             }
-            out = _event("message_start", {"type": "message_start", "message": message})
+            out = named_event("message_start", {"type": "message_start", "message": message})
         for choice in chunk.choices:
             if choice.index:  # Anthropic's answers have one choice
                 continue
@@ -224,18 +214,12 @@ class StreamEncoder:
             if delta.content:
                 out += self._text(delta.content)
             for piece in delta.tool_calls:
-                call = self._tools.get(piece.index)
-                if call is None:
-                    call = self._tools[piece.index] = _ToolCall()
-                call.id = call.id or piece.id
-                call.name = call.name or piece.function.name
-                if piece.function.arguments:
-                    call.pieces.append(piece.function.arguments)
+                ToolCallPieces.hold(self._tools, piece)
             if choice.finish_reason:
                 out += self._finish(choice.finish_reason, _stop_sequence(choice))
         if chunk.HasField("usage"):
             out += self._finish("stop", None)
-            out += _event(
+            out += named_event(
                 "message_delta",
                 {
                     "type": "message_delta",
@@ -243,7 +227,7 @@ class StreamEncoder:
                     "usage": _usage(chunk.usage),
                 },
             )
-            out += _event("message_stop", {"type": "message_stop"})
+            out += named_event("message_stop", {"type": "message_stop"})
         return out
 
 

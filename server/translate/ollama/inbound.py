@@ -20,11 +20,10 @@ from typing import Any
 import orjson
 from tandem.v1 import chat_pb2, embeddings_pb2
 
-from server.errors import InvalidRequestError
-from server.translate.common import check_stop_count
+from server.translate.common import check_stop_count, invalid_field
 from server.translate.ollama import SAMPLING_OPTIONS
 from server.translate.protocols import JSON, ChatParser, EmbeddingParser
-from server.translate.protojson import parse_into
+from server.translate.protojson import parse_field_as
 
 __all__ = [
     "parse_chat",
@@ -73,42 +72,25 @@ _IMAGE_TYPES = {
 }
 
 
-def _invalid(param: str, why: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{param}: {why}", param=param)
-
-
 def _object(body: Any) -> JSON:
     if not isinstance(body, dict):
-        raise _invalid("body", "must be a JSON object")
+        raise invalid_field("body", "must be a JSON object")
     return body
-
-
-def _renamed(error: InvalidRequestError, old: str, new: str) -> InvalidRequestError:
-    param = new + (error.param or old)[len(old) :]
-    return InvalidRequestError(error.message.replace(error.param or old, param, 1), param=param)
-
-
-def _set(request: Any, field: str, value: Any, where: str) -> None:
-    """One field through the proto's own parser, its error naming Ollama's field."""
-    try:
-        parse_into({field: value}, request, strict=False)
-    except InvalidRequestError as exc:
-        raise _renamed(exc, field, where) from None
 
 
 def _model(body: JSON, request: Any) -> None:
     model = body.get("model")
     if model is not None:
-        _set(request, "model", model, "model")
+        parse_field_as(request, "model", model, "model")
 
 
 def _images(images: Any, where: str) -> list[JSON]:
     if not isinstance(images, list):
-        raise _invalid(where, "must be a list of base64 strings")
+        raise invalid_field(where, "must be a list of base64 strings")
     parts = []
     for i, image in enumerate(images):
         if not isinstance(image, str) or not image:
-            raise _invalid(f"{where}[{i}]", "must be a base64 string")
+            raise invalid_field(f"{where}[{i}]", "must be a base64 string")
         media = next((m for head, m in _IMAGE_TYPES.items() if image.startswith(head)), "image/png")
         parts.append({"type": "image_url", "image_url": {"url": f"data:{media};base64,{image}"}})
     return parts
@@ -116,15 +98,15 @@ def _images(images: Any, where: str) -> list[JSON]:
 
 def _tool_calls(calls: Any, where: str, ids: str) -> list[JSON]:
     if not isinstance(calls, list):
-        raise _invalid(where, "must be a list")
+        raise invalid_field(where, "must be a list")
     out = []
     for i, call in enumerate(calls):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise _invalid(f"{where}[{i}].function", "must be an object with a name")
+            raise invalid_field(f"{where}[{i}].function", "must be an object with a name")
         arguments = function.get("arguments") or {}
         if not isinstance(arguments, dict):
-            raise _invalid(f"{where}[{i}].function.arguments", "must be a JSON object")
+            raise invalid_field(f"{where}[{i}].function.arguments", "must be a JSON object")
         given = call.get("id")  # as Ollama sends it, where it does
         out.append(
             {
@@ -143,7 +125,7 @@ def _message(message: Any, where: str, ids: str = "call") -> JSON:
     """An Ollama message in the proto's JSON form; its tool calls' ids, where the caller
     sent none, start with `ids`."""
     if not isinstance(message, dict):
-        raise _invalid(where, "must be a JSON object")
+        raise invalid_field(where, "must be a JSON object")
     out: JSON = {"role": message.get("role")}
     content = message.get("content")
     images = message.get("images")
@@ -173,7 +155,7 @@ def _link_tool_results(messages: list[JSON]) -> None:
             pending = list(message.get("tool_calls", ()))
         elif message.get("role") == "tool":
             if not pending:
-                raise _invalid(
+                raise invalid_field(
                     f"messages[{i}]", "a tool result must follow an assistant message's tool_calls"
                 )
             named = message.get("tool_call_id")
@@ -189,7 +171,7 @@ def _options(options: Any, request: chat_pb2.ChatCompletionRequest) -> None:
     if options is None:
         return
     if not isinstance(options, dict):
-        raise _invalid("options", "must be a JSON object")
+        raise invalid_field("options", "must be a JSON object")
     for name, field in _OPTIONS.items():
         value = options.get(name)
         if value is None:
@@ -199,8 +181,10 @@ def _options(options: Any, request: chat_pb2.ChatCompletionRequest) -> None:
         elif name == "num_predict" and type(value) in (int, float) and value < 1:
             if value in _NO_LIMIT:
                 continue
-            raise _invalid("options.num_predict", "must be at least 1, or -1 or -2 for no limit")
-        _set(request, field, value, f"options.{name}")
+            raise invalid_field(
+                "options.num_predict", "must be at least 1, or -1 or -2 for no limit"
+            )
+        parse_field_as(request, field, value, f"options.{name}")
     check_stop_count(len(request.stop), "options.stop")
 
 
@@ -210,14 +194,14 @@ def _format(value: Any, request: chat_pb2.ChatCompletionRequest) -> None:
     if value == "json":
         request.response_format.type = "json_object"
     elif isinstance(value, dict):
-        _set(
+        parse_field_as(
             request,
             "response_format",
             {"type": "json_schema", "json_schema": {"name": "response", "schema": value}},
             "format",
         )
     else:
-        raise _invalid("format", 'must be "json" or a JSON schema object')
+        raise invalid_field("format", 'must be "json" or a JSON schema object')
 
 
 def _think(value: Any, request: chat_pb2.ChatCompletionRequest) -> None:
@@ -229,24 +213,24 @@ def _think(value: Any, request: chat_pb2.ChatCompletionRequest) -> None:
     elif value in ("low", "medium", "high"):
         request.reasoning_effort = value
     else:
-        raise _invalid("think", 'must be true, false, "low", "medium" or "high"')
+        raise invalid_field("think", 'must be true, false, "low", "medium" or "high"')
 
 
 def _common(body: JSON, request: chat_pb2.ChatCompletionRequest) -> None:
     """What chat and generate share: model, stream (default true), options, format, tools."""
     for name, why in _REFUSED.items():
         if body.get(name):
-            raise _invalid(name, why)
+            raise invalid_field(name, why)
     _model(body, request)
     stream = body.get("stream", True)
     if not isinstance(stream, bool):
-        raise _invalid("stream", "must be a boolean")
+        raise invalid_field("stream", "must be a boolean")
     request.stream = stream
     _options(body.get("options"), request)
     _format(body.get("format"), request)
     _think(body.get("think"), request)
     if body.get("tools"):
-        _set(request, "tools", body["tools"], "tools")
+        parse_field_as(request, "tools", body["tools"], "tools")
 
 
 def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
@@ -254,10 +238,10 @@ def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
     request = chat_pb2.ChatCompletionRequest()
     messages = body.get("messages")
     if messages is not None and not isinstance(messages, list):
-        raise _invalid("messages", "must be a list")
+        raise invalid_field("messages", "must be a list")
     converted = [_message(m, f"messages[{i}]", f"call_{i}") for i, m in enumerate(messages or ())]
     _link_tool_results(converted)
-    _set(request, "messages", converted, "messages")
+    parse_field_as(request, "messages", converted, "messages")
     _common(body, request)
     return request
 
@@ -270,7 +254,7 @@ def parse_generate(body: Any) -> chat_pb2.ChatCompletionRequest:
     messages: list[JSON] = []
     for name in ("system", "prompt"):
         if body.get(name) is not None and not isinstance(body[name], str):
-            raise _invalid(name, "must be a string")
+            raise invalid_field(name, "must be a string")
     prompt = body.get("prompt")
     if prompt:  # else no messages: Ollama's load, whatever else is sent
         if body.get("system"):
@@ -280,7 +264,7 @@ def parse_generate(body: Any) -> chat_pb2.ChatCompletionRequest:
             messages.append({"role": "user", "parts": parts})
         else:
             messages.append({"role": "user", "content": prompt})
-    _set(request, "messages", messages, "messages")
+    parse_field_as(request, "messages", messages, "messages")
     _common(body, request)
     return request
 
@@ -297,9 +281,9 @@ def parse_embedding(body: Any) -> embeddings_pb2.EmbeddingRequest:
     """`/api/embed`: `input` one string or a list of them; `dimensions`, `truncate`."""
     body, request = _embedding_request(body)
     text = body.get("input")
-    _set(request, "input", [text] if isinstance(text, str) else text, "input")
+    parse_field_as(request, "input", [text] if isinstance(text, str) else text, "input")
     if body.get("dimensions") is not None:
-        _set(request, "dimensions", body["dimensions"], "dimensions")
+        parse_field_as(request, "dimensions", body["dimensions"], "dimensions")
     return request
 
 
@@ -308,7 +292,7 @@ def parse_legacy_embeddings(body: Any) -> embeddings_pb2.EmbeddingRequest:
     body, request = _embedding_request(body)
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
-        raise _invalid("prompt", "must be a string")
+        raise invalid_field("prompt", "must be a string")
     request.input.append(prompt)
     return request
 

@@ -27,10 +27,10 @@ from typing import Any
 import orjson
 from tandem.v1 import chat_pb2
 
-from server.errors import InvalidRequestError
+from server.translate.common import invalid_field, string_at
 from server.translate.extra import CHAT_FIELDS, fields_beyond
 from server.translate.protocols import JSON, ChatParser
-from server.translate.protojson import parse_into
+from server.translate.protojson import parse_field_as
 
 __all__ = ["parse_chat", "settings", "unread"]
 
@@ -75,55 +75,34 @@ _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "develop
 _FORMATS = ("text", "json_object", "json_schema")
 
 
-def _invalid(param: str, why: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{param}: {why}", param=param)
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise _invalid(where, "must be a string")
-    return value
-
-
 def _object(value: Any, where: str) -> JSON:
     if not isinstance(value, dict):
-        raise _invalid(where, "must be a JSON object")
+        raise invalid_field(where, "must be a JSON object")
     return value
-
-
-def _set(request: Any, field: str, value: Any, where: str) -> None:
-    """One field through the proto's own parser, its error naming the caller's field."""
-    try:
-        parse_into({field: value}, request, strict=False)
-    except InvalidRequestError as exc:
-        param = where + (exc.param or field)[len(field) :]
-        raise InvalidRequestError(
-            exc.message.replace(exc.param or field, param, 1), param=param
-        ) from None
 
 
 def _part(part: Any, where: str) -> JSON:
     part = _object(part, where)
     kind = part.get("type")
     if kind in ("input_text", "output_text", "text"):
-        return {"type": "text", "text": _text(part.get("text"), f"{where}.text")}
+        return {"type": "text", "text": string_at(part.get("text"), f"{where}.text")}
     if kind == "refusal":
-        return {"type": "text", "text": _text(part.get("refusal"), f"{where}.refusal")}
+        return {"type": "text", "text": string_at(part.get("refusal"), f"{where}.refusal")}
     if kind == "input_image":
         url = part.get("image_url")
         if not isinstance(url, str):
-            raise _invalid(f"{where}.image_url", "must be a URL (file_id is not served)")
+            raise invalid_field(f"{where}.image_url", "must be a URL (file_id is not served)")
         image: JSON = {"url": url}
         if isinstance(part.get("detail"), str):
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
-    raise _invalid(f"{where}.type", f"a {kind!r} part is not served")
+    raise invalid_field(f"{where}.type", f"a {kind!r} part is not served")
 
 
 def _message(item: JSON, where: str) -> JSON:
     role = item.get("role")
     if role not in _ROLES:
-        raise _invalid(f"{where}.role", 'must be "user", "assistant", "system" or "developer"')
+        raise invalid_field(f"{where}.role", 'must be "user", "assistant", "system" or "developer"')
     out: JSON = {"role": _ROLES[role]}
     content = item.get("content")
     if isinstance(content, str):
@@ -135,7 +114,7 @@ def _message(item: JSON, where: str) -> JSON:
         else:
             out["parts"] = parts
     else:
-        raise _invalid(f"{where}.content", "must be a string or a list of parts")
+        raise invalid_field(f"{where}.content", "must be a string or a list of parts")
     return out
 
 
@@ -146,15 +125,15 @@ def _output(value: Any, where: str) -> str:
     if isinstance(value, list):
         parts = [_part(part, f"{where}[{i}]") for i, part in enumerate(value)]
         return "".join(part.get("text", "") for part in parts)
-    raise _invalid(where, "must be a string or a list of parts")
+    raise invalid_field(where, "must be a string or a list of parts")
 
 
 def _reasoning_text(item: JSON, where: str) -> str:
     content = item.get("content") or []
     if not isinstance(content, list):
-        raise _invalid(f"{where}.content", "must be a list")
+        raise invalid_field(f"{where}.content", "must be a list")
     return "".join(
-        _text(part.get("text"), f"{where}.content[{i}].text")
+        string_at(part.get("text"), f"{where}.content[{i}].text")
         for i, part in enumerate(content)
         if isinstance(part, dict) and part.get("type") == "reasoning_text"
     )
@@ -165,7 +144,7 @@ def _messages(value: Any) -> list[JSON]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
-        raise _invalid("input", "must be a string or a non-empty list of items")
+        raise invalid_field("input", "must be a string or a non-empty list of items")
     out: list[JSON] = []
     reasoning = ""  # a reasoning item's text, for the assistant message that follows it
     for i, item in enumerate(value):
@@ -179,11 +158,11 @@ def _messages(value: Any) -> list[JSON]:
             out.append(message)
         elif kind == "function_call":
             call = {
-                "id": _text(item.get("call_id"), f"{where}.call_id"),
+                "id": string_at(item.get("call_id"), f"{where}.call_id"),
                 "type": "function",
                 "function": {
-                    "name": _text(item.get("name"), f"{where}.name"),
-                    "arguments": _text(item.get("arguments", ""), f"{where}.arguments"),
+                    "name": string_at(item.get("name"), f"{where}.name"),
+                    "arguments": string_at(item.get("arguments", ""), f"{where}.arguments"),
                 },
             }
             last = out[-1] if out else None
@@ -197,31 +176,31 @@ def _messages(value: Any) -> list[JSON]:
             out.append(
                 {
                     "role": "tool",
-                    "tool_call_id": _text(item.get("call_id"), f"{where}.call_id"),
+                    "tool_call_id": string_at(item.get("call_id"), f"{where}.call_id"),
                     "content": _output(item.get("output"), f"{where}.output"),
                 }
             )
         elif kind == "reasoning":
             reasoning += _reasoning_text(item, where)
         elif kind == "item_reference":
-            raise _invalid(f"{where}.type", "stored responses are not available yet")
+            raise invalid_field(f"{where}.type", "stored responses are not available yet")
         else:
-            raise _invalid(f"{where}.type", f"a {kind!r} item is not served")
+            raise invalid_field(f"{where}.type", f"a {kind!r} item is not served")
     return out
 
 
 def _tools(tools: Any) -> list[JSON]:
     """The function tools as chat tools; hosted ones are left out (named by `unread`)."""
     if not isinstance(tools, list):
-        raise _invalid("tools", "must be a list")
+        raise invalid_field("tools", "must be a list")
     out = []
     for i, tool in enumerate(tools):
         tool = _object(tool, f"tools[{i}]")
         if tool.get("type") != "function":
             continue
-        function: JSON = {"name": _text(tool.get("name"), f"tools[{i}].name")}
+        function: JSON = {"name": string_at(tool.get("name"), f"tools[{i}].name")}
         if tool.get("description") is not None:
-            function["description"] = _text(tool["description"], f"tools[{i}].description")
+            function["description"] = string_at(tool["description"], f"tools[{i}].description")
         if tool.get("parameters") is not None:
             function["parameters"] = tool["parameters"]
         if tool.get("strict") is not None:
@@ -236,11 +215,11 @@ def _tool_choice(choice: Any) -> JSON | None:
         return {"mode": choice}
     if isinstance(choice, dict):
         if choice.get("type") == "function":
-            name = _text(choice.get("name"), "tool_choice.name")
+            name = string_at(choice.get("name"), "tool_choice.name")
             return {"type": "function", "function": {"name": name}}
         if isinstance(choice.get("type"), str):
             return None
-    raise _invalid("tool_choice", 'must be "auto", "none", "required" or a tool')
+    raise invalid_field("tool_choice", 'must be "auto", "none", "required" or a tool')
 
 
 def _format(text: Any) -> JSON | None:
@@ -250,10 +229,10 @@ def _format(text: Any) -> JSON | None:
     form = _object(text["format"], "text.format")
     kind = form.get("type")
     if kind not in _FORMATS:
-        raise _invalid("text.format.type", 'must be "text", "json_object" or "json_schema"')
+        raise invalid_field("text.format.type", 'must be "text", "json_object" or "json_schema"')
     if kind != "json_schema":
         return {"type": kind}
-    schema: JSON = {"name": _text(form.get("name"), "text.format.name")}
+    schema: JSON = {"name": string_at(form.get("name"), "text.format.name")}
     for key in ("description", "schema", "strict"):
         if form.get(key) is not None:
             schema[key] = form[key]
@@ -263,12 +242,12 @@ def _format(text: Any) -> JSON | None:
 def _refuse(body: JSON) -> None:
     """What this door cannot serve, each a 400 naming it."""
     if body.get("background"):
-        raise _invalid("background", "background responses are not served")
+        raise invalid_field("background", "background responses are not served")
     for field in ("conversation", "prompt"):
         if body.get(field) is not None:
-            raise _invalid(field, "is not served")
+            raise invalid_field(field, "is not served")
     if body.get("previous_response_id") is not None:
-        raise _invalid("previous_response_id", "stored responses are not available yet")
+        raise invalid_field("previous_response_id", "stored responses are not available yet")
 
 
 def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
@@ -277,18 +256,18 @@ def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
     request = chat_pb2.ChatCompletionRequest()
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _invalid("model", "is required")
+        raise invalid_field("model", "is required")
     request.model = model
     messages = _messages(body.get("input"))
     if body.get("instructions") is not None:
         messages.insert(
-            0, {"role": "system", "content": _text(body["instructions"], "instructions")}
+            0, {"role": "system", "content": string_at(body["instructions"], "instructions")}
         )
-    _set(request, "messages", messages, "input")
+    parse_field_as(request, "messages", messages, "input")
     if body.get("tools"):
-        _set(request, "tools", _tools(body["tools"]), "tools")
+        parse_field_as(request, "tools", _tools(body["tools"]), "tools")
     if body.get("tool_choice") is not None and (choice := _tool_choice(body["tool_choice"])):
-        _set(request, "tool_choice", choice, "tool_choice")
+        parse_field_as(request, "tool_choice", choice, "tool_choice")
     for field, name in (
         ("parallel_tool_calls", "parallel_tool_calls"),
         ("max_completion_tokens", "max_output_tokens"),
@@ -297,17 +276,17 @@ def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
         ("user", "user"),
     ):
         if body.get(name) is not None:
-            _set(request, field, body[name], name)
+            parse_field_as(request, field, body[name], name)
     reasoning = body.get("reasoning")
     if reasoning is not None and _object(reasoning, "reasoning").get("effort") is not None:
-        _set(request, "reasoning_effort", reasoning["effort"], "reasoning.effort")
+        parse_field_as(request, "reasoning_effort", reasoning["effort"], "reasoning.effort")
     if body.get("text") is not None and (form := _format(body["text"])):
-        _set(request, "response_format", form, "text.format")
+        parse_field_as(request, "response_format", form, "text.format")
     if body.get("metadata") is not None:
         _object(body["metadata"], "metadata")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise _invalid("stream", "must be a boolean")
+        raise invalid_field("stream", "must be a boolean")
     request.stream = stream
     if not _NOT_EXTRA.issuperset(body) and (extra := fields_beyond(body, _NOT_EXTRA)):
         request.extra_body_json = orjson.dumps(extra).decode()  # /v1's rule, in order

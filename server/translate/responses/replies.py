@@ -26,6 +26,7 @@ from tandem.v1 import chat_pb2
 
 from server.chunks import Chunk, Item
 from server.errors import GatewayError
+from server.translate.common import ToolCallPieces, named_event
 from server.translate.protocols import JSON, ItemEncoder
 
 __all__ = ["StreamEncoder", "encode_completion", "response_id"]
@@ -145,19 +146,6 @@ def encode_completion(completion: chat_pb2.ChatCompletion, settings: JSON) -> JS
     return answer
 
 
-def _event(kind: str, data: JSON) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-class _ToolCall:
-    __slots__ = ("id", "name", "pieces")
-
-    def __init__(self) -> None:
-        self.id = ""
-        self.name = ""
-        self.pieces: list[str] = []
-
-
 class StreamEncoder:
     """Chunks in, the Responses API's events out; called with the first chunk first.
     `failed` writes the event that ends a stream that failed."""
@@ -191,14 +179,14 @@ class StreamEncoder:
         self._item_id = ""
         self._texts: list[str] = []  # the open item's text, in pieces
         self._delta_head = b""  # the open item's delta event, up to its text
-        self._tools: dict[int, _ToolCall] = {}
+        self._tools: dict[int, ToolCallPieces] = {}
         self._incomplete: JSON | None = None
         self._done = False  # the items are finished (the answer's finish_reason came)
 
     def _emit(self, kind: str, data: JSON) -> bytes:
         self._seq += 1
         data["sequence_number"] = self._seq
-        return _event(kind, data)
+        return named_event(kind, data)
 
     def _snapshot(self, status: str) -> JSON:
         return _response(
@@ -349,13 +337,7 @@ class StreamEncoder:
                     out += self._open("message")
                 out += self._delta(delta.content)
             for piece in delta.tool_calls:
-                call = self._tools.get(piece.index)
-                if call is None:
-                    call = self._tools[piece.index] = _ToolCall()
-                call.id = call.id or piece.id
-                call.name = call.name or piece.function.name
-                if piece.function.arguments:
-                    call.pieces.append(piece.function.arguments)
+                ToolCallPieces.hold(self._tools, piece)
             if choice.finish_reason:
                 out += self._finish(choice.finish_reason)
         if chunk.HasField("usage"):
