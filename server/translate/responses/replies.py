@@ -32,8 +32,13 @@ from server.translate.protocols import JSON, ItemEncoder
 __all__ = ["StreamEncoder", "encode_completion", "response_id"]
 
 
+def _base(completion_id: str) -> str:
+    """What the ids of a response and its items share: the completion's own id."""
+    return completion_id.removeprefix("chatcmpl-")
+
+
 def response_id(completion_id: str) -> str:
-    return "resp_" + completion_id.removeprefix("chatcmpl-")
+    return "resp_" + _base(completion_id)
 
 
 def _usage(usage: chat_pb2.Usage) -> JSON:
@@ -106,10 +111,6 @@ def _call(item_id: str, call_id: str, name: str, arguments: str, status: str) ->
         "arguments": arguments,
         "status": status,
     }
-
-
-def _base(completion_id: str) -> str:
-    return completion_id.removeprefix("chatcmpl-")
 
 
 def encode_completion(completion: chat_pb2.ChatCompletion, settings: JSON) -> JSON:
