@@ -1,6 +1,9 @@
 """`/v1/responses`: OpenAI's Responses API, so the `openai` SDK's `responses.create` and
 `responses.stream` reach every model behind the gateway, with the same keys, limits and
 ledger. Stateless for now: nothing is stored (`previous_response_id` is a 400).
+A WebSocket upgrade on `GET /v1/responses` (Codex tries one first, when its provider
+says it may) is refused at once with 426: the one refusal that makes a client fall
+back to SSE without retrying.
 
 The answer echoes the request's settings, so the route reads the body itself and gives
 them to the door's encoders (a dialect varied per request, `dataclasses.replace`).
@@ -10,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from fastapi import Request
-from starlette.responses import Response
+from fastapi import HTTPException, Request
+from starlette.responses import JSONResponse, Response
 
 from http_bridge import handlers
 from http_bridge.deps import read_json
@@ -45,3 +48,25 @@ async def create_response(request: Request, ctx: CallContext) -> Response:
         stream_encoder=lambda request, first, ctx: replies.StreamEncoder(first, settings),
     )
     return await handlers.create_chat(request, ctx, dialect, chat)
+
+
+_NO_WEBSOCKET = {
+    "error": {
+        "message": "the Responses API is served over HTTP here: POST /v1/responses (SSE)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "websocket_not_supported",
+    }
+}
+
+
+@endpoints.route(
+    "GET",
+    "/v1/responses",
+    summary="A WebSocket upgrade: refused with 426 (POST streams over SSE)",
+    responses={426: {"description": "WebSocket not supported"}},
+)
+async def refuse_websocket(request: Request, ctx: CallContext) -> Response:
+    if request.headers.get("upgrade", "").lower() != "websocket":
+        raise HTTPException(405, headers={"allow": "POST"})
+    return JSONResponse(_NO_WEBSOCKET, status_code=426)

@@ -123,12 +123,16 @@ class Endpoints:
     def post(self, path: str, **openapi: Any) -> Callable[[Endpoint], Endpoint]:
         """Decorator: serve `POST path` with `endpoint(request, await open_call(request))`;
         `openapi` (summary, openapi_extra, ...) describes it in /openapi.json."""
+        return self.route("POST", path, **openapi)
+
+    def route(self, method: str, path: str, **openapi: Any) -> Callable[[Endpoint], Endpoint]:
+        """`post`, for any method."""
         if door_at(path) is not self.door:
             raise ValueError(f"{path} is not a path of the {self.door.name} door")
 
         def register(endpoint: Endpoint) -> Endpoint:
-            self.table["POST", path] = (endpoint, self.open_call)
-            route = APIRoute(path, _documented_only, methods=["POST"], tags=self.tags, **openapi)
+            self.table[method, path] = (endpoint, self.open_call)
+            route = APIRoute(path, _documented_only, methods=[method], tags=self.tags, **openapi)
             self.documented.append(route)
             return endpoint
 

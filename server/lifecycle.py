@@ -171,6 +171,9 @@ async def start_http_server(
         timeout_keep_alive=limits.keep_alive_timeout_s,  # type: ignore[arg-type]
         server_header=False,
         proxy_headers=False,
+        # no WebSocket is served: an upgrade reaches the app as a plain request, even
+        # with a WebSocket library installed (`GET /v1/responses` answers it 426)
+        ws="none",
         timeout_graceful_shutdown=math.ceil(limits.shutdown_grace_s + DRAIN_BACKSTOP_S),
     )
     server = HttpServer(config, limits.shutdown_grace_s, drain or DrainClock())

@@ -292,3 +292,26 @@ def test_the_ledger_records_protocol_responses_once_per_request(gateway: TandemP
     records = usage_records(gateway, 2, ADMIN_KEY, user="ledger-sub")
     assert len(records) == 2
     assert {(r["protocol"], r["status"]) for r in records} == {("responses", "ok")}
+
+
+def test_a_websocket_upgrade_is_refused_at_once_with_426(gateway: TandemProcess) -> None:
+    """Codex tries a WebSocket first where its provider allows one; only a 426 makes it
+    fall back to SSE without retrying. A GET that asks for no upgrade is a 405."""
+    upgrade = {
+        "connection": "Upgrade",
+        "upgrade": "websocket",
+        "sec-websocket-version": "13",
+        "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "authorization": f"Bearer {token()}",
+    }
+    refused = httpx.get(f"{gateway.base_url}/v1/responses", headers=upgrade, timeout=10)
+    assert refused.status_code == 426
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "websocket_not_supported")
+    plain = httpx.get(
+        f"{gateway.base_url}/v1/responses",
+        headers={"authorization": f"Bearer {token()}"},
+        timeout=10,
+    )
+    assert plain.status_code == 405
+    assert plain.headers["allow"] == "POST"
