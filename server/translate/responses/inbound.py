@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from tandem.v1 import chat_pb2
 
+from server.errors import echoed
 from server.translate.common import invalid_field, string_at
 from server.translate.extra import CHAT_FIELDS, fields_beyond
 from server.translate.protocols import JSON, ChatParser
@@ -96,7 +97,7 @@ def _part(part: Any, where: str) -> JSON:
         if isinstance(part.get("detail"), str):
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
-    raise invalid_field(f"{where}.type", f"a {kind!r} part is not served")
+    raise invalid_field(f"{where}.type", f"a {echoed(repr(kind))} part is not served")
 
 
 def _message(item: JSON, where: str) -> JSON:
@@ -185,7 +186,7 @@ def _messages(value: Any) -> list[JSON]:
         elif kind == "item_reference":
             raise invalid_field(f"{where}.type", "stored responses are not available yet")
         else:
-            raise invalid_field(f"{where}.type", f"a {kind!r} item is not served")
+            raise invalid_field(f"{where}.type", f"a {echoed(repr(kind))} item is not served")
     return out
 
 

@@ -213,3 +213,11 @@ def test_a_failure_mid_stream_is_response_failed() -> None:
     assert data["response"]["status"] == "failed"
     assert data["response"]["error"]["message"] == "the upstream broke"
     assert data["response"]["id"] == "resp_abc"
+
+
+def test_an_unserved_item_type_is_named_and_echoed_within_bounds() -> None:
+    kind = "x" * 20_000
+    with pytest.raises(InvalidRequestError) as refused:
+        inbound.parse_chat({"model": "m", "input": [{"type": kind}]})
+    assert refused.value.param == "input[0].type"
+    assert len(refused.value.message) < 500
