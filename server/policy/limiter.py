@@ -79,9 +79,11 @@ def peeked(budgets: dict[str, Budget]) -> Decision:
 
 
 def _budget(limit: int, tat: float, now: float) -> Budget:
-    interval = WINDOW_S / limit
-    remaining = max(math.floor((now + WINDOW_S - max(tat, now)) / interval + 1e-9), 0)
-    return Budget(limit, min(remaining, limit), max(tat - now, 0.0))
+    # from how far the bucket is ahead of now, not from `now + WINDOW_S - tat`: at a
+    # monotonic clock of hours, that sum loses the bits that made a full bucket full
+    ahead = max(tat - now, 0.0)
+    remaining = max(math.floor((WINDOW_S - ahead) * limit / WINDOW_S + 1e-9), 0)
+    return Budget(limit, min(remaining, limit), ahead)
 
 
 class Limiter(Protocol):

@@ -50,6 +50,19 @@ async def test_the_whole_capacity_is_granted_whatever_the_clock_reads(
     ]
 
 
+@pytest.mark.parametrize("now", [16372.768376455295, 1000.0])  # (now + 60) - now < 60
+async def test_a_full_bucket_reads_full_whatever_the_clock_reads(clock: Clock, now: float) -> None:
+    """The headers of a caller who has taken nothing say the whole budget (an Ollama
+    load, which counts a request and reserves no token, read 99,999 of 100,000)."""
+    clock.now = now
+    decision = await MemoryLimiter(clock=clock).acquire("k", 10, 100_000, 0)
+    assert decision.tokens is not None
+    assert decision.tokens.remaining == 100_000
+    peeked = await MemoryLimiter(clock=clock).peek("k", 10, 100_000)
+    assert peeked.tokens is not None
+    assert peeked.tokens.remaining == 100_000
+
+
 async def test_requests_and_tokens_are_taken_together_or_not_at_all(clock: Clock) -> None:
     limiter = MemoryLimiter(clock=clock)
     assert (await limiter.acquire("k", 10, 100, 80)).allowed
