@@ -94,7 +94,8 @@ OLLAMA = Door(
 
 
 def _no_embeddings(body: object) -> embeddings_pb2.EmbeddingRequest:
-    raise NotFoundError("Anthropic's Messages API has no embeddings")
+    """A door with no embeddings route (Anthropic's, the Responses API): never called."""
+    raise NotFoundError("this API has no embeddings")
 
 
 ANTHROPIC = Door(
@@ -118,10 +119,6 @@ ANTHROPIC = Door(
 )
 
 
-def _no_responses_embeddings(body: object) -> embeddings_pb2.EmbeddingRequest:
-    raise NotFoundError("the Responses API has no embeddings")
-
-
 # OpenAI's Responses API: under `/v1/`, its own prefix wins. Its answers echo the
 # request's settings, so its route gives them to the encoders (routes_responses.py);
 # these, without them, echo the defaults.
@@ -136,7 +133,7 @@ RESPONSES = Door(
         stream_encoder=lambda request, first, ctx: responses_replies.StreamEncoder(
             first, responses_inbound.settings({})
         ),
-        parse_embedding=_no_responses_embeddings,
+        parse_embedding=_no_embeddings,
         encode_embeddings=lambda request, answer: {},
         framing=NAMED_SSE,
         unread=responses_inbound.unread,
