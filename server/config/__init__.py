@@ -38,6 +38,7 @@ from server.config.sections import (
     AuthConfig,
     JwtConfig,
     RateLimitConfig,
+    ResponsesConfig,
     TelemetryConfig,
     UsageConfig,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "ProviderConfig",
     "ProviderKind",
     "RateLimitConfig",
+    "ResponsesConfig",
     "ServerConfig",
     "TelemetryConfig",
     "TierConfig",
@@ -131,6 +133,9 @@ class ProviderConfig(_Strict):
     # a message's `reasoning_content` sent back goes to an `openai`-kind upstream (some
     # refuse it, so by default it is left out and named in `x-tandem-ignored-fields`)
     send_reasoning: bool = False
+    # `/v1/responses` for this provider's models: translated to chat completions, or
+    # (`native`, an `openai`-kind server that speaks the Responses API) sent as it is
+    responses: Literal["translate", "native"] = "translate"
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> ProviderConfig:
@@ -147,6 +152,8 @@ class ProviderConfig(_Strict):
             raise ValueError("extra_fields applies only to kinds openai and anthropic")
         if self.kind != "openai" and "send_reasoning" in self.model_fields_set:
             raise ValueError("send_reasoning applies only to kind openai")
+        if self.kind != "openai" and self.responses == "native":
+            raise ValueError("responses: native applies only to kind openai")
         return self
 
     @property
@@ -188,6 +195,7 @@ class Config(_Strict):
     rate_limits: RateLimitConfig = RateLimitConfig()
     usage: UsageConfig = UsageConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    responses: ResponsesConfig = ResponsesConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Config:

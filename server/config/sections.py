@@ -110,3 +110,13 @@ class UsageConfig(Strict):
             if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
                 raise ValueError("search_path must be one plain schema name ([a-z_][a-z0-9_]*)")
         return value
+
+
+class ResponsesConfig(Strict):
+    """The `/v1/responses` door's state: stored responses and sealed reasoning."""
+
+    store_default: bool | None = None  # unset: true, or false with `usage.store: none`
+    ttl_days: Annotated[float, Field(gt=0)] = 30.0  # a stored response lives this long
+    # the key that seals reasoning into `encrypted_content` (any string; hashed to 32
+    # bytes); unset: one generated once and kept in the usage store, shared by replicas
+    seal_key: Annotated[str, Field(min_length=16)] | None = None
