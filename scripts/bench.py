@@ -10,7 +10,9 @@ the upstream never takes the gateway's core. The rows:
   front of one aiohttp session, JSON parsed and re-encoded: the baseline;
 - `tandem (all off)`: no auth, no limits, no ledger, no access log;
 - `tandem`: an API key, memory rate limits, the SQLite ledger, metrics and
-  the access log: what the targets are measured on;
+  the access log: what the targets are measured on (and, for this checkout's
+  rows, the `responses` figure: a `/v1/responses` stream, `store: false` as
+  Codex sends it, whose CPU a request is held to 1.2x a chat stream's);
 - `tandem + tracing`: the same, with spans exported to scripts/otlp_sink.py;
 - with `--also`: `redis` (the limits in Redis), `postgres` (the ledger in
   PostgreSQL), `unguarded` (uvicorn's plain protocol, without the bounds of
@@ -100,7 +102,8 @@ litellm_settings: {telemetry: false}
 # nginx cannot read a body to choose: its stream is on a path (and a model) of its own
 MODELS = {False: "proxied", True: "proxied-sse"}
 UPSTREAM_PATHS = {False: "/v1/chat/completions", True: "/sse/v1/chat/completions"}
-FIGURES = ("chat", "stream", "p50", "grpc-unary", "grpc-stream")
+FIGURES = ("chat", "stream", "p50", "grpc-unary", "grpc-stream", "responses")
+RESPONSES_PATH = "/v1/responses"  # the `responses` figure: a Responses API stream
 
 
 @dataclass
@@ -110,6 +113,7 @@ class Row:
     pid: int = 0
     authorization: str | None = None
     http_path: Callable[[bool], str] = lambda stream: "/v1/chat/completions"
+    has_responses: bool = False  # serves /v1/responses (this checkout's tandem rows)
     ready_s: float | None = None
     figures: dict[str, list[float]] = field(default_factory=dict)
     cpu_ms: dict[str, list[float]] = field(default_factory=dict)
@@ -236,6 +240,25 @@ def _body(model: str, stream: bool, words: int) -> dict[str, object]:
     return body
 
 
+def _responses_body(words: int) -> dict[str, object]:
+    # stateless, as Codex calls it: a stored response's write is its own cost
+    return {"model": MODELS[True], "input": _text(words), "stream": True, "store": False}
+
+
+def check_responses(row: Row, words: int) -> None:
+    """The `responses` figure's call, checked whole: its text deltas and the usage of
+    the `response.completed` that ends it."""
+    headers = {"authorization": row.authorization} if row.authorization else {}
+    url = f"http://{row.address['http']}{RESPONSES_PATH}"
+    answer = httpx.post(url, json=_responses_body(words), headers=headers, timeout=30)
+    events = [orjson.loads(e.split("data: ", 1)[1]) for e in answer.text.split("\n\n") if e]
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    if answer.status_code != 200 or text.split() != _text(words).split():
+        raise RuntimeError(f"{row.name} (responses): {answer.text[:200]!r}")
+    if events[-1]["type"] != "response.completed" or not events[-1]["response"]["usage"]:
+        raise RuntimeError(f"{row.name} (responses): ends with {events[-1]['type']}")
+
+
 def check_http(row: Row, stream: bool, words: int) -> None:
     """One call before a row is timed, its answer checked whole: the words, the usage,
     a stream's `[DONE]`; so that an error path is never what is measured."""
@@ -304,14 +327,23 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def wrk(
-    row: Row, stream: bool, seconds: float, connections: int, words: int, core: int | None
+    row: Row,
+    stream: bool,
+    seconds: float,
+    connections: int,
+    words: int,
+    core: int | None,
+    responses: bool = False,
 ) -> tuple[float, int, float]:
-    """(requests a second, requests, p50 in ms) of one wrk run."""
-    script = _wrk_script(_body(MODELS[stream], stream, words), row.authorization)
+    """(requests a second, requests, p50 in ms) of one wrk run; `responses`: a Responses
+    API stream instead of a chat."""
+    body = _responses_body(words) if responses else _body(MODELS[stream], stream, words)
+    script = _wrk_script(body, row.authorization)
     command = ["wrk", "-t1", f"-c{connections}", f"-d{max(round(seconds), 1)}s", "--latency"]
     if core is not None:
         command = ["taskset", "-c", str(core), *command]
-    url = f"http://{row.address['http']}{row.http_path(stream)}"
+    path = RESPONSES_PATH if responses else row.http_path(stream)
+    url = f"http://{row.address['http']}{path}"
     out = subprocess.run(
         [*command, "-s", str(script), url], capture_output=True, text=True, check=True
     ).stdout
@@ -467,7 +499,9 @@ class _Lineup:
         command = serve or [tandem_python, "-m", "server.cli", "serve"]
         command += ["--config", str(config), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]
         proc, address, ready = self.procs.start(command, core=self.procs.server_core, cwd=checkout)
-        self.rows.append(Row(name, address, proc.pid, authorization, ready_s=ready))
+        row = Row(name, address, proc.pid, authorization, ready_s=ready)
+        row.has_responses = checkout == ROOT
+        self.rows.append(row)
 
     def on(self, usage: str = "", limits: str = "{backend: memory}") -> str:
         """ON_CONFIG: a SQLite ledger of the row's own unless `usage`, and `limits`."""
@@ -567,8 +601,15 @@ def measure(row: Row, figure: str, args: argparse.Namespace, procs: Processes, p
         return
     else:
         before = cpu_s(row.pid)
+        responses = figure == "responses"
         rps, count, _ = wrk(
-            row, stream, args.seconds, args.concurrency, args.words, procs.client_core
+            row,
+            stream or responses,
+            args.seconds,
+            args.concurrency,
+            args.words,
+            procs.client_core,
+            responses,
         )
     row.figures.setdefault(figure, []).append(rps)
     row.cpu_ms.setdefault(figure, []).append((cpu_s(row.pid) - before) * 1000 / max(count, 1))
@@ -616,6 +657,14 @@ def table(rows: list[Row]) -> str:
             _cell(row.ready_s, ".2f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for row in rows:
+        if row.cpu_ms.get("responses"):
+            cpu_ms = statistics.median(row.cpu_ms["responses"])
+            lines.append(
+                f"{row.name}, /v1/responses stream: {_cell(row.median('responses'))} RPS, "
+                f"{cpu_ms:.2f} CPU ms/req"
+            )
     return "\n".join(lines)
 
 
@@ -642,6 +691,16 @@ def verdicts(rows: list[Row]) -> list[str]:
         ("RSS ≤ 100 MiB", tandem.rss_mib, 100, False),
         ("start to ready ≤ 1 s", tandem.ready_s, 1.0, False),
     ]
+    if tandem.cpu_ms.get("responses") and tandem.cpu_ms.get("stream"):
+        cpu = statistics.median(tandem.cpu_ms["responses"])
+        checks.append(
+            (
+                "responses stream CPU ≤ 1.2x a chat stream's",
+                cpu / statistics.median(tandem.cpu_ms["stream"]),
+                1.2,
+                False,
+            )
+        )
     if litellm is not None:
         for figure in ("chat", "stream"):
             value, base = tandem.median(figure), litellm.median(figure)
@@ -703,10 +762,14 @@ def main() -> None:
                 check_http(row, stream, args.words)
             if row.has_grpc:
                 asyncio.run(_check_grpc(row.address["grpc"], args.words, row.grpc_metadata))
+            if row.has_responses and "responses" in figures:
+                check_responses(row, args.words)
         for round_ in range(args.rounds):
             for figure in figures:
                 for row in rows:
                     if figure.startswith("grpc") and not row.has_grpc:
+                        continue
+                    if figure == "responses" and not row.has_responses:
                         continue
                     measure(row, figure, args, procs, pool)
             print(
