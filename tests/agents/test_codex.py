@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 from tests.agents.chat_upstream import Answer, ChatUpstream, ToolCall
+from tests.eventually import eventually
 from tests.servers import TandemProcess, start_tandem, usage_records
 
 CODEX = os.environ.get("TANDEM_CODEX", "")
@@ -117,15 +118,21 @@ def gateway(
 
 
 def codex_exec(
-    gateway: TandemProcess, tmp_path: Path, caller: str, prompt: str, model: str = "codex-test"
+    gateway: TandemProcess,
+    tmp_path: Path,
+    caller: str,
+    prompt: str,
+    model: str = "codex-test",
+    provider: str = "",
 ) -> tuple[str, str]:
     """`codex exec PROMPT` with a CODEX_HOME of its own, in an empty work directory, as
-    `caller` (a JWT's `sub`, so the ledger's records of each run are its own): (its last
-    message, its JSONL events); it must exit 0."""
+    `caller` (a JWT's `sub`, so the ledger's records of each run are its own), `provider`
+    more lines of its provider's config: (its last message, its JSONL events); it must
+    exit 0."""
     home, work = tmp_path / "codex-home", tmp_path / "work"
     home.mkdir()
     work.mkdir()
-    (home / "config.toml").write_text(CODEX_CONFIG % f"{gateway.base_url}/v1")
+    (home / "config.toml").write_text(CODEX_CONFIG % f"{gateway.base_url}/v1" + provider)
     token = jwt.encode({"sub": caller, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEX_"))}
     env |= {"CODEX_HOME": str(home), "TANDEM_API_KEY": token}
@@ -187,3 +194,25 @@ def test_codex_runs_a_shell_command_and_reports(
     assert {(r["protocol"], r["model"], r["status"]) for r in records} == {
         ("responses", model, "ok")
     }
+
+
+def test_codex_falls_back_from_a_websocket_at_once(
+    gateway: TandemProcess, upstream: ChatUpstream, tmp_path: Path
+) -> None:
+    """With WebSockets on, Codex first asks `GET /v1/responses` for an upgrade: the 426
+    sends it to SSE at once, without the retries any other refusal costs."""
+    upstream.bodies.clear()
+    last, _ = codex_exec(
+        gateway, tmp_path, "codex-ws", "Say hello.", provider="supports_websockets = true\n"
+    )
+    assert last == GREETING
+    assert len(upstream.bodies) == 1
+
+    def refused() -> list[Any]:
+        lines = map(orjson.loads, gateway.stderr().splitlines())
+        found = [r for r in lines if r.get("event") == "request" and r["status"] == 426]
+        assert found
+        return found
+
+    [refusal] = eventually(refused, what="the upgrade's refusal in the access log")
+    assert (refusal["route"], refusal["protocol"]) == ("/v1/responses", "responses")
