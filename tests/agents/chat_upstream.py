@@ -1,7 +1,8 @@
 """An OpenAI-compatible chat-completions upstream for an agent's run: a real aiohttp
 server on 127.0.0.1:0, in its own thread. It records every request's body and answers
-what `answer(body)` says: a text, or one call of a tool (streamed when asked to stream,
-with the usage last when `stream_options.include_usage` asks for it)."""
+what `answer(body)` says: a text, or one call of a tool, after a reasoning text if the
+call has one (streamed when asked to stream, with the usage last when
+`stream_options.include_usage` asks for it)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class ToolCall:
     id: str
     name: str
     arguments: str  # JSON text
+    reasoning: str = ""  # said first, as `reasoning_content`
 
 
 Answer = str | ToolCall
@@ -72,6 +74,8 @@ class ChatUpstream(Served):
                 "function": {"name": answer.name, "arguments": answer.arguments},
             }
             message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [call]}
+            if answer.reasoning:
+                message["reasoning_content"] = answer.reasoning
             finish = "tool_calls"
         else:
             message, finish = {"role": "assistant", "content": answer}, "stop"
@@ -88,6 +92,9 @@ class ChatUpstream(Served):
             await response.write(b"data: " + orjson.dumps(data) + b"\n\n")
 
         if isinstance(answer, ToolCall):
+            if answer.reasoning:
+                thought = {"role": "assistant", "reasoning_content": answer.reasoning}
+                await event([{"index": 0, "delta": thought}])
             opened = {**call, "index": 0, "function": {"name": answer.name, "arguments": ""}}
             await event([{"index": 0, "delta": {"role": "assistant", "tool_calls": [opened]}}])
             arguments = {"index": 0, "function": {"arguments": answer.arguments}}

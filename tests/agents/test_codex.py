@@ -1,13 +1,14 @@
 """OpenAI's Codex CLI through the Responses door: `codex exec`, the binary `make
 test-agents` installs (TANDEM_CODEX names it), runs non-interactively against a
 Tandem whose model is an OpenAI-compatible chat upstream, so every turn takes the
-translated path. The shell run is made twice: as `codex-test`, a name Codex does
-not know (its fallback metadata: function tools only, no reasoning effort), and as
-`gpt-5.5`, one it does (a freeform `custom` apply_patch, `tool_search`, a reasoning
-effort and a verbosity). The upstream answers a first run with text, and a second with a
-call of the shell tool Codex offered, then, once the command's output comes back,
-with text reporting it. Not part of `make test` (tests/conftest.py leaves this
-directory out): it needs Codex from npm."""
+translated path. The upstream answers a first run with text, and a second with a
+reasoning text and a call of the shell tool Codex offered, then, once the command's
+output comes back (with the reasoning, which Codex keeps), with text reporting it.
+The shell run is made twice: as `codex-test`, a name Codex does not know (its
+fallback metadata: function tools only, no reasoning effort), and as `gpt-5.5`, one
+it does (a freeform `custom` apply_patch, `tool_search`, a reasoning effort and a
+verbosity). Not part of `make test` (tests/conftest.py leaves this directory out):
+it needs Codex from npm."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ SECRET = "codex-agent-secret-0123456789abcdef"
 ADMIN_KEY = "codex-agent-admin-key"
 CONFIG = f"""
 providers:
-  - {{name: up, kind: openai, base_url: "%s", api_key: "sk-fake", max_retries: 0}}
+  - {{name: up, kind: openai, base_url: "%s", api_key: "sk-fake", max_retries: 0,
+      send_reasoning: true}}
 models:
   - {{name: codex-test, provider: up, upstream: fake-chat-model}}
   - {{name: gpt-5.5, provider: up, upstream: fake-chat-model}}
@@ -67,6 +69,7 @@ stream_idle_timeout_ms = 30000
 GREETING = "Hello from the fake upstream."
 COMMAND = "echo hello-from-codex"
 CALL_ID = "call_codex_1"
+REASONING = "The user wants a command run: call the shell."
 SHELLS = ("exec_command", "shell_command", "shell")  # Codex's shell tools, newest first
 
 
@@ -88,7 +91,7 @@ def _shell_call(tools: list[Any]) -> ToolCall:
         arguments = {"command": ["bash", "-lc", COMMAND]}
     else:
         arguments = {"command": COMMAND}
-    return ToolCall(CALL_ID, name, orjson.dumps(arguments).decode())
+    return ToolCall(CALL_ID, name, orjson.dumps(arguments).decode(), REASONING)
 
 
 def _agent(body: Any) -> Answer:
@@ -179,6 +182,7 @@ def test_codex_runs_a_shell_command_and_reports(
     # the second turn holds the first's call and the command's output for it
     asked, answered = second["messages"][-2:]
     assert asked["role"] == "assistant"
+    assert asked["reasoning_content"] == REASONING  # Codex kept the reasoning item
     assert [c["id"] for c in asked["tool_calls"]] == [CALL_ID]
     assert asked["tool_calls"][0]["function"]["name"] == call.name
     assert answered["role"] == "tool"
