@@ -33,6 +33,7 @@ test-agents: $(INSTALLED) $(CODEX_STAMP)
 	TANDEM_CODEX=$(abspath $(CODEX_DIR))/node_modules/.bin/codex $(PY) -m pytest -q tests/agents
 
 $(CODEX_STAMP):
+	@command -v npm >/dev/null || { echo "make test-agents needs Node.js and npm"; exit 1; }
 	npm install --prefix $(CODEX_DIR) --no-save --no-package-lock --no-audit --no-fund \
 	  --include=optional @openai/codex@$(CODEX_VERSION)
 	$(CODEX_DIR)/node_modules/.bin/codex --version | grep -qx 'codex-cli $(CODEX_VERSION)' || \
