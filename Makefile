@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 RUNTIME := $(VENV)/.runtime
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test test-fast install codegen check-codegen lint typecheck pytest bench clean nginx wrk \
+.PHONY: run test test-fast test-agents install codegen check-codegen lint typecheck pytest bench clean nginx wrk \
 	load soak faults redis-server postgresql
 
 # The generated stubs are committed (clients/): serving needs neither codegen nor the dev tools.
@@ -21,6 +21,24 @@ test: check-codegen lint typecheck pytest
 # server/ and http_bridge/) and the import layers. `make test` stays the gate.
 test-fast: $(INSTALLED)
 	$(PY) -m pytest -q tests/unit tests/test_layering.py
+
+# Coding agents' own CLIs through Tandem's doors (tests/agents/), not part of `make test`:
+# Codex CLI from npm, pinned, installed once into .agents/ (gitignored; the npm registry is
+# needed the first time only). npm installs the native binary of this platform (an
+# optional dependency, e.g. @openai/codex-linux-x64); `codex --version` proves it is there.
+CODEX_VERSION := 0.171.0
+CODEX_DIR := .agents/codex-$(CODEX_VERSION)
+CODEX_STAMP := $(CODEX_DIR)/.installed
+test-agents: $(INSTALLED) $(CODEX_STAMP)
+	TANDEM_CODEX=$(abspath $(CODEX_DIR))/node_modules/.bin/codex $(PY) -m pytest -q tests/agents
+
+$(CODEX_STAMP):
+	@command -v npm >/dev/null || { echo "make test-agents needs Node.js and npm"; exit 1; }
+	npm install --prefix $(CODEX_DIR) --no-save --no-package-lock --no-audit --no-fund \
+	  --include=optional @openai/codex@$(CODEX_VERSION)
+	$(CODEX_DIR)/node_modules/.bin/codex --version | grep -qx 'codex-cli $(CODEX_VERSION)' || \
+	  { echo "Codex $(CODEX_VERSION)'s native binary did not install in $(CODEX_DIR)"; exit 1; }
+	touch $@
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

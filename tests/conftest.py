@@ -18,6 +18,9 @@ from tests.servers import TandemProcess, start_tandem
 from tests.stores import PG_DSN, pg_schema_url
 from tests.tcp_proxy import TcpProxy, proxy_to
 
+# Coding agents' own CLIs (Codex from npm) run under `make test-agents`, not `make test`.
+collect_ignore = ["agents"]
+
 # schemathesis' first import swaps, process-wide, Hypothesis' printer of failing
 # examples for one that prints nothing, and grows its buffer: every suite gets
 # Hypothesis as shipped back once collection has imported it (its plugin is off).
