@@ -69,6 +69,7 @@ KNOWN_UNREAD = frozenset(
         "stream_options",
         "prompt_cache_retention",
         "context_management",
+        "client_metadata",  # Codex's (its installation id): no chat API takes it
     }
 )
 _NOT_EXTRA = READ | KNOWN_UNREAD | CHAT_FIELDS

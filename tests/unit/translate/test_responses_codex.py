@@ -36,3 +36,12 @@ def test_a_codex_turn_reads_as_chat_messages(model: str) -> None:
     assert "exec_command" in {t.function.name for t in request.tools}
     assert request.stream
     assert "include" in inbound.unread(body)
+
+
+def test_codex_client_metadata_is_named_unread_and_never_sent_upstream() -> None:
+    """It carries Codex's installation id, and OpenAI's chat API has no such field."""
+    body = orjson.loads((CAPTURED / "turn2-codex-test.json").read_bytes())
+    assert body.get("client_metadata")
+    request = inbound.parse_chat(body)
+    assert "client_metadata" not in orjson.loads(request.extra_body_json or "{}")
+    assert "client_metadata" in inbound.unread(body)
