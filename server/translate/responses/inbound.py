@@ -15,9 +15,9 @@ Hosted tools (`web_search`, `file_search`, ...) are left out and named by
 `unread`, with Responses fields the proto cannot carry (`include`,
 `truncation`, ...); other top-level fields follow `/v1`'s rule
 (`extra_body_json`, server/translate/extra.py). `background: true`,
-`conversation` and `prompt` are a 400, and so, until stored responses come,
-is `previous_response_id`; `store` is accepted (nothing is stored: the
-answer says `"store": false`).
+`conversation` and `prompt` are a 400. `store` and `previous_response_id` are the
+route's (the stored chain comes before `input`; `item_reference`s are resolved
+before this reads them: one left is a 400).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def _messages(value: Any) -> list[JSON]:
         elif kind == "reasoning":
             reasoning += _reasoning_text(item, where)
         elif kind == "item_reference":
-            raise invalid_field(f"{where}.type", "stored responses are not available yet")
+            raise invalid_field(f"{where}.id", "no stored item has this id")
         else:
             raise invalid_field(f"{where}.type", f"a {echoed(repr(kind))} item is not served")
     return out
@@ -247,8 +247,6 @@ def _refuse(body: JSON) -> None:
     for field in ("conversation", "prompt"):
         if body.get(field) is not None:
             raise invalid_field(field, "is not served")
-    if body.get("previous_response_id") is not None:
-        raise invalid_field("previous_response_id", "stored responses are not available yet")
 
 
 def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
