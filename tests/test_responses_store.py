@@ -58,8 +58,14 @@ def gateway(
     assert process.terminate() == 0, process.stderr()
 
 
-def sdk_for(gateway: TandemProcess, sub: str = "owner") -> openai.OpenAI:
+def sdk_for(gateway: TandemProcess, sub: str = "owner") -> Any:
+    """The official SDK, typed loosely (its overloads fight the dict literals of tests)."""
     return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=token(sub), max_retries=0)
+
+
+def error_of(exc: openai.APIStatusError) -> Any:
+    """The `error` object of an SDK's error (the SDK unwraps it)."""
+    return exc.body
 
 
 @pytest.fixture
@@ -133,7 +139,7 @@ def test_the_sdk_deletes_a_response(sdk: Any) -> None:
     sdk.responses.delete(created.id)
     with pytest.raises(openai.NotFoundError) as caught:
         sdk.responses.retrieve(created.id)
-    assert caught.value.body["type"] == "not_found_error"
+    assert error_of(caught.value)["type"] == "not_found_error"
 
 
 def test_input_items_are_listed_newest_first_in_pages(sdk: Any) -> None:
@@ -221,7 +227,7 @@ def test_an_item_reference_is_the_stored_item(sdk: Any, fake: FakeUpstream) -> N
     ]
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.responses.create(model="relay", input=[{"type": "item_reference", "id": "msg_nope"}])
-    assert caught.value.body["param"] == "input[0].id"
+    assert error_of(caught.value)["param"] == "input[0].id"
 
 
 def test_another_callers_response_is_not_found(gateway: TandemProcess, sdk: Any) -> None:
@@ -235,7 +241,7 @@ def test_another_callers_response_is_not_found(gateway: TandemProcess, sdk: Any)
             other.responses.input_items.list(mine.id)
         with pytest.raises(openai.NotFoundError) as caught:
             other.responses.create(model="echo", input="x", previous_response_id=mine.id)
-    error = caught.value.body
+    error = error_of(caught.value)
     assert (error["type"], error["param"]) == ("not_found_error", "previous_response_id")
     assert sdk.responses.retrieve(mine.id).output_text == "private"  # still there
 
@@ -243,7 +249,7 @@ def test_another_callers_response_is_not_found(gateway: TandemProcess, sdk: Any)
 def test_an_unknown_previous_response_is_a_404_naming_it(sdk: Any, fake: FakeUpstream) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         sdk.responses.create(model="relay", input="x", previous_response_id="resp_unknown")
-    assert caught.value.body["param"] == "previous_response_id"
+    assert error_of(caught.value)["param"] == "previous_response_id"
     assert fake.requests == []
 
 
@@ -262,7 +268,8 @@ def test_store_false_keeps_nothing(sdk: Any) -> None:
 def test_a_chain_past_16_mib_is_a_400_naming_previous_response_id(
     gateway: TandemProcess, sdk: Any, fake: FakeUpstream
 ) -> None:
-    from server.store.sqlite import SqliteStore, StoredResponse  # the gateway's own store, directly
+    from server.store import StoredResponse
+    from server.store.sqlite import SqliteStore  # the gateway's own store, directly
 
     rid = "resp_big_chain"
     now = time.time()
@@ -288,8 +295,8 @@ def test_a_chain_past_16_mib_is_a_400_naming_previous_response_id(
     asyncio.run(save())
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.responses.create(model="relay", input="more", previous_response_id=rid)
-    assert caught.value.body["param"] == "previous_response_id"
-    assert "16 MiB" in caught.value.body["message"]
+    assert error_of(caught.value)["param"] == "previous_response_id"
+    assert "16 MiB" in error_of(caught.value)["message"]
     assert fake.requests == []
 
 
@@ -332,7 +339,7 @@ def test_without_a_store_nothing_is_kept_and_store_true_is_a_400(
             assert created.store is False
             with pytest.raises(openai.BadRequestError) as caught:
                 sdk.responses.create(model="echo", input="x", store=True)
-            assert caught.value.body["param"] == "store"
+            assert error_of(caught.value)["param"] == "store"
             with pytest.raises(openai.NotFoundError):
                 sdk.responses.retrieve(created.id)
             with pytest.raises(openai.NotFoundError):
@@ -404,7 +411,7 @@ def test_while_the_store_is_down_a_request_that_needs_it_is_a_503_before_the_ups
                 with pytest.raises(openai.APIStatusError) as caught:
                     sdk.responses.create(model="relay", input="now", **fields)
                 assert caught.value.status_code == 503
-                assert caught.value.body["type"] == "unavailable_error"
+                assert error_of(caught.value)["type"] == "unavailable_error"
             assert fake.requests == []
             # what does not need the store is served
             assert sdk.responses.create(model="relay", input="x", store=False).status == "completed"
