@@ -253,7 +253,15 @@ def test_an_unknown_previous_response_is_a_404_naming_it(sdk: Any, fake: FakeUps
     assert fake.requests == []
 
 
-def test_store_false_keeps_nothing(sdk: Any) -> None:
+def stored_rows(gateway: TandemProcess) -> int:
+    """How many responses the gateway's store holds, read directly."""
+    with sqlite3.connect(gateway.stderr_path.parent / "usage.db") as db:
+        count: int = db.execute("SELECT count(*) FROM responses").fetchone()[0]
+    return count
+
+
+def test_store_false_keeps_nothing(gateway: TandemProcess, sdk: Any) -> None:
+    before = stored_rows(gateway)
     created = sdk.responses.create(model="echo", input="forget me", store=False)
     assert created.store is False
     with pytest.raises(openai.NotFoundError):
@@ -263,6 +271,10 @@ def test_store_false_keeps_nothing(sdk: Any) -> None:
     assert last.type == "response.completed"
     with pytest.raises(openai.NotFoundError):
         sdk.responses.retrieve(last.response.id)
+    assert stored_rows(gateway) == before
+    kept = sdk.responses.create(model="echo", input="keep me", store=True)  # and the control
+    assert sdk.responses.retrieve(kept.id).store is True
+    assert stored_rows(gateway) == before + 1
 
 
 def test_a_chain_past_16_mib_is_a_400_naming_previous_response_id(
