@@ -66,6 +66,21 @@ class History:
     chain_bytes: int  # stored input and output along the chain
 
 
+MAX_ID_CHARS = 256  # ids are ours (`resp_` and 32 hex digits) or items' the caller named
+
+
+def _storable(name: str) -> bool:
+    """An id a store can look up: PostgreSQL text holds no NUL, nor a lone surrogate
+    (which a URL's escapes can spell); no such id was ever stored."""
+    if len(name) > MAX_ID_CHARS or "\x00" in name:
+        return False
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _not_found(response_id: str, param: str | None) -> NotFoundError:
     return NotFoundError(f"Response with id {echoed(response_id)!r} not found.", param=param)
 
@@ -118,7 +133,7 @@ class Conversations:
         """The chain `previous_id` ends, for a continuation."""
         param = "previous_response_id"
         store = self._store
-        if store is None:
+        if store is None or not _storable(previous_id):
             raise _not_found(previous_id, param)
         owner, now = owner_of(caller), self._clock()
         previous = await self._call(store.find_response(owner, previous_id, now))
@@ -139,7 +154,7 @@ class Conversations:
 
     async def item(self, caller: Caller, item_id: str) -> JSON | None:
         """The caller's stored item of that id (input or output), if one lives."""
-        if self._store is None:
+        if self._store is None or not _storable(item_id):
             return None
         stored = await self._call(self._store.find_item(owner_of(caller), item_id, self._clock()))
         if stored is None:
@@ -184,7 +199,7 @@ class Conversations:
     async def get(self, ctx: CallContext, response_id: str) -> StoredResponse:
         await self._policy.admit_request(ctx)
         found = None
-        if self._store is not None:
+        if self._store is not None and _storable(response_id):
             found = await self._call(
                 self._store.find_response(owner_of(ctx.caller), response_id, self._clock())
             )
@@ -194,7 +209,7 @@ class Conversations:
 
     async def delete(self, ctx: CallContext, response_id: str) -> None:
         await self._policy.admit_request(ctx)
-        gone = self._store is not None and await self._call(
+        gone = self._store is not None and _storable(response_id) and await self._call(
             self._store.delete_response(owner_of(ctx.caller), response_id, self._clock())
         )
         if not gone:

@@ -159,3 +159,16 @@ async def test_a_failing_store_is_a_503_and_a_store_seen_down_is_one_at_once() -
     with pytest.raises(UnavailableError):
         watched.check_available()
     service(None).check_available()  # no store: nothing to wait for
+
+
+@pytest.mark.parametrize("name", ["resp_\x00", "resp_\ud800", "resp_" + "x" * 300])
+async def test_an_id_no_store_could_hold_is_not_found_without_asking(name: str) -> None:
+    conversations = service(FailingStore())  # asked, it would be a 503
+    ctx = CallContext(request_id="r", protocol="responses", caller=ANN)
+    with pytest.raises(NotFoundError):
+        await conversations.get(ctx, name)
+    with pytest.raises(NotFoundError):
+        await conversations.delete(ctx, name)
+    with pytest.raises(NotFoundError):
+        await conversations.history(ANN, name)
+    assert await conversations.item(ANN, name) is None
