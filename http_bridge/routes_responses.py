@@ -36,7 +36,7 @@ from http_bridge.framing import NAMED_SSE
 from http_bridge.responses import JsonResponse, reply
 from http_bridge.routing import Endpoints, any_json_body
 from server.context import CallContext
-from server.core.conversations import Conversations
+from server.core.conversations import Conversations, History
 from server.translate.common import invalid_field
 from server.translate.protocols import JSON
 from server.translate.responses import inbound, replies, stored
@@ -66,18 +66,9 @@ async def create_response(request: Request, ctx: CallContext) -> Response:
     previous = body.get("previous_response_id")
     if previous is not None and not isinstance(previous, str):
         raise invalid_field("previous_response_id", "must be a string")
-    own = body.get("input")
-    wanted = stored.references(own)
-    if store or previous is not None or wanted:
+    if store or previous is not None or stored.references(body.get("input")):
         conversations.check_available()  # a 503 before the upstream is asked
-    history = await conversations.history(ctx.caller, previous) if previous else None
-    if wanted:
-        found = {ref: await conversations.item(ctx.caller, ref) for ref in dict.fromkeys(wanted)}
-        own = stored.resolve_references(own, found)
-    if history is not None or wanted:
-        earlier = history.items if history is not None else []
-        items = [{"role": "user", "content": own}] if isinstance(own, str) else own
-        body = {**body, "input": [*earlier, *items]} if isinstance(items, list) else body
+    body, own, history = await _with_stored(body, previous, conversations, ctx)
     dialect = RESPONSES.dialect
     chat = dialect.read_chat(body, ctx)
     settings = {**inbound.settings(body), "store": store, "previous_response_id": previous}
@@ -104,6 +95,25 @@ async def create_response(request: Request, ctx: CallContext) -> Response:
     if store and answers:  # a whole answer, kept before its 200 leaves
         await keep(answers[0])
     return response
+
+
+async def _with_stored(
+    body: JSON, previous: str | None, conversations: Conversations, ctx: CallContext
+) -> tuple[JSON, Any, History | None]:
+    """The body with the stored chain before its input and its `item_reference`s
+    resolved; the caller's own input (resolved), as it is kept; the chain."""
+    own = body.get("input")
+    history = None if previous is None else await conversations.history(ctx.caller, previous)
+    wanted = stored.references(own)
+    if wanted:
+        found = {ref: await conversations.item(ctx.caller, ref) for ref in dict.fromkeys(wanted)}
+        own = stored.resolve_references(own, found)
+    if history is None and not wanted:
+        return body, own, None
+    items = [{"role": "user", "content": own}] if isinstance(own, str) else own
+    if isinstance(items, list):  # else not an input: read_chat says so
+        body = {**body, "input": [*(history.items if history else []), *items]}
+    return body, own, history
 
 
 @endpoints.router.get(

@@ -209,8 +209,12 @@ class Conversations:
 
     async def delete(self, ctx: CallContext, response_id: str) -> None:
         await self._policy.admit_request(ctx)
-        gone = self._store is not None and _storable(response_id) and await self._call(
-            self._store.delete_response(owner_of(ctx.caller), response_id, self._clock())
+        gone = (
+            self._store is not None
+            and _storable(response_id)
+            and await self._call(
+                self._store.delete_response(owner_of(ctx.caller), response_id, self._clock())
+            )
         )
         if not gone:
             raise _not_found(response_id, None)
