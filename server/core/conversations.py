@@ -175,13 +175,14 @@ class Conversations:
         now = self._clock()
         text = orjson.dumps(response).decode()
         input_text = orjson.dumps(input_items).decode()
+        output_bytes = len(orjson.dumps(response["output"]))  # the settings echoed are not
         stored = StoredResponse(
             id=response["id"],
             owner=owner_of(caller),
             created_at=now,
             expires_at=now + self._ttl_s,
             previous_id=history.previous_id if history else None,
-            chain_bytes=len(text) + len(input_text) + (history.chain_bytes if history else 0),
+            chain_bytes=len(input_text) + output_bytes + (history.chain_bytes if history else 0),
             response=text,
             input=input_text,
             splits=orjson.dumps(splits).decode(),

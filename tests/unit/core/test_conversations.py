@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from server.config import ResponsesConfig, load_config
@@ -76,7 +77,9 @@ async def test_a_chain_brings_each_turns_input_and_output_oldest_first(
     await conversations.keep(ANN, answer("resp_2", "a2"), [{"id": "in2", "content": "q2"}], first)
     history = await conversations.history(ANN, "resp_2")
     assert [item["id"] for item in history.items] == ["in1", "msg_resp_1", "in2", "msg_resp_2"]
-    assert history.chain_bytes > first.chain_bytes > 0
+    # what the chain stored of input and output, in bytes (each turn one item of each)
+    sizes = [len(orjson.dumps([item])) for item in history.items]
+    assert (first.chain_bytes, history.chain_bytes) == (sum(sizes[:2]), sum(sizes))
     assert await conversations.item(ANN, "in1") == {"id": "in1", "content": "q1"}
     assert await conversations.item(ANN, "msg_resp_2") == answer("resp_2", "a2")["output"][0]
     assert await conversations.item(Caller(user="bob", tier="free"), "in1") is None
