@@ -244,6 +244,13 @@ def test_another_callers_response_is_not_found(gateway: TandemProcess, sdk: Any)
     error = error_of(caught.value)
     assert (error["type"], error["param"]) == ("not_found_error", "previous_response_id")
     assert sdk.responses.retrieve(mine.id).output_text == "private"  # still there
+    for method, path in (
+        ("GET", f"/v1/responses/{mine.id}"),
+        ("DELETE", f"/v1/responses/{mine.id}"),
+        ("GET", f"/v1/responses/{mine.id}/input_items"),
+    ):  # the door's policy, as on every route: no credential, no answer
+        refused = httpx.request(method, f"{gateway.base_url}{path}")
+        assert refused.status_code == 401, path
 
 
 def test_an_unknown_previous_response_is_a_404_naming_it(sdk: Any, fake: FakeUpstream) -> None:
