@@ -11,12 +11,15 @@ The stream is named SSE events, each data's `type` its name and a rising
 `response.output_item.added`, its part's `content_part.added`, its deltas,
 their `.done`, `content_part.done`, `output_item.done` (the whole item), and
 last `response.completed` (or `response.incomplete`) with the whole response
-and its usage. With an `on_done` hook (a stored response), that last event waits for
-`finish`, which awaits the hook first: the stream writer calls it once the chunks
-end, so nothing is paid per chunk. Text and reasoning go out as they come (a text item is one
+and its usage. Text and reasoning go out as they come (a text item is one
 preassembled event); tool calls are held until the answer finishes, as
 items cannot interleave and an upstream's tool calls can. A failure after the
 first event is `response.failed` (`failed`).
+
+With an `on_done` hook (a response to store), the last event waits for `finish`,
+which the stream writer awaits once the chunks end: the hook has the whole
+response (and each item's delta lengths, for a replay) before the event leaves,
+and nothing is paid per chunk.
 """
 
 from __future__ import annotations
