@@ -71,7 +71,7 @@ async def create_response(request: Request, ctx: CallContext) -> Response:
     body, own, history = await _with_stored(body, previous, conversations, ctx)
     dialect = RESPONSES.dialect
     chat = dialect.read_chat(body, ctx)
-    settings = {**inbound.settings(body), "store": store, "previous_response_id": previous}
+    settings = inbound.settings(body, store)
 
     async def keep(answer: JSON, splits: Sequence[Sequence[int]] = ()) -> None:
         kept = stored.own_input(own, answer["id"])

@@ -315,8 +315,9 @@ def unread(body: Any) -> list[str]:
     return list(names)
 
 
-def settings(body: Any) -> JSON:
-    """The request's settings as the response object echoes them (parsed already)."""
+def settings(body: Any, store: bool = False) -> JSON:
+    """The request's settings as the response object echoes them (parsed already), with
+    whether it is stored (`store` resolved against its default)."""
     text = body.get("text") or {}
     form = text.get("format") or {"type": "text"}
     reasoning = body.get("reasoning") or {}
@@ -325,9 +326,9 @@ def settings(body: Any) -> JSON:
         "max_output_tokens": body.get("max_output_tokens"),
         "metadata": body.get("metadata") or {},
         "parallel_tool_calls": body.get("parallel_tool_calls", True) is not False,
-        "previous_response_id": None,
+        "previous_response_id": body.get("previous_response_id"),
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
-        "store": False,  # nothing is stored yet
+        "store": store,
         "temperature": body.get("temperature"),
         "text": {**text, "format": form},
         "tool_choice": body.get("tool_choice") or "auto",
