@@ -19,7 +19,8 @@ from http_bridge.docs import serve_docs
 from http_bridge.doors import DOORS
 from http_bridge.responses import JsonResponse
 from http_bridge.routing import ERRORS_ANSWERED, DoorApp, Endpoints, error_to_response
-from server.config import TelemetryConfig
+from server.config import ResponsesConfig, TelemetryConfig
+from server.core.conversations import Conversations
 from server.core.dataplane import DataPlane
 from server.policy import Policy
 from server.telemetry import Telemetry
@@ -37,6 +38,7 @@ def create_app(
     telemetry: Telemetry | None = None,
     readiness: Readiness | None = None,
     cors_origins: Iterable[str] = (),
+    conversations: Conversations | None = None,
 ) -> ASGIApp:
     """The ASGI app uvicorn serves: the call scope (call_scope.py), the browser
     origins' check (cors.py) and the body limit around the door's endpoint
@@ -57,6 +59,8 @@ def create_app(
     )
     app.state.plane = plane
     app.state.policy = policy
+    # stored responses (`/v1/responses`); without one (tests), none are kept
+    app.state.conversations = conversations or Conversations(None, ResponsesConfig(), policy)
     endpoints = door_endpoints()
     for group in endpoints:
         if group.router.routes:  # a door may have only its table's (Anthropic's)

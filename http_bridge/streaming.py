@@ -6,7 +6,9 @@ and a failure is one in-band error event with no end marker.
 
 Each batch (what one upstream read brought) leaves in one `send`: ten events
 that arrived together cost one write, and an event that arrives alone is
-written at once.
+written at once. An encoder with an async `finish` writes the stream's end itself,
+after work that must be done before it (the Responses API stores a response
+before its last event); what `finish` raises fails the stream like any error.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class ChunkStreamResponse(Response):
                     async for batch in self._rest:  # each batch leaves as soon as it is ready
                         body = _encoded(encode, batch)
                         await send({"type": "http.response.body", "body": body, "more_body": True})
-                    end = self._framing.end
+                    finish = getattr(encode, "finish", None)
+                    end = self._framing.end if finish is None else await finish()
                 except GatewayError as exc:
                     end = self._failed(exc, HTTP_STATUS[type(exc)])
                 except Exception:

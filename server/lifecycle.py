@@ -34,6 +34,7 @@ from starlette.types import ASGIApp
 from http_bridge.app import create_app
 from http_bridge.transport import GuardedHttpToolsProtocol, guarded_protocol
 from server.config import Config, ServerConfig, parse_host_port
+from server.core.conversations import Conversations
 from server.core.dataplane import DataPlane
 from server.core.routing import Router
 from server.drain import DrainClock
@@ -53,6 +54,7 @@ __all__ = ["Gateway", "HttpServer", "bind_socket", "serve", "start_http_server"]
 logger = logging.getLogger("tandem")
 
 MAX_CONCURRENT_RPCS = 4096
+USAGE_STORE = "usage_store"  # the store's name among the dependencies `/readyz` reports
 
 
 DRAIN_BACKSTOP_S = 5.0  # past the grace, uvicorn cancels what ignored the cut
@@ -320,6 +322,9 @@ class Gateway:
             telemetry=self.telemetry,
             readiness=self.readiness,
             cors_origins=server_config.cors_origins,
+            conversations=Conversations(
+                self._store, self.config.responses, policy, self._store_down
+            ),
         )
         self._http_server, self._http_task = await start_http_server(
             app, sock, server_config, self.telemetry, self._drain
@@ -339,11 +344,15 @@ class Gateway:
         settle_garbage_collector()
         self.readiness.set_ready()
 
+    def _store_down(self) -> bool:
+        """The usage store did not answer its last background check."""
+        return self._monitor is not None and USAGE_STORE in self._monitor.down
+
     def _dependency_checks(self) -> dict[str, Check]:
         """The shared dependencies this replica uses, by the name `/readyz` gives them."""
         checks: dict[str, Check] = {}
         if self._store is not None:
-            checks["usage_store"] = self._store.ping
+            checks[USAGE_STORE] = self._store.ping
         if self._limiter is not None and self.config.rate_limits.backend == "redis":
             checks["redis"] = self._limiter.ping  # type: ignore[attr-defined]
         return checks

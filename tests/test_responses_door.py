@@ -94,7 +94,7 @@ def test_a_string_input_through_the_sdk(sdk: Any) -> None:
     [message] = response.output
     assert message.type == "message"
     assert message.content[0].annotations == []
-    assert response.store is False
+    assert response.store is True  # the default: responses.store_default
     usage = response.usage
     assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (2, 2, 4)
     assert usage.input_tokens_details.cached_tokens == 0
@@ -241,7 +241,8 @@ def test_max_output_tokens_is_an_incomplete_response(gateway: TandemProcess) -> 
     [
         ({"model": "echo", "input": []}, "input"),
         ({"model": "echo", "input": [{"type": "nope"}]}, "input[0].type"),
-        ({"model": "echo", "input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"model": "echo", "input": "x", "previous_response_id": 1}, "previous_response_id"),
+        ({"model": "echo", "input": "x", "store": "yes"}, "store"),
         ({"model": "echo", "input": "x", "background": True}, "background"),
         ({"model": "echo", "input": "x", "conversation": "conv_1"}, "conversation"),
         ({"model": "echo", "input": "x", "text": {"format": {"type": "xml"}}}, "text.format.type"),
@@ -254,11 +255,6 @@ def test_what_cannot_be_served_is_a_400_in_openais_shape(
     assert refused.status_code == 400
     error = refused.json()["error"]
     assert (error["type"], error["param"]) == ("invalid_request_error", param)
-
-
-def test_previous_response_id_says_stored_responses_are_not_yet_served(sdk: Any) -> None:
-    with pytest.raises(openai.BadRequestError, match="stored responses are not available yet"):
-        sdk.responses.create(model="echo", input="x", previous_response_id="resp_1")
 
 
 def test_hosted_tools_are_named_unread_and_json_schema_keeps_its_text(
@@ -279,7 +275,7 @@ def test_hosted_tools_are_named_unread_and_json_schema_keeps_its_text(
     )
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-tandem-ignored-fields"] == "include,tools[].web_search"
-    assert answer.json()["store"] is False
+    assert answer.json()["store"] is True
     format_sent = fake.requests[-1].body["response_format"]
     assert format_sent["type"] == "json_schema"
     assert list(format_sent["json_schema"]["schema"]["properties"]) == ["b", "a"]

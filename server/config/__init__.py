@@ -198,6 +198,15 @@ class Config(_Strict):
     responses: ResponsesConfig = ResponsesConfig()
 
     @model_validator(mode="after")
+    def _responses_have_a_store(self) -> Config:
+        if self.responses.store_default and self.usage.store == "none":
+            raise ValueError(
+                "responses.store_default: true needs a store to keep responses in "
+                "(usage.store is none)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _references_resolve(self) -> Config:
         providers = _unique_names("providers", [p.name for p in self.providers])
         models = _unique_names("models", [m.name for m in self.models])

@@ -1,4 +1,4 @@
-"""The database named by `usage.store`: API keys and the usage ledger.
+"""The database named by `usage.store`: API keys, the usage ledger and stored responses.
 
 SQLite (`sqlite:////abs.db`; `load_config` makes `sqlite:///rel.db` absolute from
 the config file's folder) or PostgreSQL (`postgresql://...`), behind one interface. Both
@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from server.store.conversations import ConversationStore, StoredResponse
 from server.store.keys import ApiKey
 from server.store.sqlite import SqliteStore
 from server.usage.record import UsagePage, UsageQuery, UsageRecord
 
-__all__ = ["ApiKey", "Store", "open_store"]
+__all__ = ["ApiKey", "ConversationStore", "Store", "StoredResponse", "open_store"]
 
 
-class Store(Protocol):
+class Store(ConversationStore, Protocol):
     async def open(self) -> None: ...
 
     async def create_key(self, key: ApiKey) -> None: ...

@@ -13,6 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 
 from server.store import ledger_sql as ledger
+from server.store.conversations import COLUMNS as RESPONSE_COLUMNS
+from server.store.conversations import StoredResponse, chain_sql, conversations_schema
 from server.store.keys import ApiKey
 from server.usage.record import (
     UsagePage,
@@ -31,7 +33,8 @@ CONNECT_TIMEOUT_S = 5.0  # asyncpg's default is 60 s: too long for a shutdown fl
 # `CREATE ... IF NOT EXISTS` at once can both miss the other's and one then fails.
 SCHEMA_LOCK = 0x74616E64656D  # "tandem", one advisory lock id for every schema
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     key_hash TEXT NOT NULL,
@@ -41,7 +44,10 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_time ON api_keys (created_at);
-""" + ledger.usage_schema(real="DOUBLE PRECISION", time="TIMESTAMPTZ")
+"""
+    + ledger.usage_schema(real="DOUBLE PRECISION", time="TIMESTAMPTZ")
+    + conversations_schema("DOUBLE PRECISION", "BIGINT")
+)
 _COLUMNS = 'id, key_hash, "user", tier, created_at, revoked_at'
 _CREATED_AT = UsageRecord._fields.index("created_at")  # a timestamptz in the table
 
@@ -158,6 +164,85 @@ class PostgresStore:
             ],
             UsageTotals(*totals),
         )
+
+    async def save_response(self, stored: StoredResponse, item_ids: Sequence[str]) -> None:
+        pool = await self._ready()
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                f"INSERT INTO responses ({RESPONSE_COLUMNS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                *astuple(stored),
+            )
+            await connection.executemany(
+                "INSERT INTO response_items (owner, item_id, response_id, created_at) "
+                "VALUES ($1, $2, $3, $4)",
+                [(stored.owner, item, stored.id, stored.created_at) for item in item_ids],
+            )
+
+    async def find_response(
+        self, owner: str, response_id: str, now: float
+    ) -> StoredResponse | None:
+        pool = await self._ready()
+        row = await pool.fetchrow(
+            f"SELECT {RESPONSE_COLUMNS} FROM responses "
+            "WHERE id = $1 AND owner = $2 AND expires_at > $3",
+            response_id,
+            owner,
+            now,
+        )
+        return StoredResponse(*row) if row else None
+
+    async def response_chain(
+        self, owner: str, response_id: str, now: float
+    ) -> list[StoredResponse]:
+        pool = await self._ready()
+        rows = await pool.fetch(chain_sql(("$1", "$2", "$3")), response_id, owner, now)
+        return [StoredResponse(*row) for row in rows]
+
+    async def find_item(self, owner: str, item_id: str, now: float) -> StoredResponse | None:
+        pool = await self._ready()
+        columns = ", ".join("r." + column for column in RESPONSE_COLUMNS.split(", "))
+        row = await pool.fetchrow(
+            f"SELECT {columns} FROM response_items i JOIN responses r "
+            "ON r.id = i.response_id WHERE i.owner = $1 AND i.item_id = $2 AND r.expires_at > $3 "
+            "ORDER BY r.created_at DESC LIMIT 1",
+            owner,
+            item_id,
+            now,
+        )
+        return StoredResponse(*row) if row else None
+
+    async def delete_response(self, owner: str, response_id: str, now: float) -> bool:
+        pool = await self._ready()
+        async with pool.acquire() as connection, connection.transaction():
+            gone = await connection.fetchval(
+                "DELETE FROM responses WHERE id = $1 AND owner = $2 AND expires_at > $3 "
+                "RETURNING id",
+                response_id,
+                owner,
+                now,
+            )
+            await connection.execute(
+                "DELETE FROM response_items WHERE response_id = $1 AND owner = $2",
+                response_id,
+                owner,
+            )
+        return gone is not None
+
+    async def purge_responses(self, now: float, limit: int) -> int:
+        pool = await self._ready()
+        async with pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(
+                "DELETE FROM responses WHERE id IN (SELECT id FROM responses "
+                "WHERE expires_at <= $1 LIMIT $2) RETURNING id",
+                now,
+                limit,
+            )
+            ids = [row[0] for row in rows]
+            await connection.execute(
+                "DELETE FROM response_items WHERE response_id = ANY($1::text[])", ids
+            )
+        return len(ids)
 
     async def aclose(self) -> None:
         if self._pool is not None:

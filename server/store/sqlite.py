@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from server.store import ledger_sql as ledger
+from server.store.conversations import COLUMNS as RESPONSE_COLUMNS
+from server.store.conversations import StoredResponse, chain_sql, conversations_schema
 from server.store.keys import ApiKey
 from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 
@@ -24,7 +26,8 @@ __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     key_hash TEXT NOT NULL,
@@ -34,7 +37,10 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at REAL
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_time ON api_keys (created_at);
-""" + ledger.usage_schema(real="REAL", time="INTEGER")
+"""
+    + ledger.usage_schema(real="REAL", time="INTEGER")
+    + conversations_schema("REAL", "INTEGER")
+)
 _COLUMNS = "id, key_hash, user, tier, created_at, revoked_at"
 
 
@@ -115,6 +121,79 @@ class SqliteStore:
     async def ping(self) -> None:
         await self._run("SELECT 1")
 
+    async def save_response(self, stored: StoredResponse, item_ids: Sequence[str]) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            with _transaction(db, "BEGIN IMMEDIATE"):
+                db.execute(
+                    f"INSERT INTO responses ({RESPONSE_COLUMNS}) VALUES ({', '.join('?' * 9)})",
+                    astuple(stored),
+                )
+                db.executemany(
+                    "INSERT INTO response_items (owner, item_id, response_id, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(stored.owner, item, stored.id, stored.created_at) for item in item_ids],
+                )
+
+        await self._call(write)
+
+    async def find_response(
+        self, owner: str, response_id: str, now: float
+    ) -> StoredResponse | None:
+        rows = await self._run(
+            f"SELECT {RESPONSE_COLUMNS} FROM responses "
+            "WHERE id = ? AND owner = ? AND expires_at > ?",
+            response_id,
+            owner,
+            now,
+        )
+        return StoredResponse(*rows[0]) if rows else None
+
+    async def response_chain(
+        self, owner: str, response_id: str, now: float
+    ) -> list[StoredResponse]:
+        rows = await self._run(chain_sql(("?1", "?2", "?3")), response_id, owner, now)
+        return [StoredResponse(*row) for row in rows]
+
+    async def find_item(self, owner: str, item_id: str, now: float) -> StoredResponse | None:
+        rows = await self._run(
+            f"SELECT {_prefixed('r.')} FROM response_items i JOIN responses r "
+            "ON r.id = i.response_id WHERE i.owner = ? AND i.item_id = ? AND r.expires_at > ? "
+            "ORDER BY r.created_at DESC LIMIT 1",
+            owner,
+            item_id,
+            now,
+        )
+        return StoredResponse(*rows[0]) if rows else None
+
+    async def delete_response(self, owner: str, response_id: str, now: float) -> bool:
+        def delete(db: sqlite3.Connection) -> bool:
+            with _transaction(db, "BEGIN IMMEDIATE"):
+                gone = db.execute(
+                    "DELETE FROM responses WHERE id = ? AND owner = ? AND expires_at > ? "
+                    "RETURNING id",
+                    (response_id, owner, now),
+                ).fetchall()
+                db.execute(
+                    "DELETE FROM response_items WHERE response_id = ? AND owner = ?",
+                    (response_id, owner),
+                )
+            return bool(gone)
+
+        return await self._call(delete)
+
+    async def purge_responses(self, now: float, limit: int) -> int:
+        def purge(db: sqlite3.Connection) -> int:
+            with _transaction(db, "BEGIN IMMEDIATE"):
+                ids = db.execute(
+                    "DELETE FROM responses WHERE id IN (SELECT id FROM responses "
+                    "WHERE expires_at <= ? LIMIT ?) RETURNING id",
+                    (now, limit),
+                ).fetchall()
+                db.executemany("DELETE FROM response_items WHERE response_id = ?", ids)
+            return len(ids)
+
+        return await self._call(purge)
+
     async def aclose(self) -> None:
         if self._db is not None:
             db, self._db = self._db, None
@@ -148,6 +227,10 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
 
 def _placeholder(n: int) -> str:
     return "?"
+
+
+def _prefixed(prefix: str) -> str:
+    return ", ".join(prefix + column for column in RESPONSE_COLUMNS.split(", "))
 
 
 @contextlib.contextmanager

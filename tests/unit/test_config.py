@@ -209,3 +209,11 @@ def test_transport_bounds_have_their_documented_defaults() -> None:
 
 def test_write_timeout_has_its_documented_default() -> None:
     assert ServerConfig().write_timeout_s == 30
+
+
+def test_stored_responses_by_default_need_a_store() -> None:
+    with pytest.raises(ConfigError, match=r"^responses\.store_default: true needs a store"):
+        build_config({"usage": {"store": "none"}, "responses": {"store_default": True}}, {})
+    config = build_config({"usage": {"store": "none"}, "responses": {"store_default": False}}, {})
+    assert config.responses.store_default is False
+    assert build_config({"usage": {"store": "none"}}, {}).responses.store_default is None

@@ -15,9 +15,9 @@ Hosted tools (`web_search`, `file_search`, ...) are left out and named by
 `unread`, with Responses fields the proto cannot carry (`include`,
 `truncation`, ...); other top-level fields follow `/v1`'s rule
 (`extra_body_json`, server/translate/extra.py). `background: true`,
-`conversation` and `prompt` are a 400, and so, until stored responses come,
-is `previous_response_id`; `store` is accepted (nothing is stored: the
-answer says `"store": false`).
+`conversation` and `prompt` are a 400. `store` and `previous_response_id` are the
+route's (the stored chain comes before `input`; `item_reference`s are resolved
+before this reads them: one left is a 400).
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def _messages(value: Any) -> list[JSON]:
         elif kind == "reasoning":
             reasoning += _reasoning_text(item, where)
         elif kind == "item_reference":
-            raise invalid_field(f"{where}.type", "stored responses are not available yet")
+            raise invalid_field(f"{where}.id", "no stored item has this id")
         else:
             raise invalid_field(f"{where}.type", f"a {echoed(repr(kind))} item is not served")
     return out
@@ -248,8 +248,6 @@ def _refuse(body: JSON) -> None:
     for field in ("conversation", "prompt"):
         if body.get(field) is not None:
             raise invalid_field(field, "is not served")
-    if body.get("previous_response_id") is not None:
-        raise invalid_field("previous_response_id", "stored responses are not available yet")
 
 
 def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
@@ -318,8 +316,9 @@ def unread(body: Any) -> list[str]:
     return list(names)
 
 
-def settings(body: Any) -> JSON:
-    """The request's settings as the response object echoes them (parsed already)."""
+def settings(body: Any, store: bool = False) -> JSON:
+    """The request's settings as the response object echoes them (parsed already), with
+    whether it is stored (`store` resolved against its default)."""
     text = body.get("text") or {}
     form = text.get("format") or {"type": "text"}
     reasoning = body.get("reasoning") or {}
@@ -328,9 +327,9 @@ def settings(body: Any) -> JSON:
         "max_output_tokens": body.get("max_output_tokens"),
         "metadata": body.get("metadata") or {},
         "parallel_tool_calls": body.get("parallel_tool_calls", True) is not False,
-        "previous_response_id": None,
+        "previous_response_id": body.get("previous_response_id"),
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
-        "store": False,  # nothing is stored yet
+        "store": store,
         "temperature": body.get("temperature"),
         "text": {**text, "format": form},
         "tool_choice": body.get("tool_choice") or "auto",

@@ -15,11 +15,16 @@ and its usage. Text and reasoning go out as they come (a text item is one
 preassembled event); tool calls are held until the answer finishes, as
 items cannot interleave and an upstream's tool calls can. A failure after the
 first event is `response.failed` (`failed`).
+
+With an `on_done` hook (a response to store), the last event waits for `finish`,
+which the stream writer awaits once the chunks end: the hook has the whole
+response (and each item's delta lengths, for a replay) before the event leaves,
+and nothing is paid per chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
 from tandem.v1 import chat_pb2
@@ -29,7 +34,11 @@ from server.errors import GatewayError
 from server.translate.common import ToolCallPieces, named_event
 from server.translate.protocols import JSON, ItemEncoder
 
-__all__ = ["StreamEncoder", "encode_completion", "response_id"]
+__all__ = ["OnDone", "StreamEncoder", "encode_completion", "response_id"]
+
+# what a stream's end awaits before its last event: the whole response, and the
+# length of each delta sent, per output item (stored.replay sends them again so)
+OnDone = Callable[[JSON, Sequence[Sequence[int]]], Awaitable[None]]
 
 
 def _base(completion_id: str) -> str:
@@ -160,15 +169,21 @@ class StreamEncoder:
         "_incomplete",
         "_item_id",
         "_kind",
+        "_last",
         "_model",
+        "_on_done",
         "_output",
         "_seq",
         "_settings",
+        "_splits",
         "_texts",
         "_tools",
     )
 
-    def __init__(self, first: Chunk, settings: JSON) -> None:
+    def __init__(self, first: Chunk, settings: JSON, on_done: OnDone | None = None) -> None:
+        self._on_done = on_done
+        self._splits: list[list[int]] = []  # kept only for `on_done`
+        self._last: tuple[str, JSON] | None = None  # the last event, held for `finish`
         self._base = _base(first.id)
         self._id = response_id(first.id)
         self._created = first.created
@@ -262,6 +277,8 @@ class StreamEncoder:
             {"type": "response.content_part.done", **where, "part": part},
         )
         self._output.append(item)
+        if self._on_done is not None:
+            self._splits.append([len(text) for text in self._texts])
         return out + self._emit(
             "response.output_item.done",
             {"type": "response.output_item.done", "output_index": index, "item": item},
@@ -305,6 +322,8 @@ class StreamEncoder:
             )
             item = _call(item_id, call_id, call.name, arguments, "completed")
             self._output.append(item)
+            if self._on_done is not None:
+                self._splits.append([len(piece) for piece in call.pieces])
             out += self._emit(
                 "response.output_item.done",
                 {"type": "response.output_item.done", "output_index": index, "item": item},
@@ -348,10 +367,22 @@ class StreamEncoder:
             answer["incomplete_details"] = self._incomplete
             answer["usage"] = _usage(chunk.usage)
             kind = f"response.{status}"
-            out += self._emit(kind, {"type": kind, "response": answer})
+            if self._on_done is not None:
+                self._last = (kind, answer)
+            else:
+                out += self._emit(kind, {"type": kind, "response": answer})
         return out
 
     encode = __call__
+
+    async def finish(self) -> bytes:
+        """The last event, once `on_done` has had the whole response (a stream that
+        ended without its usage has none); what `on_done` raises fails the stream."""
+        if self._last is None or self._on_done is None:
+            return b""
+        kind, answer = self._last
+        await self._on_done(answer, self._splits)
+        return self._emit(kind, {"type": kind, "response": answer})
 
     def failed(self, error: GatewayError) -> bytes:
         """The `response.failed` event that ends a stream failing after its first event."""
