@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from http_bridge import handlers
 from http_bridge.deps import read_json
 from http_bridge.doors import RESPONSES
+from http_bridge.relayed import relayed_response
 from http_bridge.routing import Endpoints, any_json_body
 from server.context import CallContext
 from server.translate.responses import inbound, replies
@@ -39,6 +40,8 @@ _BODY = (
 )
 async def create_response(request: Request, ctx: CallContext) -> Response:
     body = await read_json(request)
+    if (relayed := await relayed_response(request, ctx, body)) is not None:
+        return relayed  # a `responses: native` provider's model: relayed (relayed.py)
     dialect = RESPONSES.dialect
     chat = dialect.read_chat(body, ctx)
     settings = inbound.settings(body)
