@@ -15,6 +15,7 @@ script for the next requests (`ok` once the script is empty):
 - `nousage`: answer normally, `response.completed` without `usage`
 - `slow:S`: wait S seconds before answering
 - `drip`: stream the message a word every 100 ms, for 10 s
+- `flood:M`: an answer of M MiB of text, in 8 KiB deltas (whole: one message)
 
 A handler whose client goes away notes the time in `gone`.
 
@@ -141,8 +142,10 @@ class FakeResponsesUpstream(Served):
             message = f"Previous response with id '{body.get('previous_response_id')}' not found."
             return _error(404, message, "invalid_request_error", "previous_response_id")
         usage = None if kind == "nousage" else USAGE
+        flood = ["x" * 8191 + " "] * int(float(arg) * 128) if kind == "flood" else []
         if not body.get("stream"):
-            output = [REASONING, WEB_SEARCH, MESSAGE]
+            text = {"type": "output_text", "text": "".join(flood), "annotations": []}
+            output = [REASONING, WEB_SEARCH, {**MESSAGE, "content": [text]} if flood else MESSAGE]
             return web.json_response(_response(body, "completed", output, usage))
         answer = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await answer.prepare(request)
@@ -181,6 +184,7 @@ class FakeResponsesUpstream(Served):
         empty = {"type": "output_text", "text": "", "annotations": []}
         await event("response.content_part.added", **where, part=empty)
         words = [f"w{i}" for i in range(100)] if kind == "drip" else ANSWER.split(" ")
+        words = flood or words
         for i, word in enumerate(words):
             if kind == "drip":
                 await asyncio.sleep(0.1)

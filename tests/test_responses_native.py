@@ -53,6 +53,7 @@ tiers:
   echo-only: {{default_model: echo, models: [echo]}}
 auth: {{required: true, admin_keys: ["{ADMIN_KEY}"], jwt: {{secret: "{SECRET}"}}}}
 usage: {{store: "sqlite:///usage.db", flush_interval_ms: 20}}
+server: {{max_body_bytes: 65536}}  # a relayed answer: 128 KiB whole, 512 KiB streamed
 """
 TOOLS: Any = [
     {"type": "web_search"},
@@ -323,6 +324,22 @@ def test_a_cut_mid_stream_ends_in_response_failed_naming_the_response(
     assert SECRET_URL not in answer.text
     [record] = usage_records(gateway, 1, ADMIN_KEY, user="cut")
     assert record["status"] == "error:upstream_error"
+
+
+def test_an_answer_past_the_bound_is_cut(
+    gateway: TandemProcess, upstream: FakeResponsesUpstream
+) -> None:
+    upstream.reset("flood:1")
+    whole = post(gateway, {"model": "gpt-native", "input": "x"})
+    assert whole.status_code == 502
+    assert "larger than 131072 bytes" in whole.json()["error"]["message"]
+    upstream.reset("flood:1")
+    streamed = post(gateway, {"model": "gpt-native", "input": "x", "stream": True})
+    seen = named_events(streamed)
+    assert seen[-1][0] == "response.failed"
+    assert "larger than 524288 bytes" in seen[-1][1]["response"]["error"]["message"]
+    relayed = sum(len(d["delta"]) for n, d in seen if n == "response.output_text.delta")
+    assert 0 < relayed <= 524288
 
 
 def test_the_upstreams_own_response_failed_is_relayed_once(
