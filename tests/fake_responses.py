@@ -129,7 +129,8 @@ class FakeResponsesUpstream(Served):
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         body = orjson.loads(raw)
-        self.requests.append(Received(request.path, dict(request.headers), raw, body))
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        self.requests.append(Received(request.path, headers, raw, body))
         kind, _, arg = (self.script.popleft() if self.script else "ok").partition(":")
         if kind == "slow":
             await asyncio.sleep(float(arg))

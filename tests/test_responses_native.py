@@ -16,7 +16,7 @@ import openai
 import orjson
 import pytest
 
-from tests.eventually import eventually_async
+from tests.eventually import eventually, eventually_async
 from tests.fake_responses import (
     ANSWER,
     ENCRYPTED,
@@ -134,7 +134,7 @@ def test_the_upstream_gets_the_request_as_written_but_for_the_model(
     )
     [received] = upstream.requests
     assert received.path == "/v1/responses"
-    assert received.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert received.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert response.output_text == ANSWER
     expected = {
         "input": [
@@ -240,6 +240,43 @@ def test_the_ledger_records_the_upstreams_usage_once_as_protocol_responses(
         assert (record["prompt_tokens"], record["completion_tokens"]) == (41, 29)
         assert (record["cached_tokens"], record["reasoning_tokens"]) == (13, 17)
     assert sorted(r["ttft_ms"] is None for r in records) == [False, True]
+
+
+def test_a_relayed_call_has_its_access_line_metrics_and_upstream_request_id(
+    gateway: TandemProcess, upstream: FakeResponsesUpstream
+) -> None:
+    upstream.reset("500")  # one failed attempt, retried
+    answer = httpx.post(
+        f"{gateway.base_url}/v1/responses",
+        json={"model": "gpt-native", "input": "x", "stream": True},
+        headers={"authorization": f"Bearer {token('seen')}", "x-request-id": "native-line-1"},
+        timeout=30,
+    )
+    assert answer.status_code == 200
+    assert [r.headers["x-request-id"] for r in upstream.requests] == ["native-line-1"] * 2
+
+    def line() -> Any:
+        lines = [orjson.loads(text) for text in gateway.stderr().splitlines() if "{" in text]
+        return next((x for x in lines if x.get("request_id") == "native-line-1"), None)
+
+    logged = eventually(line, what="the access line")
+    assert (logged["protocol"], logged["model"], logged["provider"]) == (
+        "responses",
+        "gpt-native",
+        "up",
+    )
+    assert (logged["status"], logged["prompt_tokens"], logged["completion_tokens"]) == (
+        200,
+        41,
+        29,
+    )
+    assert logged["ttft_ms"] is not None
+    metrics = httpx.get(f"{gateway.base_url}/metrics").text
+    assert "tandem_upstream_errors_total{" in metrics
+    assert any(
+        line.startswith("tandem_requests_total{") and 'protocol="responses"' in line
+        for line in metrics.splitlines()
+    )
 
 
 def test_without_usage_the_estimate_is_charged(
