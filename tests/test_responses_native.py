@@ -30,6 +30,7 @@ from tests.fake_responses import (
     WEB_SEARCH,
     FakeResponsesUpstream,
 )
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.servers import TandemProcess, start_tandem, usage_records
 
 SECRET = "responses-native-secret-0123456789abcdef"
@@ -54,6 +55,7 @@ tiers:
 auth: {{required: true, admin_keys: ["{ADMIN_KEY}"], jwt: {{secret: "{SECRET}"}}}}
 usage: {{store: "sqlite:///usage.db", flush_interval_ms: 20}}
 server: {{max_body_bytes: 65536}}  # a relayed answer: 128 KiB whole, 512 KiB streamed
+telemetry: {{otlp_endpoint: "%(otlp)s"}}
 """
 TOOLS: Any = [
     {"type": "web_search"},
@@ -73,11 +75,20 @@ def upstream() -> Iterator[FakeResponsesUpstream]:
 
 
 @pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as collector:
+        yield collector
+
+
+@pytest.fixture(scope="module")
 def gateway(
-    upstream: FakeResponsesUpstream, tmp_path_factory: pytest.TempPathFactory
+    upstream: FakeResponsesUpstream,
+    receiver: OtlpReceiver,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TandemProcess]:
-    config = CONFIG % {"url": upstream.base_url, "key": UPSTREAM_KEY}
-    process = start_tandem(tmp_path_factory.mktemp("native"), config)
+    config = CONFIG % {"url": upstream.base_url, "key": UPSTREAM_KEY, "otlp": receiver.endpoint}
+    fast_export = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
+    process = start_tandem(tmp_path_factory.mktemp("native"), config, env=fast_export)
     yield process
     assert process.terminate() == 0, process.stderr()
 
@@ -242,8 +253,13 @@ def test_the_ledger_records_the_upstreams_usage_once_as_protocol_responses(
     assert sorted(r["ttft_ms"] is None for r in records) == [False, True]
 
 
-def test_a_relayed_call_has_its_access_line_metrics_and_upstream_request_id(
-    gateway: TandemProcess, upstream: FakeResponsesUpstream
+def receiver_traceparent(headers: dict[str, str], span: ReceivedSpan) -> bool:
+    """The upstream request carried the call's span on as its parent."""
+    return headers.get("traceparent", "").split("-")[1:3] == [span.trace_id, span.span_id]
+
+
+def test_a_relayed_call_has_its_access_line_span_metrics_and_upstream_request_id(
+    gateway: TandemProcess, upstream: FakeResponsesUpstream, receiver: OtlpReceiver
 ) -> None:
     upstream.reset("500")  # one failed attempt, retried
     answer = httpx.post(
@@ -271,6 +287,13 @@ def test_a_relayed_call_has_its_access_line_metrics_and_upstream_request_id(
         29,
     )
     assert logged["ttft_ms"] is not None
+    span = receiver.for_request("native-line-1")
+    assert span.name == "chat gpt-native"
+    assert span.attributes["tandem.protocol"] == "responses"
+    assert span.attributes["gen_ai.response.model"] == UPSTREAM_MODEL
+    assert span.attributes["gen_ai.usage.input_tokens"] == 41
+    assert span.attributes["gen_ai.usage.output_tokens"] == 29
+    assert receiver_traceparent(upstream.requests[-1].headers, span)
     metrics = httpx.get(f"{gateway.base_url}/metrics").text
     assert "tandem_upstream_errors_total{" in metrics
     assert any(
