@@ -41,12 +41,17 @@ providers:
       max_retries: 1}}
   - {{name: up-chat, kind: openai, base_url: "%(url)s", api_key: "%(key)s", max_retries: 0}}
   - {{name: demo, kind: mock}}
+  - {{name: up-slow, kind: openai, base_url: "%(url)s", api_key: "%(key)s", responses: native,
+      max_retries: 0, timeout_s: 0.5}}
 models:
   - {{name: gpt-native, provider: up, upstream: "{UPSTREAM_MODEL}"}}
   - {{name: native-then-chat, provider: up, upstream: "{UPSTREAM_MODEL}",
       fallbacks: [chat-model]}}
   - {{name: chat-model, provider: up-chat, upstream: chat-upstream}}
   - {{name: echo, provider: demo}}
+  - {{name: gpt-slow, provider: up-slow, upstream: "{UPSTREAM_MODEL}"}}
+  - {{name: slow-then-native, provider: up-slow, upstream: "{UPSTREAM_MODEL}",
+      fallbacks: [gpt-native]}}
 tiers:
   free: {{default_model: echo}}
   tight: {{default_model: gpt-native, requests_per_minute: 2, tokens_per_minute: 100000}}
@@ -485,6 +490,32 @@ def test_a_background_response_is_refused(gateway: TandemProcess) -> None:
     answer = post(gateway, {"model": "gpt-native", "input": "x", "background": True})
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == "background"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_that_times_out_is_a_504_charged_its_prompt_once(
+    gateway: TandemProcess, upstream: FakeResponsesUpstream, stream: bool
+) -> None:
+    upstream.reset("slow:2")
+    sub = f"timeout-{stream}"
+    answer = post(gateway, {"model": "gpt-slow", "input": "a b c", "stream": stream}, sub=sub)
+    assert answer.status_code == 504
+    assert answer.headers["x-should-retry"] == "false"
+    assert answer.json()["error"]["type"] == "timeout_error"
+    [record] = usage_records(gateway, 1, ADMIN_KEY, user=sub)
+    assert record["status"] == "error:timeout_error"
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (3, 0)
+
+
+def test_a_native_models_native_fallback_serves(
+    gateway: TandemProcess, upstream: FakeResponsesUpstream
+) -> None:
+    upstream.reset("slow:2", "ok")
+    answer = post(gateway, {"model": "slow-then-native", "input": "x"}, sub="fellback")
+    assert answer.status_code == 200
+    assert answer.json()["model"] == "slow-then-native"
+    [record] = usage_records(gateway, 1, ADMIN_KEY, user="fellback")
+    assert (record["provider"], record["status"], record["prompt_tokens"]) == ("up", "ok", 41)
 
 
 def test_a_native_models_translated_fallback_is_not_tried(
