@@ -350,8 +350,8 @@ def _max_tokens(request: chat_pb2.ChatCompletionRequest) -> int:
 
 
 def _relays(route: Route) -> bool:
-    provider = route.provider
-    return isinstance(provider, RelaysResponses) and provider.responses_native
+    # on every translated call too: `getattr` is ~0.03 us, a runtime protocol check ~6.6 us
+    return getattr(route.provider, "responses_native", False) is True
 
 
 async def _relayed(
