@@ -57,6 +57,7 @@ tiers:
   tight: {{default_model: gpt-native, requests_per_minute: 2, tokens_per_minute: 100000}}
   small: {{default_model: gpt-native, tokens_per_minute: 50}}
   echo-only: {{default_model: echo, models: [echo]}}
+  single: {{default_model: gpt-native, max_concurrent_requests: 1}}
 auth: {{required: true, admin_keys: ["{ADMIN_KEY}"], jwt: {{secret: "{SECRET}"}}}}
 usage: {{store: "sqlite:///usage.db", flush_interval_ms: 20}}
 server: {{max_body_bytes: 65536}}  # a relayed answer: 128 KiB whole, 512 KiB streamed
@@ -474,6 +475,29 @@ def test_rate_limits_apply_to_relayed_calls(
         with pytest.raises(openai.RateLimitError):  # could never fit: refused at once
             client.responses.create(model="gpt-native", input="hi", max_output_tokens=500)
     assert len(upstream.requests) == 3
+
+
+async def test_a_tiers_concurrency_bound_holds_for_relayed_streams(
+    gateway: TandemProcess, upstream: FakeResponsesUpstream
+) -> None:
+    upstream.reset("drip")
+    body = {"model": "gpt-native", "input": "x", "stream": True}
+    headers = {"authorization": f"Bearer {token('single', 'single')}"}
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as http:
+        async with http.stream("POST", "/v1/responses", json=body, headers=headers) as first:
+            assert first.status_code == 200
+            second = await http.post("/v1/responses", json=body, headers=headers)
+            assert second.status_code == 429
+            assert second.json()["error"]["code"] == "concurrency_limit_exceeded"
+
+        async def answered() -> bool:  # the slot comes back once the gateway saw it go
+            again = await http.post(
+                "/v1/responses", json={**body, "stream": False}, headers=headers
+            )
+            return again.status_code == 200
+
+        await eventually_async(answered, 5, what="the slot given back")
+    assert len(upstream.requests) == 2
 
 
 def test_a_model_outside_the_tier_is_refused_before_the_upstream(

@@ -62,7 +62,7 @@ class Relay:
     """One relayed answer, read an event (or a whole answer) at a time: what it says it
     used, and enough of it to end it with `response.failed` if it breaks.
 
-    `read` starts over (each attempt's answer is its own); `ended` is the event that
+    `start` starts over (each attempt's answer is its own); `ended` is the event that
     ended the stream (or `response.completed` for a whole answer); `sent` the texts
     sent since the core last took them, for an estimate when no usage comes."""
 
