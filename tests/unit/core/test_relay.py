@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 import pytest
 
-from server.core.estimate import estimate_relayed_prompt
 from server.core.relay import Relay, check_relayed, max_output_tokens
 from server.errors import InvalidRequestError, UpstreamError
 
@@ -139,23 +138,3 @@ def test_background_and_a_stream_that_is_not_a_boolean_are_refused() -> None:
 )
 def test_max_output_tokens_reserved(value: Any, reserved: int) -> None:
     assert max_output_tokens({"max_output_tokens": value}) == reserved
-
-
-def test_the_prompt_estimate_reads_texts_tools_and_media_not_ids_or_sealed_reasoning() -> None:
-    body = {
-        "model": "m",
-        "instructions": "four words right here",
-        "input": [
-            {"role": "user", "content": [{"type": "input_text", "text": "hello"}]},
-            {"type": "input_image", "image_url": "data:image/png;base64," + "A" * 4000},
-            {"type": "reasoning", "id": "rs_123", "encrypted_content": "B" * 4000, "summary": []},
-            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
-        ],
-        "tools": [{"type": "web_search"}],
-        "metadata": {"not": "read"},
-    }
-    texts = "\n".join(["four words right here", "hello", "sunny", '[{"type":"web_search"}]'])
-    expected = 1000 + -(-len(texts) // 4)
-    assert estimate_relayed_prompt(body) == expected
-    assert estimate_relayed_prompt({"input": "a b c"}) == 3
-    assert estimate_relayed_prompt({}) == 0
