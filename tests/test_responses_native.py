@@ -390,6 +390,14 @@ def test_a_cut_mid_stream_ends_in_response_failed_naming_the_response(
     assert SECRET_URL not in answer.text
     [record] = usage_records(gateway, 1, ADMIN_KEY, user="cut")
     assert record["status"] == "error:upstream_error"
+    upstream.reset("cut")
+    with (
+        sdk_for(gateway) as client,
+        client.responses.stream(model="gpt-native", input="x") as stream,
+    ):
+        kinds = [event.type for event in stream]
+    assert kinds[-1] == "response.failed"
+    assert kinds.count("response.failed") == 1
 
 
 def test_an_answer_past_the_bound_is_cut(
