@@ -33,6 +33,7 @@ from http_bridge import handlers
 from http_bridge.deps import read_json
 from http_bridge.doors import RESPONSES
 from http_bridge.framing import NAMED_SSE
+from http_bridge.relayed import relayed_response
 from http_bridge.responses import JsonResponse, reply
 from http_bridge.routing import Endpoints, any_json_body
 from server.context import CallContext
@@ -59,6 +60,8 @@ _BODY = (
 )
 async def create_response(request: Request, ctx: CallContext) -> Response:
     body = await read_json(request)
+    if (relayed := await relayed_response(request, ctx, body)) is not None:
+        return relayed  # a `responses: native` provider's model: relayed (relayed.py)
     conversations: Conversations = request.app.state.conversations
     if not isinstance(body, dict):
         raise invalid_field("body", "must be a JSON object")

@@ -14,7 +14,8 @@ before its last event); what `finish` raises fails the stream like any error.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Generic, TypeVar
 
 import orjson
 from starlette.background import BackgroundTask
@@ -25,20 +26,21 @@ from http_bridge.disconnect import ClientDisconnected, cancel_on_disconnect
 from http_bridge.doors import door_named
 from http_bridge.errors import HTTP_STATUS
 from http_bridge.framing import Framing
-from server.chunks import Batch, Item
 from server.context import CallContext
 from server.errors import GatewayError, InternalError
 
 __all__ = ["ChunkStreamResponse"]
 
+E = TypeVar("E")  # what the stream carries: chunks (server/chunks.py), or relayed events
+
 logger = logging.getLogger("tandem.http")
 
 
-def _encoded(encode: Callable[[Item], bytes], batch: Batch) -> bytes:
+def _encoded(encode: Callable[[E], bytes], batch: Sequence[E]) -> bytes:
     return encode(batch[0]) if len(batch) == 1 else b"".join([encode(c) for c in batch])
 
 
-class ChunkStreamResponse(Response):
+class ChunkStreamResponse(Response, Generic[E]):
     """The rest of a call's stream, `encode`d and framed; a failure is spelled by the
     call's door (its protocol), or by an encoder that has a `failed` of its own (the
     Responses API's `response.failed`, which names the response), and left on its trace
@@ -46,10 +48,10 @@ class ChunkStreamResponse(Response):
 
     def __init__(
         self,
-        first: Batch,
-        rest: AsyncGenerator[Batch, None],
+        first: Sequence[E],
+        rest: AsyncGenerator[Sequence[E], None],
         *,
-        encode: Callable[[Item], bytes],
+        encode: Callable[[E], bytes],
         framing: Framing,
         ctx: CallContext,
     ) -> None:

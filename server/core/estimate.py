@@ -19,7 +19,7 @@ from tandem.v1 import chat_pb2
 from server.messages import estimate_tokens
 from server.translate.common import response_schema, struct_to_json, tool_parameters
 
-__all__ = ["MEDIA_PART_TOKENS", "estimate_prompt"]
+__all__ = ["MEDIA_PART_TOKENS", "estimate_prompt", "estimate_relayed_prompt", "texts_of"]
 
 MEDIA_PART_TOKENS = 1000
 
@@ -70,3 +70,41 @@ def estimate_prompt(request: chat_pb2.ChatCompletionRequest) -> int:
 def _json_tokens(value: dict[str, Any]) -> int:
     """The estimate of `value`'s JSON text (a schema seen before is encoded already)."""
     return estimate_tokens(orjson.dumps(value).decode())
+
+
+# a Responses request's parts the model sees as media, not text
+_MEDIA_PARTS = frozenset({"input_image", "input_file", "input_audio"})
+# keys of a Responses item that name or mark it, and an upstream's sealed reasoning:
+# nothing the model reads as text
+_NOT_READ = frozenset({"type", "id", "call_id", "status", "role", "encrypted_content"})
+
+
+def texts_of(value: Any, texts: list[str]) -> int:
+    """Append the texts a model reads in a Responses item (or list of them, or a
+    string) to `texts`; the tokens of its media parts (`MEDIA_PART_TOKENS` each)."""
+    if isinstance(value, str):
+        texts.append(value)
+        return 0
+    media = 0
+    if isinstance(value, list):
+        for item in value:
+            media += texts_of(item, texts)
+    elif isinstance(value, dict):
+        if value.get("type") in _MEDIA_PARTS:
+            return MEDIA_PART_TOKENS
+        for key, item in value.items():
+            if key not in _NOT_READ:
+                media += texts_of(item, texts)
+    return media
+
+
+def estimate_relayed_prompt(body: dict[str, Any]) -> int:
+    """The estimate of a Responses request relayed as it is (core/relay.py): the texts
+    of its `input` and `instructions`, its `tools` and `text` (the schema) as their JSON
+    text, and `MEDIA_PART_TOKENS` for each media part."""
+    texts: list[str] = []
+    total = texts_of(body.get("input"), texts) + texts_of(body.get("instructions"), texts)
+    for key in ("tools", "text"):
+        if (value := body.get(key)) is not None:
+            texts.append(orjson.dumps(value).decode())
+    return total + (estimate_tokens("\n".join(texts)) if texts else 0)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Protocol
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 from tandem.v1 import chat_pb2
 
@@ -23,7 +23,9 @@ from server.context import CallContext
 from server.errors import UpstreamError, UpstreamFailure, UpstreamTimeoutError
 from server.providers.base import Route
 
-__all__ = ["Attempts", "backoff_s", "open_stream"]
+__all__ = ["Attempts", "backoff_s", "open_first", "open_stream"]
+
+T = TypeVar("T")
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 2.0
@@ -59,6 +61,26 @@ async def open_stream(
     attempts: Attempts,
 ) -> tuple[Route, AsyncGenerator[Batch, None], Batch]:
     """The first route of `chain` to produce chunks: (route, its stream, the first batch)."""
+    return await open_first(
+        chain,
+        lambda route: route.provider.stream(request, route, ctx, chunked=chunked),
+        ctx,
+        attempts=attempts,
+        first=_up_to_a_choice,
+    )
+
+
+async def open_first(
+    chain: Sequence[Route],
+    start: Callable[[Route], AsyncGenerator[T, None]],
+    ctx: CallContext,
+    *,
+    attempts: Attempts,
+    first: Callable[[AsyncGenerator[T, None]], Awaitable[T]] = anext,
+) -> tuple[Route, AsyncGenerator[T, None], T]:
+    """The first route of `chain` whose stream (`start(route)`) yields a `first` item:
+    (route, its stream, that item), under the policy above. A chat's first is a batch
+    holding a choice; a relayed Responses answer's (core/relay.py) its first read."""
     failure: UpstreamFailure | None = None
     tried = 0
     for route in chain:
@@ -72,10 +94,10 @@ async def open_stream(
                 await asyncio.sleep(delay)
             tried += 1
             attempts.trying(route)
-            stream = route.provider.stream(request, route, ctx, chunked=chunked)
+            stream = start(route)
             usage = None
             try:
-                return route, stream, await _up_to_a_choice(stream)
+                return route, stream, await first(stream)
             except _NoChoice as empty:
                 failure = UpstreamError("upstream provider sent an answer with no choice")
                 usage = empty.usage

@@ -19,7 +19,7 @@ def _mock(entry: ProviderConfig, config: Config) -> Provider:
 def _openai(entry: ProviderConfig, config: Config) -> Provider:
     from server.providers.openai import OpenAIProvider
 
-    return OpenAIProvider(entry)
+    return OpenAIProvider(entry, max_answer_bytes=config.server.max_body_bytes)
 
 
 def _anthropic(entry: ProviderConfig, config: Config) -> Provider:

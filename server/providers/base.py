@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from tandem.v1 import chat_pb2, embeddings_pb2
 
@@ -12,7 +12,14 @@ from server.chunks import Batch
 from server.config import ModelConfig
 from server.context import CallContext
 
-__all__ = ["DEFAULT_CAPABILITIES", "ChatRequest", "DescribesModels", "Provider", "Route"]
+__all__ = [
+    "DEFAULT_CAPABILITIES",
+    "ChatRequest",
+    "DescribesModels",
+    "Provider",
+    "RelaysResponses",
+    "Route",
+]
 
 # what a model can do, in Ollama's words (`/api/show`), when nothing says more
 DEFAULT_CAPABILITIES = ("completion",)
@@ -66,4 +73,20 @@ class DescribesModels(Protocol):
 
     async def capabilities(self, upstream: str, ctx: CallContext) -> tuple[str, ...]:
         """Never fails: what the upstream says, else `DEFAULT_CAPABILITIES`."""
+        ...
+
+
+@runtime_checkable
+class RelaysResponses(Protocol):
+    """A provider that may speak OpenAI's Responses API itself (`responses: native`, an
+    `openai` kind): `/v1/responses` calls for its models are relayed (core/relay.py)."""
+
+    responses_native: bool  # the config's `responses: native`
+
+    def respond(
+        self, body: dict[str, Any], route: Route, ctx: CallContext, *, streaming: bool
+    ) -> AsyncGenerator[list[bytes], None]:
+        """POST the caller's `body` (its `model` renamed to `route.upstream`) to the
+        upstream's `/responses`; yields a streamed answer's `data:` payloads, a list for
+        each read, or the whole answer's JSON as one list of one."""
         ...

@@ -1,7 +1,9 @@
 """What a non-2xx upstream answer means for the caller, as a class of the error tree.
 
 Nothing in an error says which host or key was used: the upstream's own
-words may name them, so of its body only a well-formed `param` passes.
+words may name them, so of its body only a well-formed `param` passes; a relayed
+Responses call (`relayed_error`) passes the upstream's message too, its URLs
+and keys cut out.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from server.errors import GatewayError, InvalidRequestError, UpstreamError
+from server.errors import GatewayError, InvalidRequestError, NotFoundError, UpstreamError
 
-__all__ = ["status_error"]
+__all__ = ["relayed_error", "status_error"]
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -38,14 +40,19 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 _FIELD = re.compile(r"[A-Za-z0-9_.\[\]]{1,100}")
 
 
-def _upstream_param(body: bytes) -> str | None:
-    """The field an OpenAI- or Anthropic-shaped error body names, if it looks like one."""
+def _upstream_error(body: bytes) -> dict[str, Any]:
+    """The `error` object of an OpenAI- or Anthropic-shaped error body, else `{}`."""
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
+        return {}
     error = data.get("error") if isinstance(data, dict) else None
-    param = error.get("param") if isinstance(error, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _upstream_param(body: bytes) -> str | None:
+    """The field an OpenAI- or Anthropic-shaped error body names, if it looks like one."""
+    param = _upstream_error(body).get("param")
     return param if isinstance(param, str) and _FIELD.fullmatch(param) else None
 
 
@@ -65,3 +72,47 @@ def status_error(status: int, headers: Mapping[str, str], body: bytes) -> Gatewa
     if status in (401, 403):
         return UpstreamError("upstream provider refused the gateway's credentials")
     return UpstreamError(f"upstream provider answered HTTP {status}")
+
+
+MAX_MESSAGE_CHARS = 512
+# what may name where the upstream is, or hold a credential: URLs, host:port, bearer
+# tokens and `sk-`-style keys
+_SECRET_LIKE = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*://\S+"
+    r"|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"
+    r"|\b[A-Za-z0-9.-]+\.[A-Za-z]{2,}:\d+\b"
+    r"|\b(?:sk|pk|rk|key)-[A-Za-z0-9_-]{8,}"
+    r"|(?i:bearer)\s+\S+"
+)
+
+
+def scrubbed(message: str, secrets: tuple[str, ...]) -> str:
+    """An upstream's message with its URLs, hosts and keys (and the `secrets` given:
+    the provider's own URL and key) cut out, at most `MAX_MESSAGE_CHARS` long."""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "[redacted]")
+    message = _SECRET_LIKE.sub("[redacted]", message)
+    return message[:MAX_MESSAGE_CHARS]
+
+
+def relayed_error(
+    status: int, headers: Mapping[str, str], body: bytes, secrets: tuple[str, ...]
+) -> GatewayError:
+    """What a non-2xx answer to a relayed Responses call means for the caller: as
+    `status_error`, but a 4xx the upstream explains (OpenAI's body) carries its message,
+    scrubbed (`scrubbed`), and a 404 it explains (a `previous_response_id` it does not
+    know) is the caller's 404."""
+    error = _upstream_error(body)
+    message = error.get("message")
+    if not isinstance(message, str) or not message or not (400 <= status < 500):
+        return status_error(status, headers, body)
+    if status in (401, 403, 408, 429):  # the gateway's credentials, or worth a retry
+        return status_error(status, headers, body)
+    param = _upstream_param(body)
+    code = error.get("code")
+    code = code if isinstance(code, str) and _FIELD.fullmatch(code) else None
+    text = f"upstream provider: {scrubbed(message, secrets)}"
+    if status == 404:
+        return NotFoundError(text, param=param, code=code)
+    return InvalidRequestError(text, param=param, code=code)

@@ -15,7 +15,7 @@ was used (`providers/failures.py`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -23,11 +23,14 @@ import orjson
 
 from server.config import ProviderConfig
 from server.context import CallContext
-from server.errors import UpstreamError, UpstreamTimeoutError
+from server.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from server.providers.failures import status_error
 from server.providers.sending import MarkingConnector, Sending
 
-__all__ = ["HttpClient"]
+__all__ = ["HttpClient", "StatusError"]
+
+# what a non-2xx answer means: (status, headers, body up to MAX_ERROR_BODY) -> the error
+StatusError = Callable[[int, Mapping[str, str], bytes], GatewayError]
 
 MAX_ERROR_BODY = 64 * 1024
 
@@ -71,9 +74,11 @@ class HttpClient:
         *,
         streaming: bool,
         extra_headers: Mapping[str, str] | None = None,
+        classify: StatusError = status_error,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """POST JSON and yield the 2xx response; every failure is a classified
-        `GatewayError`. Leaving the block early (cancellation) closes the request."""
+        `GatewayError` (a non-2xx answer by `classify`). Leaving the block early
+        (cancellation) closes the request."""
         headers = {"x-request-id": ctx.request_id}  # the same id in the upstream's logs
         if extra_headers:
             headers.update(extra_headers)
@@ -91,7 +96,7 @@ class HttpClient:
             ) as response:
                 if response.status >= 300:
                     raw = await response.content.read(MAX_ERROR_BODY)
-                    raise status_error(response.status, response.headers, raw)
+                    raise classify(response.status, response.headers, raw)
                 yield response
         except TimeoutError:
             raise UpstreamTimeoutError(

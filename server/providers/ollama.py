@@ -16,7 +16,7 @@ from server.context import CallContext
 from server.errors import GatewayError, UpstreamError
 from server.providers.base import DEFAULT_CAPABILITIES, ChatRequest, Route
 from server.providers.http_provider import HttpProvider, bearer
-from server.providers.reads import decode, line_batches
+from server.providers.reads import decode, line_batches, read_at_most
 from server.translate.extra import leave_out_extra_body
 from server.translate.ollama import from_provider, to_provider
 from server.translate.protocols import JSON
@@ -84,17 +84,8 @@ class OllamaProvider(HttpProvider):
         async with self.client.post("/api/show", {"model": upstream}, ctx, streaming=False) as (
             response
         ):
-            raw = await _read_at_most(response, MAX_SHOW_BYTES)
+            raw = await read_at_most(response, MAX_SHOW_BYTES)
         found = decode(raw, from_provider.capabilities_from_show)
         if found is None:
             raise UpstreamError("upstream provider's answer names no capabilities")
         return found
-
-
-async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    body = bytearray()
-    async for piece in response.content.iter_any():
-        body += piece
-        if len(body) > limit:
-            raise UpstreamError(f"upstream provider's answer is larger than {limit} bytes")
-    return bytes(body)

@@ -16,7 +16,7 @@ import orjson
 from server.chunks import Item
 from server.errors import InvalidRequestError, UpstreamError
 
-__all__ = ["decode", "decoded", "line_batches", "sse_batches"]
+__all__ = ["decode", "decoded", "line_batches", "read_at_most", "sse_batches"]
 
 T = TypeVar("T")
 
@@ -109,3 +109,13 @@ async def decoded(
                 raise
             if out:
                 yield out
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body; one longer than `limit` bytes is an upstream error."""
+    body = bytearray()
+    async for piece in response.content.iter_any():
+        body += piece
+        if len(body) > limit:
+            raise UpstreamError(f"upstream provider's answer is larger than {limit} bytes")
+    return bytes(body)

@@ -1,0 +1,76 @@
+"""What a non-2xx upstream answer means for the caller; a relayed Responses call's keeps
+the upstream's message, with its URLs, hosts and keys cut out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from server.errors import InvalidRequestError, NotFoundError, UpstreamError
+from server.providers.failures import MAX_MESSAGE_CHARS, relayed_error, scrubbed
+
+SECRETS = ("http://upstream.internal:8000/v1", "sk-configured-key-000000")
+
+
+def body(message: Any, param: Any = None, code: Any = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": "x", "param": param, "code": code}})
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "see http://10.1.2.3:9000/v1/responses for details",
+        "host 10.1.2.3:9000 refused",
+        "host api.internal.example:8443 refused",
+        "bad key sk-proj-abcdefghijklmnop",
+        "header Bearer abc.def.ghi was wrong",
+        f"posted to {SECRETS[0]}/responses with {SECRETS[1]}",
+    ],
+)
+def test_scrubbed_cuts_urls_hosts_and_keys(message: str) -> None:
+    cleaned = scrubbed(message, SECRETS)
+    assert "[redacted]" in cleaned
+    for secret in ("10.1.2.3", "internal", "sk-", "abc.def", *SECRETS):
+        assert secret not in cleaned
+
+
+def test_scrubbed_keeps_plain_words_and_bounds_the_length() -> None:
+    message = "Unsupported parameter: 'temperature' is not supported with this model."
+    assert scrubbed(message, SECRETS) == message
+    assert len(scrubbed("x" * 10_000, SECRETS)) == MAX_MESSAGE_CHARS
+
+
+def test_a_400_keeps_the_upstreams_message_param_and_code() -> None:
+    error = relayed_error(400, {}, body("Invalid 'input'.", "input", "invalid_value"), SECRETS)
+    assert isinstance(error, InvalidRequestError)
+    assert error.message == "upstream provider: Invalid 'input'."
+    assert (error.param, error.code) == ("input", "invalid_value")
+
+
+def test_a_404_it_explains_is_the_callers_404() -> None:
+    error = relayed_error(404, {}, body("Previous response not found.", "previous_response_id"), ())
+    assert isinstance(error, NotFoundError)
+    assert error.param == "previous_response_id"
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "retryable"),
+    [
+        (404, b"404: Not Found", False),  # no explanation: a path the server lacks
+        (401, body("Incorrect API key provided: sk-abc"), False),
+        (429, body("slow down"), True),
+        (500, body("boom"), True),
+        (400, b"<html>", False),
+    ],
+)
+def test_the_rest_is_as_for_any_call(status: int, raw: bytes, retryable: bool) -> None:
+    error = relayed_error(status, {}, raw, SECRETS)
+    if status == 400:
+        assert isinstance(error, InvalidRequestError)
+        assert error.message == "upstream provider rejected the request"
+        return
+    assert isinstance(error, UpstreamError)
+    assert error.retryable is retryable
+    assert "sk-abc" not in error.message
