@@ -6,12 +6,15 @@ says it may) is refused at once with 426: the one refusal that makes a client fa
 back to SSE without retrying.
 
 The answer echoes the request's settings, so the route reads the body itself and gives
-them to the door's encoders (a dialect varied per request, `dataclasses.replace`).
+them to the door's encoders (a dialect varied per request, `dataclasses.replace`), with
+the request's tool names (custom and namespaced tools mapped back) and the sealer of
+reasoning items (made at start-up, on the data plane).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from fastapi import HTTPException, Request
 from starlette.responses import JSONResponse, Response
@@ -21,6 +24,7 @@ from http_bridge.deps import read_json
 from http_bridge.doors import RESPONSES
 from http_bridge.routing import Endpoints, any_json_body
 from server.context import CallContext
+from server.core.dataplane import DataPlane
 from server.translate.responses import inbound, replies
 
 __all__ = ["endpoints"]
@@ -39,13 +43,22 @@ _BODY = (
 )
 async def create_response(request: Request, ctx: CallContext) -> Response:
     body = await read_json(request)
+    plane: DataPlane = request.app.state.plane
+    sealer = plane.sealer
     dialect = RESPONSES.dialect
-    chat = dialect.read_chat(body, ctx)
+    chat = dataclasses.replace(
+        dialect, parse_chat=functools.partial(inbound.parse_chat, sealer=sealer)
+    ).read_chat(body, ctx)
     settings = inbound.settings(body)
+    names = inbound.tool_names(body)
     dialect = dataclasses.replace(
         dialect,
-        encode_completion=lambda answer, ctx: replies.encode_completion(answer, settings),
-        stream_encoder=lambda request, first, ctx: replies.StreamEncoder(first, settings),
+        encode_completion=lambda answer, ctx: replies.encode_completion(
+            answer, settings, names=names, sealer=sealer
+        ),
+        stream_encoder=lambda request, first, ctx: replies.StreamEncoder(
+            first, settings, names=names, sealer=sealer
+        ),
     )
     return await handlers.create_chat(request, ctx, dialect, chat)
 
