@@ -260,7 +260,7 @@ def test_an_encrypted_content_that_does_not_open_is_a_400_naming_it(
                     {"type": "reasoning", "summary": [], "encrypted_content": token},
                 ],
             )
-        error = refused.value.body
+        error: Any = refused.value.body
         assert error["param"] == "input[1].encrypted_content"
         assert error["type"] == "invalid_request_error"
         assert fake.requests == []  # refused before any upstream is called
