@@ -466,3 +466,26 @@ def test_safety_identifier_is_the_user_where_none_is_given(sdk: Any, fake: FakeU
     both = sdk.responses.create(model="relay", input="x", user="u-2", safety_identifier="s-2")
     assert fake.requests[-1].body["user"] == "u-2"
     assert (both.safety_identifier, both.user) == ("s-2", "u-2")
+
+
+# --- input_file ---------------------------------------------------------------------
+
+
+def test_an_input_file_reaches_an_openai_upstream_as_a_file_part(
+    sdk: Any, fake: FakeUpstream
+) -> None:
+    pdf = "data:application/pdf;base64,JVBERi0xLjQK"
+    content = [
+        {"type": "input_text", "text": "summarise"},
+        {"type": "input_file", "file_data": pdf, "filename": "a.pdf"},
+    ]
+    sdk.responses.create(model="relay", input=[{"role": "user", "content": content}])
+    assert fake.requests[-1].body["messages"][0]["content"] == [
+        {"type": "text", "text": "summarise"},
+        {"type": "file", "file": {"file_data": pdf, "filename": "a.pdf"}},
+    ]
+    by_id = [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model="relay", input=by_id)
+    error: Any = refused.value.body
+    assert error["param"] == "input[0].content[0].file_id"

@@ -2,7 +2,7 @@
 
 `input` is a string (one user message) or items: messages (`role` user,
 assistant, system or developer, the last a system message; `content` a string
-or `input_text` / `output_text` / `input_image` parts), `function_call` and
+or `input_text` / `output_text` / `input_image` / `input_file` parts), `function_call` and
 `custom_tool_call` (an assistant's tool call, joined to the assistant message
 before it; a custom tool's `input` as the arguments `{"input": ...}`, a
 `namespace` joined to the name: tools.py), `function_call_output` and
@@ -104,7 +104,21 @@ def _part(part: Any, where: str) -> JSON:
         if isinstance(part.get("detail"), str):
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
+    if kind == "input_file":
+        return _file(part, where)
     raise invalid_field(f"{where}.type", f"a {echoed(repr(kind))} part is not served")
+
+
+def _file(part: JSON, where: str) -> JSON:
+    """An `input_file` part as a chat `file` part: its content inline (`file_data`, a
+    data URL); a `file_id` or `file_url` would need a files API or a fetch, not served."""
+    for field in ("file_id", "file_url"):
+        if part.get(field) is not None:
+            raise invalid_field(f"{where}.{field}", "is not served: send the file as file_data")
+    file: JSON = {"file_data": string_at(part.get("file_data"), f"{where}.file_data")}
+    if part.get("filename") is not None:
+        file["filename"] = string_at(part["filename"], f"{where}.filename")
+    return {"type": "file", "file": file}
 
 
 def _message(item: JSON, where: str) -> JSON:

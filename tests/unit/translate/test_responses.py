@@ -13,6 +13,7 @@ from tandem.v1 import chat_pb2
 
 from server.chunks import Chunk
 from server.errors import InvalidRequestError, UpstreamError
+from server.translate.openai import to_provider
 from server.translate.responses import inbound, replies
 from server.translate.responses.seal import Sealer
 
@@ -88,8 +89,20 @@ def test_settings_reach_the_proto() -> None:
         ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
         (
-            {"input": [{"role": "user", "content": [{"type": "input_file"}]}]},
+            {"input": [{"role": "user", "content": [{"type": "input_video"}]}]},
             "input[0].content[0].type",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file"}]}]},
+            "input[0].content[0].file_data",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+            "input[0].content[0].file_id",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_url": "u"}]}]},
+            "input[0].content[0].file_url",
         ),
         ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
         ({"input": "x", "background": True}, "background"),
@@ -356,3 +369,20 @@ def test_a_streamed_signature_is_sealed_with_its_reasoning() -> None:
         "response.output_item.done",
         "response.completed",
     ]
+
+
+def test_an_input_file_is_a_file_part_sent_on_as_openais() -> None:
+    pdf = "data:application/pdf;base64,JVBERi0x"
+    part = {"type": "input_file", "file_data": pdf, "filename": "a.pdf"}
+    text = {"type": "input_text", "text": "summarise"}
+    request = inbound.parse_chat(
+        {"model": "m", "input": [{"role": "user", "content": [text, part]}]}
+    )
+    [message] = request.messages
+    assert message.parts[1].type == "file"
+    assert (message.parts[1].file.file_data, message.parts[1].file.filename) == (pdf, "a.pdf")
+    sent = to_provider.encode_chat_request(request, "u", stream=False)
+    assert sent["messages"][0]["content"][1] == {
+        "type": "file",
+        "file": {"file_data": pdf, "filename": "a.pdf"},
+    }
