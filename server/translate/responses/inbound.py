@@ -215,6 +215,9 @@ class _Reasoning:
             message["reasoning_content"] = self.text
             if self.signature:
                 message["reasoning_signature"] = self.signature
+        self.drop()
+
+    def drop(self) -> None:
         self.text, self.signature = "", None
 
     def __bool__(self) -> bool:
@@ -237,6 +240,8 @@ def _messages(value: Any, sealer: Sealer | None) -> list[JSON]:
             message = _message(item, where)
             if message["role"] == "assistant":
                 reasoning.give(message)
+            else:  # a turn that ended before its answer: its reasoning belongs to no message
+                reasoning.drop()
             out.append(message)
         elif kind in ("function_call", "custom_tool_call"):
             call = _call(item, where, kind)

@@ -386,3 +386,17 @@ def test_an_input_file_is_a_file_part_sent_on_as_openais() -> None:
         "type": "file",
         "file": {"file_data": pdf, "filename": "a.pdf"},
     }
+
+
+def test_reasoning_of_a_turn_that_ended_unanswered_goes_to_no_later_message() -> None:
+    out = messages(
+        {
+            "input": [
+                {"role": "user", "content": "q"},
+                {"type": "reasoning", "content": [{"type": "reasoning_text", "text": "old"}]},
+                {"role": "user", "content": "q again"},
+                {"role": "assistant", "content": "a"},
+            ]
+        }
+    )
+    assert out[2] == {"role": "assistant", "content": "a"}
