@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pydantic
 import pytest
 
 from server.translate.responses.seal import Sealer
+from tests.balancer import free_ports
 from tests.fake_upstream import REASONING, FakeUpstream
 from tests.scripted_upstream import (
     ScriptedUpstream,
@@ -317,6 +318,26 @@ def test_a_configured_seal_key_opens_what_the_same_key_sealed(
         assert Sealer.from_secret(key).open(sealed["encrypted_content"]) == (REASONING, None)
     finally:
         assert gateway.terminate() == 0
+
+
+def test_workers_without_a_store_share_one_seal_key(
+    fake: FakeUpstream, scripted: ScriptedUpstream, tandem: Callable[..., TandemProcess]
+) -> None:
+    http, grpc = (f"127.0.0.1:{port}" for port in free_ports(2))
+    text = config(fake, scripted, "none")
+    server = tandem(text, args=["--workers", "2", "--http", http, "--grpc", grpc])
+    fake.reset("reasoning")
+    sealed = post(server, {"model": "relay", "input": "t"}).json()["output"][0]
+    body = {
+        "model": "relay",
+        "input": [
+            {"type": "reasoning", "summary": [], "encrypted_content": sealed["encrypted_content"]},
+            {"role": "assistant", "content": "ok"},
+        ],
+    }
+    # a new connection each time (post), so the kernel spreads them over both workers
+    assert [post(server, body).status_code for _ in range(12)] == [200] * 12
+    assert server.terminate() == 0
 
 
 # --- custom and namespace tools -----------------------------------------------------

@@ -6,7 +6,8 @@ loop whose thinking signature is lost. So the text and its signature travel
 inside the item, sealed with AES-256-GCM (authenticated: a token changed by one
 bit, or sealed under another key, does not open) under one key every replica
 shares: `responses.seal_key` hashed to 32 bytes, else a key made once and kept
-in the usage store (`shared_sealer`), else, with no store, one per process.
+in the usage store (`shared_sealer`), else, with no store, one per process (the
+workers of `tandem serve --workers N` share one their parent made).
 
 A token is base64 of: a version byte, a 12-byte random nonce, then the sealed
 JSON `{"t": text, "s": signature}`.
@@ -24,9 +25,11 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["SEAL_SECRET", "SealBroken", "Sealer", "Secrets", "shared_sealer"]
+__all__ = ["SEAL_SECRET", "WORKERS_SEAL_ENV", "SealBroken", "Sealer", "Secrets", "shared_sealer"]
 
 SEAL_SECRET = "responses.seal_key"  # its name in the store's secrets
+# in a worker of `--workers N`: a key its parent made for all its workers (server/workers.py)
+WORKERS_SEAL_ENV = "TANDEM_WORKERS_SEAL_KEY"
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
 # bound to what it seals: a token of another kind under the same key does not open
@@ -82,12 +85,15 @@ class Secrets(Protocol):
         """The secret `name`, set to `value` first if it has none."""
 
 
-async def shared_sealer(seal_key: str | None, secrets: Secrets | None) -> Sealer:
+async def shared_sealer(
+    seal_key: str | None, secrets: Secrets | None, workers_key: str | None = None
+) -> Sealer:
     """The sealer every replica shares: the configured key, else the store's (made by
-    the first replica to ask), else, with no store, a key of this process only."""
+    the first replica to ask), else, with no store, the key of this worker's fellows
+    (`workers_key`), else a key of this process only."""
     if seal_key is not None:
         return Sealer.from_secret(seal_key)
     if secrets is None:
-        return Sealer.ephemeral()
+        return Sealer.from_secret(workers_key) if workers_key else Sealer.ephemeral()
     candidate = base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()
     return Sealer(base64.b64decode(await secrets.get_or_create_secret(SEAL_SECRET, candidate)))

@@ -65,6 +65,8 @@ async def test_the_shared_sealer_comes_from_the_config_else_the_store_else_the_p
     assert two.open(one.seal("t", None)) == ("t", None)
     configured = await shared_sealer("the operator's key!", secrets)
     assert Sealer.from_secret("the operator's key!").open(configured.seal("t", None))
+    fellow = await shared_sealer(None, None, "the workers' key")
+    assert (await shared_sealer(None, None, "the workers' key")).open(fellow.seal("t", None))
     alone = await shared_sealer(None, None)
     with pytest.raises(SealBroken):
         (await shared_sealer(None, None)).open(alone.seal("t", None))
