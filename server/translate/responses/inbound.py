@@ -2,13 +2,14 @@
 
 `input` is a string (one user message) or items: messages (`role` user,
 assistant, system or developer, the last a system message; `content` a string
-or `input_text` / `output_text` / `input_image` / `input_file` parts), `function_call` and
-`custom_tool_call` (an assistant's tool call, joined to the assistant message
-before it; a custom tool's `input` as the arguments `{"input": ...}`, a
-`namespace` joined to the name: tools.py), `function_call_output` and
-`custom_tool_call_output` (a `tool` message) and `reasoning` (its sealed
-`encrypted_content` opened, else its `reasoning_text`: the next assistant
-message's `reasoning_content`, and `reasoning_signature` where it was signed).
+or `input_text` / `output_text` / `input_image` / `input_file` parts),
+`function_call` and `custom_tool_call` (an assistant's tool call, joined to the
+assistant message before it; a custom tool's `input` as the arguments
+`{"input": ...}`, a `namespace` joined to the name: tools.py),
+`function_call_output` and `custom_tool_call_output` (a `tool` message) and
+`reasoning` (its sealed `encrypted_content` opened, else its `reasoning_text`:
+the next assistant message's `reasoning_content`, and `reasoning_signature`
+where it was signed; none, if a user's message comes first).
 `instructions` is the first, system, message; `max_output_tokens` is
 `max_completion_tokens`, `reasoning.effort` `reasoning_effort`, `text.format`
 the `response_format` (a `json_schema`'s schema kept as the JSON text the
@@ -161,9 +162,7 @@ def _reasoning(item: JSON, where: str, sealer: Sealer | None) -> tuple[str, str 
                 raise SealBroken("cannot be opened here")
             return sealer.open(sealed)
         except SealBroken as broken:
-            raise invalid_field(
-                f"{where}.encrypted_content", f"{broken} (not sealed by this gateway's key?)"
-            ) from None
+            raise invalid_field(f"{where}.encrypted_content", str(broken)) from None
     content = item.get("content") or []
     if not isinstance(content, list):
         raise invalid_field(f"{where}.content", "must be a list")

@@ -133,7 +133,7 @@ def _call(item_id: str, call_id: str, tool: Named, arguments: str, status: str) 
     return item
 
 
-def _call_id(base: str, n: int, tool: Named) -> str:
+def _call_item_id(base: str, n: int, tool: Named) -> str:
     """A call's item id (never its `call_id`)."""
     return f"{'ctc' if tool.kind == 'custom' else 'fc'}_{base}_{n}"
 
@@ -165,7 +165,7 @@ def encode_completion(
         tool = names.named(call.function.name)
         output.append(
             _call(
-                _call_id(base, i, tool),
+                _call_item_id(base, i, tool),
                 call.id or f"call_{base}_{i}",
                 tool,
                 call.function.arguments,
@@ -333,7 +333,7 @@ class StreamEncoder:
         for n, call in self._tools.items():
             index = len(self._output)
             tool = self._names.named(call.name)
-            item_id = _call_id(self._base, n, tool)
+            item_id = _call_item_id(self._base, n, tool)
             call_id = call.id or f"call_{self._base}_{n}"
             arguments = "".join(call.pieces)
             added = _call(item_id, call_id, tool, "", "in_progress")
