@@ -369,8 +369,10 @@ def unread(body: Any) -> list[str]:
         if value is not None and key not in READ and (key in KNOWN_UNREAD or key in CHAT_FIELDS):
             names[key] = None
     for tool in body.get("tools") or ():
-        if tool.get("type") not in CARRIED_TOOLS:
-            names[f"tools[].{tool.get('type')}"] = None
+        members = tool.get("tools") if tool.get("type") == "namespace" else (tool,)
+        for member in members:  # a namespace's own hosted tools are left out too
+            if member.get("type") not in CARRIED_TOOLS:
+                names[f"tools[].{member.get('type')}"] = None
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") not in _CHOSEN_TOOLS:
         names["tool_choice"] = None

@@ -400,3 +400,14 @@ def test_reasoning_of_a_turn_that_ended_unanswered_goes_to_no_later_message() ->
         }
     )
     assert out[2] == {"role": "assistant", "content": "a"}
+
+
+def test_a_namespaces_hosted_tools_are_named_unread() -> None:
+    namespace = {
+        "type": "namespace",
+        "name": "ns",
+        "tools": [{"type": "function", "name": "f"}, {"type": "tool_search"}],
+    }
+    body = {"model": "m", "input": "x", "tools": [namespace, {"type": "custom", "name": "c"}]}
+    assert [t.function.name for t in inbound.parse_chat(body).tools] == ["ns__f", "c"]
+    assert inbound.unread(body) == ["tools[].tool_search"]
