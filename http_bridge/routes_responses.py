@@ -16,12 +16,15 @@ says it may) is refused at once with 426: the one refusal that makes a client fa
 back to SSE without retrying.
 
 The answer echoes the request's settings, so the route reads the body itself and gives
-them to the door's encoders (a dialect varied per request, `dataclasses.replace`).
+them to the door's encoders (a dialect varied per request, `dataclasses.replace`), with
+the request's tool names (custom and namespaced tools mapped back) and the sealer of
+reasoning items (made at start-up, on the data plane).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -38,6 +41,7 @@ from http_bridge.responses import JsonResponse, reply
 from http_bridge.routing import Endpoints, any_json_body
 from server.context import CallContext
 from server.core.conversations import Conversations, History
+from server.core.dataplane import DataPlane
 from server.translate.common import invalid_field
 from server.translate.protocols import JSON
 from server.translate.responses import inbound, replies, stored
@@ -72,9 +76,14 @@ async def create_response(request: Request, ctx: CallContext) -> Response:
     if store or previous is not None or stored.references(body.get("input")):
         conversations.check_available()  # a 503 before the upstream is asked
     body, own, history = await _with_stored(body, previous, conversations, ctx)
+    plane: DataPlane = request.app.state.plane
+    sealer = plane.sealer
     dialect = RESPONSES.dialect
-    chat = dialect.read_chat(body, ctx)
+    chat = dataclasses.replace(
+        dialect, parse_chat=functools.partial(inbound.parse_chat, sealer=sealer)
+    ).read_chat(body, ctx)
     settings = inbound.settings(body, store)
+    names = inbound.tool_names(body)
 
     async def keep(answer: JSON, splits: Sequence[Sequence[int]] = ()) -> None:
         kept = stored.own_input(own, answer["id"])
@@ -83,7 +92,7 @@ async def create_response(request: Request, ctx: CallContext) -> Response:
     answers: list[JSON] = []
 
     def encode_completion(answer: Any, ctx: CallContext) -> JSON:
-        encoded = replies.encode_completion(answer, settings)
+        encoded = replies.encode_completion(answer, settings, names=names, sealer=sealer)
         answers.append(encoded)
         return encoded
 
@@ -91,7 +100,7 @@ async def create_response(request: Request, ctx: CallContext) -> Response:
         dialect,
         encode_completion=encode_completion,
         stream_encoder=lambda request, first, ctx: replies.StreamEncoder(
-            first, settings, keep if store else None
+            first, settings, keep if store else None, names=names, sealer=sealer
         ),
     )
     response = await handlers.create_chat(request, ctx, dialect, chat)

@@ -47,6 +47,7 @@ from server.store import Store, open_store
 from server.telemetry import Telemetry
 from server.telemetry.logs import LogSink
 from server.telemetry.readiness import Check, DependencyMonitor, Readiness
+from server.translate.responses.seal import WORKERS_SEAL_ENV, shared_sealer
 from server.usage import NullRecorder, UsageBatcher, UsageRecorder
 
 __all__ = ["Gateway", "HttpServer", "bind_socket", "serve", "start_http_server"]
@@ -258,7 +259,11 @@ class Gateway:
         keys = await self._open_store()
         policy = Policy(config, self._limiter, keys)
         router = Router(config, self._providers)
-        plane = DataPlane(router, policy, self._usage, self._store, self.telemetry.tracer)
+        # once, here: the key may be read from the store, never on a request's path
+        sealer = await shared_sealer(
+            config.responses.seal_key, self._store, os.environ.get(WORKERS_SEAL_ENV)
+        )
+        plane = DataPlane(router, policy, self._usage, self._store, self.telemetry.tracer, sealer)
         return plane, policy
 
     async def _open_store(self) -> KeyCache | None:

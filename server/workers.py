@@ -4,8 +4,10 @@ The parent starts the workers, prints the two listening lines once every
 worker accepts, forwards SIGTERM/SIGINT to them (each drains as one gateway
 does) and exits 0 when they all did. It gives them one empty
 `PROMETHEUS_MULTIPROC_DIR` (the operator's, emptied, or a temporary one),
-so that a scrape on any worker shows every worker's figures, and its own pid
-(`TANDEM_WORKERS_PARENT`), by which a worker tells its fellow workers. A worker
+so that a scrape on any worker shows every worker's figures, its own pid
+(`TANDEM_WORKERS_PARENT`), by which a worker tells its fellow workers, and a key
+they seal reasoning with when there is no store to keep one
+(`TANDEM_WORKERS_SEAL_KEY`, server/translate/responses/seal.py). A worker
 that dies stops the others (exit 1); a parent that dies takes its workers with
 it (PR_SET_PDEATHSIG).
 Port 0 needs one worker: N processes cannot agree on a port the kernel picks.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -27,6 +30,7 @@ from types import FrameType
 
 from server.telemetry.metrics import MULTIPROC_ENV, empty_multiprocess_directory
 from server.telemetry.processes import WORKERS_PARENT_ENV
+from server.translate.responses.seal import WORKERS_SEAL_ENV
 
 __all__ = ["run_workers"]
 
@@ -75,6 +79,8 @@ def _run(
     if config is not None:
         command += ["--config", config]
     env = {**os.environ, MULTIPROC_ENV: str(metrics), WORKERS_PARENT_ENV: str(os.getpid())}
+    # without a store to keep one, the workers' reasoning seal is one key they share
+    env[WORKERS_SEAL_ENV] = secrets.token_hex(32)
     children = [
         subprocess.Popen(command, stdout=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
         for _ in range(workers)

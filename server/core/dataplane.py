@@ -43,6 +43,7 @@ from server.errors import (
 from server.messages import estimate_tokens
 from server.policy import Policy
 from server.providers.base import DEFAULT_CAPABILITIES, DescribesModels, RelaysResponses, Route
+from server.translate.responses.seal import Sealer
 from server.usage import UsageRecorder
 from server.usage.api import LedgerReader, usage_query, usage_response
 
@@ -61,6 +62,8 @@ class DataPlane:
     usage: UsageRecorder
     ledger: LedgerReader | None = None
     tracer: Tracer | None = None  # None: tracing off, and nothing of it on the path
+    # seals the Responses door's reasoning items (made at start-up: seal.shared_sealer)
+    sealer: Sealer = field(default_factory=Sealer.ephemeral)
     started_at: int = field(default_factory=lambda: int(time.time()), init=False)
 
     def stream_chat(

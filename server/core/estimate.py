@@ -3,7 +3,7 @@
 The contract's list: every message's text, tool calls and tool results,
 reasoning sent back, tool definitions and response schemas (as their JSON
 text), and 1,000 tokens for each image, audio or file part (its base64 bytes
-are not what a model reads; the proto's media parts are `image_url` and
+are not what a model reads; the proto's media parts are `image_url`, `file` and
 `input_audio`); and the request's extra fields, as their JSON text. The
 core computes it once per request: admission reserves it, an answer without
 the upstream's counts is charged it, and `count_tokens` answers it.

@@ -22,6 +22,7 @@ PART_TYPES = {
     "text": "text",
     "image_url": "image_url",
     "input_audio": "input_audio",
+    "file": "file",
     "refusal": "refusal",
 }
 TOOL_CHOICE_MODES = frozenset({"none", "auto", "required"})
@@ -96,6 +97,8 @@ def _check_parts(message: chat_pb2.ChatMessage, i: int) -> None:
             )
         if part.WhichOneof("part") != PART_TYPES[part.type]:
             raise _invalid(f"messages[{i}].content[{j}].{part.type}", "is required")
+        if part.type == "file" and not part.file.file_data:  # no files API: no file_id
+            raise _invalid(f"messages[{i}].content[{j}].file.file_data", "is required")
         if part.HasField("cache_control"):
             _check_mark(part.cache_control, f"messages[{i}].content[{j}].cache_control")
 

@@ -1,4 +1,5 @@
-"""The database named by `usage.store`: API keys, the usage ledger and stored responses.
+"""The database named by `usage.store`: API keys, the usage ledger, stored responses and
+shared secrets.
 
 SQLite (`sqlite:////abs.db`; `load_config` makes `sqlite:///rel.db` absolute from
 the config file's folder) or PostgreSQL (`postgresql://...`), behind one interface. Both
@@ -31,6 +32,10 @@ class Store(ConversationStore, Protocol):
     async def list_keys(self) -> list[ApiKey]: ...
 
     async def revoke_key(self, key_id: str, at: float) -> bool: ...
+
+    async def get_or_create_secret(self, name: str, value: str) -> str:
+        """The secret `name` (e.g. the key that seals reasoning), set to `value` first
+        if it has none: atomic, so replicas asking at once all get the first one."""
 
     async def write_usage(self, records: Sequence[UsageRecord]) -> None:
         """Store a batch in one transaction; a record already stored is skipped."""

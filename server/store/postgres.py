@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_time ON api_keys (created_at);
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
     + ledger.usage_schema(real="DOUBLE PRECISION", time="TIMESTAMPTZ")
     + conversations_schema("DOUBLE PRECISION", "BIGINT")
@@ -132,6 +133,15 @@ class PostgresStore:
             key_id,
         )
         return row is not None
+
+    async def get_or_create_secret(self, name: str, value: str) -> str:
+        pool = await self._ready()
+        # replicas asking at once: one insert wins, and every one reads the winner's
+        await pool.execute(
+            "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING", name, value
+        )
+        stored = await pool.fetchval("SELECT value FROM secrets WHERE name = $1", name)
+        return str(stored)
 
     async def write_usage(self, records: Sequence[UsageRecord]) -> None:
         pool = await self._ready()

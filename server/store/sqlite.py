@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at REAL
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_time ON api_keys (created_at);
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
     + ledger.usage_schema(real="REAL", time="INTEGER")
     + conversations_schema("REAL", "INTEGER")
@@ -99,6 +100,18 @@ class SqliteStore:
             key_id,
         )
         return bool(rows)
+
+    async def get_or_create_secret(self, name: str, value: str) -> str:
+        def read(db: sqlite3.Connection) -> str:
+            with _transaction(db, "BEGIN IMMEDIATE"):  # one writer: the first value stays
+                db.execute(
+                    "INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (name, value),
+                )
+                row = db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+            return str(row[0])
+
+        return await self._call(read)
 
     async def write_usage(self, records: Sequence[UsageRecord]) -> None:
         def write(db: sqlite3.Connection) -> None:

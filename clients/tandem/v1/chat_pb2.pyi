@@ -381,9 +381,10 @@ class ContentPart(_message.Message):
     IMAGE_URL_FIELD_NUMBER: _builtins.int
     INPUT_AUDIO_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
     CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     type: _builtins.str
-    """"text", "image_url", "input_audio" or (assistant messages) "refusal"."""
+    """"text", "image_url", "input_audio", "file" or (assistant messages) "refusal"."""
     text: _builtins.str
     """Text of a "text" part."""
     refusal: _builtins.str
@@ -397,6 +398,10 @@ class ContentPart(_message.Message):
         """Audio of an "input_audio" part."""
 
     @_builtins.property
+    def file(self) -> Global___FileData:
+        """A file of a "file" part (OpenAI's), its content inline."""
+
+    @_builtins.property
     def cache_control(self) -> Global___CacheControl:
         """Anthropic's prompt caching mark on this part (see CacheControl)."""
 
@@ -408,13 +413,14 @@ class ContentPart(_message.Message):
         image_url: Global___ImageUrl | None = ...,
         input_audio: Global___InputAudio | None = ...,
         refusal: _builtins.str = ...,
+        file: Global___FileData | None = ...,
         cache_control: Global___CacheControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "refusal", b"refusal", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "file", b"file", "image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "refusal", b"refusal", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "refusal", b"refusal", "text", b"text", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "file", b"file", "image_url", b"image_url", "input_audio", b"input_audio", "part", b"part", "refusal", b"refusal", "text", b"text", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["text", "image_url", "input_audio", "refusal"]  # noqa: Y015
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["text", "image_url", "input_audio", "refusal", "file"]  # noqa: Y015
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
@@ -445,6 +451,34 @@ class ImageUrl(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImageUrl: _TypeAlias = ImageUrl  # noqa: Y015
+
+@_typing.final
+class FileData(_message.Message):
+    """FileData carries a file (e.g. a PDF) inline, as OpenAI's `file` part does; a
+    file by id needs a files API, which the gateway has not.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_DATA_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    file_data: _builtins.str
+    """The file as a data URL: "data:application/pdf;base64,..."."""
+    filename: _builtins.str
+    """The file's name."""
+    def __init__(
+        self,
+        *,
+        file_data: _builtins.str = ...,
+        filename: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_data", b"file_data", "filename", b"filename"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileData: _TypeAlias = FileData  # noqa: Y015
 
 @_typing.final
 class InputAudio(_message.Message):

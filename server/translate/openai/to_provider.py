@@ -45,6 +45,11 @@ def _part_to_openai(part: chat_pb2.ContentPart) -> JSON:
         return {"type": "input_audio", "input_audio": audio}
     if kind == "refusal":
         return {"type": "refusal", "refusal": part.refusal}
+    if kind == "file":
+        file: JSON = {"file_data": part.file.file_data}
+        if part.file.filename:
+            file["filename"] = part.file.filename
+        return {"type": "file", "file": file}
     return {"type": "text", "text": part.text}
 
 

@@ -2,14 +2,19 @@
 
 `input` is a string (one user message) or items: messages (`role` user,
 assistant, system or developer, the last a system message; `content` a string
-or `input_text` / `output_text` / `input_image` parts), `function_call` (an
-assistant's tool call, joined to the assistant message before it),
-`function_call_output` (a `tool` message) and `reasoning` (its `reasoning_text`
-the next assistant message's `reasoning_content`). `instructions` is the first,
-system, message; `max_output_tokens` is `max_completion_tokens`,
-`reasoning.effort` `reasoning_effort`, `text.format` the `response_format`
-(a `json_schema`'s schema kept as the JSON text the caller wrote), a function
-tool (`{type, name, description, parameters, strict}`) a chat tool.
+or `input_text` / `output_text` / `input_image` / `input_file` parts),
+`function_call` and `custom_tool_call` (an assistant's tool call, joined to the
+assistant message before it; a custom tool's `input` as the arguments
+`{"input": ...}`, a `namespace` joined to the name: tools.py),
+`function_call_output` and `custom_tool_call_output` (a `tool` message) and
+`reasoning` (its sealed `encrypted_content` opened, else its `reasoning_text`:
+the next assistant message's `reasoning_content`, and `reasoning_signature`
+where it was signed; none, if a user's message comes first).
+`instructions` is the first, system, message; `max_output_tokens` is
+`max_completion_tokens`, `reasoning.effort` `reasoning_effort`, `text.format`
+the `response_format` (a `json_schema`'s schema kept as the JSON text the
+caller wrote), `safety_identifier` the `user` where no `user` is given; tools
+are chat functions (tools.py).
 
 Hosted tools (`web_search`, `file_search`, ...) are left out and named by
 `unread`, with Responses fields the proto cannot carry (`include`,
@@ -32,8 +37,10 @@ from server.translate.common import invalid_field, string_at
 from server.translate.extra import CHAT_FIELDS, fields_beyond
 from server.translate.protocols import JSON, ChatParser
 from server.translate.protojson import parse_field_as
+from server.translate.responses.seal import SealBroken, Sealer
+from server.translate.responses.tools import ToolNames, custom_arguments, read_tools, wire_name
 
-__all__ = ["parse_chat", "settings", "unread"]
+__all__ = ["parse_chat", "settings", "tool_names", "unread"]
 
 # the top-level fields this door reads
 READ = frozenset(
@@ -50,6 +57,7 @@ READ = frozenset(
         "reasoning",
         "text",
         "user",
+        "safety_identifier",
         "metadata",
         "stream",
         "store",
@@ -98,7 +106,21 @@ def _part(part: Any, where: str) -> JSON:
         if isinstance(part.get("detail"), str):
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
+    if kind == "input_file":
+        return _file(part, where)
     raise invalid_field(f"{where}.type", f"a {echoed(repr(kind))} part is not served")
+
+
+def _file(part: JSON, where: str) -> JSON:
+    """An `input_file` part as a chat `file` part: its content inline (`file_data`, a
+    data URL); a `file_id` or `file_url` would need a files API or a fetch, not served."""
+    for field in ("file_id", "file_url"):
+        if part.get(field) is not None:
+            raise invalid_field(f"{where}.{field}", "is not served: send the file as file_data")
+    file: JSON = {"file_data": string_at(part.get("file_data"), f"{where}.file_data")}
+    if part.get("filename") is not None:
+        file["filename"] = string_at(part["filename"], f"{where}.filename")
+    return {"type": "file", "file": file}
 
 
 def _message(item: JSON, where: str) -> JSON:
@@ -130,51 +152,106 @@ def _output(value: Any, where: str) -> str:
     raise invalid_field(where, "must be a string or a list of parts")
 
 
-def _reasoning_text(item: JSON, where: str) -> str:
+def _reasoning(item: JSON, where: str, sealer: Sealer | None) -> tuple[str, str | None]:
+    """A reasoning item's (text, signature): its `encrypted_content` opened (Codex sends
+    no `reasoning_text` back), else its `reasoning_text` content, unsigned."""
+    sealed = item.get("encrypted_content")
+    if sealed:
+        sealed = string_at(sealed, f"{where}.encrypted_content")
+        try:
+            if sealer is None:
+                raise SealBroken("cannot be opened here")
+            return sealer.open(sealed)
+        except SealBroken as broken:
+            raise invalid_field(f"{where}.encrypted_content", str(broken)) from None
     content = item.get("content") or []
     if not isinstance(content, list):
         raise invalid_field(f"{where}.content", "must be a list")
-    return "".join(
+    text = "".join(
         string_at(part.get("text"), f"{where}.content[{i}].text")
         for i, part in enumerate(content)
         if isinstance(part, dict) and part.get("type") == "reasoning_text"
     )
+    return text, None
 
 
-def _messages(value: Any) -> list[JSON]:
+def _namespaced(item: JSON, where: str) -> str:
+    """A call item's function name: its `name`, under its `namespace` if it has one."""
+    name = string_at(item.get("name"), f"{where}.name")
+    namespace = item.get("namespace")
+    return wire_name(name, string_at(namespace, f"{where}.namespace") if namespace else None)
+
+
+def _call(item: JSON, where: str, kind: str) -> JSON:
+    """A `function_call` or `custom_tool_call` item as a chat tool call."""
+    if kind == "custom_tool_call":
+        arguments = custom_arguments(string_at(item.get("input"), f"{where}.input"))
+    else:
+        arguments = string_at(item.get("arguments", ""), f"{where}.arguments")
+    return {
+        "id": string_at(item.get("call_id"), f"{where}.call_id"),
+        "type": "function",
+        "function": {"name": _namespaced(item, where), "arguments": arguments},
+    }
+
+
+class _Reasoning:
+    """Reasoning items read, held for the assistant message that follows them."""
+
+    __slots__ = ("signature", "text")
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.signature: str | None = None
+
+    def add(self, text: str, signature: str | None) -> None:
+        self.text += text
+        if signature:  # one per thinking block; the last one is kept, as in a stream
+            self.signature = signature
+
+    def give(self, message: JSON) -> None:
+        """Put what is held on `message` (an assistant's), then hold nothing."""
+        if self.text or self.signature:
+            message["reasoning_content"] = self.text
+            if self.signature:
+                message["reasoning_signature"] = self.signature
+        self.drop()
+
+    def drop(self) -> None:
+        self.text, self.signature = "", None
+
+    def __bool__(self) -> bool:
+        return bool(self.text or self.signature)
+
+
+def _messages(value: Any, sealer: Sealer | None) -> list[JSON]:
     """`input` as proto-form messages."""
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
         raise invalid_field("input", "must be a string or a non-empty list of items")
     out: list[JSON] = []
-    reasoning = ""  # a reasoning item's text, for the assistant message that follows it
+    reasoning = _Reasoning()
     for i, item in enumerate(value):
         where = f"input[{i}]"
         item = _object(item, where)
         kind = item.get("type", "message")
         if kind == "message":
             message = _message(item, where)
-            if reasoning and message["role"] == "assistant":
-                message["reasoning_content"], reasoning = reasoning, ""
+            if message["role"] == "assistant":
+                reasoning.give(message)
+            else:  # a turn that ended before its answer: its reasoning belongs to no message
+                reasoning.drop()
             out.append(message)
-        elif kind == "function_call":
-            call = {
-                "id": string_at(item.get("call_id"), f"{where}.call_id"),
-                "type": "function",
-                "function": {
-                    "name": string_at(item.get("name"), f"{where}.name"),
-                    "arguments": string_at(item.get("arguments", ""), f"{where}.arguments"),
-                },
-            }
+        elif kind in ("function_call", "custom_tool_call"):
+            call = _call(item, where, kind)
             last = out[-1] if out else None
             if last is None or last["role"] != "assistant" or reasoning:
                 last = {"role": "assistant"}
-                if reasoning:
-                    last["reasoning_content"], reasoning = reasoning, ""
+                reasoning.give(last)
                 out.append(last)
             last.setdefault("tool_calls", []).append(call)
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             out.append(
                 {
                     "role": "tool",
@@ -183,7 +260,7 @@ def _messages(value: Any) -> list[JSON]:
                 }
             )
         elif kind == "reasoning":
-            reasoning += _reasoning_text(item, where)
+            reasoning.add(*_reasoning(item, where, sealer))
         elif kind == "item_reference":
             raise invalid_field(f"{where}.id", "no stored item has this id")
         else:
@@ -191,24 +268,9 @@ def _messages(value: Any) -> list[JSON]:
     return out
 
 
-def _tools(tools: Any) -> list[JSON]:
-    """The function tools as chat tools; hosted ones are left out (named by `unread`)."""
-    if not isinstance(tools, list):
-        raise invalid_field("tools", "must be a list")
-    out = []
-    for i, tool in enumerate(tools):
-        tool = _object(tool, f"tools[{i}]")
-        if tool.get("type") != "function":
-            continue
-        function: JSON = {"name": string_at(tool.get("name"), f"tools[{i}].name")}
-        if tool.get("description") is not None:
-            function["description"] = string_at(tool["description"], f"tools[{i}].description")
-        if tool.get("parameters") is not None:
-            function["parameters"] = tool["parameters"]
-        if tool.get("strict") is not None:
-            function["strict"] = tool["strict"]
-        out.append({"type": "function", "function": function})
-    return out
+# the tools carried to a chat upstream (tools.py); the others are hosted, left out
+CARRIED_TOOLS = frozenset({"function", "custom", "namespace"})
+_CHOSEN_TOOLS = frozenset({"function", "custom"})  # a tool_choice that names one of them
 
 
 def _tool_choice(choice: Any) -> JSON | None:
@@ -216,8 +278,8 @@ def _tool_choice(choice: Any) -> JSON | None:
     if choice in ("auto", "none", "required"):
         return {"mode": choice}
     if isinstance(choice, dict):
-        if choice.get("type") == "function":
-            name = string_at(choice.get("name"), "tool_choice.name")
+        if choice.get("type") in _CHOSEN_TOOLS:
+            name = _namespaced(choice, "tool_choice")
             return {"type": "function", "function": {"name": name}}
         if isinstance(choice.get("type"), str):
             return None
@@ -250,7 +312,9 @@ def _refuse(body: JSON) -> None:
             raise invalid_field(field, "is not served")
 
 
-def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
+def parse_chat(body: Any, *, sealer: Sealer | None = None) -> chat_pb2.ChatCompletionRequest:
+    """The request as a chat; `sealer` opens its reasoning items' `encrypted_content`
+    (without one, such an item is a 400)."""
     body = _object(body, "body")
     _refuse(body)
     request = chat_pb2.ChatCompletionRequest()
@@ -258,14 +322,14 @@ def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
     if not isinstance(model, str) or not model:
         raise invalid_field("model", "is required")
     request.model = model
-    messages = _messages(body.get("input"))
+    messages = _messages(body.get("input"), sealer)
     if body.get("instructions") is not None:
         messages.insert(
             0, {"role": "system", "content": string_at(body["instructions"], "instructions")}
         )
     parse_field_as(request, "messages", messages, "input")
     if body.get("tools"):
-        parse_field_as(request, "tools", _tools(body["tools"]), "tools")
+        parse_field_as(request, "tools", read_tools(body["tools"])[0], "tools")
     if body.get("tool_choice") is not None and (choice := _tool_choice(body["tool_choice"])):
         parse_field_as(request, "tool_choice", choice, "tool_choice")
     for field, name in (
@@ -277,6 +341,8 @@ def parse_chat(body: Any) -> chat_pb2.ChatCompletionRequest:
     ):
         if body.get(name) is not None:
             parse_field_as(request, field, body[name], name)
+    if body.get("user") is None and body.get("safety_identifier") is not None:
+        parse_field_as(request, "user", body["safety_identifier"], "safety_identifier")
     reasoning = body.get("reasoning")
     if reasoning is not None and _object(reasoning, "reasoning").get("effort") is not None:
         parse_field_as(request, "reasoning_effort", reasoning["effort"], "reasoning.effort")
@@ -302,10 +368,12 @@ def unread(body: Any) -> list[str]:
         if value is not None and key not in READ and (key in KNOWN_UNREAD or key in CHAT_FIELDS):
             names[key] = None
     for tool in body.get("tools") or ():
-        if tool.get("type") != "function":
-            names[f"tools[].{tool.get('type')}"] = None
+        members = tool.get("tools") if tool.get("type") == "namespace" else (tool,)
+        for member in members:  # a namespace's own hosted tools are left out too
+            if member.get("type") not in CARRIED_TOOLS:
+                names[f"tools[].{member.get('type')}"] = None
     choice = body.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") != "function":
+    if isinstance(choice, dict) and choice.get("type") not in _CHOSEN_TOOLS:
         names["tool_choice"] = None
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict) and reasoning.get("summary") is not None:
@@ -337,7 +405,13 @@ def settings(body: Any, store: bool = False) -> JSON:
         "top_p": body.get("top_p"),
         "truncation": "disabled",
         "user": body.get("user"),
+        "safety_identifier": body.get("safety_identifier"),
     }
+
+
+def tool_names(body: Any) -> ToolNames:
+    """The request's tools by the names a chat upstream calls them (parsed already)."""
+    return ToolNames.of(body.get("tools"))
 
 
 _chat: ChatParser = parse_chat

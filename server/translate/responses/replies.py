@@ -1,8 +1,11 @@
 """Protos as OpenAI's Responses API answers: one `response` object, or its named events.
 
 A response's `output` is its items in order: `reasoning` (its text as
-`reasoning_text` content), `message` (one `output_text` part), then one
-`function_call` per tool call (`id` `fc_…`, distinct from its `call_id`). A
+`reasoning_text` content, and the text and its signature sealed as
+`encrypted_content`: seal.py), `message` (one `output_text` part), then one
+`function_call` per tool call (`id` `fc_…`, distinct from its `call_id`), or
+`custom_tool_call` (`ctc_…`) for a custom tool's, a namespaced tool's under its
+own name with `namespace` set (the request's `ToolNames`: tools.py). A
 response cut by `max_output_tokens` is `incomplete`, its reason said. It echoes
 the request's settings (`inbound.settings`).
 
@@ -13,8 +16,9 @@ their `.done`, `content_part.done`, `output_item.done` (the whole item), and
 last `response.completed` (or `response.incomplete`) with the whole response
 and its usage. Text and reasoning go out as they come (a text item is one
 preassembled event); tool calls are held until the answer finishes, as
-items cannot interleave and an upstream's tool calls can. A failure after the
-first event is `response.failed` (`failed`).
+items cannot interleave and an upstream's tool calls can; a custom tool call's
+input is one `response.custom_tool_call_input.delta`, then its `.done`. A
+failure after the first event is `response.failed` (`failed`).
 
 With an `on_done` hook (a response to store), the last event waits for `finish`,
 which the stream writer awaits once the chunks end: the hook has the whole
@@ -33,6 +37,8 @@ from server.chunks import Chunk, Item
 from server.errors import GatewayError
 from server.translate.common import ToolCallPieces, named_event
 from server.translate.protocols import JSON, ItemEncoder
+from server.translate.responses.seal import Sealer
+from server.translate.responses.tools import NO_TOOLS, Named, ToolNames, custom_input
 
 __all__ = ["OnDone", "StreamEncoder", "encode_completion", "response_id"]
 
@@ -97,6 +103,16 @@ def _reasoning(item_id: str, text: str) -> JSON:
     }
 
 
+def _sealed_reasoning(
+    item_id: str, text: str, signature: str | None, sealer: Sealer | None
+) -> JSON:
+    """A finished reasoning item: its text, and the text and signature sealed."""
+    item = _reasoning(item_id, text)
+    if sealer is not None:
+        item["encrypted_content"] = sealer.seal(text, signature or None)
+    return item
+
+
 def _text_part(text: str) -> JSON:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
@@ -111,34 +127,56 @@ def _message(item_id: str, text: str, status: str) -> JSON:
     }
 
 
-def _call(item_id: str, call_id: str, name: str, arguments: str, status: str) -> JSON:
-    return {
-        "id": item_id,
-        "type": "function_call",
-        "call_id": call_id,
-        "name": name,
-        "arguments": arguments,
-        "status": status,
-    }
+def _call(item_id: str, call_id: str, tool: Named, arguments: str, status: str) -> JSON:
+    """A tool call's item: a `function_call` (its `arguments`), or a `custom_tool_call`
+    (its `input`, from the arguments); a namespaced tool's with its `namespace`."""
+    item: JSON = {"id": item_id, "type": "function_call", "call_id": call_id, "name": tool.name}
+    if tool.kind == "custom":
+        item["type"] = "custom_tool_call"
+        item["input"] = custom_input(arguments) if arguments else ""
+    else:
+        item["arguments"] = arguments
+    if tool.namespace is not None:
+        item["namespace"] = tool.namespace
+    item["status"] = status
+    return item
 
 
-def encode_completion(completion: chat_pb2.ChatCompletion, settings: JSON) -> JSON:
+def _call_item_id(base: str, n: int, tool: Named) -> str:
+    """A call's item id (never its `call_id`)."""
+    return f"{'ctc' if tool.kind == 'custom' else 'fc'}_{base}_{n}"
+
+
+def encode_completion(
+    completion: chat_pb2.ChatCompletion,
+    settings: JSON,
+    *,
+    names: ToolNames = NO_TOOLS,
+    sealer: Sealer | None = None,
+) -> JSON:
+    """The answer as a response object; `names` maps its tool calls back to the tools
+    the request named, `sealer` seals its reasoning (none: not sealed)."""
     base = _base(completion.id)
     choice = completion.choices[0] if completion.choices else chat_pb2.Choice()
     message = choice.message
     incomplete = _incomplete(choice.finish_reason)
     output: list[JSON] = []
-    if message.reasoning_content:
-        output.append(_reasoning(f"rs_{base}", message.reasoning_content))
+    if message.reasoning_content or message.reasoning_signature:
+        output.append(
+            _sealed_reasoning(
+                f"rs_{base}", message.reasoning_content, message.reasoning_signature, sealer
+            )
+        )
     if message.content or not message.tool_calls:
         status = "incomplete" if incomplete else "completed"
         output.append(_message(f"msg_{base}", message.content, status))
     for i, call in enumerate(message.tool_calls):
+        tool = names.named(call.function.name)
         output.append(
             _call(
-                f"fc_{base}_{i}",
+                _call_item_id(base, i, tool),
                 call.id or f"call_{base}_{i}",
-                call.function.name,
+                tool,
                 call.function.arguments,
                 "completed",
             )
@@ -171,16 +209,27 @@ class StreamEncoder:
         "_kind",
         "_last",
         "_model",
+        "_names",
         "_on_done",
         "_output",
+        "_sealer",
         "_seq",
         "_settings",
+        "_signature",
         "_splits",
         "_texts",
         "_tools",
     )
 
-    def __init__(self, first: Chunk, settings: JSON, on_done: OnDone | None = None) -> None:
+    def __init__(
+        self,
+        first: Chunk,
+        settings: JSON,
+        on_done: OnDone | None = None,
+        *,
+        names: ToolNames = NO_TOOLS,
+        sealer: Sealer | None = None,
+    ) -> None:
         self._on_done = on_done
         self._splits: list[list[int]] = []  # kept only for `on_done`
         self._last: tuple[str, JSON] | None = None  # the last event, held for `finish`
@@ -189,6 +238,9 @@ class StreamEncoder:
         self._created = first.created
         self._model = first.model
         self._settings = settings
+        self._names = names
+        self._sealer = sealer
+        self._signature = ""  # the open reasoning item's signature (Anthropic's)
         self._seq = -1
         self._output: list[JSON] = []  # the items done
         self._kind = ""  # the open item's type: "message", "reasoning" or "" (none)
@@ -226,6 +278,7 @@ class StreamEncoder:
             extra = b""
         self._kind = kind
         self._texts = []
+        self._signature = ""
         where = {"item_id": self._item_id, "output_index": index}
         out += self._emit(
             "response.output_item.added",
@@ -266,7 +319,7 @@ class StreamEncoder:
             )
             part: JSON = _text_part(text)
         else:
-            item = _reasoning(self._item_id, text)
+            item = _sealed_reasoning(self._item_id, text, self._signature, self._sealer)
             out = self._emit(
                 "response.reasoning_text.done",
                 {"type": "response.reasoning_text.done", **where, "text": text},
@@ -297,38 +350,62 @@ class StreamEncoder:
         out += self._close()
         for n, call in self._tools.items():
             index = len(self._output)
-            item_id = f"fc_{self._base}_{n}"
+            tool = self._names.named(call.name)
+            item_id = _call_item_id(self._base, n, tool)
             call_id = call.id or f"call_{self._base}_{n}"
             arguments = "".join(call.pieces)
-            added = _call(item_id, call_id, call.name, "", "in_progress")
+            added = _call(item_id, call_id, tool, "", "in_progress")
             out += self._emit(
                 "response.output_item.added",
                 {"type": "response.output_item.added", "output_index": index, "item": added},
             )
             where = {"item_id": item_id, "output_index": index}
-            for piece in call.pieces:
-                out += self._emit(
-                    "response.function_call_arguments.delta",
-                    {"type": "response.function_call_arguments.delta", **where, "delta": piece},
-                )
-            out += self._emit(
-                "response.function_call_arguments.done",
-                {
-                    "type": "response.function_call_arguments.done",
-                    **where,
-                    "name": call.name,
-                    "arguments": arguments,
-                },
-            )
-            item = _call(item_id, call_id, call.name, arguments, "completed")
+            item = _call(item_id, call_id, tool, arguments, "completed")
+            if tool.kind == "custom":
+                out += self._custom_input(where, item["input"])
+            else:
+                out += self._arguments(where, call.pieces, tool.name, arguments)
             self._output.append(item)
             if self._on_done is not None:
-                self._splits.append([len(piece) for piece in call.pieces])
+                self._splits.append(
+                    [] if tool.kind == "custom" else [len(piece) for piece in call.pieces]
+                )
             out += self._emit(
                 "response.output_item.done",
                 {"type": "response.output_item.done", "output_index": index, "item": item},
             )
         return out
+
+    def _arguments(self, where: JSON, pieces: list[str], name: str, arguments: str) -> bytes:
+        out = b""
+        for piece in pieces:
+            out += self._emit(
+                "response.function_call_arguments.delta",
+                {"type": "response.function_call_arguments.delta", **where, "delta": piece},
+            )
+        return out + self._emit(
+            "response.function_call_arguments.done",
+            {
+                "type": "response.function_call_arguments.done",
+                **where,
+                "name": name,
+                "arguments": arguments,
+            },
+        )
+
+    def _custom_input(self, where: JSON, text: str) -> bytes:
+        """A custom tool's input, decoded from its arguments once they are whole: one
+        delta (none for an empty input), then its `.done`."""
+        out = b""
+        if text:
+            out = self._emit(
+                "response.custom_tool_call_input.delta",
+                {"type": "response.custom_tool_call_input.delta", **where, "delta": text},
+            )
+        return out + self._emit(
+            "response.custom_tool_call_input.done",
+            {"type": "response.custom_tool_call_input.done", **where, "input": text},
+        )
 
     def __call__(self, chunk: Item) -> bytes:
         if isinstance(chunk, str):  # never the first (server/chunks.py)
@@ -352,6 +429,10 @@ class StreamEncoder:
                 if self._kind != "reasoning":
                     out += self._open("reasoning")
                 out += self._delta(delta.reasoning_content)
+            if delta.reasoning_signature:
+                if self._kind != "reasoning":  # a signature alone: a reasoning item still
+                    out += self._open("reasoning")
+                self._signature = delta.reasoning_signature
             if delta.content:
                 if self._kind != "message":
                     out += self._open("message")

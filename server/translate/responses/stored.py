@@ -126,6 +126,10 @@ def _events(response: JSON, splits: Sequence[Sequence[int]]) -> Iterator[tuple[s
             added["content"] = []
         if kind == "function_call":
             added["arguments"] = ""
+        elif kind == "custom_tool_call":
+            added["input"] = ""
+        elif kind == "reasoning":
+            added.pop("encrypted_content", None)  # sealed as the item closes
         yield (
             "response.output_item.added",
             {
@@ -178,6 +182,15 @@ def _events(response: JSON, splits: Sequence[Sequence[int]]) -> Iterator[tuple[s
                     "name": item.get("name"),
                     "arguments": arguments,
                 },
+            )
+        elif kind == "custom_tool_call":  # its input whole: one delta (none if empty)
+            text = item.get("input", "")
+            name = "response.custom_tool_call_input.delta"
+            if text:
+                yield name, {"type": name, **where, "delta": text}
+            yield (
+                "response.custom_tool_call_input.done",
+                {"type": "response.custom_tool_call_input.done", **where, "input": text},
             )
         yield (
             "response.output_item.done",

@@ -13,7 +13,9 @@ from tandem.v1 import chat_pb2
 
 from server.chunks import Chunk
 from server.errors import InvalidRequestError, UpstreamError
+from server.translate.openai import to_provider
 from server.translate.responses import inbound, replies
+from server.translate.responses.seal import Sealer
 
 
 def messages(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -87,8 +89,20 @@ def test_settings_reach_the_proto() -> None:
         ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].id"),
         (
-            {"input": [{"role": "user", "content": [{"type": "input_file"}]}]},
+            {"input": [{"role": "user", "content": [{"type": "input_video"}]}]},
             "input[0].content[0].type",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file"}]}]},
+            "input[0].content[0].file_data",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+            "input[0].content[0].file_id",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_url": "u"}]}]},
+            "input[0].content[0].file_url",
         ),
         ({"input": "x", "background": True}, "background"),
         ({"input": "x", "prompt": {"id": "p"}}, "prompt"),
@@ -220,3 +234,179 @@ def test_an_unserved_item_type_is_named_and_echoed_within_bounds() -> None:
         inbound.parse_chat({"model": "m", "input": [{"type": kind}]})
     assert refused.value.param == "input[0].type"
     assert len(refused.value.message) < 500
+
+
+# --- sealed reasoning, custom and namespace tools, safety_identifier
+
+
+SEALER = Sealer.from_secret("unit tests' seal key")
+
+
+def test_sealed_reasoning_is_the_next_assistant_messages_reasoning_and_signature() -> None:
+    request = inbound.parse_chat(
+        {
+            "model": "m",
+            "input": [
+                {"role": "user", "content": "q"},
+                {"type": "reasoning", "summary": [], "encrypted_content": SEALER.seal("hm", "sig")},
+                {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "r"},
+            ],
+        },
+        sealer=SEALER,
+    )
+    assistant = request.messages[1]
+    assert (assistant.reasoning_content, assistant.reasoning_signature) == ("hm", "sig")
+    assert assistant.tool_calls[0].id == "c1"
+
+
+@pytest.mark.parametrize("sealer", [SEALER, None], ids=["another-key", "no-sealer"])
+def test_an_encrypted_content_that_does_not_open_is_refused_by_name(sealer: Sealer | None) -> None:
+    foreign = Sealer.ephemeral().seal("hm", None)
+    body = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "x"},
+            {"type": "reasoning", "encrypted_content": foreign},
+        ],
+    }
+    with pytest.raises(InvalidRequestError) as refused:
+        inbound.parse_chat(body, sealer=sealer)
+    assert refused.value.param == "input[1].encrypted_content"
+
+
+def test_custom_and_namespaced_calls_are_tool_calls_and_their_outputs_tool_messages() -> None:
+    out = messages(
+        {
+            "input": [
+                {"role": "user", "content": "q"},
+                {"type": "custom_tool_call", "call_id": "c1", "name": "apply_patch", "input": "P"},
+                {
+                    "type": "function_call",
+                    "call_id": "c2",
+                    "name": "read",
+                    "namespace": "mcp__fs",
+                    "arguments": "{}",
+                },
+                {"type": "custom_tool_call_output", "call_id": "c1", "output": "ok"},
+                {"type": "function_call_output", "call_id": "c2", "output": "text"},
+            ],
+            "tool_choice": {"type": "custom", "name": "apply_patch"},
+        }
+    )
+    calls = out[1]["toolCalls"]
+    assert [c["function"]["name"] for c in calls] == ["apply_patch", "mcp__fs__read"]
+    assert orjson.loads(calls[0]["function"]["arguments"]) == {"input": "P"}
+    assert out[2:] == [
+        {"role": "tool", "toolCallId": "c1", "content": "ok"},
+        {"role": "tool", "toolCallId": "c2", "content": "text"},
+    ]
+
+
+def test_safety_identifier_is_the_user_unless_a_user_is_given() -> None:
+    assert inbound.parse_chat({"model": "m", "input": "x", "safety_identifier": "s"}).user == "s"
+    both = {"model": "m", "input": "x", "safety_identifier": "s", "user": "u"}
+    assert inbound.parse_chat(both).user == "u"
+    assert inbound.settings(both)["safety_identifier"] == "s"
+    assert inbound.unread(both) == []
+
+
+def test_a_completions_reasoning_is_sealed_and_its_calls_mapped_back() -> None:
+    tools = [
+        {"type": "custom", "name": "apply_patch"},
+        {"type": "namespace", "name": "ns", "tools": [{"type": "function", "name": "f"}]},
+    ]
+    answer = completion(
+        "tool_calls",
+        reasoning_content="hm",
+        reasoning_signature="sig",
+        tool_calls=[("c1", "apply_patch", '{"input": "P"}'), ("c2", "ns__f", "{}")],
+    )
+    body = {"tools": tools}
+    output = replies.encode_completion(
+        answer, inbound.settings(body), names=inbound.tool_names(body), sealer=SEALER
+    )["output"]
+    reasoning, custom, namespaced = output
+    assert SEALER.open(reasoning["encrypted_content"]) == ("hm", "sig")
+    assert custom == {
+        "id": "ctc_abc_0",
+        "type": "custom_tool_call",
+        "call_id": "c1",
+        "name": "apply_patch",
+        "input": "P",
+        "status": "completed",
+    }
+    assert (namespaced["type"], namespaced["name"], namespaced["namespace"]) == (
+        "function_call",
+        "f",
+        "ns",
+    )
+
+
+def test_a_streamed_signature_is_sealed_with_its_reasoning() -> None:
+    first = Chunk(id="chatcmpl-abc", created=5, model="m")
+    first.choices.add().delta.reasoning_content = "hm"
+    signed = Chunk()
+    signed.choices.add().delta.reasoning_signature = "sig"
+    call = Chunk()
+    piece = call.choices.add().delta.tool_calls.add(index=0, id="c1")
+    piece.function.name, piece.function.arguments = "apply_patch", '{"input": "P"}'
+    last = Chunk()
+    last.choices.add(finish_reason="tool_calls")
+    last.usage.prompt_tokens = 1
+    names = inbound.tool_names({"tools": [{"type": "custom", "name": "apply_patch"}]})
+    encoder = replies.StreamEncoder(first, inbound.settings({}), names=names, sealer=SEALER)
+    seen = parsed(b"".join(encoder.encode(c) for c in (first, signed, call, last)))
+    done = [data["item"] for name, data in seen if name == "response.output_item.done"]
+    assert SEALER.open(done[0]["encrypted_content"]) == ("hm", "sig")
+    assert done[1]["type"] == "custom_tool_call"
+    kinds = [name for name, _ in seen]
+    assert "response.function_call_arguments.delta" not in kinds
+    assert kinds[-4:] == [
+        "response.custom_tool_call_input.delta",
+        "response.custom_tool_call_input.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+
+
+def test_an_input_file_is_a_file_part_sent_on_as_openais() -> None:
+    pdf = "data:application/pdf;base64,JVBERi0x"
+    part = {"type": "input_file", "file_data": pdf, "filename": "a.pdf"}
+    text = {"type": "input_text", "text": "summarise"}
+    request = inbound.parse_chat(
+        {"model": "m", "input": [{"role": "user", "content": [text, part]}]}
+    )
+    [message] = request.messages
+    assert message.parts[1].type == "file"
+    assert (message.parts[1].file.file_data, message.parts[1].file.filename) == (pdf, "a.pdf")
+    sent = to_provider.encode_chat_request(request, "u", stream=False)
+    assert sent["messages"][0]["content"][1] == {
+        "type": "file",
+        "file": {"file_data": pdf, "filename": "a.pdf"},
+    }
+
+
+def test_reasoning_of_a_turn_that_ended_unanswered_goes_to_no_later_message() -> None:
+    out = messages(
+        {
+            "input": [
+                {"role": "user", "content": "q"},
+                {"type": "reasoning", "content": [{"type": "reasoning_text", "text": "old"}]},
+                {"role": "user", "content": "q again"},
+                {"role": "assistant", "content": "a"},
+            ]
+        }
+    )
+    assert out[2] == {"role": "assistant", "content": "a"}
+
+
+def test_a_namespaces_hosted_tools_are_named_unread() -> None:
+    namespace = {
+        "type": "namespace",
+        "name": "ns",
+        "tools": [{"type": "function", "name": "f"}, {"type": "tool_search"}],
+    }
+    body = {"model": "m", "input": "x", "tools": [namespace, {"type": "custom", "name": "c"}]}
+    assert [t.function.name for t in inbound.parse_chat(body).tools] == ["ns__f", "c"]
+    assert inbound.unread(body) == ["tools[].tool_search"]
