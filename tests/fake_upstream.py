@@ -182,9 +182,8 @@ class FakeUpstream(ScriptFollower[Recorded]):
         response = await open_stream(request)
 
         async def event(choices: list[Any], **extra: Any) -> None:
-            await send(
-                response, {**head, "object": "chat.completion.chunk", "choices": choices, **extra}
-            )
+            data = {**head, "object": "chat.completion.chunk", "choices": choices, **extra}
+            await send(response, data)
 
         if kind == "tools":
             await event([{"index": 0, "delta": {"role": "assistant", "content": None}}])

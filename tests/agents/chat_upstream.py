@@ -66,9 +66,8 @@ class ChatUpstream(AppServer):
         response = await open_stream(request)
 
         async def event(choices: list[Any], **extra: Any) -> None:
-            await send(
-                response, {**head, "object": "chat.completion.chunk", "choices": choices, **extra}
-            )
+            data = {**head, "object": "chat.completion.chunk", "choices": choices, **extra}
+            await send(response, data)
 
         if isinstance(answer, ToolCall):
             if answer.reasoning:
