@@ -25,16 +25,14 @@ Every request is recorded: its path, headers, raw body and JSON.
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from tests.served import Served, run_on_thread
+from tests.served import ScriptFollower
+from tests.sse import open_stream, send
 
 SECRET_URL = "http://10.9.8.7:4444/internal"
 UPSTREAM_KEY = "sk-responses-upstream-secret-0123456789"
@@ -78,60 +76,21 @@ class Received:
     body: Any
 
 
-@dataclass
-class FakeResponsesUpstream(Served):
-    script: deque[str] = field(default_factory=deque)
-    requests: list[Received] = field(default_factory=list)
-    gone: list[float] = field(default_factory=list)
-    base_url: str = ""
-
-    def reset(self, *script: str) -> None:
-        self.script = deque(script)
-        self.requests.clear()
-        self.gone.clear()
-
-    async def hung_up(self) -> bool:
-        """Whether a client has gone away from a call (for `eventually_async`)."""
-        return bool(self.gone)
-
-    def start(self) -> str:
-        self._thread = run_on_thread(self._run)
-        return self.base_url
-
-    def _run(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
+class FakeResponsesUpstream(ScriptFollower[Received]):
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/responses", self._respond)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v1"
-        ready.set()
-        self._loop.run_forever()
-        self._loop.close()
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            await self._runner.cleanup()
-            self._loop.stop()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
-        self._thread.join(10)
+        return app
 
     async def _respond(self, request: web.Request) -> web.StreamResponse:
-        try:
-            return await self._answer(request)
-        except (asyncio.CancelledError, ConnectionResetError):
-            self.gone.append(time.monotonic())
-            raise
+        return await self._noting_hangup(self._answer(request))
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         body = orjson.loads(raw)
         headers = {name.lower(): value for name, value in request.headers.items()}
         self.requests.append(Received(request.path, headers, raw, body))
-        kind, _, arg = (self.script.popleft() if self.script else "ok").partition(":")
+        kind, _, arg = self._next().partition(":")
         if kind == "slow":
             await asyncio.sleep(float(arg))
         if kind == "500":
@@ -148,16 +107,13 @@ class FakeResponsesUpstream(Served):
             text = {"type": "output_text", "text": "".join(flood), "annotations": []}
             output = [REASONING, WEB_SEARCH, {**MESSAGE, "content": [text]} if flood else MESSAGE]
             return web.json_response(_response(body, "completed", output, usage))
-        answer = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await answer.prepare(request)
+        answer = await open_stream(request)
         sequence = 0
 
         async def event(kind: str, **data: Any) -> None:
             nonlocal sequence
-            payload = {"type": kind, "sequence_number": sequence, **data}
+            await send(answer, {"type": kind, "sequence_number": sequence, **data}, kind)
             sequence += 1
-            await answer.write(f"event: {kind}\n".encode() + b"data: " + orjson.dumps(payload))
-            await answer.write(b"\n\n")
 
         await event("response.created", response=_response(body, "in_progress", [], None))
         await event("response.in_progress", response=_response(body, "in_progress", [], None))

@@ -43,16 +43,15 @@ handler whose client goes away records the time in `gone`.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from tests.served import Served, run_on_thread
+from tests.served import ScriptFollower
+from tests.sse import DONE, open_stream, send
 
 SECRET_URL = "http://10.9.8.7:4444/internal"
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
@@ -77,36 +76,15 @@ class Recorded:
     at: float
 
 
-@dataclass
-class FakeUpstream(Served):
-    script: deque[str] = field(default_factory=deque)
-    requests: list[Recorded] = field(default_factory=list)
-    gone: list[float] = field(default_factory=list)
-    base_url: str = ""
-    root: str = ""
-
-    def reset(self, *script: str) -> None:
-        self.script = deque(script)
-        self.requests.clear()
-        self.gone.clear()
-
+class FakeUpstream(ScriptFollower[Recorded]):
     def filled(self, config: str) -> str:
         """`config` with this upstream's addresses: `%(url)s` its OpenAI base URL (.../v1),
         `%(root)s` its root (Anthropic's and Ollama's), `%(key)s` the key it expects."""
         return config % {"url": self.base_url, "root": self.root, "key": UPSTREAM_KEY}
 
-    async def hung_up(self) -> bool:
-        """Whether a client has gone away from a call (a check for `eventually_async`)."""
-        return bool(self.gone)
-
     # --- server ---------------------------------------------------------------------
 
-    def start(self) -> str:
-        self._thread = run_on_thread(self._run)
-        return self.base_url
-
-    def _run(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
@@ -114,29 +92,9 @@ class FakeUpstream(Served):
         app.router.add_post("/api/chat", self._ollama_chat)
         app.router.add_post("/api/embed", self._ollama_embed)
         app.router.add_post("/api/show", self._ollama_show)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        port = self._runner.addresses[0][1]
-        self.root = f"http://127.0.0.1:{port}"
-        self.base_url = f"{self.root}/v1"
-        ready.set()
-        self._loop.run_forever()
-        self._loop.close()
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            await self._runner.cleanup()
-            self._loop.stop()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
-        self._thread.join(10)
+        return app
 
     # --- handlers -------------------------------------------------------------------
-
-    def _next(self) -> str:
-        return self.script.popleft() if self.script else "ok"
 
     async def _record(self, request: web.Request) -> Any:
         body = orjson.loads(await request.read())
@@ -154,11 +112,7 @@ class FakeUpstream(Served):
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body, behaviour = await self._called(request)
-        try:
-            return await self._answer(request, body, behaviour)
-        except (asyncio.CancelledError, ConnectionResetError):
-            self.gone.append(time.monotonic())
-            raise
+        return await self._noting_hangup(self._answer(request, body, behaviour))
 
     async def _answer(self, request: web.Request, body: Any, behaviour: str) -> web.StreamResponse:
         kind, _, arg = behaviour.partition(":")
@@ -225,12 +179,11 @@ class FakeUpstream(Served):
             answer = {**head, "object": "chat.completion", "choices": [choice]}
             return web.json_response(answer if usage is None else {**answer, "usage": usage})
 
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
+        response = await open_stream(request)
 
         async def event(choices: list[Any], **extra: Any) -> None:
             data = {**head, "object": "chat.completion.chunk", "choices": choices, **extra}
-            await response.write(b"data: " + orjson.dumps(data) + b"\n\n")
+            await send(response, data)
 
         if kind == "tools":
             await event([{"index": 0, "delta": {"role": "assistant", "content": None}}])
@@ -259,14 +212,14 @@ class FakeUpstream(Served):
             if kind == "drip":
                 words = [f"w{i} " for i in range(100)]
             if kind == "errorevent":
-                await response.write(b"data: " + orjson.dumps(failure) + b"\n\n")
+                await send(response, failure)
                 return response
             if kind == "reasoning":
                 for thought in THOUGHTS:
                     await event([{"index": 0, "delta": {"reasoning_content": thought}}])
             for i, word in enumerate(words):
                 if kind == "errormid" and i == 2:
-                    await response.write(b"data: " + orjson.dumps(failure) + b"\n\n")
+                    await send(response, failure)
                     return response
                 if kind == "drip":
                     await asyncio.sleep(0.1)
@@ -280,7 +233,7 @@ class FakeUpstream(Served):
             await event([{"index": 0, "delta": {}, "finish_reason": "stop", **stop_reason}])
         if (body.get("stream_options") or {}).get("include_usage") and usage is not None:
             await event([], usage=usage)
-        await response.write(b"data: [DONE]\n\n")
+        await response.write(DONE)
         return response
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -351,12 +304,10 @@ class FakeUpstream(Served):
                     "usage": {**usage_in, "output_tokens": len(words)},
                 }
             )
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
+        response = await open_stream(request)
 
         async def event(name: str, data: dict[str, Any]) -> None:
-            payload = orjson.dumps({"type": name, **data})
-            await response.write(b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n")
+            await send(response, {"type": name, **data}, name)
 
         message = {
             "id": "msg_1",

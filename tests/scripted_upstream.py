@@ -10,8 +10,6 @@ thinking block signed, then a tool use). Every request's JSON body is recorded.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +17,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.served import Served, run_on_thread
+from tests.served import AppServer
+from tests.sse import DONE, open_stream, send
 
 __all__ = [
     "ScriptedUpstream",
@@ -41,40 +40,19 @@ class Turn:
 
 
 @dataclass
-class ScriptedUpstream(Served):
+class ScriptedUpstream(AppServer):
     script: deque[Turn] = field(default_factory=deque)
     bodies: list[Any] = field(default_factory=list)
-    root: str = ""
 
     def reset(self, *turns: Turn) -> None:
         self.script = deque(turns)
         self.bodies.clear()
 
-    def start(self) -> str:
-        self._thread = run_on_thread(self._run)
-        return self.root
-
-    def _run(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._answer)
         app.router.add_post("/v1/messages", self._answer)
-        self._runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.root = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        ready.set()
-        self._loop.run_forever()
-        self._loop.close()
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            await self._runner.cleanup()
-            self._loop.stop()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
-        self._thread.join(10)
+        return app
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
@@ -84,13 +62,11 @@ class ScriptedUpstream(Served):
         turn = self.script.popleft()
         if not body.get("stream"):
             return web.json_response(turn.whole)
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
+        response = await open_stream(request)
         for name, data in turn.events:
-            head = f"event: {name}\n".encode() if name else b""
-            await response.write(head + b"data: " + orjson.dumps(data) + b"\n\n")
+            await send(response, data, name)
         if turn.events and not turn.events[0][0]:  # OpenAI's stream ends so
-            await response.write(b"data: [DONE]\n\n")
+            await response.write(DONE)
         return response
 
 

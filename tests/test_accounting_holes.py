@@ -23,6 +23,7 @@ from server.messages import estimate_tokens
 from tests.eventually import eventually
 from tests.fake_upstream import FakeUpstream
 from tests.servers import TandemProcess, grpc_chat_failure, start_tandem
+from tests.sse import DONE, open_stream, send
 
 THOUGHT = "thinking about it "  # one piece of reasoning, every THOUGHT_EVERY_S
 THOUGHT_EVERY_S = 0.05
@@ -47,12 +48,12 @@ class HolesUpstream(FakeUpstream):
             head = {"id": "up-1", "created": 1, "model": body["model"], "choices": []}
             if not body.get("stream"):
                 return web.json_response({**head, "usage": NO_CHOICE_USAGE})
-            response = await self._sse(request)
+            response = await open_stream(request)
             await response.write(b"data: " + orjson.dumps({**head, "usage": NO_CHOICE_USAGE}))
             await response.write(b"\n\ndata: [DONE]\n\n")
             return response
         if behaviour == "filterfirst":
-            response = await self._sse(request)
+            response = await open_stream(request)
             head = {"id": "up-1", "created": 1, "model": body["model"]}
             events: list[dict[str, Any]] = [
                 {**head, "choices": [], "prompt_filter_results": [{"prompt_index": 0}]},
@@ -62,17 +63,17 @@ class HolesUpstream(FakeUpstream):
                 {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
             ]
             for data in events:
-                await response.write(b"data: " + orjson.dumps(data) + b"\n\n")
-            await response.write(b"data: [DONE]\n\n")
+                await send(response, data)
+            await response.write(DONE)
             return response
         if behaviour != "thinkdrip":
             return await super()._answer(request, body, behaviour)
-        response = await self._sse(request)
+        response = await open_stream(request)
         head = {"id": "up-1", "created": 1, "model": body["model"]}
         for _ in range(400):
             delta = {"role": "assistant", "reasoning_content": THOUGHT}
             data = {**head, "choices": [{"index": 0, "delta": delta}]}
-            await response.write(b"data: " + orjson.dumps(data) + b"\n\n")
+            await send(response, data)
             await asyncio.sleep(THOUGHT_EVERY_S)
         return response
 
@@ -80,11 +81,10 @@ class HolesUpstream(FakeUpstream):
         if self.script and self.script[0] == "thinkdrip":
             self.script.popleft()
             await self._record(request)
-            response = await self._sse(request)
+            response = await open_stream(request)
 
             async def event(name: str, data: dict[str, Any]) -> None:
-                payload = orjson.dumps({"type": name, **data})
-                await response.write(b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n")
+                await send(response, {"type": name, **data}, name)
 
             message: dict[str, Any] = {
                 "id": "msg_1",
@@ -118,12 +118,6 @@ class HolesUpstream(FakeUpstream):
                 await asyncio.sleep(THOUGHT_EVERY_S)
             return response
         return await super()._ollama_chat(request)
-
-    @staticmethod
-    async def _sse(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
-        return response
 
 
 CONFIG = """

@@ -27,6 +27,7 @@ from tests.fake_upstream import (
     FakeUpstream,
 )
 from tests.servers import TandemProcess, usage_records
+from tests.sse import named_events
 
 SECRET = "anthropic-door-secret-0123456789abcdef"
 ADMIN_KEY = "anthropic-door-admin-key"
@@ -66,12 +67,7 @@ def user(text: str) -> Any:
 def events(response: httpx.Response) -> list[tuple[str, Any]]:
     """The named SSE events of a stream, in order: (event, data), each checked
     against Anthropic's documented order as it comes (`assert_documented_order`)."""
-    out = []
-    for event in response.text.strip().split("\n\n"):
-        name, data = event.split("\n")
-        assert name.startswith("event: "), event
-        assert data.startswith("data: "), event
-        out.append((name[7:], orjson.loads(data[6:])))
+    out = named_events(response)
     assert_documented_order(out)
     return out
 

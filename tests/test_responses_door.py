@@ -6,69 +6,44 @@ door are in the parity matrix (test_door_parity.py)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import jwt
-import openai
-import orjson
 import pytest
 
 from tests.fake_upstream import REASONING, FakeUpstream
+from tests.responses_helpers import (
+    ADMIN_KEY,
+    AUTH,
+    ECHO_AND_RELAY,
+    WEATHER,
+    post,
+    raw,
+    sdk_for,
+    stream_events,
+    token,
+)
 from tests.servers import TandemProcess, usage_records
 
-SECRET = "responses-door-secret-0123456789abcdef"
-ADMIN_KEY = "responses-door-admin-key"
-CONFIG = f"""
-providers:
-  - {{name: demo, kind: mock}}
-  - {{name: up, kind: openai, base_url: "%(url)s", api_key: "%(key)s", max_retries: 0}}
-models:
-  - {{name: echo, provider: demo}}
-  - {{name: relay, provider: up, upstream: relay-upstream}}
-tiers:
-  free: {{default_model: echo}}
-auth: {{required: true, admin_keys: ["{ADMIN_KEY}"], jwt: {{secret: "{SECRET}"}}}}
+CONFIG = f"""{ECHO_AND_RELAY}
+{AUTH}
 usage: {{store: "sqlite:///usage.db", flush_interval_ms: 20}}
 """
-WEATHER: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
-
-
-def token(sub: str = "responder") -> str:
-    return jwt.encode({"sub": sub, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
 
 
 @pytest.fixture
 def sdk(gateway: TandemProcess, fake: FakeUpstream) -> Iterator[Any]:
-    """The official SDK, typed loosely (its overloads fight the dict literals of tests)."""
     fake.reset()
-    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=token(), max_retries=0) as client:
+    with sdk_for(gateway) as client:
         yield client
-
-
-def post(gateway: TandemProcess, body: dict[str, Any], sub: str = "responder") -> httpx.Response:
-    return httpx.post(
-        f"{gateway.base_url}/v1/responses",
-        json=body,
-        headers={"authorization": f"Bearer {token(sub)}"},
-        timeout=30,
-    )
 
 
 def events(response: httpx.Response) -> list[tuple[str, Any]]:
     """The named SSE events of a stream, in order, each checked as it comes: its name is
     its data's `type`, `sequence_number` rises from 0, and each item's events carry
     its `output_index` and `item_id` from `output_item.added` to `output_item.done`."""
-    out = []
-    for event in response.text.strip().split("\n\n"):
-        name, data = event.split("\n")
-        assert name.startswith("event: "), event
-        assert data.startswith("data: "), event
-        out.append((name[7:], orjson.loads(data[6:])))
-    assert [data["type"] for _, data in out] == [name for name, _ in out]
-    assert [data["sequence_number"] for _, data in out] == list(range(len(out)))
+    out = stream_events(response)
     assert [name for name, _ in out[:2]] == ["response.created", "response.in_progress"]
     assert "error" not in {key for _, data in out for key in data}
     open_item: tuple[int, str] | None = None
@@ -268,10 +243,8 @@ def test_hosted_tools_are_named_unread_and_json_schema_keeps_its_text(
         + schema
         + "}}}"
     )
-    answer = httpx.post(
-        f"{gateway.base_url}/v1/responses",
-        content=body,
-        headers={"authorization": f"Bearer {token()}", "content-type": "application/json"},
+    answer = raw(
+        gateway, "POST", "/v1/responses", content=body, headers={"content-type": "application/json"}
     )
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-tandem-ignored-fields"] == "include,tools[].web_search"

@@ -22,6 +22,7 @@ import pytest
 from server.translate.responses.seal import Sealer
 from tests.balancer import free_ports
 from tests.fake_upstream import REASONING, FakeUpstream
+from tests.responses_helpers import WEATHER, stream_events
 from tests.scripted_upstream import (
     ScriptedUpstream,
     anthropic_text,
@@ -47,7 +48,6 @@ usage: {store: "%(store)s", flush_interval_ms: 20}
 """
 SIGNATURE = "EqQBCkYIBRgCKkA-signed-by-anthropic"
 THOUGHT = "The user wants the weather; I should call the tool."
-WEATHER: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
 PATCH = '*** Begin Patch\n*** Add File: hello.txt\n+hi "there"\n*** End Patch\n'
 APPLY_PATCH: Any = {
     "type": "custom",
@@ -91,16 +91,9 @@ def post(gateway: TandemProcess, body: dict[str, Any]) -> httpx.Response:
 
 
 def events(response: httpx.Response) -> list[tuple[str, Any]]:
-    """A stream's named events, in order; each name its data's `type`, and
-    `sequence_number` rising from 0."""
+    """A stream's named events (`stream_events`), once it answered 200."""
     assert response.status_code == 200, response.text
-    out = []
-    for event in response.text.strip().split("\n\n"):
-        name, data = event.split("\n")
-        out.append((name.removeprefix("event: "), orjson.loads(data.removeprefix("data: "))))
-    assert [data["type"] for _, data in out] == [name for name, _ in out]
-    assert [data["sequence_number"] for _, data in out] == list(range(len(out)))
-    return out
+    return stream_events(response)
 
 
 def assert_opaque(token: str, *texts: str) -> None:

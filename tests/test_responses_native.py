@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import jwt
 import openai
 import orjson
 import pytest
@@ -31,10 +30,10 @@ from tests.fake_responses import (
     FakeResponsesUpstream,
 )
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.responses_helpers import ADMIN_KEY, AUTH, WEATHER, post, raw, sdk_for, token
 from tests.servers import TandemProcess, start_tandem, usage_records
+from tests.sse import named_events
 
-SECRET = "responses-native-secret-0123456789abcdef"
-ADMIN_KEY = "responses-native-admin-key"
 CONFIG = f"""
 providers:
   - {{name: up, kind: openai, base_url: "%(url)s", api_key: "%(key)s", responses: native,
@@ -58,20 +57,12 @@ tiers:
   small: {{default_model: gpt-native, tokens_per_minute: 50}}
   echo-only: {{default_model: echo, models: [echo]}}
   single: {{default_model: gpt-native, max_concurrent_requests: 1}}
-auth: {{required: true, admin_keys: ["{ADMIN_KEY}"], jwt: {{secret: "{SECRET}"}}}}
+{AUTH}
 usage: {{store: "sqlite:///usage.db", flush_interval_ms: 20}}
 server: {{max_body_bytes: 65536}}  # a relayed answer: 128 KiB whole, 512 KiB streamed
 telemetry: {{otlp_endpoint: "%(otlp)s"}}
 """
-TOOLS: Any = [
-    {"type": "web_search"},
-    {"type": "function", "name": "get_weather", "parameters": {"type": "object"}},
-]
-
-
-def token(sub: str = "native-caller", tier: str = "free") -> str:
-    claims = {"sub": sub, "tier": tier, "exp": int(time.time()) + 600}
-    return jwt.encode(claims, SECRET, algorithm="HS256")
+TOOLS: Any = [{"type": "web_search"}, WEATHER]
 
 
 @pytest.fixture(scope="module")
@@ -99,37 +90,11 @@ def gateway(
     assert process.terminate() == 0, process.stderr()
 
 
-def sdk_for(gateway: TandemProcess, sub: str = "native-caller", tier: str = "free") -> Any:
-    """The official SDK, typed loosely (its overloads fight the dict literals of tests)."""
-    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=token(sub, tier), max_retries=0)
-
-
 @pytest.fixture
 def sdk(gateway: TandemProcess, upstream: FakeResponsesUpstream) -> Iterator[Any]:
     upstream.reset()
     with sdk_for(gateway) as client:
         yield client
-
-
-def post(
-    gateway: TandemProcess, body: dict[str, Any], sub: str = "native-caller"
-) -> httpx.Response:
-    return httpx.post(
-        f"{gateway.base_url}/v1/responses",
-        json=body,
-        headers={"authorization": f"Bearer {token(sub)}"},
-        timeout=30,
-    )
-
-
-def named_events(response: httpx.Response) -> list[tuple[str, Any]]:
-    out = []
-    for event in response.text.strip().split("\n\n"):
-        name, data = event.split("\n")
-        assert name.startswith("event: "), event
-        assert data.startswith("data: "), event
-        out.append((name[7:], orjson.loads(data[6:])))
-    return out
 
 
 def test_the_upstream_gets_the_request_as_written_but_for_the_model(
@@ -180,11 +145,12 @@ def test_a_relayed_request_keeps_the_callers_bytes_order_and_numbers(
         b'"model": "gpt-native", "max_output_tokens": 77, "text": {"format": {"type": '
         b'"json_schema", "name": "s", "schema": {"properties": {"b": {}, "a": {}}}}}}'
     )
-    answer = httpx.post(
-        f"{gateway.base_url}/v1/responses",
+    answer = raw(
+        gateway,
+        "POST",
+        "/v1/responses",
         content=written,
-        headers={"authorization": f"Bearer {token()}", "content-type": "application/json"},
-        timeout=30,
+        headers={"content-type": "application/json"},
     )
     assert answer.status_code == 200, answer.text
     [received] = upstream.requests
@@ -268,11 +234,13 @@ def test_a_relayed_call_has_its_access_line_span_metrics_and_upstream_request_id
     gateway: TandemProcess, upstream: FakeResponsesUpstream, receiver: OtlpReceiver
 ) -> None:
     upstream.reset("500")  # one failed attempt, retried
-    answer = httpx.post(
-        f"{gateway.base_url}/v1/responses",
+    answer = raw(
+        gateway,
+        "POST",
+        "/v1/responses",
+        "seen",
+        headers={"x-request-id": "native-line-1"},
         json={"model": "gpt-native", "input": "x", "stream": True},
-        headers={"authorization": f"Bearer {token('seen')}", "x-request-id": "native-line-1"},
-        timeout=30,
     )
     assert answer.status_code == 200
     assert [r.headers["x-request-id"] for r in upstream.requests] == ["native-line-1"] * 2

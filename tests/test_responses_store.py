@@ -14,35 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import openai
 import orjson
 import pytest
 
 from tests.eventually import eventually
 from tests.fake_upstream import FakeUpstream
+from tests.responses_helpers import AUTH, CALLER, ECHO_AND_RELAY, WEATHER, post, raw, sdk_for
 from tests.servers import TandemProcess, start_tandem
 from tests.stores import pg_schema_url
 from tests.tcp_proxy import TcpProxy
 
-SECRET = "responses-store-secret-0123456789abcdef"
-CONFIG = f"""
-providers:
-  - {{name: demo, kind: mock}}
-  - {{name: up, kind: openai, base_url: "%(url)s", api_key: "%(key)s", max_retries: 0}}
-models:
-  - {{name: echo, provider: demo}}
-  - {{name: relay, provider: up, upstream: relay-upstream}}
-tiers:
-  free: {{default_model: echo}}
-auth: {{required: true, jwt: {{secret: "{SECRET}"}}}}
+CONFIG = f"""{ECHO_AND_RELAY}
+{AUTH}
 usage: {{store: "%(store)s", flush_interval_ms: 20}}
 """
-WEATHER: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
-
-
-def token(sub: str = "owner") -> str:
-    return jwt.encode({"sub": sub, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
 
 
 def config(fake: FakeUpstream, store: str = "sqlite:///usage.db", extra: str = "") -> str:
@@ -58,11 +44,6 @@ def gateway(
     assert process.terminate() == 0, process.stderr()
 
 
-def sdk_for(gateway: TandemProcess, sub: str = "owner") -> Any:
-    """The official SDK, typed loosely (its overloads fight the dict literals of tests)."""
-    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=token(sub), max_retries=0)
-
-
 def error_of(exc: openai.APIStatusError) -> Any:
     """The `error` object of an SDK's error (the SDK unwraps it)."""
     return exc.body
@@ -75,11 +56,6 @@ def sdk(gateway: TandemProcess, fake: FakeUpstream) -> Iterator[Any]:
         yield client
 
 
-def raw(gateway: TandemProcess, method: str, path: str, sub: str = "owner", **kw: Any) -> Any:
-    headers = {"authorization": f"Bearer {token(sub)}"}
-    return httpx.request(method, f"{gateway.base_url}{path}", headers=headers, timeout=30, **kw)
-
-
 def test_a_response_is_kept_and_retrieved_as_answered(sdk: Any) -> None:
     created = sdk.responses.create(model="echo", input="keep this", metadata={"k": "v"})
     assert created.store is True
@@ -90,7 +66,7 @@ def test_a_response_is_kept_and_retrieved_as_answered(sdk: Any) -> None:
 
 def test_a_stored_stream_replays_its_events_as_first_sent(gateway: TandemProcess) -> None:
     body = {"model": "echo", "input": "one two three four", "stream": True}
-    first = raw(gateway, "POST", "/v1/responses", json=body)
+    first = post(gateway, body)
     assert first.status_code == 200
     completed = orjson.loads(first.text.strip().split("\n\n")[-1].split("data: ")[1])
     rid = completed["response"]["id"]
@@ -107,7 +83,7 @@ def test_a_streamed_tool_call_replays_as_first_sent(
 ) -> None:
     fake.reset("tools")
     body = {"model": "relay", "input": "weather?", "tools": [WEATHER], "stream": True}
-    first = raw(gateway, "POST", "/v1/responses", json=body)
+    first = post(gateway, body)
     assert first.status_code == 200
     assert "response.function_call_arguments.delta" in first.text
     last = orjson.loads(first.text.strip().split("\n\n")[-1].split("data: ")[1])
@@ -294,7 +270,7 @@ def test_a_chain_past_16_mib_is_a_400_naming_previous_response_id(
     now = time.time()
     big = StoredResponse(
         id=rid,
-        owner="sub:owner",
+        owner=f"sub:{CALLER}",
         created_at=now,
         expires_at=now + 600,
         previous_id=None,

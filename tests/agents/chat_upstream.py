@@ -6,8 +6,6 @@ call has one (streamed when asked to stream, with the usage last when
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +13,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.served import Served, run_on_thread
+from tests.served import AppServer
+from tests.sse import DONE, open_stream, send
 
 __all__ = ["Answer", "ChatUpstream", "ToolCall"]
 
@@ -31,35 +30,15 @@ class ToolCall:
 Answer = str | ToolCall
 
 
-class ChatUpstream(Served):
+class ChatUpstream(AppServer):
     def __init__(self, answer: Callable[[Any], Answer]) -> None:
         self.answer = answer
         self.bodies: list[Any] = []
-        self.base_url = ""
 
-    def start(self) -> str:
-        self._thread = run_on_thread(self._run)
-        return self.base_url
-
-    def _run(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", 0).start())
-        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v1"
-        ready.set()
-        self._loop.run_forever()
-        self._loop.close()
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            await self._runner.cleanup()
-            self._loop.stop()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
-        self._thread.join(10)
+        return app
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
@@ -84,12 +63,11 @@ class ChatUpstream(Served):
             return web.json_response(
                 {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
             )
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
+        response = await open_stream(request)
 
         async def event(choices: list[Any], **extra: Any) -> None:
             data = {**head, "object": "chat.completion.chunk", "choices": choices, **extra}
-            await response.write(b"data: " + orjson.dumps(data) + b"\n\n")
+            await send(response, data)
 
         if isinstance(answer, ToolCall):
             if answer.reasoning:
@@ -104,5 +82,5 @@ class ChatUpstream(Served):
         await event([{"index": 0, "delta": {}, "finish_reason": finish}])
         if (body.get("stream_options") or {}).get("include_usage"):
             await event([], usage=usage)
-        await response.write(b"data: [DONE]\n\n")
+        await response.write(DONE)
         return response
