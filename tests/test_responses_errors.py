@@ -5,18 +5,17 @@ failure after a stream started is in `test_responses_door.py` (`response.failed`
 
 from __future__ import annotations
 
-import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import jwt
 import openai
 import pytest
 
 from tests.fake_upstream import SECRET_URL, UPSTREAM_KEY, FakeUpstream
+from tests.responses_helpers import AUTH, sdk_for
 from tests.servers import TandemProcess
 
-SECRET = "responses-errors-secret-0123456789abcdef"
 CONFIG = f"""
 providers:
   - {{name: demo, kind: mock}}
@@ -31,26 +30,22 @@ tiers:
   free: {{default_model: echo}}
   narrow: {{default_model: echo, models: [echo]}}
   tight: {{default_model: echo, requests_per_minute: 1}}
-auth: {{required: true, jwt: {{secret: "{SECRET}"}}}}
+{AUTH}
 usage: {{store: "sqlite:///usage.db", flush_interval_ms: 20}}
 """
 
 
-def token(tier: str = "free") -> str:
-    claims = {"sub": f"errors-{tier}-{time.monotonic_ns()}", "tier": tier}
-    return jwt.encode({**claims, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
-
-
 @pytest.fixture
 def sdk(gateway: TandemProcess, fake: FakeUpstream) -> Iterator[Callable[..., Any]]:
-    """The SDK as a caller of a tier (no retries: each status is met once)."""
+    """The SDK as a caller of its own in a tier, or with a key (no retries: each status
+    is met once)."""
     fake.reset()
     clients: list[openai.OpenAI] = []
 
     def make(tier: str = "free", key: str | None = None) -> Any:
-        client = openai.OpenAI(
-            base_url=f"{gateway.base_url}/v1", api_key=key or token(tier), max_retries=0
-        )
+        client = sdk_for(gateway, f"errors-{uuid.uuid4().hex[:12]}", tier)
+        if key is not None:
+            client = client.with_options(api_key=key)
         clients.append(client)
         return client
 
