@@ -11,6 +11,9 @@ workers of `tandem serve --workers N` share one their parent made).
 
 A token is base64 of: a version byte, a 12-byte random nonce, then the sealed
 JSON `{"t": text, "s": signature}`.
+
+`cryptography` (and OpenSSL with it, ~7 MiB) is loaded by the first seal or
+open, so a gateway whose answers carry no reasoning never pays for it.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import base64
 import binascii
 import hashlib
 import os
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = ["SEAL_SECRET", "WORKERS_SEAL_ENV", "SealBroken", "Sealer", "Secrets", "shared_sealer"]
 
@@ -32,6 +36,7 @@ SEAL_SECRET = "responses.seal_key"  # its name in the store's secrets
 WORKERS_SEAL_ENV = "TANDEM_WORKERS_SEAL_KEY"
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
+_KEY_BYTES = 32  # AES-256
 # bound to what it seals: a token of another kind under the same key does not open
 _CONTEXT = b"tandem responses reasoning v1"
 
@@ -41,10 +46,20 @@ class SealBroken(ValueError):
 
 
 class Sealer:
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "_key")
 
     def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+        if len(key) != _KEY_BYTES:
+            raise ValueError(f"a seal key is {_KEY_BYTES} bytes")
+        self._key = key
+        self._aead: AESGCM | None = None
+
+    def _cipher(self) -> AESGCM:
+        if self._aead is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            self._aead = AESGCM(self._key)
+        return self._aead
 
     @classmethod
     def from_secret(cls, secret: str) -> Sealer:
@@ -54,12 +69,12 @@ class Sealer:
     @classmethod
     def ephemeral(cls) -> Sealer:
         """A key of this process only: its tokens open nowhere else, nor after a restart."""
-        return cls(AESGCM.generate_key(bit_length=256))
+        return cls(os.urandom(_KEY_BYTES))
 
     def seal(self, text: str, signature: str | None) -> str:
         plain = orjson.dumps({"t": text, "s": signature})
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, plain, _CONTEXT)
+        sealed = self._cipher().encrypt(nonce, plain, _CONTEXT)
         return base64.b64encode(_VERSION + nonce + sealed).decode()
 
     def open(self, token: str) -> tuple[str, str | None]:
@@ -70,8 +85,11 @@ class Sealer:
             raise SealBroken("is not base64") from None
         if raw[:1] != _VERSION or len(raw) < 1 + _NONCE_BYTES + 16:
             raise SealBroken("is not a token of this gateway")
+        from cryptography.exceptions import InvalidTag
+
+        nonce, sealed = raw[1 : 1 + _NONCE_BYTES], raw[1 + _NONCE_BYTES :]
         try:
-            plain = self._aead.decrypt(raw[1 : 1 + _NONCE_BYTES], raw[1 + _NONCE_BYTES :], _CONTEXT)
+            plain = self._cipher().decrypt(nonce, sealed, _CONTEXT)
         except InvalidTag:
             raise SealBroken("does not open: changed, or sealed under another key") from None
         value = orjson.loads(plain)
@@ -95,5 +113,5 @@ async def shared_sealer(
         return Sealer.from_secret(seal_key)
     if secrets is None:
         return Sealer.from_secret(workers_key) if workers_key else Sealer.ephemeral()
-    candidate = base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()
+    candidate = base64.b64encode(os.urandom(_KEY_BYTES)).decode()
     return Sealer(base64.b64decode(await secrets.get_or_create_secret(SEAL_SECRET, candidate)))

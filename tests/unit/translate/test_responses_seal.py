@@ -5,10 +5,15 @@ base64) refused; the key every replica shares made once by the store's secrets."
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from server.translate.responses.seal import SEAL_SECRET, SealBroken, Sealer, shared_sealer
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_a_sealed_text_and_signature_open_again() -> None:
@@ -70,3 +75,15 @@ async def test_the_shared_sealer_comes_from_the_config_else_the_store_else_the_p
     alone = await shared_sealer(None, None)
     with pytest.raises(SealBroken):
         (await shared_sealer(None, None)).open(alone.seal("t", None))
+
+
+def test_a_gateway_loads_no_cipher_until_it_seals() -> None:
+    """`cryptography` and OpenSSL (~7 MiB) only for gateways whose answers reason."""
+    code = (
+        "import sys, server.lifecycle, http_bridge.app;"
+        "from server.translate.responses.seal import shared_sealer;"
+        "import asyncio; sealer = asyncio.run(shared_sealer(None, None));"
+        "assert 'cryptography' not in sys.modules, 'loaded at start';"
+        "sealer.seal('t', None); assert 'cryptography' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
