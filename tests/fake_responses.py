@@ -8,10 +8,13 @@ script for the next requests (`ok` once the script is empty):
 
 - `ok`: answer normally
 - `500`: HTTP 500 before any byte of an answer
-- `400`: HTTP 400, OpenAI's body, a message naming a secret URL and key
+- `400`: HTTP 400, OpenAI's body, a message naming a secret URL, host and key
 - `404`: HTTP 404, OpenAI's body: an unknown `previous_response_id`
 - `cut`: stream up to the reasoning item, then drop the connection
 - `failed`: stream up to the reasoning item, then the upstream's own `response.failed`
+  (`failed:leak`: its message names `INTERNAL_HOST` and the key)
+- `inject`: stream up to the reasoning item, then an event whose `type` holds a
+  blank line and an event of its own (`INJECTED`)
 - `nousage`: answer normally, `response.completed` without `usage`
 - `slow:S`: wait S seconds before answering
 - `drip`: stream the message a word every 100 ms, for 10 s
@@ -35,9 +38,11 @@ from tests.served import ScriptFollower
 from tests.sse import open_stream, send
 
 SECRET_URL = "http://10.9.8.7:4444/internal"
+INTERNAL_HOST = "api.internal.corp"
 UPSTREAM_KEY = "sk-responses-upstream-secret-0123456789"
 UPSTREAM_MODEL = "gpt-up-2026-01-01"
 RESPONSE_ID = "resp_upstream_0001"
+INJECTED = "response.completed\n\nevent: response.injected"
 ENCRYPTED = "gAAAAABupstream-sealed-reasoning-blob=="
 ANSWER = "relayed words from the upstream"
 REASONING: dict[str, Any] = {
@@ -96,7 +101,10 @@ class FakeResponsesUpstream(ScriptFollower[Received]):
         if kind == "500":
             return _error(500, "the server had an error", "server_error", None)
         if kind == "400":
-            message = f"Unsupported value for temperature; see {SECRET_URL} (key {UPSTREAM_KEY})"
+            message = (
+                f"Unsupported value for temperature; see {SECRET_URL} (key {UPSTREAM_KEY}) "
+                f"or ask {INTERNAL_HOST}"
+            )
             return _error(400, message, "invalid_request_error", "temperature")
         if kind == "404":
             message = f"Previous response with id '{body.get('previous_response_id')}' not found."
@@ -124,8 +132,14 @@ class FakeResponsesUpstream(ScriptFollower[Received]):
             assert request.transport is not None
             request.transport.close()
             return answer
+        if kind == "inject":
+            await send(answer, {"type": INJECTED, "sequence_number": sequence})
+            return answer
         if kind == "failed":
-            error = {"code": "server_error", "message": "the model failed"}
+            message = "the model failed"
+            if arg == "leak":
+                message += f" at {INTERNAL_HOST} ({UPSTREAM_KEY})"
+            error = {"code": "server_error", "message": message}
             failed = {**_response(body, "failed", [REASONING], None), "error": error}
             await event("response.failed", response=failed)
             return answer

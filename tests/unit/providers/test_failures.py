@@ -24,6 +24,8 @@ def body(message: Any, param: Any = None, code: Any = None) -> bytes:
         "see http://10.1.2.3:9000/v1/responses for details",
         "host 10.1.2.3:9000 refused",
         "host api.internal.example:8443 refused",
+        "could not resolve api.internal.corp: refused",
+        "upstream.internal said no",
         "bad key sk-proj-abcdefghijklmnop",
         "header Bearer abc.def.ghi was wrong",
         f"posted to {SECRETS[0]}/responses with {SECRETS[1]}",
@@ -36,9 +38,19 @@ def test_scrubbed_cuts_urls_hosts_and_keys(message: str) -> None:
         assert secret not in cleaned
 
 
-def test_scrubbed_keeps_plain_words_and_bounds_the_length() -> None:
-    message = "Unsupported parameter: 'temperature' is not supported with this model."
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Unsupported parameter: 'temperature' is not supported with this model.",
+        "Invalid value for 'input[0].content': use reasoning.encrypted_content, e.g. 0.5.",
+        "Try gpt-4.1-mini; web_search_call.action.sources is not included.",
+    ],
+)
+def test_scrubbed_keeps_plain_words_and_field_names(message: str) -> None:
     assert scrubbed(message, SECRETS) == message
+
+
+def test_scrubbed_bounds_the_length() -> None:
     assert len(scrubbed("x" * 10_000, SECRETS)) == MAX_MESSAGE_CHARS
 
 
