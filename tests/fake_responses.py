@@ -15,6 +15,8 @@ script for the next requests (`ok` once the script is empty):
   (`failed:leak`: its message names `INTERNAL_HOST` and the key)
 - `inject`: stream up to the reasoning item, then an event whose `type` holds a
   blank line and an event of its own (`INJECTED`)
+- `big:M`: stream a message of one delta of M MiB, then 300 ms later
+  `response.completed` (with `USAGE`), in a read of its own
 - `nousage`: answer normally, `response.completed` without `usage`
 - `slow:S`: wait S seconds before answering
 - `drip`: stream the message a word every 100 ms, for 10 s
@@ -117,6 +119,8 @@ class FakeResponsesUpstream(ScriptFollower[Received]):
             return web.json_response(_response(body, "completed", output, usage))
         answer = await open_stream(request)
         sequence = 0
+        if kind == "big":
+            return await _big(answer, body, int(float(arg) * 2**20))
 
         async def event(kind: str, **data: Any) -> None:
             nonlocal sequence
@@ -167,6 +171,20 @@ class FakeResponsesUpstream(ScriptFollower[Received]):
         output = [REASONING, WEB_SEARCH, MESSAGE]
         await event("response.completed", response=_response(body, "completed", output, usage))
         return answer
+
+
+async def _big(answer: web.StreamResponse, body: dict[str, Any], size: int) -> web.StreamResponse:
+    where = {"item_id": "msg_up_1", "output_index": 0, "content_index": 0}
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("response.created", {"response": _response(body, "in_progress", [], None)}),
+        ("response.output_text.delta", {**where, "delta": "x" * size, "logprobs": []}),
+        ("response.completed", {"response": _response(body, "completed", [MESSAGE], USAGE)}),
+    ]
+    for sequence, (kind, data) in enumerate(events):
+        if kind == "response.completed":
+            await asyncio.sleep(0.3)
+        await send(answer, {"type": kind, "sequence_number": sequence, **data}, kind)
+    return answer
 
 
 def _error(status: int, message: str, kind: str, param: str | None) -> web.Response:

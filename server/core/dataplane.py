@@ -222,6 +222,8 @@ class DataPlane:
                         if len(account.sent) >= SENT_BATCH:
                             account.count_sent()
                     account.chunks += len(batch)
+                    if relay.ended:  # charged now: a caller gone at this yield still pays it
+                        _charge(account, relay)
                     yield batch
                     if relay.ended:
                         break
@@ -238,10 +240,6 @@ class DataPlane:
                 raise
             finally:
                 await upstream.aclose()
-            if relay.usage_known:
-                account.usage(relay.input_tokens, relay.output_tokens)
-                account.cached_tokens = relay.cached_tokens
-                account.reasoning_tokens = relay.reasoning_tokens
             if relay.failed_upstream:  # relayed as it came; recorded as the upstream's failure
                 raise UpstreamError("upstream provider's response failed")
 
@@ -378,6 +376,14 @@ async def _relayed(
             yield out
             if relay.ended:
                 return
+
+
+def _charge(account: Accounting, relay: Relay) -> None:
+    """What the upstream said its answer used, if it said."""
+    if relay.usage_known:
+        account.usage(relay.input_tokens, relay.output_tokens)
+        account.cached_tokens = relay.cached_tokens
+        account.reasoning_tokens = relay.reasoning_tokens
 
 
 async def _relayed_whole(stream: AsyncGenerator[list[Event], None]) -> bytes:
