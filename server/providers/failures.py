@@ -91,12 +91,20 @@ _SECRET_LIKE = re.compile(
 )
 
 
+# what the patterns read of a message: they backtrack, so their time grows with the
+# square of its length (a 100 KB message took 35 s of the event loop)
+_WINDOW = 2 * MAX_MESSAGE_CHARS
+_LAST_WORD = re.compile(r"\S+\Z")
+
+
 def scrubbed(message: str, secrets: tuple[str, ...]) -> str:
     """An upstream's message with its URLs, hosts and keys (and the `secrets` given:
     the provider's own URL and key) cut out, at most `MAX_MESSAGE_CHARS` long."""
     for secret in secrets:
         if secret:
             message = message.replace(secret, "[redacted]")
+    if len(message) > _WINDOW:  # the word cut at the window's edge may be a key's start
+        message = _LAST_WORD.sub("", message[:_WINDOW])
     message = _SECRET_LIKE.sub("[redacted]", message)
     return message[:MAX_MESSAGE_CHARS]
 
