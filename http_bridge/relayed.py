@@ -23,8 +23,9 @@ __all__ = ["relayed_response"]
 
 
 class _Framed:
-    """A relayed event as named SSE. A stream that fails after its first event has
-    been ended by the core with `response.failed` already: nothing more to write."""
+    """A relayed event as named SSE: its name is one the core checked (`[a-z0-9._]`,
+    core/relay.py), so it cannot end its line. A stream that fails after its first
+    event has been ended by the core with `response.failed` already: nothing more."""
 
     __slots__ = ()
 

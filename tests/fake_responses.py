@@ -8,10 +8,15 @@ script for the next requests (`ok` once the script is empty):
 
 - `ok`: answer normally
 - `500`: HTTP 500 before any byte of an answer
-- `400`: HTTP 400, OpenAI's body, a message naming a secret URL and key
+- `400`: HTTP 400, OpenAI's body, a message naming a secret URL, host and key
 - `404`: HTTP 404, OpenAI's body: an unknown `previous_response_id`
 - `cut`: stream up to the reasoning item, then drop the connection
 - `failed`: stream up to the reasoning item, then the upstream's own `response.failed`
+  (`failed:leak`: its message names `INTERNAL_HOST` and the key)
+- `inject`: stream up to the reasoning item, then an event whose `type` holds a
+  blank line and an event of its own (`INJECTED`)
+- `big:M`: stream a message of one delta of M MiB, then 300 ms later
+  `response.completed` (with `USAGE`), in a read of its own
 - `nousage`: answer normally, `response.completed` without `usage`
 - `slow:S`: wait S seconds before answering
 - `drip`: stream the message a word every 100 ms, for 10 s
@@ -35,9 +40,11 @@ from tests.served import ScriptFollower
 from tests.sse import open_stream, send
 
 SECRET_URL = "http://10.9.8.7:4444/internal"
+INTERNAL_HOST = "api.internal.corp"
 UPSTREAM_KEY = "sk-responses-upstream-secret-0123456789"
 UPSTREAM_MODEL = "gpt-up-2026-01-01"
 RESPONSE_ID = "resp_upstream_0001"
+INJECTED = "response.completed\n\nevent: response.injected"
 ENCRYPTED = "gAAAAABupstream-sealed-reasoning-blob=="
 ANSWER = "relayed words from the upstream"
 REASONING: dict[str, Any] = {
@@ -96,7 +103,10 @@ class FakeResponsesUpstream(ScriptFollower[Received]):
         if kind == "500":
             return _error(500, "the server had an error", "server_error", None)
         if kind == "400":
-            message = f"Unsupported value for temperature; see {SECRET_URL} (key {UPSTREAM_KEY})"
+            message = (
+                f"Unsupported value for temperature; see {SECRET_URL} (key {UPSTREAM_KEY}) "
+                f"or ask {INTERNAL_HOST}"
+            )
             return _error(400, message, "invalid_request_error", "temperature")
         if kind == "404":
             message = f"Previous response with id '{body.get('previous_response_id')}' not found."
@@ -109,6 +119,8 @@ class FakeResponsesUpstream(ScriptFollower[Received]):
             return web.json_response(_response(body, "completed", output, usage))
         answer = await open_stream(request)
         sequence = 0
+        if kind == "big":
+            return await _big(answer, body, int(float(arg) * 2**20))
 
         async def event(kind: str, **data: Any) -> None:
             nonlocal sequence
@@ -124,8 +136,14 @@ class FakeResponsesUpstream(ScriptFollower[Received]):
             assert request.transport is not None
             request.transport.close()
             return answer
+        if kind == "inject":
+            await send(answer, {"type": INJECTED, "sequence_number": sequence})
+            return answer
         if kind == "failed":
-            error = {"code": "server_error", "message": "the model failed"}
+            message = "the model failed"
+            if arg == "leak":
+                message += f" at {INTERNAL_HOST} ({UPSTREAM_KEY})"
+            error = {"code": "server_error", "message": message}
             failed = {**_response(body, "failed", [REASONING], None), "error": error}
             await event("response.failed", response=failed)
             return answer
@@ -153,6 +171,20 @@ class FakeResponsesUpstream(ScriptFollower[Received]):
         output = [REASONING, WEB_SEARCH, MESSAGE]
         await event("response.completed", response=_response(body, "completed", output, usage))
         return answer
+
+
+async def _big(answer: web.StreamResponse, body: dict[str, Any], size: int) -> web.StreamResponse:
+    where = {"item_id": "msg_up_1", "output_index": 0, "content_index": 0}
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("response.created", {"response": _response(body, "in_progress", [], None)}),
+        ("response.output_text.delta", {**where, "delta": "x" * size, "logprobs": []}),
+        ("response.completed", {"response": _response(body, "completed", [MESSAGE], USAGE)}),
+    ]
+    for sequence, (kind, data) in enumerate(events):
+        if kind == "response.completed":
+            await asyncio.sleep(0.3)
+        await send(answer, {"type": kind, "sequence_number": sequence, **data}, kind)
+    return answer
 
 
 def _error(status: int, message: str, kind: str, param: str | None) -> web.Response:

@@ -19,6 +19,7 @@ from tests.eventually import eventually, eventually_async
 from tests.fake_responses import (
     ANSWER,
     ENCRYPTED,
+    INTERNAL_HOST,
     MESSAGE,
     REASONING,
     RESPONSE_ID,
@@ -320,7 +321,7 @@ def test_an_upstream_400_keeps_its_message_but_not_its_url_or_key(
     assert error["param"] == "temperature"
     assert "Unsupported value for temperature" in error["message"]
     text = caught.value.response.text
-    for secret in (SECRET_URL, "10.9.8.7", UPSTREAM_KEY, upstream.base_url):
+    for secret in (SECRET_URL, "10.9.8.7", UPSTREAM_KEY, upstream.base_url, INTERNAL_HOST):
         assert secret not in text
     assert len(upstream.requests) == 1  # the caller's error: not retried
 
@@ -394,6 +395,28 @@ def test_the_upstreams_own_response_failed_is_relayed_once(
     assert seen[-1][1]["response"]["error"]["message"] == "the model failed"
     [record] = usage_records(gateway, 1, ADMIN_KEY, user="upfail")
     assert record["status"] == "error:upstream_error"
+
+
+def test_an_event_type_that_would_break_the_framing_ends_the_stream(
+    gateway: TandemProcess, upstream: FakeResponsesUpstream
+) -> None:
+    upstream.reset("inject")
+    answer = post(gateway, {"model": "gpt-native", "input": "x", "stream": True})
+    seen = named_events(answer)  # each event one `event:` line and one `data:` line
+    assert [name for name, _ in seen][-2:] == ["response.output_item.done", "response.failed"]
+    assert "response.injected" not in answer.text
+
+
+def test_the_upstreams_own_response_failed_names_no_host_or_key(
+    gateway: TandemProcess, upstream: FakeResponsesUpstream
+) -> None:
+    upstream.reset("failed:leak")
+    answer = post(gateway, {"model": "gpt-native", "input": "x", "stream": True})
+    seen = named_events(answer)
+    assert seen[-1][0] == "response.failed"
+    assert seen[-1][1]["response"]["error"]["message"].startswith("the model failed at ")
+    for secret in (INTERNAL_HOST, UPSTREAM_KEY):
+        assert secret not in answer.text
 
 
 async def test_a_caller_that_goes_away_mid_stream_is_charged_and_the_upstream_cut(
@@ -486,10 +509,18 @@ def test_a_model_outside_the_tier_is_refused_before_the_upstream(
     assert upstream.requests == []
 
 
-def test_a_background_response_is_refused(gateway: TandemProcess) -> None:
-    answer = post(gateway, {"model": "gpt-native", "input": "x", "background": True})
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("background", True), ("conversation", "conv_1"), ("prompt", {"id": "pmpt_1"})],
+)
+def test_what_the_gateway_does_not_relay_is_refused(
+    gateway: TandemProcess, upstream: FakeResponsesUpstream, field: str, value: Any
+) -> None:
+    upstream.reset()
+    answer = post(gateway, {"model": "gpt-native", "input": "x", field: value})
     assert answer.status_code == 400
-    assert answer.json()["error"]["param"] == "background"
+    assert answer.json()["error"]["param"] == field
+    assert upstream.requests == []
 
 
 @pytest.mark.parametrize("stream", [False, True])

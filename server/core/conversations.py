@@ -3,9 +3,10 @@
 A response is kept with its own input items under its owner, the caller as rate
 limits count callers: an API key (`key:<id>`), else a JWT subject (`sub:<sub>`), an
 admin key (`admin:<name>`), and the anonymous callers (`auth.required: false`)
-together as one owner, `anonymous`, as they share one budget (their ids, 128 random
-bits, are the only secret between them). It lives `responses.ttl_days`; another
-owner's, an expired or a deleted one is not found (404), alike.
+together as one owner, `anonymous`, as they share one budget (their ids, 128 bits
+that no id seen predicts, are the only secret between them). It lives
+`responses.ttl_days`; another owner's, an expired or a deleted one is not found
+(404), alike.
 
 A continuation (`previous_id`) brings the chain's stored input and output back,
 oldest first; a chain over `MAX_CHAIN_BYTES` of them is a 400 (it only grows).

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 
@@ -23,7 +23,7 @@ from server.context import CallContext, new_id
 from server.core.accounting import SENT_BATCH, Accounting
 from server.core.estimate import estimate_prompt, estimate_relayed_prompt
 from server.core.fold import fold_stream
-from server.core.relay import Event, Relay, check_relayed, max_output_tokens
+from server.core.relay import Event, Relay, Scrub, check_relayed, max_output_tokens
 from server.core.resilience import open_first, open_stream
 from server.core.routing import Router
 from server.core.validation import (
@@ -207,9 +207,9 @@ class DataPlane:
         chain = [r for r in self.router.chain(route) if _relays(r)]
 
         def start(attempt: Route) -> AsyncGenerator[list[Event], None]:
-            provider = attempt.provider
-            assert isinstance(provider, RelaysResponses)
-            return _relayed(relay, provider.respond(body, attempt, ctx, streaming=streaming))
+            provider = cast(RelaysResponses, attempt.provider)  # `chain` holds only those
+            answer = provider.respond(body, attempt, ctx, streaming=streaming)
+            return _relayed(relay, answer, provider.scrub)
 
         with Accounting(self.usage, ctx, route, admission, streaming, prompt) as account:
             account.route, upstream, batch = await open_first(chain, start, ctx, attempts=account)
@@ -222,6 +222,8 @@ class DataPlane:
                         if len(account.sent) >= SENT_BATCH:
                             account.count_sent()
                     account.chunks += len(batch)
+                    if relay.ended:  # charged now: a caller gone at this yield still pays it
+                        _charge(account, relay)
                     yield batch
                     if relay.ended:
                         break
@@ -238,10 +240,6 @@ class DataPlane:
                 raise
             finally:
                 await upstream.aclose()
-            if relay.usage_known:
-                account.usage(relay.input_tokens, relay.output_tokens)
-                account.cached_tokens = relay.cached_tokens
-                account.reasoning_tokens = relay.reasoning_tokens
             if relay.failed_upstream:  # relayed as it came; recorded as the upstream's failure
                 raise UpstreamError("upstream provider's response failed")
 
@@ -358,11 +356,11 @@ def _relays(route: Route) -> bool:
 
 
 async def _relayed(
-    relay: Relay, source: AsyncGenerator[list[bytes], None]
+    relay: Relay, source: AsyncGenerator[list[bytes], None], scrub: Scrub
 ) -> AsyncGenerator[list[Event], None]:
-    """An attempt's answer, read by `relay`: up to the event that ends it. The events
-    before one that fails still go out, before the failure."""
-    relay.start()
+    """An attempt's answer, read by `relay` (its errors cleaned by `scrub`): up to the
+    event that ends it. The events before one that fails still go out, before the failure."""
+    relay.start(scrub)
     async with contextlib.aclosing(source):
         async for payloads in source:
             out: list[Event] = []
@@ -378,6 +376,14 @@ async def _relayed(
             yield out
             if relay.ended:
                 return
+
+
+def _charge(account: Accounting, relay: Relay) -> None:
+    """What the upstream said its answer used, if it said."""
+    if relay.usage_known:
+        account.usage(relay.input_tokens, relay.output_tokens)
+        account.cached_tokens = relay.cached_tokens
+        account.reasoning_tokens = relay.reasoning_tokens
 
 
 async def _relayed_whole(stream: AsyncGenerator[list[Event], None]) -> bytes:

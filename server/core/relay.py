@@ -12,21 +12,28 @@ estimate of what was sent (the deltas' text).
 
 A stream that fails after its first event ends with `response.failed`, naming
 the response the upstream opened, unless the upstream sent it itself (then the
-call is still recorded as the upstream's failure). What the upstream keeps
-(`store`, `previous_response_id`, `conversation`) is its own business; a
-`background` response would be answered and counted nowhere: a 400.
+call is still recorded as the upstream's failure). The upstream's own error
+events (`error`, `response.failed`) are relayed with their messages scrubbed as
+any upstream error's (providers/failures.py), and an event whose name is not a
+name (`[a-z0-9._]`, so that it cannot break the SSE framing) is the upstream's
+failure. What the upstream keeps (`store`, `previous_response_id`) is its own
+business; a `background` response would be answered and counted nowhere, and
+`conversation` and `prompt` name state the gateway does not relay: each a 400.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from server.core.estimate import texts_of
 from server.errors import GatewayError, InvalidRequestError, UpstreamError
+from server.providers.failures import scrub_error
 
-__all__ = ["Event", "Relay", "check_relayed", "max_output_tokens"]
+__all__ = ["Event", "Relay", "Scrub", "check_relayed", "max_output_tokens"]
 
 # one relayed item: (its event name, its data); a whole answer's name is b""
 Event = tuple[bytes, bytes]
@@ -37,6 +44,22 @@ _FAILED = "response.failed"
 # the events whose `response` is the whole response, so name the upstream's model
 _WHOLE = frozenset({"response.created", "response.in_progress", "response.queued", *_ENDS})
 _ITEM_DONE = "response.output_item.done"
+_ERROR = "error"
+# an event's name, written as the SSE `event:` line: nothing that could end that line
+_EVENT_NAME = re.compile(r"[a-z0-9._]{1,128}")
+# what scrubs an upstream's error object, in place: the provider's own (its URL and key)
+Scrub = Callable[[dict[str, Any]], None]
+
+
+def _scrub_any(error: dict[str, Any]) -> None:
+    scrub_error(error, ())
+
+
+# fields whose state lives with the upstream in ways the gateway does not relay
+_REFUSED = {
+    "conversation": "a conversation is not relayed; send previous_response_id or the input",
+    "prompt": "a stored prompt is not relayed; send the input itself",
+}
 
 
 def check_relayed(body: dict[str, Any]) -> None:
@@ -50,6 +73,9 @@ def check_relayed(body: dict[str, Any]) -> None:
             "counted nowhere); send it without",
             param="background",
         )
+    for name, why in _REFUSED.items():
+        if body.get(name) is not None:
+            raise InvalidRequestError(f"{name}: {why}", param=name)
 
 
 def max_output_tokens(body: dict[str, Any]) -> int:
@@ -69,6 +95,7 @@ class Relay:
     __slots__ = (
         "_items",
         "_model",
+        "_scrub",
         "_sequence",
         "_snapshot",
         "cached_tokens",
@@ -88,8 +115,9 @@ class Relay:
         self.sent: list[str] = []
         self.start()
 
-    def start(self) -> None:
-        """A new attempt's answer begins."""
+    def start(self, scrub: Scrub = _scrub_any) -> None:
+        """A new attempt's answer begins; `scrub` cleans its error objects."""
+        self._scrub = scrub
         self._items: list[Any] = []  # the output items done, for `response.failed`
         self._sequence = -1
         self._snapshot: dict[str, Any] | None = None  # the response as last described
@@ -107,6 +135,8 @@ class Relay:
         kind = data.get("type")
         if not isinstance(kind, str) or not kind:
             raise UpstreamError("upstream provider sent an event without a type")
+        if not _EVENT_NAME.fullmatch(kind):
+            raise UpstreamError("upstream provider sent an event with an invalid type")
         sequence = data.get("sequence_number")
         if isinstance(sequence, int):
             self._sequence = sequence
@@ -122,6 +152,13 @@ class Relay:
             if kind in _ENDS:
                 self.ended = kind
                 self._usage(response.get("usage"))
+                if isinstance(error := response.get("error"), dict):
+                    self._scrub(error)
+            raw = orjson.dumps(data)
+        elif kind == _ERROR:
+            self._scrub(data)
+            if isinstance(error := data.get("error"), dict):
+                self._scrub(error)
             raw = orjson.dumps(data)
         return kind.encode(), raw
 
@@ -129,6 +166,8 @@ class Relay:
         """A whole answer's JSON in, the answer out."""
         data = _object(raw)
         self._rename(data)
+        if isinstance(error := data.get("error"), dict):
+            self._scrub(error)
         self.ended = "response.completed"
         self._usage(data.get("usage"))
         if not self.usage_known:

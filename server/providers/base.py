@@ -90,3 +90,8 @@ class RelaysResponses(Protocol):
         upstream's `/responses`; yields a streamed answer's `data:` payloads, a list for
         each read, or the whole answer's JSON as one list of one."""
         ...
+
+    def scrub(self, error: dict[str, Any]) -> None:
+        """Make an error object of its answer fit for the caller, in place: nothing in it
+        names a host or a key (providers/failures.py)."""
+        ...

@@ -2,8 +2,9 @@
 
 Nothing in an error says which host or key was used: the upstream's own
 words may name them, so of its body only a well-formed `param` passes; a relayed
-Responses call (`relayed_error`) passes the upstream's message too, its URLs
-and keys cut out.
+Responses call (`relayed_error`, and a relayed stream's own error events:
+`scrub_error`) passes the upstream's message too, its URLs, host names and keys cut
+out.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import orjson
 
 from server.errors import GatewayError, InvalidRequestError, NotFoundError, UpstreamError
 
-__all__ = ["relayed_error", "status_error"]
+__all__ = ["relayed_error", "scrub_error", "scrubbed", "status_error"]
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -75,15 +76,25 @@ def status_error(status: int, headers: Mapping[str, str], body: bytes) -> Gatewa
 
 
 MAX_MESSAGE_CHARS = 512
-# what may name where the upstream is, or hold a credential: URLs, host:port, bearer
-# tokens and `sk-`-style keys
+# what may name where the upstream is, or hold a credential: URLs, host:port, host names
+# (labels with a dot, the last a word of letters: `api.internal.corp`, also a dotted
+# field name such as `text.format`, which the error's `param` still names; not one
+# with `_`, `[` or a leading `.`: `input[0].content`, `reasoning.encrypted_content`),
+# bearer tokens and `sk-`-style keys
 _SECRET_LIKE = re.compile(
     r"[A-Za-z][A-Za-z0-9+.-]*://\S+"
     r"|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"
     r"|\b[A-Za-z0-9.-]+\.[A-Za-z]{2,}:\d+\b"
+    r"|(?<![\w.\[\]-])(?:[A-Za-z0-9-]+\.)+[A-Za-z][A-Za-z0-9-]*[A-Za-z](?![\w-])"
     r"|\b(?:sk|pk|rk|key)-[A-Za-z0-9_-]{8,}"
     r"|(?i:bearer)\s+\S+"
 )
+
+
+# what the patterns read of a message: they backtrack, so their time grows with the
+# square of its length (a 100 KB message took 35 s of the event loop)
+_WINDOW = 2 * MAX_MESSAGE_CHARS
+_LAST_WORD = re.compile(r"\S+\Z")
 
 
 def scrubbed(message: str, secrets: tuple[str, ...]) -> str:
@@ -92,8 +103,23 @@ def scrubbed(message: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         if secret:
             message = message.replace(secret, "[redacted]")
+    if len(message) > _WINDOW:  # the word cut at the window's edge may be a key's start
+        message = _LAST_WORD.sub("", message[:_WINDOW])
     message = _SECRET_LIKE.sub("[redacted]", message)
     return message[:MAX_MESSAGE_CHARS]
+
+
+def scrub_error(error: dict[str, Any], secrets: tuple[str, ...]) -> None:
+    """An error object of a relayed stream (an `error` event, or `response.failed`'s
+    `error`) made fit for the caller, in place, as `relayed_error` makes a 4xx's: its
+    `message` `scrubbed`, its `code` and `param` kept only if they look like names."""
+    message = error.get("message")
+    if message is not None:
+        error["message"] = scrubbed(message, secrets) if isinstance(message, str) else None
+    for key in ("code", "param"):
+        value = error.get(key)
+        if value is not None and not (isinstance(value, str) and _FIELD.fullmatch(value)):
+            error[key] = None
 
 
 def relayed_error(

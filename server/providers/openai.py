@@ -13,7 +13,7 @@ from server.config import ProviderConfig
 from server.context import CallContext
 from server.errors import GatewayError, UpstreamError
 from server.providers.base import ChatRequest, Route
-from server.providers.failures import relayed_error
+from server.providers.failures import relayed_error, scrub_error
 from server.providers.http_provider import HttpProvider, bearer
 from server.providers.reads import read_at_most, sse_batches
 from server.translate.extra import extra_fields_of, leave_out
@@ -91,6 +91,9 @@ class OpenAIProvider(HttpProvider):
                         f"upstream provider's answer is larger than {self._max_stream_bytes} bytes"
                     )
                 yield payloads
+
+    def scrub(self, error: dict[str, Any]) -> None:
+        scrub_error(error, self._secrets)
 
     def _relayed_error(self, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
         return relayed_error(status, headers, body, self._secrets)

@@ -10,6 +10,7 @@ import pytest
 
 from server.core.relay import Relay, check_relayed, max_output_tokens
 from server.errors import InvalidRequestError, UpstreamError
+from server.providers.failures import scrub_error
 
 USAGE = {
     "input_tokens": 10,
@@ -138,3 +139,61 @@ def test_background_and_a_stream_that_is_not_a_boolean_are_refused() -> None:
 )
 def test_max_output_tokens_reserved(value: Any, reserved: int) -> None:
     assert max_output_tokens({"max_output_tokens": value}) == reserved
+
+
+@pytest.mark.parametrize("field", ["conversation", "prompt"])
+def test_state_the_gateway_does_not_relay_is_refused(field: str) -> None:
+    check_relayed({field: None})
+    with pytest.raises(InvalidRequestError) as refused:
+        check_relayed({field: {"id": "conv_1"}})
+    assert refused.value.param == field
+    with pytest.raises(InvalidRequestError):
+        check_relayed({field: "conv_1"})
+
+
+@pytest.mark.parametrize(
+    "kind", ["response.completed\n\ndata: {}", "Response.Created", "a b", "x" * 129, "é"]
+)
+def test_an_event_whose_type_is_not_a_name_is_the_upstreams_error(kind: str) -> None:
+    with pytest.raises(UpstreamError, match="invalid type"):
+        Relay("public", streaming=True).event(raw(kind, 0))
+
+
+LEAKY = "upstream api.internal.corp (10.0.0.9:8080) said no; key sk-abcdefghijklmnop"
+
+
+def assert_clean(error: dict[str, Any]) -> None:
+    text = orjson.dumps(error).decode()
+    for secret in ("internal.corp", "10.0.0.9", "sk-abc", "configured-key"):
+        assert secret not in text
+    assert "said no" in error["message"]
+
+
+def test_the_upstreams_error_event_is_scrubbed() -> None:
+    relay = Relay("public", streaming=True)
+    relay.start(lambda error: scrub_error(error, ("configured-key",)))
+    written = raw(
+        "error",
+        3,
+        message=f"{LEAKY} configured-key",
+        code="api.internal.corp/x",
+        param="input",
+        error={"type": "server_error", "message": LEAKY, "code": "server_error"},
+    )
+    name, out = relay.event(written)
+    assert name == b"error"
+    data = orjson.loads(out)
+    assert_clean(data)
+    assert_clean(data["error"])
+    assert (data["code"], data["param"], data["sequence_number"]) == (None, "input", 3)
+    assert data["error"]["code"] == "server_error"
+
+
+def test_the_upstreams_response_failed_is_scrubbed() -> None:
+    relay = Relay("public", streaming=True)
+    error = {"code": "server_error", "message": LEAKY}
+    _, out = relay.event(raw("response.failed", 4, response=response("failed", error=error)))
+    assert_clean(orjson.loads(out)["response"]["error"])
+    assert relay.failed_upstream
+    _, whole = Relay("public", streaming=False).whole(orjson.dumps(response("failed", error=error)))
+    assert_clean(orjson.loads(whole)["error"])
