@@ -9,7 +9,8 @@ continuation on another replica finds it at once: the core's conversation store
 stream's `response.failed`, else a 503): the caller asked for a response it can
 continue, and one that cannot be continued would fail later, silently.
 `previous_response_id` brings the chain's input and output before the new input
-(not its instructions); an `item_reference` is a stored item of the caller's.
+(not its instructions); an `item_reference` is a stored item of the caller's. What a
+request makes the store read is bounded before it is admitted (`_with_stored`).
 
 A WebSocket upgrade on `GET /v1/responses` (Codex tries one first, when its provider
 says it may) is refused at once with 426: the one refusal that makes a client fall

@@ -217,7 +217,10 @@ def test_item_references_are_bounded_before_anything_is_asked(
     refused = post(gateway, {"model": "relay", "input": many})
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["param"] == "input"
-    assert "16 MiB" in refused.json()["error"]["message"]
+    assert (
+        "item_reference items and the conversation passed 16 MiB"
+        in refused.json()["error"]["message"]
+    )
     too_many = [{"type": "item_reference", "id": "msg_x"}] * 1_001
     refused = post(gateway, {"model": "relay", "input": too_many})
     assert refused.status_code == 400, refused.text

@@ -84,8 +84,9 @@ def _given(item: JSON, given: Collection[str]) -> bool:
 
 
 def _too_big(param: str) -> InvalidRequestError:
+    what = "its item_reference items and " if param == "input" else ""
     return InvalidRequestError(
-        f"{param}: the conversation passed {MAX_CHAIN_BYTES // 2**20} MiB of stored "
+        f"{param}: {what}the conversation passed {MAX_CHAIN_BYTES // 2**20} MiB of stored "
         "input and output; start a new one",
         param=param,
     )
