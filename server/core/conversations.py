@@ -167,9 +167,9 @@ class Conversations:
                 param=param,
             )
         items: list[JSON] = []
-        for stored in chain:
-            items += orjson.loads(stored.input)
-            items += orjson.loads(stored.response)["output"]
+        for link in chain:  # what chain_bytes counted, no more
+            items += orjson.loads(link.input)
+            items += orjson.loads(link.output)
         return History(previous_id, items, previous.chain_bytes)
 
     async def items(self, caller: Caller, wanted: Sequence[str], spent: int) -> dict[str, JSON]:
@@ -219,6 +219,7 @@ class Conversations:
             response=orjson.dumps(response).decode(),
             input=input_bytes.decode(),
             splits=orjson.dumps(splits).decode(),
+            output=output_bytes.decode(),
         )
         referable = {  # one row an id: the last item of that id is the one named
             item["id"]: item

@@ -23,6 +23,7 @@ __all__ = [
     "ITEM_COLUMNS",
     "MAX_CHAIN_DEPTH",
     "MAX_ID_CHARS",
+    "ChainLink",
     "ConversationStore",
     "StoredItem",
     "StoredResponse",
@@ -62,6 +63,19 @@ class StoredResponse:
     response: str  # the response object, JSON
     input: str  # its own input items (each with an id), a JSON list
     splits: str  # the lengths of its streamed pieces, per output item, a JSON list
+    # its output items (a JSON list), apart: a chain reads what its bound counts, not
+    # the settings each response echoes (instructions, tools)
+    output: str = "[]"
+
+
+@dataclass(frozen=True, slots=True)
+class ChainLink:
+    """What a continuation reads of each response of its chain."""
+
+    id: str
+    previous_id: str | None
+    input: str
+    output: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +96,9 @@ class ConversationStore(Protocol):
     ) -> StoredResponse | None:
         """`owner`'s response `response_id`, unless it expired (or was never theirs)."""
 
-    async def response_chain(
-        self, owner: str, response_id: str, now: float
-    ) -> list[StoredResponse]:
-        """The response and those it continues, oldest first, as far as they live."""
+    async def response_chain(self, owner: str, response_id: str, now: float) -> list[ChainLink]:
+        """The response and those it continues, oldest first, as far as they live
+        (`MAX_CHAIN_DEPTH` + 1 at most)."""
 
     async def item_sizes(
         self, owner: str, item_ids: Sequence[str], now: float
@@ -104,7 +117,9 @@ class ConversationStore(Protocol):
         """Remove up to `limit` expired responses (and their items); how many went."""
 
 
-COLUMNS = "id, owner, created_at, expires_at, previous_id, chain_bytes, response, input, splits"
+COLUMNS = (
+    "id, owner, created_at, expires_at, previous_id, chain_bytes, response, input, splits, output"
+)
 
 
 def conversations_schema(real: str, big: str) -> str:
@@ -118,7 +133,8 @@ CREATE TABLE IF NOT EXISTS responses (
     chain_bytes {big} NOT NULL,
     response TEXT NOT NULL,
     input TEXT NOT NULL,
-    splits TEXT NOT NULL
+    splits TEXT NOT NULL,
+    output TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at);
 CREATE TABLE IF NOT EXISTS response_items (
@@ -147,7 +163,7 @@ WITH RECURSIVE chain(id, previous_id, depth) AS (
     SELECT r.id, r.previous_id, c.depth + 1 FROM responses r JOIN chain c ON r.id = c.previous_id
         WHERE r.owner = {owner} AND r.expires_at > {now} AND c.depth < {MAX_CHAIN_DEPTH}
 )
-SELECT {", ".join("r." + c for c in COLUMNS.split(", "))}
+SELECT r.id, r.previous_id, r.input, r.output
 FROM responses r JOIN chain c ON r.id = c.id ORDER BY c.depth DESC
 """
 

@@ -16,6 +16,7 @@ from server.store import ledger_sql as ledger
 from server.store.conversations import COLUMNS as RESPONSE_COLUMNS
 from server.store.conversations import (
     ITEM_COLUMNS,
+    ChainLink,
     StoredItem,
     StoredResponse,
     chain_sql,
@@ -188,7 +189,7 @@ class PostgresStore:
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute(
                 f"INSERT INTO responses ({RESPONSE_COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 *astuple(stored),
             )
             await connection.executemany(
@@ -209,12 +210,10 @@ class PostgresStore:
         )
         return StoredResponse(*row) if row else None
 
-    async def response_chain(
-        self, owner: str, response_id: str, now: float
-    ) -> list[StoredResponse]:
+    async def response_chain(self, owner: str, response_id: str, now: float) -> list[ChainLink]:
         pool = await self._ready()
         rows = await pool.fetch(chain_sql(("$1", "$2", "$3")), response_id, owner, now)
-        return [StoredResponse(*row) for row in rows]
+        return [ChainLink(*row) for row in rows]
 
     async def item_sizes(
         self, owner: str, item_ids: Sequence[str], now: float

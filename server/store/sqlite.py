@@ -20,6 +20,7 @@ from server.store import ledger_sql as ledger
 from server.store.conversations import COLUMNS as RESPONSE_COLUMNS
 from server.store.conversations import (
     ITEM_COLUMNS,
+    ChainLink,
     StoredItem,
     StoredResponse,
     chain_sql,
@@ -146,7 +147,7 @@ class SqliteStore:
         def write(db: sqlite3.Connection) -> None:
             with _transaction(db, "BEGIN IMMEDIATE"):
                 db.execute(
-                    f"INSERT INTO responses ({RESPONSE_COLUMNS}) VALUES ({', '.join('?' * 9)})",
+                    f"INSERT INTO responses ({RESPONSE_COLUMNS}) VALUES ({', '.join('?' * 10)})",
                     astuple(stored),
                 )
                 db.executemany(
@@ -168,11 +169,9 @@ class SqliteStore:
         )
         return StoredResponse(*rows[0]) if rows else None
 
-    async def response_chain(
-        self, owner: str, response_id: str, now: float
-    ) -> list[StoredResponse]:
+    async def response_chain(self, owner: str, response_id: str, now: float) -> list[ChainLink]:
         rows = await self._run(chain_sql(("?1", "?2", "?3")), response_id, owner, now)
-        return [StoredResponse(*row) for row in rows]
+        return [ChainLink(*row) for row in rows]
 
     async def item_sizes(
         self, owner: str, item_ids: Sequence[str], now: float

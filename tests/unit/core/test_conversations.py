@@ -158,6 +158,21 @@ async def test_a_chain_past_its_depth_is_a_400_and_a_cycle_does_not_hang(
     assert refused.value.param == "previous_response_id"
 
 
+async def test_a_chain_reads_its_input_and_output_not_the_settings_echoed(
+    store: SqliteStore,
+) -> None:
+    conversations = service(store)
+    echoed = {**answer("resp_1", "a"), "instructions": "x" * 100_000, "tools": []}
+    await conversations.keep(ANN, echoed, [{"id": "in1", "content": "q"}], None)
+    history = await conversations.history(ANN, "resp_1")
+    assert history.items == [{"id": "in1", "content": "q"}, echoed["output"][0]]
+    assert history.chain_bytes < 200  # what the chain reads is what its bound counts
+    # a row whose response object is not read: only its input and output are
+    row = StoredResponse("resp_2", "sub:ann", 0, 1e12, None, 4, "not read", "[]", "[]", "[]")
+    await store.save_response(row, [])
+    assert (await conversations.history(ANN, "resp_2")).items == []
+
+
 def referenced(rid: str, size: int) -> dict[str, Any]:
     """An answer whose one output item (`msg_<rid>`) is about `size` bytes."""
     return answer(rid, "x" * size)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from server.store import Store, StoredItem, StoredResponse, open_store
-from server.store.conversations import MAX_CHAIN_DEPTH
+from server.store.conversations import MAX_CHAIN_DEPTH, ChainLink
 
 
 @pytest.fixture
@@ -41,6 +41,7 @@ def stored(
         response=f'{{"id": "{rid}", "output": []}}',
         input="[]",
         splits="[[1, 2]]",
+        output=f'[{{"id": "msg_{rid}"}}]',
     )
 
 
@@ -73,6 +74,8 @@ async def test_a_chain_is_read_oldest_first_and_ends_at_a_missing_link(store: St
     await store.save_response(stored("resp_3", at=102, previous="resp_2"), [])
     chain = await store.response_chain("sub:a", "resp_3", 120.0)
     assert [r.id for r in chain] == ["resp_1", "resp_2", "resp_3"]
+    # each link its input and output only: not the settings its response echoes
+    assert chain[1] == ChainLink("resp_2", "resp_1", "[]", '[{"id": "msg_resp_2"}]')
     assert await store.response_chain("sub:b", "resp_3", 120.0) == []
     assert await store.delete_response("sub:a", "resp_2", 120.0)
     assert [r.id for r in await store.response_chain("sub:a", "resp_3", 120.0)] == ["resp_3"]
