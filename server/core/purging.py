@@ -4,8 +4,9 @@ A task of the gateway's (started and stopped with it) wakes every `INTERVAL_S`
 and deletes expired rows `BATCH` at a time, until a batch comes back short or
 `MAX_BATCHES` went: bounded work a round, each batch one short transaction (SQLite
 has one writer). A failure is logged and retried next round; it fails no request,
-and a read never returns an expired row anyway. Every replica purges: a row is
-deleted once, whoever comes first.
+and a read never returns an expired row anyway (a store down fails every round:
+logged once, until a round passes). Every replica purges: a row is deleted once,
+whoever comes first.
 """
 
 from __future__ import annotations
@@ -63,9 +64,13 @@ class Purger:
         return gone
 
     async def _run(self) -> None:
+        failing = False
         while True:
             try:
                 await self.purge_once()
+                failing = False
             except Exception as exc:  # the store's own errors, a timeout: next round
-                logger.warning("purging expired responses failed (%s)", type(exc).__name__)
+                log = logger.debug if failing else logger.warning
+                log("purging expired responses failed (%s)", type(exc).__name__)
+                failing = True
             await asyncio.sleep(self._interval_s)
