@@ -74,11 +74,6 @@ class History:
     chain_bytes: int  # stored input and output along the chain
 
 
-def _storable(name: str) -> bool:
-    """An id a store can look up: no other was ever stored (server.store.conversations)."""
-    return storable_id(name)
-
-
 def _given(item: JSON, given: Collection[str]) -> bool:
     return isinstance(item.get("id"), str) and item["id"] in given
 
@@ -143,7 +138,7 @@ class Conversations:
         """The chain `previous_id` ends, for a continuation."""
         param = "previous_response_id"
         store = self._store
-        if store is None or not _storable(previous_id):
+        if store is None or not storable_id(previous_id):
             raise _not_found(previous_id, param)
         owner, now = owner_of(caller), self._clock()
         previous = await self._call(store.find_response(owner, previous_id, now))
@@ -181,7 +176,7 @@ class Conversations:
                 f"input: {len(wanted):,} item_reference items; at most {MAX_REFERENCES:,}",
                 param="input",
             )
-        counts = Counter(ref for ref in wanted if _storable(ref))
+        counts = Counter(ref for ref in wanted if storable_id(ref))
         if self._store is None or not counts:
             return {}
         owner, now = owner_of(caller), self._clock()
@@ -227,7 +222,7 @@ class Conversations:
                 *(item for item in input_items if _given(item, given)),
                 *response["output"],
             )
-            if isinstance(item.get("id"), str) and _storable(item["id"])
+            if isinstance(item.get("id"), str) and storable_id(item["id"])
         }
         rows = []
         for item_id, item in referable.items():
@@ -238,7 +233,7 @@ class Conversations:
     async def get(self, ctx: CallContext, response_id: str) -> StoredResponse:
         await self._policy.admit_request(ctx)
         found = None
-        if self._store is not None and _storable(response_id):
+        if self._store is not None and storable_id(response_id):
             found = await self._call(
                 self._store.find_response(owner_of(ctx.caller), response_id, self._clock())
             )
@@ -250,7 +245,7 @@ class Conversations:
         await self._policy.admit_request(ctx)
         gone = (
             self._store is not None
-            and _storable(response_id)
+            and storable_id(response_id)
             and await self._call(
                 self._store.delete_response(owner_of(ctx.caller), response_id, self._clock())
             )
