@@ -9,7 +9,8 @@ continuation on another replica finds it at once: the core's conversation store
 stream's `response.failed`, else a 503): the caller asked for a response it can
 continue, and one that cannot be continued would fail later, silently.
 `previous_response_id` brings the chain's input and output before the new input
-(not its instructions); an `item_reference` is a stored item of the caller's.
+(not its instructions); an `item_reference` is a stored item of the caller's. What a
+request makes the store read is bounded before it is admitted (`_with_stored`).
 
 A WebSocket upgrade on `GET /v1/responses` (Codex tries one first, when its provider
 says it may) is refused at once with 426: the one refusal that makes a client fall
@@ -85,9 +86,11 @@ async def create_response(request: Request, ctx: CallContext) -> Response:
     settings = inbound.settings(body, store)
     names = inbound.tool_names(body)
 
+    given = stored.given_ids(own)
+
     async def keep(answer: JSON, splits: Sequence[Sequence[int]] = ()) -> None:
         kept = stored.own_input(own, answer["id"])
-        await conversations.keep(ctx.caller, answer, kept, history, splits)
+        await conversations.keep(ctx.caller, answer, kept, history, splits, given)
 
     answers: list[JSON] = []
 
@@ -113,12 +116,15 @@ async def _with_stored(
     body: JSON, previous: str | None, conversations: Conversations, ctx: CallContext
 ) -> tuple[JSON, Any, History | None]:
     """The body with the stored chain before its input and its `item_reference`s
-    resolved; the caller's own input (resolved), as it is kept; the chain."""
+    resolved; the caller's own input (resolved), as it is kept; the chain. The input's
+    bounds are checked first, and what is read is bounded (Conversations)."""
     own = body.get("input")
+    stored.check_input(own)
     history = None if previous is None else await conversations.history(ctx.caller, previous)
     wanted = stored.references(own)
     if wanted:
-        found = {ref: await conversations.item(ctx.caller, ref) for ref in dict.fromkeys(wanted)}
+        spent = history.chain_bytes if history else 0
+        found = await conversations.items(ctx.caller, wanted, spent)
         own = stored.resolve_references(own, found)
     if history is None and not wanted:
         return body, own, None

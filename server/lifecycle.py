@@ -36,6 +36,7 @@ from http_bridge.transport import GuardedHttpToolsProtocol, guarded_protocol
 from server.config import Config, ServerConfig, parse_host_port
 from server.core.conversations import Conversations
 from server.core.dataplane import DataPlane
+from server.core.purging import Purger
 from server.core.routing import Router
 from server.drain import DrainClock
 from server.grpc_door import SERVICE_NAMES, build_grpc_server
@@ -227,6 +228,7 @@ class Gateway:
         self._usage: UsageRecorder = NullRecorder()
         self._limiter: Limiter | None = None
         self._store: Store | None = None
+        self._purger: Purger | None = None
         self._health = health.aio.HealthServicer()
         self._grpc_server: grpc_aio.Server | None = None
         self._http_server: HttpServer | None = None
@@ -289,6 +291,8 @@ class Gateway:
         )
         batcher.start()
         self._usage = batcher
+        self._purger = Purger(self._store)  # expired stored responses, in the background
+        self._purger.start()
         return keys
 
     async def _start_grpc(self, plane: DataPlane, policy: Policy) -> str:
@@ -386,6 +390,8 @@ class Gateway:
         if self._monitor is not None:
             await self._monitor.stop()
         await self._usage.drain()
+        if self._purger is not None:
+            await self._purger.stop()
         if self._limiter is not None:
             # pending settlements get what is left of the grace (a second at least)
             await self._limiter.aclose(max(self._drain.remaining_s(), 1.0))

@@ -206,6 +206,71 @@ def test_an_item_reference_is_the_stored_item(sdk: Any, fake: FakeUpstream) -> N
     assert error_of(caught.value)["param"] == "input[0].id"
 
 
+def test_item_references_are_bounded_before_anything_is_asked(
+    gateway: TandemProcess, sdk: Any, fake: FakeUpstream
+) -> None:
+    """One stored 60 KB item named 300 times would be 18 MB of input from a 14 KB
+    body: refused, as a chain past 16 MiB is, before the upstream is asked."""
+    [big] = sdk.responses.create(model="echo", input="x" * 60_000).output
+    fake.reset()
+    many = [{"type": "item_reference", "id": big.id}] * 300
+    refused = post(gateway, {"model": "relay", "input": many})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "input"
+    assert (
+        "item_reference items and the conversation passed 16 MiB"
+        in refused.json()["error"]["message"]
+    )
+    too_many = [{"type": "item_reference", "id": "msg_x"}] * 1_001
+    refused = post(gateway, {"model": "relay", "input": too_many})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "input"
+    assert fake.requests == []
+    fine = post(gateway, {"model": "relay", "input": many[:5]})  # within: each resolved
+    assert fine.status_code == 200, fine.text
+    assert [len(m["content"]) for m in fake.requests[-1].body["messages"]] == [60_000] * 5
+
+
+@pytest.mark.parametrize(
+    ("item_id", "why"), [("msg_\x00nul", "NUL"), ("msg_" + "x" * 3_000, "256 characters")]
+)
+def test_an_item_id_no_store_could_keep_is_a_400_before_the_upstream(
+    gateway: TandemProcess, fake: FakeUpstream, item_id: str, why: str
+) -> None:
+    """PostgreSQL holds no NUL and indexes no 3 KB key: refused whichever the store,
+    before the upstream is paid for an answer that could not be kept."""
+    fake.reset()
+    given = [{"role": "user", "content": "hi"}, {"role": "user", "content": "q", "id": item_id}]
+    refused = post(gateway, {"model": "relay", "input": given})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "input[1].id"
+    assert why in refused.json()["error"]["message"]
+    assert fake.requests == []
+
+
+def test_an_input_of_too_many_items_is_a_400(gateway: TandemProcess, fake: FakeUpstream) -> None:
+    fake.reset()
+    refused = post(
+        gateway, {"model": "relay", "input": [{"role": "user", "content": "q"}] * 10_001}
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "input"
+    assert fake.requests == []
+
+
+def test_a_continuation_of_a_cut_conversation_is_a_404_naming_previous_response_id(
+    sdk: Any, fake: FakeUpstream
+) -> None:
+    first = sdk.responses.create(model="relay", input="one")
+    second = sdk.responses.create(model="relay", input="two", previous_response_id=first.id)
+    sdk.responses.delete(first.id)
+    fake.reset()
+    with pytest.raises(openai.NotFoundError) as caught:  # not an answer without "one"
+        sdk.responses.create(model="relay", input="three", previous_response_id=second.id)
+    assert error_of(caught.value)["param"] == "previous_response_id"
+    assert fake.requests == []
+
+
 def test_another_callers_response_is_not_found(gateway: TandemProcess, sdk: Any) -> None:
     mine = sdk.responses.create(model="echo", input="private")
     with sdk_for(gateway, sub="intruder") as other:
@@ -313,13 +378,13 @@ def test_a_stored_response_expires_and_is_purged(fake: FakeUpstream, tmp_path: P
             with pytest.raises(openai.NotFoundError):
                 sdk.responses.create(model="echo", input="x", previous_response_id=created.id)
 
-            def purged() -> bool:
-                sdk.responses.create(model="echo", input="a write purges")
+            def purged() -> bool:  # in the background: no write needed
                 with sqlite3.connect(tmp_path / "usage.db") as db:
                     ids = {row[0] for row in db.execute("SELECT id FROM responses")}
-                return created.id not in ids
+                    items = db.execute("SELECT count(*) FROM response_items").fetchone()[0]
+                return created.id not in ids and items == 0
 
-            eventually(purged, what=": the expired row purged")
+            eventually(purged, timeout_s=15, what=": the expired row purged")
     finally:
         assert process.terminate() == 0, process.stderr()
 

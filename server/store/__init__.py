@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from server.store.conversations import ConversationStore, StoredResponse
+from server.store.conversations import ConversationStore, StoredItem, StoredResponse
 from server.store.keys import ApiKey
 from server.store.sqlite import SqliteStore
 from server.usage.record import UsagePage, UsageQuery, UsageRecord
 
-__all__ = ["ApiKey", "ConversationStore", "Store", "StoredResponse", "open_store"]
+__all__ = ["ApiKey", "ConversationStore", "Store", "StoredItem", "StoredResponse", "open_store"]
 
 
 class Store(ConversationStore, Protocol):

@@ -14,7 +14,16 @@ import asyncpg
 
 from server.store import ledger_sql as ledger
 from server.store.conversations import COLUMNS as RESPONSE_COLUMNS
-from server.store.conversations import StoredResponse, chain_sql, conversations_schema
+from server.store.conversations import (
+    ITEM_COLUMNS,
+    ChainLink,
+    StoredItem,
+    StoredResponse,
+    chain_sql,
+    conversations_schema,
+    item_rows,
+    item_sizes_sql,
+)
 from server.store.keys import ApiKey
 from server.usage.record import (
     UsagePage,
@@ -175,18 +184,17 @@ class PostgresStore:
             UsageTotals(*totals),
         )
 
-    async def save_response(self, stored: StoredResponse, item_ids: Sequence[str]) -> None:
+    async def save_response(self, stored: StoredResponse, items: Sequence[StoredItem]) -> None:
         pool = await self._ready()
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute(
                 f"INSERT INTO responses ({RESPONSE_COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 *astuple(stored),
             )
             await connection.executemany(
-                "INSERT INTO response_items (owner, item_id, response_id, created_at) "
-                "VALUES ($1, $2, $3, $4)",
-                [(stored.owner, item, stored.id, stored.created_at) for item in item_ids],
+                f"INSERT INTO response_items ({ITEM_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
+                item_rows(stored, items),
             )
 
     async def find_response(
@@ -202,25 +210,34 @@ class PostgresStore:
         )
         return StoredResponse(*row) if row else None
 
-    async def response_chain(
-        self, owner: str, response_id: str, now: float
-    ) -> list[StoredResponse]:
+    async def response_chain(self, owner: str, response_id: str, now: float) -> list[ChainLink]:
         pool = await self._ready()
         rows = await pool.fetch(chain_sql(("$1", "$2", "$3")), response_id, owner, now)
-        return [StoredResponse(*row) for row in rows]
+        return [ChainLink(*row) for row in rows]
 
-    async def find_item(self, owner: str, item_id: str, now: float) -> StoredResponse | None:
+    async def item_sizes(
+        self, owner: str, item_ids: Sequence[str], now: float
+    ) -> dict[str, tuple[str, int]]:
+        if not item_ids:
+            return {}
         pool = await self._ready()
-        columns = ", ".join("r." + column for column in RESPONSE_COLUMNS.split(", "))
-        row = await pool.fetchrow(
-            f"SELECT {columns} FROM response_items i JOIN responses r "
-            "ON r.id = i.response_id WHERE i.owner = $1 AND i.item_id = $2 AND r.expires_at > $3 "
-            "ORDER BY r.created_at DESC LIMIT 1",
-            owner,
-            item_id,
-            now,
+        rows = await pool.fetch(
+            item_sizes_sql("SELECT unnest($1::text[])", ("$2", "$3")), list(item_ids), owner, now
         )
-        return StoredResponse(*row) if row else None
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    async def load_items(self, owner: str, where: Sequence[tuple[str, str]]) -> dict[str, str]:
+        if not where:
+            return {}
+        pool = await self._ready()
+        rows = await pool.fetch(
+            "SELECT item_id, item FROM response_items WHERE owner = $1 "
+            "AND (response_id, item_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+            owner,
+            [pair[0] for pair in where],
+            [pair[1] for pair in where],
+        )
+        return {row[0]: row[1] for row in rows}
 
     async def delete_response(self, owner: str, response_id: str, now: float) -> bool:
         pool = await self._ready()

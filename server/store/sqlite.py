@@ -18,7 +18,16 @@ from typing import Any, TypeVar
 
 from server.store import ledger_sql as ledger
 from server.store.conversations import COLUMNS as RESPONSE_COLUMNS
-from server.store.conversations import StoredResponse, chain_sql, conversations_schema
+from server.store.conversations import (
+    ITEM_COLUMNS,
+    ChainLink,
+    StoredItem,
+    StoredResponse,
+    chain_sql,
+    conversations_schema,
+    item_rows,
+    item_sizes_sql,
+)
 from server.store.keys import ApiKey
 from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 
@@ -134,17 +143,16 @@ class SqliteStore:
     async def ping(self) -> None:
         await self._run("SELECT 1")
 
-    async def save_response(self, stored: StoredResponse, item_ids: Sequence[str]) -> None:
+    async def save_response(self, stored: StoredResponse, items: Sequence[StoredItem]) -> None:
         def write(db: sqlite3.Connection) -> None:
             with _transaction(db, "BEGIN IMMEDIATE"):
                 db.execute(
-                    f"INSERT INTO responses ({RESPONSE_COLUMNS}) VALUES ({', '.join('?' * 9)})",
+                    f"INSERT INTO responses ({RESPONSE_COLUMNS}) VALUES ({', '.join('?' * 10)})",
                     astuple(stored),
                 )
                 db.executemany(
-                    "INSERT INTO response_items (owner, item_id, response_id, created_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(stored.owner, item, stored.id, stored.created_at) for item in item_ids],
+                    f"INSERT INTO response_items ({ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    item_rows(stored, items),
                 )
 
         await self._call(write)
@@ -161,22 +169,31 @@ class SqliteStore:
         )
         return StoredResponse(*rows[0]) if rows else None
 
-    async def response_chain(
-        self, owner: str, response_id: str, now: float
-    ) -> list[StoredResponse]:
+    async def response_chain(self, owner: str, response_id: str, now: float) -> list[ChainLink]:
         rows = await self._run(chain_sql(("?1", "?2", "?3")), response_id, owner, now)
-        return [StoredResponse(*row) for row in rows]
+        return [ChainLink(*row) for row in rows]
 
-    async def find_item(self, owner: str, item_id: str, now: float) -> StoredResponse | None:
+    async def item_sizes(
+        self, owner: str, item_ids: Sequence[str], now: float
+    ) -> dict[str, tuple[str, int]]:
+        if not item_ids:
+            return {}
+        ids = ", ".join("?" * len(item_ids))  # a caller's 1,000 at most (SQLite takes 32,766)
+        sql = item_sizes_sql(ids, ("?", "?"))  # its order: owner, the ids, now
+        rows = await self._run(sql, owner, *item_ids, now)
+        return {item: (response, size) for item, response, size in rows}
+
+    async def load_items(self, owner: str, where: Sequence[tuple[str, str]]) -> dict[str, str]:
+        if not where:
+            return {}
+        pairs = ", ".join("(?, ?)" for _ in where)
         rows = await self._run(
-            f"SELECT {_prefixed('r.')} FROM response_items i JOIN responses r "
-            "ON r.id = i.response_id WHERE i.owner = ? AND i.item_id = ? AND r.expires_at > ? "
-            "ORDER BY r.created_at DESC LIMIT 1",
+            "SELECT item_id, item FROM response_items WHERE owner = ? "
+            f"AND (response_id, item_id) IN (VALUES {pairs})",
             owner,
-            item_id,
-            now,
+            *(part for pair in where for part in pair),
         )
-        return StoredResponse(*rows[0]) if rows else None
+        return dict(rows)
 
     async def delete_response(self, owner: str, response_id: str, now: float) -> bool:
         def delete(db: sqlite3.Connection) -> bool:
@@ -240,10 +257,6 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
 
 def _placeholder(n: int) -> str:
     return "?"
-
-
-def _prefixed(prefix: str) -> str:
-    return ", ".join(prefix + column for column in RESPONSE_COLUMNS.split(", "))
 
 
 @contextlib.contextmanager

@@ -10,14 +10,26 @@ answered whole replays with one delta per item.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from server.store.conversations import MAX_ID_CHARS, storable_id
 from server.translate.common import invalid_field, named_event, string_at
 from server.translate.protocols import JSON
 
-__all__ = ["MAX_PAGE", "input_page", "own_input", "references", "replay", "resolve_references"]
+__all__ = [
+    "MAX_INPUT_ITEMS",
+    "MAX_PAGE",
+    "check_input",
+    "given_ids",
+    "input_page",
+    "own_input",
+    "references",
+    "replay",
+    "resolve_references",
+]
 
+MAX_INPUT_ITEMS = 10_000  # in one request's `input`; a conversation continues by its id
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
 _TEXT_PART = {"user": "input_text", "system": "input_text", "developer": "input_text"}
@@ -42,6 +54,39 @@ def own_input(value: Any, response_id: str) -> list[JSON]:
     return out
 
 
+def check_input(value: Any) -> None:
+    """An `input`'s bounds, checked before anything is asked of the store or upstream:
+    `MAX_INPUT_ITEMS` items at most, and each id the caller gives one the store can
+    keep and index (`MAX_ID_CHARS` at most, no NUL, valid UTF-8), or a 400 naming it."""
+    if not isinstance(value, list):
+        return
+    if len(value) > MAX_INPUT_ITEMS:
+        raise invalid_field(
+            "input",
+            f"{len(value):,} items; at most {MAX_INPUT_ITEMS:,} (continue a conversation "
+            "with previous_response_id)",
+        )
+    for i, item in enumerate(value):
+        name = item.get("id") if isinstance(item, dict) else None
+        if name is None:
+            continue
+        if not isinstance(name, str):
+            raise invalid_field(f"input[{i}].id", "must be a string")
+        if not storable_id(name):
+            raise invalid_field(
+                f"input[{i}].id", f"must be at most {MAX_ID_CHARS} characters of UTF-8, without NUL"
+            )
+
+
+def given_ids(value: Any) -> set[str]:
+    """The ids the caller gave its input items (after `check_input`)."""
+    if not isinstance(value, list):
+        return set()
+    return {
+        item["id"] for item in value if isinstance(item, dict) and isinstance(item.get("id"), str)
+    }
+
+
 def references(value: Any) -> list[str]:
     """The ids of the `item_reference` items of an `input`."""
     if not isinstance(value, list):
@@ -53,7 +98,7 @@ def references(value: Any) -> list[str]:
     ]
 
 
-def resolve_references(value: Any, found: dict[str, JSON | None]) -> Any:
+def resolve_references(value: Any, found: Mapping[str, JSON]) -> Any:
     """`input` with each `item_reference` replaced by the stored item (a 400 if none)."""
     if not isinstance(value, list):
         return value

@@ -127,7 +127,7 @@ def test_item_references_are_replaced_by_the_stored_items() -> None:
     item = {"type": "message", "role": "assistant", "content": "a", "id": "msg_1"}
     assert stored.resolve_references(given, {"msg_1": item}) == [item, given[1]]
     with pytest.raises(InvalidRequestError) as refused:
-        stored.resolve_references(given, {"msg_1": None})
+        stored.resolve_references(given, {})
     assert refused.value.param == "input[0].id"
     with pytest.raises(InvalidRequestError):
         stored.references([{"type": "item_reference", "id": 3}])
@@ -159,3 +159,31 @@ def test_the_input_items_page_newest_first_with_after_and_order() -> None:
         with pytest.raises(InvalidRequestError) as refused:
             stored.input_page(items, limit, after, order)
         assert refused.value.param == param
+
+
+@pytest.mark.parametrize(
+    ("item_id", "why"),
+    [
+        ("msg_\x00", "without NUL"),
+        ("x" * 257, "at most 256"),
+        ("bad_\ud800", "without NUL"),  # not UTF-8: no store can keep it
+        (7, "must be a string"),
+    ],
+)
+def test_a_caller_item_id_a_store_cannot_keep_is_a_400_naming_it(item_id: Any, why: str) -> None:
+    given = [{"role": "user", "content": "q", "id": "ok"}, {"type": "message", "id": item_id}]
+    with pytest.raises(InvalidRequestError) as refused:
+        stored.check_input(given)
+    assert refused.value.param == "input[1].id"
+    assert why in refused.value.message
+
+
+def test_an_input_of_too_many_items_is_a_400_and_its_given_ids_are_known() -> None:
+    fine = [{"role": "user", "content": "q", "id": "x" * 256}, {"role": "user", "content": "r"}]
+    stored.check_input(fine)
+    stored.check_input("text")
+    assert stored.given_ids(fine) == {"x" * 256}
+    assert stored.given_ids("text") == set()
+    with pytest.raises(InvalidRequestError) as refused:
+        stored.check_input([{"role": "user", "content": "q"}] * (stored.MAX_INPUT_ITEMS + 1))
+    assert refused.value.param == "input"
