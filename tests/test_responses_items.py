@@ -235,29 +235,58 @@ def test_an_anthropic_thinking_signature_survives_a_stateless_tool_loop(
     assert turn[2]["content"][0]["tool_use_id"] == "toolu_1"
 
 
-def test_an_encrypted_content_that_does_not_open_is_a_400_naming_it(
-    sdk: Any, fake: FakeUpstream
+def test_an_encrypted_content_that_does_not_open_is_left_out_named_never_its_signature(
+    sdk: Any, scripted: ScriptedUpstream, fake: FakeUpstream
 ) -> None:
-    fake.reset("reasoning")
-    sealed = sdk.responses.create(model="relay", input="think").output[0].encrypted_content
-    raw = bytearray(base64.b64decode(sealed))
+    # Codex resends its whole history each turn: a token this gateway cannot open
+    # (OpenAI's own, another key's, a changed one) must not end the session with a 400
+    scripted.reset(anthropic_thinking_then_tool(THOUGHT, SIGNATURE, "get_weather", {}))
+    question = {"role": "user", "content": "weather?"}
+    reasoning, call = sdk.responses.create(
+        model="thinker", input=[question], tools=[WEATHER]
+    ).output
+    raw = bytearray(base64.b64decode(reasoning.encrypted_content))
     raw[len(raw) // 2] ^= 1
     tampered = base64.b64encode(raw).decode()
-    foreign = Sealer.from_secret("another gateway's key, 32 chars.").seal("hm", None)
-    for token in (tampered, foreign, "not a token"):
-        fake.reset()
-        with pytest.raises(openai.BadRequestError) as refused:
-            sdk.responses.create(
-                model="relay",
-                input=[
-                    {"role": "user", "content": "x"},
-                    {"type": "reasoning", "summary": [], "encrypted_content": token},
-                ],
-            )
-        error: Any = refused.value.body
-        assert error["param"] == "input[1].encrypted_content"
-        assert error["type"] == "invalid_request_error"
-        assert fake.requests == []  # refused before any upstream is called
+    foreign = Sealer.from_secret("another gateway's key, 32 chars.").seal(THOUGHT, SIGNATURE)
+    openai_own = "gAAAAABpOpenAIsOwnReasoningToken-_0123456789=="
+    for token, text in ((tampered, ""), (foreign, ""), (openai_own, THOUGHT)):
+        scripted.reset(anthropic_text("sunny"))
+        item: Any = {"type": "reasoning", "summary": [], "encrypted_content": token}
+        if text:
+            item["content"] = [{"type": "reasoning_text", "text": text}]
+        call_item = {"type": "function_call", "call_id": call.call_id, "name": call.name}
+        answer = sdk.responses.with_raw_response.create(
+            model="thinker",
+            tools=[WEATHER],
+            input=[
+                question,
+                item,
+                {**call_item, "arguments": call.arguments},
+                {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+            ],
+        )
+        assert answer.parse().output_text == "sunny"
+        assert "input[].encrypted_content" in answer.headers["x-tandem-ignored-fields"].split(",")
+        sent = orjson.dumps(scripted.bodies[-1]).decode()
+        assert SIGNATURE not in sent  # a token that did not open never yields its signature
+    # the readable text, unsigned, is the reasoning (Anthropic takes none unsigned; an
+    # OpenAI-kind upstream does)
+    fake.reset()
+    sdk.responses.create(
+        model="relay",
+        input=[
+            {"role": "user", "content": "think"},
+            {
+                "type": "reasoning",
+                "summary": [],
+                "encrypted_content": openai_own,
+                "content": [{"type": "reasoning_text", "text": REASONING}],
+            },
+            {"role": "assistant", "content": "ok"},
+        ],
+    )
+    assert fake.requests[-1].body["messages"][1]["reasoning_content"] == REASONING
 
 
 def test_the_seal_key_is_shared_by_replicas_on_one_store_and_outlives_a_restart(
@@ -284,7 +313,9 @@ def test_the_seal_key_is_shared_by_replicas_on_one_store_and_outlives_a_restart(
             assert fake.requests[-1].body["messages"][0]["reasoning_content"] == REASONING
             assert one.terminate() == 0
             one = start_tandem(tmp_path, text)  # a restart: the key is read back
+            fake.reset()
             assert post(one, body).status_code == 200
+            assert fake.requests[-1].body["messages"][0]["reasoning_content"] == REASONING
         finally:
             for process in (one, two):
                 process.terminate()
@@ -329,7 +360,11 @@ def test_workers_without_a_store_share_one_seal_key(
         ],
     }
     # a new connection each time (post), so the kernel spreads them over both workers
+    fake.reset()
     assert [post(server, body).status_code for _ in range(12)] == [200] * 12
+    # each opened it (one that does not is left out, not refused)
+    opened = [r.body["messages"][0].get("reasoning_content") for r in fake.requests]
+    assert opened == [REASONING] * 12
     assert server.terminate() == 0
 
 
@@ -503,3 +538,33 @@ def test_an_input_file_reaches_an_openai_upstream_as_a_file_part(
         sdk.responses.create(model="relay", input=by_id)
     error: Any = refused.value.body
     assert error["param"] == "input[0].content[0].file_id"
+
+
+def test_an_image_a_tool_returned_reaches_the_upstream_and_a_sealed_part_is_named(
+    sdk: Any, fake: FakeUpstream, scripted: ScriptedUpstream
+) -> None:
+    # Codex's `view_image`: the tool's output is the image
+    image = "data:image/png;base64,iVBORw0KGgo="
+    output = [
+        {"type": "input_image", "image_url": image},
+        {"type": "encrypted_content", "encrypted_content": "gAAAAABpAnotherGateways=="},
+    ]
+    history: Any = [
+        {"role": "user", "content": "what is in a.png?"},
+        {"type": "function_call", "call_id": "c1", "name": "view_image", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": output},
+    ]
+    answer = sdk.responses.with_raw_response.create(model="relay", input=history)
+    assert answer.headers["x-tandem-ignored-fields"] == "input[].output[].encrypted_content"
+    tool = fake.requests[-1].body["messages"][2]
+    assert tool == {
+        "role": "tool",
+        "tool_call_id": "c1",
+        "content": [{"type": "image_url", "image_url": {"url": image}}],
+    }
+    # an Anthropic upstream takes it as the tool result's image block
+    scripted.reset(anthropic_text("a cat"))
+    assert sdk.responses.create(model="thinker", input=history).output_text == "a cat"
+    result = scripted.bodies[-1]["messages"][-1]["content"][0]
+    assert result["type"] == "tool_result"
+    assert result["content"][0]["type"] == "image"
