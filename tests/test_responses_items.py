@@ -27,6 +27,7 @@ from tests.scripted_upstream import (
     ScriptedUpstream,
     anthropic_text,
     anthropic_thinking_then_tool,
+    openai_chunks,
     openai_text,
     openai_tool_call,
 )
@@ -568,3 +569,73 @@ def test_an_image_a_tool_returned_reaches_the_upstream_and_a_sealed_part_is_name
     result = scripted.bodies[-1]["messages"][-1]["content"][0]
     assert result["type"] == "tool_result"
     assert result["content"][0]["type"] == "image"
+
+
+# --- what an upstream says beyond text --------------------------------------------
+
+
+def replayed(gateway: TandemProcess, first: httpx.Response) -> str:
+    """A stored stream's replay (`GET ?stream=true`)."""
+    last = orjson.loads(first.text.strip().split("\n\n")[-1].split("data: ")[1])
+    rid = last["response"]["id"]
+    return httpx.get(f"{gateway.base_url}/v1/responses/{rid}?stream=true", timeout=30).text
+
+
+def test_text_after_the_finish_reason_is_an_item_the_sdk_completes_and_replays(
+    gateway: TandemProcess, sdk: Any, scripted: ScriptedUpstream
+) -> None:
+    call = {"index": 0, "id": "call_a", "type": "function", "function": {"name": "f"}}
+    steps: Any = [
+        (
+            {
+                "role": "assistant",
+                "tool_calls": [{**call, "function": {"name": "f", "arguments": "{}"}}],
+            },
+            None,
+        ),
+        ({}, "tool_calls"),
+        ({"content": "late"}, None),  # an upstream that speaks after its finish_reason
+    ]
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+    scripted.reset(openai_chunks({}, *steps))
+    with sdk.responses.stream(model="tooler", input="go", tools=[tool], store=True) as events:
+        kinds = [event.type for event in events]
+        final = events.get_final_response()  # raised "unfinished output items" before
+    assert [item.type for item in final.output] == ["function_call", "message"]
+    assert final.output_text == "late"
+    assert kinds.count("response.output_item.added") == kinds.count("response.output_item.done")
+    scripted.reset(openai_chunks({}, *steps))
+    body = {"model": "tooler", "input": "go", "tools": [tool], "stream": True, "store": True}
+    first = post(gateway, body)
+    assert replayed(gateway, first) == first.text
+
+
+def test_a_refusal_is_a_refusal_part_whole_streamed_and_replayed(
+    gateway: TandemProcess, sdk: Any, scripted: ScriptedUpstream
+) -> None:
+    refusal = "I can't help with that."
+    message = {"role": "assistant", "content": None, "refusal": refusal}
+    steps: Any = [
+        ({"role": "assistant", "refusal": "I can't "}, None),
+        ({"refusal": "help with that."}, None),
+        ({}, "stop"),
+    ]
+    scripted.reset(openai_chunks(message, *steps), openai_chunks(message, *steps))
+    whole = sdk.responses.create(model="tooler", input="something bad")
+    [item] = whole.output
+    assert item.type == "message"
+    assert [(p.type, p.refusal) for p in item.content] == [("refusal", refusal)]
+    with sdk.responses.stream(model="tooler", input="something bad", store=True) as events:
+        seen = list(events)
+        final = events.get_final_response()
+    assert [p.model_dump() for p in final.output[0].content] == [
+        {"type": "refusal", "refusal": refusal}
+    ]
+    deltas = [e.delta for e in seen if e.type == "response.refusal.delta"]
+    assert deltas == ["I can't ", "help with that."]
+    [done] = [e for e in seen if e.type == "response.refusal.done"]
+    assert done.refusal == refusal
+    scripted.reset(openai_chunks(message, *steps))
+    first = post(gateway, {"model": "tooler", "input": "x", "stream": True, "store": True})
+    assert "response.refusal.delta" in first.text
+    assert replayed(gateway, first) == first.text

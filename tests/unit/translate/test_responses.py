@@ -15,7 +15,7 @@ from tandem.v1 import chat_pb2
 from server.chunks import Chunk
 from server.errors import InvalidRequestError, UpstreamError
 from server.translate.openai import to_provider
-from server.translate.responses import inbound, replies
+from server.translate.responses import inbound, replies, stored
 from server.translate.responses.seal import Sealer
 
 
@@ -510,3 +510,26 @@ def test_a_namespaces_hosted_tools_are_named_unread() -> None:
     body = {"model": "m", "input": "x", "tools": [namespace, {"type": "custom", "name": "c"}]}
     assert [t.function.name for t in inbound.parse_chat(body).tools] == ["ns__f", "c"]
     assert inbound.unread(body) == ["tools[].tool_search"]
+
+
+def test_a_refusal_answered_whole_is_a_refusal_part_and_replays_as_refusal_events() -> None:
+    answer = replies.encode_completion(completion(refusal="I can't help."), inbound.settings({}))
+    [message] = answer["output"]
+    assert message["content"] == [{"type": "refusal", "refusal": "I can't help."}]
+    both = replies.encode_completion(
+        completion(content="Well,", refusal="no."), inbound.settings({})
+    )
+    assert [p["type"] for p in both["output"][0]["content"]] == ["output_text", "refusal"]
+    names = [e.split("\n")[0] for e in stored.replay(both, []).decode().strip().split("\n\n")]
+    assert names[2:-1] == [
+        "event: response.output_item.added",
+        "event: response.content_part.added",
+        "event: response.output_text.delta",
+        "event: response.output_text.done",
+        "event: response.content_part.done",
+        "event: response.content_part.added",
+        "event: response.refusal.delta",
+        "event: response.refusal.done",
+        "event: response.content_part.done",
+        "event: response.output_item.done",
+    ]
