@@ -2,8 +2,8 @@
 
 A response's `output` is its items in order: `reasoning` (its text as
 `reasoning_text` content, and the text and its signature sealed as
-`encrypted_content`: seal.py), `message` (an `output_text` part; an upstream's
-refusal a `refusal` part, in a message of its own when streamed), then one
+`encrypted_content`: seal.py), `message` (one `output_text` part; an upstream's
+refusal one `refusal` part, in a message of its own), then one
 `function_call` per tool call (`id` `fc_…`, distinct from its `call_id`), or
 `custom_tool_call` (`ctc_…`) for a custom tool's, a namespaced tool's under its
 own name with `namespace` set (the request's `ToolNames`: tools.py). A
@@ -174,12 +174,12 @@ def encode_completion(
                 f"rs_{base}", message.reasoning_content, message.reasoning_signature, sealer
             )
         )
-    content = [_text_part(message.content)] if message.content else []
-    if message.refusal:
-        content.append(_refusal_part(message.refusal))
-    if content or not message.tool_calls:  # an answer says a message, if only an empty one
-        status = "incomplete" if incomplete else "completed"
-        output.append(_message(f"msg_{base}", content or [_text_part("")], status))
+    status = "incomplete" if incomplete else "completed"
+    if message.content or not (message.tool_calls or message.refusal):  # a message, if empty
+        output.append(_message(f"msg_{base}", [_text_part(message.content)], status))
+    if message.refusal:  # in a message of its own, as streamed (Codex drops a message with one)
+        refused = [_refusal_part(message.refusal)]
+        output.append(_message(f"msg_{base}_{len(output)}", refused, status))
     for i, call in enumerate(message.tool_calls):
         tool = names.named(call.function.name)
         output.append(

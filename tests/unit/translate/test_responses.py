@@ -519,7 +519,12 @@ def test_a_refusal_answered_whole_is_a_refusal_part_and_replays_as_refusal_event
     both = replies.encode_completion(
         completion(content="Well,", refusal="no."), inbound.settings({})
     )
-    assert [p["type"] for p in both["output"][0]["content"]] == ["output_text", "refusal"]
+    # the refusal in a message of its own, as streamed (Codex drops a message holding one)
+    assert [[p["type"] for p in item["content"]] for item in both["output"]] == [
+        ["output_text"],
+        ["refusal"],
+    ]
+    assert len({item["id"] for item in both["output"]}) == 2
     names = [e.split("\n")[0] for e in stored.replay(both, []).decode().strip().split("\n\n")]
     assert names[2:-1] == [
         "event: response.output_item.added",
@@ -527,6 +532,8 @@ def test_a_refusal_answered_whole_is_a_refusal_part_and_replays_as_refusal_event
         "event: response.output_text.delta",
         "event: response.output_text.done",
         "event: response.content_part.done",
+        "event: response.output_item.done",
+        "event: response.output_item.added",
         "event: response.content_part.added",
         "event: response.refusal.delta",
         "event: response.refusal.done",
