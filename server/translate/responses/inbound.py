@@ -19,8 +19,8 @@ are chat functions (tools.py).
 
 Hosted tools (`web_search`, `file_search`, ...) are left out and named by
 `unread`, with Responses fields the proto cannot carry (`include` beyond
-`reasoning.encrypted_content`, `truncation`, ...); other top-level fields follow `/v1`'s rule
-(`extra_body_json`, server/translate/extra.py). `background: true`,
+`reasoning.encrypted_content`, `truncation`, ...); other top-level fields follow
+`/v1`'s rule (`extra_body_json`, server/translate/extra.py). `background: true`,
 `conversation` and `prompt` are a 400. `store` and `previous_response_id` are the
 route's (the stored chain comes before `input`; `item_reference`s are resolved
 before this reads them: one left is a 400).
@@ -385,8 +385,8 @@ def parse_chat(
 
 def unread(body: Any) -> list[str]:
     """What of a Responses request (parsed already) the proto cannot carry, each named
-        once: Responses fields it has no place for, a proto field this door does not read,
-        hosted tools (`tools[].web_search`), `reasoning.summary`, `text.verbosity`; `include`
+    once: Responses fields it has no place for, a proto field this door does not read,
+    hosted tools (`tools[].web_search`), `reasoning.summary`, `text.verbosity`; `include`
     unless it asks only for `reasoning.encrypted_content`, which is always there."""
     names: dict[str, None] = {}
     for key, value in body.items():

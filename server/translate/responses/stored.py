@@ -133,10 +133,12 @@ def _part_events(
     kind: str, part: JSON, at: JSON, split: Sequence[int] | None
 ) -> Iterator[tuple[str, JSON]]:
     """One content part's events: added, its deltas (as `split`), their done, its done."""
-    fallback = "output_text" if kind == "message" else "reasoning_text"
-    delta, done, key, extra = _PART_EVENTS.get(part.get("type", ""), _PART_EVENTS[fallback])
+    of = part.get("type")
+    if of not in _PART_EVENTS:
+        of = "output_text" if kind == "message" else "reasoning_text"
+    delta, done, key, extra = _PART_EVENTS[of]
     text = part.get(key, "")
-    opened = {**part, key: ""} if kind == "message" else {"type": part["type"], key: ""}
+    opened = {**part, key: ""} if kind == "message" else {"type": of, key: ""}
     yield (
         "response.content_part.added",
         {"type": "response.content_part.added", **at, "part": opened},
