@@ -18,7 +18,9 @@ the one door with no path: `grpc`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from tandem.v1 import embeddings_pb2
 
@@ -37,7 +39,6 @@ from server.translate.anthropic import replies as anthropic_replies
 from server.translate.ollama import inbound as ollama_inbound
 from server.translate.ollama import replies as ollama_replies
 from server.translate.responses import inbound as responses_inbound
-from server.translate.responses import replies as responses_replies
 
 __all__ = [
     "ANTHROPIC",
@@ -119,20 +120,27 @@ ANTHROPIC = Door(
 )
 
 
-# OpenAI's Responses API: under `/v1/`, its own prefix wins. Its answers echo the
-# request's settings, so its route gives them to the encoders (routes_responses.py);
-# these, without them, echo the defaults.
+def _given_per_request(job: str) -> Callable[..., NoReturn]:
+    """A job the route gives per request, never run from the record: the Responses
+    door's answers echo the request's settings, map its tool names back and seal its
+    reasoning; its parsing opens sealed reasoning (routes_responses.py). A record of
+    its own would answer with other settings than the route's, silently."""
+
+    def given_by_the_route(*args: object) -> NoReturn:
+        raise RuntimeError(f"the Responses door's {job} is given per request by its route")
+
+    return given_by_the_route
+
+
+# OpenAI's Responses API: under `/v1/`, its own prefix wins. Its route gives the chat's
+# parsing and encoders per request; the record holds what never varies.
 RESPONSES = Door(
     name="responses",
     prefixes=("/v1/responses",),
     dialect=Dialect(
-        parse_chat=responses_inbound.parse_chat,
-        encode_completion=lambda answer, ctx: responses_replies.encode_completion(
-            answer, responses_inbound.settings({})
-        ),
-        stream_encoder=lambda request, first, ctx: responses_replies.StreamEncoder(
-            first, responses_inbound.settings({})
-        ),
+        parse_chat=_given_per_request("parse_chat"),
+        encode_completion=_given_per_request("encode_completion"),
+        stream_encoder=_given_per_request("stream_encoder"),
         parse_embedding=_no_embeddings,
         encode_embeddings=lambda request, answer: {},
         framing=NAMED_SSE,

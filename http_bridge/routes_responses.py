@@ -80,8 +80,11 @@ async def create_response(request: Request, ctx: CallContext) -> Response:
     plane: DataPlane = request.app.state.plane
     sealer = plane.sealer
     dialect = RESPONSES.dialect
+    left_out: list[str] = []  # what of the items was left out: read_chat parses, then names
     chat = dataclasses.replace(
-        dialect, parse_chat=functools.partial(inbound.parse_chat, sealer=sealer)
+        dialect,
+        parse_chat=functools.partial(inbound.parse_chat, sealer=sealer, left_out=left_out),
+        unread=lambda body: [*inbound.unread(body), *left_out],
     ).read_chat(body, ctx)
     settings = inbound.settings(body, store)
     names = inbound.tool_names(body)

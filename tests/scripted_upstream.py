@@ -25,6 +25,7 @@ __all__ = [
     "Turn",
     "anthropic_text",
     "anthropic_thinking_then_tool",
+    "openai_chunks",
     "openai_text",
     "openai_tool_call",
 ]
@@ -101,6 +102,22 @@ def openai_tool_call(name: str, arguments: str, call_id: str = "call_1") -> Turn
         chunk({}, "tool_calls"),
         ("", {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}),
     ]
+    return Turn(whole, events)
+
+
+def openai_chunks(message: Any, *steps: tuple[Any, str | None]) -> Turn:
+    """An OpenAI-compatible answer: whole, `message` (finished `stop`); streamed, a chunk
+    per step (its delta and finish_reason, in the order given, even a delta after a
+    finish_reason), then the usage's chunk."""
+    usage = {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+    head = {"id": "up-3", "created": 1, "model": "m"}
+    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    whole = {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+    events: list[tuple[str, Any]] = [
+        ("", {**head, "object": "chat.completion.chunk", "choices": [step]})
+        for step in ({"index": 0, "delta": d, "finish_reason": f} for d, f in steps)
+    ]
+    events.append(("", {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}))
     return Turn(whole, events)
 
 

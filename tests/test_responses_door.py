@@ -253,6 +253,11 @@ def test_hosted_tools_are_named_unread_and_json_schema_keeps_its_text(
     assert format_sent["type"] == "json_schema"
     assert list(format_sent["json_schema"]["schema"]["properties"]) == ["b", "a"]
     assert "tools" not in fake.requests[-1].body
+    # what is always honoured is not named: a reasoning item's encrypted_content
+    sealed_only = {"model": "relay", "input": "hi", "include": ["reasoning.encrypted_content"]}
+    answer = raw(gateway, "POST", "/v1/responses", json=sealed_only)
+    assert answer.status_code == 200, answer.text
+    assert "x-tandem-ignored-fields" not in answer.headers
 
 
 def test_the_ledger_records_protocol_responses_once_per_request(gateway: TandemProcess) -> None:

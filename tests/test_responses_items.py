@@ -27,6 +27,7 @@ from tests.scripted_upstream import (
     ScriptedUpstream,
     anthropic_text,
     anthropic_thinking_then_tool,
+    openai_chunks,
     openai_text,
     openai_tool_call,
 )
@@ -235,29 +236,58 @@ def test_an_anthropic_thinking_signature_survives_a_stateless_tool_loop(
     assert turn[2]["content"][0]["tool_use_id"] == "toolu_1"
 
 
-def test_an_encrypted_content_that_does_not_open_is_a_400_naming_it(
-    sdk: Any, fake: FakeUpstream
+def test_an_encrypted_content_that_does_not_open_is_left_out_named_never_its_signature(
+    sdk: Any, scripted: ScriptedUpstream, fake: FakeUpstream
 ) -> None:
-    fake.reset("reasoning")
-    sealed = sdk.responses.create(model="relay", input="think").output[0].encrypted_content
-    raw = bytearray(base64.b64decode(sealed))
+    # Codex resends its whole history each turn: a token this gateway cannot open
+    # (OpenAI's own, another key's, a changed one) must not end the session with a 400
+    scripted.reset(anthropic_thinking_then_tool(THOUGHT, SIGNATURE, "get_weather", {}))
+    question = {"role": "user", "content": "weather?"}
+    reasoning, call = sdk.responses.create(
+        model="thinker", input=[question], tools=[WEATHER]
+    ).output
+    raw = bytearray(base64.b64decode(reasoning.encrypted_content))
     raw[len(raw) // 2] ^= 1
     tampered = base64.b64encode(raw).decode()
-    foreign = Sealer.from_secret("another gateway's key, 32 chars.").seal("hm", None)
-    for token in (tampered, foreign, "not a token"):
-        fake.reset()
-        with pytest.raises(openai.BadRequestError) as refused:
-            sdk.responses.create(
-                model="relay",
-                input=[
-                    {"role": "user", "content": "x"},
-                    {"type": "reasoning", "summary": [], "encrypted_content": token},
-                ],
-            )
-        error: Any = refused.value.body
-        assert error["param"] == "input[1].encrypted_content"
-        assert error["type"] == "invalid_request_error"
-        assert fake.requests == []  # refused before any upstream is called
+    foreign = Sealer.from_secret("another gateway's key, 32 chars.").seal(THOUGHT, SIGNATURE)
+    openai_own = "gAAAAABpOpenAIsOwnReasoningToken-_0123456789=="
+    for token, text in ((tampered, ""), (foreign, ""), (openai_own, THOUGHT)):
+        scripted.reset(anthropic_text("sunny"))
+        item: Any = {"type": "reasoning", "summary": [], "encrypted_content": token}
+        if text:
+            item["content"] = [{"type": "reasoning_text", "text": text}]
+        call_item = {"type": "function_call", "call_id": call.call_id, "name": call.name}
+        answer = sdk.responses.with_raw_response.create(
+            model="thinker",
+            tools=[WEATHER],
+            input=[
+                question,
+                item,
+                {**call_item, "arguments": call.arguments},
+                {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+            ],
+        )
+        assert answer.parse().output_text == "sunny"
+        assert "input[].encrypted_content" in answer.headers["x-tandem-ignored-fields"].split(",")
+        sent = orjson.dumps(scripted.bodies[-1]).decode()
+        assert SIGNATURE not in sent  # a token that did not open never yields its signature
+    # the readable text, unsigned, is the reasoning (Anthropic takes none unsigned; an
+    # OpenAI-kind upstream does)
+    fake.reset()
+    sdk.responses.create(
+        model="relay",
+        input=[
+            {"role": "user", "content": "think"},
+            {
+                "type": "reasoning",
+                "summary": [],
+                "encrypted_content": openai_own,
+                "content": [{"type": "reasoning_text", "text": REASONING}],
+            },
+            {"role": "assistant", "content": "ok"},
+        ],
+    )
+    assert fake.requests[-1].body["messages"][1]["reasoning_content"] == REASONING
 
 
 def test_the_seal_key_is_shared_by_replicas_on_one_store_and_outlives_a_restart(
@@ -284,7 +314,9 @@ def test_the_seal_key_is_shared_by_replicas_on_one_store_and_outlives_a_restart(
             assert fake.requests[-1].body["messages"][0]["reasoning_content"] == REASONING
             assert one.terminate() == 0
             one = start_tandem(tmp_path, text)  # a restart: the key is read back
+            fake.reset()
             assert post(one, body).status_code == 200
+            assert fake.requests[-1].body["messages"][0]["reasoning_content"] == REASONING
         finally:
             for process in (one, two):
                 process.terminate()
@@ -329,7 +361,11 @@ def test_workers_without_a_store_share_one_seal_key(
         ],
     }
     # a new connection each time (post), so the kernel spreads them over both workers
+    fake.reset()
     assert [post(server, body).status_code for _ in range(12)] == [200] * 12
+    # each opened it (one that does not is left out, not refused)
+    opened = [r.body["messages"][0].get("reasoning_content") for r in fake.requests]
+    assert opened == [REASONING] * 12
     assert server.terminate() == 0
 
 
@@ -503,3 +539,104 @@ def test_an_input_file_reaches_an_openai_upstream_as_a_file_part(
         sdk.responses.create(model="relay", input=by_id)
     error: Any = refused.value.body
     assert error["param"] == "input[0].content[0].file_id"
+
+
+def test_an_image_a_tool_returned_reaches_the_upstream_and_a_sealed_part_is_named(
+    sdk: Any, fake: FakeUpstream, scripted: ScriptedUpstream
+) -> None:
+    # Codex's `view_image`: the tool's output is the image
+    image = "data:image/png;base64,iVBORw0KGgo="
+    output = [
+        {"type": "input_image", "image_url": image},
+        {"type": "encrypted_content", "encrypted_content": "gAAAAABpAnotherGateways=="},
+    ]
+    history: Any = [
+        {"role": "user", "content": "what is in a.png?"},
+        {"type": "function_call", "call_id": "c1", "name": "view_image", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": output},
+    ]
+    # an Anthropic upstream takes it as the tool result's image block
+    scripted.reset(anthropic_text("a cat"))
+    answer = sdk.responses.with_raw_response.create(model="thinker", input=history)
+    assert answer.parse().output_text == "a cat"
+    assert answer.headers["x-tandem-ignored-fields"] == "input[].output[].encrypted_content"
+    result = scripted.bodies[-1]["messages"][-1]["content"][0]
+    assert result["type"] == "tool_result"
+    assert result["content"][0]["type"] == "image"
+    # OpenAI's chat API takes text only in a tool message (an image there is a 400, for
+    # good: Codex resends it every turn): held back, named
+    answer = sdk.responses.with_raw_response.create(model="relay", input=history)
+    named = "input[].output[].encrypted_content,messages[tool].content[]"
+    assert answer.headers["x-tandem-ignored-fields"] == named
+    tool = fake.requests[-1].body["messages"][2]
+    assert tool == {"role": "tool", "content": "", "tool_call_id": "c1"}
+
+
+# --- what an upstream says beyond text --------------------------------------------
+
+
+def replayed(gateway: TandemProcess, first: httpx.Response) -> str:
+    """A stored stream's replay (`GET ?stream=true`)."""
+    last = orjson.loads(first.text.strip().split("\n\n")[-1].split("data: ")[1])
+    rid = last["response"]["id"]
+    return httpx.get(f"{gateway.base_url}/v1/responses/{rid}?stream=true", timeout=30).text
+
+
+def test_text_after_the_finish_reason_is_an_item_the_sdk_completes_and_replays(
+    gateway: TandemProcess, sdk: Any, scripted: ScriptedUpstream
+) -> None:
+    call = {"index": 0, "id": "call_a", "type": "function", "function": {"name": "f"}}
+    steps: Any = [
+        (
+            {
+                "role": "assistant",
+                "tool_calls": [{**call, "function": {"name": "f", "arguments": "{}"}}],
+            },
+            None,
+        ),
+        ({}, "tool_calls"),
+        ({"content": "late"}, None),  # an upstream that speaks after its finish_reason
+    ]
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+    scripted.reset(openai_chunks({}, *steps))
+    with sdk.responses.stream(model="tooler", input="go", tools=[tool], store=True) as events:
+        kinds = [event.type for event in events]
+        final = events.get_final_response()  # raised "unfinished output items" before
+    assert [item.type for item in final.output] == ["function_call", "message"]
+    assert final.output_text == "late"
+    assert kinds.count("response.output_item.added") == kinds.count("response.output_item.done")
+    scripted.reset(openai_chunks({}, *steps))
+    body = {"model": "tooler", "input": "go", "tools": [tool], "stream": True, "store": True}
+    first = post(gateway, body)
+    assert replayed(gateway, first) == first.text
+
+
+def test_a_refusal_is_a_refusal_part_whole_streamed_and_replayed(
+    gateway: TandemProcess, sdk: Any, scripted: ScriptedUpstream
+) -> None:
+    refusal = "I can't help with that."
+    message = {"role": "assistant", "content": None, "refusal": refusal}
+    steps: Any = [
+        ({"role": "assistant", "refusal": "I can't "}, None),
+        ({"refusal": "help with that."}, None),
+        ({}, "stop"),
+    ]
+    scripted.reset(openai_chunks(message, *steps), openai_chunks(message, *steps))
+    whole = sdk.responses.create(model="tooler", input="something bad")
+    [item] = whole.output
+    assert item.type == "message"
+    assert [(p.type, p.refusal) for p in item.content] == [("refusal", refusal)]
+    with sdk.responses.stream(model="tooler", input="something bad", store=True) as events:
+        seen = list(events)
+        final = events.get_final_response()
+    assert [p.model_dump() for p in final.output[0].content] == [
+        {"type": "refusal", "refusal": refusal}
+    ]
+    deltas = [e.delta for e in seen if e.type == "response.refusal.delta"]
+    assert deltas == ["I can't ", "help with that."]
+    [done] = [e for e in seen if e.type == "response.refusal.done"]
+    assert done.refusal == refusal
+    scripted.reset(openai_chunks(message, *steps))
+    first = post(gateway, {"model": "tooler", "input": "x", "stream": True, "store": True})
+    assert "response.refusal.delta" in first.text
+    assert replayed(gateway, first) == first.text

@@ -39,6 +39,7 @@ from server.translate.protojson import json_object
 __all__ = [
     "CHAT_FIELDS",
     "REASONING_SENT_BACK",
+    "TOOL_PARTS_HELD_BACK",
     "ExtraFields",
     "check_extra_body",
     "check_extra_body_json",
@@ -62,6 +63,9 @@ CHAT_FIELDS = frozenset(chat_pb2.ChatCompletionRequest.DESCRIPTOR.fields_by_name
 # how `x-tandem-ignored-fields` names the reasoning of messages sent back, where an
 # upstream cannot take it
 REASONING_SENT_BACK = "messages[].reasoning_content"
+# and a tool message's parts other than text (an image a tool saw), where an upstream
+# takes text only in a tool message (OpenAI's chat API)
+TOOL_PARTS_HELD_BACK = "messages[tool].content[]"
 
 # the value of `x-tandem-ignored-fields` is at most this long; names past it are counted
 MAX_NAMED_BYTES = 1024

@@ -4,15 +4,25 @@ built, never served."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import import_module
 from typing import Any, cast, get_args
 
 import pytest
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
+from tandem.v1 import chat_pb2
 
 from http_bridge.app import create_app, door_endpoints
-from http_bridge.doors import DOORS, Door, door_at, door_named, protocol_at, spelling_at
+from http_bridge.doors import (
+    DOORS,
+    RESPONSES,
+    Door,
+    door_at,
+    door_named,
+    protocol_at,
+    spelling_at,
+)
 from http_bridge.errors import (
     anthropic_error_body,
     ollama_error_body,
@@ -20,6 +30,7 @@ from http_bridge.errors import (
 )
 from http_bridge.framing import NAMED_SSE, NDJSON, SSE
 from http_bridge.routing import DoorApp, Endpoints
+from server.chunks import Chunk
 from server.context import Protocol
 
 # the app's paths that are no door's: the probes, the metrics, the docs
@@ -138,6 +149,23 @@ def test_each_door_s_record_agrees_with_what_looks_it_up(door: Door) -> None:
     assert endpoints.door is door
     assert endpoints.tags == [door.name]
     assert all(door_at(path) is door for _, path in endpoints.table)
+
+
+def test_the_responses_record_never_answers_what_only_its_route_knows() -> None:
+    """Its answers echo the request's settings, map its tool names back and seal its
+    reasoning: only the route knows them, so the record's own encoders (or parsing,
+    which opens sealed reasoning) never run rather than answer otherwise, silently."""
+    dialect = RESPONSES.dialect
+    jobs: list[Callable[[], object]] = [
+        lambda: dialect.parse_chat({"model": "m", "input": "x"}),
+        lambda: dialect.encode_completion(chat_pb2.ChatCompletion(), cast(Any, None)),
+        lambda: dialect.stream_encoder(
+            chat_pb2.ChatCompletionRequest(), Chunk(id="chatcmpl-x"), cast(Any, None)
+        ),
+    ]
+    for job in jobs:
+        with pytest.raises(RuntimeError, match="given per request by its route"):
+            job()
 
 
 def test_the_doors_and_grpc_are_every_protocol() -> None:

@@ -7,7 +7,12 @@ from collections.abc import Iterable
 from tandem.v1 import chat_pb2, embeddings_pb2
 
 from server.translate.common import cannot_honour, response_schema, tool_parameters
-from server.translate.extra import REASONING_SENT_BACK, ExtraFields, merge_extra
+from server.translate.extra import (
+    REASONING_SENT_BACK,
+    TOOL_PARTS_HELD_BACK,
+    ExtraFields,
+    merge_extra,
+)
 from server.translate.openai.replies import encode_tool_calls
 from server.translate.protocols import JSON, ChatRequestEncoder, EmbeddingRequestEncoder
 from server.translate.reasoning import reasoning_effort
@@ -84,26 +89,38 @@ def _text_only(message: chat_pb2.ChatMessage) -> str | None:
     return "\n".join(texts)
 
 
+def _tool_texts(message: chat_pb2.ChatMessage) -> str | None:
+    """A tool message's text parts as one text, where it has other parts (OpenAI's chat
+    API takes text only in a tool message: an image there is a 400); else None."""
+    if message.role != "tool" or all(p.WhichOneof("part") == "text" for p in message.parts):
+        return None
+    return "\n".join(p.text for p in message.parts if p.WhichOneof("part") == "text")
+
+
 def _messages_to_openai(
     messages: Iterable[chat_pb2.ChatMessage], *, send_reasoning: bool, join_texts: bool
-) -> tuple[list[JSON], bool]:
-    """(the messages, whether a `reasoning_content` was held back). It is sent back only
-    where the provider says so: DeepSeek documents a 400 for input messages that carry
-    it, and OpenAI and vLLM define no such input field. With `join_texts`, a message of
-    text parts only is one string."""
+) -> tuple[list[JSON], list[str]]:
+    """(the messages, the names of what was held back). A `reasoning_content` is sent
+    back only where the provider says so: DeepSeek documents a 400 for input messages
+    that carry it, and OpenAI and vLLM define no such input field. A tool message's
+    parts other than text are held back. With `join_texts`, a message of text parts
+    only is one string."""
     out = []
-    held = False
+    held: dict[str, None] = {}
     for message in messages:
         item = message_to_openai(message)
         if join_texts and (text := _text_only(message)) is not None:
             item["content"] = text
+        if (texts := _tool_texts(message)) is not None:
+            item["content"] = texts
+            held[TOOL_PARTS_HELD_BACK] = None
         if message.HasField("reasoning_content"):
             if send_reasoning:
                 item["reasoning_content"] = message.reasoning_content
             else:
-                held = True
+                held[REASONING_SENT_BACK] = None
         out.append(item)
-    return out, held
+    return out, list(held)
 
 
 def _tool_to_openai(tool: chat_pb2.Tool) -> JSON:
@@ -163,11 +180,11 @@ def encode_chat_request(
         if name in _SCALAR_FIELDS:
             body[name] = value
         elif name == "messages":
-            body[name], reasoning_held = _messages_to_openai(
+            body[name], held = _messages_to_openai(
                 value, send_reasoning=send_reasoning, join_texts=join_texts
             )
-            if reasoning_held and left_out is not None:
-                left_out.append(REASONING_SENT_BACK)
+            if left_out is not None:
+                left_out += held
         elif name == "stop":
             body[name] = list(value)
         elif name == "logit_bias":

@@ -6,10 +6,11 @@ or `input_text` / `output_text` / `input_image` / `input_file` parts),
 `function_call` and `custom_tool_call` (an assistant's tool call, joined to the
 assistant message before it; a custom tool's `input` as the arguments
 `{"input": ...}`, a `namespace` joined to the name: tools.py),
-`function_call_output` and `custom_tool_call_output` (a `tool` message) and
-`reasoning` (its sealed `encrypted_content` opened, else its `reasoning_text`:
-the next assistant message's `reasoning_content`, and `reasoning_signature`
-where it was signed; none, if a user's message comes first).
+`function_call_output` and `custom_tool_call_output` (a `tool` message, its
+image parts kept) and `reasoning` (its sealed `encrypted_content` opened, else
+its `reasoning_text`: the next assistant message's `reasoning_content`, and
+`reasoning_signature` where it was signed; none, if a user's message comes
+first). A token that does not open is left out and named, never a 400.
 `instructions` is the first, system, message; `max_output_tokens` is
 `max_completion_tokens`, `reasoning.effort` `reasoning_effort`, `text.format`
 the `response_format` (a `json_schema`'s schema kept as the JSON text the
@@ -17,9 +18,9 @@ caller wrote), `safety_identifier` the `user` where no `user` is given; tools
 are chat functions (tools.py).
 
 Hosted tools (`web_search`, `file_search`, ...) are left out and named by
-`unread`, with Responses fields the proto cannot carry (`include`,
-`truncation`, ...); other top-level fields follow `/v1`'s rule
-(`extra_body_json`, server/translate/extra.py). `background: true`,
+`unread`, with Responses fields the proto cannot carry (`include` beyond
+`reasoning.encrypted_content`, `truncation`, ...); other top-level fields follow
+`/v1`'s rule (`extra_body_json`, server/translate/extra.py). `background: true`,
 `conversation` and `prompt` are a 400. `store` and `previous_response_id` are the
 route's (the stored chain comes before `input`; `item_reference`s are resolved
 before this reads them: one left is a 400).
@@ -142,28 +143,47 @@ def _message(item: JSON, where: str) -> JSON:
     return out
 
 
-def _output(value: Any, where: str) -> str:
-    """A `function_call_output`'s output: a string, or text parts joined."""
+# how what this door leaves out of an item is named in `x-tandem-ignored-fields`
+UNOPENED_REASONING = "input[].encrypted_content"
+OUTPUT_ENCRYPTED = "input[].output[].encrypted_content"
+
+
+def _output(value: Any, where: str, left_out: list[str]) -> JSON:
+    """A `function_call_output`'s output as a tool message's content: a string, text
+    parts joined, else the parts (an image a tool saw: Codex's `view_image`). An
+    `encrypted_content` part (another gateway's) is left out, named."""
     if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        parts = [_part(part, f"{where}[{i}]") for i, part in enumerate(value)]
-        return "".join(part.get("text", "") for part in parts)
-    raise invalid_field(where, "must be a string or a list of parts")
+        return {"content": value}
+    if not isinstance(value, list):
+        raise invalid_field(where, "must be a string or a list of parts")
+    parts = []
+    for i, part in enumerate(value):
+        if isinstance(part, dict) and part.get("type") == "encrypted_content":
+            left_out.append(OUTPUT_ENCRYPTED)
+            continue
+        parts.append(_part(part, f"{where}[{i}]"))
+    if all(part["type"] == "text" for part in parts):
+        return {"content": "".join(part["text"] for part in parts)}
+    return {"parts": parts}
 
 
-def _reasoning(item: JSON, where: str, sealer: Sealer | None) -> tuple[str, str | None]:
+def _reasoning(
+    item: JSON, where: str, sealer: Sealer | None, left_out: list[str]
+) -> tuple[str, str | None]:
     """A reasoning item's (text, signature): its `encrypted_content` opened (Codex sends
-    no `reasoning_text` back), else its `reasoning_text` content, unsigned."""
+    no `reasoning_text` back), else its `reasoning_text` content, unsigned. A token that
+    does not open (another model's, another key's, a changed one) is left out, named:
+    Codex resends its whole history every turn, so a refusal would end the session for
+    good; its signature is never taken, only the item's own text, if it has any."""
     sealed = item.get("encrypted_content")
     if sealed:
         sealed = string_at(sealed, f"{where}.encrypted_content")
         try:
-            if sealer is None:
-                raise SealBroken("cannot be opened here")
-            return sealer.open(sealed)
-        except SealBroken as broken:
-            raise invalid_field(f"{where}.encrypted_content", str(broken)) from None
+            if sealer is not None:
+                return sealer.open(sealed)
+        except SealBroken:
+            pass
+        left_out.append(UNOPENED_REASONING)
     content = item.get("content") or []
     if not isinstance(content, list):
         raise invalid_field(f"{where}.content", "must be a list")
@@ -224,8 +244,9 @@ class _Reasoning:
         return bool(self.text or self.signature)
 
 
-def _messages(value: Any, sealer: Sealer | None) -> list[JSON]:
-    """`input` as proto-form messages."""
+def _messages(value: Any, sealer: Sealer | None, left_out: list[str]) -> list[JSON]:
+    """`input` as proto-form messages; what of its items is left out, named in
+    `left_out`."""
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
@@ -252,15 +273,11 @@ def _messages(value: Any, sealer: Sealer | None) -> list[JSON]:
                 out.append(last)
             last.setdefault("tool_calls", []).append(call)
         elif kind in ("function_call_output", "custom_tool_call_output"):
-            out.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": string_at(item.get("call_id"), f"{where}.call_id"),
-                    "content": _output(item.get("output"), f"{where}.output"),
-                }
-            )
+            call_id = string_at(item.get("call_id"), f"{where}.call_id")
+            output = _output(item.get("output"), f"{where}.output", left_out)
+            out.append({"role": "tool", "tool_call_id": call_id, **output})
         elif kind == "reasoning":
-            reasoning.add(*_reasoning(item, where, sealer))
+            reasoning.add(*_reasoning(item, where, sealer, left_out))
         elif kind == "item_reference":
             raise invalid_field(f"{where}.id", "no stored item has this id")
         else:
@@ -312,9 +329,13 @@ def _refuse(body: JSON) -> None:
             raise invalid_field(field, "is not served")
 
 
-def parse_chat(body: Any, *, sealer: Sealer | None = None) -> chat_pb2.ChatCompletionRequest:
+def parse_chat(
+    body: Any, *, sealer: Sealer | None = None, left_out: list[str] | None = None
+) -> chat_pb2.ChatCompletionRequest:
     """The request as a chat; `sealer` opens its reasoning items' `encrypted_content`
-    (without one, such an item is a 400)."""
+    (without one, none opens). What of its items is left out (a token that does not
+    open, an `encrypted_content` tool output part) is named in `left_out`, once each,
+    for `x-tandem-ignored-fields` (`unread` names the rest)."""
     body = _object(body, "body")
     _refuse(body)
     request = chat_pb2.ChatCompletionRequest()
@@ -322,7 +343,10 @@ def parse_chat(body: Any, *, sealer: Sealer | None = None) -> chat_pb2.ChatCompl
     if not isinstance(model, str) or not model:
         raise invalid_field("model", "is required")
     request.model = model
-    messages = _messages(body.get("input"), sealer)
+    named: list[str] = []
+    messages = _messages(body.get("input"), sealer, named)
+    if left_out is not None:
+        left_out.extend(name for name in dict.fromkeys(named) if name not in left_out)
     if body.get("instructions") is not None:
         messages.insert(
             0, {"role": "system", "content": string_at(body["instructions"], "instructions")}
@@ -362,11 +386,14 @@ def parse_chat(body: Any, *, sealer: Sealer | None = None) -> chat_pb2.ChatCompl
 def unread(body: Any) -> list[str]:
     """What of a Responses request (parsed already) the proto cannot carry, each named
     once: Responses fields it has no place for, a proto field this door does not read,
-    hosted tools (`tools[].web_search`), `reasoning.summary`, `text.verbosity`."""
+    hosted tools (`tools[].web_search`), `reasoning.summary`, `text.verbosity`; `include`
+    unless it asks only for `reasoning.encrypted_content`, which is always there."""
     names: dict[str, None] = {}
     for key, value in body.items():
         if value is not None and key not in READ and (key in KNOWN_UNREAD or key in CHAT_FIELDS):
             names[key] = None
+    if _honoured_include(body.get("include")):
+        names.pop("include", None)
     for tool in body.get("tools") or ():
         members = tool.get("tools") if tool.get("type") == "namespace" else (tool,)
         for member in members:  # a namespace's own hosted tools are left out too
@@ -382,6 +409,12 @@ def unread(body: Any) -> list[str]:
     if isinstance(text, dict) and text.get("verbosity") is not None:
         names["text.verbosity"] = None
     return list(names)
+
+
+def _honoured_include(include: Any) -> bool:
+    """An `include` this door honours whole: only `reasoning.encrypted_content` (a
+    reasoning item is always sealed)."""
+    return isinstance(include, list) and all(v == "reasoning.encrypted_content" for v in include)
 
 
 def settings(body: Any, store: bool = False) -> JSON:

@@ -2,7 +2,8 @@
 
 A response's `output` is its items in order: `reasoning` (its text as
 `reasoning_text` content, and the text and its signature sealed as
-`encrypted_content`: seal.py), `message` (one `output_text` part), then one
+`encrypted_content`: seal.py), `message` (one `output_text` part; an upstream's
+refusal one `refusal` part, in a message of its own), then one
 `function_call` per tool call (`id` `fc_…`, distinct from its `call_id`), or
 `custom_tool_call` (`ctc_…`) for a custom tool's, a namespaced tool's under its
 own name with `namespace` set (the request's `ToolNames`: tools.py). A
@@ -11,10 +12,12 @@ the request's settings (`inbound.settings`).
 
 The stream is named SSE events, each data's `type` its name and a rising
 `sequence_number`: `response.created`, `response.in_progress`, then per item
-`response.output_item.added`, its part's `content_part.added`, its deltas,
-their `.done`, `content_part.done`, `output_item.done` (the whole item), and
-last `response.completed` (or `response.incomplete`) with the whole response
-and its usage. Text and reasoning go out as they come (a text item is one
+`response.output_item.added`, its part's `content_part.added`, its deltas
+(`output_text`, `refusal` or `reasoning_text`), their `.done`,
+`content_part.done`, `output_item.done` (the whole item), and last
+`response.completed` (or `response.incomplete`) with the whole response and its
+usage; an item opened after the finish_reason (text an upstream sent late) is
+closed before it. Text and reasoning go out as they come (a text item is one
 preassembled event); tool calls are held until the answer finishes, as
 items cannot interleave and an upstream's tool calls can; a custom tool call's
 input is one `response.custom_tool_call_input.delta`, then its `.done`. A
@@ -117,13 +120,17 @@ def _text_part(text: str) -> JSON:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _message(item_id: str, text: str, status: str) -> JSON:
+def _refusal_part(text: str) -> JSON:
+    return {"type": "refusal", "refusal": text}
+
+
+def _message(item_id: str, content: list[JSON], status: str) -> JSON:
     return {
         "id": item_id,
         "type": "message",
         "role": "assistant",
         "status": status,
-        "content": [_text_part(text)],
+        "content": content,
     }
 
 
@@ -167,9 +174,12 @@ def encode_completion(
                 f"rs_{base}", message.reasoning_content, message.reasoning_signature, sealer
             )
         )
-    if message.content or not message.tool_calls:
-        status = "incomplete" if incomplete else "completed"
-        output.append(_message(f"msg_{base}", message.content, status))
+    status = "incomplete" if incomplete else "completed"
+    if message.content or not (message.tool_calls or message.refusal):  # a message, if empty
+        output.append(_message(f"msg_{base}", [_text_part(message.content)], status))
+    if message.refusal:  # in a message of its own, as streamed (Codex drops a message with one)
+        refused = [_refusal_part(message.refusal)]
+        output.append(_message(f"msg_{base}_{len(output)}", refused, status))
     for i, call in enumerate(message.tool_calls):
         tool = names.named(call.function.name)
         output.append(
@@ -243,7 +253,9 @@ class StreamEncoder:
         self._signature = ""  # the open reasoning item's signature (Anthropic's)
         self._seq = -1
         self._output: list[JSON] = []  # the items done
-        self._kind = ""  # the open item's type: "message", "reasoning" or "" (none)
+        # the open item's: "message" (its part output_text), "refusal" (a message whose
+        # part is a refusal), "reasoning" or "" (none)
+        self._kind = ""
         self._item_id = ""
         self._texts: list[str] = []  # the open item's text, in pieces
         self._delta_head = b""  # the open item's delta event, up to its text
@@ -264,12 +276,17 @@ class StreamEncoder:
     def _open(self, kind: str) -> bytes:
         out = self._close()
         index = len(self._output)
-        if kind == "message":
+        if kind in ("message", "refusal"):
             self._item_id = f"msg_{self._base}{f'_{index}' if index else ''}"
-            item = {**_message(self._item_id, "", "in_progress"), "content": []}
-            part = _text_part("")
-            delta = "response.output_text.delta"
-            extra = b',"logprobs":[]'
+            item = _message(self._item_id, [], "in_progress")
+            if kind == "message":
+                part = _text_part("")
+                delta = "response.output_text.delta"
+                extra = b',"logprobs":[]'
+            else:
+                part = _refusal_part("")
+                delta = "response.refusal.delta"
+                extra = b""
         else:
             self._item_id = f"rs_{self._base}{f'_{index}' if index else ''}"
             item = {**_reasoning(self._item_id, ""), "content": []}
@@ -310,14 +327,21 @@ class StreamEncoder:
         text = "".join(self._texts)
         index = len(self._output)
         where = {"item_id": self._item_id, "output_index": index, "content_index": 0}
+        status = "incomplete" if self._incomplete else "completed"
         if kind == "message":
-            status = "incomplete" if self._incomplete else "completed"
-            item = _message(self._item_id, text, status)
+            part: JSON = _text_part(text)
+            item = _message(self._item_id, [part], status)
             out = self._emit(
                 "response.output_text.done",
                 {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
             )
-            part: JSON = _text_part(text)
+        elif kind == "refusal":
+            part = _refusal_part(text)
+            item = _message(self._item_id, [part], status)
+            out = self._emit(
+                "response.refusal.done",
+                {"type": "response.refusal.done", **where, "refusal": text},
+            )
         else:
             item = _sealed_reasoning(self._item_id, text, self._signature, self._sealer)
             out = self._emit(
@@ -343,7 +367,7 @@ class StreamEncoder:
             return b""
         self._done = True
         self._incomplete = _incomplete(finish_reason)
-        if not self._tools and not self._output and self._kind != "message":
+        if not self._tools and not self._output and self._kind in ("", "reasoning"):
             out = self._open("message")  # an answer says a message, if only an empty one
         else:
             out = b""
@@ -437,12 +461,18 @@ class StreamEncoder:
                 if self._kind != "message":
                     out += self._open("message")
                 out += self._delta(delta.content)
+            if delta.refusal:
+                if self._kind != "refusal":
+                    out += self._open("refusal")
+                out += self._delta(delta.refusal)
             for piece in delta.tool_calls:
                 ToolCallPieces.hold(self._tools, piece)
             if choice.finish_reason:
                 out += self._finish(choice.finish_reason)
         if chunk.HasField("usage"):
-            out += self._finish("stop")
+            # what came after the finish_reason (text an upstream sent late) is closed
+            # too: every item added is done, and in the response's output
+            out += self._finish("stop") + self._close()
             status = "incomplete" if self._incomplete else "completed"
             answer = self._snapshot(status)
             answer["incomplete_details"] = self._incomplete

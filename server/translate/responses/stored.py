@@ -155,6 +155,48 @@ def _pieces(text: str, split: Sequence[int] | None) -> Iterator[str]:
         at += length
 
 
+# per part type: its delta and done events, the key its text is under, and what
+# else each of them says
+_PART_EVENTS: dict[str, tuple[str, str, str, JSON]] = {
+    "output_text": (
+        "response.output_text.delta",
+        "response.output_text.done",
+        "text",
+        {"logprobs": []},
+    ),
+    "refusal": ("response.refusal.delta", "response.refusal.done", "refusal", {}),
+    "reasoning_text": (
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
+        "text",
+        {},
+    ),
+}
+
+
+def _part_events(
+    kind: str, part: JSON, at: JSON, split: Sequence[int] | None
+) -> Iterator[tuple[str, JSON]]:
+    """One content part's events: added, its deltas (as `split`), their done, its done."""
+    of = part.get("type")
+    if of not in _PART_EVENTS:
+        of = "output_text" if kind == "message" else "reasoning_text"
+    delta, done, key, extra = _PART_EVENTS[of]
+    text = part.get(key, "")
+    opened = {**part, key: ""} if kind == "message" else {"type": of, key: ""}
+    yield (
+        "response.content_part.added",
+        {"type": "response.content_part.added", **at, "part": opened},
+    )
+    for piece in _pieces(text, split):
+        yield delta, {"type": delta, **at, **extra, "delta": piece}
+    yield done, {"type": done, **at, key: text, **extra}
+    yield (
+        "response.content_part.done",
+        {"type": "response.content_part.done", **at, "part": part},
+    )
+
+
 def _events(response: JSON, splits: Sequence[Sequence[int]]) -> Iterator[tuple[str, JSON]]:
     """The events a stream of `response` sent, in order, without sequence numbers."""
     created = {**response, **_SNAPSHOT_RESET, "output": []}
@@ -183,37 +225,11 @@ def _events(response: JSON, splits: Sequence[Sequence[int]]) -> Iterator[tuple[s
                 "item": added,
             },
         )
-        if kind in ("message", "reasoning") and item.get("content"):
-            part = item["content"][0]
-            text = part.get("text", "")
-            at = {**where, "content_index": 0}
-            if kind == "message":
-                opened = {**part, "text": ""}
-                names = ("response.output_text.delta", "response.output_text.done")
-                extra: JSON = {"logprobs": []}
-            else:
-                opened = {"type": "reasoning_text", "text": ""}
-                names = ("response.reasoning_text.delta", "response.reasoning_text.done")
-                extra = {}
-            yield (
-                "response.content_part.added",
-                {
-                    "type": "response.content_part.added",
-                    **at,
-                    "part": opened,
-                },
-            )
-            for piece in _pieces(text, split):
-                yield names[0], {"type": names[0], **at, **extra, "delta": piece}
-            yield names[1], {"type": names[1], **at, "text": text, **extra}
-            yield (
-                "response.content_part.done",
-                {
-                    "type": "response.content_part.done",
-                    **at,
-                    "part": part,
-                },
-            )
+        if kind in ("message", "reasoning"):
+            parts = item.get("content") or []
+            split = split if len(parts) == 1 else None  # a stream's items have one part
+            for at, part in enumerate(parts):
+                yield from _part_events(kind, part, {**where, "content_index": at}, split)
         elif kind == "function_call":
             arguments = item.get("arguments", "")
             name = "response.function_call_arguments.delta"

@@ -222,3 +222,33 @@ def test_only_a_stop_string_that_ended_a_choice_is_its_stop_sequence(streamed: b
     assert stop_of({"finish_reason": "stop", "stop_reason": None}) is None
     assert stop_of({"finish_reason": "stop"}) is None
     assert stop_of({"finish_reason": "length", "stop_reason": "END"}) is None
+
+
+def test_a_tool_messages_image_is_held_back_named_its_text_sent() -> None:
+    """OpenAI's chat API takes text only in a tool message (an image there is a 400, and
+    an agent resends its history every turn): the image is held back, named."""
+    image = {"url": "data:image/png;base64,iVBORw0KGgo="}
+    request = inbound.parse_chat(
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": image}]},
+                {
+                    "role": "tool",
+                    "tool_call_id": "c1",
+                    "content": [
+                        {"type": "text", "text": "a.png:"},
+                        {"type": "image_url", "image_url": image},
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "t"}]},
+            ]
+        },
+        strict=False,
+    )
+    held: list[str] = []
+    sent = to_provider.encode_chat_request(request, "m", stream=False, left_out=held)
+    user, tool, text_only = sent["messages"]
+    assert user["content"] == [{"type": "image_url", "image_url": image}]  # a user's stays
+    assert tool == {"role": "tool", "content": "a.png:", "tool_call_id": "c1"}
+    assert text_only["content"] == [{"type": "text", "text": "t"}]
+    assert held == ["messages[tool].content[]"]

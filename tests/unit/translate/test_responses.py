@@ -4,6 +4,7 @@ Responses API writes them (through a live gateway: tests/test_responses_door.py)
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import orjson
@@ -14,7 +15,7 @@ from tandem.v1 import chat_pb2
 from server.chunks import Chunk
 from server.errors import InvalidRequestError, UpstreamError
 from server.translate.openai import to_provider
-from server.translate.responses import inbound, replies
+from server.translate.responses import inbound, replies, stored
 from server.translate.responses.seal import Sealer
 
 
@@ -131,13 +132,22 @@ def test_hosted_tools_and_untranslated_fields_are_named_unread() -> None:
     request = inbound.parse_chat(body)
     assert [t.function.name for t in request.tools] == ["f"]
     assert not request.HasField("tool_choice")
-    assert inbound.unread(body) == [
-        "include",
-        "n",
-        "tools[].web_search",
-        "tool_choice",
-        "reasoning.summary",
-    ]
+    assert inbound.unread(body) == ["n", "tools[].web_search", "tool_choice", "reasoning.summary"]
+
+
+@pytest.mark.parametrize(
+    ("include", "named"),
+    [
+        (["reasoning.encrypted_content"], False),  # always honoured: a reasoning item is sealed
+        ([], False),
+        (["reasoning.encrypted_content", "message.output_text.logprobs"], True),
+        (["web_search_call.action.sources"], True),
+    ],
+)
+def test_include_is_named_only_for_what_is_not_honoured(include: list[str], named: bool) -> None:
+    body = {"model": "m", "input": "x", "include": include}
+    inbound.parse_chat(body)
+    assert ("include" in inbound.unread(body)) is named
 
 
 def completion(finish: str = "stop", **message: Any) -> chat_pb2.ChatCompletion:
@@ -260,19 +270,108 @@ def test_sealed_reasoning_is_the_next_assistant_messages_reasoning_and_signature
     assert assistant.tool_calls[0].id == "c1"
 
 
-@pytest.mark.parametrize("sealer", [SEALER, None], ids=["another-key", "no-sealer"])
-def test_an_encrypted_content_that_does_not_open_is_refused_by_name(sealer: Sealer | None) -> None:
-    foreign = Sealer.ephemeral().seal("hm", None)
+def tampered(token: str) -> str:
+    raw = bytearray(base64.b64decode(token))
+    raw[len(raw) // 2] ^= 1
+    return base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize(
+    ("sealer", "token"),
+    [
+        (SEALER, Sealer.ephemeral().seal("secret", "sig")),
+        (None, SEALER.seal("secret", "sig")),
+        (SEALER, tampered(SEALER.seal("secret", "sig"))),
+        (SEALER, "gAAAAABoOpenAIsOwnEncryptedReasoning=="),
+        (SEALER, "not base64 at all!"),
+    ],
+    ids=["another-key", "no-sealer", "tampered", "openai-token", "not-base64"],
+)
+@pytest.mark.parametrize("text", ["the readable text", ""], ids=["with-text", "without"])
+def test_an_encrypted_content_that_does_not_open_is_left_out_named_never_its_signature(
+    sealer: Sealer | None, token: str, text: str
+) -> None:
+    content = [{"type": "reasoning_text", "text": text}] if text else []
     body = {
         "model": "m",
         "input": [
             {"role": "user", "content": "x"},
-            {"type": "reasoning", "encrypted_content": foreign},
+            {"type": "reasoning", "summary": [], "content": content, "encrypted_content": token},
+            {"role": "assistant", "content": "a"},
         ],
     }
-    with pytest.raises(InvalidRequestError) as refused:
-        inbound.parse_chat(body, sealer=sealer)
-    assert refused.value.param == "input[1].encrypted_content"
+    left_out: list[str] = []
+    assistant = inbound.parse_chat(body, sealer=sealer, left_out=left_out).messages[1]
+    assert assistant.content == "a"
+    assert not assistant.HasField("reasoning_signature")  # never a token's it did not open
+    if text:
+        assert assistant.reasoning_content == text
+    else:
+        assert not assistant.HasField("reasoning_content")
+    assert "secret" not in str(assistant)
+    assert left_out == ["input[].encrypted_content"]
+
+
+def test_a_token_that_opens_is_not_named() -> None:
+    body = {
+        "model": "m",
+        "input": [
+            {"type": "reasoning", "encrypted_content": SEALER.seal("hm", None)},
+            {"type": "reasoning", "encrypted_content": SEALER.seal("!", None)},
+            {"role": "assistant", "content": "a"},
+        ],
+    }
+    left_out: list[str] = []
+    assert inbound.parse_chat(body, sealer=SEALER, left_out=left_out).messages[0].reasoning_content
+    assert left_out == []
+
+
+def test_a_tool_outputs_image_reaches_the_tool_message_and_its_sealed_part_is_named() -> None:
+    image = "data:image/png;base64,iVBORw0KGgo="
+    body = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "look"},
+            {"type": "function_call", "call_id": "c1", "name": "view_image", "arguments": "{}"},
+            {
+                "type": "function_call_output",
+                "call_id": "c1",
+                "output": [
+                    {"type": "input_text", "text": "the image:"},
+                    {"type": "input_image", "image_url": image, "detail": "high"},
+                    {"type": "encrypted_content", "encrypted_content": "gAAAAAB..."},
+                ],
+            },
+            {"type": "function_call", "call_id": "c2", "name": "f", "arguments": "{}"},
+            {
+                "type": "function_call_output",
+                "call_id": "c2",
+                "output": [
+                    {"type": "input_text", "text": "a"},
+                    {"type": "input_text", "text": "b"},
+                ],
+            },
+        ],
+    }
+    left_out: list[str] = []
+    out = [MessageToDict(m) for m in inbound.parse_chat(body, left_out=left_out).messages]
+    assert out[2] == {
+        "role": "tool",
+        "toolCallId": "c1",
+        "parts": [
+            {"type": "text", "text": "the image:"},
+            {"type": "image_url", "imageUrl": {"url": image, "detail": "high"}},
+        ],
+    }
+    assert out[4] == {"role": "tool", "toolCallId": "c2", "content": "ab"}
+    assert left_out == ["input[].output[].encrypted_content"]
+    # an OpenAI-compatible upstream takes text only in a tool message: the image is
+    # held back, named
+    held: list[str] = []
+    request = inbound.parse_chat(body)
+    sent = to_provider.encode_chat_request(request, "m", stream=False, left_out=held)
+    assert sent["messages"][2] == {"role": "tool", "content": "the image:", "tool_call_id": "c1"}
+    assert held == ["messages[tool].content[]"]
 
 
 def test_custom_and_namespaced_calls_are_tool_calls_and_their_outputs_tool_messages() -> None:
@@ -410,3 +509,33 @@ def test_a_namespaces_hosted_tools_are_named_unread() -> None:
     body = {"model": "m", "input": "x", "tools": [namespace, {"type": "custom", "name": "c"}]}
     assert [t.function.name for t in inbound.parse_chat(body).tools] == ["ns__f", "c"]
     assert inbound.unread(body) == ["tools[].tool_search"]
+
+
+def test_a_refusal_answered_whole_is_a_refusal_part_and_replays_as_refusal_events() -> None:
+    answer = replies.encode_completion(completion(refusal="I can't help."), inbound.settings({}))
+    [message] = answer["output"]
+    assert message["content"] == [{"type": "refusal", "refusal": "I can't help."}]
+    both = replies.encode_completion(
+        completion(content="Well,", refusal="no."), inbound.settings({})
+    )
+    # the refusal in a message of its own, as streamed (Codex drops a message holding one)
+    assert [[p["type"] for p in item["content"]] for item in both["output"]] == [
+        ["output_text"],
+        ["refusal"],
+    ]
+    assert len({item["id"] for item in both["output"]}) == 2
+    names = [e.split("\n")[0] for e in stored.replay(both, []).decode().strip().split("\n\n")]
+    assert names[2:-1] == [
+        "event: response.output_item.added",
+        "event: response.content_part.added",
+        "event: response.output_text.delta",
+        "event: response.output_text.done",
+        "event: response.content_part.done",
+        "event: response.output_item.done",
+        "event: response.output_item.added",
+        "event: response.content_part.added",
+        "event: response.refusal.delta",
+        "event: response.refusal.done",
+        "event: response.content_part.done",
+        "event: response.output_item.done",
+    ]

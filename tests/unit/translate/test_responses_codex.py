@@ -35,7 +35,9 @@ def test_a_codex_turn_reads_as_chat_messages(model: str) -> None:
     assert tool["content"].endswith("Output:\nhello-from-codex\n")
     assert "exec_command" in {t.function.name for t in request.tools}
     assert request.stream
-    assert "include" in inbound.unread(body)
+    # it includes `reasoning.encrypted_content` only, which is always there: not named
+    assert body["include"] == ["reasoning.encrypted_content"]
+    assert "include" not in inbound.unread(body)
 
 
 def test_codex_client_metadata_is_named_unread_and_never_sent_upstream() -> None:

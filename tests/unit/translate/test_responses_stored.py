@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import pytest
 from tandem.v1 import chat_pb2
 
@@ -73,7 +74,55 @@ def tool_stream() -> list[Item]:
     return [*chunks, last]
 
 
-@pytest.mark.parametrize("stream", [text_stream, tool_stream])
+def late_text_stream() -> list[Item]:
+    """A tool call, its finish_reason, then text (an upstream's, late), then the usage."""
+    first = Chunk(id="chatcmpl-late", created=5, model="m")
+    first.choices.add().delta.tool_calls.add(
+        index=0, id="call_a", type="function", function=chat_pb2.FunctionCall(name="f")
+    )
+    finished = Chunk()
+    finished.choices.add(finish_reason="tool_calls")
+    late = Chunk()
+    late.choices.add().delta.content = "late"
+    usage = Chunk()
+    usage.usage.prompt_tokens = 2
+    return [first, finished, late, " text", usage]
+
+
+def refusal_stream() -> list[Item]:
+    first = Chunk(id="chatcmpl-r", created=5, model="m")
+    first.choices.add().delta.refusal = "I can't "
+    more = Chunk()
+    more.choices.add().delta.refusal = "help with that."
+    last = Chunk()
+    last.choices.add(finish_reason="stop")
+    last.usage.prompt_tokens = 2
+    return [first, more, last]
+
+
+def text_then_refusal_stream() -> list[Item]:
+    first = Chunk(id="chatcmpl-tr", created=5, model="m")
+    first.choices.add().delta.content = "Well, "
+    refused = Chunk()
+    refused.choices.add(finish_reason="stop").delta.refusal = "no."
+    refused.usage.prompt_tokens = 2
+    return [first, refused]
+
+
+def named(wire: bytes) -> list[tuple[str, Any]]:
+    return [
+        (
+            head.split(b"\n")[0].removeprefix(b"event: ").decode(),
+            orjson.loads(head.split(b"data: ")[1]),
+        )
+        for head in wire.strip().split(b"\n\n")
+    ]
+
+
+STREAMS = [text_stream, tool_stream, late_text_stream, refusal_stream, text_then_refusal_stream]
+
+
+@pytest.mark.parametrize("stream", STREAMS)
 async def test_a_replay_is_the_stream_first_sent(stream: Any) -> None:
     settings = {**inbound.settings({"metadata": {"k": "v"}}), "store": True}
     wire, answer, splits = await encoded(stream(), settings)
@@ -187,3 +236,43 @@ def test_an_input_of_too_many_items_is_a_400_and_its_given_ids_are_known() -> No
     with pytest.raises(InvalidRequestError) as refused:
         stored.check_input([{"role": "user", "content": "q"}] * (stored.MAX_INPUT_ITEMS + 1))
     assert refused.value.param == "input"
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+async def test_every_item_added_is_done_and_in_the_output(stream: Any) -> None:
+    wire, answer, _ = await encoded(stream(), inbound.settings({}))
+    events = named(wire)
+    added = [d["item"]["id"] for name, d in events if name == "response.output_item.added"]
+    done = [d["item"] for name, d in events if name == "response.output_item.done"]
+    assert [item["id"] for item in done] == added
+    assert answer["output"] == done
+    assert [name for name, _ in events].count("response.content_part.added") == [
+        name for name, _ in events
+    ].count("response.content_part.done")
+
+
+async def test_text_after_the_finish_reason_is_an_item_closed_before_completed() -> None:
+    wire, answer, _ = await encoded(late_text_stream(), inbound.settings({}))
+    kinds = [item["type"] for item in answer["output"]]
+    assert kinds == ["function_call", "message"]
+    assert answer["output"][1]["content"][0]["text"] == "late text"
+    assert named(wire)[-1][0] == "response.completed"
+
+
+async def test_a_refusal_is_a_refusal_part_streamed_as_refusal_events() -> None:
+    wire, answer, splits = await encoded(refusal_stream(), inbound.settings({}))
+    [message] = answer["output"]
+    assert message["content"] == [{"type": "refusal", "refusal": "I can't help with that."}]
+    assert splits == [[8, 15]]
+    events = named(wire)
+    assert [name for name, _ in events[2:-1]] == [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.refusal.delta",
+        "response.refusal.delta",
+        "response.refusal.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    assert events[3][1]["part"] == {"type": "refusal", "refusal": ""}
+    assert events[6][1]["refusal"] == "I can't help with that."
