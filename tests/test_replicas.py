@@ -326,7 +326,12 @@ async def test_a_rolling_restart_under_load_loses_nothing(cluster: Cluster) -> N
     }
     print(f"rolling restart: {len(outcomes)} requests {kinds}, {len(failed)} failed")
     assert codes == [0] * REPLICAS
-    assert not failed, (failed[:5], cluster.balancer.error_log()[-3000:])
+    if failed:  # all a rare loss leaves behind, in the test's captured output
+        print("failed:", *failed[:10], sep="\n  ")
+        print("nginx errors:", *cluster.balancer.error_log().splitlines()[-60:], sep="\n  ")
+        ledger = set(await _ledger(cluster.store_url, "roller"))
+        print("failed and recorded:", [o.request_id in ledger for o in failed])
+    assert not failed, failed[:5]
     assert all(
         kinds.get(k, 0) > 10 for k in ("http chat", "http stream", "grpc unary", "grpc stream")
     )
