@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from http_bridge.disconnect import cancel_on_disconnect
 from http_bridge.framing import NAMED_SSE
+from http_bridge.responses import reply_encoded
 from http_bridge.streaming import ChunkStreamResponse
 from server.context import CallContext
 from server.core.dataplane import DataPlane
@@ -54,4 +55,4 @@ async def relayed_response(request: Request, ctx: CallContext, body: Any) -> Res
         return ChunkStreamResponse(first, stream, encode=_FRAMED, framing=NAMED_SSE, ctx=ctx)
     async with cancel_on_disconnect(request.receive):
         answer = await plane.create_relayed(route, body, ctx)
-    return Response(answer, media_type="application/json", headers=dict(ctx.response_headers))
+    return reply_encoded(ctx, answer)

@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from server.context import CallContext
 
-__all__ = ["JsonResponse", "reply"]
+__all__ = ["JsonResponse", "reply", "reply_encoded"]
 
 
 class JsonResponse(Response):
@@ -22,3 +22,10 @@ class JsonResponse(Response):
 def reply(ctx: CallContext, body: Any) -> JsonResponse:
     """A JSON answer with the call's headers (its rate limits among them)."""
     return JsonResponse(body, headers=dict(ctx.response_headers))
+
+
+def reply_encoded(
+    ctx: CallContext, body: bytes | str, media_type: str = "application/json"
+) -> Response:
+    """`reply` for an answer already encoded (a stored response, a relayed one)."""
+    return Response(body, media_type=media_type, headers=dict(ctx.response_headers))

@@ -38,7 +38,7 @@ from http_bridge.deps import read_json
 from http_bridge.doors import RESPONSES
 from http_bridge.framing import NAMED_SSE
 from http_bridge.relayed import relayed_response
-from http_bridge.responses import JsonResponse, reply
+from http_bridge.responses import reply, reply_encoded
 from http_bridge.routing import Endpoints, any_json_body
 from server.context import CallContext
 from server.core.conversations import Conversations, History
@@ -146,13 +146,13 @@ async def retrieve_response(request: Request, response_id: str, ctx: Call) -> Re
     found = await conversations.get(ctx, response_id)
     query = request.query_params
     if query.get("stream", "false").lower() != "true":
-        return Response(found.response, media_type="application/json", headers=_headers(ctx))
+        return reply_encoded(ctx, found.response)
     try:
         after = int(query.get("starting_after", "-1"))
     except ValueError:
         raise invalid_field("starting_after", "must be an integer") from None
     events = stored.replay(orjson.loads(found.response), orjson.loads(found.splits), after)
-    return Response(events, media_type=NAMED_SSE.media_type.decode(), headers=_headers(ctx))
+    return reply_encoded(ctx, events, NAMED_SSE.media_type.decode())
 
 
 @endpoints.router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
@@ -173,11 +173,7 @@ async def list_input_items(request: Request, response_id: str, ctx: Call) -> Res
     page = stored.input_page(
         orjson.loads(found.input), query.get("limit"), query.get("after"), query.get("order")
     )
-    return JsonResponse(page, headers=_headers(ctx))
-
-
-def _headers(ctx: CallContext) -> dict[str, str]:
-    return dict(ctx.response_headers)
+    return reply(ctx, page)
 
 
 _NO_WEBSOCKET = {
