@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 from http_bridge import handlers
 from http_bridge.deps import read_json
 from http_bridge.doors import RESPONSES
+from http_bridge.errors import openai_error_body
 from http_bridge.framing import NAMED_SSE
 from http_bridge.relayed import relayed_response
 from http_bridge.responses import reply, reply_encoded
@@ -43,6 +44,7 @@ from http_bridge.routing import Endpoints, any_json_body
 from server.context import CallContext
 from server.core.conversations import Conversations, History
 from server.core.dataplane import DataPlane
+from server.errors import InvalidRequestError
 from server.translate.common import invalid_field
 from server.translate.protocols import JSON
 from server.translate.responses import inbound, replies, stored
@@ -176,14 +178,12 @@ async def list_input_items(request: Request, response_id: str, ctx: Call) -> Res
     return reply(ctx, page)
 
 
-_NO_WEBSOCKET = {
-    "error": {
-        "message": "the Responses API is served over HTTP here: POST /v1/responses (SSE)",
-        "type": "invalid_request_error",
-        "param": None,
-        "code": "websocket_not_supported",
-    }
-}
+_NO_WEBSOCKET = openai_error_body(
+    InvalidRequestError(
+        "the Responses API is served over HTTP here: POST /v1/responses (SSE)",
+        code="websocket_not_supported",
+    )
+)
 
 
 @endpoints.route(
