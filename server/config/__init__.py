@@ -36,7 +36,10 @@ from server.config.base import (
 from server.config.base import Strict as _Strict
 from server.config.sections import (
     AuthConfig,
+    BudgetConfig,
+    BudgetsConfig,
     JwtConfig,
+    Period,
     RateLimitConfig,
     ResponsesConfig,
     TelemetryConfig,
@@ -45,10 +48,13 @@ from server.config.sections import (
 
 __all__ = [
     "AuthConfig",
+    "BudgetConfig",
+    "BudgetsConfig",
     "Config",
     "ConfigError",
     "JwtConfig",
     "ModelConfig",
+    "Period",
     "ProviderConfig",
     "ProviderKind",
     "RateLimitConfig",
@@ -184,6 +190,7 @@ class TierConfig(_Strict):
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
     max_concurrent_requests: PositiveInt | None = None  # a caller's calls in flight at once
+    budget: BudgetConfig | None = None  # each caller of the tier has its own
 
 
 class Config(_Strict):
@@ -196,6 +203,7 @@ class Config(_Strict):
     usage: UsageConfig = UsageConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     responses: ResponsesConfig = ResponsesConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
 
     @model_validator(mode="after")
     def _responses_have_a_store(self) -> Config:

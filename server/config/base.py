@@ -3,9 +3,10 @@ its number types."""
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
     "ConfigError",
@@ -13,6 +14,7 @@ __all__ = [
     "PositiveFloat",
     "PositiveInt",
     "Strict",
+    "Usd",
     "parse_host_port",
 ]
 
@@ -38,3 +40,21 @@ class Strict(BaseModel):
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+def _usd(value: object) -> Decimal:
+    """US dollars, exactly as written: a YAML number goes through its text, so 0.15
+    is 0.15 and never the float nearest it."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError("expected an amount of US dollars, e.g. 5 or 0.15")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"expected an amount of US dollars, got {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"expected a finite amount of US dollars >= 0, got {value!r}")
+    return amount
+
+
+# money in configs: a non-negative Decimal of US dollars (never a float)
+Usd = Annotated[Decimal, BeforeValidator(_usd)]

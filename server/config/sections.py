@@ -4,14 +4,28 @@ where usage is written (`usage`) and what telemetry says (`telemetry`)."""
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from server.config.base import NonNegativeFloat, PositiveInt, Strict
+from server.config.base import NonNegativeFloat, PositiveInt, Strict, Usd
 
-__all__ = ["AuthConfig", "JwtConfig", "RateLimitConfig", "TelemetryConfig", "UsageConfig"]
+__all__ = [
+    "AuthConfig",
+    "BudgetConfig",
+    "BudgetsConfig",
+    "JwtConfig",
+    "Period",
+    "RateLimitConfig",
+    "TelemetryConfig",
+    "UsageConfig",
+]
+
+# a budget's calendar period in UTC: weeks start on Monday; `total` never resets
+Period = Literal["daily", "weekly", "monthly", "total"]
+NANOS_PER_USD = 10**9
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -120,3 +134,26 @@ class ResponsesConfig(Strict):
     # the key that seals reasoning into `encrypted_content` (any string; hashed to 32
     # bytes); unset: one generated once and kept in the usage store, shared by replicas
     seal_key: Annotated[str, Field(min_length=16)] | None = None
+
+
+class BudgetConfig(Strict):
+    """A cap on spend: `usd` over each `period`."""
+
+    usd: Usd
+    period: Period = "monthly"
+
+    @field_validator("usd")
+    @classmethod
+    def _whole_nanos(cls, value: Decimal) -> Decimal:
+        if (value * NANOS_PER_USD) % 1:
+            raise ValueError("at most 9 decimal places (budgets are kept in nano-dollars)")
+        return value
+
+    @property
+    def nanos(self) -> int:
+        return int(self.usd * NANOS_PER_USD)
+
+
+class BudgetsConfig(Strict):
+    # a model with no price, called under a budget: allowed (costing 0), or refused (403)
+    unpriced: Literal["allow", "deny"] = "allow"

@@ -9,7 +9,9 @@ from server.usage.record import UsageQuery
 
 __all__ = [
     "ADDED_COLUMNS",
+    "ADDED_INDEXES",
     "BACKFILL_SQL",
+    "added_columns_sql",
     "filters",
     "insert_sql",
     "page_sql",
@@ -22,7 +24,7 @@ __all__ = [
 COLUMNS = (
     'id, request_id, "user", model, provider, protocol, prompt_tokens, completion_tokens, '
     "status, latency_ms, ttft_ms, created_at, usage_source, caller_kind, cached_tokens, "
-    "reasoning_tokens, cache_write_tokens"
+    "reasoning_tokens, cache_write_tokens, cost_nanos, cost_source, key_id, tier"
 )
 
 # Columns added since the table was first made, in order: a store made by an
@@ -34,6 +36,14 @@ ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("cached_tokens", "INTEGER NOT NULL DEFAULT 0"),
     ("reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"),
     ("cache_write_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("cost_nanos", "BIGINT NOT NULL DEFAULT 0"),
+    ("cost_source", "TEXT NOT NULL DEFAULT 'unpriced'"),
+    ("key_id", "TEXT"),
+    ("tier", "TEXT NOT NULL DEFAULT ''"),
+)
+# Indexes on added columns, made once the columns are there.
+ADDED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS usage_records_by_key ON usage_records (key_id, created_at)",
 )
 # What each added column says of the rows that came before it: earlier versions
 # wrote admin-key and anonymous calls as the users `admin` and `anonymous` (for
@@ -67,6 +77,17 @@ CREATE INDEX IF NOT EXISTS usage_records_by_user ON usage_records ("user", creat
 """
 
 
+def added_columns_sql(
+    table: str, added: tuple[tuple[str, str], ...], present: Collection[str], real: str
+) -> list[str]:
+    """ALTER statements adding to `table` the columns of `added` not `present`."""
+    return [
+        f"ALTER TABLE {table} ADD COLUMN {name} {definition.format(real=real)}"
+        for name, definition in added
+        if name not in present
+    ]
+
+
 def upgrade_sql(present: Collection[str]) -> list[str]:
     """The statements, in order, that bring a ledger whose table has the columns
     `present` up to date: each missing added column, then its backfill."""
@@ -76,7 +97,7 @@ def upgrade_sql(present: Collection[str]) -> list[str]:
             statements.append(f"ALTER TABLE usage_records ADD COLUMN {name} {definition}")
             if name in BACKFILL_SQL:
                 statements.append(BACKFILL_SQL[name])
-    return statements
+    return statements + list(ADDED_INDEXES)
 
 
 def insert_sql(placeholder: Callable[[int], str]) -> str:

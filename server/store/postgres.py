@@ -24,7 +24,8 @@ from server.store.conversations import (
     item_rows,
     item_sizes_sql,
 )
-from server.store.keys import ApiKey
+from server.store.keys import KEY_ADDED_COLUMNS, KEY_COLUMNS, ApiKey, key_from_row, key_row
+from server.store.versions import schema_version_sql, version_statements
 from server.usage.record import (
     UsagePage,
     UsageQuery,
@@ -57,19 +58,27 @@ CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
     + ledger.usage_schema(real="DOUBLE PRECISION", time="TIMESTAMPTZ")
     + conversations_schema("DOUBLE PRECISION", "BIGINT")
+    + schema_version_sql
 )
-_COLUMNS = 'id, key_hash, "user", tier, created_at, revoked_at'
 _CREATED_AT = UsageRecord._fields.index("created_at")  # a timestamptz in the table
 
 
 async def _add_missing_columns(connection: asyncpg.Connection) -> None:
-    """Bring a ledger made by an earlier version up to date (under the schema lock)."""
+    """Bring a store made by an earlier version up to date (under the schema lock);
+    refuse one made by a newer version."""
+    found = await connection.fetchval("SELECT max(version) FROM tandem_schema")
+    statements = version_statements(found)  # raises first for a newer store
     present_sql = (
         "SELECT column_name FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = 'usage_records'"
+        "WHERE table_schema = current_schema() AND table_name = $1"
     )
-    present = {row[0] for row in await connection.fetch(present_sql)}
-    for statement in ledger.upgrade_sql(present):
+    present = {row[0] for row in await connection.fetch(present_sql, "usage_records")}
+    statements += ledger.upgrade_sql(present)
+    present = {row[0] for row in await connection.fetch(present_sql, "api_keys")}
+    statements += ledger.added_columns_sql(
+        "api_keys", KEY_ADDED_COLUMNS, present, "DOUBLE PRECISION"
+    )
+    for statement in statements:
         await connection.execute(statement)
 
 
@@ -114,15 +123,14 @@ class PostgresStore:
 
     async def create_key(self, key: ApiKey) -> None:
         pool = await self._ready()
-        # the columns in the fields' order, as `ApiKey(*row)` reads them back
-        await pool.execute(
-            f"INSERT INTO api_keys ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)", *astuple(key)
-        )
+        row = key_row(key)
+        values = ", ".join(_placeholder(n) for n in range(1, len(row) + 1))
+        await pool.execute(f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ({values})", *row)
 
     async def find_key(self, key_id: str) -> ApiKey | None:
         pool = await self._ready()
-        row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
-        return ApiKey(*row) if row else None
+        row = await pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        return key_from_row(row) if row else None
 
     async def key_ids_since(self, created_at: float) -> list[str]:
         pool = await self._ready()
@@ -131,8 +139,8 @@ class PostgresStore:
 
     async def list_keys(self) -> list[ApiKey]:
         pool = await self._ready()
-        rows = await pool.fetch(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
-        return [ApiKey(*row) for row in rows]
+        rows = await pool.fetch(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")
+        return [key_from_row(row) for row in rows]
 
     async def revoke_key(self, key_id: str, at: float) -> bool:
         pool = await self._ready()

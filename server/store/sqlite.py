@@ -28,7 +28,8 @@ from server.store.conversations import (
     item_rows,
     item_sizes_sql,
 )
-from server.store.keys import ApiKey
+from server.store.keys import KEY_ADDED_COLUMNS, KEY_COLUMNS, ApiKey, key_from_row, key_row
+from server.store.versions import schema_version_sql, version_statements
 from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 
 __all__ = ["SqliteStore"]
@@ -50,8 +51,8 @@ CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
     + ledger.usage_schema(real="REAL", time="INTEGER")
     + conversations_schema("REAL", "INTEGER")
+    + schema_version_sql
 )
-_COLUMNS = "id, key_hash, user, tier, created_at, revoked_at"
 
 
 class SqliteStore:
@@ -85,22 +86,21 @@ class SqliteStore:
         await self._call(lambda db: None)
 
     async def create_key(self, key: ApiKey) -> None:
-        # the columns in the fields' order, as `ApiKey(*row)` reads them back
-        await self._run(
-            f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", *astuple(key)
-        )
+        row = key_row(key)
+        values = ", ".join("?" * len(row))
+        await self._run(f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ({values})", *row)
 
     async def find_key(self, key_id: str) -> ApiKey | None:
-        rows = await self._run(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", key_id)
-        return ApiKey(*rows[0]) if rows else None
+        rows = await self._run(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", key_id)
+        return key_from_row(rows[0]) if rows else None
 
     async def key_ids_since(self, created_at: float) -> list[str]:
         rows = await self._run("SELECT id FROM api_keys WHERE created_at >= ?", created_at)
         return [row[0] for row in rows]
 
     async def list_keys(self) -> list[ApiKey]:
-        rows = await self._run(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
-        return [ApiKey(*row) for row in rows]
+        rows = await self._run(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")
+        return [key_from_row(row) for row in rows]
 
     async def revoke_key(self, key_id: str, at: float) -> bool:
         rows = await self._run(
@@ -247,11 +247,16 @@ def _wal(db: sqlite3.Connection, timeout_s: float = 5.0) -> None:
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
-    """Bring a ledger made by an earlier version up to date (one transaction, so
-    workers opening the same file at once agree)."""
+    """Bring a store made by an earlier version up to date (one transaction, so
+    workers opening the same file at once agree); refuse one made by a newer version."""
     with _transaction(db, "BEGIN IMMEDIATE"):
+        found = db.execute("SELECT max(version) FROM tandem_schema").fetchone()[0]
+        statements = version_statements(found)  # raises first for a newer store
         present = {row[1] for row in db.execute("PRAGMA table_info(usage_records)")}
-        for statement in ledger.upgrade_sql(present):
+        statements += ledger.upgrade_sql(present)
+        present = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
+        statements += ledger.added_columns_sql("api_keys", KEY_ADDED_COLUMNS, present, "REAL")
+        for statement in statements:
             db.execute(statement)
 
 

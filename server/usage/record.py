@@ -46,6 +46,10 @@ class UsageRecord(NamedTuple):
     cached_tokens: int = 0  # of the prompt's, read from the provider's cache
     reasoning_tokens: int = 0  # of the completion's, spent reasoning
     cache_write_tokens: int = 0  # of the prompt's, written to the provider's cache
+    cost_nanos: int = 0  # what it cost, in billionths of a US dollar (rounded half up)
+    cost_source: str = "unpriced"  # or "priced": the model had a price
+    key_id: str | None = None  # the API key that called, for key budgets and spend reports
+    tier: str = ""  # the caller's tier, for tier budgets ("" in records from before money)
 
 
 @dataclass(frozen=True, slots=True)
