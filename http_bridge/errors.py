@@ -80,8 +80,10 @@ def error_headers(error: errors.GatewayError) -> list[tuple[str, str]]:
     """Retry guidance: `Retry-After` on 429, `x-should-retry: false` when retrying is futile."""
     headers = []
     if isinstance(error, errors.RateLimitError):
-        headers.append(("retry-after", str(max(math.ceil(error.retry_after_s), 0))))
-        headers.append(("retry-after-ms", str(max(math.ceil(error.retry_after_s * 1000), 0))))
+        if error.retry_after_s is not None:
+            headers.append(("retry-after", str(max(math.ceil(error.retry_after_s), 0))))
+            ms = max(math.ceil(error.retry_after_s * 1000), 0)
+            headers.append(("retry-after-ms", str(ms)))
         if not error.should_retry:
             headers.append(("x-should-retry", "false"))
     elif isinstance(error, errors.UpstreamFailure):

@@ -16,6 +16,7 @@ __all__ = [
     "CallTrace",
     "Caller",
     "CallerKind",
+    "KeyNarrowing",
     "Protocol",
     "new_id",
     "request_id_from",
@@ -32,13 +33,28 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @dataclass(frozen=True, slots=True)
+class KeyNarrowing:
+    """What an API key narrows of its tier (None: the tier's own), applied together with
+    the tier's, the tighter winning. Made once per key record fetched, not per request."""
+
+    models: frozenset[str] | None = None  # within the tier's
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent_requests: int | None = None
+    budget_nanos: int | None = None
+    budget_period: str | None = None  # daily | weekly | monthly | total, with budget_nanos
+
+
+@dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated (or anonymous) caller and the tier it is billed to."""
+    """An authenticated (or anonymous) caller and the tier it is billed to; an API
+    key's caller carries what the key narrows (`key`: None when it narrows nothing)."""
 
     user: str
     tier: str
     kind: CallerKind = "user"
     key_id: str | None = None
+    key: KeyNarrowing | None = None
 
     @property
     def admin(self) -> bool:
@@ -58,6 +74,7 @@ class CallTrace:
     """
 
     __slots__ = (
+        "budget_exceeded",
         "completion_tokens",
         "door_ignored",
         "error_status",
@@ -89,6 +106,7 @@ class CallTrace:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.rate_limited = False
+        self.budget_exceeded = False
         # what the core leaves for the door to send: headers (gRPC: trailers)
         self.response_headers: list[tuple[str, str]] = []
         self.error_status: int | None = None  # a stream's in-band error, after its 200
@@ -143,8 +161,13 @@ class CallTrace:
         """A rate limit refused the call."""
         self.rate_limited = True
 
+    def over_budget(self) -> None:
+        """A budget refused the call (a rate limit of money: counted as both)."""
+        self.rate_limited = self.budget_exceeded = True
+
     def add_headers(self, headers: list[tuple[str, str]]) -> None:
-        """The limits' x-ratelimit-* headers, for the door to send."""
+        """The limits' x-ratelimit-* and the budgets' x-budget-* headers, for the door
+        to send."""
         self.response_headers += headers
 
     # the tracer (server/telemetry/tracing.py)

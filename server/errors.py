@@ -79,13 +79,16 @@ class NotFoundError(GatewayError):
 
 
 class RateLimitError(GatewayError):
+    """`retry_after_s`: when to retry (None: not within any wait, as a `total` budget
+    spent); `should_retry`: False when retrying as it is cannot help."""
+
     type = "rate_limit_error"
 
     def __init__(
         self,
         message: str,
         *,
-        retry_after_s: float,
+        retry_after_s: float | None,
         should_retry: bool = True,
         code: str = "rate_limit_exceeded",
     ):

@@ -215,6 +215,15 @@ class Config(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _budgets_have_a_store(self) -> Config:
+        for name, tier in self.tiers.items():
+            if tier.budget is not None and self.usage.store == "none":
+                raise ValueError(
+                    f"tiers.{name}.budget needs a store to keep spend in (usage.store is none)"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _references_resolve(self) -> Config:
         providers = _unique_names("providers", [p.name for p in self.providers])
         models = _unique_names("models", [m.name for m in self.models])

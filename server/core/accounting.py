@@ -5,7 +5,9 @@ failed, cancelled, past its deadline): it settles the admission with what the
 call is charged and records the same counts in the usage ledger, so what is
 charged is what is recorded. It hears of each upstream attempt from the retry
 loop (`core/resilience.py`, `Attempts`) and leaves what it learns of the call
-on its trace. The money ledger (reservations, balances) grows here.
+on its trace. A call with a budget settles it here too: its record carries the
+hold's id and arrival, and goes to the batcher with its settlement (the ledger write
+is the settlement: server/usage/budget.py), its hold then no longer renewed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 from types import TracebackType
+from typing import Protocol
 
 from tandem.v1 import chat_pb2
 
@@ -23,8 +26,31 @@ from server.messages import estimate_tokens
 from server.policy import Admission
 from server.providers.base import Route
 from server.usage import UsageRecord, UsageRecorder
+from server.usage.budget import Settlement
 
-__all__ = ["SENT_BATCH", "Accounting"]
+__all__ = ["SENT_BATCH", "Accounting", "Pricing"]
+
+
+class Pricing(Protocol):
+    """What the core asks of the prices (server/usage/prices.py): a call's estimated
+    cost at admission, its recorded cost at the end (nanos; None/`unpriced`: no price)."""
+
+    def reserve(
+        self, model: str, at_us: int, prompt_estimate: int, output_estimate: int
+    ) -> int | None: ...
+
+    def cost(
+        self,
+        model: str,
+        at_us: int,
+        *,
+        prompt: int,
+        cached: int,
+        cache_write: int,
+        completion: int,
+        reasoning: int,
+    ) -> tuple[int, str]: ...
+
 
 # texts kept before they are counted: counting once per batch, over the joined
 # text, is cheaper per chunk and closer to the whole answer's estimate
@@ -50,6 +76,7 @@ class Accounting:
         "_failure_counted",
         "_in_flight",
         "_model",
+        "_prices",
         "_prompt",
         "_prompt_read",
         "_recorder",
@@ -77,8 +104,10 @@ class Accounting:
         admission: Admission,
         streaming: bool,
         prompt: int,
+        prices: Pricing | None = None,
     ) -> None:
         self._recorder = recorder
+        self._prices = prices
         self._ctx = ctx
         self.route = route  # the one that served, after fallbacks
         self._model = route.model.name  # the public name asked for
@@ -215,27 +244,51 @@ class Accounting:
         )
         if isinstance(exc, UpstreamFailure) and self._in_flight and not self._failure_counted:
             trace.attempt_failed(self.route.provider.name)  # after its first chunk, or an embed
-        self._recorder.record(
-            UsageRecord(
-                id=new_id(),
-                request_id=ctx.request_id,
-                user=caller.user,
-                model=self._model,
-                provider=self.route.provider.name,
-                protocol=ctx.protocol,
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=self.completion_tokens,
-                status="cancelled" if gone else _status(exc),
-                latency_ms=(now - ctx.started) * 1000,
-                ttft_ms=None if ttft is None else (ttft - ctx.started) * 1000,
-                created_at=time.time_ns() // 1000 - round((now - ctx.started) * 1e6),  # arrival
-                usage_source=self._source,
-                caller_kind=caller.kind,
-                cached_tokens=self.cached_tokens,
-                reasoning_tokens=self.reasoning_tokens,
-                cache_write_tokens=self.cache_write_tokens,
+        hold = self._admission.hold
+        if hold is None:
+            record_id = new_id()
+            arrival = time.time_ns() // 1000 - round((now - ctx.started) * 1e6)
+        else:  # admitted under a budget: the hold's id, the period's moment
+            record_id, arrival = hold.id, hold.at_us
+        cost_nanos, cost_source = 0, "unpriced"
+        if self._prices is not None:  # at the price of the route that served
+            cost_nanos, cost_source = self._prices.cost(
+                self.route.model.name,
+                arrival,
+                prompt=self.prompt_tokens,
+                cached=self.cached_tokens,
+                cache_write=self.cache_write_tokens,
+                completion=self.completion_tokens,
+                reasoning=self.reasoning_tokens,
             )
+        record = UsageRecord(
+            id=record_id,
+            request_id=ctx.request_id,
+            user=caller.user,
+            model=self._model,
+            provider=self.route.provider.name,
+            protocol=ctx.protocol,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            status="cancelled" if gone else _status(exc),
+            latency_ms=(now - ctx.started) * 1000,
+            ttft_ms=None if ttft is None else (ttft - ctx.started) * 1000,
+            created_at=arrival,
+            usage_source=self._source,
+            caller_kind=caller.kind,
+            cached_tokens=self.cached_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+            cost_nanos=cost_nanos,
+            cost_source=cost_source,
+            key_id=caller.key_id,
+            tier=caller.tier,
         )
+        if hold is None:
+            self._recorder.record(record)
+            return
+        self._recorder.record(record, Settlement(record_id, cost_nanos, hold.periods))  # type: ignore[call-arg]  # WP3
+        hold.keeper.release(record_id)
 
 
 # an upstream timer capped by the caller's deadline may fire a little before it

@@ -8,10 +8,11 @@ or HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -20,7 +21,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 from server.chunks import Batch, text_chunk
 from server.config import ModelConfig
 from server.context import CallContext, new_id
-from server.core.accounting import SENT_BATCH, Accounting
+from server.core.accounting import SENT_BATCH, Accounting, Pricing
 from server.core.estimate import estimate_prompt, estimate_relayed_prompt
 from server.core.fold import fold_stream
 from server.core.relay import Event, Relay, Scrub, check_relayed, max_output_tokens
@@ -41,7 +42,7 @@ from server.errors import (
     echoed,
 )
 from server.messages import estimate_tokens
-from server.policy import Policy
+from server.policy import Admission, Policy
 from server.providers.base import DEFAULT_CAPABILITIES, DescribesModels, RelaysResponses, Route
 from server.translate.responses.seal import Sealer
 from server.usage import UsageRecorder
@@ -54,6 +55,10 @@ __all__ = ["DataPlane"]
 
 logger = logging.getLogger("tandem.usage")
 
+# how long a call with a budget waits, before its answer ends, for its record to be
+# written (its hold settled), so that its caller's next request sees its spend
+SETTLED_WAIT_S = 2.0
+
 
 @dataclass(eq=False)
 class DataPlane:
@@ -64,6 +69,7 @@ class DataPlane:
     tracer: Tracer | None = None  # None: tracing off, and nothing of it on the path
     # seals the Responses door's reasoning items (made at start-up: seal.shared_sealer)
     sealer: Sealer = field(default_factory=Sealer.ephemeral)
+    prices: Pricing | None = None  # None: every call unpriced
     started_at: int = field(default_factory=lambda: int(time.time()), init=False)
 
     def stream_chat(
@@ -93,13 +99,17 @@ class DataPlane:
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext, *, streaming: bool
     ) -> AsyncGenerator[Batch, None]:
         route, prompt = self._resolve_chat(request, ctx)
+        model = route.model.name  # the public name asked for, whoever serves it
         admission = await self.policy.admit(
-            ctx, lambda: prompt + _choices(request) * _max_tokens(request)
+            ctx,
+            lambda: prompt + _choices(request) * _max_tokens(request),
+            self._estimate_cost(model, prompt, _choices(request) * _max_tokens(request)),
         )
         completion_id = f"chatcmpl-{new_id()}"
         created = int(time.time())
-        model = route.model.name  # the public name asked for, whoever serves it
-        with Accounting(self.usage, ctx, route, admission, streaming, prompt) as account:
+        with Accounting(
+            self.usage, ctx, route, admission, streaming, prompt, self.prices
+        ) as account:
             account.route, upstream, batch = await open_stream(
                 self.router.chain(route), request, ctx, chunked=streaming, attempts=account
             )
@@ -149,6 +159,7 @@ class DataPlane:
                 await upstream.aclose()
             if not account.usage_known:  # the upstream kept its counts: answer with the estimate
                 yield [account.estimated_usage_chunk(completion_id, created, model)]
+        await self._settled(admission)
 
     def _resolve_chat(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
@@ -200,7 +211,11 @@ class DataPlane:
     ) -> AsyncGenerator[list[Event], None]:
         prompt = estimate_relayed_prompt(body)
         ctx.trace.resolved(route.model.name, prompt)
-        admission = await self.policy.admit(ctx, lambda: prompt + max_output_tokens(body))
+        admission = await self.policy.admit(
+            ctx,
+            lambda: prompt + max_output_tokens(body),
+            self._estimate_cost(route.model.name, prompt, max_output_tokens(body)),
+        )
         relay = Relay(route.model.name, streaming=streaming)
         # the request as written means nothing to a translated fallback (hosted tools,
         # sealed reasoning, the upstream's stored state): only relaying ones are tried
@@ -211,7 +226,9 @@ class DataPlane:
             answer = provider.respond(body, attempt, ctx, streaming=streaming)
             return _relayed(relay, answer, provider.scrub)
 
-        with Accounting(self.usage, ctx, route, admission, streaming, prompt) as account:
+        with Accounting(
+            self.usage, ctx, route, admission, streaming, prompt, self.prices
+        ) as account:
             account.route, upstream, batch = await open_first(chain, start, ctx, attempts=account)
             account.first_chunk(chat_pb2.ChatCompletionChunk(model=relay.upstream_model))
             try:
@@ -242,6 +259,7 @@ class DataPlane:
                 await upstream.aclose()
             if relay.failed_upstream:  # relayed as it came; recorded as the upstream's failure
                 raise UpstreamError("upstream provider's response failed")
+        await self._settled(admission)
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, ctx: CallContext
@@ -258,8 +276,10 @@ class DataPlane:
         ctx.trace.resolved(route.model.name)
 
         prompt = sum(estimate_tokens(text) for text in request.input)
-        admission = await self.policy.admit(ctx, lambda: prompt)
-        with Accounting(self.usage, ctx, route, admission, False, prompt) as account:
+        admission = await self.policy.admit(
+            ctx, lambda: prompt, self._estimate_cost(route.model.name, prompt, 0)
+        )
+        with Accounting(self.usage, ctx, route, admission, False, prompt, self.prices) as account:
             account.trying(route)
             try:
                 response = await route.provider.embed(request, route, ctx)
@@ -273,7 +293,28 @@ class DataPlane:
             else:  # the upstream kept its count: answer with the estimate charged
                 response.usage.prompt_tokens = response.usage.total_tokens = prompt
                 account.usage(prompt, 0, source="estimated")
-            return response
+        await self._settled(admission)
+        return response
+
+    def _estimate_cost(self, model: str, prompt: int, output: int) -> Callable[[int], int | None]:
+        """A call's estimated cost at its arrival `at_us`, for the policy to reserve against
+        its budgets (asked only when one applies): the prompt's estimate at the input
+        price, `output` (n x max_tokens) at the output price; None: unpriced."""
+        prices = self.prices
+        if prices is None:
+            return _unpriced
+        return lambda at_us: prices.reserve(model, at_us, prompt, output)
+
+    async def _settled(self, admission: Admission) -> None:
+        """A call with a budget waits, before its answer ends, until its record is
+        written (its hold settled), so that its caller's next request sees its spend:
+        at most SETTLED_WAIT_S (the batch still settles it later). A call without one
+        returns at once. A cancellation goes through."""
+        if admission.hold is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SETTLED_WAIT_S):
+                await self.usage.flushed()  # type: ignore[attr-defined]  # WP3
 
     async def count_tokens(self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext) -> int:
         """The gateway's estimate of a request's prompt, the one a chat reserves and may be
@@ -338,6 +379,10 @@ class DataPlane:
         return models_pb2.Model(
             id=route.model.name, owned_by=route.provider.name, created=self.started_at
         )
+
+
+def _unpriced(at_us: int) -> None:
+    return None
 
 
 def _choices(request: chat_pb2.ChatCompletionRequest) -> int:

@@ -39,7 +39,8 @@ class Router:
     def resolve(self, requested: str, caller: Caller) -> Route:
         """The route for `requested`, or the caller's tier default when it is empty.
 
-        Unknown model: NotFoundError. Outside the caller's tier: PermissionDeniedError.
+        Unknown model: NotFoundError. Outside the caller's tier, or its API key's
+        `models`: PermissionDeniedError.
         """
         tier = self._tiers.get(caller.tier)
         name = requested or (tier.default_model if tier else None)
@@ -51,9 +52,13 @@ class Router:
                 f"model {echoed(name)!r} not found", param="model", code="model_not_found"
             )
         if not _allows(tier, caller, name):
+            whose = (
+                "this API key"
+                if _tier_allows(tier, caller, name)
+                else f"tier {echoed(caller.tier)!r}"
+            )
             raise PermissionDeniedError(
-                f"model {echoed(name)!r} is not available to tier {echoed(caller.tier)!r}",
-                param="model",
+                f"model {echoed(name)!r} is not available to {whose}", param="model"
             )
         return route
 
@@ -63,10 +68,18 @@ class Router:
         return self._chains[route.model.name]
 
     def visible(self, caller: Caller) -> list[Route]:
-        """The routes the caller's tier may use."""
+        """The routes the caller's tier (and API key) may use."""
         tier = self._tiers.get(caller.tier)
         return [r for name, r in self._routes.items() if _allows(tier, caller, name)]
 
 
 def _allows(tier: TierConfig | None, caller: Caller, name: str) -> bool:
+    """The caller's tier has the model, and so does its API key if it narrows them."""
+    key = caller.key
+    if key is not None and key.models is not None and name not in key.models:
+        return False
+    return _tier_allows(tier, caller, name)
+
+
+def _tier_allows(tier: TierConfig | None, caller: Caller, name: str) -> bool:
     return caller.admin or tier is None or tier.models is None or name in tier.models

@@ -49,7 +49,7 @@ def to_grpc_status(error: errors.GatewayError) -> grpc.Status:
             field=error.param, description=error.message
         )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
-    if isinstance(error, errors.RateLimitError):
+    if isinstance(error, errors.RateLimitError) and error.retry_after_s is not None:
         seconds = max(error.retry_after_s, 0.0)
         whole = math.floor(seconds)
         delay = duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))

@@ -11,18 +11,23 @@ config, an API key from the store (`tandem keys`; caller = its user), or a
 JWT (caller = `sub`, tier = the tier claim, else `free`). With
 `auth.required: false`, a caller without a valid credential is anonymous
 (tier `free`). Rate limits apply per caller and tier, anonymous callers
-sharing one budget, admin callers having none.
+sharing one budget, admin callers having none. An API key may narrow its tier
+(models, limits, a budget, an expiry): its limits apply with the tier's, the
+tighter winning. Budgets (money, server/policy/spending.py) are reserved last,
+after the slot and the token buckets, so a call refused by a rate limit costs
+no trip to the store.
 """
 
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from server.config import Config
-from server.context import ANONYMOUS, CallContext, Caller
+from server.context import ANONYMOUS, CallContext, Caller, KeyNarrowing, new_id
 from server.errors import (
     AuthenticationError,
     PermissionDeniedError,
@@ -32,12 +37,27 @@ from server.errors import (
 from server.policy.headers import format_duration, rate_limit_headers
 from server.policy.key_cache import KeyCache
 from server.policy.limiter import Limiter, LimiterEvents, MemoryLimiter, Slot
-from server.store.keys import key_id_of
+from server.policy.spending import (
+    BudgetKeeper,
+    BudgetPlan,
+    Hold,
+    budget_headers,
+    budget_plans,
+    budget_refusal,
+    scopes_at,
+)
+from server.store.keys import ApiKey, key_id_of
 
 if TYPE_CHECKING:
     from server.policy.jwt_auth import JwtVerifier
 
-__all__ = ["Admission", "Policy", "build_limiter"]
+__all__ = ["Admission", "Hold", "Policy", "build_limiter"]
+
+# what a key narrows, made once per key record fetched (the key cache's records are
+# replaced on each refetch, so a record's identity says whether it changed)
+_MAX_NARROWINGS = 100_000
+# (requests and tokens per minute, requests in flight); which of them are the key's
+_Limits = tuple[int | None, int | None, int | None]
 
 
 @dataclass(slots=True, eq=False)
@@ -51,6 +71,7 @@ class Admission:
     reserved: int = 0
     local: bool = False
     slot: Slot | None = None
+    hold: Hold | None = None  # its budgets' reservation, for a caller with a budget
 
     def settle(self, used_tokens: int) -> None:
         limiter, self.limiter = self.limiter, None  # once
@@ -74,11 +95,18 @@ DEFAULT_TIER = "free"
 
 class Policy:
     def __init__(
-        self, config: Config, limiter: Limiter | None = None, keys: KeyCache | None = None
+        self,
+        config: Config,
+        limiter: Limiter | None = None,
+        keys: KeyCache | None = None,
+        budgets: BudgetKeeper | None = None,
     ) -> None:
         self._required = config.auth.required
         self._tiers = config.tiers
         self._limiter = limiter
+        self._budgets = budgets  # None: no store, so no budgets (the config says so)
+        self._deny_unpriced = config.budgets.unpriced == "deny"
+        self._narrowings: dict[str, tuple[ApiKey, KeyNarrowing | None]] = {}
         self._admin_keys = tuple(k.encode() for k in config.auth.admin_keys)
         self._jwt: JwtVerifier | None = None
         if config.auth.jwt is not None:
@@ -125,25 +153,71 @@ class Policy:
             raise AuthenticationError("invalid API key")
         if record.revoked:
             raise PermissionDeniedError("this API key has been revoked")
+        if record.expires_at is not None and record.expired(time.time()):
+            raise PermissionDeniedError("this API key has expired")
         if record.tier not in self._tiers:
             raise PermissionDeniedError(f"tier {echoed(record.tier)!r} does not exist")
-        return Caller(user=record.user, tier=record.tier, key_id=record.id)
+        return Caller(
+            user=record.user, tier=record.tier, key_id=record.id, key=self._narrowing(record)
+        )
+
+    def _narrowing(self, record: ApiKey) -> KeyNarrowing | None:
+        """What `record` narrows of its tier (None: nothing), made once per record."""
+        known = self._narrowings.get(record.id)
+        if known is not None and known[0] is record:
+            return known[1]
+        narrowing = None
+        if (
+            record.models is not None
+            or record.requests_per_minute is not None
+            or record.tokens_per_minute is not None
+            or record.max_concurrent_requests is not None
+            or record.budget_nanos is not None
+        ):
+            narrowing = KeyNarrowing(
+                models=None if record.models is None else frozenset(record.models),
+                requests_per_minute=record.requests_per_minute,
+                tokens_per_minute=record.tokens_per_minute,
+                max_concurrent_requests=record.max_concurrent_requests,
+                budget_nanos=record.budget_nanos,
+                budget_period=record.budget_period,
+            )
+        if len(self._narrowings) >= _MAX_NARROWINGS:
+            self._narrowings.clear()
+        self._narrowings[record.id] = (record, narrowing)
+        return narrowing
 
     def _is_admin_key(self, token: str) -> bool:
         presented = token.encode()
         return any(hmac.compare_digest(presented, key) for key in self._admin_keys)
 
-    def _limits(self, caller: Caller) -> tuple[int | None, int | None, int | None] | None:
+    def _limits(self, caller: Caller) -> _Limits | None:
         """(requests and tokens per minute, requests in flight) for the caller, or None
-        when nothing limits it."""
+        when nothing limits it: the tier's, each narrowed by the caller's key's."""
         tier = self._tiers.get(caller.tier)
         if self._limiter is None or tier is None or caller.admin:
             return None
         rpm, tpm = tier.requests_per_minute, tier.tokens_per_minute
         concurrent = tier.max_concurrent_requests
+        key = caller.key
+        if key is not None:
+            rpm = _tighter(rpm, key.requests_per_minute)
+            tpm = _tighter(tpm, key.tokens_per_minute)
+            concurrent = _tighter(concurrent, key.max_concurrent_requests)
         if rpm is None and tpm is None and concurrent is None:
             return None
         return rpm, tpm, concurrent
+
+    def _budget_plans(self, caller: Caller) -> list[BudgetPlan] | None:
+        """The budgets that apply to the caller, or None (a check, no allocation, for a
+        caller without one)."""
+        if self._budgets is None or caller.admin:
+            return None
+        tier = self._tiers.get(caller.tier)
+        key = caller.key
+        if (key is None or key.budget_nanos is None) and (tier is None or tier.budget is None):
+            return None
+        return budget_plans(caller, tier, _budget_key(caller))
 
     async def add_headers(self, ctx: CallContext) -> None:
         """Put the caller's x-ratelimit-* headers on `ctx` for an answer that was not
@@ -161,17 +235,73 @@ class Policy:
         ctx.trace.add_headers(rate_limit_headers(decision))
 
     async def admit(
-        self, ctx: CallContext, estimate_tokens: Callable[[], int], *, hold_slot: bool = True
+        self,
+        ctx: CallContext,
+        estimate_tokens: Callable[[], int],
+        estimate_cost: Callable[[int], int | None] | None = None,
+        *,
+        hold_slot: bool = True,
     ) -> Admission:
-        """Take a slot, count the request and reserve its estimated tokens, or raise
-        RateLimitError.
+        """Take a slot, count the request, reserve its estimated tokens, then its
+        estimated cost against every budget that applies; or raise RateLimitError
+        (PermissionDeniedError: an unpriced model where budgets refuse them).
 
-        Leaves the x-ratelimit-* headers on `ctx` either way. `estimate_tokens`
-        (the prompt's, plus n x max_tokens) is called only when a token budget
-        applies; a request that could never fit is refused as not worth retrying.
-        The slot (with `max_concurrent_requests`, unless not `hold_slot`) is taken
-        first: a call refused for it takes nothing from the buckets.
+        Leaves the x-ratelimit-* (and x-budget-*) headers on `ctx` either way.
+        `estimate_tokens` (the prompt's, plus n x max_tokens) is called only when a
+        token budget applies; a request that could never fit is refused as not worth
+        retrying. The slot (with `max_concurrent_requests`, unless not `hold_slot`) is
+        taken first: a call refused for it takes nothing from the buckets.
+        `estimate_cost(at_us)` (nanos at the prices of the request's arrival `at_us`;
+        None: unpriced) is called only when a budget applies; without it (a call that
+        generates nothing) no budget is reserved. A refusal gives back what was taken.
         """
+        caller = ctx.caller
+        plans = None if estimate_cost is None else self._budget_plans(caller)
+        admission = await self._admit_rates(ctx, estimate_tokens, hold_slot)
+        if plans is None:
+            return admission
+        assert estimate_cost is not None
+        try:
+            hold = await self._reserve_budgets(ctx, plans, estimate_cost)
+        except BaseException:
+            admission.settle(0)
+            raise
+        if admission is _UNLIMITED:
+            return Admission(hold=hold)
+        admission.hold = hold
+        return admission
+
+    async def _reserve_budgets(
+        self, ctx: CallContext, plans: list[BudgetPlan], estimate_cost: Callable[[int], int | None]
+    ) -> Hold:
+        budgets = self._budgets
+        assert budgets is not None
+        now_us = time.time_ns() // 1000
+        at_us = now_us - round((time.monotonic() - ctx.started) * 1e6)  # the arrival
+        nanos = estimate_cost(at_us)
+        if nanos is None:
+            if self._deny_unpriced:
+                raise PermissionDeniedError(
+                    f"model {echoed(ctx.trace.model)!r} has no price, and budgets here "
+                    "refuse unpriced models",
+                    param="model",
+                    code="unpriced_model",
+                )
+            nanos = 0
+        scopes = scopes_at(plans, at_us)
+        hold_id = new_id()
+        reservation = await budgets.reserve(hold_id, scopes, nanos)
+        ctx.trace.add_headers(budget_headers(reservation.states, now_us))
+        if not reservation.admitted:
+            ctx.trace.over_budget()
+            raise budget_refusal(reservation.states, nanos, now_us)
+        periods = tuple((scope.name, scope.start_us) for scope in scopes)
+        return Hold(hold_id, at_us, periods, budgets)
+
+    async def _admit_rates(
+        self, ctx: CallContext, estimate_tokens: Callable[[], int], hold_slot: bool
+    ) -> Admission:
+        """The slot and the token buckets (GCRA) of `admit`."""
         caller = ctx.caller
         limits = self._limits(caller)
         if limits is None or self._limiter is None:
@@ -185,7 +315,8 @@ class Policy:
             if slot is None:
                 ctx.trace.limited()
                 raise RateLimitError(
-                    f"tier {caller.tier!r} allows {concurrent} requests in flight at once",
+                    f"{_whose(caller, concurrent, 'max_concurrent_requests')} allows "
+                    f"{concurrent} requests in flight at once",
                     retry_after_s=1.0,
                     code="concurrency_limit_exceeded",
                 )
@@ -206,12 +337,13 @@ class Policy:
         ctx.trace.limited()
         if not decision.fits_ever:
             raise RateLimitError(
-                f"this request needs {reserved} tokens; tier {caller.tier!r} allows {tpm} a minute",
+                f"this request needs {reserved} tokens; "
+                f"{_whose(caller, tpm, 'tokens_per_minute')} allows {tpm} a minute",
                 retry_after_s=decision.retry_after_s,
                 should_retry=False,
             )
         raise RateLimitError(
-            f"rate limit of tier {caller.tier!r} reached; retry in "
+            f"rate limit of {_whose(caller, rpm, 'requests_per_minute')} reached; retry in "
             f"{format_duration(decision.retry_after_s)}",
             retry_after_s=decision.retry_after_s,
         )
@@ -222,6 +354,20 @@ class Policy:
         limits = self._limits(ctx.caller)
         if limits is not None and limits[:2] != (None, None):
             await self.admit(ctx, lambda: 0, hold_slot=False)
+
+
+def _tighter(tier: int | None, key: int | None) -> int | None:
+    if key is None:
+        return tier
+    return key if tier is None else min(tier, key)
+
+
+def _whose(caller: Caller, limit: int | None, name: str) -> str:
+    """Whose limit `limit` is, for a message: the key's own where it is the tighter."""
+    key = caller.key
+    if key is not None and getattr(key, name) == limit:
+        return "this API key"
+    return f"tier {caller.tier!r}"
 
 
 def _budget_key(caller: Caller) -> str:

@@ -62,6 +62,8 @@ class Telemetry:
                 ttft_s = trace.first_chunk_at - started
             if trace.rate_limited:
                 metrics.count_rate_limited(ctx.caller.tier)
+                if trace.budget_exceeded:
+                    metrics.count_budget_exceeded(ctx.caller.tier)
             if trace.failed_attempts:
                 for name in trace.failed_attempts:
                     metrics.count_upstream_error(name)

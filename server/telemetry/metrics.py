@@ -67,6 +67,7 @@ _HELP = {
     ),
     "tandem_tokens": "Tokens charged, as recorded in the ledger",
     "tandem_rate_limited": "Requests refused by a rate limit",
+    "tandem_budget_exceeded": "Requests refused by a budget (also in tandem_rate_limited)",
     "tandem_upstream_errors": "Failed upstream attempts (each retry and fallback counts)",
     "tandem_inflight_requests": "Door requests being served now",
     "tandem_dependency_up": "1 while a shared dependency answers its background check, else 0",
@@ -138,6 +139,7 @@ class Metrics:
         )
         self.tokens = series.counter("tandem_tokens", ("model", "kind"))
         self.rate_limited = series.counter("tandem_rate_limited", ("tier",))
+        self.budget_exceeded = series.counter("tandem_budget_exceeded", ("tier",))
         self.upstream_errors = series.counter("tandem_upstream_errors", ("provider",))
         self.inflight = series.gauge("tandem_inflight_requests", mode="livesum")
         # the process's health
@@ -162,12 +164,19 @@ class Metrics:
         ] = {}
         self._token_series: dict[str, tuple[Counter, Counter]] = {}
         self._rate_limited_series: dict[str, Counter] = {}
+        self._budget_exceeded_series: dict[str, Counter] = {}
         self._upstream_error_series: dict[str, Counter] = {}
 
     def count_rate_limited(self, tier: str) -> None:
         series = self._rate_limited_series.get(tier)
         if series is None:
             series = self._rate_limited_series[tier] = self.rate_limited.labels(tier)
+        series.inc()
+
+    def count_budget_exceeded(self, tier: str) -> None:
+        series = self._budget_exceeded_series.get(tier)
+        if series is None:
+            series = self._budget_exceeded_series[tier] = self.budget_exceeded.labels(tier)
         series.inc()
 
     def count_upstream_error(self, provider: str) -> None:
