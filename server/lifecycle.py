@@ -8,7 +8,7 @@ Stop (SIGTERM or SIGINT, owned here, not by uvicorn):
    `server.shutdown_delay_s` (answers carry `connection: close`);
 2. stop accepting and drain both servers under one `server.shutdown_grace_s`
    (a call still running when it ends is cut, and reported 503 / UNAVAILABLE);
-3. flush usage;
+3. flush usage (settling every budget hold of this replica), stop renewing holds;
 4. close the limiter (its pending settlements are applied if Redis answers
    within what is left of the grace), the store and the providers; flush the spans.
 """
@@ -41,6 +41,7 @@ from server.core.routing import Router
 from server.drain import DrainClock
 from server.grpc_door import SERVICE_NAMES, build_grpc_server
 from server.policy import Policy, build_limiter
+from server.policy.budgets import Budgets
 from server.policy.key_cache import KeyCache
 from server.policy.limiter import Limiter, LimiterEvents
 from server.providers import Provider, build_providers
@@ -50,6 +51,7 @@ from server.telemetry.logs import LogSink
 from server.telemetry.readiness import Check, DependencyMonitor, Readiness
 from server.translate.responses.seal import WORKERS_SEAL_ENV, shared_sealer
 from server.usage import NullRecorder, UsageBatcher, UsageRecorder
+from server.usage.prices import Prices
 
 __all__ = ["Gateway", "HttpServer", "bind_socket", "serve", "start_http_server"]
 
@@ -229,6 +231,7 @@ class Gateway:
         self._limiter: Limiter | None = None
         self._store: Store | None = None
         self._purger: Purger | None = None
+        self._budgets: Budgets | None = None
         self._health = health.aio.HealthServicer()
         self._grpc_server: grpc_aio.Server | None = None
         self._http_server: HttpServer | None = None
@@ -259,13 +262,21 @@ class Gateway:
             ),
         )
         keys = await self._open_store()
-        policy = Policy(config, self._limiter, keys)
+        policy = Policy(config, self._limiter, keys, self._budgets)
         router = Router(config, self._providers)
         # once, here: the key may be read from the store, never on a request's path
         sealer = await shared_sealer(
             config.responses.seal_key, self._store, os.environ.get(WORKERS_SEAL_ENV)
         )
-        plane = DataPlane(router, policy, self._usage, self._store, self.telemetry.tracer, sealer)
+        plane = DataPlane(
+            router,
+            policy,
+            self._usage,
+            self._store,
+            self.telemetry.tracer,
+            sealer,
+            Prices.from_config(config),
+        )
         return plane, policy
 
     async def _open_store(self) -> KeyCache | None:
@@ -291,6 +302,8 @@ class Gateway:
         )
         batcher.start()
         self._usage = batcher
+        self._budgets = Budgets(self._store)  # its leases renewed, expired ones swept
+        self._budgets.start()
         self._purger = Purger(self._store)  # expired stored responses, in the background
         self._purger.start()
         return keys
@@ -389,7 +402,9 @@ class Gateway:
 
         if self._monitor is not None:
             await self._monitor.stop()
-        await self._usage.drain()
+        await self._usage.drain()  # every hold settled by its record, or swept
+        if self._budgets is not None:
+            await self._budgets.aclose()
         if self._purger is not None:
             await self._purger.stop()
         if self._limiter is not None:

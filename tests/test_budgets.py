@@ -4,7 +4,7 @@ is left; a tier's budget is each caller's own; unpriced models under `budgets.un
 deny`; a `total` budget never resets.
 
 Costs are exact: model `metered` costs $1 per million prompt tokens and $2 per million
-completion tokens (1,000 and 2,000 nanos a token). A call of `PROMPT` (4 words: 4 tokens
+completion tokens (1,000 and 2,000 nanos a token). A call of `PROMPT` (4 words of 7 bytes: 4 tokens
 estimated, 4 counted by the mock) with `max_tokens: 4` (echoed back: 4 completion
 tokens) reserves 4 x 1,000 + 4 x 2,000 = 12,000 nanos and costs as much.
 """
@@ -12,7 +12,9 @@ tokens) reserves 4 x 1,000 + 4 x 2,000 = 12,000 nanos and costs as much.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -29,7 +31,7 @@ from tests.rpc_status import details_of
 from tests.servers import TandemProcess, start_tandem
 
 CALL_NANOS = 12_000
-PROMPT = "one two three four"
+PROMPT = "a b c d"
 
 CONFIG = """
 providers: [{name: demo, kind: mock}]
@@ -110,6 +112,13 @@ def seconds_to_next_month() -> float:
     return (first - now).total_seconds()
 
 
+def ledger(server: TandemProcess, sql: str, *params: Any) -> tuple[Any, ...]:
+    """One row of the server's SQLite store, read directly."""
+    with contextlib.closing(sqlite3.connect(server.stderr_path.parent / "budgets.db")) as db:
+        row: tuple[Any, ...] = db.execute(sql, params).fetchone()
+        return row
+
+
 def metric(server: TandemProcess, series: str) -> float:
     for line in httpx.get(f"{server.base_url}/metrics").text.splitlines():
         if line.startswith(series + " "):
@@ -120,12 +129,12 @@ def metric(server: TandemProcess, series: str) -> float:
 def test_a_key_budget_admits_exactly_what_fits_then_refuses(server: TandemProcess) -> None:
     secret = MONTHLY[0]
     limit = usd(5 * CALL_NANOS)
-    answers = []
+    answers: list[Any] = []
     for n in range(5):  # every door in turn, each seeing the spend of the one before
         if n % 3 == 0:
             answer = native(server, secret)
             assert answer.status_code == 200, answer.text
-            headers = answer.headers
+            headers: Any = answer.headers
         elif n % 3 == 1:
             raw = sdk(server, secret)
             assert raw.http_response.status_code == 200
@@ -168,9 +177,18 @@ def test_a_key_budget_admits_exactly_what_fits_then_refuses(server: TandemProces
 
     assert metric(server, 'tandem_budget_exceeded_total{tier="free"}') >= 3
     assert metric(server, 'tandem_rate_limited_total{tier="free"}') >= 3
-    # what the ledger says it cost: the usage API shows every admitted call
-    usage = httpx.get(f"{server.base_url}/native/v1/usage", headers=bearer(secret)).json()
-    assert len(usage["data"]) == 5
+    # the ledger: every admitted call, at its exact cost, under its key; the budget's
+    # spend is the ledger's
+    assert ledger(
+        server,
+        "SELECT count(*), sum(cost_nanos) FROM usage_records WHERE key_id = ?",
+        MONTHLY[1].id,
+    ) == (5, 5 * CALL_NANOS)
+    assert ledger(
+        server,
+        "SELECT spent_nanos, reserved_nanos FROM budget_periods WHERE scope = ?",
+        f"key:{MONTHLY[1].id}:monthly",
+    ) == (5 * CALL_NANOS, 0)
 
 
 def test_a_tier_budget_is_each_callers_own(server: TandemProcess) -> None:
@@ -223,14 +241,27 @@ def test_calls_without_a_budget_carry_no_budget_headers(server: TandemProcess) -
     assert not [name for name in answer.headers if name.startswith("x-budget-")]
 
 
-def test_a_spent_budget_refuses_in_well_under_the_flush_interval(server: TandemProcess) -> None:
-    """Read-your-writes: a sequential caller's next call sees its spend at once, not
-    after `usage.flush_interval_ms` (1 s here)."""
-    secret, record = key_with("quick", budget_nanos=CALL_NANOS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_sequential_caller_sees_its_own_spend(server: TandemProcess, stream: bool) -> None:
+    """Read-your-writes: a call's answer ends once its cost is settled, not a flush
+    interval (1 s here) later. Asking for 8 tokens reserves 20,000 nanos and costs 12,000
+    (4 are echoed): in a budget of 32,000 a second call fits only once the first is
+    settled (12,000 spent + 20,000), never while its reservation stands (40,000)."""
+    secret, record = key_with(f"sequential-{stream}", budget_nanos=32_000)
     directory = server.stderr_path.parent
     write_keys(f"sqlite:///{directory / 'budgets.db'}", record)
     time.sleep(0.6)  # past key_cache_s: the new id is read on its first call
-    assert native(server, secret).status_code == 200
-    started = time.monotonic()
-    assert native(server, secret).status_code == 429
-    assert time.monotonic() - started < 0.5
+    first = {**body(), "max_tokens": 8, "stream": stream}
+    with httpx.stream(
+        "POST", f"{server.base_url}/v1/chat/completions", json=first, headers=bearer(secret)
+    ) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["x-budget-remaining-usd"] == usd(12_000)
+        answer.read()
+    second = httpx.post(
+        f"{server.base_url}/native/v1/chat/completions",
+        json={**body(), "max_tokens": 8},
+        headers=bearer(secret),
+    )
+    assert second.status_code == 200, second.text
+    assert second.headers["x-budget-remaining-usd"] == "0"

@@ -287,7 +287,7 @@ class Accounting:
         if hold is None:
             self._recorder.record(record)
             return
-        self._recorder.record(record, Settlement(record_id, cost_nanos, hold.periods))  # type: ignore[call-arg]  # WP3
+        self._recorder.record(record, Settlement(record_id, cost_nanos, hold.periods))
         hold.keeper.release(record_id)
 
 

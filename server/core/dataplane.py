@@ -314,7 +314,7 @@ class DataPlane:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SETTLED_WAIT_S):
-                await self.usage.flushed()  # type: ignore[attr-defined]  # WP3
+                await self.usage.flushed()
 
     async def count_tokens(self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext) -> int:
         """The gateway's estimate of a request's prompt, the one a chat reserves and may be
