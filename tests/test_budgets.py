@@ -18,10 +18,12 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import grpc
 import httpx
+import jwt
 import openai
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
@@ -30,6 +32,7 @@ from tests.keys_in_store import bearer, key_with, write_keys
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess, start_tandem
 
+JWT_SECRET = "budgets-test-secret-of-32-bytes!!"
 CALL_NANOS = 12_000
 PROMPT = "a b c d"
 
@@ -41,7 +44,10 @@ models:
 tiers:
   free: {default_model: metered}
   metered: {default_model: metered, budget: {usd: 0.000024, period: daily}}
-auth: {required: true, key_cache_s: 0.5}
+auth:
+  required: true
+  key_cache_s: 0.5
+  jwt: {secret: "%(jwt_secret)s", require_exp: false}
 usage: {store: "sqlite:///budgets.db", flush_interval_ms: 1000}
 budgets: {unpriced: deny}
 """
@@ -59,7 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TandemProcess]:
     directory = tmp_path_factory.mktemp("budgets")
     keys = (MONTHLY, TOTAL, FIRST, SECOND, BOTH, UNBUDGETED)
     write_keys(f"sqlite:///{directory / 'budgets.db'}", *(record for _, record in keys))
-    process = start_tandem(directory, CONFIG)
+    process = start_tandem(directory, CONFIG % {"jwt_secret": JWT_SECRET})
     yield process
     assert process.terminate() == 0
 
@@ -103,7 +109,7 @@ def grpc_chat(server: TandemProcess, secret: str) -> tuple[grpc.StatusCode, dict
 
 
 def usd(nanos: int) -> str:
-    return f"{nanos / 1e9:.9f}".rstrip("0").rstrip(".") or "0"
+    return format(Decimal(nanos).scaleb(-9).normalize(), "f")
 
 
 def seconds_to_next_month() -> float:
@@ -201,6 +207,18 @@ def test_a_tier_budget_is_each_callers_own(server: TandemProcess) -> None:
     to_midnight = 86_400 - (now.hour * 3600 + now.minute * 60 + now.second)
     assert abs(int(refused.headers["retry-after"]) - to_midnight) <= 2
     assert refused.headers["x-budget-limit-usd"] == usd(2 * CALL_NANOS)
+
+
+def test_a_tier_budget_is_each_jwt_subjects_own(server: TandemProcess) -> None:
+    tokens = [
+        jwt.encode({"sub": user, "tier": "metered"}, JWT_SECRET, algorithm="HS256")
+        for user in ("carol", "dave")
+    ]
+    for token in tokens:
+        answers = [native(server, token) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert answers[1].headers["x-budget-remaining-usd"] == "0"
+        assert answers[2].json()["error"]["code"] == "budget_exceeded"
 
 
 def test_a_key_and_its_tier_budget_both_apply(server: TandemProcess) -> None:

@@ -42,7 +42,7 @@ from server.errors import (
     echoed,
 )
 from server.messages import estimate_tokens
-from server.policy import Admission, Policy
+from server.policy import Policy
 from server.providers.base import DEFAULT_CAPABILITIES, DescribesModels, RelaysResponses, Route
 from server.translate.responses.seal import Sealer
 from server.usage import UsageRecorder
@@ -100,10 +100,9 @@ class DataPlane:
     ) -> AsyncGenerator[Batch, None]:
         route, prompt = self._resolve_chat(request, ctx)
         model = route.model.name  # the public name asked for, whoever serves it
+        output = _choices(request) * _max_tokens(request)
         admission = await self.policy.admit(
-            ctx,
-            lambda: prompt + _choices(request) * _max_tokens(request),
-            self._estimate_cost(model, prompt, _choices(request) * _max_tokens(request)),
+            ctx, lambda: prompt + output, self._estimate_cost(model, prompt, output)
         )
         completion_id = f"chatcmpl-{new_id()}"
         created = int(time.time())
@@ -159,7 +158,8 @@ class DataPlane:
                 await upstream.aclose()
             if not account.usage_known:  # the upstream kept its counts: answer with the estimate
                 yield [account.estimated_usage_chunk(completion_id, created, model)]
-        await self._settled(admission)
+        if admission.hold is not None:  # a call without a budget never waits
+            await self._settled()
 
     def _resolve_chat(
         self, request: chat_pb2.ChatCompletionRequest, ctx: CallContext
@@ -211,10 +211,9 @@ class DataPlane:
     ) -> AsyncGenerator[list[Event], None]:
         prompt = estimate_relayed_prompt(body)
         ctx.trace.resolved(route.model.name, prompt)
+        output = max_output_tokens(body)
         admission = await self.policy.admit(
-            ctx,
-            lambda: prompt + max_output_tokens(body),
-            self._estimate_cost(route.model.name, prompt, max_output_tokens(body)),
+            ctx, lambda: prompt + output, self._estimate_cost(route.model.name, prompt, output)
         )
         relay = Relay(route.model.name, streaming=streaming)
         # the request as written means nothing to a translated fallback (hosted tools,
@@ -259,7 +258,8 @@ class DataPlane:
                 await upstream.aclose()
             if relay.failed_upstream:  # relayed as it came; recorded as the upstream's failure
                 raise UpstreamError("upstream provider's response failed")
-        await self._settled(admission)
+        if admission.hold is not None:  # a call without a budget never waits
+            await self._settled()
 
     async def embed(
         self, request: embeddings_pb2.EmbeddingRequest, ctx: CallContext
@@ -293,7 +293,8 @@ class DataPlane:
             else:  # the upstream kept its count: answer with the estimate charged
                 response.usage.prompt_tokens = response.usage.total_tokens = prompt
                 account.usage(prompt, 0, source="estimated")
-        await self._settled(admission)
+        if admission.hold is not None:  # a call without a budget never waits
+            await self._settled()
         return response
 
     def _estimate_cost(self, model: str, prompt: int, output: int) -> Callable[[int], int | None]:
@@ -305,13 +306,11 @@ class DataPlane:
             return _unpriced
         return lambda at_us: prices.reserve(model, at_us, prompt, output)
 
-    async def _settled(self, admission: Admission) -> None:
+    async def _settled(self) -> None:
         """A call with a budget waits, before its answer ends, until its record is
         written (its hold settled), so that its caller's next request sees its spend:
-        at most SETTLED_WAIT_S (the batch still settles it later). A call without one
-        returns at once. A cancellation goes through."""
-        if admission.hold is None:
-            return
+        at most SETTLED_WAIT_S (the batch still settles it later). A cancellation goes
+        through."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SETTLED_WAIT_S):
                 await self.usage.flushed()
