@@ -218,7 +218,10 @@ class Gateway:
         grpc: str,
         reuse_port: bool = False,
         logs: LogSink | None = None,
+        prices: Prices | None = None,
     ) -> None:
+        """`prices`: built from the config when not given (`tandem serve` builds them
+        before, to log them)."""
         self.config = config
         self._reuse_port = reuse_port
         self._http_address = http
@@ -237,6 +240,7 @@ class Gateway:
         self._http_server: HttpServer | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._drain = DrainClock()
+        self._prices = prices
 
     async def start(self) -> tuple[str, str]:
         """Start serving; return the bound HTTP and gRPC addresses."""
@@ -268,14 +272,9 @@ class Gateway:
         sealer = await shared_sealer(
             config.responses.seal_key, self._store, os.environ.get(WORKERS_SEAL_ENV)
         )
+        prices = self._prices if self._prices is not None else Prices.from_config(config)
         plane = DataPlane(
-            router,
-            policy,
-            self._usage,
-            self._store,
-            self.telemetry.tracer,
-            sealer,
-            Prices.from_config(config),
+            router, policy, self._usage, self._store, self.telemetry.tracer, sealer, prices=prices
         )
         return plane, policy
 

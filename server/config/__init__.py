@@ -14,14 +14,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
     Field,
     ValidationError,
     field_validator,
@@ -33,6 +31,7 @@ from server.config.base import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    Usd,
     parse_host_port,
 )
 from server.config.base import Strict as _Strict
@@ -98,32 +97,15 @@ def _origin(value: str) -> str:
     return f"{scheme}://{host}:{int(port)}"
 
 
-def _usd(value: object) -> Decimal:
-    """A price in US dollars from YAML: a number or a decimal string, exact (a float by its
-    shortest repr, so 0.15 stays 0.15), finite and not negative. Never a float after."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError("expected a number of US dollars, e.g. 0.15 or '0.15'")
-    try:
-        usd = Decimal(repr(value) if isinstance(value, float) else value)
-    except InvalidOperation:
-        raise ValueError(f"expected a number of US dollars, got {value!r}") from None
-    if not usd.is_finite() or usd < 0:
-        raise ValueError(f"expected a finite, non-negative number of US dollars, got {value!r}")
-    return usd
-
-
-UsdPerMTok = Annotated[Decimal, BeforeValidator(_usd)]
-
-
 class ModelPrice(_Strict):
     """A model's own price in US dollars per million tokens, which wins over genai-prices'.
     Absent cache prices are the input price (as genai-prices prices unpriced cache tokens);
     reasoning tokens are output tokens."""
 
-    input_per_mtok: UsdPerMTok
-    output_per_mtok: UsdPerMTok
-    cached_input_per_mtok: UsdPerMTok | None = None
-    cache_write_per_mtok: UsdPerMTok | None = None
+    input_per_mtok: Usd
+    output_per_mtok: Usd
+    cached_input_per_mtok: Usd | None = None
+    cache_write_per_mtok: Usd | None = None
 
 
 def _price_provider(value: str | None) -> str | None:

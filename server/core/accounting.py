@@ -16,7 +16,6 @@ import asyncio
 import time
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Protocol
 
 from tandem.v1 import chat_pb2
 
@@ -27,29 +26,9 @@ from server.policy import Admission
 from server.providers.base import Route
 from server.usage import UsageRecord, UsageRecorder
 from server.usage.budget import Settlement
+from server.usage.prices import Prices
 
-__all__ = ["SENT_BATCH", "Accounting", "Pricing"]
-
-
-class Pricing(Protocol):
-    """What the core asks of the prices (server/usage/prices.py): a call's estimated
-    cost at admission, its recorded cost at the end (nanos; None/`unpriced`: no price)."""
-
-    def reserve(
-        self, model: str, at_us: int, prompt_estimate: int, output_estimate: int
-    ) -> int | None: ...
-
-    def cost(
-        self,
-        model: str,
-        at_us: int,
-        *,
-        prompt: int,
-        cached: int,
-        cache_write: int,
-        completion: int,
-        reasoning: int,
-    ) -> tuple[int, str]: ...
+__all__ = ["SENT_BATCH", "Accounting"]
 
 
 # texts kept before they are counted: counting once per batch, over the joined
@@ -104,7 +83,7 @@ class Accounting:
         admission: Admission,
         streaming: bool,
         prompt: int,
-        prices: Pricing | None = None,
+        prices: Prices,
     ) -> None:
         self._recorder = recorder
         self._prices = prices
@@ -250,17 +229,15 @@ class Accounting:
             arrival = time.time_ns() // 1000 - round((now - ctx.started) * 1e6)
         else:  # admitted under a budget: the hold's id, the period's moment
             record_id, arrival = hold.id, hold.at_us
-        cost_nanos, cost_source = 0, "unpriced"
-        if self._prices is not None:  # at the price of the route that served
-            cost_nanos, cost_source = self._prices.cost(
-                self.route.model.name,
-                arrival,
-                prompt=self.prompt_tokens,
-                cached=self.cached_tokens,
-                cache_write=self.cache_write_tokens,
-                completion=self.completion_tokens,
-                reasoning=self.reasoning_tokens,
-            )
+        cost_nanos, cost_source = self._prices.cost(  # at the price of the route that served
+            self.route.model.name,
+            arrival,
+            prompt=self.prompt_tokens,
+            cached=self.cached_tokens,
+            cache_write=self.cache_write_tokens,
+            completion=self.completion_tokens,
+            reasoning=self.reasoning_tokens,
+        )
         record = UsageRecord(
             id=record_id,
             request_id=ctx.request_id,

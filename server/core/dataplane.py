@@ -21,7 +21,7 @@ from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 from server.chunks import Batch, text_chunk
 from server.config import ModelConfig
 from server.context import CallContext, new_id
-from server.core.accounting import SENT_BATCH, Accounting, Pricing
+from server.core.accounting import SENT_BATCH, Accounting
 from server.core.estimate import estimate_prompt, estimate_relayed_prompt
 from server.core.fold import fold_stream
 from server.core.relay import Event, Relay, Scrub, check_relayed, max_output_tokens
@@ -47,6 +47,7 @@ from server.providers.base import DEFAULT_CAPABILITIES, DescribesModels, RelaysR
 from server.translate.responses.seal import Sealer
 from server.usage import UsageRecorder
 from server.usage.api import LedgerReader, usage_query, usage_response
+from server.usage.prices import ListedPrice, Prices, usd_text
 
 if TYPE_CHECKING:
     from server.telemetry.tracing import Tracer
@@ -69,7 +70,8 @@ class DataPlane:
     tracer: Tracer | None = None  # None: tracing off, and nothing of it on the path
     # seals the Responses door's reasoning items (made at start-up: seal.shared_sealer)
     sealer: Sealer = field(default_factory=Sealer.ephemeral)
-    prices: Pricing | None = None  # None: every call unpriced
+    # each model's price: the listing's, and what a call costs (made at start-up)
+    prices: Prices = field(kw_only=True)
     started_at: int = field(default_factory=lambda: int(time.time()), init=False)
 
     def stream_chat(
@@ -302,8 +304,6 @@ class DataPlane:
         its budgets (asked only when one applies): the prompt's estimate at the input
         price, `output` (n x max_tokens) at the output price; None: unpriced."""
         prices = self.prices
-        if prices is None:
-            return _unpriced
         return lambda at_us: prices.reserve(model, at_us, prompt, output)
 
     async def _settled(self) -> None:
@@ -375,13 +375,22 @@ class DataPlane:
         return usage_response(page)
 
     def _describe(self, route: Route) -> models_pb2.Model:
+        listed = self.prices.listed(route.model.name)
         return models_pb2.Model(
-            id=route.model.name, owned_by=route.provider.name, created=self.started_at
+            id=route.model.name,
+            owned_by=route.provider.name,
+            created=self.started_at,
+            price=None if listed is None else _price(listed),
         )
 
 
-def _unpriced(at_us: int) -> None:
-    return None
+def _price(listed: ListedPrice) -> models_pb2.Price:
+    return models_pb2.Price(
+        input_per_mtok=usd_text(listed.input_per_mtok),
+        output_per_mtok=usd_text(listed.output_per_mtok),
+        cached_input_per_mtok=usd_text(listed.cached_input_per_mtok),
+        cache_write_per_mtok=usd_text(listed.cache_write_per_mtok),
+    )
 
 
 def _choices(request: chat_pb2.ChatCompletionRequest) -> int:

@@ -11,8 +11,9 @@ Per request, `cost` takes the price in force at the request's arrival
 card of that price's rates, ~2 us, where genai-prices' `calc_price` takes ~50 us
 (docs/design/money.md 1.8); the tests pin card == `calc_price` to the nano over every
 bundled model. A price with keys the card does not know (audio, images, pages...) is
-priced by its own `ModelPrice.calc_price`. Money is `Decimal` and integer nano-dollars,
-never a float.
+priced by its own `ModelPrice.calc_price`. Money is never a float: prices are `Decimal`
+(config, genai-prices' data, the listing), a card holds them as exact integers over a
+power of ten, and a cost is integer nano-dollars rounded half up once, at the end.
 
 genai-prices (+5 MiB of RSS, design 1.7) is imported only when some model may be priced
 by it: a config of mock models, or of models with their own price, never loads it.
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from genai_prices.types import ModelInfo
     from genai_prices.types import ModelPrice as DataPrice
 
-__all__ = ["CostSource", "ListedPrice", "PriceCard", "Prices"]
+__all__ = ["CostSource", "ListedPrice", "PriceCard", "Prices", "usd_text"]
 
 CostSource = Literal["priced", "unpriced"]
 # genai-prices' provider for a kind whose URL it does not know (a local OpenAI-compatible
@@ -71,6 +72,13 @@ class ListedPrice:
     output_per_mtok: Decimal
     cached_input_per_mtok: Decimal
     cache_write_per_mtok: Decimal
+
+
+def usd_text(usd: Decimal) -> str:
+    """An amount as an exact decimal string without exponent or trailing zeros ("0.15",
+    "3"): the proto's money, and a valid JSON number."""
+    text = format(usd, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,9 +316,8 @@ class _Schedule:
 
     source: str  # for the start log
     fixed: _Price | None
-    model: ModelInfo | None = None
+    model: ModelInfo | None = None  # holds the prices `by_id` names: their ids stay theirs
     by_id: Mapping[int, _Price] | None = None
-    keep: tuple[DataPrice, ...] = ()  # the prices `by_id` names, alive as long as it
 
     def at(self, at_us: int) -> _Price:
         if self.fixed is not None:
@@ -448,8 +455,8 @@ def schedule_of(info: ModelInfo, source: str) -> _Schedule:
 
     if isinstance(info.prices, DataPrice):
         return _Schedule(source, _price_of(info.prices))
-    prices = tuple(conditional.prices for conditional in info.prices)
-    return _Schedule(source, None, info, {id(p): _price_of(p) for p in prices}, prices)
+    by_id = {id(conditional.prices): _price_of(conditional.prices) for conditional in info.prices}
+    return _Schedule(source, None, info, by_id)
 
 
 def _price_of(price: DataPrice) -> _Price:
