@@ -30,7 +30,6 @@ from server.usage.prices import Prices
 
 __all__ = ["SENT_BATCH", "Accounting"]
 
-
 # texts kept before they are counted: counting once per batch, over the joined
 # text, is cheaper per chunk and closer to the whole answer's estimate
 SENT_BATCH = 256
@@ -229,7 +228,8 @@ class Accounting:
             arrival = time.time_ns() // 1000 - round((now - ctx.started) * 1e6)
         else:  # admitted under a budget: the hold's id, the period's moment
             record_id, arrival = hold.id, hold.at_us
-        cost_nanos, cost_source = self._prices.cost(  # at the price of the route that served
+        # priced as the route that served (after fallbacks), at the price of its arrival
+        cost, cost_source = self._prices.cost(
             self.route.model.name,
             arrival,
             prompt=self.prompt_tokens,
@@ -256,7 +256,7 @@ class Accounting:
             cached_tokens=self.cached_tokens,
             reasoning_tokens=self.reasoning_tokens,
             cache_write_tokens=self.cache_write_tokens,
-            cost_nanos=cost_nanos,
+            cost_nanos=cost,
             cost_source=cost_source,
             key_id=caller.key_id,
             tier=caller.tier,
@@ -264,7 +264,7 @@ class Accounting:
         if hold is None:
             self._recorder.record(record)
             return
-        self._recorder.record(record, Settlement(record_id, cost_nanos, hold.periods))
+        self._recorder.record(record, Settlement(record_id, cost, hold.periods))
         hold.keeper.release(record_id)
 
 
