@@ -3,7 +3,9 @@ design names them, spelled in exact decimal dollars."""
 
 from __future__ import annotations
 
-from server.config import Period, TierConfig
+import pytest
+
+from server.config import ConfigError, Period, TierConfig, build_config
 from server.context import ANONYMOUS, Caller, KeyNarrowing
 from server.policy.spending import budget_headers, budget_plans, budget_refusal, usd
 from server.usage.budget import BudgetScope, LedgerFilter, ScopeState, period_bounds
@@ -79,3 +81,10 @@ def test_a_refusal_waits_for_every_full_budget_and_never_for_a_total() -> None:
     assert budget_refusal([daily, roomy_weekly], 10, NOON_US).retry_after_s == 12 * 3600
     [total] = _states(("t", "total", 100, 95, 0))
     assert budget_refusal([daily, total], 10, NOON_US).retry_after_s is None
+
+
+def test_a_tier_budget_needs_a_store() -> None:
+    sections = {"tiers": {"free": {"budget": {"usd": 5}}}}
+    with pytest.raises(ConfigError, match=r"tiers\.free\.budget needs a store"):
+        build_config({**sections, "usage": {"store": "none"}}, {})
+    assert build_config(sections, {}).tiers["free"].budget is not None
