@@ -59,6 +59,7 @@ class CallTrace:
 
     __slots__ = (
         "completion_tokens",
+        "cost_nanos",
         "door_ignored",
         "error_status",
         "failed_attempts",
@@ -88,6 +89,7 @@ class CallTrace:
         self.upstream_s: float | None = None  # the provider's time (streams: to the first chunk)
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cost_nanos = 0  # what the ledger records it cost (0: unpriced, or not counted)
         self.rate_limited = False
         # what the core leaves for the door to send: headers (gRPC: trailers)
         self.response_headers: list[tuple[str, str]] = []
@@ -136,6 +138,10 @@ class CallTrace:
         self.completion_tokens = completion_tokens
         if self.upstream_s is None:
             self.upstream_s = upstream_s
+
+    def priced(self, cost_nanos: int) -> None:
+        """What the charged tokens cost, as the ledger records it (nano-dollars)."""
+        self.cost_nanos = cost_nanos
 
     # the policy (server/policy/__init__.py)
 

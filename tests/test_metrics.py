@@ -154,6 +154,9 @@ def test_every_door_is_counted_with_its_protocol_model_status_and_tokens(
         assert grew("tandem_request_duration_seconds_bucket", le="+Inf", **labels) == calls
     assert grew("tandem_tokens_total", model="echo", kind="prompt") == tokens[0]
     assert grew("tandem_tokens_total", model="echo", kind="completion") == tokens[1]
+    # a model without a price: its spend is there, and 0
+    assert ("tandem_cost_usd_total", frozenset({("model", "echo")})) in after
+    assert value(after, "tandem_cost_usd_total", model="echo") == 0
     assert value(after, "tandem_inflight_requests") == 0
     assert value(after, "tandem_draining") == 0
     # a name nobody serves is never a label

@@ -234,6 +234,8 @@ class Accounting:
                 cached_tokens=self.cached_tokens,
                 reasoning_tokens=self.reasoning_tokens,
                 cache_write_tokens=self.cache_write_tokens,
+                key_id=caller.key_id,
+                tier=caller.tier,
             )
         )
 
