@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -276,8 +275,8 @@ def test_a_genai_priced_model_costs_what_genai_prices_calculates_to_the_nano(
     }
     if not stream:
         haiku = by_model["haiku"]
-        tokens = (haiku["prompt_tokens"], haiku["cached_tokens"], haiku["cache_write_tokens"])
-        assert tokens == (12_003, 8_000, 3_000)
+        written = (haiku["prompt_tokens"], haiku["cached_tokens"], haiku["cache_write_tokens"])
+        assert written == (12_003, 8_000, 3_000)
         expected["haiku"] = genai_nanos(haiku, "claude-haiku-4-5", "anthropic")
     assert all(nanos > 0 for nanos in expected.values()), expected
     assert {m: (r["cost_nanos"], r["cost_source"]) for m, r in by_model.items()} == {
@@ -286,4 +285,3 @@ def test_a_genai_priced_model_costs_what_genai_prices_calculates_to_the_nano(
     totals = exact(httpx.get(f"{gateway.base_url}/native/v1/usage", headers=bearer(user)))
     assert totals["totals"]["cost_nanos"] == sum(expected.values())
     assert totals["totals"]["cost_usd"] == Decimal(sum(expected.values())) / 10**9
-

@@ -225,6 +225,14 @@ def _free_port() -> int:
         return port
 
 
+# the built-in mock model, priced: spend is counted in every worker
+WORKERS_CONFIG = """
+providers: [{name: demo, kind: mock}]
+models: [{name: echo, provider: demo, price: {input_per_mtok: 1, output_per_mtok: 2}}]
+usage: {store: none}
+"""
+
+
 def test_with_two_workers_every_scrape_shows_both_workers_figures(tmp_path: Path) -> None:
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
@@ -232,7 +240,7 @@ def test_with_two_workers_every_scrape_shows_both_workers_figures(tmp_path: Path
     http, grpc_port = _free_port(), _free_port()
     server = start_tandem(
         tmp_path,
-        "usage: {store: none}\n",
+        WORKERS_CONFIG,
         args=["--workers", "2", "--http", f"127.0.0.1:{http}", "--grpc", f"127.0.0.1:{grpc_port}"],
         env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
     )
@@ -272,6 +280,9 @@ def test_with_two_workers_every_scrape_shows_both_workers_figures(tmp_path: Path
                 == calls
             )
             assert value(samples, "tandem_inflight_requests") == 0
+            # each call's 2 prompt and 2 completion tokens at $1 and $2 a million: $6e-6 each
+            spent = value(samples, "tandem_cost_usd_total", model="echo")
+            assert spent == pytest.approx(calls * 6e-6, rel=1e-9)
     finally:
         assert server.terminate() == 0, server.stderr()
     assert os.listdir(metrics_dir)  # the operator's directory is kept

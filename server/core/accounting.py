@@ -5,7 +5,8 @@ failed, cancelled, past its deadline): it settles the admission with what the
 call is charged and records the same counts in the usage ledger, so what is
 charged is what is recorded. It hears of each upstream attempt from the retry
 loop (`core/resilience.py`, `Attempts`) and leaves what it learns of the call
-on its trace. The money ledger (reservations, balances) grows here.
+on its trace, and prices the record (the cost the ledger keeps). The money ledger
+(reservations, balances) grows here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from server.messages import estimate_tokens
 from server.policy import Admission
 from server.providers.base import Route
 from server.usage import UsageRecord, UsageRecorder
+from server.usage.prices import Prices
 
 __all__ = ["SENT_BATCH", "Accounting"]
 
@@ -50,6 +52,7 @@ class Accounting:
         "_failure_counted",
         "_in_flight",
         "_model",
+        "_prices",
         "_prompt",
         "_prompt_read",
         "_recorder",
@@ -77,8 +80,10 @@ class Accounting:
         admission: Admission,
         streaming: bool,
         prompt: int,
+        prices: Prices,
     ) -> None:
         self._recorder = recorder
+        self._prices = prices
         self._ctx = ctx
         self.route = route  # the one that served, after fallbacks
         self._model = route.model.name  # the public name asked for
@@ -213,6 +218,18 @@ class Accounting:
         trace.counted(
             self.prompt_tokens, self.completion_tokens, None if started is None else now - started
         )
+        arrival = time.time_ns() // 1000 - round((now - ctx.started) * 1e6)
+        # priced as the route that served (after fallbacks), at the price of its arrival
+        cost, cost_source = self._prices.cost(
+            self.route.model.name,
+            arrival,
+            prompt=self.prompt_tokens,
+            cached=self.cached_tokens,
+            cache_write=self.cache_write_tokens,
+            completion=self.completion_tokens,
+            reasoning=self.reasoning_tokens,
+        )
+        trace.priced(cost)
         if isinstance(exc, UpstreamFailure) and self._in_flight and not self._failure_counted:
             trace.attempt_failed(self.route.provider.name)  # after its first chunk, or an embed
         self._recorder.record(
@@ -228,12 +245,14 @@ class Accounting:
                 status="cancelled" if gone else _status(exc),
                 latency_ms=(now - ctx.started) * 1000,
                 ttft_ms=None if ttft is None else (ttft - ctx.started) * 1000,
-                created_at=time.time_ns() // 1000 - round((now - ctx.started) * 1e6),  # arrival
+                created_at=arrival,
                 usage_source=self._source,
                 caller_kind=caller.kind,
                 cached_tokens=self.cached_tokens,
                 reasoning_tokens=self.reasoning_tokens,
                 cache_write_tokens=self.cache_write_tokens,
+                cost_nanos=cost,
+                cost_source=cost_source,
                 key_id=caller.key_id,
                 tier=caller.tier,
             )

@@ -102,7 +102,9 @@ class DataPlane:
         completion_id = f"chatcmpl-{new_id()}"
         created = int(time.time())
         model = route.model.name  # the public name asked for, whoever serves it
-        with Accounting(self.usage, ctx, route, admission, streaming, prompt) as account:
+        with Accounting(
+            self.usage, ctx, route, admission, streaming, prompt, self.prices
+        ) as account:
             account.route, upstream, batch = await open_stream(
                 self.router.chain(route), request, ctx, chunked=streaming, attempts=account
             )
@@ -214,7 +216,9 @@ class DataPlane:
             answer = provider.respond(body, attempt, ctx, streaming=streaming)
             return _relayed(relay, answer, provider.scrub)
 
-        with Accounting(self.usage, ctx, route, admission, streaming, prompt) as account:
+        with Accounting(
+            self.usage, ctx, route, admission, streaming, prompt, self.prices
+        ) as account:
             account.route, upstream, batch = await open_first(chain, start, ctx, attempts=account)
             account.first_chunk(chat_pb2.ChatCompletionChunk(model=relay.upstream_model))
             try:
@@ -262,7 +266,7 @@ class DataPlane:
 
         prompt = sum(estimate_tokens(text) for text in request.input)
         admission = await self.policy.admit(ctx, lambda: prompt)
-        with Accounting(self.usage, ctx, route, admission, False, prompt) as account:
+        with Accounting(self.usage, ctx, route, admission, False, prompt, self.prices) as account:
             account.trying(route)
             try:
                 response = await route.provider.embed(request, route, ctx)
