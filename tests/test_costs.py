@@ -34,6 +34,7 @@ providers:
      price_provider: openai}
   - {name: claude, kind: anthropic, base_url: "%(root)s", api_key: k, max_retries: 0,
      price_provider: anthropic}
+  - {name: gone, kind: openai, base_url: "http://127.0.0.1:1/v1", api_key: k, max_retries: 0}
 models:
   - {name: echo, provider: demo}
   - name: priced-echo
@@ -42,6 +43,9 @@ models:
   - {name: mini, provider: up, upstream: gpt-4o-mini}
   - {name: thinker, provider: up, upstream: o4-mini}
   - {name: haiku, provider: claude, upstream: claude-haiku-4-5}
+  # asked for at OpenAI's gpt-4o-mini price, served by its fallback at its own
+  - {name: first, provider: gone, upstream: gpt-4o-mini, fallbacks: [second]}
+  - {name: second, provider: up, price: {input_per_mtok: 1, output_per_mtok: 2}}
 tiers:
   free: {default_model: echo}
 auth:
@@ -285,3 +289,22 @@ def test_a_genai_priced_model_costs_what_genai_prices_calculates_to_the_nano(
     totals = exact(httpx.get(f"{gateway.base_url}/native/v1/usage", headers=bearer(user)))
     assert totals["totals"]["cost_nanos"] == sum(expected.values())
     assert totals["totals"]["cost_usd"] == Decimal(sum(expected.values())) / 10**9
+
+
+def test_a_fallbacks_call_costs_what_the_fallback_charges(
+    gateway: TandemProcess, upstream: ScriptedUpstream
+) -> None:
+    """Asked for `first` (gpt-4o-mini's price), served by `second` (its own price): the
+    record names the model asked for and the provider that served, at the server's price."""
+    user = new_user()
+    upstream.reset(openai_turn(OPENAI_USAGE))
+    body = {"model": "first", "messages": [{"role": "user", "content": "hi"}]}
+    answered = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions", json=body, headers=bearer(user)
+    )
+    assert answered.status_code == 200, answered.text
+    [record] = usage_records(gateway, 1, ADMIN_KEY, user=user)
+    assert (record["model"], record["provider"]) == ("first", "up")
+    # 12,345 prompt tokens at $1 (no cache price: the input's) and 2,345 at $2, a million
+    assert (record["cost_nanos"], record["cost_source"]) == (17_035_000, "priced")
+    assert record["cost_nanos"] != genai_nanos(record, "gpt-4o-mini", "openai")
