@@ -35,6 +35,8 @@ providers:
   - {name: claude, kind: anthropic, base_url: "%(root)s", api_key: k, max_retries: 0,
      price_provider: anthropic}
   - {name: gone, kind: openai, base_url: "http://127.0.0.1:1/v1", api_key: k, max_retries: 0}
+  - {name: pplx, kind: openai, base_url: "%(base)s", api_key: k, max_retries: 0,
+     price_provider: perplexity}
 models:
   - {name: echo, provider: demo}
   - name: priced-echo
@@ -43,6 +45,7 @@ models:
   - {name: mini, provider: up, upstream: gpt-4o-mini}
   - {name: thinker, provider: up, upstream: o4-mini}
   - {name: haiku, provider: claude, upstream: claude-haiku-4-5}
+  - {name: searcher, provider: pplx, upstream: sonar}  # $12 per thousand calls, and tokens
   # asked for at OpenAI's gpt-4o-mini price, served by its fallback at its own
   - {name: first, provider: gone, upstream: gpt-4o-mini, fallbacks: [second]}
   - {name: second, provider: up, price: {input_per_mtok: 1, output_per_mtok: 2}}
@@ -308,3 +311,25 @@ def test_a_fallbacks_call_costs_what_the_fallback_charges(
     # 12,345 prompt tokens at $1 (no cache price: the input's) and 2,345 at $2, a million
     assert (record["cost_nanos"], record["cost_source"]) == (17_035_000, "priced")
     assert record["cost_nanos"] != genai_nanos(record, "gpt-4o-mini", "openai")
+
+
+def test_a_price_per_call_is_charged_for_a_call_that_was_charged_tokens_only(
+    gateway: TandemProcess, upstream: ScriptedUpstream
+) -> None:
+    """Perplexity's sonar costs $12 per thousand calls beside its tokens: an answered call
+    pays it (as genai-prices says), a failure that produced nothing is free, as its
+    tokens are."""
+    user = new_user()
+    upstream.reset(openai_turn(OPENAI_USAGE))  # then nothing scripted: a 500
+    body = {"model": "searcher", "messages": [{"role": "user", "content": "hi"}]}
+    chat = f"{gateway.base_url}/v1/chat/completions"
+    assert httpx.post(chat, json=body, headers=bearer(user)).status_code == 200
+    assert httpx.post(chat, json=body, headers=bearer(user)).status_code == 502
+    failed, answered = usage_records(gateway, 2, ADMIN_KEY, user=user)
+    assert answered["cost_nanos"] == genai_nanos(answered, "sonar", "perplexity") > 12_000_000
+    assert (failed["status"], failed["prompt_tokens"], failed["completion_tokens"]) == (
+        "error:upstream_error",
+        0,
+        0,
+    )
+    assert (failed["cost_nanos"], failed["cost_source"]) == (0, "priced")

@@ -229,6 +229,8 @@ class Accounting:
             completion=self.completion_tokens,
             reasoning=self.reasoning_tokens,
         )
+        if not (self.prompt_tokens or self.completion_tokens):
+            cost = 0  # a call charged nothing is free, a price per call (Perplexity's) too
         trace.priced(cost)
         if isinstance(exc, UpstreamFailure) and self._in_flight and not self._failure_counted:
             trace.attempt_failed(self.route.provider.name)  # after its first chunk, or an embed
