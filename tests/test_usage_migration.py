@@ -381,8 +381,8 @@ def test_a_store_from_before_money_gains_costs_key_limits_and_its_version(
 
 
 def test_replicas_opening_a_store_from_before_money_together_agree(tmp_path: Path) -> None:
-    """Three stores opening it at once: one version row, every column, and what one
-    writes the others read whole, costs and keys alike."""
+    """Three stores opening it at once: one version row, every table and column, and what
+    one writes the others read whole, costs and keys alike."""
     from server.store.postgres import PostgresStore
     from server.store.sqlite import SqliteStore
     from server.usage.record import UsageRecord
@@ -391,6 +391,8 @@ def test_replicas_opening_a_store_from_before_money_together_agree(tmp_path: Pat
     record = UsageRecord(
         *row, OLD_TIME_US + 2, cost_nanos=8_050_001, cost_source="priced", key_id="k", tier="t"
     )
+
+    fresh = {kind: fresh_schema(kind, tmp_path / "fresh.db") for kind in ("sqlite", "postgresql")}
 
     async def open_three(stores: list[Store], url: str) -> None:
         try:
@@ -409,6 +411,7 @@ def test_replicas_opening_a_store_from_before_money_together_agree(tmp_path: Pat
         finally:
             await asyncio.gather(*(store.aclose() for store in stores))
         assert await versions_of(url) == [SCHEMA_VERSION]
+        assert await schema_of(url) == fresh["sqlite" if url.startswith("sqlite") else "postgresql"]
 
     for round_ in range(3):
         path = tmp_path / f"together-{round_}.db"
