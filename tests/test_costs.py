@@ -289,6 +289,9 @@ def test_a_genai_priced_model_costs_what_genai_prices_calculates_to_the_nano(
     assert {m: (r["cost_nanos"], r["cost_source"]) for m, r in by_model.items()} == {
         m: (nanos, "priced") for m, nanos in expected.items()
     }
+    for record in records:  # each access line says what its record does, streamed or not
+        line = access_line(gateway, record["request_id"])
+        assert line["cost_usd"] == Decimal(record["cost_nanos"]) / 10**9
     totals = exact(httpx.get(f"{gateway.base_url}/native/v1/usage", headers=bearer(user)))
     assert totals["totals"]["cost_nanos"] == sum(expected.values())
     assert totals["totals"]["cost_usd"] == Decimal(sum(expected.values())) / 10**9
