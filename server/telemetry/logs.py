@@ -164,7 +164,7 @@ class LogSink:
         if item.ttft_ms is not None:
             fields["ttft_ms"] = round(item.ttft_ms, 3)
         del fields["cost_nanos"]
-        cost = usd_text(usd(item.cost_nanos))
+        cost = usd_text(usd(item.cost_nanos)) if item.cost_nanos else "0"  # most calls
         fields["cost_usd"] = orjson.Fragment(cost) if self.format == "json" else cost
         if self.format == "json":
             ts, level = fields.pop("ts"), fields.pop("level")
