@@ -112,6 +112,7 @@ def _serve_with(args: argparse.Namespace, config: Config, workers: int, logs: Lo
             return run_workers(args.config, http, grpc, workers, log_format=logs.format)
         empty_multiprocess_directory(make=False)  # an operator's metrics start empty too
     from server.lifecycle import Gateway, serve
+    from server.store.versions import StoreTooNewError
 
     config = config.model_copy(
         update={"server": config.server.model_copy(update={"workers": workers})}
@@ -123,7 +124,7 @@ def _serve_with(args: argparse.Namespace, config: Config, workers: int, logs: Lo
         uvloop.run(serve(gateway))
     except ConfigError as exc:
         return fail(f"config error: {exc}")
-    except OSError as exc:
+    except (OSError, StoreTooNewError) as exc:  # the operator's to mend: one line, no traceback
         return fail(str(exc))
     return 0
 

@@ -76,6 +76,7 @@ class CallTrace:
     __slots__ = (
         "budget_exceeded",
         "completion_tokens",
+        "cost_nanos",
         "door_ignored",
         "error_status",
         "failed_attempts",
@@ -105,6 +106,7 @@ class CallTrace:
         self.upstream_s: float | None = None  # the provider's time (streams: to the first chunk)
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cost_nanos = 0  # what the ledger records it cost (0: unpriced, or not counted)
         self.rate_limited = False
         self.budget_exceeded = False
         # what the core leaves for the door to send: headers (gRPC: trailers)
@@ -154,6 +156,10 @@ class CallTrace:
         self.completion_tokens = completion_tokens
         if self.upstream_s is None:
             self.upstream_s = upstream_s
+
+    def priced(self, cost_nanos: int) -> None:
+        """What the charged tokens cost, as the ledger records it (nano-dollars)."""
+        self.cost_nanos = cost_nanos
 
     # the policy (server/policy/__init__.py)
 

@@ -50,6 +50,7 @@ FIELDS = {
     "ttft_ms",
     "prompt_tokens",
     "completion_tokens",
+    "cost_usd",
 }
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 PROMPT = "confidential-prompt-words"
@@ -125,6 +126,7 @@ def test_http_lines_have_every_field_and_nothing_secret(
         "ttft_ms": None,
         "prompt_tokens": 1,
         "completion_tokens": 1,
+        "cost_usd": 0,  # a mock model without a price
     }
     assert line["latency_ms"] > 0
 
@@ -295,6 +297,7 @@ def test_text_format_and_no_access_log(tmp_path: Path, fake: FakeUpstream) -> No
         "status=200",
         "ttft_ms=-",
         "prompt_tokens=1",
+        "cost_usd=0",
     ):
         assert pair in line.split(), pair
     assert not any(line.startswith("{") for line in server.stderr().splitlines())

@@ -154,6 +154,9 @@ def test_every_door_is_counted_with_its_protocol_model_status_and_tokens(
         assert grew("tandem_request_duration_seconds_bucket", le="+Inf", **labels) == calls
     assert grew("tandem_tokens_total", model="echo", kind="prompt") == tokens[0]
     assert grew("tandem_tokens_total", model="echo", kind="completion") == tokens[1]
+    # a model without a price: its spend is there, and 0
+    assert ("tandem_cost_usd_total", frozenset({("model", "echo")})) in after
+    assert value(after, "tandem_cost_usd_total", model="echo") == 0
     assert value(after, "tandem_inflight_requests") == 0
     assert value(after, "tandem_draining") == 0
     # a name nobody serves is never a label
@@ -222,6 +225,14 @@ def _free_port() -> int:
         return port
 
 
+# the built-in mock model, priced: spend is counted in every worker
+WORKERS_CONFIG = """
+providers: [{name: demo, kind: mock}]
+models: [{name: echo, provider: demo, price: {input_per_mtok: 1, output_per_mtok: 2}}]
+usage: {store: none}
+"""
+
+
 def test_with_two_workers_every_scrape_shows_both_workers_figures(tmp_path: Path) -> None:
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
@@ -229,7 +240,7 @@ def test_with_two_workers_every_scrape_shows_both_workers_figures(tmp_path: Path
     http, grpc_port = _free_port(), _free_port()
     server = start_tandem(
         tmp_path,
-        "usage: {store: none}\n",
+        WORKERS_CONFIG,
         args=["--workers", "2", "--http", f"127.0.0.1:{http}", "--grpc", f"127.0.0.1:{grpc_port}"],
         env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
     )
@@ -269,6 +280,9 @@ def test_with_two_workers_every_scrape_shows_both_workers_figures(tmp_path: Path
                 == calls
             )
             assert value(samples, "tandem_inflight_requests") == 0
+            # each call's 2 prompt and 2 completion tokens at $1 and $2 a million: $6e-6 each
+            spent = value(samples, "tandem_cost_usd_total", model="echo")
+            assert spent == pytest.approx(calls * 6e-6, rel=1e-9)
     finally:
         assert server.terminate() == 0, server.stderr()
     assert os.listdir(metrics_dir)  # the operator's directory is kept

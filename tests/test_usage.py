@@ -4,10 +4,12 @@ local PostgreSQL (a schema of its own), read back over HTTP and gRPC."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from tandem.v1 import chat_pb2, chat_pb2_grpc, usage_pb2, usage_pb2_grpc
 
+from server.store import open_store
+from server.usage.record import UsageRecord
 from tests.fake_upstream import FakeUpstream
 from tests.servers import TandemProcess, start_tandem, usage_records
 from tests.stores import pg_schema_url
@@ -325,6 +329,11 @@ def test_the_usage_api_shows_callers_their_own_and_admins_everything(
         "prompt_tokens": 3,
         "completion_tokens": 3,
         "total_tokens": 6,
+        "cost_nanos": 0,  # a mock model without a price
+        "cost_usd": 0,
+    }
+    assert {(r["cost_nanos"], r["cost_usd"], r["cost_source"]) for r in own.json()["records"]} == {
+        (0, 0, "unpriced")
     }
     assert read_usage(gateway, token(alice), user=alice).status_code == 200
     denied = read_usage(gateway, token(alice), user=bob)
@@ -413,3 +422,74 @@ def test_usage_store_none_records_nothing(tmp_path: Path) -> None:
         assert not list(tmp_path.glob("*.db"))
     finally:
         assert process.terminate() == 0
+
+
+def test_the_usage_api_reports_each_records_cost_and_sums_it_exactly(
+    gateway: TandemProcess, store_url: str
+) -> None:
+    """Costs as the ledger holds them, in nanos and as exact dollars (HTTP), per record and
+    summed by the database, over both doors; written here through the store itself."""
+    user = new_user()
+    now = time.time_ns() // 1000
+    # (cost_nanos, cost_source): a dollar amount no float holds, and an unpriced call
+    costs = [(1_200_000, "priced"), (123_456_789_012_345_678, "priced"), (0, "unpriced")]
+    written = [
+        UsageRecord(
+            id=f"{user}-{n}",
+            request_id=f"cost-{n}",
+            user=user,
+            model="echo",
+            provider="demo",
+            protocol="openai",
+            prompt_tokens=10 + n,
+            completion_tokens=5,
+            status="ok",
+            latency_ms=1.0,
+            ttft_ms=None,
+            created_at=now + n,
+            cost_nanos=nanos,
+            cost_source=source,
+            key_id="k1",
+            tier="free",
+        )
+        for n, (nanos, source) in enumerate(costs)
+    ]
+
+    async def write() -> None:
+        store = open_store(store_url)
+        assert store is not None
+        try:
+            await store.write_usage(written)
+        finally:
+            await store.aclose()
+
+    asyncio.run(write())
+    records_of(gateway, user, 3)
+    answer = read_usage(gateway, token(user))
+    exact = json.loads(answer.text, parse_float=Decimal)  # orjson would read floats
+    assert [
+        (r["request_id"], r["cost_nanos"], r["cost_usd"], r["cost_source"])
+        for r in exact["records"]
+    ] == [
+        ("cost-2", 0, 0, "unpriced"),
+        ("cost-1", 123_456_789_012_345_678, Decimal("123456789.012345678"), "priced"),
+        ("cost-0", 1_200_000, Decimal("0.0012"), "priced"),
+    ]
+    total = 123_456_789_013_545_678
+    assert exact["totals"]["cost_nanos"] == total
+    assert exact["totals"]["cost_usd"] == Decimal("123456789.013545678")
+    assert '"cost_usd":123456789.013545678}' in answer.text
+    one = read_usage(gateway, token(user), limit=1).json()["totals"]
+    assert (one["requests"], one["cost_nanos"]) == (3, total)  # every match, not the page
+
+    with grpc.insecure_channel(gateway.grpc) as channel:
+        usage = usage_pb2_grpc.UsageServiceStub(channel)
+        got = usage.GetUsage(
+            usage_pb2.GetUsageRequest(), metadata=(("authorization", f"Bearer {token(user)}"),)
+        )
+    assert [(r.cost_nanos, r.cost_source) for r in got.records] == [
+        (0, "unpriced"),
+        (123_456_789_012_345_678, "priced"),
+        (1_200_000, "priced"),
+    ]
+    assert (got.totals.requests, got.totals.cost_nanos) == (3, total)

@@ -5,9 +5,10 @@ failed, cancelled, past its deadline): it settles the admission with what the
 call is charged and records the same counts in the usage ledger, so what is
 charged is what is recorded. It hears of each upstream attempt from the retry
 loop (`core/resilience.py`, `Attempts`) and leaves what it learns of the call
-on its trace. A call with a budget settles it here too: its record carries the
-hold's id and arrival, and goes to the batcher with its settlement (the ledger write
-is the settlement: server/usage/budget.py), its hold then no longer renewed.
+on its trace, and prices the record (the cost the ledger keeps). A call with a
+budget settles it here too: its record carries the hold's id and arrival, and goes
+to the batcher with its settlement (the ledger write is the settlement:
+server/usage/budget.py), its hold then no longer renewed.
 """
 
 from __future__ import annotations
@@ -220,8 +221,6 @@ class Accounting:
         trace.counted(
             self.prompt_tokens, self.completion_tokens, None if started is None else now - started
         )
-        if isinstance(exc, UpstreamFailure) and self._in_flight and not self._failure_counted:
-            trace.attempt_failed(self.route.provider.name)  # after its first chunk, or an embed
         hold = self._admission.hold
         if hold is None:
             record_id = new_id()
@@ -238,6 +237,11 @@ class Accounting:
             completion=self.completion_tokens,
             reasoning=self.reasoning_tokens,
         )
+        if not (self.prompt_tokens or self.completion_tokens):
+            cost = 0  # a call charged nothing is free, a price per call (Perplexity's) too
+        trace.priced(cost)
+        if isinstance(exc, UpstreamFailure) and self._in_flight and not self._failure_counted:
+            trace.attempt_failed(self.route.provider.name)  # after its first chunk, or an embed
         record = UsageRecord(
             id=record_id,
             request_id=ctx.request_id,

@@ -115,9 +115,12 @@ def page_sql(where: str, limit: str) -> str:
 
 
 def totals_sql(where: str) -> str:
+    """`UsageTotals`' columns, summed by the database (PostgreSQL's SUM of a BIGINT is a
+    NUMERIC: cast back, as the totals are int64)."""
     return (
         "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
-        f"COALESCE(SUM(completion_tokens), 0) FROM usage_records {where}"
+        "COALESCE(SUM(completion_tokens), 0), "
+        f"CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) FROM usage_records {where}"
     )
 
 

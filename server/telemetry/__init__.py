@@ -52,12 +52,13 @@ class Telemetry:
         metrics = self.metrics
         metrics.inflight.dec()
         model = provider = user = ""
-        prompt_tokens = completion_tokens = 0
+        prompt_tokens = completion_tokens = cost_nanos = 0
         ttft_s = None
         if ctx is not None:
             trace = ctx.trace
             model, provider, user = trace.model, trace.provider, ctx.caller.user
             prompt_tokens, completion_tokens = trace.prompt_tokens, trace.completion_tokens
+            cost_nanos = trace.cost_nanos
             if trace.first_chunk_at is not None:
                 ttft_s = trace.first_chunk_at - started
             if trace.rate_limited:
@@ -68,7 +69,7 @@ class Telemetry:
                 for name in trace.failed_attempts:
                     metrics.count_upstream_error(name)
         metrics.observe_call(
-            protocol, model, status, latency_s, ttft_s, prompt_tokens, completion_tokens
+            protocol, model, status, latency_s, ttft_s, prompt_tokens, completion_tokens, cost_nanos
         )
         if self._access is not None:
             self._access.put(
@@ -86,6 +87,7 @@ class Telemetry:
                     ttft_ms=None if ttft_s is None else ttft_s * 1000,
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
+                    cost_nanos=cost_nanos,
                 )
             )
 

@@ -30,6 +30,8 @@ import orjson
 
 from server.errors import echoed
 from server.telemetry.caller_warnings import CallerWarnings
+from server.usage.money import usd
+from server.usage.prices import usd_text
 
 __all__ = ["AccessLine", "LogFormat", "LogSink", "configure_logging"]
 
@@ -59,6 +61,7 @@ class AccessLine(NamedTuple):
     ttft_ms: float | None
     prompt_tokens: int
     completion_tokens: int
+    cost_nanos: int = 0  # written as `cost_usd`, an exact number of US dollars
 
 
 def _timestamp(wall: float) -> str:
@@ -160,6 +163,9 @@ class LogSink:
         fields["latency_ms"] = round(item.latency_ms, 3)
         if item.ttft_ms is not None:
             fields["ttft_ms"] = round(item.ttft_ms, 3)
+        del fields["cost_nanos"]
+        cost = usd_text(usd(item.cost_nanos)) if item.cost_nanos else "0"  # most calls
+        fields["cost_usd"] = orjson.Fragment(cost) if self.format == "json" else cost
         if self.format == "json":
             ts, level = fields.pop("ts"), fields.pop("level")
             line = {"ts": ts, "level": level, "event": "request", **fields}

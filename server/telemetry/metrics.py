@@ -66,6 +66,7 @@ _HELP = {
         "Streams: from arrival to the first chunk from the provider"
     ),
     "tandem_tokens": "Tokens charged, as recorded in the ledger",
+    "tandem_cost_usd": "US dollars spent, as recorded in the ledger (the ledger's sums are exact)",
     "tandem_rate_limited": "Requests refused by a rate limit",
     "tandem_budget_exceeded": "Requests refused by a budget (also in tandem_rate_limited)",
     "tandem_upstream_errors": "Failed upstream attempts (each retry and fallback counts)",
@@ -138,6 +139,7 @@ class Metrics:
             "tandem_time_to_first_token_seconds", ("protocol", "model"), _TTFT_BUCKETS
         )
         self.tokens = series.counter("tandem_tokens", ("model", "kind"))
+        self.cost = series.counter("tandem_cost_usd", ("model",))
         self.rate_limited = series.counter("tandem_rate_limited", ("tier",))
         self.budget_exceeded = series.counter("tandem_budget_exceeded", ("tier",))
         self.upstream_errors = series.counter("tandem_upstream_errors", ("provider",))
@@ -162,7 +164,7 @@ class Metrics:
         self._call_series: dict[
             tuple[str, str, int | str], tuple[Counter, Histogram, Histogram]
         ] = {}
-        self._token_series: dict[str, tuple[Counter, Counter]] = {}
+        self._charged_series: dict[str, tuple[Counter, Counter, Counter]] = {}
         self._rate_limited_series: dict[str, Counter] = {}
         self._budget_exceeded_series: dict[str, Counter] = {}
         self._upstream_error_series: dict[str, Counter] = {}
@@ -194,6 +196,7 @@ class Metrics:
         ttft_s: float | None,
         prompt_tokens: int,
         completion_tokens: int,
+        cost_nanos: int = 0,
     ) -> None:
         key = (protocol, model, status)
         series = self._call_series.get(key)
@@ -208,15 +211,17 @@ class Metrics:
         duration.observe(latency_s)
         if ttft_s is not None:
             ttft.observe(ttft_s)
-        if prompt_tokens or completion_tokens:
-            tokens = self._token_series.get(model)
-            if tokens is None:
-                tokens = self._token_series[model] = (
+        if prompt_tokens or completion_tokens or cost_nanos:  # an unpriced model's spend is 0
+            charged = self._charged_series.get(model)
+            if charged is None:
+                charged = self._charged_series[model] = (
                     self.tokens.labels(model, "prompt"),
                     self.tokens.labels(model, "completion"),
+                    self.cost.labels(model),
                 )
-            tokens[0].inc(prompt_tokens)
-            tokens[1].inc(completion_tokens)
+            charged[0].inc(prompt_tokens)
+            charged[1].inc(completion_tokens)
+            charged[2].inc(cost_nanos / 1e9)  # a float by nature; the ledger has the nanos
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

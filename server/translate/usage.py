@@ -11,6 +11,7 @@ from tandem.v1 import usage_pb2
 
 from server.errors import InvalidRequestError
 from server.usage.api import DEFAULT_LIMIT, MAX_LIMIT, check_storable
+from server.usage.money import usd_json
 from server.usage.record import datetime_of
 
 __all__ = ["encode_usage", "parse_usage_params"]
@@ -67,6 +68,7 @@ def _time(microseconds: int) -> str:
 
 
 def encode_usage(response: usage_pb2.GetUsageResponse) -> dict[str, Any]:
+    """The usage API's JSON (for orjson: `cost_usd` is an exact number, a Fragment)."""
     totals = response.totals
     return {
         "records": [
@@ -87,6 +89,9 @@ def encode_usage(response: usage_pb2.GetUsageResponse) -> dict[str, Any]:
                 "cached_tokens": record.cached_tokens,
                 "reasoning_tokens": record.reasoning_tokens,
                 "cache_write_tokens": record.cache_write_tokens,
+                "cost_nanos": record.cost_nanos,
+                "cost_usd": usd_json(record.cost_nanos),
+                "cost_source": record.cost_source,
             }
             for record in response.records
         ],
@@ -95,5 +100,7 @@ def encode_usage(response: usage_pb2.GetUsageResponse) -> dict[str, Any]:
             "prompt_tokens": totals.prompt_tokens,
             "completion_tokens": totals.completion_tokens,
             "total_tokens": totals.total_tokens,
+            "cost_nanos": totals.cost_nanos,
+            "cost_usd": usd_json(totals.cost_nanos),
         },
     }

@@ -101,4 +101,5 @@ def usage_response(page: UsagePage) -> usage_pb2.GetUsageResponse:
     response.totals.prompt_tokens = totals.prompt_tokens
     response.totals.completion_tokens = totals.completion_tokens
     response.totals.total_tokens = totals.total_tokens
+    response.totals.cost_nanos = totals.cost_nanos
     return response

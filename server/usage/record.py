@@ -69,6 +69,7 @@ class UsageTotals(NamedTuple):
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    cost_nanos: int = 0
 
     @property
     def total_tokens(self) -> int:

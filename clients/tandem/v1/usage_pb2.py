@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tandem/v1/usage.proto\x12\ttandem.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x01\n\x0fGetUsageRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x05\"c\n\x10GetUsageResponse\x12\'\n\x07records\x18\x01 \x03(\x0b\x32\x16.tandem.v1.UsageRecord\x12&\n\x06totals\x18\x02 \x01(\x0b\x32\x16.tandem.v1.UsageTotals\"\x83\x03\n\x0bUsageRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x10\n\x08protocol\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x08 \x01(\x05\x12\x0e\n\x06status\x18\t \x01(\t\x12\x12\n\nlatency_ms\x18\n \x01(\x01\x12\x14\n\x07ttft_ms\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cusage_source\x18\r \x01(\t\x12\x15\n\rcached_tokens\x18\x0e \x01(\x05\x12\x18\n\x10reasoning_tokens\x18\x0f \x01(\x05\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x10 \x01(\x05\x42\n\n\x08_ttft_ms\"g\n\x0bUsageTotals\x12\x10\n\x08requests\x18\x01 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x03\x32S\n\x0cUsageService\x12\x43\n\x08GetUsage\x12\x1a.tandem.v1.GetUsageRequest\x1a\x1b.tandem.v1.GetUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tandem/v1/usage.proto\x12\ttandem.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x01\n\x0fGetUsageRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x05\"c\n\x10GetUsageResponse\x12\'\n\x07records\x18\x01 \x03(\x0b\x32\x16.tandem.v1.UsageRecord\x12&\n\x06totals\x18\x02 \x01(\x0b\x32\x16.tandem.v1.UsageTotals\"\xac\x03\n\x0bUsageRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x10\n\x08protocol\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x08 \x01(\x05\x12\x0e\n\x06status\x18\t \x01(\t\x12\x12\n\nlatency_ms\x18\n \x01(\x01\x12\x14\n\x07ttft_ms\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cusage_source\x18\r \x01(\t\x12\x15\n\rcached_tokens\x18\x0e \x01(\x05\x12\x18\n\x10reasoning_tokens\x18\x0f \x01(\x05\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x10 \x01(\x05\x12\x12\n\ncost_nanos\x18\x11 \x01(\x03\x12\x13\n\x0b\x63ost_source\x18\x12 \x01(\tB\n\n\x08_ttft_ms\"{\n\x0bUsageTotals\x12\x10\n\x08requests\x18\x01 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x03\x12\x12\n\ncost_nanos\x18\x05 \x01(\x03\x32S\n\x0cUsageService\x12\x43\n\x08GetUsage\x12\x1a.tandem.v1.GetUsageRequest\x1a\x1b.tandem.v1.GetUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,9 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETUSAGERESPONSE']._serialized_start=219
   _globals['_GETUSAGERESPONSE']._serialized_end=318
   _globals['_USAGERECORD']._serialized_start=321
-  _globals['_USAGERECORD']._serialized_end=708
-  _globals['_USAGETOTALS']._serialized_start=710
-  _globals['_USAGETOTALS']._serialized_end=813
-  _globals['_USAGESERVICE']._serialized_start=815
-  _globals['_USAGESERVICE']._serialized_end=898
+  _globals['_USAGERECORD']._serialized_end=749
+  _globals['_USAGETOTALS']._serialized_start=751
+  _globals['_USAGETOTALS']._serialized_end=874
+  _globals['_USAGESERVICE']._serialized_start=876
+  _globals['_USAGESERVICE']._serialized_end=959
 # @@protoc_insertion_point(module_scope)

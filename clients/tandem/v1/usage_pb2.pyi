@@ -113,6 +113,8 @@ class UsageRecord(_message.Message):
     CACHED_TOKENS_FIELD_NUMBER: _builtins.int
     REASONING_TOKENS_FIELD_NUMBER: _builtins.int
     CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_NANOS_FIELD_NUMBER: _builtins.int
+    COST_SOURCE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request's id (x-request-id)."""
     user: _builtins.str
@@ -147,6 +149,10 @@ class UsageRecord(_message.Message):
     """Of the completion tokens, those of reasoning."""
     cache_write_tokens: _builtins.int
     """Of the prompt tokens, those written to the provider's cache."""
+    cost_nanos: _builtins.int
+    """What it cost, in billionths of a US dollar (rounded half up); 0 when unpriced."""
+    cost_source: _builtins.str
+    """"priced" (the model had a price) or "unpriced" (no price: cost_nanos is 0)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the request arrived."""
@@ -170,10 +176,12 @@ class UsageRecord(_message.Message):
         cached_tokens: _builtins.int = ...,
         reasoning_tokens: _builtins.int = ...,
         cache_write_tokens: _builtins.int = ...,
+        cost_nanos: _builtins.int = ...,
+        cost_source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms", "created_at", b"created_at", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms", "cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "created_at", b"created_at", "latency_ms", b"latency_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "protocol", b"protocol", "provider", b"provider", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "status", b"status", "total_tokens", b"total_tokens", "ttft_ms", b"ttft_ms", "usage_source", b"usage_source", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms", "cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_nanos", b"cost_nanos", "cost_source", b"cost_source", "created_at", b"created_at", "latency_ms", b"latency_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "protocol", b"protocol", "provider", b"provider", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "status", b"status", "total_tokens", b"total_tokens", "ttft_ms", b"ttft_ms", "usage_source", b"usage_source", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ttft_ms: _TypeAlias = _typing.Literal["ttft_ms"]  # noqa: Y015
     _WhichOneofArgType__ttft_ms: _TypeAlias = _typing.Literal["_ttft_ms", b"_ttft_ms"]  # noqa: Y015
@@ -191,6 +199,7 @@ class UsageTotals(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_NANOS_FIELD_NUMBER: _builtins.int
     requests: _builtins.int
     """Number of requests."""
     prompt_tokens: _builtins.int
@@ -199,6 +208,8 @@ class UsageTotals(_message.Message):
     """Tokens of the completions."""
     total_tokens: _builtins.int
     """Their sum."""
+    cost_nanos: _builtins.int
+    """What they cost, in billionths of a US dollar."""
     def __init__(
         self,
         *,
@@ -206,10 +217,11 @@ class UsageTotals(_message.Message):
         prompt_tokens: _builtins.int = ...,
         completion_tokens: _builtins.int = ...,
         total_tokens: _builtins.int = ...,
+        cost_nanos: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens", "requests", b"requests", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost_nanos", b"cost_nanos", "prompt_tokens", b"prompt_tokens", "requests", b"requests", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

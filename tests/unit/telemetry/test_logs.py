@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
+from decimal import Decimal
 
 import orjson
+import pytest
 
 from server.telemetry import logs
 from server.telemetry.logs import LogSink
@@ -104,3 +107,19 @@ def test_writes_are_whole_lines_of_at_most_a_pipe_buffer() -> None:
     assert len(stream.getvalue().splitlines()) == 300
     assert len(stream.writes) > 1
     assert all(len(write) <= logs.MAX_WRITE and write.endswith("\n") for write in stream.writes)
+
+
+@pytest.mark.parametrize(("nanos", "usd"), [(0, "0"), (8_050_001, "0.008050001")])
+def test_the_cost_is_an_exact_number_of_dollars_in_both_formats(nanos: int, usd: str) -> None:
+    for log_format in ("json", "text"):
+        stream = io.StringIO()
+        sink = LogSink(log_format, stream)
+        sink.put(access("priced")._replace(cost_nanos=nanos))
+        sink.close()
+        (line,) = stream.getvalue().splitlines()
+        if log_format == "json":
+            assert line.endswith(f',"cost_usd":{usd}}}')
+            assert "cost_nanos" not in line
+            assert json.loads(line, parse_float=Decimal)["cost_usd"] == Decimal(usd)
+        else:
+            assert line.endswith(f" completion_tokens=2 cost_usd={usd}")
