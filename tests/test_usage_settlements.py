@@ -104,9 +104,12 @@ async def test_a_record_with_a_settlement_is_kept_past_max_pending(
         for cost in (100, 200, 300, 400):
             batcher.record(*record(cost))  # kept, past the bound, up to twice it
         batcher.record(record(0)[0])  # no settlement: dropped, as before
-        assert "with a budget settlement" not in caplog.text
-        batcher.record(*record(9_999))  # past twice the bound: dropped, and said
-        assert "dropping a usage record with a budget settlement" in caplog.text
+        assert "with budget settlements" not in caplog.text
+        batcher.record(*record(9_999))  # past twice the bound: dropped, counted, said
+        batcher.record(*record(9_999))
+        assert caplog.text.count("dropping usage records with budget settlements") == 1
+    dropped = batcher._metrics.registry.get_sample_value("tandem_usage_dropped_records_total")
+    assert dropped == 3
     assert len(batcher._pending) == 8
     await batcher.drain()
     assert await period_state(store_url, SCOPE.name, 0) == (1_000, 0)

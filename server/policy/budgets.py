@@ -24,7 +24,6 @@ the store stops answering, one when it is back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -214,9 +213,7 @@ class Budgets:
             tasks.append(self._forgetting)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _every(
         self, interval_s: float, work: Callable[[], Awaitable[bool]], action: str
