@@ -15,9 +15,11 @@ __all__ = ["ledger_cost", "open_holds", "period_state"]
 
 async def _fetch(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     if url.startswith("sqlite:///"):
-        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
-            qmarks = sql.replace("$1", "?").replace("$2", "?")
-            return db.execute(qmarks, args).fetchall()
+        db = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            return db.execute(sql.replace("$1", "?").replace("$2", "?"), args).fetchall()
+        finally:
+            db.close()
     connection = await asyncpg.connect(url)
     try:
         pg_args = [datetime_of(a) if isinstance(a, int) else a for a in args]  # moments
