@@ -301,7 +301,8 @@ class Gateway:
         )
         batcher.start()
         self._usage = batcher
-        self._budgets = Budgets(self._store)  # its leases renewed, expired ones swept
+        # its leases renewed, expired ones swept; offline holds counted until written
+        self._budgets = Budgets(self._store, flushed=batcher.flushed)
         self._budgets.start()
         self._purger = Purger(self._store)  # expired stored responses, in the background
         self._purger.start()

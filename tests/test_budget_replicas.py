@@ -2,7 +2,7 @@
 concurrent callers on every replica never admit past it, and restarting every replica
 keeps what was spent.
 
-A call reserves exactly what it costs (tests/test_budgets.py: 12,000 nanos), so a
+A call reserves exactly what it costs (tests/test_budget_admission.py: 12,000 nanos), so a
 budget of 50 calls admits exactly 50, however the calls interleave.
 """
 

@@ -9,19 +9,21 @@ replica sweeps expired ones every `sweep_every_s` (freed within lease + sweep).
 
 While the store does not answer (a timeout or any error, then not asked again for
 `retry_after_s`), a scope is checked against the last state this replica read of it
-(`spent + reserved`), less the reservations it made offline since: N replicas then
+(`spent + reserved`), less the reservations it made offline: N replicas then
 overshoot by at most that remainder x (N - 1). A period that began since starts clean
 (0 spent). A scope this replica never read cannot be checked: `UnavailableError`
 (503). Offline holds live in this replica only; their records settle when the store
-is back (adding spend, no hold to free). A reserve that timed out may still have
-reached the store: its hold, never renewed, is swept. One warning says when the
-store stops answering, one when it is back.
+is back (adding spend, no hold to free). Until those records are written, the store
+cannot know of them, so this replica still counts them, asking the store with its
+limits less them: one replica alone never overshoots. A reserve that timed out may
+still have reached the store: its hold, never renewed, is swept (and counted twice
+meanwhile: refusing early, never admitting past the budget). One warning says when
+the store stops answering, one when it is back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -52,12 +54,14 @@ class BudgetStore(Protocol):
 
 
 class _Seen(NamedTuple):
-    """A scope as this replica last read it, and what it reserved offline since."""
+    """A scope's period as this replica last read it from the store."""
 
     start_us: int
     spent_nanos: int
     reserved_nanos: int
-    offline_nanos: int = 0
+
+
+_Period = tuple[str, int]  # (scope name, period start)
 
 
 class Budgets:
@@ -65,6 +69,7 @@ class Budgets:
         self,
         store: BudgetStore,
         *,
+        flushed: Callable[[], Awaitable[None]] | None = None,
         timeout_s: float = TIMEOUT_S,
         retry_after_s: float = RETRY_AFTER_S,
         lease_s: float = HOLD_LEASE_S,
@@ -72,7 +77,11 @@ class Budgets:
         sweep_every_s: float = SWEEP_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`flushed`: the usage recorder's (`UsageRecorder.flushed`), so reservations made
+        offline count here until their records are written, even once the store is
+        back; without it they are forgotten as soon as their records are queued."""
         self._store = store
+        self._flushed = flushed
         self._timeout_s = timeout_s
         self._retry_after_s = retry_after_s
         self._lease_s = lease_s
@@ -81,6 +90,11 @@ class Budgets:
         self._clock = clock
         self._seen: dict[str, _Seen] = {}  # by scope name
         self._held: set[str] = set()  # this replica's holds in the store, renewed
+        # reserved offline, records not yet written: what the store cannot know of yet
+        self._offline: dict[str, tuple[tuple[_Period, ...], int]] = {}  # hold id -> periods, nanos
+        self._unwritten: dict[_Period, int] = {}
+        self._queued: list[str] = []  # offline holds whose records are queued
+        self._forgetting: asyncio.Task[None] | None = None
         self._down_until = 0.0  # while the store failed: when to ask it again
         self._down = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,9 +105,14 @@ class Budgets:
         if not scopes:
             return Reservation(True, ())
         if not self._down or self._clock() >= self._down_until:
+            unwritten = [self._unwritten.get((s.name, s.start_us), 0) for s in scopes]
+            asked = [  # this replica's offline reservations, unknown to the store, still count
+                s._replace(limit_nanos=s.limit_nanos - n) if n else s
+                for s, n in zip(scopes, unwritten, strict=True)
+            ]
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    found = await self._store.reserve_budget(hold_id, scopes, nanos, self._lease_s)
+                    found = await self._store.reserve_budget(hold_id, asked, nanos, self._lease_s)
             except Exception as exc:  # any store failure: the fallback (never CancelledError)
                 self._store_down("reserving", exc)
             else:
@@ -104,11 +123,17 @@ class Budgets:
                     )
                 if found.admitted:
                     self._held.add(hold_id)
-                return found
-        return self._reserve_offline(scopes, nanos)
+                states = (
+                    ScopeState(scope, state.spent_nanos, state.reserved_nanos + n)
+                    for scope, state, n in zip(scopes, found.states, unwritten, strict=True)
+                )
+                return Reservation(found.admitted, tuple(states))
+        return self._reserve_offline(hold_id, scopes, nanos)
 
-    def _reserve_offline(self, scopes: Sequence[BudgetScope], nanos: int) -> Reservation:
-        seen: list[_Seen] = []
+    def _reserve_offline(
+        self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int
+    ) -> Reservation:
+        used: list[tuple[int, int]] = []  # (spent, reserved) per scope, as far as known here
         for scope in scopes:
             last = self._seen.get(scope.name)
             if last is None:
@@ -118,24 +143,55 @@ class Budgets:
                 )
             if last.start_us != scope.start_us:  # a period begun since: it starts clean
                 last = _Seen(scope.start_us, 0, 0)
-            seen.append(last)
+            unwritten = self._unwritten.get((scope.name, scope.start_us), 0)
+            used.append((last.spent_nanos, last.reserved_nanos + unwritten))
         admitted = all(
-            last.spent_nanos + last.reserved_nanos + last.offline_nanos + nanos <= scope.limit_nanos
-            for scope, last in zip(scopes, seen, strict=True)
+            spent + reserved + nanos <= scope.limit_nanos
+            for scope, (spent, reserved) in zip(scopes, used, strict=True)
         )
-        states: list[ScopeState] = []
-        for scope, last in zip(scopes, seen, strict=True):
-            if admitted:
-                last = last._replace(offline_nanos=last.offline_nanos + nanos)
-            self._seen[scope.name] = last
-            states.append(
-                ScopeState(scope, last.spent_nanos, last.reserved_nanos + last.offline_nanos)
-            )
-        return Reservation(admitted, tuple(states))
+        if admitted:
+            periods = tuple((scope.name, scope.start_us) for scope in scopes)
+            self._offline[hold_id] = (periods, nanos)
+            for period in periods:
+                self._unwritten[period] = self._unwritten.get(period, 0) + nanos
+        return Reservation(
+            admitted,
+            tuple(
+                ScopeState(scope, spent, reserved + nanos * admitted)
+                for scope, (spent, reserved) in zip(scopes, used, strict=True)
+            ),
+        )
 
     def release(self, hold_id: str) -> None:
-        """Stop renewing a hold: its record is queued, and its ledger write settles it."""
+        """Its record is queued (its ledger write settles it): stop renewing the hold; an
+        offline one counts until the record is written."""
         self._held.discard(hold_id)
+        if hold_id not in self._offline:
+            return
+        if self._flushed is None:
+            self._forget(hold_id)
+            return
+        self._queued.append(hold_id)
+        if self._forgetting is None or self._forgetting.done():
+            self._forgetting = asyncio.get_running_loop().create_task(
+                self._forget_written(self._flushed), name="budget-offline"
+            )
+
+    async def _forget_written(self, flushed: Callable[[], Awaitable[None]]) -> None:
+        while self._queued:
+            queued, self._queued = self._queued, []
+            await flushed()  # their records, queued before, are written
+            for hold_id in queued:
+                self._forget(hold_id)
+
+    def _forget(self, hold_id: str) -> None:
+        periods, nanos = self._offline.pop(hold_id)
+        for period in periods:
+            left = self._unwritten[period] - nanos
+            if left:
+                self._unwritten[period] = left
+            else:
+                del self._unwritten[period]
 
     def start(self) -> None:
         """Renew this replica's leases and sweep everyone's expired holds, in the background."""
@@ -153,11 +209,11 @@ class Budgets:
 
     async def aclose(self) -> None:
         tasks, self._tasks = self._tasks, []
+        if self._forgetting is not None:
+            tasks.append(self._forgetting)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _every(
         self, interval_s: float, work: Callable[[], Awaitable[bool]], action: str

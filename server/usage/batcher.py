@@ -11,8 +11,9 @@ positionally), handed to the store with its batch, which settles it in the same
 transaction. Such a record is never dropped for `max_pending`: it is money a budget
 counted, and the contract keeps settlements while the store is down. It is queued
 beyond the bound (and counts toward it, so records without one give way first), up
-to `max_pending` more; only past twice the bound is it dropped, logged as an error
-(its hold then runs out, and spend still equals the ledger, both without it).
+to `max_pending` more; only past twice the bound is it dropped, counted and logged
+as an error apart (its hold then runs out, and spend still equals the ledger, both
+without it).
 `flushed()` waits for every record queued before it, waking the batcher at once:
 a budgeted caller sees its own spend on its next request.
 """
@@ -74,6 +75,7 @@ class UsageBatcher:
         self._failures = 0  # consecutive failed writes: > 0 means the store is down
         self._outage_logged_at = 0.0
         self._dropped_unreported = 0
+        self._settled_dropped = 0  # of those, with a budget settlement
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-batcher")
@@ -208,24 +210,29 @@ class UsageBatcher:
 
     def _recovered(self) -> None:
         logger.warning(
-            "usage store is back after %d failed writes; %d records still to write, %d dropped",
+            "usage store is back after %d failed writes; %d records still to write, %d dropped "
+            "(%d with budget settlements)",
             self._failures,
             len(self._pending),
             self._dropped_unreported,
+            self._settled_dropped,
         )
         self._failures = 0
         self._dropped_unreported = 0
+        self._settled_dropped = 0
 
     def _drop(self, *, settled: bool) -> None:
         self._metrics.usage_dropped.inc()
         self._dropped_unreported += 1
-        if settled:  # past twice the bound: said each time, it is money a budget counted
-            logger.error(
-                "dropping a usage record with a budget settlement: %d records wait for the "
-                "usage store (twice usage.max_pending); its spend is not counted",
-                len(self._pending),
-            )
-        elif self._dropped_unreported == 1:
+        if settled:  # past twice the bound: money a budget counted, said apart
+            self._settled_dropped += 1
+            if self._settled_dropped == 1:
+                logger.error(
+                    "dropping usage records with budget settlements: %d records wait for the "
+                    "usage store (twice usage.max_pending); their spend is not counted",
+                    len(self._pending),
+                )
+        elif self._dropped_unreported - self._settled_dropped == 1:
             logger.error(
                 "dropping usage records: %d already wait for the usage store (usage.max_pending)",
                 self._max_pending,
