@@ -26,10 +26,11 @@ pytestmark = pytest.mark.timeout(240)
 REPLICAS = 3
 CALL_NANOS = 12_000
 CALLS = 50  # what the budget holds
-# calls in flight at once on each replica: 12 reserving one scope together. Far more
-# (30 a replica here) queue on the scope's row lock past Budgets' 0.25 s reserve
-# timeout, and a replica then admits offline, against the last spend it saw, as if
-# the store were down: the contract's overshoot, not exactness (reported to WP3)
+# calls in flight at once on each replica: 12 reserving one scope together. With 30 a
+# replica, on this shared 2-core machine under other load, reserves queued on the
+# scope's row lock past Budgets' 0.25 s timeout, and a replica then admitted offline,
+# against the last spend it saw, as if the store were down: the contract's bounded
+# overshoot, not exactness (seen at 19:25; reported, see the branch's notes)
 IN_FLIGHT = 4
 CONFIG = """
 providers: [{name: demo, kind: mock}]
