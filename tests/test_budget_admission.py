@@ -28,6 +28,7 @@ import openai
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
+from tests.eventually import eventually
 from tests.keys_in_store import bearer, key_with, write_keys
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess, start_tandem
@@ -37,10 +38,11 @@ CALL_NANOS = 12_000
 PROMPT = "a b c d"
 
 CONFIG = """
-providers: [{name: demo, kind: mock}]
+providers: [{name: demo, kind: mock}, {name: slow, kind: mock, chunk_delay_ms: 50}]
 models:
   - {name: metered, provider: demo, price: {input_per_mtok: 1, output_per_mtok: 2}}
   - {name: free-text, provider: demo}
+  - {name: slow-metered, provider: slow, price: {input_per_mtok: 1, output_per_mtok: 2}}
 tiers:
   free: {default_model: metered}
   metered: {default_model: metered, budget: {usd: 0.000024, period: daily}}
@@ -283,3 +285,74 @@ def test_a_sequential_caller_sees_its_own_spend(server: TandemProcess, stream: b
     )
     assert second.status_code == 200, second.text
     assert second.headers["x-budget-remaining-usd"] == "0"
+
+
+def test_a_grpc_stream_ends_once_its_cost_is_settled(server: TandemProcess) -> None:
+    """As the sequential test, on a gRPC stream: its status (and trailers) come once
+    its record is written."""
+    secret, record = key_with("grpc-stream", budget_nanos=32_000)
+    directory = server.stderr_path.parent
+    write_keys(f"sqlite:///{directory / 'budgets.db'}", record)
+    time.sleep(0.6)  # past key_cache_s
+
+    async def stream() -> dict[str, Any]:
+        async with grpc.aio.insecure_channel(server.grpc) as channel:
+            stub = chat_pb2_grpc.ChatServiceStub(channel)
+            request = chat_pb2.ChatCompletionRequest(
+                model="metered",
+                messages=[chat_pb2.ChatMessage(role="user", content=PROMPT)],
+                max_tokens=8,
+            )
+            call = stub.StreamChatCompletion(request, metadata=tuple(bearer(secret).items()))
+            async for _ in call:
+                pass
+            return dict(await call.trailing_metadata() or ())
+
+    trailers = asyncio.run(stream())
+    assert trailers["x-budget-remaining-usd"] == usd(12_000)
+    second = native(server, secret)  # 12,000 spent + 12,000 fits only once settled
+    assert second.status_code == 200, second.text
+    assert second.headers["x-budget-remaining-usd"] == usd(32_000 - 24_000)
+
+
+def test_a_caller_gone_mid_stream_is_settled_at_what_it_was_charged(
+    server: TandemProcess,
+) -> None:
+    """The hold of a stream its caller left is settled to the record's cost (the prompt
+    and what was sent), nothing left reserved."""
+    secret, record = key_with("leaver", budget_nanos=1_000_000)
+    directory = server.stderr_path.parent
+    write_keys(f"sqlite:///{directory / 'budgets.db'}", record)
+    time.sleep(0.6)  # past key_cache_s
+    request = {
+        "model": "slow-metered",
+        "stream": True,
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "w " * 100}],  # 5 s of chunks
+    }
+    with httpx.stream(
+        "POST", f"{server.base_url}/v1/chat/completions", json=request, headers=bearer(secret)
+    ) as answer:
+        assert answer.status_code == 200
+        # 100 prompt tokens and 100 to come reserved: 100 x 1,000 + 100 x 2,000
+        assert answer.headers["x-budget-remaining-usd"] == usd(1_000_000 - 300_000)
+        lines = answer.iter_lines()
+        for _ in range(6):  # a few words, then the caller goes away
+            next(lines)
+    scope = f"key:{record.id}:monthly"
+
+    def settled() -> tuple[Any, ...] | None:
+        row = ledger(
+            server,
+            "SELECT p.spent_nanos, p.reserved_nanos, r.cost_nanos, r.status "
+            "FROM budget_periods p, usage_records r WHERE p.scope = ? AND r.key_id = ?",
+            scope,
+            record.id,
+        )
+        return row if row is not None and row[1] == 0 else None
+
+    spent, reserved, cost, status = eventually(settled, 10.0, what="the hold settled")
+    assert status == "cancelled"
+    assert reserved == 0
+    assert spent == cost
+    assert 100_000 < cost < 300_000  # the prompt, and some of the answer
