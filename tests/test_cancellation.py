@@ -15,6 +15,7 @@ from server.config import ServerConfig
 from server.core.dataplane import DataPlane
 from server.lifecycle import bind_socket, start_http_server
 from server.usage import UsageRecord
+from server.usage.budget import Settlement
 from tests.grpc_in_process import grpc_channel
 from tests.in_process import plane_over
 
@@ -55,8 +56,11 @@ class ListRecorder:
     def __init__(self) -> None:
         self.records: list[UsageRecord] = []
 
-    def record(self, record: UsageRecord) -> None:
+    def record(self, record: UsageRecord, settlement: Settlement | None = None) -> None:
         self.records.append(record)
+
+    async def flushed(self) -> None:
+        return None
 
     async def drain(self) -> None:
         return None

@@ -13,6 +13,7 @@ from server.context import new_id
 from server.store import Store, open_store
 from server.telemetry.metrics import Metrics
 from server.usage import UsageBatcher, UsageQuery, UsageRecord
+from server.usage.budget import Settlement
 from tests.eventually import eventually_async
 from tests.tcp_proxy import TcpProxy
 
@@ -43,8 +44,10 @@ class Spy:
         self.store = store
         self.batches: list[int] = []
 
-    async def write_usage(self, records: Sequence[UsageRecord]) -> None:
-        await self.store.write_usage(records)
+    async def write_usage(
+        self, records: Sequence[UsageRecord], settlements: Sequence[Settlement] = ()
+    ) -> None:
+        await self.store.write_usage(records, settlements)
         self.batches.append(len(records))
 
 

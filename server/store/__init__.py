@@ -14,6 +14,7 @@ from typing import Protocol
 from server.store.conversations import ConversationStore, StoredItem, StoredResponse
 from server.store.keys import ApiKey
 from server.store.sqlite import SqliteStore
+from server.usage.budget import BudgetScope, Reservation, Settlement
 from server.usage.record import UsagePage, UsageQuery, UsageRecord
 
 __all__ = ["ApiKey", "ConversationStore", "Store", "StoredItem", "StoredResponse", "open_store"]
@@ -37,8 +38,27 @@ class Store(ConversationStore, Protocol):
         """The secret `name` (e.g. the key that seals reasoning), set to `value` first
         if it has none: atomic, so replicas asking at once all get the first one."""
 
-    async def write_usage(self, records: Sequence[UsageRecord]) -> None:
-        """Store a batch in one transaction; a record already stored is skipped."""
+    async def write_usage(
+        self, records: Sequence[UsageRecord], settlements: Sequence[Settlement] = ()
+    ) -> None:
+        """Store a batch in one transaction; a record already stored is skipped. In the
+        same transaction, the settlements of the records inserted now (only: a batch
+        written twice settles once) free their holds and add their costs to the
+        budgets' periods, so a period's spend is what the ledger says."""
+
+    # --- budgets (server/store/budget_sql.py; docs/design/money.md 2.2-2.5) ---
+
+    async def reserve_budget(
+        self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int, lease_s: float
+    ) -> Reservation:
+        """Reserve `nanos` in every scope's period, or in none (one transaction); a hold
+        per scope, named `hold_id` (the usage record's id), leased for `lease_s`."""
+
+    async def renew_holds(self, hold_ids: Sequence[str], lease_s: float) -> None:
+        """Extend the leases of these holds (not those the sweeper freed) to `lease_s`."""
+
+    async def release_expired_holds(self) -> int:
+        """Free every hold whose lease ran out (its replica died); how many were freed."""
 
     async def query_usage(self, query: UsageQuery) -> UsagePage: ...
 

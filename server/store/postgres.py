@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
+from server.store import budget_sql as budget
 from server.store import ledger_sql as ledger
 from server.store.conversations import COLUMNS as RESPONSE_COLUMNS
 from server.store.conversations import (
@@ -26,6 +27,7 @@ from server.store.conversations import (
 )
 from server.store.keys import KEY_ADDED_COLUMNS, KEY_COLUMNS, ApiKey, key_from_row, key_row
 from server.store.versions import schema_version_sql, version_statements
+from server.usage.budget import BudgetScope, Reservation, Settlement
 from server.usage.record import (
     UsagePage,
     UsageQuery,
@@ -58,6 +60,8 @@ CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
     + ledger.usage_schema(real="DOUBLE PRECISION", time="TIMESTAMPTZ")
     + conversations_schema("DOUBLE PRECISION", "BIGINT")
+    + budget.budget_schema(time="TIMESTAMPTZ", int64="BIGINT")
+    + budget.PG_FUNCTIONS
     + schema_version_sql
 )
 _CREATED_AT = UsageRecord._fields.index("created_at")  # a timestamptz in the table
@@ -160,14 +164,50 @@ class PostgresStore:
         stored = await pool.fetchval("SELECT value FROM secrets WHERE name = $1", name)
         return str(stored)
 
-    async def write_usage(self, records: Sequence[UsageRecord]) -> None:
+    async def write_usage(
+        self, records: Sequence[UsageRecord], settlements: Sequence[Settlement] = ()
+    ) -> None:
         pool = await self._ready()
         rows = [
             (*record[:_CREATED_AT], datetime_of(record.created_at), *record[_CREATED_AT + 1 :])
             for record in records
         ]
         async with pool.acquire() as connection, connection.transaction():
-            await connection.executemany(ledger.insert_sql(_placeholder), rows)
+            if not settlements:
+                await connection.executemany(ledger.insert_sql(_placeholder), rows)
+                return
+            # only the records inserted now settle: a batch written twice settles once
+            inserted = await connection.fetchmany(
+                f"{ledger.insert_sql(_placeholder)} RETURNING id", rows
+            )
+            settled = budget.settled_now(settlements, (row[0] for row in inserted))
+            if settled:
+                await connection.execute(
+                    budget.PG_SETTLE, *budget.pg_settle_args(settled, datetime_of)
+                )
+
+    # --- budgets (server/store/budget_sql.py) ---
+
+    async def reserve_budget(
+        self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int, lease_s: float
+    ) -> Reservation:
+        pool = await self._ready()
+        rows = await pool.fetch(
+            budget.PG_RESERVE, *budget.pg_reserve_args(hold_id, scopes, nanos, lease_s, datetime_of)
+        )
+        found = {row[0]: (row[1], row[2]) for row in rows}
+        admitted = all(row[3] for row in rows)
+        return budget.reservation(scopes, found, admitted)
+
+    async def renew_holds(self, hold_ids: Sequence[str], lease_s: float) -> None:
+        if hold_ids:
+            pool = await self._ready()
+            await pool.execute(budget.PG_RENEW, list(hold_ids), float(lease_s))
+
+    async def release_expired_holds(self) -> int:
+        pool = await self._ready()
+        freed: int = await pool.fetchval(budget.PG_SWEEP)
+        return freed
 
     async def query_usage(self, query: UsageQuery) -> UsagePage:
         pool = await self._ready()

@@ -16,6 +16,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any, TypeVar
 
+from server.store import budget_sql as budget
 from server.store import ledger_sql as ledger
 from server.store.conversations import COLUMNS as RESPONSE_COLUMNS
 from server.store.conversations import (
@@ -30,6 +31,7 @@ from server.store.conversations import (
 )
 from server.store.keys import KEY_ADDED_COLUMNS, KEY_COLUMNS, ApiKey, key_from_row, key_row
 from server.store.versions import schema_version_sql, version_statements
+from server.usage.budget import BudgetScope, Reservation, Settlement
 from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 
 __all__ = ["SqliteStore"]
@@ -51,6 +53,7 @@ CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
     + ledger.usage_schema(real="REAL", time="INTEGER")
     + conversations_schema("REAL", "INTEGER")
+    + budget.budget_schema(time="INTEGER", int64="INTEGER")
     + schema_version_sql
 )
 
@@ -122,12 +125,49 @@ class SqliteStore:
 
         return await self._call(read)
 
-    async def write_usage(self, records: Sequence[UsageRecord]) -> None:
+    async def write_usage(
+        self, records: Sequence[UsageRecord], settlements: Sequence[Settlement] = ()
+    ) -> None:
+        ids = [s.record_id for s in settlements]
+
         def write(db: sqlite3.Connection) -> None:
-            with _transaction(db, "BEGIN IMMEDIATE"):
+            with _transaction(db, "BEGIN IMMEDIATE"):  # one writer: checked, then inserted
+                new = budget.sqlite_unwritten(db, ids) if ids else ()
                 db.executemany(ledger.insert_sql(_placeholder), records)
+                if new:
+                    inserted = new & {record.id for record in records}
+                    budget.sqlite_settle(db, budget.settled_now(settlements, inserted))
 
         await self._call(write)
+
+    # --- budgets (server/store/budget_sql.py) ---
+
+    async def reserve_budget(
+        self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int, lease_s: float
+    ) -> Reservation:
+        def reserve(db: sqlite3.Connection) -> Reservation:
+            with _transaction(db, "BEGIN IMMEDIATE"):
+                lease_until = _now_us() + round(lease_s * 1_000_000)
+                return budget.sqlite_reserve(db, hold_id, scopes, nanos, lease_until)
+
+        return await self._call(reserve)
+
+    async def renew_holds(self, hold_ids: Sequence[str], lease_s: float) -> None:
+        if not hold_ids:
+            return
+
+        def renew(db: sqlite3.Connection) -> None:
+            with _transaction(db, "BEGIN IMMEDIATE"):
+                budget.sqlite_renew(db, hold_ids, _now_us() + round(lease_s * 1_000_000))
+
+        await self._call(renew)
+
+    async def release_expired_holds(self) -> int:
+        def sweep(db: sqlite3.Connection) -> int:
+            with _transaction(db, "BEGIN IMMEDIATE"):
+                return budget.sqlite_sweep(db, _now_us())
+
+        return await self._call(sweep)
 
     async def query_usage(self, query: UsageQuery) -> UsagePage:
         where, args = ledger.filters(query, _placeholder)
@@ -262,6 +302,11 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
 
 def _placeholder(n: int) -> str:
     return "?"
+
+
+def _now_us() -> int:
+    """This host's clock, for holds' leases (one host shares a SQLite file)."""
+    return time.time_ns() // 1000
 
 
 @contextlib.contextmanager

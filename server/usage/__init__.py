@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from server.usage.batcher import UsageBatcher
+from server.usage.budget import Settlement
 from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 
 __all__ = [
@@ -23,7 +24,11 @@ __all__ = [
 
 
 class UsageRecorder(Protocol):
-    def record(self, record: UsageRecord) -> None: ...
+    def record(self, record: UsageRecord, settlement: Settlement | None = None) -> None: ...
+
+    async def flushed(self) -> None:
+        """Return once every record queued before the call is written (a budgeted
+        caller then sees its own spend); wakes the writer at once."""
 
     async def drain(self) -> None: ...
 
@@ -31,7 +36,10 @@ class UsageRecorder(Protocol):
 class NullRecorder:
     """Records nothing (`usage.store: none`)."""
 
-    def record(self, record: UsageRecord) -> None:
+    def record(self, record: UsageRecord, settlement: Settlement | None = None) -> None:
+        return None
+
+    async def flushed(self) -> None:
         return None
 
     async def drain(self) -> None:

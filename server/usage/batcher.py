@@ -5,6 +5,17 @@ a batch every `flush_interval_ms`, or as soon as `batch_size` records wait.
 While the store is down, records stay queued and the batch is retried with
 backoff; only beyond `max_pending` are new records dropped (counted, logged).
 `drain` (at shutdown) writes everything left.
+
+A record may come with a budget `Settlement`: kept beside it (records are written
+positionally), handed to the store with its batch, which settles it in the same
+transaction. Such a record is never dropped for `max_pending`: it is money a budget
+counted, and the contract keeps settlements while the store is down. It is queued
+beyond the bound (and counts toward it, so records without one give way first), up
+to `max_pending` more; only past twice the bound is it dropped, counted and logged
+as an error apart (its hold then runs out, and spend still equals the ledger, both
+without it).
+`flushed()` waits for every record queued before it, waking the batcher at once:
+a budgeted caller sees its own spend on its next request.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from server.telemetry.metrics import Metrics
+from server.usage.budget import Settlement
 from server.usage.record import UsageRecord
 
 __all__ = ["LedgerWriter", "UsageBatcher"]
@@ -30,7 +42,9 @@ OUTAGE_REMINDER_S = 60.0  # how often a long outage is logged again
 
 
 class LedgerWriter(Protocol):
-    async def write_usage(self, records: Sequence[UsageRecord]) -> None: ...
+    async def write_usage(
+        self, records: Sequence[UsageRecord], settlements: Sequence[Settlement] = ()
+    ) -> None: ...
 
 
 class UsageBatcher:
@@ -51,26 +65,49 @@ class UsageBatcher:
         self._batch_size = batch_size
         self._max_pending = max_pending
         self._pending: deque[UsageRecord] = deque()
+        self._settlements: dict[str, Settlement] = {}  # by record id, for queued records
+        self._queued = 0  # records ever queued (not dropped): each one's place in line
+        self._written = 0  # of those, written (in order: the queue is FIFO)
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()  # (place, future)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._failures = 0  # consecutive failed writes: > 0 means the store is down
         self._outage_logged_at = 0.0
         self._dropped_unreported = 0
+        self._settled_dropped = 0  # of those, with a budget settlement
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-batcher")
 
-    def record(self, record: UsageRecord) -> None:
-        """Queue a record; never blocks, never raises."""
+    def record(self, record: UsageRecord, settlement: Settlement | None = None) -> None:
+        """Queue a record (and the budget settlement it carries); never blocks, never raises."""
         pending = self._pending
-        if len(pending) >= self._max_pending:
-            self._drop()
+        if len(pending) >= self._max_pending and (
+            settlement is None or len(pending) >= 2 * self._max_pending
+        ):
+            self._drop(settled=settlement is not None)
             return
         pending.append(record)
+        self._queued += 1
+        if settlement is not None:
+            self._settlements[record.id] = settlement
         self._pending_gauge.set(len(pending))  # set, not read at scrape: see Metrics
         if len(pending) >= self._batch_size and not self._failures:
             self._wake.set()
+
+    async def flushed(self) -> None:
+        """Return once every record queued before this call is written; wakes the
+        batcher at once (while the store is down, its retries keep their pace).
+        Callers bound the wait; one cut short leaves the records queued."""
+        place = self._queued
+        if self._written >= place:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((place, future))
+        if not self._failures:
+            self._wake.set()
+        await future
 
     async def drain(self, timeout_s: float = 10.0) -> None:
         """Stop the background task and write every queued record, retrying
@@ -92,6 +129,8 @@ class UsageBatcher:
             logger.error(
                 "usage store unavailable at shutdown: %d usage records lost", len(self._pending)
             )
+        finally:
+            self._wake_waiters(everyone=True)  # nothing more will be written
 
     async def _run(self) -> None:
         while not self._closing:
@@ -111,21 +150,45 @@ class UsageBatcher:
         """
         pending = self._pending
         first = True
-        while pending and (everything or first or len(pending) >= self._batch_size):
+        while pending and (
+            everything or first or len(pending) >= self._batch_size or self._awaited()
+        ):
             first = False
             batch = list(itertools.islice(pending, self._batch_size))
+            settled = self._settlements
+            settlements = (
+                [s for r in batch if (s := settled.get(r.id)) is not None] if settled else []
+            )
             try:
-                await self._store.write_usage(batch)
+                if settlements:
+                    await self._store.write_usage(batch, settlements)
+                else:
+                    await self._store.write_usage(batch)
             except Exception as exc:  # any store failure means "keep the batch, retry later"
                 self._failed(exc)
                 return False
             for _ in batch:
                 pending.popleft()
+            for settlement in settlements:
+                del settled[settlement.record_id]
+            self._written += len(batch)
+            self._wake_waiters()
             self._pending_gauge.set(len(pending))
             self._metrics.usage_written.inc(len(batch))
             if self._failures or self._dropped_unreported:
                 self._recovered()
         return True
+
+    def _awaited(self) -> bool:
+        """Whether a `flushed()` caller waits for a record still queued."""
+        return bool(self._waiters) and self._waiters[-1][0] > self._written
+
+    def _wake_waiters(self, *, everyone: bool = False) -> None:
+        waiters = self._waiters
+        while waiters and (everyone or waiters[0][0] <= self._written):
+            _, future = waiters.popleft()
+            if not future.done():  # its caller may have stopped waiting
+                future.set_result(None)
 
     def _retry_delay(self) -> float:
         return min(MAX_RETRY_DELAY_S, 0.25 * 2.0 ** min(self._failures, 8))
@@ -147,18 +210,29 @@ class UsageBatcher:
 
     def _recovered(self) -> None:
         logger.warning(
-            "usage store is back after %d failed writes; %d records still to write, %d dropped",
+            "usage store is back after %d failed writes; %d records still to write, %d dropped "
+            "(%d with budget settlements)",
             self._failures,
             len(self._pending),
             self._dropped_unreported,
+            self._settled_dropped,
         )
         self._failures = 0
         self._dropped_unreported = 0
+        self._settled_dropped = 0
 
-    def _drop(self) -> None:
+    def _drop(self, *, settled: bool) -> None:
         self._metrics.usage_dropped.inc()
         self._dropped_unreported += 1
-        if self._dropped_unreported == 1:
+        if settled:  # past twice the bound: money a budget counted, said apart
+            self._settled_dropped += 1
+            if self._settled_dropped == 1:
+                logger.error(
+                    "dropping usage records with budget settlements: %d records wait for the "
+                    "usage store (twice usage.max_pending); their spend is not counted",
+                    len(self._pending),
+                )
+        elif self._dropped_unreported - self._settled_dropped == 1:
             logger.error(
                 "dropping usage records: %d already wait for the usage store (usage.max_pending)",
                 self._max_pending,

@@ -1,0 +1,257 @@
+"""Budget reservations that hold across replicas: the store is the truth, this
+replica's last view of it the fallback (docs/design/money.md 2.3-2.6).
+
+`reserve` is one store call (all or nothing over the call's scopes) under a short
+timeout: admission must not wait on a slow database. An admitted hold is kept alive
+by a lease this replica renews every `renew_every_s` until `release` (its record is
+queued: the ledger write settles it), so a dead replica's holds run out; every
+replica sweeps expired ones every `sweep_every_s` (freed within lease + sweep).
+
+While the store does not answer (a timeout or any error, then not asked again for
+`retry_after_s`), a scope is checked against the last state this replica read of it
+(`spent + reserved`), less the reservations it made offline: N replicas then
+overshoot by at most that remainder x (N - 1). A period that began since starts clean
+(0 spent). A scope this replica never read cannot be checked: `UnavailableError`
+(503). Offline holds live in this replica only; their records settle when the store
+is back (adding spend, no hold to free). Until those records are written, the store
+cannot know of them, so this replica still counts them, asking the store with its
+limits less them: one replica alone never overshoots. A reserve that timed out may
+still have reached the store: its hold, never renewed, is swept (and counted twice
+meanwhile: refusing early, never admitting past the budget). One warning says when
+the store stops answering, one when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import NamedTuple, Protocol
+
+from server.errors import UnavailableError
+from server.usage.budget import BudgetScope, Reservation, ScopeState
+
+__all__ = ["BudgetStore", "Budgets"]
+
+logger = logging.getLogger("tandem.budgets")
+
+TIMEOUT_S = 0.25  # as rate limits' Redis: admission never waits longer on the store
+RETRY_AFTER_S = 1.0  # once it failed, the store is not asked again for this long
+HOLD_LEASE_S = 30.0
+RENEW_EVERY_S = 10.0  # a lease outlives two missed renewals
+SWEEP_EVERY_S = 10.0  # a dead replica's holds are freed within 30 + 10 s (contract: 60)
+
+
+class BudgetStore(Protocol):
+    async def reserve_budget(
+        self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int, lease_s: float
+    ) -> Reservation: ...
+
+    async def renew_holds(self, hold_ids: Sequence[str], lease_s: float) -> None: ...
+
+    async def release_expired_holds(self) -> int: ...
+
+
+class _Seen(NamedTuple):
+    """A scope's period as this replica last read it from the store."""
+
+    start_us: int
+    spent_nanos: int
+    reserved_nanos: int
+
+
+_Period = tuple[str, int]  # (scope name, period start)
+
+
+class Budgets:
+    def __init__(
+        self,
+        store: BudgetStore,
+        *,
+        flushed: Callable[[], Awaitable[None]] | None = None,
+        timeout_s: float = TIMEOUT_S,
+        retry_after_s: float = RETRY_AFTER_S,
+        lease_s: float = HOLD_LEASE_S,
+        renew_every_s: float = RENEW_EVERY_S,
+        sweep_every_s: float = SWEEP_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`flushed`: the usage recorder's (`UsageRecorder.flushed`), so reservations made
+        offline count here until their records are written, even once the store is
+        back; without it they are forgotten as soon as their records are queued."""
+        self._store = store
+        self._flushed = flushed
+        self._timeout_s = timeout_s
+        self._retry_after_s = retry_after_s
+        self._lease_s = lease_s
+        self._renew_every_s = renew_every_s
+        self._sweep_every_s = sweep_every_s
+        self._clock = clock
+        self._seen: dict[str, _Seen] = {}  # by scope name
+        self._held: set[str] = set()  # this replica's holds in the store, renewed
+        # reserved offline, records not yet written: what the store cannot know of yet
+        self._offline: dict[str, tuple[tuple[_Period, ...], int]] = {}  # hold id -> periods, nanos
+        self._unwritten: dict[_Period, int] = {}
+        self._queued: list[str] = []  # offline holds whose records are queued
+        self._forgetting: asyncio.Task[None] | None = None
+        self._down_until = 0.0  # while the store failed: when to ask it again
+        self._down = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def reserve(self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int) -> Reservation:
+        """Reserve `nanos` in every scope, or in none; the states found, for the headers.
+        Raises UnavailableError while the store is down for a scope never read here."""
+        if not scopes:
+            return Reservation(True, ())
+        if not self._down or self._clock() >= self._down_until:
+            unwritten = [self._unwritten.get((s.name, s.start_us), 0) for s in scopes]
+            asked = [  # this replica's offline reservations, unknown to the store, still count
+                s._replace(limit_nanos=s.limit_nanos - n) if n else s
+                for s, n in zip(scopes, unwritten, strict=True)
+            ]
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    found = await self._store.reserve_budget(hold_id, asked, nanos, self._lease_s)
+            except Exception as exc:  # any store failure: the fallback (never CancelledError)
+                self._store_down("reserving", exc)
+            else:
+                self._store_up()
+                for state in found.states:
+                    self._seen[state.scope.name] = _Seen(
+                        state.scope.start_us, state.spent_nanos, state.reserved_nanos
+                    )
+                if found.admitted:
+                    self._held.add(hold_id)
+                states = (
+                    ScopeState(scope, state.spent_nanos, state.reserved_nanos + n)
+                    for scope, state, n in zip(scopes, found.states, unwritten, strict=True)
+                )
+                return Reservation(found.admitted, tuple(states))
+        return self._reserve_offline(hold_id, scopes, nanos)
+
+    def _reserve_offline(
+        self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int
+    ) -> Reservation:
+        used: list[tuple[int, int]] = []  # (spent, reserved) per scope, as far as known here
+        for scope in scopes:
+            last = self._seen.get(scope.name)
+            if last is None:
+                raise UnavailableError(
+                    "the budget store is unavailable; retry shortly",
+                    code="budget_store_unavailable",
+                )
+            if last.start_us != scope.start_us:  # a period begun since: it starts clean
+                last = _Seen(scope.start_us, 0, 0)
+            unwritten = self._unwritten.get((scope.name, scope.start_us), 0)
+            used.append((last.spent_nanos, last.reserved_nanos + unwritten))
+        admitted = all(
+            spent + reserved + nanos <= scope.limit_nanos
+            for scope, (spent, reserved) in zip(scopes, used, strict=True)
+        )
+        if admitted:
+            periods = tuple((scope.name, scope.start_us) for scope in scopes)
+            self._offline[hold_id] = (periods, nanos)
+            for period in periods:
+                self._unwritten[period] = self._unwritten.get(period, 0) + nanos
+        return Reservation(
+            admitted,
+            tuple(
+                ScopeState(scope, spent, reserved + nanos * admitted)
+                for scope, (spent, reserved) in zip(scopes, used, strict=True)
+            ),
+        )
+
+    def release(self, hold_id: str) -> None:
+        """Its record is queued (its ledger write settles it): stop renewing the hold; an
+        offline one counts until the record is written."""
+        self._held.discard(hold_id)
+        if hold_id not in self._offline:
+            return
+        if self._flushed is None:
+            self._forget(hold_id)
+            return
+        self._queued.append(hold_id)
+        if self._forgetting is None or self._forgetting.done():
+            self._forgetting = asyncio.get_running_loop().create_task(
+                self._forget_written(self._flushed), name="budget-offline"
+            )
+
+    async def _forget_written(self, flushed: Callable[[], Awaitable[None]]) -> None:
+        while self._queued:
+            queued, self._queued = self._queued, []
+            await flushed()  # their records, queued before, are written
+            for hold_id in queued:
+                self._forget(hold_id)
+
+    def _forget(self, hold_id: str) -> None:
+        periods, nanos = self._offline.pop(hold_id)
+        for period in periods:
+            left = self._unwritten[period] - nanos
+            if left:
+                self._unwritten[period] = left
+            else:
+                del self._unwritten[period]
+
+    def start(self) -> None:
+        """Renew this replica's leases and sweep everyone's expired holds, in the background."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(
+                self._every(self._renew_every_s, self._renew, "renewing holds"),
+                name="budget-renew",
+            ),
+            loop.create_task(
+                self._every(self._sweep_every_s, self._sweep, "sweeping holds"),
+                name="budget-sweep",
+            ),
+        ]
+
+    async def aclose(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        if self._forgetting is not None:
+            tasks.append(self._forgetting)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _every(
+        self, interval_s: float, work: Callable[[], Awaitable[bool]], action: str
+    ) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                asked = await work()
+            except Exception as exc:  # the store failing: said once, tried again next time
+                self._store_down(action, exc)
+            else:
+                if asked:
+                    self._store_up()
+
+    async def _renew(self) -> bool:
+        if not self._held:
+            return False
+        await self._store.renew_holds(list(self._held), self._lease_s)
+        return True
+
+    async def _sweep(self) -> bool:
+        freed = await self._store.release_expired_holds()
+        if freed:
+            logger.info("budgets: freed %d holds whose lease ran out (a replica died?)", freed)
+        return True
+
+    def _store_down(self, action: str, exc: Exception) -> None:
+        self._down_until = self._clock() + self._retry_after_s
+        if not self._down:
+            self._down = True
+            logger.warning(
+                "budgets: the usage store failed while %s (%s); admitting against the last "
+                "spend seen here, scopes never seen refused with 503, until it answers",
+                action,
+                type(exc).__name__,
+            )
+
+    def _store_up(self) -> None:
+        if self._down:
+            self._down = False
+            logger.warning("budgets: the usage store answers again; budgets are shared once more")

@@ -1,0 +1,177 @@
+"""`Budgets`, the policy's side of budgets, on real stores: leases renewed while a call
+runs and a dead replica's swept; while the store is down (PostgreSQL through a proxy the
+test cuts; a SQLite file another process has locked), admission against the last state
+seen, a scope never seen refused with 503, one warning each way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from server.config import Period
+from server.errors import UnavailableError
+from server.policy.budgets import Budgets
+from server.store import Store, open_store
+from server.usage.budget import BudgetScope, LedgerFilter
+from tests.budget_state import open_holds, period_state
+from tests.eventually import eventually_async
+from tests.tcp_proxy import TcpProxy
+
+
+def scope(key_id: str, limit: int, start_us: int = 0) -> BudgetScope:
+    period: Period = "total" if start_us == 0 else "daily"
+    end = None if start_us == 0 else start_us + 86_400_000_000
+    return BudgetScope(
+        f"key:{key_id}:{period}", period, start_us, end, limit, LedgerFilter(key_id=key_id)
+    )
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def opened(url: str) -> Store:
+    store = open_store(url)
+    assert store is not None
+    await store.open()
+    return store
+
+
+@pytest.fixture
+async def two_replicas(store_url: str) -> AsyncIterator[tuple[Store, Store]]:
+    first, second = await opened(store_url), await opened(store_url)
+    yield first, second
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_a_live_replica_keeps_its_holds_and_a_dead_ones_are_swept(
+    two_replicas: tuple[Store, Store], store_url: str
+) -> None:
+    live_store, dead_store = two_replicas
+    live = Budgets(live_store, lease_s=0.6, renew_every_s=0.1, sweep_every_s=0.1)
+    dead = Budgets(dead_store, lease_s=0.6)  # never started: it died after reserving
+    budget = scope("lease", 1_000)
+    kept, lost = new_id(), new_id()
+    assert (await live.reserve(kept, [budget], 300)).admitted
+    assert (await dead.reserve(lost, [budget], 500)).admitted
+    live.start()
+    try:
+
+        async def swept() -> bool:
+            assert await period_state(store_url, budget.name, 0) == (0, 300)
+            return True
+
+        started = time.monotonic()
+        await eventually_async(swept, 5)
+        assert time.monotonic() - started < 0.6 + 0.5  # within the lease (+ a sweep, slack)
+        await asyncio.sleep(1.0)  # more than a lease: renewed, the live hold stays
+        assert await period_state(store_url, budget.name, 0) == (0, 300)
+        live.release(kept)  # its record is queued (here: lost), so it is no longer renewed
+
+        async def released() -> bool:
+            assert await open_holds(store_url) == 0
+            return True
+
+        await eventually_async(released, 5)
+        assert await period_state(store_url, budget.name, 0) == (0, 0)
+    finally:
+        await live.aclose()
+
+
+@pytest.fixture
+async def proxied_store(proxy: TcpProxy, proxied_pg: tuple[str, str]) -> AsyncIterator[Store]:
+    store = await opened(proxied_pg[1])
+    yield store
+    proxy.restore()
+    await store.aclose()
+
+
+async def test_while_the_store_is_down_admission_uses_the_last_state_seen(
+    proxy: TcpProxy, proxied_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    written = asyncio.Event()  # the usage batcher, here: records written when it is set
+
+    async def flushed() -> None:
+        await written.wait()
+
+    budgets = Budgets(proxied_store, flushed=flushed, retry_after_s=0.2)
+    seen, never = scope("seen", 1_000), scope("never", 1_000)
+    first = await budgets.reserve(new_id(), [seen], 300)
+    assert first.admitted
+    assert first.states[0].reserved_nanos == 300
+    day = 86_400_000_000
+    yesterday = scope("daily", 1_000, start_us=day * 20_000)
+    today = scope("daily", 1_000, start_us=day * 20_001)
+    assert (await budgets.reserve(new_id(), [yesterday], 800)).admitted
+    with caplog.at_level(logging.WARNING, logger="tandem.budgets"):
+        proxy.cut()
+        holds = [new_id() for _ in range(3)]
+        offline = [(await budgets.reserve(hold, [seen], 300)) for hold in holds]
+        assert [r.admitted for r in offline] == [True, True, False]  # 300 + 600 fit; 1,200 not
+        assert [r.states[0].remaining_nanos for r in offline] == [400, 100, 100]
+        holds.append(new_id())
+        assert (await budgets.reserve(holds[-1], [seen], 100)).admitted  # exactly the rest
+        with pytest.raises(UnavailableError):
+            await budgets.reserve(new_id(), [never], 1)  # cannot be checked at all
+        with pytest.raises(UnavailableError):
+            await budgets.reserve(new_id(), [seen, never], 0)  # all or nothing, refused
+        # a period begun since the store went away starts clean; the old one is as seen
+        assert not (await budgets.reserve(new_id(), [yesterday], 300)).admitted
+        assert (await budgets.reserve(new_id(), [today], 900)).admitted
+        assert caplog.text.count("usage store failed") == 1
+        proxy.restore()
+        await asyncio.sleep(0.25)  # past retry_after_s: the store is asked again
+        for hold in holds:
+            budgets.release(hold)  # the calls ended: their records are queued, not written
+        # the store knows only the 300 reserved before; this replica's 700 since still count
+        back = await budgets.reserve(new_id(), [seen], 1)
+        assert not back.admitted
+        assert back.states[0].remaining_nanos == 0
+        assert caplog.text.count("answers again") == 1
+        written.set()  # the records of the offline holds are written: the store knows them
+        await asyncio.sleep(0.01)
+        assert budgets._unwritten == {("key:daily:daily", today.start_us): 900}  # not released
+        assert (await budgets.reserve(new_id(), [seen], 700)).admitted  # (not written here)
+    await budgets.aclose()
+
+
+async def test_a_store_that_hangs_is_given_a_quarter_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "usage.db"
+    store = await opened(f"sqlite:///{path}")
+    budgets = Budgets(store)
+    budget = scope("hang", 1_000)
+    first = new_id()
+    assert (await budgets.reserve(first, [budget], 100)).admitted
+    locker = sqlite3.connect(path, isolation_level=None)  # another process's writer
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with caplog.at_level(logging.WARNING, logger="tandem.budgets"):
+            started = time.monotonic()
+            late = new_id()
+            found = await budgets.reserve(late, [budget], 200)
+            assert time.monotonic() - started < 0.5
+            assert found.admitted
+            assert found.states[0].reserved_nanos == 300
+            assert "failed while reserving (TimeoutError)" in caplog.text
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    # the timed-out call ran once the lock went: its hold is not renewed (so it is swept)
+
+    async def landed() -> bool:
+        assert await open_holds(f"sqlite:///{path}") == 2
+        return True
+
+    await eventually_async(landed, 5)
+    assert budgets._held == {first}
+    await store.aclose()
