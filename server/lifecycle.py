@@ -34,6 +34,7 @@ from starlette.types import ASGIApp
 from http_bridge.app import create_app
 from http_bridge.transport import GuardedHttpToolsProtocol, guarded_protocol
 from server.config import Config, ServerConfig, parse_host_port
+from server.core.admin import KeyAdmin
 from server.core.conversations import Conversations
 from server.core.dataplane import DataPlane
 from server.core.purging import Purger
@@ -310,6 +311,7 @@ class Gateway:
             reuse_port=self._reuse_port,
             drain=self._drain,
             write_timeout_s=server_config.write_timeout_s,
+            admin=KeyAdmin(self._store, self.config, policy),
         )
         grpc_host, grpc_port = parse_host_port(self._grpc_address)
         try:
@@ -334,6 +336,7 @@ class Gateway:
             conversations=Conversations(
                 self._store, self.config.responses, policy, self._store_down
             ),
+            admin=KeyAdmin(self._store, self.config, policy),
         )
         self._http_server, self._http_task = await start_http_server(
             app, sock, server_config, self.telemetry, self._drain
