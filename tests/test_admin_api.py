@@ -6,9 +6,10 @@ summed by the database from records written into the store, and `tandem keys` /
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ auth: {required: true, key_cache_s: 0.3, admin_keys: ["%(admin)s"]}
 usage: {store: "%(store)s", flush_interval_ms: 50}
 """
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+# a call on the stub (its generated types say a message; on a grpc.aio channel: awaitable)
+Rpc = Callable[[admin_pb2_grpc.AdminServiceStub], Any]
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -90,9 +93,7 @@ def chat_status(gateway: TandemProcess, key: str, model: str = "echo") -> int:
     return answer.status_code
 
 
-def on_grpc(
-    gateway: TandemProcess, call: Callable[[admin_pb2_grpc.AdminServiceStub], Awaitable[Any]]
-) -> Any:
+def on_grpc(gateway: TandemProcess, call: Rpc) -> Any:
     async def run() -> Any:
         async with grpc.aio.insecure_channel(gateway.grpc) as channel:
             return await call(admin_pb2_grpc.AdminServiceStub(channel))
@@ -102,7 +103,7 @@ def on_grpc(
 
 def grpc_error(
     gateway: TandemProcess,
-    call: Callable[[admin_pb2_grpc.AdminServiceStub], Awaitable[Any]],
+    call: Rpc,
 ) -> grpc.aio.AioRpcError:
     try:
         on_grpc(gateway, call)
@@ -398,7 +399,7 @@ def _every_route(key_id: str) -> list[tuple[str, str, dict[str, Any] | None]]:
     ]
 
 
-def _every_rpc(key_id: str) -> list[Callable[..., Awaitable[Any]]]:
+def _every_rpc(key_id: str) -> list[Callable[..., Any]]:
     return [
         lambda stub, m: stub.CreateKey(
             admin_pb2.CreateKeyRequest(key=admin_pb2.Key(user="x")), metadata=m
@@ -432,10 +433,12 @@ def test_only_admin_keys_may_call_any_admin_route_or_rpc(gateway: TandemProcess)
         assert anonymous.json()["error"]["type"] == "authentication_error"
     as_user_metadata = (("authorization", f"Bearer {user_key}"),)
     for call in _every_rpc(created["id"]):
-        error = grpc_error(gateway, lambda stub, call=call: call(stub, as_user_metadata))
-        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-        error = grpc_error(gateway, lambda stub, call=call: call(stub, ()))
-        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        for metadata, code in (
+            (as_user_metadata, grpc.StatusCode.PERMISSION_DENIED),
+            ((), grpc.StatusCode.UNAUTHENTICATED),
+        ):
+            bound: Rpc = functools.partial(call, m=metadata)
+            assert grpc_error(gateway, bound).code() == code
     # nothing changed: the key is as it was, still active
     read = httpx.get(admin_url(gateway, f"/keys/{created['id']}"), headers=ADMIN).json()
     assert read == {k: v for k, v in created.items() if k != "key"}
