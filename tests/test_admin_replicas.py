@@ -71,7 +71,11 @@ def make_key(replica: TandemProcess) -> dict[str, Any]:
 def working_on_both(replicas: list[TandemProcess], key: str) -> None:
     """Until both replicas accept the key (and so hold it in their caches)."""
     for replica in replicas:
-        eventually(lambda replica=replica: chat_status(replica, key) == 200, 2 * KEY_CACHE_S + 10)
+
+        def accepted(replica: TandemProcess = replica) -> bool:
+            return chat_status(replica, key) == 200
+
+        eventually(accepted, 2 * KEY_CACHE_S + 10)
 
 
 def refused_within(replica: TandemProcess, key: str, seconds: float) -> None:
