@@ -85,7 +85,7 @@ class KeyAdmin:
         tier = key.tier or DEFAULT_TIER
         if tier not in self._config.tiers:
             raise InvalidRequestError(
-                f"tier: {echoed(tier)!r} is not a tier of the config", param="tier"
+                f"tier: tier {echoed(tier)!r} does not exist in the config", param="tier"
             )
         paths = [path for path in UPDATE_PATHS if path == "labels" or given(key, path)]
         fields = narrowing(key, paths, self._config, tier, self._clock())
