@@ -31,8 +31,6 @@ class Store(ConversationStore, Protocol):
     async def key_ids_since(self, created_at: float) -> list[str]:
         """The ids (only) of the keys created at or after `created_at` (the epoch's s)."""
 
-    async def list_keys(self) -> list[ApiKey]: ...
-
     async def revoke_key(self, key_id: str, at: float) -> bool: ...
 
     async def update_key(self, key_id: str, changes: Mapping[str, Any], at: float) -> ApiKey | None:

@@ -140,11 +140,6 @@ class PostgresStore:
         rows = await pool.fetch("SELECT id FROM api_keys WHERE created_at >= $1", created_at)
         return [row[0] for row in rows]
 
-    async def list_keys(self) -> list[ApiKey]:
-        pool = await self._ready()
-        rows = await pool.fetch(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")
-        return [key_from_row(row) for row in rows]
-
     async def revoke_key(self, key_id: str, at: float) -> bool:
         pool = await self._ready()
         row = await pool.fetchrow(

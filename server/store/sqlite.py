@@ -100,10 +100,6 @@ class SqliteStore:
         rows = await self._run("SELECT id FROM api_keys WHERE created_at >= ?", created_at)
         return [row[0] for row in rows]
 
-    async def list_keys(self) -> list[ApiKey]:
-        rows = await self._run(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")
-        return [key_from_row(row) for row in rows]
-
     async def revoke_key(self, key_id: str, at: float) -> bool:
         rows = await self._run(
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING id",
