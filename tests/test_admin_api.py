@@ -6,6 +6,7 @@ summed by the database from records written into the store, and `tandem keys` /
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import time
 import uuid
@@ -372,17 +373,45 @@ def test_a_key_made_read_changed_and_revoked_over_grpc(gateway: TandemProcess) -
     assert missing.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_a_bad_key_over_grpc_is_invalid_argument_naming_its_field(gateway: TandemProcess) -> None:
-    key = admin_pb2.Key(user="u")
-    key.budget.usd = "1.0000000001"
+def _bad_keys() -> list[tuple[admin_pb2.Key, str]]:
+    keys: list[tuple[admin_pb2.Key, str]] = []
+    for usd in ("1.0000000001", "1e999999999", "1e30", "NaN", "-0.5", " 1", "five"):
+        key = admin_pb2.Key(user="u")
+        key.budget.usd = usd
+        keys.append((key, "budget.usd"))
+    past = admin_pb2.Key(user="u")
+    past.expires_at.FromSeconds(1)
+    keys.append((past, "expires_at"))
+    out_of_range = admin_pb2.Key(user="u")
+    out_of_range.expires_at.seconds = 2**62
+    keys.append((out_of_range, "expires_at"))
+    keys.append((admin_pb2.Key(user="u", requests_per_minute=-5), "requests_per_minute"))
+    keys.append((admin_pb2.Key(user="u\x00"), "user"))
+    keys.append((admin_pb2.Key(user="u", labels={"k": "\x00"}), "labels.k"))
+    keys.append((admin_pb2.Key(user="u", id="x"), "id"))
+    return keys
+
+
+@pytest.mark.parametrize(("key", "field"), _bad_keys())
+def test_a_bad_key_over_grpc_is_invalid_argument_naming_its_field(
+    gateway: TandemProcess, key: admin_pb2.Key, field: str
+) -> None:
     error = grpc_error(
         gateway,
         lambda stub: stub.CreateKey(admin_pb2.CreateKeyRequest(key=key), metadata=AS_ADMIN),
     )
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     bad_request = details_of(error).bad_request
     assert bad_request is not None
-    assert [v.field for v in bad_request.field_violations] == ["budget.usd"]
+    assert [v.field for v in bad_request.field_violations] == [field]
+
+
+def test_a_page_token_that_is_not_ours_is_a_400(gateway: TandemProcess) -> None:
+    for made in (b'[1.0, "a\\u0000b", "x"]', b"[1, 2, 3]", b"{}", b"\xff"):
+        token = base64.urlsafe_b64encode(made).decode()
+        answer = httpx.get(admin_url(gateway, "/keys"), params={"page_token": token}, headers=ADMIN)
+        assert answer.status_code == 400, (made, answer.text)
+        assert answer.json()["error"]["param"] == "page_token"
 
 
 # --- admin keys only

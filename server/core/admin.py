@@ -241,6 +241,7 @@ def _read_token(token: str, filters: str) -> tuple[float, str]:
         valid = False
     if not valid:
         raise InvalidRequestError("page_token: not a token of this listing", param="page_token")
+    check_text("page_token", key_id)  # never a NUL into the store's query
     if made_for != filters:
         raise InvalidRequestError(
             "page_token: made for other filters (user, tier): list again from the first page",

@@ -16,7 +16,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tandem.v1 import admin_pb2
 
 from server.config import Config, Period
-from server.config.sections import NANOS_PER_USD
 from server.errors import InvalidRequestError, NotFoundError, echoed
 from server.store import ApiKey
 
@@ -49,6 +48,7 @@ MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 256
 MAX_NAME = 256
 MAX_NANOS = 2**63 - 1
+_MAX_USD = Decimal(MAX_NANOS).scaleb(-9)
 _PERIODS: tuple[str, ...] = get_args(Period)
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 
@@ -105,14 +105,14 @@ def _nanos(text: str) -> int:
         raise InvalidRequestError("budget.usd: expected a decimal number", param="budget.usd")
     if usd < 0:
         raise InvalidRequestError("budget.usd: must be 0 or more", param="budget.usd")
-    nanos = usd * NANOS_PER_USD
-    if nanos % 1:
+    if usd > _MAX_USD:  # before any arithmetic: 1e999999 would overflow the context
+        raise InvalidRequestError("budget.usd: too large", param="budget.usd")
+    nanos = usd.scaleb(9)  # exact: the exponent moves, the digits stay
+    if nanos != nanos.to_integral_value():
         raise InvalidRequestError(
             "budget.usd: at most 9 decimal places (budgets are kept in nano-dollars)",
             param="budget.usd",
         )
-    if nanos > MAX_NANOS:
-        raise InvalidRequestError("budget.usd: too large", param="budget.usd")
     return int(nanos)
 
 
