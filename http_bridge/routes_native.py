@@ -45,7 +45,7 @@ endpoints.embeddings(
 @endpoints.router.get("/native/v1/models", summary="List the models the caller may use")
 async def list_models(request: Request, ctx: Call) -> Response:
     models = await request.app.state.plane.list_models(ctx)
-    return reply(ctx, replies.encode_models(models, with_object=False))
+    return reply(ctx, replies.encode_models(models, with_object=False, with_price=True))
 
 
 @endpoints.router.get(

@@ -15,7 +15,9 @@ the upstream never takes the gateway's core. The rows:
   Codex sends it, whose CPU a request is held to 1.2x a chat stream's);
 - `tandem + tracing`: the same, with spans exported to scripts/otlp_sink.py;
 - with `--also`: `redis` (the limits in Redis), `postgres` (the ledger in
-  PostgreSQL), `unguarded` (uvicorn's plain protocol, without the bounds of
+  PostgreSQL), `budgets` (`tandem` with a budget for each caller, on SQLite, and
+  on PostgreSQL beside the PostgreSQL ledger row: what budgets cost, said apart),
+  `unguarded` (uvicorn's plain protocol, without the bounds of
   http_bridge/transport.py); with `--before DIR`, an earlier checkout (its own
   venv) on the `tandem` config; with `--litellm`, LiteLLM's proxy on a priced
   model (its own venv, made on first use).
@@ -74,9 +76,12 @@ providers:
   - {name: instant, kind: openai, base_url: "http://%(upstream)s/v1", api_key: bench}
   - {name: instant-sse, kind: openai, base_url: "http://%(upstream)s/sse/v1", api_key: bench}
 models:
-  - {name: proxied, provider: instant}
-  - {name: proxied-sse, provider: instant-sse}
+  - {name: proxied, provider: instant%(price)s}
+  - {name: proxied-sse, provider: instant-sse%(price)s}
 """
+# this checkout's rows price their models (every record is costed, as a priced
+# deployment's are); an earlier checkout's config has no `price`
+PRICE = ", price: {input_per_mtok: 0.15, output_per_mtok: 0.6}"
 OFF_CONFIG = """
 usage: {store: none}
 rate_limits: {backend: none}
@@ -87,8 +92,14 @@ usage: {store: "%(usage)s"}
 auth: {required: true}
 rate_limits: %(limits)s
 tiers:
-  free: {default_model: proxied, requests_per_minute: 100000000, tokens_per_minute: 1000000000}
+  free:
+    default_model: proxied
+    requests_per_minute: 100000000
+    tokens_per_minute: 1000000000%(budget)s
 """
+# `--also budgets`: each caller of the tier has a budget it never reaches, so every
+# request reserves its cost in the store at admission and waits for its settlement
+BUDGET = "\n    budget: {usd: 1000000000, period: monthly}"
 LITELLM_CONFIG = """
 model_list:
   - model_name: proxied
@@ -417,7 +428,7 @@ def rows_started(args: argparse.Namespace, procs: Processes) -> Iterator[list[Ro
         yield lineup.rows
     finally:
         procs.stop_all()
-        if "postgres" in args.also:
+        if "postgres" in args.also or "budgets" in args.also:
             asyncio.run(_drop_schema(args.postgres, schema))
         shutil.rmtree(work, ignore_errors=True)
 
@@ -437,12 +448,14 @@ def _tandem_rows(args: argparse.Namespace, lineup: _Lineup, schema: str) -> None
     if "redis" in also:
         limits = f'{{backend: redis, url: "{args.redis}", prefix: "bench:{os.getpid()}:"}}'
         lineup.tandem("tandem, Redis limits", on(limits=limits))
-    if "postgres" in also:
+    if "budgets" in also:
+        lineup.tandem("tandem, budgets", on(budget=True))
+    if also & {"postgres", "budgets"}:
         separator = "&" if "?" in args.postgres else "?"
-        lineup.tandem(
-            "tandem, PostgreSQL ledger",
-            on(usage=f"{args.postgres}{separator}search_path={schema}"),
-        )
+        usage = f"{args.postgres}{separator}search_path={schema}"
+        lineup.tandem("tandem, PostgreSQL ledger", on(usage=usage))
+        if "budgets" in also:
+            lineup.tandem("tandem, budgets, PostgreSQL", on(usage=usage, budget=True))
     if "unguarded" in also:
         lineup.tandem(
             "tandem, unguarded",
@@ -481,7 +494,8 @@ class _Lineup:
     ) -> None:
         """A `tandem serve` row on the base config plus `extra` (a key made if auth is on)."""
         config = self.work / f"{len(self.rows)}.yaml"
-        config.write_text(BASE_CONFIG % {"upstream": self.upstream} + extra)
+        price = PRICE if checkout == ROOT else ""
+        config.write_text(BASE_CONFIG % {"upstream": self.upstream, "price": price} + extra)
         authorization = None
         python = sys.executable
         tandem_python = python if checkout == ROOT else str(checkout / ".venv/bin/python")
@@ -503,11 +517,13 @@ class _Lineup:
         row.has_responses = checkout == ROOT
         self.rows.append(row)
 
-    def on(self, usage: str = "", limits: str = "{backend: memory}") -> str:
-        """ON_CONFIG: a SQLite ledger of the row's own unless `usage`, and `limits`."""
+    def on(self, usage: str = "", limits: str = "{backend: memory}", budget: bool = False) -> str:
+        """ON_CONFIG: a SQLite ledger of the row's own unless `usage`, `limits`, and
+        with `budget` a budget for each caller."""
         return ON_CONFIG % {
             "usage": usage or f"sqlite:///{self.work / f'usage{len(self.rows)}.db'}",
             "limits": limits,
+            "budget": BUDGET if budget else "",
         }
 
 
@@ -658,6 +674,7 @@ def table(rows: list[Row]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += _budget_costs(rows)
     for row in rows:
         if row.cpu_ms.get("responses"):
             cpu_ms = statistics.median(row.cpu_ms["responses"])
@@ -666,6 +683,30 @@ def table(rows: list[Row]) -> str:
                 f"{cpu_ms:.2f} CPU ms/req"
             )
     return "\n".join(lines)
+
+
+def _budget_costs(rows: list[Row]) -> list[str]:
+    """Each budgets row beside its twin without budgets: RPS and CPU a request."""
+    by_name = {row.name: row for row in rows}
+    twins = (
+        ("tandem, budgets", "tandem"),
+        ("tandem, budgets, PostgreSQL", "tandem, PostgreSQL ledger"),
+    )
+    lines = []
+    for name, twin_name in twins:
+        row, twin = by_name.get(name), by_name.get(twin_name)
+        if row is None or twin is None:
+            continue
+        for figure in ("chat", "stream", "grpc-unary"):
+            if not row.cpu_ms.get(figure) or not twin.cpu_ms.get(figure):
+                continue
+            cpu, twin_cpu = (statistics.median(r.cpu_ms[figure]) for r in (row, twin))
+            rps = _ratio(row.median(figure), twin.median(figure))
+            lines.append(
+                f"{name} vs {twin_name}, {figure}: RPS {rps}"
+                f", CPU ms/req {cpu:.3f} vs {twin_cpu:.3f} (+{(cpu - twin_cpu) * 1000:.0f} us)"
+            )
+    return lines
 
 
 def verdicts(rows: list[Row]) -> list[str]:
@@ -728,7 +769,7 @@ def main() -> None:
     )
     parser.add_argument("--words", type=int, default=20, help="words per answer (chunks streamed)")
     parser.add_argument("--figures", default=",".join(FIGURES), help=f"of {','.join(FIGURES)}")
-    parser.add_argument("--also", default="", help="more rows: redis,postgres,unguarded")
+    parser.add_argument("--also", default="", help="more rows: redis,postgres,budgets,unguarded")
     parser.add_argument("--before", type=Path, help="also an earlier checkout in DIR (installed)")
     parser.add_argument("--litellm", action="store_true", help=f"also LiteLLM ({LITELLM})")
     parser.add_argument(

@@ -145,13 +145,16 @@ def _serve_with(args: argparse.Namespace, config: Config, workers: int, logs: Lo
 
     http = args.http or config.server.http
     grpc = args.grpc or config.server.grpc
+    prices = None  # each worker builds its own
     if not args.worker:  # the parent of N workers, or the one process: say it once
         from server.telemetry.metrics import empty_multiprocess_directory
         from server.telemetry.startup import log_start
+        from server.usage.prices import Prices
 
         if workers > 1 and 0 in (parse_host_port(http)[1], parse_host_port(grpc)[1]):
             return fail("--workers: port 0 needs a single worker")
-        log_start(config, workers)
+        prices = Prices.from_config(config)
+        log_start(config, workers, prices)
         if workers > 1:
             from server.workers import run_workers
 
@@ -163,7 +166,9 @@ def _serve_with(args: argparse.Namespace, config: Config, workers: int, logs: Lo
         update={"server": config.server.model_copy(update={"workers": workers})}
     )
     try:
-        gateway = Gateway(config, http=http, grpc=grpc, reuse_port=args.worker, logs=logs)
+        gateway = Gateway(
+            config, http=http, grpc=grpc, reuse_port=args.worker, logs=logs, prices=prices
+        )
         uvloop.run(serve(gateway))
     except ConfigError as exc:
         return fail(f"config error: {exc}")

@@ -51,6 +51,7 @@ from server.telemetry.logs import LogSink
 from server.telemetry.readiness import Check, DependencyMonitor, Readiness
 from server.translate.responses.seal import WORKERS_SEAL_ENV, shared_sealer
 from server.usage import NullRecorder, UsageBatcher, UsageRecorder
+from server.usage.prices import Prices
 
 __all__ = ["Gateway", "HttpServer", "bind_socket", "serve", "start_http_server"]
 
@@ -217,7 +218,10 @@ class Gateway:
         grpc: str,
         reuse_port: bool = False,
         logs: LogSink | None = None,
+        prices: Prices | None = None,
     ) -> None:
+        """`prices`: built from the config when not given (`tandem serve` builds them
+        before, to log them)."""
         self.config = config
         self._reuse_port = reuse_port
         self._http_address = http
@@ -235,6 +239,7 @@ class Gateway:
         self._http_server: HttpServer | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._drain = DrainClock()
+        self._prices = prices
 
     async def start(self) -> tuple[str, str]:
         """Start serving; return the bound HTTP and gRPC addresses."""
@@ -267,7 +272,10 @@ class Gateway:
         sealer = await shared_sealer(
             config.responses.seal_key, self._store, os.environ.get(WORKERS_SEAL_ENV)
         )
-        plane = DataPlane(router, policy, self._usage, self._store, self.telemetry.tracer, sealer)
+        prices = self._prices if self._prices is not None else Prices.from_config(config)
+        plane = DataPlane(
+            router, policy, self._usage, self._store, self.telemetry.tracer, sealer, prices=prices
+        )
         return plane, policy
 
     async def _open_store(self) -> KeyCache | None:

@@ -40,7 +40,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         setattr(module, name, value)
 
 
-# A config most gRPC tests share: a fast and a slow mock, and a model outside tier free.
+# A config most gRPC tests share: a fast and a slow mock, a model outside tier free, and one
+# with a price.
 SHARED_CONFIG = """
 server: {max_body_bytes: 65536}
 providers:
@@ -50,7 +51,7 @@ models:
   - {name: echo, provider: demo}
   - {name: slow-echo, provider: slow}
   - {name: private, provider: demo}
-  - {name: org/echo-2, provider: demo}
+  - {name: org/echo-2, provider: demo, price: {input_per_mtok: 0.15, output_per_mtok: "0.6"}}
 tiers:
   free: {default_model: echo, models: [echo, slow-echo, org/echo-2]}
 """

@@ -16,6 +16,7 @@ from server.core.routing import Router
 from server.policy import Policy
 from server.providers import Provider
 from server.usage import NullRecorder, UsageRecorder
+from server.usage.prices import Prices
 
 __all__ = ["SECRET", "BrokenProvider", "plane_over"]
 
@@ -46,4 +47,5 @@ def plane_over(
     """A data plane on the built-in config, whose `mock` provider is `provider`."""
     config = load_config(None, environ={})
     router = Router(config, {"mock": cast(Provider, provider)})
-    return plane(router, Policy(config), NullRecorder() if recorder is None else recorder)
+    recorder = NullRecorder() if recorder is None else recorder
+    return plane(router, Policy(config), recorder, prices=Prices.from_config(config))

@@ -69,6 +69,14 @@ BAD_CONFIGS = [
         "providers: [{name: p, kind: openai, api_key: '${TANDEM_TEST_UNSET_VAR}'}]\n",
         "providers[0].api_key: environment variable TANDEM_TEST_UNSET_VAR is not set",
     ),
+    (
+        "models: [{name: m, provider: mock, price: {input_per_mtok: -1, output_per_mtok: 1}}]\n",
+        "models[0].price.input_per_mtok: expected a finite, non-negative number of US dollars",
+    ),
+    (
+        "providers: [{name: p, kind: openai, price_provider: opneai}]\n",
+        "providers[0].price_provider: unknown genai-prices provider 'opneai'",
+    ),
     ("server: [1, 2\n", "is not valid YAML at line"),
     ("- just\n- a list\n", "must hold a mapping of sections"),
 ]

@@ -18,6 +18,15 @@ async def test_list_models_shows_the_models_the_tier_may_use(channel: grpc.aio.C
         ("org/echo-2", "demo"),
     ]
     assert all(m.created > 1_700_000_000 for m in response.data)
+    # a model's own price, in decimal strings (absent cache prices: the input price); the
+    # mock models without one are unpriced
+    assert [m.HasField("price") for m in response.data] == [False, False, True]
+    assert response.data[2].price == models_pb2.Price(
+        input_per_mtok="0.15",
+        output_per_mtok="0.6",
+        cached_input_per_mtok="0.15",
+        cache_write_per_mtok="0.15",
+    )
 
 
 async def test_get_model_describes_one(channel: grpc.aio.Channel) -> None:

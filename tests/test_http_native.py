@@ -177,6 +177,16 @@ def test_native_embeddings_and_models(http: httpx.Client) -> None:
     models = http.get("/native/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["echo", "slow-echo", "org/echo-2"]
     assert "object" not in models
+    assert [m["price"] for m in models["data"]] == [
+        None,
+        None,
+        {
+            "input_per_mtok": 0.15,
+            "output_per_mtok": 0.6,
+            "cached_input_per_mtok": 0.15,
+            "cache_write_per_mtok": 0.15,
+        },
+    ]
 
 
 def test_unknown_route_is_404_in_the_error_model(http: httpx.Client) -> None:

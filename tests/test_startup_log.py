@@ -1,5 +1,5 @@
 """What `tandem serve` logs at start, on a live server: the store (its absolute path),
-the providers and the models, one line each, once whatever the workers; a warning
+the providers, the models and their prices, one line each, once whatever the workers; a warning
 for a weak JWT secret or admin key and for the example Secret's placeholders,
 naming the key, never its value."""
 
@@ -51,7 +51,7 @@ def test_start_says_the_store_providers_and_models_and_warns_of_weak_keys(
 ) -> None:
     server = tandem(config())
     lines = logged(server)
-    assert lines[:3] == [
+    assert lines[:4] == [
         ("info", f"store: SQLite {tmp_path / 'data' / 'usage.db'}"),
         (
             "info",
@@ -59,6 +59,13 @@ def test_start_says_the_store_providers_and_models_and_warns_of_weak_keys(
             "lab (ollama, http://127.0.0.1:11434)",
         ),
         ("info", "models: echo (demo), gpt (up: gpt-4o), llama (lab: llama3.2:1b)"),
+        # the price data's version, and each model's prices: a local OpenAI-compatible URL
+        # by its kind's, an Ollama server's models unpriced
+        (
+            "info",
+            "prices: genai-prices 0.2.3; echo (unpriced), gpt (genai-prices openai/gpt-4o), "
+            "llama (unpriced)",
+        ),
     ]
     warnings = [message for level, message in lines if level == "warning"]
     assert warnings == [
@@ -112,5 +119,12 @@ def test_with_workers_the_parent_says_it_once(tandem: Callable[..., TandemProces
     http, grpc = (f"127.0.0.1:{port}" for port in free_ports(2))
     server = tandem(config(), args=["--workers", "2", "--http", http, "--grpc", grpc])
     messages = [message for _, message in logged(server)]
-    for start in ("store: ", "providers: ", "models: ", "auth.jwt.secret: ", "rate limits: "):
+    for start in (
+        "store: ",
+        "providers: ",
+        "models: ",
+        "prices: ",
+        "auth.jwt.secret: ",
+        "rate limits: ",
+    ):
         assert sum(m.startswith(start) for m in messages) == 1, (start, messages)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     Field,
     ValidationError,
     field_validator,
@@ -31,6 +33,7 @@ from server.config.base import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    Usd,
     parse_host_port,
 )
 from server.config.base import Strict as _Strict
@@ -54,6 +57,7 @@ __all__ = [
     "ConfigError",
     "JwtConfig",
     "ModelConfig",
+    "ModelPrice",
     "Period",
     "ProviderConfig",
     "ProviderKind",
@@ -93,6 +97,29 @@ def _origin(value: str) -> str:
     if port is None or int(port) == _DEFAULT_PORTS.get(scheme):
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{int(port)}"
+
+
+class ModelPrice(_Strict):
+    """A model's own price in US dollars per million tokens, which wins over genai-prices'.
+    Absent cache prices are the input price (as genai-prices prices unpriced cache tokens);
+    reasoning tokens are output tokens."""
+
+    input_per_mtok: Usd
+    output_per_mtok: Usd
+    cached_input_per_mtok: Usd | None = None
+    cache_write_per_mtok: Usd | None = None
+
+
+def _price_provider(value: str | None) -> str | None:
+    """A genai-prices provider id, checked against its bundled data (imported only here, when
+    one is set: server/usage/prices.py)."""
+    if value is None:
+        return None
+    from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
+
+    if find_provider_by_id(get_snapshot().providers, value) is None:
+        raise ValueError(f"unknown genai-prices provider {value!r}")
+    return value
 
 
 class ServerConfig(_Strict):
@@ -142,6 +169,9 @@ class ProviderConfig(_Strict):
     # `/v1/responses` for this provider's models: translated to chat completions, or
     # (`native`, an `openai`-kind server that speaks the Responses API) sent as it is
     responses: Literal["translate", "native"] = "translate"
+    # the genai-prices provider whose prices its models have; unset: the one genai-prices
+    # matches to `url`, else the kind's (server/usage/prices.py)
+    price_provider: Annotated[str | None, AfterValidator(_price_provider)] = None
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> ProviderConfig:
@@ -178,6 +208,7 @@ class ModelConfig(_Strict):
     # `tools`, `thinking`, `vision`, ...); unset: `[completion]`, or for an `ollama`-kind
     # model what its upstream's `/api/show` says
     capabilities: tuple[Annotated[str, Field(min_length=1)], ...] | None = None
+    price: ModelPrice | None = None  # unset: genai-prices' price of `upstream`, if it has one
 
     @property
     def upstream_name(self) -> str:

@@ -46,13 +46,13 @@ def _usd(value: object) -> Decimal:
     """US dollars, exactly as written: a YAML number goes through its text, so 0.15
     is 0.15 and never the float nearest it."""
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError("expected an amount of US dollars, e.g. 5 or 0.15")
+        raise ValueError("expected a number of US dollars, e.g. 0.15 or '0.15'")
     try:
         amount = Decimal(str(value).strip())
     except InvalidOperation:
-        raise ValueError(f"expected an amount of US dollars, got {value!r}") from None
+        raise ValueError(f"expected a number of US dollars, got {value!r}") from None
     if not amount.is_finite() or amount < 0:
-        raise ValueError(f"expected a finite amount of US dollars >= 0, got {value!r}")
+        raise ValueError(f"expected a finite, non-negative number of US dollars, got {value!r}")
     return amount
 
 

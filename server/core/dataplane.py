@@ -46,6 +46,7 @@ from server.providers.base import DEFAULT_CAPABILITIES, DescribesModels, RelaysR
 from server.translate.responses.seal import Sealer
 from server.usage import UsageRecorder
 from server.usage.api import LedgerReader, usage_query, usage_response
+from server.usage.prices import ListedPrice, Prices, usd_text
 
 if TYPE_CHECKING:
     from server.telemetry.tracing import Tracer
@@ -64,6 +65,8 @@ class DataPlane:
     tracer: Tracer | None = None  # None: tracing off, and nothing of it on the path
     # seals the Responses door's reasoning items (made at start-up: seal.shared_sealer)
     sealer: Sealer = field(default_factory=Sealer.ephemeral)
+    # each model's price: the listing's, and what a call costs (made at start-up)
+    prices: Prices = field(kw_only=True)
     started_at: int = field(default_factory=lambda: int(time.time()), init=False)
 
     def stream_chat(
@@ -335,9 +338,22 @@ class DataPlane:
         return usage_response(page)
 
     def _describe(self, route: Route) -> models_pb2.Model:
+        listed = self.prices.listed(route.model.name)
         return models_pb2.Model(
-            id=route.model.name, owned_by=route.provider.name, created=self.started_at
+            id=route.model.name,
+            owned_by=route.provider.name,
+            created=self.started_at,
+            price=None if listed is None else _price(listed),
         )
+
+
+def _price(listed: ListedPrice) -> models_pb2.Price:
+    return models_pb2.Price(
+        input_per_mtok=usd_text(listed.input_per_mtok),
+        output_per_mtok=usd_text(listed.output_per_mtok),
+        cached_input_per_mtok=usd_text(listed.cached_input_per_mtok),
+        cache_write_per_mtok=usd_text(listed.cache_write_per_mtok),
+    )
 
 
 def _choices(request: chat_pb2.ChatCompletionRequest) -> int:

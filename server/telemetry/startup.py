@@ -1,6 +1,7 @@
 """What `tandem serve` logs once at start (the parent alone, with N workers).
 
-One line each for the store, the providers and the models, then a warning for
+One line each for the store, the providers, the models and their prices (the price
+data's version, and each model's source of prices or `unpriced`), then a warning for
 each weak setting: a short JWT secret or admin key, the example Secret's
 placeholder, the memory rate-limit backend split over workers. Never a secret:
 a key is named by its config path, and a URL is logged without its user name and
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from server.config import Config
+from server.usage.prices import Prices
 
 __all__ = ["PLACEHOLDER", "describe_store", "log_start"]
 
@@ -64,7 +66,7 @@ def _password(url: str) -> str:
         return ""
 
 
-def _summary(config: Config) -> Iterator[str]:
+def _summary(config: Config, prices: Prices) -> Iterator[str]:
     yield f"store: {describe_store(config.usage.store)}"
     providers = ", ".join(
         f"{p.name} ({p.kind}{', ' + public_url(p.url) if p.kind != 'mock' else ''})"
@@ -76,6 +78,7 @@ def _summary(config: Config) -> Iterator[str]:
         for m in config.models
     )
     yield f"models: {models}"
+    yield f"prices: {prices.describe()}"
 
 
 def _secrets(config: Config) -> Iterator[tuple[str, str]]:
@@ -126,9 +129,9 @@ def _warnings(config: Config, workers: int) -> Iterator[str]:
                 )
 
 
-def log_start(config: Config, workers: int) -> None:
+def log_start(config: Config, workers: int, prices: Prices) -> None:
     """The start-up lines (formatted here: a log argument would be cut to 256 characters)."""
-    for line in _summary(config):
+    for line in _summary(config, prices):
         logger.info(line)
     for line in _warnings(config, workers):
         logger.warning(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,95 @@ def test_stored_responses_by_default_need_a_store() -> None:
     config = build_config({"usage": {"store": "none"}, "responses": {"store_default": False}}, {})
     assert config.responses.store_default is False
     assert build_config({"usage": {"store": "none"}}, {}).responses.store_default is None
+
+
+def test_a_models_price_is_exact_usd_per_million_tokens() -> None:
+    """A YAML number or string, kept as the decimal written (a float by its shortest repr)."""
+    config = build_config(
+        {
+            "models": [
+                {
+                    "name": "a",
+                    "provider": "mock",
+                    "price": {"input_per_mtok": 0.15, "output_per_mtok": 3},
+                },
+                {
+                    "name": "b",
+                    "provider": "mock",
+                    "price": {
+                        "input_per_mtok": "0.041666666666666664",
+                        "output_per_mtok": "1e1",
+                        "cached_input_per_mtok": 0.1,
+                        "cache_write_per_mtok": "0",
+                    },
+                },
+            ]
+        },
+        {},
+    )
+    a, b = (model.price for model in config.models)
+    assert a is not None
+    assert b is not None
+    assert (a.input_per_mtok, a.output_per_mtok) == (Decimal("0.15"), Decimal(3))
+    assert str(a.input_per_mtok) == "0.15"
+    assert (a.cached_input_per_mtok, a.cache_write_per_mtok) == (None, None)
+    assert b.input_per_mtok == Decimal("0.041666666666666664")
+    assert (b.output_per_mtok, b.cached_input_per_mtok, b.cache_write_per_mtok) == (
+        Decimal(10),
+        Decimal("0.1"),
+        Decimal(0),
+    )
+    assert build_config({}, {}).models[0].price is None
+
+
+@pytest.mark.parametrize(
+    ("price", "message"),
+    [
+        (
+            {"input_per_mtok": -1, "output_per_mtok": 1},
+            r"input_per_mtok: expected a finite, non-negative",
+        ),
+        (
+            {"input_per_mtok": 1, "output_per_mtok": "NaN"},
+            r"output_per_mtok: expected a finite, non-negative",
+        ),
+        (
+            {"input_per_mtok": float("inf"), "output_per_mtok": 1},
+            r"input_per_mtok: expected a finite",
+        ),
+        (
+            {"input_per_mtok": "-Infinity", "output_per_mtok": 1},
+            r"input_per_mtok: expected a finite",
+        ),
+        (
+            {"input_per_mtok": "cheap", "output_per_mtok": 1},
+            r"input_per_mtok: expected a number of US dollars, got 'cheap'",
+        ),
+        (
+            {"input_per_mtok": True, "output_per_mtok": 1},
+            r"input_per_mtok: expected a number of US dollars",
+        ),
+        ({"input_per_mtok": 1}, r"output_per_mtok: Field required"),
+        (
+            {"input_per_mtok": 1, "output_per_mtok": 1, "cached_per_mtok": 1},
+            r"cached_per_mtok: unknown key",
+        ),
+    ],
+)
+def test_a_bad_price_names_its_key(price: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^models\[0\]\.price\." + message):
+        build_config({"models": [{"name": "m", "provider": "mock", "price": price}]}, {})
+
+
+def test_price_provider_must_be_a_genai_prices_provider() -> None:
+    providers = [{"name": "p", "kind": "openai", "price_provider": "groq"}]
+    config = build_config({"providers": providers, "models": [{"name": "m", "provider": "p"}]}, {})
+    assert config.providers[0].price_provider == "groq"
+    providers = [
+        {"name": "mock", "kind": "mock"},
+        {"name": "p", "kind": "openai", "price_provider": "grok"},
+    ]
+    with pytest.raises(
+        ConfigError, match=r"^providers\[1\]\.price_provider: unknown genai-prices provider 'grok'$"
+    ):
+        build_config({"providers": providers}, {})

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/models.proto\x12\ttandem.v1\"\x13\n\x11ListModelsRequest\"4\n\x12ListModelsResponse\x12\x1e\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x10.tandem.v1.Model\"\x1d\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\"6\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08owned_by\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x32\x93\x01\n\x0cModelService\x12I\n\nListModels\x12\x1c.tandem.v1.ListModelsRequest\x1a\x1d.tandem.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x1a.tandem.v1.GetModelRequest\x1a\x10.tandem.v1.Modelb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/models.proto\x12\ttandem.v1\"\x13\n\x11ListModelsRequest\"4\n\x12ListModelsResponse\x12\x1e\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x10.tandem.v1.Model\"\x1d\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\"W\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08owned_by\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\x1f\n\x05price\x18\x04 \x01(\x0b\x32\x10.tandem.v1.Price\"u\n\x05Price\x12\x16\n\x0einput_per_mtok\x18\x01 \x01(\t\x12\x17\n\x0foutput_per_mtok\x18\x02 \x01(\t\x12\x1d\n\x15\x63\x61\x63hed_input_per_mtok\x18\x03 \x01(\t\x12\x1c\n\x14\x63\x61\x63he_write_per_mtok\x18\x04 \x01(\t2\x93\x01\n\x0cModelService\x12I\n\nListModels\x12\x1c.tandem.v1.ListModelsRequest\x1a\x1d.tandem.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x1a.tandem.v1.GetModelRequest\x1a\x10.tandem.v1.Modelb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,7 +38,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELREQUEST']._serialized_start=112
   _globals['_GETMODELREQUEST']._serialized_end=141
   _globals['_MODEL']._serialized_start=143
-  _globals['_MODEL']._serialized_end=197
-  _globals['_MODELSERVICE']._serialized_start=200
-  _globals['_MODELSERVICE']._serialized_end=347
+  _globals['_MODEL']._serialized_end=230
+  _globals['_PRICE']._serialized_start=232
+  _globals['_PRICE']._serialized_end=349
+  _globals['_MODELSERVICE']._serialized_start=352
+  _globals['_MODELSERVICE']._serialized_end=499
 # @@protoc_insertion_point(module_scope)

@@ -90,23 +90,65 @@ class Model(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     OWNED_BY_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The public model name."""
     owned_by: _builtins.str
     """The configured provider that serves it."""
     created: _builtins.int
     """Unix seconds at which the gateway started serving it."""
+    @_builtins.property
+    def price(self) -> Global___Price:
+        """What it costs now; unset when the model is unpriced (its calls cost 0)."""
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         owned_by: _builtins.str = ...,
         created: _builtins.int = ...,
+        price: Global___Price | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["price", b"price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "id", b"id", "owned_by", b"owned_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "id", b"id", "owned_by", b"owned_by", "price", b"price"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class Price(_message.Message):
+    """Price is a model's price in US dollars per million tokens, each a decimal string
+    (e.g. "0.15"), exact.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_PER_MTOK_FIELD_NUMBER: _builtins.int
+    OUTPUT_PER_MTOK_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_PER_MTOK_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_PER_MTOK_FIELD_NUMBER: _builtins.int
+    input_per_mtok: _builtins.str
+    """Input tokens not read from or written to a cache."""
+    output_per_mtok: _builtins.str
+    """Output tokens, reasoning included."""
+    cached_input_per_mtok: _builtins.str
+    """Input tokens read from a cache."""
+    cache_write_per_mtok: _builtins.str
+    """Input tokens written to a cache."""
+    def __init__(
+        self,
+        *,
+        input_per_mtok: _builtins.str = ...,
+        output_per_mtok: _builtins.str = ...,
+        cached_input_per_mtok: _builtins.str = ...,
+        cache_write_per_mtok: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_per_mtok", b"cache_write_per_mtok", "cached_input_per_mtok", b"cached_input_per_mtok", "input_per_mtok", b"input_per_mtok", "output_per_mtok", b"output_per_mtok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Price: _TypeAlias = Price  # noqa: Y015

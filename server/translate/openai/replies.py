@@ -334,14 +334,30 @@ def encode_embeddings(
     return out
 
 
-def encode_model(model: models_pb2.Model, *, with_object: bool) -> JSON:
+def encode_model(model: models_pb2.Model, *, with_object: bool, with_price: bool = False) -> JSON:
+    """OpenAI's model object; `with_price` (the native door): and its `price`, or null."""
     out = _head(model.id, "model", model.created, with_object=with_object)
     out["owned_by"] = model.owned_by
+    if with_price:
+        out["price"] = _price(model.price) if model.HasField("price") else None
     return out
 
 
-def encode_models(models: models_pb2.ListModelsResponse, *, with_object: bool) -> JSON:
-    data = [encode_model(m, with_object=with_object) for m in models.data]
+def _price(price: models_pb2.Price) -> JSON:
+    """Each decimal string as the exact JSON number it spells (0.15, never 0.1499...)."""
+    return {
+        name: orjson.Fragment(value.encode()) if (value := getattr(price, name)) else None
+        for name in _PRICE_FIELDS
+    }
+
+
+_PRICE_FIELDS = tuple(field.name for field in models_pb2.Price.DESCRIPTOR.fields)
+
+
+def encode_models(
+    models: models_pb2.ListModelsResponse, *, with_object: bool, with_price: bool = False
+) -> JSON:
+    data = [encode_model(m, with_object=with_object, with_price=with_price) for m in models.data]
     return {"object": "list", "data": data} if with_object else {"data": data}
 
 
