@@ -87,7 +87,12 @@ def in_range(name: str, timestamp: Timestamp) -> int:
 
 def allowed_models(config: Config, tier: str) -> Collection[str]:
     """The models a key of `tier` may narrow to: its tier's (all, for a tier that names none)."""
-    names = config.tiers[tier].models
+    found = config.tiers.get(tier)
+    if found is None:  # a key of a tier since taken out of the config
+        raise InvalidRequestError(
+            f"models: the key's tier {echoed(tier)!r} is not in the config", param="models"
+        )
+    names = found.models
     return names if names is not None else [model.name for model in config.models]
 
 
