@@ -17,6 +17,7 @@ sharing one budget, admin callers having none.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -125,6 +126,8 @@ class Policy:
             raise AuthenticationError("invalid API key")
         if record.revoked:
             raise PermissionDeniedError("this API key has been revoked")
+        if record.expired(time.time()):
+            raise PermissionDeniedError("this API key has expired")
         if record.tier not in self._tiers:
             raise PermissionDeniedError(f"tier {echoed(record.tier)!r} does not exist")
         return Caller(user=record.user, tier=record.tier, key_id=record.id)
