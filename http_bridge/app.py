@@ -20,6 +20,7 @@ from http_bridge.doors import DOORS
 from http_bridge.responses import JsonResponse
 from http_bridge.routing import ERRORS_ANSWERED, DoorApp, Endpoints, error_to_response
 from server.config import ResponsesConfig, TelemetryConfig
+from server.core.admin import KeyAdmin
 from server.core.conversations import Conversations
 from server.core.dataplane import DataPlane
 from server.policy import Policy
@@ -39,6 +40,7 @@ def create_app(
     readiness: Readiness | None = None,
     cors_origins: Iterable[str] = (),
     conversations: Conversations | None = None,
+    admin: KeyAdmin | None = None,
 ) -> ASGIApp:
     """The ASGI app uvicorn serves: the call scope (call_scope.py), the browser
     origins' check (cors.py) and the body limit around the door's endpoint
@@ -61,6 +63,7 @@ def create_app(
     app.state.policy = policy
     # stored responses (`/v1/responses`); without one (tests), none are kept
     app.state.conversations = conversations or Conversations(None, ResponsesConfig(), policy)
+    app.state.admin = admin  # the admin API's handlers (`/admin/v1`); None: not served
     endpoints = door_endpoints()
     for group in endpoints:
         if group.router.routes:  # a door may have only its table's (Anthropic's)

@@ -41,6 +41,7 @@ from server.translate.ollama import replies as ollama_replies
 from server.translate.responses import inbound as responses_inbound
 
 __all__ = [
+    "ADMIN",
     "ANTHROPIC",
     "DOORS",
     "NATIVE",
@@ -149,8 +150,12 @@ RESPONSES = Door(
     routes="http_bridge.routes_responses",
 )
 
+# The admin API (`/admin/v1/`): keys and spend, for admin keys alone. It has no chat:
+# its dialect is the native one, never called; its errors are written as OpenAI's.
+ADMIN = Door("admin", ("/admin/v1/",), NATIVE.dialect, "http_bridge.routes_admin")
+
 # in the order app.py serves them and /openapi.json lists their routes
-DOORS = (NATIVE, OPENAI, OLLAMA, ANTHROPIC, RESPONSES)
+DOORS = (NATIVE, OPENAI, OLLAMA, ANTHROPIC, RESPONSES, ADMIN)
 
 _BY_NAME = {door.name: door for door in DOORS}
 _EXACT = {path: door for door in DOORS for path in door.paths}

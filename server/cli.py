@@ -1,4 +1,4 @@
-"""The `tandem` command: serve, keys, chat."""
+"""The `tandem` command: serve, keys, spend, chat."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import uvloop
@@ -15,6 +16,7 @@ import uvloop
 from server.config import Config, ConfigError, load_config, parse_host_port
 
 if TYPE_CHECKING:
+    from server import key_admin
     from server.telemetry.logs import LogSink
 
 __all__ = ["main"]
@@ -47,12 +49,22 @@ def _parser() -> argparse.ArgumentParser:
     create = key_commands.add_parser("create", help="make a key and print it, once")
     create.add_argument("--user", required=True)
     create.add_argument("--tier", default="free")
+    update = key_commands.add_parser("update", help="change a key's limits, models, budget, ...")
+    update.add_argument("key_id")
+    for sub in (create, update):
+        _key_options(sub)
     revoke = key_commands.add_parser("revoke", help="refuse a key from now on")
     revoke.add_argument("key_id")
     listing = key_commands.add_parser("list", help="list keys (never the keys themselves)")
-    for sub in (create, revoke, listing):
+
+    spend = commands.add_parser("spend", help="cost and tokens summed from the usage ledger")
+    spend.add_argument("--group-by", choices=["day", "model", "user", "key"])
+    spend.add_argument("--since", help="RFC 3339 time (inclusive)")
+    spend.add_argument("--until", help="RFC 3339 time (exclusive)")
+    spend.add_argument("--user")
+    for sub in (create, update, revoke, listing, spend):
         sub.add_argument("--config", help="YAML config file (default: the built-in config)")
-    for sub in (create, listing):
+    for sub in (create, update, listing, spend):
         sub.add_argument("--json", action="store_true", help="print JSON")
 
     chat = commands.add_parser("chat", help="stream an answer to stdout")
@@ -63,6 +75,43 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--key", help="API key or JWT")
     chat.add_argument("prompt")
     return parser
+
+
+def _key_options(parser: argparse.ArgumentParser) -> None:
+    """What narrows a key's tier (`tandem keys create` and `update`)."""
+    parser.add_argument("--models", help="comma-separated models, a subset of the tier's")
+    parser.add_argument("--rpm", type=int, help="requests per minute")
+    parser.add_argument("--tpm", type=int, help="tokens per minute")
+    parser.add_argument("--max-concurrent", type=int, help="requests in flight at once")
+    parser.add_argument("--budget-usd", type=_usd, help="budget in US dollars")
+    parser.add_argument("--budget-period", choices=["daily", "weekly", "monthly", "total"])
+    parser.add_argument("--expires-in", type=_duration, help="e.g. 30d, 12h, 90m")
+    parser.add_argument(
+        "--label", action="append", type=_label, default=[], help="k=v (repeatable)"
+    )
+
+
+def _usd(value: str) -> Decimal:
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"expected a number of dollars, not {value!r}") from None
+
+
+def _duration(value: str) -> int:
+    from server.key_admin import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _label(value: str) -> tuple[str, str]:
+    name, equals, text = value.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected k=v, not {value!r}")
+    return name, text
 
 
 def _fail(message: str) -> int:
@@ -158,7 +207,8 @@ def _keys(args: argparse.Namespace) -> int:
         if config.usage.store != "none":  # which database, wherever the command runs
             sys.stderr.write(f"store: {describe_store(config.usage.store)}\n")
         if args.key_command == "create":
-            created = asyncio.run(key_admin.create_key(config, args.user, args.tier))
+            options = _options(args)
+            created = asyncio.run(key_admin.create_key(config, args.user, args.tier, options))
             if args.json:
                 print(orjson.dumps(created).decode())
             else:
@@ -167,13 +217,12 @@ def _keys(args: argparse.Namespace) -> int:
                     f"key {created['id']} for user {args.user} (tier {args.tier}); "
                     "it is shown only this once\n"
                 )
+        elif args.key_command == "update":
+            updated = asyncio.run(key_admin.update_key(config, args.key_id, _options(args)))
+            print(orjson.dumps(updated).decode() if args.json else _key_table([updated]))
         elif args.key_command == "list":
             keys = asyncio.run(key_admin.list_keys(config))
-            if args.json:
-                print(orjson.dumps(keys).decode())
-            for key in [] if args.json else keys:
-                state = "revoked" if key["revoked"] else "active"
-                print(f"{key['id']}  {key['user']}  {key['tier']}  {key['created_at']}  {state}")
+            print(orjson.dumps(keys).decode() if args.json else _key_table(keys))
         elif not asyncio.run(key_admin.revoke_key(config, args.key_id)):
             return _fail(f"no active key {args.key_id}")
         else:
@@ -185,12 +234,125 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(args: argparse.Namespace) -> key_admin.KeyOptions:
+    from server import key_admin
+
+    models = None
+    if args.models is not None:
+        models = tuple(name.strip() for name in args.models.split(",") if name.strip())
+    return key_admin.KeyOptions(
+        models=models,
+        requests_per_minute=args.rpm,
+        tokens_per_minute=args.tpm,
+        max_concurrent_requests=args.max_concurrent,
+        budget_usd=args.budget_usd,
+        budget_period=args.budget_period,
+        expires_in_s=args.expires_in,
+        labels=dict(args.label),
+    )
+
+
+def _key_table(keys: list[dict[str, Any]]) -> str:
+    from server.key_admin import table
+
+    def limit(value: object) -> object:
+        return "-" if value is None else value
+
+    rows: list[list[object]] = [
+        [
+            "ID",
+            "USER",
+            "TIER",
+            "MODELS",
+            "RPM",
+            "TPM",
+            "CONC",
+            "BUDGET",
+            "EXPIRES",
+            "CREATED",
+            "STATE",
+        ]
+    ]
+    for key in keys:
+        budget = key["budget"]
+        rows.append(
+            [
+                key["id"],
+                key["user"],
+                key["tier"],
+                "-" if key["models"] is None else ",".join(key["models"]) or "(none)",
+                limit(key["requests_per_minute"]),
+                limit(key["tokens_per_minute"]),
+                limit(key["max_concurrent_requests"]),
+                "-"
+                if budget is None
+                else f"${orjson.dumps(budget['usd']).decode()}/{budget['period']}",
+                limit(key["expires_at"]),
+                key["created_at"],
+                "revoked" if key["revoked"] else "active",
+            ]
+        )
+    return table(rows)
+
+
+def _spend(args: argparse.Namespace) -> int:
+    from server import key_admin
+    from server.telemetry.startup import describe_store
+
+    params = {
+        name: value
+        for name, value in (
+            ("group_by", args.group_by),
+            ("since", args.since),
+            ("until", args.until),
+            ("user", args.user),
+        )
+        if value
+    }
+    try:
+        config = load_config(args.config)
+        if config.usage.store != "none":
+            sys.stderr.write(f"store: {describe_store(config.usage.store)}\n")
+        report = asyncio.run(key_admin.spend(config, params))
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}")
+    except OSError as exc:
+        return _fail(f"cannot open the store: {exc}")
+    if args.json:
+        print(orjson.dumps(report).decode())
+        return 0
+    header = [
+        (args.group_by or "").upper() or "TOTAL",
+        "REQUESTS",
+        "PROMPT",
+        "COMPLETION",
+        "TOKENS",
+        "COST_USD",
+    ]
+    rows: list[list[object]] = [header]
+    for group in [*report["groups"], {"group": "total", **report["totals"]}]:
+        rows.append(
+            [
+                group["group"],
+                group["requests"],
+                group["prompt_tokens"],
+                group["completion_tokens"],
+                group["total_tokens"],
+                orjson.dumps(group["cost_usd"]).decode(),
+            ]
+        )
+    print(key_admin.table(rows))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "spend":
+        return _spend(args)
     return _chat(args)
 
 

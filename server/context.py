@@ -24,7 +24,7 @@ __all__ = [
 
 # the door a call came in by: gRPC, or an HTTP door by its name (http_bridge/doors.py,
 # which owns the names; this Literal types them, and tests/unit/test_doors.py ties the two)
-Protocol = Literal["grpc", "native", "openai", "ollama", "anthropic", "responses"]
+Protocol = Literal["grpc", "native", "openai", "ollama", "anthropic", "responses", "admin"]
 # `user`: a JWT subject or an API key's user; `admin`: an admin key; `anonymous`: no credential.
 # The kind, not the name, says who a caller is: a JWT may well say `sub: admin`.
 CallerKind = Literal["user", "admin", "anonymous"]

@@ -34,6 +34,7 @@ from starlette.types import ASGIApp
 from http_bridge.app import create_app
 from http_bridge.transport import GuardedHttpToolsProtocol, guarded_protocol
 from server.config import Config, ServerConfig, parse_host_port
+from server.core.admin import KeyAdmin
 from server.core.conversations import Conversations
 from server.core.dataplane import DataPlane
 from server.core.purging import Purger
@@ -245,8 +246,9 @@ class Gateway:
     async def start(self) -> tuple[str, str]:
         """Start serving; return the bound HTTP and gRPC addresses."""
         plane, policy = await self._open_core()
-        grpc_address = await self._start_grpc(plane, policy)
-        http_address = await self._start_http(plane, policy)
+        admin = KeyAdmin(self._store, self.config, policy)  # the admin API, both doors'
+        grpc_address = await self._start_grpc(plane, policy, admin)
+        http_address = await self._start_http(plane, policy, admin)
         await self._become_ready()
         return http_address, grpc_address
 
@@ -308,7 +310,7 @@ class Gateway:
         self._purger.start()
         return keys
 
-    async def _start_grpc(self, plane: DataPlane, policy: Policy) -> str:
+    async def _start_grpc(self, plane: DataPlane, policy: Policy, admin: KeyAdmin) -> str:
         """The gRPC door, accepting, and not serving (health) until both doors accept."""
         server_config = self.config.server
         for service in ("", *SERVICE_NAMES):
@@ -323,6 +325,7 @@ class Gateway:
             reuse_port=self._reuse_port,
             drain=self._drain,
             write_timeout_s=server_config.write_timeout_s,
+            admin=admin,
         )
         grpc_host, grpc_port = parse_host_port(self._grpc_address)
         try:
@@ -332,7 +335,7 @@ class Gateway:
         await self._grpc_server.start()
         return _format_address(grpc_host, grpc_port)
 
-    async def _start_http(self, plane: DataPlane, policy: Policy) -> str:
+    async def _start_http(self, plane: DataPlane, policy: Policy, admin: KeyAdmin) -> str:
         """The HTTP doors, accepting (`/readyz` says `starting` until ready)."""
         server_config = self.config.server
         sock = bind_socket(self._http_address, reuse_port=self._reuse_port)
@@ -347,6 +350,7 @@ class Gateway:
             conversations=Conversations(
                 self._store, self.config.responses, policy, self._store_down
             ),
+            admin=admin,
         )
         self._http_server, self._http_task = await start_http_server(
             app, sock, server_config, self.telemetry, self._drain

@@ -89,7 +89,10 @@ def exercise(tmp_path: Path, store: str) -> None:
     bob = create(config, "bob", "standard")
     assert alice["key"].startswith("tdm_")
     assert alice["key"] != bob["key"]
-    assert set(alice) == {"id", "key", "user", "tier", "created_at"}
+    assert set(alice) == {  # the admin API's key, plus its secret (shown once)
+        *("id", "key", "user", "tier", "models", "requests_per_minute", "tokens_per_minute"),
+        *("max_concurrent_requests", "budget", "expires_at", "labels", "created_at", "revoked"),
+    }
     first, second = (start_tandem(tmp_path, config.read_text()) for _ in range(2))
     try:
         assert chat(first, alice["key"]).json()["model"] == "echo"

@@ -38,6 +38,7 @@ import pytest
 import yaml
 from docker.utils.build import PatternMatcher
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tandem.v1 import admin_pb2, admin_pb2_grpc
 
 from server.config import Config, ConfigError, build_config, load_config, parse_host_port
 from tests.balancer import free_ports, nginx_binary, serving_nginx
@@ -847,6 +848,9 @@ def test_nginx_balances_both_doors_over_the_replicas() -> None:
     location = grpc_server.one("location", "/")
     assert location.one("grpc_pass").args == ["grpc://tandem_grpc"]
     assert "non_idempotent" not in location.one("grpc_next_upstream").args
+    admin = grpc_server.one("location", "/tandem.v1.AdminService/")  # never published
+    assert admin.one("return").args == ["204"]
+    assert not admin.find("grpc_pass")
 
     body_limit = http.one("client_max_body_size").args[0]
     assert int(body_limit.removesuffix("m")) * 2**20 > server.max_body_bytes
@@ -920,7 +924,15 @@ def test_nginx_checks_the_shipped_conf(name: str, tmp_path: Path) -> None:
 # production): only the addresses, the paths and, in nginx.conf, what 1.22 lacks are
 # rewritten.
 PUBLISHED = ("/v1/models", "/native/v1/models", "/api/tags", "/", "/healthz", "/readyz")
-UNPUBLISHED = ("/metrics", "/admin/v1/keys", "/docs", "/docs/assets/x.js", "/openapi.json", "/x")
+UNPUBLISHED = (
+    "/metrics",
+    "/admin/v1/keys",
+    "/admin/v1/spend",
+    "/docs",
+    "/docs/assets/x.js",
+    "/openapi.json",
+    "/x",
+)
 
 
 def local_nginx_conf(
@@ -966,6 +978,19 @@ def raw_get(port: int, target: str) -> tuple[int, str]:
     return int(head.split()[1]), head
 
 
+def admin_rpc_code(target: str) -> grpc.StatusCode:
+    """What `AdminService.ListKeys` (anonymous) gets at `target`."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            admin_pb2_grpc.AdminServiceStub(channel).ListKeys(
+                admin_pb2.ListKeysRequest(), timeout=10
+            )
+        except grpc.RpcError as error:
+            code: grpc.StatusCode = error.code()
+            return code
+    return grpc.StatusCode.OK
+
+
 @pytest.mark.parametrize("name", sorted(NGINX_CONFS))
 def test_nginx_publishes_the_doors_and_probes_only(
     tandem: Callable[..., TandemProcess], tmp_path: Path, name: str
@@ -996,6 +1021,13 @@ def test_nginx_publishes_the_doors_and_probes_only(
         for target in ("/v1/../metrics", "/v1/%2e%2e/metrics", "//metrics", "/metrics?x=1"):
             status, head = raw_get(http_port, target)
             assert (status, "server-timing" in head) == (404, False), (target, head)
+        # gRPC: the doors pass, the admin service does not (the replica itself has it)
+        assert admin_rpc_code(server.grpc) == grpc.StatusCode.PERMISSION_DENIED
+        assert admin_rpc_code(f"127.0.0.1:{grpc_port}") == grpc.StatusCode.UNIMPLEMENTED
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub: Any = health_pb2_grpc.HealthStub(channel)  # typeshed's lists no methods
+            health = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
         # the gateway sees the Host with its port: a page on http://localhost (port 80) is
         # not the same origin as the balancer's localhost:<port>, so CORS refuses it
         host = {"host": f"localhost:{http_port}"}

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
-from tandem.v1 import chat_pb2, embeddings_pb2, models_pb2, usage_pb2
+from tandem.v1 import admin_pb2, chat_pb2, embeddings_pb2, models_pb2, usage_pb2
 
 from tests.fuzzing import INTERNALS, FuzzCases, fuzz_settings
 from tests.servers import TandemProcess
@@ -71,6 +71,24 @@ SEEDS: dict[str, tuple[bytes, ...]] = {
         usage_pb2.GetUsageRequest,
         {"since": "2026-01-01T00:00:00Z", "until": "2027-01-01T00:00:00Z", "limit": 5},
     ),
+    admin_pb2.CreateKeyRequest.DESCRIPTOR.full_name: _seeds(
+        admin_pb2.CreateKeyRequest,
+        {"key": {"user": "u", "models": {"names": ["echo"]}, "budget": {"usd": "1.5"}}},
+    ),
+    admin_pb2.GetKeyRequest.DESCRIPTOR.full_name: _seeds(admin_pb2.GetKeyRequest, {"id": "0" * 12}),
+    admin_pb2.ListKeysRequest.DESCRIPTOR.full_name: _seeds(
+        admin_pb2.ListKeysRequest, {"user": "u", "page_size": 2, "page_token": "abc"}
+    ),
+    admin_pb2.UpdateKeyRequest.DESCRIPTOR.full_name: _seeds(
+        admin_pb2.UpdateKeyRequest,
+        {"key": {"id": "0" * 12, "labels": {"a": "b"}}, "update_mask": "labels,budget"},
+    ),
+    admin_pb2.RevokeKeyRequest.DESCRIPTOR.full_name: _seeds(
+        admin_pb2.RevokeKeyRequest, {"id": "0" * 12}
+    ),
+    admin_pb2.GetSpendRequest.DESCRIPTOR.full_name: _seeds(
+        admin_pb2.GetSpendRequest, {"group_by": "day", "since": "2026-01-01T00:00:00Z"}
+    ),
 }
 
 RPCS = tuple(
@@ -79,7 +97,7 @@ RPCS = tuple(
         method.server_streaming,
         SEEDS[method.input_type.full_name],
     )
-    for module in (chat_pb2, embeddings_pb2, models_pb2, usage_pb2)
+    for module in (chat_pb2, embeddings_pb2, models_pb2, usage_pb2, admin_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
     for method in service.methods
 )

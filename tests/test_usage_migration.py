@@ -21,6 +21,7 @@ import pytest
 
 from server.store import Store, open_store
 from server.store.keys import hash_key
+from server.store.keys_sql import KeyPage
 from server.store.ledger_sql import usage_schema
 from server.store.versions import SCHEMA_VERSION
 from server.usage.record import UsageQuery
@@ -356,7 +357,7 @@ def test_a_store_from_before_money_gains_costs_key_limits_and_its_version(
         store = open_store(url)
         assert store is not None
         try:
-            keys = await store.list_keys()
+            keys = await store.list_keys_page(KeyPage())
             before = await store.query_usage(UsageQuery(user="alice"))
             carols = await store.query_usage(UsageQuery(user="carol"))
             return keys, before.records, carols.records
@@ -401,7 +402,7 @@ def test_replicas_opening_a_store_from_before_money_together_agree(tmp_path: Pat
             page = await stores[1].query_usage(UsageQuery(user="dave"))
             assert page.records == [record]
             assert page.totals.cost_nanos == 8_050_001
-            [key] = await stores[2].list_keys()
+            [key] = await stores[2].list_keys_page(KeyPage())
             assert (key.id, key.models, key.budget_nanos, key.labels) == (
                 OLD_KEY_ID,
                 None,

@@ -10,6 +10,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tandem.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     chat_pb2,
     chat_pb2_grpc,
     embeddings_pb2,
@@ -22,8 +24,10 @@ from tandem.v1 import (
 
 from server.chunks import Batch, Chunk, stamped
 from server.context import CallContext
+from server.core.admin import KeyAdmin
 from server.core.dataplane import DataPlane
 from server.drain import DrainClock
+from server.errors import NotFoundError
 from server.grpc_door.decode import add_service
 from server.grpc_door.rpc import Servicer, stream_rpc, unary_rpc
 from server.policy import Policy
@@ -98,7 +102,53 @@ class UsageService(Servicer, usage_pb2_grpc.UsageServiceServicer, proto=usage_pb
         return await self.plane.get_usage(request, ctx)
 
 
-SERVICES = (ChatService, ModelService, EmbeddingService, UsageService)
+class AdminService(Servicer, admin_pb2_grpc.AdminServiceServicer, proto=admin_pb2):
+    """Keys and spend, for admin keys only: the handlers `/admin/v1` calls too."""
+
+    admin: KeyAdmin | None = None  # given by `build_grpc_server`
+
+    @property
+    def handlers(self) -> KeyAdmin:
+        if self.admin is None:
+            raise NotFoundError("no admin API here")
+        return self.admin
+
+    @unary_rpc
+    async def CreateKey(
+        self, request: admin_pb2.CreateKeyRequest, ctx: CallContext
+    ) -> admin_pb2.Key:
+        return await self.handlers.create_key(request, ctx)
+
+    @unary_rpc
+    async def GetKey(self, request: admin_pb2.GetKeyRequest, ctx: CallContext) -> admin_pb2.Key:
+        return await self.handlers.get_key(request, ctx)
+
+    @unary_rpc
+    async def ListKeys(
+        self, request: admin_pb2.ListKeysRequest, ctx: CallContext
+    ) -> admin_pb2.ListKeysResponse:
+        return await self.handlers.list_keys(request, ctx)
+
+    @unary_rpc
+    async def UpdateKey(
+        self, request: admin_pb2.UpdateKeyRequest, ctx: CallContext
+    ) -> admin_pb2.Key:
+        return await self.handlers.update_key(request, ctx)
+
+    @unary_rpc
+    async def RevokeKey(
+        self, request: admin_pb2.RevokeKeyRequest, ctx: CallContext
+    ) -> admin_pb2.Key:
+        return await self.handlers.revoke_key(request, ctx)
+
+    @unary_rpc
+    async def GetSpend(
+        self, request: admin_pb2.GetSpendRequest, ctx: CallContext
+    ) -> admin_pb2.GetSpendResponse:
+        return await self.handlers.get_spend(request, ctx)
+
+
+SERVICES = (ChatService, ModelService, EmbeddingService, UsageService, AdminService)
 SERVICE_NAMES = tuple(servicer.descriptor.full_name for servicer in SERVICES)
 
 
@@ -113,6 +163,7 @@ def build_grpc_server(
     reuse_port: bool = False,
     drain: DrainClock | None = None,
     write_timeout_s: float = 30.0,
+    admin: KeyAdmin | None = None,
 ) -> grpc.aio.Server:
     """A grpc.aio server with every service, health and reflection; not yet bound.
 
@@ -127,9 +178,10 @@ def build_grpc_server(
     )
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
     for servicer in SERVICES:
-        add_service(
-            server, servicer.descriptor, servicer(plane, policy, telemetry, drain, write_timeout_s)
-        )
+        door = servicer(plane, policy, telemetry, drain, write_timeout_s)
+        if isinstance(door, AdminService):
+            door.admin = admin
+        add_service(server, servicer.descriptor, door)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (

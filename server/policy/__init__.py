@@ -153,7 +153,7 @@ class Policy:
             raise AuthenticationError("invalid API key")
         if record.revoked:
             raise PermissionDeniedError("this API key has been revoked")
-        if record.expires_at is not None and record.expired(time.time()):
+        if record.expires_at is not None and record.expired(time.time()):  # no clock read else
             raise PermissionDeniedError("this API key has expired")
         if record.tier not in self._tiers:
             raise PermissionDeniedError(f"tier {echoed(record.tier)!r} does not exist")

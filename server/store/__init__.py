@@ -8,11 +8,13 @@ create their tables at open; ledger writes are idempotent by record id.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from server.store.conversations import ConversationStore, StoredItem, StoredResponse
 from server.store.keys import ApiKey
+from server.store.keys_sql import KeyPage
+from server.store.spend_sql import SpendQuery, SpendReport
 from server.store.sqlite import SqliteStore
 from server.usage.budget import BudgetScope, Reservation, Settlement
 from server.usage.record import UsagePage, UsageQuery, UsageRecord
@@ -30,9 +32,18 @@ class Store(ConversationStore, Protocol):
     async def key_ids_since(self, created_at: float) -> list[str]:
         """The ids (only) of the keys created at or after `created_at` (the epoch's s)."""
 
-    async def list_keys(self) -> list[ApiKey]: ...
-
     async def revoke_key(self, key_id: str, at: float) -> bool: ...
+
+    async def update_key(self, key_id: str, changes: Mapping[str, Any], at: float) -> ApiKey | None:
+        """Set `changes` (columns of `keys_sql.UPDATABLE`, values as `ApiKey` holds them)
+        and `updated_at`; the key as it now is, or None if there is no such key."""
+
+    async def list_keys_page(self, page: KeyPage) -> list[ApiKey]:
+        """Keys oldest first, after `page.after`: at most `page.limit` + 1 (the one
+        more says that a next page exists)."""
+
+    async def spend(self, query: SpendQuery) -> SpendReport:
+        """Cost and tokens of the matching records, grouped and summed by the database."""
 
     async def get_or_create_secret(self, name: str, value: str) -> str:
         """The secret `name` (e.g. the key that seals reasoning), set to `value` first

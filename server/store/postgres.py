@@ -6,14 +6,17 @@ rule), so `?search_path=name` selects a schema; it is created if missing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import astuple
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 from server.store import budget_sql as budget
+from server.store import keys_sql
 from server.store import ledger_sql as ledger
+from server.store import spend_sql as spend
 from server.store.conversations import COLUMNS as RESPONSE_COLUMNS
 from server.store.conversations import (
     ITEM_COLUMNS,
@@ -141,11 +144,6 @@ class PostgresStore:
         rows = await pool.fetch("SELECT id FROM api_keys WHERE created_at >= $1", created_at)
         return [row[0] for row in rows]
 
-    async def list_keys(self) -> list[ApiKey]:
-        pool = await self._ready()
-        rows = await pool.fetch(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")
-        return [key_from_row(row) for row in rows]
-
     async def revoke_key(self, key_id: str, at: float) -> bool:
         pool = await self._ready()
         row = await pool.fetchrow(
@@ -154,6 +152,32 @@ class PostgresStore:
             key_id,
         )
         return row is not None
+
+    async def update_key(self, key_id: str, changes: Mapping[str, Any], at: float) -> ApiKey | None:
+        pool = await self._ready()
+        sql, args = keys_sql.update_sql(changes, at, _placeholder)
+        row = await pool.fetchrow(sql, *args, key_id)
+        return key_from_row(row) if row else None
+
+    async def list_keys_page(self, page: keys_sql.KeyPage) -> list[ApiKey]:
+        pool = await self._ready()
+        sql, args = keys_sql.page_sql(page, _placeholder)
+        return [key_from_row(row) for row in await pool.fetch(sql, *args)]
+
+    async def spend(self, query: spend.SpendQuery) -> spend.SpendReport:
+        pool = await self._ready()
+        groups_sql, totals_sql, args = spend.spend_sql(
+            query, _placeholder, spend.DAY_POSTGRES, datetime_of
+        )
+        # one snapshot: the groups and the totals agree even while batches land
+        async with (
+            pool.acquire() as connection,
+            connection.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            rows = await connection.fetch(groups_sql, *args) if groups_sql else []
+            totals = await connection.fetchrow(totals_sql, *args)
+        assert totals is not None
+        return spend.SpendReport([spend.SpendRow(*row) for row in rows], spend.SpendRow(*totals))
 
     async def get_or_create_secret(self, name: str, value: str) -> str:
         pool = await self._ready()

@@ -10,14 +10,16 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
 from pathlib import Path
 from typing import Any, TypeVar
 
 from server.store import budget_sql as budget
+from server.store import keys_sql
 from server.store import ledger_sql as ledger
+from server.store import spend_sql as spend
 from server.store.conversations import COLUMNS as RESPONSE_COLUMNS
 from server.store.conversations import (
     ITEM_COLUMNS,
@@ -101,10 +103,6 @@ class SqliteStore:
         rows = await self._run("SELECT id FROM api_keys WHERE created_at >= ?", created_at)
         return [row[0] for row in rows]
 
-    async def list_keys(self) -> list[ApiKey]:
-        rows = await self._run(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")
-        return [key_from_row(row) for row in rows]
-
     async def revoke_key(self, key_id: str, at: float) -> bool:
         rows = await self._run(
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING id",
@@ -112,6 +110,28 @@ class SqliteStore:
             key_id,
         )
         return bool(rows)
+
+    async def update_key(self, key_id: str, changes: Mapping[str, Any], at: float) -> ApiKey | None:
+        sql, args = keys_sql.update_sql(changes, at, _placeholder)
+        rows = await self._run(sql, *args, key_id)
+        return key_from_row(rows[0]) if rows else None
+
+    async def list_keys_page(self, page: keys_sql.KeyPage) -> list[ApiKey]:
+        sql, args = keys_sql.page_sql(page, _placeholder)
+        return [key_from_row(row) for row in await self._run(sql, *args)]
+
+    async def spend(self, query: spend.SpendQuery) -> spend.SpendReport:
+        groups_sql, totals_sql, args = spend.spend_sql(query, _placeholder, spend.DAY_SQLITE)
+
+        def read(db: sqlite3.Connection) -> spend.SpendReport:
+            with _transaction(db, "BEGIN"):  # one snapshot: the groups and the totals agree
+                rows = db.execute(groups_sql, args).fetchall() if groups_sql else []
+                totals = db.execute(totals_sql, args).fetchone()
+            return spend.SpendReport(
+                [spend.SpendRow(*row) for row in rows], spend.SpendRow(*totals)
+            )
+
+        return await self._call(read)
 
     async def get_or_create_secret(self, name: str, value: str) -> str:
         def read(db: sqlite3.Connection) -> str:
