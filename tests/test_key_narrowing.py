@@ -13,6 +13,7 @@ import httpx
 import pytest
 from tandem.v1 import chat_pb2, chat_pb2_grpc
 
+from tests.eventually import eventually
 from tests.keys_in_store import bearer, key_with, write_keys
 from tests.rpc_status import details_of
 from tests.servers import TandemProcess, start_tandem
@@ -27,11 +28,13 @@ tiers:
     requests_per_minute: 50
     tokens_per_minute: 100000
     max_concurrent_requests: 5
-auth: {required: true, key_cache_s: 0.5}
+auth: {required: true, key_cache_s: 0.5, admin_keys: ["%(admin)s"]}
 usage: {store: "sqlite:///keys.db"}
 """
 
+ADMIN = "narrowing-admin-key"
 PLAIN = key_with("plain")
+CHANGED = key_with("changed")
 ECHO_ONLY = key_with("echo-only", models=("echo",))
 SLOW = key_with("slow", requests_per_minute=2, tokens_per_minute=1000)
 LOOSE = key_with("loose", requests_per_minute=1000)  # looser than the tier: the tier wins
@@ -43,9 +46,9 @@ EXPIRING = key_with("expiring", expires_at=time.time() + 3600)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TandemProcess]:
     directory = tmp_path_factory.mktemp("narrowing")
-    keys = (PLAIN, ECHO_ONLY, SLOW, LOOSE, SINGLE, EXPIRED, EXPIRING)
+    keys = (PLAIN, CHANGED, ECHO_ONLY, SLOW, LOOSE, SINGLE, EXPIRED, EXPIRING)
     write_keys(f"sqlite:///{directory / 'keys.db'}", *(record for _, record in keys))
-    process = start_tandem(directory, CONFIG)
+    process = start_tandem(directory, CONFIG % {"admin": ADMIN})
     yield process
     assert process.terminate() == 0
 
@@ -162,3 +165,23 @@ def test_a_key_written_while_serving_is_narrowed_too(server: TandemProcess, tmp_
     time.sleep(0.6)  # past key_cache_s: the new id is read on the first miss
     assert chat(server, secret, "premium").status_code == 200
     assert chat(server, secret, "echo").status_code == 403
+
+
+def test_a_keys_narrowing_changed_by_the_admin_api_applies_within_the_cache_ttl(
+    server: TandemProcess,
+) -> None:
+    secret, record = CHANGED
+    assert chat(server, secret, "premium").status_code == 200
+    assert chat(server, secret).headers["x-ratelimit-limit-requests"] == "50"
+    changed = httpx.patch(
+        f"{server.base_url}/admin/v1/keys/{record.id}",
+        json={"models": ["echo"], "requests_per_minute": 10},
+        headers=bearer(ADMIN),
+    )
+    assert changed.status_code == 200, changed.text
+
+    def narrowed() -> bool:
+        return chat(server, secret, "premium").status_code == 403
+
+    eventually(narrowed, 5.0, what="the key's new models applied")
+    assert chat(server, secret).headers["x-ratelimit-limit-requests"] == "10"
