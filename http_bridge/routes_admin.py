@@ -76,8 +76,9 @@ async def create_key(request: Request, ctx: Call) -> Response:
     ),
 )
 async def list_keys(request: Request, ctx: Call) -> Response:
+    admin = _admin(request, ctx)  # anyone else: 403, whatever the query says
     listing = parse_list_params(request.query_params)
-    return reply(ctx, encode_keys(await _admin(request, ctx).list_keys(listing, ctx)))
+    return reply(ctx, encode_keys(await admin.list_keys(listing, ctx)))
 
 
 @endpoints.router.get("/admin/v1/keys/{key_id}", summary="An API key")
@@ -120,5 +121,6 @@ async def revoke_key(request: Request, key_id: str, ctx: Call) -> Response:
     ),
 )
 async def get_spend(request: Request, ctx: Call) -> Response:
+    admin = _admin(request, ctx)  # anyone else: 403, whatever the query says
     query = parse_spend_params(request.query_params)
-    return reply(ctx, encode_spend(await _admin(request, ctx).get_spend(query, ctx)))
+    return reply(ctx, encode_spend(await admin.get_spend(query, ctx)))

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
+_INT32_MAX = 2**31 - 1
+
 
 def _host_port(value: str) -> str:
     try:
@@ -47,21 +49,21 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="manage API keys (kept in the database of usage.store)")
     key_commands = keys.add_subparsers(dest="key_command", required=True)
     create = key_commands.add_parser("create", help="make a key and print it, once")
-    create.add_argument("--user", required=True)
-    create.add_argument("--tier", default="free")
+    create.add_argument("--user", required=True, type=_text)
+    create.add_argument("--tier", default="free", type=_text)
     update = key_commands.add_parser("update", help="change a key's limits, models, budget, ...")
-    update.add_argument("key_id")
+    update.add_argument("key_id", type=_text)
     for sub in (create, update):
         _key_options(sub)
     revoke = key_commands.add_parser("revoke", help="refuse a key from now on")
-    revoke.add_argument("key_id")
+    revoke.add_argument("key_id", type=_text)
     listing = key_commands.add_parser("list", help="list keys (never the keys themselves)")
 
     spend = commands.add_parser("spend", help="cost and tokens summed from the usage ledger")
     spend.add_argument("--group-by", choices=["day", "model", "user", "key"])
-    spend.add_argument("--since", help="RFC 3339 time (inclusive)")
-    spend.add_argument("--until", help="RFC 3339 time (exclusive)")
-    spend.add_argument("--user")
+    spend.add_argument("--since", type=_text, help="RFC 3339 time (inclusive)")
+    spend.add_argument("--until", type=_text, help="RFC 3339 time (exclusive)")
+    spend.add_argument("--user", type=_text)
     for sub in (create, update, revoke, listing, spend):
         sub.add_argument("--config", help="YAML config file (default: the built-in config)")
     for sub in (create, update, listing, spend):
@@ -79,10 +81,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _key_options(parser: argparse.ArgumentParser) -> None:
     """What narrows a key's tier (`tandem keys create` and `update`)."""
-    parser.add_argument("--models", help="comma-separated models, a subset of the tier's")
-    parser.add_argument("--rpm", type=int, help="requests per minute")
-    parser.add_argument("--tpm", type=int, help="tokens per minute")
-    parser.add_argument("--max-concurrent", type=int, help="requests in flight at once")
+    parser.add_argument(
+        "--models", type=_text, help="comma-separated models, a subset of the tier's"
+    )
+    parser.add_argument("--rpm", type=_limit, help="requests per minute")
+    parser.add_argument("--tpm", type=_limit, help="tokens per minute")
+    parser.add_argument("--max-concurrent", type=_limit, help="requests in flight at once")
     parser.add_argument("--budget-usd", type=_usd, help="budget in US dollars")
     parser.add_argument("--budget-period", choices=["daily", "weekly", "monthly", "total"])
     parser.add_argument("--expires-in", type=_duration, help="e.g. 30d, 12h, 90m")
@@ -91,8 +95,31 @@ def _key_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _usd(value: str) -> Decimal:
+def _text(value: str) -> str:
+    """An argument that is UTF-8 (a non-UTF-8 argv byte arrives as a lone surrogate,
+    which no proto string, and no store, can hold)."""
     try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("expected UTF-8 text") from None
+    return value
+
+
+def _limit(value: str) -> int:
+    """A key's limit: a proto int32, 1 or more."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 10) or not (
+        1 <= int(value) <= _INT32_MAX
+    ):
+        raise argparse.ArgumentTypeError(f"expected an integer 1 to {_INT32_MAX}, not {value!r}")
+    return int(value)
+
+
+def _usd(value: str) -> Decimal:
+    """Dollars as written (the server checks the places and the range): no `1_0`,
+    which Decimal takes."""
+    try:
+        if not value.isascii() or "_" in value:
+            raise InvalidOperation
         return Decimal(value)
     except InvalidOperation:
         raise argparse.ArgumentTypeError(f"expected a number of dollars, not {value!r}") from None
@@ -108,7 +135,7 @@ def _duration(value: str) -> int:
 
 
 def _label(value: str) -> tuple[str, str]:
-    name, equals, text = value.partition("=")
+    name, equals, text = _text(value).partition("=")
     if not equals or not name:
         raise argparse.ArgumentTypeError(f"expected k=v, not {value!r}")
     return name, text

@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 _OPERATOR = Caller(user="admin", tier="free", kind="admin")
-_DURATION = re.compile(r"(\d+)([smhdw])")
+_DURATION = re.compile(r"(\d{1,15})([smhdw])")
+_LAST_EXPIRY = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # as the API allows
+_TOO_LATE = "ends after 9999-12-31T23:59:59Z, the latest expiry"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -69,17 +71,24 @@ class KeyOptions:
         elif self.budget_period is not None:
             raise ConfigError("--budget-period: needs --budget-usd")
         if self.expires_in_s is not None:
-            key.expires_at.FromDatetime(now + timedelta(seconds=self.expires_in_s))
+            try:
+                key.expires_at.FromDatetime(now + timedelta(seconds=self.expires_in_s))
+            except OverflowError:
+                raise ConfigError(f"--expires-in: {_TOO_LATE}") from None
             paths.append("expires_at")
         return key, paths
 
 
-def parse_duration(text: str) -> int:
-    """`30d`, `12h`, `90m`, `3600s`, `2w` in seconds."""
+def parse_duration(text: str, now: datetime | None = None) -> int:
+    """`30d`, `12h`, `90m`, `3600s`, `2w` in seconds, ending by 9999-12-31T23:59:59Z
+    (what an expiry may be) from `now`."""
     found = _DURATION.fullmatch(text.strip())
     if found is None or int(found[1]) < 1:
         raise ValueError(f"expected a duration such as 30d, 12h or 90m, not {text!r}")
-    return int(found[1]) * _UNITS[found[2]]
+    seconds = int(found[1]) * _UNITS[found[2]]
+    if seconds > (_LAST_EXPIRY - (now or datetime.now(UTC))).total_seconds():
+        raise ValueError(_TOO_LATE)
+    return seconds
 
 
 @asynccontextmanager

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import time
 import uuid
@@ -23,6 +24,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from tandem.v1 import admin_pb2, admin_pb2_grpc
 
 from server.store import open_store
+from server.store.keys import new_key
 from server.usage.record import UsageRecord
 from tests.eventually import eventually
 from tests.rpc_status import details_of
@@ -196,6 +198,23 @@ def test_budget_dollars_are_exact_json_numbers(gateway: TandemProcess) -> None:
     )
 
 
+def test_no_odd_request_is_a_500(gateway: TandemProcess) -> None:
+    for path in (
+        "/keys/%ED%A0%80",
+        "/keys/%FF",
+        "/keys?user=%ED%A0%80",
+        "/spend?model=%FF",
+        "/keys?page_size=" + "9" * 5000,  # past int()'s 4300 digits
+    ):
+        answer = httpx.get(admin_url(gateway, path), headers=ADMIN)
+        assert answer.status_code in (200, 400, 404), (path, answer.text)
+    # the first and the last moments a Timestamp holds: a window, not a 500
+    first, last = "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999999Z"
+    for since, until in ((first, last), (last, first)):
+        answer = spend(gateway, since=since, until=until, group_by="day")
+        assert answer.status_code == 200, answer.text
+
+
 def test_an_unknown_key_is_404(gateway: TandemProcess) -> None:
     for method in ("GET", "PATCH", "DELETE"):
         answer = httpx.request(
@@ -221,8 +240,10 @@ def test_an_unknown_key_is_404(gateway: TandemProcess) -> None:
         ({"user": "u", "budget": {"usd": 1, "period": "yearly"}}, "budget.period"),
         ({"user": "u", "budget": {"usd": 1, "periodd": "daily"}}, "budget"),
         ({"user": "u", "budget": 5}, "budget"),
+        ({"user": "u", "budget": {"usd": "5"}}, "budget.usd"),  # money is a number on HTTP
         ({"user": "u", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
         ({"user": "u", "expires_at": "tomorrow"}, "expires_at"),
+        ({"user": "u", "expires_at": "9999-12-31T23:59:59.000001Z"}, "expires_at"),
         ({"user": "u", "labels": {f"k{i}": "v" for i in range(17)}}, "labels"),
         ({"user": "u", "labels": {"bad key": "v"}}, "labels"),
         ({"user": "u", "labels": {"k": "v" * 257}}, "labels.k"),
@@ -239,6 +260,84 @@ def test_a_bad_key_is_a_400_naming_its_field(
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert (error["type"], error["param"]) == ("invalid_request_error", param), error
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        # the decimal context would underflow it to $0 before the places were checked
+        (b'{"user": "u", "budget": {"usd": 1e-2000000000}}', "budget.usd"),
+        (b'{"user": "u", "budget": {"usd": 1.00000000001}}', "budget.usd"),
+        (b'{"user": "u", "budget": {"usd": "1_0"}}', "budget.usd"),
+        # no lone surrogate reaches a proto string, a label's name included
+        (b'{"user": "u", "labels": {"\\ud800": "x"}}', "labels"),
+        (b'{"user": "u", "labels": {"k": "\\udfff"}}', "labels.k"),
+        (b'{"user": "u", "\\ud800": 1}', "body"),
+        (b'{"user": "u", "budget": {"usd": 1, "\\ud800": 1}}', "budget"),
+        (b'{"user": "u", "expires_at": "9999-12-31T23:59:59.999999Z"}', "expires_at"),
+    ],
+)
+def test_a_bad_key_body_is_a_400_naming_its_field(
+    gateway: TandemProcess, body: bytes, param: str
+) -> None:
+    """Bodies as sent on the wire: what a Python dict cannot say (1e-2000000000)."""
+    user = new_user()
+    answer = httpx.post(
+        admin_url(gateway, "/keys"),
+        content=body.replace(b'"u"', f'"{user}"'.encode()),
+        headers=ADMIN,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == param, answer.text
+    listed = httpx.get(admin_url(gateway, "/keys"), params={"user": user}, headers=ADMIN)
+    assert listed.json()["keys"] == []  # nothing stored
+
+
+def test_budgets_are_exact_whatever_the_exponent(gateway: TandemProcess) -> None:
+    for body, usd in (
+        (b'{"user": "u", "budget": {"usd": 1.0000000000000}}', b'"usd":1,'),
+        (b'{"user": "u", "budget": {"usd": 0e-2000000000}}', b'"usd":0,'),
+        (b'{"user": "u", "budget": {"usd": 25e-1}}', b'"usd":2.5,'),
+    ):
+        answer = httpx.post(admin_url(gateway, "/keys"), content=body, headers=ADMIN)
+        assert answer.status_code == 201, answer.text
+        assert usd in answer.content, answer.text
+
+
+def test_the_latest_expiry_is_kept_and_never_breaks_a_listing(
+    gateway: TandemProcess, store_url: str
+) -> None:
+    user = new_user()
+    latest = create(gateway, user=user, expires_at="9999-12-31T23:59:59Z")
+    assert latest["expires_at"] == "9999-12-31T23:59:59.000000Z"
+    # a row stored beyond what a Timestamp holds (by hand, or before input was bounded)
+    _, record = new_key(user, "free")
+    written = dataclasses.replace(record, expires_at=253_402_300_800.5)
+
+    async def store_it() -> None:
+        store = open_store(store_url)
+        assert store is not None
+        await store.open()
+        try:
+            await store.create_key(written)
+        finally:
+            await store.aclose()
+
+    asyncio.run(store_it())
+    listed = httpx.get(admin_url(gateway, "/keys"), params={"user": user}, headers=ADMIN)
+    assert listed.status_code == 200, listed.text
+    expiries = {key["id"]: key["expires_at"] for key in listed.json()["keys"]}
+    assert expiries == {
+        latest["id"]: "9999-12-31T23:59:59.000000Z",
+        written.id: "9999-12-31T23:59:59.999999Z",  # clamped to the latest a Timestamp holds
+    }
+    read = httpx.get(admin_url(gateway, f"/keys/{written.id}"), headers=ADMIN)
+    assert read.status_code == 200, read.text
+    grpc_read = on_grpc(
+        gateway,
+        lambda stub: stub.GetKey(admin_pb2.GetKeyRequest(id=written.id), metadata=AS_ADMIN),
+    )
+    assert grpc_read.expires_at.seconds == 253_402_300_799
 
 
 def test_a_bad_update_is_a_400_naming_its_field(gateway: TandemProcess) -> None:
@@ -375,7 +474,18 @@ def test_a_key_made_read_changed_and_revoked_over_grpc(gateway: TandemProcess) -
 
 def _bad_keys() -> list[tuple[admin_pb2.Key, str]]:
     keys: list[tuple[admin_pb2.Key, str]] = []
-    for usd in ("1.0000000001", "1e999999999", "1e30", "NaN", "-0.5", " 1", "five"):
+    for usd in (
+        "1.0000000001",
+        "1e999999999",
+        "1e30",
+        "NaN",
+        "-0.5",
+        " 1",
+        "five",
+        "1e-2000000000",  # underflows to 0 under the decimal context
+        "1_0",  # Decimal takes it as 10
+        "\uff15",  # a fullwidth 5: Decimal takes it too
+    ):
         key = admin_pb2.Key(user="u")
         key.budget.usd = usd
         keys.append((key, "budget.usd"))
@@ -385,6 +495,9 @@ def _bad_keys() -> list[tuple[admin_pb2.Key, str]]:
     out_of_range = admin_pb2.Key(user="u")
     out_of_range.expires_at.seconds = 2**62
     keys.append((out_of_range, "expires_at"))
+    past_the_last = admin_pb2.Key(user="u")
+    past_the_last.expires_at.seconds, past_the_last.expires_at.nanos = 253_402_300_799, 1
+    keys.append((past_the_last, "expires_at"))
     keys.append((admin_pb2.Key(user="u", requests_per_minute=-5), "requests_per_minute"))
     keys.append((admin_pb2.Key(user="u\x00"), "user"))
     keys.append((admin_pb2.Key(user="u", labels={"k": "\x00"}), "labels.k"))
@@ -425,6 +538,10 @@ def _every_route(key_id: str) -> list[tuple[str, str, dict[str, Any] | None]]:
         ("PATCH", f"/keys/{key_id}", {"labels": {}}),
         ("DELETE", f"/keys/{key_id}", None),
         ("GET", "/spend", None),
+        # a query that would be a 400 is still a 403: the caller is checked first
+        ("GET", "/keys?page_size=abc", None),
+        ("GET", "/keys?zzz=1", None),
+        ("GET", "/spend?since=xx", None),
     ]
 
 
@@ -743,6 +860,16 @@ def test_keys_options_are_checked_as_the_api_checks_them(config_path: Path) -> N
         (["--budget-usd", "0.0000000001"], "--budget-usd"),
         (["--rpm", "0"], "--rpm"),
         (["--label", "bad key=v"], "--label"),
+        # bounded as the API bounds them: one line, never a traceback
+        (["--expires-in", "2920000d"], "--expires-in"),  # past 9999-12-31
+        (["--expires-in", "99999999999d"], "--expires-in"),  # past timedelta's range
+        (["--rpm", "99999999999"], "--rpm"),  # past int32
+        (["--tpm", "2147483648"], "--tpm"),
+        (["--max-concurrent", "-1"], "--max-concurrent"),
+        (["--budget-usd", "1_0"], "--budget-usd"),
+        (["--budget-usd", "1e-2000000000"], "--budget-usd"),
+        (["--label", "k=\udcff"], "--label"),  # a non-UTF-8 argv byte
+        (["--tier", "\udcff"], "--tier"),
     ):
         done = run_cli(
             "keys",
@@ -756,6 +883,12 @@ def test_keys_options_are_checked_as_the_api_checks_them(config_path: Path) -> N
         )
         assert done.returncode == 2, (options, done.stdout)
         assert named in done.stderr, (options, done.stderr)
+        assert "Traceback" not in done.stderr, (options, done.stderr)
+    for args in (["keys", "revoke", "\udcff"], ["spend", "--user", "\udcff"]):
+        done = run_cli(*args, "--config", config_path, cwd=config_path.parent)
+        assert done.returncode == 2, (args, done.stdout)
+        assert "UTF-8" in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr, (args, done.stderr)
     done = run_cli(
         "keys", "create", "--user", "u", "--expires-in", "soon", "--config", config_path,
         cwd=config_path.parent,

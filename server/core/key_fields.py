@@ -7,6 +7,7 @@ and gRPC's `key` both spell them.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Iterable
 from decimal import Decimal, InvalidOperation
@@ -49,6 +50,9 @@ MAX_LABEL_VALUE = 256
 MAX_NAME = 256
 MAX_NANOS = 2**63 - 1
 _MAX_USD = Decimal(MAX_NANOS).scaleb(-9)
+# what PostgreSQL, datetime and a Timestamp can all hold: years 1 to 9999
+MIN_TIME_S = -62_135_596_800  # 0001-01-01T00:00:00Z
+MAX_TIME_S = 253_402_300_799  # 9999-12-31T23:59:59Z
 _PERIODS: tuple[str, ...] = get_args(Period)
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 
@@ -75,10 +79,7 @@ def _utf8(text: str) -> bool:
 
 def in_range(name: str, timestamp: Timestamp) -> int:
     """The timestamp in epoch microseconds, if PostgreSQL and datetime can hold it."""
-    if not (
-        -62_135_596_800 <= timestamp.seconds <= 253_402_300_799
-        and 0 <= timestamp.nanos < 1_000_000_000
-    ):
+    if not (MIN_TIME_S <= timestamp.seconds <= MAX_TIME_S and 0 <= timestamp.nanos < 1_000_000_000):
         raise InvalidRequestError(
             f"{name}: out of range (years 1 to 9999, nanos 0 to 999999999)", param=name
         )
@@ -102,8 +103,10 @@ def usd_text(nanos: int) -> str:
 
 
 def _nanos(text: str) -> int:
+    """Dollars as nano-dollars, exactly, or a 400: never rounded (the decimal context
+    would turn 1e-2000000000 into 0), never `1_0` or fullwidth digits (Decimal takes both)."""
     try:
-        usd = Decimal(text)
+        usd = Decimal(text) if text.isascii() and "_" not in text else Decimal("NaN")
     except InvalidOperation:
         usd = Decimal("NaN")
     if not usd.is_finite() or text.strip() != text:
@@ -112,13 +115,19 @@ def _nanos(text: str) -> int:
         raise InvalidRequestError("budget.usd: must be 0 or more", param="budget.usd")
     if usd > _MAX_USD:  # before any arithmetic: 1e999999 would overflow the context
         raise InvalidRequestError("budget.usd: too large", param="budget.usd")
-    nanos = usd.scaleb(9)  # exact: the exponent moves, the digits stay
-    if nanos != nanos.to_integral_value():
+    # integers only from here: the digits and the exponent, as written
+    _, digits, exponent = usd.as_tuple()
+    coefficient, places = int("".join(map(str, digits))), -int(exponent)
+    while places > 9 and coefficient and coefficient % 10 == 0:  # 1.0000000000 is 1
+        coefficient, places = coefficient // 10, places - 1
+    if not coefficient:
+        return 0
+    if places > 9:
         raise InvalidRequestError(
             "budget.usd: at most 9 decimal places (budgets are kept in nano-dollars)",
             param="budget.usd",
         )
-    return int(nanos)
+    return coefficient * int(10 ** (9 - places))  # at most MAX_NANOS: checked above
 
 
 def _labels(labels: dict[str, str]) -> dict[str, str]:
@@ -166,7 +175,12 @@ def narrowing(
         elif path == "expires_at":
             expires = None
             if key.HasField("expires_at"):
-                expires = in_range("expires_at", key.expires_at) / 1_000_000
+                at_us = in_range("expires_at", key.expires_at)
+                if (key.expires_at.seconds, key.expires_at.nanos) > (MAX_TIME_S, 0):
+                    raise InvalidRequestError(
+                        "expires_at: at most 9999-12-31T23:59:59Z", param="expires_at"
+                    )
+                expires = at_us / 1_000_000
                 if expires <= now:
                     raise InvalidRequestError(
                         "expires_at: must be in the future", param="expires_at"
@@ -209,9 +223,18 @@ def key_message(key: ApiKey, secret: str = "") -> admin_pb2.Key:
         out.budget.usd = usd_text(key.budget_nanos)
         out.budget.period = key.budget_period or "monthly"
     if key.expires_at is not None:
-        out.expires_at.FromMicroseconds(round(key.expires_at * 1_000_000))
-    out.created_at.FromMicroseconds(round(key.created_at * 1_000_000))
+        out.expires_at.FromMicroseconds(_clamped_us(key.expires_at))
+    out.created_at.FromMicroseconds(_clamped_us(key.created_at))
     return out
+
+
+def _clamped_us(seconds: float) -> int:
+    """A stored time as epoch microseconds a Timestamp (and datetime) can hold: a row
+    from before the input was bounded, or written by hand, never fails a listing."""
+    if not math.isfinite(seconds):
+        return MIN_TIME_S * 1_000_000 if seconds < 0 else MAX_TIME_S * 1_000_000
+    micros = round(seconds * 1_000_000)
+    return min(max(micros, MIN_TIME_S * 1_000_000), MAX_TIME_S * 1_000_000 + 999_999)
 
 
 def key_not_found(key_id: str) -> NotFoundError:

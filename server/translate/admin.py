@@ -54,6 +54,7 @@ def parse_key(body: bytes, *, creating: bool) -> tuple[admin_pb2.Key, list[str]]
     allowed = _CREATABLE if creating else _UPDATABLE
     key = admin_pb2.Key()
     for name, field in value.items():
+        _string("body", name)  # a field's name echoes in the error: UTF-8 only
         if name not in allowed:
             known = name in ("id", "created_at", "revoked", "key", "user", "tier")
             why = "cannot be set" if known else "unknown field"
@@ -83,8 +84,8 @@ def _set(key: admin_pb2.Key, name: str, value: Any) -> None:
     else:  # labels
         if not isinstance(value, dict):
             raise InvalidRequestError("labels: expected an object of strings", param="labels")
-        for label, text in value.items():
-            key.labels[label] = _string(f"labels.{label}", text)
+        for label, text in value.items():  # the name too: a proto map's key is UTF-8
+            key.labels[_string("labels", label)] = _string(f"labels.{label}", text)
 
 
 def _set_budget(key: admin_pb2.Key, value: Any) -> None:
@@ -93,10 +94,11 @@ def _set_budget(key: admin_pb2.Key, value: Any) -> None:
             'budget: expected {"usd": number, "period": "monthly"}', param="budget"
         )
     for name in value:
+        _string("budget", name)  # echoed in the error: UTF-8 only
         if name not in ("usd", "period"):
             raise InvalidRequestError(f"budget.{echoed(name)}: unknown field", param="budget")
-    usd = value["usd"]
-    if isinstance(usd, bool) or not isinstance(usd, int | Decimal | str):
+    usd = value["usd"]  # a JSON number (the contract's money on HTTP), never a string
+    if isinstance(usd, bool) or not isinstance(usd, int | Decimal):
         raise InvalidRequestError("budget.usd: expected a number", param="budget.usd")
     key.budget.usd = str(usd)
     if value.get("period") is not None:
@@ -181,7 +183,7 @@ def parse_list_params(params: Mapping[str, str]) -> admin_pb2.ListKeysRequest:
         page_token=params.get("page_token", ""),
     )
     if (size := params.get("page_size")) is not None:
-        if not (size.isascii() and size.isdigit()) or not 1 <= int(size) <= 1000:
+        if not (size.isascii() and size.isdigit() and len(size) <= 4) or not 1 <= int(size) <= 1000:
             raise InvalidRequestError("page_size: 1 to 1000", param="page_size")
         request.page_size = int(size)
     return request
