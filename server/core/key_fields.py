@@ -15,7 +15,7 @@ from typing import Any, cast, get_args
 from google.protobuf.timestamp_pb2 import Timestamp
 from tandem.v1 import admin_pb2
 
-from server.config import Config, Period
+from server.config import MAX_BUDGET_USD, Config, Period
 from server.errors import InvalidRequestError, NotFoundError, echoed
 from server.store import ApiKey
 
@@ -47,8 +47,6 @@ MAX_LABELS = 16
 MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 256
 MAX_NAME = 256
-MAX_NANOS = 2**63 - 1
-_MAX_USD = Decimal(MAX_NANOS).scaleb(-9)
 _PERIODS: tuple[str, ...] = get_args(Period)
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 
@@ -110,7 +108,7 @@ def _nanos(text: str) -> int:
         raise InvalidRequestError("budget.usd: expected a decimal number", param="budget.usd")
     if usd < 0:
         raise InvalidRequestError("budget.usd: must be 0 or more", param="budget.usd")
-    if usd > _MAX_USD:  # before any arithmetic: 1e999999 would overflow the context
+    if usd > MAX_BUDGET_USD:  # before any arithmetic: 1e999999 would overflow the context
         raise InvalidRequestError("budget.usd: too large", param="budget.usd")
     nanos = usd.scaleb(9)  # exact: the exponent moves, the digits stay
     if nanos != nanos.to_integral_value():

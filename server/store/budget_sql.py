@@ -135,6 +135,8 @@ def _sqlite_ledger_sum(db: sqlite3.Connection, scope: BudgetScope) -> int:
         if value is not None:
             conditions.append(f"{column} = ?")
             args.append(value)
+    if ledger.caller_kind is not None:  # a caller without a key: not its user's keys' records
+        conditions.append("key_id IS NULL")
     sql = f"SELECT COALESCE(SUM(cost_nanos), 0) FROM usage_records WHERE {' AND '.join(conditions)}"
     return int(db.execute(sql, args).fetchone()[0])
 
@@ -261,7 +263,9 @@ BEGIN
             IF key_ids[i] IS NOT NULL THEN q := q || ' AND key_id = $3'; END IF;
             IF tiers[i] IS NOT NULL THEN q := q || ' AND tier = $4'; END IF;
             IF users[i] IS NOT NULL THEN q := q || ' AND "user" = $5'; END IF;
-            IF kinds[i] IS NOT NULL THEN q := q || ' AND caller_kind = $6'; END IF;
+            IF kinds[i] IS NOT NULL THEN  -- a caller without a key: not its user's keys'
+                q := q || ' AND caller_kind = $6 AND key_id IS NULL';
+            END IF;
             EXECUTE q INTO s USING starts[i], ends[i], key_ids[i], tiers[i], users[i], kinds[i];
             INSERT INTO budget_periods (scope, period_start, spent_nanos)
                 VALUES (scopes[i], starts[i], s) ON CONFLICT DO NOTHING;
