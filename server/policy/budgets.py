@@ -9,22 +9,24 @@ second on a busy host, and a replica that then admitted offline overshot the bud
 "while the store is down"). So a reserve waits up to `timeout_s` (5 s, the store's own
 command timeout): a refused or broken connection still fails at once, only a store
 that hangs costs the wait, and while it is down one reserve at a time (a probe, every
-`retry_after_s`) asks it again, the others admitting offline. An admitted hold is kept alive
-by a lease this replica renews every `renew_every_s` until `release` (its record is
-queued: the ledger write settles it), so a dead replica's holds run out; every
-replica sweeps expired ones every `sweep_every_s` (freed within lease + sweep).
+`retry_after_s`) asks it again, the others admitting offline. An admitted hold is
+kept alive by a lease this replica renews every `renew_every_s` until `release` (its
+record is queued: the ledger write settles it), so a dead replica's holds run out;
+every replica sweeps expired ones every `sweep_every_s` (freed within lease + sweep).
+A hold whose call will write no record is freed at once (`cancel`, and a reserve whose
+caller went away while it was in flight), not when its lease runs out.
 
 While the store does not answer (a timeout or any error, then not asked again for
-`retry_after_s` but by the probe), a scope is checked against the last state this replica read of it
-(`spent + reserved`), less the reservations it made offline: N replicas then
+`retry_after_s` but by the probe), a scope is checked against the last state this
+replica read of it (`spent + reserved`), less the reservations it made offline: N replicas then
 overshoot by at most that remainder x (N - 1). A period that began since starts clean
 (0 spent). A scope this replica never read cannot be checked: `UnavailableError`
 (503). Offline holds live in this replica only; their records settle when the store
 is back (adding spend, no hold to free). Until those records are written, the store
 cannot know of them, so this replica still counts them, asking the store with its
 limits less them: one replica alone never overshoots. A reserve that timed out may
-still have reached the store: its hold, never renewed, is swept (and counted twice
-meanwhile: refusing early, never admitting past the budget). One warning says when
+still reach the store: its hold is freed there at once (its call counts offline, once).
+One warning says when
 the store stops answering, one when it is back.
 """
 
@@ -60,6 +62,8 @@ class BudgetStore(Protocol):
     async def renew_holds(self, hold_ids: Sequence[str], lease_s: float) -> None: ...
 
     async def release_expired_holds(self) -> int: ...
+
+    async def release_hold(self, hold_id: str, periods: Sequence[tuple[str, int]]) -> None: ...
 
 
 class _Seen(NamedTuple):
@@ -107,6 +111,7 @@ class Budgets:
         self._down_until = 0.0  # while the store failed: when to ask it again
         self._down = False
         self._probing = False  # while down: a reserve is asking the store again
+        self._freeing: set[asyncio.Task[None]] = set()  # holds freed early, in the store
         self._tasks: list[asyncio.Task[None]] = []
 
     async def reserve(self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int) -> Reservation:
@@ -136,7 +141,11 @@ class Budgets:
         try:
             async with asyncio.timeout(self._timeout_s):
                 found = await self._store.reserve_budget(hold_id, asked, nanos, self._lease_s)
-        except Exception as exc:  # any store failure: the fallback (never CancelledError)
+        except asyncio.CancelledError:  # the caller went away: the store may have its hold
+            self._free_in_store(hold_id, scopes)
+            raise
+        except Exception as exc:  # any store failure: the fallback
+            self._free_in_store(hold_id, scopes)  # a timed-out reserve may land: counted once
             self._store_down("reserving", exc)
         else:
             self._store_up()
@@ -207,6 +216,33 @@ class Budgets:
             for hold_id in queued:
                 self._forget(hold_id)
 
+    def cancel(self, hold_id: str, periods: Sequence[tuple[str, int]]) -> None:
+        """Its call will write no record (it failed before its record was made): free
+        its reservation now, not when its lease runs out."""
+        self._held.discard(hold_id)
+        if hold_id in self._offline:  # in this replica only (the store's, if any, is freed)
+            self._forget(hold_id)
+            return
+        self._free(hold_id, periods)
+
+    def _free_in_store(self, hold_id: str, scopes: Sequence[BudgetScope]) -> None:
+        self._free(hold_id, tuple((scope.name, scope.start_us) for scope in scopes))
+
+    def _free(self, hold_id: str, periods: Sequence[tuple[str, int]]) -> None:
+        """Free the hold in the store, in the background (no timeout: a SQLite call
+        cancelled before it ran would never run); if that fails, its lease runs out."""
+        task = asyncio.get_running_loop().create_task(
+            self._release_hold(hold_id, periods), name="budget-free"
+        )
+        self._freeing.add(task)
+        task.add_done_callback(self._freeing.discard)
+
+    async def _release_hold(self, hold_id: str, periods: Sequence[tuple[str, int]]) -> None:
+        try:
+            await self._store.release_hold(hold_id, periods)
+        except Exception as exc:  # the store failing: its lease runs out instead
+            logger.debug("budgets: freeing hold %s failed (%s)", hold_id, type(exc).__name__)
+
     def _forget(self, hold_id: str) -> None:
         periods, nanos = self._offline.pop(hold_id)
         for period in periods:
@@ -231,7 +267,9 @@ class Budgets:
         ]
 
     async def aclose(self) -> None:
-        tasks, self._tasks = self._tasks, []
+        if self._freeing:  # holds being freed: a moment to finish, else their leases run out
+            await asyncio.wait(list(self._freeing), timeout=1.0)
+        tasks, self._tasks = self._tasks, [*self._freeing]
         if self._forgetting is not None:
             tasks.append(self._forgetting)
         for task in tasks:
