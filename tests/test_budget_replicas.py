@@ -26,12 +26,12 @@ pytestmark = pytest.mark.timeout(240)
 REPLICAS = 3
 CALL_NANOS = 12_000
 CALLS = 50  # what the budget holds
-# calls in flight at once on each replica: 12 reserving one scope together. With 30 a
-# replica, on this shared 2-core machine under other load, reserves queued on the
-# scope's row lock past Budgets' 0.25 s timeout, and a replica then admitted offline,
-# against the last spend it saw, as if the store were down: the contract's bounded
-# overshoot, not exactness (seen at 19:25; reported, see the branch's notes)
-IN_FLIGHT = 4
+# calls in flight at once on each replica, all reserving one scope: 90 at once queue on
+# the store (its pool, the scope's row lock) far past a quarter second on a loaded
+# machine. A slow store is not a down one: each waits its turn (Budgets' TIMEOUT_S),
+# where it used to fall back to admitting offline (30-32 of 90 where 17 fit) and a fresh
+# replica's first burst got 503 budget_store_unavailable
+IN_FLIGHT = 30
 CONFIG = """
 providers: [{name: demo, kind: mock}]
 models: [{name: metered, provider: demo, price: {input_per_mtok: 1, output_per_mtok: 2}}]
@@ -99,16 +99,13 @@ def test_replicas_never_admit_past_a_budget_and_a_restart_keeps_the_spend(
     config = CONFIG % {"store": store}
     replicas = [start_tandem(tmp_path, config) for _ in range(REPLICAS)]
     try:
-        for replica in replicas:  # each replica reads the budget once (its pool warm)
-            assert asyncio.run(_fire([replica], secret, 1))[0].status_code == 200
-        assert _admitted(asyncio.run(_fire(replicas, secret, 27))) == 27
+        # fresh replicas, their pools cold, never read the budget: a burst at once
+        assert _admitted(asyncio.run(_fire(replicas, secret, 30))) == 30
         for replica in replicas:  # SIGTERM: their records flushed, their holds settled
             assert replica.terminate() == 0
         replicas = [start_tandem(tmp_path, config) for _ in range(REPLICAS)]
-        for replica in replicas:
-            assert asyncio.run(_fire([replica], secret, 1))[0].status_code == 200
-        # the spend was kept: of 90 concurrent calls, exactly the 17 left fit
-        assert _admitted(asyncio.run(_fire(replicas, secret, 90))) == CALLS - 33
+        # the spend was kept: of 90 concurrent calls on fresh replicas, exactly the 20 left fit
+        assert _admitted(asyncio.run(_fire(replicas, secret, 90))) == CALLS - 30
         assert asyncio.run(_ledger(store, record.id)) == (
             CALLS,
             CALLS * CALL_NANOS,

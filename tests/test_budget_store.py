@@ -111,6 +111,7 @@ async def test_a_new_periods_row_starts_from_the_ledger_of_its_caller_only(
             record(new_id(), "theirs", 900, at),
             record(new_id(), "mine", 40, at, tier="pro"),  # the key's, another tier
             record(new_id(), None, 300, at, user="alice"),
+            record(new_id(), "alices-key", 4_000, at, user="alice"),  # a key's, not her JWT's
             record(new_id(), None, 20, at, user="anonymous", caller_kind="anonymous"),
         ]
     )  # no budget row exists yet: their settlements had nothing to add to

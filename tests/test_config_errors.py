@@ -73,6 +73,11 @@ BAD_CONFIGS = [
         "models: [{name: m, provider: mock, price: {input_per_mtok: -1, output_per_mtok: 1}}]\n",
         "models[0].price.input_per_mtok: expected a finite, non-negative number of US dollars",
     ),
+    (  # its nanos would not fit a BIGINT (was a decimal.InvalidOperation traceback)
+        "tiers: {free: {budget: {usd: 1e30}}}\n",
+        "tiers.free.budget.usd: at most 9223372036.854775807 US dollars",
+    ),
+    ("tiers: {free: {budget: {usd: 9223372037}}}\n", "tiers.free.budget.usd: at most"),
     (
         "providers: [{name: p, kind: openai, price_provider: opneai}]\n",
         "providers[0].price_provider: unknown genai-prices provider 'opneai'",

@@ -36,6 +36,8 @@ from server.config.base import (
 )
 from server.config.base import Strict as _Strict
 from server.config.sections import (
+    MAX_BUDGET_NANOS,
+    MAX_BUDGET_USD,
     AuthConfig,
     BudgetConfig,
     BudgetsConfig,
@@ -48,6 +50,8 @@ from server.config.sections import (
 )
 
 __all__ = [
+    "MAX_BUDGET_NANOS",
+    "MAX_BUDGET_USD",
     "AuthConfig",
     "BudgetConfig",
     "BudgetsConfig",

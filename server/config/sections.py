@@ -13,6 +13,8 @@ from pydantic import Field, field_validator, model_validator
 from server.config.base import NonNegativeFloat, PositiveInt, Strict, Usd
 
 __all__ = [
+    "MAX_BUDGET_NANOS",
+    "MAX_BUDGET_USD",
     "AuthConfig",
     "BudgetConfig",
     "BudgetsConfig",
@@ -25,7 +27,9 @@ __all__ = [
 
 # a budget's calendar period in UTC: weeks start on Monday; `total` never resets
 Period = Literal["daily", "weekly", "monthly", "total"]
-NANOS_PER_USD = 10**9
+# a budget's bound, in the config and the admin API alike: its nanos fit a BIGINT
+MAX_BUDGET_NANOS = 2**63 - 1
+MAX_BUDGET_USD = Decimal(MAX_BUDGET_NANOS).scaleb(-9)
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -145,13 +149,16 @@ class BudgetConfig(Strict):
     @field_validator("usd")
     @classmethod
     def _whole_nanos(cls, value: Decimal) -> Decimal:
-        if (value * NANOS_PER_USD) % 1:
+        if value > MAX_BUDGET_USD:  # before any arithmetic: 1e30 would overflow the context
+            raise ValueError(f"at most {MAX_BUDGET_USD} US dollars")
+        nanos = value.scaleb(9)  # exact: the exponent moves, the digits stay
+        if nanos != nanos.to_integral_value():
             raise ValueError("at most 9 decimal places (budgets are kept in nano-dollars)")
         return value
 
     @property
     def nanos(self) -> int:
-        return int(self.usd * NANOS_PER_USD)
+        return int(self.usd.scaleb(9))
 
 
 class BudgetsConfig(Strict):

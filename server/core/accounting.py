@@ -199,6 +199,18 @@ class Accounting:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        hold = self._admission.hold
+        if hold is None:
+            self._end(exc)
+            return
+        try:
+            self._end(exc)
+        except BaseException:  # no record made: nothing would settle its hold but its lease
+            hold.keeper.cancel(hold.id, hold.periods)
+            raise
+
+    def _end(self, exc: BaseException | None) -> None:
+        """Settle the admission and record the call (its record settles its hold)."""
         ctx = self._ctx
         now = time.monotonic()
         gone = exc is not None and _caller_gone(exc, ctx)

@@ -103,11 +103,12 @@ class DataPlane:
         route, prompt = self._resolve_chat(request, ctx)
         model = route.model.name  # the public name asked for, whoever serves it
         output = _choices(request) * _max_tokens(request)
+        completion_id = f"chatcmpl-{new_id()}"
+        created = int(time.time())
+        # admitted, a call is in Accounting at once: its end, however it ends, is a record
         admission = await self.policy.admit(
             ctx, lambda: prompt + output, self._estimate_cost(model, prompt, output)
         )
-        completion_id = f"chatcmpl-{new_id()}"
-        created = int(time.time())
         with Accounting(
             self.usage, ctx, route, admission, streaming, prompt, self.prices
         ) as account:
@@ -214,9 +215,6 @@ class DataPlane:
         prompt = estimate_relayed_prompt(body)
         ctx.trace.resolved(route.model.name, prompt)
         output = max_output_tokens(body)
-        admission = await self.policy.admit(
-            ctx, lambda: prompt + output, self._estimate_cost(route.model.name, prompt, output)
-        )
         relay = Relay(route.model.name, streaming=streaming)
         # the request as written means nothing to a translated fallback (hosted tools,
         # sealed reasoning, the upstream's stored state): only relaying ones are tried
@@ -227,6 +225,10 @@ class DataPlane:
             answer = provider.respond(body, attempt, ctx, streaming=streaming)
             return _relayed(relay, answer, provider.scrub)
 
+        # admitted, a call is in Accounting at once: its end, however it ends, is a record
+        admission = await self.policy.admit(
+            ctx, lambda: prompt + output, self._estimate_cost(route.model.name, prompt, output)
+        )
         with Accounting(
             self.usage, ctx, route, admission, streaming, prompt, self.prices
         ) as account:

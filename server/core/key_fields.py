@@ -16,7 +16,7 @@ from typing import Any, cast, get_args
 from google.protobuf.timestamp_pb2 import Timestamp
 from tandem.v1 import admin_pb2
 
-from server.config import Config, Period
+from server.config import MAX_BUDGET_USD, Config, Period
 from server.errors import InvalidRequestError, NotFoundError, echoed
 from server.store import ApiKey
 
@@ -48,8 +48,6 @@ MAX_LABELS = 16
 MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 256
 MAX_NAME = 256
-MAX_NANOS = 2**63 - 1
-_MAX_USD = Decimal(MAX_NANOS).scaleb(-9)
 # what PostgreSQL, datetime and a Timestamp can all hold: years 1 to 9999
 MIN_TIME_S = -62_135_596_800  # 0001-01-01T00:00:00Z
 MAX_TIME_S = 253_402_300_799  # 9999-12-31T23:59:59Z
@@ -113,7 +111,7 @@ def _nanos(text: str) -> int:
         raise InvalidRequestError("budget.usd: expected a decimal number", param="budget.usd")
     if usd < 0:
         raise InvalidRequestError("budget.usd: must be 0 or more", param="budget.usd")
-    if usd > _MAX_USD:  # before any arithmetic: 1e999999 would overflow the context
+    if usd > MAX_BUDGET_USD:  # before any arithmetic: 1e999999 would overflow the context
         raise InvalidRequestError("budget.usd: too large", param="budget.usd")
     # integers only from here: the digits and the exponent, as written
     _, digits, exponent = usd.as_tuple()
@@ -127,7 +125,7 @@ def _nanos(text: str) -> int:
             "budget.usd: at most 9 decimal places (budgets are kept in nano-dollars)",
             param="budget.usd",
         )
-    return coefficient * int(10 ** (9 - places))  # at most MAX_NANOS: checked above
+    return coefficient * int(10 ** (9 - places))  # at most MAX_BUDGET_NANOS: checked above
 
 
 def _labels(labels: dict[str, str]) -> dict[str, str]:

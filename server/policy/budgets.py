@@ -1,23 +1,32 @@
 """Budget reservations that hold across replicas: the store is the truth, this
 replica's last view of it the fallback (docs/design/money.md 2.3-2.6).
 
-`reserve` is one store call (all or nothing over the call's scopes) under a short
-timeout: admission must not wait on a slow database. An admitted hold is kept alive
-by a lease this replica renews every `renew_every_s` until `release` (its record is
-queued: the ledger write settles it), so a dead replica's holds run out; every
-replica sweeps expired ones every `sweep_every_s` (freed within lease + sweep).
+`reserve` is one store call (all or nothing over the call's scopes). A slow store is
+not a down one: under load, reserves queue for a pooled connection and for the scope's
+row lock (every replica's reserves of one scope take it in turn), well past a quarter
+second on a busy host, and a replica that then admitted offline overshot the budget
+(the contract: N replicas "admit exactly what fits"; the offline fallback is for
+"while the store is down"). So a reserve waits up to `timeout_s` (5 s, the store's own
+command timeout): a refused or broken connection still fails at once, only a store
+that hangs costs the wait, and while it is down one reserve at a time (a probe, every
+`retry_after_s`) asks it again, the others admitting offline. An admitted hold is
+kept alive by a lease this replica renews every `renew_every_s` until `release` (its
+record is queued: the ledger write settles it), so a dead replica's holds run out;
+every replica sweeps expired ones every `sweep_every_s` (freed within lease + sweep).
+A hold whose call will write no record is freed at once (`cancel`, and a reserve whose
+caller went away while it was in flight), not when its lease runs out.
 
 While the store does not answer (a timeout or any error, then not asked again for
-`retry_after_s`), a scope is checked against the last state this replica read of it
-(`spent + reserved`), less the reservations it made offline: N replicas then
+`retry_after_s` but by the probe), a scope is checked against the last state this
+replica read of it (`spent + reserved`), less the reservations it made offline: N replicas then
 overshoot by at most that remainder x (N - 1). A period that began since starts clean
 (0 spent). A scope this replica never read cannot be checked: `UnavailableError`
 (503). Offline holds live in this replica only; their records settle when the store
 is back (adding spend, no hold to free). Until those records are written, the store
 cannot know of them, so this replica still counts them, asking the store with its
 limits less them: one replica alone never overshoots. A reserve that timed out may
-still have reached the store: its hold, never renewed, is swept (and counted twice
-meanwhile: refusing early, never admitting past the budget). One warning says when
+still reach the store: its hold is freed there at once (its call counts offline, once).
+One warning says when
 the store stops answering, one when it is back.
 """
 
@@ -36,7 +45,9 @@ __all__ = ["BudgetStore", "Budgets"]
 
 logger = logging.getLogger("tandem.budgets")
 
-TIMEOUT_S = 0.25  # as rate limits' Redis: admission never waits longer on the store
+# a slow store is waited for, a hung one given up on: the store's command timeout
+# (server/store/postgres.py COMMAND_TIMEOUT_S; SQLite's busy timeout is as long)
+TIMEOUT_S = 5.0
 RETRY_AFTER_S = 1.0  # once it failed, the store is not asked again for this long
 HOLD_LEASE_S = 30.0
 RENEW_EVERY_S = 10.0  # a lease outlives two missed renewals
@@ -51,6 +62,8 @@ class BudgetStore(Protocol):
     async def renew_holds(self, hold_ids: Sequence[str], lease_s: float) -> None: ...
 
     async def release_expired_holds(self) -> int: ...
+
+    async def release_hold(self, hold_id: str, periods: Sequence[tuple[str, int]]) -> None: ...
 
 
 class _Seen(NamedTuple):
@@ -97,6 +110,8 @@ class Budgets:
         self._forgetting: asyncio.Task[None] | None = None
         self._down_until = 0.0  # while the store failed: when to ask it again
         self._down = False
+        self._probing = False  # while down: a reserve is asking the store again
+        self._freeing: set[asyncio.Task[None]] = set()  # holds freed early, in the store
         self._tasks: list[asyncio.Task[None]] = []
 
     async def reserve(self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int) -> Reservation:
@@ -104,30 +119,47 @@ class Budgets:
         Raises UnavailableError while the store is down for a scope never read here."""
         if not scopes:
             return Reservation(True, ())
-        if not self._down or self._clock() >= self._down_until:
-            unwritten = [self._unwritten.get((s.name, s.start_us), 0) for s in scopes]
-            asked = [  # this replica's offline reservations, unknown to the store, still count
-                s._replace(limit_nanos=s.limit_nanos - n) if n else s
-                for s, n in zip(scopes, unwritten, strict=True)
-            ]
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    found = await self._store.reserve_budget(hold_id, asked, nanos, self._lease_s)
-            except Exception as exc:  # any store failure: the fallback (never CancelledError)
-                self._store_down("reserving", exc)
-            else:
-                self._store_up()
-                for state in found.states:
-                    self._seen[state.scope.name] = _Seen(
-                        state.scope.start_us, state.spent_nanos, state.reserved_nanos
-                    )
-                if found.admitted:
-                    self._held.add(hold_id)
-                states = (
-                    ScopeState(scope, state.spent_nanos, state.reserved_nanos + n)
-                    for scope, state, n in zip(scopes, found.states, unwritten, strict=True)
+        if not self._down:
+            return await self._reserve_in_store(hold_id, scopes, nanos)
+        if self._probing or self._clock() < self._down_until:
+            return self._reserve_offline(hold_id, scopes, nanos)
+        self._probing = True  # one call at a time finds out whether it is back
+        try:
+            return await self._reserve_in_store(hold_id, scopes, nanos)
+        finally:
+            self._probing = False
+
+    async def _reserve_in_store(
+        self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int
+    ) -> Reservation:
+        """The store's answer; this replica's last view of it if the store fails."""
+        unwritten = [self._unwritten.get((s.name, s.start_us), 0) for s in scopes]
+        asked = [  # this replica's offline reservations, unknown to the store, still count
+            s._replace(limit_nanos=s.limit_nanos - n) if n else s
+            for s, n in zip(scopes, unwritten, strict=True)
+        ]
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                found = await self._store.reserve_budget(hold_id, asked, nanos, self._lease_s)
+        except asyncio.CancelledError:  # the caller went away: the store may have its hold
+            self._free_in_store(hold_id, scopes)
+            raise
+        except Exception as exc:  # any store failure: the fallback
+            self._free_in_store(hold_id, scopes)  # a timed-out reserve may land: counted once
+            self._store_down("reserving", exc)
+        else:
+            self._store_up()
+            for state in found.states:
+                self._seen[state.scope.name] = _Seen(
+                    state.scope.start_us, state.spent_nanos, state.reserved_nanos
                 )
-                return Reservation(found.admitted, tuple(states))
+            if found.admitted:
+                self._held.add(hold_id)
+            states = (
+                ScopeState(scope, state.spent_nanos, state.reserved_nanos + n)
+                for scope, state, n in zip(scopes, found.states, unwritten, strict=True)
+            )
+            return Reservation(found.admitted, tuple(states))
         return self._reserve_offline(hold_id, scopes, nanos)
 
     def _reserve_offline(
@@ -184,6 +216,33 @@ class Budgets:
             for hold_id in queued:
                 self._forget(hold_id)
 
+    def cancel(self, hold_id: str, periods: Sequence[tuple[str, int]]) -> None:
+        """Its call will write no record (it failed before its record was made): free
+        its reservation now, not when its lease runs out."""
+        self._held.discard(hold_id)
+        if hold_id in self._offline:  # in this replica only (the store's, if any, is freed)
+            self._forget(hold_id)
+            return
+        self._free(hold_id, periods)
+
+    def _free_in_store(self, hold_id: str, scopes: Sequence[BudgetScope]) -> None:
+        self._free(hold_id, tuple((scope.name, scope.start_us) for scope in scopes))
+
+    def _free(self, hold_id: str, periods: Sequence[tuple[str, int]]) -> None:
+        """Free the hold in the store, in the background (no timeout: a SQLite call
+        cancelled before it ran would never run); if that fails, its lease runs out."""
+        task = asyncio.get_running_loop().create_task(
+            self._release_hold(hold_id, periods), name="budget-free"
+        )
+        self._freeing.add(task)
+        task.add_done_callback(self._freeing.discard)
+
+    async def _release_hold(self, hold_id: str, periods: Sequence[tuple[str, int]]) -> None:
+        try:
+            await self._store.release_hold(hold_id, periods)
+        except Exception as exc:  # the store failing: its lease runs out instead
+            logger.debug("budgets: freeing hold %s failed (%s)", hold_id, type(exc).__name__)
+
     def _forget(self, hold_id: str) -> None:
         periods, nanos = self._offline.pop(hold_id)
         for period in periods:
@@ -208,7 +267,9 @@ class Budgets:
         ]
 
     async def aclose(self) -> None:
-        tasks, self._tasks = self._tasks, []
+        if self._freeing:  # holds being freed: a moment to finish, else their leases run out
+            await asyncio.wait(list(self._freeing), timeout=1.0)
+        tasks, self._tasks = self._tasks, [*self._freeing]
         if self._forgetting is not None:
             tasks.append(self._forgetting)
         for task in tasks:

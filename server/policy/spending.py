@@ -42,6 +42,8 @@ class BudgetKeeper(Protocol):
 
     def release(self, hold_id: str) -> None: ...
 
+    def cancel(self, hold_id: str, periods: Sequence[tuple[str, int]]) -> None: ...
+
 
 class BudgetPlan(NamedTuple):
     """One budget that applies to a caller, before a request names its period."""

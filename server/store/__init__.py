@@ -68,6 +68,11 @@ class Store(ConversationStore, Protocol):
     async def renew_holds(self, hold_ids: Sequence[str], lease_s: float) -> None:
         """Extend the leases of these holds (not those the sweeper freed) to `lease_s`."""
 
+    async def release_hold(self, hold_id: str, periods: Sequence[tuple[str, int]]) -> None:
+        """Free a hold whose call will write no record, in each (scope, period start),
+        now; where it is not there yet, a reserve of it that lands later reserves
+        nothing."""
+
     async def release_expired_holds(self) -> int:
         """Free every hold whose lease ran out (its replica died); how many were freed."""
 

@@ -18,6 +18,12 @@ a scope's advisory lock (only where its row is missing) just before its rows.
   take the scope's advisory lock on that path, then read again (READ COMMITTED: each
   statement sees what committed before it), so one sees the other's commit. SQLite has
   one writer (`BEGIN IMMEDIATE`): no race.
+- Release: a hold whose call will write no record (its caller went away while the
+  reserve was in flight, or the reserve timed out and the call was admitted offline) is
+  freed at once, not when its lease runs out: marked released (its reservation freed,
+  once). Where it is not there (yet), a released row takes its place, so a reserve that
+  lands late fails on the hold's key and reserves nothing; a record that still comes
+  settles as for a swept hold (spend added, nothing freed).
 - Leases: `lease_until` is the database's clock in PostgreSQL (replicas with skewed
   clocks agree) and the host's in SQLite (one host).
 
@@ -35,6 +41,7 @@ from server.usage.budget import BudgetScope, Reservation, ScopeState, Settlement
 
 __all__ = [
     "PG_FUNCTIONS",
+    "PG_RELEASE",
     "PG_RENEW",
     "PG_RESERVE",
     "PG_SETTLE",
@@ -45,6 +52,7 @@ __all__ = [
     "pg_settle_args",
     "reservation",
     "settled_now",
+    "sqlite_release",
     "sqlite_renew",
     "sqlite_reserve",
     "sqlite_settle",
@@ -135,6 +143,8 @@ def _sqlite_ledger_sum(db: sqlite3.Connection, scope: BudgetScope) -> int:
         if value is not None:
             conditions.append(f"{column} = ?")
             args.append(value)
+    if ledger.caller_kind is not None:  # a caller without a key: not its user's keys' records
+        conditions.append("key_id IS NULL")
     sql = f"SELECT COALESCE(SUM(cost_nanos), 0) FROM usage_records WHERE {' AND '.join(conditions)}"
     return int(db.execute(sql, args).fetchone()[0])
 
@@ -212,6 +222,35 @@ def sqlite_renew(db: sqlite3.Connection, hold_ids: Sequence[str], lease_until_us
         )
 
 
+def sqlite_release(
+    db: sqlite3.Connection, hold_id: str, periods: Sequence[tuple[str, int]], now_us: int
+) -> None:
+    """Free a hold whose call will write no record (see the module's docstring)."""
+    freed: list[tuple[str, int, int, Any]] = []
+    for scope, start in sorted(periods):
+        row = db.execute(
+            "SELECT period_start, nanos, released FROM budget_holds WHERE id = ? AND scope = ?",
+            (hold_id, scope),
+        ).fetchone()
+        if row is None:  # not there (yet): a late reserve of it will fail on its key
+            db.execute(
+                "INSERT INTO budget_holds (id, scope, period_start, nanos, lease_until, released) "
+                "VALUES (?, ?, ?, 0, ?, true)",
+                (hold_id, scope, start, now_us),
+            )
+        elif not row[2]:
+            db.execute(
+                "UPDATE budget_holds SET released = true WHERE id = ? AND scope = ?",
+                (hold_id, scope),
+            )
+            freed.append((scope, row[0], row[1], False))
+    db.executemany(
+        "UPDATE budget_periods SET reserved_nanos = reserved_nanos - ? "
+        "WHERE scope = ? AND period_start = ?",
+        [(free, scope, start) for scope, start, _, free in _deltas((), freed)],
+    )
+
+
 def sqlite_sweep(db: sqlite3.Connection, now_us: int) -> int:
     gone = db.execute(
         "UPDATE budget_holds SET released = true WHERE NOT released AND lease_until < ? "
@@ -261,7 +300,9 @@ BEGIN
             IF key_ids[i] IS NOT NULL THEN q := q || ' AND key_id = $3'; END IF;
             IF tiers[i] IS NOT NULL THEN q := q || ' AND tier = $4'; END IF;
             IF users[i] IS NOT NULL THEN q := q || ' AND "user" = $5'; END IF;
-            IF kinds[i] IS NOT NULL THEN q := q || ' AND caller_kind = $6'; END IF;
+            IF kinds[i] IS NOT NULL THEN  -- a caller without a key: not its user's keys'
+                q := q || ' AND caller_kind = $6 AND key_id IS NULL';
+            END IF;
             EXECUTE q INTO s USING starts[i], ends[i], key_ids[i], tiers[i], users[i], kinds[i];
             INSERT INTO budget_periods (scope, period_start, spent_nanos)
                 VALUES (scopes[i], starts[i], s) ON CONFLICT DO NOTHING;
@@ -333,6 +374,39 @@ BEGIN
     END LOOP;
 END $$;
 
+CREATE OR REPLACE FUNCTION tandem_release(
+    hold TEXT, scopes TEXT[], starts TIMESTAMPTZ[]
+) RETURNS VOID LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    f_scopes TEXT[] := '{{}}';
+    f_starts TIMESTAMPTZ[] := '{{}}';
+    f_nanos BIGINT[] := '{{}}';
+    st TIMESTAMPTZ;
+    x BIGINT;
+BEGIN
+    -- `scopes` come sorted: the holds' rows first, then their periods (the lock order)
+    FOR i IN 1..coalesce(array_length(scopes, 1), 0) LOOP
+        -- not there (yet): a released row in its place, so a late reserve of it fails
+        INSERT INTO budget_holds (id, scope, period_start, nanos, lease_until, released)
+            VALUES (hold, scopes[i], starts[i], 0, now(), true) ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            UPDATE budget_holds h SET released = true
+                WHERE h.id = hold AND h.scope = scopes[i] AND NOT h.released
+                RETURNING h.period_start, h.nanos INTO st, x;
+            IF FOUND THEN
+                f_scopes := f_scopes || scopes[i];
+                f_starts := f_starts || st;
+                f_nanos := f_nanos || x;
+            END IF;
+        END IF;
+    END LOOP;
+    FOR i IN 1..coalesce(array_length(f_scopes, 1), 0) LOOP
+        UPDATE budget_periods b SET reserved_nanos = b.reserved_nanos - f_nanos[i]
+            WHERE b.scope = f_scopes[i] AND b.period_start = f_starts[i];
+    END LOOP;
+END $$;
+
 CREATE OR REPLACE FUNCTION tandem_sweep() RETURNS INT LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -377,6 +451,9 @@ FROM locked l WHERE h.id = l.id AND h.scope = l.scope
 """
 
 PG_SWEEP = "SELECT tandem_sweep()"
+
+# A hold whose call will write no record: its id, its (scope, start)s sorted by scope.
+PG_RELEASE = "SELECT tandem_release($1, $2, $3)"
 
 
 def pg_reserve_args(

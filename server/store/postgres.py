@@ -228,6 +228,16 @@ class PostgresStore:
             pool = await self._ready()
             await pool.execute(budget.PG_RENEW, list(hold_ids), float(lease_s))
 
+    async def release_hold(self, hold_id: str, periods: Sequence[tuple[str, int]]) -> None:
+        ordered = sorted(periods)
+        pool = await self._ready()
+        await pool.execute(
+            budget.PG_RELEASE,
+            hold_id,
+            [scope for scope, _ in ordered],
+            [datetime_of(start) for _, start in ordered],
+        )
+
     async def release_expired_holds(self) -> int:
         pool = await self._ready()
         freed: int = await pool.fetchval(budget.PG_SWEEP)

@@ -182,6 +182,13 @@ class SqliteStore:
 
         await self._call(renew)
 
+    async def release_hold(self, hold_id: str, periods: Sequence[tuple[str, int]]) -> None:
+        def release(db: sqlite3.Connection) -> None:
+            with _transaction(db, "BEGIN IMMEDIATE"):
+                budget.sqlite_release(db, hold_id, periods, _now_us())
+
+        await self._call(release)
+
     async def release_expired_holds(self) -> int:
         def sweep(db: sqlite3.Connection) -> int:
             with _transaction(db, "BEGIN IMMEDIATE"):

@@ -34,7 +34,9 @@ class LedgerFilter(NamedTuple):
     key_id: str | None = None
     tier: str | None = None  # a tier scope: records of this tier, and of the caller below
     user: str | None = None  # with caller_kind "user" (a JWT subject)
-    caller_kind: str | None = None  # "user" or "anonymous", for a tier scope without a key
+    # "user" or "anonymous", for a tier scope without a key: only records made without
+    # one count (a key made for user U records caller_kind "user" too, and is not U's JWT)
+    caller_kind: str | None = None
 
 
 class BudgetScope(NamedTuple):

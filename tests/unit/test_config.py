@@ -310,3 +310,28 @@ def test_price_provider_must_be_a_genai_prices_provider() -> None:
         ConfigError, match=r"^providers\[1\]\.price_provider: unknown genai-prices provider 'grok'$"
     ):
         build_config({"providers": providers}, {})
+
+
+def test_a_tier_budget_fits_in_nanos_up_to_the_admin_apis_bound() -> None:
+    most = "9223372036.854775807"  # 2**63 - 1 nanos: a BIGINT, as a key's budget
+    config = build_config({"tiers": {"free": {"budget": {"usd": most}}}}, {})
+    budget = config.tiers["free"].budget
+    assert budget is not None
+    assert budget.nanos == 2**63 - 1
+    assert build_config({"tiers": {"free": {"budget": {"usd": 0.5}}}}, {}).tiers[
+        "free"
+    ].budget == type(budget)(usd=Decimal("0.5"))
+
+
+@pytest.mark.parametrize(
+    ("usd", "message"),
+    [
+        ("9223372036.854775808", r"at most 9223372036\.854775807 US dollars"),
+        (1e30, r"at most 9223372036\.854775807 US dollars"),  # was decimal.InvalidOperation
+        ("1e999999", r"at most 9223372036\.854775807 US dollars"),
+        ("0.0000000001", r"at most 9 decimal places"),
+    ],
+)
+def test_a_tier_budget_out_of_bounds_is_one_line_naming_its_key(usd: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^tiers\.free\.budget\.usd: " + message):
+        build_config({"tiers": {"free": {"budget": {"usd": usd}}}}, {})
