@@ -26,14 +26,12 @@ from tandem.v1 import admin_pb2
 from server.config import Config
 from server.context import CallContext
 from server.core.key_fields import (
-    UPDATE_PATHS,
     check_text,
     given,
     in_range,
     key_message,
     key_not_found,
     narrowing,
-    usd_text,
 )
 from server.errors import (
     InvalidRequestError,
@@ -44,9 +42,10 @@ from server.errors import (
 )
 from server.policy import Policy
 from server.store import ApiKey, Store
-from server.store.keys import new_key
+from server.store.keys import UPDATABLE, new_key
 from server.store.keys_sql import KeyPage
 from server.store.spend_sql import GROUPS, SpendQuery, SpendRow
+from server.usage.money import nanos_text
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "KeyAdmin"]
 
@@ -87,7 +86,7 @@ class KeyAdmin:
             raise InvalidRequestError(
                 f"tier: tier {echoed(tier)!r} does not exist in the config", param="tier"
             )
-        paths = [path for path in UPDATE_PATHS if path == "labels" or given(key, path)]
+        paths = [path for path in UPDATABLE if path == "labels" or given(key, path)]
         fields = narrowing(key, paths, self._config, tier, self._clock())
         secret, record = new_key(user, tier)
         record = dataclasses.replace(record, **fields)
@@ -125,14 +124,14 @@ class KeyAdmin:
         found = await self._find(store, key.id)
         paths = list(request.update_mask.paths)
         if not paths:  # AIP-134: no mask means the fields that are set
-            paths = [path for path in UPDATE_PATHS if given(key, path)]
+            paths = [path for path in UPDATABLE if given(key, path)]
         if not paths:
             raise InvalidRequestError("update_mask: names no field to change", param="update_mask")
         for path in paths:
-            if path not in UPDATE_PATHS:
+            if path not in UPDATABLE:
                 raise InvalidRequestError(
                     f"update_mask: {echoed(path)!r} cannot be changed (only "
-                    f"{', '.join(UPDATE_PATHS)})",
+                    f"{', '.join(UPDATABLE)})",
                     param="update_mask",
                 )
         fields = narrowing(key, dict.fromkeys(paths), self._config, found.tier, self._clock())
@@ -214,7 +213,7 @@ def _group(row: SpendRow) -> admin_pb2.SpendGroup:
         completion_tokens=row.completion_tokens,
         total_tokens=row.prompt_tokens + row.completion_tokens,
         cost_nanos=row.cost_nanos,
-        cost_usd=usd_text(row.cost_nanos),
+        cost_usd=nanos_text(row.cost_nanos),
     )
 
 

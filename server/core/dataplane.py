@@ -47,7 +47,8 @@ from server.providers.base import DEFAULT_CAPABILITIES, DescribesModels, RelaysR
 from server.translate.responses.seal import Sealer
 from server.usage import UsageRecorder
 from server.usage.api import LedgerReader, usage_query, usage_response
-from server.usage.prices import ListedPrice, Prices, usd_text
+from server.usage.money import usd_text
+from server.usage.prices import ListedPrice, Prices
 
 if TYPE_CHECKING:
     from server.telemetry.tracing import Tracer

@@ -19,10 +19,11 @@ from tandem.v1 import admin_pb2
 from server.config import MAX_BUDGET_USD, Config, Period
 from server.errors import InvalidRequestError, NotFoundError, echoed
 from server.store import ApiKey
+from server.store.keys import LIMITS
+from server.usage.money import nanos_text
 
 __all__ = [
     "MAX_LABELS",
-    "UPDATE_PATHS",
     "allowed_models",
     "check_text",
     "given",
@@ -30,20 +31,8 @@ __all__ = [
     "key_message",
     "key_not_found",
     "narrowing",
-    "usd_text",
 ]
 
-# what an update may change (the `update_mask` paths; PATCH's keys)
-UPDATE_PATHS = (
-    "models",
-    "requests_per_minute",
-    "tokens_per_minute",
-    "max_concurrent_requests",
-    "budget",
-    "expires_at",
-    "labels",
-)
-_LIMITS = ("requests_per_minute", "tokens_per_minute", "max_concurrent_requests")
 MAX_LABELS = 16
 MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 256
@@ -95,11 +84,6 @@ def allowed_models(config: Config, tier: str) -> Collection[str]:
     return names if names is not None else [model.name for model in config.models]
 
 
-def usd_text(nanos: int) -> str:
-    """Nano-dollars as an exact decimal string: 1_200_000 -> "0.0012", 5e9 -> "5"."""
-    return format(Decimal(nanos).scaleb(-9).normalize(), "f")
-
-
 def _nanos(text: str) -> int:
     """Dollars as nano-dollars, exactly, or a 400: never rounded (the decimal context
     would turn 1e-2000000000 into 0), never `1_0` or fullwidth digits (Decimal takes both)."""
@@ -143,7 +127,7 @@ def _labels(labels: dict[str, str]) -> dict[str, str]:
 
 
 def given(key: admin_pb2.Key, path: str) -> bool:
-    """Whether `key` sets the field `path` of UPDATE_PATHS (labels: any label)."""
+    """Whether `key` sets the field `path` of UPDATABLE (labels: any label)."""
     return bool(key.labels) if path == "labels" else key.HasField(cast(Any, path))
 
 
@@ -156,7 +140,7 @@ def narrowing(
     for path in paths:
         if path == "models":
             fields["models"] = _models(key, config, tier) if key.HasField("models") else None
-        elif path in _LIMITS:
+        elif path in LIMITS:
             value = getattr(key, path) if given(key, path) else None
             if value is not None and value < 1:
                 raise InvalidRequestError(f"{path}: must be 1 or more", param=path)
@@ -214,11 +198,11 @@ def key_message(key: ApiKey, secret: str = "") -> admin_pb2.Key:
     if key.models is not None:
         out.models.SetInParent()  # an empty list is still a list: no model at all
         out.models.names.extend(key.models)
-    for name in _LIMITS:
+    for name in LIMITS:
         if (value := getattr(key, name)) is not None:
             setattr(out, name, value)
     if key.budget_nanos is not None:
-        out.budget.usd = usd_text(key.budget_nanos)
+        out.budget.usd = nanos_text(key.budget_nanos)
         out.budget.period = key.budget_period or "monthly"
     if key.expires_at is not None:
         out.expires_at.FromMicroseconds(_clamped_us(key.expires_at))

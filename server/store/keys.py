@@ -15,6 +15,8 @@ __all__ = [
     "KEY_ADDED_COLUMNS",
     "KEY_COLUMNS",
     "KEY_PREFIX",
+    "LIMITS",
+    "UPDATABLE",
     "ApiKey",
     "hash_key",
     "key_from_row",
@@ -64,6 +66,19 @@ class ApiKey:
     def matches(self, key: str) -> bool:
         return hmac.compare_digest(self.key_hash, hash_key(key))
 
+
+# what a key's admin may change after its creation (an update's mask paths, PATCH's keys),
+# and of them the limits a key narrows its tier's by
+UPDATABLE = (
+    "models",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "max_concurrent_requests",
+    "budget",
+    "expires_at",
+    "labels",
+)
+LIMITS = ("requests_per_minute", "tokens_per_minute", "max_concurrent_requests")
 
 _FIELDS = tuple(f.name for f in fields(ApiKey))
 # the columns, in the fields' order (`key_row` writes them, `key_from_row` reads them);

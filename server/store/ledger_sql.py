@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from server.usage.record import UsageQuery
@@ -18,6 +18,7 @@ __all__ = [
     "totals_sql",
     "upgrade_sql",
     "usage_schema",
+    "where_clause",
 ]
 
 # `user` is reserved in PostgreSQL; quoted, it means the same in SQLite
@@ -134,16 +135,27 @@ def filters(
     `placeholder(n)` spells argument n (1-based);
     `time` turns epoch microseconds into what the `created_at` column holds.
     """
-    conditions: list[str] = []
+    return where_clause(
+        (
+            ('"user" = {}', query.user),
+            ("caller_kind = {}", query.caller_kind),
+            ("model = {}", query.model),
+            ("created_at >= {}", None if query.since is None else time(query.since)),
+            ("created_at < {}", None if query.until is None else time(query.until)),
+        ),
+        placeholder,
+    )
+
+
+def where_clause(
+    conditions: Iterable[tuple[str, Any]], placeholder: Callable[[int], str]
+) -> tuple[str, list[Any]]:
+    """`WHERE` and each condition (`"model = {}"`) whose value is not None, the values
+    its arguments; "" when none is."""
+    clauses: list[str] = []
     args: list[Any] = []
-    for condition, value in (
-        ('"user" = {}', query.user),
-        ("caller_kind = {}", query.caller_kind),
-        ("model = {}", query.model),
-        ("created_at >= {}", None if query.since is None else time(query.since)),
-        ("created_at < {}", None if query.until is None else time(query.until)),
-    ):
+    for condition, value in conditions:
         if value is not None:
             args.append(value)
-            conditions.append(condition.format(placeholder(len(args))))
-    return (f"WHERE {' AND '.join(conditions)}" if conditions else ""), args
+            clauses.append(condition.format(placeholder(len(args))))
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from server.store.ledger_sql import where_clause
+
 __all__ = ["GROUPS", "GroupBy", "SpendQuery", "SpendReport", "SpendRow", "spend_sql"]
 
 GroupBy = Literal["day", "model", "user", "key"]
@@ -59,19 +61,17 @@ def spend_sql(
     """(the groups' SELECT, or None without `group_by`; the totals' SELECT; their
     arguments). `day` is the backend's day expression; `time` turns epoch
     microseconds into what `created_at` holds."""
-    conditions: list[str] = []
-    args: list[Any] = []
-    for condition, value in (
-        ('"user" = {}', query.user),
-        ("key_id = {}", query.key_id),
-        ("model = {}", query.model),
-        ("created_at >= {}", None if query.since is None else time(query.since)),
-        ("created_at < {}", None if query.until is None else time(query.until)),
-    ):
-        if value is not None:
-            args.append(value)
-            conditions.append(condition.format(placeholder(len(args))))
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    where, args = where_clause(
+        (
+            ('"user" = {}', query.user),
+            ("key_id = {}", query.key_id),
+            ("model = {}", query.model),
+            ("created_at >= {}", None if query.since is None else time(query.since)),
+            ("created_at < {}", None if query.until is None else time(query.until)),
+        ),
+        placeholder,
+    )
+    where = f" {where}" if where else ""
     totals = f"SELECT '', {_SUMS} FROM usage_records{where}"
     if query.group_by is None:
         return None, totals, args

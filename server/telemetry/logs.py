@@ -30,8 +30,7 @@ import orjson
 
 from server.errors import echoed
 from server.telemetry.caller_warnings import CallerWarnings
-from server.usage.money import usd
-from server.usage.prices import usd_text
+from server.usage.money import nanos_text
 
 __all__ = ["AccessLine", "LogFormat", "LogSink", "configure_logging"]
 
@@ -164,7 +163,7 @@ class LogSink:
         if item.ttft_ms is not None:
             fields["ttft_ms"] = round(item.ttft_ms, 3)
         del fields["cost_nanos"]
-        cost = usd_text(usd(item.cost_nanos)) if item.cost_nanos else "0"  # most calls
+        cost = nanos_text(item.cost_nanos) if item.cost_nanos else "0"  # most calls
         fields["cost_usd"] = orjson.Fragment(cost) if self.format == "json" else cost
         if self.format == "json":
             ts, level = fields.pop("ts"), fields.pop("level")

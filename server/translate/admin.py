@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tandem.v1 import admin_pb2
 
 from server.errors import InvalidRequestError, echoed
+from server.store.keys import LIMITS, UPDATABLE
 from server.translate.usage import _rfc3339 as parse_rfc3339
 
 __all__ = [
@@ -27,17 +28,7 @@ __all__ = [
     "parse_spend_params",
 ]
 
-_UPDATABLE = (
-    "models",
-    "requests_per_minute",
-    "tokens_per_minute",
-    "max_concurrent_requests",
-    "budget",
-    "expires_at",
-    "labels",
-)
-_CREATABLE = ("user", "tier", *_UPDATABLE)
-_LIMITS = ("requests_per_minute", "tokens_per_minute", "max_concurrent_requests")
+_CREATABLE = ("user", "tier", *UPDATABLE)
 _INT32_MAX = 2**31 - 1
 
 
@@ -51,7 +42,7 @@ def parse_key(body: bytes, *, creating: bool) -> tuple[admin_pb2.Key, list[str]]
         raise InvalidRequestError("body: is not valid JSON", param="body") from None
     if not isinstance(value, dict):
         raise InvalidRequestError("body: expected a JSON object", param="body")
-    allowed = _CREATABLE if creating else _UPDATABLE
+    allowed = _CREATABLE if creating else UPDATABLE
     key = admin_pb2.Key()
     for name, field in value.items():
         _string("body", name)  # a field's name echoes in the error: UTF-8 only
@@ -73,7 +64,7 @@ def _set(key: admin_pb2.Key, name: str, value: Any) -> None:
             raise InvalidRequestError("models: expected a list of model names", param="models")
         key.models.SetInParent()
         key.models.names.extend(_string("models", item) for item in value)
-    elif name in _LIMITS:
+    elif name in LIMITS:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= _INT32_MAX:
             raise InvalidRequestError(f"{name}: expected an integer 1 to {_INT32_MAX}", param=name)
         setattr(key, name, value)

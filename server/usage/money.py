@@ -1,6 +1,6 @@
-"""Money as the ledger keeps it, whole nano-dollars, in US dollars for the answers:
-exactly, never through a float (docs/design/money.md §1.4). Spelled as prices are
-(`usd_text`, server/usage/prices.py)."""
+"""Money as the ledger keeps it, whole nano-dollars, and as answers spell it, US dollars:
+exactly, never through a float (docs/design/money.md §1.4). The one place dollars are
+written: prices, costs, budgets and their headers alike."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from decimal import Decimal
 
 import orjson
 
-from server.usage.prices import usd_text
-
-__all__ = ["usd", "usd_json"]
+__all__ = ["nanos_text", "usd", "usd_json", "usd_text"]
 
 
 def usd(nanos: int) -> Decimal:
@@ -18,7 +16,19 @@ def usd(nanos: int) -> Decimal:
     return Decimal(nanos).scaleb(-9)
 
 
+def usd_text(amount: Decimal) -> str:
+    """An amount as an exact decimal string without exponent or trailing zeros ("0.15",
+    "3", "-0.5"): the proto's money, a header's, and a valid JSON number."""
+    text = format(amount, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def nanos_text(nanos: int) -> str:
+    """`nanos` as dollars, spelled as `usd_text` spells them (1_200_000 -> "0.0012")."""
+    return usd_text(usd(nanos))
+
+
 def usd_json(nanos: int) -> orjson.Fragment:
     """The dollars as an exact JSON number (1_200_000 -> 0.0012), for orjson to write as
     it is."""
-    return orjson.Fragment(usd_text(usd(nanos)))
+    return orjson.Fragment(nanos_text(nanos))

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from genai_prices.types import ModelInfo
     from genai_prices.types import ModelPrice as DataPrice
 
-__all__ = ["CostSource", "ListedPrice", "PriceCard", "Prices", "usd_text"]
+__all__ = ["CostSource", "ListedPrice", "PriceCard", "Prices"]
 
 CostSource = Literal["priced", "unpriced"]
 # genai-prices' provider for a kind whose URL it does not know (a local OpenAI-compatible
@@ -72,13 +72,6 @@ class ListedPrice:
     output_per_mtok: Decimal
     cached_input_per_mtok: Decimal
     cache_write_per_mtok: Decimal
-
-
-def usd_text(usd: Decimal) -> str:
-    """An amount as an exact decimal string without exponent or trailing zeros ("0.15",
-    "3"): the proto's money, and a valid JSON number."""
-    text = format(usd, "f")
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 @dataclass(frozen=True, slots=True)
