@@ -65,6 +65,15 @@ def config_path(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="module")
+def sqlite_config_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """For what does not depend on the backend (the CLI's own checks): one run, not two."""
+    folder = tmp_path_factory.mktemp("admin-cli-sqlite")
+    path = folder / "tandem.yaml"
+    path.write_text(CONFIG % {"admin": ADMIN_KEY, "store": f"sqlite:///{folder / 'tandem.db'}"})
+    return path
+
+
+@pytest.fixture(scope="module")
 def gateway(config_path: Path) -> Iterator[TandemProcess]:
     process = start_tandem(config_path.parent, config_path.read_text())
     yield process
@@ -854,7 +863,8 @@ def test_keys_create_and_update_take_every_option(
     assert created["key"] not in listing
 
 
-def test_keys_options_are_checked_as_the_api_checks_them(config_path: Path) -> None:
+def test_keys_options_are_checked_as_the_api_checks_them(sqlite_config_path: Path) -> None:
+    config_path = sqlite_config_path
     for options, named in (
         (["--models", "premium"], "--models"),  # not tier free's
         (["--budget-usd", "0.0000000001"], "--budget-usd"),
