@@ -170,6 +170,7 @@ class SlowStore:
         self.read += 1
         if self.hung.is_set():
             await asyncio.Event().wait()
+        await asyncio.sleep(self.delay_s)
         return await self._store.budget_states(scopes)
 
     async def renew_holds(self, hold_ids: Sequence[str], lease_s: float) -> None:
@@ -320,6 +321,11 @@ async def test_a_read_is_answered_from_a_recent_view_else_from_the_store(store_u
     assert read is not None
     assert [(s.spent_nanos, s.reserved_nanos) for s in read] == [(0, 0)]
     assert await period_state(store_url, never.name, 0) is None
+    await asyncio.sleep(0.35)
+    counted.delay_s = 0.1
+    burst = await asyncio.gather(*(budgets.states([budget, never]) for _ in range(5)))
+    assert counted.read == 3  # a burst of reads is one trip
+    assert len(set(burst)) == 1
     await budgets.aclose()
     await store.aclose()
 

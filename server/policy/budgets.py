@@ -129,6 +129,7 @@ class Budgets:
         self._down = False
         self._probing = False  # while down: a reserve is asking the store again
         self._freeing: set[asyncio.Task[None]] = set()  # holds freed early, in the store
+        self._reading: dict[tuple[_Period, ...], asyncio.Task[None]] = {}  # reads in flight
         self._tasks: list[asyncio.Task[None]] = []
 
     async def reserve(self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int) -> Reservation:
@@ -215,25 +216,41 @@ class Budgets:
         if not scopes:
             return None
         used = self._known(scopes, self._clock() - self._fresh_s)
-        if used is None and not self._down:
-            try:
-                async with asyncio.timeout(self._read_timeout_s):
-                    found = await self._store.budget_states(scopes)
-            except TimeoutError:  # slow is not down (reserves wait longer): as last seen
-                pass
-            except Exception as exc:  # asyncio.CancelledError is not one: it goes up
-                self._store_down("reading", exc)
-            else:
-                self._saw(found)
-                used = self._known(scopes)
         if used is None:
-            used = self._known(scopes)
+            if not self._down:
+                await self._read(scopes)
+            used = self._known(scopes)  # as just read, else as last seen
             if used is None:
                 return None
         return tuple(
             ScopeState(scope, spent, reserved)
             for scope, (spent, reserved) in zip(scopes, used, strict=True)
         )
+
+    async def _read(self, scopes: Sequence[BudgetScope]) -> None:
+        """Read the scopes from the store into `_seen`: one read at a time per set of
+        scopes, shared by the calls that want it meanwhile (a burst of listings is one
+        trip), and left running if the call that started it goes away."""
+        key = tuple((scope.name, scope.start_us) for scope in scopes)
+        task = self._reading.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._read_store(scopes), name="budget-read"
+            )
+            self._reading[key] = task
+            task.add_done_callback(lambda _: self._reading.pop(key, None))
+        await asyncio.shield(task)
+
+    async def _read_store(self, scopes: Sequence[BudgetScope]) -> None:
+        try:
+            async with asyncio.timeout(self._read_timeout_s):
+                found = await self._store.budget_states(scopes)
+        except TimeoutError:  # slow is not down (reserves wait longer): as last seen
+            return
+        except Exception as exc:  # any store failure: down, as for a reserve
+            self._store_down("reading", exc)
+            return
+        self._saw(found)
 
     def _reserve_offline(
         self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int
@@ -336,7 +353,7 @@ class Budgets:
     async def aclose(self) -> None:
         if self._freeing:  # holds being freed: a moment to finish, else their leases run out
             await asyncio.wait(list(self._freeing), timeout=1.0)
-        tasks, self._tasks = self._tasks, [*self._freeing]
+        tasks, self._tasks = [*self._tasks, *self._reading.values()], [*self._freeing]
         if self._forgetting is not None:
             tasks.append(self._forgetting)
         for task in tasks:
