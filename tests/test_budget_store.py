@@ -133,6 +133,42 @@ async def test_a_new_periods_row_starts_from_the_ledger_of_its_caller_only(
     assert [s.spent_nanos for s in found.states] == [540, 500, 300, 20]
 
 
+async def test_a_read_takes_the_ledgers_sum_for_a_new_period_and_makes_no_row(
+    store: Store, store_url: str
+) -> None:
+    at = now_us()
+    await store.write_usage(
+        [
+            record(new_id(), "reader", 500, at),
+            record(new_id(), "reader", 7, at - 86_400_000_000 * 40),  # a period long gone
+            record(new_id(), "other", 900, at),
+            record(new_id(), None, 300, at, user="bob"),
+        ]
+    )
+    start, end = period_bounds("monthly", at)
+    key = key_scope("reader", 10_000, at, "monthly")
+    bob = BudgetScope(
+        "tier:free:sub:bob:monthly", "monthly", start, end, 10_000,
+        LedgerFilter(tier="free", user="bob", caller_kind="user"),
+    )  # fmt: skip
+    read = await store.budget_states([key, bob])
+    assert [(s.scope, s.spent_nanos, s.reserved_nanos) for s in read] == [
+        (key, 500, 0),
+        (bob, 300, 0),
+    ]
+    assert await period_state(store_url, key.name, key.start_us) is None  # a read writes nothing
+    assert await period_state(store_url, bob.name, bob.start_us) is None
+    # once the row is made (by a reservation), a read is the row: reserved included
+    held = new_id()
+    assert (await store.reserve_budget(held, [key], 2_000, 30)).admitted
+    [state] = await store.budget_states([key])
+    assert (state.spent_nanos, state.reserved_nanos, state.remaining_nanos) == (500, 2_000, 7_500)
+    await store.write_usage([record(held, "reader", 1_200, at)], [settles(held, 1_200, key)])
+    [state] = await store.budget_states([key])
+    assert (state.spent_nanos, state.reserved_nanos) == (1_700, 0)
+    assert await store.budget_states([]) == ()
+
+
 async def test_a_period_boundary_starts_a_clean_row_and_old_holds_settle_into_the_old(
     store: Store, store_url: str
 ) -> None:

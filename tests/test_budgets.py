@@ -19,7 +19,7 @@ from server.config import Period
 from server.errors import UnavailableError
 from server.policy.budgets import Budgets
 from server.store import Store, open_store
-from server.usage.budget import BudgetScope, LedgerFilter, Reservation
+from server.usage.budget import BudgetScope, LedgerFilter, Reservation, ScopeState
 from tests.budget_state import open_holds, period_state
 from tests.eventually import eventually_async
 from tests.tcp_proxy import TcpProxy
@@ -153,6 +153,7 @@ class SlowStore:
         self.answer_after_s = answer_after_s  # reserved in the store, the answer late
         self.hung = asyncio.Event()
         self.asked = 0
+        self.read = 0
 
     async def reserve_budget(
         self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int, lease_s: float
@@ -164,6 +165,13 @@ class SlowStore:
         found = await self._store.reserve_budget(hold_id, scopes, nanos, lease_s)
         await asyncio.sleep(self.answer_after_s)
         return found
+
+    async def budget_states(self, scopes: Sequence[BudgetScope]) -> tuple[ScopeState, ...]:
+        self.read += 1
+        if self.hung.is_set():
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.delay_s)
+        return await self._store.budget_states(scopes)
 
     async def renew_holds(self, hold_ids: Sequence[str], lease_s: float) -> None:
         await self._store.renew_holds(hold_ids, lease_s)
@@ -285,5 +293,76 @@ async def test_a_store_that_hangs_past_the_timeout_is_down(
     await eventually_async(landed, 5)
     assert await open_holds(f"sqlite:///{path}") == 1
     assert budgets._held == {first}
+    await budgets.aclose()
+    await store.aclose()
+
+
+async def test_a_read_is_answered_from_a_recent_view_else_from_the_store(store_url: str) -> None:
+    store = await opened(store_url)
+    counted = SlowStore(store)
+    budgets = Budgets(counted, fresh_s=0.3)
+    budget = scope("reads", 1_000)
+    assert (await budgets.reserve(new_id(), [budget], 300)).admitted
+    other = await store.reserve_budget(new_id(), [budget], 200, 30)  # another replica's
+    assert other.admitted
+    read = await budgets.states([budget])  # seen just now: no trip, the other's unseen
+    assert read is not None
+    assert [(s.spent_nanos, s.reserved_nanos) for s in read] == [(0, 300)]
+    assert counted.read == 0
+    await asyncio.sleep(0.35)  # past fresh_s: the store says
+    read = await budgets.states([budget])
+    assert read is not None
+    assert [(s.spent_nanos, s.reserved_nanos, s.remaining_nanos) for s in read] == [(0, 500, 500)]
+    assert counted.read == 1
+    assert await budgets.states([budget]) == read  # and that read is fresh in turn
+    assert counted.read == 1
+    never = scope("read-only", 1_000)  # no row: read, not made
+    read = await budgets.states([never])
+    assert read is not None
+    assert [(s.spent_nanos, s.reserved_nanos) for s in read] == [(0, 0)]
+    assert await period_state(store_url, never.name, 0) is None
+    await asyncio.sleep(0.35)
+    counted.delay_s = 0.1
+    burst = await asyncio.gather(*(budgets.states([budget, never]) for _ in range(5)))
+    assert counted.read == 3  # a burst of reads is one trip
+    assert len(set(burst)) == 1
+    await budgets.aclose()
+    await store.aclose()
+
+
+async def test_while_the_store_is_down_a_read_is_the_last_state_seen_or_nothing(
+    proxy: TcpProxy, proxied_store: Store
+) -> None:
+    budgets = Budgets(proxied_store, fresh_s=0.0, retry_after_s=30)
+    seen, read_only, never = scope("seen", 1_000), scope("read", 1_000), scope("never", 1_000)
+    assert (await budgets.reserve(new_id(), [seen], 300)).admitted
+    assert await budgets.states([read_only]) is not None  # a read counts as seen too
+    proxy.cut()
+    offline = new_id()
+    assert (await budgets.reserve(offline, [seen], 200)).admitted  # offline, counted here
+    read = await budgets.states([seen, read_only])
+    assert read is not None
+    assert [(s.spent_nanos, s.reserved_nanos) for s in read] == [(0, 500), (0, 0)]
+    assert await budgets.states([never]) is None  # no headers, and no 503
+    assert await budgets.states([seen, never]) is None
+    await budgets.aclose()
+
+
+async def test_a_read_does_not_wait_on_a_hung_store_nor_take_it_for_down(tmp_path: Path) -> None:
+    store = await opened(f"sqlite:///{tmp_path / 'usage.db'}")
+    hanging = SlowStore(store)
+    budgets = Budgets(hanging, fresh_s=0.0, read_timeout_s=0.2)
+    budget = scope("hung-read", 1_000)
+    assert (await budgets.reserve(new_id(), [budget], 100)).admitted
+    hanging.hung.set()
+    started = time.monotonic()
+    read = await budgets.states([budget])
+    assert time.monotonic() - started < 0.5
+    assert read is not None
+    assert read[0].reserved_nanos == 100  # as last seen
+    assert await budgets.states([scope("hung-never", 1_000)]) is None
+    hanging.hung.clear()
+    assert (await budgets.reserve(new_id(), [budget], 100)).admitted
+    assert hanging.asked == 2  # the store was asked: a slow read did not make it "down"
     await budgets.aclose()
     await store.aclose()

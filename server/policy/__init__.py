@@ -220,9 +220,11 @@ class Policy:
         return budget_plans(caller, tier, _budget_key(caller))
 
     async def add_headers(self, ctx: CallContext) -> None:
-        """Put the caller's x-ratelimit-* headers on `ctx` for an answer that was not
-        admitted (an error after authentication, before admission): they say the
-        budget as it stands, taking nothing."""
+        """Put the caller's x-ratelimit-* and x-budget-* headers on `ctx` for an answer
+        that was not admitted (an error after authentication, before admission) where
+        admission left none: they say the limits and budgets as they stand, taking
+        nothing."""
+        await self._add_budget_headers(ctx)
         limiter, limits = self._limiter, self._limits(ctx.caller)
         if limiter is None or limits is None:
             return
@@ -233,6 +235,19 @@ class Policy:
             return
         decision = await limiter.peek(_budget_key(ctx.caller), rpm, tpm)
         ctx.trace.add_headers(rate_limit_headers(decision))
+
+    async def _add_budget_headers(self, ctx: CallContext) -> None:
+        """The x-budget-* headers of a call that reserved nothing, as its budgets stand
+        (`Budgets.states`: no headers when their state cannot be known). A caller without
+        a budget costs one check."""
+        plans = self._budget_plans(ctx.caller)
+        if plans is None or any(k.startswith("x-budget-") for k, _ in ctx.response_headers):
+            return
+        assert self._budgets is not None
+        now_us = time.time_ns() // 1000
+        states = await self._budgets.states(scopes_at(plans, now_us))
+        if states:
+            ctx.trace.add_headers(budget_headers(states, now_us))
 
     async def admit(
         self,
@@ -350,10 +365,12 @@ class Policy:
 
     async def admit_request(self, ctx: CallContext) -> None:
         """Count a call that generates nothing (a listing, a usage read): one request,
-        no tokens and no slot, so that no door route can be hammered for free."""
+        no tokens and no slot, so that no door route can be hammered for free; its
+        budgets are read, not reserved, for its x-budget-* headers."""
         limits = self._limits(ctx.caller)
         if limits is not None and limits[:2] != (None, None):
             await self.admit(ctx, lambda: 0, hold_slot=False)
+        await self._add_budget_headers(ctx)
 
 
 def _tighter(tier: int | None, key: int | None) -> int | None:

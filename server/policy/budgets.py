@@ -28,12 +28,17 @@ limits less them: one replica alone never overshoots. A reserve that timed out m
 still reach the store: its hold is freed there at once (its call counts offline, once).
 One warning says when
 the store stops answering, one when it is back.
+
+`states` reads for the x-budget-* headers of an answer that reserves nothing: from
+memory when seen within a second, else from the store (no row made), else the last
+state seen; never a 503 (a scope never seen: no headers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, Protocol
@@ -52,9 +57,15 @@ RETRY_AFTER_S = 1.0  # once it failed, the store is not asked again for this lon
 HOLD_LEASE_S = 30.0
 RENEW_EVERY_S = 10.0  # a lease outlives two missed renewals
 SWEEP_EVERY_S = 10.0  # a dead replica's holds are freed within 30 + 10 s (contract: 60)
+# a read for the headers (`states`): state seen this recently is answered without a trip;
+# the store is waited for this long at most (a listing is not held up by a slow store)
+FRESH_S = 1.0
+READ_TIMEOUT_S = 1.0
 
 
 class BudgetStore(Protocol):
+    async def budget_states(self, scopes: Sequence[BudgetScope]) -> tuple[ScopeState, ...]: ...
+
     async def reserve_budget(
         self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int, lease_s: float
     ) -> Reservation: ...
@@ -67,11 +78,13 @@ class BudgetStore(Protocol):
 
 
 class _Seen(NamedTuple):
-    """A scope's period as this replica last read it from the store."""
+    """A scope's period as this replica last read it from the store, and when (the
+    clock's time)."""
 
     start_us: int
     spent_nanos: int
     reserved_nanos: int
+    at: float = -math.inf
 
 
 _Period = tuple[str, int]  # (scope name, period start)
@@ -88,6 +101,8 @@ class Budgets:
         lease_s: float = HOLD_LEASE_S,
         renew_every_s: float = RENEW_EVERY_S,
         sweep_every_s: float = SWEEP_EVERY_S,
+        fresh_s: float = FRESH_S,
+        read_timeout_s: float = READ_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`flushed`: the usage recorder's (`UsageRecorder.flushed`), so reservations made
@@ -100,6 +115,8 @@ class Budgets:
         self._lease_s = lease_s
         self._renew_every_s = renew_every_s
         self._sweep_every_s = sweep_every_s
+        self._fresh_s = fresh_s
+        self._read_timeout_s = read_timeout_s
         self._clock = clock
         self._seen: dict[str, _Seen] = {}  # by scope name
         self._held: set[str] = set()  # this replica's holds in the store, renewed
@@ -112,6 +129,7 @@ class Budgets:
         self._down = False
         self._probing = False  # while down: a reserve is asking the store again
         self._freeing: set[asyncio.Task[None]] = set()  # holds freed early, in the store
+        self._reading: dict[tuple[_Period, ...], asyncio.Task[None]] = {}  # reads in flight
         self._tasks: list[asyncio.Task[None]] = []
 
     async def reserve(self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int) -> Reservation:
@@ -149,10 +167,7 @@ class Budgets:
             self._store_down("reserving", exc)
         else:
             self._store_up()
-            for state in found.states:
-                self._seen[state.scope.name] = _Seen(
-                    state.scope.start_us, state.spent_nanos, state.reserved_nanos
-                )
+            self._saw(found.states)
             if found.admitted:
                 self._held.add(hold_id)
             states = (
@@ -162,21 +177,90 @@ class Budgets:
             return Reservation(found.admitted, tuple(states))
         return self._reserve_offline(hold_id, scopes, nanos)
 
-    def _reserve_offline(
-        self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int
-    ) -> Reservation:
-        used: list[tuple[int, int]] = []  # (spent, reserved) per scope, as far as known here
+    def _saw(self, states: Sequence[ScopeState]) -> None:
+        at = self._clock()
+        for state in states:
+            self._seen[state.scope.name] = _Seen(
+                state.scope.start_us, state.spent_nanos, state.reserved_nanos, at
+            )
+
+    def _known(
+        self, scopes: Sequence[BudgetScope], seen_since: float = -math.inf
+    ) -> list[tuple[int, int]] | None:
+        """(spent, reserved) per scope as this replica knows them, its offline
+        reservations included; None if a scope was not seen (since `seen_since`). A
+        period begun since it was seen starts clean, unless only a recent view will do."""
+        used: list[tuple[int, int]] = []
         for scope in scopes:
             last = self._seen.get(scope.name)
-            if last is None:
-                raise UnavailableError(
-                    "the budget store is unavailable; retry shortly",
-                    code="budget_store_unavailable",
-                )
+            if last is None or last.at < seen_since:
+                return None
             if last.start_us != scope.start_us:  # a period begun since: it starts clean
+                if seen_since > -math.inf:  # (another replica may have spent in it already)
+                    return None
                 last = _Seen(scope.start_us, 0, 0)
             unwritten = self._unwritten.get((scope.name, scope.start_us), 0)
             used.append((last.spent_nanos, last.reserved_nanos + unwritten))
+        return used
+
+    async def states(self, scopes: Sequence[BudgetScope]) -> tuple[ScopeState, ...] | None:
+        """Each scope's state now, for the headers of an answer that reserves nothing
+        (a listing, an error before admission); None when it cannot be known.
+
+        A read takes nothing and decides nothing, so it is cheap and never fails the
+        call: state seen within `fresh_s` (by a reserve or a read) is answered from
+        memory; else the store is asked, for `read_timeout_s` at most; a store that is
+        down (or slow) gives the last state seen here, and a scope never seen gives
+        None (no headers), never a 503. While down, reads do not ask the store (the
+        reserves' probe and the background tasks find out when it is back)."""
+        if not scopes:
+            return None
+        used = self._known(scopes, self._clock() - self._fresh_s)
+        if used is None:
+            if not self._down:
+                await self._read(scopes)
+            used = self._known(scopes)  # as just read, else as last seen
+            if used is None:
+                return None
+        return tuple(
+            ScopeState(scope, spent, reserved)
+            for scope, (spent, reserved) in zip(scopes, used, strict=True)
+        )
+
+    async def _read(self, scopes: Sequence[BudgetScope]) -> None:
+        """Read the scopes from the store into `_seen`: one read at a time per set of
+        scopes, shared by the calls that want it meanwhile (a burst of listings is one
+        trip), and left running if the call that started it goes away."""
+        key = tuple((scope.name, scope.start_us) for scope in scopes)
+        task = self._reading.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._read_store(scopes), name="budget-read"
+            )
+            self._reading[key] = task
+            task.add_done_callback(lambda _: self._reading.pop(key, None))
+        await asyncio.shield(task)
+
+    async def _read_store(self, scopes: Sequence[BudgetScope]) -> None:
+        try:
+            async with asyncio.timeout(self._read_timeout_s):
+                found = await self._store.budget_states(scopes)
+        except TimeoutError:  # slow is not down (reserves wait longer): as last seen
+            return
+        except Exception as exc:  # any store failure: down, as for a reserve
+            self._store_down("reading", exc)
+            return
+        self._saw(found)
+
+    def _reserve_offline(
+        self, hold_id: str, scopes: Sequence[BudgetScope], nanos: int
+    ) -> Reservation:
+        used = self._known(scopes)  # (spent, reserved) per scope, as far as known here
+        if used is None:
+            raise UnavailableError(
+                "the budget store is unavailable; retry shortly",
+                code="budget_store_unavailable",
+            )
         admitted = all(
             spent + reserved + nanos <= scope.limit_nanos
             for scope, (spent, reserved) in zip(scopes, used, strict=True)
@@ -269,7 +353,7 @@ class Budgets:
     async def aclose(self) -> None:
         if self._freeing:  # holds being freed: a moment to finish, else their leases run out
             await asyncio.wait(list(self._freeing), timeout=1.0)
-        tasks, self._tasks = self._tasks, [*self._freeing]
+        tasks, self._tasks = [*self._tasks, *self._reading.values()], [*self._freeing]
         if self._forgetting is not None:
             tasks.append(self._forgetting)
         for task in tasks:

@@ -16,7 +16,7 @@ from server.store.keys import ApiKey
 from server.store.keys_sql import KeyPage
 from server.store.spend_sql import SpendQuery, SpendReport
 from server.store.sqlite import SqliteStore
-from server.usage.budget import BudgetScope, Reservation, Settlement
+from server.usage.budget import BudgetScope, Reservation, ScopeState, Settlement
 from server.usage.record import UsagePage, UsageQuery, UsageRecord
 
 __all__ = ["ApiKey", "ConversationStore", "Store", "StoredItem", "StoredResponse", "open_store"]
@@ -64,6 +64,11 @@ class Store(ConversationStore, Protocol):
     ) -> Reservation:
         """Reserve `nanos` in every scope's period, or in none (one transaction); a hold
         per scope, named `hold_id` (the usage record's id), leased for `lease_s`."""
+
+    async def budget_states(self, scopes: Sequence[BudgetScope]) -> tuple[ScopeState, ...]:
+        """Each scope's (spent, reserved) in its period now, in the caller's order,
+        reserving nothing and writing nothing: a scope with no row yet reads as the
+        ledger's sum its row would start from."""
 
     async def renew_holds(self, hold_ids: Sequence[str], lease_s: float) -> None:
         """Extend the leases of these holds (not those the sweeper freed) to `lease_s`."""

@@ -6,6 +6,9 @@ scope, with a lease. Every change takes its locks in one order, so nothing deadl
 the holds of a settlement or a sweep by (id, scope), then each period by (scope, start),
 a scope's advisory lock (only where its row is missing) just before its rows.
 
+- Read (`states`): each scope's (spent, reserved), reserving nothing and writing
+  nothing: a missing row reads as the ledger's sum its creation would start from (the
+  same SQL: `_sqlite_ledger_sum`, PL/pgSQL `tandem_ledger_sum`).
 - Reserve: one transaction, all or nothing. A missing period row is made from the
   ledger's sum for the scope's `LedgerFilter` over the period, so spend equals the ledger
   from the first reservation of a period on.
@@ -45,17 +48,20 @@ __all__ = [
     "PG_RENEW",
     "PG_RESERVE",
     "PG_SETTLE",
+    "PG_STATES",
     "PG_SWEEP",
     "RELEASED_KEPT_S",
     "budget_schema",
     "pg_reserve_args",
     "pg_settle_args",
+    "pg_states_args",
     "reservation",
     "settled_now",
     "sqlite_release",
     "sqlite_renew",
     "sqlite_reserve",
     "sqlite_settle",
+    "sqlite_states",
     "sqlite_sweep",
     "sqlite_unwritten",
 ]
@@ -186,6 +192,24 @@ def sqlite_reserve(
     return reservation(scopes, found, admitted)
 
 
+def sqlite_states(
+    db: sqlite3.Connection, scopes: Sequence[BudgetScope]
+) -> dict[str, tuple[int, int]]:
+    """Each scope's (spent, reserved) by name, reserving nothing: a scope with no row yet
+    reads as the ledger's sum, as its row would start, and no row is made."""
+    found: dict[str, tuple[int, int]] = {}
+    for scope in scopes:
+        row = db.execute(
+            "SELECT spent_nanos, reserved_nanos FROM budget_periods "
+            "WHERE scope = ? AND period_start = ?",
+            (scope.name, scope.start_us),
+        ).fetchone()
+        found[scope.name] = (
+            (int(row[0]), int(row[1])) if row is not None else (_sqlite_ledger_sum(db, scope), 0)
+        )
+    return found
+
+
 def sqlite_unwritten(db: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
     """Of `ids`, those the ledger does not hold yet (in the write's transaction)."""
     present: set[str] = set()
@@ -275,6 +299,51 @@ def sqlite_sweep(db: sqlite3.Connection, now_us: int) -> int:
 # One round trip: missing rows made (from the ledger), every row locked in scope order,
 # then all updated and the holds inserted, or nothing. `scopes` come sorted by name.
 PG_FUNCTIONS = f"""
+-- what the ledger says a scope spent in a period: a new period row's start, and a read
+-- of a scope that has no row yet
+CREATE OR REPLACE FUNCTION tandem_ledger_sum(
+    p_start TIMESTAMPTZ, p_end TIMESTAMPTZ, p_key TEXT, p_tier TEXT, p_user TEXT, p_kind TEXT
+) RETURNS BIGINT LANGUAGE plpgsql AS $$
+DECLARE
+    q TEXT := 'SELECT coalesce(sum(cost_nanos), 0) FROM usage_records WHERE created_at >= $1';
+    s BIGINT;
+BEGIN
+    IF p_end IS NOT NULL THEN q := q || ' AND created_at < $2'; END IF;
+    IF p_key IS NOT NULL THEN q := q || ' AND key_id = $3'; END IF;
+    IF p_tier IS NOT NULL THEN q := q || ' AND tier = $4'; END IF;
+    IF p_user IS NOT NULL THEN q := q || ' AND "user" = $5'; END IF;
+    IF p_kind IS NOT NULL THEN  -- a caller without a key: not its user's keys'
+        q := q || ' AND caller_kind = $6 AND key_id IS NULL';
+    END IF;
+    EXECUTE q INTO s USING p_start, p_end, p_key, p_tier, p_user, p_kind;
+    RETURN s;
+END $$;
+
+-- each scope's (spent, reserved) in its period, reserving nothing and making no row
+CREATE OR REPLACE FUNCTION tandem_budget_states(
+    scopes TEXT[], starts TIMESTAMPTZ[], ends TIMESTAMPTZ[], key_ids TEXT[], tiers TEXT[],
+    users TEXT[], kinds TEXT[]
+) RETURNS TABLE (r_scope TEXT, r_spent BIGINT, r_reserved BIGINT)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    s BIGINT;
+    r BIGINT;
+BEGIN
+    FOR i IN 1..coalesce(array_length(scopes, 1), 0) LOOP
+        SELECT b.spent_nanos, b.reserved_nanos INTO s, r FROM budget_periods b
+            WHERE b.scope = scopes[i] AND b.period_start = starts[i];
+        IF NOT FOUND THEN
+            s := tandem_ledger_sum(starts[i], ends[i], key_ids[i], tiers[i], users[i], kinds[i]);
+            r := 0;
+        END IF;
+        r_scope := scopes[i];
+        r_spent := s;
+        r_reserved := r;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
 CREATE OR REPLACE FUNCTION tandem_reserve(
     hold TEXT, scopes TEXT[], starts TIMESTAMPTZ[], ends TIMESTAMPTZ[], limits BIGINT[],
     key_ids TEXT[], tiers TEXT[], users TEXT[], kinds TEXT[], x BIGINT, lease_s FLOAT8
@@ -288,22 +357,13 @@ DECLARE
     fits BOOLEAN := true;
     s BIGINT;
     r BIGINT;
-    q TEXT;
 BEGIN
     FOR i IN 1..n LOOP
         SELECT b.spent_nanos, b.reserved_nanos INTO s, r FROM budget_periods b
             WHERE b.scope = scopes[i] AND b.period_start = starts[i] FOR UPDATE;
         IF NOT FOUND THEN
             PERFORM pg_advisory_xact_lock({_ADVISORY_CLASS}, hashtext(scopes[i]));
-            q := 'SELECT coalesce(sum(cost_nanos), 0) FROM usage_records WHERE created_at >= $1';
-            IF ends[i] IS NOT NULL THEN q := q || ' AND created_at < $2'; END IF;
-            IF key_ids[i] IS NOT NULL THEN q := q || ' AND key_id = $3'; END IF;
-            IF tiers[i] IS NOT NULL THEN q := q || ' AND tier = $4'; END IF;
-            IF users[i] IS NOT NULL THEN q := q || ' AND "user" = $5'; END IF;
-            IF kinds[i] IS NOT NULL THEN  -- a caller without a key: not its user's keys'
-                q := q || ' AND caller_kind = $6 AND key_id IS NULL';
-            END IF;
-            EXECUTE q INTO s USING starts[i], ends[i], key_ids[i], tiers[i], users[i], kinds[i];
+            s := tandem_ledger_sum(starts[i], ends[i], key_ids[i], tiers[i], users[i], kinds[i]);
             INSERT INTO budget_periods (scope, period_start, spent_nanos)
                 VALUES (scopes[i], starts[i], s) ON CONFLICT DO NOTHING;
             SELECT b.spent_nanos, b.reserved_nanos INTO s, r FROM budget_periods b
@@ -441,6 +501,9 @@ PG_RESERVE = "SELECT * FROM tandem_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $
 # The settlements of the records just inserted: their ids, and each (scope, start, cost).
 PG_SETTLE = "SELECT tandem_settle($1, $2, $3, $4)"
 
+# Each scope's (spent, reserved) now, reserving nothing (a read: no row made).
+PG_STATES = "SELECT * FROM tandem_budget_states($1, $2, $3, $4, $5, $6, $7)"
+
 PG_RENEW = """
 WITH locked AS (
     SELECT id, scope FROM budget_holds WHERE id = ANY($1::text[]) AND NOT released
@@ -461,19 +524,28 @@ def pg_reserve_args(
 ) -> tuple[Any, ...]:
     """`tandem_reserve`'s arguments, scopes sorted by name; `moment` turns epoch µs into
     a timestamptz."""
+    return (hold_id, *_pg_scope_args(scopes, moment, with_limits=True), nanos, float(lease_s))
+
+
+def pg_states_args(scopes: Sequence[BudgetScope], moment: Any) -> tuple[Any, ...]:
+    """`tandem_budget_states`' arguments; `moment` turns epoch µs into a timestamptz."""
+    return _pg_scope_args(scopes, moment, with_limits=False)
+
+
+def _pg_scope_args(
+    scopes: Sequence[BudgetScope], moment: Any, *, with_limits: bool
+) -> tuple[Any, ...]:
     ordered = sorted(scopes, key=lambda s: s.name)
+    limits = ([s.limit_nanos for s in ordered],) if with_limits else ()
     return (
-        hold_id,
         [s.name for s in ordered],
         [moment(s.start_us) for s in ordered],
         [None if s.end_us is None else moment(s.end_us) for s in ordered],
-        [s.limit_nanos for s in ordered],
+        *limits,
         [s.ledger.key_id for s in ordered],
         [s.ledger.tier for s in ordered],
         [s.ledger.user for s in ordered],
         [s.ledger.caller_kind for s in ordered],
-        nanos,
-        float(lease_s),
     )
 
 

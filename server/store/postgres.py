@@ -30,7 +30,7 @@ from server.store.conversations import (
 )
 from server.store.keys import KEY_ADDED_COLUMNS, KEY_COLUMNS, ApiKey, key_from_row, key_row
 from server.store.versions import schema_version_sql, version_statements
-from server.usage.budget import BudgetScope, Reservation, Settlement
+from server.usage.budget import BudgetScope, Reservation, ScopeState, Settlement
 from server.usage.record import (
     UsagePage,
     UsageQuery,
@@ -222,6 +222,11 @@ class PostgresStore:
         found = {row[0]: (row[1], row[2]) for row in rows}
         admitted = all(row[3] for row in rows)
         return budget.reservation(scopes, found, admitted)
+
+    async def budget_states(self, scopes: Sequence[BudgetScope]) -> tuple[ScopeState, ...]:
+        pool = await self._ready()
+        rows = await pool.fetch(budget.PG_STATES, *budget.pg_states_args(scopes, datetime_of))
+        return budget.reservation(scopes, {row[0]: (row[1], row[2]) for row in rows}, True).states
 
     async def renew_holds(self, hold_ids: Sequence[str], lease_s: float) -> None:
         if hold_ids:

@@ -33,7 +33,7 @@ from server.store.conversations import (
 )
 from server.store.keys import KEY_ADDED_COLUMNS, KEY_COLUMNS, ApiKey, key_from_row, key_row
 from server.store.versions import schema_version_sql, version_statements
-from server.usage.budget import BudgetScope, Reservation, Settlement
+from server.usage.budget import BudgetScope, Reservation, ScopeState, Settlement
 from server.usage.record import UsagePage, UsageQuery, UsageRecord, UsageTotals
 
 __all__ = ["SqliteStore"]
@@ -171,6 +171,14 @@ class SqliteStore:
                 return budget.sqlite_reserve(db, hold_id, scopes, nanos, lease_until)
 
         return await self._call(reserve)
+
+    async def budget_states(self, scopes: Sequence[BudgetScope]) -> tuple[ScopeState, ...]:
+        def read(db: sqlite3.Connection) -> tuple[ScopeState, ...]:
+            with _transaction(db, "BEGIN"):  # one snapshot, and no write
+                found = budget.sqlite_states(db, scopes)
+            return budget.reservation(scopes, found, True).states
+
+        return await self._call(read)
 
     async def renew_holds(self, hold_ids: Sequence[str], lease_s: float) -> None:
         if not hold_ids:

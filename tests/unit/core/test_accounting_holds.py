@@ -26,6 +26,9 @@ class Keeper:
     async def reserve(self, hold_id: str, scopes: Sequence[Any], nanos: int) -> Any:
         raise AssertionError("not here")
 
+    async def states(self, scopes: Sequence[Any]) -> Any:
+        raise AssertionError("not here")
+
     def release(self, hold_id: str) -> None:
         self.released.append(hold_id)
 
