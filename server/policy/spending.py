@@ -10,7 +10,6 @@ own) and `tier:<tier>:<caller>:<period>` (the tier's, per caller: `key:<id>`,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from server.config import Period
@@ -18,6 +17,7 @@ from server.context import Caller
 from server.errors import RateLimitError
 from server.policy.headers import format_duration
 from server.usage.budget import BudgetScope, LedgerFilter, Reservation, ScopeState, period_bounds
+from server.usage.money import nanos_text
 
 if TYPE_CHECKING:
     from server.config import TierConfig
@@ -111,11 +111,6 @@ def scopes_at(plans: Sequence[BudgetPlan], at_us: int) -> tuple[BudgetScope, ...
     return tuple(scopes)
 
 
-def usd(nanos: int) -> str:
-    """Nano-dollars as a plain decimal string of US dollars: `5`, `0.000123`, `-0.5`."""
-    return format(Decimal(nanos).scaleb(-9).normalize(), "f")
-
-
 def _tightest(states: Sequence[ScopeState]) -> ScopeState:
     return min(states, key=lambda state: state.remaining_nanos)
 
@@ -125,8 +120,8 @@ def budget_headers(states: Sequence[ScopeState], now_us: int) -> list[tuple[str,
     budget with the least remaining."""
     state = _tightest(states)
     headers = [
-        ("x-budget-limit-usd", usd(state.scope.limit_nanos)),
-        ("x-budget-remaining-usd", usd(state.remaining_nanos)),
+        ("x-budget-limit-usd", nanos_text(state.scope.limit_nanos)),
+        ("x-budget-remaining-usd", nanos_text(state.remaining_nanos)),
     ]
     end = state.scope.end_us
     if end is not None:
@@ -142,8 +137,8 @@ def budget_refusal(states: Sequence[ScopeState], nanos: int, now_us: int) -> Rat
     retry_after_s = None if None in ends else max(0, max(e for e in ends if e) - now_us) / 1e6
     scope = _tightest(full or states).scope
     return RateLimitError(
-        f"budget of {usd(scope.limit_nanos)} USD ({scope.period}) exhausted: this request "
-        f"may cost up to {usd(nanos)} USD",
+        f"budget of {nanos_text(scope.limit_nanos)} USD ({scope.period}) exhausted: this request "
+        f"may cost up to {nanos_text(nanos)} USD",
         retry_after_s=retry_after_s,
         should_retry=False,
         code="budget_exceeded",

@@ -7,8 +7,9 @@ import pytest
 
 from server.config import ConfigError, Period, TierConfig, build_config
 from server.context import ANONYMOUS, Caller, KeyNarrowing
-from server.policy.spending import budget_headers, budget_plans, budget_refusal, usd
+from server.policy.spending import budget_headers, budget_plans, budget_refusal
 from server.usage.budget import BudgetScope, LedgerFilter, ScopeState, period_bounds
+from server.usage.money import nanos_text
 
 # 2026-12-07 12:00:00 UTC, a Monday
 NOON_US = 1_796_644_800 * 1_000_000
@@ -16,11 +17,11 @@ HOUR_US = 3_600 * 1_000_000
 
 
 def test_usd_is_exact_and_plain() -> None:
-    assert usd(5_000_000_000) == "5"
-    assert usd(48_000) == "0.000048"
-    assert usd(1) == "0.000000001"
-    assert usd(0) == "0"
-    assert usd(-1_500_000_000) == "-1.5"
+    assert nanos_text(5_000_000_000) == "5"
+    assert nanos_text(48_000) == "0.000048"
+    assert nanos_text(1) == "0.000000001"
+    assert nanos_text(0) == "0"
+    assert nanos_text(-1_500_000_000) == "-1.5"
 
 
 def test_plans_name_the_scopes_of_a_key_and_of_its_tier_per_caller() -> None:
