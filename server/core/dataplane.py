@@ -162,7 +162,7 @@ class DataPlane:
                 await upstream.aclose()
             if not account.usage_known:  # the upstream kept its counts: answer with the estimate
                 yield [account.estimated_usage_chunk(completion_id, created, model)]
-        if admission.hold is not None:  # a call without a budget never waits
+        if admission.hold is not None and admission.hold.settle_before_end:
             await self._settled()
 
     def _resolve_chat(
@@ -263,7 +263,7 @@ class DataPlane:
                 await upstream.aclose()
             if relay.failed_upstream:  # relayed as it came; recorded as the upstream's failure
                 raise UpstreamError("upstream provider's response failed")
-        if admission.hold is not None:  # a call without a budget never waits
+        if admission.hold is not None and admission.hold.settle_before_end:
             await self._settled()
 
     async def embed(
@@ -298,7 +298,7 @@ class DataPlane:
             else:  # the upstream kept its count: answer with the estimate charged
                 response.usage.prompt_tokens = response.usage.total_tokens = prompt
                 account.usage(prompt, 0, source="estimated")
-        if admission.hold is not None:  # a call without a budget never waits
+        if admission.hold is not None and admission.hold.settle_before_end:
             await self._settled()
         return response
 
@@ -310,10 +310,10 @@ class DataPlane:
         return lambda at_us: prices.reserve(model, at_us, prompt, output)
 
     async def _settled(self) -> None:
-        """A call with a budget waits, before its answer ends, until its record is
-        written (its hold settled), so that its caller's next request sees its spend:
+        """A call near its budget's limit waits, before its answer ends, until its record
+        is written (its hold settled), so that its caller's next request sees its spend:
         at most SETTLED_WAIT_S (the batch still settles it later). A cancellation goes
-        through."""
+        through. A call without a budget, or far from its limit, never waits."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SETTLED_WAIT_S):
                 await self.usage.flushed()

@@ -44,6 +44,7 @@ from server.policy.spending import (
     budget_headers,
     budget_plans,
     budget_refusal,
+    near_limit,
     scopes_at,
 )
 from server.store.keys import ApiKey, key_id_of
@@ -311,7 +312,7 @@ class Policy:
             ctx.trace.over_budget()
             raise budget_refusal(reservation.states, nanos, now_us)
         periods = tuple((scope.name, scope.start_us) for scope in scopes)
-        return Hold(hold_id, at_us, periods, budgets)
+        return Hold(hold_id, at_us, periods, budgets, near_limit(reservation.states, nanos))
 
     async def _admit_rates(
         self, ctx: CallContext, estimate_tokens: Callable[[], int], hold_slot: bool

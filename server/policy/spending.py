@@ -29,6 +29,7 @@ __all__ = [
     "budget_headers",
     "budget_plans",
     "budget_refusal",
+    "near_limit",
     "scopes_at",
 ]
 
@@ -64,6 +65,26 @@ class Hold(NamedTuple):
     at_us: int
     periods: tuple[tuple[str, int], ...]  # (scope name, period start)
     keeper: BudgetKeeper
+    # near its limit, the call waits for its settlement before its answer ends (see
+    # `near_limit`); elsewhere its record is written with the next batch
+    settle_before_end: bool = True
+
+
+# how many more reservations like this one a budget must have left for the call's
+# answer not to wait for its settlement
+NEAR_LIMIT_CALLS = 8
+
+
+def near_limit(states: Sequence[ScopeState], nanos: int) -> bool:
+    """Whether a call's unsettled reservation could refuse its caller's next request:
+    the budget with the least left has room for fewer than NEAR_LIMIT_CALLS more like it,
+    or less than a tenth of its limit. Only then does the answer wait for its record to
+    be written (the reservation settled to the cost), so that a caller near its limit
+    is never refused for a reservation it no longer holds; far from it, waiting would
+    only cost every call a write of its own instead of its share of a batch."""
+    state = _tightest(states)
+    remaining = state.remaining_nanos
+    return remaining < NEAR_LIMIT_CALLS * nanos or remaining * 10 < state.scope.limit_nanos
 
 
 def budget_plans(caller: Caller, tier: TierConfig | None, counted_as: str) -> list[BudgetPlan]:

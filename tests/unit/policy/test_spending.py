@@ -7,7 +7,14 @@ import pytest
 
 from server.config import ConfigError, Period, TierConfig, build_config
 from server.context import ANONYMOUS, Caller, KeyNarrowing
-from server.policy.spending import budget_headers, budget_plans, budget_refusal
+from server.policy.spending import (
+    BudgetPlan,
+    budget_headers,
+    budget_plans,
+    budget_refusal,
+    near_limit,
+    scopes_at,
+)
 from server.usage.budget import BudgetScope, LedgerFilter, ScopeState, period_bounds
 from server.usage.money import nanos_text
 
@@ -89,3 +96,19 @@ def test_a_tier_budget_needs_a_store() -> None:
     with pytest.raises(ConfigError, match=r"tiers\.free\.budget needs a store"):
         build_config({**sections, "usage": {"store": "none"}}, {})
     assert build_config(sections, {}).tiers["free"].budget is not None
+
+
+def test_only_a_call_near_its_limit_waits_for_its_settlement() -> None:
+    """Far from the limit a call's record goes with the next batch; with room for fewer
+    than eight more like it, or under a tenth of the limit left, it waits."""
+    plan = BudgetPlan("key:k:monthly", "monthly", 1_000_000, LedgerFilter(key_id="k"))
+    [scope] = scopes_at([plan], 0)
+
+    def state(spent: int, reserved: int) -> list[ScopeState]:
+        return [ScopeState(scope, spent, reserved)]
+
+    assert not near_limit(state(0, 1_000), 1_000)
+    assert not near_limit(state(800_000, 1_000), 1_000)  # 199,000 left: 199 more calls
+    assert near_limit(state(950_000, 1_000), 1_000)  # under a tenth left
+    assert near_limit(state(0, 300_000), 100_000)  # 700,000 left: fewer than 8 more
+    assert not near_limit(state(0, 100_000), 100_000)  # 900,000 left: 9 more
