@@ -10,7 +10,11 @@ INSTALLED := $(VENV)/.installed
 .PHONY: run test test-fast test-agents install codegen check-codegen lint typecheck pytest bench clean nginx wrk \
 	load soak faults redis-server postgresql
 
-# The generated stubs are committed (clients/): serving needs neither codegen nor the dev tools.
+# The generated stubs are committed (clients/python/tandem/v1): serving needs neither codegen
+# nor the dev tools. The client package (clients/python, `tandem-client`) is installed by
+# path first, editable, and the server on it: never by name, as an unrelated project owns
+# `tandem-client` on PyPI.
+CLIENT := clients/python
 CONFIG ?=  # e.g. make run CONFIG=tandem.yaml; empty: the built-in config
 run: $(RUNTIME)
 	$(VENV)/bin/tandem serve $(if $(CONFIG),--config $(CONFIG))
@@ -44,14 +48,14 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(RUNTIME): pyproject.toml | $(PY)
+$(RUNTIME): pyproject.toml $(CLIENT)/pyproject.toml | $(PY)
 	@echo "installing Tandem and its runtime dependencies into $(VENV) ('make test' adds the dev tools)"
-	$(PY) -m pip install -e .
+	$(PY) -m pip install -e ./$(CLIENT) -e .
 	touch $@
 
-$(INSTALLED): pyproject.toml | $(PY)
+$(INSTALLED): pyproject.toml $(CLIENT)/pyproject.toml | $(PY)
 	@echo "installing Tandem with the dev tools into $(VENV)"
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e ./$(CLIENT) -e '.[dev]'
 	touch $(RUNTIME) $@
 
 install: $(INSTALLED)
@@ -60,15 +64,17 @@ codegen: $(INSTALLED)
 	PYTHON=$(PY) scripts/codegen
 
 check-codegen: codegen
-	git diff --exit-code --stat -- clients/ || { echo "generated stubs are stale: run 'make codegen' and commit clients/"; exit 1; }
-	test -z "$$(git status --porcelain -- clients/)" || { git status --porcelain -- clients/; echo "untracked generated files: commit clients/"; exit 1; }
+	git diff --exit-code --stat -- $(CLIENT)/ || { echo "generated stubs are stale: run 'make codegen' and commit $(CLIENT)/"; exit 1; }
+	test -z "$$(git status --porcelain -- $(CLIENT)/)" || { git status --porcelain -- $(CLIENT)/; echo "untracked generated files: commit $(CLIENT)/"; exit 1; }
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 
+# the whole tree, then the client package alone, strict, as its own config says
 typecheck: $(INSTALLED)
 	$(VENV)/bin/mypy
+	cd $(CLIENT) && $(abspath $(VENV))/bin/mypy
 
 pytest: $(INSTALLED) nginx
 	$(PY) -m pytest

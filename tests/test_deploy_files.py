@@ -246,8 +246,12 @@ def test_hadolint_passes_the_dockerfile(tmp_path: Path) -> None:
     ("old", "new", "rule"),
     [
         ("USER 10001:10001", "USER root", "DL3002"),  # the last USER is root
-        ("pip install --no-cache-dir .", "pip install --no-cache-dir uvicorn", "DL3013"),
-        ("--no-cache-dir .", ".", "DL3042"),  # pip's cache left in the image
+        (
+            "pip install --no-cache-dir ./clients/python .",
+            "pip install --no-cache-dir ./clients/python uvicorn",
+            "DL3013",
+        ),
+        ("--no-cache-dir ./clients", "./clients", "DL3042"),  # pip's cache left in the image
         (
             'ENTRYPOINT ["tandem", "serve", "--config", "/etc/tandem/config.yaml"]',
             "ENTRYPOINT tandem serve",
@@ -488,7 +492,8 @@ def test_dockerfile_builds_a_venv_and_runs_tandem_as_non_root() -> None:
     assert builder.name == "builder"
     assert builder.image == final.image  # the venv's python links into the base image
     assert re.fullmatch(r"python:3\.11\.\d+-slim(-[a-z]+)?", final.image)
-    assert any("pip install --no-cache-dir ." in run for run in builder.all("RUN"))
+    # the client package by path (PyPI's tandem-client is another project's), the server on it
+    assert "pip install --no-cache-dir ./clients/python ." in builder.all("RUN")
 
     user = final.last("USER")
     uid, _, gid = user.partition(":")
@@ -530,7 +535,7 @@ def source_files(path: Path) -> list[str]:
 def test_dockerfile_copies_what_the_package_is_built_from() -> None:
     builder, _ = dockerfile_stages()
     sources = [s for copy in builder.commands_of("COPY") for s in copy.value[:-1]]
-    assert sources == ["pyproject.toml", "README.md", "server/", "http_bridge/", "clients/"]
+    assert sources == ["pyproject.toml", "README.md", "server/", "http_bridge/", "clients/python/"]
     for source in sources:
         assert (ROOT / source).exists(), source
         files = source_files(ROOT / source)
@@ -538,13 +543,17 @@ def test_dockerfile_copies_what_the_package_is_built_from() -> None:
         left_out = [f for f in files if not in_build_context(f)]
         assert not left_out, f".dockerignore leaves out {left_out[:5]}"
 
-    # every package setuptools installs lives under a copied directory
-    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    package_dirs = setuptools.get("package-dir", {})
-    for package in setuptools["packages"]:
-        top, _, rest = package.partition(".")
-        directory = Path(package_dirs.get(top, top), *rest.split(".") if rest else ())
-        assert any(f"{directory.as_posix()}/".startswith(s) for s in sources), package
+    # every package setuptools installs, the server's and the client's, lives under a
+    # copied directory
+    for project in (Path("."), Path("clients/python")):
+        setuptools = tomllib.loads((ROOT / project / "pyproject.toml").read_text())["tool"][
+            "setuptools"
+        ]
+        package_dirs = setuptools.get("package-dir", {})
+        for package in setuptools["packages"]:
+            top, _, rest = package.partition(".")
+            directory = Path(project, package_dirs.get(top, top), *rest.split(".") if rest else ())
+            assert any(f"{directory.as_posix()}/".startswith(s) for s in sources), package
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
@@ -552,7 +561,9 @@ def test_dockerignore_keeps_the_context_small() -> None:
         assert not in_build_context(path), path
     for path in ("server/__pycache__/cli.cpython-311.pyc", "tandem.egg-info/PKG-INFO"):
         assert not in_build_context(path), path
-    assert in_build_context("clients/tandem/v1/chat_pb2.py")
+    assert in_build_context("clients/python/tandem/v1/chat_pb2.py")
+    assert in_build_context("clients/python/pyproject.toml")
+    assert not in_build_context("clients/typescript/package.json")  # not the image's
     assert in_build_context("deploy/Dockerfile") is False  # -f names it; the context needs none
 
 

@@ -41,6 +41,27 @@ def test_readme_python_example_prints_the_answer_twice(
     assert done.stdout == expected
 
 
+@pytest.mark.parametrize(
+    ("before_code", "before_output"),
+    [
+        ("`AsyncTandem` is the same with `await`", "It prints the answer, then the models"),
+        ("Failures raise typed exceptions", "It prints the error, then its type"),
+    ],
+)
+def test_readme_client_examples_print_what_they_say(
+    tandem: Callable[..., TandemProcess], tmp_path: Path, before_code: str, before_output: str
+) -> None:
+    server = tandem()
+    code = readme_block("python", before_code)
+    assert "127.0.0.1:50051" in code
+    script = tmp_path / "client_example.py"
+    script.write_text(code.replace("127.0.0.1:50051", server.grpc))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout == readme_block("", before_output)
+
+
 def test_tandem_chat_streams_the_answer_over_grpc(
     tandem: Callable[..., TandemProcess], tmp_path: Path
 ) -> None:

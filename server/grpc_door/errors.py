@@ -11,7 +11,7 @@ from grpc_status import rpc_status
 
 from server import errors
 
-__all__ = ["GRPC_CODES", "to_grpc_status"]
+__all__ = ["GRPC_CODES", "retry_trailers", "to_grpc_status"]
 
 GRPC_CODES: dict[type[errors.GatewayError], grpc.StatusCode] = {
     errors.InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -57,3 +57,13 @@ def to_grpc_status(error: errors.GatewayError) -> grpc.Status:
     status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
     assert status.code != code_pb2.OK
     return rpc_status.to_status(status)
+
+
+def retry_trailers(error: errors.GatewayError) -> tuple[tuple[str, str], ...]:
+    """`x-should-retry: false` where asking again cannot help, as HTTP says it
+    (http_bridge/errors.py): a call that could never fit its limits, an upstream that
+    failed after the gateway's own retries. Clients read it from the trailers."""
+    futile = isinstance(error, errors.UpstreamFailure) or (
+        isinstance(error, errors.RateLimitError) and not error.should_retry
+    )
+    return (("x-should-retry", "false"),) if futile else ()

@@ -24,7 +24,7 @@ from server.core.dataplane import DataPlane
 from server.drain import DrainClock
 from server.errors import GatewayError, InternalError, InvalidRequestError, UnavailableError
 from server.grpc_door.decode import UndecodableRequest
-from server.grpc_door.errors import to_grpc_status
+from server.grpc_door.errors import retry_trailers, to_grpc_status
 from server.policy import Policy
 from server.telemetry import Telemetry
 
@@ -160,7 +160,7 @@ async def _abort(door: Servicer, context: Context, error: BaseException, call: _
     status = to_grpc_status(error)
     call.status = status.code
     await call.send_head(context)
-    trailers = tuple(status.trailing_metadata)
+    trailers = (*status.trailing_metadata, *retry_trailers(error))
     if call.ctx is not None:  # authenticated: the rate-limit trailers ride on errors too
         trailers += await _limit_trailers(door, call.ctx)
     await context.abort(status.code, status.details, trailers)
