@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -96,10 +97,17 @@ def gateway(
 @pytest.fixture(scope="session")
 def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The python of a fresh venv into which only `clients/python` is installed, by path
-    (pip reads the machine's own index and wheels, offline)."""
+    (pip reads the machine's own index and wheels, offline): from a copy of the
+    directory alone, so that it needs nothing beside it and pip's build leaves nothing
+    in the checkout."""
     directory = tmp_path_factory.mktemp("client-venv")
-    venv.create(directory, with_pip=False)
-    python = directory / "bin" / "python"
+    source = shutil.copytree(
+        ROOT / "clients" / "python",
+        directory / "source",
+        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
+    )
+    venv.create(directory / "venv", with_pip=False)
+    python = directory / "venv" / "bin" / "python"
     subprocess.run(
         [
             sys.executable,
@@ -109,7 +117,7 @@ def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(python),
             "install",
             "--quiet",
-            str(ROOT / "clients" / "python"),
+            str(source),
         ],
         check=True,
         capture_output=True,
