@@ -69,13 +69,17 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (create, update, listing, spend):
         sub.add_argument("--json", action="store_true", help="print JSON")
 
-    chat = commands.add_parser("chat", help="stream an answer to stdout")
+    chat = commands.add_parser(
+        "chat", help="stream an answer to PROMPT, or chat interactively without one"
+    )
     door = chat.add_mutually_exclusive_group()
     door.add_argument("--grpc", type=_host_port, help="gRPC HOST:PORT (default 127.0.0.1:50051)")
     door.add_argument("--http", help="HTTP base URL, e.g. http://127.0.0.1:8080")
     chat.add_argument("--model", default="", help="public model name (default: the tier's)")
-    chat.add_argument("--key", help="API key or JWT")
-    chat.add_argument("prompt")
+    chat.add_argument("--key", help="API key or JWT (default: $TANDEM_API_KEY)")
+    chat.add_argument(
+        "prompt", nargs="?", type=_text, help="one prompt; none: an interactive session"
+    )
     return parser
 
 
@@ -206,23 +210,20 @@ def _serve_with(args: argparse.Namespace, config: Config, workers: int, logs: Lo
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from tandem.client import TandemError, stream_chat
+    from server.chat_doors import DEFAULT_GRPC, Door, GrpcDoor, HttpDoor
+    from server.chat_session import ChatSession, answer_once
 
+    door: Door
+    if args.http:
+        door, where = HttpDoor(args.http, args.key), f"HTTP at {args.http}"
+    else:
+        door, where = GrpcDoor(args.grpc, args.key), f"gRPC at {args.grpc or DEFAULT_GRPC}"
     try:
-        for text in stream_chat(
-            args.prompt,
-            model=args.model,
-            key=args.key,
-            grpc_target=args.grpc,
-            http_base_url=args.http,
-        ):
-            sys.stdout.write(text)
-            sys.stdout.flush()
-    except TandemError as exc:
-        sys.stdout.write("\n")
-        return _fail(str(exc))
-    sys.stdout.write("\n")
-    return 0
+        if args.prompt is not None:
+            return answer_once(door, args.prompt, args.model, sys.stdout, sys.stderr)
+        return ChatSession(door, args.model, where=where).run()
+    finally:
+        door.close()
 
 
 def _keys(args: argparse.Namespace) -> int:
