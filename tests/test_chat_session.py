@@ -66,6 +66,8 @@ def test_two_turns_keep_the_conversation_and_eof_leaves(
     assert terminal.expect(PROMPT) == "first question\nfirst question\n"  # typed, answered
     terminal.type("and a second\n")
     assert terminal.expect(PROMPT) == "and a second\nand a second\n"
+    terminal.type("never sent\x03")  # Ctrl-C at the prompt: a fresh prompt
+    terminal.expect(PROMPT)
     terminal.type("\x04")
     assert terminal.exit_code() == 0
     assert sent(fake) == [
