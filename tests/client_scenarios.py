@@ -175,7 +175,15 @@ def timeouts(target: str, key: str) -> dict[str, Any]:
         streamed = failure(slow_stream)
         whole = failure(lambda: client.chat(user("a b c d e f"), model="slow-echo", timeout=0.4))
         quick = client.chat(user("quick"), model="echo").choices[0].message.content
-        return {"stream": streamed, "words": words, "whole": whole, "quick": quick}
+    with Tandem(target, key=key, timeout=0.4) as hasty:  # the client's own default
+        default = failure(lambda: hasty.chat(user("a b c d e f"), model="slow-echo"))
+    return {
+        "stream": streamed,
+        "words": words,
+        "whole": whole,
+        "default": default,
+        "quick": quick,
+    }
 
 
 @scenario

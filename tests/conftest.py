@@ -149,6 +149,22 @@ def fuzz_cases(pytestconfig: pytest.Config) -> FuzzCases:
     return pytestconfig.stash.setdefault(_FUZZ_CASES, FuzzCases())
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under pytest-xdist (`make test`), a worker hands its fuzz counts to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    cases = session.config.stash.get(_FUZZ_CASES, None)
+    if workeroutput is not None and cases:
+        workeroutput["fuzz_cases"] = dict(cases)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The controller adds up its workers' fuzz counts (xdist's hook)."""
+    counted = getattr(node, "workeroutput", {}).get("fuzz_cases")
+    if counted:
+        node.config.stash.setdefault(_FUZZ_CASES, FuzzCases()).update(counted)
+
+
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:

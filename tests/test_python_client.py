@@ -268,7 +268,7 @@ def test_rate_limits_retry_after_their_retry_info(
 
 def test_a_call_times_out_by_its_own_deadline(client_python: Path, gateway: TandemProcess) -> None:
     found = scenario(client_python, "timeouts", gateway.grpc, SLOW)
-    for case in ("stream", "whole"):
+    for case in ("stream", "whole", "default"):
         error = found[case]
         assert (error["class"], error["code"]) == ("TimeoutError", "DEADLINE_EXCEEDED"), case
         assert "TimeoutError" in error["mro"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -60,6 +61,29 @@ def test_readme_client_examples_print_what_they_say(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=30, check=True
     )
     assert done.stdout == readme_block("", before_output)
+
+
+def test_readme_client_admin_example_runs(
+    tandem: Callable[..., TandemProcess], tmp_path: Path
+) -> None:
+    admin_key = "readme-admin-key-0123456789abcdef"
+    config = 'auth: {admin_keys: ["${TANDEM_ADMIN_KEY}"]}\nusage: {store: "sqlite:///admin.db"}\n'
+    server = tandem(config, env={"TANDEM_ADMIN_KEY": admin_key})
+    code = readme_block("python", "The admin calls take an admin key")
+    script = tmp_path / "admin_example.py"
+    script.write_text(code.replace("127.0.0.1:50051", server.grpc))
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={**os.environ, "TANDEM_ADMIN_KEY": admin_key},
+    )
+    created, spent = done.stdout.splitlines()
+    key_id, secret = created.split()  # two words: both there
+    assert secret != key_id
+    assert spent == "0"
 
 
 def test_tandem_chat_streams_the_answer_over_grpc(

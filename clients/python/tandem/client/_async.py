@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
@@ -412,7 +413,8 @@ class AsyncChatStream:
 
     def __del__(self) -> None:
         if getattr(self, "_call", None) is not None and not self._done:
-            self.close()
+            with contextlib.suppress(Exception):  # at exit, its channel or loop may be gone
+                self.close()
 
 
 def _request_id(metadata: Any) -> str | None:

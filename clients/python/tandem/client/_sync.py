@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import deque
@@ -404,4 +405,5 @@ class ChatStream:
 
     def __del__(self) -> None:
         if getattr(self, "_call", None) is not None and not self._done:
-            self.close()
+            with contextlib.suppress(Exception):  # at exit, its channel or loop may be gone
+                self.close()
