@@ -553,6 +553,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
     for path in ("server/__pycache__/cli.cpython-311.pyc", "tandem.egg-info/PKG-INFO"):
         assert not in_build_context(path), path
     assert in_build_context("clients/tandem/v1/chat_pb2.py")
+    assert not in_build_context("clients/typescript/node_modules/.bin/buf")
     assert in_build_context("deploy/Dockerfile") is False  # -f names it; the context needs none
 
 
