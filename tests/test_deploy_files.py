@@ -517,13 +517,14 @@ def test_dockerfile_builds_a_venv_and_runs_tandem_as_non_root() -> None:
 
 def source_files(path: Path) -> list[str]:
     """The files at or under `path`, relative to the root, less what Python leaves
-    beside its sources (bytecode, build metadata): a git checkout and a plain copy of
-    the tree alike."""
+    beside its sources (bytecode, build metadata) and npm's installs
+    (clients/typescript/node_modules): a git checkout and a plain copy of the tree alike."""
     found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    left = ("__pycache__", "node_modules")
     return [
         f.relative_to(ROOT).as_posix()
         for f in found
-        if not any(part == "__pycache__" or part.endswith(".egg-info") for part in f.parts)
+        if not any(part in left or part.endswith(".egg-info") for part in f.parts)
     ]
 
 
