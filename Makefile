@@ -63,9 +63,10 @@ install: $(INSTALLED)
 codegen: $(INSTALLED)
 	PYTHON=$(PY) scripts/codegen
 
+GENERATED := $(CLIENT)/ clients/typescript/gen/
 check-codegen: codegen
-	git diff --exit-code --stat -- $(CLIENT)/ || { echo "generated stubs are stale: run 'make codegen' and commit $(CLIENT)/"; exit 1; }
-	test -z "$$(git status --porcelain -- $(CLIENT)/)" || { git status --porcelain -- $(CLIENT)/; echo "untracked generated files: commit $(CLIENT)/"; exit 1; }
+	git diff --exit-code --stat -- $(GENERATED) || { echo "generated stubs are stale: run 'make codegen' and commit $(GENERATED)"; exit 1; }
+	test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --porcelain -- $(GENERATED); echo "untracked generated files: commit $(GENERATED)"; exit 1; }
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff format --check .
@@ -97,6 +98,31 @@ soak: codegen
 FAULTS_ARGS ?=  # e.g. make faults FAULTS_ARGS="--outage-s 20"
 faults: codegen redis-server postgresql
 	$(PY) scripts/faults.py $(FAULTS_ARGS)
+
+# TypeScript stubs and Buf (clients/typescript/): buf, protoc-gen-es and Connect, pinned
+# in its package-lock.json, installed once into its gitignored node_modules (the npm
+# registry is needed the first time only). `codegen` runs scripts/codegen-ts too; the
+# protos' Buf lint and breaking check against the last release's image are part of `lint`.
+# --ignore-scripts: none is needed (buf's launcher finds its platform package's binary).
+.PHONY: lint-protos release-protos
+TS_DIR := clients/typescript
+TS_STAMP := $(TS_DIR)/node_modules/.installed
+BUF := $(TS_DIR)/node_modules/.bin/buf
+codegen pytest: $(TS_STAMP)
+lint: lint-protos
+
+$(TS_STAMP): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "clients/typescript needs Node.js and npm"; exit 1; }
+	cd $(TS_DIR) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+lint-protos: $(TS_STAMP)
+	$(BUF) lint protos
+	$(BUF) breaking protos --against protos/released.binpb
+
+# On a release: the image the breaking check compares the protos with from then on.
+release-protos: $(TS_STAMP)
+	$(BUF) build protos --exclude-source-info -o protos/released.binpb
 
 # Debian's packages: nginx fronts the replica tests and is the bench's upstream; wrk is
 # the bench's load. Installed when missing (as root), else a clear line says what to do.

@@ -522,13 +522,14 @@ def test_dockerfile_builds_a_venv_and_runs_tandem_as_non_root() -> None:
 
 def source_files(path: Path) -> list[str]:
     """The files at or under `path`, relative to the root, less what Python leaves
-    beside its sources (bytecode, build metadata): a git checkout and a plain copy of
-    the tree alike."""
+    beside its sources (bytecode, build metadata) and npm's installs
+    (clients/typescript/node_modules): a git checkout and a plain copy of the tree alike."""
     found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    left = ("__pycache__", "node_modules")
     return [
         f.relative_to(ROOT).as_posix()
         for f in found
-        if not any(part == "__pycache__" or part.endswith(".egg-info") for part in f.parts)
+        if not any(part in left or part.endswith(".egg-info") for part in f.parts)
     ]
 
 
@@ -564,6 +565,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
     assert in_build_context("clients/python/tandem/v1/chat_pb2.py")
     assert in_build_context("clients/python/pyproject.toml")
     assert not in_build_context("clients/typescript/package.json")  # not the image's
+    assert not in_build_context("clients/typescript/node_modules/.bin/buf")
     assert in_build_context("deploy/Dockerfile") is False  # -f names it; the context needs none
 
 
