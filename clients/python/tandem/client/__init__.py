@@ -38,12 +38,10 @@ from tandem.client._events import (
     ToolCallDelta,
     UsageEvent,
 )
-from tandem.client._legacy import DEFAULT_GRPC, stream_chat
 from tandem.client._requests import NOT_GIVEN, NotGiven
 from tandem.client._sync import ChatStream, Tandem
 
 __all__ = [
-    "DEFAULT_GRPC",
     "DEFAULT_TARGET",
     "ENV_KEY",
     "NOT_GIVEN",
@@ -72,5 +70,4 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeoutError",
     "UsageEvent",
-    "stream_chat",
 ]
