@@ -79,14 +79,11 @@ def anthropic_error_body(error: errors.GatewayError) -> dict[str, Any]:
 def error_headers(error: errors.GatewayError) -> list[tuple[str, str]]:
     """Retry guidance: `Retry-After` on 429, `x-should-retry: false` when retrying is futile."""
     headers = []
-    if isinstance(error, errors.RateLimitError):
-        if error.retry_after_s is not None:
-            headers.append(("retry-after", str(max(math.ceil(error.retry_after_s), 0))))
-            ms = max(math.ceil(error.retry_after_s * 1000), 0)
-            headers.append(("retry-after-ms", str(ms)))
-        if not error.should_retry:
-            headers.append(("x-should-retry", "false"))
-    elif isinstance(error, errors.UpstreamFailure):
+    if isinstance(error, errors.RateLimitError) and error.retry_after_s is not None:
+        headers.append(("retry-after", str(max(math.ceil(error.retry_after_s), 0))))
+        ms = max(math.ceil(error.retry_after_s * 1000), 0)
+        headers.append(("retry-after-ms", str(ms)))
+    if errors.retrying_is_futile(error):
         headers.append(("x-should-retry", "false"))
     return headers
 

@@ -35,6 +35,7 @@ __all__ = [
     "UpstreamFailure",
     "UpstreamTimeoutError",
     "echoed",
+    "retrying_is_futile",
 ]
 
 ECHO_LIMIT = 256  # characters of a client's name an error repeats
@@ -134,3 +135,12 @@ class UnavailableError(GatewayError):
 
 class InternalError(GatewayError):
     type = "internal_error"
+
+
+def retrying_is_futile(error: GatewayError) -> bool:
+    """Whether asking again as it is cannot help (`x-should-retry: false`, a header on
+    HTTP and a trailer on gRPC): a call that could never fit its limits or budget, or an
+    upstream that failed after the gateway's own retries and fallbacks."""
+    return isinstance(error, UpstreamFailure) or (
+        isinstance(error, RateLimitError) and not error.should_retry
+    )

@@ -60,10 +60,6 @@ def to_grpc_status(error: errors.GatewayError) -> grpc.Status:
 
 
 def retry_trailers(error: errors.GatewayError) -> tuple[tuple[str, str], ...]:
-    """`x-should-retry: false` where asking again cannot help, as HTTP says it
-    (http_bridge/errors.py): a call that could never fit its limits, an upstream that
-    failed after the gateway's own retries. Clients read it from the trailers."""
-    futile = isinstance(error, errors.UpstreamFailure) or (
-        isinstance(error, errors.RateLimitError) and not error.should_retry
-    )
-    return (("x-should-retry", "false"),) if futile else ()
+    """`x-should-retry: false` where asking again cannot help, as HTTP's header says it
+    (`errors.retrying_is_futile`); clients read it from the trailers."""
+    return (("x-should-retry", "false"),) if errors.retrying_is_futile(error) else ()
