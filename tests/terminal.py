@@ -17,10 +17,14 @@ from typing import Self
 __all__ = ["Terminal"]
 
 # The child makes the terminal its controlling one (it leads a new session), then runs
-# the command: only then does Ctrl-C reach it as SIGINT. Done by exec, not preexec_fn,
-# which is unsafe in a process with threads (the fake upstreams').
+# the command: only then does Ctrl-C reach it as SIGINT. It also gives SIGINT back its
+# default: a test run started as a background job (no job control, as CI may run it)
+# ignores SIGINT, every process it starts inherits that through exec, and Python then
+# never raises KeyboardInterrupt, as a person's terminal would. Done by exec, not
+# preexec_fn, which is unsafe in a process with threads (the fake upstreams').
 _TAKE_TERMINAL = (
-    "import fcntl, os, sys, termios; "
+    "import fcntl, os, signal, sys, termios; "
+    "signal.signal(signal.SIGINT, signal.SIG_DFL); "
     "fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execv(sys.argv[1], sys.argv[1:])"
 )
 _ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[=>])")
