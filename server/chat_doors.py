@@ -81,18 +81,31 @@ class HttpDoor:
                 for line in response.iter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
-                    event = orjson.loads(line[6:])
-                    if "error" in event:
-                        raise ChatError(str(event["error"].get("message", event["error"])))
-                    for choice in event.get("choices", ()):
-                        content = choice.get("delta", {}).get("content")
-                        if choice.get("index") == 0 and content:
-                            yield content
+                    content = _content(line[6:])
+                    if content:
+                        yield content
         except httpx.HTTPError as exc:
             raise ChatError(f"cannot reach {self._base_url}: {exc}") from None
 
     def close(self) -> None:
         self._http.close()
+
+
+def _content(data: str) -> str | None:
+    """The first choice's text of one SSE event, raising ChatError for an error event or
+    one that is not the native door's chunk (one line, never a traceback)."""
+    try:
+        event = orjson.loads(data)
+        if "error" in event:
+            error = event["error"]
+            raise ChatError(str(error.get("message", error) if isinstance(error, dict) else error))
+        for choice in event.get("choices", ()):
+            content = choice.get("delta", {}).get("content")
+            if choice.get("index") == 0 and content:
+                return str(content)
+    except (ValueError, AttributeError, TypeError):
+        raise ChatError(f"the gateway sent an event that is not a chunk: {data[:80]!r}") from None
+    return None
 
 
 def _error_message(body: bytes) -> str:

@@ -104,7 +104,12 @@ class ChatSession:
                 elif command(argument.strip()):
                     return 0
                 continue
-            self.turn(line)
+            try:
+                self.turn(line)
+            except KeyboardInterrupt:  # a Ctrl-C between the answer's pieces and its end
+                self._out.write("\n")
+                if self.history and self.history[-1]["role"] == "user":
+                    self.history.pop()  # no answer kept: the question goes too
 
     def _read(self) -> str:
         if self._tty and self._stdin is sys.stdin:

@@ -448,6 +448,12 @@ def rate_limited(**fields: Any) -> RateLimitError:
             False,
         ),
         (UnavailableError("down", code=grpc.StatusCode.UNAVAILABLE), True),
+        (  # whatever its status, the gateway's trailer says asking again cannot help
+            UnavailableError(
+                "down", code=grpc.StatusCode.UNAVAILABLE, trailers={"x-should-retry": "false"}
+            ),
+            False,
+        ),
         (UpstreamError("failed", code=grpc.StatusCode.UNAVAILABLE), False),
         (BadRequestError("bad", code=grpc.StatusCode.INVALID_ARGUMENT), False),
         (TandemError("?", code=grpc.StatusCode.INTERNAL), False),

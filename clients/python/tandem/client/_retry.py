@@ -35,8 +35,8 @@ def retry_delay(
 ) -> float | None:
     """How long to wait before asking again after the `retries`-th retry failed with
     `error` (None: raise it)."""
-    if retries >= max_retries:
-        return None
+    if retries >= max_retries or error.trailers.get("x-should-retry") == "false":
+        return None  # the gateway says asking again cannot help, whatever the status
     if error.code == grpc.StatusCode.UNAVAILABLE and error.type != "upstream_error":
         delay = min(INITIAL_BACKOFF_S * 2**retries, MAX_BACKOFF_S) * (1 - 0.25 * random.random())
     elif (
