@@ -47,6 +47,7 @@ from server.config.sections import (
     ResponsesConfig,
     TelemetryConfig,
     UsageConfig,
+    whole_nanos,
 )
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "UsageConfig",
     "load_config",
     "parse_host_port",
+    "whole_nanos",
 ]
 
 # the provider kinds: each is built by its entry in `server/providers/__init__.py`'s

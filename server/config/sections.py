@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
+from functools import cached_property
 from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +24,7 @@ __all__ = [
     "RateLimitConfig",
     "TelemetryConfig",
     "UsageConfig",
+    "whole_nanos",
 ]
 
 # a budget's calendar period in UTC: weeks start on Monday; `total` never resets
@@ -30,6 +32,22 @@ Period = Literal["daily", "weekly", "monthly", "total"]
 # a budget's bound, in the config and the admin API alike: its nanos fit a BIGINT
 MAX_BUDGET_NANOS = 2**63 - 1
 MAX_BUDGET_USD = Decimal(MAX_BUDGET_NANOS).scaleb(-9)
+
+
+def whole_nanos(usd: Decimal) -> int:
+    """`usd` (finite, 0 to MAX_BUDGET_USD) in nano-dollars, exactly, by integers alone:
+    the decimal context would round 1e-2000000000 to 0. ValueError past 9 decimal
+    places. The one conversion of a budget's dollars, the config's and the admin API's."""
+    _, digits, exponent = usd.as_tuple()
+    coefficient, places = int("".join(map(str, digits))), -int(exponent)
+    while places > 9 and coefficient and coefficient % 10 == 0:  # 1.0000000000 is 1
+        coefficient, places = coefficient // 10, places - 1
+    if not coefficient:
+        return 0
+    if places > 9:
+        raise ValueError("at most 9 decimal places (budgets are kept in nano-dollars)")
+    return coefficient * int(10 ** (9 - places))
+
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -151,14 +169,12 @@ class BudgetConfig(Strict):
     def _whole_nanos(cls, value: Decimal) -> Decimal:
         if value > MAX_BUDGET_USD:  # before any arithmetic: 1e30 would overflow the context
             raise ValueError(f"at most {MAX_BUDGET_USD} US dollars")
-        nanos = value.scaleb(9)  # exact: the exponent moves, the digits stay
-        if nanos != nanos.to_integral_value():
-            raise ValueError("at most 9 decimal places (budgets are kept in nano-dollars)")
+        whole_nanos(value)  # raises past 9 decimal places
         return value
 
-    @property
-    def nanos(self) -> int:
-        return int(self.usd.scaleb(9))
+    @cached_property
+    def nanos(self) -> int:  # read by every budgeted call: converted once
+        return whole_nanos(self.usd)
 
 
 class BudgetsConfig(Strict):

@@ -16,7 +16,7 @@ from typing import Any, cast, get_args
 from google.protobuf.timestamp_pb2 import Timestamp
 from tandem.v1 import admin_pb2
 
-from server.config import MAX_BUDGET_USD, Config, Period
+from server.config import MAX_BUDGET_USD, Config, Period, whole_nanos
 from server.errors import InvalidRequestError, NotFoundError, echoed
 from server.store import ApiKey
 from server.store.keys import LIMITS
@@ -97,19 +97,10 @@ def _nanos(text: str) -> int:
         raise InvalidRequestError("budget.usd: must be 0 or more", param="budget.usd")
     if usd > MAX_BUDGET_USD:  # before any arithmetic: 1e999999 would overflow the context
         raise InvalidRequestError("budget.usd: too large", param="budget.usd")
-    # integers only from here: the digits and the exponent, as written
-    _, digits, exponent = usd.as_tuple()
-    coefficient, places = int("".join(map(str, digits))), -int(exponent)
-    while places > 9 and coefficient and coefficient % 10 == 0:  # 1.0000000000 is 1
-        coefficient, places = coefficient // 10, places - 1
-    if not coefficient:
-        return 0
-    if places > 9:
-        raise InvalidRequestError(
-            "budget.usd: at most 9 decimal places (budgets are kept in nano-dollars)",
-            param="budget.usd",
-        )
-    return coefficient * int(10 ** (9 - places))  # at most MAX_BUDGET_NANOS: checked above
+    try:
+        return whole_nanos(usd)  # at most MAX_BUDGET_NANOS: checked above
+    except ValueError as exc:
+        raise InvalidRequestError(f"budget.usd: {exc}", param="budget.usd") from None
 
 
 def _labels(labels: dict[str, str]) -> dict[str, str]:

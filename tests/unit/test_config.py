@@ -330,6 +330,7 @@ def test_a_tier_budget_fits_in_nanos_up_to_the_admin_apis_bound() -> None:
         (1e30, r"at most 9223372036\.854775807 US dollars"),  # was decimal.InvalidOperation
         ("1e999999", r"at most 9223372036\.854775807 US dollars"),
         ("0.0000000001", r"at most 9 decimal places"),
+        ("1e-2000000000", r"at most 9 decimal places"),  # was $0: the context's underflow
     ],
 )
 def test_a_tier_budget_out_of_bounds_is_one_line_naming_its_key(usd: object, message: str) -> None:
