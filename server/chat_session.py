@@ -12,8 +12,10 @@ next turns (the conversation stays), `/exit` or EOF (Ctrl-D) leaves with 0.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TextIO
@@ -23,7 +25,56 @@ from server.chat_doors import ChatError, Door, Message
 __all__ = ["ChatSession", "answer_once"]
 
 PROMPT = "> "
+POKE_EVERY_S = 0.05  # after a Ctrl-C: how often, and how long, the main thread is woken
+POKE_FOR_S = 1.0
 HELP = "/model NAME switches model, /exit or Ctrl-D leaves, Ctrl-C stops an answer"
+
+
+@contextmanager
+def _interrupts_reach_the_main_thread() -> Iterator[None]:
+    """Ctrl-C at the prompt gives a fresh prompt at once. Python runs its SIGINT handler
+    in the main thread, but readline's wait for a key checks for it only when the
+    signal interrupts that wait: not when gRPC's own threads take the signal, nor when
+    it lands between the prompt being drawn and the wait starting; the prompt would then
+    hang until Enter. Python writes each signal's number to its wakeup fd: a watcher
+    reads them and, for SIGINT, sends the main thread SIGUSR1 (a no-op) every
+    POKE_EVERY_S for POKE_FOR_S, whose interruption raises the pending
+    KeyboardInterrupt."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    ):
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    main = threading.main_thread().ident
+    assert main is not None
+
+    closing = threading.Event()
+
+    def forward() -> None:
+        while data := os.read(read_end, 64):
+            if signal.SIGINT in data:
+                for _ in range(round(POKE_FOR_S / POKE_EVERY_S)):
+                    if closing.is_set():
+                        return
+                    signal.pthread_kill(main, signal.SIGUSR1)
+                    closing.wait(POKE_EVERY_S)
+
+    previous_usr1 = signal.signal(signal.SIGUSR1, lambda number, frame: None)
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    watcher = threading.Thread(target=forward, name="sigint-forward", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:  # no poke may outlive the no-op handler (SIGUSR1's default ends the process)
+        signal.set_wakeup_fd(previous_fd)
+        closing.set()
+        os.close(write_end)  # the watcher reads the end and stops
+        watcher.join()
+        signal.signal(signal.SIGUSR1, previous_usr1)
+        os.close(read_end)
 
 
 def _one_line(text: str) -> str:
@@ -80,6 +131,10 @@ class ChatSession:
             with suppress(ImportError):  # not on every platform
                 import readline  # noqa: F401  (line editing and recall for input())
             self._note(f"tandem chat: {self._where}, model {self._model_name()}; {HELP}")
+        with _interrupts_reach_the_main_thread():
+            return self._loop()
+
+    def _loop(self) -> int:
         while True:
             try:
                 line = self._read()
